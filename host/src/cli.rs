@@ -1,0 +1,275 @@
+//! The `qi-host` command line.
+
+use crate::agents::{AgentHost, AgentReport, TaskRequest};
+use crate::engine::HostConfig;
+use crate::error::Error;
+use crate::spec::{
+    DirectoryGrant, FileSystemAccess, IsolationLevel, NetworkAccessLevel, SubAgentSpecification,
+};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Runs AI sub-agents as sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "qi-host", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `qi-host` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one agent component on one task and print its output and usage receipt.
+    RunAgent(RunAgentArgs),
+    /// Show what a component is: agent info, imports, exports, and whether the host can run it.
+    Inspect(InspectArgs),
+}
+
+/// Arguments of `qi-host run-agent`.
+#[derive(Debug, clap::Args)]
+pub struct RunAgentArgs {
+    /// The agent component (`.wasm`, built for wasm32-wasip2).
+    pub component: PathBuf,
+    /// What the agent should do.
+    #[arg(long)]
+    pub task: String,
+    /// Task input as JSON (default: null).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// A full SubAgentSpecification as a JSON file; the flags below override its fields.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Isolation level: sandbox, restricted or monitored. Default: sandbox, or restricted when
+    /// --dir or --allow-host is given.
+    #[arg(long)]
+    pub isolation: Option<IsolationLevel>,
+    /// Memory cap in MiB (resourceLimits.maxMemoryMB).
+    #[arg(long)]
+    pub max_memory_mb: Option<u32>,
+    /// CPU budget in fuel units.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Wall-clock limit in milliseconds (resourceLimits.maxExecutionTimeMs).
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Tool-call budget (resourceLimits.maxToolCalls).
+    #[arg(long)]
+    pub max_tool_calls: Option<u32>,
+    /// File-operation budget (resourceLimits.maxFileOperations).
+    #[arg(long)]
+    pub max_file_operations: Option<u32>,
+    /// Grant a directory: HOST[:GUEST][:ro|rw]; GUEST defaults to /workspace, access to ro.
+    #[arg(long = "dir", value_name = "HOST[:GUEST][:ro|rw]")]
+    pub dirs: Vec<String>,
+    /// Allow connections to HOST:PORT (globs on IPs, e.g. 127.0.0.1:8080, 10.0.0.*:443).
+    #[arg(long = "allow-host", value_name = "PATTERN")]
+    pub allow_hosts: Vec<String>,
+    /// Allow a tool (glob, e.g. `fs.*`).
+    #[arg(long = "allow-tool", value_name = "NAME")]
+    pub allow_tools: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `qi-host inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The component to inspect.
+    pub component: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl clap::builder::ValueParserFactory for IsolationLevel {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<IsolationLevel>().map_err(|e| e.to_string()))
+    }
+}
+
+/// Exit codes: 0 success, 1 the agent failed, 2 bad input or host error.
+pub async fn run(cli: Cli) -> Result<i32, Error> {
+    match cli.command {
+        Command::RunAgent(args) => run_agent(args).await,
+        Command::Inspect(args) => inspect(args).await,
+    }
+}
+
+fn build_spec(args: &RunAgentArgs) -> Result<SubAgentSpecification, Error> {
+    let mut spec = match &args.spec {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::field("--spec", format!("cannot read `{}`: {e}", path.display())))?;
+            serde_json::from_str(&text).map_err(|e| {
+                Error::field("--spec", format!("`{}` is not a valid SubAgentSpecification: {e}", path.display()))
+            })?
+        }
+        None => SubAgentSpecification::default(),
+    };
+    let limits = &mut spec.resource_limits;
+    if let Some(v) = args.max_memory_mb {
+        limits.max_memory_mb = v;
+    }
+    if let Some(v) = args.timeout_ms {
+        limits.max_execution_time_ms = v;
+    }
+    if let Some(v) = args.max_tool_calls {
+        limits.max_tool_calls = v;
+    }
+    if let Some(v) = args.max_file_operations {
+        limits.max_file_operations = v;
+    }
+    if let Some(v) = args.fuel {
+        spec.fuel = v;
+    }
+    for d in &args.dirs {
+        spec.directories.push(DirectoryGrant::parse(d)?);
+    }
+    if spec.directories.iter().any(|d| d.writable == Some(true))
+        && spec.security_constraints.file_system_access == FileSystemAccess::ReadOnly
+    {
+        spec.security_constraints.file_system_access = FileSystemAccess::Restricted;
+    }
+    if !args.allow_hosts.is_empty() {
+        spec.resource_limits
+            .allowed_network_hosts
+            .extend(args.allow_hosts.iter().cloned());
+        if spec.security_constraints.network_access_level == NetworkAccessLevel::None {
+            spec.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
+        }
+    }
+    spec.security_constraints
+        .allowed_tools
+        .extend(args.allow_tools.iter().cloned());
+    match args.isolation {
+        Some(level) => spec.isolation_level = level,
+        None if args.spec.is_none() && (!args.dirs.is_empty() || !args.allow_hosts.is_empty()) => {
+            spec.isolation_level = IsolationLevel::Restricted
+        }
+        None => {}
+    }
+    Ok(spec)
+}
+
+async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
+    let spec = build_spec(&args)?;
+    let input = match &args.input {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| Error::field("--input", format!("not valid JSON: {e}")))?,
+        None => serde_json::Value::Null,
+    };
+    let host = AgentHost::new(HostConfig {
+        max_live_agents: 16,
+        ..HostConfig::default()
+    })?;
+    let component = host.load(&args.component)?;
+    let report = host
+        .run(&component, spec, TaskRequest::new(args.task.clone(), input))
+        .await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::System(e.into()))?
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.failure.is_some() { 1 } else { 0 })
+}
+
+fn print_report(r: &AgentReport) {
+    if let Some(a) = &r.agent {
+        println!("agent     {} {} ({})", a.name, a.version, r.agent_id);
+    }
+    println!("status    {:?}", r.status);
+    match (&r.output, &r.failure) {
+        (Some(out), _) => {
+            let text = serde_json::to_string_pretty(out).unwrap_or_default();
+            println!("output\n{text}");
+        }
+        (_, Some(f)) => println!("failure   [{}] {f}", f.category()),
+        _ => {}
+    }
+    for log in &r.logs {
+        let fields: String = log.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        println!("log       {:<5} {}{fields}", log.level, log.message);
+    }
+    let u = &r.usage;
+    println!("usage");
+    let rows: [(&str, String); 12] = [
+        ("fuel consumed", u.fuel_consumed.to_string()),
+        ("peak memory", format!("{} bytes", u.peak_memory_bytes)),
+        ("wall time", format!("{:.3} ms", u.wall_time_us as f64 / 1000.0)),
+        ("host calls", u.host_calls.to_string()),
+        ("tool calls", u.tool_calls.to_string()),
+        ("file operations", u.file_operations.to_string()),
+        ("network allowed", u.network_allowed.to_string()),
+        ("network denied", u.network_denied.to_string()),
+        ("access denied", u.access_denied.to_string()),
+        ("log bytes", u.log_bytes.to_string()),
+        ("stdout bytes", u.stdout_bytes.to_string()),
+        ("stderr bytes", u.stderr_bytes.to_string()),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<16} {v}");
+    }
+    if !r.host_call_log.is_empty() {
+        println!("host calls (monitored)");
+        for c in &r.host_call_log {
+            println!(
+                "  {:<16} {:<24} {:>8} B {:>8} us  {}",
+                c.call, c.target, c.arg_bytes, c.duration_us, c.outcome
+            );
+        }
+    }
+    if r.failure.is_some() && !r.stderr.trim().is_empty() {
+        println!("stderr\n{}", r.stderr.trim_end());
+    }
+}
+
+async fn inspect(args: InspectArgs) -> Result<i32, Error> {
+    let host = AgentHost::new(HostConfig {
+        max_live_agents: 4,
+        ..HostConfig::default()
+    })?;
+    let component = host.load(&args.component)?;
+    let engine = host.runtime().engine();
+    let imports = component.imports(engine);
+    let exports = component.exports(engine);
+    let agent = host
+        .spawn(&component, SubAgentSpecification::default())
+        .await?;
+    let info = agent.description().clone();
+    drop(agent);
+    if args.json {
+        let v = serde_json::json!({
+            "path": component.path,
+            "sha256": component.sha256,
+            "agent": info,
+            "imports": imports,
+            "exports": exports,
+            "runnable": true,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::System(e.into()))?);
+    } else {
+        println!("component {}", component.path.display());
+        println!("sha256    {}", component.sha256);
+        println!("agent     {} {} ({:?})", info.name, info.version, info.agent_type);
+        println!("about     {}", info.description);
+        println!("capabilities {}", info.capabilities.join(", "));
+        println!("imports");
+        for i in &imports {
+            println!("  {i}");
+        }
+        println!("exports");
+        for e in &exports {
+            println!("  {e}");
+        }
+        println!("runnable  yes: targets qi:agent/agent@0.1.0 and imports only what qi-host provides");
+    }
+    Ok(0)
+}

@@ -1,0 +1,45 @@
+//! qi-host runs AI sub-agents as sandboxed WebAssembly components and coordinates them.
+//!
+//! Each agent is a component built against `qi-guest-sdk` for `wasm32-wasip2`. The host runs it
+//! in its own wasmtime Store with fuel, memory, wall-clock and capability limits, and reports
+//! what it measured.
+//!
+//! ```no_run
+//! use qi_host::{AgentHost, HostConfig, SubAgentSpecification, TaskRequest};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let host = AgentHost::new(HostConfig::default())?;
+//! let component = host.load("hello.wasm")?;
+//! let mut spec = SubAgentSpecification::default();
+//! spec.resource_limits.max_memory_mb = 32;
+//! let report = host
+//!     .run(&component, spec, TaskRequest::new("say hi", serde_json::json!({"name": "qi"})))
+//!     .await?;
+//! println!("{:?} used {} fuel", report.output, report.usage.fuel_consumed);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Module map: [`engine`] (the one Engine, pooling, component cache), [`spec`] (specification
+//! and validation), [`sandbox`] (Store data, limits, WASI, usage), [`agents`] (spawn, run,
+//! terminate), [`tools`] (host tools), [`bindings`] (WIT bindings and host calls), [`error`].
+
+pub mod agents;
+pub mod bindings;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod sandbox;
+pub mod spec;
+pub mod tools;
+mod wasi_fs;
+
+pub use agents::{AgentDescription, AgentHost, AgentReport, AgentStatus, SubAgent, TaskRequest};
+pub use engine::{AllocatorKind, HostConfig, LoadedComponent, Runtime};
+pub use error::{AgentFailure, Error, ErrorCategory, LimitKind, Result};
+pub use sandbox::UsageReceipt;
+pub use spec::{
+    AgentType, DirectoryGrant, FileSystemAccess, IsolationLevel, NetworkAccessLevel,
+    ResourceLimits, SecurityConstraints, SubAgentSpecification,
+};
+pub use tools::{Tool, ToolContext, ToolFailure, ToolFuture, ToolRegistry};

@@ -1,0 +1,310 @@
+//! Host tools an agent can call through `qi:agent/tools`: the built-ins (`fs.read`, `fs.write`,
+//! `fs.list`, `clock.now`) and any an embedding application registers.
+//!
+//! File tools resolve paths through the agent's preopened directories with cap-std, so they
+//! cannot reach outside them either: absolute paths outside every grant, `..` above a grant
+//! and symlinks pointing out of it all fail.
+
+use crate::sandbox::Preopen;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{Read as _, Write as _};
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A boxed future returned by [`Tool::call`].
+pub type ToolFuture = Pin<Box<dyn Future<Output = Result<Value, ToolFailure>> + Send>>;
+
+/// What a tool sees of the calling agent.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    /// The calling agent's id (host-assigned).
+    pub agent_id: String,
+    /// The agent's preopened directories.
+    pub preopens: Arc<Vec<Preopen>>,
+}
+
+/// Why a tool failed; mapped onto `qi:agent/tools.tool-error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolFailure {
+    /// The input had the wrong shape.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The tool refused for access reasons (e.g. a path outside the agent's directories).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// The tool ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A host tool.
+pub trait Tool: Send + Sync + 'static {
+    /// Unique name, e.g. `fs.read`.
+    fn name(&self) -> &str;
+    /// One sentence for `qi-host inspect` and agents' `available()`.
+    fn description(&self) -> &str;
+    /// Whether each call counts as a file operation (against `maxFileOperations`).
+    fn is_file_operation(&self) -> bool {
+        false
+    }
+    /// Runs the tool. `input` is the parsed JSON the agent passed.
+    fn call(&self, ctx: ToolContext, input: Value) -> ToolFuture;
+}
+
+/// The tools a host offers, by name.
+#[derive(Clone, Default)]
+pub struct ToolRegistry {
+    tools: BTreeMap<String, Arc<dyn Tool>>,
+}
+
+impl std::fmt::Debug for ToolRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tools.keys()).finish()
+    }
+}
+
+impl ToolRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in tools: `fs.read`, `fs.write`, `fs.list`, `clock.now`.
+    pub fn with_builtins() -> Self {
+        let mut r = Self::new();
+        r.register(FsRead);
+        r.register(FsWrite);
+        r.register(FsList);
+        r.register(ClockNow);
+        r
+    }
+
+    /// Adds (or replaces) a tool.
+    pub fn register(&mut self, tool: impl Tool) {
+        self.tools.insert(tool.name().to_string(), Arc::new(tool));
+    }
+
+    /// Looks a tool up.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.tools.get(name).cloned()
+    }
+
+    /// All tool names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+}
+
+/// Largest file `fs.read` returns, in bytes (a guest cannot make the host buffer more).
+pub const FS_READ_MAX_BYTES: u64 = 4 << 20;
+
+/// Finds the grant that contains `guest_path` and the path relative to it. Rejects relative
+/// paths and `..` components outright; cap-std rejects symlinks that leave the grant.
+pub fn resolve<'a>(preopens: &'a [Preopen], guest_path: &str) -> Result<(&'a Preopen, PathBuf), ToolFailure> {
+    let path = Path::new(guest_path);
+    if !path.is_absolute() {
+        return Err(ToolFailure::InvalidInput(format!(
+            "`{guest_path}` is not absolute; paths start at a granted directory such as /workspace"
+        )));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(ToolFailure::AccessDenied(format!(
+            "`{guest_path}` contains `..`; paths must stay inside the granted directories"
+        )));
+    }
+    let best = preopens
+        .iter()
+        .filter_map(|p| {
+            let rel = path.strip_prefix(&p.guest_path).ok()?;
+            Some((p, rel.to_path_buf()))
+        })
+        .max_by_key(|(p, _)| p.guest_path.len());
+    let (preopen, rel) = best.ok_or_else(|| {
+        ToolFailure::AccessDenied(format!(
+            "`{guest_path}` is outside the agent's directories ({})",
+            if preopens.is_empty() {
+                "it has none".to_string()
+            } else {
+                preopens
+                    .iter()
+                    .map(|p| p.guest_path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))
+    })?;
+    let rel = if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
+    };
+    Ok((preopen, rel))
+}
+
+fn path_arg(input: &Value) -> Result<String, ToolFailure> {
+    input
+        .get("path")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| ToolFailure::InvalidInput("expected {\"path\": \"/workspace/...\"}".into()))
+}
+
+fn io_failure(path: &str, e: std::io::Error) -> ToolFailure {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        ToolFailure::AccessDenied(format!("`{path}`: {e}"))
+    } else {
+        ToolFailure::Failed(format!("`{path}`: {e}"))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ToolFailure> + Send + 'static,
+) -> Result<T, ToolFailure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ToolFailure::Failed(format!("tool task failed: {e}")))?
+}
+
+/// `fs.read {"path"}` → `{"path", "content", "bytes"}`: reads a UTF-8 file of at most 4 MiB.
+struct FsRead;
+
+impl Tool for FsRead {
+    fn name(&self) -> &str {
+        "fs.read"
+    }
+    fn description(&self) -> &str {
+        "Read a UTF-8 text file (at most 4 MiB) from the agent's directories"
+    }
+    fn is_file_operation(&self) -> bool {
+        true
+    }
+    fn call(&self, ctx: ToolContext, input: Value) -> ToolFuture {
+        Box::pin(async move {
+            let path = path_arg(&input)?;
+            blocking(move || {
+                let (preopen, rel) = resolve(&ctx.preopens, &path)?;
+                let file = preopen.dir.open(&rel).map_err(|e| io_failure(&path, e))?;
+                let mut buf = String::new();
+                file.take(FS_READ_MAX_BYTES + 1)
+                    .read_to_string(&mut buf)
+                    .map_err(|e| io_failure(&path, e))?;
+                if buf.len() as u64 > FS_READ_MAX_BYTES {
+                    return Err(ToolFailure::Failed(format!(
+                        "`{path}` is larger than {FS_READ_MAX_BYTES} bytes"
+                    )));
+                }
+                Ok(json!({"path": path, "bytes": buf.len(), "content": buf}))
+            })
+            .await
+        })
+    }
+}
+
+/// `fs.write {"path", "content"}` → `{"path", "bytes"}`: creates or replaces a file in a
+/// writable grant.
+struct FsWrite;
+
+impl Tool for FsWrite {
+    fn name(&self) -> &str {
+        "fs.write"
+    }
+    fn description(&self) -> &str {
+        "Create or replace a text file in a writable directory of the agent"
+    }
+    fn is_file_operation(&self) -> bool {
+        true
+    }
+    fn call(&self, ctx: ToolContext, input: Value) -> ToolFuture {
+        Box::pin(async move {
+            let path = path_arg(&input)?;
+            let content = input
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ToolFailure::InvalidInput("expected a string `content`".into()))?
+                .to_string();
+            blocking(move || {
+                let (preopen, rel) = resolve(&ctx.preopens, &path)?;
+                if !preopen.writable {
+                    return Err(ToolFailure::AccessDenied(format!(
+                        "`{path}` is in `{}`, which is read-only for this agent",
+                        preopen.guest_path
+                    )));
+                }
+                let mut file = preopen.dir.create(&rel).map_err(|e| io_failure(&path, e))?;
+                file.write_all(content.as_bytes())
+                    .map_err(|e| io_failure(&path, e))?;
+                Ok(json!({"path": path, "bytes": content.len()}))
+            })
+            .await
+        })
+    }
+}
+
+/// `fs.list {"path"}` → `{"path", "entries": [{"name", "type", "bytes"}]}`, sorted by name.
+struct FsList;
+
+impl Tool for FsList {
+    fn name(&self) -> &str {
+        "fs.list"
+    }
+    fn description(&self) -> &str {
+        "List a directory of the agent's directories"
+    }
+    fn is_file_operation(&self) -> bool {
+        true
+    }
+    fn call(&self, ctx: ToolContext, input: Value) -> ToolFuture {
+        Box::pin(async move {
+            let path = path_arg(&input)?;
+            blocking(move || {
+                let (preopen, rel) = resolve(&ctx.preopens, &path)?;
+                let mut entries = Vec::new();
+                for entry in preopen.dir.read_dir(&rel).map_err(|e| io_failure(&path, e))? {
+                    let entry = entry.map_err(|e| io_failure(&path, e))?;
+                    let meta = entry.metadata().map_err(|e| io_failure(&path, e))?;
+                    let kind = if meta.is_dir() {
+                        "dir"
+                    } else if meta.is_file() {
+                        "file"
+                    } else {
+                        "other"
+                    };
+                    entries.push(json!({
+                        "name": entry.file_name().to_string_lossy(),
+                        "type": kind,
+                        "bytes": meta.len(),
+                    }));
+                    if entries.len() >= 10_000 {
+                        break;
+                    }
+                }
+                entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                Ok(json!({"path": path, "entries": entries}))
+            })
+            .await
+        })
+    }
+}
+
+/// `clock.now {}` → `{"unix_ms"}`: milliseconds since the Unix epoch.
+struct ClockNow;
+
+impl Tool for ClockNow {
+    fn name(&self) -> &str {
+        "clock.now"
+    }
+    fn description(&self) -> &str {
+        "Current wall-clock time"
+    }
+    fn call(&self, _ctx: ToolContext, _input: Value) -> ToolFuture {
+        Box::pin(async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| ToolFailure::Failed(e.to_string()))?;
+            Ok(json!({"unix_ms": now.as_millis() as u64}))
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! The `qi-host` binary: output, JSON, and one-line errors for bad input.
+
+use qi_guest_artifacts::*;
+use std::process::{Command, Output};
+
+fn qi_host(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qi-host"))
+        .args(args)
+        .env("QI_HOST_CACHE_DIR", crate::common::cache_dir())
+        .output()
+        .expect("qi-host runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+fn one_line_error(o: &Output, expect: &str) {
+    assert_eq!(o.status.code(), Some(2), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.starts_with("error"), "{err}");
+    assert!(err.contains(expect), "`{err}` does not say `{expect}`");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn run_agent_prints_output_and_usage() {
+    let o = qi_host(&["run-agent", HELLO_COMPONENT, "--task", "greet", "--input", r#"{"who":"newcomer"}"#]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("\"echo\": \"greet\""), "{out}");
+    assert!(out.contains("fuel consumed"), "{out}");
+    assert!(out.contains("peak memory"), "{out}");
+}
+
+#[test]
+fn run_agent_json_is_machine_readable() {
+    let o = qi_host(&["run-agent", HELLO_COMPONENT, "--task", "greet", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["output"]["echo"], "greet");
+    assert!(v["usage"]["fuel_consumed"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_failing_agent_exits_1_with_the_reason() {
+    let o = qi_host(&["run-agent", SPIN_FOREVER_COMPONENT, "--task", "spin", "--fuel", "1000000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("fuel limit exceeded"), "{}", stdout(&o));
+}
+
+#[test]
+fn run_agent_with_a_read_only_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "one two\n").unwrap();
+    let grant = format!("{}:/workspace:ro", dir.path().display());
+    let o = qi_host(&["run-agent", FILE_STATS_COMPONENT, "--task", "stats", "--dir", &grant, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["output"]["total"]["words"], 2);
+}
+
+#[test]
+fn missing_file() {
+    one_line_error(&qi_host(&["run-agent", "/no/such/agent.wasm", "--task", "x"]), "cannot read component");
+}
+
+#[test]
+fn not_wasm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.wasm");
+    std::fs::write(&path, "this is text").unwrap();
+    one_line_error(&qi_host(&["run-agent", path.to_str().unwrap(), "--task", "x"]), "not a WebAssembly file");
+}
+
+#[test]
+fn core_module_instead_of_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core.wasm");
+    std::fs::write(&path, wat::parse_str("(module (func (export \"run\")))").unwrap()).unwrap();
+    one_line_error(&qi_host(&["inspect", path.to_str().unwrap()]), "core WebAssembly module, not a component");
+}
+
+#[test]
+fn component_of_another_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.wasm");
+    std::fs::write(&path, wat::parse_str("(component)").unwrap()).unwrap();
+    one_line_error(&qi_host(&["inspect", path.to_str().unwrap()]), "does not export the `qi:agent/agent` world");
+}
+
+#[test]
+fn component_importing_what_the_host_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("needs.wasm");
+    let wat = r#"(component (import "acme:db/query@1.0.0" (instance)))"#;
+    std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
+    one_line_error(&qi_host(&["inspect", path.to_str().unwrap()]), "acme:db/query");
+}
+
+#[test]
+fn invalid_limits() {
+    one_line_error(
+        &qi_host(&["run-agent", HELLO_COMPONENT, "--task", "x", "--max-memory-mb", "0"]),
+        "resourceLimits.maxMemoryMB",
+    );
+    one_line_error(
+        &qi_host(&["run-agent", HELLO_COMPONENT, "--task", "x", "--input", "{nope"]),
+        "--input",
+    );
+    one_line_error(
+        &qi_host(&["run-agent", HELLO_COMPONENT, "--task", "x", "--dir", "/tmp:/w:xx:yy"]),
+        "--dir",
+    );
+}
+
+#[test]
+fn inspect_shows_agent_info_imports_and_exports() {
+    let o = qi_host(&["inspect", FILE_STATS_COMPONENT]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("file-stats"), "{out}");
+    assert!(out.contains("qi:agent/log@0.1.0"), "{out}");
+    assert!(out.contains("run"), "{out}");
+    assert!(out.contains("runnable  yes"), "{out}");
+}

@@ -1,0 +1,357 @@
+//! One test module per bundled guest: each checks exactly what its README line says the host
+//! must do with it. `foreach_guest!` makes a guest without a module here a compile error.
+
+use crate::common::*;
+use qi_guest_artifacts::*;
+use qi_host::{AgentFailure, AgentStatus, ErrorCategory, IsolationLevel, LimitKind};
+use serde_json::json;
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use self::$name as _;
+    };
+}
+foreach_guest!(assert_test_exists);
+
+pub use self::file_stats::{restricted as restricted_spec, workspace as file_stats_workspace};
+pub use self::net_probe::{network_spec, server as net_server};
+
+mod hello {
+    use super::*;
+
+    #[tokio::test]
+    async fn echoes_and_reports_measured_usage() {
+        let report = run(HELLO_COMPONENT, spec(), json!({"name": "qi"})).await;
+        let out = ok(&report);
+        assert_eq!(out["echo"], "test task");
+        assert_eq!(out["input"], json!({"name": "qi"}));
+        assert_eq!(out["agent"], "hello");
+        assert_eq!(report.status, AgentStatus::Completed);
+        let info = report.agent.as_ref().unwrap();
+        assert_eq!(info.name, "hello");
+        let u = &report.usage;
+        assert!(u.fuel_consumed > 0, "{u:?}");
+        assert!(u.peak_memory_bytes >= 64 * 1024, "{u:?}");
+        assert!(u.wall_time_us > 0);
+        assert!(u.host_calls >= 1, "hello logs once: {u:?}");
+        assert_eq!(u.tool_calls, 0);
+        assert_eq!(u.file_operations, 0);
+        assert!(report.logs.iter().any(|l| l
+            .fields
+            .iter()
+            .any(|(k, v)| k == "task_id" && v == &report.task_id)));
+    }
+
+    #[tokio::test]
+    async fn sees_no_host_environment_or_arguments() {
+        let report = run(HELLO_COMPONENT, spec(), json!(null)).await;
+        let out = ok(&report);
+        assert_eq!(out["env_vars"], 0, "{out}");
+        assert_eq!(out["args"], 0, "{out}");
+    }
+
+    #[tokio::test]
+    async fn same_input_burns_the_same_fuel() {
+        let a = run(HELLO_COMPONENT, spec(), json!({"n": 1})).await;
+        let b = run(HELLO_COMPONENT, spec(), json!({"n": 1})).await;
+        assert_eq!(a.usage.fuel_consumed, b.usage.fuel_consumed);
+    }
+}
+
+mod file_stats {
+    use super::*;
+
+    pub fn workspace() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one two\nthree\n").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.md"), "alpha beta gamma\n").unwrap();
+        dir
+    }
+
+    pub fn restricted(dir: &std::path::Path) -> qi_host::SubAgentSpecification {
+        let mut s = spec();
+        s.isolation_level = IsolationLevel::Restricted;
+        s.directories.push(qi_host::DirectoryGrant {
+            host_path: dir.to_path_buf(),
+            guest_path: "/workspace".into(),
+            writable: None,
+        });
+        s
+    }
+
+    #[tokio::test]
+    async fn counts_lines_and_words_in_its_read_only_workspace() {
+        let dir = workspace();
+        let report = run(FILE_STATS_COMPONENT, restricted(dir.path()), json!(null)).await;
+        let out = ok(&report);
+        assert_eq!(
+            out["total"],
+            json!({"files": 2, "lines": 3, "words": 6, "bytes": 31})
+        );
+        assert_eq!(out["files"][0]["path"], "/workspace/a.txt");
+        assert_eq!(out["files"][1]["path"], "/workspace/sub/b.md");
+        assert!(report.usage.file_operations >= 4, "{:?}", report.usage);
+    }
+
+    #[tokio::test]
+    async fn sandboxed_agent_sees_no_filesystem() {
+        let report = run(FILE_STATS_COMPONENT, spec(), json!({"dir": "/"})).await;
+        match &report.failure {
+            Some(AgentFailure::AgentError { message, .. }) => {
+                assert!(message.contains('/'), "{message}")
+            }
+            other => panic!("expected the agent's own error, got {other:?}"),
+        }
+    }
+}
+
+mod tool_user {
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_allowed_tools_and_reports_refusals() {
+        let mut s = spec();
+        s.security_constraints.allowed_tools = vec!["clock.*".into(), "nope".into()];
+        let input = json!({"calls": [
+            {"tool": "clock.now", "input": {}},
+            {"tool": "fs.write", "input": {"path": "/x", "content": "y"}},
+            {"tool": "nope", "input": {}},
+        ]});
+        let report = run(TOOL_USER_COMPONENT, s, input).await;
+        let out = ok(&report);
+        let results = out["results"].as_array().unwrap();
+        assert!(results[0]["ok"]["unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+        assert_eq!(results[1]["error"]["kind"], "access-denied");
+        assert_eq!(results[2]["error"]["kind"], "not-found");
+        assert_eq!(report.usage.tool_calls, 1);
+        assert_eq!(report.usage.access_denied, 1);
+    }
+
+    #[tokio::test]
+    async fn prohibited_operations_beat_allowed_tools() {
+        let mut s = spec();
+        s.security_constraints.allowed_tools = vec!["*".into()];
+        s.security_constraints.prohibited_operations = vec!["clock.now".into()];
+        let report = run(
+            TOOL_USER_COMPONENT,
+            s,
+            json!({"calls": [{"tool": "clock.now", "input": {}}]}),
+        )
+        .await;
+        let out = ok(&report);
+        assert_eq!(out["results"][0]["error"]["kind"], "access-denied");
+        assert!(
+            out["results"][0]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("prohibited")
+        );
+    }
+
+    #[tokio::test]
+    async fn stops_when_its_budget_says_so() {
+        let mut s = spec();
+        s.security_constraints.allowed_tools = vec!["clock.now".into()];
+        s.resource_limits.max_tool_calls = 2;
+        let calls: Vec<_> = (0..5).map(|_| json!({"tool": "clock.now", "input": {}})).collect();
+        let report = run(TOOL_USER_COMPONENT, s, json!({"calls": calls})).await;
+        let out = ok(&report);
+        assert_eq!(out["results"].as_array().unwrap().len(), 2);
+        assert_eq!(out["stopped"], "budget");
+        assert_eq!(out["remaining"]["tool_calls"], 0);
+        assert_eq!(report.usage.tool_calls, 2);
+    }
+}
+
+mod sleeper {
+    use super::*;
+
+    #[tokio::test]
+    async fn sleeps_and_returns() {
+        let report = run(SLEEPER_COMPONENT, spec(), json!({"ms": 30})).await;
+        assert_eq!(ok(&report)["slept_ms"], 30);
+        assert!(report.usage.wall_time_us >= 30_000);
+    }
+}
+
+mod spin_forever {
+    use super::*;
+
+    #[tokio::test]
+    async fn is_stopped_by_fuel() {
+        let mut s = spec();
+        s.fuel = 50_000_000;
+        let report = run(SPIN_FOREVER_COMPONENT, s, json!(null)).await;
+        let (kind, message) = limit(&report);
+        assert_eq!(kind, LimitKind::Fuel);
+        assert!(message.contains("fuel"), "{message}");
+        assert_eq!(report.usage.fuel_consumed, 50_000_000);
+        assert_eq!(report.error_category, Some(ErrorCategory::Resource));
+    }
+
+    #[tokio::test]
+    async fn is_stopped_by_the_wall_clock() {
+        let mut s = spec();
+        s.fuel = u64::MAX / 4;
+        s.resource_limits.max_execution_time_ms = 200;
+        let report = run(SPIN_FOREVER_COMPONENT, s, json!(null)).await;
+        let (kind, message) = limit(&report);
+        assert_eq!(kind, LimitKind::ExecutionTime);
+        assert!(message.contains("maxExecutionTimeMs = 200"), "{message}");
+    }
+}
+
+mod memory_hog {
+    use super::*;
+
+    #[tokio::test]
+    async fn is_stopped_at_its_memory_cap() {
+        let mut s = spec();
+        s.resource_limits.max_memory_mb = 16;
+        let report = run(MEMORY_HOG_COMPONENT, s, json!(null)).await;
+        let (kind, message) = limit(&report);
+        assert_eq!(kind, LimitKind::Memory);
+        assert!(message.contains("maxMemoryMB = 16"), "{message}");
+        assert!(report.usage.peak_memory_bytes <= 16 << 20);
+    }
+}
+
+mod stack_overflow {
+    use super::*;
+
+    #[tokio::test]
+    async fn ends_with_a_stack_limit_error() {
+        let report = run(STACK_OVERFLOW_COMPONENT, spec(), json!(null)).await;
+        let (kind, message) = limit(&report);
+        assert_eq!(kind, LimitKind::Stack);
+        assert!(message.contains("stack"), "{message}");
+    }
+}
+
+mod fs_escape {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_escape_attempt_fails() {
+        let outer = tempfile::tempdir().unwrap();
+        let ws = outer.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::write(outer.path().join("outside.txt"), "secret").unwrap();
+        std::os::unix::fs::symlink(outer.path().join("outside.txt"), ws.join("link-out")).unwrap();
+        let s = super::file_stats::restricted(&ws);
+        let report = run(FS_ESCAPE_COMPONENT, s, json!(null)).await;
+        let out = ok(&report);
+        let attempts = out["attempts"].as_array().unwrap();
+        assert!(attempts.len() >= 6, "{out}");
+        for a in attempts {
+            if a["op"] == "list" {
+                continue;
+            }
+            assert_eq!(a["ok"], false, "escape attempt succeeded: {a}");
+        }
+        assert!(!ws.join("escape-write.txt").exists());
+        assert!(!out.to_string().contains("secret"));
+    }
+}
+
+mod net_probe {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub async fn server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello from host").await;
+            }
+        });
+        addr
+    }
+
+    pub fn network_spec(patterns: &[String]) -> qi_host::SubAgentSpecification {
+        let mut s = spec();
+        s.isolation_level = IsolationLevel::Restricted;
+        s.security_constraints.network_access_level = qi_host::NetworkAccessLevel::Restricted;
+        s.resource_limits.allowed_network_hosts = patterns.to_vec();
+        s
+    }
+
+    #[tokio::test]
+    async fn cannot_reach_a_host_that_is_not_allowed() {
+        let addr = server().await;
+        let other_port = format!("127.0.0.1:{}", addr.port().wrapping_add(1));
+        let report = run(
+            NET_PROBE_COMPONENT,
+            network_spec(&[other_port]),
+            json!({"target": addr.to_string(), "http": true}),
+        )
+        .await;
+        let out = ok(&report);
+        assert_eq!(out["connected"], false, "{out}");
+        assert!(report.usage.network_denied >= 1, "{:?}", report.usage);
+    }
+
+    #[tokio::test]
+    async fn sandboxed_agent_has_no_network() {
+        let addr = server().await;
+        let report = run(
+            NET_PROBE_COMPONENT,
+            spec(),
+            json!({"target": addr.to_string(), "http": true}),
+        )
+        .await;
+        assert_eq!(ok(&report)["connected"], false);
+    }
+}
+
+mod tool_spammer {
+    use super::*;
+
+    #[tokio::test]
+    async fn is_stopped_at_max_tool_calls() {
+        let mut s = spec();
+        s.security_constraints.allowed_tools = vec!["clock.now".into()];
+        s.resource_limits.max_tool_calls = 10;
+        let report = run(TOOL_SPAMMER_COMPONENT, s, json!(null)).await;
+        let (kind, message) = limit(&report);
+        assert_eq!(kind, LimitKind::ToolCalls);
+        assert!(message.contains("maxToolCalls = 10"), "{message}");
+        assert_eq!(report.usage.tool_calls, 10);
+    }
+}
+
+mod panicker {
+    use super::*;
+
+    #[tokio::test]
+    async fn panic_message_reaches_the_report() {
+        let report = run(PANICKER_COMPONENT, spec(), json!(null)).await;
+        match &report.failure {
+            Some(AgentFailure::Panicked { message }) => {
+                assert!(message.contains("deliberate panic from panicker"), "{message}")
+            }
+            other => panic!("expected a panic, got {other:?}"),
+        }
+        assert_eq!(report.status, AgentStatus::Failed);
+    }
+}
+
+mod huge_output {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_over_the_cap_is_an_error() {
+        let report = run(HUGE_OUTPUT_COMPONENT, spec(), json!(null)).await;
+        let (kind, message) = limit(&report);
+        assert_eq!(kind, LimitKind::OutputSize);
+        assert!(message.contains("16777218 bytes"), "{message}");
+    }
+}

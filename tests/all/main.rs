@@ -1,0 +1,12 @@
+//! Integration tests: every bundled guest through the real host.
+//!
+//! One test binary (linked once); the host, its engine and its compiled components are shared
+//! by all tests (see `common`).
+
+mod cli;
+mod common;
+mod guests;
+mod isolation;
+mod lifecycle;
+mod limits;
+mod validation;

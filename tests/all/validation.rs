@@ -1,0 +1,157 @@
+//! Spec validation: each error names the field and what is allowed.
+
+use crate::common::*;
+use qi_guest_artifacts::*;
+use qi_host::{
+    DirectoryGrant, Error, ErrorCategory, FileSystemAccess, IsolationLevel, NetworkAccessLevel,
+    SubAgentSpecification,
+};
+use serde_json::json;
+
+async fn spawn_err(s: SubAgentSpecification) -> Error {
+    host()
+        .spawn(&load(HELLO_COMPONENT), s)
+        .await
+        .expect_err("spec must be refused")
+}
+
+#[track_caller]
+fn names(err: &Error, field: &str, hint: &str) {
+    let text = err.to_string();
+    assert!(text.contains(field), "`{text}` does not name `{field}`");
+    assert!(text.contains(hint), "`{text}` does not say `{hint}`");
+    assert_eq!(err.category(), ErrorCategory::Validation);
+}
+
+#[tokio::test]
+async fn memory_must_be_positive_and_under_the_ceiling() {
+    let mut s = spec();
+    s.resource_limits.max_memory_mb = 0;
+    names(&spawn_err(s.clone()).await, "resourceLimits.maxMemoryMB", "between 1 and 1024");
+    s.resource_limits.max_memory_mb = 1025;
+    names(&spawn_err(s).await, "resourceLimits.maxMemoryMB", "got 1025");
+}
+
+#[tokio::test]
+async fn zero_limits_are_refused() {
+    let mut s = spec();
+    s.resource_limits.max_execution_time_ms = 0;
+    names(&spawn_err(s).await, "maxExecutionTimeMs", "between 1 and");
+    let mut s = spec();
+    s.fuel = 0;
+    names(&spawn_err(s).await, "fuel", "at least 1");
+    let mut s = spec();
+    s.resource_limits.max_concurrent_operations = 0;
+    names(&spawn_err(s).await, "maxConcurrentOperations", "at least 1");
+}
+
+#[tokio::test]
+async fn sandbox_level_refuses_directories_and_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec();
+    s.directories.push(DirectoryGrant {
+        host_path: dir.path().into(),
+        guest_path: "/workspace".into(),
+        writable: None,
+    });
+    let e = spawn_err(s).await;
+    assert!(matches!(e, Error::IsolationCeiling { .. }), "{e}");
+    names(&e, "directories", "use `restricted`");
+
+    let mut s = spec();
+    s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
+    names(&spawn_err(s).await, "networkAccessLevel", "sandbox");
+}
+
+#[tokio::test]
+async fn restricted_level_refuses_full_access_and_allow_all() {
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.security_constraints.file_system_access = FileSystemAccess::Full;
+    names(&spawn_err(s).await, "fileSystemAccess", "needs `monitored`");
+
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
+    s.resource_limits.allowed_network_hosts = vec!["*:*".into()];
+    names(&spawn_err(s).await, "allowedNetworkHosts", "allows every address");
+}
+
+#[tokio::test]
+async fn network_patterns_are_checked() {
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
+    s.resource_limits.allowed_network_hosts = vec!["127.0.0.1".into()];
+    names(&spawn_err(s.clone()).await, "allowedNetworkHosts[0]", "has no port");
+    s.resource_limits.allowed_network_hosts = vec!["*.example.com:443".into()];
+    names(&spawn_err(s.clone()).await, "allowedNetworkHosts[0]", "wildcard host name");
+    s.resource_limits.allowed_network_hosts = vec!["10.0.0.1:99999".into()];
+    names(&spawn_err(s).await, "allowedNetworkHosts[0]", "invalid port");
+
+    let mut s = spec();
+    s.resource_limits.allowed_network_hosts = vec!["127.0.0.1:80".into()];
+    names(&spawn_err(s).await, "allowedNetworkHosts", "set it to `restricted`");
+}
+
+#[tokio::test]
+async fn globs_overrides_and_paths_are_checked() {
+    let mut s = spec();
+    s.security_constraints.allowed_tools = vec!["fs.[".into()];
+    names(&spawn_err(s).await, "allowedTools[0]", "not a valid glob");
+
+    let mut s = spec();
+    s.configuration_overrides.insert("maxOutputByte".into(), json!(10));
+    names(&spawn_err(s).await, "configurationOverrides.maxOutputByte", "known: maxOutputBytes");
+
+    let mut s = spec();
+    s.configuration_overrides.insert("maxOutputBytes".into(), json!(-1));
+    names(&spawn_err(s).await, "maxOutputBytes", "positive integer");
+
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.directories.push(DirectoryGrant {
+        host_path: "/definitely/not/here".into(),
+        guest_path: "/workspace".into(),
+        writable: None,
+    });
+    names(&spawn_err(s.clone()).await, "directories[0].hostPath", "not an existing directory");
+    s.directories[0].host_path = std::env::temp_dir();
+    s.directories[0].guest_path = "workspace".into();
+    names(&spawn_err(s).await, "directories[0].guestPath", "must be absolute");
+
+    let mut s = spec();
+    s.security_constraints.sandbox_enabled = false;
+    names(&spawn_err(s).await, "sandboxEnabled", "must be true");
+}
+
+#[tokio::test]
+async fn declared_capabilities_and_type_must_match() {
+    let mut s = spec();
+    s.capabilities = vec!["time-travel".into()];
+    names(&spawn_err(s).await, "capabilities", "does not declare `time-travel`");
+    let mut s = spec();
+    s.agent_type = qi_host::AgentType::DecisionCapable;
+    names(&spawn_err(s).await, "agentType", "declares");
+}
+
+#[test]
+fn spec_json_uses_the_seed_field_names_and_rejects_unknown_ones() {
+    let s: SubAgentSpecification = serde_json::from_value(json!({
+        "agentType": "specialized",
+        "capabilities": ["code-analysis"],
+        "resourceLimits": {"maxMemoryMB": 32, "maxExecutionTimeMs": 1000, "maxToolCalls": 3},
+        "securityConstraints": {"allowedTools": ["fs.read"], "fileSystemAccess": "read-only"},
+        "isolationLevel": "restricted",
+        "parentAgentId": "operator",
+        "fuel": 1000000
+    }))
+    .unwrap();
+    assert_eq!(s.resource_limits.max_memory_mb, 32);
+    assert_eq!(s.isolation_level, IsolationLevel::Restricted);
+    let err = serde_json::from_value::<SubAgentSpecification>(json!({
+        "resourceLimits": {"maxMemoryMb": 32}
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("maxMemoryMb"), "{err}");
+}

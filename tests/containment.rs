@@ -1,0 +1,147 @@
+//! Containment: 200 agents at once, a dozen misbehaving in every way the bundled guests know.
+//! Every well-behaved agent completes with the right result, every misbehaving one fails with its
+//! own precise error, the host survives, and its resident memory returns near where it started.
+//!
+//! Its own test binary so that its memory measurements see no other test's agents.
+
+#[allow(dead_code)]
+#[path = "all/common.rs"]
+mod common;
+
+use common::*;
+use qi_guest_artifacts::*;
+use qi_host::{AgentFailure, AgentReport, IsolationLevel, LimitKind, TaskRequest};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    Hello(usize),
+    Stats,
+    Fails(fn(&AgentFailure) -> bool, &'static str),
+    EscapesRefused,
+    NetRefused,
+    Terminated,
+}
+
+async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
+    let mut s = spec();
+    let (path, input, expect): (&str, Value, Expect) = match i {
+        0 => {
+            s.fuel = 20_000_000;
+            (SPIN_FOREVER_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::Fuel), "fuel"))
+        }
+        1 => {
+            s.fuel = u64::MAX / 4;
+            s.resource_limits.max_execution_time_ms = 300;
+            (SPIN_FOREVER_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::ExecutionTime), "deadline"))
+        }
+        2 | 3 => {
+            s.resource_limits.max_memory_mb = 48;
+            (MEMORY_HOG_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::Memory), "memory"))
+        }
+        4 => (STACK_OVERFLOW_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::Stack), "stack")),
+        5 => {
+            s = crate_restricted(&ws);
+            (FS_ESCAPE_COMPONENT, json!(null), Expect::EscapesRefused)
+        }
+        6 => (NET_PROBE_COMPONENT, json!({"target": "127.0.0.1:9", "http": true}), Expect::NetRefused),
+        7 => {
+            s.security_constraints.allowed_tools = vec!["clock.now".into()];
+            s.resource_limits.max_tool_calls = 20;
+            (TOOL_SPAMMER_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::ToolCalls), "tool calls"))
+        }
+        8 => (PANICKER_COMPONENT, json!(null), Expect::Fails(|f| matches!(f, AgentFailure::Panicked { message } if message.contains("deliberate")), "panic")),
+        9 => (HUGE_OUTPUT_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::OutputSize), "output")),
+        10 => {
+            s.security_constraints.allowed_tools = vec!["test.block".into()];
+            (TOOL_USER_COMPONENT, json!({"calls": [{"tool": "test.block", "input": {}}]}), Expect::Terminated)
+        }
+        11 => {
+            s.fuel = u64::MAX / 4;
+            (SPIN_FOREVER_COMPONENT, json!(null), Expect::Terminated)
+        }
+        n if n % 2 == 0 => (HELLO_COMPONENT, json!({"n": n}), Expect::Hello(n)),
+        _ => {
+            s = crate_restricted(&ws);
+            (FILE_STATS_COMPONENT, json!(null), Expect::Stats)
+        }
+    };
+    let agent = host().spawn(&load(path), s).await.expect("spawns");
+    if matches!(expect, Expect::Terminated) {
+        let id = agent.id().to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            host().terminate(&id, "containment test").unwrap();
+        });
+    }
+    (expect, agent.run(TaskRequest::new("containment", input)).await)
+}
+
+fn crate_restricted(ws: &std::path::Path) -> qi_host::SubAgentSpecification {
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: ws.to_path_buf(),
+        guest_path: "/workspace".into(),
+        writable: None,
+    });
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_agents_a_dozen_misbehaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("a.txt"), "one two\nthree\n").unwrap();
+
+    // Warm up: compile everything and fill the pool's warm slots with well-behaved agents.
+    let warm: Vec<_> = (12..200).map(|i| tokio::spawn(one(i, ws.clone()))).collect();
+    for w in warm {
+        ok(&w.await.unwrap().1);
+    }
+    let before = rss_bytes();
+
+    let all: Vec<_> = (0..200).map(|i| tokio::spawn(one(i, ws.clone()))).collect();
+    let mut failures = 0;
+    for (i, handle) in all.into_iter().enumerate() {
+        let (expect, report) = handle.await.expect("the host survives every agent");
+        match expect {
+            Expect::Hello(n) => assert_eq!(ok(&report)["input"]["n"], n, "agent {i}"),
+            Expect::Stats => assert_eq!(ok(&report)["total"]["words"], 3, "agent {i}"),
+            Expect::Fails(check, what) => {
+                let f = report.failure.as_ref().unwrap_or_else(|| panic!("agent {i} ({what}) succeeded"));
+                assert!(check(f), "agent {i} should fail with {what}, got {f}");
+                failures += 1;
+            }
+            Expect::EscapesRefused => {
+                let out = ok(&report);
+                for a in out["attempts"].as_array().unwrap() {
+                    assert!(a["op"] == "list" || a["ok"] == false, "agent {i} escaped: {a}");
+                }
+            }
+            Expect::NetRefused => assert_eq!(ok(&report)["connected"], false, "agent {i}"),
+            Expect::Terminated => {
+                assert!(matches!(report.failure, Some(AgentFailure::Terminated { .. })), "agent {i}: {:?}", report.failure);
+                failures += 1;
+            }
+        }
+    }
+    assert_eq!(failures, 10);
+    assert!(host().list().is_empty(), "agents left behind: {:?}", host().list());
+
+    let after = rss_bytes();
+    let grown = after.saturating_sub(before);
+    eprintln!("RSS before {} MiB, after {} MiB", before >> 20, after >> 20);
+    // Two memory hogs reached 48 MiB each and a huge output of 16 MiB crossed into the host;
+    // none of that may stay resident.
+    assert!(grown < 64 << 20, "resident memory grew by {} MiB", grown >> 20);
+}
