@@ -36,33 +36,72 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
     let (path, input, expect): (&str, Value, Expect) = match i {
         0 => {
             s.fuel = 20_000_000;
-            (SPIN_FOREVER_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::Fuel), "fuel"))
+            (
+                SPIN_FOREVER_COMPONENT,
+                json!(null),
+                Expect::Fails(|f| f.limit() == Some(LimitKind::Fuel), "fuel"),
+            )
         }
         1 => {
             s.fuel = u64::MAX / 4;
             s.resource_limits.max_execution_time_ms = 300;
-            (SPIN_FOREVER_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::ExecutionTime), "deadline"))
+            (
+                SPIN_FOREVER_COMPONENT,
+                json!(null),
+                Expect::Fails(|f| f.limit() == Some(LimitKind::ExecutionTime), "deadline"),
+            )
         }
         2 | 3 => {
             s.resource_limits.max_memory_mb = 48;
-            (MEMORY_HOG_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::Memory), "memory"))
+            (
+                MEMORY_HOG_COMPONENT,
+                json!(null),
+                Expect::Fails(|f| f.limit() == Some(LimitKind::Memory), "memory"),
+            )
         }
-        4 => (STACK_OVERFLOW_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::Stack), "stack")),
+        4 => (
+            STACK_OVERFLOW_COMPONENT,
+            json!(null),
+            Expect::Fails(|f| f.limit() == Some(LimitKind::Stack), "stack"),
+        ),
         5 => {
             s = crate_restricted(&ws);
             (FS_ESCAPE_COMPONENT, json!(null), Expect::EscapesRefused)
         }
-        6 => (NET_PROBE_COMPONENT, json!({"target": "127.0.0.1:9", "http": true}), Expect::NetRefused),
+        6 => (
+            NET_PROBE_COMPONENT,
+            json!({"target": "127.0.0.1:9", "http": true}),
+            Expect::NetRefused,
+        ),
         7 => {
             s.security_constraints.allowed_tools = vec!["clock.now".into()];
             s.resource_limits.max_tool_calls = 20;
-            (TOOL_SPAMMER_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::ToolCalls), "tool calls"))
+            (
+                TOOL_SPAMMER_COMPONENT,
+                json!(null),
+                Expect::Fails(|f| f.limit() == Some(LimitKind::ToolCalls), "tool calls"),
+            )
         }
-        8 => (PANICKER_COMPONENT, json!(null), Expect::Fails(|f| matches!(f, AgentFailure::Panicked { message } if message.contains("deliberate")), "panic")),
-        9 => (HUGE_OUTPUT_COMPONENT, json!(null), Expect::Fails(|f| f.limit() == Some(LimitKind::OutputSize), "output")),
+        8 => (
+            PANICKER_COMPONENT,
+            json!(null),
+            Expect::Fails(
+                |f| matches!(f, AgentFailure::Panicked { message } if message.contains("deliberate")),
+                "panic",
+            ),
+        ),
+        9 => (
+            HUGE_OUTPUT_COMPONENT,
+            json!(null),
+            Expect::Fails(|f| f.limit() == Some(LimitKind::OutputSize), "output"),
+        ),
         10 => {
             s.security_constraints.allowed_tools = vec!["test.block".into()];
-            (TOOL_USER_COMPONENT, json!({"calls": [{"tool": "test.block", "input": {}}]}), Expect::Terminated)
+            (
+                TOOL_USER_COMPONENT,
+                json!({"calls": [{"tool": "test.block", "input": {}}]}),
+                Expect::Terminated,
+            )
         }
         11 => {
             s.fuel = u64::MAX / 4;
@@ -82,7 +121,10 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
             host().terminate(&id, "containment test").unwrap();
         });
     }
-    (expect, agent.run(TaskRequest::new("containment", input)).await)
+    (
+        expect,
+        agent.run(TaskRequest::new("containment", input)).await,
+    )
 }
 
 fn crate_restricted(ws: &std::path::Path) -> qi_host::SubAgentSpecification {
@@ -104,7 +146,9 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
     std::fs::write(ws.join("a.txt"), "one two\nthree\n").unwrap();
 
     // Warm up: compile everything and fill the pool's warm slots with well-behaved agents.
-    let warm: Vec<_> = (12..200).map(|i| tokio::spawn(one(i, ws.clone()))).collect();
+    let warm: Vec<_> = (12..200)
+        .map(|i| tokio::spawn(one(i, ws.clone())))
+        .collect();
     for w in warm {
         ok(&w.await.unwrap().1);
     }
@@ -118,30 +162,48 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
             Expect::Hello(n) => assert_eq!(ok(&report)["input"]["n"], n, "agent {i}"),
             Expect::Stats => assert_eq!(ok(&report)["total"]["words"], 3, "agent {i}"),
             Expect::Fails(check, what) => {
-                let f = report.failure.as_ref().unwrap_or_else(|| panic!("agent {i} ({what}) succeeded"));
+                let f = report
+                    .failure
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("agent {i} ({what}) succeeded"));
                 assert!(check(f), "agent {i} should fail with {what}, got {f}");
                 failures += 1;
             }
             Expect::EscapesRefused => {
                 let out = ok(&report);
                 for a in out["attempts"].as_array().unwrap() {
-                    assert!(a["op"] == "list" || a["ok"] == false, "agent {i} escaped: {a}");
+                    assert!(
+                        a["op"] == "list" || a["ok"] == false,
+                        "agent {i} escaped: {a}"
+                    );
                 }
             }
             Expect::NetRefused => assert_eq!(ok(&report)["connected"], false, "agent {i}"),
             Expect::Terminated => {
-                assert!(matches!(report.failure, Some(AgentFailure::Terminated { .. })), "agent {i}: {:?}", report.failure);
+                assert!(
+                    matches!(report.failure, Some(AgentFailure::Terminated { .. })),
+                    "agent {i}: {:?}",
+                    report.failure
+                );
                 failures += 1;
             }
         }
     }
     assert_eq!(failures, 10);
-    assert!(host().list().is_empty(), "agents left behind: {:?}", host().list());
+    assert!(
+        host().list().is_empty(),
+        "agents left behind: {:?}",
+        host().list()
+    );
 
     let after = rss_bytes();
     let grown = after.saturating_sub(before);
     eprintln!("RSS before {} MiB, after {} MiB", before >> 20, after >> 20);
     // Two memory hogs reached 48 MiB each and a huge output of 16 MiB crossed into the host;
     // none of that may stay resident.
-    assert!(grown < 64 << 20, "resident memory grew by {} MiB", grown >> 20);
+    assert!(
+        grown < 64 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
 }

@@ -218,7 +218,11 @@ impl AgentHost {
     ) -> Result<SubAgent> {
         let overrides = spec.validate(&self.ceilings())?;
         if let Some(parent) = &spec.parent_agent_id
-            && self.agents.lock().expect("registry poisoned").contains_key(parent)
+            && self
+                .agents
+                .lock()
+                .expect("registry poisoned")
+                .contains_key(parent)
         {
             return Err(Error::field(
                 "parentAgentId",
@@ -506,13 +510,19 @@ impl SubAgent {
     /// Runs the task and reports the outcome and measured usage.
     pub async fn run(mut self, task: TaskRequest) -> AgentReport {
         self.entry.set(AgentStatus::Executing);
-        let task_id = task.id.clone().unwrap_or_else(|| format!("{}-task", self.id));
+        let task_id = task
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{}-task", self.id));
         let wit_task = crate::bindings::Task {
             id: task_id.clone(),
             description: task.description,
             input: task.input.to_string(),
         };
-        let instance = self.instance.take().expect("a spawned agent has an instance");
+        let instance = self
+            .instance
+            .take()
+            .expect("a spawned agent has an instance");
         let max_output = self.shared.overrides.max_output_bytes;
         let result = self
             .guarded(async |store| instance.call_run(&mut *store, &wit_task).await)
@@ -635,9 +645,7 @@ fn panic_message(stderr: &str) -> Option<String> {
     let rest = &stderr[at + "panicked at ".len()..];
     let mut lines = rest.lines();
     let location = lines.next()?.trim_end_matches(':').to_string();
-    let message: Vec<&str> = lines
-        .take_while(|l| !l.starts_with("note: "))
-        .collect();
+    let message: Vec<&str> = lines.take_while(|l| !l.starts_with("note: ")).collect();
     let message = message.join("\n");
     Some(if message.trim().is_empty() {
         format!("panic at {location}")

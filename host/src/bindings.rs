@@ -22,8 +22,8 @@ mod generated {
     });
 }
 
-pub use generated::{Agent, AgentPre};
 use generated::qi;
+pub use generated::{Agent, AgentPre};
 
 pub use qi::agent::budget::Remaining;
 pub use qi::agent::log::Level;
@@ -49,9 +49,9 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     qi::agent::log::add_to_linker::<AgentState, HasSelf<AgentState>>(&mut linker, |s| s)?;
     qi::agent::tools::add_to_linker::<AgentState, HasSelf<AgentState>>(&mut linker, |s| s)?;
     // `budget.remaining` needs the Store itself (to read fuel), so it is wrapped by hand.
-    linker
-        .instance("qi:agent/budget@0.1.0")?
-        .func_wrap("get", |store: StoreContextMut<'_, AgentState>, (): ()| {
+    linker.instance("qi:agent/budget@0.1.0")?.func_wrap(
+        "get",
+        |store: StoreContextMut<'_, AgentState>, (): ()| {
             let fuel = store.get_fuel()?;
             let state = store.data();
             let shared = &state.shared;
@@ -69,7 +69,8 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
             };
             shared.record_call("budget.get", "", 0, Instant::now(), "ok");
             Ok((remaining,))
-        })?;
+        },
+    )?;
     Ok(linker)
 }
 
@@ -92,18 +93,23 @@ impl qi::agent::log::Host for AgentState {
                 (k, v)
             })
             .collect();
-        let bytes = (message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64;
-        let used = shared.counters.log_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let bytes =
+            (message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64;
+        let used = shared
+            .counters
+            .log_bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
         if used > shared.overrides.max_log_bytes {
-            shared.counters.log_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            shared
+                .counters
+                .log_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             shared.counters.logs_dropped.fetch_add(1, Ordering::Relaxed);
             shared.record_call("log.log", "", bytes as usize, start, "dropped");
             return;
         }
-        let rendered: String = fields
-            .iter()
-            .map(|(k, v)| format!(" {k}={v}"))
-            .collect();
+        let rendered: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
         let agent = shared.id.as_str();
         match level {
             Level::Trace => tracing::trace!(target: "qi.guest", agent, "{message}{rendered}"),
@@ -155,7 +161,10 @@ fn prepare_call(
 ) -> Result<crate::tools::ToolFuture, ToolError> {
     let grants = &shared.grants;
     if !grants.tool_allowed(name) {
-        shared.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .access_denied
+            .fetch_add(1, Ordering::Relaxed);
         let why = if grants.is_prohibited(name) {
             "prohibited by securityConstraints.prohibitedOperations"
         } else {
@@ -216,7 +225,11 @@ async fn finish_call(fut: crate::tools::ToolFuture) -> Result<String, ToolError>
 fn concurrency_refusal(shared: &AgentShared, wanted: usize) -> ToolError {
     let max = shared.spec.resource_limits.max_concurrent_operations;
     let detail = format!("{wanted} operations at once refused: the agent may run {max} at once");
-    shared.record_violation(LimitKind::ConcurrentOperations, u64::from(max), detail.clone());
+    shared.record_violation(
+        LimitKind::ConcurrentOperations,
+        u64::from(max),
+        detail.clone(),
+    );
     ToolError::LimitExceeded(detail)
 }
 
@@ -233,7 +246,13 @@ impl qi::agent::tools::Host for AgentState {
             },
         };
         let outcome = result.as_ref().map_or_else(tool_error_kind, |_| "ok");
-        shared.record_call("tools.call", &name, name.len() + input.len(), start, outcome);
+        shared.record_call(
+            "tools.call",
+            &name,
+            name.len() + input.len(),
+            start,
+            outcome,
+        );
         result
     }
 
@@ -243,10 +262,13 @@ impl qi::agent::tools::Host for AgentState {
         let start = Instant::now();
         let arg_bytes: usize = requests.iter().map(|r| r.name.len() + r.input.len()).sum();
         let n = requests.len();
-        let permits = match u32::try_from(n)
-            .ok()
-            .and_then(|n| shared.operations.clone().try_acquire_many_owned(n.max(1)).ok())
-        {
+        let permits = match u32::try_from(n).ok().and_then(|n| {
+            shared
+                .operations
+                .clone()
+                .try_acquire_many_owned(n.max(1))
+                .ok()
+        }) {
             Some(p) => p,
             None => {
                 let e = concurrency_refusal(&shared, n);
@@ -280,7 +302,13 @@ impl qi::agent::tools::Host for AgentState {
         } else {
             "partial"
         };
-        shared.record_call("tools.call-many", &format!("{n} calls"), arg_bytes, start, outcome);
+        shared.record_call(
+            "tools.call-many",
+            &format!("{n} calls"),
+            arg_bytes,
+            start,
+            outcome,
+        );
         results
     }
 

@@ -87,7 +87,9 @@ pub struct InspectArgs {
 impl clap::builder::ValueParserFactory for IsolationLevel {
     type Parser = clap::builder::ValueParser;
     fn value_parser() -> Self::Parser {
-        clap::builder::ValueParser::new(|s: &str| s.parse::<IsolationLevel>().map_err(|e| e.to_string()))
+        clap::builder::ValueParser::new(|s: &str| {
+            s.parse::<IsolationLevel>().map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -102,10 +104,17 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
 fn build_spec(args: &RunAgentArgs) -> Result<SubAgentSpecification, Error> {
     let mut spec = match &args.spec {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::field("--spec", format!("cannot read `{}`: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::field("--spec", format!("cannot read `{}`: {e}", path.display()))
+            })?;
             serde_json::from_str(&text).map_err(|e| {
-                Error::field("--spec", format!("`{}` is not a valid SubAgentSpecification: {e}", path.display()))
+                Error::field(
+                    "--spec",
+                    format!(
+                        "`{}` is not a valid SubAgentSpecification: {e}",
+                        path.display()
+                    ),
+                )
             })?
         }
         None => SubAgentSpecification::default(),
@@ -195,7 +204,11 @@ fn print_report(r: &AgentReport) {
         _ => {}
     }
     for log in &r.logs {
-        let fields: String = log.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let fields: String = log
+            .fields
+            .iter()
+            .map(|(k, v)| format!(" {k}={v}"))
+            .collect();
         println!("log       {:<5} {}{fields}", log.level, log.message);
     }
     let u = &r.usage;
@@ -203,7 +216,10 @@ fn print_report(r: &AgentReport) {
     let rows: [(&str, String); 12] = [
         ("fuel consumed", u.fuel_consumed.to_string()),
         ("peak memory", format!("{} bytes", u.peak_memory_bytes)),
-        ("wall time", format!("{:.3} ms", u.wall_time_us as f64 / 1000.0)),
+        (
+            "wall time",
+            format!("{:.3} ms", u.wall_time_us as f64 / 1000.0),
+        ),
         ("host calls", u.host_calls.to_string()),
         ("tool calls", u.tool_calls.to_string()),
         ("file operations", u.file_operations.to_string()),
@@ -254,11 +270,17 @@ async fn inspect(args: InspectArgs) -> Result<i32, Error> {
             "exports": exports,
             "runnable": true,
         });
-        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::System(e.into()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::System(e.into()))?
+        );
     } else {
         println!("component {}", component.path.display());
         println!("sha256    {}", component.sha256);
-        println!("agent     {} {} ({:?})", info.name, info.version, info.agent_type);
+        println!(
+            "agent     {} {} ({:?})",
+            info.name, info.version, info.agent_type
+        );
         println!("about     {}", info.description);
         println!("capabilities {}", info.capabilities.join(", "));
         println!("imports");
@@ -269,7 +291,9 @@ async fn inspect(args: InspectArgs) -> Result<i32, Error> {
         for e in &exports {
             println!("  {e}");
         }
-        println!("runnable  yes: targets qi:agent/agent@0.1.0 and imports only what qi-host provides");
+        println!(
+            "runnable  yes: targets qi:agent/agent@0.1.0 and imports only what qi-host provides"
+        );
     }
     Ok(0)
 }

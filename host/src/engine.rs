@@ -36,7 +36,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Host-wide configuration. Every field has a documented default.
 #[derive(Debug, Clone)]
@@ -200,18 +200,26 @@ impl Runtime {
         check_header(&shown, bytes)?;
         let sha256 = hex::encode(Sha256::digest(bytes));
         let key = format!("{sha256}-{}", self.engine_hash);
-        if let Some(hit) = self.loaded.lock().expect("component map poisoned").get(&key) {
+        if let Some(hit) = self
+            .loaded
+            .lock()
+            .expect("component map poisoned")
+            .get(&key)
+        {
             return Ok(hit.clone());
         }
 
         let (component, from_cache) = self.compile_cached(&shown, &key, bytes)?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| Error::WrongWorld {
-            path: shown.clone(),
-            message: format!(
-                "{}; qi-host provides qi:agent/{{log,tools,budget}}@0.1.0 and WASI 0.2",
-                error_chain(&e)
-            ),
-        })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| Error::WrongWorld {
+                    path: shown.clone(),
+                    message: format!(
+                        "{}; qi-host provides qi:agent/{{log,tools,budget}}@0.1.0 and WASI 0.2",
+                        error_chain(&e)
+                    ),
+                })?;
         let pre = AgentPre::new(instance_pre).map_err(|e| Error::WrongWorld {
             path: shown.clone(),
             message: format!(
@@ -375,7 +383,7 @@ fn build_engine(config: &HostConfig) -> Result<(Engine, AllocatorKind)> {
         }
     }
     let c = base_config(config);
-    let engine =
-        Engine::new(&c).map_err(|e| Error::System(anyhow::Error::from(e).context("creating the engine")))?;
+    let engine = Engine::new(&c)
+        .map_err(|e| Error::System(anyhow::Error::from(e).context("creating the engine")))?;
     Ok((engine, AllocatorKind::OnDemand))
 }

@@ -66,13 +66,17 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file is not WebAssembly at all.
-    #[error("`{path}` is not a WebAssembly file (no `\\0asm` header); pass a component built for wasm32-wasip2")]
+    #[error(
+        "`{path}` is not a WebAssembly file (no `\\0asm` header); pass a component built for wasm32-wasip2"
+    )]
     NotWasm {
         /// Path given by the user.
         path: String,
     },
     /// The file is a core module, not a component.
-    #[error("`{path}` is a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2` (which emits components) against qi-guest-sdk")]
+    #[error(
+        "`{path}` is a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2` (which emits components) against qi-guest-sdk"
+    )]
     CoreModule {
         /// Path given by the user.
         path: String,
@@ -97,7 +101,9 @@ pub enum Error {
     #[error("no agent with id `{0}`")]
     UnknownAgent(String),
     /// The host has reached its configured number of live agents.
-    #[error("the host already runs {limit} agents (its `max_live_agents`); wait for some to finish or raise the limit")]
+    #[error(
+        "the host already runs {limit} agents (its `max_live_agents`); wait for some to finish or raise the limit"
+    )]
     TooManyAgents {
         /// The configured limit.
         limit: u32,

@@ -185,7 +185,9 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
         let hosts = match host {
             HostPattern::IpGlob(g) => RuleHosts::Glob(
                 Glob::new(&g)
-                    .map_err(|e| crate::Error::field("resourceLimits.allowedNetworkHosts", e.to_string()))?
+                    .map_err(|e| {
+                        crate::Error::field("resourceLimits.allowedNetworkHosts", e.to_string())
+                    })?
                     .compile_matcher(),
             ),
             HostPattern::Name(name) => {
@@ -212,13 +214,14 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
             && grant
                 .writable
                 .unwrap_or(sec.file_system_access == FileSystemAccess::Full);
-        let dir = cap_std::fs::Dir::open_ambient_dir(&grant.host_path, cap_std::ambient_authority())
-            .map_err(|e| {
-                crate::Error::field(
-                    format!("directories[{i}].hostPath"),
-                    format!("cannot open `{}`: {e}", grant.host_path.display()),
-                )
-            })?;
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(&grant.host_path, cap_std::ambient_authority())
+                .map_err(|e| {
+                    crate::Error::field(
+                        format!("directories[{i}].hostPath"),
+                        format!("cannot open `{}`: {e}", grant.host_path.display()),
+                    )
+                })?;
         preopens.push(Preopen {
             guest_path: match grant.guest_path.trim_end_matches('/') {
                 "" => "/".to_string(),
@@ -235,8 +238,7 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
         network_any: sec.network_access_level == NetworkAccessLevel::Full,
         network,
         preopens,
-        monitored: spec.isolation_level == IsolationLevel::Monitored
-            || sec.resource_monitoring,
+        monitored: spec.isolation_level == IsolationLevel::Monitored || sec.resource_monitoring,
     })
 }
 
@@ -318,7 +320,14 @@ impl AgentShared {
     }
 
     /// Appends a monitored host-call record (no-op unless monitored).
-    pub fn record_call(&self, call: &str, target: &str, arg_bytes: usize, start: Instant, outcome: &str) {
+    pub fn record_call(
+        &self,
+        call: &str,
+        target: &str,
+        arg_bytes: usize,
+        start: Instant,
+        outcome: &str,
+    ) {
         if !self.grants.monitored {
             return;
         }

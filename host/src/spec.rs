@@ -47,7 +47,10 @@ impl std::str::FromStr for IsolationLevel {
             "monitored" => Ok(IsolationLevel::Monitored),
             other => Err(Error::field(
                 "isolationLevel",
-                format!("`{other}` is not an isolation level; use one of {}", Self::ALL),
+                format!(
+                    "`{other}` is not an isolation level; use one of {}",
+                    Self::ALL
+                ),
             )),
         }
     }
@@ -192,7 +195,10 @@ impl DirectoryGrant {
             }
         };
         if host.is_empty() {
-            return Err(Error::field("--dir", format!("`{spec}` has an empty host path")));
+            return Err(Error::field(
+                "--dir",
+                format!("`{spec}` has an empty host path"),
+            ));
         }
         Ok(DirectoryGrant {
             host_path: PathBuf::from(host),
@@ -349,9 +355,12 @@ impl NetworkPattern {
         };
         let is_ip_glob = host.parse::<IpAddr>().is_ok()
             || host == "*"
-            || host.chars().all(|c| c.is_ascii_hexdigit() || ".:*?".contains(c));
+            || host
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || ".:*?".contains(c));
         let host = if is_ip_glob {
-            globset::Glob::new(host).map_err(|e| bad(&format!("has an invalid host glob ({e})")))?;
+            globset::Glob::new(host)
+                .map_err(|e| bad(&format!("has an invalid host glob ({e})")))?;
             HostPattern::IpGlob(host.to_string())
         } else if host.contains(['*', '?', '[']) {
             return Err(bad(
@@ -440,8 +449,9 @@ impl SubAgentSpecification {
                     i - sec.allowed_tools.len()
                 )
             };
-            globset::Glob::new(pattern)
-                .map_err(|e| Error::field(field, format!("`{pattern}` is not a valid glob: {e}")))?;
+            globset::Glob::new(pattern).map_err(|e| {
+                Error::field(field, format!("`{pattern}` is not a valid glob: {e}"))
+            })?;
         }
         let mut patterns = Vec::new();
         for (i, text) in limits.allowed_network_hosts.iter().enumerate() {
@@ -460,10 +470,7 @@ impl SubAgentSpecification {
             if !dir.guest_path.starts_with('/') {
                 return Err(Error::field(
                     format!("directories[{i}].guestPath"),
-                    format!(
-                        "`{}` must be absolute, e.g. `/workspace`",
-                        dir.guest_path
-                    ),
+                    format!("`{}` must be absolute, e.g. `/workspace`", dir.guest_path),
                 ));
             }
             if dir.guest_path.split('/').any(|c| c == ".." || c == ".") {
@@ -475,10 +482,7 @@ impl SubAgentSpecification {
             if !dir.host_path.is_dir() {
                 return Err(Error::field(
                     format!("directories[{i}].hostPath"),
-                    format!(
-                        "`{}` is not an existing directory",
-                        dir.host_path.display()
-                    ),
+                    format!("`{}` is not an existing directory", dir.host_path.display()),
                 ));
             }
         }
@@ -539,7 +543,10 @@ impl SubAgentSpecification {
             let field = format!("configurationOverrides.{key}");
             let number = || {
                 value.as_u64().filter(|v| *v > 0).ok_or_else(|| {
-                    Error::field(field.clone(), format!("must be a positive integer, got {value}"))
+                    Error::field(
+                        field.clone(),
+                        format!("must be a positive integer, got {value}"),
+                    )
                 })
             };
             match key.as_str() {
@@ -575,7 +582,9 @@ impl SubAgentSpecification {
             .allowed_network_hosts
             .iter()
             .enumerate()
-            .map(|(i, t)| NetworkPattern::parse(&format!("resourceLimits.allowedNetworkHosts[{i}]"), t))
+            .map(|(i, t)| {
+                NetworkPattern::parse(&format!("resourceLimits.allowedNetworkHosts[{i}]"), t)
+            })
             .collect()
     }
 }

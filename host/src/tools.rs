@@ -103,7 +103,10 @@ pub const FS_READ_MAX_BYTES: u64 = 4 << 20;
 
 /// Finds the grant that contains `guest_path` and the path relative to it. Rejects relative
 /// paths and `..` components outright; cap-std rejects symlinks that leave the grant.
-pub fn resolve<'a>(preopens: &'a [Preopen], guest_path: &str) -> Result<(&'a Preopen, PathBuf), ToolFailure> {
+pub fn resolve<'a>(
+    preopens: &'a [Preopen],
+    guest_path: &str,
+) -> Result<(&'a Preopen, PathBuf), ToolFailure> {
     let path = Path::new(guest_path);
     if !path.is_absolute() {
         return Err(ToolFailure::InvalidInput(format!(
@@ -262,7 +265,11 @@ impl Tool for FsList {
             blocking(move || {
                 let (preopen, rel) = resolve(&ctx.preopens, &path)?;
                 let mut entries = Vec::new();
-                for entry in preopen.dir.read_dir(&rel).map_err(|e| io_failure(&path, e))? {
+                for entry in preopen
+                    .dir
+                    .read_dir(&rel)
+                    .map_err(|e| io_failure(&path, e))?
+                {
                     let entry = entry.map_err(|e| io_failure(&path, e))?;
                     let meta = entry.metadata().map_err(|e| io_failure(&path, e))?;
                     let kind = if meta.is_dir() {

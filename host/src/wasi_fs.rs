@@ -130,10 +130,7 @@ impl HostDescriptor for CountingFs<'_> {
         self.inner.write(fd, buf, offset).await
     }
 
-    async fn read_directory(
-        &mut self,
-        fd: Fd,
-    ) -> FsResult<Resource<types::DirectoryEntryStream>> {
+    async fn read_directory(&mut self, fd: Fd) -> FsResult<Resource<types::DirectoryEntryStream>> {
         self.count()?;
         self.inner.read_directory(fd).await
     }
@@ -172,7 +169,9 @@ impl HostDescriptor for CountingFs<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         self.count()?;
-        self.inner.set_times_at(fd, path_flags, path, atim, mtim).await
+        self.inner
+            .set_times_at(fd, path_flags, path, atim, mtim)
+            .await
     }
 
     async fn link_at(
@@ -198,7 +197,9 @@ impl HostDescriptor for CountingFs<'_> {
         flags: types::DescriptorFlags,
     ) -> FsResult<Fd> {
         self.count()?;
-        self.inner.open_at(fd, path_flags, path, oflags, flags).await
+        self.inner
+            .open_at(fd, path_flags, path, oflags, flags)
+            .await
     }
 
     fn drop(&mut self, fd: Fd) -> wasmtime::Result<()> {

@@ -21,7 +21,13 @@ fn stdout(o: &Output) -> String {
 
 #[track_caller]
 fn one_line_error(o: &Output, expect: &str) {
-    assert_eq!(o.status.code(), Some(2), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
     let err = stderr(o);
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
     assert!(err.starts_with("error"), "{err}");
@@ -31,7 +37,14 @@ fn one_line_error(o: &Output, expect: &str) {
 
 #[test]
 fn run_agent_prints_output_and_usage() {
-    let o = qi_host(&["run-agent", HELLO_COMPONENT, "--task", "greet", "--input", r#"{"who":"newcomer"}"#]);
+    let o = qi_host(&[
+        "run-agent",
+        HELLO_COMPONENT,
+        "--task",
+        "greet",
+        "--input",
+        r#"{"who":"newcomer"}"#,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("\"echo\": \"greet\""), "{out}");
@@ -51,7 +64,14 @@ fn run_agent_json_is_machine_readable() {
 
 #[test]
 fn a_failing_agent_exits_1_with_the_reason() {
-    let o = qi_host(&["run-agent", SPIN_FOREVER_COMPONENT, "--task", "spin", "--fuel", "1000000"]);
+    let o = qi_host(&[
+        "run-agent",
+        SPIN_FOREVER_COMPONENT,
+        "--task",
+        "spin",
+        "--fuel",
+        "1000000",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("fuel limit exceeded"), "{}", stdout(&o));
 }
@@ -61,7 +81,15 @@ fn run_agent_with_a_read_only_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.txt"), "one two\n").unwrap();
     let grant = format!("{}:/workspace:ro", dir.path().display());
-    let o = qi_host(&["run-agent", FILE_STATS_COMPONENT, "--task", "stats", "--dir", &grant, "--json"]);
+    let o = qi_host(&[
+        "run-agent",
+        FILE_STATS_COMPONENT,
+        "--task",
+        "stats",
+        "--dir",
+        &grant,
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["output"]["total"]["words"], 2);
@@ -69,7 +97,10 @@ fn run_agent_with_a_read_only_directory() {
 
 #[test]
 fn missing_file() {
-    one_line_error(&qi_host(&["run-agent", "/no/such/agent.wasm", "--task", "x"]), "cannot read component");
+    one_line_error(
+        &qi_host(&["run-agent", "/no/such/agent.wasm", "--task", "x"]),
+        "cannot read component",
+    );
 }
 
 #[test]
@@ -77,15 +108,25 @@ fn not_wasm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.wasm");
     std::fs::write(&path, "this is text").unwrap();
-    one_line_error(&qi_host(&["run-agent", path.to_str().unwrap(), "--task", "x"]), "not a WebAssembly file");
+    one_line_error(
+        &qi_host(&["run-agent", path.to_str().unwrap(), "--task", "x"]),
+        "not a WebAssembly file",
+    );
 }
 
 #[test]
 fn core_module_instead_of_component() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("core.wasm");
-    std::fs::write(&path, wat::parse_str("(module (func (export \"run\")))").unwrap()).unwrap();
-    one_line_error(&qi_host(&["inspect", path.to_str().unwrap()]), "core WebAssembly module, not a component");
+    std::fs::write(
+        &path,
+        wat::parse_str("(module (func (export \"run\")))").unwrap(),
+    )
+    .unwrap();
+    one_line_error(
+        &qi_host(&["inspect", path.to_str().unwrap()]),
+        "core WebAssembly module, not a component",
+    );
 }
 
 #[test]
@@ -93,30 +134,57 @@ fn component_of_another_world() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.wasm");
     std::fs::write(&path, wat::parse_str("(component)").unwrap()).unwrap();
-    one_line_error(&qi_host(&["inspect", path.to_str().unwrap()]), "does not export the `qi:agent/agent` world");
+    one_line_error(
+        &qi_host(&["inspect", path.to_str().unwrap()]),
+        "does not export the `qi:agent/agent` world",
+    );
 }
 
 #[test]
 fn component_importing_what_the_host_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("needs.wasm");
-    let wat = r#"(component (import "acme:db/query@1.0.0" (instance)))"#;
+    let wat = r#"(component (import "acme:db/query@1.0.0" (instance (export "run" (func)))))"#;
     std::fs::write(&path, wat::parse_str(wat).unwrap()).unwrap();
-    one_line_error(&qi_host(&["inspect", path.to_str().unwrap()]), "acme:db/query");
+    one_line_error(
+        &qi_host(&["inspect", path.to_str().unwrap()]),
+        "acme:db/query",
+    );
 }
 
 #[test]
 fn invalid_limits() {
     one_line_error(
-        &qi_host(&["run-agent", HELLO_COMPONENT, "--task", "x", "--max-memory-mb", "0"]),
+        &qi_host(&[
+            "run-agent",
+            HELLO_COMPONENT,
+            "--task",
+            "x",
+            "--max-memory-mb",
+            "0",
+        ]),
         "resourceLimits.maxMemoryMB",
     );
     one_line_error(
-        &qi_host(&["run-agent", HELLO_COMPONENT, "--task", "x", "--input", "{nope"]),
+        &qi_host(&[
+            "run-agent",
+            HELLO_COMPONENT,
+            "--task",
+            "x",
+            "--input",
+            "{nope",
+        ]),
         "--input",
     );
     one_line_error(
-        &qi_host(&["run-agent", HELLO_COMPONENT, "--task", "x", "--dir", "/tmp:/w:xx:yy"]),
+        &qi_host(&[
+            "run-agent",
+            HELLO_COMPONENT,
+            "--task",
+            "x",
+            "--dir",
+            "/tmp:/w:xx:yy",
+        ]),
         "--dir",
     );
 }

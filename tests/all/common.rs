@@ -75,8 +75,10 @@ pub fn load(path: &str) -> Arc<LoadedComponent> {
 
 /// A roomy spec for well-behaved guests.
 pub fn spec() -> SubAgentSpecification {
-    let mut s = SubAgentSpecification::default();
-    s.fuel = 5_000_000_000;
+    let mut s = SubAgentSpecification {
+        fuel: 5_000_000_000,
+        ..Default::default()
+    };
     s.resource_limits.max_memory_mb = 64;
     s.resource_limits.max_execution_time_ms = 30_000;
     s
@@ -84,7 +86,16 @@ pub fn spec() -> SubAgentSpecification {
 
 pub async fn run(path: &str, spec: SubAgentSpecification, input: Value) -> AgentReport {
     host()
-        .run(&load(path), spec, TaskRequest::new("test task", input))
+        .run(
+            &load(path),
+            spec,
+            TaskRequest {
+                // A fixed task id: the guest sees it, and fuel use must not depend on the
+                // host-assigned agent id.
+                id: Some("test-task".into()),
+                ..TaskRequest::new("test task", input)
+            },
+        )
         .await
         .expect("agent spawns")
 }
@@ -104,6 +115,9 @@ pub fn ok(report: &AgentReport) -> &Value {
 pub fn limit(report: &AgentReport) -> (LimitKind, String) {
     match &report.failure {
         Some(f @ AgentFailure::LimitExceeded { limit, .. }) => (*limit, f.to_string()),
-        other => panic!("expected a limit failure, got {other:?} (output {:?})", report.output),
+        other => panic!(
+            "expected a limit failure, got {other:?} (output {:?})",
+            report.output
+        ),
     }
 }

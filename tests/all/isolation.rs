@@ -5,7 +5,11 @@ use qi_guest_artifacts::*;
 use qi_host::{DirectoryGrant, FileSystemAccess, IsolationLevel};
 use serde_json::json;
 
-fn fs_spec(dir: &std::path::Path, access: FileSystemAccess, writable: Option<bool>) -> qi_host::SubAgentSpecification {
+fn fs_spec(
+    dir: &std::path::Path,
+    access: FileSystemAccess,
+    writable: Option<bool>,
+) -> qi_host::SubAgentSpecification {
     let mut s = spec();
     s.isolation_level = IsolationLevel::Monitored;
     s.security_constraints.file_system_access = access;
@@ -25,7 +29,12 @@ fn write_call() -> serde_json::Value {
 #[tokio::test]
 async fn read_only_refuses_writes_even_when_the_grant_asks_for_rw() {
     let dir = tempfile::tempdir().unwrap();
-    let report = run(TOOL_USER_COMPONENT, fs_spec(dir.path(), FileSystemAccess::ReadOnly, Some(true)), write_call()).await;
+    let report = run(
+        TOOL_USER_COMPONENT,
+        fs_spec(dir.path(), FileSystemAccess::ReadOnly, Some(true)),
+        write_call(),
+    )
+    .await;
     assert_eq!(ok(&report)["results"][0]["error"]["kind"], "access-denied");
     assert!(!dir.path().join("out.txt").exists());
 }
@@ -33,12 +42,25 @@ async fn read_only_refuses_writes_even_when_the_grant_asks_for_rw() {
 #[tokio::test]
 async fn restricted_writes_only_where_the_grant_says_rw() {
     let dir = tempfile::tempdir().unwrap();
-    let report = run(TOOL_USER_COMPONENT, fs_spec(dir.path(), FileSystemAccess::Restricted, None), write_call()).await;
+    let report = run(
+        TOOL_USER_COMPONENT,
+        fs_spec(dir.path(), FileSystemAccess::Restricted, None),
+        write_call(),
+    )
+    .await;
     assert_eq!(ok(&report)["results"][0]["error"]["kind"], "access-denied");
 
-    let report = run(TOOL_USER_COMPONENT, fs_spec(dir.path(), FileSystemAccess::Restricted, Some(true)), write_call()).await;
+    let report = run(
+        TOOL_USER_COMPONENT,
+        fs_spec(dir.path(), FileSystemAccess::Restricted, Some(true)),
+        write_call(),
+    )
+    .await;
     assert!(ok(&report)["results"][0]["ok"].is_object());
-    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "hi");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "hi"
+    );
 }
 
 #[tokio::test]
@@ -64,7 +86,12 @@ async fn file_tools_cannot_leave_the_workspace() {
         {"tool": "fs.read", "input": {"path": "/etc/passwd"}},
         {"tool": "fs.read", "input": {"path": "workspace/link"}},
     ]});
-    let report = run(TOOL_USER_COMPONENT, fs_spec(&ws, FileSystemAccess::ReadOnly, None), calls).await;
+    let report = run(
+        TOOL_USER_COMPONENT,
+        fs_spec(&ws, FileSystemAccess::ReadOnly, None),
+        calls,
+    )
+    .await;
     let out = ok(&report);
     for r in out["results"].as_array().unwrap() {
         assert!(r["error"].is_object(), "escaped: {r}");
@@ -80,12 +107,20 @@ async fn monitored_agents_have_every_host_call_recorded() {
         {"tool": "fs.list", "input": {"path": "/workspace"}},
         {"tool": "clock.now", "input": {}},
     ]});
-    let report = run(TOOL_USER_COMPONENT, fs_spec(dir.path(), FileSystemAccess::ReadOnly, None), calls).await;
+    let report = run(
+        TOOL_USER_COMPONENT,
+        fs_spec(dir.path(), FileSystemAccess::ReadOnly, None),
+        calls,
+    )
+    .await;
     ok(&report);
     let log = &report.host_call_log;
     assert_eq!(log.len() as u64, report.usage.host_calls, "{log:?}");
-    assert!(log.iter().any(|c| c.call == "tools.call" && c.target == "fs.list" && c.outcome == "ok"));
-    assert!(log.iter().any(|c| c.call == "budget.remaining"));
+    assert!(
+        log.iter()
+            .any(|c| c.call == "tools.call" && c.target == "fs.list" && c.outcome == "ok")
+    );
+    assert!(log.iter().any(|c| c.call == "budget.get"));
 
     // Not monitored: nothing recorded.
     let mut s = spec();

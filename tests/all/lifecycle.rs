@@ -9,12 +9,19 @@ use std::time::{Duration, Instant};
 async fn wait_for_status(id: &str, want: AgentStatus) {
     let start = Instant::now();
     while host().status(id) != Some(want) {
-        assert!(start.elapsed() < Duration::from_secs(20), "agent {id} never became {want:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "agent {id} never became {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
-async fn terminate_while_running(path: &str, spec: qi_host::SubAgentSpecification, input: serde_json::Value) {
+async fn terminate_while_running(
+    path: &str,
+    spec: qi_host::SubAgentSpecification,
+    input: serde_json::Value,
+) {
     let agent = host().spawn(&load(path), spec).await.expect("spawns");
     let id = agent.id().to_string();
     assert_eq!(agent.status(), AgentStatus::Ready);
@@ -25,7 +32,11 @@ async fn terminate_while_running(path: &str, spec: qi_host::SubAgentSpecificatio
     let asked = Instant::now();
     host().terminate(&id, "test asked").unwrap();
     let report = running.await.unwrap();
-    assert!(asked.elapsed() < Duration::from_secs(2), "terminate took {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "terminate took {:?}",
+        asked.elapsed()
+    );
     assert_eq!(report.status, AgentStatus::Terminated);
     assert_eq!(
         report.failure,
@@ -71,10 +82,18 @@ async fn terminate_unknown_agent_is_an_error() {
 
 #[tokio::test]
 async fn statuses_go_ready_executing_completed() {
-    let agent = host().spawn(&load(SLEEPER_COMPONENT), spec()).await.unwrap();
+    let agent = host()
+        .spawn(&load(SLEEPER_COMPONENT), spec())
+        .await
+        .unwrap();
     let id = agent.id().to_string();
     assert_eq!(host().status(&id), Some(AgentStatus::Ready));
-    assert!(host().list().iter().any(|(i, s)| i == &id && *s == AgentStatus::Ready));
+    assert!(
+        host()
+            .list()
+            .iter()
+            .any(|(i, s)| i == &id && *s == AgentStatus::Ready)
+    );
     let running = tokio::spawn(agent.run(TaskRequest::new("nap", json!({"ms": 100}))));
     wait_for_status(&id, AgentStatus::Executing).await;
     let report = running.await.unwrap();
@@ -88,7 +107,11 @@ async fn sub_agents_cannot_spawn_sub_agents() {
     let mut s = spec();
     s.parent_agent_id = Some(parent.id().to_string());
     let err = host().spawn(&load(HELLO_COMPONENT), s).await.unwrap_err();
-    assert!(err.to_string().contains("sub-agents cannot spawn sub-agents"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("sub-agents cannot spawn sub-agents"),
+        "{err}"
+    );
     // An operator-level parent is fine.
     let mut s = spec();
     s.parent_agent_id = Some("operator".into());

@@ -27,9 +27,17 @@ fn names(err: &Error, field: &str, hint: &str) {
 async fn memory_must_be_positive_and_under_the_ceiling() {
     let mut s = spec();
     s.resource_limits.max_memory_mb = 0;
-    names(&spawn_err(s.clone()).await, "resourceLimits.maxMemoryMB", "between 1 and 1024");
+    names(
+        &spawn_err(s.clone()).await,
+        "resourceLimits.maxMemoryMB",
+        "between 1 and 1024",
+    );
     s.resource_limits.max_memory_mb = 1025;
-    names(&spawn_err(s).await, "resourceLimits.maxMemoryMB", "got 1025");
+    names(
+        &spawn_err(s).await,
+        "resourceLimits.maxMemoryMB",
+        "got 1025",
+    );
 }
 
 #[tokio::test]
@@ -74,7 +82,11 @@ async fn restricted_level_refuses_full_access_and_allow_all() {
     s.isolation_level = IsolationLevel::Restricted;
     s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
     s.resource_limits.allowed_network_hosts = vec!["*:*".into()];
-    names(&spawn_err(s).await, "allowedNetworkHosts", "allows every address");
+    names(
+        &spawn_err(s).await,
+        "allowedNetworkHosts",
+        "allows every address",
+    );
 }
 
 #[tokio::test]
@@ -83,15 +95,31 @@ async fn network_patterns_are_checked() {
     s.isolation_level = IsolationLevel::Restricted;
     s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
     s.resource_limits.allowed_network_hosts = vec!["127.0.0.1".into()];
-    names(&spawn_err(s.clone()).await, "allowedNetworkHosts[0]", "has no port");
+    names(
+        &spawn_err(s.clone()).await,
+        "allowedNetworkHosts[0]",
+        "has no port",
+    );
     s.resource_limits.allowed_network_hosts = vec!["*.example.com:443".into()];
-    names(&spawn_err(s.clone()).await, "allowedNetworkHosts[0]", "wildcard host name");
+    names(
+        &spawn_err(s.clone()).await,
+        "allowedNetworkHosts[0]",
+        "wildcard host name",
+    );
     s.resource_limits.allowed_network_hosts = vec!["10.0.0.1:99999".into()];
-    names(&spawn_err(s).await, "allowedNetworkHosts[0]", "invalid port");
+    names(
+        &spawn_err(s).await,
+        "allowedNetworkHosts[0]",
+        "invalid port",
+    );
 
     let mut s = spec();
     s.resource_limits.allowed_network_hosts = vec!["127.0.0.1:80".into()];
-    names(&spawn_err(s).await, "allowedNetworkHosts", "set it to `restricted`");
+    names(
+        &spawn_err(s).await,
+        "allowedNetworkHosts",
+        "set it to `restricted`",
+    );
 }
 
 #[tokio::test]
@@ -101,11 +129,17 @@ async fn globs_overrides_and_paths_are_checked() {
     names(&spawn_err(s).await, "allowedTools[0]", "not a valid glob");
 
     let mut s = spec();
-    s.configuration_overrides.insert("maxOutputByte".into(), json!(10));
-    names(&spawn_err(s).await, "configurationOverrides.maxOutputByte", "known: maxOutputBytes");
+    s.configuration_overrides
+        .insert("maxOutputByte".into(), json!(10));
+    names(
+        &spawn_err(s).await,
+        "configurationOverrides.maxOutputByte",
+        "known: maxOutputBytes",
+    );
 
     let mut s = spec();
-    s.configuration_overrides.insert("maxOutputBytes".into(), json!(-1));
+    s.configuration_overrides
+        .insert("maxOutputBytes".into(), json!(-1));
     names(&spawn_err(s).await, "maxOutputBytes", "positive integer");
 
     let mut s = spec();
@@ -115,10 +149,18 @@ async fn globs_overrides_and_paths_are_checked() {
         guest_path: "/workspace".into(),
         writable: None,
     });
-    names(&spawn_err(s.clone()).await, "directories[0].hostPath", "not an existing directory");
+    names(
+        &spawn_err(s.clone()).await,
+        "directories[0].hostPath",
+        "not an existing directory",
+    );
     s.directories[0].host_path = std::env::temp_dir();
     s.directories[0].guest_path = "workspace".into();
-    names(&spawn_err(s).await, "directories[0].guestPath", "must be absolute");
+    names(
+        &spawn_err(s).await,
+        "directories[0].guestPath",
+        "must be absolute",
+    );
 
     let mut s = spec();
     s.security_constraints.sandbox_enabled = false;
@@ -129,7 +171,11 @@ async fn globs_overrides_and_paths_are_checked() {
 async fn declared_capabilities_and_type_must_match() {
     let mut s = spec();
     s.capabilities = vec!["time-travel".into()];
-    names(&spawn_err(s).await, "capabilities", "does not declare `time-travel`");
+    names(
+        &spawn_err(s).await,
+        "capabilities",
+        "does not declare `time-travel`",
+    );
     let mut s = spec();
     s.agent_type = qi_host::AgentType::DecisionCapable;
     names(&spawn_err(s).await, "agentType", "declares");

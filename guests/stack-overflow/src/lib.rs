@@ -1,5 +1,10 @@
-//! `stack-overflow`: recurses without bound, so the host's tests can check that exhausting the
-//! wasm stack traps this agent only.
+//! `stack-overflow`: recurses without bound, so the host's tests can check that exhausting a
+//! stack traps this agent only.
+//!
+//! Input `{"mode": "wasm-stack"}` (default) recurses with tiny frames that live on the engine's
+//! wasm call stack, which the host caps (`max_wasm_stack`): the host reports a stack limit.
+//! `{"mode": "shadow-stack"}` keeps a 4 KiB array per frame on Rust's shadow stack in linear
+//! memory; running off its bottom is an out-of-bounds access, which the host reports as a trap.
 
 use std::hint::black_box;
 
@@ -21,10 +26,31 @@ impl Agent for StackOverflow {
 
     fn run(task: Task) -> Result<TaskOutput, AgentError> {
         log::info!(task_id = task.id; "recursing without bound");
-        let depth = recurse(0);
+        let mode = task.input_value()["mode"]
+            .as_str()
+            .unwrap_or("wasm-stack")
+            .to_string();
+        let depth = match mode.as_str() {
+            "wasm-stack" => recurse_small(0),
+            "shadow-stack" => recurse(0),
+            other => {
+                return Err(AgentError::InvalidInput(format!(
+                    "unknown mode `{other}`; use wasm-stack or shadow-stack"
+                )));
+            }
+        };
         // Not reached: the recursion only stops when the stack is exhausted.
         TaskOutput::json(&depth)
     }
+}
+
+/// No locals in linear memory: every frame is on the wasm call stack only.
+#[inline(never)]
+fn recurse_small(depth: u64) -> u64 {
+    if black_box(depth) == u64::MAX {
+        return depth;
+    }
+    recurse_small(black_box(depth + 1)).wrapping_add(black_box(depth))
 }
 
 /// Keeps a 4 KiB array alive across the recursive call (which is not a tail call), so every

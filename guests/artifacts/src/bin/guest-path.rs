@@ -6,10 +6,16 @@ fn main() {
         eprintln!("usage: guest-path NAME   (one of: {})", names());
         std::process::exit(2);
     };
-    match qi_guest_artifacts::ALL_GUESTS.iter().find(|(n, _)| *n == name) {
+    match qi_guest_artifacts::ALL_GUESTS
+        .iter()
+        .find(|(n, _)| *n == name)
+    {
         Some((_, path)) => println!("{path}"),
         None => {
-            eprintln!("error: no bundled guest named `{name}`; bundled: {}", names());
+            eprintln!(
+                "error: no bundled guest named `{name}`; bundled: {}",
+                names()
+            );
             std::process::exit(2);
         }
     }

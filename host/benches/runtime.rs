@@ -1,0 +1,771 @@
+//! Runtime benchmarks, each a comparison measured within one run:
+//!
+//! 1. `spawn`: spawn-to-result of the `hello` guest through qi-host against bare wasmtime
+//!    (same engine, so the same pooling and fuel configuration).
+//! 2. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
+//!    at once, each case in a child process of this binary.
+//! 3. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
+//!
+//! `cargo bench -p qi-host --bench runtime [-- spawn|pool|fuel ...]` (default: all). Prints
+//! figures only; nothing here asserts on timing.
+
+#![allow(missing_docs)]
+
+use qi_guest_artifacts::{COMPUTE_COMPONENT, HELLO_COMPONENT, TOOL_USER_COMPONENT};
+use qi_host::{
+    AgentHost, AllocatorKind, HostConfig, SubAgentSpecification, TaskRequest, Tool, ToolContext,
+    ToolFuture, ToolRegistry,
+};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use wasmtime::{Config, Engine, Store};
+
+/// Bare wasmtime: the same world, bound without any of qi-host's machinery.
+mod bare {
+    #![allow(missing_docs)]
+
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "qi:agent/agent",
+        imports: { default: async },
+        exports: { default: async },
+    });
+
+    use qi::agent::budget::Remaining;
+    use qi::agent::log::{Field, Level};
+    use qi::agent::tools::{ToolError, ToolRequest};
+    use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+    use wasmtime::{Engine, Store};
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    /// Fuel for bare stores on a fuel-consuming engine: effectively unlimited.
+    pub const FUEL: u64 = 1 << 50;
+    /// The fuel yield interval qi-host uses by default.
+    pub const YIELD_INTERVAL: u64 = 1_000_000;
+
+    pub struct State {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl State {
+        pub fn new() -> Self {
+            State {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            }
+        }
+    }
+
+    impl WasiView for State {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    impl qi::agent::types::Host for State {}
+
+    impl qi::agent::log::Host for State {
+        async fn log(&mut self, _level: Level, _message: String, _fields: Vec<Field>) {}
+    }
+
+    impl qi::agent::tools::Host for State {
+        async fn call(&mut self, name: String, _input: String) -> Result<String, ToolError> {
+            Err(ToolError::NotFound(name))
+        }
+
+        async fn call_many(
+            &mut self,
+            requests: Vec<ToolRequest>,
+        ) -> Vec<Result<String, ToolError>> {
+            requests
+                .into_iter()
+                .map(|r| Err(ToolError::NotFound(r.name)))
+                .collect()
+        }
+
+        async fn available(&mut self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    impl qi::agent::budget::Host for State {
+        async fn get(&mut self) -> Remaining {
+            Remaining {
+                fuel: 0,
+                time_ms: 0,
+                tool_calls: 0,
+                file_operations: 0,
+                memory_bytes: 0,
+            }
+        }
+    }
+
+    /// WASI 0.2 plus the four `qi:agent` interfaces.
+    pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        qi::agent::types::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        qi::agent::log::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        qi::agent::tools::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        qi::agent::budget::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        Ok(linker)
+    }
+
+    /// Compiles `path` on `engine` and pre-instantiates it.
+    pub fn pre(engine: &Engine, path: &str) -> wasmtime::Result<AgentPre<State>> {
+        let component = Component::from_file(engine, path)?;
+        AgentPre::new(linker(engine)?.instantiate_pre(&component)?)
+    }
+
+    pub fn task(input: &serde_json::Value) -> Task {
+        Task {
+            id: "bench-task".into(),
+            description: "bench task".into(),
+            input: input.to_string(),
+        }
+    }
+
+    /// A fresh Store; with fuel (and qi-host's yield interval) when the engine meters it.
+    pub fn store(engine: &Engine, fuel: bool) -> wasmtime::Result<Store<State>> {
+        let mut store = Store::new(engine, State::new());
+        if fuel {
+            store.set_fuel(FUEL)?;
+            store.fuel_async_yield_interval(Some(YIELD_INTERVAL))?;
+        }
+        Ok(store)
+    }
+
+    /// Instantiates, optionally calls `describe`, then `run`; returns the output text.
+    pub async fn run(
+        engine: &Engine,
+        pre: &AgentPre<State>,
+        task: &Task,
+        describe: bool,
+    ) -> wasmtime::Result<String> {
+        let mut store = store(engine, true)?;
+        let agent = pre.instantiate_async(&mut store).await?;
+        if describe {
+            agent.call_describe(&mut store).await?;
+        }
+        match agent.call_run(&mut store, task).await? {
+            Ok(out) => Ok(out.output),
+            Err(e) => Err(wasmtime::format_err!("agent error: {e:?}")),
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        let case = args.get(i + 1).map(String::as_str).unwrap_or_default();
+        return pool_child(case);
+    }
+    // `cargo bench` appends `--bench`; everything else that is not a flag names a section.
+    let mut sections: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    for s in &sections {
+        anyhow::ensure!(
+            matches!(*s, "spawn" | "pool" | "fuel"),
+            "unknown section `{s}`; expected spawn, pool or fuel"
+        );
+    }
+    if sections.is_empty() {
+        sections = vec!["spawn", "pool", "fuel"];
+    }
+
+    let host = AgentHost::new(HostConfig {
+        cache_dir: Some(cache_dir()),
+        ..HostConfig::default()
+    })?;
+    println!("== qi-host runtime benchmarks ==");
+    match std::env::var("RUST_BACKTRACE") {
+        Ok(v) => println!("RUST_BACKTRACE: set, {v:?}"),
+        Err(_) => println!("RUST_BACKTRACE: not set"),
+    }
+    println!("nproc: {}", nproc());
+    println!(
+        "allocator (HostConfig::default(), max_live_agents {}): {}",
+        host.runtime().config().max_live_agents,
+        allocator_name(host.runtime().allocator())
+    );
+    println!("sections: {}", sections.join(", "));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if sections.contains(&"spawn") {
+        rt.block_on(spawn_section(&host))?;
+    }
+    drop(host);
+    if sections.contains(&"pool") {
+        rt.block_on(pool_section())?;
+    }
+    if sections.contains(&"fuel") {
+        rt.block_on(fuel_section())?;
+    }
+    Ok(())
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-component-cache")
+}
+
+fn nproc() -> String {
+    let available = std::thread::available_parallelism().map_or(0, |n| n.get());
+    match std::process::Command::new("nproc").output() {
+        Ok(out) if out.status.success() => format!(
+            "{} (available_parallelism {available})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        _ => format!("{available} (available_parallelism; `nproc` did not run)"),
+    }
+}
+
+fn allocator_name(kind: AllocatorKind) -> String {
+    match kind {
+        AllocatorKind::Pooling { pagemap_scan } => {
+            format!("pooling (pagemap_scan: {pagemap_scan})")
+        }
+        AllocatorKind::OnDemand => "on-demand".into(),
+    }
+}
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+    mean: Duration,
+}
+
+fn stats(samples: &mut [Duration]) -> Stats {
+    samples.sort_unstable();
+    let n = samples.len();
+    Stats {
+        median: samples[n / 2],
+        p99: samples[(n * 99 / 100).min(n - 1)],
+        mean: samples.iter().sum::<Duration>() / n as u32,
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. spawn-to-result
+// ---------------------------------------------------------------------------------------------
+
+const SPAWN_WARMUP: usize = 200;
+const SPAWN_ITERATIONS: usize = 2_000;
+
+async fn spawn_section(host: &AgentHost) -> anyhow::Result<()> {
+    println!();
+    println!("== 1. spawn-to-result of `hello`: qi-host vs bare wasmtime (same engine) ==");
+    let component = host.load(HELLO_COMPONENT)?;
+    let engine = host.runtime().engine();
+    let pre = bare::pre(engine, HELLO_COMPONENT)?;
+    let input = json!({"name": "bench"});
+    let bare_task = bare::task(&input);
+    let mut spec = SubAgentSpecification {
+        fuel: 5_000_000_000,
+        ..SubAgentSpecification::default()
+    };
+    spec.resource_limits.max_memory_mb = 64;
+    spec.resource_limits.max_execution_time_ms = 30_000;
+
+    let mut qi = Vec::with_capacity(SPAWN_ITERATIONS);
+    let mut bare_run = Vec::with_capacity(SPAWN_ITERATIONS);
+    let mut bare_describe = Vec::with_capacity(SPAWN_ITERATIONS);
+    let mut failures = 0usize;
+    // Interleaved, so that load from anything else on the machine hits all three alike.
+    for i in 0..SPAWN_WARMUP + SPAWN_ITERATIONS {
+        let (s, task) = (spec.clone(), TaskRequest::new("bench task", input.clone()));
+        let t = Instant::now();
+        let report = host.run(&component, s, task).await;
+        let d_qi = t.elapsed();
+        if !matches!(&report, Ok(r) if r.failure.is_none()) {
+            failures += 1;
+            if failures == 1 {
+                println!("  first qi-host failure: {report:?}");
+            }
+        }
+        drop(report);
+
+        let t = Instant::now();
+        let out = bare::run(engine, &pre, &bare_task, false).await;
+        let d_bare = t.elapsed();
+        std::hint::black_box(out?);
+
+        let t = Instant::now();
+        let out = bare::run(engine, &pre, &bare_task, true).await;
+        let d_describe = t.elapsed();
+        std::hint::black_box(out?);
+
+        if i >= SPAWN_WARMUP {
+            qi.push(d_qi);
+            bare_run.push(d_bare);
+            bare_describe.push(d_describe);
+        }
+    }
+    let (q, b, bd) = (
+        stats(&mut qi),
+        stats(&mut bare_run),
+        stats(&mut bare_describe),
+    );
+    println!(
+        "  {SPAWN_ITERATIONS} sequential runs each after {SPAWN_WARMUP} warm-up runs; allocator {}; qi-host failures: {failures}",
+        allocator_name(host.runtime().allocator())
+    );
+    println!(
+        "  {:<44} {:>10} {:>10} {:>10}",
+        "", "median µs", "p99 µs", "mean µs"
+    );
+    for (name, s) in [
+        ("qi-host AgentHost::run (spawn+describe+run)", &q),
+        ("bare: Store + instantiate + run", &b),
+        ("bare: Store + instantiate + describe + run", &bd),
+    ] {
+        println!(
+            "  {name:<44} {:>10.1} {:>10.1} {:>10.1}",
+            us(s.median),
+            us(s.p99),
+            us(s.mean)
+        );
+    }
+    println!(
+        "  ratio qi-host / bare (median): {:.2}  (target <= 1.5)",
+        us(q.median) / us(b.median)
+    );
+    println!(
+        "  ratio qi-host / bare-with-describe (median): {:.2}",
+        us(q.median) / us(bd.median)
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. pooling vs on-demand with many live agents
+// ---------------------------------------------------------------------------------------------
+
+const POOL_CASES: [&str; 4] = [
+    "pooling-1000",
+    "on-demand-1000",
+    "pooling-10000",
+    "on-demand-10000",
+];
+const CHILD_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long a child waits for all its agents to be alive before it gives up.
+const ALIVE_TIMEOUT: Duration = Duration::from_secs(200);
+
+async fn pool_section() -> anyhow::Result<()> {
+    println!();
+    println!(
+        "== 2. pooling vs on-demand: N agents of `tool-user` alive at once, blocked in `bench.wait` =="
+    );
+    println!("  (each case in its own child process; timeout {CHILD_TIMEOUT:?} per case)");
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for case in POOL_CASES {
+        let started = Instant::now();
+        let child = tokio::process::Command::new(&exe)
+            .args(["--case", case])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let outcome = tokio::time::timeout(CHILD_TIMEOUT, child.wait_with_output()).await;
+        let took = started.elapsed();
+        let (result, notes) = match outcome {
+            Err(_) => (
+                None,
+                vec![format!("timed out after {CHILD_TIMEOUT:?}; killed")],
+            ),
+            Ok(Err(e)) => (None, vec![format!("could not wait for the child: {e}")]),
+            Ok(Ok(out)) => {
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let result = stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("RESULT "))
+                    .and_then(|l| serde_json::from_str::<Value>(l).ok());
+                let mut notes = Vec::new();
+                if !out.status.success() {
+                    notes.push(format!("child exited with {}", out.status));
+                }
+                let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+                for l in lines.iter().take(8) {
+                    notes.push(format!("stderr: {l}"));
+                }
+                if lines.len() > 8 {
+                    notes.push(format!("stderr: ... {} more lines", lines.len() - 8));
+                }
+                (result, notes)
+            }
+        };
+        println!("  case {case} done in {:.1} s", took.as_secs_f64());
+        rows.push((case, result, notes));
+    }
+
+    println!();
+    println!(
+        "  {:<16} {:<24} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "case",
+        "allocator used",
+        "N",
+        "alive",
+        "fail",
+        "to-all ms",
+        "agents/s",
+        "RSS MiB",
+        "HWM MiB",
+        "maps",
+        "join ms"
+    );
+    for (case, result, _) in &rows {
+        match result {
+            Some(r) => println!(
+                "  {:<16} {:<24} {:>6} {:>6} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>9.0}",
+                case,
+                r["allocator"].as_str().unwrap_or("?"),
+                r["n"],
+                r["alive_max"],
+                r["failures"],
+                r["ms_to_all_alive"].as_f64().unwrap_or(f64::NAN),
+                r["agents_per_sec"].as_f64().unwrap_or(f64::NAN),
+                r["rss_mib_all_alive"].as_f64().unwrap_or(f64::NAN),
+                r["hwm_mib"].as_f64().unwrap_or(f64::NAN),
+                r["maps_all_alive"],
+                r["ms_release_to_joined"].as_f64().unwrap_or(f64::NAN),
+            ),
+            None => println!(
+                "  {case:<16} no result (counted as {} failures)",
+                case_n(case)
+            ),
+        }
+    }
+    for (case, result, notes) in &rows {
+        let errors = result
+            .as_ref()
+            .and_then(|r| r["error_samples"].as_array())
+            .filter(|a| !a.is_empty());
+        if notes.is_empty() && errors.is_none() {
+            continue;
+        }
+        println!("  notes for {case}:");
+        for n in notes {
+            println!("    {n}");
+        }
+        if let Some(errors) = errors {
+            for e in errors {
+                println!(
+                    "    failure ({}x): {}",
+                    e["count"],
+                    e["message"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    println!(
+        "  (vm.max_map_count = {}; RSS sampled when all N were alive, HWM = process peak)",
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    );
+    Ok(())
+}
+
+fn case_n(case: &str) -> u32 {
+    case.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `bench.wait`: counts the agent as alive, then waits for the release signal.
+struct WaitTool {
+    arrived: Arc<AtomicU64>,
+    release: watch::Receiver<bool>,
+}
+
+impl Tool for WaitTool {
+    fn name(&self) -> &str {
+        "bench.wait"
+    }
+    fn description(&self) -> &str {
+        "Counts the caller as alive and returns when the benchmark releases all agents"
+    }
+    fn call(&self, _ctx: ToolContext, _input: Value) -> ToolFuture {
+        let arrived = self.arrived.clone();
+        let mut release = self.release.clone();
+        Box::pin(async move {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            let _ = release.wait_for(|released| *released).await;
+            Ok(json!({}))
+        })
+    }
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+fn map_count() -> usize {
+    std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
+}
+
+/// One `--case <allocator>-<N>`: prints one `RESULT {json}` line.
+fn pool_child(case: &str) -> anyhow::Result<()> {
+    let pooling = case.starts_with("pooling-");
+    let n = case_n(case);
+    anyhow::ensure!(
+        n > 0 && (pooling || case.starts_with("on-demand-")),
+        "bad case `{case}`"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(pool_case(pooling, n))?;
+    println!("RESULT {result}");
+    // Dropping thousands of stores is part of what `ms_release_to_joined` measured already;
+    // don't wait for the runtime's shutdown as well.
+    rt.shutdown_background();
+    Ok(())
+}
+
+async fn pool_case(pooling: bool, n: u32) -> anyhow::Result<Value> {
+    let (release_tx, release_rx) = watch::channel(false);
+    let arrived = Arc::new(AtomicU64::new(0));
+    let mut tools = ToolRegistry::with_builtins();
+    tools.register(WaitTool {
+        arrived: arrived.clone(),
+        release: release_rx,
+    });
+    let host = Arc::new(AgentHost::with_tools(
+        HostConfig {
+            pooling,
+            max_live_agents: n,
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        },
+        tools,
+    )?);
+    let allocator = allocator_name(host.runtime().allocator());
+    let component = host.load(TOOL_USER_COMPONENT)?;
+    let mut spec = SubAgentSpecification::default();
+    spec.security_constraints.allowed_tools = vec!["bench.wait".into()];
+    spec.resource_limits.max_memory_mb = 8;
+    spec.resource_limits.max_execution_time_ms = 600_000;
+    let input = json!({"calls": [{"tool": "bench.wait", "input": {}}]});
+
+    let failed_early = Arc::new(AtomicU64::new(0));
+    let rss_before = proc_status_kib("VmRSS").unwrap_or(0);
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let (host, component, spec) = (host.clone(), component.clone(), spec.clone());
+        let task = TaskRequest::new("wait for release", input.clone());
+        let failed_early = failed_early.clone();
+        handles.push(tokio::spawn(async move {
+            let outcome = match host.run(&component, spec, task).await {
+                Err(e) => Err(format!("spawn error: {e}")),
+                Ok(report) => match (&report.failure, &report.output) {
+                    (Some(f), _) => Err(format!("agent failed: {f}")),
+                    (None, Some(out)) if out["results"][0].get("ok").is_some() => Ok(()),
+                    (None, out) => Err(format!("unexpected output: {out:?}")),
+                },
+            };
+            if outcome.is_err() {
+                failed_early.fetch_add(1, Ordering::SeqCst);
+            }
+            outcome
+        }));
+    }
+
+    // Until every agent is either blocked in `bench.wait` or has failed.
+    let mut alive_max = 0;
+    let mut timed_out = false;
+    loop {
+        let alive = arrived.load(Ordering::SeqCst);
+        alive_max = alive_max.max(alive);
+        if alive + failed_early.load(Ordering::SeqCst) >= u64::from(n) {
+            break;
+        }
+        if start.elapsed() > ALIVE_TIMEOUT {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let to_all_alive = start.elapsed();
+    let rss_all_alive = proc_status_kib("VmRSS").unwrap_or(0);
+    let maps_all_alive = map_count();
+    let live_in_registry = host.list().len();
+
+    let released = Instant::now();
+    release_tx.send_replace(true);
+    let mut ok = 0u64;
+    let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+    for h in handles {
+        match h.await {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(message)) => *errors.entry(message).or_default() += 1,
+            Err(e) => *errors.entry(format!("task panicked: {e}")).or_default() += 1,
+        }
+    }
+    let release_to_joined = released.elapsed();
+    let hwm = proc_status_kib("VmHWM").unwrap_or(0);
+    let failures: u64 = errors.values().sum();
+    let mut samples: Vec<(String, u64)> = errors.into_iter().collect();
+    samples.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    let samples: Vec<Value> = samples
+        .into_iter()
+        .take(5)
+        .map(|(message, count)| json!({"message": message, "count": count}))
+        .collect();
+    let alive = alive_max as f64;
+    Ok(json!({
+        "allocator": allocator,
+        "n": n,
+        "alive_max": alive_max,
+        "live_in_registry": live_in_registry,
+        "ok": ok,
+        "failures": failures,
+        "timed_out": timed_out,
+        "ms_to_all_alive": ms(to_all_alive),
+        "agents_per_sec": alive / to_all_alive.as_secs_f64(),
+        "rss_mib_before": rss_before as f64 / 1024.0,
+        "rss_mib_all_alive": rss_all_alive as f64 / 1024.0,
+        "hwm_mib": hwm as f64 / 1024.0,
+        "maps_all_alive": maps_all_alive,
+        "ms_release_to_joined": ms(release_to_joined),
+        "error_samples": samples,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. fuel-metered vs unmetered
+// ---------------------------------------------------------------------------------------------
+
+const FUEL_REPEATS: usize = 7;
+const FUEL_TARGET: Duration = Duration::from_millis(200);
+
+/// qi-host's engine settings (see `engine.rs`), on-demand allocation; only fuel differs.
+fn fuel_config(fuel: bool) -> Config {
+    let max_wasm_stack = 512 << 10;
+    let mut c = Config::new();
+    c.consume_fuel(fuel);
+    c.epoch_interruption(false);
+    c.max_wasm_stack(max_wasm_stack);
+    c.async_stack_size(max_wasm_stack + (1 << 20));
+    c.wasm_backtrace_max_frames(None);
+    c
+}
+
+struct Metered {
+    engine: Engine,
+    pre: bare::AgentPre<bare::State>,
+    fuel: bool,
+}
+
+impl Metered {
+    fn new(fuel: bool) -> anyhow::Result<Self> {
+        let engine = Engine::new(&fuel_config(fuel))?;
+        let pre = bare::pre(&engine, COMPUTE_COMPONENT)?;
+        Ok(Metered { engine, pre, fuel })
+    }
+
+    /// One fresh instance; returns the time of `run` alone, the checksum and the fuel used.
+    async fn run(&self, input: &Value) -> anyhow::Result<(Duration, String, Option<u64>)> {
+        let task = bare::task(input);
+        let mut store: Store<bare::State> = bare::store(&self.engine, self.fuel)?;
+        let agent = self.pre.instantiate_async(&mut store).await?;
+        let before = store.get_fuel().ok();
+        let t = Instant::now();
+        let out = agent.call_run(&mut store, &task).await?;
+        let took = t.elapsed();
+        let fuel_used = before.zip(store.get_fuel().ok()).map(|(b, a)| b - a);
+        let out = out.map_err(|e| anyhow::anyhow!("compute failed: {e:?}"))?;
+        let v: Value = serde_json::from_str(&out.output)?;
+        let checksum = v["checksum"].as_str().unwrap_or_default().to_string();
+        Ok((took, checksum, fuel_used))
+    }
+}
+
+async fn fuel_section() -> anyhow::Result<()> {
+    println!();
+    println!("== 3. fuel-metered vs unmetered: `compute` guest, call_run time only ==");
+    println!(
+        "  engines identical except consume_fuel; metered stores yield every {} units",
+        bare::YIELD_INTERVAL
+    );
+    let metered = Metered::new(true)?;
+    let unmetered = Metered::new(false)?;
+    let cases = [
+        ("cpu", json!({"kind": "cpu", "iterations": 1_000_000})),
+        ("memory", json!({"kind": "memory", "iterations": 4})),
+    ];
+    for (name, mut input) in cases {
+        // Calibrate on the unmetered engine so that one run takes about FUEL_TARGET.
+        let n0 = input["iterations"].as_u64().unwrap_or(1);
+        let (d0, _, _) = unmetered.run(&input).await?;
+        let n = ((n0 as f64) * FUEL_TARGET.as_secs_f64() / d0.as_secs_f64().max(1e-6))
+            .round()
+            .max(1.0) as u64;
+        input["iterations"] = json!(n);
+        // Warm-up one of each, then interleave.
+        unmetered.run(&input).await?;
+        metered.run(&input).await?;
+        let (mut with_fuel, mut without) = (Vec::new(), Vec::new());
+        let (mut sums, mut fuel_used) = (std::collections::BTreeSet::new(), None);
+        for _ in 0..FUEL_REPEATS {
+            let (d, sum, _) = unmetered.run(&input).await?;
+            without.push(d);
+            sums.insert(sum);
+            let (d, sum, used) = metered.run(&input).await?;
+            with_fuel.push(d);
+            sums.insert(sum);
+            fuel_used = used;
+        }
+        let (m, u) = (stats(&mut with_fuel), stats(&mut without));
+        println!(
+            "  {name:<6} iterations {n}{}: unmetered median {:.1} ms (min {:.1}), metered median {:.1} ms (min {:.1}); slowdown {:.3} (target <= 1.10); fuel/run {}; checksums {}",
+            if name == "memory" { " x 1 MiB" } else { "" },
+            ms(u.median),
+            ms(without[0]),
+            ms(m.median),
+            ms(with_fuel[0]),
+            m.median.as_secs_f64() / u.median.as_secs_f64(),
+            fuel_used.map_or("?".into(), |f| f.to_string()),
+            if sums.len() == 1 {
+                "agree".to_string()
+            } else {
+                format!("DIFFER: {sums:?}")
+            },
+        );
+    }
+    Ok(())
+}
