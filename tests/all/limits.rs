@@ -201,3 +201,67 @@ async fn running_out_while_spawning_is_a_spawn_error_naming_the_limit() {
     }
     assert_eq!(err.category(), qi_host::ErrorCategory::Resource);
 }
+
+#[tokio::test]
+async fn stack_depth_within_the_wasm_stack_passes_unbounded_fails() {
+    let inside = run(STACK_OVERFLOW_COMPONENT, spec(), json!({"depth": 2_000})).await;
+    assert_eq!(ok(&inside), &json!(2_000));
+    let past = run(
+        STACK_OVERFLOW_COMPONENT,
+        spec(),
+        json!({"mode": "wasm-stack"}),
+    )
+    .await;
+    assert_eq!(limit(&past).0, LimitKind::Stack);
+}
+
+#[tokio::test]
+async fn log_budget_exactly_enough_keeps_the_record_one_byte_less_drops_it() {
+    let measured = run(HELLO_COMPONENT, spec(), json!(null)).await;
+    ok(&measured);
+    let need = measured.usage.log_bytes;
+    assert!(need > 0);
+
+    let mut s = spec();
+    s.configuration_overrides
+        .insert("maxLogBytes".into(), json!(need));
+    let inside = run(HELLO_COMPONENT, s.clone(), json!(null)).await;
+    ok(&inside);
+    assert_eq!((inside.logs.len(), inside.usage.logs_dropped), (1, 0));
+
+    s.configuration_overrides
+        .insert("maxLogBytes".into(), json!(need - 1));
+    let past = run(HELLO_COMPONENT, s, json!(null)).await;
+    // Logging never fails the agent; the record is dropped and counted.
+    ok(&past);
+    assert_eq!((past.logs.len(), past.usage.logs_dropped), (0, 1));
+}
+
+#[tokio::test]
+async fn network_host_names_are_resolved_when_the_agent_is_spawned() {
+    let addr = crate::guests::net_server().await;
+    let target = json!({"target": addr.to_string(), "http": true});
+    let by_name = run(
+        NET_PROBE_COMPONENT,
+        crate::guests::network_spec(&[format!("localhost:{}", addr.port())]),
+        target.clone(),
+    )
+    .await;
+    assert_eq!(ok(&by_name)["connected"], true);
+
+    let glob = run(
+        NET_PROBE_COMPONENT,
+        crate::guests::network_spec(&["127.0.0.*:1-65535".into()]),
+        target.clone(),
+    )
+    .await;
+    assert_eq!(ok(&glob)["connected"], true);
+
+    let other_net = run(
+        NET_PROBE_COMPONENT,
+        crate::guests::network_spec(&["10.0.0.*:*".into()]),
+        target,
+    )
+    .await;
+    assert_eq!(ok(&other_net)["connected"], false);
+}

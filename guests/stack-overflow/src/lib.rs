@@ -3,6 +3,7 @@
 //!
 //! Input `{"mode": "wasm-stack"}` (default) recurses with tiny frames that live on the engine's
 //! wasm call stack, which the host caps (`max_wasm_stack`): the host reports a stack limit.
+//! `{"mode": "wasm-stack", "depth": N}` stops after N frames and returns N.
 //! `{"mode": "shadow-stack"}` keeps a 4 KiB array per frame on Rust's shadow stack in linear
 //! memory; running off its bottom is an out-of-bounds access, which the host reports as a trap.
 
@@ -31,7 +32,11 @@ impl Agent for StackOverflow {
             .unwrap_or("wasm-stack")
             .to_string();
         let depth = match mode.as_str() {
-            "wasm-stack" => recurse_small(0),
+            // With `"depth": N` it stops after N frames, to show that depth within the limit works.
+            "wasm-stack" => match task.input_value()["depth"].as_u64() {
+                Some(max) => recurse_bounded(0, max),
+                None => recurse_small(0),
+            },
             "shadow-stack" => recurse(0),
             other => {
                 return Err(AgentError::InvalidInput(format!(
@@ -51,6 +56,15 @@ fn recurse_small(depth: u64) -> u64 {
         return depth;
     }
     recurse_small(black_box(depth + 1)).wrapping_add(black_box(depth))
+}
+
+/// Like `recurse_small`, stopping at `max` frames.
+#[inline(never)]
+fn recurse_bounded(depth: u64, max: u64) -> u64 {
+    if black_box(depth) >= max {
+        return depth;
+    }
+    recurse_bounded(black_box(depth + 1), max).wrapping_sub(black_box(1)) + 1
 }
 
 /// Keeps a 4 KiB array alive across the recursive call (which is not a tail call), so every
