@@ -199,3 +199,26 @@ fn inspect_shows_agent_info_imports_and_exports() {
     assert!(out.contains("run"), "{out}");
     assert!(out.contains("runnable  yes"), "{out}");
 }
+
+#[test]
+fn falls_back_to_on_demand_allocation_when_the_pool_cannot_be_reserved() {
+    // 1,000 pool slots need terabytes of address space; a 12 GiB `ulimit -v` refuses that
+    // reservation but leaves room for one on-demand instance.
+    let script = format!(
+        "ulimit -v 12582912 && exec {} run-agent {HELLO_COMPONENT} --task small --json",
+        env!("CARGO_BIN_EXE_qi-host")
+    );
+    let o = Command::new("sh")
+        .args(["-c", &script])
+        .env("QI_HOST_CACHE_DIR", crate::common::cache_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("falling back to on-demand allocation"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["output"]["echo"], "small");
+}

@@ -11,17 +11,15 @@
 //! // In a test suite: `mod hello { ... } mod file_stats { ... }` and then
 //! // `foreach_guest!(assert_test_exists)` with a macro that does `use self::$name as _;`
 //! // fails to compile when a guest has no test module. Here, just list them:
-//! fn main() {
-//!     let mut names = Vec::new();
-//!     macro_rules! collect {
-//!         ($name:ident) => {
-//!             names.push(stringify!($name));
-//!         };
-//!     }
-//!     qi_guest_artifacts::foreach_guest!(collect);
-//!     assert!(names.contains(&"file_stats"));
-//!     assert_eq!(names.len(), qi_guest_artifacts::ALL_GUESTS.len());
+//! let mut names = Vec::new();
+//! macro_rules! collect {
+//!     ($name:ident) => {
+//!         names.push(stringify!($name));
+//!     };
 //! }
+//! qi_guest_artifacts::foreach_guest!(collect);
+//! assert!(names.contains(&"file_stats"));
+//! assert_eq!(names.len(), qi_guest_artifacts::ALL_GUESTS.len());
 //! ```
 //!
 //! Building needs the guest target: `rustup target add wasm32-wasip2`.
