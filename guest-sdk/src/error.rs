@@ -1,6 +1,8 @@
-//! The two error types that cross the WIT boundary: [`AgentError`] (what `run` returns) and
-//! [`ToolError`] (why a host tool call did not succeed).
+//! The error types that cross the WIT boundary: [`AgentError`] (what `run` returns),
+//! [`ToolError`] (why a host tool call did not succeed), [`ContextError`] (why a context store
+//! call did not succeed) and [`EventError`] (why an event bus call did not succeed).
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a `run` failed, as reported by the agent itself (WIT `types.agent-error`).
@@ -105,6 +107,150 @@ impl fmt::Display for ToolError {
 
 impl std::error::Error for ToolError {}
 
+/// Why a context store call did not succeed (WIT `context.context-error`). A refusal by the
+/// host is always one of these values, never a trap.
+///
+/// `Display` prints the kind and the message, e.g.
+/// `access-denied: agent `agent-3` may not read context `notes`: ...` or
+/// `stale: the context is at version 7; re-read and retry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextError {
+    /// The agent may not do this; the message says why. The host also records it as an
+    /// access-violation conflict of the context.
+    AccessDenied(String),
+    /// No such context.
+    NotFound(String),
+    /// Strong strategy: the write was based on an old version; the payload is the current
+    /// version. Re-read and retry ([`context::update`](crate::context::update) does).
+    Stale(u64),
+    /// The write was refused (context in conflict, schema mismatch, bad base version, id
+    /// taken).
+    Refused(String),
+    /// The request was invalid (bad JSON, bad pointer, too large), or a document could not be
+    /// serialized or deserialized by the SDK.
+    Invalid(String),
+    /// The host failed.
+    Failed(String),
+}
+
+impl ContextError {
+    /// The WIT name of the case: `access-denied`, `not-found`, `stale`, `refused`, `invalid`
+    /// or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ContextError::AccessDenied(_) => "access-denied",
+            ContextError::NotFound(_) => "not-found",
+            ContextError::Stale(_) => "stale",
+            ContextError::Refused(_) => "refused",
+            ContextError::Invalid(_) => "invalid",
+            ContextError::Failed(_) => "failed",
+        }
+    }
+
+    /// The message, without the kind. For [`ContextError::Stale`] it names the current
+    /// version.
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            ContextError::Stale(current) => Cow::Owned(format!(
+                "the context is at version {current}; re-read and retry"
+            )),
+            ContextError::AccessDenied(message)
+            | ContextError::NotFound(message)
+            | ContextError::Refused(message)
+            | ContextError::Invalid(message)
+            | ContextError::Failed(message) => Cow::Borrowed(message),
+        }
+    }
+}
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.message())
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+/// A context call failing ends the agent's run as [`AgentError::Failed`], saying it was a
+/// context call and carrying the error's text (kind and message), so `?` works on context
+/// calls inside [`Agent::run`].
+///
+/// [`Agent::run`]: crate::Agent::run
+impl From<ContextError> for AgentError {
+    fn from(error: ContextError) -> Self {
+        AgentError::Failed(format!("context call failed: {error}"))
+    }
+}
+
+/// Why an event bus call did not succeed (WIT `events.event-error`). A refusal by the host is
+/// always one of these values, never a trap.
+///
+/// `Display` prints the kind and the message, e.g. `history-compacted: events before seq 120
+/// were dropped by retention; resume from there or later`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventError {
+    /// The agent may not see events of that context.
+    AccessDenied(String),
+    /// Resuming from a sequence number that retention already dropped; the payload is the
+    /// oldest sequence number still kept.
+    HistoryCompacted(u64),
+    /// No such subscription (never made, or ended).
+    UnknownSubscription(u64),
+    /// The request was invalid, or data could not be serialized by the SDK.
+    Invalid(String),
+    /// The host failed.
+    Failed(String),
+}
+
+impl EventError {
+    /// The WIT name of the case: `access-denied`, `history-compacted`,
+    /// `unknown-subscription`, `invalid` or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventError::AccessDenied(_) => "access-denied",
+            EventError::HistoryCompacted(_) => "history-compacted",
+            EventError::UnknownSubscription(_) => "unknown-subscription",
+            EventError::Invalid(_) => "invalid",
+            EventError::Failed(_) => "failed",
+        }
+    }
+
+    /// The message, without the kind. For the cases that carry a number it says what the
+    /// number is.
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            EventError::HistoryCompacted(oldest) => Cow::Owned(format!(
+                "events before seq {oldest} were dropped by retention; resume from there or later"
+            )),
+            EventError::UnknownSubscription(id) => {
+                Cow::Owned(format!("no subscription {id} (never made, or ended)"))
+            }
+            EventError::AccessDenied(message)
+            | EventError::Invalid(message)
+            | EventError::Failed(message) => Cow::Borrowed(message),
+        }
+    }
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.message())
+    }
+}
+
+impl std::error::Error for EventError {}
+
+/// An events call failing ends the agent's run as [`AgentError::Failed`], saying it was an
+/// events call and carrying the error's text (kind and message), so `?` works on events calls
+/// inside [`Agent::run`].
+///
+/// [`Agent::run`]: crate::Agent::run
+impl From<EventError> for AgentError {
+    fn from(error: EventError) -> Self {
+        AgentError::Failed(format!("events call failed: {error}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +265,30 @@ mod tests {
         assert_eq!(
             AgentError::from(error),
             AgentError::ToolFailed("limit-exceeded: maxToolCalls (3) reached".into())
+        );
+    }
+
+    #[test]
+    fn context_and_event_errors_name_their_kind() {
+        let stale = ContextError::Stale(7);
+        assert_eq!(stale.kind(), "stale");
+        assert_eq!(
+            stale.to_string(),
+            "stale: the context is at version 7; re-read and retry"
+        );
+        let denied = ContextError::AccessDenied("not shared".into());
+        assert_eq!(denied.to_string(), "access-denied: not shared");
+        assert_eq!(
+            AgentError::from(denied),
+            AgentError::Failed("context call failed: access-denied: not shared".into())
+        );
+
+        let compacted = EventError::HistoryCompacted(120);
+        assert_eq!(compacted.kind(), "history-compacted");
+        assert!(compacted.to_string().contains("seq 120"), "{compacted}");
+        assert_eq!(
+            AgentError::from(EventError::Invalid("bad type".into())),
+            AgentError::Failed("events call failed: invalid: bad type".into())
         );
     }
 }

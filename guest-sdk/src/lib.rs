@@ -8,9 +8,12 @@
 //! - the [`Agent`] trait and the [`export_agent!`] macro that turns an implementation into the
 //!   component's exports;
 //! - the types of the contract: [`AgentInfo`], [`AgentType`], [`Task`], [`TaskOutput`],
-//!   [`AgentError`], [`ToolError`], with JSON helpers ([`Task::input_json`],
-//!   [`Task::input_value`], [`TaskOutput::json`]);
-//! - one module per host interface: [`log`], [`tools`], [`budget`];
+//!   [`AgentError`], [`ToolError`], [`ContextError`], [`EventError`], with JSON helpers
+//!   ([`Task::input_json`], [`Task::input_value`], [`TaskOutput::json`]);
+//! - one module per host interface: [`log`], [`tools`], [`budget`], [`context`] (the shared,
+//!   versioned context store: typed `get`/`put`/`patch` with serde, `update(id, |doc| ...)`
+//!   retrying stale writes, `share`/`revoke`) and [`events`] (gap-free, resumable
+//!   subscriptions with an iterator that ends on a timeout, and `publish`);
 //! - [`serde`] and [`serde_json`], re-exported.
 //!
 //! # Example
@@ -110,7 +113,9 @@ extern crate self as qi_guest_sdk;
 pub mod wit;
 
 pub mod budget;
+pub mod context;
 mod error;
+pub mod events;
 pub mod log;
 mod task;
 pub mod tools;
@@ -118,7 +123,7 @@ pub mod tools;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-pub use error::{AgentError, ToolError};
+pub use error::{AgentError, ContextError, EventError, ToolError};
 pub use serde;
 pub use serde_json;
 pub use wit::qi::agent::types::{AgentInfo, AgentType, Task, TaskOutput};

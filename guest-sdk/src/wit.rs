@@ -16,6 +16,8 @@ wit_bindgen::generate!({
     with: {
         "qi:agent/types@0.1.0/agent-error": crate::AgentError,
         "qi:agent/tools@0.1.0/tool-error": crate::ToolError,
+        "qi:agent/context@0.1.0/context-error": crate::ContextError,
+        "qi:agent/events@0.1.0/event-error": crate::EventError,
     },
     generate_all,
     additional_derives: [PartialEq, Eq],

@@ -38,6 +38,7 @@ mod bare {
     use qi::agent::budget::Remaining;
     use qi::agent::log::{Field, Level};
     use qi::agent::tools::{ToolError, ToolRequest};
+    use wasmtime::component::types::ComponentItem;
     use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
     use wasmtime::{Engine, Store};
     use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -108,7 +109,7 @@ mod bare {
         }
     }
 
-    /// WASI 0.2 plus the four `qi:agent` interfaces.
+    /// WASI 0.2 plus `qi:agent/{types,log,tools,budget}` (no-op implementations).
     pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -119,10 +120,49 @@ mod bare {
         Ok(linker)
     }
 
-    /// Compiles `path` on `engine` and pre-instantiates it.
+    /// Compiles `path` on `engine` and pre-instantiates it. `qi:agent` interfaces this harness
+    /// does not implement (ones the world gained later) are linked as traps; the benchmarked
+    /// guests never call them.
     pub fn pre(engine: &Engine, path: &str) -> wasmtime::Result<AgentPre<State>> {
         let component = Component::from_file(engine, path)?;
-        AgentPre::new(linker(engine)?.instantiate_pre(&component)?)
+        let mut linker = linker(engine)?;
+        stub_other_qi_imports(engine, &mut linker, &component)?;
+        AgentPre::new(linker.instantiate_pre(&component)?)
+    }
+
+    /// Links every function of a `qi:agent` interface other than the four above as a trap.
+    /// (`Linker::define_unknown_imports_as_traps` would also shadow the semver-matched WASI
+    /// imports, e.g. a guest's `wasi:cli/environment@0.2.6`, with traps.)
+    fn stub_other_qi_imports(
+        engine: &Engine,
+        linker: &mut Linker<State>,
+        component: &Component,
+    ) -> wasmtime::Result<()> {
+        const IMPLEMENTED: [&str; 4] = ["types", "log", "tools", "budget"];
+        for (name, item) in component.component_type().imports(engine) {
+            let Some(interface) = name.strip_prefix("qi:agent/") else {
+                continue;
+            };
+            let interface = interface.split('@').next().unwrap_or_default();
+            let ComponentItem::ComponentInstance(instance) = item.ty else {
+                continue;
+            };
+            if IMPLEMENTED.contains(&interface) {
+                continue;
+            }
+            let mut stub = linker.instance(name)?;
+            for (func, ty) in instance.exports(engine) {
+                if let ComponentItem::ComponentFunc(_) = ty.ty {
+                    let what = format!("{name}#{func}");
+                    stub.func_new(func, move |_, _, _, _| {
+                        Err(wasmtime::format_err!(
+                            "`{what}` is not linked in the bare harness"
+                        ))
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn task(input: &serde_json::Value) -> Task {
@@ -279,6 +319,7 @@ const SPAWN_ITERATIONS: usize = 2_000;
 async fn spawn_section(host: &AgentHost) -> anyhow::Result<()> {
     println!();
     println!("== 1. spawn-to-result of `hello`: qi-host vs bare wasmtime (same engine) ==");
+    println!("  loadavg at start: {}", loadavg());
     let component = host.load(HELLO_COMPONENT)?;
     let engine = host.runtime().engine();
     let pre = bare::pre(engine, HELLO_COMPONENT)?;
@@ -380,6 +421,7 @@ async fn pool_section() -> anyhow::Result<()> {
     println!(
         "== 2. pooling vs on-demand: N agents of `tool-user` alive at once, blocked in `bench.wait` =="
     );
+    println!("  loadavg at start: {}", loadavg());
     println!("  (each case in its own child process; timeout {CHILD_TIMEOUT:?} per case)");
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
@@ -427,7 +469,7 @@ async fn pool_section() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "  {:<16} {:<24} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "  {:<16} {:<30} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
         "case",
         "allocator used",
         "N",
@@ -443,7 +485,7 @@ async fn pool_section() -> anyhow::Result<()> {
     for (case, result, _) in &rows {
         match result {
             Some(r) => println!(
-                "  {:<16} {:<24} {:>6} {:>6} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>9.0}",
+                "  {:<16} {:<30} {:>6} {:>6} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>8} {:>9.0}",
                 case,
                 r["allocator"].as_str().unwrap_or("?"),
                 r["n"],
@@ -467,10 +509,20 @@ async fn pool_section() -> anyhow::Result<()> {
             .as_ref()
             .and_then(|r| r["error_samples"].as_array())
             .filter(|a| !a.is_empty());
-        if notes.is_empty() && errors.is_none() {
-            continue;
-        }
+        let map_kinds = result
+            .as_ref()
+            .and_then(|r| r["map_kinds_all_alive"].as_array())
+            .map(|kinds| {
+                kinds
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
         println!("  notes for {case}:");
+        if let Some(kinds) = map_kinds {
+            println!("    most common mappings when all were alive: {kinds}");
+        }
         for n in notes {
             println!("    {n}");
         }
@@ -535,6 +587,45 @@ fn proc_status_kib(field: &str) -> Option<u64> {
 
 fn map_count() -> usize {
     std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count())
+}
+
+/// The eight most common kinds of mapping (permissions and size), e.g. `9999 x ---p 4 KiB`.
+fn map_breakdown() -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut kinds: std::collections::BTreeMap<(String, u64), u64> = Default::default();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let size =
+            u64::from_str_radix(end, 16).unwrap_or(0) - u64::from_str_radix(start, 16).unwrap_or(0);
+        *kinds.entry((perms.to_string(), size)).or_default() += 1;
+    }
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    kinds
+        .into_iter()
+        .take(8)
+        .map(|((perms, size), count)| format!("{count} x {perms} {}", human_bytes(size)))
+        .collect()
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.2} MiB", b as f64 / f64::from(1u32 << 20)),
+        b => format!("{} KiB", b / 1024),
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// One `--case <allocator>-<N>`: prints one `RESULT {json}` line.
@@ -623,6 +714,7 @@ async fn pool_case(pooling: bool, n: u32) -> anyhow::Result<Value> {
     let to_all_alive = start.elapsed();
     let rss_all_alive = proc_status_kib("VmRSS").unwrap_or(0);
     let maps_all_alive = map_count();
+    let map_kinds = map_breakdown();
     let live_in_registry = host.list().len();
 
     let released = Instant::now();
@@ -661,6 +753,7 @@ async fn pool_case(pooling: bool, n: u32) -> anyhow::Result<Value> {
         "rss_mib_all_alive": rss_all_alive as f64 / 1024.0,
         "hwm_mib": hwm as f64 / 1024.0,
         "maps_all_alive": maps_all_alive,
+        "map_kinds_all_alive": map_kinds,
         "ms_release_to_joined": ms(release_to_joined),
         "error_samples": samples,
     }))
@@ -718,6 +811,7 @@ impl Metered {
 async fn fuel_section() -> anyhow::Result<()> {
     println!();
     println!("== 3. fuel-metered vs unmetered: `compute` guest, call_run time only ==");
+    println!("  loadavg at start: {}", loadavg());
     println!(
         "  engines identical except consume_fuel; metered stores yield every {} units",
         bare::YIELD_INTERVAL
@@ -727,6 +821,10 @@ async fn fuel_section() -> anyhow::Result<()> {
     let cases = [
         ("cpu", json!({"kind": "cpu", "iterations": 1_000_000})),
         ("memory", json!({"kind": "memory", "iterations": 4})),
+        (
+            "memory",
+            json!({"kind": "memory", "iterations": 1, "bytes": 32 << 20}),
+        ),
     ];
     for (name, mut input) in cases {
         // Calibrate on the unmetered engine so that one run takes about FUEL_TARGET.
@@ -753,7 +851,11 @@ async fn fuel_section() -> anyhow::Result<()> {
         let (m, u) = (stats(&mut with_fuel), stats(&mut without));
         println!(
             "  {name:<6} iterations {n}{}: unmetered median {:.1} ms (min {:.1}), metered median {:.1} ms (min {:.1}); slowdown {:.3} (target <= 1.10); fuel/run {}; checksums {}",
-            if name == "memory" { " x 1 MiB" } else { "" },
+            match input.get("bytes").and_then(Value::as_u64) {
+                Some(b) => format!(" x {}", human_bytes(b)),
+                None if name == "memory" => " x 1 MiB".into(),
+                None => String::new(),
+            },
             ms(u.median),
             ms(without[0]),
             ms(m.median),

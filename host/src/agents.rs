@@ -134,10 +134,14 @@ type Registry = Arc<Mutex<HashMap<String, Arc<AgentEntry>>>>;
 
 /// The host: one engine and linker, the tools, and the registry of live agents.
 pub struct AgentHost {
+    context: Option<crate::context::ContextService>,
     runtime: Arc<Runtime>,
     tools: Arc<ToolRegistry>,
     agents: Registry,
     next_id: AtomicU64,
+    /// Random per host process, so that ids never repeat across runs sharing a data directory
+    /// (a new agent must not inherit an earlier one's shares).
+    id_prefix: String,
 }
 
 impl AgentHost {
@@ -149,11 +153,35 @@ impl AgentHost {
     /// A host with the given tools (start from [`ToolRegistry::with_builtins`] to keep them).
     pub fn with_tools(config: HostConfig, tools: ToolRegistry) -> Result<Self> {
         Ok(AgentHost {
+            context: None,
             runtime: Arc::new(Runtime::new(config)?),
             tools: Arc::new(tools),
             agents: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
+            id_prefix: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u128(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0),
+                );
+                format!("{:06x}", h.finish() & 0xff_ffff)
+            },
         })
+    }
+
+    /// Gives agents the context store and event bus: every sub-agent is registered in it when
+    /// spawned (under its host-assigned id) and unregistered when it goes away.
+    pub fn with_context(mut self, context: crate::context::ContextService) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    /// The context store, if attached.
+    pub fn context(&self) -> Option<&crate::context::ContextService> {
+        self.context.as_ref()
     }
 
     /// The engine, linker and component cache.
@@ -232,7 +260,11 @@ impl AgentHost {
         let grants = crate::sandbox::resolve_grants(&spec).await?;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(spec.resource_limits.max_execution_time_ms);
-        let id = format!("agent-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "agent-{}-{}",
+            self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let (terminate, terminate_rx) = watch::channel(None);
         let entry = Arc::new(AgentEntry {
             status: Mutex::new(AgentStatus::Initializing),
@@ -249,7 +281,17 @@ impl AgentHost {
         let registration = Registration {
             id: id.clone(),
             agents: self.agents.clone(),
+            context: self.context.clone(),
         };
+        if let Some(ctx) = &self.context {
+            ctx.register_agent(&id, crate::context::AgentCapabilities::default())
+                .await
+                .map_err(|e| {
+                    Error::System(anyhow::anyhow!(
+                        "registering {id} in the context store: {e}"
+                    ))
+                })?;
+        }
         let shared = Arc::new(AgentShared {
             id: id.clone(),
             operations: Arc::new(tokio::sync::Semaphore::new(
@@ -265,6 +307,7 @@ impl AgentHost {
             call_log: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
             tools: self.tools.clone(),
+            context: self.context.clone(),
         });
         let state = AgentState::new(shared.clone()).map_err(anyhow::Error::from)?;
         let mut store = Store::new(&self.runtime.engine, state);
@@ -376,12 +419,21 @@ fn check_declared(spec: &SubAgentSpecification, d: &AgentDescription) -> Result<
 struct Registration {
     id: String,
     agents: Registry,
+    context: Option<crate::context::ContextService>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Ok(mut agents) = self.agents.lock() {
             agents.remove(&self.id);
+        }
+        if let (Some(ctx), Ok(rt)) = (self.context.take(), tokio::runtime::Handle::try_current()) {
+            let id = std::mem::take(&mut self.id);
+            rt.spawn(async move {
+                if let Err(e) = ctx.unregister_agent(&id).await {
+                    tracing::debug!(agent = %id, error = %e, "unregistering a finished agent");
+                }
+            });
         }
     }
 }

@@ -48,6 +48,8 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     qi::agent::types::add_to_linker::<AgentState, HasSelf<AgentState>>(&mut linker, |s| s)?;
     qi::agent::log::add_to_linker::<AgentState, HasSelf<AgentState>>(&mut linker, |s| s)?;
     qi::agent::tools::add_to_linker::<AgentState, HasSelf<AgentState>>(&mut linker, |s| s)?;
+    qi::agent::context::add_to_linker::<AgentState, HasSelf<AgentState>>(&mut linker, |s| s)?;
+    qi::agent::events::add_to_linker::<AgentState, HasSelf<AgentState>>(&mut linker, |s| s)?;
     // `budget.remaining` needs the Store itself (to read fuel), so it is wrapped by hand.
     linker.instance("qi:agent/budget@0.1.0")?.func_wrap(
         "get",
@@ -324,5 +326,467 @@ impl qi::agent::tools::Host for AgentState {
             .collect();
         shared.record_call("tools.available", "", 0, start, "ok");
         names
+    }
+}
+
+// ---- context and events --------------------------------------------------------------------
+
+use crate::context::{
+    Change, ContextError, ContextService, NewContext, Permission, Refusal, SyncStrategy,
+};
+use crate::events::{EventError, EventType, NewEvent, SubscribeFrom};
+use qi::agent::context::{
+    ContextError as WitContextError, Document, WriteResult as WitWriteResult,
+};
+use qi::agent::events::{Event as WitEvent, EventError as WitEventError};
+
+/// Most subscriptions one agent may hold at once.
+pub const MAX_SUBSCRIPTIONS_PER_AGENT: usize = 16;
+/// Longest a single `events.next` waits, in milliseconds.
+pub const MAX_NEXT_TIMEOUT_MS: u32 = 60_000;
+
+fn context_error(e: ContextError) -> WitContextError {
+    match e {
+        ContextError::AccessDenied { .. } => WitContextError::AccessDenied(e.to_string()),
+        ContextError::UnknownAgent(_) => WitContextError::Invalid(e.to_string()),
+        ContextError::NotFound(_) => WitContextError::NotFound(e.to_string()),
+        ContextError::Refused {
+            refusal: Refusal::Stale { current, .. },
+            ..
+        } => WitContextError::Stale(current),
+        ContextError::Refused { .. } | ContextError::AlreadyExists(_) => {
+            WitContextError::Refused(e.to_string())
+        }
+        ContextError::Invalid { .. } => WitContextError::Invalid(e.to_string()),
+        ContextError::Store(_) | ContextError::Events(_) => WitContextError::Failed(e.to_string()),
+    }
+}
+
+fn parse_json(field: &str, text: &str) -> Result<serde_json::Value, WitContextError> {
+    serde_json::from_str(text)
+        .map_err(|e| WitContextError::Invalid(format!("`{field}` is not JSON: {e}")))
+}
+
+fn write_result(r: crate::context::WriteResult) -> WitWriteResult {
+    WitWriteResult {
+        id: r.context_id,
+        version: r.version,
+        new_version: r.new_version,
+        conflicts: serde_json::to_string(&r.conflicts).unwrap_or_else(|_| "[]".into()),
+    }
+}
+
+/// The context store and the agent's identity in it, counting the call.
+async fn context_call(
+    shared: &Arc<AgentShared>,
+    call: &str,
+) -> Result<(ContextService, String), WitContextError> {
+    {
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let svc = shared.context.clone().ok_or_else(|| {
+            WitContextError::Failed(format!("{call}: this host has no context store attached"))
+        })?;
+        let id = shared.id.clone();
+        svc.touch(&id).await.map_err(context_error)?;
+        Ok((svc, id))
+    }
+}
+
+impl AgentState {
+    fn finish_context<T>(
+        &self,
+        call: &str,
+        target: &str,
+        arg_bytes: usize,
+        start: Instant,
+        r: &Result<T, WitContextError>,
+    ) {
+        let outcome = match r {
+            Ok(_) => "ok",
+            Err(WitContextError::AccessDenied(_)) => {
+                self.shared
+                    .counters
+                    .access_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                "access-denied"
+            }
+            Err(WitContextError::NotFound(_)) => "not-found",
+            Err(WitContextError::Stale(_)) => "stale",
+            Err(WitContextError::Refused(_)) => "refused",
+            Err(WitContextError::Invalid(_)) => "invalid",
+            Err(WitContextError::Failed(_)) => "failed",
+        };
+        self.shared
+            .record_call(call, target, arg_bytes, start, outcome);
+    }
+}
+
+impl qi::agent::context::Host for AgentState {
+    async fn create(
+        &mut self,
+        id: Option<String>,
+        context_type: String,
+        doc: String,
+        strategy: qi::agent::context::SyncStrategy,
+    ) -> Result<WitWriteResult, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let bytes = doc.len() + context_type.len();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.create").await?;
+            let doc = parse_json("doc", &doc)?;
+            let strategy = match strategy {
+                qi::agent::context::SyncStrategy::Strong => SyncStrategy::Strong,
+                qi::agent::context::SyncStrategy::Eventual => SyncStrategy::Eventual,
+                qi::agent::context::SyncStrategy::Causal => SyncStrategy::Causal,
+                qi::agent::context::SyncStrategy::Manual => SyncStrategy::Manual,
+            };
+            let resolution = if strategy == SyncStrategy::Causal {
+                crate::context::ConflictResolution::Merge
+            } else {
+                crate::context::ConflictResolution::LastWriteWins
+            };
+            svc.create(
+                &me,
+                NewContext {
+                    id,
+                    context_type,
+                    doc,
+                    strategy,
+                    resolution,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(write_result)
+            .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.create", "", bytes, start, &r);
+        r
+    }
+
+    async fn get(&mut self, id: String) -> Result<Document, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.get").await?;
+            let v = svc.get(&me, &id).await.map_err(context_error)?;
+            Ok(Document {
+                id: v.id,
+                owner: v.owner,
+                context_type: v.context_type,
+                version: v.version,
+                revision: v.revision,
+                status: v.status.as_str().to_string(),
+                doc: v.doc.to_string(),
+            })
+        }
+        .await;
+        self.finish_context("context.get", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn put(
+        &mut self,
+        id: String,
+        doc: String,
+        base_version: Option<u64>,
+    ) -> Result<WitWriteResult, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let bytes = doc.len();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.put").await?;
+            let doc = parse_json("doc", &doc)?;
+            svc.write(&me, &id, Change::Put(doc), base_version)
+                .await
+                .map(write_result)
+                .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.put", &id, bytes, start, &r);
+        r
+    }
+
+    async fn patch(
+        &mut self,
+        id: String,
+        merge_patch: String,
+        base_version: Option<u64>,
+    ) -> Result<WitWriteResult, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let bytes = merge_patch.len();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.patch").await?;
+            let patch = parse_json("merge-patch", &merge_patch)?;
+            svc.write(&me, &id, Change::Merge(patch), base_version)
+                .await
+                .map(write_result)
+                .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.patch", &id, bytes, start, &r);
+        r
+    }
+
+    async fn delete(&mut self, id: String) -> Result<(), WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.delete").await?;
+            svc.delete(&me, &id)
+                .await
+                .map(|_| ())
+                .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.delete", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn share(
+        &mut self,
+        id: String,
+        agents: Vec<String>,
+        permissions: Vec<qi::agent::context::Permission>,
+        expires_in_ms: Option<u64>,
+    ) -> Result<(), WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.share").await?;
+            let perms: Vec<Permission> = permissions
+                .into_iter()
+                .map(|p| match p {
+                    qi::agent::context::Permission::Read => Permission::Read,
+                    qi::agent::context::Permission::Write => Permission::Write,
+                    qi::agent::context::Permission::Share => Permission::Share,
+                    qi::agent::context::Permission::Delete => Permission::Delete,
+                })
+                .collect();
+            let expires = expires_in_ms.map(|ms| svc.now_ms().saturating_add(ms));
+            svc.share(&me, &id, &agents, &perms, expires)
+                .await
+                .map(|_| ())
+                .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.share", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn revoke(&mut self, id: String, agents: Vec<String>) -> Result<(), WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.revoke").await?;
+            svc.revoke(&me, &id, &agents).await.map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.revoke", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn ids(&mut self, context_type: Option<String>) -> Vec<String> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = match context_call(&shared, "context.ids").await {
+            Ok((svc, me)) => Ok(svc
+                .list(&me, context_type.as_deref(), None)
+                .into_iter()
+                .map(|v| v.id)
+                .collect()),
+            Err(e) => Err(e),
+        };
+        self.finish_context("context.ids", "", 0, start, &r);
+        r.unwrap_or_default()
+    }
+}
+
+fn event_error(e: EventError) -> WitEventError {
+    match e {
+        EventError::HistoryCompacted { oldest, .. } => WitEventError::HistoryCompacted(oldest),
+        other => WitEventError::Failed(other.to_string()),
+    }
+}
+
+fn event_call_error(e: WitContextError) -> WitEventError {
+    match e {
+        WitContextError::AccessDenied(m) => WitEventError::AccessDenied(m),
+        WitContextError::Invalid(m)
+        | WitContextError::NotFound(m)
+        | WitContextError::Refused(m) => WitEventError::Invalid(m),
+        WitContextError::Stale(v) => WitEventError::Invalid(format!("stale version {v}")),
+        WitContextError::Failed(m) => WitEventError::Failed(m),
+    }
+}
+
+fn context_event_error(e: ContextError) -> WitEventError {
+    match e {
+        ContextError::Events(ev) => event_error(ev),
+        other => event_call_error(context_error(other)),
+    }
+}
+
+impl qi::agent::events::Host for AgentState {
+    async fn subscribe(
+        &mut self,
+        context_ids: Vec<String>,
+        event_types: Vec<String>,
+        after_seq: Option<u64>,
+    ) -> Result<u64, WitEventError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "events.subscribe").await.map_err(event_call_error)?;
+            if self.subscriptions.len() >= MAX_SUBSCRIPTIONS_PER_AGENT {
+                return Err(WitEventError::Invalid(format!("an agent may hold at most {MAX_SUBSCRIPTIONS_PER_AGENT} subscriptions; unsubscribe first")));
+            }
+            let mut types = Vec::new();
+            for t in &event_types {
+                types.push(t.parse::<EventType>().map_err(|e| WitEventError::Invalid(e.to_string()))?);
+            }
+            let from = after_seq.map_or(SubscribeFrom::Now, SubscribeFrom::AfterSeq);
+            let sub = svc.subscribe_to(&me, &context_ids, types, from).await.map_err(context_event_error)?;
+            let handle = sub.id().0;
+            self.subscriptions.insert(handle, sub);
+            Ok(handle)
+        }
+        .await;
+        self.shared.record_call(
+            "events.subscribe",
+            "",
+            0,
+            start,
+            if r.is_ok() { "ok" } else { "error" },
+        );
+        r
+    }
+
+    async fn next(
+        &mut self,
+        subscription: u64,
+        timeout_ms: u32,
+    ) -> Result<Option<WitEvent>, WitEventError> {
+        self.shared
+            .counters
+            .host_calls
+            .fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let sub = self
+            .subscriptions
+            .get_mut(&subscription)
+            .ok_or(WitEventError::UnknownSubscription(subscription))?;
+        let wait = std::time::Duration::from_millis(u64::from(timeout_ms.min(MAX_NEXT_TIMEOUT_MS)));
+        let r = match sub.next_timeout(wait).await {
+            // Access is checked on every delivery: a revoked or expired share ends the
+            // subscription at once.
+            Ok(Some(e))
+                if e.context_id.as_deref().is_some_and(|c| {
+                    self.shared.context.as_ref().is_none_or(|svc| {
+                        svc.allowed(&self.shared.id, c, Permission::Read).is_err()
+                    })
+                }) =>
+            {
+                self.subscriptions.remove(&subscription);
+                if let Some(svc) = &self.shared.context {
+                    let _ = svc
+                        .unsubscribe(&self.shared.id, crate::events::SubscriptionId(subscription))
+                        .await;
+                }
+                Err(WitEventError::AccessDenied(format!(
+                    "subscription {subscription} ended: the agent may no longer read context `{}`",
+                    e.context_id.unwrap_or_default()
+                )))
+            }
+            Ok(Some(e)) => Ok(Some(WitEvent {
+                seq: e.seq,
+                event_type: e.event_type.as_str().to_string(),
+                context_id: e.context_id,
+                agent_id: e.agent_id,
+                timestamp_ms: e.timestamp_ms,
+                priority: e.priority,
+                data: e.data.to_string(),
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.subscriptions.remove(&subscription);
+                Err(event_error(e))
+            }
+        };
+        self.shared.record_call(
+            "events.next",
+            "",
+            0,
+            start,
+            if r.is_ok() { "ok" } else { "error" },
+        );
+        r
+    }
+
+    async fn unsubscribe(&mut self, subscription: u64) {
+        self.shared
+            .counters
+            .host_calls
+            .fetch_add(1, Ordering::Relaxed);
+        if self.subscriptions.remove(&subscription).is_some()
+            && let Some(svc) = &self.shared.context
+            && let Err(e) = svc
+                .unsubscribe(&self.shared.id, crate::events::SubscriptionId(subscription))
+                .await
+        {
+            tracing::warn!(agent = %self.shared.id, error = %e, "unsubscribing");
+        }
+        self.shared
+            .record_call("events.unsubscribe", "", 0, Instant::now(), "ok");
+    }
+
+    async fn publish(
+        &mut self,
+        context_id: String,
+        priority: u8,
+        data: String,
+    ) -> Result<u64, WitEventError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "events.publish")
+                .await
+                .map_err(event_call_error)?;
+            if data.len() > MAX_TOOL_INPUT_BYTES {
+                return Err(WitEventError::Invalid(format!(
+                    "data is {} bytes; the limit is {MAX_TOOL_INPUT_BYTES}",
+                    data.len()
+                )));
+            }
+            let data: serde_json::Value = serde_json::from_str(&data)
+                .map_err(|e| WitEventError::Invalid(format!("data is not JSON: {e}")))?;
+            svc.authorize(&me, &context_id, Permission::Write, "publish events about")
+                .await
+                .map_err(context_event_error)?;
+            let e = svc
+                .bus()
+                .publish(
+                    NewEvent::new(EventType::Custom)
+                        .context(&context_id)
+                        .agent(&me)
+                        .priority(priority)
+                        .data(data),
+                )
+                .await
+                .map_err(event_error)?;
+            Ok(e.seq)
+        }
+        .await;
+        self.shared.record_call(
+            "events.publish",
+            &context_id,
+            data.len(),
+            start,
+            if r.is_ok() { "ok" } else { "error" },
+        );
+        r
     }
 }

@@ -25,6 +25,114 @@ pub enum Command {
     RunAgent(RunAgentArgs),
     /// Show what a component is: agent info, imports, exports, and whether the host can run it.
     Inspect(InspectArgs),
+    /// Look at and repair shared contexts in a data directory (as the operator).
+    Context(ContextArgs),
+    /// Read the event log of a data directory.
+    Events(EventsArgs),
+}
+
+/// Where the durable state lives, and how to print.
+#[derive(Debug, clap::Args)]
+pub struct DataArgs {
+    /// Data directory (default: $QI_HOST_DATA_DIR, else $XDG_DATA_HOME/qi-host, else
+    /// ~/.local/share/qi-host).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Arguments of `qi-host context`.
+#[derive(Debug, clap::Args)]
+pub struct ContextArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ContextCommand,
+    /// Data directory and output format.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// `qi-host context` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List contexts.
+    List {
+        /// Only this context type.
+        #[arg(long = "type")]
+        context_type: Option<String>,
+        /// Only contexts owned by this agent.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show one context.
+    Get {
+        /// Context id.
+        id: String,
+    },
+    /// Show a context's versions, newest first.
+    History {
+        /// Context id.
+        id: String,
+        /// How many versions.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show a context's conflicts.
+    Conflicts {
+        /// Context id.
+        id: String,
+    },
+    /// Commit a new version equal to an old one.
+    Rollback {
+        /// Context id.
+        id: String,
+        /// The version to restore.
+        version: u64,
+    },
+    /// Resolve a context in conflict: take one agent's values, or a whole document.
+    Resolve {
+        /// Context id.
+        id: String,
+        /// Take this agent's value for every conflicting field.
+        #[arg(long, conflicts_with = "document")]
+        agent: Option<String>,
+        /// Replace the document with this JSON.
+        #[arg(long)]
+        document: Option<String>,
+    },
+}
+
+/// Arguments of `qi-host events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: EventsCommand,
+    /// Data directory and output format.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// `qi-host events` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print the newest events (and, with --follow, new ones as they are committed).
+    Tail {
+        /// Filter: `type=updated,context=ctx-1,agent=a,since=MS,until=MS,priority=N`.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Start after this sequence number instead of the newest `--limit` events.
+        #[arg(long)]
+        after: Option<u64>,
+        /// How many of the newest events to print first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Keep printing events as they are committed (polls the store).
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 /// Arguments of `qi-host run-agent`.
@@ -98,6 +206,8 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::RunAgent(args) => run_agent(args).await,
         Command::Inspect(args) => inspect(args).await,
+        Command::Context(args) => crate::cli_state::context(args).await,
+        Command::Events(args) => crate::cli_state::events(args).await,
     }
 }
 

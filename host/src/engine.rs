@@ -6,21 +6,26 @@
 //!   [`DEFAULT_FUEL_YIELD_INTERVAL`](crate::spec::DEFAULT_FUEL_YIELD_INTERVAL) units. Fuel is
 //!   deterministic (the same guest and input burn the same fuel), and the periodic yield hands
 //!   control back to tokio so one spinning agent cannot starve the others and so a deadline or a
-//!   `terminate` is noticed within one interval. Measured on this machine: fuel with a ~1M
-//!   interval costs 0-9 % on guest loops, while epoch interruption cost 58-80 % on a
-//!   memory-write-heavy loop, so qi-host does not enable epochs.
+//!   `terminate` is noticed within one interval. Epoch interruption cost 58-80 % on a
+//!   memory-write-heavy loop in a spike here, so qi-host does not enable epochs. Fuel is not free
+//!   either: `cargo bench --bench runtime -- fuel` measured a 1.5 % slowdown on a CPU-bound loop
+//!   but 25-45 % on a very tight memory-write loop (the per-loop fuel check dominates there).
 //! - **Wall clock**: the agent's whole run (instantiate, `describe`, `run`, including time
 //!   blocked in WASI or host calls, which are async) is one future raced against a tokio timer
 //!   and the agent's terminate signal; when either fires the future is dropped, which unwinds
 //!   the guest's fiber and frees its instance.
 //! - **Memory**: a per-store [`ResourceLimiter`](wasmtime::ResourceLimiter) caps all linear
 //!   memories together at `maxMemoryMB` and records the peak.
-//! - **Instances**: the pooling allocator, sized by [`HostConfig::max_live_agents`]. At 10,000
-//!   live instances the on-demand allocator ran into `vm.max_map_count`; the pool maps its
-//!   memory once. Where the pool's virtual-memory reservation fails (small address space,
-//!   `ulimit -v`), the engine falls back to on-demand allocation with a warning. When the kernel
-//!   supports `PAGEMAP_SCAN` (Linux 6.7+), slots are reset by scanning dirty pages and keeping
-//!   them resident, which roughly halved spawn-to-result time in a spike here.
+//! - **Instances**: the pooling allocator, sized by [`HostConfig::max_live_agents`]. Its slots
+//!   are reserved when the engine is built and reused, so teardown is cheap (3x faster than
+//!   on-demand at 10,000 agents in the bench). A live agent still costs about six memory
+//!   mappings (stack, guard, the accessible and reserved parts of linear memory, two small
+//!   regions) with either allocator, so `vm.max_map_count` (65,530 by default) caps a host at
+//!   roughly 10,000 live agents; at 10,000 the on-demand allocator already failed hundreds of
+//!   spawns with ENOMEM while the pool failed none. Where the pool's virtual-memory reservation
+//!   fails (small address space, `ulimit -v`), the engine falls back to on-demand allocation
+//!   with a warning. When the kernel supports `PAGEMAP_SCAN` (Linux 6.7+), slots are reset by
+//!   scanning dirty pages and keeping them resident.
 //! - **Compilation**: components are compiled once and cached on disk, keyed by the SHA-256 of
 //!   their bytes and the engine's compatibility hash; a second load deserializes the
 //!   precompiled artifact (tens of microseconds instead of tens of milliseconds). In memory, each

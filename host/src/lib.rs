@@ -22,24 +22,31 @@
 //!
 //! Module map: [`engine`] (the one Engine, pooling, component cache), [`spec`] (specification
 //! and validation), [`sandbox`] (Store data, limits, WASI, usage), [`agents`] (spawn, run,
-//! terminate), [`tools`] (host tools), [`bindings`] (WIT bindings and host calls), [`error`].
+//! terminate), [`tools`] (host tools), [`bindings`] (WIT bindings and host calls), [`store`]
+//! (SQLite with group commit, blob tier), [`events`] (event bus), [`error`].
 
 pub mod agents;
 pub mod bindings;
 pub mod cli;
+mod cli_state;
+pub mod context;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod sandbox;
 pub mod spec;
+pub mod store;
 pub mod tools;
 mod wasi_fs;
 
 pub use agents::{AgentDescription, AgentHost, AgentReport, AgentStatus, SubAgent, TaskRequest};
 pub use engine::{AllocatorKind, HostConfig, LoadedComponent, Runtime};
 pub use error::{AgentFailure, Error, ErrorCategory, LimitKind, Result};
+pub use events::{EventBus, EventBusConfig, EventError};
 pub use sandbox::UsageReceipt;
 pub use spec::{
     AgentType, DirectoryGrant, FileSystemAccess, IsolationLevel, NetworkAccessLevel,
     ResourceLimits, SecurityConstraints, SubAgentSpecification,
 };
+pub use store::{Durability, Store, StoreConfig, StoreError};
 pub use tools::{Tool, ToolContext, ToolFailure, ToolFuture, ToolRegistry};

@@ -269,6 +269,8 @@ pub struct AgentShared {
     pub tools: Arc<ToolRegistry>,
     /// Gate on in-flight host operations (`maxConcurrentOperations`).
     pub operations: Arc<tokio::sync::Semaphore>,
+    /// The context store, when the host has one; the agent acts in it as `id`.
+    pub context: Option<crate::context::ContextService>,
 }
 
 impl AgentShared {
@@ -407,6 +409,8 @@ pub struct AgentState {
     pub(crate) shared: Arc<AgentShared>,
     pub(crate) stdout: MemoryOutputPipe,
     pub(crate) stderr: MemoryOutputPipe,
+    /// The agent's event subscriptions, by handle.
+    pub(crate) subscriptions: std::collections::HashMap<u64, crate::events::Subscription>,
 }
 
 impl WasiView for AgentState {
@@ -466,6 +470,7 @@ impl AgentState {
             shared,
             stdout,
             stderr,
+            subscriptions: std::collections::HashMap::new(),
         })
     }
 }

@@ -213,7 +213,12 @@ fn falls_back_to_on_demand_allocation_when_the_pool_cannot_be_reserved() {
         .env("QI_HOST_CACHE_DIR", crate::common::cache_dir())
         .output()
         .unwrap();
-    assert!(o.status.success(), "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
     assert!(
         stderr(&o).contains("falling back to on-demand allocation"),
         "{}",

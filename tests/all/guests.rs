@@ -468,3 +468,21 @@ mod compute {
         }
     }
 }
+
+// The context guests need a host with a context store attached; their tests live in
+// `crate::context`, one module per guest.
+
+mod racer {
+    #[allow(unused_imports)]
+    pub(crate) use crate::context::racer as tests;
+}
+
+mod subscriber {
+    #[allow(unused_imports)]
+    pub(crate) use crate::context::subscriber as tests;
+}
+
+mod snoop {
+    #[allow(unused_imports)]
+    pub(crate) use crate::context::snoop as tests;
+}

@@ -4,7 +4,9 @@
 //! by all tests (see `common`).
 
 mod cli;
+mod cli_state;
 mod common;
+mod context;
 mod guests;
 mod isolation;
 mod lifecycle;

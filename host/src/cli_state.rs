@@ -1,0 +1,253 @@
+//! `qi-host context …` and `qi-host events …`: the durable state of a data directory, as the
+//! operator sees it.
+
+use crate::cli::{ContextArgs, ContextCommand, DataArgs, EventsArgs, EventsCommand};
+use crate::context::{
+    ContextConfig, ContextError, ContextService, OPERATOR, ResolveChoice, SystemClock,
+};
+use crate::error::Error;
+use crate::events::{Event, EventBus, EventBusConfig, EventFilter};
+use crate::store::{Store, StoreConfig};
+use std::sync::Arc;
+
+fn ctx_err(e: ContextError) -> Error {
+    match e.category() {
+        crate::ErrorCategory::Validation | crate::ErrorCategory::Business => {
+            Error::field("context", e.to_string())
+        }
+        _ => Error::System(anyhow::anyhow!(e.to_string())),
+    }
+}
+
+async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
+    let dir = match &data.data_dir {
+        Some(d) => d.clone(),
+        None => StoreConfig::default_data_dir().ok_or_else(|| {
+            Error::field(
+                "--data-dir",
+                "no default data directory (HOME is not set); pass --data-dir DIR",
+            )
+        })?,
+    };
+    if !dir.join("qi.db").exists() {
+        return Err(Error::field(
+            "--data-dir",
+            format!(
+                "`{}` holds no qi-host data (no qi.db); run a task first or pass the right --data-dir",
+                dir.display()
+            ),
+        ));
+    }
+    let store = Store::open(StoreConfig::at(&dir))
+        .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
+    let bus = EventBus::new(store.clone(), EventBusConfig::default())
+        .await
+        .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
+    Ok((store, bus))
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), Error> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| Error::System(e.into()))?
+    );
+    Ok(())
+}
+
+/// `qi-host context …`.
+pub async fn context(args: ContextArgs) -> Result<i32, Error> {
+    let (store, bus) = open(&args.data).await?;
+    let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
+        .await
+        .map_err(ctx_err)?;
+    let json = args.data.json;
+    match args.command {
+        ContextCommand::List {
+            context_type,
+            owner,
+        } => {
+            let list = svc.list(OPERATOR, context_type.as_deref(), owner.as_deref());
+            if json {
+                print_json(&list)?;
+            } else {
+                println!(
+                    "{:<24} {:<16} {:<16} {:<9} {:>7} {:<8}",
+                    "ID", "TYPE", "OWNER", "STRATEGY", "VERSION", "STATUS"
+                );
+                for c in list {
+                    println!(
+                        "{:<24} {:<16} {:<16} {:<9} {:>7} {:<8}",
+                        c.id,
+                        c.context_type,
+                        c.owner,
+                        c.strategy.as_str(),
+                        c.version,
+                        c.status.as_str()
+                    );
+                }
+            }
+        }
+        ContextCommand::Get { id } => {
+            let v = svc.get(OPERATOR, &id).await.map_err(ctx_err)?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("context  {} ({}, owner {})", v.id, v.context_type, v.owner);
+                println!(
+                    "version  {} (revision {}, hlc {})",
+                    v.version, v.revision, v.hlc
+                );
+                println!("status   {} ({})", v.status.as_str(), v.strategy.as_str());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v.doc).unwrap_or_default()
+                );
+                if let Some(p) = &v.pending {
+                    println!("competing values:");
+                    for (field, values) in &p.fields {
+                        for (agent, value) in values {
+                            println!("  {field:<20} {agent:<16} {value}");
+                        }
+                    }
+                }
+            }
+        }
+        ContextCommand::History { id, limit } => {
+            let h = svc.history(OPERATOR, &id, limit).await.map_err(ctx_err)?;
+            if json {
+                print_json(&h)?;
+            } else {
+                for v in h {
+                    println!(
+                        "v{:<5} rev {:<8} {:<10} {:<16} {}  {}",
+                        v.version, v.revision, v.op, v.agent_id, v.hlc, v.doc
+                    );
+                }
+            }
+        }
+        ContextCommand::Conflicts { id } => {
+            let c = svc.conflicts(OPERATOR, &id).await.map_err(ctx_err)?;
+            if json {
+                print_json(&c)?;
+            } else {
+                for c in c {
+                    let state = match &c.resolution {
+                        Some(r) => format!("resolved by {} ({:?})", r.resolved_by, r.strategy),
+                        None => "unresolved".into(),
+                    };
+                    println!(
+                        "#{:<5} {:?} {:?} field `{}` {}",
+                        c.id, c.conflict_type, c.severity, c.field, state
+                    );
+                    for (agent, value) in &c.agent_values {
+                        println!("       {agent:<16} {value}");
+                    }
+                }
+            }
+        }
+        ContextCommand::Rollback { id, version } => {
+            let r = svc
+                .rollback(OPERATOR, &id, version)
+                .await
+                .map_err(ctx_err)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} rolled back to the content of v{version}: now v{} (revision {})",
+                    r.context_id, r.version, r.revision
+                );
+            }
+        }
+        ContextCommand::Resolve {
+            id,
+            agent,
+            document,
+        } => {
+            let choice = match (agent, document) {
+                (Some(a), None) => ResolveChoice::Agent(a),
+                (None, Some(d)) => ResolveChoice::Document(
+                    serde_json::from_str(&d)
+                        .map_err(|e| Error::field("--document", format!("not valid JSON: {e}")))?,
+                ),
+                _ => {
+                    return Err(Error::field(
+                        "resolve",
+                        "pass --agent AGENT or --document JSON",
+                    ));
+                }
+            };
+            let r = svc.resolve(OPERATOR, &id, choice).await.map_err(ctx_err)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} resolved: now v{} ({} conflict(s) closed)",
+                    r.context_id,
+                    r.version,
+                    r.conflicts.len()
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_event(e: &Event, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(e).unwrap_or_default());
+    } else {
+        println!(
+            "#{:<8} {:<13} {:<8} ctx={:<20} agent={:<14} {}",
+            e.seq,
+            e.timestamp_ms,
+            e.event_type.as_str(),
+            e.context_id.as_deref().unwrap_or("-"),
+            e.agent_id.as_deref().unwrap_or("-"),
+            e.data
+        );
+    }
+}
+
+/// `qi-host events …`.
+pub async fn events(args: EventsArgs) -> Result<i32, Error> {
+    let (_store, bus) = open(&args.data).await?;
+    let EventsCommand::Tail {
+        filter,
+        after,
+        limit,
+        follow,
+    } = args.command;
+    let filter =
+        EventFilter::parse_cli(&filter).map_err(|e| Error::field("--filter", e.to_string()))?;
+    let sys = |e: crate::events::EventError| Error::System(anyhow::anyhow!(e.to_string()));
+    let mut last = match after {
+        Some(seq) => seq,
+        None => {
+            let newest = bus.history(&filter, None, limit).await.map_err(sys)?;
+            for e in &newest {
+                print_event(e, args.data.json);
+            }
+            match newest.last() {
+                Some(e) => e.seq,
+                None => bus.metrics().last_seq,
+            }
+        }
+    };
+    if !follow && after.is_none() {
+        return Ok(0);
+    }
+    loop {
+        let page = bus.history(&filter, Some(last), 1_000).await.map_err(sys)?;
+        for e in &page {
+            print_event(e, args.data.json);
+            last = e.seq;
+        }
+        if !follow {
+            return Ok(0);
+        }
+        if page.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -1,0 +1,1744 @@
+//! The shared context store: versioned JSON documents with sharing, permissions, expiry,
+//! synchronization strategies, typed conflicts, history, rollback, merge and batch sync, an
+//! agent registry with heartbeats, and an event for every change (and every read).
+//!
+//! # How a change happens
+//!
+//! Every change runs as one operation on the store's single writer thread, inside the
+//! group-commit transaction that makes it durable: the access check, the strategy engine
+//! ([`engine`]), the rows (current state, version, conflicts, events) and the update of the
+//! in-memory hot tier happen together, in commit order, so revisions, versions and event
+//! sequence numbers agree with what is on disk. The caller gets its answer when the
+//! transaction has committed. Refusals that must be reported (stale writes, access
+//! violations, schema mismatches) commit their conflict record and event the same way and
+//! then come back as errors.
+//!
+//! Reads are served from the hot tier. A reader may see a change whose transaction is still
+//! committing (microseconds); if that commit fails, the context is reloaded from disk.
+//!
+//! # Access
+//!
+//! The owner may do everything. Other agents need a share granting the permission, not
+//! expired at the time of the call (no sweep has to run first), and capabilities that allow
+//! the kind of operation. The operator (`operator`, the CLI) may do everything. A refusal is
+//! [`ContextError::AccessDenied`], an `access-violation` conflict record and a `conflict`
+//! event.
+
+pub mod engine;
+pub mod hlc;
+pub mod model;
+pub mod patch;
+mod persist;
+
+pub use engine::{Refusal, ResolveChoice};
+pub use hlc::{Hlc, HybridClock, ManualClock, PhysicalClock, SystemClock};
+pub use model::*;
+pub use patch::{FieldChange, PointerOp};
+
+use crate::events::{EventBus, EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
+use crate::store::{Store, StoreError, WriteCtx};
+use engine::{Stamp, Write};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The operator's agent id: the CLI and embedding code acting with full rights.
+pub const OPERATOR: &str = "operator";
+
+/// Errors of the context store.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// No such context.
+    #[error("no context `{0}`")]
+    NotFound(String),
+    /// A context with this id exists.
+    #[error("context `{0}` already exists")]
+    AlreadyExists(String),
+    /// The agent is not registered (or was unregistered).
+    #[error("agent `{0}` is not registered; register it first")]
+    UnknownAgent(String),
+    /// The agent may not do this.
+    #[error("access denied: agent `{agent}` may not {operation} context `{context}`: {reason}")]
+    AccessDenied {
+        /// The agent.
+        agent: String,
+        /// What it tried.
+        operation: String,
+        /// The context.
+        context: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The strategy refused the write.
+    #[error("write to `{context}` refused: {refusal}")]
+    Refused {
+        /// The context.
+        context: String,
+        /// Why.
+        refusal: Refusal,
+        /// The conflict recorded for it, if any.
+        conflict: Option<Box<Conflict>>,
+    },
+    /// A request field is invalid.
+    #[error("invalid `{field}`: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event bus failed.
+    #[error(transparent)]
+    Events(#[from] crate::events::EventError),
+}
+
+impl ContextError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ContextError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The seed category.
+    pub fn category(&self) -> crate::ErrorCategory {
+        use crate::ErrorCategory::*;
+        match self {
+            ContextError::NotFound(_)
+            | ContextError::Invalid { .. }
+            | ContextError::UnknownAgent(_) => Validation,
+            ContextError::AlreadyExists(_) | ContextError::Refused { .. } => Business,
+            ContextError::AccessDenied { .. } => Security,
+            ContextError::Store(_) | ContextError::Events(_) => System,
+        }
+    }
+}
+
+/// Configuration of the context store. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct ContextConfig {
+    /// An agent that has not heartbeated for this long is marked disconnected and its
+    /// subscriptions are cleaned up. Default 30 s.
+    pub heartbeat_timeout_ms: u64,
+    /// Versions kept per context when the context does not say (None: all). Default all.
+    pub default_history_limit: Option<u64>,
+    /// Largest document accepted, in bytes of JSON. Default 16 MiB.
+    pub max_document_bytes: usize,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            heartbeat_timeout_ms: 30_000,
+            default_history_limit: None,
+            max_document_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A new context.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct NewContext {
+    /// Id; generated when empty.
+    pub id: Option<String>,
+    /// Type, e.g. `review-notes`.
+    pub context_type: String,
+    /// Initial document (`null` when absent).
+    pub doc: Value,
+    /// JSON schema every version must satisfy.
+    pub schema: Option<Value>,
+    /// Synchronization strategy (default strong).
+    pub strategy: SyncStrategy,
+    /// Conflict resolution for `causal` (default last-write-wins).
+    pub resolution: ConflictResolution,
+    /// Versions to keep (None: the store default).
+    pub history_limit: Option<u64>,
+}
+
+/// A change to a context.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
+pub enum Change {
+    /// Replace the whole document.
+    Put(Value),
+    /// JSON Pointer operations.
+    Pointer(Vec<PointerOp>),
+    /// A JSON merge patch (RFC 7396).
+    Merge(Value),
+}
+
+/// What a committed write produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteResult {
+    /// The context.
+    pub context_id: String,
+    /// Version after the write.
+    pub version: u64,
+    /// Store-wide revision of the context's last change.
+    pub revision: u64,
+    /// HLC of the context's last change.
+    pub hlc: Hlc,
+    /// Status after the write.
+    pub status: ContextStatus,
+    /// Whether the write made a new version (a write that lost every field, or that joined a
+    /// pending conflict, does not).
+    pub new_version: bool,
+    /// Conflicts detected by this write.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A context as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextView {
+    /// Id.
+    pub id: String,
+    /// Owner.
+    pub owner: String,
+    /// Type.
+    pub context_type: String,
+    /// Strategy.
+    pub strategy: SyncStrategy,
+    /// Status.
+    pub status: ContextStatus,
+    /// Version.
+    pub version: u64,
+    /// Revision.
+    pub revision: u64,
+    /// HLC of the last change.
+    pub hlc: Hlc,
+    /// Document.
+    pub doc: Value,
+    /// Competing values while in conflict.
+    pub pending: Option<PendingConflict>,
+    /// Last change (unix ms).
+    pub updated_at: u64,
+}
+
+impl From<&ContextState> for ContextView {
+    fn from(s: &ContextState) -> Self {
+        ContextView {
+            id: s.id.clone(),
+            owner: s.owner.clone(),
+            context_type: s.context_type.clone(),
+            strategy: s.strategy,
+            status: s.status,
+            version: s.version,
+            revision: s.revision,
+            hlc: s.hlc,
+            doc: s.doc.clone(),
+            pending: s.pending.clone(),
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// The seeds' `ShareResult`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShareResult {
+    /// The context.
+    pub context_id: String,
+    /// Agents it was shared with.
+    pub shared_with: Vec<String>,
+    /// Permissions granted.
+    pub permissions: Vec<Permission>,
+    /// When (unix ms).
+    pub shared_at: u64,
+    /// Expiry (unix ms).
+    pub expires_at: Option<u64>,
+}
+
+/// The seeds' `SharedContextInfo`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedContextInfo {
+    /// The context.
+    pub context_id: String,
+    /// Its owner.
+    pub owner_id: String,
+    /// Permissions the agent holds.
+    pub permissions: Vec<Permission>,
+    /// When shared (unix ms).
+    pub shared_at: u64,
+    /// Expiry (unix ms).
+    pub expires_at: Option<u64>,
+    /// Current version.
+    pub version: u64,
+    /// `synced`, or `conflict` while the context waits for a resolution.
+    pub sync_status: String,
+}
+
+/// The seeds' `SyncResult` for one context.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResult {
+    /// The context.
+    pub context_id: String,
+    /// Authoritative version.
+    pub version: u64,
+    /// Status.
+    pub status: ContextStatus,
+    /// Unresolved conflicts.
+    pub conflicts: Vec<Conflict>,
+    /// Whether the context could be synchronized (read) by the agent.
+    pub success: bool,
+    /// Why not, when it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    contexts: HashMap<String, ContextState>,
+    shares: HashMap<String, BTreeMap<String, Share>>,
+    agents: HashMap<String, AgentRegistration>,
+    schemas: HashMap<String, Arc<jsonschema::Validator>>,
+    subscriptions: HashMap<String, Vec<crate::events::SubscriptionId>>,
+    revision: u64,
+    next_id: u64,
+}
+
+struct Shared {
+    store: Store,
+    bus: EventBus,
+    clock: HybridClock,
+    config: ContextConfig,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The context store service (cheap to clone).
+#[derive(Clone)]
+pub struct ContextService {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ContextService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextService").finish_non_exhaustive()
+    }
+}
+
+type Op<T> = Box<
+    dyn FnOnce(
+            &Shared,
+            &mut Inner,
+            &mut WriteCtx<'_>,
+        ) -> Result<Result<T, ContextError>, ContextError>
+        + Send,
+>;
+
+fn compile_schema(id: &str, schema: &Value) -> Result<Arc<jsonschema::Validator>, ContextError> {
+    jsonschema::validator_for(schema)
+        .map(Arc::new)
+        .map_err(|e| {
+            ContextError::invalid(
+                "schema",
+                format!("context `{id}`: not a valid JSON schema: {e}"),
+            )
+        })
+}
+
+fn schema_check(v: &jsonschema::Validator) -> impl Fn(&Value) -> Result<(), String> + '_ {
+    move |doc| {
+        let errors: Vec<String> = v
+            .iter_errors(doc)
+            .take(5)
+            .map(|e| format!("{} (at `{}`)", e, e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+impl ContextService {
+    /// Opens the service over a store and event bus, loading the hot tier.
+    pub async fn open(
+        store: Store,
+        bus: EventBus,
+        clock: Arc<dyn PhysicalClock>,
+        config: ContextConfig,
+    ) -> Result<Self, ContextError> {
+        let blobs = store.blobs().clone();
+        let loaded = store
+            .read(move |conn| persist::load_all(conn, &blobs))
+            .await?;
+        let mut inner = Inner {
+            revision: loaded.revision,
+            next_id: loaded.contexts.len() as u64 + 1,
+            ..Inner::default()
+        };
+        for c in loaded.contexts {
+            if let Some(schema) = &c.schema {
+                inner
+                    .schemas
+                    .insert(c.id.clone(), compile_schema(&c.id, schema)?);
+            }
+            inner.contexts.insert(c.id.clone(), c);
+        }
+        for s in loaded.shares {
+            inner
+                .shares
+                .entry(s.context_id.clone())
+                .or_default()
+                .insert(s.agent_id.clone(), s);
+        }
+        for a in loaded.agents {
+            inner.agents.insert(a.agent_id.clone(), a);
+        }
+        Ok(ContextService {
+            shared: Arc::new(Shared {
+                clock: HybridClock::new(clock, loaded.hlc),
+                store,
+                bus,
+                config,
+                inner: Mutex::new(inner),
+            }),
+        })
+    }
+
+    /// The event bus the service publishes on.
+    pub fn bus(&self) -> &EventBus {
+        &self.shared.bus
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Current physical time of the service's clock (unix ms).
+    pub fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        context: Option<String>,
+        op: Op<T>,
+    ) -> Result<T, ContextError> {
+        let shared = self.shared.clone();
+        let result = self
+            .shared
+            .store
+            .write_with_error(move |ctx: &mut WriteCtx<'_>| {
+                let mut inner = shared.lock();
+                op(&shared, &mut inner, ctx)
+            })
+            .await;
+        match result {
+            Ok(r) => r,
+            Err(e @ ContextError::Store(_)) => {
+                // The transaction did not commit: make the hot tier match the disk again.
+                if let Some(id) = context {
+                    self.reload(&id).await;
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn reload(&self, id: &str) {
+        let blobs = self.shared.store.blobs().clone();
+        let Ok(loaded) = self
+            .shared
+            .store
+            .read(move |conn| persist::load_all(conn, &blobs))
+            .await
+        else {
+            return;
+        };
+        let mut inner = self.shared.lock();
+        match loaded.contexts.into_iter().find(|c| c.id == id) {
+            Some(c) => {
+                inner.contexts.insert(id.to_string(), c);
+            }
+            None => {
+                inner.contexts.remove(id);
+            }
+        }
+        inner.revision = loaded.revision;
+    }
+
+    // ---- agents ----------------------------------------------------------------------------
+
+    /// Registers (or re-registers) an agent.
+    pub async fn register_agent(
+        &self,
+        agent_id: &str,
+        capabilities: AgentCapabilities,
+    ) -> Result<(), ContextError> {
+        if agent_id.is_empty() || agent_id == OPERATOR {
+            return Err(ContextError::invalid(
+                "agentId",
+                format!("`{agent_id}` is reserved or empty"),
+            ));
+        }
+        let id = agent_id.to_string();
+        self.run(
+            None,
+            Box::new(move |sh, inner, ctx| {
+                let now = sh.clock.now_ms();
+                let reg = AgentRegistration {
+                    agent_id: id.clone(),
+                    capabilities,
+                    registered_at: now,
+                    last_heartbeat: now,
+                    status: AgentConnection::Active,
+                };
+                persist::upsert_agent(ctx.tx(), &reg)?;
+                sh.bus.stage(
+                    ctx,
+                    vec![
+                        NewEvent::new(EventType::AgentRegistered)
+                            .agent(&id)
+                            .data(json!({"capabilities": reg.capabilities})),
+                    ],
+                )?;
+                inner.agents.insert(id, reg);
+                Ok(Ok(()))
+            }),
+        )
+        .await
+    }
+
+    /// Unregisters an agent and ends its subscriptions.
+    pub async fn unregister_agent(&self, agent_id: &str) -> Result<(), ContextError> {
+        let id = agent_id.to_string();
+        let subs = self
+            .run(
+                None,
+                Box::new(move |sh, inner, ctx| {
+                    if inner.agents.remove(&id).is_none() {
+                        return Ok(Err(ContextError::UnknownAgent(id)));
+                    }
+                    persist::delete_agent(ctx.tx(), &id)?;
+                    ctx.tx()
+                        .execute("DELETE FROM subscriptions WHERE agent_id = ?1", [&id])
+                        .map_err(StoreError::from)?;
+                    // Shares die with the agent, so that a later agent with the same id inherits
+                    // nothing.
+                    ctx.tx()
+                        .execute("DELETE FROM shares WHERE agent_id = ?1", [&id])
+                        .map_err(StoreError::from)?;
+                    for m in inner.shares.values_mut() {
+                        m.remove(&id);
+                    }
+                    sh.bus.stage(
+                        ctx,
+                        vec![NewEvent::new(EventType::AgentUnregistered).agent(&id)],
+                    )?;
+                    Ok(Ok(inner.subscriptions.remove(&id).unwrap_or_default()))
+                }),
+            )
+            .await?;
+        for s in subs {
+            self.shared.bus.unsubscribe(s);
+        }
+        Ok(())
+    }
+
+    /// Registered agents, sorted by id.
+    pub fn registered_agents(&self) -> Vec<AgentRegistration> {
+        let inner = self.shared.lock();
+        let mut v: Vec<_> = inner.agents.values().cloned().collect();
+        v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        v
+    }
+
+    /// Records a heartbeat (reconnecting a disconnected agent).
+    pub async fn heartbeat(&self, agent_id: &str) -> Result<(), ContextError> {
+        let id = agent_id.to_string();
+        self.run(
+            None,
+            Box::new(move |sh, inner, ctx| {
+                let Some(reg) = inner.agents.get(&id) else {
+                    return Ok(Err(ContextError::UnknownAgent(id)));
+                };
+                let mut reg = reg.clone();
+                reg.last_heartbeat = sh.clock.now_ms();
+                reg.status = AgentConnection::Active;
+                persist::upsert_agent(ctx.tx(), &reg)?;
+                inner.agents.insert(id, reg);
+                Ok(Ok(()))
+            }),
+        )
+        .await
+    }
+
+    /// Heartbeats `agent` when its last heartbeat is older than half the timeout (so an agent
+    /// that keeps calling stays connected without a durable write per call).
+    pub async fn touch(&self, agent: &str) -> Result<(), ContextError> {
+        let stale = {
+            let inner = self.shared.lock();
+            let half = self.shared.config.heartbeat_timeout_ms / 2;
+            let now = self.shared.clock.now_ms();
+            inner.agents.get(agent).is_some_and(|a| {
+                a.status == AgentConnection::Disconnected
+                    || now.saturating_sub(a.last_heartbeat) > half
+            })
+        };
+        if stale {
+            self.heartbeat(agent).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks agents whose heartbeat is older than the timeout as disconnected and cleans up
+    /// their subscriptions; returns their ids. Access checks also treat such agents as
+    /// disconnected without waiting for this to run.
+    pub async fn sweep_disconnected(&self) -> Result<Vec<String>, ContextError> {
+        let (gone, subs) = self
+            .run(
+                None,
+                Box::new(move |sh, inner, ctx| {
+                    let now = sh.clock.now_ms();
+                    let timeout = sh.config.heartbeat_timeout_ms;
+                    let mut gone = Vec::new();
+                    let mut subs = Vec::new();
+                    let mut ids: Vec<String> = inner
+                        .agents
+                        .values()
+                        .filter(|a| {
+                            a.status == AgentConnection::Active
+                                && now.saturating_sub(a.last_heartbeat) > timeout
+                        })
+                        .map(|a| a.agent_id.clone())
+                        .collect();
+                    ids.sort();
+                    let mut events = Vec::new();
+                    for id in ids {
+                        let mut reg = inner.agents[&id].clone();
+                        reg.status = AgentConnection::Disconnected;
+                        persist::upsert_agent(ctx.tx(), &reg)?;
+                        ctx.tx()
+                            .execute("DELETE FROM subscriptions WHERE agent_id = ?1", [&id])
+                            .map_err(StoreError::from)?;
+                        events.push(
+                            NewEvent::new(EventType::AgentDisconnected)
+                                .agent(&id)
+                                .data(json!({"lastHeartbeat": reg.last_heartbeat})),
+                        );
+                        subs.extend(inner.subscriptions.remove(&id).unwrap_or_default());
+                        inner.agents.insert(id.clone(), reg);
+                        gone.push(id);
+                    }
+                    if !events.is_empty() {
+                        sh.bus.stage(ctx, events)?;
+                    }
+                    Ok(Ok((gone, subs)))
+                }),
+            )
+            .await?;
+        for s in subs {
+            self.shared.bus.unsubscribe(s);
+        }
+        Ok(gone)
+    }
+
+    /// Runs [`sweep_disconnected`](Self::sweep_disconnected) every `every` until the service
+    /// is dropped.
+    pub fn spawn_heartbeat_sweeper(
+        &self,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let service = ContextService { shared };
+                if let Err(e) = service.sweep_disconnected().await {
+                    tracing::warn!(error = %e, "heartbeat sweep failed");
+                }
+            }
+        })
+    }
+
+    // ---- access ----------------------------------------------------------------------------
+
+    fn check(
+        sh: &Shared,
+        inner: &Inner,
+        agent: &str,
+        state: &ContextState,
+        perm: Permission,
+    ) -> Result<(), String> {
+        if agent == OPERATOR {
+            return Ok(());
+        }
+        let now = sh.clock.now_ms();
+        let reg = inner
+            .agents
+            .get(agent)
+            .ok_or("the agent is not registered")?;
+        if reg.status == AgentConnection::Disconnected
+            || now.saturating_sub(reg.last_heartbeat) > sh.config.heartbeat_timeout_ms
+        {
+            return Err("the agent is disconnected (no heartbeat); send a heartbeat first".into());
+        }
+        let caps = &reg.capabilities;
+        let allowed = match perm {
+            Permission::Read => caps.can_read,
+            Permission::Write | Permission::Delete => caps.can_write,
+            Permission::Share => caps.can_share,
+        };
+        if !allowed {
+            return Err(format!("its capabilities do not include {perm}"));
+        }
+        if !caps.supported_context_types.is_empty()
+            && !caps.supported_context_types.contains(&state.context_type)
+        {
+            return Err(format!(
+                "it does not support context type `{}`",
+                state.context_type
+            ));
+        }
+        if state.owner == agent {
+            return Ok(());
+        }
+        match inner.shares.get(&state.id).and_then(|m| m.get(agent)) {
+            None => Err("the context is not shared with it".into()),
+            Some(s) if s.expires_at.is_some_and(|e| now >= e) => Err(format!(
+                "its share expired at {}",
+                s.expires_at.unwrap_or_default()
+            )),
+            Some(s) if !s.grants(perm, now) => Err(format!("its share does not grant {perm}")),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Records an access violation (conflict row + event) and returns the error to report.
+    fn deny(
+        sh: &Shared,
+        ctx: &mut WriteCtx<'_>,
+        agent: &str,
+        operation: &str,
+        context: &str,
+        reason: String,
+    ) -> Result<ContextError, ContextError> {
+        let mut values = BTreeMap::new();
+        values.insert(
+            agent.to_string(),
+            json!({"operation": operation, "reason": reason}),
+        );
+        let mut conflict = Conflict {
+            id: 0,
+            context_id: context.to_string(),
+            field: String::new(),
+            conflict_type: ConflictType::AccessViolation,
+            severity: ConflictSeverity::High,
+            agent_values: values,
+            detected_at: sh.clock.now_ms(),
+            resolution: None,
+        };
+        conflict.id = persist::insert_conflict(ctx.tx(), &conflict)?;
+        sh.bus.stage(ctx, vec![conflict_event(&conflict, agent)])?;
+        tracing::info!(agent, operation, context, %reason, "context access denied");
+        Ok(ContextError::AccessDenied {
+            agent: agent.to_string(),
+            operation: operation.to_string(),
+            context: context.to_string(),
+            reason,
+        })
+    }
+
+    // ---- contexts --------------------------------------------------------------------------
+
+    /// Creates a context owned by `agent`.
+    pub async fn create(&self, agent: &str, new: NewContext) -> Result<WriteResult, ContextError> {
+        if new.context_type.trim().is_empty() {
+            return Err(ContextError::invalid(
+                "contextType",
+                "must not be empty, e.g. `review-notes`",
+            ));
+        }
+        if let Some(id) = &new.id
+            && (id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()))
+        {
+            return Err(ContextError::invalid(
+                "id",
+                "must be 1-200 printable characters",
+            ));
+        }
+        self.check_size(&new.doc)?;
+        let schema = match &new.schema {
+            Some(s) => Some(compile_schema(new.id.as_deref().unwrap_or("new"), s)?),
+            None => None,
+        };
+        let agent = agent.to_string();
+        self.run(new.id.clone(), Box::new(move |sh, inner, ctx| {
+            let id = new.id.clone().unwrap_or_else(|| loop {
+                let id = format!("ctx-{}", inner.next_id);
+                inner.next_id += 1;
+                if !inner.contexts.contains_key(&id) {
+                    break id;
+                }
+            });
+            if inner.contexts.contains_key(&id) {
+                return Ok(Err(ContextError::AlreadyExists(id)));
+            }
+            if agent != OPERATOR {
+                let Some(reg) = inner.agents.get(&agent) else {
+                    return Ok(Err(ContextError::UnknownAgent(agent)));
+                };
+                let caps = &reg.capabilities;
+                let owned = inner.contexts.values().filter(|c| c.owner == agent && c.status != ContextStatus::Deleted).count();
+                let reason = if !caps.can_write {
+                    Some("its capabilities do not include write".to_string())
+                } else if !caps.supported_context_types.is_empty() && !caps.supported_context_types.contains(&new.context_type) {
+                    Some(format!("it does not support context type `{}`", new.context_type))
+                } else if owned >= caps.max_concurrent_contexts as usize {
+                    Some(format!("it already owns {owned} contexts (maxConcurrentContexts)"))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Ok(Err(Self::deny(sh, ctx, &agent, "create", &id, reason)?));
+                }
+            }
+            if let Some(v) = &schema
+                && let Err(message) = schema_check(v)(&new.doc)
+            {
+                return Ok(Err(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
+            }
+            let now = sh.clock.now_ms();
+            let hlc = sh.clock.tick();
+            let revision = inner.revision + 1;
+            let mut stamps = BTreeMap::new();
+            for c in patch::diff(&empty_like(&new.doc), &new.doc).unwrap_or_default() {
+                stamps.insert(c.path, StampedField { version: 1, hlc, agent: agent.clone() });
+            }
+            let state = ContextState {
+                id: id.clone(),
+                owner: agent.clone(),
+                context_type: new.context_type.clone(),
+                schema: new.schema.clone(),
+                strategy: new.strategy,
+                resolution: new.resolution,
+                status: ContextStatus::Active,
+                version: 1,
+                revision,
+                hlc,
+                doc: new.doc.clone(),
+                field_stamps: stamps,
+                pending: None,
+                history_limit: new.history_limit.or(sh.config.default_history_limit),
+                created_at: now,
+                updated_at: now,
+            };
+            let version = ContextVersion {
+                context_id: id.clone(),
+                version: 1,
+                revision,
+                agent_id: agent.clone(),
+                hlc,
+                op: "create".into(),
+                doc: new.doc,
+            };
+            persist::upsert_context(ctx.tx(), ctx.blobs(), &state)?;
+            persist::insert_version(ctx.tx(), ctx.blobs(), &version, state.history_limit, now)?;
+            sh.bus.stage(ctx, vec![NewEvent::new(EventType::Created).context(&id).agent(&agent).data(json!({
+                "version": 1, "revision": revision, "contextType": state.context_type, "strategy": state.strategy,
+            }))])?;
+            let result = result_of(&state, true, Vec::new());
+            inner.revision = revision;
+            if let Some(v) = schema {
+                inner.schemas.insert(id.clone(), v);
+            }
+            inner.contexts.insert(id, state);
+            Ok(Ok(result))
+        }))
+        .await
+    }
+
+    fn check_size(&self, doc: &Value) -> Result<(), ContextError> {
+        let len = serde_json::to_vec(doc).map(|v| v.len()).unwrap_or(0);
+        if len > self.shared.config.max_document_bytes {
+            return Err(ContextError::invalid(
+                "doc",
+                format!(
+                    "is {len} bytes; the limit is {}",
+                    self.shared.config.max_document_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a context (emits an `accessed` event).
+    pub async fn get(&self, agent: &str, id: &str) -> Result<ContextView, ContextError> {
+        let checked = {
+            let inner = self.shared.lock();
+            let state = inner
+                .contexts
+                .get(id)
+                .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+            Self::check(&self.shared, &inner, agent, state, Permission::Read)
+                .map(|()| ContextView::from(state))
+        };
+        match checked {
+            Ok(view) => {
+                // Reads are events too; the reader does not wait for that one to be durable.
+                let store = self.shared.store.clone();
+                let shared = self.shared.clone();
+                let (agent, id2, version) = (agent.to_string(), id.to_string(), view.version);
+                tokio::spawn(async move {
+                    let r = store
+                        .write(move |ctx| {
+                            shared.bus.stage(
+                                ctx,
+                                vec![
+                                    NewEvent::new(EventType::Accessed)
+                                        .context(&id2)
+                                        .agent(&agent)
+                                        .data(json!({"version": version})),
+                                ],
+                            )?;
+                            Ok(())
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "recording an accessed event failed");
+                    }
+                });
+                Ok(view)
+            }
+            Err(reason) => {
+                let (agent, id) = (agent.to_string(), id.to_string());
+                self.run(
+                    Some(id.clone()),
+                    Box::new(move |sh, _inner, ctx| {
+                        Ok(Err(Self::deny(sh, ctx, &agent, "read", &id, reason)?))
+                    }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Contexts `agent` can read, optionally filtered by type and owner, sorted by id.
+    pub fn list(
+        &self,
+        agent: &str,
+        context_type: Option<&str>,
+        owner: Option<&str>,
+    ) -> Vec<ContextView> {
+        let inner = self.shared.lock();
+        let mut v: Vec<ContextView> = inner
+            .contexts
+            .values()
+            .filter(|c| c.status != ContextStatus::Deleted)
+            .filter(|c| context_type.is_none_or(|t| c.context_type == t))
+            .filter(|c| owner.is_none_or(|o| c.owner == o))
+            .filter(|c| Self::check(&self.shared, &inner, agent, c, Permission::Read).is_ok())
+            .map(ContextView::from)
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Writes a change based on `base_version` (required for strong and causal contexts).
+    pub async fn write(
+        &self,
+        agent: &str,
+        id: &str,
+        change: Change,
+        base_version: Option<u64>,
+    ) -> Result<WriteResult, ContextError> {
+        let (changes, op) = match &change {
+            Change::Put(doc) => {
+                self.check_size(doc)?;
+                (None, "put")
+            }
+            Change::Pointer(ops) => (
+                Some(
+                    patch::from_pointer_ops(ops)
+                        .map_err(|e| ContextError::invalid("change", e.to_string()))?,
+                ),
+                "patch",
+            ),
+            Change::Merge(p) => (
+                Some(
+                    patch::from_merge_patch(p)
+                        .map_err(|e| ContextError::invalid("change", e.to_string()))?,
+                ),
+                "patch",
+            ),
+        };
+        // A put is a diff against the version it was based on; fetch that version if it is
+        // not the current one.
+        let base_doc = match (&change, base_version) {
+            (Change::Put(_), Some(b)) => {
+                let current = {
+                    let inner = self.shared.lock();
+                    inner
+                        .contexts
+                        .get(id)
+                        .filter(|c| c.version == b)
+                        .map(|c| c.doc.clone())
+                };
+                match current {
+                    Some(doc) => Some(doc),
+                    None => {
+                        let (blobs, id2) = (self.shared.store.blobs().clone(), id.to_string());
+                        self.shared
+                            .store
+                            .read(move |conn| persist::load_version(conn, &blobs, &id2, b))
+                            .await?
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (agent, id) = (agent.to_string(), id.to_string());
+        self.run(
+            Some(id.clone()),
+            Box::new(move |sh, inner, ctx| {
+                let Some(state) = inner.contexts.get(&id) else {
+                    return Ok(Err(ContextError::NotFound(id)));
+                };
+                if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
+                    return Ok(Err(Self::deny(sh, ctx, &agent, "write", &id, reason)?));
+                }
+                let changes = match (changes, change) {
+                    (Some(c), _) => c,
+                    (None, Change::Put(doc)) => {
+                        let base = base_doc.unwrap_or_else(|| state.doc.clone());
+                        let mut c = patch::diff(&base, &doc)
+                            .map_err(|e| ContextError::invalid("doc", e.to_string()))?;
+                        if c.is_empty() && base_version.is_some_and(|b| b != state.version) {
+                            c.push(FieldChange {
+                                path: String::new(),
+                                value: Some(doc),
+                            });
+                        }
+                        c
+                    }
+                    (None, _) => unreachable!("only put computes its changes here"),
+                };
+                let w = Write {
+                    agent: agent.clone(),
+                    base_version,
+                    changes,
+                    op,
+                };
+                Self::commit_write(sh, inner, ctx, &id, w)
+            }),
+        )
+        .await
+    }
+
+    fn commit_write(
+        sh: &Shared,
+        inner: &mut Inner,
+        ctx: &mut WriteCtx<'_>,
+        id: &str,
+        w: Write,
+    ) -> Result<Result<WriteResult, ContextError>, ContextError> {
+        let state = inner.contexts.get(id).expect("caller checked").clone();
+        let now = sh.clock.now_ms();
+        let at = Stamp {
+            hlc: sh.clock.tick(),
+            revision: inner.revision + 1,
+            now_ms: now,
+        };
+        let validator = inner.schemas.get(id).cloned();
+        let check = validator.as_deref().map(schema_check);
+        let applied = engine::apply_write(
+            &state,
+            &w,
+            at,
+            check
+                .as_ref()
+                .map(|c| c as &dyn Fn(&Value) -> Result<(), String>),
+        );
+        match applied {
+            Err((refusal, conflict)) => {
+                let conflict = match conflict {
+                    Some(mut c) => {
+                        c.id = persist::insert_conflict(ctx.tx(), &c)?;
+                        sh.bus.stage(ctx, vec![conflict_event(&c, &w.agent)])?;
+                        Some(c)
+                    }
+                    None => None,
+                };
+                Ok(Err(ContextError::Refused {
+                    context: id.to_string(),
+                    refusal,
+                    conflict,
+                }))
+            }
+            Ok(mut applied) => {
+                let mut events = Vec::new();
+                for c in &mut applied.conflicts {
+                    c.id = persist::insert_conflict(ctx.tx(), c)?;
+                    events.push(conflict_event(c, &w.agent));
+                }
+                if let Some(p) = &mut applied.state.pending {
+                    for c in &applied.conflicts {
+                        if c.resolution.is_none() {
+                            p.conflict_ids.push(c.id);
+                        }
+                    }
+                }
+                let new_version = applied.version.is_some();
+                if let Some(v) = &applied.version {
+                    persist::insert_version(
+                        ctx.tx(),
+                        ctx.blobs(),
+                        v,
+                        applied.state.history_limit,
+                        now,
+                    )?;
+                    let event = if w.op == "rollback" {
+                        EventType::RolledBack
+                    } else {
+                        EventType::Updated
+                    };
+                    events.push(NewEvent::new(event).context(id).agent(&w.agent).data(json!({
+                        "version": v.version, "revision": v.revision, "hlc": v.hlc.to_string(), "op": w.op,
+                        "fields": w.changes.iter().map(|c| c.path.clone()).collect::<Vec<_>>(),
+                    })));
+                    inner.revision = at.revision;
+                }
+                persist::upsert_context(ctx.tx(), ctx.blobs(), &applied.state)?;
+                if !events.is_empty() {
+                    sh.bus.stage(ctx, events)?;
+                }
+                let result = result_of(&applied.state, new_version, applied.conflicts);
+                inner.contexts.insert(id.to_string(), applied.state);
+                Ok(Ok(result))
+            }
+        }
+    }
+
+    /// Deletes a context (history is kept).
+    pub async fn delete(&self, agent: &str, id: &str) -> Result<WriteResult, ContextError> {
+        let (agent, id) = (agent.to_string(), id.to_string());
+        self.run(
+            Some(id.clone()),
+            Box::new(move |sh, inner, ctx| {
+                let Some(state) = inner.contexts.get(&id).cloned() else {
+                    return Ok(Err(ContextError::NotFound(id)));
+                };
+                if state.status == ContextStatus::Deleted {
+                    return Ok(Err(ContextError::NotFound(id)));
+                }
+                if let Err(reason) = Self::check(sh, inner, &agent, &state, Permission::Delete) {
+                    return Ok(Err(Self::deny(sh, ctx, &agent, "delete", &id, reason)?));
+                }
+                let now = sh.clock.now_ms();
+                let hlc = sh.clock.tick();
+                let revision = inner.revision + 1;
+                let mut next = state.clone();
+                next.status = ContextStatus::Deleted;
+                next.version += 1;
+                next.revision = revision;
+                next.hlc = hlc;
+                next.updated_at = now;
+                next.pending = None;
+                let v = ContextVersion {
+                    context_id: id.clone(),
+                    version: next.version,
+                    revision,
+                    agent_id: agent.clone(),
+                    hlc,
+                    op: "delete".into(),
+                    doc: Value::Null,
+                };
+                persist::insert_version(ctx.tx(), ctx.blobs(), &v, next.history_limit, now)?;
+                persist::upsert_context(ctx.tx(), ctx.blobs(), &next)?;
+                ctx.tx()
+                    .execute("DELETE FROM shares WHERE context_id = ?1", [&id])
+                    .map_err(StoreError::from)?;
+                sh.bus.stage(
+                    ctx,
+                    vec![
+                        NewEvent::new(EventType::Deleted)
+                            .context(&id)
+                            .agent(&agent)
+                            .data(json!({"version": next.version, "revision": revision})),
+                    ],
+                )?;
+                inner.revision = revision;
+                inner.shares.remove(&id);
+                let r = result_of(&next, true, Vec::new());
+                inner.contexts.insert(id, next);
+                Ok(Ok(r))
+            }),
+        )
+        .await
+    }
+
+    // ---- sharing ---------------------------------------------------------------------------
+
+    /// Shares a context with `targets`. A sharer that is not the owner needs the `share`
+    /// permission and can only grant permissions it holds itself.
+    pub async fn share(
+        &self,
+        by: &str,
+        id: &str,
+        targets: &[String],
+        permissions: &[Permission],
+        expires_at: Option<u64>,
+    ) -> Result<ShareResult, ContextError> {
+        if targets.is_empty() {
+            return Err(ContextError::invalid(
+                "targetAgents",
+                "name at least one agent",
+            ));
+        }
+        if permissions.is_empty() {
+            return Err(ContextError::invalid(
+                "permissions",
+                "grant at least one of read, write, share, delete",
+            ));
+        }
+        let (by, id, targets, permissions) = (
+            by.to_string(),
+            id.to_string(),
+            targets.to_vec(),
+            permissions.to_vec(),
+        );
+        self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
+            let Some(state) = inner.contexts.get(&id).cloned() else {
+                return Ok(Err(ContextError::NotFound(id)));
+            };
+            if let Err(reason) = Self::check(sh, inner, &by, &state, Permission::Share) {
+                return Ok(Err(Self::deny(sh, ctx, &by, "share", &id, reason)?));
+            }
+            let now = sh.clock.now_ms();
+            if by != OPERATOR && by != state.owner {
+                for p in &permissions {
+                    if Self::check(sh, inner, &by, &state, *p).is_err() {
+                        let reason = format!("it cannot grant {p}, which it does not hold");
+                        return Ok(Err(Self::deny(sh, ctx, &by, "share", &id, reason)?));
+                    }
+                }
+            }
+            if let Some(unknown) = targets.iter().find(|t| !inner.agents.contains_key(*t)) {
+                return Ok(Err(ContextError::UnknownAgent(unknown.clone())));
+            }
+            let mut events = Vec::new();
+            for t in &targets {
+                let share = Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at };
+                persist::upsert_share(ctx.tx(), &share)?;
+                events.push(NewEvent::new(EventType::Shared).context(&id).agent(&by).data(json!({"target": t, "permissions": permissions, "expiresAt": expires_at})));
+                inner.shares.entry(id.clone()).or_default().insert(t.clone(), share);
+            }
+            sh.bus.stage(ctx, events)?;
+            Ok(Ok(ShareResult { context_id: id, shared_with: targets, permissions, shared_at: now, expires_at }))
+        }))
+        .await
+    }
+
+    /// Revokes the shares of `targets`.
+    pub async fn revoke(&self, by: &str, id: &str, targets: &[String]) -> Result<(), ContextError> {
+        let (by, id, targets) = (by.to_string(), id.to_string(), targets.to_vec());
+        self.run(
+            Some(id.clone()),
+            Box::new(move |sh, inner, ctx| {
+                let Some(state) = inner.contexts.get(&id).cloned() else {
+                    return Ok(Err(ContextError::NotFound(id)));
+                };
+                if let Err(reason) = Self::check(sh, inner, &by, &state, Permission::Share) {
+                    return Ok(Err(Self::deny(
+                        sh,
+                        ctx,
+                        &by,
+                        "revoke sharing of",
+                        &id,
+                        reason,
+                    )?));
+                }
+                let mut events = Vec::new();
+                for t in &targets {
+                    persist::delete_share(ctx.tx(), &id, t)?;
+                    if let Some(m) = inner.shares.get_mut(&id) {
+                        m.remove(t);
+                    }
+                    events.push(
+                        NewEvent::new(EventType::Revoked)
+                            .context(&id)
+                            .agent(&by)
+                            .data(json!({"target": t})),
+                    );
+                }
+                sh.bus.stage(ctx, events)?;
+                Ok(Ok(()))
+            }),
+        )
+        .await
+    }
+
+    /// Contexts shared with `agent` (live, unexpired shares), sorted by id.
+    pub fn shared_contexts(&self, agent: &str) -> Vec<SharedContextInfo> {
+        let inner = self.shared.lock();
+        let now = self.shared.clock.now_ms();
+        let mut out: Vec<SharedContextInfo> = inner
+            .shares
+            .iter()
+            .filter_map(|(cid, m)| m.get(agent).map(|s| (cid, s)))
+            .filter(|(_, s)| s.expires_at.is_none_or(|e| now < e))
+            .filter_map(|(cid, s)| {
+                let c = inner.contexts.get(cid)?;
+                Some(SharedContextInfo {
+                    context_id: cid.clone(),
+                    owner_id: c.owner.clone(),
+                    permissions: s.permissions.clone(),
+                    shared_at: s.granted_at,
+                    expires_at: s.expires_at,
+                    version: c.version,
+                    sync_status: if c.status == ContextStatus::Conflict {
+                        "conflict"
+                    } else {
+                        "synced"
+                    }
+                    .into(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.context_id.cmp(&b.context_id));
+        out
+    }
+
+    // ---- history, conflicts ----------------------------------------------------------------
+
+    fn read_check(&self, agent: &str, id: &str) -> Result<(), ContextError> {
+        let inner = self.shared.lock();
+        let state = inner
+            .contexts
+            .get(id)
+            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+        Self::check(&self.shared, &inner, agent, state, Permission::Read).map_err(|reason| {
+            ContextError::AccessDenied {
+                agent: agent.to_string(),
+                operation: "read".into(),
+                context: id.to_string(),
+                reason,
+            }
+        })
+    }
+
+    /// Whether `agent` holds `permission` on context `id` right now (nothing is recorded).
+    pub fn allowed(
+        &self,
+        agent: &str,
+        id: &str,
+        permission: Permission,
+    ) -> Result<(), ContextError> {
+        let inner = self.shared.lock();
+        let state = inner
+            .contexts
+            .get(id)
+            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+        Self::check(&self.shared, &inner, agent, state, permission).map_err(|reason| {
+            ContextError::AccessDenied {
+                agent: agent.to_string(),
+                operation: permission.to_string(),
+                context: id.to_string(),
+                reason,
+            }
+        })
+    }
+
+    /// Checks that `agent` holds `permission` on context `id` for `operation`; a refusal is
+    /// recorded like every other (access-violation conflict and event) and returned.
+    pub async fn authorize(
+        &self,
+        agent: &str,
+        id: &str,
+        permission: Permission,
+        operation: &str,
+    ) -> Result<(), ContextError> {
+        match self.allowed(agent, id, permission) {
+            Ok(()) => Ok(()),
+            Err(ContextError::AccessDenied { reason, .. }) => {
+                let (agent, id, operation) =
+                    (agent.to_string(), id.to_string(), operation.to_string());
+                self.run(
+                    None,
+                    Box::new(move |sh, _inner, ctx| {
+                        Ok(Err(Self::deny(sh, ctx, &agent, &operation, &id, reason)?))
+                    }),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Versions of a context, newest first (at most `limit`).
+    pub async fn history(
+        &self,
+        agent: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<ContextVersion>, ContextError> {
+        self.read_check(agent, id)?;
+        let (blobs, id) = (self.shared.store.blobs().clone(), id.to_string());
+        Ok(self
+            .shared
+            .store
+            .read(move |conn| persist::load_versions(conn, &blobs, &id, limit))
+            .await?)
+    }
+
+    /// Conflicts recorded for a context, oldest first.
+    pub async fn conflicts(&self, agent: &str, id: &str) -> Result<Vec<Conflict>, ContextError> {
+        self.read_check(agent, id)?;
+        let id = id.to_string();
+        Ok(self
+            .shared
+            .store
+            .read(move |conn| persist::load_conflicts(conn, &id))
+            .await?)
+    }
+
+    /// Commits a new version whose content equals `version` (history is never rewritten).
+    pub async fn rollback(
+        &self,
+        agent: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<WriteResult, ContextError> {
+        let (blobs, id2) = (self.shared.store.blobs().clone(), id.to_string());
+        let old = self
+            .shared
+            .store
+            .read(move |conn| persist::load_version(conn, &blobs, &id2, version))
+            .await?
+            .ok_or_else(|| {
+                ContextError::invalid(
+                    "version",
+                    format!("context `{id}` has no version {version} (or retention dropped it)"),
+                )
+            })?;
+        let (agent, id) = (agent.to_string(), id.to_string());
+        self.run(
+            Some(id.clone()),
+            Box::new(move |sh, inner, ctx| {
+                let Some(state) = inner.contexts.get(&id) else {
+                    return Ok(Err(ContextError::NotFound(id)));
+                };
+                if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
+                    return Ok(Err(Self::deny(sh, ctx, &agent, "roll back", &id, reason)?));
+                }
+                let changes = patch::diff(&state.doc, &old)
+                    .map_err(|e| ContextError::invalid("version", e.to_string()))?;
+                let w = Write {
+                    agent: agent.clone(),
+                    base_version: Some(state.version),
+                    changes,
+                    op: "rollback",
+                };
+                Self::commit_write(sh, inner, ctx, &id, w)
+            }),
+        )
+        .await
+    }
+
+    /// Resolves a context in `conflict` state.
+    pub async fn resolve(
+        &self,
+        agent: &str,
+        id: &str,
+        choice: ResolveChoice,
+    ) -> Result<WriteResult, ContextError> {
+        let (agent, id) = (agent.to_string(), id.to_string());
+        self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
+            let Some(state) = inner.contexts.get(&id).cloned() else {
+                return Ok(Err(ContextError::NotFound(id)));
+            };
+            if let Err(reason) = Self::check(sh, inner, &agent, &state, Permission::Write) {
+                return Ok(Err(Self::deny(sh, ctx, &agent, "resolve", &id, reason)?));
+            }
+            let now = sh.clock.now_ms();
+            let at = Stamp { hlc: sh.clock.tick(), revision: inner.revision + 1, now_ms: now };
+            let (next, version, chosen) = match engine::resolve(&state, &agent, &choice, at) {
+                Ok(r) => r,
+                Err(message) => return Ok(Err(ContextError::invalid("resolution", message))),
+            };
+            if let Some(v) = inner.schemas.get(&id)
+                && let Err(message) = schema_check(v)(&next.doc)
+            {
+                return Ok(Err(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
+            }
+            let pending = state.pending.clone().unwrap_or_default();
+            let mut conflicts = persist::load_conflicts(ctx.tx(), &id)?;
+            conflicts.retain(|c| pending.conflict_ids.contains(&c.id));
+            for c in &mut conflicts {
+                // Competing values that arrived after detection are part of the record too.
+                if let Some(values) = pending.fields.get(&c.field) {
+                    c.agent_values = values.clone();
+                }
+                c.resolution = Some(ConflictOutcome {
+                    strategy: ConflictResolution::Manual,
+                    resolved_value: chosen.get(&c.field).cloned().unwrap_or(Value::Null),
+                    resolved_by: agent.clone(),
+                    resolved_at: now,
+                });
+                persist::update_conflict(ctx.tx(), c)?;
+            }
+            persist::insert_version(ctx.tx(), ctx.blobs(), &version, next.history_limit, now)?;
+            persist::upsert_context(ctx.tx(), ctx.blobs(), &next)?;
+            sh.bus.stage(ctx, vec![NewEvent::new(EventType::Resolved).context(&id).agent(&agent).priority(1).data(json!({
+                "version": version.version, "revision": version.revision, "chosen": chosen, "conflicts": conflicts.iter().map(|c| c.id).collect::<Vec<_>>(),
+            }))])?;
+            inner.revision = at.revision;
+            let r = result_of(&next, true, conflicts);
+            inner.contexts.insert(id, next);
+            Ok(Ok(r))
+        }))
+        .await
+    }
+
+    /// Merges contexts into a new one owned by `agent`: objects key by key, later contexts in
+    /// the list winning where two disagree; every disagreement is reported as a conflict.
+    pub async fn merge_contexts(
+        &self,
+        agent: &str,
+        ids: &[String],
+        into: NewContext,
+    ) -> Result<WriteResult, ContextError> {
+        if ids.len() < 2 {
+            return Err(ContextError::invalid(
+                "contexts",
+                "name at least two contexts to merge",
+            ));
+        }
+        let mut docs = Vec::new();
+        for id in ids {
+            docs.push(self.get(agent, id).await?);
+        }
+        let mut merged = Value::Null;
+        let mut origin: BTreeMap<String, (String, Value)> = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        let now = self.shared.clock.now_ms();
+        for view in &docs {
+            for c in patch::diff(&empty_like(&view.doc), &view.doc).unwrap_or_default() {
+                let value = c.value.clone().unwrap_or(Value::Null);
+                if let Some((other, prev)) = origin.get(&c.path)
+                    && prev != &value
+                {
+                    let mut agent_values = BTreeMap::new();
+                    agent_values.insert(other.clone(), prev.clone());
+                    agent_values.insert(view.id.clone(), value.clone());
+                    conflicts.push(Conflict {
+                        id: 0,
+                        context_id: view.id.clone(),
+                        field: c.path.clone(),
+                        conflict_type: ConflictType::FieldModification,
+                        severity: ConflictSeverity::Low,
+                        agent_values,
+                        detected_at: now,
+                        resolution: Some(ConflictOutcome {
+                            strategy: ConflictResolution::Merge,
+                            resolved_value: value.clone(),
+                            resolved_by: "system".into(),
+                            resolved_at: now,
+                        }),
+                    });
+                }
+                origin.insert(c.path.clone(), (view.id.clone(), value));
+                patch::apply(&mut merged, &c)
+                    .map_err(|e| ContextError::invalid("contexts", e.to_string()))?;
+            }
+        }
+        let mut into = into;
+        into.doc = merged;
+        let mut result = self.create(agent, into).await?;
+        if !conflicts.is_empty() {
+            let shared = self.shared.clone();
+            let agent = agent.to_string();
+            let recorded = self
+                .shared
+                .store
+                .write(move |ctx| {
+                    let mut events = Vec::new();
+                    for c in &mut conflicts {
+                        c.id = persist::insert_conflict(ctx.tx(), c)?;
+                        events.push(conflict_event(c, &agent));
+                    }
+                    shared.bus.stage(ctx, events)?;
+                    Ok(conflicts)
+                })
+                .await?;
+            result.conflicts = recorded;
+        }
+        Ok(result)
+    }
+
+    /// The authoritative state of a context and its unresolved conflicts.
+    pub async fn synchronize(&self, agent: &str, id: &str) -> Result<SyncResult, ContextError> {
+        let view = self.get(agent, id).await?;
+        let conflicts = self.conflicts(agent, id).await?;
+        Ok(SyncResult {
+            context_id: view.id,
+            version: view.version,
+            status: view.status,
+            conflicts: conflicts
+                .into_iter()
+                .filter(|c| c.resolution.is_none())
+                .collect(),
+            success: true,
+            error: None,
+        })
+    }
+
+    /// [`synchronize`](Self::synchronize) for many contexts; one failing does not stop the others.
+    pub async fn batch_sync(&self, agent: &str, ids: &[String]) -> Vec<SyncResult> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(match self.synchronize(agent, id).await {
+                Ok(r) => r,
+                Err(e) => SyncResult {
+                    context_id: id.clone(),
+                    version: 0,
+                    status: ContextStatus::Active,
+                    conflicts: Vec::new(),
+                    success: false,
+                    error: Some(e.to_string()),
+                },
+            });
+        }
+        out
+    }
+
+    // ---- subscriptions ---------------------------------------------------------------------
+
+    /// Subscribes `agent` to the events of a context it can read, from now or resuming after a
+    /// sequence number.
+    pub async fn subscribe(
+        &self,
+        agent: &str,
+        id: &str,
+        from: SubscribeFrom,
+    ) -> Result<Subscription, ContextError> {
+        self.subscribe_to(agent, &[id.to_string()], Vec::new(), from)
+            .await
+    }
+
+    /// Subscribes `agent` to the events (optionally of some types only) of contexts it can
+    /// read. Each context is checked (a refusal is recorded); the subscription is registered so
+    /// that unregistering or disconnecting the agent ends it.
+    pub async fn subscribe_to(
+        &self,
+        agent: &str,
+        ids: &[String],
+        event_types: Vec<EventType>,
+        from: SubscribeFrom,
+    ) -> Result<Subscription, ContextError> {
+        if ids.is_empty() {
+            return Err(ContextError::invalid(
+                "contextIds",
+                "name at least one context",
+            ));
+        }
+        for id in ids {
+            self.authorize(agent, id, Permission::Read, "subscribe to")
+                .await?;
+        }
+        let filter = EventFilter {
+            context_ids: ids.to_vec(),
+            event_types,
+            ..EventFilter::default()
+        };
+        let sub = self.shared.bus.subscribe(filter.clone(), from)?;
+        let (sub_id, agent_s) = (sub.id(), agent.to_string());
+        let filter_text = serde_json::to_string(&filter).unwrap_or_default();
+        let now = self.now_ms();
+        let last = sub.last_seq();
+        self.run(None, Box::new(move |_sh, inner, ctx| {
+            ctx.tx()
+                .execute(
+                    "INSERT OR REPLACE INTO subscriptions (id, agent_id, filter, last_seq, created_at, active) VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+                    rusqlite::params![sub_id.to_string(), agent_s, filter_text, last as i64, now as i64],
+                )
+                .map_err(StoreError::from)?;
+            inner.subscriptions.entry(agent_s).or_default().push(sub_id);
+            Ok(Ok(()))
+        }))
+        .await?;
+        Ok(sub)
+    }
+
+    /// Ends a subscription made with [`subscribe_to`](Self::subscribe_to).
+    pub async fn unsubscribe(
+        &self,
+        agent: &str,
+        id: crate::events::SubscriptionId,
+    ) -> Result<(), ContextError> {
+        self.shared.bus.unsubscribe(id);
+        let agent = agent.to_string();
+        self.run(
+            None,
+            Box::new(move |_sh, inner, ctx| {
+                ctx.tx()
+                    .execute("DELETE FROM subscriptions WHERE id = ?1", [id.to_string()])
+                    .map_err(StoreError::from)?;
+                if let Some(v) = inner.subscriptions.get_mut(&agent) {
+                    v.retain(|s| *s != id);
+                }
+                Ok(Ok(()))
+            }),
+        )
+        .await
+    }
+}
+
+/// `{}` for objects (so their fields diff one by one), `null` otherwise.
+fn empty_like(doc: &Value) -> Value {
+    if doc.is_object() {
+        json!({})
+    } else {
+        Value::Null
+    }
+}
+
+fn conflict_event(c: &Conflict, agent: &str) -> NewEvent {
+    let priority = match c.severity {
+        ConflictSeverity::Low => 0,
+        ConflictSeverity::Medium => 1,
+        ConflictSeverity::High => 2,
+        ConflictSeverity::Critical => 3,
+    };
+    NewEvent::new(EventType::Conflict)
+        .context(&c.context_id)
+        .agent(agent)
+        .priority(priority)
+        .data(serde_json::to_value(c).unwrap_or(Value::Null))
+}
+
+fn result_of(s: &ContextState, new_version: bool, conflicts: Vec<Conflict>) -> WriteResult {
+    WriteResult {
+        context_id: s.id.clone(),
+        version: s.version,
+        revision: s.revision,
+        hlc: s.hlc,
+        status: s.status,
+        new_version,
+        conflicts,
+    }
+}
+
+#[cfg(test)]
+mod tests;

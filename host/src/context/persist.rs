@@ -1,0 +1,384 @@
+//! Rows of the context tables: writing a change inside a group-commit transaction and loading
+//! the hot tier at startup.
+
+use super::hlc::Hlc;
+use super::model::{
+    AgentCapabilities, AgentConnection, AgentRegistration, Conflict, ConflictResolution,
+    ContextState, ContextStatus, ContextVersion, PendingConflict, Permission, Share, StampedField,
+    SyncStrategy,
+};
+use crate::store::{BlobStore, StoreError, StoredDoc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+fn text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_value(Value::String(s.to_string()))
+        .map_err(|e| StoreError::CorruptRow(format!("`{s}`: {e}")))
+}
+
+/// Writes the current state of a context (insert or replace).
+pub fn upsert_context(
+    conn: &Connection,
+    blobs: &BlobStore,
+    s: &ContextState,
+) -> Result<(), StoreError> {
+    let doc = StoredDoc::put(blobs, &s.doc)?;
+    let stamps = enc(&s.field_stamps)?;
+    let pending = s.pending.as_ref().map(enc).transpose()?;
+    conn.execute(
+        "INSERT OR REPLACE INTO contexts (id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            s.id,
+            s.owner,
+            s.context_type,
+            s.schema.as_ref().map(|v| v.to_string()),
+            s.strategy.as_str(),
+            text(&s.resolution),
+            s.status.as_str(),
+            s.version as i64,
+            s.revision as i64,
+            s.hlc.to_string(),
+            doc.doc_column(),
+            doc.blob_column(),
+            stamps,
+            pending,
+            s.history_limit.map(|v| v as i64),
+            s.created_at as i64,
+            s.updated_at as i64,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Appends a version and trims history beyond the context's limit.
+pub fn insert_version(
+    conn: &Connection,
+    blobs: &BlobStore,
+    v: &ContextVersion,
+    history_limit: Option<u64>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let doc = StoredDoc::put(blobs, &v.doc)?;
+    conn.execute(
+        "INSERT INTO versions (context_id, version, revision, agent_id, hlc, op, doc, doc_blob, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            v.context_id,
+            v.version as i64,
+            v.revision as i64,
+            v.agent_id,
+            v.hlc.to_string(),
+            v.op,
+            doc.doc_column(),
+            doc.blob_column(),
+            now_ms as i64
+        ],
+    )?;
+    if let Some(limit) = history_limit {
+        conn.execute(
+            "DELETE FROM versions WHERE context_id = ?1 AND version <= ?2",
+            params![v.context_id, v.version as i64 - limit as i64],
+        )?;
+    }
+    Ok(())
+}
+
+/// Records a conflict; returns its id.
+pub fn insert_conflict(conn: &Connection, c: &Conflict) -> Result<u64, StoreError> {
+    conn.execute(
+        "INSERT INTO conflicts (context_id, field, conflict_type, severity, agent_values, detected_at, resolved_at, resolution)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            c.context_id,
+            c.field,
+            text(&c.conflict_type),
+            text(&c.severity),
+            serde_json::to_string(&c.agent_values).unwrap_or_default(),
+            c.detected_at as i64,
+            c.resolution.as_ref().map(|r| r.resolved_at as i64),
+            c.resolution.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()),
+        ],
+    )?;
+    Ok(conn.last_insert_rowid() as u64)
+}
+
+/// Updates the values and resolution of a recorded conflict.
+pub fn update_conflict(conn: &Connection, c: &Conflict) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE conflicts SET agent_values = ?2, resolved_at = ?3, resolution = ?4 WHERE id = ?1",
+        params![
+            c.id as i64,
+            serde_json::to_string(&c.agent_values).unwrap_or_default(),
+            c.resolution.as_ref().map(|r| r.resolved_at as i64),
+            c.resolution
+                .as_ref()
+                .map(|r| serde_json::to_string(r).unwrap_or_default()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Writes a share.
+pub fn upsert_share(conn: &Connection, s: &Share) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO shares (context_id, agent_id, permissions, granted_by, granted_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            s.context_id,
+            s.agent_id,
+            Permission::mask(&s.permissions) as i64,
+            s.granted_by,
+            s.granted_at as i64,
+            s.expires_at.map(|e| e as i64)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes a share.
+pub fn delete_share(conn: &Connection, context_id: &str, agent_id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM shares WHERE context_id = ?1 AND agent_id = ?2",
+        params![context_id, agent_id],
+    )?;
+    Ok(())
+}
+
+/// Writes an agent registration.
+pub fn upsert_agent(conn: &Connection, a: &AgentRegistration) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO agents (id, capabilities, registered_at, last_heartbeat, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            a.agent_id,
+            serde_json::to_string(&a.capabilities).unwrap_or_default(),
+            a.registered_at as i64,
+            a.last_heartbeat as i64,
+            text(&a.status)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes an agent registration.
+pub fn delete_agent(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
+    Ok(())
+}
+
+/// Everything the hot tier needs at startup.
+pub struct Loaded {
+    /// Current state of every context.
+    pub contexts: Vec<ContextState>,
+    /// Every share.
+    pub shares: Vec<Share>,
+    /// Every registered agent.
+    pub agents: Vec<AgentRegistration>,
+    /// Highest revision committed.
+    pub revision: u64,
+    /// Highest HLC committed.
+    pub hlc: Hlc,
+}
+
+/// Loads the hot tier.
+pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreError> {
+    let mut contexts = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at FROM contexts",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut max_hlc = Hlc::default();
+    while let Some(r) = rows.next()? {
+        let schema: Option<String> = r.get(3)?;
+        let doc = load_doc(
+            r.get::<_, Option<Vec<u8>>>(10)?,
+            r.get::<_, Option<String>>(11)?,
+            blobs,
+        )?;
+        let stamps: BTreeMap<String, StampedField> = dec(&r.get::<_, Vec<u8>>(12)?)?;
+        let pending: Option<PendingConflict> = r
+            .get::<_, Option<Vec<u8>>>(13)?
+            .map(|b| dec(&b))
+            .transpose()?;
+        let hlc: Hlc = r
+            .get::<_, String>(9)?
+            .parse()
+            .map_err(StoreError::CorruptRow)?;
+        max_hlc = max_hlc.max(hlc);
+        let status = match r.get::<_, String>(6)?.as_str() {
+            "active" => ContextStatus::Active,
+            "conflict" => ContextStatus::Conflict,
+            _ => ContextStatus::Deleted,
+        };
+        contexts.push(ContextState {
+            id: r.get(0)?,
+            owner: r.get(1)?,
+            context_type: r.get(2)?,
+            schema: schema
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
+            strategy: parse::<SyncStrategy>(&r.get::<_, String>(4)?)?,
+            resolution: parse::<ConflictResolution>(&r.get::<_, String>(5)?)?,
+            status,
+            version: r.get::<_, i64>(7)? as u64,
+            revision: r.get::<_, i64>(8)? as u64,
+            hlc,
+            doc,
+            field_stamps: stamps,
+            pending,
+            history_limit: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+            created_at: r.get::<_, i64>(15)? as u64,
+            updated_at: r.get::<_, i64>(16)? as u64,
+        });
+    }
+    let mut shares = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT context_id, agent_id, permissions, granted_by, granted_at, expires_at FROM shares",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        shares.push(Share {
+            context_id: r.get(0)?,
+            agent_id: r.get(1)?,
+            permissions: Permission::from_mask(r.get::<_, i64>(2)? as u32),
+            granted_by: r.get(3)?,
+            granted_at: r.get::<_, i64>(4)? as u64,
+            expires_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        });
+    }
+    let mut agents = Vec::new();
+    let mut stmt =
+        conn.prepare("SELECT id, capabilities, registered_at, last_heartbeat, status FROM agents")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let caps: AgentCapabilities = serde_json::from_str(&r.get::<_, String>(1)?)
+            .map_err(|e| StoreError::CorruptRow(e.to_string()))?;
+        agents.push(AgentRegistration {
+            agent_id: r.get(0)?,
+            capabilities: caps,
+            registered_at: r.get::<_, i64>(2)? as u64,
+            last_heartbeat: r.get::<_, i64>(3)? as u64,
+            status: parse::<AgentConnection>(&r.get::<_, String>(4)?)?,
+        });
+    }
+    let revision: Option<i64> = conn
+        .query_row("SELECT MAX(revision) FROM versions", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let ctx_revision: Option<i64> = conn
+        .query_row("SELECT MAX(revision) FROM contexts", [], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(Loaded {
+        contexts,
+        shares,
+        agents,
+        revision: revision.unwrap_or(0).max(ctx_revision.unwrap_or(0)) as u64,
+        hlc: max_hlc,
+    })
+}
+
+/// Versions of a context, newest first.
+pub fn load_versions(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context_id: &str,
+    limit: usize,
+) -> Result<Vec<ContextVersion>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT version, revision, agent_id, hlc, op, doc, doc_blob FROM versions WHERE context_id = ?1 ORDER BY version DESC LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![context_id, limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(ContextVersion {
+            context_id: context_id.to_string(),
+            version: r.get::<_, i64>(0)? as u64,
+            revision: r.get::<_, i64>(1)? as u64,
+            agent_id: r.get(2)?,
+            hlc: r
+                .get::<_, String>(3)?
+                .parse()
+                .map_err(StoreError::CorruptRow)?,
+            op: r.get(4)?,
+            doc: load_doc(
+                r.get::<_, Option<Vec<u8>>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                blobs,
+            )?,
+        });
+    }
+    Ok(out)
+}
+
+/// One version of a context.
+pub fn load_version(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context_id: &str,
+    version: u64,
+) -> Result<Option<Value>, StoreError> {
+    let row: Option<(Option<Vec<u8>>, Option<String>)> = conn
+        .query_row(
+            "SELECT doc, doc_blob FROM versions WHERE context_id = ?1 AND version = ?2",
+            params![context_id, version as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(d, b)| load_doc(d, b, blobs)).transpose()
+}
+
+/// Conflicts of a context, oldest first.
+pub fn load_conflicts(conn: &Connection, context_id: &str) -> Result<Vec<Conflict>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, field, conflict_type, severity, agent_values, detected_at, resolution FROM conflicts WHERE context_id = ?1 ORDER BY id",
+    )?;
+    let mut rows = stmt.query(params![context_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let resolution: Option<String> = r.get(6)?;
+        out.push(Conflict {
+            id: r.get::<_, i64>(0)? as u64,
+            context_id: context_id.to_string(),
+            field: r.get(1)?,
+            conflict_type: parse(&r.get::<_, String>(2)?)?,
+            severity: parse(&r.get::<_, String>(3)?)?,
+            agent_values: serde_json::from_str(&r.get::<_, String>(4)?)
+                .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
+            detected_at: r.get::<_, i64>(5)? as u64,
+            resolution: resolution
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
+        });
+    }
+    Ok(out)
+}
+
+/// Loads a document from its two columns; a row without one (a delete) is `null`.
+fn load_doc(
+    doc: Option<Vec<u8>>,
+    blob: Option<String>,
+    blobs: &BlobStore,
+) -> Result<Value, StoreError> {
+    match StoredDoc::from_columns(doc, blob)? {
+        Some(d) => d.load(blobs),
+        None => Ok(Value::Null),
+    }
+}

@@ -1,0 +1,428 @@
+//! The event bus: typed events with a global sequence number, persisted in the store,
+//! delivered to filtered subscriptions that are gap-free and resumable.
+//!
+//! ```
+//! use qi_host::events::{EventBus, EventBusConfig, EventFilter, EventType, NewEvent, SubscribeFrom};
+//! use qi_host::store::{Store, StoreConfig};
+//!
+//! # fn main() -> Result<(), qi_host::events::EventError> {
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = Store::open(StoreConfig::in_memory())?;
+//! let bus = EventBus::new(store, EventBusConfig::default()).await?;
+//! let filter = EventFilter::parse_cli("type=updated,context=ctx-1")?;
+//! let mut updates = bus.subscribe(filter, SubscribeFrom::Now)?;
+//! bus.publish(NewEvent::new(EventType::Updated).context("ctx-1")).await?;
+//! let event = updates.next().await?;
+//! assert_eq!((event.seq, event.event_type), (1, EventType::Updated));
+//! // Later, possibly in another process: resume exactly after what was handled.
+//! let resumed = bus.subscribe(EventFilter::all(), SubscribeFrom::AfterSeq(updates.last_seq()))?;
+//! # drop(resumed);
+//! # Ok(()) })
+//! # }
+//! ```
+//!
+//! # Sequence numbers
+//!
+//! Every event gets a global `seq`: 1 for the first, then exactly one more for each next one,
+//! in commit order. Events are inserted by [`EventBus::stage`] inside a [`Store::write`], so a
+//! context change and its events commit atomically, and since the store has a single writer
+//! thread, the seq is `max(seq) + 1` read inside the transaction: a write that rolls back
+//! leaves no hole. After the commit, an after-commit hook announces the events to live
+//! subscribers, in seq order.
+//!
+//! # Delivery and backpressure
+//!
+//! A subscription delivers the events matching its filter in seq order, with no gaps and no
+//! duplicates, from where it started ([`SubscribeFrom`]) until it is dropped or unsubscribed.
+//!
+//! - **Live path.** Announced events go through one bounded tokio `broadcast` channel
+//!   ([`EventBusConfig::buffer`] events). Publishing never waits for subscribers, and the
+//!   memory held for subscribers is at most that buffer whatever they do.
+//! - **Falling behind.** A subscriber that does not keep up is overtaken by the buffer
+//!   (`RecvError::Lagged`), or sees a seq that is not the successor of the last one it
+//!   handled. Either way it does not lose anything: it reads the persisted events after its
+//!   last seq from SQLite, a page at a time, then rejoins the live path, skipping anything it
+//!   has already seen (dedupe by seq). A slow subscriber therefore costs reads, never memory
+//!   beyond one page and never publisher latency.
+//! - **Retention.** The store keeps the newest [`EventBusConfig::retention`] events; older
+//!   ones are deleted in the same transaction that pushes the count over the bound. Asking
+//!   for events that are gone (subscribing or querying history after a seq older than the
+//!   oldest kept, or lagging so far behind that retention overtook the subscriber) fails with
+//!   [`EventError::HistoryCompacted`]; there is never a silent gap.
+//!
+//! Use one `EventBus` per [`Store`]: seqs come from the database, but live announcements
+//! reach only the subscribers of the bus that staged the events.
+
+mod error;
+mod filter;
+mod subscription;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::EventError;
+pub use filter::EventFilter;
+pub use subscription::{SubscribeFrom, Subscription, SubscriptionId};
+pub use types::{Event, EventType, NewEvent, UnknownEventType};
+
+use crate::store::{Store, StoreError, WriteCtx, decode_value, encode_value};
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use subscription::SubShared;
+use tokio::sync::broadcast;
+
+/// Events kept by default: 1,000,000.
+pub const DEFAULT_RETENTION: usize = 1_000_000;
+
+/// Live buffer by default: 4,096 events.
+pub const DEFAULT_BUFFER: usize = 4096;
+
+/// Configuration of an [`EventBus`]. Every field has a documented default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBusConfig {
+    /// How many of the newest events the store keeps; at least 1. Subscriptions can resume
+    /// from any seq still kept. Default [`DEFAULT_RETENTION`] (1,000,000).
+    pub retention: usize,
+    /// Capacity of the live broadcast buffer, shared by all subscribers; at least 1. It
+    /// bounds the memory slow subscribers can hold; a subscriber further behind catches up
+    /// from the store. Default [`DEFAULT_BUFFER`] (4,096).
+    pub buffer: usize,
+}
+
+impl Default for EventBusConfig {
+    fn default() -> Self {
+        EventBusConfig {
+            retention: DEFAULT_RETENTION,
+            buffer: DEFAULT_BUFFER,
+        }
+    }
+}
+
+/// Counters of an [`EventBus`] since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventBusMetrics {
+    /// Events committed through this bus.
+    pub published: u64,
+    /// Events handed to subscribers by [`Subscription::next`].
+    pub delivered: u64,
+    /// Pages subscribers read from the store to resume or to catch up after falling behind.
+    pub catch_ups: u64,
+    /// Live subscriptions.
+    pub subscribers: usize,
+    /// The newest committed seq (0 before the first event).
+    pub last_seq: u64,
+    /// The oldest seq still stored (`last_seq + 1` when none is).
+    pub oldest_seq: u64,
+}
+
+/// The event bus. Cheap to clone.
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+pub(crate) struct BusInner {
+    pub(crate) store: Store,
+    retention: u64,
+    pub(crate) live: broadcast::Sender<Arc<Event>>,
+    /// The newest seq announced on the live path.
+    pub(crate) last_seq: AtomicU64,
+    /// The oldest seq still stored, as of the last commit.
+    pub(crate) oldest_seq: AtomicU64,
+    published: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) catch_ups: AtomicU64,
+    pub(crate) subscribers: Mutex<HashMap<SubscriptionId, Arc<SubShared>>>,
+    next_subscription: AtomicU64,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+/// Columns read for an [`Event`], in [`event_from_row`] order.
+pub(crate) const EVENT_COLUMNS: &str = "seq, event_type, context_id, agent_id, ts, priority, data";
+
+impl EventBus {
+    /// A bus over `store`'s `events` table; reads the newest and oldest stored seq.
+    pub async fn new(store: Store, config: EventBusConfig) -> Result<EventBus, EventError> {
+        if config.retention == 0 {
+            return Err(EventError::InvalidConfig {
+                field: "retention",
+                message: "must keep at least 1 event".into(),
+            });
+        }
+        if config.buffer == 0 {
+            return Err(EventError::InvalidConfig {
+                field: "buffer",
+                message: "must hold at least 1 event".into(),
+            });
+        }
+        let (oldest, last) = store.read(seq_bounds).await?;
+        let (live, _) = broadcast::channel(config.buffer);
+        Ok(EventBus {
+            inner: Arc::new(BusInner {
+                store,
+                retention: config.retention as u64,
+                live,
+                last_seq: AtomicU64::new(last),
+                oldest_seq: AtomicU64::new(oldest),
+                published: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                catch_ups: AtomicU64::new(0),
+                subscribers: Mutex::default(),
+                next_subscription: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// The store this bus persists to.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Inserts `events` inside a [`Store::write`] op, so they commit atomically with whatever
+    /// else the op writes; they are announced to subscribers right after that commit (and
+    /// never, if the op rolls back). Assigns seqs and timestamps and returns the events as
+    /// they will be delivered. Also deletes the oldest events beyond the retention bound.
+    pub fn stage(
+        &self,
+        ctx: &mut WriteCtx<'_>,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Event>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = ctx.tx();
+        let stored_last: i64 = conn
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM events")?
+            .query_row([], |row| row.get(0))?;
+        // The committed last seq guards against reuse should every row have been deleted.
+        let mut seq = (stored_last as u64).max(self.inner.last_seq.load(Ordering::Acquire));
+        let now = unix_ms();
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO events(seq, event_type, context_id, agent_id, ts, priority, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut staged = Vec::with_capacity(events.len());
+        for new in events {
+            seq += 1;
+            let event = Event {
+                seq,
+                event_type: new.event_type,
+                context_id: new.context_id,
+                agent_id: new.agent_id,
+                timestamp_ms: now,
+                priority: new.priority,
+                data: new.data,
+            };
+            insert.execute(rusqlite::params![
+                event.seq as i64,
+                event.event_type.as_str(),
+                event.context_id,
+                event.agent_id,
+                filter::clamp_i64(event.timestamp_ms),
+                event.priority,
+                encode_value(&event.data),
+            ])?;
+            staged.push(event);
+        }
+        drop(insert);
+
+        let mut new_oldest = None;
+        if seq > self.inner.retention {
+            let cutoff = seq - self.inner.retention + 1;
+            if cutoff > self.inner.oldest_seq.load(Ordering::Acquire) {
+                conn.prepare_cached("DELETE FROM events WHERE seq < ?1")?
+                    .execute([cutoff as i64])?;
+                new_oldest = Some(cutoff);
+            }
+        }
+
+        let inner = self.inner.clone();
+        let announce: Vec<Arc<Event>> = staged.iter().cloned().map(Arc::new).collect();
+        ctx.after_commit(move || {
+            if let Some(oldest) = new_oldest {
+                inner.oldest_seq.fetch_max(oldest, Ordering::AcqRel);
+            }
+            for event in announce {
+                let seq = event.seq;
+                // No receivers is fine: the event is stored.
+                let _ = inner.live.send(event);
+                inner.last_seq.fetch_max(seq, Ordering::AcqRel);
+                inner.published.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(staged)
+    }
+
+    /// Publishes one event in its own write; returns it once committed.
+    #[tracing::instrument(name = "qi.events.publish", skip_all, fields(event_type = %event.event_type), err)]
+    pub async fn publish(&self, event: NewEvent) -> Result<Event, EventError> {
+        let mut events = self.publish_batch(vec![event]).await?;
+        Ok(events.remove(0))
+    }
+
+    /// Publishes events atomically (all or none) with consecutive seqs; returns them once
+    /// committed.
+    pub async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, EventError> {
+        let bus = self.clone();
+        Ok(self
+            .inner
+            .store
+            .write(move |ctx| bus.stage(ctx, events))
+            .await?)
+    }
+
+    /// Subscribes to the events matching `filter`, starting after `from`. Fails with
+    /// [`EventError::HistoryCompacted`] if `from` is older than retention.
+    pub fn subscribe(
+        &self,
+        filter: EventFilter,
+        from: SubscribeFrom,
+    ) -> Result<Subscription, EventError> {
+        Subscription::start(self.inner.clone(), filter, from)
+    }
+
+    /// Ends the subscription `id`: its pending and future [`Subscription::next`] calls fail
+    /// with [`EventError::Unsubscribed`]. Returns whether it was live.
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        let shared = self
+            .inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        match shared {
+            Some(shared) => {
+                shared.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stored events matching `filter` (getEventHistory), in seq order. With `after_seq`,
+    /// the first `limit` matching events after it (failing with
+    /// [`EventError::HistoryCompacted`] if events after it were already dropped); without,
+    /// the newest `limit` matching events.
+    pub async fn history(
+        &self,
+        filter: &EventFilter,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, EventError> {
+        let filter = filter.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.inner
+            .store
+            .read(move |conn| {
+                let tx = conn.unchecked_transaction()?;
+                let (oldest, last) = seq_bounds(&tx)?;
+                let mut params = Vec::new();
+                let condition = filter.sql_condition(&mut params);
+                let sql = match after_seq {
+                    Some(after) => {
+                        if after < last && after + 1 < oldest {
+                            return Ok(Err(EventError::HistoryCompacted {
+                                requested: after + 1,
+                                oldest,
+                            }));
+                        }
+                        params.push(rusqlite::types::Value::Integer(filter::clamp_i64(after)));
+                        format!(
+                            "SELECT {EVENT_COLUMNS} FROM events WHERE {condition} AND seq > ? \
+                             ORDER BY seq LIMIT {limit}"
+                        )
+                    }
+                    None => format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE {condition} \
+                         ORDER BY seq DESC LIMIT {limit}"
+                    ),
+                };
+                let mut events = query_events(&tx, &sql, params)?;
+                if after_seq.is_none() {
+                    events.reverse();
+                }
+                Ok(Ok(events))
+            })
+            .await?
+    }
+
+    /// Counters since this bus was created.
+    pub fn metrics(&self) -> EventBusMetrics {
+        let inner = &self.inner;
+        EventBusMetrics {
+            published: inner.published.load(Ordering::Relaxed),
+            delivered: inner.delivered.load(Ordering::Relaxed),
+            catch_ups: inner.catch_ups.load(Ordering::Relaxed),
+            subscribers: inner
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len(),
+            last_seq: inner.last_seq.load(Ordering::Acquire),
+            oldest_seq: inner.oldest_seq.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl BusInner {
+    pub(crate) fn new_subscription_id(&self) -> SubscriptionId {
+        SubscriptionId(self.next_subscription.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// `(oldest stored seq, newest stored seq)`; `(last + 1, last)` when the table is empty.
+pub(crate) fn seq_bounds(conn: &Connection) -> Result<(u64, u64), StoreError> {
+    let (min, max): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT min(seq), max(seq) FROM events")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let last = max.unwrap_or(0) as u64;
+    Ok((min.map_or(last + 1, |m| m as u64), last))
+}
+
+/// Runs a query selecting [`EVENT_COLUMNS`].
+pub(crate) fn query_events(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<rusqlite::types::Value>,
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(event_from_row(row)?);
+    }
+    Ok(events)
+}
+
+fn event_from_row(row: &rusqlite::Row<'_>) -> Result<Event, StoreError> {
+    let event_type: String = row.get(1)?;
+    let data: Vec<u8> = row.get(6)?;
+    Ok(Event {
+        seq: row.get::<_, i64>(0)? as u64,
+        event_type: event_type
+            .parse()
+            .map_err(|e: UnknownEventType| StoreError::CorruptRow(e.to_string()))?,
+        context_id: row.get(2)?,
+        agent_id: row.get(3)?,
+        timestamp_ms: row.get::<_, i64>(4)?.max(0) as u64,
+        priority: row.get(5)?,
+        data: decode_value(&data)?,
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

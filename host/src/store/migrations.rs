@@ -1,0 +1,138 @@
+//! The schema, as an append-only list of migrations keyed by `PRAGMA user_version`.
+//!
+//! Migration `n` (1-based) moves the database from `user_version = n - 1` to `n`. Each runs in
+//! its own transaction together with the `user_version` bump, so a crash mid-migration leaves
+//! the previous version intact. Never edit a released migration; append a new one.
+
+use super::StoreError;
+use rusqlite::Connection;
+
+/// Every migration, oldest first.
+pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1];
+
+/// The initial schema. Times are unix milliseconds; documents are MessagePack, inline in `doc`
+/// or, above the blob threshold, in the blob directory under the SHA-256 hex in `doc_blob`.
+const MIGRATION_1: &str = "
+CREATE TABLE contexts(
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    context_type TEXT NOT NULL,
+    schema TEXT,
+    strategy TEXT NOT NULL,
+    resolution TEXT NOT NULL,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    hlc TEXT NOT NULL,
+    doc BLOB,
+    doc_blob TEXT,
+    field_stamps BLOB NOT NULL,
+    conflict BLOB,
+    history_limit INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX contexts_by_owner ON contexts(owner);
+CREATE INDEX contexts_by_type ON contexts(context_type);
+
+CREATE TABLE versions(
+    context_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    revision INTEGER NOT NULL UNIQUE,
+    agent_id TEXT NOT NULL,
+    hlc TEXT NOT NULL,
+    op TEXT NOT NULL,
+    doc BLOB,
+    doc_blob TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY(context_id, version)
+);
+
+CREATE TABLE shares(
+    context_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    permissions INTEGER NOT NULL,
+    granted_by TEXT NOT NULL,
+    granted_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY(context_id, agent_id)
+);
+CREATE INDEX shares_by_agent ON shares(agent_id);
+
+CREATE TABLE agents(
+    id TEXT PRIMARY KEY,
+    capabilities TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    last_heartbeat INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
+
+CREATE TABLE subscriptions(
+    id TEXT PRIMARY KEY,
+    agent_id TEXT,
+    filter TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    active INTEGER NOT NULL
+);
+CREATE INDEX subscriptions_by_agent ON subscriptions(agent_id);
+
+CREATE TABLE events(
+    seq INTEGER PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    context_id TEXT,
+    agent_id TEXT,
+    ts INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX events_by_context ON events(context_id, seq) WHERE context_id IS NOT NULL;
+
+CREATE TABLE conflicts(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    context_id TEXT NOT NULL,
+    field TEXT NOT NULL,
+    conflict_type TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    agent_values TEXT NOT NULL,
+    detected_at INTEGER NOT NULL,
+    resolved_at INTEGER,
+    resolution TEXT
+);
+CREATE INDEX conflicts_by_context ON conflicts(context_id, detected_at);
+
+CREATE TABLE meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+/// The schema version this build writes.
+pub(crate) fn latest_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// Brings `conn` up to [`latest_version`], one transaction per migration. Returns the version
+/// the database was at before.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    let found: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let supported = latest_version();
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = index as u32 + 1;
+        let apply = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Another process may have migrated between our read and our write lock.
+            let current: u32 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+            if current < version {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", version)?;
+            }
+            tx.commit()
+        };
+        apply(conn).map_err(|source| StoreError::Migration { version, source })?;
+    }
+    Ok(found)
+}

@@ -1,0 +1,397 @@
+//! Durable storage tiers: SQLite (WAL, schema migrations, group commit) and a
+//! content-addressed blob directory.
+//!
+//! ```
+//! use qi_host::store::{Store, StoreConfig, StoredDoc};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), qi_host::store::StoreError> {
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = Store::open(StoreConfig::in_memory())?; // or StoreConfig::at("/var/lib/qi")
+//! // Returns once the transaction holding this write has committed.
+//! store
+//!     .write(|ctx| {
+//!         // Inline below the blob threshold, else in blobs/<sha256>.
+//!         let doc = ctx.store_doc(&json!({"title": "plan", "step": 1}))?;
+//!         ctx.tx().execute(
+//!             "INSERT INTO versions(context_id, version, revision, agent_id, hlc, op, doc, doc_blob, created_at) \
+//!              VALUES ('ctx-1', 1, 1, 'agent-a', '0', 'create', ?1, ?2, 0)",
+//!             (doc.doc_column(), doc.blob_column()),
+//!         )?;
+//!         Ok(())
+//!     })
+//!     .await?;
+//! let blobs = store.blobs().clone();
+//! let doc = store
+//!     .read(move |conn| {
+//!         let stored = conn.query_row(
+//!             "SELECT doc, doc_blob FROM versions WHERE context_id = 'ctx-1' AND version = 1",
+//!             [],
+//!             |row| Ok(StoredDoc::from_row(row, "doc", "doc_blob")),
+//!         )??;
+//!         stored.expect("a document").load(&blobs)
+//!     })
+//!     .await?;
+//! assert_eq!(doc, json!({"title": "plan", "step": 1}));
+//! # Ok(()) })
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! A data directory holds `qi.db` (plus its `-wal` and `-shm` files) and `blobs/<sha256>`. The
+//! schema is created and upgraded by the migrations in `migrations.rs`, keyed by
+//! `PRAGMA user_version`, one transaction each. An authorizer refuses `ATTACH` and `DETACH` on
+//! every connection, so no statement can reach another database file.
+//!
+//! # Writes: group commit
+//!
+//! One dedicated thread owns the only write connection. [`Store::write`] queues a closure and
+//! waits (asynchronously) for its answer; the thread drains up to
+//! [`max_batch`](StoreConfig::max_batch) queued writes into one `BEGIN IMMEDIATE … COMMIT`,
+//! each inside its own `SAVEPOINT`, so a failing write rolls back alone. A write's caller is
+//! answered only after `COMMIT` returned, so an `Ok` is durable per [`Durability`]. If the
+//! `COMMIT` itself fails, every write of the batch gets an error. Because one thread commits
+//! everything, commit order is a total order, which the event bus uses for its sequence numbers.
+//! No lock is held across an await: callers talk to the thread through a channel and a
+//! oneshot reply.
+//!
+//! # Reads
+//!
+//! [`Store::read`] runs a closure on one of a few read connections on tokio's blocking pool.
+//! In WAL mode readers see the last committed state and never block the writer or wait for
+//! it. (In-memory stores have no WAL: there a read waits while a batch transaction is open,
+//! which is milliseconds unless a write closure itself is slow.)
+//!
+//! # In-memory mode
+//!
+//! With `data_dir: None` the database lives in SQLite's `memdb` VFS under a unique name shared
+//! by this store's connections, and blobs stay in process memory. Every behaviour except
+//! durability and the reader concurrency above is the same. (A `mode=memory&cache=shared`
+//! database would make readers fail with `SQLITE_LOCKED` while a write transaction is open,
+//! because shared-cache table locks bypass the busy timeout; `memdb` uses ordinary database
+//! locks, so readers wait for the busy timeout instead of failing.)
+
+mod blobs;
+mod config;
+mod error;
+mod migrations;
+mod value;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use blobs::BlobStore;
+pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreConfig};
+pub use error::StoreError;
+pub use value::{StoredDoc, decode_value, encode_value};
+pub use writer::WriteCtx;
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+use writer::{ControlFlag, Job, PendingWrite, Writer};
+
+/// Read connections per store: enough for concurrent catch-ups and queries on a small
+/// machine; more would only add memory (each has its own page cache).
+const READ_CONNECTIONS: usize = 4;
+
+/// How long a connection waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The database file inside a data directory.
+pub const DB_FILE: &str = "qi.db";
+
+/// The blob directory inside a data directory.
+pub const BLOB_DIR: &str = "blobs";
+
+static MEMORY_DB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The durable store: one SQLite database with a group-commit writer, a read pool and a blob
+/// tier. Cheap to clone; the writer stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    config: StoreConfig,
+    /// `<data_dir>/qi.db`, or the `file:/qi-mem-…?vfs=memdb` URI.
+    db_path: String,
+    blobs: BlobStore,
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    readers: Mutex<Vec<Connection>>,
+    read_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("db", &self.inner.db_path)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish its batch and exit.
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            // The last handle can be dropped by an after-commit hook on the writer itself.
+            if writer.thread().id() != std::thread::current().id() {
+                let _ = writer.join();
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store described by `config`: the data directory, its
+    /// `qi.db` in WAL mode with the schema migrated to the newest version, and `blobs/`.
+    #[tracing::instrument(name = "qi.store.open", skip_all, fields(data_dir = ?config.data_dir), err)]
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        if config.max_batch == 0 {
+            return Err(StoreError::InvalidConfig {
+                field: "max_batch",
+                message: "must be at least 1".into(),
+            });
+        }
+        let (db_path, blobs) = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+                let blobs = BlobStore::open_dir(
+                    dir.join(BLOB_DIR),
+                    config.blob_threshold,
+                    config.durability == Durability::PowerLoss,
+                )?;
+                (dir.join(DB_FILE).to_string_lossy().into_owned(), blobs)
+            }
+            None => (
+                format!(
+                    "file:/qi-mem-{}-{}?vfs=memdb",
+                    std::process::id(),
+                    MEMORY_DB_COUNTER.fetch_add(1, Ordering::Relaxed)
+                ),
+                BlobStore::in_memory(config.blob_threshold),
+            ),
+        };
+        let open_err = |source| StoreError::Open {
+            path: db_path.clone(),
+            source,
+        };
+
+        let mut conn =
+            Connection::open_with_flags(&db_path, OpenFlags::default()).map_err(open_err)?;
+        configure_writer(&conn, &config).map_err(|e| match e {
+            StoreError::Sqlite(source) => open_err(source),
+            other => other,
+        })?;
+        migrations::migrate(&mut conn)?;
+        let control: ControlFlag = Arc::new(AtomicBool::new(false));
+        install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
+
+        let mut readers = Vec::with_capacity(READ_CONNECTIONS);
+        for _ in 0..READ_CONNECTIONS {
+            let mut reader =
+                Connection::open_with_flags(&db_path, OpenFlags::default()).map_err(open_err)?;
+            configure_reader(&reader).map_err(open_err)?;
+            install_authorizer(&mut reader, None).map_err(open_err)?;
+            readers.push(reader);
+        }
+
+        let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
+        let writer = Writer {
+            conn,
+            control,
+            blobs: blobs.clone(),
+            max_batch: config.max_batch,
+        };
+        let writer = std::thread::Builder::new()
+            .name("qi-store-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| StoreError::io(PathBuf::from(&db_path), e))?;
+
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                config,
+                db_path,
+                blobs,
+                jobs: Some(jobs),
+                writer: Some(writer),
+                readers: Mutex::new(readers),
+                read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
+            }),
+        })
+    }
+
+    /// The configuration this store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The data directory, or `None` for an in-memory store.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.inner.config.data_dir.as_deref()
+    }
+
+    /// The blob tier.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
+    }
+
+    /// The schema version this build migrates databases to.
+    pub fn schema_version() -> u32 {
+        migrations::latest_version()
+    }
+
+    /// Runs `op` inside the next group-commit transaction and returns its result once that
+    /// transaction has committed (so an `Ok` is durable per [`Durability`]). An `Err` from `op`
+    /// (or a panic in it) rolls back only `op`'s own changes. `op` runs on the writer thread:
+    /// keep it to SQL and blob writes, and never block on other async work inside it.
+    pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.write_with_error(op).await
+    }
+
+    /// [`Store::write`] with the caller's own error type: `op` returning `Err` rolls back its
+    /// changes and the error comes back unchanged; store failures arrive as `E::from`.
+    pub async fn write_with_error<T, E, F>(&self, op: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Box<dyn Job> = Box::new(PendingWrite { op, reply });
+        let sent = match &self.inner.jobs {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(E::from(StoreError::Closed));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
+    }
+
+    /// Runs `f` on a read connection (tokio's blocking pool) and returns its result. Readers
+    /// see the last committed state; in WAL mode they never block the writer. The connection
+    /// refuses writes (`PRAGMA query_only`).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .inner
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .ok_or(StoreError::Closed)?;
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
+            if !conn.is_autocommit() {
+                // A closure that opened a transaction and returned (or panicked) inside it.
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            result.unwrap_or_else(|payload| Err(StoreError::panicked(payload)))
+        })
+        .await
+        .map_err(|e| StoreError::OpPanicked {
+            message: e.to_string(),
+        })?
+    }
+
+    /// Runs `PRAGMA integrity_check` and fails with [`StoreError::IntegrityCheck`] listing
+    /// every problem it reports.
+    pub async fn integrity_check(&self) -> Result<(), StoreError> {
+        let problems: Vec<String> = self
+            .read(|conn| {
+                let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+                let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::IntegrityCheck {
+                report: problems.join("\n"),
+            })
+        }
+    }
+}
+
+fn configure_writer(conn: &Connection, config: &StoreConfig) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if config.data_dir.is_some() {
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::WalUnavailable { mode });
+        }
+    }
+    conn.pragma_update(None, "synchronous", config.durability.synchronous())?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        config.durability.wal_autocheckpoint(),
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Refuses `ATTACH`/`DETACH` everywhere. On the write connection (`control` is `Some`) also
+/// refuses transaction control and the writer's savepoint name unless the writer itself is
+/// issuing them, so a write closure cannot commit or end the batch it is part of.
+fn install_authorizer(conn: &mut Connection, control: Option<ControlFlag>) -> rusqlite::Result<()> {
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
+        AuthAction::Transaction { .. } => match &control {
+            Some(flag) if !flag.load(Ordering::Relaxed) => Authorization::Deny,
+            _ => Authorization::Allow,
+        },
+        AuthAction::Savepoint { savepoint_name, .. }
+            if savepoint_name.eq_ignore_ascii_case(writer::SAVEPOINT) =>
+        {
+            match &control {
+                Some(flag) if !flag.load(Ordering::Relaxed) => Authorization::Deny,
+                _ => Authorization::Allow,
+            }
+        }
+        _ => Authorization::Allow,
+    }))
+}

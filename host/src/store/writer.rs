@@ -1,0 +1,369 @@
+//! The group-commit writer: one thread owns the write connection and commits queued writes in
+//! batches.
+//!
+//! The thread blocks for the first queued write, then drains whatever else is queued (up to
+//! `max_batch`) into one `BEGIN IMMEDIATE … COMMIT`. While it commits, new writes queue up and
+//! form the next batch, so the commit cost is shared by every writer that arrived meanwhile,
+//! without any timer. Each write runs inside its own `SAVEPOINT`: a write that fails (or
+//! panics) is rolled back alone and answered with its own error, the others commit. Callers
+//! are answered only after `COMMIT` returns, so an acknowledged write is as durable as the
+//! configured [`Durability`](super::Durability).
+
+use super::{BlobStore, StoreError, StoredDoc};
+use rusqlite::Connection;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+/// A callback registered with [`WriteCtx::after_commit`].
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// What a write can do inside its transaction: SQL through [`tx`](WriteCtx::tx), blobs
+/// through [`blobs`](WriteCtx::blobs), and callbacks that run once it has committed.
+pub struct WriteCtx<'a> {
+    conn: &'a Connection,
+    blobs: &'a BlobStore,
+    hooks: Vec<Hook>,
+}
+
+impl<'a> WriteCtx<'a> {
+    /// The write connection, inside the batch's transaction and this write's savepoint.
+    /// Use `prepare_cached` for statements you run often. `BEGIN`, `COMMIT` and `ROLLBACK`
+    /// are refused (the writer owns the transaction); nested savepoints of your own are fine.
+    pub fn tx(&self) -> &Connection {
+        self.conn
+    }
+
+    /// The blob tier. Blobs written here are on disk before this write's row commits.
+    pub fn blobs(&self) -> &BlobStore {
+        self.blobs
+    }
+
+    /// Encodes `value` and places it inline or in the blob tier ([`StoredDoc::put`]).
+    pub fn store_doc(&self, value: &serde_json::Value) -> Result<StoredDoc, StoreError> {
+        StoredDoc::put(self.blobs, value)
+    }
+
+    /// Runs `hook` on the writer thread right after the transaction holding this write has
+    /// committed and before this write's caller is answered. Hooks run in the order writes
+    /// (and, within a write, registrations) happened. If this write rolls back, its hooks
+    /// are discarded. Keep hooks short and non-blocking: they delay every later write.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.hooks.push(Box::new(hook));
+    }
+}
+
+/// How a write that ran inside the transaction is answered once the batch's fate is known.
+pub(crate) struct Ran {
+    /// The write returned `Ok`; it commits with the batch.
+    pub succeeded: bool,
+    /// Answers the caller: `None` once the batch committed (or right away for a failed
+    /// write, which carries its own error), `Some(error)` if the batch failed.
+    pub answer: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+/// One queued write.
+pub(crate) trait Job: Send {
+    /// Runs the write inside its savepoint.
+    fn run(self: Box<Self>, ctx: &mut WriteCtx<'_>) -> Ran;
+    /// Answers the caller with `error` without running the write.
+    fn fail(self: Box<Self>, error: StoreError);
+}
+
+/// Set while the writer runs its own transaction-control statements; the authorizer refuses
+/// `BEGIN`/`COMMIT`/`ROLLBACK` and our savepoint name otherwise.
+pub(crate) type ControlFlag = Arc<AtomicBool>;
+
+/// The savepoint each write runs in.
+pub(crate) const SAVEPOINT: &str = "qi_op";
+
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub control: ControlFlag,
+    pub blobs: BlobStore,
+    pub max_batch: usize,
+}
+
+/// A write that succeeded and waits for the batch to commit.
+struct Done {
+    answer: Box<dyn FnOnce(Option<StoreError>) + Send>,
+    hooks: Vec<Hook>,
+}
+
+/// How long the writer polls for the next write before it sleeps. A caller answered by the
+/// last commit usually queues its next write within microseconds; catching it without a
+/// sleep/wake round trip roughly halves the latency of a lone sequential writer. Polling
+/// yields the CPU between attempts, so on a busy machine it costs little.
+const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The next queued write, or `None` once every sender is gone.
+fn next_job(jobs: &mpsc::Receiver<Box<dyn Job>>) -> Option<Box<dyn Job>> {
+    let started = std::time::Instant::now();
+    loop {
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if started.elapsed() < POLL_BEFORE_SLEEP => {
+                std::thread::yield_now();
+            }
+            Err(mpsc::TryRecvError::Empty) => return jobs.recv().ok(),
+        }
+    }
+}
+
+/// The writer's own transaction-control statements.
+#[derive(Clone, Copy)]
+enum Control {
+    Begin,
+    Savepoint,
+    Release,
+    RollbackTo,
+    Commit,
+    Rollback,
+}
+
+impl Control {
+    const ALL: [Control; 6] = [
+        Control::Begin,
+        Control::Savepoint,
+        Control::Release,
+        Control::RollbackTo,
+        Control::Commit,
+        Control::Rollback,
+    ];
+
+    fn sql(self) -> &'static str {
+        match self {
+            Control::Begin => "BEGIN IMMEDIATE",
+            Control::Savepoint => "SAVEPOINT qi_op",
+            Control::Release => "RELEASE qi_op",
+            Control::RollbackTo => "ROLLBACK TO qi_op",
+            Control::Commit => "COMMIT",
+            Control::Rollback => "ROLLBACK",
+        }
+    }
+}
+
+impl Writer {
+    /// The writer thread's body: returns when every [`Store`](super::Store) handle is gone.
+    pub fn run(self, jobs: mpsc::Receiver<Box<dyn Job>>) {
+        let session = Session::prepare(&self.conn, &self.control, &self.blobs);
+        let mut session = match session {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::error!(error = %e, "the store writer cannot prepare its statements");
+                let cause = Arc::new(e);
+                while let Ok(job) = jobs.recv() {
+                    job.fail(StoreError::Commit {
+                        source: cause.clone(),
+                    });
+                }
+                return;
+            }
+        };
+        let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(self.max_batch);
+        while let Some(first) = next_job(&jobs) {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            session.run_batch(batch.drain(..));
+        }
+    }
+}
+
+/// The write connection with its control statements prepared once (they run twice per write,
+/// so looking them up in the statement cache each time would cost more than running them).
+struct Session<'c> {
+    conn: &'c Connection,
+    flag: &'c AtomicBool,
+    blobs: &'c BlobStore,
+    statements: Vec<rusqlite::Statement<'c>>,
+}
+
+impl<'c> Session<'c> {
+    fn prepare(
+        conn: &'c Connection,
+        flag: &'c AtomicBool,
+        blobs: &'c BlobStore,
+    ) -> rusqlite::Result<Self> {
+        flag.store(true, Ordering::Relaxed);
+        let statements = Control::ALL
+            .iter()
+            .map(|c| conn.prepare(c.sql()))
+            .collect::<rusqlite::Result<Vec<_>>>();
+        flag.store(false, Ordering::Relaxed);
+        Ok(Session {
+            conn,
+            flag,
+            blobs,
+            statements: statements?,
+        })
+    }
+
+    /// Runs one of the writer's own control statements (the authorizer lets them through
+    /// only while the flag is set; it is consulted again if SQLite re-prepares them).
+    fn control(&mut self, control: Control) -> rusqlite::Result<()> {
+        self.flag.store(true, Ordering::Relaxed);
+        let result = self.statements[control as usize].execute([]).map(drop);
+        self.flag.store(false, Ordering::Relaxed);
+        result
+    }
+
+    fn rollback_savepoint(&mut self) -> rusqlite::Result<()> {
+        self.control(Control::RollbackTo)?;
+        self.control(Control::Release)
+    }
+
+    fn run_batch(&mut self, jobs: impl Iterator<Item = Box<dyn Job>>) {
+        let mut done: Vec<Done> = Vec::new();
+        let mut in_tx = false;
+        for job in jobs {
+            if !in_tx {
+                if let Err(e) = self.control(Control::Begin) {
+                    job.fail(StoreError::Sqlite(e));
+                    continue;
+                }
+                in_tx = true;
+            }
+            if let Err(e) = self.control(Control::Savepoint) {
+                let cause = e.to_string();
+                job.fail(StoreError::Sqlite(e));
+                if self.conn.is_autocommit() {
+                    abort(&mut done, &cause);
+                    in_tx = false;
+                }
+                continue;
+            }
+            let mut ctx = WriteCtx {
+                conn: self.conn,
+                blobs: self.blobs,
+                hooks: Vec::new(),
+            };
+            let ran = job.run(&mut ctx);
+            let hooks = ctx.hooks;
+            if self.conn.is_autocommit() {
+                // SQLite rolled back the whole transaction (e.g. SQLITE_FULL or an I/O error
+                // inside this write): every earlier write of the batch is gone too.
+                let cause = "a write in the same batch hit an error that ends the transaction";
+                abort(&mut done, cause);
+                (ran.answer)(ran.succeeded.then(|| StoreError::TransactionAborted {
+                    cause: cause.to_string(),
+                }));
+                in_tx = false;
+                continue;
+            }
+            let outcome = if ran.succeeded {
+                self.control(Control::Release)
+            } else {
+                Ok(())
+            };
+            match outcome {
+                Ok(()) if ran.succeeded => done.push(Done {
+                    answer: ran.answer,
+                    hooks,
+                }),
+                Ok(()) => {
+                    drop(hooks);
+                    if let Err(e) = self.rollback_savepoint() {
+                        self.abort_tx(&mut done, &e);
+                        in_tx = false;
+                    }
+                    (ran.answer)(None);
+                }
+                Err(e) => {
+                    drop(hooks);
+                    let rolled_back = self.rollback_savepoint();
+                    (ran.answer)(Some(StoreError::Sqlite(e)));
+                    if let Err(e) = rolled_back {
+                        self.abort_tx(&mut done, &e);
+                        in_tx = false;
+                    }
+                }
+            }
+        }
+        if !in_tx {
+            return;
+        }
+        match self.control(Control::Commit) {
+            Ok(()) => {
+                for Done { answer, hooks } in done {
+                    for hook in hooks {
+                        if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
+                            tracing::error!(
+                                error = %StoreError::panicked(payload),
+                                "an after-commit hook panicked"
+                            );
+                        }
+                    }
+                    answer(None);
+                }
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.control(Control::Rollback);
+                }
+                let source = Arc::new(e);
+                for Done { answer, .. } in done {
+                    answer(Some(StoreError::Commit {
+                        source: source.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Ends a transaction that can no longer be trusted and fails every write waiting in it.
+    fn abort_tx(&mut self, done: &mut Vec<Done>, error: &rusqlite::Error) {
+        if !self.conn.is_autocommit() {
+            let _ = self.control(Control::Rollback);
+        }
+        abort(done, &error.to_string());
+    }
+}
+
+fn abort(done: &mut Vec<Done>, cause: &str) {
+    for Done { answer, .. } in done.drain(..) {
+        answer(Some(StoreError::TransactionAborted {
+            cause: cause.to_string(),
+        }));
+    }
+}
+
+/// A write queued by [`Store::write_with_error`](super::Store::write_with_error).
+pub(crate) struct PendingWrite<F, T, E> {
+    pub op: F,
+    pub reply: tokio::sync::oneshot::Sender<Result<T, E>>,
+}
+
+impl<F, T, E> Job for PendingWrite<F, T, E>
+where
+    F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    fn run(self: Box<Self>, ctx: &mut WriteCtx<'_>) -> Ran {
+        let PendingWrite { op, reply } = *self;
+        let result = catch_unwind(AssertUnwindSafe(|| op(ctx)))
+            .unwrap_or_else(|payload| Err(E::from(StoreError::panicked(payload))));
+        Ran {
+            succeeded: result.is_ok(),
+            answer: Box::new(move |batch_error| {
+                let answer = match batch_error {
+                    None => result,
+                    Some(error) => Err(E::from(error)),
+                };
+                // The caller may have stopped waiting; its write still committed.
+                let _ = reply.send(answer);
+            }),
+        }
+    }
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(E::from(error)));
+    }
+}
