@@ -124,7 +124,14 @@ impl qi::agent::log::Host for AgentState {
             let mut logs = shared.logs.lock().expect("log lock poisoned");
             if logs.len() < MAX_KEPT_LOG_RECORDS {
                 logs.push(LogRecord {
-                    level: format!("{level:?}").to_lowercase(),
+                    level: match level {
+                        Level::Trace => "trace",
+                        Level::Debug => "debug",
+                        Level::Info => "info",
+                        Level::Warn => "warn",
+                        Level::Error => "error",
+                    }
+                    .to_string(),
                     message,
                     fields,
                 });

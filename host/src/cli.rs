@@ -177,6 +177,10 @@ pub struct RunAgentArgs {
     /// Allow a tool (glob, e.g. `fs.*`).
     #[arg(long = "allow-tool", value_name = "NAME")]
     pub allow_tools: Vec<String>,
+    /// Give the agent the shared context store and event bus of this data directory (created
+    /// if missing). Without it, the agent's context and events calls fail with `failed`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -281,10 +285,13 @@ async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
             .map_err(|e| Error::field("--input", format!("not valid JSON: {e}")))?,
         None => serde_json::Value::Null,
     };
-    let host = AgentHost::new(HostConfig {
+    let mut host = AgentHost::new(HostConfig {
         max_live_agents: 16,
         ..HostConfig::default()
     })?;
+    if let Some(dir) = &args.data_dir {
+        host = host.with_context(crate::cli_state::open_service(dir).await?);
+    }
     let component = host.load(&args.component)?;
     let report = host
         .run(&component, spec, TaskRequest::new(args.task.clone(), input))

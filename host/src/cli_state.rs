@@ -46,6 +46,18 @@ async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
     Ok((store, bus))
 }
 
+/// Opens (creating if needed) the context service of a data directory.
+pub async fn open_service(dir: &std::path::Path) -> Result<ContextService, Error> {
+    let store = Store::open(StoreConfig::at(dir))
+        .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
+    let bus = EventBus::new(store.clone(), EventBusConfig::default())
+        .await
+        .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
+    ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
+        .await
+        .map_err(ctx_err)
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), Error> {
     println!(
         "{}",

@@ -176,3 +176,41 @@ fn an_empty_data_directory_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("holds no qi-host data"));
 }
+
+#[test]
+fn run_agent_with_a_data_dir_gives_the_agent_the_context_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = json!({"context": "no-such-context"});
+    let o = Command::new(env!("CARGO_BIN_EXE_qi-host"))
+        .args([
+            "run-agent",
+            qi_guest_artifacts::SNOOP_COMPONENT,
+            "--task",
+            "look around",
+            "--json",
+            "--input",
+        ])
+        .arg(input.to_string())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("QI_HOST_CACHE_DIR", crate::common::cache_dir())
+        .output()
+        .unwrap();
+    let report = json_of(&o);
+    // The store answered (not found), rather than "no context store attached".
+    let attempts = report["output"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["error_kind"], "not-found", "{report}");
+    // Whatever the agent did is in the data directory for the operator to see.
+    let events = qi_host(
+        dir.path(),
+        &[
+            "events",
+            "tail",
+            "--filter",
+            "type=agent-registered",
+            "--json",
+        ],
+    );
+    assert!(events.status.success());
+    assert_eq!(String::from_utf8_lossy(&events.stdout).lines().count(), 1);
+}

@@ -1606,6 +1606,7 @@ impl ContextService {
 
     /// [`synchronize`](Self::synchronize) for many contexts; one failing does not stop the others.
     pub async fn batch_sync(&self, agent: &str, ids: &[String]) -> Vec<SyncResult> {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         for id in ids {
             out.push(match self.synchronize(agent, id).await {
@@ -1619,6 +1620,17 @@ impl ContextService {
                     error: Some(e.to_string()),
                 },
             });
+        }
+        // One `sync` event summarizes the batch (the seeds' SyncSummary).
+        let summary = json!({
+            "totalContexts": out.len(),
+            "syncedContexts": out.iter().filter(|r| r.success).count(),
+            "conflicts": out.iter().map(|r| r.conflicts.len()).sum::<usize>(),
+            "totalTimeUs": started.elapsed().as_micros() as u64,
+        });
+        let event = NewEvent::new(EventType::Sync).agent(agent).data(summary);
+        if let Err(e) = self.shared.bus.publish(event).await {
+            tracing::warn!(error = %e, "recording a sync event failed");
         }
         out
     }

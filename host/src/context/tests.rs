@@ -716,6 +716,22 @@ async fn merge_contexts_and_batch_sync() {
     assert!(!results[1].success && results[1].error.as_ref().unwrap().contains("no context"));
     let results = f.svc.batch_sync("a", &["one".into(), "two".into()]).await;
     assert!(results.iter().all(|r| r.success && r.version == 1));
+    let syncs = f
+        .svc
+        .bus()
+        .history(
+            &EventFilter {
+                event_types: vec![EventType::Sync],
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(syncs.len(), 2);
+    assert_eq!(syncs[0].data["syncedContexts"], 0);
+    assert_eq!(syncs[1].data["syncedContexts"], 2);
 }
 
 #[tokio::test]
