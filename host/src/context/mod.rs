@@ -725,6 +725,31 @@ impl ContextService {
         }
     }
 
+    /// Looks a live context up and checks that `agent` holds `permission` for `operation`; a
+    /// refusal is recorded. The outer `Err` is a store failure, the inner one the caller's answer.
+    #[allow(clippy::too_many_arguments)]
+    fn authorized(
+        sh: &Shared,
+        inner: &Inner,
+        ctx: &mut WriteCtx<'_>,
+        agent: &str,
+        id: &str,
+        permission: Permission,
+        operation: &str,
+    ) -> Result<Result<ContextState, ContextError>, ContextError> {
+        let Some(state) = inner
+            .contexts
+            .get(id)
+            .filter(|c| c.status != ContextStatus::Deleted)
+        else {
+            return Ok(Err(ContextError::NotFound(id.to_string())));
+        };
+        match Self::check(sh, inner, agent, state, permission) {
+            Ok(()) => Ok(Ok(state.clone())),
+            Err(reason) => Ok(Err(Self::deny(sh, ctx, agent, operation, id, reason)?)),
+        }
+    }
+
     /// Records an access violation (conflict row + event) and returns the error to report.
     fn deny(
         sh: &Shared,
@@ -1136,15 +1161,18 @@ impl ContextService {
         self.run(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
-                let Some(state) = inner.contexts.get(&id).cloned() else {
-                    return Ok(Err(ContextError::NotFound(id)));
+                let state = match Self::authorized(
+                    sh,
+                    inner,
+                    ctx,
+                    &agent,
+                    &id,
+                    Permission::Delete,
+                    "delete",
+                )? {
+                    Ok(state) => state,
+                    Err(e) => return Ok(Err(e)),
                 };
-                if state.status == ContextStatus::Deleted {
-                    return Ok(Err(ContextError::NotFound(id)));
-                }
-                if let Err(reason) = Self::check(sh, inner, &agent, &state, Permission::Delete) {
-                    return Ok(Err(Self::deny(sh, ctx, &agent, "delete", &id, reason)?));
-                }
                 let now = sh.clock.now_ms();
                 let hlc = sh.clock.tick();
                 let revision = inner.revision + 1;
@@ -1219,12 +1247,10 @@ impl ContextService {
             permissions.to_vec(),
         );
         self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
-            let Some(state) = inner.contexts.get(&id).cloned() else {
-                return Ok(Err(ContextError::NotFound(id)));
+            let state = match Self::authorized(sh, inner, ctx, &by, &id, Permission::Share, "share")? {
+                Ok(state) => state,
+                Err(e) => return Ok(Err(e)),
             };
-            if let Err(reason) = Self::check(sh, inner, &by, &state, Permission::Share) {
-                return Ok(Err(Self::deny(sh, ctx, &by, "share", &id, reason)?));
-            }
             let now = sh.clock.now_ms();
             if by != OPERATOR && by != state.owner {
                 for p in &permissions {
@@ -1256,18 +1282,16 @@ impl ContextService {
         self.run(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
-                let Some(state) = inner.contexts.get(&id).cloned() else {
-                    return Ok(Err(ContextError::NotFound(id)));
-                };
-                if let Err(reason) = Self::check(sh, inner, &by, &state, Permission::Share) {
-                    return Ok(Err(Self::deny(
-                        sh,
-                        ctx,
-                        &by,
-                        "revoke sharing of",
-                        &id,
-                        reason,
-                    )?));
+                if let Err(e) = Self::authorized(
+                    sh,
+                    inner,
+                    ctx,
+                    &by,
+                    &id,
+                    Permission::Share,
+                    "revoke sharing of",
+                )? {
+                    return Ok(Err(e));
                 }
                 let mut events = Vec::new();
                 for t in &targets {
@@ -1465,12 +1489,10 @@ impl ContextService {
     ) -> Result<WriteResult, ContextError> {
         let (agent, id) = (agent.to_string(), id.to_string());
         self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
-            let Some(state) = inner.contexts.get(&id).cloned() else {
-                return Ok(Err(ContextError::NotFound(id)));
+            let state = match Self::authorized(sh, inner, ctx, &agent, &id, Permission::Write, "resolve")? {
+                Ok(state) => state,
+                Err(e) => return Ok(Err(e)),
             };
-            if let Err(reason) = Self::check(sh, inner, &agent, &state, Permission::Write) {
-                return Ok(Err(Self::deny(sh, ctx, &agent, "resolve", &id, reason)?));
-            }
             let now = sh.clock.now_ms();
             let at = Stamp { hlc: sh.clock.tick(), revision: inner.revision + 1, now_ms: now };
             let (next, version, chosen) = match engine::resolve(&state, &agent, &choice, at) {
