@@ -62,10 +62,15 @@ fn writers(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("w{i}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strong_refuses_stale_writes_and_loses_no_acknowledged_one() {
-    let f = fixture().await;
-    let ws = writers(8);
+/// Registers `owner` and `n` writers `w0..`, creates context `c` owned by `owner` with
+/// `strategy` and `doc`, and shares it (read, write) with every writer.
+async fn writers_on_shared_context(
+    f: &Fixture,
+    n: usize,
+    strategy: SyncStrategy,
+    doc: Value,
+) -> Vec<String> {
+    let ws = writers(n);
     agents(&f.svc, &["owner"]).await;
     for w in &ws {
         f.svc
@@ -73,9 +78,16 @@ async fn strong_refuses_stale_writes_and_loses_no_acknowledged_one() {
             .await
             .unwrap();
     }
-    ctx(&f.svc, "owner", "c", SyncStrategy::Strong, json!({"n": 0})).await;
+    ctx(&f.svc, "owner", "c", strategy, doc).await;
     let names: Vec<&str> = ws.iter().map(String::as_str).collect();
     share_all(&f.svc, "c", "owner", &names).await;
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_refuses_stale_writes_and_loses_no_acknowledged_one() {
+    let f = fixture().await;
+    let ws = writers_on_shared_context(&f, 8, SyncStrategy::Strong, json!({"n": 0})).await;
 
     // Each writer increments the counter 20 times with compare-and-set retries.
     let mut tasks = Vec::new();
@@ -136,24 +148,9 @@ async fn strong_refuses_stale_writes_and_loses_no_acknowledged_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventual_merges_different_fields_and_keeps_losing_values() {
     let f = fixture().await;
-    let ws = writers(16);
-    agents(&f.svc, &["owner"]).await;
-    for w in &ws {
-        f.svc
-            .register_agent(w, AgentCapabilities::default())
-            .await
-            .unwrap();
-    }
-    ctx(
-        &f.svc,
-        "owner",
-        "c",
-        SyncStrategy::Eventual,
-        json!({"shared": "initial"}),
-    )
-    .await;
-    let names: Vec<&str> = ws.iter().map(String::as_str).collect();
-    share_all(&f.svc, "c", "owner", &names).await;
+    let ws =
+        writers_on_shared_context(&f, 16, SyncStrategy::Eventual, json!({"shared": "initial"}))
+            .await;
 
     // Every writer writes its own field 10 times and the shared field once, all based on
     // version 1.
@@ -334,24 +331,13 @@ async fn causal_needs_what_the_writer_observed_and_resolves_as_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_holds_every_competing_value_until_resolved() {
     let f = fixture().await;
-    let ws = writers(5);
-    agents(&f.svc, &["owner"]).await;
-    for w in &ws {
-        f.svc
-            .register_agent(w, AgentCapabilities::default())
-            .await
-            .unwrap();
-    }
-    ctx(
-        &f.svc,
-        "owner",
-        "c",
+    let ws = writers_on_shared_context(
+        &f,
+        5,
         SyncStrategy::Manual,
         json!({"decision": "none", "other": 0}),
     )
     .await;
-    let names: Vec<&str> = ws.iter().map(String::as_str).collect();
-    share_all(&f.svc, "c", "owner", &names).await;
     let mut tasks = Vec::new();
     for w in ws.clone() {
         let svc = f.svc.clone();
