@@ -1,6 +1,7 @@
 //! The error types that cross the WIT boundary: [`AgentError`] (what `run` returns),
 //! [`ToolError`] (why a host tool call did not succeed), [`ContextError`] (why a context store
-//! call did not succeed) and [`EventError`] (why an event bus call did not succeed).
+//! call did not succeed), [`EventError`] (why an event bus call did not succeed) and
+//! [`SyncError`] (why a synchronization point call did not succeed).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -251,6 +252,75 @@ impl From<EventError> for AgentError {
     }
 }
 
+/// Why a synchronization point call did not succeed (WIT `sync.sync-error`). A refusal by the
+/// host is always one of these values, never a trap.
+///
+/// `Display` prints the kind and the message, e.g. `unknown-point: no point `merge` in the
+/// manifest` or `not-coordinated: the agent is not running inside a coordinated run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncError {
+    /// The agent is not running inside a coordinated run (e.g. under `qi-host run-agent`).
+    NotCoordinated,
+    /// No point with that id in the manifest.
+    UnknownPoint(String),
+    /// The point exists but is of another type, or the calling subtask is not one of its
+    /// participants, or it already arrived; the message says which.
+    Invalid(String),
+    /// The point timed out with `on-timeout = "fail"`, or its condition became impossible and
+    /// it could not proceed; the message names the absent participants.
+    Failed(String),
+    /// A payload (state, vote or value) was not valid JSON, was over the size limit, or could
+    /// not be serialized by the SDK.
+    InvalidPayload(String),
+}
+
+impl SyncError {
+    /// The WIT name of the case: `not-coordinated`, `unknown-point`, `invalid`, `failed` or
+    /// `invalid-payload`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncError::NotCoordinated => "not-coordinated",
+            SyncError::UnknownPoint(_) => "unknown-point",
+            SyncError::Invalid(_) => "invalid",
+            SyncError::Failed(_) => "failed",
+            SyncError::InvalidPayload(_) => "invalid-payload",
+        }
+    }
+
+    /// The message, without the kind. [`SyncError::NotCoordinated`] carries none, so it gets a
+    /// fixed one.
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            SyncError::NotCoordinated => {
+                Cow::Borrowed("the agent is not running inside a coordinated run")
+            }
+            SyncError::UnknownPoint(message)
+            | SyncError::Invalid(message)
+            | SyncError::Failed(message)
+            | SyncError::InvalidPayload(message) => Cow::Borrowed(message),
+        }
+    }
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.message())
+    }
+}
+
+impl std::error::Error for SyncError {}
+
+/// A sync call failing ends the agent's run as [`AgentError::Failed`], saying it was a sync
+/// call and carrying the error's text (kind and message), so `?` works on sync calls inside
+/// [`Agent::run`].
+///
+/// [`Agent::run`]: crate::Agent::run
+impl From<SyncError> for AgentError {
+    fn from(error: SyncError) -> Self {
+        AgentError::Failed(format!("sync call failed: {error}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +359,25 @@ mod tests {
         assert_eq!(
             AgentError::from(EventError::Invalid("bad type".into())),
             AgentError::Failed("events call failed: invalid: bad type".into())
+        );
+    }
+
+    #[test]
+    fn sync_errors_name_their_kind() {
+        assert_eq!(
+            SyncError::NotCoordinated.to_string(),
+            "not-coordinated: the agent is not running inside a coordinated run"
+        );
+        let unknown = SyncError::UnknownPoint("no point `p`".into());
+        assert_eq!(unknown.kind(), "unknown-point");
+        assert_eq!(unknown.to_string(), "unknown-point: no point `p`");
+        assert_eq!(
+            SyncError::InvalidPayload("x".into()).kind(),
+            "invalid-payload"
+        );
+        assert_eq!(
+            AgentError::from(SyncError::Failed("absent: b".into())),
+            AgentError::Failed("sync call failed: failed: absent: b".into())
         );
     }
 }

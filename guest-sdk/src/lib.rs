@@ -8,12 +8,15 @@
 //! - the [`Agent`] trait and the [`export_agent!`] macro that turns an implementation into the
 //!   component's exports;
 //! - the types of the contract: [`AgentInfo`], [`AgentType`], [`Task`], [`TaskOutput`],
-//!   [`AgentError`], [`ToolError`], [`ContextError`], [`EventError`], with JSON helpers
-//!   ([`Task::input_json`], [`Task::input_value`], [`TaskOutput::json`]);
+//!   [`AgentError`], [`ToolError`], [`ContextError`], [`EventError`], [`SyncError`], with JSON
+//!   helpers ([`Task::input_json`], [`Task::input_value`], [`TaskOutput::json`]) and
+//!   [`SubtaskInput`], the input every subtask of a coordinated run receives;
 //! - one module per host interface: [`log`], [`tools`], [`budget`], [`context`] (the shared,
 //!   versioned context store: typed `get`/`put`/`patch` with serde, `update(id, |doc| ...)`
-//!   retrying stale writes, `share`/`revoke`) and [`events`] (gap-free, resumable
-//!   subscriptions with an iterator that ends on a timeout, and `publish`);
+//!   retrying stale writes, `share`/`revoke`), [`events`] (gap-free, resumable
+//!   subscriptions with an iterator that ends on a timeout, and `publish`) and [`sync`] (the
+//!   synchronization points of a coordinated run: `barrier`, `checkpoint`/`restore`, `vote`,
+//!   `contribute`);
 //! - [`serde`] and [`serde_json`], re-exported.
 //!
 //! # Example
@@ -117,15 +120,17 @@ pub mod context;
 mod error;
 pub mod events;
 pub mod log;
+pub mod sync;
 mod task;
 pub mod tools;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-pub use error::{AgentError, ContextError, EventError, ToolError};
+pub use error::{AgentError, ContextError, EventError, SyncError, ToolError};
 pub use serde;
 pub use serde_json;
+pub use task::SubtaskInput;
 pub use wit::qi::agent::types::{AgentInfo, AgentType, Task, TaskOutput};
 
 /// An agent: describes itself and runs tasks. Export an implementation with

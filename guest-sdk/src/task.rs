@@ -1,7 +1,9 @@
-//! Helpers for reading a [`Task`]'s JSON input and producing a JSON [`TaskOutput`].
+//! Helpers for reading a [`Task`]'s JSON input and producing a JSON [`TaskOutput`], and
+//! [`SubtaskInput`], the input of a subtask of a coordinated run.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use crate::{AgentError, Task, TaskOutput};
 
@@ -80,6 +82,141 @@ impl TaskOutput {
     }
 }
 
+/// The input a coordinated run (`qi-host run <manifest>`) hands every subtask, parsed from
+/// [`Task::input`]:
+///
+/// ```json
+/// {"subtask": "<subtask id>", "attempt": 1, "inputs": {"<name>": <value>}, "config": {...}}
+/// ```
+///
+/// - `subtask`: the subtask's id in the manifest (also its participant id at sync points);
+/// - `attempt`: 1 for the first run of the subtask, 2 for its first retry, ...;
+/// - `inputs`: the subtask's named inputs (literal values from the manifest, or outputs of
+///   the subtasks it depends on);
+/// - `config`: the `config` object of the manifest's entry for the agent running it, or
+///   `null`.
+///
+/// ```
+/// use qi_guest_sdk::{AgentError, SubtaskInput, Task};
+///
+/// # fn demo(task: Task) -> Result<(), AgentError> {
+/// let input = SubtaskInput::from_task(&task)?;
+/// let files = input.require("files")?; // invalid-input naming `files` when missing
+/// let focus = input.config["focus"].as_str().unwrap_or("todos");
+/// qi_guest_sdk::log::info!("{} (attempt {}): {files} by {focus}", input.subtask, input.attempt);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubtaskInput {
+    /// The subtask's id in the manifest.
+    pub subtask: String,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// The subtask's named inputs (empty when the host sent none).
+    pub inputs: Map<String, Value>,
+    /// The agent's `config` from its manifest entry; `null` when it has none.
+    pub config: Value,
+}
+
+impl SubtaskInput {
+    /// Parses the task input of a subtask. Fields other than the four above are ignored;
+    /// missing (or `null`) `inputs` is read as no inputs, missing `config` as `null`.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::InvalidInput`] naming what is wrong: an input that is not a JSON object,
+    /// a missing or empty `subtask`, an `attempt` that is not an integer from 1 to 2^32 - 1,
+    /// or `inputs` that is not an object.
+    pub fn from_task(task: &Task) -> Result<SubtaskInput, AgentError> {
+        let invalid = |what: String| {
+            AgentError::InvalidInput(format!("not the input of a coordinated subtask: {what}"))
+        };
+        let mut input = match task.input_value() {
+            Value::Object(fields) => fields,
+            other => {
+                return Err(invalid(format!(
+                    "expected a JSON object with `subtask`, `attempt`, `inputs` and `config`, \
+                     got {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let subtask = match input.remove("subtask") {
+            Some(Value::String(id)) if !id.is_empty() => id,
+            None | Some(Value::Null) => return Err(invalid("missing `subtask`".into())),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`subtask` must be a non-empty string, got {other}"
+                )));
+            }
+        };
+        let attempt = match input.remove("attempt") {
+            None | Some(Value::Null) => return Err(invalid("missing `attempt`".into())),
+            Some(value) => value
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "`attempt` must be an integer from 1 to {}, got {value}",
+                        u32::MAX
+                    ))
+                })?,
+        };
+        let inputs = match input.remove("inputs") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(inputs)) => inputs,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`inputs` must be an object, got {}",
+                    json_kind(&other)
+                )));
+            }
+        };
+        let config = input.remove("config").unwrap_or(Value::Null);
+        Ok(SubtaskInput {
+            subtask,
+            attempt,
+            inputs,
+            config,
+        })
+    }
+
+    /// The input `name`, if the host sent it (an explicit `null` counts as sent).
+    pub fn input(&self, name: &str) -> Option<&Value> {
+        self.inputs.get(name)
+    }
+
+    /// The input `name`, which the agent cannot do without.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::InvalidInput`] naming the input and the subtask when it is missing or
+    /// `null`.
+    pub fn require(&self, name: &str) -> Result<&Value, AgentError> {
+        match self.inputs.get(name) {
+            Some(value) if !value.is_null() => Ok(value),
+            _ => Err(AgentError::InvalidInput(format!(
+                "subtask `{}` needs the input `{name}`, which is missing",
+                self.subtask
+            ))),
+        }
+    }
+}
+
+/// What kind of JSON value this is, for error messages.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +275,45 @@ mod tests {
     fn output_json_serializes() {
         let output = TaskOutput::json(&serde_json::json!({"a": 1})).unwrap();
         assert_eq!(output.output, r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn subtask_input_parses() {
+        let input = SubtaskInput::from_task(&task(
+            r#"{"subtask":"scan-a","attempt":2,"inputs":{"files":["a.rs"],"n":null},"config":{"focus":"size"},"extra":1}"#,
+        ))
+        .unwrap();
+        assert_eq!(input.subtask, "scan-a");
+        assert_eq!(input.attempt, 2);
+        assert_eq!(input.config, serde_json::json!({"focus": "size"}));
+        assert_eq!(input.input("files"), Some(&serde_json::json!(["a.rs"])));
+        assert_eq!(input.input("n"), Some(&Value::Null));
+        assert_eq!(input.input("other"), None);
+        assert!(input.require("files").is_ok());
+        let error = input.require("n").unwrap_err();
+        assert_eq!(error.kind(), "invalid-input");
+        assert!(error.message().contains("`n`"), "{error}");
+        assert!(error.message().contains("scan-a"), "{error}");
+
+        let bare = SubtaskInput::from_task(&task(r#"{"subtask":"s","attempt":1}"#)).unwrap();
+        assert!(bare.inputs.is_empty());
+        assert_eq!(bare.config, Value::Null);
+    }
+
+    #[test]
+    fn subtask_input_names_what_is_wrong() {
+        let message = |input: &str| {
+            let error = SubtaskInput::from_task(&task(input)).unwrap_err();
+            assert_eq!(error.kind(), "invalid-input", "{error}");
+            error.message().to_owned()
+        };
+        assert!(message("").contains("got null"));
+        assert!(message("[1]").contains("got an array"));
+        assert!(message(r#"{"attempt":1}"#).contains("missing `subtask`"));
+        assert!(message(r#"{"subtask":"","attempt":1}"#).contains("`subtask`"));
+        assert!(message(r#"{"subtask":"s"}"#).contains("missing `attempt`"));
+        assert!(message(r#"{"subtask":"s","attempt":0}"#).contains("`attempt`"));
+        assert!(message(r#"{"subtask":"s","attempt":1.5}"#).contains("`attempt`"));
+        assert!(message(r#"{"subtask":"s","attempt":1,"inputs":[]}"#).contains("`inputs`"));
     }
 }

@@ -18,6 +18,7 @@ wit_bindgen::generate!({
         "qi:agent/tools@0.1.0/tool-error": crate::ToolError,
         "qi:agent/context@0.1.0/context-error": crate::ContextError,
         "qi:agent/events@0.1.0/event-error": crate::EventError,
+        "qi:agent/sync@0.1.0/sync-error": crate::SyncError,
     },
     generate_all,
     additional_derives: [PartialEq, Eq],

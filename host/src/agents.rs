@@ -244,6 +244,17 @@ impl AgentHost {
         component: &Arc<LoadedComponent>,
         spec: SubAgentSpecification,
     ) -> Result<SubAgent> {
+        self.spawn_with(component, spec, None).await
+    }
+
+    /// [`spawn`](Self::spawn) for an agent that runs a subtask of a coordinated run: its `sync`
+    /// calls go to the run's synchronization points as participant `sync.participant`.
+    pub async fn spawn_with(
+        &self,
+        component: &Arc<LoadedComponent>,
+        spec: SubAgentSpecification,
+        sync: Option<crate::coord::sync::SyncHandle>,
+    ) -> Result<SubAgent> {
         let overrides = spec.validate(&self.ceilings())?;
         if let Some(parent) = &spec.parent_agent_id
             && self
@@ -308,6 +319,7 @@ impl AgentHost {
             logs: Mutex::new(Vec::new()),
             tools: self.tools.clone(),
             context: self.context.clone(),
+            sync,
         });
         let state = AgentState::new(shared.clone()).map_err(anyhow::Error::from)?;
         let mut store = Store::new(&self.runtime.engine, state);

@@ -21,6 +21,11 @@ pub struct Cli {
 /// `qi-host` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a multi-agent task from a manifest: distribute, coordinate, synchronize, and print
+    /// the result, a per-subtask table, usage receipts and coordination metrics.
+    Run(crate::cli_run::RunArgs),
+    /// Validate a manifest and show its distribution plan without running anything.
+    Plan(crate::cli_run::PlanArgs),
     /// Run one agent component on one task and print its output and usage receipt.
     RunAgent(RunAgentArgs),
     /// Show what a component is: agent info, imports, exports, and whether the host can run it.
@@ -208,6 +213,8 @@ impl clap::builder::ValueParserFactory for IsolationLevel {
 /// Exit codes: 0 success, 1 the agent failed, 2 bad input or host error.
 pub async fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
+        Command::Run(args) => crate::cli_run::run(args).await,
+        Command::Plan(args) => crate::cli_run::plan(args).await,
         Command::RunAgent(args) => run_agent(args).await,
         Command::Inspect(args) => inspect(args).await,
         Command::Context(args) => crate::cli_state::context(args).await,

@@ -111,9 +111,37 @@ pub enum Error {
     /// An agent failed while being spawned (instantiation or `describe`).
     #[error("agent failed during spawn: {0}")]
     Spawn(AgentFailure),
+    /// A task manifest is invalid.
+    #[error("{}", manifest_message(path, *line, key, message))]
+    Manifest {
+        /// The manifest file.
+        path: String,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// The offending key, e.g. `subtasks[2].inputs[0].from` (empty for syntax errors).
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A resource budget refused an allocation.
+    #[error("resource budget exceeded: {0}")]
+    Resource(String),
     /// Any other host-side failure.
     #[error(transparent)]
     System(#[from] anyhow::Error),
+}
+
+fn manifest_message(path: &str, line: Option<usize>, key: &str, message: &str) -> String {
+    let mut s = path.to_string();
+    if let Some(l) = line {
+        s.push_str(&format!(":{l}"));
+    }
+    s.push_str(": ");
+    if !key.is_empty() {
+        s.push_str(&format!("`{key}`: "));
+    }
+    s.push_str(message);
+    s
 }
 
 impl Error {
@@ -127,8 +155,9 @@ impl Error {
             | Error::WrongWorld { .. }
             | Error::Compile { .. }
             | Error::ReadComponent { .. }
-            | Error::UnknownAgent(_) => ErrorCategory::Validation,
-            Error::TooManyAgents { .. } => ErrorCategory::Resource,
+            | Error::UnknownAgent(_)
+            | Error::Manifest { .. } => ErrorCategory::Validation,
+            Error::TooManyAgents { .. } | Error::Resource(_) => ErrorCategory::Resource,
             Error::Spawn(f) => f.category(),
             Error::System(_) => ErrorCategory::System,
         }

@@ -28,8 +28,10 @@
 pub mod agents;
 pub mod bindings;
 pub mod cli;
+mod cli_run;
 mod cli_state;
 pub mod context;
+pub mod coord;
 pub mod engine;
 pub mod error;
 pub mod events;

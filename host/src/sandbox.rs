@@ -271,6 +271,8 @@ pub struct AgentShared {
     pub operations: Arc<tokio::sync::Semaphore>,
     /// The context store, when the host has one; the agent acts in it as `id`.
     pub context: Option<crate::context::ContextService>,
+    /// The run's synchronization points and this agent's subtask, inside a coordinated run.
+    pub sync: Option<crate::coord::sync::SyncHandle>,
 }
 
 impl AgentShared {

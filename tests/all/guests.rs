@@ -486,3 +486,161 @@ mod snoop {
     #[allow(unused_imports)]
     pub(crate) use crate::context::snoop as tests;
 }
+
+// The coordination guests: `worker` and `analyzer` also run alone; `reviewer` and `reporter`
+// need a coordinated run (a decision point, a context store).
+
+mod worker {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_its_steps_and_emits_its_outputs() {
+        let report = run(
+            WORKER_COMPONENT,
+            spec(),
+            json!({"subtask": "s", "attempt": 1, "inputs": {
+                "steps": [{"work": 1000}, {"barrier": "p", "tolerate": true}],
+                "emit": {"answer": 42},
+                "other": "x"
+            }}),
+        )
+        .await;
+        let out = ok(&report);
+        assert_eq!(out["answer"], 42);
+        assert_eq!(out["received"], json!({"other": "x"}));
+        // The same loop as `compute`'s cpu kind: the checksums agree.
+        let compute = run(
+            COMPUTE_COMPONENT,
+            spec(),
+            json!({"kind": "cpu", "iterations": 1000}),
+        )
+        .await;
+        assert_eq!(out["work"], ok(&compute)["checksum"]);
+        // Outside a coordinated run, sync calls are refused (and tolerated here).
+        let err = out["sync"][0]["error"].as_str().unwrap();
+        assert!(err.contains("not-coordinated"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fails_on_purpose_when_told_to() {
+        let report = run(
+            WORKER_COMPONENT,
+            spec(),
+            json!({"subtask": "s", "attempt": 1, "inputs": {"steps": [{"fail_before_attempt": 2}]}}),
+        )
+        .await;
+        match &report.failure {
+            Some(AgentFailure::AgentError { message, .. }) => {
+                assert!(
+                    message.contains("attempt 1 of s fails on purpose"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected the agent's failure, got {other:?}"),
+        }
+    }
+}
+
+mod analyzer {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_a_shard_of_its_read_only_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.rs"),
+            "// header\nfn main() {\n    // TODO: x\n}\n\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.py"),
+            format!("def f():\n    return '{}'\n", "y".repeat(120)),
+        )
+        .unwrap();
+        let report = run(
+            ANALYZER_COMPONENT,
+            restricted_spec(dir.path()),
+            json!({"subtask": "s", "attempt": 1, "inputs": {"files": ["a.rs", "b.py", "missing.rs", "../x"]}}),
+        )
+        .await;
+        let out = ok(&report);
+        let a = &out["findings"]["a.rs"];
+        assert_eq!(a["lines"], 5);
+        assert_eq!(a["blank"], 1);
+        assert_eq!(a["comment"], 2);
+        assert_eq!(a["todo"], 1);
+        assert_eq!(a["functions"], 1);
+        assert_eq!(out["findings"]["b.py"]["long_lines"], 1);
+        assert_eq!(out["totals"]["files"], 2);
+        assert!(out["errors"]["missing.rs"].is_string());
+        assert!(out["errors"]["../x"].is_string());
+        assert!(report.usage.file_operations > 0);
+    }
+}
+
+/// One subtask of `agent` with `inputs` (TOML), meeting itself at a decision point `v`.
+async fn coordinated(
+    agent: &str,
+    inputs: &str,
+) -> (crate::coord::Harness, qi_host::coord::RunReport) {
+    let h = crate::coord::harness().await;
+    let toml = format!(
+        r#"
+[task]
+id = "t"
+[strategy]
+type = "hybrid"
+[[strategy.synchronizationPoints]]
+id = "v"
+type = "decision"
+participants = ["s"]
+[agents.a]
+component = "guest:{agent}"
+config = {{ focus = "todos" }}
+[[subtasks]]
+id = "s"
+inputs = {inputs}
+"#
+    );
+    let (r, _) = h.run(&toml).await;
+    (h, r)
+}
+
+mod reviewer {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn votes_by_its_focus_and_receives_the_decision() {
+        let many_todos = r#"[{ name = "findings", value = [{ totals = { files = 1, lines = 100, comment = 10, todo = 3, long_lines = 0 } }] }, { name = "decision", value = "v" }]"#;
+        let (_, r) = coordinated("reviewer", many_todos).await;
+        assert!(r.success, "{r:#?}");
+        let out = r.results[0].output.as_ref().unwrap();
+        assert_eq!(out["review"]["vote"], "changes-requested");
+        assert_eq!(out["decision"], "changes-requested");
+        let clean = many_todos.replace("todo = 3", "todo = 0");
+        let (_, r) = coordinated("reviewer", &clean).await;
+        assert_eq!(r.results[0].output.as_ref().unwrap()["decision"], "approve");
+    }
+}
+
+mod reporter {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_its_report_into_the_shared_context() {
+        let inputs = r#"[{ name = "findings", value = [{ totals = { files = 1, lines = 50, todo = 1 }, findings = { "x.rs" = { lines = 50, todo = 1, long_lines = 0 } } }] }, { name = "context_id", value = "report/{run}" }, { name = "missing", value = ["a.analysis"] }]"#;
+        let (h, r) = coordinated("reporter", inputs).await;
+        assert!(r.success, "{r:#?}");
+        let id = format!("report/{}", r.coordination_id);
+        let doc = h
+            .svc
+            .get(qi_host::context::OPERATOR, &id)
+            .await
+            .unwrap()
+            .doc;
+        assert_eq!(doc["files"], 1);
+        assert_eq!(doc["missing"], json!(["a.analysis"]));
+        assert_eq!(doc["hotspots"][0]["path"], "x.rs");
+        assert!(doc["markdown"].as_str().unwrap().contains("a.analysis"));
+    }
+}

@@ -7,6 +7,7 @@ mod cli;
 mod cli_state;
 mod common;
 mod context;
+mod coord;
 mod guests;
 mod isolation;
 mod lifecycle;

@@ -1,0 +1,431 @@
+//! `worker`: a scriptable subtask agent for the coordination tests. Its input says, step by
+//! step, what to do: compute, sleep, hang, spin, fail in several ways, panic, or take part in
+//! synchronization points, so a manifest can stage any behavior of a participant.
+//!
+//! Input: the subtask input of a coordinated run ([`SubtaskInput`]). `inputs.steps` is an
+//! optional list of steps run in order; each is an object with one of the keys below, plus
+//! optionally `"tolerate": true`, which records a sync error in the output instead of failing:
+//!
+//! - `{"work": N}`: N rounds of xorshift64 folded into FNV-1a (as `compute` kind `cpu`); the
+//!   checksum (decimal string) becomes the output's `work`;
+//! - `{"sleep_ms": N}`: sleeps N ms; `{"hang": true}`: sleeps an hour; `{"spin": true}`: burns
+//!   CPU forever;
+//! - `{"fail": "msg"}`: `failed: msg`; `{"invalid": "msg"}`: `invalid-input: msg`;
+//!   `{"fail_before_attempt": k}`: fails while the attempt is below k;
+//!   `{"fail_if_config": "key"}`: fails when `config[key]` is `true`; `{"panic": "msg"}`;
+//! - `{"barrier": "p"}`, `{"checkpoint": {"point": "p", "state": any}}`, `{"restore": "p"}`,
+//!   `{"vote": {"point": "p", "choice": "c"}}`, `{"contribute": {"point": "p", "value": any}}`:
+//!   the sync call; its outcome (for `restore`: `{"restored": state | null}`) is appended to the
+//!   output's `sync`. A sync error fails the agent with `failed: sync <point>: <error>`, or with
+//!   `tolerate` appends `{"point": p, "error": "<error>"}`;
+//! - `{"log": "msg"}`: logs `msg` at info.
+//!
+//! Every step is checked before the first one runs; a malformed or unknown step is
+//! `invalid-input` naming it.
+//!
+//! Output: `inputs.emit` (an object, default `{}`) with these keys set on top: `subtask`,
+//! `attempt`, `sync` (list), `received` (every input except `steps` and `emit`), `config`, and
+//! `work` when a work step ran. A manifest's expected outputs can thus come from `emit`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use qi_guest_sdk::serde_json::{Map, Value, json};
+use qi_guest_sdk::sync::{self, SyncError};
+use qi_guest_sdk::{Agent, AgentError, AgentInfo, AgentType, SubtaskInput, Task, TaskOutput, log};
+
+/// The `worker` agent.
+pub struct Worker;
+
+/// FNV-1a 64-bit offset basis.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Seed of the xorshift64 generator (the same as `compute`, so checksums agree).
+const XORSHIFT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+/// How long a `hang` step sleeps.
+const HANG: Duration = Duration::from_secs(60 * 60);
+
+/// What one step does.
+enum Action {
+    Work(u64),
+    SleepMs(u64),
+    Hang,
+    Spin,
+    Fail(String),
+    Invalid(String),
+    FailBeforeAttempt(u64),
+    FailIfConfig(String),
+    Panic(String),
+    Barrier(String),
+    Checkpoint { point: String, state: Value },
+    Restore(String),
+    Vote { point: String, choice: String },
+    Contribute { point: String, value: Value },
+    Log(String),
+}
+
+/// One step of the script.
+struct Step {
+    action: Action,
+    tolerate: bool,
+}
+
+impl Agent for Worker {
+    fn describe() -> AgentInfo {
+        AgentInfo {
+            name: "worker".into(),
+            version: "0.1.0".into(),
+            agent_type: AgentType::DecisionCapable,
+            capabilities: vec!["work".into(), "vote".into(), "aggregate".into()],
+            description: "Runs a script of steps (work, sleep, fail, panic, barrier, checkpoint, \
+                          vote, contribute, ...) for coordination tests."
+                .into(),
+        }
+    }
+
+    fn run(task: Task) -> Result<TaskOutput, AgentError> {
+        let input = SubtaskInput::from_task(&task)?;
+        let steps = parse_steps(input.input("steps"))?;
+        let mut output = match input.input("emit") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(emit)) => emit.clone(),
+            Some(other) => {
+                return Err(AgentError::InvalidInput(format!(
+                    "`emit` must be an object, got {other}"
+                )));
+            }
+        };
+
+        let mut synced = Vec::new();
+        let mut work = None;
+        for step in steps {
+            match step.action {
+                Action::Work(rounds) => work = Some(cpu(rounds).to_string()),
+                Action::SleepMs(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                Action::Hang => std::thread::sleep(HANG),
+                Action::Spin => spin(),
+                Action::Fail(message) => return Err(AgentError::Failed(message)),
+                Action::Invalid(message) => return Err(AgentError::InvalidInput(message)),
+                Action::FailBeforeAttempt(k) => {
+                    if u64::from(input.attempt) < k {
+                        return Err(AgentError::Failed(format!(
+                            "attempt {} of {} fails on purpose",
+                            input.attempt, input.subtask
+                        )));
+                    }
+                }
+                Action::FailIfConfig(key) => {
+                    if input.config.get(&key) == Some(&Value::Bool(true)) {
+                        return Err(AgentError::Failed(format!(
+                            "config `{key}` is true: {} fails on purpose",
+                            input.subtask
+                        )));
+                    }
+                }
+                Action::Panic(message) => panic!("{message}"),
+                Action::Barrier(point) => {
+                    let result = sync::barrier(&point).map(outcome_value);
+                    record(&mut synced, &point, step.tolerate, result)?;
+                }
+                Action::Checkpoint { point, state } => {
+                    let result = sync::checkpoint(&point, &state).map(outcome_value);
+                    record(&mut synced, &point, step.tolerate, result)?;
+                }
+                Action::Restore(point) => {
+                    let result = sync::restore(&point).map(|state| json!({ "restored": state }));
+                    record(&mut synced, &point, step.tolerate, result)?;
+                }
+                Action::Vote { point, choice } => {
+                    let result = sync::vote(&point, &choice).map(outcome_value);
+                    record(&mut synced, &point, step.tolerate, result)?;
+                }
+                Action::Contribute { point, value } => {
+                    let result = sync::contribute(&point, &value).map(outcome_value);
+                    record(&mut synced, &point, step.tolerate, result)?;
+                }
+                Action::Log(message) => {
+                    log::info!(subtask = input.subtask, attempt = input.attempt; "{message}");
+                }
+            }
+        }
+
+        let received: Map<String, Value> = input
+            .inputs
+            .iter()
+            .filter(|(name, _)| *name != "steps" && *name != "emit")
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        output.insert("subtask".into(), Value::String(input.subtask));
+        output.insert("attempt".into(), json!(input.attempt));
+        output.insert("sync".into(), Value::Array(synced));
+        output.insert("received".into(), Value::Object(received));
+        output.insert("config".into(), input.config);
+        if let Some(work) = work {
+            output.insert("work".into(), Value::String(work));
+        }
+        TaskOutput::json(&output)
+    }
+}
+
+/// A sync outcome as JSON.
+fn outcome_value(outcome: sync::SyncOutcome) -> Value {
+    json!(outcome)
+}
+
+/// Appends a sync step's result, or its error when tolerated; an untolerated error fails.
+fn record(
+    synced: &mut Vec<Value>,
+    point: &str,
+    tolerate: bool,
+    result: Result<Value, SyncError>,
+) -> Result<(), AgentError> {
+    match result {
+        Ok(value) => synced.push(value),
+        Err(error) if tolerate => {
+            synced.push(json!({ "point": point, "error": error.to_string() }));
+        }
+        Err(error) => return Err(AgentError::Failed(format!("sync {point}: {error}"))),
+    }
+    Ok(())
+}
+
+/// Parses the whole script up front, so a bad step fails before any step has run.
+fn parse_steps(steps: Option<&Value>) -> Result<Vec<Step>, AgentError> {
+    let steps = match steps {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(steps)) => steps,
+        Some(other) => {
+            return Err(AgentError::InvalidInput(format!(
+                "`steps` must be a list of steps, got {other}"
+            )));
+        }
+    };
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            parse_step(step).map_err(|why| {
+                AgentError::InvalidInput(format!("step {i} ({step}) is invalid: {why}"))
+            })
+        })
+        .collect()
+}
+
+fn parse_step(step: &Value) -> Result<Step, String> {
+    let fields = step
+        .as_object()
+        .ok_or("a step must be an object with one key")?;
+    let tolerate = match fields.get("tolerate") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(tolerate)) => *tolerate,
+        Some(_) => return Err("`tolerate` must be a boolean".into()),
+    };
+    let mut actions = fields.iter().filter(|(key, _)| *key != "tolerate");
+    let (Some((key, arg)), None) = (actions.next(), actions.next()) else {
+        return Err("a step must have exactly one key besides `tolerate`".into());
+    };
+    let action = match key.as_str() {
+        "work" => Action::Work(number(arg)?),
+        "sleep_ms" => Action::SleepMs(number(arg)?),
+        "hang" => {
+            flag(arg)?;
+            Action::Hang
+        }
+        "spin" => {
+            flag(arg)?;
+            Action::Spin
+        }
+        "fail" => Action::Fail(text(arg)?),
+        "invalid" => Action::Invalid(text(arg)?),
+        "fail_before_attempt" => Action::FailBeforeAttempt(number(arg)?),
+        "fail_if_config" => Action::FailIfConfig(text(arg)?),
+        "panic" => Action::Panic(text(arg)?),
+        "barrier" => Action::Barrier(text(arg)?),
+        "restore" => Action::Restore(text(arg)?),
+        "checkpoint" => Action::Checkpoint {
+            point: field_text(arg, "point")?,
+            state: field_value(arg, "state")?,
+        },
+        "vote" => Action::Vote {
+            point: field_text(arg, "point")?,
+            choice: field_text(arg, "choice")?,
+        },
+        "contribute" => Action::Contribute {
+            point: field_text(arg, "point")?,
+            value: field_value(arg, "value")?,
+        },
+        "log" => Action::Log(text(arg)?),
+        other => return Err(format!("unknown step `{other}`")),
+    };
+    Ok(Step { action, tolerate })
+}
+
+fn number(arg: &Value) -> Result<u64, String> {
+    arg.as_u64()
+        .ok_or_else(|| format!("expected a non-negative integer, got {arg}"))
+}
+
+fn text(arg: &Value) -> Result<String, String> {
+    arg.as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("expected a string, got {arg}"))
+}
+
+fn flag(arg: &Value) -> Result<(), String> {
+    match arg {
+        Value::Bool(true) => Ok(()),
+        _ => Err(format!("expected `true`, got {arg}")),
+    }
+}
+
+fn field_value(arg: &Value, name: &str) -> Result<Value, String> {
+    arg.as_object()
+        .ok_or_else(|| format!("expected an object with `{name}`, got {arg}"))?
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("missing `{name}`"))
+}
+
+fn field_text(arg: &Value, name: &str) -> Result<String, String> {
+    text(&field_value(arg, name)?).map_err(|why| format!("`{name}`: {why}"))
+}
+
+/// `rounds` states of a xorshift64 generator folded into an FNV-1a hash.
+fn cpu(rounds: u64) -> u64 {
+    let mut state = black_box(XORSHIFT_SEED);
+    let mut hash = FNV_OFFSET;
+    for _ in 0..black_box(rounds) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        hash = (hash ^ state).wrapping_mul(FNV_PRIME);
+    }
+    black_box(hash)
+}
+
+/// Burns CPU forever without sleeping or calling the host.
+fn spin() -> ! {
+    let mut state = black_box(XORSHIFT_SEED);
+    loop {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state = black_box(state);
+    }
+}
+
+qi_guest_sdk::export_agent!(Worker);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(input: Value) -> Task {
+        Task {
+            id: "t".into(),
+            description: "test".into(),
+            input: input.to_string(),
+        }
+    }
+
+    fn run(inputs: Value, attempt: u32, config: Value) -> Result<Value, AgentError> {
+        let input =
+            json!({"subtask": "s1", "attempt": attempt, "inputs": inputs, "config": config});
+        Worker::run(task(input)).map(|out| qi_guest_sdk::serde_json::from_str(&out.output).unwrap())
+    }
+
+    #[test]
+    fn output_starts_from_emit_and_records_work() {
+        let out = run(
+            json!({"emit": {"answer": 42, "subtask": "overwritten"}, "steps": [{"work": 1000}], "x": [1]}),
+            1,
+            json!({"k": true}),
+        )
+        .unwrap();
+        assert_eq!(out["answer"], 42);
+        assert_eq!(out["subtask"], "s1");
+        assert_eq!(out["attempt"], 1);
+        assert_eq!(out["sync"], json!([]));
+        assert_eq!(out["received"], json!({"x": [1]}));
+        assert_eq!(out["config"], json!({"k": true}));
+        assert_eq!(out["work"], cpu(1000).to_string());
+        assert!(
+            run(json!({}), 1, Value::Null)
+                .unwrap()
+                .get("work")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn failures_are_staged() {
+        let steps = |steps: Value| json!({ "steps": steps });
+        assert_eq!(
+            run(steps(json!([{"fail_before_attempt": 3}])), 2, Value::Null),
+            Err(AgentError::Failed(
+                "attempt 2 of s1 fails on purpose".into()
+            ))
+        );
+        assert!(run(steps(json!([{"fail_before_attempt": 3}])), 3, Value::Null).is_ok());
+        assert!(
+            run(
+                steps(json!([{"fail_if_config": "bad"}])),
+                1,
+                json!({"bad": true})
+            )
+            .is_err()
+        );
+        assert!(
+            run(
+                steps(json!([{"fail_if_config": "bad"}])),
+                1,
+                json!({"bad": 1})
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            run(steps(json!([{"fail": "boom"}])), 1, Value::Null),
+            Err(AgentError::Failed("boom".into()))
+        );
+        assert_eq!(
+            run(steps(json!([{"invalid": "nope"}])), 1, Value::Null),
+            Err(AgentError::InvalidInput("nope".into()))
+        );
+    }
+
+    #[test]
+    fn bad_steps_are_refused_before_anything_runs() {
+        for (steps, expected) in [
+            (json!([{"fail": "x"}, {"dance": 1}]), "unknown step `dance`"),
+            (json!([{"work": 1, "sleep_ms": 1}]), "exactly one key"),
+            (json!([{"tolerate": true}]), "exactly one key"),
+            (json!([{"vote": {"point": "p"}}]), "missing `choice`"),
+            (json!([{"hang": false}]), "expected `true`"),
+            (json!("work"), "list of steps"),
+        ] {
+            let error = run(json!({ "steps": steps }), 1, Value::Null).unwrap_err();
+            assert_eq!(error.kind(), "invalid-input", "{error}");
+            assert!(error.message().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn tolerated_sync_errors_are_recorded() {
+        let mut synced = Vec::new();
+        record(&mut synced, "p", true, Err(SyncError::NotCoordinated)).unwrap();
+        assert_eq!(
+            synced,
+            vec![json!({"point": "p", "error": SyncError::NotCoordinated.to_string()})]
+        );
+        assert_eq!(
+            record(
+                &mut synced,
+                "p",
+                false,
+                Err(SyncError::UnknownPoint("no p".into()))
+            ),
+            Err(AgentError::Failed("sync p: unknown-point: no p".into()))
+        );
+    }
+}

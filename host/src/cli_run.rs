@@ -1,0 +1,473 @@
+//! `qi-host run <manifest>` (the main job) and `qi-host plan <manifest>`.
+
+use crate::coord::{self, ExecutionStatus, RunOptions, RunReport, SubtaskState};
+use crate::error::Error;
+use crate::store::StoreConfig;
+use crate::{AgentHost, HostConfig};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Arguments of `qi-host run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The task manifest (TOML); see examples/.
+    pub manifest: PathBuf,
+    /// Data directory for the shared context, events and checkpoints (default:
+    /// $QI_HOST_DATA_DIR, else $XDG_DATA_HOME/qi-host, else ~/.local/share/qi-host).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where `guest:<name>` components are (default: $QI_GUEST_DIR, else
+    /// target/guests/wasm32-wasip2/guest).
+    #[arg(long)]
+    pub guest_dir: Option<PathBuf>,
+    /// Run id (default: a fresh one).
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Continue the run given by --run-id: completed subtasks are not run again.
+    #[arg(long, requires = "run_id")]
+    pub resume: bool,
+    /// Print the full report as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `qi-host plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The task manifest (TOML).
+    pub manifest: PathBuf,
+    /// Where `guest:<name>` components are.
+    #[arg(long)]
+    pub guest_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn host_config() -> HostConfig {
+    HostConfig {
+        max_live_agents: 1_000,
+        ..HostConfig::default()
+    }
+}
+
+/// `qi-host plan`: validation, analysis, allocation, sync and fallback plans.
+pub async fn plan(args: PlanArgs) -> Result<i32, Error> {
+    let host = AgentHost::new(host_config())?;
+    let prepared = coord::prepare(&host, &args.manifest, args.guest_dir.as_deref()).await?;
+    let p = &prepared.plan;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(p).map_err(|e| Error::System(e.into()))?
+        );
+        return Ok(0);
+    }
+    let a = &p.analysis;
+    println!(
+        "task {}  strategy {}  failure handling {}",
+        p.task_id,
+        p.strategy.as_str(),
+        p.failure_handling.as_str()
+    );
+    println!(
+        "analysis: {} ({}); recommended agents {}; estimated {} ms of {} ms total work (critical path {} ms: {}); expected saving {:.0}%",
+        if a.suitable {
+            "distribute"
+        } else {
+            "do not distribute"
+        },
+        a.reason,
+        a.recommended_agents,
+        a.estimated_ms,
+        a.total_estimated_ms,
+        a.critical_path_ms,
+        a.critical_path.join(" → "),
+        a.estimated_benefit * 100.0
+    );
+    println!("\nlevels");
+    for (i, l) in a.levels.iter().enumerate() {
+        println!("  {i}: {}", l.join(", "));
+    }
+    println!("\nsubtasks");
+    println!(
+        "  {:<20} {:<6} {:<30} {:<30} sync",
+        "id", "level", "agents (in order tried)", "waits for"
+    );
+    for s in &p.subtasks {
+        let mut waits = s.depends_on.clone();
+        waits.extend(s.waits_for_points.iter().map(|x| format!("sync.{x}")));
+        println!(
+            "  {:<20} {:<6} {:<30} {:<30} {}",
+            s.id,
+            s.level,
+            s.candidates.join(", "),
+            waits.join(", "),
+            s.participates_in.join(", ")
+        );
+    }
+    println!("\nagent allocations");
+    for al in &p.agent_allocations {
+        println!(
+            "  {:<16} {} MiB each; subtasks {}; waits for {}",
+            al.agent,
+            al.memory_mb,
+            al.assigned_subtasks.join(", "),
+            if al.dependencies.is_empty() {
+                "-".to_string()
+            } else {
+                al.dependencies.join(", ")
+            }
+        );
+    }
+    println!(
+        "\nsynchronization plan ({})",
+        p.synchronization_plan.strategy
+    );
+    for pt in &p.synchronization_plan.points {
+        println!(
+            "  {:<16} {:<11} {:<17} timeout {} on timeout {}; participants {}",
+            pt.id,
+            pt.point_type.as_str(),
+            pt.condition.name(),
+            pt.timeout_ms
+                .map(|t| format!("{t} ms"))
+                .unwrap_or_else(|| "none".into()),
+            serde_json::to_value(pt.on_timeout)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            pt.participants.join(", ")
+        );
+    }
+    println!("\nfallback plan ({})", p.fallback_plan.recovery_strategy);
+    for act in &p.fallback_plan.actions {
+        println!(
+            "  when {}: {} {}",
+            act.condition, act.action, act.parameters
+        );
+    }
+    Ok(0)
+}
+
+/// `qi-host run`: exit 0 when every subtask completed, 1 when the run failed or is partial,
+/// 2 for bad input.
+pub async fn run(args: RunArgs) -> Result<i32, Error> {
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => StoreConfig::default_data_dir().ok_or_else(|| {
+            Error::field(
+                "--data-dir",
+                "no default data directory (HOME is not set); pass --data-dir DIR",
+            )
+        })?,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Error::field(
+            "--data-dir",
+            format!("cannot create `{}`: {e}", dir.display()),
+        )
+    })?;
+    let context = crate::cli_state::open_service(&dir).await?;
+    let host = Arc::new(AgentHost::new(host_config())?.with_context(context));
+    let prepared = coord::prepare(&host, &args.manifest, args.guest_dir.as_deref()).await?;
+    let total = prepared.manifest.subtasks.len();
+    let (tx, rx) = watch::channel(ExecutionStatus {
+        coordination_id: String::new(),
+        status: "starting".into(),
+        progress: 0.0,
+        active_agents: 0,
+        completed_tasks: 0,
+        total_tasks: total,
+        subtasks: Vec::new(),
+    });
+    let monitor = tokio::spawn(monitor(rx, !args.json));
+    let report = prepared
+        .run(
+            host,
+            RunOptions {
+                run_id: args.run_id.clone(),
+                resume: args.resume,
+                status: Some(tx),
+            },
+        )
+        .await;
+    let _ = monitor.await;
+    let report = report?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::System(e.into()))?
+        );
+    } else {
+        print_run(&report, &dir);
+    }
+    Ok(if report.success { 0 } else { 1 })
+}
+
+/// Live progress on stderr: a bar on a terminal, one line per change otherwise.
+async fn monitor(mut rx: watch::Receiver<ExecutionStatus>, enabled: bool) {
+    if !enabled {
+        while rx.changed().await.is_ok() {}
+        return;
+    }
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(rx.borrow().total_tasks as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} subtasks  {elapsed_precise}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut last: Vec<(String, SubtaskState)> = Vec::new();
+    while rx.changed().await.is_ok() {
+        let st = rx.borrow_and_update().clone();
+        let now: Vec<(String, SubtaskState)> = st
+            .subtasks
+            .iter()
+            .map(|s| (s.id.clone(), s.state))
+            .collect();
+        match &bar {
+            Some(b) => {
+                b.set_position(st.completed_tasks as u64);
+                let running: Vec<&str> = st
+                    .subtasks
+                    .iter()
+                    .filter(|s| s.state == SubtaskState::Running)
+                    .map(|s| s.id.as_str())
+                    .collect();
+                b.set_message(format!("running: {}", running.join(", ")));
+            }
+            None => {
+                for (id, state) in &now {
+                    if !last.iter().any(|(i, s)| i == id && s == state)
+                        && *state != SubtaskState::Pending
+                    {
+                        let agent = st
+                            .subtasks
+                            .iter()
+                            .find(|s| &s.id == id)
+                            .and_then(|s| s.agent.clone())
+                            .unwrap_or_default();
+                        eprintln!(
+                            "[{:>3.0}%] {id} {} {agent}",
+                            st.progress * 100.0,
+                            serde_json::to_value(state)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        last = now;
+        if st.status != "running" && st.status != "starting" {
+            break;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}
+
+/// A `markdown` string in an output (at the top or one level down), printed as is.
+fn find_markdown(v: &serde_json::Value) -> Option<&str> {
+    v.get("markdown").and_then(|m| m.as_str()).or_else(|| {
+        v.as_object()?
+            .values()
+            .find_map(|x| x.get("markdown").and_then(|m| m.as_str()))
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn print_run(r: &RunReport, dir: &std::path::Path) {
+    let done = r
+        .results
+        .iter()
+        .filter(|s| s.state == SubtaskState::Completed)
+        .count();
+    println!(
+        "run {}  task {}  strategy {}  failure handling {}",
+        r.coordination_id,
+        r.task_id,
+        r.strategy.as_str(),
+        r.failure_handling.as_str()
+    );
+    println!(
+        "result: {} ({done}/{} subtasks completed) in {} ms",
+        if r.success {
+            "completed"
+        } else if r.partial {
+            "PARTIAL"
+        } else {
+            "FAILED"
+        },
+        r.results.len(),
+        r.execution_time
+    );
+    if let Some(e) = &r.error {
+        println!("reason: {e}");
+    }
+    if !r.missing.is_empty() {
+        println!("missing outputs: {}", r.missing.join(", "));
+    }
+    println!(
+        "\n{:<18} {:<10} {:<14} {:>8} {:>9} {:>14} {:>10}  note",
+        "subtask", "state", "agent", "attempts", "time ms", "fuel", "memory"
+    );
+    for s in &r.results {
+        let last = s.attempts.last();
+        let usage = last.and_then(|a| a.usage.as_ref());
+        let note = match (&s.error, s.resumed) {
+            (_, true) => "resumed from the earlier run".to_string(),
+            (Some(e), _) => e.clone(),
+            (None, _) => s
+                .attempts
+                .iter()
+                .filter_map(|a| {
+                    a.then
+                        .as_ref()
+                        .map(|t| format!("#{} on {}: {} → {t}", a.attempt, a.agent, a.outcome))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        println!(
+            "{:<18} {:<10} {:<14} {:>8} {:>9} {:>14} {:>10}  {}",
+            s.id,
+            serde_json::to_value(s.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            s.agent.clone().unwrap_or_else(|| "-".into()),
+            s.attempts.len(),
+            last.map(|a| a.duration_ms.to_string())
+                .unwrap_or_else(|| "-".into()),
+            usage
+                .map(|u| u.fuel_consumed.to_string())
+                .unwrap_or_else(|| "-".into()),
+            usage
+                .map(|u| mib(u.peak_memory_bytes))
+                .unwrap_or_else(|| "-".into()),
+            note
+        );
+    }
+    if !r.synchronization.is_empty() {
+        println!("\nsynchronization points");
+        for (id, o) in &r.synchronization {
+            if let Some(f) = o.get("failed") {
+                println!("  {id:<16} FAILED: {}", f.as_str().unwrap_or_default());
+                continue;
+            }
+            let arrived = o["arrived"].as_array().map(Vec::len).unwrap_or(0);
+            let absent = o["absent"].as_array().map(Vec::len).unwrap_or(0);
+            let extra = match o["result"].get("decision") {
+                Some(d) => format!(
+                    "; decision {} ({})",
+                    if d.is_null() {
+                        "none".to_string()
+                    } else {
+                        d.as_str().unwrap_or_default().to_string()
+                    },
+                    o["result"]["rule"].as_str().unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            println!(
+                "  {id:<16} {} arrived {arrived}/{}, waited {} ms{}{extra}",
+                if o["complete"] == true {
+                    "complete  "
+                } else {
+                    "incomplete"
+                },
+                arrived + absent,
+                o["waitedMs"],
+                if o["timedOut"] == true {
+                    ", timed out"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    println!("\nusage receipts (per agent instance)");
+    println!(
+        "  {:<22} {:<18} {:>14} {:>10} {:>9} {:>6} {:>6} {:>6}",
+        "agent id", "subtask#attempt", "fuel", "peak mem", "wall ms", "calls", "files", "tools"
+    );
+    for s in &r.results {
+        for a in &s.attempts {
+            let Some(u) = &a.usage else { continue };
+            println!(
+                "  {:<22} {:<18} {:>14} {:>10} {:>9} {:>6} {:>6} {:>6}",
+                a.agent_id.clone().unwrap_or_default(),
+                format!("{}#{}", s.id, a.attempt),
+                u.fuel_consumed,
+                mib(u.peak_memory_bytes),
+                u.wall_time_us / 1000,
+                u.host_calls,
+                u.file_operations,
+                u.tool_calls
+            );
+        }
+    }
+    let m = &r.metrics;
+    println!("\ncoordination metrics");
+    println!(
+        "  totalAgents {}  successful {}  failed {}  averageExecutionTime {:.1} ms",
+        m.total_agents, m.successful_agents, m.failed_agents, m.average_execution_time
+    );
+    println!(
+        "  totalResourceUsage: fuel {}, memory {:.1} MiB, execution {} ms, host calls {}, file ops {}, tool calls {}, network {}",
+        m.total_resource_usage.fuel_consumed,
+        m.total_resource_usage.memory_mb,
+        m.total_resource_usage.execution_time_ms,
+        m.total_resource_usage.host_calls,
+        m.total_resource_usage.file_operations,
+        m.total_resource_usage.tool_calls,
+        m.total_resource_usage.network_requests
+    );
+    println!(
+        "  communicationOverhead {:.1} ms over {} messages  coordinationEfficiency {:.2}  peak concurrency {}  sync points reached {}",
+        m.communication_overhead,
+        m.communication_events,
+        m.coordination_efficiency,
+        m.peak_concurrency,
+        m.synchronization_points_reached
+    );
+    println!("\naggregated result (outputs of the final subtasks; --json prints everything)");
+    if let Some(outputs) = r.aggregated_result.as_object() {
+        for (id, out) in outputs {
+            match find_markdown(out) {
+                Some(md) => println!("[{id}]\n{md}"),
+                None => {
+                    let text = serde_json::to_string_pretty(out).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    println!("[{id}]");
+                    for l in lines.iter().take(40) {
+                        println!("{l}");
+                    }
+                    if lines.len() > 40 {
+                        println!("... ({} more lines)", lines.len() - 40);
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "\nstored in {}: outputs under context run/{}/output/*, events: qi-host events tail --data-dir {} --filter context=run/{}",
+        dir.display(),
+        r.coordination_id,
+        dir.display(),
+        r.coordination_id
+    );
+}

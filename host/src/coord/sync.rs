@@ -1,0 +1,953 @@
+//! Synchronization points: barrier, checkpoint, decision and aggregation, resolved by the host.
+//!
+//! A point has participants (subtask ids), a condition and a timeout policy. A participant
+//! arrives by calling the WIT `sync` function of the point's type; the call returns when the
+//! point resolves. The rules, in the order they are checked after every arrival, absence and
+//! timer tick:
+//!
+//! 1. **Condition met** → resolved, `complete = true`.
+//!    - `all-complete`: every participant arrived.
+//!    - `majority-complete`: more than half of the participants arrived.
+//!    - `specific-agents`: every listed participant arrived.
+//!    - `timeout`: the timeout elapsed (whoever arrived by then), or every participant is
+//!      accounted for (arrived or absent), since nothing more can change.
+//! 2. **Condition can no longer be met** (too many participants absent) → resolved as on
+//!    timeout, except that `wait` cannot wait for what will never happen and fails.
+//! 3. **Timeout** (counted from the first arrival) → by `onTimeout`: `proceed` resolves with
+//!    `complete = false`; `fail` fails the point (every waiting call gets `failed`); `wait`
+//!    records that it timed out and keeps waiting for rule 1 or 2.
+//!
+//! A participant is **absent** once its subtask is over without having arrived: it failed, was
+//! terminated, was skipped or cancelled, or completed without calling. Absence is reported by
+//! the executor, so a dead participant never leaves the others hanging.
+//!
+//! A retried participant that arrives again replaces its earlier payload while the point is
+//! open; once the point resolved, any later call by a participant returns the resolution.
+
+use crate::context::{ContextService, NewContext, OPERATOR};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Largest payload (state, vote, value) a participant may hand to a point, in bytes.
+pub const MAX_SYNC_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// What kind of synchronization a point performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncPointType {
+    /// Participants wait until the condition holds.
+    Barrier,
+    /// Participants arrive with a state snapshot that is stored durably first.
+    Checkpoint,
+    /// Participants vote; every participant receives the tallied outcome.
+    Decision,
+    /// Participants contribute values; every participant receives the reduced result.
+    Aggregation,
+}
+
+impl SyncPointType {
+    /// The point type's name, as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPointType::Barrier => "barrier",
+            SyncPointType::Checkpoint => "checkpoint",
+            SyncPointType::Decision => "decision",
+            SyncPointType::Aggregation => "aggregation",
+        }
+    }
+
+    /// The WIT function a participant calls at a point of this type.
+    pub fn wit_call(self) -> &'static str {
+        match self {
+            SyncPointType::Barrier => "sync.barrier",
+            SyncPointType::Checkpoint => "sync.checkpoint",
+            SyncPointType::Decision => "sync.vote",
+            SyncPointType::Aggregation => "sync.contribute",
+        }
+    }
+}
+
+/// When a point's condition holds (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ConditionRepr", into = "ConditionRepr")]
+pub enum SyncCondition {
+    /// Every participant arrived.
+    AllComplete,
+    /// More than half of the participants arrived.
+    MajorityComplete,
+    /// The listed participants arrived.
+    SpecificAgents(Vec<String>),
+    /// The timeout elapsed.
+    Timeout,
+}
+
+impl SyncCondition {
+    /// The condition's name, as written in manifests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SyncCondition::AllComplete => "all-complete",
+            SyncCondition::MajorityComplete => "majority-complete",
+            SyncCondition::SpecificAgents(_) => "specific-agents",
+            SyncCondition::Timeout => "timeout",
+        }
+    }
+}
+
+/// A condition as written: a name, or a table `{ type = "specific-agents", agents = [...] }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ConditionRepr {
+    Name(String),
+    Table {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agents: Option<Vec<String>>,
+    },
+}
+
+impl TryFrom<ConditionRepr> for SyncCondition {
+    type Error = String;
+    fn try_from(r: ConditionRepr) -> Result<Self, String> {
+        let (kind, agents) = match r {
+            ConditionRepr::Name(n) => (n, None),
+            ConditionRepr::Table { kind, agents } => (kind, agents),
+        };
+        match (kind.as_str(), agents) {
+            ("all-complete", None) => Ok(SyncCondition::AllComplete),
+            ("majority-complete", None) => Ok(SyncCondition::MajorityComplete),
+            ("timeout", None) => Ok(SyncCondition::Timeout),
+            ("specific-agents", Some(a)) if !a.is_empty() => Ok(SyncCondition::SpecificAgents(a)),
+            ("specific-agents", _) => Err(
+                "`specific-agents` needs the participants it waits for: condition = { type = \"specific-agents\", agents = [\"review-1\"] }"
+                    .into(),
+            ),
+            (k @ ("all-complete" | "majority-complete" | "timeout"), Some(_)) => Err(format!(
+                "condition `{k}` takes no `agents`; only `specific-agents` does"
+            )),
+            (other, _) => Err(format!(
+                "unknown condition `{other}`; use all-complete, majority-complete, specific-agents or timeout"
+            )),
+        }
+    }
+}
+
+impl From<SyncCondition> for ConditionRepr {
+    fn from(c: SyncCondition) -> Self {
+        match c {
+            SyncCondition::SpecificAgents(agents) => ConditionRepr::Table {
+                kind: "specific-agents".into(),
+                agents: Some(agents),
+            },
+            other => ConditionRepr::Name(other.name().into()),
+        }
+    }
+}
+
+/// What a point does when its timeout elapses before the condition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnTimeout {
+    /// Keep waiting (the outcome says it timed out); fails only if the condition becomes
+    /// impossible.
+    #[default]
+    Wait,
+    /// Release whoever arrived, with `complete = false`.
+    Proceed,
+    /// Fail the point: every waiting participant gets `failed`.
+    Fail,
+}
+
+/// How an aggregation point combines contributions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reducer {
+    /// `{"<participant>": value}`.
+    #[default]
+    Collect,
+    /// A list of the values in participant order (lists are flattened one level).
+    Concat,
+    /// The sum of numbers, or field-wise sums of objects of numbers.
+    Sum,
+    /// A deep JSON merge of objects in participant order (later participants win).
+    Merge,
+}
+
+/// One synchronization point, as declared in a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncPointDef {
+    /// Unique id; participants pass it to the `sync` call.
+    pub id: String,
+    /// Kind of point.
+    #[serde(rename = "type")]
+    pub point_type: SyncPointType,
+    /// For humans.
+    #[serde(default)]
+    pub description: String,
+    /// Participating subtasks (each runs in its own agent).
+    #[serde(alias = "participatingAgents")]
+    pub participants: Vec<String>,
+    /// When the point resolves.
+    #[serde(default = "default_condition")]
+    pub condition: SyncCondition,
+    /// Timeout from the first arrival, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// What happens on timeout.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// Aggregation only: how contributions are combined.
+    #[serde(default)]
+    pub reducer: Option<Reducer>,
+}
+
+fn default_condition() -> SyncCondition {
+    SyncCondition::AllComplete
+}
+
+/// How a point resolved, as every participant receives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncOutcome {
+    /// The point.
+    pub point: String,
+    /// Whether the condition was met.
+    pub complete: bool,
+    /// Whether the timeout elapsed before it resolved.
+    pub timed_out: bool,
+    /// Participants that arrived, in arrival order.
+    pub arrived: Vec<String>,
+    /// Participants that did not arrive.
+    pub absent: Vec<String>,
+    /// Type-specific result (see `wit/sync.wit`).
+    pub result: Value,
+    /// Milliseconds from the first arrival to resolution.
+    pub waited_ms: u64,
+}
+
+/// Why a sync call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncFailure {
+    /// No such point.
+    #[error("no synchronization point `{0}` in this run")]
+    UnknownPoint(String),
+    /// Wrong type, not a participant.
+    #[error("{0}")]
+    Invalid(String),
+    /// The point failed (timeout with `fail`, or its condition became impossible).
+    #[error("{0}")]
+    Failed(String),
+    /// A payload was unusable.
+    #[error("{0}")]
+    InvalidPayload(String),
+}
+
+/// What the engine tells the executor.
+#[derive(Debug, Clone)]
+pub enum SyncNotice {
+    /// A participant arrived and now waits (its agent is idle, not computing).
+    Waiting {
+        /// The participant.
+        participant: String,
+        /// The point.
+        point: String,
+    },
+    /// A participant's call returned.
+    Released {
+        /// The participant.
+        participant: String,
+        /// The point.
+        point: String,
+    },
+    /// A point resolved.
+    Resolved {
+        /// The point.
+        point: String,
+        /// The outcome, or the failure message.
+        outcome: Result<SyncOutcome, String>,
+    },
+    /// A point's timeout elapsed while `onTimeout = "wait"` keeps it open.
+    TimedOutWaiting {
+        /// The point.
+        point: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Resolution {
+    Done(SyncOutcome),
+    Failed(String),
+}
+
+#[derive(Default)]
+struct PointState {
+    arrivals: Vec<(String, Value)>,
+    absent: BTreeSet<String>,
+    first_arrival: Option<Instant>,
+    timed_out: bool,
+}
+
+struct Point {
+    def: SyncPointDef,
+    state: Mutex<PointState>,
+    resolved: watch::Sender<Option<Resolution>>,
+}
+
+/// Durable checkpoint storage: context documents `run/<run>/checkpoint/<point>/<participant>`,
+/// written by the operator identity.
+#[derive(Clone)]
+struct Checkpoints {
+    context: ContextService,
+    run_id: String,
+}
+
+impl Checkpoints {
+    fn id(&self, point: &str, participant: &str) -> String {
+        format!("run/{}/checkpoint/{point}/{participant}", self.run_id)
+    }
+
+    async fn save(&self, point: &str, participant: &str, state: &Value) -> Result<(), String> {
+        let id = self.id(point, participant);
+        let doc = json!({"point": point, "participant": participant, "state": state});
+        match self.context.get(OPERATOR, &id).await {
+            Ok(view) => self
+                .context
+                .write(
+                    OPERATOR,
+                    &id,
+                    crate::context::Change::Put(doc),
+                    Some(view.version),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("storing checkpoint `{id}`: {e}")),
+            Err(_) => self
+                .context
+                .create(
+                    OPERATOR,
+                    NewContext {
+                        id: Some(id.clone()),
+                        context_type: "checkpoint".into(),
+                        doc,
+                        ..NewContext::default()
+                    },
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("storing checkpoint `{id}`: {e}")),
+        }
+    }
+
+    async fn load(&self, point: &str, participant: &str) -> Option<Value> {
+        let view = self
+            .context
+            .get(OPERATOR, &self.id(point, participant))
+            .await
+            .ok()?;
+        view.doc.get("state").cloned()
+    }
+}
+
+/// The synchronization points of one run.
+pub struct SyncEngine {
+    points: HashMap<String, Arc<Point>>,
+    checkpoints: Option<Checkpoints>,
+    notices: Option<mpsc::UnboundedSender<SyncNotice>>,
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field("points", &self.points.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SyncEngine {
+    /// An engine for `points` (validated by the manifest). With a context store, checkpoints
+    /// are stored durably under the run's id; `notices` receives what happens.
+    pub fn new(
+        points: &[SyncPointDef],
+        context: Option<(ContextService, String)>,
+        notices: Option<mpsc::UnboundedSender<SyncNotice>>,
+    ) -> Arc<Self> {
+        Arc::new(SyncEngine {
+            points: points
+                .iter()
+                .map(|def| {
+                    (
+                        def.id.clone(),
+                        Arc::new(Point {
+                            def: def.clone(),
+                            state: Mutex::new(PointState::default()),
+                            resolved: watch::channel(None).0,
+                        }),
+                    )
+                })
+                .collect(),
+            checkpoints: context.map(|(context, run_id)| Checkpoints { context, run_id }),
+            notices,
+        })
+    }
+
+    fn notify(&self, n: SyncNotice) {
+        if let Some(tx) = &self.notices {
+            let _ = tx.send(n);
+        }
+    }
+
+    /// Ids of the points `participant` takes part in.
+    pub fn points_of(&self, participant: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .points
+            .values()
+            .filter(|p| p.def.participants.iter().any(|x| x == participant))
+            .map(|p| p.def.id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The resolution of a point, if it resolved.
+    pub fn outcome(&self, point: &str) -> Option<Result<SyncOutcome, String>> {
+        let p = self.points.get(point)?;
+        let r = p.resolved.borrow().clone()?;
+        Some(match r {
+            Resolution::Done(o) => Ok(o),
+            Resolution::Failed(m) => Err(m),
+        })
+    }
+
+    /// Marks `point` resolved from an earlier run being resumed.
+    pub fn preload(&self, point: &str, outcome: Result<SyncOutcome, String>) {
+        if let Some(p) = self.points.get(point) {
+            p.resolved.send_replace(Some(match outcome {
+                Ok(o) => Resolution::Done(o),
+                Err(m) => Resolution::Failed(m),
+            }));
+        }
+    }
+
+    /// A participant arrives at `point` with `payload` and waits for the resolution.
+    pub async fn arrive(
+        self: &Arc<Self>,
+        point_id: &str,
+        participant: &str,
+        call: SyncPointType,
+        payload: Value,
+    ) -> Result<SyncOutcome, SyncFailure> {
+        let point = self
+            .points
+            .get(point_id)
+            .ok_or_else(|| SyncFailure::UnknownPoint(point_id.to_string()))?
+            .clone();
+        if point.def.point_type != call {
+            return Err(SyncFailure::Invalid(format!(
+                "`{point_id}` is a {} point; call {} (not {})",
+                point.def.point_type.as_str(),
+                point.def.point_type.wit_call(),
+                call.wit_call()
+            )));
+        }
+        if !point.def.participants.iter().any(|p| p == participant) {
+            return Err(SyncFailure::Invalid(format!(
+                "subtask `{participant}` is not a participant of `{point_id}` (participants: {})",
+                point.def.participants.join(", ")
+            )));
+        }
+        if call == SyncPointType::Checkpoint
+            && point.resolved.borrow().is_none()
+            && let Some(cp) = &self.checkpoints
+        {
+            cp.save(point_id, participant, &payload)
+                .await
+                .map_err(SyncFailure::Failed)?;
+        }
+        let mut rx = point.resolved.subscribe();
+        let resolved_now = {
+            let mut st = point.state.lock().expect("sync point lock poisoned");
+            if rx.borrow().is_none() {
+                let first = st.first_arrival.is_none();
+                if first {
+                    st.first_arrival = Some(Instant::now());
+                }
+                st.absent.remove(participant);
+                match st.arrivals.iter_mut().find(|(p, _)| p == participant) {
+                    Some(slot) => slot.1 = payload,
+                    None => st.arrivals.push((participant.to_string(), payload)),
+                }
+                if first && let Some(ms) = point.def.timeout_ms {
+                    self.start_timer(&point, ms);
+                }
+                evaluate(&point.def, &st, false)
+            } else {
+                None
+            }
+        };
+        if let Some(r) = resolved_now {
+            self.resolve(&point, r);
+        }
+        let waiting = rx.borrow().is_none();
+        if waiting {
+            self.notify(SyncNotice::Waiting {
+                participant: participant.to_string(),
+                point: point_id.to_string(),
+            });
+        }
+        let r = loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                break r;
+            }
+            if rx.changed().await.is_err() {
+                break Resolution::Failed(format!("point `{point_id}` was dropped"));
+            }
+        };
+        if waiting {
+            self.notify(SyncNotice::Released {
+                participant: participant.to_string(),
+                point: point_id.to_string(),
+            });
+        }
+        match r {
+            Resolution::Done(o) => Ok(o),
+            Resolution::Failed(m) => Err(SyncFailure::Failed(m)),
+        }
+    }
+
+    /// The state `participant` stored at checkpoint `point` (this run or the run it resumes).
+    pub async fn restore(
+        &self,
+        point_id: &str,
+        participant: &str,
+    ) -> Result<Option<Value>, SyncFailure> {
+        let point = self
+            .points
+            .get(point_id)
+            .ok_or_else(|| SyncFailure::UnknownPoint(point_id.to_string()))?;
+        if point.def.point_type != SyncPointType::Checkpoint {
+            return Err(SyncFailure::Invalid(format!(
+                "`{point_id}` is a {} point; only checkpoints hold state",
+                point.def.point_type.as_str()
+            )));
+        }
+        if !point.def.participants.iter().any(|p| p == participant) {
+            return Err(SyncFailure::Invalid(format!(
+                "subtask `{participant}` is not a participant of `{point_id}`"
+            )));
+        }
+        Ok(match &self.checkpoints {
+            Some(cp) => cp.load(point_id, participant).await,
+            None => None,
+        })
+    }
+
+    /// `participant` is over without arriving (failed, terminated, skipped, cancelled or done):
+    /// no point waits for it any more.
+    pub fn mark_absent(&self, participant: &str) {
+        for point in self.points.values() {
+            if !point.def.participants.iter().any(|p| p == participant) {
+                continue;
+            }
+            let r = {
+                let mut st = point.state.lock().expect("sync point lock poisoned");
+                if point.resolved.borrow().is_some()
+                    || st.arrivals.iter().any(|(p, _)| p == participant)
+                {
+                    continue;
+                }
+                st.absent.insert(participant.to_string());
+                evaluate(&point.def, &st, false)
+            };
+            if let Some(r) = r {
+                self.resolve(point, r);
+            }
+        }
+    }
+
+    /// Fails every open point (the run is being cancelled).
+    pub fn cancel_all(&self, reason: &str) {
+        for point in self.points.values() {
+            if point.resolved.borrow().is_none() {
+                self.resolve(point, Resolution::Failed(reason.to_string()));
+            }
+        }
+    }
+
+    fn start_timer(self: &Arc<Self>, point: &Arc<Point>, ms: u64) {
+        let weak_engine: Weak<SyncEngine> = Arc::downgrade(self);
+        let weak_point = Arc::downgrade(point);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let (Some(engine), Some(point)) = (weak_engine.upgrade(), weak_point.upgrade()) else {
+                return;
+            };
+            let r = {
+                let mut st = point.state.lock().expect("sync point lock poisoned");
+                if point.resolved.borrow().is_some() {
+                    return;
+                }
+                st.timed_out = true;
+                evaluate(&point.def, &st, true)
+            };
+            match r {
+                Some(r) => engine.resolve(&point, r),
+                None => engine.notify(SyncNotice::TimedOutWaiting {
+                    point: point.def.id.clone(),
+                }),
+            }
+        });
+    }
+
+    fn resolve(&self, point: &Point, r: Resolution) {
+        let mut sent = false;
+        point.resolved.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(r.clone());
+                sent = true;
+                true
+            } else {
+                false
+            }
+        });
+        if sent {
+            self.notify(SyncNotice::Resolved {
+                point: point.def.id.clone(),
+                outcome: match r {
+                    Resolution::Done(o) => Ok(o),
+                    Resolution::Failed(m) => Err(m),
+                },
+            });
+        }
+    }
+}
+
+/// Decides whether a point resolves now. `timer` is true when called because the timeout
+/// elapsed.
+fn evaluate(def: &SyncPointDef, st: &PointState, timer: bool) -> Option<Resolution> {
+    let n = def.participants.len();
+    let arrived: BTreeSet<&str> = st.arrivals.iter().map(|(p, _)| p.as_str()).collect();
+    let absent = st.absent.len();
+    let met = match &def.condition {
+        SyncCondition::AllComplete => arrived.len() == n,
+        SyncCondition::MajorityComplete => arrived.len() * 2 > n,
+        SyncCondition::SpecificAgents(list) => list.iter().all(|a| arrived.contains(a.as_str())),
+        SyncCondition::Timeout => timer || arrived.len() + absent >= n,
+    };
+    if met {
+        return Some(Resolution::Done(outcome(def, st, true)));
+    }
+    let impossible = match &def.condition {
+        SyncCondition::AllComplete => absent > 0,
+        SyncCondition::MajorityComplete => (n - absent) * 2 <= n,
+        SyncCondition::SpecificAgents(list) => list.iter().any(|a| st.absent.contains(a)),
+        SyncCondition::Timeout => false,
+    };
+    let missing = || {
+        let names: Vec<&str> = def
+            .participants
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !arrived.contains(p))
+            .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    if impossible {
+        return Some(match def.on_timeout {
+            OnTimeout::Proceed => Resolution::Done(outcome(def, st, false)),
+            OnTimeout::Wait | OnTimeout::Fail => Resolution::Failed(format!(
+                "point `{}`: condition `{}` can no longer be met; absent: {}",
+                def.id,
+                def.condition.name(),
+                missing()
+            )),
+        });
+    }
+    if timer {
+        return match def.on_timeout {
+            OnTimeout::Wait => None,
+            OnTimeout::Proceed => Some(Resolution::Done(outcome(def, st, false))),
+            OnTimeout::Fail => Some(Resolution::Failed(format!(
+                "point `{}` timed out after {} ms with condition `{}` unmet; absent: {}",
+                def.id,
+                def.timeout_ms.unwrap_or(0),
+                def.condition.name(),
+                missing()
+            ))),
+        };
+    }
+    None
+}
+
+fn outcome(def: &SyncPointDef, st: &PointState, complete: bool) -> SyncOutcome {
+    let arrived: Vec<String> = st.arrivals.iter().map(|(p, _)| p.clone()).collect();
+    let absent = def
+        .participants
+        .iter()
+        .filter(|p| !arrived.contains(p))
+        .cloned()
+        .collect();
+    // Payloads in participant (manifest) order, for deterministic results.
+    let ordered: Vec<(&str, &Value)> = def
+        .participants
+        .iter()
+        .filter_map(|p| {
+            st.arrivals
+                .iter()
+                .find(|(a, _)| a == p)
+                .map(|(a, v)| (a.as_str(), v))
+        })
+        .collect();
+    let result = match def.point_type {
+        SyncPointType::Barrier => Value::Null,
+        SyncPointType::Checkpoint => Value::Object(
+            ordered
+                .iter()
+                .map(|(p, v)| (p.to_string(), (*v).clone()))
+                .collect(),
+        ),
+        SyncPointType::Decision => tally(def, &ordered),
+        SyncPointType::Aggregation => reduce(def.reducer.unwrap_or_default(), &ordered),
+    };
+    SyncOutcome {
+        point: def.id.clone(),
+        complete,
+        timed_out: st.timed_out,
+        arrived,
+        absent,
+        result,
+        waited_ms: st
+            .first_arrival
+            .map(|t| t.elapsed().as_millis() as u64)
+            .unwrap_or(0),
+    }
+}
+
+/// Tallies the votes. The rule follows the condition:
+/// - `all-complete` → **unanimous**: a choice wins when every participant voted for it;
+/// - `majority-complete` → **majority**: a choice wins with more than half of all participants;
+/// - `specific-agents` → the listed participants decide, unanimously;
+/// - `timeout` → **plurality** of the votes cast; a tie decides nothing.
+///
+/// No winner gives `"decision": null`.
+fn tally(def: &SyncPointDef, votes: &[(&str, &Value)]) -> Value {
+    let choice = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, v) in votes {
+        *counts.entry(choice(v)).or_default() += 1;
+    }
+    let n = def.participants.len();
+    let (rule, decision) = match &def.condition {
+        SyncCondition::AllComplete => (
+            "unanimous",
+            counts
+                .iter()
+                .find(|(_, c)| **c == n)
+                .map(|(k, _)| k.clone()),
+        ),
+        SyncCondition::MajorityComplete => (
+            "majority",
+            counts
+                .iter()
+                .find(|(_, c)| **c * 2 > n)
+                .map(|(k, _)| k.clone()),
+        ),
+        SyncCondition::SpecificAgents(list) => {
+            let chosen: BTreeSet<String> = list
+                .iter()
+                .filter_map(|a| votes.iter().find(|(p, _)| p == a).map(|(_, v)| choice(v)))
+                .collect();
+            let all_voted = list.iter().all(|a| votes.iter().any(|(p, _)| p == a));
+            (
+                "specific-agents",
+                (all_voted && chosen.len() == 1)
+                    .then(|| chosen.into_iter().next())
+                    .flatten(),
+            )
+        }
+        SyncCondition::Timeout => {
+            let max = counts.values().copied().max().unwrap_or(0);
+            let top: Vec<&String> = counts
+                .iter()
+                .filter(|(_, c)| **c == max)
+                .map(|(k, _)| k)
+                .collect();
+            (
+                "plurality",
+                (max > 0 && top.len() == 1).then(|| top[0].clone()),
+            )
+        }
+    };
+    json!({
+        "decision": decision,
+        "rule": rule,
+        "votes": votes.iter().map(|(p, v)| (p.to_string(), Value::String(choice(v)))).collect::<Map<_, _>>(),
+        "tally": counts,
+    })
+}
+
+fn reduce(reducer: Reducer, values: &[(&str, &Value)]) -> Value {
+    match reducer {
+        Reducer::Collect => Value::Object(
+            values
+                .iter()
+                .map(|(p, v)| (p.to_string(), (*v).clone()))
+                .collect(),
+        ),
+        Reducer::Concat => Value::Array(
+            values
+                .iter()
+                .flat_map(|(_, v)| match v {
+                    Value::Array(items) => items.clone(),
+                    other => vec![(*other).clone()],
+                })
+                .collect(),
+        ),
+        Reducer::Sum => values
+            .iter()
+            .fold(Value::Null, |acc, (_, v)| sum_values(acc, v)),
+        Reducer::Merge => values.iter().fold(Value::Null, |mut acc, (_, v)| {
+            merge_into(&mut acc, v);
+            acc
+        }),
+    }
+}
+
+/// Numbers add; objects add field-wise; anything else is kept from the first contribution.
+fn sum_values(acc: Value, v: &Value) -> Value {
+    match (acc, v) {
+        (Value::Null, v) => v.clone(),
+        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+            (Some(x), Some(y)) => json!(x.saturating_add(y)),
+            _ => json!(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+        },
+        (Value::Object(mut a), Value::Object(b)) => {
+            for (k, bv) in b {
+                let cur = a.remove(k).unwrap_or(Value::Null);
+                a.insert(k.clone(), sum_values(cur, bv));
+            }
+            Value::Object(a)
+        }
+        (acc, _) => acc,
+    }
+}
+
+fn merge_into(acc: &mut Value, v: &Value) {
+    match (acc, v) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, bv) in b {
+                merge_into(a.entry(k.clone()).or_insert(Value::Null), bv);
+            }
+        }
+        (acc, v) => *acc = v.clone(),
+    }
+}
+
+/// What an agent inside a coordinated run carries: the run's sync engine and the subtask it
+/// runs (its identity at every point).
+#[derive(Clone, Debug)]
+pub struct SyncHandle {
+    /// The run's engine.
+    pub engine: Arc<SyncEngine>,
+    /// The subtask this agent runs.
+    pub participant: String,
+    /// Set while the agent is inside a sync call (waiting is not a stall).
+    pub waiting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(kind: SyncPointType, cond: SyncCondition, on_timeout: OnTimeout) -> SyncPointDef {
+        SyncPointDef {
+            id: "p".into(),
+            point_type: kind,
+            description: String::new(),
+            participants: vec!["a".into(), "b".into(), "c".into()],
+            condition: cond,
+            timeout_ms: Some(100),
+            on_timeout,
+            reducer: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn barrier_releases_everyone_when_all_arrive() {
+        let e = SyncEngine::new(
+            &[def(
+                SyncPointType::Barrier,
+                SyncCondition::AllComplete,
+                OnTimeout::Fail,
+            )],
+            None,
+            None,
+        );
+        let tasks: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|p| {
+                let e = e.clone();
+                tokio::spawn(
+                    async move { e.arrive("p", p, SyncPointType::Barrier, Value::Null).await },
+                )
+            })
+            .collect();
+        for t in tasks {
+            let o = t.await.unwrap().unwrap();
+            assert!(o.complete && !o.timed_out);
+            assert_eq!(o.arrived.len(), 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn majority_decision_and_absent_participant() {
+        let mut d = def(
+            SyncPointType::Decision,
+            SyncCondition::MajorityComplete,
+            OnTimeout::Fail,
+        );
+        d.timeout_ms = None;
+        let e = SyncEngine::new(&[d], None, None);
+        e.mark_absent("c");
+        let e2 = e.clone();
+        let a = tokio::spawn(async move {
+            e2.arrive("p", "a", SyncPointType::Decision, json!("yes"))
+                .await
+        });
+        let o = e
+            .arrive("p", "b", SyncPointType::Decision, json!("yes"))
+            .await
+            .unwrap();
+        assert_eq!(o.result["decision"], "yes");
+        assert_eq!(o.absent, vec!["c".to_string()]);
+        assert_eq!(a.await.unwrap().unwrap().result["tally"]["yes"], 2);
+    }
+
+    #[tokio::test]
+    async fn reducers() {
+        let a = json!({"x": 1, "y": {"z": 2}});
+        let b = json!({"x": 2, "y": {"z": 3}, "w": 1});
+        let vals = [("a", &a), ("b", &b)];
+        assert_eq!(
+            reduce(Reducer::Sum, &vals),
+            json!({"x": 3, "y": {"z": 5}, "w": 1})
+        );
+        assert_eq!(
+            reduce(Reducer::Merge, &vals),
+            json!({"x": 2, "y": {"z": 3}, "w": 1})
+        );
+        assert_eq!(reduce(Reducer::Concat, &vals), json!([a, b]));
+    }
+}
