@@ -804,13 +804,13 @@ impl qi::agent::events::Host for AgentState {
 use crate::coord::sync::{MAX_SYNC_PAYLOAD_BYTES, SyncFailure, SyncPointType};
 use qi::agent::sync::{SyncError as WitSyncError, SyncOutcome as WitSyncOutcome};
 
-fn sync_outcome(o: crate::coord::sync::SyncOutcome) -> WitSyncOutcome {
+fn sync_outcome(o: Arc<crate::coord::sync::SyncOutcome>) -> WitSyncOutcome {
     WitSyncOutcome {
-        point: o.point,
+        point: o.point.clone(),
         complete: o.complete,
         timed_out: o.timed_out,
-        arrived: o.arrived,
-        absent: o.absent,
+        arrived: o.arrived.clone(),
+        absent: o.absent.clone(),
         result: o.result.to_string(),
     }
 }

@@ -180,8 +180,9 @@ pub struct CoordinationMetrics {
     pub average_execution_time: f64,
     /// Summed usage.
     pub total_resource_usage: TotalUsage,
-    /// Time the coordinator spent moving results and recording steps (context reads and
-    /// writes, events), ms.
+    /// Time the coordinator's scheduling path spent moving results through the shared context
+    /// (output writes, input reads) and queueing events, ms. Events are committed in order by a
+    /// background recorder, off that path.
     pub communication_overhead: f64,
     /// Messages: context reads/writes, events, sync arrivals.
     pub communication_events: u64,
@@ -275,18 +276,45 @@ pub struct RunOptions {
     pub status: Option<watch::Sender<ExecutionStatus>>,
 }
 
-/// Polls counted: an agent's task is polled when it spends fuel (async yields) or a host call
-/// completes, so a counter that stops moving means the agent stopped making progress.
+/// Counts the wake-ups of an agent's run: it is woken when it spends fuel (the engine yields
+/// every fuel interval) and when a host call completes, so a counter that stops moving means
+/// the agent stopped making progress. Wake-ups of the surrounding task (the watchdog's timer)
+/// are not counted: only the agent's own waker counts.
 struct Counted<F> {
     inner: Pin<Box<F>>,
-    polls: Arc<AtomicU64>,
+    wakes: Arc<AtomicU64>,
+    waker: Option<(std::task::Waker, std::task::Waker)>,
+}
+
+struct CountingWaker {
+    inner: std::task::Waker,
+    wakes: Arc<AtomicU64>,
+}
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        self.inner.wake_by_ref();
+    }
 }
 
 impl<F: Future> Future for Counted<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
-        self.polls.fetch_add(1, Ordering::Relaxed);
-        self.inner.as_mut().poll(cx)
+        let this = &mut *self;
+        let reuse = matches!(&this.waker, Some((outer, _)) if outer.will_wake(cx.waker()));
+        if !reuse {
+            let counting = std::task::Waker::from(Arc::new(CountingWaker {
+                inner: cx.waker().clone(),
+                wakes: this.wakes.clone(),
+            }));
+            this.waker = Some((cx.waker().clone(), counting));
+        }
+        let waker = &this.waker.as_ref().expect("set above").1;
+        this.inner.as_mut().poll(&mut TaskCx::from_waker(waker))
     }
 }
 
@@ -364,8 +392,35 @@ struct Run {
     peak_concurrency: u64,
     sync_reached: u64,
     sync_results: BTreeMap<String, Value>,
+    resolved_at: BTreeMap<String, Instant>,
+    released_at: BTreeMap<String, Instant>,
     status: Option<watch::Sender<ExecutionStatus>>,
     prereqs: Vec<Vec<usize>>,
+    recorder: mpsc::UnboundedSender<NewEvent>,
+}
+
+/// Publishes a run's events in order, batching whatever queued up while a commit was in
+/// flight; ends when the run drops its sender, after the last event is durable.
+fn spawn_recorder(
+    ctx: &ContextService,
+) -> (mpsc::UnboundedSender<NewEvent>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<NewEvent>();
+    let bus = ctx.bus().clone();
+    let handle = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = bus.publish_batch(batch).await {
+                tracing::warn!(error = %e, "recording run events");
+            }
+        }
+    });
+    (tx, handle)
 }
 
 /// Runs a planned task to the end. Errors are for a run that could not start (no context
@@ -465,7 +520,9 @@ pub async fn execute(
         })
         .collect();
     let started = Instant::now();
+    let (recorder, recorder_task) = spawn_recorder(&ctx);
     let mut run = Run {
+        recorder,
         host,
         ctx,
         strategy: plan.strategy,
@@ -490,6 +547,8 @@ pub async fn execute(
         peak_concurrency: 0,
         sync_reached: 0,
         sync_results: BTreeMap::new(),
+        resolved_at: BTreeMap::new(),
+        released_at: BTreeMap::new(),
         status: options.status,
         prereqs,
     };
@@ -527,7 +586,10 @@ pub async fn execute(
     while let Ok(n) = sync_rx.try_recv() {
         run.on_sync(n).await;
     }
-    Ok(run.finish().await)
+    let report = run.finish().await;
+    // Every event is durable before the report is returned.
+    let _ = recorder_task.await;
+    Ok(report)
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -567,9 +629,8 @@ impl Run {
         let ev = NewEvent::new(EventType::Custom)
             .context(format!("run/{}", self.run_id))
             .data(data);
-        if let Err(e) = self.ctx.bus().publish(ev).await {
-            tracing::warn!(error = %e, "recording a run event");
-        }
+        // Recorded in order by the recorder task, off the scheduling path.
+        let _ = self.recorder.send(ev);
         tracing::debug!(run = %self.run_id, kind, "run event");
         self.comm_time += t.elapsed();
         self.comm_events += 1;
@@ -577,25 +638,29 @@ impl Run {
 
     async fn write_doc(&mut self, id: &str, kind: &str, doc: Value) {
         let t = Instant::now();
-        let r = match self.ctx.get(OPERATOR, id).await {
-            Ok(view) => self
-                .ctx
-                .write(OPERATOR, id, Change::Put(doc), Some(view.version))
-                .await
-                .map(|_| ()),
-            Err(_) => self
-                .ctx
-                .create(
-                    OPERATOR,
-                    NewContext {
-                        id: Some(id.to_string()),
-                        context_type: kind.to_string(),
-                        doc,
-                        ..NewContext::default()
-                    },
-                )
-                .await
-                .map(|_| ()),
+        let created = self
+            .ctx
+            .create(
+                OPERATOR,
+                NewContext {
+                    id: Some(id.to_string()),
+                    context_type: kind.to_string(),
+                    doc: doc.clone(),
+                    ..NewContext::default()
+                },
+            )
+            .await;
+        let r = match created {
+            Ok(_) => Ok(()),
+            // It exists (a resumed run, the run document): replace it.
+            Err(_) => match self.ctx.get(OPERATOR, id).await {
+                Ok(view) => self
+                    .ctx
+                    .write(OPERATOR, id, Change::Put(doc), Some(view.version))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = r {
             tracing::warn!(context = id, error = %e, "writing a run document");
@@ -893,7 +958,7 @@ impl Run {
                 return false;
             }
         };
-        let (inputs, missing) = self.gather_inputs(i).await;
+        let (inputs, missing) = self.gather_inputs(i);
         let mut inputs = inputs;
         if !missing.is_empty() && !def.inputs.iter().any(|x| x.name == "missing") {
             inputs.insert("missing".into(), json!(missing));
@@ -969,11 +1034,14 @@ impl Run {
         true
     }
 
-    async fn gather_inputs(&mut self, i: usize) -> (Map<String, Value>, Vec<String>) {
-        let def = self.manifest.subtasks[i].clone();
+    /// The subtask's inputs. A `<subtask>.<output>` value is the output document the
+    /// coordinator committed to the shared context (`run/<run>/output/<subtask>`) before any
+    /// dependent started; it keeps the copy it committed (or, resuming, the one it loaded from
+    /// the context) instead of reading it back.
+    fn gather_inputs(&self, i: usize) -> (Map<String, Value>, Vec<String>) {
+        let def = &self.manifest.subtasks[i];
         let mut out = Map::new();
         let mut missing = Vec::new();
-        let mut cache: BTreeMap<String, Option<Value>> = BTreeMap::new();
         for inp in &def.inputs {
             if let Some(v) = &inp.value {
                 out.insert(inp.name.clone(), substitute_run(v, &self.run_id));
@@ -983,24 +1051,12 @@ impl Run {
             let mut values = Vec::new();
             for r in from.refs() {
                 let v = match Source::parse(r) {
-                    Some(Source::Output { subtask, output }) => {
-                        let done = self
-                            .subs
-                            .iter()
-                            .any(|s| s.id == subtask && s.state == SubtaskState::Completed);
-                        if !done {
-                            None
-                        } else {
-                            if !cache.contains_key(&subtask) {
-                                let id = format!("run/{}/output/{subtask}", self.run_id);
-                                let doc = self.read_doc(&id).await;
-                                cache.insert(subtask.clone(), doc);
-                            }
-                            cache[&subtask]
-                                .as_ref()
-                                .and_then(|d| d.get(&output).cloned())
-                        }
-                    }
+                    Some(Source::Output { subtask, output }) => self
+                        .subs
+                        .iter()
+                        .find(|s| s.id == subtask && s.state == SubtaskState::Completed)
+                        .and_then(|s| s.output.as_ref())
+                        .and_then(|o| o.get(&output).cloned()),
                     Some(Source::Sync(p)) => match self.sync.outcome(&p) {
                         Some(Ok(o)) => Some(o.result),
                         _ => None,
@@ -1299,15 +1355,19 @@ impl Run {
                 )
                 .await;
             }
-            SyncNotice::Released { .. } => {}
+            SyncNotice::Released { point, at, .. } => {
+                let last = self.released_at.entry(point).or_insert(at);
+                *last = (*last).max(at);
+            }
             SyncNotice::TimedOutWaiting { point } => {
                 self.event("sync-timeout-waiting", None, json!({"point": point}))
                     .await;
             }
-            SyncNotice::Resolved { point, outcome } => {
+            SyncNotice::Resolved { point, outcome, at } => {
                 self.sync_reached += 1;
+                self.resolved_at.insert(point.clone(), at);
                 let doc = match &outcome {
-                    Ok(o) => serde_json::to_value(o).unwrap_or(Value::Null),
+                    Ok(o) => serde_json::to_value(&**o).unwrap_or(Value::Null),
                     Err(m) => json!({"point": point, "failed": m}),
                 };
                 self.event("sync-resolved", None, doc.clone()).await;
@@ -1455,6 +1515,19 @@ impl Run {
             json!({"task": task, "status": status, "subtasks": summary, "missing": missing}),
         )
         .await;
+        // How long the last waiting participant took to be released after the resolution
+        // (the last arrival, for a barrier that completed).
+        for (point, resolved) in &self.resolved_at {
+            if let (Some(released), Some(Value::Object(doc))) = (
+                self.released_at.get(point),
+                self.sync_results.get_mut(point),
+            ) {
+                doc.insert(
+                    "allReleasedUs".into(),
+                    json!(released.saturating_duration_since(*resolved).as_micros() as u64),
+                );
+            }
+        }
         metrics.communication_overhead = self.comm_time.as_secs_f64() * 1000.0;
         metrics.communication_events = self.comm_events;
         if let Some(tx) = &self.status {
@@ -1611,17 +1684,19 @@ async fn attempt_task(a: AttemptArgs) {
                 agent_id: id.clone(),
             });
             let polls = Arc::new(AtomicU64::new(0));
-            let mut join = tokio::spawn(Counted {
+            let mut run = Counted {
                 inner: Box::pin(agent.run(a.task)),
-                polls: polls.clone(),
-            });
+                wakes: polls.clone(),
+                waker: None,
+            };
             let tick = (a.stall / 4).clamp(Duration::from_millis(5), Duration::from_millis(500));
             let deadline = a.time_limit.map(|l| started + l);
             let mut last = 0;
             let mut last_change = Instant::now();
             loop {
                 tokio::select! {
-                    r = &mut join => break r.map_err(|e| Error::System(anyhow::anyhow!("agent task failed: {e}"))),
+                    biased;
+                    r = &mut run => break Ok(r),
                     _ = sleep_until_opt(deadline.filter(|_| stop.is_none())) => {
                         stop = Some(StopReason::TimedOut);
                         let _ = a.host.terminate(&id, "the subtask's time limit passed");

@@ -7,7 +7,9 @@
 //!
 //! 1. **Condition met** → resolved, `complete = true`.
 //!    - `all-complete`: every participant arrived.
-//!    - `majority-complete`: more than half of the participants arrived.
+//!    - `majority-complete`: more than half of the participants arrived (at a decision point:
+//!      one choice has the votes of more than half of the participants, or every participant
+//!      is accounted for).
 //!    - `specific-agents`: every listed participant arrived.
 //!    - `timeout`: the timeout elapsed (whoever arrived by then), or every participant is
 //!      accounted for (arrived or absent), since nothing more can change.
@@ -263,13 +265,17 @@ pub enum SyncNotice {
         participant: String,
         /// The point.
         point: String,
+        /// When.
+        at: Instant,
     },
     /// A point resolved.
     Resolved {
         /// The point.
         point: String,
         /// The outcome, or the failure message.
-        outcome: Result<SyncOutcome, String>,
+        outcome: Result<Arc<SyncOutcome>, String>,
+        /// When.
+        at: Instant,
     },
     /// A point's timeout elapsed while `onTimeout = "wait"` keeps it open.
     TimedOutWaiting {
@@ -280,13 +286,15 @@ pub enum SyncNotice {
 
 #[derive(Debug, Clone)]
 enum Resolution {
-    Done(SyncOutcome),
+    Done(Arc<SyncOutcome>),
     Failed(String),
 }
 
 #[derive(Default)]
 struct PointState {
     arrivals: Vec<(String, Value)>,
+    /// Participant → index in `arrivals`.
+    index: HashMap<String, usize>,
     absent: BTreeSet<String>,
     first_arrival: Option<Instant>,
     timed_out: bool,
@@ -295,7 +303,7 @@ struct PointState {
 struct Point {
     def: SyncPointDef,
     state: Mutex<PointState>,
-    resolved: watch::Sender<Option<Resolution>>,
+    resolved: watch::Sender<Option<Arc<Resolution>>>,
 }
 
 /// Durable checkpoint storage: context documents `run/<run>/checkpoint/<point>/<participant>`,
@@ -417,30 +425,31 @@ impl SyncEngine {
     pub fn outcome(&self, point: &str) -> Option<Result<SyncOutcome, String>> {
         let p = self.points.get(point)?;
         let r = p.resolved.borrow().clone()?;
-        Some(match r {
-            Resolution::Done(o) => Ok(o),
-            Resolution::Failed(m) => Err(m),
+        Some(match &*r {
+            Resolution::Done(o) => Ok((**o).clone()),
+            Resolution::Failed(m) => Err(m.clone()),
         })
     }
 
     /// Marks `point` resolved from an earlier run being resumed.
     pub fn preload(&self, point: &str, outcome: Result<SyncOutcome, String>) {
         if let Some(p) = self.points.get(point) {
-            p.resolved.send_replace(Some(match outcome {
-                Ok(o) => Resolution::Done(o),
+            p.resolved.send_replace(Some(Arc::new(match outcome {
+                Ok(o) => Resolution::Done(Arc::new(o)),
                 Err(m) => Resolution::Failed(m),
-            }));
+            })));
         }
     }
 
-    /// A participant arrives at `point` with `payload` and waits for the resolution.
+    /// A participant arrives at `point` with `payload` and waits for the resolution (shared by
+    /// every participant).
     pub async fn arrive(
         self: &Arc<Self>,
         point_id: &str,
         participant: &str,
         call: SyncPointType,
         payload: Value,
-    ) -> Result<SyncOutcome, SyncFailure> {
+    ) -> Result<Arc<SyncOutcome>, SyncFailure> {
         let point = self
             .points
             .get(point_id)
@@ -477,9 +486,13 @@ impl SyncEngine {
                     st.first_arrival = Some(Instant::now());
                 }
                 st.absent.remove(participant);
-                match st.arrivals.iter_mut().find(|(p, _)| p == participant) {
-                    Some(slot) => slot.1 = payload,
-                    None => st.arrivals.push((participant.to_string(), payload)),
+                match st.index.get(participant).copied() {
+                    Some(i) => st.arrivals[i].1 = payload,
+                    None => {
+                        let i = st.arrivals.len();
+                        st.arrivals.push((participant.to_string(), payload));
+                        st.index.insert(participant.to_string(), i);
+                    }
                 }
                 if first && let Some(ms) = point.def.timeout_ms {
                     self.start_timer(&point, ms);
@@ -504,18 +517,21 @@ impl SyncEngine {
                 break r;
             }
             if rx.changed().await.is_err() {
-                break Resolution::Failed(format!("point `{point_id}` was dropped"));
+                break Arc::new(Resolution::Failed(format!(
+                    "point `{point_id}` was dropped"
+                )));
             }
         };
         if waiting {
             self.notify(SyncNotice::Released {
                 participant: participant.to_string(),
                 point: point_id.to_string(),
+                at: Instant::now(),
             });
         }
-        match r {
-            Resolution::Done(o) => Ok(o),
-            Resolution::Failed(m) => Err(SyncFailure::Failed(m)),
+        match &*r {
+            Resolution::Done(o) => Ok(o.clone()),
+            Resolution::Failed(m) => Err(SyncFailure::Failed(m.clone())),
         }
     }
 
@@ -555,9 +571,7 @@ impl SyncEngine {
             }
             let r = {
                 let mut st = point.state.lock().expect("sync point lock poisoned");
-                if point.resolved.borrow().is_some()
-                    || st.arrivals.iter().any(|(p, _)| p == participant)
-                {
+                if point.resolved.borrow().is_some() || st.index.contains_key(participant) {
                     continue;
                 }
                 st.absent.insert(participant.to_string());
@@ -604,10 +618,11 @@ impl SyncEngine {
     }
 
     fn resolve(&self, point: &Point, r: Resolution) {
+        let at = Instant::now();
         let mut sent = false;
         point.resolved.send_if_modified(|cur| {
             if cur.is_none() {
-                *cur = Some(r.clone());
+                *cur = Some(Arc::new(r.clone()));
                 sent = true;
                 true
             } else {
@@ -621,6 +636,7 @@ impl SyncEngine {
                     Resolution::Done(o) => Ok(o),
                     Resolution::Failed(m) => Err(m),
                 },
+                at,
             });
         }
     }
@@ -630,19 +646,30 @@ impl SyncEngine {
 /// elapsed.
 fn evaluate(def: &SyncPointDef, st: &PointState, timer: bool) -> Option<Resolution> {
     let n = def.participants.len();
-    let arrived: BTreeSet<&str> = st.arrivals.iter().map(|(p, _)| p.as_str()).collect();
+    let arrived = &st.index;
     let absent = st.absent.len();
     let met = match &def.condition {
         SyncCondition::AllComplete => arrived.len() == n,
+        // A decision by majority resolves once one choice has a majority of all participants
+        // (or everyone is accounted for), not when any majority has voted: two split votes of
+        // three decide nothing yet.
+        SyncCondition::MajorityComplete if def.point_type == SyncPointType::Decision => {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for (_, v) in &st.arrivals {
+                *counts.entry(v.to_string()).or_default() += 1;
+            }
+            counts.values().any(|c| c * 2 > n) || arrived.len() + absent >= n
+        }
         SyncCondition::MajorityComplete => arrived.len() * 2 > n,
-        SyncCondition::SpecificAgents(list) => list.iter().all(|a| arrived.contains(a.as_str())),
+        SyncCondition::SpecificAgents(list) => list.iter().all(|a| arrived.contains_key(a)),
         SyncCondition::Timeout => timer || arrived.len() + absent >= n,
     };
     if met {
-        return Some(Resolution::Done(outcome(def, st, true)));
+        return Some(Resolution::Done(Arc::new(outcome(def, st, true))));
     }
     let impossible = match &def.condition {
         SyncCondition::AllComplete => absent > 0,
+        SyncCondition::MajorityComplete if def.point_type == SyncPointType::Decision => false,
         SyncCondition::MajorityComplete => (n - absent) * 2 <= n,
         SyncCondition::SpecificAgents(list) => list.iter().any(|a| st.absent.contains(a)),
         SyncCondition::Timeout => false,
@@ -652,7 +679,7 @@ fn evaluate(def: &SyncPointDef, st: &PointState, timer: bool) -> Option<Resoluti
             .participants
             .iter()
             .map(String::as_str)
-            .filter(|p| !arrived.contains(p))
+            .filter(|p| !arrived.contains_key(*p))
             .collect();
         if names.is_empty() {
             "none".to_string()
@@ -662,7 +689,7 @@ fn evaluate(def: &SyncPointDef, st: &PointState, timer: bool) -> Option<Resoluti
     };
     if impossible {
         return Some(match def.on_timeout {
-            OnTimeout::Proceed => Resolution::Done(outcome(def, st, false)),
+            OnTimeout::Proceed => Resolution::Done(Arc::new(outcome(def, st, false))),
             OnTimeout::Wait | OnTimeout::Fail => Resolution::Failed(format!(
                 "point `{}`: condition `{}` can no longer be met; absent: {}",
                 def.id,
@@ -674,7 +701,7 @@ fn evaluate(def: &SyncPointDef, st: &PointState, timer: bool) -> Option<Resoluti
     if timer {
         return match def.on_timeout {
             OnTimeout::Wait => None,
-            OnTimeout::Proceed => Some(Resolution::Done(outcome(def, st, false))),
+            OnTimeout::Proceed => Some(Resolution::Done(Arc::new(outcome(def, st, false)))),
             OnTimeout::Fail => Some(Resolution::Failed(format!(
                 "point `{}` timed out after {} ms with condition `{}` unmet; absent: {}",
                 def.id,
@@ -692,7 +719,7 @@ fn outcome(def: &SyncPointDef, st: &PointState, complete: bool) -> SyncOutcome {
     let absent = def
         .participants
         .iter()
-        .filter(|p| !arrived.contains(p))
+        .filter(|p| !st.index.contains_key(*p))
         .cloned()
         .collect();
     // Payloads in participant (manifest) order, for deterministic results.
@@ -700,10 +727,9 @@ fn outcome(def: &SyncPointDef, st: &PointState, complete: bool) -> SyncOutcome {
         .participants
         .iter()
         .filter_map(|p| {
-            st.arrivals
-                .iter()
-                .find(|(a, _)| a == p)
-                .map(|(a, v)| (a.as_str(), v))
+            st.index
+                .get(p)
+                .map(|&i| (st.arrivals[i].0.as_str(), &st.arrivals[i].1))
         })
         .collect();
     let result = match def.point_type {
@@ -933,6 +959,108 @@ mod tests {
         assert_eq!(o.result["decision"], "yes");
         assert_eq!(o.absent, vec!["c".to_string()]);
         assert_eq!(a.await.unwrap().unwrap().result["tally"]["yes"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_split_majority_vote_waits_for_the_deciding_vote() {
+        let mut d = def(
+            SyncPointType::Decision,
+            SyncCondition::MajorityComplete,
+            OnTimeout::Fail,
+        );
+        d.timeout_ms = None;
+        let e = SyncEngine::new(&[d], None, None);
+        let (e1, e2) = (e.clone(), e.clone());
+        let a = tokio::spawn(async move {
+            e1.arrive("p", "a", SyncPointType::Decision, json!("yes"))
+                .await
+        });
+        let b = tokio::spawn(async move {
+            e2.arrive("p", "b", SyncPointType::Decision, json!("no"))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            e.outcome("p").is_none(),
+            "one vote each decides nothing yet"
+        );
+        let o = e
+            .arrive("p", "c", SyncPointType::Decision, json!("no"))
+            .await
+            .unwrap();
+        assert_eq!(o.result["decision"], "no");
+        assert_eq!(a.await.unwrap().unwrap().result["decision"], "no");
+        assert_eq!(b.await.unwrap().unwrap().arrived.len(), 3);
+    }
+
+    /// Every condition × every timeout policy × (all arrive, `c` dies, `c` is late), as seen by
+    /// participant `a`: `Some((complete, timed_out))`, or `None` for a failed point.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn barrier_matrix() {
+        use OnTimeout::*;
+        let specific = SyncCondition::SpecificAgents(vec!["a".into(), "b".into()]);
+        let conds = [
+            SyncCondition::AllComplete,
+            SyncCondition::MajorityComplete,
+            specific,
+            SyncCondition::Timeout,
+        ];
+        let ok = |t: bool| Some((true, t));
+        let expect = |cond: &SyncCondition, policy: OnTimeout, scenario: &str| match (
+            cond, policy, scenario,
+        ) {
+            (_, _, "all") => ok(false),
+            (SyncCondition::AllComplete, Proceed, "dies") => Some((false, false)),
+            (SyncCondition::AllComplete, _, "dies") => None,
+            (SyncCondition::AllComplete, Wait, "late") => ok(true),
+            (SyncCondition::AllComplete, Proceed, "late") => Some((false, true)),
+            (SyncCondition::AllComplete, Fail, "late") => None,
+            (SyncCondition::Timeout, _, "late") => ok(true),
+            _ => ok(false),
+        };
+        let mut cases = tokio::task::JoinSet::new();
+        for cond in conds {
+            for policy in [Wait, Proceed, Fail] {
+                for scenario in ["all", "dies", "late"] {
+                    let want = expect(&cond, policy, scenario);
+                    let mut d = def(SyncPointType::Barrier, cond.clone(), policy);
+                    d.timeout_ms = Some(60);
+                    cases.spawn(async move {
+                        let e = SyncEngine::new(std::slice::from_ref(&d), None, None);
+                        let arrive = |p: &'static str| {
+                            let e = e.clone();
+                            tokio::spawn(async move {
+                                e.arrive("p", p, SyncPointType::Barrier, Value::Null).await
+                            })
+                        };
+                        let a = arrive("a");
+                        let b = arrive("b");
+                        match scenario {
+                            "all" => drop(arrive("c")),
+                            "dies" => {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                e.mark_absent("c");
+                            }
+                            _ => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                drop(arrive("c"));
+                            }
+                        }
+                        let got = a.await.unwrap().ok().map(|o| (o.complete, o.timed_out));
+                        let _ = b.await;
+                        (
+                            format!("{} {policy:?} {scenario}", d.condition.name()),
+                            got,
+                            want,
+                        )
+                    });
+                }
+            }
+        }
+        while let Some(r) = cases.join_next().await {
+            let (case, got, want) = r.unwrap();
+            assert_eq!(got, want, "{case}");
+        }
     }
 
     #[tokio::test]
