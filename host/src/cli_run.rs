@@ -155,6 +155,8 @@ pub async fn plan(args: PlanArgs) -> Result<i32, Error> {
 /// `qi-host run`: exit 0 when every subtask completed, 1 when the run failed or is partial,
 /// 2 for bad input.
 pub async fn run(args: RunArgs) -> Result<i32, Error> {
+    // The manifest first: a bad one should not create a data directory.
+    let (manifest, text) = coord::Manifest::load(&args.manifest)?;
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => StoreConfig::default_data_dir().ok_or_else(|| {
@@ -172,7 +174,14 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
     })?;
     let context = crate::cli_state::open_service(&dir).await?;
     let host = Arc::new(AgentHost::new(host_config())?.with_context(context));
-    let prepared = coord::prepare(&host, &args.manifest, args.guest_dir.as_deref()).await?;
+    let prepared = coord::prepare_parsed(
+        &host,
+        manifest,
+        &text,
+        &args.manifest,
+        args.guest_dir.as_deref(),
+    )
+    .await?;
     let total = prepared.manifest.subtasks.len();
     let (tx, rx) = watch::channel(ExecutionStatus {
         coordination_id: String::new(),

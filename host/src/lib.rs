@@ -23,7 +23,9 @@
 //! Module map: [`engine`] (the one Engine, pooling, component cache), [`spec`] (specification
 //! and validation), [`sandbox`] (Store data, limits, WASI, usage), [`agents`] (spawn, run,
 //! terminate), [`tools`] (host tools), [`bindings`] (WIT bindings and host calls), [`store`]
-//! (SQLite with group commit, blob tier), [`events`] (event bus), [`error`].
+//! (SQLite with group commit, blob tier), [`events`] (event bus), [`context`] (shared context),
+//! [`coord`] (task manifests, distribution, coordinated execution, synchronization points),
+//! [`error`].
 
 pub mod agents;
 pub mod bindings;
