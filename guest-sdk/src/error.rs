@@ -272,11 +272,13 @@ pub enum SyncError {
     /// A payload (state, vote or value) was not valid JSON, was over the size limit, or could
     /// not be serialized by the SDK.
     InvalidPayload(String),
+    /// The host's access policies refused the call; the message names the rule.
+    AccessDenied(String),
 }
 
 impl SyncError {
-    /// The WIT name of the case: `not-coordinated`, `unknown-point`, `invalid`, `failed` or
-    /// `invalid-payload`.
+    /// The WIT name of the case: `not-coordinated`, `unknown-point`, `invalid`, `failed`,
+    /// `invalid-payload` or `access-denied`.
     pub fn kind(&self) -> &'static str {
         match self {
             SyncError::NotCoordinated => "not-coordinated",
@@ -284,6 +286,7 @@ impl SyncError {
             SyncError::Invalid(_) => "invalid",
             SyncError::Failed(_) => "failed",
             SyncError::InvalidPayload(_) => "invalid-payload",
+            SyncError::AccessDenied(_) => "access-denied",
         }
     }
 
@@ -297,7 +300,8 @@ impl SyncError {
             SyncError::UnknownPoint(message)
             | SyncError::Invalid(message)
             | SyncError::Failed(message)
-            | SyncError::InvalidPayload(message) => Cow::Borrowed(message),
+            | SyncError::InvalidPayload(message)
+            | SyncError::AccessDenied(message) => Cow::Borrowed(message),
         }
     }
 }

@@ -122,6 +122,8 @@ impl AgentReport {
 struct AgentEntry {
     status: Mutex<AgentStatus>,
     terminate: watch::Sender<Option<String>>,
+    trust: Arc<std::sync::atomic::AtomicU8>,
+    shared: std::sync::OnceLock<Arc<AgentShared>>,
 }
 
 impl AgentEntry {
@@ -135,6 +137,7 @@ type Registry = Arc<Mutex<HashMap<String, Arc<AgentEntry>>>>;
 /// The host: one engine and linker, the tools, and the registry of live agents.
 pub struct AgentHost {
     context: Option<crate::context::ContextService>,
+    access: Option<Arc<crate::security::AccessControl>>,
     runtime: Arc<Runtime>,
     tools: Arc<ToolRegistry>,
     agents: Registry,
@@ -154,6 +157,7 @@ impl AgentHost {
     pub fn with_tools(config: HostConfig, tools: ToolRegistry) -> Result<Self> {
         Ok(AgentHost {
             context: None,
+            access: None,
             runtime: Arc::new(Runtime::new(config)?),
             tools: Arc::new(tools),
             agents: Arc::new(Mutex::new(HashMap::new())),
@@ -182,6 +186,51 @@ impl AgentHost {
     /// The context store, if attached.
     pub fn context(&self) -> Option<&crate::context::ContextService> {
         self.context.as_ref()
+    }
+
+    /// Puts every host call of every agent through `access` (policies and audit log): see
+    /// [`crate::security`]. Spawns, terminations, trust changes and limit violations are audited.
+    pub fn with_access(mut self, access: Arc<crate::security::AccessControl>) -> Self {
+        self.access = Some(access);
+        self
+    }
+
+    /// The access gate, if attached.
+    pub fn access(&self) -> Option<&Arc<crate::security::AccessControl>> {
+        self.access.as_ref()
+    }
+
+    /// Changes a live agent's trust level (`updateAgentTrustLevel`); its next host call is
+    /// decided with the new level. Audited.
+    pub fn update_agent_trust_level(
+        &self,
+        agent_id: &str,
+        level: crate::security::TrustLevel,
+        reason: &str,
+    ) -> Result<()> {
+        let agents = self.agents.lock().expect("registry poisoned");
+        let entry = agents
+            .get(agent_id)
+            .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
+        let old =
+            crate::security::TrustLevel::from_u8(entry.trust.swap(level as u8, Ordering::Relaxed));
+        if let Some(shared) = entry.shared.get() {
+            shared.audit(
+                "trust",
+                "update-trust-level",
+                format!("{} -> {}: {reason}", old.as_str(), level.as_str()),
+                serde_json::json!({"from": old, "to": level}),
+            );
+        }
+        Ok(())
+    }
+
+    /// A live agent's trust level.
+    pub fn trust_level(&self, agent_id: &str) -> Option<crate::security::TrustLevel> {
+        let agents = self.agents.lock().expect("registry poisoned");
+        agents
+            .get(agent_id)
+            .map(|e| crate::security::TrustLevel::from_u8(e.trust.load(Ordering::Relaxed)))
     }
 
     /// The engine, linker and component cache.
@@ -235,6 +284,14 @@ impl AgentHost {
             .get(agent_id)
             .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
         entry.terminate.send_replace(Some(reason.to_string()));
+        if let Some(shared) = entry.shared.get() {
+            shared.audit(
+                "lifecycle",
+                "terminate",
+                reason.to_string(),
+                serde_json::Value::Null,
+            );
+        }
         Ok(())
     }
 
@@ -277,9 +334,12 @@ impl AgentHost {
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
         let (terminate, terminate_rx) = watch::channel(None);
+        let trust = Arc::new(std::sync::atomic::AtomicU8::new(spec.trust_level as u8));
         let entry = Arc::new(AgentEntry {
             status: Mutex::new(AgentStatus::Initializing),
             terminate,
+            trust: trust.clone(),
+            shared: std::sync::OnceLock::new(),
         });
         {
             let mut agents = self.agents.lock().expect("registry poisoned");
@@ -320,7 +380,11 @@ impl AgentHost {
             tools: self.tools.clone(),
             context: self.context.clone(),
             sync,
+            access: self.access.clone(),
+            trust,
+            name: std::sync::OnceLock::new(),
         });
+        let _ = entry.shared.set(shared.clone());
         let state = AgentState::new(shared.clone()).map_err(anyhow::Error::from)?;
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -358,6 +422,18 @@ impl AgentHost {
                 let description = describe(info);
                 check_declared(&agent.shared.spec, &description)?;
                 agent.instance = Some(instance);
+                let _ = agent.shared.name.set(description.name.clone());
+                agent.shared.audit(
+                    "lifecycle",
+                    "spawn",
+                    format!("{} {}", description.name, description.version),
+                    serde_json::json!({
+                        "component": agent.component.path.display().to_string(),
+                        "isolation": agent.shared.spec.isolation_level,
+                        "trust": agent.shared.spec.trust_level,
+                        "capabilities": agent.shared.spec.capabilities,
+                    }),
+                );
                 agent.description = Some(description);
                 agent.entry.set(AgentStatus::Ready);
                 Ok(agent)
@@ -658,6 +734,15 @@ impl SubAgent {
             None => tracing::debug!(agent = %self.id, "agent completed"),
             Some(f) => tracing::info!(agent = %self.id, failure = %f, "agent failed"),
         }
+        self.shared.audit(
+            "lifecycle",
+            "finish",
+            match &failure {
+                None => "completed".to_string(),
+                Some(f) => f.to_string(),
+            },
+            serde_json::json!({"status": status, "fuel": usage.fuel_consumed}),
+        );
         AgentReport {
             agent_id: self.id.clone(),
             task_id,

@@ -169,6 +169,9 @@ fn prepare_call(
     name: &str,
     input: &str,
 ) -> Result<crate::tools::ToolFuture, ToolError> {
+    shared
+        .gate("tool", name, "call")
+        .map_err(ToolError::AccessDenied)?;
     let grants = &shared.grants;
     if !grants.tool_allowed(name) {
         shared
@@ -442,6 +445,9 @@ impl qi::agent::context::Host for AgentState {
         let bytes = doc.len() + context_type.len();
         let r = async {
             let (svc, me) = context_call(&shared, "context.create").await?;
+            shared
+                .gate("context", id.as_deref().unwrap_or("*"), "create")
+                .map_err(WitContextError::AccessDenied)?;
             let doc = parse_json("doc", &doc)?;
             let strategy = match strategy {
                 qi::agent::context::SyncStrategy::Strong => SyncStrategy::Strong,
@@ -479,6 +485,9 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.get").await?;
+            shared
+                .gate("context", &id, "get")
+                .map_err(WitContextError::AccessDenied)?;
             let v = svc.get(&me, &id).await.map_err(context_error)?;
             Ok(Document {
                 id: v.id,
@@ -506,6 +515,9 @@ impl qi::agent::context::Host for AgentState {
         let bytes = doc.len();
         let r = async {
             let (svc, me) = context_call(&shared, "context.put").await?;
+            shared
+                .gate("context", &id, "put")
+                .map_err(WitContextError::AccessDenied)?;
             let doc = parse_json("doc", &doc)?;
             svc.write(&me, &id, Change::Put(doc), base_version)
                 .await
@@ -528,6 +540,9 @@ impl qi::agent::context::Host for AgentState {
         let bytes = merge_patch.len();
         let r = async {
             let (svc, me) = context_call(&shared, "context.patch").await?;
+            shared
+                .gate("context", &id, "patch")
+                .map_err(WitContextError::AccessDenied)?;
             let patch = parse_json("merge-patch", &merge_patch)?;
             svc.write(&me, &id, Change::Merge(patch), base_version)
                 .await
@@ -544,6 +559,9 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.delete").await?;
+            shared
+                .gate("context", &id, "delete")
+                .map_err(WitContextError::AccessDenied)?;
             svc.delete(&me, &id)
                 .await
                 .map(|_| ())
@@ -565,6 +583,9 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.share").await?;
+            shared
+                .gate("context", &id, "share")
+                .map_err(WitContextError::AccessDenied)?;
             let perms: Vec<Permission> = permissions
                 .into_iter()
                 .map(|p| match p {
@@ -578,7 +599,14 @@ impl qi::agent::context::Host for AgentState {
             svc.share(&me, &id, &agents, &perms, expires)
                 .await
                 .map(|_| ())
-                .map_err(context_error)
+                .map_err(context_error)?;
+            shared.audit(
+                &format!("context/{id}"),
+                "share",
+                format!("shared with {}", agents.join(", ")),
+                serde_json::json!({"agents": agents, "permissions": perms, "expiresAt": expires}),
+            );
+            Ok(())
         }
         .await;
         self.finish_context("context.share", &id, id.len(), start, &r);
@@ -590,7 +618,17 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.revoke").await?;
-            svc.revoke(&me, &id, &agents).await.map_err(context_error)
+            shared
+                .gate("context", &id, "revoke")
+                .map_err(WitContextError::AccessDenied)?;
+            svc.revoke(&me, &id, &agents).await.map_err(context_error)?;
+            shared.audit(
+                &format!("context/{id}"),
+                "revoke",
+                format!("revoked from {}", agents.join(", ")),
+                serde_json::json!({"agents": agents}),
+            );
+            Ok(())
         }
         .await;
         self.finish_context("context.revoke", &id, id.len(), start, &r);
@@ -600,7 +638,12 @@ impl qi::agent::context::Host for AgentState {
     async fn ids(&mut self, context_type: Option<String>) -> Vec<String> {
         let start = Instant::now();
         let shared = self.shared.clone();
-        let r = match context_call(&shared, "context.ids").await {
+        let r = match context_call(&shared, "context.ids").await.and_then(|x| {
+            shared
+                .gate("context", "*", "ids")
+                .map_err(WitContextError::AccessDenied)
+                .map(|()| x)
+        }) {
             Ok((svc, me)) => Ok(svc
                 .list(&me, context_type.as_deref(), None)
                 .into_iter()
@@ -649,6 +692,9 @@ impl qi::agent::events::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "events.subscribe").await.map_err(event_call_error)?;
+            for id in &context_ids {
+                shared.gate("events", id, "subscribe").map_err(WitEventError::AccessDenied)?;
+            }
             if self.subscriptions.len() >= MAX_SUBSCRIPTIONS_PER_AGENT {
                 return Err(WitEventError::Invalid(format!("an agent may hold at most {MAX_SUBSCRIPTIONS_PER_AGENT} subscriptions; unsubscribe first")));
             }
@@ -763,6 +809,9 @@ impl qi::agent::events::Host for AgentState {
             let (svc, me) = context_call(&shared, "events.publish")
                 .await
                 .map_err(event_call_error)?;
+            shared
+                .gate("events", &context_id, "publish")
+                .map_err(WitEventError::AccessDenied)?;
             if data.len() > MAX_TOOL_INPUT_BYTES {
                 return Err(WitEventError::Invalid(format!(
                     "data is {} bytes; the limit is {MAX_TOOL_INPUT_BYTES}",
@@ -849,6 +898,10 @@ impl AgentState {
         shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
         let r = async {
             let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
+            let action = call.wit_call().trim_start_matches("sync.");
+            shared
+                .gate("sync", &point, action)
+                .map_err(WitSyncError::AccessDenied)?;
             let payload = payload?;
             handle.waiting.store(true, Ordering::Relaxed);
             let r = handle
@@ -866,6 +919,7 @@ impl AgentState {
             Err(WitSyncError::Invalid(_)) => "invalid",
             Err(WitSyncError::Failed(_)) => "failed",
             Err(WitSyncError::InvalidPayload(_)) => "invalid-payload",
+            Err(WitSyncError::AccessDenied(_)) => "access-denied",
         };
         shared.record_call(call.wit_call(), &point, arg_bytes, start, outcome);
         r
@@ -899,6 +953,9 @@ impl qi::agent::sync::Host for AgentState {
         shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
         let r = async {
             let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
+            shared
+                .gate("sync", &point, "restore")
+                .map_err(WitSyncError::AccessDenied)?;
             handle
                 .engine
                 .restore(&point, &handle.participant)

@@ -34,6 +34,8 @@ pub enum Command {
     Context(ContextArgs),
     /// Read the event log of a data directory.
     Events(EventsArgs),
+    /// Check and search the tamper-evident audit log of a data directory.
+    Audit(AuditArgs),
 }
 
 /// Where the durable state lives, and how to print.
@@ -140,6 +142,55 @@ pub enum EventsCommand {
     },
 }
 
+/// Arguments of `qi-host audit`.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AuditCommand,
+    /// Data directory and output format.
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// `qi-host audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain: exit 0 when intact, 1 when broken (naming the first broken
+    /// entry). Prints the entry count and last hash to keep as an external anchor.
+    Verify {
+        /// Also require entry SEQ to still have hash HASH (an anchor kept from an earlier
+        /// verify): detects deleted newest entries and a rewritten log.
+        #[arg(long, value_name = "SEQ:HASH")]
+        anchor: Option<String>,
+    },
+    /// Print entries, one line each (time, seq, decision, agent, operation, resource, reason),
+    /// or one JSON object per line with --json.
+    Query {
+        /// Agent glob, e.g. `worker-*`.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Resource glob, e.g. `context/plan*`.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Operation glob, e.g. `fs.*`.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only this decision: allow, deny or record.
+        #[arg(long)]
+        decision: Option<crate::audit::AuditDecision>,
+        /// Recorded at or after this time (unix milliseconds).
+        #[arg(long, value_name = "MS")]
+        since: Option<u64>,
+        /// Recorded at or before this time (unix milliseconds).
+        #[arg(long, value_name = "MS")]
+        until: Option<u64>,
+        /// Only the newest N matching entries.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+}
+
 /// Arguments of `qi-host run-agent`.
 #[derive(Debug, clap::Args)]
 pub struct RunAgentArgs {
@@ -186,6 +237,10 @@ pub struct RunAgentArgs {
     /// if missing). Without it, the agent's context and events calls fail with `failed`.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Access policies (TOML or JSON) the agent's host calls are checked against. With
+    /// --data-dir, every decision and the agent's lifecycle go to that directory's audit log.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -219,6 +274,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Inspect(args) => inspect(args).await,
         Command::Context(args) => crate::cli_state::context(args).await,
         Command::Events(args) => crate::cli_state::events(args).await,
+        Command::Audit(args) => crate::cli_state::audit(args).await,
     }
 }
 
@@ -296,13 +352,33 @@ async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
         max_live_agents: 16,
         ..HostConfig::default()
     })?;
+    let policies = match &args.policies {
+        Some(p) => Some(crate::security::PolicySet::load(p)?),
+        None => None,
+    };
+    let mut audit = None;
     if let Some(dir) = &args.data_dir {
-        host = host.with_context(crate::cli_state::open_service(dir).await?);
+        let svc = crate::cli_state::open_service(dir).await?;
+        audit = Some(
+            crate::audit::AuditLog::open(svc.store().clone())
+                .await
+                .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?,
+        );
+        host = host.with_context(svc);
+    }
+    if policies.is_some() || audit.is_some() {
+        host = host.with_access(std::sync::Arc::new(crate::security::AccessControl::new(
+            policies,
+            audit.clone(),
+        )));
     }
     let component = host.load(&args.component)?;
     let report = host
         .run(&component, spec, TaskRequest::new(args.task.clone(), input))
         .await?;
+    if let Some(a) = &audit {
+        a.flush().await;
+    }
     if args.json {
         println!(
             "{}",

@@ -28,9 +28,42 @@ pub struct RunArgs {
     /// Continue the run given by --run-id: completed subtasks are not run again.
     #[arg(long, requires = "run_id")]
     pub resume: bool,
+    /// Access policies (TOML or JSON) every host call is checked against; the file is re-read
+    /// when it changes during the run. Without it the gate is open.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
     /// Print the full report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Re-reads `path` every half second; a changed file replaces the policies (a broken one is
+/// reported and the previous policies stay).
+pub(crate) fn watch_policies(
+    path: PathBuf,
+    access: Arc<crate::security::AccessControl>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut last = modified(&path);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let now = modified(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match crate::security::PolicySet::load(&path) {
+                Ok(p) => {
+                    access.set_policies(Some(p));
+                    tracing::warn!(file = %path.display(), "access policies reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy file changed but is invalid; keeping the previous policies")
+                }
+            }
+        }
+    })
 }
 
 /// Arguments of `qi-host plan`.
@@ -172,8 +205,27 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             format!("cannot create `{}`: {e}", dir.display()),
         )
     })?;
+    let policies = match &args.policies {
+        Some(p) => Some(crate::security::PolicySet::load(p)?),
+        None => None,
+    };
     let context = crate::cli_state::open_service(&dir).await?;
-    let host = Arc::new(AgentHost::new(host_config())?.with_context(context));
+    let audit = crate::audit::AuditLog::open(context.store().clone())
+        .await
+        .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
+    let access = Arc::new(crate::security::AccessControl::new(
+        policies,
+        Some(audit.clone()),
+    ));
+    let watcher = args
+        .policies
+        .clone()
+        .map(|p| watch_policies(p, access.clone()));
+    let host = Arc::new(
+        AgentHost::new(host_config())?
+            .with_context(context)
+            .with_access(access),
+    );
     let prepared = coord::prepare_parsed(
         &host,
         manifest,
@@ -204,6 +256,10 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         )
         .await;
     let _ = monitor.await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    audit.flush().await;
     let report = report?;
     if args.json {
         println!(

@@ -1,5 +1,5 @@
-//! `qi-host context …` and `qi-host events …`: the durable state of a data directory, as the
-//! operator sees it.
+//! `qi-host context …`, `qi-host events …` and `qi-host audit …`: the durable state of a data
+//! directory, as the operator sees it.
 
 use crate::cli::{ContextArgs, ContextCommand, DataArgs, EventsArgs, EventsCommand};
 use crate::context::{
@@ -260,6 +260,113 @@ pub async fn events(args: EventsArgs) -> Result<i32, Error> {
         }
         if page.is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn store_err(e: crate::store::StoreError) -> Error {
+    match e {
+        crate::store::StoreError::InvalidConfig { field, message } => {
+            Error::field(format!("--{field}"), message)
+        }
+        other => Error::System(anyhow::anyhow!(other.to_string())),
+    }
+}
+
+/// `qi-host audit …`. Exit codes: 0 intact (or the query ran), 1 the log is broken.
+pub async fn audit(args: crate::cli::AuditArgs) -> Result<i32, Error> {
+    use crate::audit::{AuditLog, AuditQuery, BrokenEntry};
+    use crate::cli::AuditCommand;
+    let (store, _bus) = open(&args.data).await?;
+    let log = AuditLog::open(store).await.map_err(store_err)?;
+    let json = args.data.json;
+    match args.command {
+        AuditCommand::Verify { anchor } => {
+            let anchor = match anchor {
+                Some(a) => {
+                    let parsed = a.split_once(':').and_then(|(seq, hash)| {
+                        let hash = hash.trim().to_ascii_lowercase();
+                        let valid = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+                        Some((seq.trim().parse::<u64>().ok()?, hash)).filter(|_| valid)
+                    });
+                    Some(parsed.ok_or_else(|| {
+                        Error::field(
+                            "--anchor",
+                            format!("`{a}` is not SEQ:HASH (HASH: 64 hex characters)"),
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            let mut report = log.verify().await.map_err(store_err)?;
+            if let (None, Some((seq, hash))) = (&report.first_broken, &anchor) {
+                let problem = match log.entry(*seq).await.map_err(store_err)? {
+                    None => Some(format!(
+                        "missing: the anchor names entry {seq} with hash {hash}, but the log \
+                         ends at entry {} (newest entries deleted)",
+                        report.entries
+                    )),
+                    Some(e) if e.hash != *hash => Some(format!(
+                        "hash {} differs from the anchored {hash} (the log was rewritten)",
+                        e.hash
+                    )),
+                    Some(_) => None,
+                };
+                report.first_broken = problem.map(|problem| BrokenEntry { seq: *seq, problem });
+            }
+            if json {
+                print_json(&report)?;
+            } else {
+                match &report.first_broken {
+                    Some(broken) => println!("{broken}"),
+                    None => {
+                        println!(
+                            "audit log intact: {} entries, last hash {}",
+                            report.entries, report.last_hash
+                        );
+                        if let Some((seq, _)) = anchor {
+                            println!("anchor matches: entry {seq}");
+                        }
+                    }
+                }
+            }
+            Ok(if report.first_broken.is_some() { 1 } else { 0 })
+        }
+        AuditCommand::Query {
+            agent,
+            resource,
+            operation,
+            decision,
+            since,
+            until,
+            limit,
+        } => {
+            let q = AuditQuery {
+                agent,
+                resource,
+                operation,
+                decision,
+                since_ms: since,
+                until_ms: until,
+                limit,
+            };
+            for e in log.query(&q).await.map_err(store_err)? {
+                if json {
+                    println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:<13} #{:<7} {:<6} {:<16} {:<14} {:<28} {}",
+                        e.time_ms,
+                        e.seq,
+                        e.decision.as_str(),
+                        e.agent,
+                        e.operation,
+                        e.resource,
+                        e.reason
+                    );
+                }
+            }
+            Ok(0)
         }
     }
 }

@@ -24,10 +24,12 @@
 //! and validation), [`sandbox`] (Store data, limits, WASI, usage), [`agents`] (spawn, run,
 //! terminate), [`tools`] (host tools), [`bindings`] (WIT bindings and host calls), [`store`]
 //! (SQLite with group commit, blob tier), [`events`] (event bus), [`context`] (shared context),
+//! [`audit`] (tamper-evident audit log),
 //! [`coord`] (task manifests, distribution, coordinated execution, synchronization points),
 //! [`error`].
 
 pub mod agents;
+pub mod audit;
 pub mod bindings;
 pub mod cli;
 mod cli_run;
@@ -38,6 +40,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod sandbox;
+pub mod security;
 pub mod spec;
 pub mod store;
 pub mod tools;

@@ -273,13 +273,88 @@ pub struct AgentShared {
     pub context: Option<crate::context::ContextService>,
     /// The run's synchronization points and this agent's subtask, inside a coordinated run.
     pub sync: Option<crate::coord::sync::SyncHandle>,
+    /// The host's access gate and audit log.
+    pub access: Option<Arc<crate::security::AccessControl>>,
+    /// Current trust level (a `TrustLevel` as `u8`), shared with the host's registry.
+    pub trust: Arc<std::sync::atomic::AtomicU8>,
+    /// The component's declared name, once `describe` answered.
+    pub name: std::sync::OnceLock<String>,
 }
 
 impl AgentShared {
+    /// The access gate (`enforceAccessControl`) for one host call: `kind`/`id` name the
+    /// resource (`context`/`plan`, `tool`/`fs.read`, ...). `Err` carries the reason; the
+    /// decision is audited by the gate.
+    pub fn gate(&self, kind: &str, id: &str, action: &str) -> Result<(), String> {
+        let Some(access) = &self.access else {
+            return Ok(());
+        };
+        let Some(policies) = access.current() else {
+            return Ok(());
+        };
+        let attrs = match kind {
+            "context" | "events" if policies.needs_resource_attrs() => {
+                self.context.as_ref().and_then(|c| c.attributes(id))
+            }
+            _ => None,
+        };
+        let no_labels = Vec::new();
+        let d = access.enforce_with(
+            &policies,
+            &crate::security::Request {
+                agent_id: &self.id,
+                agent_name: self.name.get().map(String::as_str),
+                trust: crate::security::TrustLevel::from_u8(self.trust.load(Ordering::Relaxed)),
+                capabilities: &self.spec.capabilities,
+                isolation: self.spec.isolation_level,
+                kind,
+                id,
+                resource_type: attrs.as_ref().map(|a| a.0.as_str()),
+                owner: attrs.as_ref().map(|a| a.1.as_str()),
+                labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
+                action,
+            },
+        );
+        if d.allowed {
+            Ok(())
+        } else {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            Err(format!("{action} on {kind}/{id} refused: {}", d.reason))
+        }
+    }
+
+    /// Appends a lifecycle fact about this agent to the audit log, if there is one.
+    pub fn audit(
+        &self,
+        resource: &str,
+        operation: &str,
+        reason: String,
+        details: serde_json::Value,
+    ) {
+        if let Some(a) = &self.access {
+            a.record(
+                crate::audit::NewAuditEntry::new(
+                    self.id.clone(),
+                    resource,
+                    operation,
+                    crate::audit::AuditDecision::Record,
+                    reason,
+                )
+                .details(details),
+            );
+        }
+    }
+
     /// Records the first limit violation (later ones are consequences of the first).
     pub fn record_violation(&self, limit: LimitKind, limit_value: u64, detail: String) {
         let mut v = self.violation.lock().expect("violation lock poisoned");
         if v.is_none() {
+            self.audit(
+                "limits",
+                "limit-violation",
+                format!("{limit} limit ({limit_value}): {detail}"),
+                serde_json::json!({"limit": limit, "limitValue": limit_value}),
+            );
             *v = Some(AgentFailure::LimitExceeded {
                 limit,
                 limit_value,
@@ -335,6 +410,13 @@ impl AgentShared {
         if !self.grants.monitored {
             return;
         }
+        let duration_us = start.elapsed().as_micros() as u64;
+        self.audit(
+            &format!("call/{target}"),
+            call,
+            outcome.to_string(),
+            serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
+        );
         let mut log = self.call_log.lock().expect("call log poisoned");
         // Bounded like everything a guest controls.
         if log.len() < 100_000 {
@@ -447,7 +529,14 @@ impl AgentState {
             .allow_ip_name_lookup(network_on);
         let check = shared.clone();
         b.socket_addr_check(move |addr, usage| {
-            let allowed = check.grants.socket_allowed(addr, usage);
+            let action = match usage {
+                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => "bind",
+                SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => "listen",
+                SocketAddrUse::TcpConnect => "connect",
+                _ => "send",
+            };
+            let allowed = check.grants.socket_allowed(addr, usage)
+                && check.gate("network", &addr.to_string(), action).is_ok();
             let counter = if allowed {
                 &check.counters.network_allowed
             } else {

@@ -231,6 +231,9 @@ pub struct SubAgentSpecification {
     pub fuel: u64,
     /// Host directories the agent may see.
     pub directories: Vec<DirectoryGrant>,
+    /// How far the host trusts the agent (policies can require a minimum); changeable at
+    /// runtime with `AgentHost::update_agent_trust_level`.
+    pub trust_level: crate::security::TrustLevel,
 }
 
 impl Default for SubAgentSpecification {
@@ -245,6 +248,7 @@ impl Default for SubAgentSpecification {
             configuration_overrides: BTreeMap::new(),
             fuel: 2_000_000_000,
             directories: Vec::new(),
+            trust_level: crate::security::TrustLevel::default(),
         }
     }
 }

@@ -27,6 +27,14 @@ impl CountingFs<'_> {
             .take_budget(LimitKind::FileOperations)
             .map_err(|_| FsError::from(ErrorCode::Quota))
     }
+
+    /// The access gate for a path operation (resource `file/<path>`, the path as the agent
+    /// passed it, relative to the directory descriptor it used); a refusal is `access`.
+    fn gate(&self, path: &str, action: &str) -> FsResult<()> {
+        self.shared
+            .gate("file", path, action)
+            .map_err(|_| FsError::from(ErrorCode::Access))
+    }
 }
 
 struct CountingFsData;
@@ -142,6 +150,7 @@ impl HostDescriptor for CountingFs<'_> {
 
     async fn create_directory_at(&mut self, fd: Fd, path: String) -> FsResult<()> {
         self.count()?;
+        self.gate(&path, "mkdir")?;
         self.inner.create_directory_at(fd, path).await
     }
 
@@ -157,6 +166,7 @@ impl HostDescriptor for CountingFs<'_> {
         path: String,
     ) -> FsResult<types::DescriptorStat> {
         self.count()?;
+        self.gate(&path, "stat")?;
         self.inner.stat_at(fd, path_flags, path).await
     }
 
@@ -169,6 +179,7 @@ impl HostDescriptor for CountingFs<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         self.count()?;
+        self.gate(&path, "write")?;
         self.inner
             .set_times_at(fd, path_flags, path, atim, mtim)
             .await
@@ -183,6 +194,8 @@ impl HostDescriptor for CountingFs<'_> {
         new_path: String,
     ) -> FsResult<()> {
         self.count()?;
+        self.gate(&old_path, "read")?;
+        self.gate(&new_path, "link")?;
         self.inner
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
             .await
@@ -197,6 +210,9 @@ impl HostDescriptor for CountingFs<'_> {
         flags: types::DescriptorFlags,
     ) -> FsResult<Fd> {
         self.count()?;
+        let writes = flags.contains(types::DescriptorFlags::WRITE)
+            || oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
+        self.gate(&path, if writes { "write" } else { "open" })?;
         self.inner
             .open_at(fd, path_flags, path, oflags, flags)
             .await
@@ -208,11 +224,13 @@ impl HostDescriptor for CountingFs<'_> {
 
     async fn readlink_at(&mut self, fd: Fd, path: String) -> FsResult<String> {
         self.count()?;
+        self.gate(&path, "stat")?;
         self.inner.readlink_at(fd, path).await
     }
 
     async fn remove_directory_at(&mut self, fd: Fd, path: String) -> FsResult<()> {
         self.count()?;
+        self.gate(&path, "delete")?;
         self.inner.remove_directory_at(fd, path).await
     }
 
@@ -224,16 +242,20 @@ impl HostDescriptor for CountingFs<'_> {
         new_path: String,
     ) -> FsResult<()> {
         self.count()?;
+        self.gate(&old_path, "delete")?;
+        self.gate(&new_path, "write")?;
         self.inner.rename_at(fd, old_path, new_fd, new_path).await
     }
 
     async fn symlink_at(&mut self, fd: Fd, src_path: String, dest_path: String) -> FsResult<()> {
         self.count()?;
+        self.gate(&dest_path, "link")?;
         self.inner.symlink_at(fd, src_path, dest_path).await
     }
 
     async fn unlink_file_at(&mut self, fd: Fd, path: String) -> FsResult<()> {
         self.count()?;
+        self.gate(&path, "delete")?;
         self.inner.unlink_file_at(fd, path).await
     }
 

@@ -369,3 +369,57 @@ fn invalid_manifest_is_a_one_line_error_with_its_line() {
     let o = qi_host(&["run", "/no/such/manifest.toml"]);
     one_line_error(&o, "cannot read the manifest");
 }
+
+#[test]
+fn run_with_policies_denies_audits_and_verifies() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("p.toml");
+    // Analyzers may read files and meet; nothing else is allowed.
+    std::fs::write(
+        &policies,
+        r#"
+[[policies]]
+id = "analysis-only"
+[[policies.rules]]
+effect = "allow"
+resources = ["file/*", "sync/analysis-done", "sync/totals"]
+agents = ["analyzer"]
+"#,
+    )
+    .unwrap();
+    let d = data.path().to_str().unwrap();
+    let o = qi_host(&[
+        "run",
+        &example("code-review"),
+        "--data-dir",
+        d,
+        "--guest-dir",
+        &guest_dir(),
+        "--policies",
+        policies.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Analyzers complete; reviewers cannot vote and the reporter cannot write its report.
+    assert_eq!(v["results"][0]["state"], "completed", "{v}");
+    assert_eq!(v["results"][6]["state"], "failed", "{v}");
+    let q = qi_host(&[
+        "audit",
+        "query",
+        "--data-dir",
+        d,
+        "--decision",
+        "deny",
+        "--json",
+    ]);
+    assert!(q.status.success(), "{}", stderr(&q));
+    let text = stdout(&q);
+    assert!(
+        text.contains("sync/verdict") && text.contains("context/review/inventory/"),
+        "{text}"
+    );
+    let verify = qi_host(&["audit", "verify", "--data-dir", d]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}

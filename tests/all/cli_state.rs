@@ -214,3 +214,169 @@ fn run_agent_with_a_data_dir_gives_the_agent_the_context_store() {
     assert!(events.status.success());
     assert_eq!(String::from_utf8_lossy(&events.stdout).lines().count(), 1);
 }
+
+/// A data directory whose audit log holds entries 1..=n, recorded through the library: even
+/// ones by alice (allowed), odd ones by bob (denied); every third one a write.
+async fn audited(n: u64) -> tempfile::TempDir {
+    use qi_host::audit::{AuditDecision, AuditLog, NewAuditEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(Store::open(StoreConfig::at(dir.path())).unwrap())
+        .await
+        .unwrap();
+    for i in 1..=n {
+        let (agent, decision) = if i.is_multiple_of(2) {
+            ("alice", AuditDecision::Allow)
+        } else {
+            ("bob", AuditDecision::Deny)
+        };
+        let operation = if i.is_multiple_of(3) { "write" } else { "read" };
+        log.record(
+            NewAuditEntry::new(
+                agent,
+                format!("context/plan-{i}"),
+                operation,
+                decision,
+                format!("rule {i}"),
+            )
+            .details(json!({ "i": i })),
+        );
+    }
+    log.flush().await;
+    assert_eq!(log.recorded(), n);
+    dir
+}
+
+fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn tamper(dir: &std::path::Path, sql: &str) {
+    let conn = rusqlite::Connection::open(dir.join("qi.db")).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn audit_verify_detects_tampering_in_the_file() {
+    let dir = audited(20).await;
+    let d = dir.path();
+    let ok = qi_host(d, &["audit", "verify"]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        stdout_of(&ok).starts_with("audit log intact: 20 entries, last hash "),
+        "{}",
+        stdout_of(&ok)
+    );
+    let report = json_of(&qi_host(d, &["audit", "verify", "--json"]));
+    assert_eq!(report["entries"], 20);
+    assert_eq!(report["firstBroken"], Value::Null);
+    let anchor = format!("20:{}", report["lastHash"].as_str().unwrap());
+    let anchored = qi_host(d, &["audit", "verify", "--anchor", &anchor]);
+    assert_eq!(anchored.status.code(), Some(0), "{}", stdout_of(&anchored));
+
+    // Deleting the newest entries leaves a valid chain; only the anchor shows it.
+    tamper(d, "DELETE FROM audit WHERE seq >= 19");
+    assert_eq!(qi_host(d, &["audit", "verify"]).status.code(), Some(0));
+    let cut = qi_host(d, &["audit", "verify", "--anchor", &anchor]);
+    assert_eq!(cut.status.code(), Some(1));
+    let line = stdout_of(&cut);
+    assert!(
+        line.starts_with("audit log broken at entry 20: missing")
+            && line.contains("ends at entry 18"),
+        "{line}"
+    );
+
+    // Changing a decision in place.
+    tamper(d, "UPDATE audit SET decision = 'allow' WHERE seq = 17");
+    let broken = qi_host(d, &["audit", "verify"]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert_eq!(
+        stdout_of(&broken),
+        "audit log broken at entry 17: hash does not match its content (modified)\n"
+    );
+    let o = qi_host(d, &["audit", "verify", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["firstBroken"]["seq"], 17);
+    assert_eq!(report["entries"], 16);
+
+    // Deleting one in the middle is reported before it.
+    tamper(d, "DELETE FROM audit WHERE seq = 9");
+    let line = stdout_of(&qi_host(d, &["audit", "verify"]));
+    assert!(
+        line.starts_with("audit log broken at entry 9: entry 9 is missing (deleted)"),
+        "{line}"
+    );
+
+    let bad = qi_host(d, &["audit", "verify", "--anchor", "twenty"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--anchor"));
+}
+
+#[tokio::test]
+async fn audit_query_filters_entries() {
+    let dir = audited(12).await;
+    let d = dir.path();
+    let seqs = |args: &[&str]| -> Vec<u64> {
+        let mut all = vec!["audit", "query", "--json"];
+        all.extend_from_slice(args);
+        let o = qi_host(d, &all);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout_of(&o)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(seqs(&[]), (1..=12).collect::<Vec<_>>());
+    assert_eq!(seqs(&["--agent", "alice"]), [2, 4, 6, 8, 10, 12]);
+    assert_eq!(seqs(&["--resource", "context/plan-1*"]), [1, 10, 11, 12]);
+    assert_eq!(seqs(&["--decision", "deny", "--operation", "wr*"]), [3, 9]);
+    assert_eq!(seqs(&["--agent", "*", "--limit", "2"]), [11, 12]);
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    assert!(seqs(&["--since", &later]).is_empty());
+    assert!(seqs(&["--until", "0"]).is_empty());
+    assert_eq!(seqs(&["--since", "0", "--until", &later]).len(), 12);
+
+    let entry = &stdout_of(&qi_host(d, &["audit", "query", "--json", "--limit", "1"]));
+    let entry: Value = serde_json::from_str(entry.trim()).unwrap();
+    assert_eq!(entry["agent"], "alice");
+    assert_eq!(entry["details"], json!({"i": 12}));
+    assert_eq!(entry["hash"].as_str().unwrap().len(), 64);
+
+    let text = stdout_of(&qi_host(
+        d,
+        &["audit", "query", "--agent", "bob", "--limit", "1"],
+    ));
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(
+        fields[1..],
+        [
+            "#11",
+            "deny",
+            "bob",
+            "read",
+            "context/plan-11",
+            "rule",
+            "11"
+        ]
+    );
+
+    let bad = qi_host(d, &["audit", "query", "--decision", "maybe"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = qi_host(d, &["audit", "query", "--resource", "context/["]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--resource"));
+}

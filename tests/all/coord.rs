@@ -582,7 +582,8 @@ mod sync_points {
     use super::*;
 
     const ARRIVE: &str = r#"[{ barrier = "pt" }]"#;
-    const DIE: &str = r#"[{ fail = "dies before arriving" }]"#;
+    /// Dies before arriving, after the others had time to arrive.
+    const DIE: &str = r#"[{ sleep_ms = 200 }, { fail = "dies before arriving" }]"#;
     const LATE: &str = r#"[{ sleep_ms = 400 }, { barrier = "pt", tolerate = true }]"#;
     const TOLERANT: &str = r#"[{ barrier = "pt", tolerate = true }]"#;
 

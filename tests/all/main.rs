@@ -12,4 +12,5 @@ mod guests;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod security;
 mod validation;

@@ -25,14 +25,24 @@
 //!
 //! Output: `inputs.emit` (an object, default `{}`) with these keys set on top: `subtask`,
 //! `attempt`, `sync` (list), `received` (every input except `steps` and `emit`), `config`, and
-//! `work` when a work step ran. A manifest's expected outputs can thus come from `emit`.
+//! `work` when a work step ran, and `probes` when probe steps ran. A manifest's expected outputs
+//! can thus come from `emit`.
+//!
+//! Probe steps call one host interface each and record the outcome in `probes` (`{"probe",
+//! "ok", "value" | "error"}`) instead of failing, for access-control tests and benchmarks:
+//! `{"context_get": {"id", "times"}}`, `{"context_put": {"id", "doc"}}`, `{"tool": {"name",
+//! "input"}}`, `{"read_file": path}`, `{"write_file": {"path", "text"}}`, `{"connect":
+//! "host:port"}`, `{"publish": context}`, `{"subscribe": context}`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use qi_guest_sdk::serde_json::{Map, Value, json};
 use qi_guest_sdk::sync::{self, SyncError};
-use qi_guest_sdk::{Agent, AgentError, AgentInfo, AgentType, SubtaskInput, Task, TaskOutput, log};
+use qi_guest_sdk::{
+    Agent, AgentError, AgentInfo, AgentType, SubtaskInput, Task, TaskOutput, context, events, log,
+    tools,
+};
 
 /// The `worker` agent.
 pub struct Worker;
@@ -58,11 +68,34 @@ enum Action {
     FailIfConfig(String),
     Panic(String),
     Barrier(String),
-    Checkpoint { point: String, state: Value },
+    Checkpoint {
+        point: String,
+        state: Value,
+    },
     Restore(String),
-    Vote { point: String, choice: String },
-    Contribute { point: String, value: Value },
+    Vote {
+        point: String,
+        choice: String,
+    },
+    Contribute {
+        point: String,
+        value: Value,
+    },
     Log(String),
+    /// A host interface probe: the result (or error) goes into `probes`, never a failure.
+    Probe(Probe),
+}
+
+/// One host call whose outcome is recorded (for access-control tests and benchmarks).
+enum Probe {
+    ContextGet { id: String, times: u64 },
+    ContextPut { id: String, doc: Value },
+    Tool { name: String, input: Value },
+    ReadFile(String),
+    WriteFile { path: String, text: String },
+    Connect(String),
+    Publish(String),
+    Subscribe(String),
 }
 
 /// One step of the script.
@@ -98,6 +131,7 @@ impl Agent for Worker {
         };
 
         let mut synced = Vec::new();
+        let mut probes = Vec::new();
         let mut work = None;
         for step in steps {
             match step.action {
@@ -147,6 +181,7 @@ impl Agent for Worker {
                 Action::Log(message) => {
                     log::info!(subtask = input.subtask, attempt = input.attempt; "{message}");
                 }
+                Action::Probe(probe) => probes.push(run_probe(probe)),
             }
         }
 
@@ -159,12 +194,60 @@ impl Agent for Worker {
         output.insert("subtask".into(), Value::String(input.subtask));
         output.insert("attempt".into(), json!(input.attempt));
         output.insert("sync".into(), Value::Array(synced));
+        if !probes.is_empty() {
+            output.insert("probes".into(), Value::Array(probes));
+        }
         output.insert("received".into(), Value::Object(received));
         output.insert("config".into(), input.config);
         if let Some(work) = work {
             output.insert("work".into(), Value::String(work));
         }
         TaskOutput::json(&output)
+    }
+}
+
+/// Runs a probe: `{"probe": name, "ok": true, "value": ...}` or `{"probe", "ok": false,
+/// "error": "<kind: message>"}`.
+fn run_probe(probe: Probe) -> Value {
+    fn done<T: std::fmt::Display>(name: &str, r: Result<Value, T>) -> Value {
+        match r {
+            Ok(value) => json!({"probe": name, "ok": true, "value": value}),
+            Err(e) => json!({"probe": name, "ok": false, "error": e.to_string()}),
+        }
+    }
+    match probe {
+        Probe::ContextGet { id, times } => {
+            let mut last = Err(qi_guest_sdk::ContextError::NotFound(id.clone()));
+            for _ in 0..times.max(1) {
+                last = context::get_raw(&id);
+            }
+            done("context_get", last.map(|d| json!(d.version)))
+        }
+        Probe::ContextPut { id, doc } => done(
+            "context_put",
+            context::put(&id, &doc, None).map(|w| json!(w.version)),
+        ),
+        Probe::Tool { name, input } => done("tool", tools::call::<Value, Value>(&name, &input)),
+        Probe::ReadFile(path) => done(
+            "read_file",
+            std::fs::read_to_string(&path).map(Value::String),
+        ),
+        Probe::WriteFile { path, text } => done(
+            "write_file",
+            std::fs::write(&path, text).map(|()| Value::Null),
+        ),
+        Probe::Connect(addr) => done(
+            "connect",
+            std::net::TcpStream::connect(addr.as_str()).map(|_| Value::Null),
+        ),
+        Probe::Publish(id) => done(
+            "publish",
+            events::publish(&id, 0, &json!({"probe": true})).map(|seq| json!(seq)),
+        ),
+        Probe::Subscribe(id) => done(
+            "subscribe",
+            events::subscribe(&[id.as_str()], &[], None).map(|_| Value::Null),
+        ),
     }
 }
 
@@ -256,6 +339,30 @@ fn parse_step(step: &Value) -> Result<Step, String> {
             value: field_value(arg, "value")?,
         },
         "log" => Action::Log(text(arg)?),
+        "context_get" => Action::Probe(Probe::ContextGet {
+            id: field_text(arg, "id")?,
+            times: field_value(arg, "times")
+                .ok()
+                .map(|t| number(&t))
+                .transpose()?
+                .unwrap_or(1),
+        }),
+        "context_put" => Action::Probe(Probe::ContextPut {
+            id: field_text(arg, "id")?,
+            doc: field_value(arg, "doc")?,
+        }),
+        "tool" => Action::Probe(Probe::Tool {
+            name: field_text(arg, "name")?,
+            input: field_value(arg, "input").unwrap_or(Value::Null),
+        }),
+        "read_file" => Action::Probe(Probe::ReadFile(text(arg)?)),
+        "write_file" => Action::Probe(Probe::WriteFile {
+            path: field_text(arg, "path")?,
+            text: field_text(arg, "text")?,
+        }),
+        "connect" => Action::Probe(Probe::Connect(text(arg)?)),
+        "publish" => Action::Probe(Probe::Publish(text(arg)?)),
+        "subscribe" => Action::Probe(Probe::Subscribe(text(arg)?)),
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })

@@ -411,6 +411,24 @@ impl ContextService {
         })
     }
 
+    /// A context's type, owner and labels (a top-level `"labels"` list of strings in its
+    /// document), for access policies; read from memory, recorded nowhere.
+    pub fn attributes(&self, id: &str) -> Option<(String, String, Vec<String>)> {
+        let inner = self.shared.lock();
+        let c = inner.contexts.get(id)?;
+        let labels = c
+            .doc
+            .get("labels")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((c.context_type.clone(), c.owner.clone(), labels))
+    }
+
     /// The event bus the service publishes on.
     pub fn bus(&self) -> &EventBus {
         &self.shared.bus

@@ -8,7 +8,7 @@ use super::StoreError;
 use rusqlite::Connection;
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1];
+pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 /// The initial schema. Times are unix milliseconds; documents are MessagePack, inline in `doc`
 /// or, above the blob threshold, in the blob directory under the SHA-256 hex in `doc_blob`.
@@ -105,6 +105,25 @@ CREATE TABLE meta(
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+";
+
+/// The audit log (`crate::audit`): one row per entry, `seq` dense from 1, each row's `hash`
+/// chaining it to the previous one. `details` is the JSON text that was hashed.
+const MIGRATION_2: &str = "
+CREATE TABLE audit(
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    agent TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_by_agent ON audit(agent, seq);
+CREATE INDEX audit_by_time ON audit(time_ms);
 ";
 
 /// The schema version this build writes.

@@ -468,6 +468,7 @@ async fn migrations_are_idempotent_on_reopen() {
         "events",
         "conflicts",
         "meta",
+        "audit",
     ] {
         assert!(
             first

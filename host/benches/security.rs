@@ -1,0 +1,169 @@
+//! Cost of the access gate and the audit log per host call, measured within one run.
+//!
+//! One `worker` agent makes N `context.get` calls in a loop (probe step `context_get` with
+//! `times = N`), on three hosts sharing one in-memory store:
+//! 1. no access control attached (the gate is skipped),
+//! 2. access control attached with no policies loaded (gate open; lifecycle audited),
+//! 3. policies loaded (one allow rule with a condition), no audit log,
+//! 4. policies loaded and every decision audited.
+//!
+//! Prints ns per call for each and the ratios to case 1 (target for case 4: ≤ 1.2×); five rounds,
+//! alternating, each case on a quiet store, medians. `cargo bench -p qi-host --bench security [-- N]` (default N 20,000).
+//! Prints figures only; nothing here asserts on timing.
+
+#![allow(missing_docs)]
+
+use qi_guest_artifacts::WORKER_COMPONENT;
+use qi_host::audit::AuditLog;
+use qi_host::context::{
+    ContextConfig, ContextService, NewContext, OPERATOR, Permission, SystemClock,
+};
+use qi_host::security::{AccessControl, AccessPolicy, PolicySet};
+use qi_host::{
+    AgentHost, EventBus, EventBusConfig, HostConfig, Store, StoreConfig, SubAgentSpecification,
+    TaskRequest,
+};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn per_call_ns(host: &AgentHost, svc: &ContextService, n: u64) -> f64 {
+    let component = host.load(WORKER_COMPONENT).expect("load");
+    let spec = SubAgentSpecification {
+        fuel: 50_000_000_000,
+        ..Default::default()
+    };
+    let agent = host.spawn(&component, spec).await.expect("spawn");
+    svc.share(
+        OPERATOR,
+        "doc",
+        &[agent.id().to_string()],
+        &[Permission::Read],
+        None,
+    )
+    .await
+    .expect("share");
+    let input = json!({"subtask": "bench", "attempt": 1, "inputs": {"steps": [{"context_get": {"id": "doc", "times": n}}]}});
+    let t = Instant::now();
+    let r = agent.run(TaskRequest::new("bench", input)).await;
+    let elapsed = t.elapsed();
+    let out = r.output.expect("runs");
+    assert_eq!(out["probes"][0]["ok"], true, "{out}");
+    elapsed.as_nanos() as f64 / n as f64
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    match std::env::var("RUST_BACKTRACE") {
+        Ok(v) => println!("RUST_BACKTRACE: set, {v:?}"),
+        Err(_) => println!("RUST_BACKTRACE: not set"),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = Store::open(StoreConfig::in_memory()).expect("store");
+        let bus = EventBus::new(store.clone(), EventBusConfig::default())
+            .await
+            .expect("bus");
+        let svc = ContextService::open(
+            store.clone(),
+            bus,
+            Arc::new(SystemClock),
+            ContextConfig::default(),
+        )
+        .await
+        .expect("context");
+        svc.create(
+            OPERATOR,
+            NewContext {
+                id: Some("doc".into()),
+                context_type: "notes".into(),
+                doc: json!({"n": 1}),
+                ..NewContext::default()
+            },
+        )
+        .await
+        .expect("create");
+        let audit = AuditLog::open(store).await.expect("audit");
+        let policies: Vec<AccessPolicy> = serde_json::from_value(json!([{
+            "id": "reads", "priority": 1,
+            "rules": [{"effect": "allow", "resources": ["context/*"], "actions": ["get"],
+                       "condition": "agent.trust >= \"low\" && resource.type == \"notes\""}]
+        }]))
+        .expect("policies");
+        let config = || HostConfig {
+            max_live_agents: 8,
+            ..HostConfig::default()
+        };
+        let bare = AgentHost::new(config())
+            .expect("host")
+            .with_context(svc.clone());
+        let open = AgentHost::new(config())
+            .expect("host")
+            .with_context(svc.clone())
+            .with_access(Arc::new(AccessControl::new(None, Some(audit.clone()))));
+        let unaudited = AgentHost::new(config())
+            .expect("host")
+            .with_context(svc.clone())
+            .with_access(Arc::new(AccessControl::new(
+                Some(PolicySet::new(policies.clone()).expect("valid")),
+                None,
+            )));
+        let gated = AgentHost::new(config())
+            .expect("host")
+            .with_context(svc.clone())
+            .with_access(Arc::new(AccessControl::new(
+                Some(PolicySet::new(policies).expect("valid")),
+                Some(audit.clone()),
+            )));
+        // Warm up (compile, caches).
+        per_call_ns(&bare, &svc, 100).await;
+        per_call_ns(&gated, &svc, 100).await;
+        println!("gate: {n} context.get calls by one agent per case, five rounds");
+        let (mut b, mut o, mut g, mut u) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Each case starts on a quiet store: the audit entries and `accessed` events the
+        // previous case queued are written first.
+        let quiesce = || async {
+            audit.flush().await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        };
+        for round in 1..=5 {
+            quiesce().await;
+            let x = per_call_ns(&bare, &svc, n).await;
+            quiesce().await;
+            let y = per_call_ns(&open, &svc, n).await;
+            quiesce().await;
+            let w = per_call_ns(&unaudited, &svc, n).await;
+            quiesce().await;
+            let z = per_call_ns(&gated, &svc, n).await;
+            println!(
+                "  round {round}: no gate {x:.0} ns/call, gate open {y:.0}, policies without audit {w:.0}, policies + audit {z:.0} (ratio {:.3})",
+                z / x
+            );
+            b.push(x);
+            o.push(y);
+            g.push(z);
+            u.push(w);
+        }
+        let w = median(u);
+        println!("gate: policies without an audit log: median {w:.0} ns/call");
+        let (x, y, z) = (median(b), median(o), median(g));
+        println!(
+            "gate: median no gate {x:.0} ns, gate open {y:.0} ns ({:.3}x), policies + audit {z:.0} ns ({:.3}x; target <= 1.2x); {:.0} ns per call for the gate and its audit entry; audit entries recorded {}",
+            y / x,
+            z / x,
+            z - x,
+            audit.recorded()
+        );
+    });
+}

@@ -1,0 +1,529 @@
+//! A tamper-evident audit log: an append-only, hash-chained record of what agents were allowed
+//! and denied, and of the lifecycle facts around them, kept in the store's `audit` table.
+//!
+//! ```
+//! use qi_host::audit::{AuditDecision, AuditLog, AuditQuery, NewAuditEntry};
+//! use qi_host::store::{Store, StoreConfig};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), qi_host::store::StoreError> {
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let log = AuditLog::open(Store::open(StoreConfig::in_memory())?).await?;
+//! // Never blocks and never fails: the entry is queued and written by a background task.
+//! log.record(
+//!     NewAuditEntry::new("agent-a", "context/plan", "read", AuditDecision::Deny, "no read share")
+//!         .details(json!({"policy": "default-deny"})),
+//! );
+//! log.flush().await; // everything recorded so far is now durable
+//! let denied = log
+//!     .query(&AuditQuery { resource: Some("context/*".into()), ..Default::default() })
+//!     .await?;
+//! assert_eq!((denied[0].seq, denied[0].decision), (1, AuditDecision::Deny));
+//! let report = log.verify().await?;
+//! assert!(report.first_broken.is_none());
+//! println!("anchor: entry {} has hash {}", report.entries, report.last_hash);
+//! # Ok(()) })
+//! # }
+//! ```
+//!
+//! # What is recorded
+//!
+//! One [`AuditEntry`] per fact: who (`agent`), on what (`resource`, e.g. `context/plan` or a
+//! path), doing what (`operation`), the [`AuditDecision`] (`allow`, `deny`, or `record` for a
+//! lifecycle fact such as a spawn, a termination, a trust change, a limit violation or a grant
+//! change), why (`reason`) and free-form JSON `details`. This module only keeps the log; the
+//! access gate (`crate::security`) and the agent lifecycle decide what to record and call
+//! [`AuditLog::record`] for every access decision, spawn, termination, trust change and limit
+//! violation.
+//!
+//! `record` never waits and never fails the caller: it stamps the entry with the current time
+//! (`time_ms`, unix milliseconds) and queues it on an unbounded channel. One background task
+//! drains the queue and appends every queued entry, in the order the `record` calls happened,
+//! in one store write (group commit). A write that fails is retried a few times; if it still
+//! fails the entries are lost and the failure is logged with `tracing::error`. Call
+//! [`AuditLog::flush`] before shutting down: entries still queued when the tokio runtime stops
+//! are lost.
+//!
+//! Guests influence most fields, so they are capped before they are hashed: `reason` at
+//! [`MAX_REASON_BYTES`] (1 KiB), `agent`, `resource` and `operation` at [`MAX_NAME_BYTES`]
+//! (4 KiB), each cut on a character boundary and ending in `...[truncated from N bytes]`;
+//! `details` at [`MAX_DETAILS_BYTES`] (16 KiB of JSON), replaced when larger by
+//! `{"truncated": true, "originalBytes": N, "prefix": "<start of its JSON text>"}`.
+//!
+//! # The hash chain
+//!
+//! Entries are numbered `seq` = 1, 2, 3, … with no gaps. Each stores the hash of the entry
+//! before it (`prev_hash`; 64 zeros, [`GENESIS_HASH`], for the first) and its own:
+//!
+//! ```text
+//! hash = lowercase_hex(sha256(prev_hash || canonical(entry)))
+//! canonical(entry) = u64be(seq) || u64be(time_ms)
+//!                 || field(agent) || field(resource) || field(operation)
+//!                 || field(decision) || field(reason) || field(details)
+//! field(x) = u64be(byte length of x) || the UTF-8 bytes of x
+//! ```
+//!
+//! `prev_hash` enters as its 64 ASCII hex characters; `decision` as `allow`, `deny` or
+//! `record`; `details` as the compact JSON text (`serde_json::to_string`) that the `details`
+//! column stores, so verification hashes exactly the stored bytes and never depends on how a
+//! JSON value is re-serialized. Every variable-length field is length-prefixed and the
+//! fixed-width ones come first, so two different entries never encode to the same bytes (no
+//! shifting of text from one field into the next can keep the hash).
+//!
+//! The next `seq` and `prev_hash` are read from the newest row inside the write transaction,
+//! so several `AuditLog` handles (or processes) sharing a data directory extend one chain.
+//!
+//! # What [`AuditLog::verify`] detects
+//!
+//! It walks the log in seq order, recomputing each hash, and reports the first entry that
+//! breaks the chain ([`VerifyReport::first_broken`]):
+//!
+//! - **modified**: an entry's content (or its `hash`) was changed: its hash no longer matches
+//!   its content. Re-computing that entry's hash after the change moves the break to the next
+//!   entry, whose `prev_hash` no longer matches; rewriting every later hash as well needs write
+//!   access *and* is caught by an anchor (below).
+//! - **deleted**: a missing `seq` (the report names the first missing one), or, if the rows
+//!   after it were renumbered, a `prev_hash` that is not the previous entry's hash.
+//! - **reordered**: rows swapped (by `seq` or by content): the entry now at the earlier place
+//!   has a `prev_hash` pointing at an entry that comes after it.
+//! - **edited columns**: a column holding something no writer stores (e.g. a text `time_ms`).
+//!
+//! What it cannot detect on its own: **the newest entries being deleted** (truncation), or the
+//! whole log being replaced by a consistent forgery, since the result is a valid, shorter (or
+//! different) chain. Against that, keep an external anchor: [`VerifyReport`] returns the number
+//! of intact entries and [`VerifyReport::last_hash`]; record that pair somewhere the host
+//! cannot write (a ticket, another machine, a signed message). Later, entry `N` must still
+//! exist with the anchored hash ([`AuditLog::entry`], or `qi-host audit verify --anchor N:HASH`);
+//! because every later hash depends on it, that proves entries `1..=N` are unchanged.
+
+mod chain;
+mod read;
+
+#[cfg(test)]
+mod tests;
+
+pub use chain::{GENESIS_HASH, MAX_DETAILS_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES};
+
+use crate::store::{Store, StoreError};
+use chain::Content;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most entries appended in one store write.
+const MAX_BATCH: usize = 1024;
+
+/// Attempts at writing one batch before its entries are given up (and logged as lost).
+const WRITE_ATTEMPTS: u32 = 3;
+
+/// What happened to the request an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditDecision {
+    /// An access was allowed.
+    Allow,
+    /// An access was denied.
+    Deny,
+    /// A lifecycle fact: a spawn, a termination, a trust change, a limit violation, a grant
+    /// change.
+    Record,
+}
+
+impl AuditDecision {
+    /// `allow`, `deny` or `record` (as stored and hashed).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditDecision::Allow => "allow",
+            AuditDecision::Deny => "deny",
+            AuditDecision::Record => "record",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AuditDecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "allow" => Ok(AuditDecision::Allow),
+            "deny" => Ok(AuditDecision::Deny),
+            "record" => Ok(AuditDecision::Record),
+            other => Err(format!(
+                "`{other}` is not a decision; use allow, deny or record"
+            )),
+        }
+    }
+}
+
+/// An entry to record; [`AuditLog::record`] adds the time, seq and hashes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewAuditEntry {
+    /// Who: the agent id (or `operator`).
+    pub agent: String,
+    /// On what, e.g. `context/plan`, `file//workspace/a.txt`, `tool/fs.read`.
+    pub resource: String,
+    /// Doing what, e.g. `read`, `write`, `spawn`, `terminate`.
+    pub operation: String,
+    /// Allowed, denied, or a lifecycle fact.
+    pub decision: AuditDecision,
+    /// Why (which rule decided, what limit was hit). Capped at [`MAX_REASON_BYTES`].
+    pub reason: String,
+    /// Anything else, as JSON. Capped at [`MAX_DETAILS_BYTES`] of compact JSON.
+    pub details: serde_json::Value,
+}
+
+impl NewAuditEntry {
+    /// An entry with `null` details.
+    pub fn new(
+        agent: impl Into<String>,
+        resource: impl Into<String>,
+        operation: impl Into<String>,
+        decision: AuditDecision,
+        reason: impl Into<String>,
+    ) -> Self {
+        NewAuditEntry {
+            agent: agent.into(),
+            resource: resource.into(),
+            operation: operation.into(),
+            decision,
+            reason: reason.into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    /// Sets the details.
+    pub fn details(mut self, v: serde_json::Value) -> Self {
+        self.details = v;
+        self
+    }
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Position in the log: 1 for the first entry, then one more for each next.
+    pub seq: u64,
+    /// When [`AuditLog::record`] was called, in unix milliseconds.
+    pub time_ms: u64,
+    /// Who.
+    pub agent: String,
+    /// On what.
+    pub resource: String,
+    /// Doing what.
+    pub operation: String,
+    /// Allowed, denied, or a lifecycle fact.
+    pub decision: AuditDecision,
+    /// Why (as stored: possibly truncated).
+    pub reason: String,
+    /// Details (as stored: possibly truncated).
+    pub details: serde_json::Value,
+    /// The previous entry's hash ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// This entry's hash (see the module docs for what it covers).
+    pub hash: String,
+}
+
+/// Which entries [`AuditLog::query`] returns: every field that is set must match.
+///
+/// `agent`, `resource` and `operation` are glob patterns (`*`, `?`, `[abc]`, `{a,b}`; `*` also
+/// matches `/`), e.g. resource `context/plan*`; a pattern without glob syntax matches exactly
+/// (and uses the agent index). `since_ms` and `until_ms` are inclusive unix milliseconds. With
+/// `limit`, the newest `limit` matching entries; all of them without. Results are in seq order.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Agent glob.
+    pub agent: Option<String>,
+    /// Resource glob.
+    pub resource: Option<String>,
+    /// Operation glob.
+    pub operation: Option<String>,
+    /// Only this decision.
+    pub decision: Option<AuditDecision>,
+    /// Recorded at or after this time (unix ms).
+    pub since_ms: Option<u64>,
+    /// Recorded at or before this time (unix ms).
+    pub until_ms: Option<u64>,
+    /// At most this many (the newest).
+    pub limit: Option<usize>,
+}
+
+/// The outcome of [`AuditLog::verify`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    /// Entries that verified, from seq 1 up to the first broken one (all of them when the log
+    /// is intact): entry `entries` is the last intact one.
+    pub entries: u64,
+    /// The first entry that breaks the chain; `None` when the log is intact.
+    pub first_broken: Option<BrokenEntry>,
+    /// The hash of the last intact entry ([`GENESIS_HASH`] for an empty log). Keep it, with
+    /// `entries`, outside the host as an anchor: see the module docs.
+    pub last_hash: String,
+}
+
+impl VerifyReport {
+    /// No broken entry.
+    pub fn is_intact(&self) -> bool {
+        self.first_broken.is_none()
+    }
+}
+
+/// Where and how the chain broke.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokenEntry {
+    /// The first broken entry (for deleted entries: the first missing seq).
+    pub seq: u64,
+    /// What is wrong, e.g. `hash does not match its content (modified)`.
+    pub problem: String,
+}
+
+impl std::fmt::Display for BrokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "audit log broken at entry {}: {}",
+            self.seq, self.problem
+        )
+    }
+}
+
+/// The audit log of a [`Store`]. Cheap to clone; every clone feeds the same queue. The
+/// background writer stops once the last clone is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    store: Store,
+    queue: mpsc::UnboundedSender<Queued>,
+    recorded: AtomicU64,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("recorded", &self.recorded())
+            .finish()
+    }
+}
+
+enum Queued {
+    Entry { time_ms: u64, entry: NewAuditEntry },
+    Flush(oneshot::Sender<()>),
+}
+
+/// An entry with its time and caps applied, ready to be chained.
+struct Prepared {
+    time_ms: u64,
+    agent: String,
+    resource: String,
+    operation: String,
+    decision: AuditDecision,
+    reason: String,
+    details: String,
+}
+
+impl Prepared {
+    fn new(time_ms: u64, e: NewAuditEntry) -> Prepared {
+        Prepared {
+            time_ms: time_ms.min(i64::MAX as u64),
+            agent: chain::cap_text(e.agent, MAX_NAME_BYTES),
+            resource: chain::cap_text(e.resource, MAX_NAME_BYTES),
+            operation: chain::cap_text(e.operation, MAX_NAME_BYTES),
+            decision: e.decision,
+            reason: chain::cap_text(e.reason, MAX_REASON_BYTES),
+            details: chain::details_text(&e.details),
+        }
+    }
+}
+
+impl AuditLog {
+    /// The audit log kept in `store` (its `audit` table). Reads the newest entry, and starts
+    /// the background writer on the current tokio runtime.
+    pub async fn open(store: Store) -> Result<AuditLog, StoreError> {
+        let (seq, hash) = store.read(read::head).await?;
+        tracing::debug!(last_seq = seq, last_hash = %hash, "audit log opened");
+        let (queue, pending) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(store.clone(), pending));
+        Ok(AuditLog {
+            inner: Arc::new(LogInner {
+                store,
+                queue,
+                recorded: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Appends `entry`, stamped with the current time. Returns at once and never fails: the
+    /// entry is queued and written, in call order, by the background writer (see the module
+    /// docs for what happens if that write fails).
+    pub fn record(&self, entry: NewAuditEntry) {
+        self.inner.recorded.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued::Entry {
+            time_ms: unix_ms(),
+            entry,
+        };
+        if let Err(mpsc::error::SendError(Queued::Entry { entry, .. })) =
+            self.inner.queue.send(queued)
+        {
+            tracing::error!(
+                agent = %entry.agent,
+                resource = %entry.resource,
+                operation = %entry.operation,
+                decision = %entry.decision,
+                "the audit log's writer has stopped; this entry is lost"
+            );
+        }
+    }
+
+    /// Returns once every entry recorded (through any handle of this log) before the call has
+    /// been written and committed, or has failed to be (which is logged).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.inner.queue.send(Queued::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Walks the whole log and reports the first entry that breaks the hash chain, and the
+    /// hash of the last intact entry (see the module docs). Entries still queued are not
+    /// included; [`flush`](AuditLog::flush) first to include them.
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.inner.store.read(read::verify).await
+    }
+
+    /// The stored entries matching `q`, in seq order. Fails with
+    /// [`StoreError::InvalidConfig`] (field `agent`, `resource` or `operation`) for an invalid
+    /// glob.
+    pub async fn query(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let compiled = read::Compiled::new(q)?;
+        self.inner
+            .store
+            .read(move |conn| read::query(conn, compiled))
+            .await
+    }
+
+    /// The stored entry `seq`, if there is one (e.g. to check an anchor).
+    pub async fn entry(&self, seq: u64) -> Result<Option<AuditEntry>, StoreError> {
+        self.inner
+            .store
+            .read(move |conn| read::entry(conn, seq))
+            .await
+    }
+
+    /// How many entries were recorded through this log (all its clones) since it was opened.
+    pub fn recorded(&self) -> u64 {
+        self.inner.recorded.load(Ordering::Relaxed)
+    }
+}
+
+/// The background writer: takes whatever is queued (up to [`MAX_BATCH`] entries), appends it
+/// in one store write, then answers the flushes that were queued with it.
+async fn write_loop(store: Store, mut pending: mpsc::UnboundedReceiver<Queued>) {
+    let mut batch: Vec<Prepared> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = pending.recv().await {
+        let mut next = Some(first);
+        while let Some(queued) = next.take() {
+            match queued {
+                Queued::Entry { time_ms, entry } => batch.push(Prepared::new(time_ms, entry)),
+                Queued::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < MAX_BATCH {
+                next = pending.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            persist(&store, std::mem::take(&mut batch)).await;
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Appends `batch` in one store write, retrying a failed write.
+async fn persist(store: &Store, batch: Vec<Prepared>) {
+    let batch = Arc::new(batch);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let rows = batch.clone();
+        let error = match store.write(move |ctx| append(ctx.tx(), &rows)).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if attempt < WRITE_ATTEMPTS && !matches!(error, StoreError::Closed) {
+            tracing::warn!(%error, attempt, entries = batch.len(), "audit write failed; retrying");
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            continue;
+        }
+        let first = &batch[0];
+        tracing::error!(
+            %error,
+            entries = batch.len(),
+            first_agent = %first.agent,
+            first_operation = %first.operation,
+            first_resource = %first.resource,
+            "audit entries could not be written and are lost"
+        );
+        return;
+    }
+}
+
+/// Chains `rows` onto the newest stored entry and inserts them.
+fn append(conn: &rusqlite::Connection, rows: &[Prepared]) -> Result<(), StoreError> {
+    let (mut seq, mut prev_hash) = read::head(conn)?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO audit(seq, time_ms, agent, resource, operation, decision, reason, details, \
+         prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for row in rows {
+        seq += 1;
+        let decision = row.decision.as_str();
+        let hash = chain::entry_hash(
+            prev_hash.as_bytes(),
+            &Content {
+                seq,
+                time_ms: row.time_ms,
+                agent: row.agent.as_bytes(),
+                resource: row.resource.as_bytes(),
+                operation: row.operation.as_bytes(),
+                decision: decision.as_bytes(),
+                reason: row.reason.as_bytes(),
+                details: row.details.as_bytes(),
+            },
+        );
+        insert.execute(rusqlite::params![
+            read::clamp_i64(seq),
+            read::clamp_i64(row.time_ms),
+            row.agent,
+            row.resource,
+            row.operation,
+            decision,
+            row.reason,
+            row.details,
+            prev_hash,
+            hash,
+        ])?;
+        prev_hash = hash;
+    }
+    Ok(())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,484 @@
+//! Access policies, trust levels and the audit trail on real guests: a guest tries every host
+//! interface without permission and is refused each time, audited, changing nothing.
+
+use crate::common::cache_dir;
+use qi_guest_artifacts::WORKER_COMPONENT;
+use qi_host::audit::{AuditDecision, AuditLog, AuditQuery};
+use qi_host::context::{
+    ContextConfig, ContextService, NewContext, OPERATOR, Permission, SystemClock,
+};
+use qi_host::security::{AccessControl, AccessPolicy, PolicySet, TrustLevel};
+use qi_host::{
+    AgentHost, DirectoryGrant, EventBus, EventBusConfig, FileSystemAccess, HostConfig,
+    IsolationLevel, NetworkAccessLevel, Store, StoreConfig, SubAgentSpecification, TaskRequest,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+struct Secured {
+    host: AgentHost,
+    svc: ContextService,
+    access: Arc<AccessControl>,
+    audit: AuditLog,
+}
+
+async fn secured(policies: Option<&str>) -> Secured {
+    let store = Store::open(StoreConfig::in_memory()).expect("store");
+    let bus = EventBus::new(store.clone(), EventBusConfig::default())
+        .await
+        .expect("bus");
+    let svc = ContextService::open(
+        store.clone(),
+        bus,
+        Arc::new(SystemClock),
+        ContextConfig::default(),
+    )
+    .await
+    .expect("context");
+    let audit = AuditLog::open(store).await.expect("audit log");
+    let policies = policies.map(|p| {
+        let file: toml::Value = toml::from_str(p).expect("policy toml");
+        let list: Vec<AccessPolicy> = file["policies"].clone().try_into().expect("policies parse");
+        PolicySet::new(list).expect("policies valid")
+    });
+    let access = Arc::new(AccessControl::new(policies, Some(audit.clone())));
+    let host = AgentHost::new(HostConfig {
+        max_live_agents: 16,
+        cache_dir: Some(cache_dir()),
+        ..HostConfig::default()
+    })
+    .expect("host")
+    .with_context(svc.clone())
+    .with_access(access.clone());
+    Secured {
+        host,
+        svc,
+        access,
+        audit,
+    }
+}
+
+async fn context(svc: &ContextService, id: &str) -> u64 {
+    svc.create(
+        OPERATOR,
+        NewContext {
+            id: Some(id.into()),
+            context_type: "notes".into(),
+            doc: json!({"n": 1}),
+            ..NewContext::default()
+        },
+    )
+    .await
+    .expect("create")
+    .version
+}
+
+fn steps_input(steps: Value) -> Value {
+    json!({"subtask": "probe", "attempt": 1, "inputs": {"steps": steps}})
+}
+
+/// A spec whose grants allow everything the probes try, so that only policies refuse.
+fn granted(dir: &std::path::Path) -> SubAgentSpecification {
+    let mut s = SubAgentSpecification {
+        isolation_level: IsolationLevel::Restricted,
+        fuel: 5_000_000_000,
+        ..Default::default()
+    };
+    s.directories.push(DirectoryGrant {
+        host_path: dir.to_path_buf(),
+        guest_path: "/workspace".into(),
+        writable: Some(true),
+    });
+    s.security_constraints.file_system_access = FileSystemAccess::Restricted;
+    s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
+    s.security_constraints.allowed_tools = vec!["*".into()];
+    s.resource_limits.allowed_network_hosts = vec!["127.0.0.1:*".into()];
+    s
+}
+
+const ONLY_ALLOWED_CONTEXTS: &str = r#"
+[[policies]]
+id = "allowed-only"
+priority = 1
+[[policies.rules]]
+effect = "allow"
+resources = ["context/allowed-*"]
+actions = ["get"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_interface_without_permission_is_refused_audited_and_unchanged() {
+    let s = secured(Some(ONLY_ALLOWED_CONTEXTS)).await;
+    let secret_version = context(&s.svc, "secret").await;
+    context(&s.svc, "allowed-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "hello").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let agent = s.host.spawn(&component, granted(dir.path())).await.unwrap();
+    let id = agent.id().to_string();
+    // Sharing allows it; only the policies refuse.
+    for ctx in ["secret", "allowed-1"] {
+        s.svc
+            .share(
+                OPERATOR,
+                ctx,
+                std::slice::from_ref(&id),
+                &[Permission::Read, Permission::Write],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let report = agent
+        .run(TaskRequest::new(
+            "probe",
+            steps_input(json!([
+                {"context_get": {"id": "allowed-1"}},
+                {"context_get": {"id": "secret"}},
+                {"context_put": {"id": "secret", "doc": {"n": 2}}},
+                {"tool": {"name": "clock.now", "input": {}}},
+                {"read_file": "/workspace/a.txt"},
+                {"write_file": {"path": "/workspace/new.txt", "text": "x"}},
+                {"connect": addr},
+                {"publish": "secret"},
+                {"subscribe": "secret"},
+            ])),
+        ))
+        .await;
+    let out = report
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{report:?}"));
+    let probes = out["probes"].as_array().unwrap();
+    assert_eq!(
+        probes[0]["ok"], true,
+        "the allowed get works: {}",
+        probes[0]
+    );
+    for p in &probes[1..] {
+        assert_eq!(p["ok"], false, "{p}");
+        let e = p["error"].as_str().unwrap().to_lowercase();
+        assert!(
+            e.contains("access-denied") || e.contains("permission denied") || e.contains("access"),
+            "{p}"
+        );
+    }
+    // Nothing changed.
+    assert_eq!(
+        s.svc.get(OPERATOR, "secret").await.unwrap().version,
+        secret_version
+    );
+    assert!(!dir.path().join("new.txt").exists());
+    assert!(
+        listener.accept().is_err(),
+        "no connection reached the listener"
+    );
+    // Every refusal is in the audit log, with the rule that decided.
+    s.audit.flush().await;
+    let denied = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id.clone()),
+            decision: Some(AuditDecision::Deny),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let resources: Vec<&str> = denied.iter().map(|e| e.resource.as_str()).collect();
+    for want in [
+        "context/secret",
+        "tool/clock.now",
+        "file/a.txt",
+        "file/new.txt",
+        "events/secret",
+    ] {
+        assert!(
+            resources.contains(&want),
+            "no deny entry for {want}: {resources:?}"
+        );
+    }
+    assert!(
+        resources.iter().any(|r| r.starts_with("network/")),
+        "no network refusal: {resources:?}"
+    );
+    assert!(denied.iter().all(|e| e.reason.contains("default deny")));
+    let allowed = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id.clone()),
+            decision: Some(AuditDecision::Allow),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert!(allowed[0].reason.contains("policy `allowed-only` rule 1"));
+    // The lifecycle is audited too.
+    let lifecycle = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id),
+            resource: Some("lifecycle".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let ops: Vec<&str> = lifecycle.iter().map(|e| e.operation.as_str()).collect();
+    assert_eq!(ops, ["spawn", "finish"]);
+    assert!(s.audit.verify().await.unwrap().first_broken.is_none());
+}
+
+const TRUSTED_READS: &str = r#"
+[[policies]]
+id = "trusted-reads"
+[[policies.rules]]
+effect = "allow"
+resources = ["context/*"]
+actions = ["get"]
+condition = 'agent.trust >= "medium"'
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_level_changes_are_enforced_and_audited() {
+    let s = secured(Some(TRUSTED_READS)).await;
+    context(&s.svc, "doc").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let probe = || steps_input(json!([{"context_get": {"id": "doc"}}]));
+    let spec = SubAgentSpecification {
+        trust_level: TrustLevel::Low,
+        ..Default::default()
+    };
+
+    // Just below the required level: refused.
+    let low = s.host.spawn(&component, spec.clone()).await.unwrap();
+    s.svc
+        .share(
+            OPERATOR,
+            "doc",
+            &[low.id().to_string()],
+            &[Permission::Read],
+            None,
+        )
+        .await
+        .unwrap();
+    let r = low.run(TaskRequest::new("p", probe())).await;
+    assert_eq!(r.output.unwrap()["probes"][0]["ok"], false);
+
+    // Raised at runtime to exactly the required level: allowed.
+    let raised = s.host.spawn(&component, spec).await.unwrap();
+    let id = raised.id().to_string();
+    s.svc
+        .share(
+            OPERATOR,
+            "doc",
+            std::slice::from_ref(&id),
+            &[Permission::Read],
+            None,
+        )
+        .await
+        .unwrap();
+    s.host
+        .update_agent_trust_level(&id, TrustLevel::Medium, "reviewed by operator")
+        .unwrap();
+    assert_eq!(s.host.trust_level(&id), Some(TrustLevel::Medium));
+    let r = raised.run(TaskRequest::new("p", probe())).await;
+    assert_eq!(r.output.unwrap()["probes"][0]["ok"], true);
+
+    s.audit.flush().await;
+    let changes = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id),
+            operation: Some("update-trust-level".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 1);
+    assert!(
+        changes[0].reason.contains("low -> medium"),
+        "{:?}",
+        changes[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_applies_to_the_next_call() {
+    let s = secured(Some(TRUSTED_READS)).await;
+    context(&s.svc, "doc").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    async fn run(s: &Secured, component: &Arc<qi_host::LoadedComponent>) -> Value {
+        let a = s
+            .host
+            .spawn(component, SubAgentSpecification::default())
+            .await
+            .unwrap();
+        s.svc
+            .share(
+                OPERATOR,
+                "doc",
+                &[a.id().to_string()],
+                &[Permission::Read],
+                None,
+            )
+            .await
+            .unwrap();
+        let r = a
+            .run(TaskRequest::new(
+                "p",
+                steps_input(json!([{"context_get": {"id": "doc"}}])),
+            ))
+            .await;
+        r.output.unwrap()["probes"][0]["ok"].clone()
+    }
+    assert_eq!(run(&s, &component).await, false);
+    let open: Vec<AccessPolicy> = serde_json::from_value(json!([{
+        "id": "open", "rules": [{"effect": "allow", "resources": ["context/*"]}]
+    }]))
+    .unwrap();
+    s.access.set_policies(Some(PolicySet::new(open).unwrap()));
+    assert_eq!(run(&s, &component).await, true);
+    s.access.set_policies(None);
+    assert_eq!(
+        run(&s, &component).await,
+        true,
+        "no policies: the gate is open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitored_agents_have_every_host_call_audited_with_sizes_and_duration() {
+    let s = secured(None).await;
+    context(&s.svc, "doc").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let spec = SubAgentSpecification {
+        isolation_level: IsolationLevel::Monitored,
+        ..Default::default()
+    };
+    let a = s.host.spawn(&component, spec).await.unwrap();
+    let id = a.id().to_string();
+    s.svc
+        .share(
+            OPERATOR,
+            "doc",
+            std::slice::from_ref(&id),
+            &[Permission::Read],
+            None,
+        )
+        .await
+        .unwrap();
+    let r = a
+        .run(TaskRequest::new(
+            "p",
+            steps_input(json!([{"context_get": {"id": "doc", "times": 3}}, {"log": "hi"}])),
+        ))
+        .await;
+    assert!(r.failure.is_none(), "{r:?}");
+    s.audit.flush().await;
+    let calls = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id),
+            resource: Some("call/*".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let gets: Vec<_> = calls
+        .iter()
+        .filter(|e| e.operation == "context.get")
+        .collect();
+    assert_eq!(gets.len(), 3, "{calls:?}");
+    assert_eq!(gets[0].resource, "call/doc");
+    assert!(gets[0].details["argBytes"].as_u64().unwrap() > 0);
+    assert!(gets[0].details.get("durationUs").is_some());
+    assert!(calls.iter().any(|e| e.operation == "log.log"), "{calls:?}");
+}
+
+#[tokio::test]
+async fn policy_file_errors_point_at_the_offending_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        "[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = 'agent.trust >= \"medium\" &&'\n",
+    )
+    .unwrap();
+    let e = PolicySet::load(&path).unwrap_err().to_string();
+    assert!(e.contains("policy `p` rule 1: condition"), "{e}");
+    assert!(e.contains("column 27"), "{e}");
+    std::fs::write(&path, "[[policies]]\nid = \"p\"\nrules = []\ncolour = 1\n").unwrap();
+    let e = PolicySet::load(&path).unwrap_err().to_string();
+    assert!(e.contains("unknown field `colour`"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_points_go_through_the_gate_in_a_coordinated_run() {
+    let s = secured(Some(
+        r#"
+[[policies]]
+id = "no-votes"
+[[policies.rules]]
+effect = "allow"
+resources = ["sync/*"]
+actions = ["barrier"]
+"#,
+    ))
+    .await;
+    let toml = r#"
+[task]
+id = "t"
+[strategy]
+type = "hybrid"
+[[strategy.synchronizationPoints]]
+id = "b"
+type = "barrier"
+participants = ["p"]
+[[strategy.synchronizationPoints]]
+id = "v"
+type = "decision"
+participants = ["p"]
+[agents.w]
+component = "guest:worker"
+[[subtasks]]
+id = "p"
+inputs = [{ name = "steps", value = [{ barrier = "b" }, { vote = { point = "v", choice = "yes" }, tolerate = true }] }]
+"#;
+    let path = std::path::Path::new("t.toml");
+    let host = Arc::new(s.host);
+    let manifest = qi_host::coord::Manifest::parse(toml, path).unwrap();
+    let prepared = qi_host::coord::prepare_parsed(
+        &host,
+        manifest,
+        toml,
+        path,
+        Some(&crate::coord::guest_dir()),
+    )
+    .await
+    .unwrap();
+    let r = prepared
+        .run(host.clone(), qi_host::coord::RunOptions::default())
+        .await
+        .unwrap();
+    assert!(r.success, "{r:#?}");
+    let out = r.results[0].output.as_ref().unwrap();
+    assert_eq!(out["sync"][0]["complete"], true, "the barrier is allowed");
+    let e = out["sync"][1]["error"].as_str().unwrap();
+    assert!(e.starts_with("access-denied"), "{e}");
+    s.audit.flush().await;
+    let denied = s
+        .audit
+        .query(&AuditQuery {
+            resource: Some("sync/v".into()),
+            decision: Some(AuditDecision::Deny),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].operation, "vote");
+}
