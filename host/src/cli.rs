@@ -48,6 +48,9 @@ pub struct DataArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Master key of an encrypted data directory (default: $QI_HOST_MASTER_KEY).
+    #[arg(long, global = true)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Arguments of `qi-host context`.
@@ -237,6 +240,10 @@ pub struct RunAgentArgs {
     /// if missing). Without it, the agent's context and events calls fail with `failed`.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Master key for encryption at rest of the data directory's context values (64 hex
+    /// characters or 32 raw bytes; default: $QI_HOST_MASTER_KEY, else none).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
     /// Access policies (TOML or JSON) the agent's host calls are checked against. With
     /// --data-dir, every decision and the agent's lifecycle go to that directory's audit log.
     #[arg(long)]
@@ -358,7 +365,7 @@ async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
     };
     let mut audit = None;
     if let Some(dir) = &args.data_dir {
-        let svc = crate::cli_state::open_service(dir).await?;
+        let svc = crate::cli_state::open_service(dir, args.key_file.as_deref()).await?;
         audit = Some(
             crate::audit::AuditLog::open(svc.store().clone())
                 .await

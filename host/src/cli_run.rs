@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// Continue the run given by --run-id: completed subtasks are not run again.
     #[arg(long, requires = "run_id")]
     pub resume: bool,
+    /// Master key: encrypts context values at rest (64 hex characters or 32 raw bytes;
+    /// default: $QI_HOST_MASTER_KEY, else values are stored in plaintext).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
     /// Access policies (TOML or JSON) every host call is checked against; the file is re-read
     /// when it changes during the run. Without it the gate is open.
     #[arg(long)]
@@ -209,7 +213,7 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         Some(p) => Some(crate::security::PolicySet::load(p)?),
         None => None,
     };
-    let context = crate::cli_state::open_service(&dir).await?;
+    let context = crate::cli_state::open_service(&dir, args.key_file.as_deref()).await?;
     let audit = crate::audit::AuditLog::open(context.store().clone())
         .await
         .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;

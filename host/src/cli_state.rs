@@ -38,18 +38,41 @@ async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
             ),
         ));
     }
-    let store = Store::open(StoreConfig::at(&dir))
-        .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
+    let store = Store::open(StoreConfig {
+        master_key: master_key(data.key_file.as_deref())?,
+        ..StoreConfig::at(&dir)
+    })
+    .map_err(store_err)?;
     let bus = EventBus::new(store.clone(), EventBusConfig::default())
         .await
         .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
     Ok((store, bus))
 }
 
+/// The master key for encryption at rest: `key_file` when given, else `QI_HOST_MASTER_KEY`,
+/// else none.
+pub fn master_key(
+    key_file: Option<&std::path::Path>,
+) -> Result<Option<crate::store::crypto::MasterKey>, Error> {
+    match key_file {
+        Some(p) => crate::store::crypto::MasterKey::from_file(p)
+            .map(Some)
+            .map_err(|e| Error::field("--key-file", e)),
+        None => crate::store::crypto::MasterKey::from_env()
+            .map_err(|e| Error::field("QI_HOST_MASTER_KEY", e)),
+    }
+}
+
 /// Opens (creating if needed) the context service of a data directory.
-pub async fn open_service(dir: &std::path::Path) -> Result<ContextService, Error> {
-    let store = Store::open(StoreConfig::at(dir))
-        .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
+pub async fn open_service(
+    dir: &std::path::Path,
+    key_file: Option<&std::path::Path>,
+) -> Result<ContextService, Error> {
+    let store = Store::open(StoreConfig {
+        master_key: master_key(key_file)?,
+        ..StoreConfig::at(dir)
+    })
+    .map_err(store_err)?;
     let bus = EventBus::new(store.clone(), EventBusConfig::default())
         .await
         .map_err(|e| Error::System(anyhow::anyhow!(e.to_string())))?;
@@ -266,6 +289,10 @@ pub async fn events(args: EventsArgs) -> Result<i32, Error> {
 
 fn store_err(e: crate::store::StoreError) -> Error {
     match e {
+        crate::store::StoreError::InvalidConfig {
+            field: "master_key",
+            message,
+        } => Error::field("--key-file", message),
         crate::store::StoreError::InvalidConfig { field, message } => {
             Error::field(format!("--{field}"), message)
         }

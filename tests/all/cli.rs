@@ -423,3 +423,54 @@ agents = ["analyzer"]
     let verify = qi_host(&["audit", "verify", "--data-dir", d]);
     assert!(verify.status.success(), "{}", stderr(&verify));
 }
+
+#[test]
+fn run_with_a_key_file_stores_only_ciphertext() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    std::fs::write(&key, qi_host::store::crypto::MasterKey::generate().to_hex()).unwrap();
+    let d = data.path().to_str().unwrap();
+    let k = key.to_str().unwrap();
+    let o = qi_host(&[
+        "run",
+        &example("failure-handling"),
+        "--data-dir",
+        d,
+        "--guest-dir",
+        &guest_dir(),
+        "--key-file",
+        k,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("# Code review report"));
+    // The report's text is nowhere on disk in the clear.
+    let mut todo = vec![data.path().to_path_buf()];
+    while let Some(p) = todo.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                let needle = b"Code review report";
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "plaintext in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    one_line_error(
+        &qi_host(&["context", "list", "--data-dir", d]),
+        "give its master key",
+    );
+    let o = qi_host(&["context", "list", "--data-dir", d, "--key-file", k]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("review/failure-handling/"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -8,6 +8,7 @@ mod cli_state;
 mod common;
 mod context;
 mod coord;
+mod encryption;
 mod guests;
 mod isolation;
 mod lifecycle;

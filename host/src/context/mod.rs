@@ -429,6 +429,45 @@ impl ContextService {
         Some((c.context_type.clone(), c.owner.clone(), labels))
     }
 
+    /// `decryptContextFromAgent`: opens version `version` of context `id` as stored at rest,
+    /// with the data key `agent` holds (its wrapped copy, unwrapped with its own key) rather
+    /// than the operator's. Fails when the store is not encrypted, or when the agent holds no
+    /// key for that version: an agent whose share was revoked cannot open later versions.
+    pub async fn decrypt_context_from_agent(
+        &self,
+        agent: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Value, ContextError> {
+        let blobs = self.shared.store.blobs().clone();
+        let (id2, agent2) = (id.to_string(), agent.to_string());
+        let r = self
+            .shared
+            .store
+            .read(move |conn| {
+                let keys = persist::load_keys(conn, &id2)?;
+                let bytes = persist::load_version_bytes(conn, &blobs, &id2, version)?;
+                let Some(ring) = blobs.keys() else {
+                    return Ok(Err("this store does not encrypt values at rest".to_string()));
+                };
+                let Some(bytes) = bytes else {
+                    return Ok(Err(format!("context `{id2}` has no version {version}")));
+                };
+                Ok(ring
+                    .open_as(&agent2, &keys, &id2, &bytes)
+                    .and_then(|plain| {
+                        crate::store::decode_value(&plain).map_err(|e| e.to_string())
+                    }))
+            })
+            .await?;
+        r.map_err(|reason| ContextError::AccessDenied {
+            agent: agent.to_string(),
+            operation: "decrypt".into(),
+            context: id.to_string(),
+            reason,
+        })
+    }
+
     /// The event bus the service publishes on.
     pub fn bus(&self) -> &EventBus {
         &self.shared.bus
@@ -792,8 +831,9 @@ impl ContextService {
             detected_at: sh.clock.now_ms(),
             resolution: None,
         };
-        conflict.id = persist::insert_conflict(ctx.tx(), &conflict)?;
-        sh.bus.stage(ctx, vec![conflict_event(&conflict, agent)])?;
+        conflict.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), &conflict)?;
+        sh.bus
+            .stage(ctx, vec![conflict_event(&conflict, agent, ctx.blobs())])?;
         tracing::info!(agent, operation, context, %reason, "context access denied");
         Ok(ContextError::AccessDenied {
             agent: agent.to_string(),
@@ -1117,8 +1157,9 @@ impl ContextService {
             Err((refusal, conflict)) => {
                 let conflict = match conflict {
                     Some(mut c) => {
-                        c.id = persist::insert_conflict(ctx.tx(), &c)?;
-                        sh.bus.stage(ctx, vec![conflict_event(&c, &w.agent)])?;
+                        c.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), &c)?;
+                        sh.bus
+                            .stage(ctx, vec![conflict_event(&c, &w.agent, ctx.blobs())])?;
                         Some(c)
                     }
                     None => None,
@@ -1132,8 +1173,8 @@ impl ContextService {
             Ok(mut applied) => {
                 let mut events = Vec::new();
                 for c in &mut applied.conflicts {
-                    c.id = persist::insert_conflict(ctx.tx(), c)?;
-                    events.push(conflict_event(c, &w.agent));
+                    c.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), c)?;
+                    events.push(conflict_event(c, &w.agent, ctx.blobs()));
                 }
                 if let Some(p) = &mut applied.state.pending {
                     for c in &applied.conflicts {
@@ -1284,7 +1325,7 @@ impl ContextService {
             let mut events = Vec::new();
             for t in &targets {
                 let share = Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at };
-                persist::upsert_share(ctx.tx(), &share)?;
+                persist::upsert_share(ctx.tx(), ctx.blobs(), &share)?;
                 events.push(NewEvent::new(EventType::Shared).context(&id).agent(&by).data(json!({"target": t, "permissions": permissions, "expiresAt": expires_at})));
                 inner.shares.entry(id.clone()).or_default().insert(t.clone(), share);
             }
@@ -1313,7 +1354,7 @@ impl ContextService {
                 }
                 let mut events = Vec::new();
                 for t in &targets {
-                    persist::delete_share(ctx.tx(), &id, t)?;
+                    persist::delete_share(ctx.tx(), ctx.blobs(), &id, t)?;
                     if let Some(m) = inner.shares.get_mut(&id) {
                         m.remove(t);
                     }
@@ -1448,10 +1489,11 @@ impl ContextService {
     pub async fn conflicts(&self, agent: &str, id: &str) -> Result<Vec<Conflict>, ContextError> {
         self.read_check(agent, id)?;
         let id = id.to_string();
+        let blobs = self.shared.store.blobs().clone();
         Ok(self
             .shared
             .store
-            .read(move |conn| persist::load_conflicts(conn, &id))
+            .read(move |conn| persist::load_conflicts(conn, &blobs, &id))
             .await?)
     }
 
@@ -1523,7 +1565,7 @@ impl ContextService {
                 return Ok(Err(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
             }
             let pending = state.pending.clone().unwrap_or_default();
-            let mut conflicts = persist::load_conflicts(ctx.tx(), &id)?;
+            let mut conflicts = persist::load_conflicts(ctx.tx(), ctx.blobs(), &id)?;
             conflicts.retain(|c| pending.conflict_ids.contains(&c.id));
             for c in &mut conflicts {
                 // Competing values that arrived after detection are part of the record too.
@@ -1536,12 +1578,15 @@ impl ContextService {
                     resolved_by: agent.clone(),
                     resolved_at: now,
                 });
-                persist::update_conflict(ctx.tx(), c)?;
+                persist::update_conflict(ctx.tx(), ctx.blobs(), c)?;
             }
             persist::insert_version(ctx.tx(), ctx.blobs(), &version, next.history_limit, now)?;
             persist::upsert_context(ctx.tx(), ctx.blobs(), &next)?;
             sh.bus.stage(ctx, vec![NewEvent::new(EventType::Resolved).context(&id).agent(&agent).priority(1).data(json!({
-                "version": version.version, "revision": version.revision, "chosen": chosen, "conflicts": conflicts.iter().map(|c| c.id).collect::<Vec<_>>(),
+                "version": version.version, "revision": version.revision,
+                // With encryption at rest, the chosen values stay out of the event log.
+                "chosen": if ctx.blobs().keys().is_some() { json!({"sealed": true, "fields": chosen.keys().collect::<Vec<_>>()}) } else { json!(chosen) },
+                "conflicts": conflicts.iter().map(|c| c.id).collect::<Vec<_>>(),
             }))])?;
             inner.revision = at.revision;
             let r = result_of(&next, true, conflicts);
@@ -1615,8 +1660,8 @@ impl ContextService {
                 .write(move |ctx| {
                     let mut events = Vec::new();
                     for c in &mut conflicts {
-                        c.id = persist::insert_conflict(ctx.tx(), c)?;
-                        events.push(conflict_event(c, &agent));
+                        c.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), c)?;
+                        events.push(conflict_event(c, &agent, ctx.blobs()));
                     }
                     shared.bus.stage(ctx, events)?;
                     Ok(conflicts)
@@ -1766,7 +1811,9 @@ fn empty_like(doc: &Value) -> Value {
     }
 }
 
-fn conflict_event(c: &Conflict, agent: &str) -> NewEvent {
+/// A conflict event. With encryption at rest the competing values stay out of the event log
+/// (only the agents are named); `conflicts` has them.
+fn conflict_event(c: &Conflict, agent: &str, blobs: &crate::store::BlobStore) -> NewEvent {
     let priority = match c.severity {
         ConflictSeverity::Low => 0,
         ConflictSeverity::Medium => 1,
@@ -1777,7 +1824,24 @@ fn conflict_event(c: &Conflict, agent: &str) -> NewEvent {
         .context(&c.context_id)
         .agent(agent)
         .priority(priority)
-        .data(serde_json::to_value(c).unwrap_or(Value::Null))
+        .data({
+            let mut data = serde_json::to_value(c).unwrap_or(Value::Null);
+            if blobs.keys().is_some()
+                && let Some(m) = data.as_object_mut()
+            {
+                let agents: Vec<String> = c.agent_values.keys().cloned().collect();
+                m.insert(
+                    "agentValues".into(),
+                    json!({"sealed": true, "agents": agents}),
+                );
+                if let Some(Value::Object(r)) = m.get_mut("resolution")
+                    && r.contains_key("resolvedValue")
+                {
+                    r.insert("resolvedValue".into(), json!({"sealed": true}));
+                }
+            }
+            data
+        })
 }
 
 fn result_of(s: &ContextState, new_version: bool, conflicts: Vec<Conflict>) -> WriteResult {

@@ -7,7 +7,7 @@ use super::model::{
     ContextState, ContextStatus, ContextVersion, PendingConflict, Permission, Share, StampedField,
     SyncStrategy,
 };
-use crate::store::{BlobStore, StoreError, StoredDoc};
+use crate::store::{BlobStore, StoreError, StoredDoc, crypto, encode_value};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -18,6 +18,113 @@ fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 
 fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+/// Seals `bytes` of `context` when values are encrypted at rest.
+fn seal(blobs: &BlobStore, context: &str, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    match blobs.keys() {
+        Some(k) => k.seal(context, &bytes),
+        None => Ok(bytes),
+    }
+}
+
+/// Opens what [`seal`] wrote (plaintext passes through).
+fn unseal(blobs: &BlobStore, context: &str, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    match blobs.keys() {
+        Some(k) => k.open(context, &bytes),
+        None if crypto::sealed_version(&bytes).is_some() => Err(StoreError::Decode(format!(
+            "context `{context}` is encrypted; this data directory needs its master key"
+        ))),
+        None => Ok(bytes),
+    }
+}
+
+/// Conflict values (JSON text) as stored: sealed and hex-encoded with a `sealed:` prefix when
+/// values are encrypted at rest.
+fn seal_text(blobs: &BlobStore, context: &str, text: String) -> Result<String, StoreError> {
+    match blobs.keys() {
+        Some(k) => Ok(format!(
+            "sealed:{}",
+            hex::encode(k.seal(context, text.as_bytes())?)
+        )),
+        None => Ok(text),
+    }
+}
+
+fn unseal_text(blobs: &BlobStore, context: &str, text: String) -> Result<String, StoreError> {
+    match text.strip_prefix("sealed:") {
+        Some(h) => {
+            let bytes = hex::decode(h).map_err(|e| StoreError::CorruptRow(e.to_string()))?;
+            String::from_utf8(unseal(blobs, context, bytes)?)
+                .map_err(|e| StoreError::CorruptRow(e.to_string()))
+        }
+        None => Ok(text),
+    }
+}
+
+fn insert_keys(
+    conn: &Connection,
+    rows: &[crypto::WrappedKey],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for r in rows {
+        conn.execute(
+            "INSERT OR REPLACE INTO context_keys (context_id, key_version, holder, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.context_id, r.key_version as i64, r.holder, r.wrapped, now_ms as i64],
+        )?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The wrapped data keys of a context (every version, every holder).
+pub fn load_keys(
+    conn: &Connection,
+    context_id: &str,
+) -> Result<Vec<crypto::WrappedKey>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT key_version, holder, wrapped FROM context_keys WHERE context_id = ?1 ORDER BY key_version",
+    )?;
+    let rows = stmt
+        .query_map(params![context_id], |r| {
+            Ok(crypto::WrappedKey {
+                context_id: context_id.to_string(),
+                key_version: r.get::<_, i64>(0)? as u32,
+                holder: r.get(1)?,
+                wrapped: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// The stored (possibly sealed) bytes of one version's document.
+pub fn load_version_bytes(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context_id: &str,
+    version: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let row: Option<(Option<Vec<u8>>, Option<String>)> = conn
+        .query_row(
+            "SELECT doc, doc_blob FROM versions WHERE context_id = ?1 AND version = ?2",
+            params![context_id, version as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        Some((d, b)) => match StoredDoc::from_columns(d, b)? {
+            Some(doc) => Ok(Some(doc.load_bytes(blobs)?)),
+            None => Ok(None),
+        },
+        None => Ok(None),
+    }
 }
 
 fn text<T: serde::Serialize>(v: &T) -> String {
@@ -38,9 +145,22 @@ pub fn upsert_context(
     blobs: &BlobStore,
     s: &ContextState,
 ) -> Result<(), StoreError> {
-    let doc = StoredDoc::put(blobs, &s.doc)?;
-    let stamps = enc(&s.field_stamps)?;
-    let pending = s.pending.as_ref().map(enc).transpose()?;
+    if let Some(k) = blobs.keys()
+        && !k.has_key(&s.id)
+    {
+        insert_keys(
+            conn,
+            &k.rotate(&s.id, std::slice::from_ref(&s.owner)),
+            now_ms(),
+        )?;
+    }
+    let doc = StoredDoc::put_bytes(blobs, seal(blobs, &s.id, encode_value(&s.doc))?)?;
+    let stamps = seal(blobs, &s.id, enc(&s.field_stamps)?)?;
+    let pending = s
+        .pending
+        .as_ref()
+        .map(|p| enc(p).and_then(|b| seal(blobs, &s.id, b)))
+        .transpose()?;
     conn.execute(
         "INSERT OR REPLACE INTO contexts (id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
@@ -75,7 +195,7 @@ pub fn insert_version(
     history_limit: Option<u64>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let doc = StoredDoc::put(blobs, &v.doc)?;
+    let doc = StoredDoc::put_bytes(blobs, seal(blobs, &v.context_id, encode_value(&v.doc))?)?;
     conn.execute(
         "INSERT INTO versions (context_id, version, revision, agent_id, hlc, op, doc, doc_blob, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -101,7 +221,11 @@ pub fn insert_version(
 }
 
 /// Records a conflict; returns its id.
-pub fn insert_conflict(conn: &Connection, c: &Conflict) -> Result<u64, StoreError> {
+pub fn insert_conflict(
+    conn: &Connection,
+    blobs: &BlobStore,
+    c: &Conflict,
+) -> Result<u64, StoreError> {
     conn.execute(
         "INSERT INTO conflicts (context_id, field, conflict_type, severity, agent_values, detected_at, resolved_at, resolution)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -110,33 +234,55 @@ pub fn insert_conflict(conn: &Connection, c: &Conflict) -> Result<u64, StoreErro
             c.field,
             text(&c.conflict_type),
             text(&c.severity),
-            serde_json::to_string(&c.agent_values).unwrap_or_default(),
+            seal_text(blobs, &c.context_id, serde_json::to_string(&c.agent_values).unwrap_or_default())?,
             c.detected_at as i64,
             c.resolution.as_ref().map(|r| r.resolved_at as i64),
-            c.resolution.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default()),
+            c.resolution
+                .as_ref()
+                .map(|r| seal_text(blobs, &c.context_id, serde_json::to_string(r).unwrap_or_default()))
+                .transpose()?,
         ],
     )?;
     Ok(conn.last_insert_rowid() as u64)
 }
 
 /// Updates the values and resolution of a recorded conflict.
-pub fn update_conflict(conn: &Connection, c: &Conflict) -> Result<(), StoreError> {
+pub fn update_conflict(
+    conn: &Connection,
+    blobs: &BlobStore,
+    c: &Conflict,
+) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE conflicts SET agent_values = ?2, resolved_at = ?3, resolution = ?4 WHERE id = ?1",
         params![
             c.id as i64,
-            serde_json::to_string(&c.agent_values).unwrap_or_default(),
+            seal_text(
+                blobs,
+                &c.context_id,
+                serde_json::to_string(&c.agent_values).unwrap_or_default()
+            )?,
             c.resolution.as_ref().map(|r| r.resolved_at as i64),
             c.resolution
                 .as_ref()
-                .map(|r| serde_json::to_string(r).unwrap_or_default()),
+                .map(|r| seal_text(
+                    blobs,
+                    &c.context_id,
+                    serde_json::to_string(r).unwrap_or_default()
+                ))
+                .transpose()?,
         ],
     )?;
     Ok(())
 }
 
 /// Writes a share.
-pub fn upsert_share(conn: &Connection, s: &Share) -> Result<(), StoreError> {
+pub fn upsert_share(conn: &Connection, blobs: &BlobStore, s: &Share) -> Result<(), StoreError> {
+    // `encryptContextForAgent`: the agent gets its own wrapped copy of the data key.
+    if let Some(k) = blobs.keys()
+        && let Some(row) = k.wrap_for(&s.context_id, &s.agent_id)
+    {
+        insert_keys(conn, &[row], now_ms())?;
+    }
     conn.execute(
         "INSERT OR REPLACE INTO shares (context_id, agent_id, permissions, granted_by, granted_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
@@ -152,11 +298,36 @@ pub fn upsert_share(conn: &Connection, s: &Share) -> Result<(), StoreError> {
 }
 
 /// Removes a share.
-pub fn delete_share(conn: &Connection, context_id: &str, agent_id: &str) -> Result<(), StoreError> {
+pub fn delete_share(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context_id: &str,
+    agent_id: &str,
+) -> Result<(), StoreError> {
     conn.execute(
         "DELETE FROM shares WHERE context_id = ?1 AND agent_id = ?2",
         params![context_id, agent_id],
     )?;
+    // Revoking rotates the data key: later versions use a key the revoked agent never gets.
+    if let Some(k) = blobs.keys()
+        && k.has_key(context_id)
+    {
+        let mut holders: Vec<String> = conn
+            .prepare("SELECT agent_id FROM shares WHERE context_id = ?1")?
+            .query_map(params![context_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if let Some(owner) = conn
+            .query_row(
+                "SELECT owner FROM contexts WHERE id = ?1",
+                params![context_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+        {
+            holders.push(owner);
+        }
+        insert_keys(conn, &k.rotate(context_id, &holders), now_ms())?;
+    }
     Ok(())
 }
 
@@ -205,15 +376,18 @@ pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreErr
     let mut max_hlc = Hlc::default();
     while let Some(r) = rows.next()? {
         let schema: Option<String> = r.get(3)?;
+        let id: String = r.get(0)?;
         let doc = load_doc(
             r.get::<_, Option<Vec<u8>>>(10)?,
             r.get::<_, Option<String>>(11)?,
             blobs,
+            &id,
         )?;
-        let stamps: BTreeMap<String, StampedField> = dec(&r.get::<_, Vec<u8>>(12)?)?;
+        let stamps: BTreeMap<String, StampedField> =
+            dec(&unseal(blobs, &id, r.get::<_, Vec<u8>>(12)?)?)?;
         let pending: Option<PendingConflict> = r
             .get::<_, Option<Vec<u8>>>(13)?
-            .map(|b| dec(&b))
+            .map(|b| unseal(blobs, &id, b).and_then(|b| dec(&b)))
             .transpose()?;
         let hlc: Hlc = r
             .get::<_, String>(9)?
@@ -226,7 +400,7 @@ pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreErr
             _ => ContextStatus::Deleted,
         };
         contexts.push(ContextState {
-            id: r.get(0)?,
+            id,
             owner: r.get(1)?,
             context_type: r.get(2)?,
             schema: schema
@@ -321,6 +495,7 @@ pub fn load_versions(
                 r.get::<_, Option<Vec<u8>>>(5)?,
                 r.get::<_, Option<String>>(6)?,
                 blobs,
+                context_id,
             )?,
         });
     }
@@ -341,11 +516,16 @@ pub fn load_version(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    row.map(|(d, b)| load_doc(d, b, blobs)).transpose()
+    row.map(|(d, b)| load_doc(d, b, blobs, context_id))
+        .transpose()
 }
 
 /// Conflicts of a context, oldest first.
-pub fn load_conflicts(conn: &Connection, context_id: &str) -> Result<Vec<Conflict>, StoreError> {
+pub fn load_conflicts(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context_id: &str,
+) -> Result<Vec<Conflict>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, field, conflict_type, severity, agent_values, detected_at, resolution FROM conflicts WHERE context_id = ?1 ORDER BY id",
     )?;
@@ -359,10 +539,16 @@ pub fn load_conflicts(conn: &Connection, context_id: &str) -> Result<Vec<Conflic
             field: r.get(1)?,
             conflict_type: parse(&r.get::<_, String>(2)?)?,
             severity: parse(&r.get::<_, String>(3)?)?,
-            agent_values: serde_json::from_str(&r.get::<_, String>(4)?)
-                .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
+            agent_values: serde_json::from_str(&unseal_text(
+                blobs,
+                context_id,
+                r.get::<_, String>(4)?,
+            )?)
+            .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
             detected_at: r.get::<_, i64>(5)? as u64,
             resolution: resolution
+                .map(|s| unseal_text(blobs, context_id, s))
+                .transpose()?
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
                 .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
@@ -376,9 +562,10 @@ fn load_doc(
     doc: Option<Vec<u8>>,
     blob: Option<String>,
     blobs: &BlobStore,
+    context_id: &str,
 ) -> Result<Value, StoreError> {
     match StoredDoc::from_columns(doc, blob)? {
-        Some(d) => d.load(blobs),
+        Some(d) => crate::store::decode_value(&unseal(blobs, context_id, d.load_bytes(blobs)?)?),
         None => Ok(Value::Null),
     }
 }

@@ -35,6 +35,7 @@
 //! denied); a change of the policies takes effect on the next call.
 
 pub mod expr;
+pub mod identity;
 
 use crate::audit::{AuditDecision, AuditLog, NewAuditEntry};
 use crate::error::Error;

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<BlobInner>,
+    /// Data keys, when values are encrypted at rest.
+    keys: Option<Arc<super::crypto::Keyring>>,
 }
 
 struct BlobInner {
@@ -63,6 +65,7 @@ impl BlobStore {
                 sync_dir,
                 backend: Backend::Dir(dir),
             }),
+            keys: None,
         })
     }
 
@@ -74,7 +77,19 @@ impl BlobStore {
                 sync_dir: false,
                 backend: Backend::Memory(Mutex::default()),
             }),
+            keys: None,
         }
+    }
+
+    /// The same blob tier, sealing context values with `keys`.
+    pub(crate) fn with_keys(mut self, keys: Arc<super::crypto::Keyring>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The data keys, when values are encrypted at rest.
+    pub fn keys(&self) -> Option<&super::crypto::Keyring> {
+        self.keys.as_deref()
     }
 
     /// Encodings larger than this many bytes belong in the blob tier

@@ -65,6 +65,9 @@ pub struct StoreConfig {
     /// commit over more writes, smaller ones bound how long one transaction keeps the writer.
     /// Default [`DEFAULT_MAX_BATCH`] (1,024).
     pub max_batch: usize,
+    /// Encrypts context values at rest under this master key (see
+    /// [`crypto`](super::crypto)). Never stored. Default: none (plaintext).
+    pub master_key: Option<super::crypto::MasterKey>,
 }
 
 impl Default for StoreConfig {
@@ -74,6 +77,7 @@ impl Default for StoreConfig {
             blob_threshold: DEFAULT_BLOB_THRESHOLD,
             durability: Durability::default(),
             max_batch: DEFAULT_MAX_BATCH,
+            master_key: None,
         }
     }
 }

@@ -8,7 +8,20 @@ use super::StoreError;
 use rusqlite::Connection;
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+
+/// Wrapped data keys of encrypted contexts (see `store::crypto`): one row per context, key
+/// version and holder (`operator` or an agent id).
+const MIGRATION_3: &str = "
+CREATE TABLE context_keys(
+    context_id TEXT NOT NULL,
+    key_version INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY(context_id, key_version, holder)
+);
+";
 
 /// The initial schema. Times are unix milliseconds; documents are MessagePack, inline in `doc`
 /// or, above the blob threshold, in the blob directory under the SHA-256 hex in `doc_blob`.

@@ -74,6 +74,7 @@
 
 mod blobs;
 mod config;
+pub mod crypto;
 mod error;
 mod migrations;
 mod value;
@@ -151,10 +152,42 @@ impl Drop for StoreInner {
     }
 }
 
+/// Loads the data keys when the configuration has a master key; refuses an encrypted data
+/// directory opened without one.
+fn open_keyring(
+    conn: &Connection,
+    config: &StoreConfig,
+    blobs: BlobStore,
+) -> Result<BlobStore, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT context_id, key_version, holder, wrapped FROM context_keys")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(crypto::WrappedKey {
+                context_id: r.get(0)?,
+                key_version: r.get::<_, i64>(1)? as u32,
+                holder: r.get(2)?,
+                wrapped: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    match &config.master_key {
+        Some(master) => Ok(blobs.with_keys(Arc::new(crypto::Keyring::load(
+            master.clone(),
+            &rows,
+        )?))),
+        None if !rows.is_empty() => Err(StoreError::InvalidConfig {
+            field: "master_key",
+            message: "this data directory is encrypted: give its master key (--key-file FILE or QI_HOST_MASTER_KEY)".into(),
+        }),
+        None => Ok(blobs),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store described by `config`: the data directory, its
     /// `qi.db` in WAL mode with the schema migrated to the newest version, and `blobs/`.
-    #[tracing::instrument(name = "qi.store.open", skip_all, fields(data_dir = ?config.data_dir), err)]
+    #[tracing::instrument(name = "qi.store.open", skip_all, fields(data_dir = ?config.data_dir), err(level = "debug"))]
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
         if config.max_batch == 0 {
             return Err(StoreError::InvalidConfig {
@@ -193,6 +226,7 @@ impl Store {
             other => other,
         })?;
         migrations::migrate(&mut conn)?;
+        let blobs = open_keyring(&conn, &config, blobs)?;
         let control: ControlFlag = Arc::new(AtomicBool::new(false));
         install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
 

@@ -469,6 +469,7 @@ async fn migrations_are_idempotent_on_reopen() {
         "conflicts",
         "meta",
         "audit",
+        "context_keys",
     ] {
         assert!(
             first

@@ -35,7 +35,11 @@ impl StoredDoc {
     /// Call it inside the write that stores the row, so the blob is on disk before the row
     /// that names it commits.
     pub fn put(blobs: &BlobStore, value: &Value) -> Result<StoredDoc, StoreError> {
-        let bytes = encode_value(value);
+        Self::put_bytes(blobs, encode_value(value))
+    }
+
+    /// [`put`](Self::put) for bytes already encoded (and possibly sealed).
+    pub fn put_bytes(blobs: &BlobStore, bytes: Vec<u8>) -> Result<StoredDoc, StoreError> {
         if bytes.len() <= blobs.threshold() {
             Ok(StoredDoc::Inline(bytes))
         } else {
@@ -82,6 +86,14 @@ impl StoredDoc {
         blob_column: &str,
     ) -> Result<Option<StoredDoc>, StoreError> {
         Self::from_columns(row.get(doc_column)?, row.get(blob_column)?)
+    }
+
+    /// The stored bytes (reading the blob tier if they live there), not decoded.
+    pub fn load_bytes(&self, blobs: &BlobStore) -> Result<Vec<u8>, StoreError> {
+        match self {
+            StoredDoc::Inline(bytes) => Ok(bytes.clone()),
+            StoredDoc::Blob(hash) => blobs.get(hash),
+        }
     }
 
     /// Loads and decodes the document (reading the blob tier if it lives there).
