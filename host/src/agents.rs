@@ -179,6 +179,15 @@ impl AgentHost {
     /// Gives agents the context store and event bus: every sub-agent is registered in it when
     /// spawned (under its host-assigned id) and unregistered when it goes away.
     pub fn with_context(mut self, context: crate::context::ContextService) -> Self {
+        // Shares that require a trust level ask the host's registry at every check.
+        let agents = Arc::downgrade(&self.agents);
+        context.set_trust_source(Arc::new(move |id: &str| {
+            let agents = agents.upgrade()?;
+            let agents = agents.lock().ok()?;
+            agents
+                .get(id)
+                .map(|e| crate::security::TrustLevel::from_u8(e.trust.load(Ordering::Relaxed)))
+        }));
         self.context = Some(context);
         self
     }

@@ -482,3 +482,53 @@ inputs = [{ name = "steps", value = [{ barrier = "b" }, { vote = { point = "v", 
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0].operation, "vote");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_can_require_a_minimum_trust_level() {
+    let s = secured(None).await;
+    context(&s.svc, "doc").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let probe = || steps_input(json!([{"context_get": {"id": "doc"}}]));
+    let run = |raise: Option<TrustLevel>| {
+        let (s, component) = (&s, component.clone());
+        async move {
+            let a = s
+                .host
+                .spawn(&component, SubAgentSpecification::default())
+                .await
+                .unwrap();
+            s.svc
+                .share_with_min_trust(
+                    OPERATOR,
+                    "doc",
+                    &[a.id().to_string()],
+                    &[Permission::Read],
+                    None,
+                    Some(TrustLevel::High),
+                )
+                .await
+                .unwrap();
+            if let Some(level) = raise {
+                s.host
+                    .update_agent_trust_level(a.id(), level, "test")
+                    .unwrap();
+            }
+            let r = a.run(TaskRequest::new("probe", probe())).await;
+            r.output.unwrap()["probes"][0].clone()
+        }
+    };
+    // Default trust (low), and one level short: refused, naming both levels.
+    for raise in [None, Some(TrustLevel::Medium)] {
+        let p = run(raise).await;
+        assert_eq!(p["ok"], false, "{p}");
+        assert!(
+            p["error"]
+                .as_str()
+                .unwrap()
+                .contains("requires trust level high"),
+            "{p}"
+        );
+    }
+    // Exactly the required level: allowed.
+    assert_eq!(run(Some(TrustLevel::High)).await["ok"], true);
+}

@@ -310,7 +310,11 @@ struct Shared {
     clock: HybridClock,
     config: ContextConfig,
     inner: Mutex<Inner>,
+    trust: std::sync::RwLock<Option<TrustSource>>,
 }
+
+/// Where the service learns an agent's current trust level (for shares that require one).
+pub type TrustSource = Arc<dyn Fn(&str) -> Option<crate::security::TrustLevel> + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -407,6 +411,7 @@ impl ContextService {
                 bus,
                 config,
                 inner: Mutex::new(inner),
+                trust: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -778,6 +783,25 @@ impl ContextService {
                 s.expires_at.unwrap_or_default()
             )),
             Some(s) if !s.grants(perm, now) => Err(format!("its share does not grant {perm}")),
+            Some(s) if s.min_trust.is_some() => {
+                let need = s.min_trust.unwrap_or_default();
+                let has = sh
+                    .trust
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(|f| f(agent))
+                    .unwrap_or(crate::security::TrustLevel::None);
+                if has >= need {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "its share requires trust level {} and it has {}",
+                        need.as_str(),
+                        has.as_str()
+                    ))
+                }
+            }
             Some(_) => Ok(()),
         }
     }
@@ -1277,6 +1301,11 @@ impl ContextService {
 
     // ---- sharing ---------------------------------------------------------------------------
 
+    /// Tells the service how to learn agents' trust levels (the host installs its registry).
+    pub fn set_trust_source(&self, source: TrustSource) {
+        *self.shared.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
     /// Shares a context with `targets`. A sharer that is not the owner needs the `share`
     /// permission and can only grant permissions it holds itself.
     pub async fn share(
@@ -1286,6 +1315,21 @@ impl ContextService {
         targets: &[String],
         permissions: &[Permission],
         expires_at: Option<u64>,
+    ) -> Result<ShareResult, ContextError> {
+        self.share_with_min_trust(by, id, targets, permissions, expires_at, None)
+            .await
+    }
+
+    /// [`share`](Self::share) that also requires the agents to hold at least `min_trust` when
+    /// they use the share (checked at every call, so a trust change applies at once).
+    pub async fn share_with_min_trust(
+        &self,
+        by: &str,
+        id: &str,
+        targets: &[String],
+        permissions: &[Permission],
+        expires_at: Option<u64>,
+        min_trust: Option<crate::security::TrustLevel>,
     ) -> Result<ShareResult, ContextError> {
         if targets.is_empty() {
             return Err(ContextError::invalid(
@@ -1324,7 +1368,7 @@ impl ContextService {
             }
             let mut events = Vec::new();
             for t in &targets {
-                let share = Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at };
+                let share = Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at, min_trust };
                 persist::upsert_share(ctx.tx(), ctx.blobs(), &share)?;
                 events.push(NewEvent::new(EventType::Shared).context(&id).agent(&by).data(json!({"target": t, "permissions": permissions, "expiresAt": expires_at})));
                 inner.shares.entry(id.clone()).or_default().insert(t.clone(), share);

@@ -293,6 +293,9 @@ pub struct Share {
     pub granted_at: u64,
     /// When it stops working (unix ms), if ever.
     pub expires_at: Option<u64>,
+    /// The agent must hold at least this trust level when it uses the share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_trust: Option<crate::security::TrustLevel>,
 }
 
 impl Share {

@@ -284,14 +284,15 @@ pub fn upsert_share(conn: &Connection, blobs: &BlobStore, s: &Share) -> Result<(
         insert_keys(conn, &[row], now_ms())?;
     }
     conn.execute(
-        "INSERT OR REPLACE INTO shares (context_id, agent_id, permissions, granted_by, granted_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR REPLACE INTO shares (context_id, agent_id, permissions, granted_by, granted_at, expires_at, min_trust) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             s.context_id,
             s.agent_id,
             Permission::mask(&s.permissions) as i64,
             s.granted_by,
             s.granted_at as i64,
-            s.expires_at.map(|e| e as i64)
+            s.expires_at.map(|e| e as i64),
+            s.min_trust.map(|t| t.as_str())
         ],
     )?;
     Ok(())
@@ -423,7 +424,7 @@ pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreErr
     }
     let mut shares = Vec::new();
     let mut stmt = conn.prepare(
-        "SELECT context_id, agent_id, permissions, granted_by, granted_at, expires_at FROM shares",
+        "SELECT context_id, agent_id, permissions, granted_by, granted_at, expires_at, min_trust FROM shares",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -434,6 +435,10 @@ pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreErr
             granted_by: r.get(3)?,
             granted_at: r.get::<_, i64>(4)? as u64,
             expires_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            min_trust: r
+                .get::<_, Option<String>>(6)?
+                .map(|t| t.parse().map_err(StoreError::CorruptRow))
+                .transpose()?,
         });
     }
     let mut agents = Vec::new();

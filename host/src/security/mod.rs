@@ -166,12 +166,28 @@ struct PolicyFile {
     policies: Vec<AccessPolicy>,
 }
 
+/// A compiled pattern list; `*` alone matches everything without running a matcher.
+#[derive(Debug)]
+enum Matcher {
+    Any,
+    Set(GlobSet),
+}
+
+impl Matcher {
+    fn is_match(&self, c: &globset::Candidate<'_>) -> bool {
+        match self {
+            Matcher::Any => true,
+            Matcher::Set(s) => s.is_match_candidate(c),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct CompiledRule {
     effect: Effect,
-    resources: GlobSet,
-    agents: GlobSet,
-    actions: GlobSet,
+    resources: Matcher,
+    agents: Matcher,
+    actions: Matcher,
     condition: Option<Expr>,
     /// The audit reason when this rule decides.
     reason: String,
@@ -194,15 +210,20 @@ pub struct PolicySet {
     needs_resource_attrs: bool,
 }
 
-fn globs(field: &str, patterns: &[String]) -> Result<GlobSet, String> {
+fn globs(field: &str, patterns: &[String]) -> Result<Matcher, String> {
     if patterns.is_empty() {
         return Err(format!("`{field}` is empty; use [\"*\"] for all"));
+    }
+    if patterns.iter().any(|p| p == "*" || p == "**") {
+        return Ok(Matcher::Any);
     }
     let mut b = GlobSetBuilder::new();
     for p in patterns {
         b.add(Glob::new(p).map_err(|e| format!("`{field}` pattern `{p}`: {e}"))?);
     }
-    b.build().map_err(|e| format!("`{field}`: {e}"))
+    b.build()
+        .map(Matcher::Set)
+        .map_err(|e| format!("`{field}`: {e}"))
 }
 
 impl PolicySet {
@@ -299,12 +320,10 @@ impl PolicySet {
         let mut best: Option<(i32, &CompiledRule)> = None;
         for p in self.policies.iter().filter(|p| p.active) {
             for r in &p.rules {
-                if !(r.actions.is_match_candidate(&action_c)
-                    && r.resources.is_match_candidate(&resource_c)
-                    && (r.agents.is_match_candidate(&id_c)
-                        || name_c
-                            .as_ref()
-                            .is_some_and(|n| r.agents.is_match_candidate(n))))
+                if !(r.actions.is_match(&action_c)
+                    && r.resources.is_match(&resource_c)
+                    && (r.agents.is_match(&id_c)
+                        || name_c.as_ref().is_some_and(|n| r.agents.is_match(n))))
                 {
                     continue;
                 }

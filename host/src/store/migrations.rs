@@ -8,7 +8,10 @@ use super::StoreError;
 use rusqlite::Connection;
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
+
+/// A share may require a minimum trust level of the agent using it.
+const MIGRATION_4: &str = "ALTER TABLE shares ADD COLUMN min_trust TEXT;";
 
 /// Wrapped data keys of encrypted contexts (see `store::crypto`): one row per context, key
 /// version and holder (`operator` or an agent id).
