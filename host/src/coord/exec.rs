@@ -570,6 +570,11 @@ pub async fn execute(
     .await;
 
     loop {
+        // Record what the sync points did before scheduling on it, so that the events keep
+        // cause before effect (a point resolves before the notice of it is queued).
+        while let Ok(n) = sync_rx.try_recv() {
+            run.on_sync(n).await;
+        }
         run.schedule().await;
         run.publish_status();
         if run.subs.iter().all(|s| s.state.settled()) {
