@@ -359,24 +359,15 @@ async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
         max_live_agents: 16,
         ..HostConfig::default()
     })?;
-    let policies = match &args.policies {
-        Some(p) => Some(crate::security::PolicySet::load(p)?),
-        None => None,
-    };
+    let policies = crate::cli_state::load_policies(args.policies.as_deref())?;
     let mut audit = None;
     if let Some(dir) = &args.data_dir {
-        let svc = crate::cli_state::open_service(dir, args.key_file.as_deref()).await?;
-        audit = Some(
-            crate::audit::AuditLog::open(svc.store().clone())
-                .await
-                .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?,
-        );
-        host = host.with_context(svc);
-    }
-    if policies.is_some() || audit.is_some() {
+        let s = crate::cli_state::open_secured(dir, args.key_file.as_deref(), policies).await?;
+        audit = Some(s.audit);
+        host = host.with_context(s.context).with_access(s.access);
+    } else if policies.is_some() {
         host = host.with_access(std::sync::Arc::new(crate::security::AccessControl::new(
-            policies,
-            audit.clone(),
+            policies, None,
         )));
     }
     let component = host.load(&args.component)?;

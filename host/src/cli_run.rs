@@ -209,18 +209,12 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             format!("cannot create `{}`: {e}", dir.display()),
         )
     })?;
-    let policies = match &args.policies {
-        Some(p) => Some(crate::security::PolicySet::load(p)?),
-        None => None,
-    };
-    let context = crate::cli_state::open_service(&dir, args.key_file.as_deref()).await?;
-    let audit = crate::audit::AuditLog::open(context.store().clone())
-        .await
-        .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
-    let access = Arc::new(crate::security::AccessControl::new(
-        policies,
-        Some(audit.clone()),
-    ));
+    let policies = crate::cli_state::load_policies(args.policies.as_deref())?;
+    let crate::cli_state::Secured {
+        context,
+        audit,
+        access,
+    } = crate::cli_state::open_secured(&dir, args.key_file.as_deref(), policies).await?;
     let watcher = args
         .policies
         .clone()

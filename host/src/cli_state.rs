@@ -49,6 +49,45 @@ async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
     Ok((store, bus))
 }
 
+/// The policies of `--policies`, when given.
+pub fn load_policies(
+    path: Option<&std::path::Path>,
+) -> Result<Option<crate::security::PolicySet>, Error> {
+    path.map(crate::security::PolicySet::load).transpose()
+}
+
+/// A data directory opened for running agents: its context service, its audit log, and the
+/// access gate (`policies`, audited to that log).
+pub struct Secured {
+    /// The context service.
+    pub context: ContextService,
+    /// The audit log.
+    pub audit: crate::audit::AuditLog,
+    /// The gate.
+    pub access: Arc<crate::security::AccessControl>,
+}
+
+/// Opens `dir` (creating it) with its master key and audit log, and a gate with `policies`.
+pub async fn open_secured(
+    dir: &std::path::Path,
+    key_file: Option<&std::path::Path>,
+    policies: Option<crate::security::PolicySet>,
+) -> Result<Secured, Error> {
+    let context = open_service(dir, key_file).await?;
+    let audit = crate::audit::AuditLog::open(context.store().clone())
+        .await
+        .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
+    let access = Arc::new(crate::security::AccessControl::new(
+        policies,
+        Some(audit.clone()),
+    ));
+    Ok(Secured {
+        context,
+        audit,
+        access,
+    })
+}
+
 /// The master key for encryption at rest: `key_file` when given, else `QI_HOST_MASTER_KEY`,
 /// else none.
 pub fn master_key(

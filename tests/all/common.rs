@@ -121,3 +121,20 @@ pub fn limit(report: &AgentReport) -> (LimitKind, String) {
         ),
     }
 }
+
+/// A context service (with its event bus) over a new in-memory store.
+pub async fn in_memory_context() -> qi_host::context::ContextService {
+    let store =
+        qi_host::Store::open(qi_host::StoreConfig::in_memory()).expect("in-memory store opens");
+    let bus = qi_host::EventBus::new(store.clone(), qi_host::EventBusConfig::default())
+        .await
+        .expect("event bus starts");
+    qi_host::context::ContextService::open(
+        store,
+        bus,
+        Arc::new(qi_host::context::SystemClock),
+        qi_host::context::ContextConfig::default(),
+    )
+    .await
+    .expect("context service opens")
+}

@@ -7,17 +7,13 @@
 use crate::common::{cache_dir, ok, spec};
 use qi_guest_artifacts::{HELLO_COMPONENT, RACER_COMPONENT, SNOOP_COMPONENT, SUBSCRIBER_COMPONENT};
 use qi_host::context::{
-    Change, Conflict, ConflictResolution, ConflictType, ContextConfig, ContextError,
-    ContextService, ContextStatus, ContextVersion, NewContext, OPERATOR, Permission, Refusal,
-    ResolveChoice, SyncStrategy, SystemClock,
+    Change, Conflict, ConflictResolution, ConflictType, ContextError, ContextService,
+    ContextStatus, ContextVersion, NewContext, OPERATOR, Permission, Refusal, ResolveChoice,
+    SyncStrategy,
 };
 use qi_host::events::{EventFilter, EventType};
-use qi_host::{
-    AgentHost, AgentReport, AgentStatus, EventBus, EventBusConfig, HostConfig, Store, StoreConfig,
-    SubAgent, TaskRequest,
-};
+use qi_host::{AgentHost, AgentReport, AgentStatus, HostConfig, SubAgent, TaskRequest};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -32,13 +28,7 @@ pub struct ContextHost {
 pub async fn context_host() -> &'static ContextHost {
     static HOST: OnceCell<ContextHost> = OnceCell::const_new();
     HOST.get_or_init(|| async {
-        let store = Store::open(StoreConfig::in_memory()).expect("in-memory store opens");
-        let bus = EventBus::new(store.clone(), EventBusConfig::default())
-            .await
-            .expect("event bus starts");
-        let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
-            .await
-            .expect("context service opens");
+        let svc = crate::common::in_memory_context().await;
         let host = AgentHost::new(HostConfig {
             max_live_agents: 64,
             cache_dir: Some(cache_dir()),

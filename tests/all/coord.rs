@@ -5,10 +5,10 @@
 
 use crate::common::cache_dir;
 use qi_guest_artifacts::WORKER_COMPONENT;
-use qi_host::context::{ContextConfig, ContextService, OPERATOR, SystemClock};
+use qi_host::context::{ContextService, OPERATOR};
 use qi_host::coord::{self, RunOptions, RunReport, SubtaskState};
 use qi_host::events::EventFilter;
-use qi_host::{AgentHost, ErrorCategory, EventBus, EventBusConfig, HostConfig, Store, StoreConfig};
+use qi_host::{AgentHost, ErrorCategory, HostConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,13 +20,7 @@ pub struct Harness {
 }
 
 pub async fn harness() -> Harness {
-    let store = Store::open(StoreConfig::in_memory()).expect("in-memory store opens");
-    let bus = EventBus::new(store.clone(), EventBusConfig::default())
-        .await
-        .expect("event bus starts");
-    let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
-        .await
-        .expect("context service opens");
+    let svc = crate::common::in_memory_context().await;
     let host = AgentHost::new(HostConfig {
         max_live_agents: 128,
         cache_dir: Some(cache_dir()),

@@ -4,13 +4,11 @@
 use crate::common::cache_dir;
 use qi_guest_artifacts::WORKER_COMPONENT;
 use qi_host::audit::{AuditDecision, AuditLog, AuditQuery};
-use qi_host::context::{
-    ContextConfig, ContextService, NewContext, OPERATOR, Permission, SystemClock,
-};
+use qi_host::context::{ContextService, NewContext, OPERATOR, Permission};
 use qi_host::security::{AccessControl, AccessPolicy, PolicySet, TrustLevel};
 use qi_host::{
-    AgentHost, DirectoryGrant, EventBus, EventBusConfig, FileSystemAccess, HostConfig,
-    IsolationLevel, NetworkAccessLevel, Store, StoreConfig, SubAgentSpecification, TaskRequest,
+    AgentHost, DirectoryGrant, FileSystemAccess, HostConfig, IsolationLevel, NetworkAccessLevel,
+    SubAgentSpecification, TaskRequest,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -23,19 +21,10 @@ struct Secured {
 }
 
 async fn secured(policies: Option<&str>) -> Secured {
-    let store = Store::open(StoreConfig::in_memory()).expect("store");
-    let bus = EventBus::new(store.clone(), EventBusConfig::default())
+    let svc = crate::common::in_memory_context().await;
+    let audit = AuditLog::open(svc.store().clone())
         .await
-        .expect("bus");
-    let svc = ContextService::open(
-        store.clone(),
-        bus,
-        Arc::new(SystemClock),
-        ContextConfig::default(),
-    )
-    .await
-    .expect("context");
-    let audit = AuditLog::open(store).await.expect("audit log");
+        .expect("audit log");
     let policies = policies.map(|p| {
         let file: toml::Value = toml::from_str(p).expect("policy toml");
         let list: Vec<AccessPolicy> = file["policies"].clone().try_into().expect("policies parse");

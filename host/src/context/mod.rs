@@ -434,6 +434,37 @@ impl ContextService {
         Some((c.context_type.clone(), c.owner.clone(), labels))
     }
 
+    /// The host's own documents (run state, outputs, checkpoints): creates `id` owned by the
+    /// operator, or replaces its document when it exists.
+    pub async fn put_as_operator(
+        &self,
+        id: &str,
+        context_type: &str,
+        doc: Value,
+    ) -> Result<(), ContextError> {
+        let created = self
+            .create(
+                OPERATOR,
+                NewContext {
+                    id: Some(id.to_string()),
+                    context_type: context_type.to_string(),
+                    doc: doc.clone(),
+                    ..NewContext::default()
+                },
+            )
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(create_error) => match self.get(OPERATOR, id).await {
+                Ok(view) => self
+                    .write(OPERATOR, id, Change::Put(doc), Some(view.version))
+                    .await
+                    .map(|_| ()),
+                Err(_) => Err(create_error),
+            },
+        }
+    }
+
     /// `decryptContextFromAgent`: opens version `version` of context `id` as stored at rest,
     /// with the data key `agent` holds (its wrapped copy, unwrapped with its own key) rather
     /// than the operator's. Fails when the store is not encrypted, or when the agent holds no

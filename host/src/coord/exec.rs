@@ -55,7 +55,7 @@ use super::plan::{Plan, PreparedAgent, topo_order};
 use super::resources::{ResourceAllocation, ResourceManager, ResourceRequest, ResourceStats};
 use super::sync::{SyncEngine, SyncHandle, SyncNotice, SyncOutcome};
 use crate::agents::{AgentHost, AgentReport, TaskRequest};
-use crate::context::{Change, ContextService, NewContext, OPERATOR};
+use crate::context::{ContextService, OPERATOR};
 use crate::error::{AgentFailure, Error};
 use crate::events::{EventType, NewEvent};
 use serde::Serialize;
@@ -643,31 +643,7 @@ impl Run {
 
     async fn write_doc(&mut self, id: &str, kind: &str, doc: Value) {
         let t = Instant::now();
-        let created = self
-            .ctx
-            .create(
-                OPERATOR,
-                NewContext {
-                    id: Some(id.to_string()),
-                    context_type: kind.to_string(),
-                    doc: doc.clone(),
-                    ..NewContext::default()
-                },
-            )
-            .await;
-        let r = match created {
-            Ok(_) => Ok(()),
-            // It exists (a resumed run, the run document): replace it.
-            Err(_) => match self.ctx.get(OPERATOR, id).await {
-                Ok(view) => self
-                    .ctx
-                    .write(OPERATOR, id, Change::Put(doc), Some(view.version))
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = r {
+        if let Err(e) = self.ctx.put_as_operator(id, kind, doc).await {
             tracing::warn!(context = id, error = %e, "writing a run document");
         }
         self.comm_time += t.elapsed();
@@ -762,6 +738,8 @@ impl Run {
     fn readiness(&self, i: usize) -> Result<bool, String> {
         let def = &self.manifest.subtasks[i];
         let mut ready = true;
+        // A prerequisite that did not complete blocks this subtask for good when this subtask
+        // needs it: named in `dependsOn`, or the source of a required input.
         let required_of = |src: &str| -> bool {
             def.depends_on.iter().any(|d| d == src)
                 || def.inputs.iter().any(|inp| {
@@ -777,18 +755,8 @@ impl Run {
                 ready = false;
                 continue;
             }
-            if s.state != SubtaskState::Completed {
-                let through_output_or_explicit = self.manifest.subtasks[i]
-                    .depends_on
-                    .contains(&s.id)
-                    || def
-                        .inputs
-                        .iter()
-                        .flat_map(|inp| inp.from.iter().flat_map(|f| f.refs()))
-                        .any(|r| matches!(Source::parse(r), Some(Source::Output { subtask, .. }) if subtask == s.id));
-                if through_output_or_explicit && required_of(&s.id) {
-                    return Err(format!("`{}` {}", s.id, state_word(s.state)));
-                }
+            if s.state != SubtaskState::Completed && required_of(&s.id) {
+                return Err(format!("`{}` {}", s.id, state_word(s.state)));
             }
         }
         for inp in &def.inputs {

@@ -26,7 +26,7 @@
 //! A retried participant that arrives again replaces its earlier payload while the point is
 //! open; once the point resolved, any later call by a participant returns the resolution.
 
-use crate::context::{ContextService, NewContext, OPERATOR};
+use crate::context::{ContextService, OPERATOR};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -322,33 +322,10 @@ impl Checkpoints {
     async fn save(&self, point: &str, participant: &str, state: &Value) -> Result<(), String> {
         let id = self.id(point, participant);
         let doc = json!({"point": point, "participant": participant, "state": state});
-        match self.context.get(OPERATOR, &id).await {
-            Ok(view) => self
-                .context
-                .write(
-                    OPERATOR,
-                    &id,
-                    crate::context::Change::Put(doc),
-                    Some(view.version),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("storing checkpoint `{id}`: {e}")),
-            Err(_) => self
-                .context
-                .create(
-                    OPERATOR,
-                    NewContext {
-                        id: Some(id.clone()),
-                        context_type: "checkpoint".into(),
-                        doc,
-                        ..NewContext::default()
-                    },
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("storing checkpoint `{id}`: {e}")),
-        }
+        self.context
+            .put_as_operator(&id, "checkpoint", doc)
+            .await
+            .map_err(|e| format!("storing checkpoint `{id}`: {e}"))
     }
 
     async fn load(&self, point: &str, participant: &str) -> Option<Value> {

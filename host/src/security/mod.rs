@@ -312,8 +312,12 @@ impl PolicySet {
 
     /// Decides `req` (see the module docs for the order).
     pub fn decide(&self, req: &Request<'_>) -> Decision {
-        let resource = format!("{}/{}", req.kind, req.id);
-        let resource_c = globset::Candidate::new(&resource);
+        self.decide_on(req, &req.resource())
+    }
+
+    /// [`decide`](Self::decide) with the resource string (`<kind>/<id>`) already built.
+    fn decide_on(&self, req: &Request<'_>, resource: &str) -> Decision {
+        let resource_c = globset::Candidate::new(resource);
         let action_c = globset::Candidate::new(req.action);
         let id_c = globset::Candidate::new(req.agent_id);
         let name_c = req.agent_name.map(globset::Candidate::new);
@@ -384,6 +388,13 @@ pub struct Request<'a> {
     pub labels: &'a [String],
     /// The operation.
     pub action: &'a str,
+}
+
+impl Request<'_> {
+    /// `<kind>/<id>`, what resource patterns match.
+    pub fn resource(&self) -> String {
+        format!("{}/{}", self.kind, self.id)
+    }
 }
 
 impl Facts for Request<'_> {
@@ -498,10 +509,14 @@ impl AccessControl {
 
     /// [`enforce`](Self::enforce) with the policies already in hand.
     pub fn enforce_with(&self, policies: &PolicySet, req: &Request<'_>) -> Decision {
-        let d = policies.decide(req);
+        let resource = req.resource();
+        let d = policies.decide_on(req, &resource);
+        if !d.allowed {
+            tracing::info!(agent = req.agent_id, %resource, action = req.action, reason = %d.reason, "access denied by policy");
+        }
         self.record(NewAuditEntry::new(
             req.agent_id,
-            format!("{}/{}", req.kind, req.id),
+            resource,
             req.action,
             if d.allowed {
                 AuditDecision::Allow
@@ -510,9 +525,6 @@ impl AccessControl {
             },
             d.reason.clone(),
         ));
-        if !d.allowed {
-            tracing::info!(agent = req.agent_id, resource = %format!("{}/{}", req.kind, req.id), action = req.action, reason = %d.reason, "access denied by policy");
-        }
         d
     }
 }
