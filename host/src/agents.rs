@@ -6,9 +6,9 @@
 //! Every agent runs exactly one task in a fresh instance, so nothing leaks from one task to the
 //! next. A failing agent ends with an [`AgentFailure`]; the host and every other agent go on.
 
-use crate::bindings::{AgentError, WitAgentType};
 use crate::engine::{HostConfig, LoadedComponent, Runtime, error_chain};
 use crate::error::{AgentFailure, Error, ErrorCategory, LimitKind, Result};
+use crate::interfaces::{AgentError, WitAgentType};
 use crate::sandbox::{AgentShared, AgentState, Counters, HostCallRecord, LogRecord, UsageReceipt};
 use crate::spec::{AgentType, SpecCeilings, SubAgentSpecification};
 use crate::tools::ToolRegistry;
@@ -467,7 +467,7 @@ impl AgentHost {
     }
 }
 
-fn describe(info: crate::bindings::AgentInfo) -> AgentDescription {
+fn describe(info: crate::interfaces::AgentInfo) -> AgentDescription {
     AgentDescription {
         name: info.name,
         version: info.version,
@@ -540,7 +540,7 @@ pub struct SubAgent {
     id: String,
     component: Arc<LoadedComponent>,
     store: Store<AgentState>,
-    instance: Option<crate::bindings::Agent>,
+    instance: Option<crate::interfaces::Agent>,
     description: Option<AgentDescription>,
     shared: Arc<AgentShared>,
     entry: Arc<AgentEntry>,
@@ -663,7 +663,7 @@ impl SubAgent {
             .id
             .clone()
             .unwrap_or_else(|| format!("{}-task", self.id));
-        let wit_task = crate::bindings::Task {
+        let wit_task = crate::interfaces::Task {
             id: task_id.clone(),
             description: task.description,
             input: task.input.to_string(),

@@ -31,8 +31,8 @@
 //!   precompiled artifact (tens of microseconds instead of tens of milliseconds). In memory, each
 //!   component has one `InstancePre` built from the one shared `Linker`.
 
-use crate::bindings::AgentPre;
 use crate::error::{Error, Result};
+use crate::interfaces::AgentPre;
 use crate::sandbox::AgentState;
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -159,7 +159,7 @@ impl Runtime {
     /// Builds the engine (pooling, falling back to on-demand) and the linker.
     pub fn new(config: HostConfig) -> Result<Self> {
         let (engine, allocator) = build_engine(&config)?;
-        let linker = crate::bindings::linker(&engine).map_err(anyhow::Error::from)?;
+        let linker = crate::interfaces::linker(&engine).map_err(anyhow::Error::from)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_hash = format!("{:016x}", hasher.finish());

@@ -191,6 +191,17 @@ pub enum LimitKind {
     OutputSize,
     /// The wasm call stack.
     Stack,
+    /// `resourceLimits.maxOpenHandles`: live descriptors, sockets, streams and other WASI
+    /// resources at once.
+    OpenHandles,
+    /// `resourceLimits.maxDiskBytes`: bytes the agent's files on writable mounts may hold.
+    DiskBytes,
+    /// `resourceLimits.maxFilesCreated`: files and directories the agent may create.
+    FilesCreated,
+    /// `configurationOverrides.maxLogBytes`: log bytes the agent may write.
+    LogBytes,
+    /// Bytes of one host-call argument (see `crate::interfaces::limits`).
+    ArgumentSize,
 }
 
 impl LimitKind {
@@ -205,6 +216,11 @@ impl LimitKind {
             LimitKind::ConcurrentOperations => "resourceLimits.maxConcurrentOperations",
             LimitKind::OutputSize => "configurationOverrides.maxOutputBytes",
             LimitKind::Stack => "host max_wasm_stack",
+            LimitKind::OpenHandles => "resourceLimits.maxOpenHandles",
+            LimitKind::DiskBytes => "resourceLimits.maxDiskBytes",
+            LimitKind::FilesCreated => "resourceLimits.maxFilesCreated",
+            LimitKind::LogBytes => "configurationOverrides.maxLogBytes",
+            LimitKind::ArgumentSize => "host-call argument size",
         }
     }
 }
@@ -220,6 +236,11 @@ impl fmt::Display for LimitKind {
             LimitKind::ConcurrentOperations => "concurrent operations",
             LimitKind::OutputSize => "output size",
             LimitKind::Stack => "stack",
+            LimitKind::OpenHandles => "open handles",
+            LimitKind::DiskBytes => "disk bytes",
+            LimitKind::FilesCreated => "files created",
+            LimitKind::LogBytes => "log bytes",
+            LimitKind::ArgumentSize => "argument size",
         })
     }
 }
@@ -256,6 +277,13 @@ pub enum AgentFailure {
         /// The trap, e.g. `out of bounds memory access`.
         message: String,
     },
+    /// The guest called `exit` (WASI `wasi:cli/exit`) instead of returning from `run`.
+    #[error("guest exited with status {status}")]
+    Exited {
+        /// The exit status (0 for `exit(0)`; WASI 0.2 carries only success or failure, reported
+        /// as 0 or 1).
+        status: i32,
+    },
     /// The agent returned an error from `run`.
     #[error("agent reported an error: {message}")]
     AgentError {
@@ -287,6 +315,7 @@ impl AgentFailure {
             AgentFailure::Panicked { .. }
             | AgentFailure::Trapped { .. }
             | AgentFailure::AgentError { .. }
+            | AgentFailure::Exited { .. }
             | AgentFailure::InvalidOutput { .. } => ErrorCategory::Business,
             AgentFailure::Host { .. } => ErrorCategory::System,
         }

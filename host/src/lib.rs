@@ -22,7 +22,7 @@
 //!
 //! Module map: [`engine`] (the one Engine, pooling, component cache), [`spec`] (specification
 //! and validation), [`sandbox`] (Store data, limits, WASI, usage), [`agents`] (spawn, run,
-//! terminate), [`tools`] (host tools), [`bindings`] (WIT bindings and host calls), [`store`]
+//! terminate), [`tools`] (host tools), [`interfaces`] (WIT bindings, one module per host interface), [`wasi`] (counted WASI filesystem), [`store`]
 //! (SQLite with group commit, blob tier), [`events`] (event bus), [`context`] (shared context),
 //! [`audit`] (tamper-evident audit log),
 //! [`coord`] (task manifests, distribution, coordinated execution, synchronization points),
@@ -30,7 +30,6 @@
 
 pub mod agents;
 pub mod audit;
-pub mod bindings;
 pub mod cli;
 mod cli_run;
 mod cli_state;
@@ -39,12 +38,13 @@ pub mod coord;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod interfaces;
 pub mod sandbox;
 pub mod security;
 pub mod spec;
 pub mod store;
 pub mod tools;
-mod wasi_fs;
+pub mod wasi;
 
 pub use agents::{AgentDescription, AgentHost, AgentReport, AgentStatus, SubAgent, TaskRequest};
 pub use engine::{AllocatorKind, HostConfig, LoadedComponent, Runtime};

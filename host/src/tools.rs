@@ -5,7 +5,6 @@
 //! cannot reach outside them either: absolute paths outside every grant, `..` above a grant
 //! and symlinks pointing out of it all fail.
 
-use crate::sandbox::Preopen;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,6 +12,20 @@ use std::io::{Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+
+/// A directory the agent sees, opened through cap-std so that host-side tools cannot escape it
+/// either (no absolute paths, no `..` above it, no symlinks out of it).
+#[derive(Debug, Clone)]
+pub struct Preopen {
+    /// Path the agent uses, e.g. `/workspace`.
+    pub guest_path: String,
+    /// Host directory path (as granted).
+    pub host_path: std::path::PathBuf,
+    /// Host directory handle.
+    pub dir: Arc<cap_std::fs::Dir>,
+    /// Whether writes are allowed.
+    pub writable: bool,
+}
 
 /// A boxed future returned by [`Tool::call`].
 pub type ToolFuture = Pin<Box<dyn Future<Output = Result<Value, ToolFailure>> + Send>>;

@@ -891,6 +891,9 @@ impl Run {
         let agent = self.agents[&agent_name].clone();
         let def = self.manifest.subtasks[i].clone();
         let mut spec = agent.spec.clone();
+        // Policies match the agent by the kind the manifest declares, never by the name the
+        // component gives itself.
+        spec.name = Some(agent_name.clone());
         if let Some(m) = def.constraints.max_memory_mb {
             spec.resource_limits.max_memory_mb = spec.resource_limits.max_memory_mb.min(m);
         }

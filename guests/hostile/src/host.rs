@@ -1,0 +1,9 @@
+//! `host.*` attacks.
+
+use qi_guest_sdk::serde_json::Value;
+use qi_guest_sdk::{AgentError, TaskOutput};
+
+/// Runs attack `host.<attack>`.
+pub fn run(attack: &str, _input: &Value) -> Result<TaskOutput, AgentError> {
+    Err(crate::unknown(&format!("host.{attack}")))
+}

@@ -1,0 +1,50 @@
+//! `hostile`: attacks the sandbox from inside, one attack per mode, so the host's tests can
+//! check that every wall holds and that each attack ends with its own precise error.
+//!
+//! Input: `{"mode": "<wall>.<attack>", ...}` where `<wall>` is `fs` (filesystem: links,
+//! handles, disk), `net` (sockets and name resolution) or `host` (host-call arguments, output,
+//! stdio, exit, identity). Each wall's modes, their extra input and their output are documented
+//! in its module. A mode reports what the host let it do (the walls are judged by the tests,
+//! not by the agent); an unknown mode is `invalid-input`.
+
+mod fs;
+mod host;
+mod net;
+
+use qi_guest_sdk::serde_json::Value;
+use qi_guest_sdk::{Agent, AgentError, AgentInfo, AgentType, Task, TaskOutput};
+
+/// The `hostile` agent.
+pub struct Hostile;
+
+impl Agent for Hostile {
+    fn describe() -> AgentInfo {
+        AgentInfo {
+            name: "hostile".into(),
+            version: "0.1.0".into(),
+            agent_type: AgentType::Basic,
+            capabilities: vec!["sandbox-probe".into()],
+            description: "Attacks one sandbox wall per mode (fs.*, net.*, host.*).".into(),
+        }
+    }
+
+    fn run(task: Task) -> Result<TaskOutput, AgentError> {
+        let input: Value = task.input_json()?;
+        let mode = input["mode"].as_str().unwrap_or_default().to_string();
+        match mode.split_once('.') {
+            Some(("fs", attack)) => fs::run(attack, &input),
+            Some(("net", attack)) => net::run(attack, &input),
+            Some(("host", attack)) => host::run(attack, &input),
+            _ => Err(unknown(&mode)),
+        }
+    }
+}
+
+/// The error for a mode no module knows.
+fn unknown(mode: &str) -> AgentError {
+    AgentError::InvalidInput(format!(
+        "unknown mode `{mode}`; use `fs.<attack>`, `net.<attack>` or `host.<attack>`"
+    ))
+}
+
+qi_guest_sdk::export_agent!(Hostile);

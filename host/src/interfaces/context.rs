@@ -1,0 +1,319 @@
+//! `qi:agent/context`: the shared, versioned context store, as the agent's host-assigned id.
+
+use super::qi;
+use crate::context::{
+    Change, ContextError, ContextService, NewContext, Permission, Refusal, SyncStrategy,
+};
+use crate::sandbox::{AgentShared, AgentState};
+use qi::agent::context::{
+    ContextError as WitContextError, Document, WriteResult as WitWriteResult,
+};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Adds `qi:agent/context` to `linker`.
+pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    qi::agent::context::add_to_linker::<AgentState, HasSelf<AgentState>>(linker, |s| s)
+}
+
+pub(super) fn context_error(e: ContextError) -> WitContextError {
+    match e {
+        ContextError::AccessDenied { .. } => WitContextError::AccessDenied(e.to_string()),
+        ContextError::UnknownAgent(_) => WitContextError::Invalid(e.to_string()),
+        ContextError::NotFound(_) => WitContextError::NotFound(e.to_string()),
+        ContextError::Refused {
+            refusal: Refusal::Stale { current, .. },
+            ..
+        } => WitContextError::Stale(current),
+        ContextError::Refused { .. } | ContextError::AlreadyExists(_) => {
+            WitContextError::Refused(e.to_string())
+        }
+        ContextError::Invalid { .. } => WitContextError::Invalid(e.to_string()),
+        ContextError::Store(_) | ContextError::Events(_) => WitContextError::Failed(e.to_string()),
+    }
+}
+
+fn parse_json(field: &str, text: &str) -> Result<serde_json::Value, WitContextError> {
+    serde_json::from_str(text)
+        .map_err(|e| WitContextError::Invalid(format!("`{field}` is not JSON: {e}")))
+}
+
+fn write_result(r: crate::context::WriteResult) -> WitWriteResult {
+    WitWriteResult {
+        id: r.context_id,
+        version: r.version,
+        new_version: r.new_version,
+        conflicts: serde_json::to_string(&r.conflicts).unwrap_or_else(|_| "[]".into()),
+    }
+}
+
+/// The context store and the agent's identity in it, counting the call.
+pub(super) async fn context_call(
+    shared: &Arc<AgentShared>,
+    call: &str,
+) -> Result<(ContextService, String), WitContextError> {
+    {
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let svc = shared.context.clone().ok_or_else(|| {
+            WitContextError::Failed(format!("{call}: this host has no context store attached"))
+        })?;
+        let id = shared.id.clone();
+        svc.touch(&id).await.map_err(context_error)?;
+        Ok((svc, id))
+    }
+}
+
+impl AgentState {
+    fn finish_context<T>(
+        &self,
+        call: &str,
+        target: &str,
+        arg_bytes: usize,
+        start: Instant,
+        r: &Result<T, WitContextError>,
+    ) {
+        let outcome = match r {
+            Ok(_) => "ok",
+            Err(WitContextError::AccessDenied(_)) => {
+                self.shared
+                    .counters
+                    .access_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                "access-denied"
+            }
+            Err(WitContextError::NotFound(_)) => "not-found",
+            Err(WitContextError::Stale(_)) => "stale",
+            Err(WitContextError::Refused(_)) => "refused",
+            Err(WitContextError::Invalid(_)) => "invalid",
+            Err(WitContextError::Failed(_)) => "failed",
+        };
+        self.shared
+            .record_call(call, target, arg_bytes, start, outcome);
+    }
+}
+
+impl qi::agent::context::Host for AgentState {
+    async fn create(
+        &mut self,
+        id: Option<String>,
+        context_type: String,
+        doc: String,
+        strategy: qi::agent::context::SyncStrategy,
+    ) -> Result<WitWriteResult, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let bytes = doc.len() + context_type.len();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.create").await?;
+            shared
+                .gate("context", id.as_deref().unwrap_or("*"), "create")
+                .map_err(WitContextError::AccessDenied)?;
+            let doc = parse_json("doc", &doc)?;
+            let strategy = match strategy {
+                qi::agent::context::SyncStrategy::Strong => SyncStrategy::Strong,
+                qi::agent::context::SyncStrategy::Eventual => SyncStrategy::Eventual,
+                qi::agent::context::SyncStrategy::Causal => SyncStrategy::Causal,
+                qi::agent::context::SyncStrategy::Manual => SyncStrategy::Manual,
+            };
+            let resolution = if strategy == SyncStrategy::Causal {
+                crate::context::ConflictResolution::Merge
+            } else {
+                crate::context::ConflictResolution::LastWriteWins
+            };
+            svc.create(
+                &me,
+                NewContext {
+                    id,
+                    context_type,
+                    doc,
+                    strategy,
+                    resolution,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(write_result)
+            .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.create", "", bytes, start, &r);
+        r
+    }
+
+    async fn get(&mut self, id: String) -> Result<Document, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.get").await?;
+            shared
+                .gate("context", &id, "get")
+                .map_err(WitContextError::AccessDenied)?;
+            let v = svc.get(&me, &id).await.map_err(context_error)?;
+            Ok(Document {
+                id: v.id,
+                owner: v.owner,
+                context_type: v.context_type,
+                version: v.version,
+                revision: v.revision,
+                status: v.status.as_str().to_string(),
+                doc: v.doc.to_string(),
+            })
+        }
+        .await;
+        self.finish_context("context.get", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn put(
+        &mut self,
+        id: String,
+        doc: String,
+        base_version: Option<u64>,
+    ) -> Result<WitWriteResult, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let bytes = doc.len();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.put").await?;
+            shared
+                .gate("context", &id, "put")
+                .map_err(WitContextError::AccessDenied)?;
+            let doc = parse_json("doc", &doc)?;
+            svc.write(&me, &id, Change::Put(doc), base_version)
+                .await
+                .map(write_result)
+                .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.put", &id, bytes, start, &r);
+        r
+    }
+
+    async fn patch(
+        &mut self,
+        id: String,
+        merge_patch: String,
+        base_version: Option<u64>,
+    ) -> Result<WitWriteResult, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let bytes = merge_patch.len();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.patch").await?;
+            shared
+                .gate("context", &id, "patch")
+                .map_err(WitContextError::AccessDenied)?;
+            let patch = parse_json("merge-patch", &merge_patch)?;
+            svc.write(&me, &id, Change::Merge(patch), base_version)
+                .await
+                .map(write_result)
+                .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.patch", &id, bytes, start, &r);
+        r
+    }
+
+    async fn delete(&mut self, id: String) -> Result<(), WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.delete").await?;
+            shared
+                .gate("context", &id, "delete")
+                .map_err(WitContextError::AccessDenied)?;
+            svc.delete(&me, &id)
+                .await
+                .map(|_| ())
+                .map_err(context_error)
+        }
+        .await;
+        self.finish_context("context.delete", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn share(
+        &mut self,
+        id: String,
+        agents: Vec<String>,
+        permissions: Vec<qi::agent::context::Permission>,
+        expires_in_ms: Option<u64>,
+    ) -> Result<(), WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.share").await?;
+            shared
+                .gate("context", &id, "share")
+                .map_err(WitContextError::AccessDenied)?;
+            let perms: Vec<Permission> = permissions
+                .into_iter()
+                .map(|p| match p {
+                    qi::agent::context::Permission::Read => Permission::Read,
+                    qi::agent::context::Permission::Write => Permission::Write,
+                    qi::agent::context::Permission::Share => Permission::Share,
+                    qi::agent::context::Permission::Delete => Permission::Delete,
+                })
+                .collect();
+            let expires = expires_in_ms.map(|ms| svc.now_ms().saturating_add(ms));
+            svc.share(&me, &id, &agents, &perms, expires)
+                .await
+                .map(|_| ())
+                .map_err(context_error)?;
+            shared.audit(
+                &format!("context/{id}"),
+                "share",
+                format!("shared with {}", agents.join(", ")),
+                serde_json::json!({"agents": agents, "permissions": perms, "expiresAt": expires}),
+            );
+            Ok(())
+        }
+        .await;
+        self.finish_context("context.share", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn revoke(&mut self, id: String, agents: Vec<String>) -> Result<(), WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.revoke").await?;
+            shared
+                .gate("context", &id, "revoke")
+                .map_err(WitContextError::AccessDenied)?;
+            svc.revoke(&me, &id, &agents).await.map_err(context_error)?;
+            shared.audit(
+                &format!("context/{id}"),
+                "revoke",
+                format!("revoked from {}", agents.join(", ")),
+                serde_json::json!({"agents": agents}),
+            );
+            Ok(())
+        }
+        .await;
+        self.finish_context("context.revoke", &id, id.len(), start, &r);
+        r
+    }
+
+    async fn ids(&mut self, context_type: Option<String>) -> Vec<String> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = match context_call(&shared, "context.ids").await.and_then(|x| {
+            shared
+                .gate("context", "*", "ids")
+                .map_err(WitContextError::AccessDenied)
+                .map(|()| x)
+        }) {
+            Ok((svc, me)) => Ok(svc
+                .list(&me, context_type.as_deref(), None)
+                .into_iter()
+                .map(|v| v.id)
+                .collect()),
+            Err(e) => Err(e),
+        };
+        self.finish_context("context.ids", "", 0, start, &r);
+        r.unwrap_or_default()
+    }
+}

@@ -1,0 +1,215 @@
+//! `qi:agent/events`: subscriptions to the event bus and custom events.
+
+use super::context::{context_call, context_error};
+use super::qi;
+use super::tools::MAX_TOOL_INPUT_BYTES;
+use crate::context::{ContextError, Permission};
+use crate::events::{EventError, EventType, NewEvent, SubscribeFrom};
+use crate::sandbox::AgentState;
+use qi::agent::context::ContextError as WitContextError;
+use qi::agent::events::{Event as WitEvent, EventError as WitEventError};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Most subscriptions one agent may hold at once.
+pub const MAX_SUBSCRIPTIONS_PER_AGENT: usize = 16;
+/// Longest a single `events.next` waits, in milliseconds.
+pub const MAX_NEXT_TIMEOUT_MS: u32 = 60_000;
+
+/// Adds `qi:agent/events` to `linker`.
+pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    qi::agent::events::add_to_linker::<AgentState, HasSelf<AgentState>>(linker, |s| s)
+}
+
+fn event_error(e: EventError) -> WitEventError {
+    match e {
+        EventError::HistoryCompacted { oldest, .. } => WitEventError::HistoryCompacted(oldest),
+        other => WitEventError::Failed(other.to_string()),
+    }
+}
+
+fn event_call_error(e: WitContextError) -> WitEventError {
+    match e {
+        WitContextError::AccessDenied(m) => WitEventError::AccessDenied(m),
+        WitContextError::Invalid(m)
+        | WitContextError::NotFound(m)
+        | WitContextError::Refused(m) => WitEventError::Invalid(m),
+        WitContextError::Stale(v) => WitEventError::Invalid(format!("stale version {v}")),
+        WitContextError::Failed(m) => WitEventError::Failed(m),
+    }
+}
+
+fn context_event_error(e: ContextError) -> WitEventError {
+    match e {
+        ContextError::Events(ev) => event_error(ev),
+        other => event_call_error(context_error(other)),
+    }
+}
+
+impl qi::agent::events::Host for AgentState {
+    async fn subscribe(
+        &mut self,
+        context_ids: Vec<String>,
+        event_types: Vec<String>,
+        after_seq: Option<u64>,
+    ) -> Result<u64, WitEventError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "events.subscribe").await.map_err(event_call_error)?;
+            for id in &context_ids {
+                shared.gate("events", id, "subscribe").map_err(WitEventError::AccessDenied)?;
+            }
+            if self.subscriptions.len() >= MAX_SUBSCRIPTIONS_PER_AGENT {
+                return Err(WitEventError::Invalid(format!("an agent may hold at most {MAX_SUBSCRIPTIONS_PER_AGENT} subscriptions; unsubscribe first")));
+            }
+            let mut types = Vec::new();
+            for t in &event_types {
+                types.push(t.parse::<EventType>().map_err(|e| WitEventError::Invalid(e.to_string()))?);
+            }
+            let from = after_seq.map_or(SubscribeFrom::Now, SubscribeFrom::AfterSeq);
+            let sub = svc.subscribe_to(&me, &context_ids, types, from).await.map_err(context_event_error)?;
+            let handle = sub.id().0;
+            self.subscriptions.insert(handle, sub);
+            Ok(handle)
+        }
+        .await;
+        self.shared.record_call(
+            "events.subscribe",
+            "",
+            0,
+            start,
+            if r.is_ok() { "ok" } else { "error" },
+        );
+        r
+    }
+
+    async fn next(
+        &mut self,
+        subscription: u64,
+        timeout_ms: u32,
+    ) -> Result<Option<WitEvent>, WitEventError> {
+        self.shared
+            .counters
+            .host_calls
+            .fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let sub = self
+            .subscriptions
+            .get_mut(&subscription)
+            .ok_or(WitEventError::UnknownSubscription(subscription))?;
+        let wait = std::time::Duration::from_millis(u64::from(timeout_ms.min(MAX_NEXT_TIMEOUT_MS)));
+        let r = match sub.next_timeout(wait).await {
+            // Access is checked on every delivery: a revoked or expired share ends the
+            // subscription at once.
+            Ok(Some(e))
+                if e.context_id.as_deref().is_some_and(|c| {
+                    self.shared.context.as_ref().is_none_or(|svc| {
+                        svc.allowed(&self.shared.id, c, Permission::Read).is_err()
+                    })
+                }) =>
+            {
+                self.subscriptions.remove(&subscription);
+                if let Some(svc) = &self.shared.context {
+                    let _ = svc
+                        .unsubscribe(&self.shared.id, crate::events::SubscriptionId(subscription))
+                        .await;
+                }
+                Err(WitEventError::AccessDenied(format!(
+                    "subscription {subscription} ended: the agent may no longer read context `{}`",
+                    e.context_id.unwrap_or_default()
+                )))
+            }
+            Ok(Some(e)) => Ok(Some(WitEvent {
+                seq: e.seq,
+                event_type: e.event_type.as_str().to_string(),
+                context_id: e.context_id,
+                agent_id: e.agent_id,
+                timestamp_ms: e.timestamp_ms,
+                priority: e.priority,
+                data: e.data.to_string(),
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.subscriptions.remove(&subscription);
+                Err(event_error(e))
+            }
+        };
+        self.shared.record_call(
+            "events.next",
+            "",
+            0,
+            start,
+            if r.is_ok() { "ok" } else { "error" },
+        );
+        r
+    }
+
+    async fn unsubscribe(&mut self, subscription: u64) {
+        self.shared
+            .counters
+            .host_calls
+            .fetch_add(1, Ordering::Relaxed);
+        if self.subscriptions.remove(&subscription).is_some()
+            && let Some(svc) = &self.shared.context
+            && let Err(e) = svc
+                .unsubscribe(&self.shared.id, crate::events::SubscriptionId(subscription))
+                .await
+        {
+            tracing::warn!(agent = %self.shared.id, error = %e, "unsubscribing");
+        }
+        self.shared
+            .record_call("events.unsubscribe", "", 0, Instant::now(), "ok");
+    }
+
+    async fn publish(
+        &mut self,
+        context_id: String,
+        priority: u8,
+        data: String,
+    ) -> Result<u64, WitEventError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "events.publish")
+                .await
+                .map_err(event_call_error)?;
+            shared
+                .gate("events", &context_id, "publish")
+                .map_err(WitEventError::AccessDenied)?;
+            if data.len() > MAX_TOOL_INPUT_BYTES {
+                return Err(WitEventError::Invalid(format!(
+                    "data is {} bytes; the limit is {MAX_TOOL_INPUT_BYTES}",
+                    data.len()
+                )));
+            }
+            let data: serde_json::Value = serde_json::from_str(&data)
+                .map_err(|e| WitEventError::Invalid(format!("data is not JSON: {e}")))?;
+            svc.authorize(&me, &context_id, Permission::Write, "publish events about")
+                .await
+                .map_err(context_event_error)?;
+            let e = svc
+                .bus()
+                .publish(
+                    NewEvent::new(EventType::Custom)
+                        .context(&context_id)
+                        .agent(&me)
+                        .priority(priority)
+                        .data(data),
+                )
+                .await
+                .map_err(event_error)?;
+            Ok(e.seq)
+        }
+        .await;
+        self.shared.record_call(
+            "events.publish",
+            &context_id,
+            data.len(),
+            start,
+            if r.is_ok() { "ok" } else { "error" },
+        );
+        r
+    }
+}

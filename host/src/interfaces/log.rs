@@ -1,0 +1,92 @@
+//! `qi:agent/log`: structured log records, bounded per record and per agent.
+
+use super::Level;
+use super::qi;
+use crate::sandbox::{AgentState, LogRecord, MAX_KEPT_LOG_RECORDS};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Largest log message kept, in bytes; longer ones are truncated.
+pub const MAX_LOG_MESSAGE_BYTES: usize = 4 << 10;
+/// Most fields kept per log record.
+pub const MAX_LOG_FIELDS: usize = 32;
+
+/// Adds `qi:agent/log` to `linker`.
+pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    qi::agent::log::add_to_linker::<AgentState, HasSelf<AgentState>>(linker, |s| s)
+}
+
+impl qi::agent::log::Host for AgentState {
+    async fn log(&mut self, level: Level, message: String, fields: Vec<qi::agent::log::Field>) {
+        let shared = &self.shared;
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let mut message = message;
+        truncate_utf8(&mut message, MAX_LOG_MESSAGE_BYTES);
+        let fields: Vec<(String, String)> = fields
+            .into_iter()
+            .take(MAX_LOG_FIELDS)
+            .map(|f| {
+                let (mut k, mut v) = (f.key, f.value);
+                truncate_utf8(&mut k, 256);
+                truncate_utf8(&mut v, 1024);
+                (k, v)
+            })
+            .collect();
+        let bytes =
+            (message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64;
+        let used = shared
+            .counters
+            .log_bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
+        if used > shared.overrides.max_log_bytes {
+            shared
+                .counters
+                .log_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
+            shared.counters.logs_dropped.fetch_add(1, Ordering::Relaxed);
+            shared.record_call("log.log", "", bytes as usize, start, "dropped");
+            return;
+        }
+        let rendered: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let agent = shared.id.as_str();
+        match level {
+            Level::Trace => tracing::trace!(target: "qi.guest", agent, "{message}{rendered}"),
+            Level::Debug => tracing::debug!(target: "qi.guest", agent, "{message}{rendered}"),
+            Level::Info => tracing::info!(target: "qi.guest", agent, "{message}{rendered}"),
+            Level::Warn => tracing::warn!(target: "qi.guest", agent, "{message}{rendered}"),
+            Level::Error => tracing::error!(target: "qi.guest", agent, "{message}{rendered}"),
+        }
+        {
+            let mut logs = shared.logs.lock().expect("log lock poisoned");
+            if logs.len() < MAX_KEPT_LOG_RECORDS {
+                logs.push(LogRecord {
+                    level: match level {
+                        Level::Trace => "trace",
+                        Level::Debug => "debug",
+                        Level::Info => "info",
+                        Level::Warn => "warn",
+                        Level::Error => "error",
+                    }
+                    .to_string(),
+                    message,
+                    fields,
+                });
+            }
+        }
+        shared.record_call("log.log", "", bytes as usize, start, "ok");
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+}

@@ -1,0 +1,158 @@
+//! `qi:agent/sync`: the synchronization points of a coordinated run.
+
+use super::qi;
+use crate::coord::sync::{MAX_SYNC_PAYLOAD_BYTES, SyncFailure, SyncPointType};
+use crate::sandbox::AgentState;
+use qi::agent::sync::{SyncError as WitSyncError, SyncOutcome as WitSyncOutcome};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Adds `qi:agent/sync` to `linker`.
+pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    qi::agent::sync::add_to_linker::<AgentState, HasSelf<AgentState>>(linker, |s| s)
+}
+
+fn sync_outcome(o: Arc<crate::coord::sync::SyncOutcome>) -> WitSyncOutcome {
+    WitSyncOutcome {
+        point: o.point.clone(),
+        complete: o.complete,
+        timed_out: o.timed_out,
+        arrived: o.arrived.clone(),
+        absent: o.absent.clone(),
+        result: o.result.to_string(),
+    }
+}
+
+fn sync_error(e: SyncFailure) -> WitSyncError {
+    match e {
+        SyncFailure::UnknownPoint(p) => WitSyncError::UnknownPoint(p),
+        SyncFailure::Invalid(m) => WitSyncError::Invalid(m),
+        SyncFailure::Failed(m) => WitSyncError::Failed(m),
+        SyncFailure::InvalidPayload(m) => WitSyncError::InvalidPayload(m),
+    }
+}
+
+fn sync_payload(call: &str, text: &str) -> Result<serde_json::Value, WitSyncError> {
+    if text.len() > MAX_SYNC_PAYLOAD_BYTES {
+        return Err(WitSyncError::InvalidPayload(format!(
+            "{call}: payload is {} bytes; the limit is {MAX_SYNC_PAYLOAD_BYTES}",
+            text.len()
+        )));
+    }
+    serde_json::from_str(text)
+        .map_err(|e| WitSyncError::InvalidPayload(format!("{call}: payload is not JSON: {e}")))
+}
+
+impl AgentState {
+    /// One sync call: counted, recorded when monitored, refused outside a coordinated run.
+    async fn sync_call(
+        &mut self,
+        call: SyncPointType,
+        point: String,
+        payload: Result<serde_json::Value, WitSyncError>,
+        arg_bytes: usize,
+    ) -> Result<WitSyncOutcome, WitSyncError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let r = async {
+            let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
+            let action = call.wit_call().trim_start_matches("sync.");
+            shared
+                .gate("sync", &point, action)
+                .map_err(WitSyncError::AccessDenied)?;
+            let payload = payload?;
+            handle.waiting.store(true, Ordering::Relaxed);
+            let r = handle
+                .engine
+                .arrive(&point, &handle.participant, call, payload)
+                .await;
+            handle.waiting.store(false, Ordering::Relaxed);
+            r.map(sync_outcome).map_err(sync_error)
+        }
+        .await;
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(WitSyncError::NotCoordinated) => "not-coordinated",
+            Err(WitSyncError::UnknownPoint(_)) => "unknown-point",
+            Err(WitSyncError::Invalid(_)) => "invalid",
+            Err(WitSyncError::Failed(_)) => "failed",
+            Err(WitSyncError::InvalidPayload(_)) => "invalid-payload",
+            Err(WitSyncError::AccessDenied(_)) => "access-denied",
+        };
+        shared.record_call(call.wit_call(), &point, arg_bytes, start, outcome);
+        r
+    }
+}
+
+impl qi::agent::sync::Host for AgentState {
+    async fn barrier(&mut self, point: String) -> Result<WitSyncOutcome, WitSyncError> {
+        self.sync_call(
+            SyncPointType::Barrier,
+            point,
+            Ok(serde_json::Value::Null),
+            0,
+        )
+        .await
+    }
+
+    async fn checkpoint(
+        &mut self,
+        point: String,
+        state: String,
+    ) -> Result<WitSyncOutcome, WitSyncError> {
+        let payload = sync_payload("sync.checkpoint", &state);
+        self.sync_call(SyncPointType::Checkpoint, point, payload, state.len())
+            .await
+    }
+
+    async fn restore(&mut self, point: String) -> Result<Option<String>, WitSyncError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let r = async {
+            let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
+            shared
+                .gate("sync", &point, "restore")
+                .map_err(WitSyncError::AccessDenied)?;
+            handle
+                .engine
+                .restore(&point, &handle.participant)
+                .await
+                .map(|v| v.map(|v| v.to_string()))
+                .map_err(sync_error)
+        }
+        .await;
+        let outcome = if r.is_ok() { "ok" } else { "error" };
+        shared.record_call("sync.restore", &point, 0, start, outcome);
+        r
+    }
+
+    async fn vote(
+        &mut self,
+        point: String,
+        choice: String,
+    ) -> Result<WitSyncOutcome, WitSyncError> {
+        let payload = if choice.is_empty() || choice.len() > 200 {
+            Err(WitSyncError::InvalidPayload(
+                "sync.vote: a choice is 1 to 200 bytes, e.g. `approve`".into(),
+            ))
+        } else {
+            Ok(serde_json::Value::String(choice.clone()))
+        };
+        self.sync_call(SyncPointType::Decision, point, payload, choice.len())
+            .await
+    }
+
+    async fn contribute(
+        &mut self,
+        point: String,
+        value: String,
+    ) -> Result<WitSyncOutcome, WitSyncError> {
+        let payload = sync_payload("sync.contribute", &value);
+        self.sync_call(SyncPointType::Aggregation, point, payload, value.len())
+            .await
+    }
+}

@@ -1,0 +1,208 @@
+//! `qi:agent/tools`: tool calls, alone or in a batch, through the agent's grants and budgets.
+
+use super::qi;
+use super::{ToolError, ToolRequest};
+use crate::error::LimitKind;
+use crate::sandbox::{AgentShared, AgentState};
+use crate::tools::{ToolContext, ToolFailure};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use wasmtime::component::{HasSelf, Linker};
+
+/// Largest tool input a guest may pass, in bytes.
+pub const MAX_TOOL_INPUT_BYTES: usize = 1 << 20;
+/// Largest tool output handed back to a guest, in bytes.
+pub const MAX_TOOL_OUTPUT_BYTES: usize = 8 << 20;
+
+/// Adds `qi:agent/tools` to `linker`.
+pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+    qi::agent::tools::add_to_linker::<AgentState, HasSelf<AgentState>>(linker, |s| s)
+}
+
+fn tool_error_kind(e: &ToolError) -> &'static str {
+    match e {
+        ToolError::AccessDenied(_) => "access-denied",
+        ToolError::LimitExceeded(_) => "limit-exceeded",
+        ToolError::NotFound(_) => "not-found",
+        ToolError::InvalidInput(_) => "invalid-input",
+        ToolError::Failed(_) => "failed",
+    }
+}
+
+/// Checks access and budgets for one tool call and returns a future that runs it.
+fn prepare_call(
+    shared: &Arc<AgentShared>,
+    name: &str,
+    input: &str,
+) -> Result<crate::tools::ToolFuture, ToolError> {
+    shared
+        .gate("tool", name, "call")
+        .map_err(ToolError::AccessDenied)?;
+    let grants = &shared.grants;
+    if !grants.tool_allowed(name) {
+        shared
+            .counters
+            .access_denied
+            .fetch_add(1, Ordering::Relaxed);
+        let why = if grants.is_prohibited(name) {
+            "prohibited by securityConstraints.prohibitedOperations"
+        } else {
+            "not in securityConstraints.allowedTools"
+        };
+        tracing::info!(agent = %shared.id, tool = name, why, "tool call denied");
+        return Err(ToolError::AccessDenied(format!("tool `{name}` is {why}")));
+    }
+    let tool = shared
+        .tools
+        .get(name)
+        .ok_or_else(|| ToolError::NotFound(format!("no tool named `{name}` is registered")))?;
+    shared
+        .take_budget(LimitKind::ToolCalls)
+        .map_err(ToolError::LimitExceeded)?;
+    if tool.is_file_operation() {
+        shared
+            .take_budget(LimitKind::FileOperations)
+            .map_err(ToolError::LimitExceeded)?;
+    }
+    if input.len() > MAX_TOOL_INPUT_BYTES {
+        return Err(ToolError::InvalidInput(format!(
+            "input is {} bytes; the limit is {MAX_TOOL_INPUT_BYTES}",
+            input.len()
+        )));
+    }
+    let value: serde_json::Value = if input.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(input)
+            .map_err(|e| ToolError::InvalidInput(format!("input is not JSON: {e}")))?
+    };
+    let ctx = ToolContext {
+        agent_id: shared.id.clone(),
+        preopens: Arc::new(grants.preopens.clone()),
+    };
+    Ok(tool.call(ctx, value))
+}
+
+async fn finish_call(fut: crate::tools::ToolFuture) -> Result<String, ToolError> {
+    match fut.await {
+        Ok(value) => {
+            let text = value.to_string();
+            if text.len() > MAX_TOOL_OUTPUT_BYTES {
+                return Err(ToolError::Failed(format!(
+                    "tool output is {} bytes; the limit is {MAX_TOOL_OUTPUT_BYTES}",
+                    text.len()
+                )));
+            }
+            Ok(text)
+        }
+        Err(ToolFailure::InvalidInput(m)) => Err(ToolError::InvalidInput(m)),
+        Err(ToolFailure::AccessDenied(m)) => Err(ToolError::AccessDenied(m)),
+        Err(ToolFailure::Failed(m)) => Err(ToolError::Failed(m)),
+    }
+}
+
+fn concurrency_refusal(shared: &AgentShared, wanted: usize) -> ToolError {
+    let max = shared.spec.resource_limits.max_concurrent_operations;
+    let detail = format!("{wanted} operations at once refused: the agent may run {max} at once");
+    shared.record_violation(
+        LimitKind::ConcurrentOperations,
+        u64::from(max),
+        detail.clone(),
+    );
+    ToolError::LimitExceeded(detail)
+}
+
+impl qi::agent::tools::Host for AgentState {
+    async fn call(&mut self, name: String, input: String) -> Result<String, ToolError> {
+        let shared = self.shared.clone();
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let result = match shared.operations.clone().try_acquire_owned() {
+            Err(_) => Err(concurrency_refusal(&shared, 1)),
+            Ok(_permit) => match prepare_call(&shared, &name, &input) {
+                Ok(fut) => finish_call(fut).await,
+                Err(e) => Err(e),
+            },
+        };
+        let outcome = result.as_ref().map_or_else(tool_error_kind, |_| "ok");
+        shared.record_call(
+            "tools.call",
+            &name,
+            name.len() + input.len(),
+            start,
+            outcome,
+        );
+        result
+    }
+
+    async fn call_many(&mut self, requests: Vec<ToolRequest>) -> Vec<Result<String, ToolError>> {
+        let shared = self.shared.clone();
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let arg_bytes: usize = requests.iter().map(|r| r.name.len() + r.input.len()).sum();
+        let n = requests.len();
+        let permits = match u32::try_from(n).ok().and_then(|n| {
+            shared
+                .operations
+                .clone()
+                .try_acquire_many_owned(n.max(1))
+                .ok()
+        }) {
+            Some(p) => p,
+            None => {
+                let e = concurrency_refusal(&shared, n);
+                shared.record_call("tools.call-many", "", arg_bytes, start, "limit-exceeded");
+                return (0..n).map(|_| Err(e.clone())).collect();
+            }
+        };
+        let mut results: Vec<Option<Result<String, ToolError>>> = vec![None; n];
+        let mut set = tokio::task::JoinSet::new();
+        for (i, req) in requests.iter().enumerate() {
+            match prepare_call(&shared, &req.name, &req.input) {
+                Ok(fut) => {
+                    set.spawn(async move { (i, finish_call(fut).await) });
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, r)) => results[i] = Some(r),
+                Err(e) => tracing::error!(agent = %shared.id, error = %e, "tool task failed"),
+            }
+        }
+        drop(permits);
+        let results: Vec<_> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ToolError::Failed("tool task did not finish".into()))))
+            .collect();
+        let outcome = if results.iter().all(Result::is_ok) {
+            "ok"
+        } else {
+            "partial"
+        };
+        shared.record_call(
+            "tools.call-many",
+            &format!("{n} calls"),
+            arg_bytes,
+            start,
+            outcome,
+        );
+        results
+    }
+
+    async fn available(&mut self) -> Vec<String> {
+        let shared = &self.shared;
+        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let names = shared
+            .tools
+            .names()
+            .filter(|n| shared.grants.tool_allowed(n))
+            .map(str::to_string)
+            .collect();
+        shared.record_call("tools.available", "", 0, start, "ok");
+        names
+    }
+}

@@ -1,0 +1,101 @@
+//! Live per-agent counters and the usage receipt built from them.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Log records kept in memory per agent for the report (all are sent to tracing).
+pub const MAX_KEPT_LOG_RECORDS: usize = 1_000;
+
+/// Live counters of one agent, shared between its Store and whoever watches it.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Calls into `qi:agent` interfaces.
+    pub host_calls: AtomicU64,
+    /// Tool calls attempted (counted whether they succeed or not).
+    pub tool_calls: AtomicU64,
+    /// WASI filesystem operations and file tool calls.
+    pub file_operations: AtomicU64,
+    /// Socket uses the allow-list permitted.
+    pub network_allowed: AtomicU64,
+    /// Socket uses the allow-list refused.
+    pub network_denied: AtomicU64,
+    /// Log bytes accepted.
+    pub log_bytes: AtomicU64,
+    /// Log records dropped because the log budget was spent.
+    pub logs_dropped: AtomicU64,
+    /// Requests refused by access checks (tools not allowed or prohibited).
+    pub access_denied: AtomicU64,
+}
+
+/// A host call recorded at `monitored` isolation.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostCallRecord {
+    /// Interface and function, e.g. `tools.call`.
+    pub call: String,
+    /// Target (tool name, path) where there is one.
+    pub target: String,
+    /// Bytes of arguments passed by the guest.
+    pub arg_bytes: u64,
+    /// Microseconds the host spent on it.
+    pub duration_us: u64,
+    /// `ok`, or the error kind.
+    pub outcome: String,
+}
+
+/// One log record emitted by the agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogRecord {
+    /// Level name.
+    pub level: String,
+    /// Message (truncated to the per-record limit).
+    pub message: String,
+    /// Structured fields.
+    pub fields: Vec<(String, String)>,
+}
+
+/// Measured usage of one agent, never estimated.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UsageReceipt {
+    /// Fuel units consumed (instantiation, `describe` and `run`).
+    pub fuel_consumed: u64,
+    /// Highest total linear memory, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Wall time from spawn to result, in microseconds.
+    pub wall_time_us: u64,
+    /// Calls into `qi:agent` interfaces.
+    pub host_calls: u64,
+    /// Tool calls made (including refused ones).
+    pub tool_calls: u64,
+    /// WASI filesystem operations plus file tool calls.
+    pub file_operations: u64,
+    /// Socket uses allowed by the allow-list.
+    pub network_allowed: u64,
+    /// Socket uses refused.
+    pub network_denied: u64,
+    /// Host calls refused by access checks.
+    pub access_denied: u64,
+    /// Log bytes accepted.
+    pub log_bytes: u64,
+    /// Log records dropped over budget.
+    pub logs_dropped: u64,
+    /// Bytes the guest wrote to stdout (kept up to 64 KiB).
+    pub stdout_bytes: u64,
+    /// Bytes the guest wrote to stderr (kept up to 64 KiB).
+    pub stderr_bytes: u64,
+}
+
+impl UsageReceipt {
+    pub(crate) fn from_counters(c: &Counters) -> Self {
+        UsageReceipt {
+            host_calls: c.host_calls.load(Ordering::Relaxed),
+            tool_calls: c.tool_calls.load(Ordering::Relaxed),
+            file_operations: c.file_operations.load(Ordering::Relaxed),
+            network_allowed: c.network_allowed.load(Ordering::Relaxed),
+            network_denied: c.network_denied.load(Ordering::Relaxed),
+            access_denied: c.access_denied.load(Ordering::Relaxed),
+            log_bytes: c.log_bytes.load(Ordering::Relaxed),
+            logs_dropped: c.logs_dropped.load(Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
+}

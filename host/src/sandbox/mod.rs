@@ -1,0 +1,13 @@
+//! Per-agent sandbox state: what an agent may do ([`grants`]), the memory limiter
+//! ([`limiter`]), its live counters and measured receipt ([`counters`]), and the data of its
+//! Store ([`state`]: WASI context with the granted preopens and network check, bounded stdio).
+
+pub mod counters;
+pub mod grants;
+pub mod limiter;
+pub mod state;
+
+pub use counters::{Counters, HostCallRecord, LogRecord, MAX_KEPT_LOG_RECORDS, UsageReceipt};
+pub use grants::{Grants, NetworkRule, resolve_grants};
+pub use limiter::MemoryLimiter;
+pub use state::{AgentShared, AgentState, STDIO_CAPTURE_BYTES};

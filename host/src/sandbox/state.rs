@@ -1,0 +1,282 @@
+//! The data of an agent's Store ([`AgentState`]) and what outlives a borrow of it
+//! ([`AgentShared`]): identity, spec, grants, counters, the access gate.
+
+use super::{Counters, Grants, HostCallRecord, LogRecord, MemoryLimiter};
+use crate::error::{AgentFailure, LimitKind};
+use crate::spec::{ResolvedOverrides, SubAgentSpecification};
+use crate::tools::ToolRegistry;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Bytes of guest stdout and of guest stderr the host keeps (the rest is refused).
+pub const STDIO_CAPTURE_BYTES: usize = 64 << 10;
+
+/// Everything about an agent that outlives a borrow of its Store.
+#[derive(Debug)]
+pub struct AgentShared {
+    /// Host-assigned id; the agent cannot choose or change it.
+    pub id: String,
+    /// The spec it was spawned with.
+    pub spec: SubAgentSpecification,
+    /// Overrides resolved from the spec.
+    pub overrides: ResolvedOverrides,
+    /// Resolved grants.
+    pub grants: Grants,
+    /// Live counters.
+    pub counters: Counters,
+    /// When the agent's clock started (spawn).
+    pub started: Instant,
+    /// The wall-clock deadline.
+    pub deadline: Instant,
+    /// The first limit the agent ran into, if any.
+    pub violation: Mutex<Option<AgentFailure>>,
+    /// Host calls, when monitored.
+    pub call_log: Mutex<Vec<HostCallRecord>>,
+    /// Log records kept for the report.
+    pub logs: Mutex<Vec<LogRecord>>,
+    /// Tools the host offers.
+    pub tools: Arc<ToolRegistry>,
+    /// Gate on in-flight host operations (`maxConcurrentOperations`).
+    pub operations: Arc<tokio::sync::Semaphore>,
+    /// The context store, when the host has one; the agent acts in it as `id`.
+    pub context: Option<crate::context::ContextService>,
+    /// The run's synchronization points and this agent's subtask, inside a coordinated run.
+    pub sync: Option<crate::coord::sync::SyncHandle>,
+    /// The host's access gate and audit log.
+    pub access: Option<Arc<crate::security::AccessControl>>,
+    /// Current trust level (a `TrustLevel` as `u8`), shared with the host's registry.
+    pub trust: Arc<std::sync::atomic::AtomicU8>,
+    /// The component's declared name, once `describe` answered.
+    pub name: std::sync::OnceLock<String>,
+}
+
+impl AgentShared {
+    /// The access gate (`enforceAccessControl`) for one host call: `kind`/`id` name the
+    /// resource (`context`/`plan`, `tool`/`fs.read`, ...). `Err` carries the reason; the
+    /// decision is audited by the gate.
+    pub fn gate(&self, kind: &str, id: &str, action: &str) -> Result<(), String> {
+        let Some(access) = &self.access else {
+            return Ok(());
+        };
+        let Some(policies) = access.current() else {
+            return Ok(());
+        };
+        let attrs = match kind {
+            "context" | "events" if policies.needs_resource_attrs() => {
+                self.context.as_ref().and_then(|c| c.attributes(id))
+            }
+            _ => None,
+        };
+        let no_labels = Vec::new();
+        let d = access.enforce_with(
+            &policies,
+            &crate::security::Request {
+                agent_id: &self.id,
+                agent_name: self.name.get().map(String::as_str),
+                trust: crate::security::TrustLevel::from_u8(self.trust.load(Ordering::Relaxed)),
+                capabilities: &self.spec.capabilities,
+                isolation: self.spec.isolation_level,
+                kind,
+                id,
+                resource_type: attrs.as_ref().map(|a| a.0.as_str()),
+                owner: attrs.as_ref().map(|a| a.1.as_str()),
+                labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
+                action,
+            },
+        );
+        if d.allowed {
+            Ok(())
+        } else {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            Err(format!("{action} on {kind}/{id} refused: {}", d.reason))
+        }
+    }
+
+    /// Appends a lifecycle fact about this agent to the audit log, if there is one.
+    pub fn audit(
+        &self,
+        resource: &str,
+        operation: &str,
+        reason: String,
+        details: serde_json::Value,
+    ) {
+        if let Some(a) = &self.access {
+            a.record(
+                crate::audit::NewAuditEntry::new(
+                    self.id.clone(),
+                    resource,
+                    operation,
+                    crate::audit::AuditDecision::Record,
+                    reason,
+                )
+                .details(details),
+            );
+        }
+    }
+
+    /// Records the first limit violation (later ones are consequences of the first).
+    pub fn record_violation(&self, limit: LimitKind, limit_value: u64, detail: String) {
+        let mut v = self.violation.lock().expect("violation lock poisoned");
+        if v.is_none() {
+            self.audit(
+                "limits",
+                "limit-violation",
+                format!("{limit} limit ({limit_value}): {detail}"),
+                serde_json::json!({"limit": limit, "limitValue": limit_value}),
+            );
+            *v = Some(AgentFailure::LimitExceeded {
+                limit,
+                limit_value,
+                detail,
+            });
+        }
+    }
+
+    /// Takes one unit of a counted budget; `Err` (and a recorded violation) when it is spent.
+    pub fn take_budget(&self, limit: LimitKind) -> Result<(), String> {
+        let l = &self.spec.resource_limits;
+        let (counter, max) = match limit {
+            LimitKind::ToolCalls => (&self.counters.tool_calls, u64::from(l.max_tool_calls)),
+            LimitKind::FileOperations => (
+                &self.counters.file_operations,
+                u64::from(l.max_file_operations),
+            ),
+            _ => unreachable!("only counted budgets are taken"),
+        };
+        let used = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if used > max {
+            counter.fetch_sub(1, Ordering::Relaxed);
+            let detail = format!("attempt {used} refused: the agent may make {max} {limit}");
+            self.record_violation(limit, max, detail.clone());
+            return Err(detail);
+        }
+        Ok(())
+    }
+
+    /// Remaining budget of a counted limit.
+    pub fn remaining(&self, limit: LimitKind) -> u64 {
+        let l = &self.spec.resource_limits;
+        let (counter, max) = match limit {
+            LimitKind::ToolCalls => (&self.counters.tool_calls, u64::from(l.max_tool_calls)),
+            LimitKind::FileOperations => (
+                &self.counters.file_operations,
+                u64::from(l.max_file_operations),
+            ),
+            _ => return 0,
+        };
+        max.saturating_sub(counter.load(Ordering::Relaxed))
+    }
+
+    /// Appends a monitored host-call record (no-op unless monitored).
+    pub fn record_call(
+        &self,
+        call: &str,
+        target: &str,
+        arg_bytes: usize,
+        start: Instant,
+        outcome: &str,
+    ) {
+        if !self.grants.monitored {
+            return;
+        }
+        let duration_us = start.elapsed().as_micros() as u64;
+        self.audit(
+            &format!("call/{target}"),
+            call,
+            outcome.to_string(),
+            serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
+        );
+        let mut log = self.call_log.lock().expect("call log poisoned");
+        // Bounded like everything a guest controls.
+        if log.len() < 100_000 {
+            log.push(HostCallRecord {
+                call: call.to_string(),
+                target: target.to_string(),
+                arg_bytes: arg_bytes as u64,
+                duration_us: start.elapsed().as_micros() as u64,
+                outcome: outcome.to_string(),
+            });
+        }
+    }
+}
+
+/// The data of an agent's `Store`.
+pub struct AgentState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) shared: Arc<AgentShared>,
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+    /// The agent's event subscriptions, by handle.
+    pub(crate) subscriptions: std::collections::HashMap<u64, crate::events::Subscription>,
+}
+
+impl WasiView for AgentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl AgentState {
+    /// Builds the Store data: WASI with only the granted preopens and the network check, no
+    /// environment variables, no arguments, stdin empty, stdout/stderr captured and bounded.
+    pub fn new(shared: Arc<AgentShared>) -> wasmtime::Result<Self> {
+        let mut b = WasiCtxBuilder::new();
+        let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
+        b.stdout(stdout.clone()).stderr(stderr.clone());
+        for p in &shared.grants.preopens {
+            let perms = if p.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            b.preopened_dir(&p.host_path, &p.guest_path, perms)?;
+        }
+        let network_on = (shared.grants.network_any || !shared.grants.network.is_empty())
+            && !shared.grants.is_prohibited("network");
+        b.allow_tcp(network_on)
+            .allow_udp(network_on)
+            .allow_ip_name_lookup(network_on);
+        let check = shared.clone();
+        b.socket_addr_check(move |addr, usage| {
+            let action = match usage {
+                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => "bind",
+                SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => "listen",
+                SocketAddrUse::TcpConnect => "connect",
+                _ => "send",
+            };
+            let allowed = check.grants.socket_allowed(addr, usage)
+                && check.gate("network", &addr.to_string(), action).is_ok();
+            let counter = if allowed {
+                &check.counters.network_allowed
+            } else {
+                &check.counters.network_denied
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if !allowed {
+                tracing::info!(agent = %check.id, %addr, ?usage, "network use denied");
+            }
+            Box::pin(async move { allowed })
+        });
+        let limit_bytes = (shared.spec.resource_limits.max_memory_mb as usize) << 20;
+        Ok(AgentState {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(limit_bytes, shared.clone()),
+            shared,
+            stdout,
+            stderr,
+            subscriptions: std::collections::HashMap::new(),
+        })
+    }
+}

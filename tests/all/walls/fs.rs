@@ -1,0 +1,4 @@
+//! `hostile` guest, `fs.*` modes.
+
+#[allow(unused_imports)]
+use crate::common::*;

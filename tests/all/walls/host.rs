@@ -1,0 +1,4 @@
+//! `hostile` guest, `host.*` modes.
+
+#[allow(unused_imports)]
+use crate::common::*;

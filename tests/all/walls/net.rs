@@ -1,0 +1,4 @@
+//! `hostile` guest, `net.*` modes.
+
+#[allow(unused_imports)]
+use crate::common::*;
