@@ -43,7 +43,7 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
             )
         }
         1 => {
-            s.fuel = u64::MAX / 4;
+            s.fuel = qi_host::spec::IsolationCeilings::of(qi_host::IsolationLevel::Sandbox).fuel;
             s.resource_limits.max_execution_time_ms = 300;
             (
                 SPIN_FOREVER_COMPONENT,
@@ -104,7 +104,7 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
             )
         }
         11 => {
-            s.fuel = u64::MAX / 4;
+            s.fuel = qi_host::spec::IsolationCeilings::of(qi_host::IsolationLevel::Sandbox).fuel;
             (SPIN_FOREVER_COMPONENT, json!(null), Expect::Terminated)
         }
         n if n % 2 == 0 => (HELLO_COMPONENT, json!({"n": n}), Expect::Hello(n)),

@@ -203,7 +203,7 @@ mod spin_forever {
     #[tokio::test]
     async fn is_stopped_by_the_wall_clock() {
         let mut s = spec();
-        s.fuel = u64::MAX / 4;
+        s.fuel = qi_host::spec::IsolationCeilings::of(qi_host::IsolationLevel::Sandbox).fuel;
         s.resource_limits.max_execution_time_ms = 200;
         let report = run(SPIN_FOREVER_COMPONENT, s, json!(null)).await;
         let (kind, message) = limit(&report);

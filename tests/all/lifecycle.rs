@@ -51,7 +51,7 @@ async fn terminate_while_running(
 #[tokio::test]
 async fn terminate_stops_a_spinning_agent() {
     let mut s = spec();
-    s.fuel = u64::MAX / 4;
+    s.fuel = qi_host::spec::IsolationCeilings::of(qi_host::IsolationLevel::Sandbox).fuel;
     terminate_while_running(SPIN_FOREVER_COMPONENT, s, json!(null)).await;
 }
 

@@ -201,3 +201,126 @@ fn spec_json_uses_the_seed_field_names_and_rejects_unknown_ones() {
     .unwrap_err();
     assert!(err.to_string().contains("maxMemoryMb"), "{err}");
 }
+
+/// Sets the budget `field` (as the ceiling table names it) of `s` to `v`.
+fn set_budget(s: &mut SubAgentSpecification, field: &str, v: u64) {
+    let l = &mut s.resource_limits;
+    let small = || u32::try_from(v).expect("fits the field");
+    match field {
+        "fuel" => s.fuel = v,
+        "configurationOverrides.fuelYieldInterval" => {
+            s.configuration_overrides
+                .insert("fuelYieldInterval".into(), json!(v));
+        }
+        "configurationOverrides.maxLogBytes" => {
+            s.configuration_overrides
+                .insert("maxLogBytes".into(), json!(v));
+        }
+        "resourceLimits.maxToolCalls" => l.max_tool_calls = small(),
+        "resourceLimits.maxFileOperations" => l.max_file_operations = small(),
+        "resourceLimits.maxConcurrentOperations" => l.max_concurrent_operations = small(),
+        "resourceLimits.maxOpenHandles" => l.max_open_handles = small(),
+        "resourceLimits.maxDiskBytes" => l.max_disk_bytes = v,
+        "resourceLimits.maxFilesCreated" => l.max_files_created = small(),
+        other => panic!("no setter for {other}"),
+    }
+}
+
+#[test]
+fn every_budget_at_its_isolation_ceiling_passes_and_one_more_is_refused() {
+    use qi_host::spec::{IsolationCeilings, SpecCeilings};
+    let host_ceilings = SpecCeilings {
+        max_memory_mb: 1024,
+        max_execution_time_ms: 3_600_000,
+        max_output_bytes: 64 << 20,
+    };
+    for level in [
+        IsolationLevel::Sandbox,
+        IsolationLevel::Restricted,
+        IsolationLevel::Monitored,
+    ] {
+        let c = IsolationCeilings::of(level);
+        let table: [(&str, u64); 9] = [
+            ("fuel", c.fuel),
+            (
+                "configurationOverrides.fuelYieldInterval",
+                c.fuel_yield_interval,
+            ),
+            ("resourceLimits.maxToolCalls", c.max_tool_calls.into()),
+            (
+                "resourceLimits.maxFileOperations",
+                c.max_file_operations.into(),
+            ),
+            (
+                "resourceLimits.maxConcurrentOperations",
+                c.max_concurrent_operations.into(),
+            ),
+            ("configurationOverrides.maxLogBytes", c.max_log_bytes),
+            ("resourceLimits.maxOpenHandles", c.max_open_handles.into()),
+            ("resourceLimits.maxDiskBytes", c.max_disk_bytes),
+            ("resourceLimits.maxFilesCreated", c.max_files_created.into()),
+        ];
+        for (field, ceiling) in table {
+            let mut s = SubAgentSpecification {
+                isolation_level: level,
+                ..Default::default()
+            };
+            set_budget(&mut s, field, ceiling);
+            s.validate(&host_ceilings)
+                .unwrap_or_else(|e| panic!("{field} = {ceiling} at {level:?}: {e}"));
+            set_budget(&mut s, field, ceiling + 1);
+            let err = s
+                .validate(&host_ceilings)
+                .expect_err("one past the ceiling");
+            match &err {
+                Error::IsolationCeiling {
+                    field: f, level: l, ..
+                } => {
+                    assert_eq!(f, field);
+                    assert_eq!(l, level.as_str());
+                }
+                other => panic!("{field} at {level:?}: wrong error {other}"),
+            }
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("asks for {}", ceiling + 1))
+                    && text.contains(&format!("at most {ceiling}")),
+                "{text}"
+            );
+            assert_eq!(err.category(), ErrorCategory::Validation);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_spawn_over_the_fuel_yield_ceiling_is_refused_naming_it() {
+    let mut s = spec();
+    s.configuration_overrides.insert(
+        "fuelYieldInterval".into(),
+        json!(qi_host::spec::MAX_FUEL_YIELD_INTERVAL + 1),
+    );
+    names(
+        &spawn_err(s).await,
+        "configurationOverrides.fuelYieldInterval",
+        "at most 10000000",
+    );
+}
+
+/// The largest yield interval a spec may set still lets the deadline stop a spinning agent.
+#[tokio::test]
+async fn the_deadline_stops_a_spinning_agent_at_the_largest_yield_interval() {
+    let mut s = spec();
+    s.fuel = qi_host::spec::IsolationCeilings::of(IsolationLevel::Sandbox).fuel;
+    s.resource_limits.max_execution_time_ms = 300;
+    s.configuration_overrides.insert(
+        "fuelYieldInterval".into(),
+        json!(qi_host::spec::MAX_FUEL_YIELD_INTERVAL),
+    );
+    let report = run(SPIN_FOREVER_COMPONENT, s, json!(null)).await;
+    assert_eq!(
+        report.failure.as_ref().and_then(|f| f.limit()),
+        Some(qi_host::LimitKind::ExecutionTime),
+        "{:?}",
+        report.failure
+    );
+}

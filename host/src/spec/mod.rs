@@ -12,7 +12,7 @@ mod ceilings;
 mod network;
 mod validate;
 
-pub use ceilings::IsolationCeilings;
+pub use ceilings::{IsolationCeilings, MAX_FUEL_YIELD_INTERVAL};
 pub use network::{HostPattern, NetworkPattern, PortPattern};
 
 use crate::error::{Error, Result};
