@@ -2,16 +2,20 @@
 //!
 //! 1. `spawn`: spawn-to-result of the `hello` guest through qi-host against bare wasmtime
 //!    (same engine, so the same pooling and fuel configuration).
+//! 1b. `fs`: `file-stats` over 500 files through `qi-host run` against bare wasmtime-wasi: the
+//!    cost of the counting, gated filesystem per file operation.
 //! 2. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
 //!    at once, each case in a child process of this binary.
 //! 3. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
 //!
-//! `cargo bench -p qi-host --bench runtime [-- spawn|pool|fuel ...]` (default: all). Prints
+//! `cargo bench -p qi-host --bench runtime [-- spawn|fs|pool|fuel ...]` (default: all). Prints
 //! figures only; nothing here asserts on timing.
 
 #![allow(missing_docs)]
 
-use qi_guest_artifacts::{COMPUTE_COMPONENT, HELLO_COMPONENT, TOOL_USER_COMPONENT};
+use qi_guest_artifacts::{
+    COMPUTE_COMPONENT, FILE_STATS_COMPONENT, HELLO_COMPONENT, TOOL_USER_COMPONENT,
+};
 use qi_host::{
     AgentHost, AllocatorKind, HostConfig, SubAgentSpecification, TaskRequest, Tool, ToolContext,
     ToolFuture, ToolRegistry,
@@ -59,6 +63,16 @@ mod bare {
                 wasi: WasiCtx::builder().build(),
                 table: ResourceTable::new(),
             }
+        }
+
+        /// WASI with `dir` preopened read-only at `/workspace`, as wasmtime-wasi gives it.
+        pub fn with_dir(dir: &std::path::Path) -> wasmtime::Result<Self> {
+            let mut b = WasiCtx::builder();
+            b.preopened_dir(dir, "/workspace", wasmtime_wasi::FsPerms::ReadOnly)?;
+            Ok(State {
+                wasi: b.build(),
+                table: ResourceTable::new(),
+            })
         }
     }
 
@@ -183,6 +197,22 @@ mod bare {
         Ok(store)
     }
 
+    /// Runs `task` in a fresh instance whose WASI preopens `dir` read-only at `/workspace`.
+    pub async fn run_with_dir(
+        engine: &Engine,
+        pre: &AgentPre<State>,
+        task: &Task,
+        dir: &std::path::Path,
+    ) -> wasmtime::Result<String> {
+        let mut store = Store::new(engine, State::with_dir(dir)?);
+        store.set_fuel(FUEL)?;
+        store.fuel_async_yield_interval(Some(YIELD_INTERVAL))?;
+        let agent = pre.instantiate_async(&mut store).await?;
+        let out = agent.call_run(&mut store, task).await?;
+        out.map(|o| o.output)
+            .map_err(|e| wasmtime::format_err!("agent failed: {e:?}"))
+    }
+
     /// Instantiates, optionally calls `describe`, then `run`; returns the output text.
     pub async fn run(
         engine: &Engine,
@@ -220,12 +250,12 @@ fn main() -> anyhow::Result<()> {
         .collect();
     for s in &sections {
         anyhow::ensure!(
-            matches!(*s, "spawn" | "pool" | "fuel"),
-            "unknown section `{s}`; expected spawn, pool or fuel"
+            matches!(*s, "spawn" | "fs" | "pool" | "fuel"),
+            "unknown section `{s}`; expected spawn, fs, pool or fuel"
         );
     }
     if sections.is_empty() {
-        sections = vec!["spawn", "pool", "fuel"];
+        sections = vec!["spawn", "fs", "pool", "fuel"];
     }
 
     let host = AgentHost::new(HostConfig {
@@ -250,6 +280,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     if sections.contains(&"spawn") {
         rt.block_on(spawn_section(&host))?;
+    }
+    if sections.contains(&"fs") {
+        rt.block_on(fs_section(&host))?;
     }
     drop(host);
     if sections.contains(&"pool") {
@@ -307,6 +340,82 @@ fn us(d: Duration) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. the counting filesystem
+// ---------------------------------------------------------------------------------------------
+
+const FS_FILES: usize = 500;
+const FS_REPEATS: usize = 15;
+
+/// `file-stats` over a directory of small files: `qi-host run` (spawn, counting and gated WASI
+/// filesystem, quota checks, receipt) against bare wasmtime-wasi on the same engine. The
+/// difference divided by the agent's counted file operations is the cost per operation (it
+/// also carries the spawn overhead of section 1, a few microseconds per run, spread over the
+/// operations).
+async fn fs_section(host: &AgentHost) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "== 1b. counting filesystem: `file-stats` over {FS_FILES} files, qi-host run vs bare wasmtime-wasi (same engine) =="
+    );
+    println!("  loadavg at start: {}", loadavg());
+    let dir = tempfile::tempdir()?;
+    for i in 0..FS_FILES {
+        std::fs::write(
+            dir.path().join(format!("f{i:04}.txt")),
+            format!("line one of {i}\nline two\n").repeat(20),
+        )?;
+    }
+    let component = host.load(FILE_STATS_COMPONENT)?;
+    let pre = bare::pre(host.runtime().engine(), FILE_STATS_COMPONENT)?;
+    let input = json!({});
+    let task = bare::task(&input);
+    let mut spec = SubAgentSpecification {
+        isolation_level: qi_host::IsolationLevel::Restricted,
+        fuel: 50_000_000_000,
+        directories: vec![qi_host::DirectoryGrant {
+            host_path: dir.path().to_path_buf(),
+            guest_path: "/workspace".into(),
+            writable: Some(false),
+        }],
+        ..SubAgentSpecification::default()
+    };
+    spec.security_constraints.file_system_access = qi_host::FileSystemAccess::ReadOnly;
+    let (mut qi, mut bare_t, mut ops) = (Vec::new(), Vec::new(), 0);
+    let mut outputs = std::collections::BTreeSet::new();
+    for i in 0..FS_REPEATS + 2 {
+        let t = Instant::now();
+        let report = host
+            .run(&component, spec.clone(), TaskRequest::new("stats", input.clone()))
+            .await?;
+        let d_qi = t.elapsed();
+        anyhow::ensure!(report.failure.is_none(), "qi-host run failed: {report:?}");
+        ops = report.usage.file_operations;
+        outputs.insert(report.output.map(|o| o["total"].to_string()));
+        let t = Instant::now();
+        let out = bare::run_with_dir(host.runtime().engine(), &pre, &task, dir.path()).await?;
+        let d_bare = t.elapsed();
+        let v: Value = serde_json::from_str(&out)?;
+        outputs.insert(Some(v["total"].to_string()));
+        if i >= 2 {
+            qi.push(d_qi);
+            bare_t.push(d_bare);
+        }
+    }
+    let (q, b) = (stats(&mut qi), stats(&mut bare_t));
+    println!(
+        "  {FS_REPEATS} interleaved runs after 2 warm-ups; file operations counted per run: {ops}; totals {}",
+        if outputs.len() == 1 { "agree" } else { "DIFFER" }
+    );
+    println!(
+        "  qi-host run median {:.0} us, bare median {:.0} us: ratio {:.3}; extra per file operation {:.2} us",
+        us(q.median),
+        us(b.median),
+        q.median.as_secs_f64() / b.median.as_secs_f64(),
+        (us(q.median) - us(b.median)) / ops.max(1) as f64,
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -782,19 +891,30 @@ struct Metered {
     engine: Engine,
     pre: bare::AgentPre<bare::State>,
     fuel: bool,
+    /// Fuel units between async yields (`None`: never yield), when metered.
+    yield_interval: Option<u64>,
 }
 
 impl Metered {
-    fn new(fuel: bool) -> anyhow::Result<Self> {
+    fn new(fuel: bool, yield_interval: Option<u64>) -> anyhow::Result<Self> {
         let engine = Engine::new(&fuel_config(fuel))?;
         let pre = bare::pre(&engine, COMPUTE_COMPONENT)?;
-        Ok(Metered { engine, pre, fuel })
+        Ok(Metered {
+            engine,
+            pre,
+            fuel,
+            yield_interval,
+        })
     }
 
     /// One fresh instance; returns the time of `run` alone, the checksum and the fuel used.
     async fn run(&self, input: &Value) -> anyhow::Result<(Duration, String, Option<u64>)> {
         let task = bare::task(input);
-        let mut store: Store<bare::State> = bare::store(&self.engine, self.fuel)?;
+        let mut store: Store<bare::State> = bare::store(&self.engine, false)?;
+        if self.fuel {
+            store.set_fuel(bare::FUEL)?;
+            store.fuel_async_yield_interval(self.yield_interval)?;
+        }
         let agent = self.pre.instantiate_async(&mut store).await?;
         let before = store.get_fuel().ok();
         let t = Instant::now();
@@ -813,11 +933,20 @@ async fn fuel_section() -> anyhow::Result<()> {
     println!("== 3. fuel-metered vs unmetered: `compute` guest, call_run time only ==");
     println!("  loadavg at start: {}", loadavg());
     println!(
-        "  engines identical except consume_fuel; metered stores yield every {} units",
-        bare::YIELD_INTERVAL
+        "  engines identical except consume_fuel; metered stores yield every 1M units (qi-host's default), every 10M (the ceiling of fuelYieldInterval) or never"
     );
-    let metered = Metered::new(true)?;
-    let unmetered = Metered::new(false)?;
+    println!(
+        "  (the yield interval changes only how often the run returns to tokio; if the slowdown is the same for all three, it is the fuel check cranelift puts in every loop, not the yields)"
+    );
+    let unmetered = Metered::new(false, None)?;
+    let metered = [
+        ("yield 1M", Metered::new(true, Some(bare::YIELD_INTERVAL))?),
+        (
+            "yield 10M",
+            Metered::new(true, Some(qi_host::spec::MAX_FUEL_YIELD_INTERVAL))?,
+        ),
+        ("no yield", Metered::new(true, None)?),
+    ];
     let cases = [
         ("cpu", json!({"kind": "cpu", "iterations": 1_000_000})),
         ("memory", json!({"kind": "memory", "iterations": 4})),
@@ -836,31 +965,32 @@ async fn fuel_section() -> anyhow::Result<()> {
         input["iterations"] = json!(n);
         // Warm-up one of each, then interleave.
         unmetered.run(&input).await?;
-        metered.run(&input).await?;
-        let (mut with_fuel, mut without) = (Vec::new(), Vec::new());
+        for (_, m) in &metered {
+            m.run(&input).await?;
+        }
+        let mut without = Vec::new();
+        let mut with_fuel: Vec<Vec<Duration>> = vec![Vec::new(); metered.len()];
         let (mut sums, mut fuel_used) = (std::collections::BTreeSet::new(), None);
         for _ in 0..FUEL_REPEATS {
             let (d, sum, _) = unmetered.run(&input).await?;
             without.push(d);
             sums.insert(sum);
-            let (d, sum, used) = metered.run(&input).await?;
-            with_fuel.push(d);
-            sums.insert(sum);
-            fuel_used = used;
+            for (i, (_, m)) in metered.iter().enumerate() {
+                let (d, sum, used) = m.run(&input).await?;
+                with_fuel[i].push(d);
+                sums.insert(sum);
+                fuel_used = used;
+            }
         }
-        let (m, u) = (stats(&mut with_fuel), stats(&mut without));
+        let u = stats(&mut without);
         println!(
-            "  {name:<6} iterations {n}{}: unmetered median {:.1} ms (min {:.1}), metered median {:.1} ms (min {:.1}); slowdown {:.3} (target <= 1.10); fuel/run {}; checksums {}",
+            "  {name:<6} iterations {n}{}: unmetered median {:.1} ms; fuel/run {}; checksums {}",
             match input.get("bytes").and_then(Value::as_u64) {
                 Some(b) => format!(" x {}", human_bytes(b)),
                 None if name == "memory" => " x 1 MiB".into(),
                 None => String::new(),
             },
             ms(u.median),
-            ms(without[0]),
-            ms(m.median),
-            ms(with_fuel[0]),
-            m.median.as_secs_f64() / u.median.as_secs_f64(),
             fuel_used.map_or("?".into(), |f| f.to_string()),
             if sums.len() == 1 {
                 "agree".to_string()
@@ -868,6 +998,14 @@ async fn fuel_section() -> anyhow::Result<()> {
                 format!("DIFFER: {sums:?}")
             },
         );
+        for ((label, _), samples) in metered.iter().zip(with_fuel.iter_mut()) {
+            let m = stats(samples);
+            println!(
+                "    metered, {label:<9}: median {:.1} ms, slowdown {:.3} (target <= 1.10)",
+                ms(m.median),
+                m.median.as_secs_f64() / u.median.as_secs_f64(),
+            );
+        }
     }
     Ok(())
 }
