@@ -18,6 +18,7 @@
 //! | `fs.create-files` | `dir`, `count` | creates `count` empty files `dir/f<i>` |
 //! | `fs.symlink-out` | `links`: `[[target, link], ...]` | creates each symbolic link |
 //! | `fs.hardlink-cross` | `links`: `[[existing, new], ...]` | creates each hard link |
+//! | `fs.rename` | `links`: `[[from, to], ...]` | renames each (to move a link to a shallower place) |
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -39,6 +40,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "create-files" => create_files(&str_arg(input, "dir")?, num("count")),
         "symlink-out" => return links(input, symlink),
         "hardlink-cross" => return links(input, |t, l| fs::hard_link(t, l)),
+        "rename" => return links(input, |from, to| fs::rename(from, to)),
         _ => return Err(crate::unknown(&format!("fs.{attack}"))),
     };
     finish(report)

@@ -137,6 +137,34 @@ async fn symlinks_out_of_the_mount_are_refused_and_none_is_left() {
 }
 
 #[tokio::test]
+async fn a_link_cannot_be_moved_to_where_its_target_leaves_the_mount() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.mount().join("a")).unwrap();
+    let s = writable(&sb.mount());
+    let made = hostile(
+        s.clone(),
+        json!({"mode": "fs.symlink-out", "links": [["../outside-file", "/workspace/a/l"]]}),
+    )
+    .await;
+    assert_eq!(ok(&made)["attempts"][0]["ok"], true);
+    let moved = hostile(
+        s,
+        json!({"mode": "fs.rename", "links": [
+            ["/workspace/a/l", "/workspace/l"],
+            ["/workspace/a/l", "/workspace/a/l2"],
+        ]}),
+    )
+    .await;
+    let out = ok(&moved);
+    assert_eq!(out["attempts"][0]["ok"], false, "{out}");
+    assert_eq!(out["attempts"][0]["error"]["kind"], "PermissionDenied");
+    assert_eq!(out["attempts"][1]["ok"], true, "{out}");
+    assert!(std::fs::symlink_metadata(sb.mount().join("l")).is_err());
+    assert!(std::fs::symlink_metadata(sb.mount().join("a/l2")).is_ok());
+    sb.assert_canary_untouched();
+}
+
+#[tokio::test]
 async fn hard_links_never_cross_mounts() {
     let sb = Sandbox::new();
     let other = tempfile::tempdir().unwrap();
