@@ -165,6 +165,36 @@ async fn a_link_cannot_be_moved_to_where_its_target_leaves_the_mount() {
 }
 
 #[tokio::test]
+async fn a_directory_cannot_be_moved_up_when_a_link_inside_would_leave_the_mount() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.mount().join("a/b/deep")).unwrap();
+    // `a/b/l -> ../../x` reaches `x` at the root: inside while `b` is two levels down.
+    std::os::unix::fs::symlink("../../x", sb.mount().join("a/b/l")).unwrap();
+    std::fs::create_dir_all(sb.mount().join("p/q")).unwrap();
+    let report = hostile(
+        writable(&sb.mount()),
+        json!({"mode": "fs.rename", "links": [
+            ["/workspace/a/b", "/workspace/c"],
+            ["/workspace/a/b", "/workspace/p/q/c"],
+            ["/workspace/p/q/c", "/workspace/p/c"],
+        ]}),
+    )
+    .await;
+    let out = ok(&report);
+    let ok_at = |i: usize| out["attempts"][i]["ok"].as_bool().unwrap();
+    assert!(
+        !ok_at(0),
+        "one level up: the link would reach above the root: {out}"
+    );
+    assert_eq!(out["attempts"][0]["error"]["kind"], "PermissionDenied");
+    assert!(ok_at(1), "deeper is fine: {out}");
+    assert!(ok_at(2), "back to depth 2 is fine: {out}");
+    assert!(!sb.mount().join("c").exists());
+    assert!(std::fs::symlink_metadata(sb.mount().join("p/c/l")).is_ok());
+    sb.assert_canary_untouched();
+}
+
+#[tokio::test]
 async fn hard_links_never_cross_mounts() {
     let sb = Sandbox::new();
     let other = tempfile::tempdir().unwrap();

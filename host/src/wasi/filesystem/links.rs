@@ -7,16 +7,16 @@
 //!   a name is refused because the name may itself be a link (`e -> .` makes `e/../x` leave the
 //!   root). So at the mount root `l -> ..`, `l -> ../outside-file` and `l -> ../../../../../../`
 //!   are refused, while `a/b -> ../x` is fine.
-//! - `rename-at` of a symbolic link checks its target again from its new directory.
+//! - `rename-at` of a symbolic link checks its target again from its new directory, and
+//!   `rename-at` of a directory to a shallower place checks every link inside it (at most
+//!   [`MAX_MOVED_ENTRIES`] entries, else the move is refused) from where it would be.
 //! - `link-at` (hard links) is refused (`cross-device`, EXDEV) when the old and new descriptors
 //!   belong to different preopened directories, so a writable mount can never get a name for a
 //!   file of a read-only one.
 //!
-//! Known gap: renaming a *directory* to a shallower place is not checked, so a link inside it
-//! whose target climbs to just below the root can end up climbing above it. The link stays
-//! harmless to the guest itself (wasmtime-wasi never follows a link out of a mount) and to the
-//! host's file tools (cap-std); only host code that opens paths in the mount without cap-std
-//! would follow it.
+//! The guest itself never follows a link out of a mount (wasmtime-wasi resolves paths with
+//! cap-std), nor do the host's file tools; these rules keep such links off the host's disk,
+//! where other host code or a later agent's grant could pass through them.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -58,6 +58,22 @@ impl FsState {
         self.mounts.get(&rep).copied()
     }
 
+    /// How many levels below the root of mount `mount` the directory whose real host path is
+    /// `dir` is; `Err` when that cannot be told.
+    pub(super) fn depth(
+        &self,
+        mount: Option<usize>,
+        dir: Option<PathBuf>,
+    ) -> Result<usize, String> {
+        let root = mount
+            .and_then(|m| self.roots.get(m).cloned().flatten())
+            .ok_or("the descriptor's mount is unknown")?;
+        dir.as_deref()
+            .and_then(|d| d.strip_prefix(&root).ok())
+            .map(|rel| rel.components().count())
+            .ok_or_else(|| "the directory is not inside its mount".to_string())
+    }
+
     /// Whether a symbolic link to `target`, created in the directory whose real host path is
     /// `link_dir`, stays inside mount `mount`. `Err` says why not.
     pub(super) fn check_symlink(
@@ -66,47 +82,70 @@ impl FsState {
         link_dir: Option<PathBuf>,
         target: &str,
     ) -> Result<(), String> {
-        let target_path = Path::new(target);
-        if target_path.is_absolute() {
-            return Err(format!(
-                "link target `{target}` is absolute; use a path relative to the link"
-            ));
-        }
-        let root = mount
-            .and_then(|m| self.roots.get(m).cloned().flatten())
-            .ok_or_else(|| format!("link target `{target}`: the link's mount is unknown"))?;
-        let depth = link_dir
-            .as_deref()
-            .and_then(|d| d.strip_prefix(&root).ok())
-            .map(|rel| rel.components().count())
-            .ok_or_else(|| {
-                format!("link target `{target}`: the link's directory is not inside its mount")
-            })?;
-        let mut ups = 0;
-        let mut named = false;
-        for c in target_path.components() {
-            match c {
-                Component::ParentDir if named => {
-                    return Err(format!(
-                        "link target `{target}` has `..` after a name; put every `..` first"
-                    ));
-                }
-                Component::ParentDir => ups += 1,
-                Component::Normal(_) => named = true,
-                Component::CurDir => {}
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(format!("link target `{target}` is absolute"));
-                }
+        let depth = self
+            .depth(mount, link_dir)
+            .map_err(|why| format!("link target `{target}`: {why}"))?;
+        check_target(target, depth)
+    }
+}
+
+/// Whether a link to `target` in a directory `depth` levels below the mount root stays inside
+/// the mount (see the module documentation).
+pub(super) fn check_target(target: &str, depth: usize) -> Result<(), String> {
+    let mut ups = 0;
+    let mut named = false;
+    for c in Path::new(target).components() {
+        match c {
+            Component::ParentDir if named => {
+                return Err(format!(
+                    "link target `{target}` has `..` after a name; put every `..` first"
+                ));
+            }
+            Component::ParentDir => ups += 1,
+            Component::Normal(_) => named = true,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "link target `{target}` is absolute; use a path relative to the link"
+                ));
             }
         }
-        if ups > depth {
-            return Err(format!(
-                "link target `{target}` climbs {ups} levels from a directory {depth} levels below \
-                 the mount root, out of the mount"
-            ));
-        }
-        Ok(())
     }
+    if ups > depth {
+        return Err(format!(
+            "link target `{target}` climbs {ups} levels from a directory {depth} levels below \
+             the mount root, out of the mount"
+        ));
+    }
+    Ok(())
+}
+
+/// Entries [`check_moved_dir`] looks at before it gives up (and refuses the move).
+pub const MAX_MOVED_ENTRIES: usize = 10_000;
+
+/// Checks every link inside `dir` as if `dir` were `depth` levels below the mount root, looking
+/// at no more than `left` entries in all.
+pub(super) fn check_moved_dir(
+    dir: &cap_std::fs::Dir,
+    depth: usize,
+    left: &mut usize,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("checking the links of a moved directory: {e}");
+    for entry in dir.entries().map_err(io)? {
+        let entry = entry.map_err(io)?;
+        *left = left.checked_sub(1).ok_or_else(|| {
+            format!("a directory with more than {MAX_MOVED_ENTRIES} entries cannot be moved up")
+        })?;
+        let kind = entry.file_type().map_err(io)?;
+        if kind.is_symlink() {
+            let target = dir.read_link(entry.file_name()).map_err(io)?;
+            check_target(&target.to_string_lossy(), depth)?;
+        } else if kind.is_dir() {
+            let sub = entry.open_dir().map_err(io)?;
+            check_moved_dir(&sub, depth + 1, left)?;
+        }
+    }
+    Ok(())
 }
 
 /// The real host path of an open file or directory (Linux: `/proc/self/fd`), `None` elsewhere.

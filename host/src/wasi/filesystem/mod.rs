@@ -5,8 +5,10 @@
 //! the guest:
 //! - **Operations**: every descriptor operation (open, stat, read, write, directory listing,
 //!   rename, ...) and every call on a file stream takes one unit of `maxFileOperations` before
-//!   it is delegated to wasmtime-wasi's implementation. Past the budget the operation fails with
-//!   `quota` (EDQUOT). Dropping handles and iterating an already-open directory stream are free.
+//!   it is delegated to wasmtime-wasi's implementation, so a call refused afterwards (by the
+//!   access gate, the handle cap, a quota or a link rule) has still cost its unit; the units
+//!   are the receipt's `file_operations`. Past the budget the operation fails with `quota`
+//!   (EDQUOT). Dropping handles and iterating an already-open directory stream are free.
 //! - **Handles**: the Store's resource table holds at most `maxOpenHandles` entries (see
 //!   [`handle_table`]). Every call that creates one (`open-at`, `read-directory`,
 //!   `read-via-stream`, `write-via-stream`, `append-via-stream`) first checks that there is room
@@ -124,6 +126,43 @@ impl CountingFs<'_> {
                 target,
             )
             .map_err(|why| self.refuse_link(ErrorCode::NotPermitted, why))
+    }
+
+    /// When `old` (relative to `fd`) is a directory moving to `new` (relative to `new_fd`) at a
+    /// shallower depth, checks every link inside it from where it would be.
+    fn check_moved_dir(&self, fd: &Fd, old: &str, new_fd: &Fd, new: &str) -> FsResult<()> {
+        let (Descriptor::Dir(from), Descriptor::Dir(to)) =
+            (self.inner.table.get(fd)?, self.inner.table.get(new_fd)?)
+        else {
+            return Ok(());
+        };
+        let Ok(from_dir) = from.dir.try_clone() else {
+            return Ok(());
+        };
+        let Ok(moved) = cap_std::fs::Dir::from_std_file(from_dir).open_dir(old) else {
+            // Not a directory (or not there): wasmtime-wasi decides.
+            return Ok(());
+        };
+        let Some(new_parent) = links::link_dir(&to.dir, new) else {
+            // No such directory to move into: wasmtime-wasi refuses the move.
+            return Ok(());
+        };
+        let old_parent = links::link_dir(&from.dir, old);
+        let checked = self
+            .fs
+            .depth(self.fs.mount_of(fd.rep()), old_parent)
+            .and_then(|old_depth| {
+                let new_depth = self
+                    .fs
+                    .depth(self.fs.mount_of(new_fd.rep()), Some(new_parent))?;
+                if new_depth >= old_depth {
+                    return Ok(());
+                }
+                // The links inside sit one level below the moved directory.
+                let mut left = links::MAX_MOVED_ENTRIES;
+                links::check_moved_dir(&moved, new_depth + 1, &mut left)
+            });
+        checked.map_err(|why| self.refuse_link(ErrorCode::NotPermitted, why))
     }
 
     /// Charges the growth to `end` bytes of a writable file (nothing for other descriptors);
@@ -453,6 +492,8 @@ impl HostDescriptor for CountingFs<'_> {
         self.gate(&new_path, "write")?;
         if let Ok(target) = self.inner.readlink_at(again(&fd), old_path.clone()).await {
             self.check_symlink(&new_fd, &target, &new_path)?;
+        } else {
+            self.check_moved_dir(&fd, &old_path, &new_fd, &new_path)?;
         }
         self.inner.rename_at(fd, old_path, new_fd, new_path).await
     }
