@@ -335,6 +335,7 @@ impl AgentHost {
             ));
         }
         let grants = crate::sandbox::resolve_grants(&spec).await?;
+        let descriptors = crate::sandbox::descriptors::reserve(&spec, &grants, "the agent")?;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(spec.resource_limits.max_execution_time_ms);
         let id = format!(
@@ -394,7 +395,9 @@ impl AgentHost {
             name: std::sync::OnceLock::new(),
         });
         let _ = entry.shared.set(shared.clone());
-        let state = AgentState::new(shared.clone()).map_err(anyhow::Error::from)?;
+        let state = AgentState::new(shared.clone())
+            .map_err(anyhow::Error::from)?
+            .holding(descriptors);
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
         store

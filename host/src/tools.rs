@@ -3,7 +3,9 @@
 //!
 //! File tools resolve paths through the agent's preopened directories with cap-std, so they
 //! cannot reach outside them either: absolute paths outside every grant, `..` above a grant
-//! and symlinks pointing out of it all fail.
+//! and symlinks pointing out of it all fail (cap-std resolves every path component itself,
+//! one `openat` with `O_NOFOLLOW` at a time, and refuses a link whose target leaves the
+//! directory, dangling or not). `fs.list` reports links as links without following them.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -259,7 +261,8 @@ impl Tool for FsWrite {
     }
 }
 
-/// `fs.list {"path"}` → `{"path", "entries": [{"name", "type", "bytes"}]}`, sorted by name.
+/// `fs.list {"path"}` → `{"path", "entries": [{"name", "type", "bytes"}]}`, sorted by name;
+/// `type` is `file`, `dir`, `link` (a symbolic link, not followed; `bytes` 0) or `other`.
 struct FsList;
 
 impl Tool for FsList {
@@ -284,18 +287,25 @@ impl Tool for FsList {
                     .map_err(|e| io_failure(&path, e))?
                 {
                     let entry = entry.map_err(|e| io_failure(&path, e))?;
-                    let meta = entry.metadata().map_err(|e| io_failure(&path, e))?;
-                    let kind = if meta.is_dir() {
-                        "dir"
-                    } else if meta.is_file() {
-                        "file"
+                    // The entry's own type: a link is listed as a link, never followed.
+                    let file_type = entry.file_type().map_err(|e| io_failure(&path, e))?;
+                    let (kind, bytes) = if file_type.is_symlink() {
+                        ("link", 0)
                     } else {
-                        "other"
+                        let meta = entry.metadata().map_err(|e| io_failure(&path, e))?;
+                        let kind = if meta.is_dir() {
+                            "dir"
+                        } else if meta.is_file() {
+                            "file"
+                        } else {
+                            "other"
+                        };
+                        (kind, meta.len())
                     };
                     entries.push(json!({
                         "name": entry.file_name().to_string_lossy(),
                         "type": kind,
-                        "bytes": meta.len(),
+                        "bytes": bytes,
                     }));
                     if entries.len() >= 10_000 {
                         break;

@@ -23,8 +23,14 @@ pub struct Counters {
     pub log_bytes: AtomicU64,
     /// Log records dropped because the log budget was spent.
     pub logs_dropped: AtomicU64,
-    /// Requests refused by access checks (tools not allowed or prohibited).
+    /// Requests refused by access checks (tools not allowed or prohibited, links out of a
+    /// mount or across mounts).
     pub access_denied: AtomicU64,
+    /// Bytes the agent added to its writable mounts (logical size growth, see
+    /// `resourceLimits.maxDiskBytes`).
+    pub disk_bytes: AtomicU64,
+    /// Files, directories and links the agent created on its writable mounts.
+    pub files_created: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -78,6 +84,11 @@ pub struct UsageReceipt {
     pub log_bytes: u64,
     /// Log records dropped over budget.
     pub logs_dropped: u64,
+    /// Bytes the agent added to its writable mounts: the growth of each file's logical size
+    /// (overwriting existing bytes is free; shrinking a file gives nothing back).
+    pub disk_bytes_written: u64,
+    /// Files, directories and links the agent created on its writable mounts.
+    pub files_created: u64,
     /// Bytes the guest wrote to stdout (kept up to 64 KiB).
     pub stdout_bytes: u64,
     /// Bytes the guest wrote to stderr (kept up to 64 KiB).
@@ -95,6 +106,8 @@ impl UsageReceipt {
             access_denied: c.access_denied.load(Ordering::Relaxed),
             log_bytes: c.log_bytes.load(Ordering::Relaxed),
             logs_dropped: c.logs_dropped.load(Ordering::Relaxed),
+            disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
+            files_created: c.files_created.load(Ordering::Relaxed),
             ..Default::default()
         }
     }

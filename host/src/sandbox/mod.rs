@@ -1,8 +1,10 @@
 //! Per-agent sandbox state: what an agent may do ([`grants`]), the memory limiter
-//! ([`limiter`]), its live counters and measured receipt ([`counters`]), and the data of its
+//! ([`limiter`]), its live counters and measured receipt ([`counters`]), the process-wide
+//! descriptor budget ([`descriptors`]), and the data of its
 //! Store ([`state`]: WASI context with the granted preopens and network check, bounded stdio).
 
 pub mod counters;
+pub mod descriptors;
 pub mod grants;
 pub mod limiter;
 pub mod state;

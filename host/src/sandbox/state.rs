@@ -215,6 +215,10 @@ pub struct AgentState {
     pub(crate) stderr: MemoryOutputPipe,
     /// The agent's event subscriptions, by handle.
     pub(crate) subscriptions: std::collections::HashMap<u64, crate::events::Subscription>,
+    /// Which mount each filesystem descriptor belongs to.
+    pub(crate) fs: crate::wasi::filesystem::FsState,
+    /// The agent's share of the process descriptor budget, given back with the Store.
+    pub(crate) descriptors: Option<super::descriptors::DescriptorReservation>,
 }
 
 impl WasiView for AgentState {
@@ -227,6 +231,16 @@ impl WasiView for AgentState {
 }
 
 impl AgentState {
+    /// The Store data holding `descriptors` (from [`super::descriptors::reserve`]) until it is
+    /// dropped.
+    pub fn holding(
+        mut self,
+        descriptors: Option<super::descriptors::DescriptorReservation>,
+    ) -> Self {
+        self.descriptors = descriptors;
+        self
+    }
+
     /// Builds the Store data: WASI with only the granted preopens and the network check, no
     /// environment variables, no arguments, stdin empty, stdout/stderr captured and bounded.
     pub fn new(shared: Arc<AgentShared>) -> wasmtime::Result<Self> {
@@ -271,7 +285,9 @@ impl AgentState {
         let limit_bytes = (shared.spec.resource_limits.max_memory_mb as usize) << 20;
         Ok(AgentState {
             wasi: b.build(),
-            table: ResourceTable::new(),
+            table: crate::wasi::filesystem::handle_table(&shared.spec),
+            fs: crate::wasi::filesystem::FsState::new(&shared.grants.preopens),
+            descriptors: None,
             limiter: MemoryLimiter::new(limit_bytes, shared.clone()),
             shared,
             stdout,

@@ -1,0 +1,185 @@
+//! The checks the counting filesystem runs before and after delegating to wasmtime-wasi: the
+//! file-operation count and access gate, room in the handle table, the quotas and the link
+//! rules (see the parent module).
+
+use super::{CountingFs, Fd, links, quota};
+use crate::error::LimitKind;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use wasmtime_wasi::filesystem::Descriptor;
+use wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode;
+use wasmtime_wasi::p2::{FsError, FsResult};
+
+impl CountingFs<'_> {
+    /// Checks that the resource table has room for one more entry; `insufficient-memory` and a
+    /// recorded violation otherwise.
+    pub(super) fn room(&mut self, call: &str) -> FsResult<()> {
+        match self.inner.table.push(()) {
+            Ok(probe) => {
+                self.inner.table.delete(probe)?;
+                Ok(())
+            }
+            Err(_) => {
+                let max = self.shared.spec.resource_limits.max_open_handles;
+                self.shared.record_violation(
+                    LimitKind::OpenHandles,
+                    max.into(),
+                    format!(
+                        "{call} refused: the agent already holds {max} handles (descriptors, \
+                         streams, sockets, pollables); close some first"
+                    ),
+                );
+                Err(ErrorCode::InsufficientMemory.into())
+            }
+        }
+    }
+
+    /// The file behind `fd` when it may be written (a file on a writable mount).
+    pub(super) fn writable_file(&self, fd: &Fd) -> FsResult<Option<Arc<std::fs::File>>> {
+        Ok(match self.inner.table.get(fd)? {
+            Descriptor::File(f) if !f.perms.write_not_permitted() => Some(f.file.clone()),
+            _ => None,
+        })
+    }
+
+    /// The directory behind `fd` when entries may be created in it (a writable mount).
+    pub(super) fn writable_dir(&self, fd: &Fd) -> FsResult<Option<Arc<std::fs::File>>> {
+        Ok(match self.inner.table.get(fd)? {
+            Descriptor::Dir(d) if !d.perms.write_not_permitted() => Some(d.dir.clone()),
+            _ => None,
+        })
+    }
+
+    /// Refuses a link (counted as an access refusal, not a limit).
+    pub(super) fn refuse_link(&self, code: ErrorCode, why: String) -> FsError {
+        self.shared
+            .counters
+            .access_denied
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(agent = %self.shared.id, %why, "link refused");
+        code.into()
+    }
+
+    /// Checks a symbolic link to `target` at `dest` relative to directory `fd`.
+    pub(super) fn check_symlink(&self, fd: &Fd, target: &str, dest: &str) -> FsResult<()> {
+        let dir = match self.inner.table.get(fd)? {
+            Descriptor::Dir(d) => d.dir.clone(),
+            Descriptor::File(_) => return Err(ErrorCode::NotDirectory.into()),
+        };
+        self.fs
+            .check_symlink(
+                self.fs.mount_of(fd.rep()),
+                links::link_dir(&dir, dest),
+                target,
+            )
+            .map_err(|why| self.refuse_link(ErrorCode::NotPermitted, why))
+    }
+
+    /// When `old` (relative to `fd`) is a directory moving to `new` (relative to `new_fd`) at a
+    /// shallower depth, checks every link inside it from where it would be.
+    pub(super) fn check_moved_dir(
+        &self,
+        fd: &Fd,
+        old: &str,
+        new_fd: &Fd,
+        new: &str,
+    ) -> FsResult<()> {
+        let (Descriptor::Dir(from), Descriptor::Dir(to)) =
+            (self.inner.table.get(fd)?, self.inner.table.get(new_fd)?)
+        else {
+            return Ok(());
+        };
+        let from_dir = from.dir.try_clone().map_err(|e| ErrorCode::from(&e))?;
+        let moved = match cap_std::fs::Dir::from_std_file(from_dir).open_dir(old) {
+            Ok(moved) => moved,
+            // Not a directory, or not there: wasmtime-wasi decides.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotADirectory | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(ErrorCode::from(&e).into()),
+        };
+        let Some(new_parent) = links::link_dir(&to.dir, new) else {
+            // No such directory to move into: wasmtime-wasi refuses the move.
+            return Ok(());
+        };
+        let old_parent = links::link_dir(&from.dir, old);
+        let checked = self
+            .fs
+            .depth(self.fs.mount_of(fd.rep()), old_parent)
+            .and_then(|old_depth| {
+                let new_depth = self
+                    .fs
+                    .depth(self.fs.mount_of(new_fd.rep()), Some(new_parent))?;
+                if new_depth >= old_depth {
+                    return Ok(());
+                }
+                // The links inside sit one level below the moved directory.
+                let mut left = links::MAX_MOVED_ENTRIES;
+                links::check_moved_dir(&moved, new_depth + 1, &mut left)
+            });
+        checked.map_err(|why| self.refuse_link(ErrorCode::NotPermitted, why))
+    }
+
+    /// Charges the growth to `end` bytes of a writable file (nothing for other descriptors);
+    /// settle it with [`settle`](Self::settle) once the operation ran.
+    pub(super) fn charge(&self, fd: &Fd, end: u64, what: &str) -> FsResult<Option<Charge>> {
+        let Some(file) = self.writable_file(fd)? else {
+            return Ok(None);
+        };
+        let size = quota::file_size(&file)?;
+        let growth = end.saturating_sub(size);
+        quota::charge_bytes(self.shared, growth, what)?;
+        Ok(Some(Charge { file, size, growth }))
+    }
+
+    /// Gives back the part of a charge that did not grow the file (a short or failed write).
+    pub(super) fn settle(&self, charge: Option<Charge>) {
+        if let Some(Charge { file, size, growth }) = charge {
+            let grown = quota::file_size(&file).map_or(0, |now| now.saturating_sub(size));
+            quota::refund_bytes(self.shared, growth.saturating_sub(grown));
+        }
+    }
+
+    /// Takes a `maxFilesCreated` unit when `fd` is a writable directory; returns whether one
+    /// was taken (give it back with [`quota::refund_file`] if the create fails).
+    pub(super) fn take_file(&self, fd: &Fd, what: &str) -> FsResult<bool> {
+        if self.writable_dir(fd)?.is_none() {
+            return Ok(false);
+        }
+        quota::take_file(self.shared, what)?;
+        Ok(true)
+    }
+
+    pub(super) fn count(&self) -> FsResult<()> {
+        self.shared
+            .take_budget(LimitKind::FileOperations)
+            .map_err(|_| FsError::from(ErrorCode::Quota))
+    }
+
+    /// The access gate for a path operation (resource `file/<path>`, the path as the agent
+    /// passed it, relative to the directory descriptor it used); a refusal is `access`.
+    pub(super) fn gate(&self, path: &str, action: &str) -> FsResult<()> {
+        self.shared
+            .gate("file", path, action)
+            .map_err(|_| FsError::from(ErrorCode::Access))
+    }
+
+    /// Gives back the unit of a create that failed.
+    pub(super) fn settle_file<T>(&self, taken: bool, result: &FsResult<T>) {
+        if taken && result.is_err() {
+            quota::refund_file(self.shared);
+        }
+    }
+}
+
+/// Bytes charged for a write before it ran.
+pub(super) struct Charge {
+    file: Arc<std::fs::File>,
+    size: u64,
+    growth: u64,
+}
