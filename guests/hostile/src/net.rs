@@ -9,7 +9,7 @@
 //! | `net.connect` | `target` (`host:port`) | `connected`, `error`, `errno` |
 //! | `net.udp-send` | `target` (`host:port`), `payload` (text, default `hostile`) | `sent` (bytes or `null`), `error`, `errno` |
 //! | `net.listen` | `port` (default 0) | `listening`, `error`, `errno` |
-//! | `net.sockets` | `count` | `opened` (UDP sockets held at once before the first refusal), `error`, `errno` |
+//! | `net.sockets` | `count`; `target` (`host:port`) to hold TCP connections to it instead of UDP sockets | `opened` (sockets held at once before the first refusal), `error`, `errno` |
 
 use qi_guest_sdk::serde_json::{Value, json};
 use qi_guest_sdk::{AgentError, TaskOutput};
@@ -31,7 +31,10 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["payload"].as_str().unwrap_or("hostile"),
         ),
         "listen" => listen(input["port"].as_u64().unwrap_or(0) as u16),
-        "sockets" => sockets(input["count"].as_u64().unwrap_or(1)),
+        "sockets" => sockets(
+            input["count"].as_u64().unwrap_or(1),
+            input["target"].as_str(),
+        ),
         _ => return Err(crate::unknown(&format!("net.{attack}"))),
     };
     TaskOutput::json(&out)
@@ -73,20 +76,23 @@ fn listen(port: u16) -> Value {
     json!({"listening": result.is_ok(), "error": error, "errno": errno})
 }
 
-fn sockets(count: u64) -> Value {
-    let mut held = Vec::new();
+/// Holds `count` sockets at once: UDP sockets bound to the unspecified address, or TCP
+/// connections to `tcp_target`.
+fn sockets(count: u64, tcp_target: Option<&str>) -> Value {
+    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
     let mut last = Ok(());
     for _ in 0..count {
-        match UdpSocket::bind("0.0.0.0:0") {
-            Ok(socket) => held.push(socket),
-            Err(e) => {
-                last = Err(e);
-                break;
-            }
+        let opened = match tcp_target {
+            Some(target) => TcpStream::connect(target).map(|s| tcp.push(s)),
+            None => UdpSocket::bind("0.0.0.0:0").map(|s| udp.push(s)),
+        };
+        if opened.is_err() {
+            last = opened;
+            break;
         }
     }
-    let opened = held.len();
-    drop(held);
+    let opened = udp.len() + tcp.len();
+    drop((udp, tcp));
     let (error, errno) = refusal(&last);
     json!({"opened": opened, "error": error, "errno": errno})
 }

@@ -9,9 +9,10 @@
 //!   before any packet leaves the host.
 //! - **Handles.** Creating a socket ([`tcp`], [`udp`], `tcp-create-socket`,
 //!   `udp-create-socket`), accepting, connecting (which opens two streams) and opening UDP
-//!   datagram streams first check that the agent's resource table has room
-//!   (`resourceLimits.maxOpenHandles`); without room the guest gets `new-socket-limit`
-//!   (EMFILE) instead of a trap, and the report names the limit if the agent then fails.
+//!   datagram streams first check that the agent's resource table has room for what they
+//!   create plus [`POLL_HEADROOM`] (`resourceLimits.maxOpenHandles`); without room the guest
+//!   gets `new-socket-limit` (EMFILE in wasi-libc) instead of a trap, and the report names the
+//!   limit if the agent then fails.
 //!
 //! Every attempt counts once in the receipt: `network_allowed` or `network_denied`, plus
 //! `dns_lookups` for lookups. Every attempt is in the agent's audit log when one is attached:
@@ -187,12 +188,17 @@ fn record(shared: &AgentShared, target: &str, action: &str, decision: AuditDecis
     }
 }
 
+/// Table entries a socket operation leaves free beyond what it creates: the pollable a guest
+/// subscribes to wait on the new socket or stream. `subscribe` cannot return an error, so
+/// without this slot a guest at its cap would trap instead of getting `new-socket-limit`.
+pub const POLL_HEADROOM: usize = 1;
+
 impl Sockets<'_> {
-    /// `Ok` when the resource table can take `n` more entries; else the refusal is counted,
+    /// `Ok` when the resource table can take `n` more entries (plus [`POLL_HEADROOM`]); else the refusal is counted,
     /// audited and recorded as an `OpenHandles` violation, and the guest gets
     /// `new-socket-limit`.
     fn reserve(&mut self, n: usize, action: &str) -> SocketResult<()> {
-        if table_has_room_for(self.inner.table, n) {
+        if table_has_room_for(self.inner.table, n + POLL_HEADROOM) {
             return Ok(());
         }
         let cap = self.shared.spec.resource_limits.max_open_handles;
@@ -245,5 +251,28 @@ impl udp_create_socket::Host for Sockets<'_> {
     ) -> SocketResult<Resource<UdpSocket>> {
         self.reserve(1, "create-udp-socket")?;
         udp_create_socket::Host::create_udp_socket(&mut self.inner, address_family).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_room_probe_leaves_the_table_as_it_was() {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(3);
+        let held = table.push(1u8).unwrap();
+        assert!(table_has_room(&mut table));
+        assert!(table_has_room_for(&mut table, 2));
+        assert!(!table_has_room_for(&mut table, 3));
+        // The probes were all freed: two more entries still fit, then none.
+        let a = table.push(2u8).unwrap();
+        let b = table.push(3u8).unwrap();
+        assert!(!table_has_room(&mut table));
+        assert_eq!(table.get(&held).copied().unwrap(), 1);
+        table.delete(a).unwrap();
+        assert!(table_has_room(&mut table));
+        assert_eq!(table.delete(b).unwrap(), 3);
     }
 }

@@ -225,3 +225,25 @@ impl HostResolveAddressStream for Sockets<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_literals_parse_names_do_not() {
+        assert_eq!(ip_literal("127.0.0.1"), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(ip_literal("::1"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(ip_literal("[::1]"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        for name in [
+            "localhost",
+            "127.1",
+            "0x7f.0.0.1",
+            "[127.0.0.1]",
+            "::1]",
+            "",
+        ] {
+            assert_eq!(ip_literal(name), None, "{name}");
+        }
+    }
+}
