@@ -7,7 +7,7 @@ mod dns;
 use crate::common::*;
 use qi_guest_artifacts::HOSTILE_COMPONENT;
 use qi_host::audit::{AuditDecision, AuditEntry, AuditLog, AuditQuery};
-use qi_host::security::AccessControl;
+use qi_host::security::{AccessControl, AccessPolicy, PolicySet};
 use qi_host::{
     AgentHost, AgentReport, HostConfig, IsolationLevel, NetworkAccessLevel, SubAgentSpecification,
     TaskRequest,
@@ -28,24 +28,34 @@ async fn hostile(spec: SubAgentSpecification, input: Value) -> AgentReport {
     run(HOSTILE_COMPONENT, spec, input).await
 }
 
-/// A host with an audit log and no policies: every network refusal must still be audited.
+/// A host with an audit log (and `policies`, TOML, if given): every network refusal must be
+/// audited, with or without policies.
 struct Audited {
     host: AgentHost,
     audit: AuditLog,
 }
 
 async fn audited() -> Audited {
+    audited_with(None).await
+}
+
+async fn audited_with(policies: Option<&str>) -> Audited {
     let svc = in_memory_context().await;
     let audit = AuditLog::open(svc.store().clone())
         .await
         .expect("audit log");
+    let policies = policies.map(|p| {
+        let file: toml::Value = toml::from_str(p).expect("policy toml");
+        let list: Vec<AccessPolicy> = file["policies"].clone().try_into().expect("policies");
+        PolicySet::new(list).expect("policies valid")
+    });
     let host = AgentHost::new(HostConfig {
         max_live_agents: 16,
         cache_dir: Some(cache_dir()),
         ..HostConfig::default()
     })
     .expect("host")
-    .with_access(Arc::new(AccessControl::new(None, Some(audit.clone()))));
+    .with_access(Arc::new(AccessControl::new(policies, Some(audit.clone()))));
     Audited { host, audit }
 }
 
@@ -100,6 +110,62 @@ async fn allowed_name_resolves_other_names_are_refused() {
     assert_eq!(past.usage.dns_lookups, 1, "{:?}", past.usage);
     assert_eq!(past.usage.network_denied, 1, "{:?}", past.usage);
     assert_eq!(past.usage.network_allowed, 0, "{:?}", past.usage);
+}
+
+#[tokio::test]
+async fn policies_decide_lookups_the_allow_list_lets_through() {
+    const RESOLVE_LOCALHOST: &str = r#"
+[[policies]]
+id = "resolve-localhost"
+priority = 1
+[[policies.rules]]
+effect = "allow"
+resources = ["network/localhost"]
+actions = ["resolve"]
+"#;
+    const NOTHING: &str = r#"
+[[policies]]
+id = "nothing"
+priority = 1
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/none"]
+actions = ["call"]
+"#;
+    let spec = net_spec(&["localhost:47474".into()]);
+    let input = json!({"mode": "net.resolve", "name": "localhost"});
+
+    let a = audited_with(Some(RESOLVE_LOCALHOST)).await;
+    let inside = a.run(spec.clone(), input.clone()).await;
+    assert!(
+        ok(&inside)["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("127.0.0.1")),
+        "{:?}",
+        inside.output
+    );
+    let entries = a.network_entries(&inside).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].decision, AuditDecision::Allow);
+    assert!(
+        entries[0].reason.contains("resolve-localhost"),
+        "{entries:?}"
+    );
+
+    let a = audited_with(Some(NOTHING)).await;
+    let past = a.run(spec, input).await;
+    let out = ok(&past);
+    assert_eq!(
+        (&out["addresses"], &out["errno"]),
+        (&json!([]), &json!(2)),
+        "{out}"
+    );
+    assert_eq!(past.usage.network_denied, 1, "{:?}", past.usage);
+    let entries = a.network_entries(&past).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].resource, "network/localhost");
+    assert_eq!(entries[0].decision, AuditDecision::Deny);
 }
 
 #[tokio::test]
