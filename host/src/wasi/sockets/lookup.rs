@@ -180,10 +180,13 @@ impl Host for Sockets<'_> {
             // Refused by the access gate.
             Ok(()) => ErrorCode::AccessDenied,
         };
+        // Room first, so that an attempt counts once: refused for the cap, or decided.
+        if verdict.is_ok() {
+            self.reserve(1, "resolve-addresses")?;
+        }
         if !decide(shared, &name, "resolve", verdict.map_err(|(_, why)| why)) {
             return Err(code.into());
         }
-        self.reserve(1, "resolve-addresses")?;
         let lookup = match (literal, allowed_name) {
             (Some(ip), _) => Lookup::ready(Ok(vec![ip.to_canonical()])),
             (None, Some(allowed)) => Lookup::spawn(allowed, self.shared.clone()),

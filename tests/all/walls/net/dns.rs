@@ -6,7 +6,8 @@
 //!
 //! [`refused_lookup_sends_no_packet`] re-executes this test binary under `unshare`, running
 //! only [`in_namespace`] (ignored in ordinary runs, and a no-op without its environment
-//! variable); it is skipped, with the reason printed, where `unshare` cannot make namespaces.
+//! variable); it is skipped, with the reason printed, where `unshare` cannot make namespaces
+//! or `ip` is missing.
 
 use crate::common::{cache_dir, spec};
 use qi_guest_artifacts::HOSTILE_COMPONENT;
@@ -31,13 +32,18 @@ const MOVING: &str = "moving.qi-host.test";
 
 #[test]
 fn refused_lookup_sends_no_packet() {
+    // The namespaced run needs `unshare` (util-linux) and `ip` (iproute2, to bring up the
+    // namespace's loopback); try both at once.
     if let Err(why) = Command::new("unshare")
-        .args(["-n", "-m", "true"])
+        .args(["-n", "-m", "--", "ip", "link", "set", "lo", "up"])
         .status()
         .map_err(|e| e.to_string())
         .and_then(|s| s.success().then_some(()).ok_or(s.to_string()))
     {
-        println!("skipped: `unshare -n -m` cannot make namespaces here ({why})");
+        println!(
+            "skipped: `unshare -n -m -- ip link set lo up` failed ({why}); the DNS wall needs \
+             util-linux, iproute2 and the right to make namespaces"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
