@@ -1,9 +1,98 @@
-//! `net.*` attacks.
+//! `net.*` attacks: name resolution, connects, datagrams, listening and holding sockets, all
+//! through the standard library (WASI sockets underneath). Every mode reports what happened
+//! and never fails on a refusal; `error` is the refusal as the guest saw it (`null` when none)
+//! and `errno` its raw OS error number where there is one.
+//!
+//! | mode | input | output |
+//! |---|---|---|
+//! | `net.resolve` | `name` | `addresses` (text), `error`, `errno` |
+//! | `net.connect` | `target` (`host:port`) | `connected`, `error`, `errno` |
+//! | `net.udp-send` | `target` (`host:port`), `payload` (text, default `hostile`) | `sent` (bytes or `null`), `error`, `errno` |
+//! | `net.listen` | `port` (default 0) | `listening`, `error`, `errno` |
+//! | `net.sockets` | `count`; `target` (`host:port`) to hold TCP connections to it instead of UDP sockets | `opened` (sockets held at once before the first refusal), `error`, `errno` |
 
-use qi_guest_sdk::serde_json::Value;
+use qi_guest_sdk::serde_json::{Value, json};
 use qi_guest_sdk::{AgentError, TaskOutput};
+use std::io;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 
 /// Runs attack `net.<attack>`.
-pub fn run(attack: &str, _input: &Value) -> Result<TaskOutput, AgentError> {
-    Err(crate::unknown(&format!("net.{attack}")))
+pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
+    let text = |field: &str| {
+        input[field].as_str().map(str::to_string).ok_or_else(|| {
+            AgentError::InvalidInput(format!("net.{attack} needs a string `{field}`"))
+        })
+    };
+    let out = match attack {
+        "resolve" => resolve(&text("name")?),
+        "connect" => connect(&text("target")?),
+        "udp-send" => udp_send(
+            &text("target")?,
+            input["payload"].as_str().unwrap_or("hostile"),
+        ),
+        "listen" => listen(input["port"].as_u64().unwrap_or(0) as u16),
+        "sockets" => sockets(
+            input["count"].as_u64().unwrap_or(1),
+            input["target"].as_str(),
+        ),
+        _ => return Err(crate::unknown(&format!("net.{attack}"))),
+    };
+    TaskOutput::json(&out)
+}
+
+/// `error` and `errno` of an outcome.
+fn refusal<T>(result: &io::Result<T>) -> (Value, Value) {
+    match result {
+        Ok(_) => (Value::Null, Value::Null),
+        Err(e) => (json!(e.to_string()), json!(e.raw_os_error())),
+    }
+}
+
+fn resolve(name: &str) -> Value {
+    let result = (name, 0).to_socket_addrs();
+    let (error, errno) = refusal(&result);
+    let addresses: Vec<String> = result
+        .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
+        .unwrap_or_default();
+    json!({"addresses": addresses, "error": error, "errno": errno})
+}
+
+fn connect(target: &str) -> Value {
+    let result = TcpStream::connect(target);
+    let (error, errno) = refusal(&result);
+    json!({"connected": result.is_ok(), "error": error, "errno": errno})
+}
+
+fn udp_send(target: &str, payload: &str) -> Value {
+    let result =
+        UdpSocket::bind("0.0.0.0:0").and_then(|socket| socket.send_to(payload.as_bytes(), target));
+    let (error, errno) = refusal(&result);
+    json!({"sent": result.ok(), "error": error, "errno": errno})
+}
+
+fn listen(port: u16) -> Value {
+    let result = TcpListener::bind(("0.0.0.0", port));
+    let (error, errno) = refusal(&result);
+    json!({"listening": result.is_ok(), "error": error, "errno": errno})
+}
+
+/// Holds `count` sockets at once: UDP sockets bound to the unspecified address, or TCP
+/// connections to `tcp_target`.
+fn sockets(count: u64, tcp_target: Option<&str>) -> Value {
+    let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+    let mut last = Ok(());
+    for _ in 0..count {
+        let opened = match tcp_target {
+            Some(target) => TcpStream::connect(target).map(|s| tcp.push(s)),
+            None => UdpSocket::bind("0.0.0.0:0").map(|s| udp.push(s)),
+        };
+        if opened.is_err() {
+            last = opened;
+            break;
+        }
+    }
+    let opened = udp.len() + tcp.len();
+    drop((udp, tcp));
+    let (error, errno) = refusal(&last);
+    json!({"opened": opened, "error": error, "errno": errno})
 }

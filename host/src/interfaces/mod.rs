@@ -42,6 +42,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::wasi::filesystem::shadow_filesystem(&mut linker)?;
+    crate::wasi::sockets::shadow_sockets(&mut linker)?;
     qi::agent::types::add_to_linker::<AgentState, wasmtime::component::HasSelf<AgentState>>(
         &mut linker,
         |s| s,

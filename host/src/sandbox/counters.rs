@@ -19,6 +19,9 @@ pub struct Counters {
     pub network_allowed: AtomicU64,
     /// Socket uses the allow-list refused.
     pub network_denied: AtomicU64,
+    /// `wasi:sockets/ip-name-lookup` calls, refused ones included (each is also counted in
+    /// `network_allowed` or `network_denied`).
+    pub dns_lookups: AtomicU64,
     /// Log bytes accepted.
     pub log_bytes: AtomicU64,
     /// Log records dropped because the log budget was spent.
@@ -78,6 +81,9 @@ pub struct UsageReceipt {
     pub network_allowed: u64,
     /// Socket uses refused.
     pub network_denied: u64,
+    /// Name lookups, refused ones included (each also in `network_allowed` or
+    /// `network_denied`).
+    pub dns_lookups: u64,
     /// Host calls refused by access checks.
     pub access_denied: u64,
     /// Log bytes accepted.
@@ -103,6 +109,7 @@ impl UsageReceipt {
             file_operations: c.file_operations.load(Ordering::Relaxed),
             network_allowed: c.network_allowed.load(Ordering::Relaxed),
             network_denied: c.network_denied.load(Ordering::Relaxed),
+            dns_lookups: c.dns_lookups.load(Ordering::Relaxed),
             access_denied: c.access_denied.load(Ordering::Relaxed),
             log_bytes: c.log_bytes.load(Ordering::Relaxed),
             logs_dropped: c.logs_dropped.load(Ordering::Relaxed),

@@ -38,20 +38,31 @@ pub struct NetworkRule {
 #[derive(Debug, Clone)]
 enum RuleHosts {
     Glob(globset::GlobMatcher),
-    Addrs(Vec<IpAddr>),
+    /// A host name (lower case, no trailing dot) and the addresses it had at spawn.
+    Name {
+        name: String,
+        addrs: Vec<IpAddr>,
+    },
 }
 
 impl NetworkRule {
     fn matches(&self, addr: SocketAddr) -> bool {
-        if !self.ports.matches(addr.port()) {
-            return false;
-        }
-        let ip = canonical_ip(addr.ip());
+        self.ports.matches(addr.port()) && self.admits(addr.ip())
+    }
+
+    /// Whether the rule admits `ip` on some port.
+    fn admits(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
         match &self.hosts {
             RuleHosts::Glob(g) => g.is_match(ip.to_string()),
-            RuleHosts::Addrs(addrs) => addrs.iter().any(|a| canonical_ip(*a) == ip),
+            RuleHosts::Name { addrs, .. } => addrs.iter().any(|a| canonical_ip(*a) == ip),
         }
     }
+}
+
+/// `name` as the allow-list compares it: ASCII lower case, one trailing dot dropped.
+fn normalized_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
 fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -72,21 +83,64 @@ impl Grants {
         self.allowed_tools.is_match(name) && !self.is_prohibited(name)
     }
 
-    /// Whether a socket use is allowed.
-    pub fn socket_allowed(&self, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+    /// Whether the agent has any network at all: `networkAccessLevel: full`, or at least one
+    /// `allowedNetworkHosts` entry, and `network` not in `prohibitedOperations`.
+    pub fn network_on(&self) -> bool {
+        (self.network_any || !self.network.is_empty()) && !self.is_prohibited("network")
+    }
+
+    /// Whether a socket use is allowed; `Err` says why not and which field would allow it.
+    ///
+    /// Agents are clients: listening and accepting are always refused, and the only bind
+    /// allowed is to the unspecified address (the implicit bind before a connect or send).
+    /// Connects, sends and receives need an address `allowedNetworkHosts` matches (any address
+    /// with `networkAccessLevel: full`).
+    pub fn socket_allowed(&self, addr: SocketAddr, usage: SocketAddrUse) -> Result<(), String> {
         if self.is_prohibited("network") {
-            return false;
+            return Err("`network` is in securityConstraints.prohibitedOperations".into());
         }
-        if !self.network_any && self.network.is_empty() {
-            return false;
+        if !self.network_on() {
+            return Err(
+                "the agent has no network: list the address in resourceLimits.allowedNetworkHosts"
+                    .into(),
+            );
         }
         match usage {
-            // Agents are clients: no listening sockets, no accepting.
-            SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
-            // Implicit binds before a connect use the unspecified address.
-            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => addr.ip().is_unspecified(),
-            _ => self.network_any || self.network.iter().any(|r| r.matches(addr)),
+            SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => {
+                Err("agents may not listen for or accept connections".into())
+            }
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if addr.ip().is_unspecified() => Ok(()),
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => Err(format!(
+                "agents may bind only to the unspecified address, not {addr}"
+            )),
+            _ if self.network_any || self.network.iter().any(|r| r.matches(addr)) => Ok(()),
+            _ => Err(format!(
+                "{addr} is not in resourceLimits.allowedNetworkHosts; add it (e.g. `{addr}`) to allow it"
+            )),
         }
+    }
+
+    /// The allow-list's spelling of host name `name` when an `allowedNetworkHosts` entry names
+    /// it (ASCII case and one trailing dot ignored), else `None`. With
+    /// `networkAccessLevel: full` every name is allowed and returned as given (normalized).
+    pub fn allowed_name(&self, name: &str) -> Option<String> {
+        if !self.network_on() {
+            return None;
+        }
+        let wanted = normalized_name(name);
+        if self.network_any {
+            return Some(wanted);
+        }
+        self.network.iter().find_map(|r| match &r.hosts {
+            RuleHosts::Name { name, .. } if *name == wanted => Some(name.clone()),
+            _ => None,
+        })
+    }
+
+    /// Whether some `allowedNetworkHosts` entry admits `ip` on some port (always, with
+    /// `networkAccessLevel: full`): the filter on the addresses a name lookup returns.
+    pub fn address_admitted(&self, ip: IpAddr) -> bool {
+        self.network_on() && (self.network_any || self.network.iter().any(|r| r.admits(ip)))
     }
 }
 
@@ -128,7 +182,10 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
                     })?
                     .map(|a| a.ip())
                     .collect();
-                RuleHosts::Addrs(addrs)
+                RuleHosts::Name {
+                    name: normalized_name(&name),
+                    addrs,
+                }
             }
         };
         network.push(NetworkRule { hosts, ports });

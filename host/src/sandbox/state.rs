@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Bytes of guest stdout and of guest stderr the host keeps (the rest is refused).
@@ -256,32 +255,12 @@ impl AgentState {
             };
             b.preopened_dir(&p.host_path, &p.guest_path, perms)?;
         }
-        let network_on = (shared.grants.network_any || !shared.grants.network.is_empty())
-            && !shared.grants.is_prohibited("network");
+        // Name lookups are answered by `wasi::sockets::lookup`, never by wasmtime-wasi.
+        let network_on = shared.grants.network_on();
         b.allow_tcp(network_on)
             .allow_udp(network_on)
-            .allow_ip_name_lookup(network_on);
-        let check = shared.clone();
-        b.socket_addr_check(move |addr, usage| {
-            let action = match usage {
-                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => "bind",
-                SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => "listen",
-                SocketAddrUse::TcpConnect => "connect",
-                _ => "send",
-            };
-            let allowed = check.grants.socket_allowed(addr, usage)
-                && check.gate("network", &addr.to_string(), action).is_ok();
-            let counter = if allowed {
-                &check.counters.network_allowed
-            } else {
-                &check.counters.network_denied
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if !allowed {
-                tracing::info!(agent = %check.id, %addr, ?usage, "network use denied");
-            }
-            Box::pin(async move { allowed })
-        });
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(crate::wasi::sockets::socket_addr_check(shared.clone()));
         let limit_bytes = (shared.spec.resource_limits.max_memory_mb as usize) << 20;
         Ok(AgentState {
             wasi: b.build(),
