@@ -387,7 +387,11 @@ async fn fs_section(host: &AgentHost) -> anyhow::Result<()> {
     for i in 0..FS_REPEATS + 2 {
         let t = Instant::now();
         let report = host
-            .run(&component, spec.clone(), TaskRequest::new("stats", input.clone()))
+            .run(
+                &component,
+                spec.clone(),
+                TaskRequest::new("stats", input.clone()),
+            )
             .await?;
         let d_qi = t.elapsed();
         anyhow::ensure!(report.failure.is_none(), "qi-host run failed: {report:?}");
@@ -406,7 +410,11 @@ async fn fs_section(host: &AgentHost) -> anyhow::Result<()> {
     let (q, b) = (stats(&mut qi), stats(&mut bare_t));
     println!(
         "  {FS_REPEATS} interleaved runs after 2 warm-ups; file operations counted per run: {ops}; totals {}",
-        if outputs.len() == 1 { "agree" } else { "DIFFER" }
+        if outputs.len() == 1 {
+            "agree"
+        } else {
+            "DIFFER"
+        }
     );
     println!(
         "  qi-host run median {:.0} us, bare median {:.0} us: ratio {:.3}; extra per file operation {:.2} us",

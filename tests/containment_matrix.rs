@@ -1,0 +1,355 @@
+//! The containment matrix: every attack of the `hostile` guest, under `sandbox` and under
+//! `restricted`, all at once in one host process beside well-behaved agents.
+//!
+//! Each hostile agent must end with its own precise outcome (the limit its report names, or
+//! the refusals it saw), the well-behaved agents' results must be exact, and afterwards the
+//! host's open descriptors must be back at their baseline, every mount must hold no more than
+//! its agent's disk quota, no canary outside a mount or behind a refused port may have been
+//! touched, and resident memory must return near where it started.
+//!
+//! Its own test binary, so that its descriptor and memory measurements see no other test.
+
+#[allow(dead_code)]
+#[path = "all/common.rs"]
+mod common;
+
+use common::*;
+use qi_guest_artifacts::{FILE_STATS_COMPONENT, HELLO_COMPONENT, HOSTILE_COMPONENT};
+use qi_host::{
+    AgentReport, DirectoryGrant, ErrorCategory, FileSystemAccess, IsolationLevel, LimitKind,
+    NetworkAccessLevel, SubAgentSpecification, TaskRequest,
+};
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Bytes the files under `dir` occupy on disk (allocated blocks, so sparse files count only
+/// what they really hold) and their largest logical size.
+fn disk_use(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut blocks, mut largest) = (0, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.path().symlink_metadata().unwrap();
+        if meta.is_dir() {
+            let (b, l) = disk_use(&entry.path());
+            blocks += b;
+            largest = largest.max(l);
+        } else {
+            blocks += meta.blocks() * 512;
+            largest = largest.max(meta.len());
+        }
+    }
+    (blocks, largest)
+}
+
+/// A TCP listener on loopback that counts the connections it accepts: a canary port.
+struct Canary {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Canary {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stream.is_ok() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Canary { port, accepted }
+    }
+}
+
+/// What a case must end with.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// Stopped at this limit, named by the report.
+    Limit(LimitKind),
+    /// Completed, and this check of its output holds.
+    Output(fn(&Value) -> bool, &'static str),
+    /// Failed as the agent's own error (BUSINESS), not the host's.
+    AgentError,
+}
+
+struct Case {
+    name: String,
+    spec: SubAgentSpecification,
+    component: &'static str,
+    input: Value,
+    expect: Expect,
+    /// The mount, to check its disk use after the run.
+    mount: Option<PathBuf>,
+}
+
+fn sandboxed() -> SubAgentSpecification {
+    spec()
+}
+
+fn restricted(mount: &Path, network: &[String]) -> SubAgentSpecification {
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.security_constraints.file_system_access = FileSystemAccess::Restricted;
+    s.directories.push(DirectoryGrant {
+        host_path: mount.to_path_buf(),
+        guest_path: "/workspace".into(),
+        writable: Some(true),
+    });
+    if !network.is_empty() {
+        s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
+        s.resource_limits.allowed_network_hosts = network.to_vec();
+    }
+    s
+}
+
+fn all_refused(out: &Value) -> bool {
+    out["attempts"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x["ok"] == false))
+}
+
+fn refused(out: &Value) -> bool {
+    !out["error"].is_null()
+}
+
+/// Every attack, as `(mode, input, expectation when restricted)`. Under `sandbox` the agent has
+/// no mount and no network: every attack must fail or be refused without touching anything.
+fn attacks(canary_port: u16) -> Vec<(&'static str, Value, Expect)> {
+    let links = json!([
+        ["..", "/workspace/l1"],
+        ["../outside-file", "/workspace/l2"],
+        ["../../../../../../", "/workspace/l3"],
+    ]);
+    vec![
+        (
+            "fs.hold-handles",
+            json!({"path": "/workspace/h", "count": 100_000}),
+            Expect::Limit(LimitKind::OpenHandles),
+        ),
+        (
+            "fs.stream-write",
+            json!({"path": "/workspace/big", "bytes": 200 << 20, "chunk": 64 << 10}),
+            Expect::Limit(LimitKind::DiskBytes),
+        ),
+        (
+            "fs.sparse",
+            json!({"path": "/workspace/sparse", "offset": 1u64 << 30, "how": "pwrite"}),
+            Expect::Limit(LimitKind::DiskBytes),
+        ),
+        (
+            "fs.set-size",
+            json!({"path": "/workspace/sized", "size": 10u64 << 30}),
+            Expect::Limit(LimitKind::DiskBytes),
+        ),
+        (
+            "fs.create-files",
+            json!({"dir": "/workspace", "count": 5_000}),
+            Expect::Limit(LimitKind::FilesCreated),
+        ),
+        (
+            "fs.stream-write",
+            json!({"path": "/workspace/s", "bytes": 1 << 20, "chunk": 16}),
+            Expect::Limit(LimitKind::FileOperations),
+        ),
+        (
+            "fs.symlink-out",
+            json!({"links": links}),
+            Expect::Output(all_refused, "every link refused"),
+        ),
+        (
+            "net.resolve",
+            json!({"name": "exfil-1234.invalid"}),
+            Expect::Output(refused, "lookup refused"),
+        ),
+        (
+            "net.connect",
+            json!({"target": format!("127.0.0.1:{canary_port}")}),
+            Expect::Output(|o| o["connected"] == false && refused(o), "connect refused"),
+        ),
+        (
+            "net.sockets",
+            json!({"count": 10_000}),
+            Expect::Output(
+                |o| refused(o) && o["opened"].as_u64().is_some_and(|n| n < 256),
+                "sockets stopped at the handle cap",
+            ),
+        ),
+    ]
+}
+
+fn cases(root: &Path, canary: &Canary, allowed_port: u16) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let allow = vec![format!("127.0.0.1:{allowed_port}")];
+    for (i, (mode, mut input, expect)) in attacks(canary.port).into_iter().enumerate() {
+        input["mode"] = json!(mode);
+        cases.push(Case {
+            name: format!("{mode} (sandbox)"),
+            spec: sandboxed(),
+            component: HOSTILE_COMPONENT,
+            input: input.clone(),
+            expect: if mode.starts_with("fs.") && mode != "fs.symlink-out" {
+                Expect::AgentError
+            } else {
+                Expect::Output(
+                    |o| {
+                        !o["error"].is_null()
+                            || o["attempts"]
+                                .as_array()
+                                .is_some_and(|a| a.iter().all(|x| x["ok"] == false))
+                    },
+                    "refused",
+                )
+            },
+            mount: None,
+        });
+        let mount = root.join(format!("m{i}"));
+        std::fs::create_dir(&mount).unwrap();
+        std::fs::write(mount.join("h"), "held").unwrap();
+        cases.push(Case {
+            name: format!("{mode} (restricted)"),
+            spec: restricted(&mount, &allow),
+            component: HOSTILE_COMPONENT,
+            input,
+            expect,
+            mount: Some(mount),
+        });
+    }
+    cases
+}
+
+async fn run_case(case: &Case) -> AgentReport {
+    let agent = host()
+        .spawn(&load(case.component), case.spec.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{}: spawn: {e}", case.name));
+    agent
+        .run(TaskRequest::new("attack", case.input.clone()))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("outside-file"), "canary").unwrap();
+    let ws = root.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("a.txt"), "one two\nthree\n").unwrap();
+    let canary = Canary::start();
+    let allowed = Canary::start();
+
+    // Warm up: compile every component and fill the pool with agents that behave.
+    for path in [HELLO_COMPONENT, FILE_STATS_COMPONENT, HOSTILE_COMPONENT] {
+        load(path);
+    }
+    for i in 0..8 {
+        ok(&run(HELLO_COMPONENT, spec(), json!({"n": i})).await);
+    }
+    let (fds_before, rss_before) = (open_fds(), rss_bytes());
+
+    let cases = Arc::new(cases(root.path(), &canary, allowed.port));
+    let mut hostile = Vec::new();
+    for i in 0..cases.len() {
+        let cases = cases.clone();
+        hostile.push(tokio::spawn(async move { run_case(&cases[i]).await }));
+    }
+    let mut good = Vec::new();
+    for n in 0..40usize {
+        let ws = ws.clone();
+        good.push(tokio::spawn(async move {
+            if n % 4 == 3 {
+                let mut s = spec();
+                s.isolation_level = IsolationLevel::Restricted;
+                s.directories.push(DirectoryGrant {
+                    host_path: ws,
+                    guest_path: "/workspace".into(),
+                    writable: Some(false),
+                });
+                let r = run(FILE_STATS_COMPONENT, s, json!(null)).await;
+                assert_eq!(ok(&r)["total"]["words"], 3, "file-stats {n}");
+            } else {
+                let r = run(HELLO_COMPONENT, spec(), json!({"n": n})).await;
+                assert_eq!(ok(&r)["input"]["n"], n, "hello {n}");
+            }
+        }));
+    }
+    for g in good {
+        g.await.expect("every well-behaved agent completes exactly");
+    }
+    for (case, handle) in cases.iter().zip(hostile) {
+        let report = handle.await.expect("the host survives every attack");
+        assert_ne!(
+            report.error_category,
+            Some(ErrorCategory::System),
+            "{}: a guest's attack reported as a host failure: {:?}",
+            case.name,
+            report.failure
+        );
+        match case.expect {
+            Expect::Limit(kind) => {
+                let (got, text) = limit(&report);
+                assert_eq!(got, kind, "{}: {text}", case.name);
+            }
+            Expect::Output(check, what) => {
+                let out = ok(&report);
+                assert!(check(out), "{}: expected {what}, got {out}", case.name);
+            }
+            Expect::AgentError => assert_eq!(
+                report.error_category,
+                Some(ErrorCategory::Business),
+                "{}: {:?} / {:?}",
+                case.name,
+                report.failure,
+                report.output
+            ),
+        }
+        if let Some(mount) = &case.mount {
+            let (blocks, largest) = disk_use(mount);
+            let quota = case.spec.resource_limits.max_disk_bytes;
+            assert!(
+                blocks <= quota + (1 << 20) && largest <= quota,
+                "{}: the mount holds {blocks} bytes on disk, largest file {largest} bytes; quota {quota}",
+                case.name
+            );
+        }
+    }
+
+    assert!(host().list().is_empty(), "agents left: {:?}", host().list());
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("outside-file")).unwrap(),
+        "canary"
+    );
+    assert_eq!(
+        canary.accepted.load(Ordering::SeqCst),
+        0,
+        "a refused connect reached the canary port"
+    );
+    let fds_after = open_fds();
+    assert!(
+        fds_after <= fds_before,
+        "host descriptors: {fds_before} before, {fds_after} after"
+    );
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert!(
+        grown < 96 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+}
