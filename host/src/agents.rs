@@ -400,6 +400,9 @@ impl AgentHost {
         store
             .set_fuel(shared.spec.fuel)
             .map_err(|e| Error::System(anyhow::Error::from(e).context("setting fuel")))?;
+        // Bounds every guest-to-host transfer (one host call's arguments, the agent's output)
+        // before wasmtime copies it; see `interfaces::limits`.
+        store.set_hostcall_fuel(hostcall_fuel(&shared));
         store
             .fuel_async_yield_interval(Some(shared.overrides.fuel_yield_interval))
             .map_err(|e| {
@@ -449,7 +452,14 @@ impl AgentHost {
             }
             Err(failure) => {
                 agent.entry.set(AgentStatus::Failed);
-                Err(Error::Spawn(failure))
+                let usage = agent.usage();
+                agent.shared.audit(
+                    "lifecycle",
+                    "spawn-failed",
+                    failure.to_string(),
+                    serde_json::json!({"fuel": usage.fuel_consumed, "hostCalls": usage.host_calls}),
+                );
+                Err(Error::Spawn(failure, Box::new(usage)))
             }
         }
     }
@@ -465,6 +475,22 @@ impl AgentHost {
         let agent = self.spawn(component, spec).await?;
         Ok(agent.run(task).await)
     }
+}
+
+/// The Store's hostcall fuel: the most bytes one guest-to-host transfer may carry. Covers the
+/// largest host-call argument and the agent's own output limit.
+fn hostcall_fuel(shared: &AgentShared) -> usize {
+    let output = usize::try_from(shared.overrides.max_output_bytes).unwrap_or(usize::MAX);
+    crate::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES.max(output)
+}
+
+/// wasmtime's refusal when a transfer is larger than the hostcall fuel (its error type is
+/// private, so it is recognised by its message).
+fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
+    e.chain().any(|c| {
+        c.to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    })
 }
 
 fn describe(info: crate::interfaces::AgentInfo) -> AgentDescription {
@@ -612,9 +638,37 @@ impl SubAgent {
             .clone()
     }
 
+    /// What an error out of the guest means for the agent. Everything a guest can cause is the
+    /// agent's failure (BUSINESS or RESOURCE): `exit(n)` is [`AgentFailure::Exited`], a full
+    /// handle table and oversized transfers are limits, panics and traps are the guest's own.
+    /// [`AgentFailure::Host`] is never the result: a guest cannot make the host fail.
     fn classify(&self, e: wasmtime::Error) -> AgentFailure {
         if let Some(v) = self.violation() {
             return v;
+        }
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return AgentFailure::Exited { status: exit.0 };
+        }
+        if let Some(wasmtime::component::ResourceTableError::Full) =
+            e.downcast_ref::<wasmtime::component::ResourceTableError>()
+        {
+            let max = self.shared.spec.resource_limits.max_open_handles;
+            return self.limit_failure(
+                LimitKind::OpenHandles,
+                u64::from(max),
+                "the agent's handle table is full; close handles it no longer needs".into(),
+            );
+        }
+        if is_transfer_refusal(&e) {
+            let max = hostcall_fuel(&self.shared);
+            return self.limit_failure(
+                LimitKind::ArgumentSize,
+                max as u64,
+                format!(
+                    "the guest passed more than {max} bytes to the host at once (one host call's \
+                     arguments, or its output); refused before any of it was copied"
+                ),
+            );
         }
         let stderr = String::from_utf8_lossy(&self.store.data().stderr.contents()).into_owned();
         if let Some(trap) = e.downcast_ref::<Trap>() {
@@ -647,9 +701,38 @@ impl SubAgent {
         if let Some(message) = panic_message(&stderr) {
             return AgentFailure::Panicked { message };
         }
-        AgentFailure::Host {
+        // Not a wasm trap but raised while the guest ran: a canonical-ABI violation (bad
+        // pointer, invalid UTF-8), a misused WASI resource, ... The guest caused it.
+        AgentFailure::Trapped {
             message: error_chain(&e),
         }
+    }
+
+    /// Records and returns a limit failure found while classifying an error.
+    fn limit_failure(&self, limit: LimitKind, limit_value: u64, detail: String) -> AgentFailure {
+        self.shared
+            .record_violation(limit, limit_value, detail.clone());
+        self.violation().unwrap_or(AgentFailure::LimitExceeded {
+            limit,
+            limit_value,
+            detail,
+        })
+    }
+
+    /// The usage measured so far.
+    fn usage(&self) -> UsageReceipt {
+        let data = self.store.data();
+        let mut usage = UsageReceipt::from_counters(&self.shared.counters);
+        usage.fuel_consumed = self
+            .shared
+            .spec
+            .fuel
+            .saturating_sub(self.store.get_fuel().unwrap_or(0));
+        usage.peak_memory_bytes = data.limiter.peak_bytes as u64;
+        usage.wall_time_us = self.shared.started.elapsed().as_micros() as u64;
+        usage.stdout_bytes = data.stdout.contents().len() as u64;
+        usage.stderr_bytes = data.stderr.contents().len() as u64;
+        usage
     }
 
     fn component_stack_limit(&self) -> usize {
@@ -722,19 +805,10 @@ impl SubAgent {
             Err(_) => AgentStatus::Failed,
         };
         self.entry.set(status);
+        let usage = self.usage();
         let data = self.store.data();
-        let mut usage = UsageReceipt::from_counters(&self.shared.counters);
-        usage.fuel_consumed = self
-            .shared
-            .spec
-            .fuel
-            .saturating_sub(self.store.get_fuel().unwrap_or(0));
-        usage.peak_memory_bytes = data.limiter.peak_bytes as u64;
-        usage.wall_time_us = self.shared.started.elapsed().as_micros() as u64;
         let stdout = data.stdout.contents();
         let stderr = data.stderr.contents();
-        usage.stdout_bytes = stdout.len() as u64;
-        usage.stderr_bytes = stderr.len() as u64;
         let (output, failure) = match outcome {
             Ok(v) => (Some(v), None),
             Err(f) => (None, Some(f)),

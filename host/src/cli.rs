@@ -248,6 +248,11 @@ pub struct RunAgentArgs {
     /// --data-dir, every decision and the agent's lifecycle go to that directory's audit log.
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    /// The agent's name as access policies see it (`agent.name`; the spec's `name`). Without
+    /// it (and without one in --spec) rules on `agent.name` do not match; the name the
+    /// component declares in `describe()` is never used for access decisions.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -318,6 +323,9 @@ fn build_spec(args: &RunAgentArgs) -> Result<SubAgentSpecification, Error> {
     }
     if let Some(v) = args.fuel {
         spec.fuel = v;
+    }
+    if let Some(name) = &args.name {
+        spec.name = Some(name.clone());
     }
     for d in &args.dirs {
         spec.directories.push(DirectoryGrant::parse(d)?);

@@ -13,6 +13,7 @@ use wasmtime::component::Linker;
 pub mod budget;
 pub mod context;
 pub mod events;
+pub mod limits;
 pub mod log;
 pub mod sync;
 pub mod tools;

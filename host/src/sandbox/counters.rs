@@ -25,6 +25,13 @@ pub struct Counters {
     pub logs_dropped: AtomicU64,
     /// Requests refused by access checks (tools not allowed or prohibited).
     pub access_denied: AtomicU64,
+    /// WASI calls counted so far: filesystem and socket calls (bumped by the counting WASI
+    /// layers) and writes to stdout/stderr. Clock, random and poll calls are not counted.
+    pub wasi_calls: AtomicU64,
+    /// Bytes of stdout discarded past the 64 KiB capture.
+    pub stdout_dropped: AtomicU64,
+    /// Bytes of stderr discarded past the 64 KiB capture.
+    pub stderr_dropped: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -78,10 +85,18 @@ pub struct UsageReceipt {
     pub log_bytes: u64,
     /// Log records dropped over budget.
     pub logs_dropped: u64,
-    /// Bytes the guest wrote to stdout (kept up to 64 KiB).
+    /// WASI calls: filesystem and socket calls, and writes to stdout/stderr (clock, random
+    /// and poll calls are not counted). Separate from `host_calls`, which counts `qi:agent`
+    /// calls only.
+    pub wasi_calls: u64,
+    /// Bytes of stdout kept (at most 64 KiB).
     pub stdout_bytes: u64,
-    /// Bytes the guest wrote to stderr (kept up to 64 KiB).
+    /// Bytes of stderr kept (at most 64 KiB).
     pub stderr_bytes: u64,
+    /// Bytes of stdout written past the 64 KiB capture and discarded.
+    pub stdout_dropped: u64,
+    /// Bytes of stderr written past the 64 KiB capture and discarded.
+    pub stderr_dropped: u64,
 }
 
 impl UsageReceipt {
@@ -95,6 +110,9 @@ impl UsageReceipt {
             access_denied: c.access_denied.load(Ordering::Relaxed),
             log_bytes: c.log_bytes.load(Ordering::Relaxed),
             logs_dropped: c.logs_dropped.load(Ordering::Relaxed),
+            wasi_calls: c.wasi_calls.load(Ordering::Relaxed),
+            stdout_dropped: c.stdout_dropped.load(Ordering::Relaxed),
+            stderr_dropped: c.stderr_dropped.load(Ordering::Relaxed),
             ..Default::default()
         }
     }

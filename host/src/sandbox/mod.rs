@@ -6,8 +6,10 @@ pub mod counters;
 pub mod grants;
 pub mod limiter;
 pub mod state;
+pub mod stdio;
 
 pub use counters::{Counters, HostCallRecord, LogRecord, MAX_KEPT_LOG_RECORDS, UsageReceipt};
 pub use grants::{Grants, NetworkRule, resolve_grants};
 pub use limiter::MemoryLimiter;
-pub use state::{AgentShared, AgentState, STDIO_CAPTURE_BYTES};
+pub use state::{AgentShared, AgentState};
+pub use stdio::{BoundedCapture, STDIO_CAPTURE_BYTES, Stdio};

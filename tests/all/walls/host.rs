@@ -1,4 +1,358 @@
-//! `hostile` guest, `host.*` modes.
+//! `hostile` guest, `host.*` modes: every host-call argument, the output, stdio and exit are
+//! bounded, and each attack ends with its own precise error while the host goes on.
 
-#[allow(unused_imports)]
 use crate::common::*;
+use qi_guest_artifacts::{HELLO_COMPONENT, HOSTILE_COMPONENT, HUGE_OUTPUT_COMPONENT};
+use qi_host::interfaces::limits::{
+    MAX_CALL_MANY_REQUESTS, MAX_DOCUMENT_BYTES, MAX_EVENT_DATA_BYTES, MAX_LOG_FIELDS,
+    MAX_LOG_MESSAGE_BYTES, MAX_SHARE_AGENTS, MAX_SUBSCRIBE_CONTEXTS, MAX_TOOL_INPUT_BYTES,
+};
+use qi_host::sandbox::STDIO_CAPTURE_BYTES;
+use qi_host::{
+    AgentFailure, AgentHost, AgentReport, Error, ErrorCategory, HostConfig, IsolationLevel,
+    LimitKind, SubAgentSpecification, TaskRequest, ToolRegistry,
+};
+use serde_json::{Value, json};
+
+/// A host of its own with a context store (the store's tasks live on this test's runtime).
+async fn context_host() -> AgentHost {
+    AgentHost::with_tools(
+        HostConfig {
+            max_live_agents: 8,
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        },
+        ToolRegistry::with_builtins(),
+    )
+    .expect("host starts")
+    .with_context(in_memory_context().await)
+}
+
+fn hostile_spec() -> SubAgentSpecification {
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.resource_limits.max_concurrent_operations = 64;
+    s.resource_limits.max_tool_calls = 200;
+    s.security_constraints
+        .allowed_tools
+        .push("clock.now".into());
+    s
+}
+
+async fn attack_on(host: &AgentHost, input: Value) -> AgentReport {
+    let mut spec = hostile_spec();
+    // Room for a 16 MiB document and its copies in guest memory.
+    spec.resource_limits.max_memory_mb = 256;
+    host.run(
+        &host.load(HOSTILE_COMPONENT).expect("hostile loads"),
+        spec,
+        TaskRequest::new("attack", input),
+    )
+    .await
+    .expect("hostile spawns")
+}
+
+/// Asserts the report ends with an argument-size refusal naming `needle`, and that the host
+/// goes on (a well-behaved agent still runs in it).
+#[track_caller]
+fn refused(report: &AgentReport, limit_value: usize, needle: &str) {
+    match &report.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::ArgumentSize,
+            limit_value: v,
+            detail,
+        }) => {
+            assert_eq!(*v, limit_value as u64, "{detail}");
+            assert!(detail.contains(needle), "{detail} lacks {needle}");
+        }
+        other => panic!("expected an argument-size refusal, got {other:?}"),
+    }
+    assert_eq!(report.error_category, Some(ErrorCategory::Resource));
+}
+
+async fn host_goes_on(host: &AgentHost) {
+    let r = host
+        .run(
+            &host.load(HELLO_COMPONENT).expect("hello loads"),
+            spec(),
+            TaskRequest::new("greet", json!({"name": "after"})),
+        )
+        .await
+        .expect("hello spawns");
+    ok(&r);
+}
+
+#[tokio::test]
+async fn a_document_at_the_limit_is_stored_and_one_byte_more_is_refused_unparsed() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.big-doc", "bytes": MAX_DOCUMENT_BYTES}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.big-doc", "bytes": MAX_DOCUMENT_BYTES + 1, "op": "patch"}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_DOCUMENT_BYTES,
+        &format!(
+            "context.patch: `merge-patch` is {} bytes",
+            MAX_DOCUMENT_BYTES + 1
+        ),
+    );
+    host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn a_call_many_batch_at_the_limit_runs_and_one_more_request_is_refused() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.call-many", "count": MAX_CALL_MANY_REQUESTS}),
+    )
+    .await;
+    assert_eq!(ok(&at)["results"], MAX_CALL_MANY_REQUESTS);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.call-many", "count": MAX_CALL_MANY_REQUESTS + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_CALL_MANY_REQUESTS,
+        &format!(
+            "tools.call-many: `requests` is {} items",
+            MAX_CALL_MANY_REQUESTS + 1
+        ),
+    );
+    // No tool ran for the refused batch.
+    assert_eq!(past.usage.tool_calls, 0);
+    host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn share_and_revoke_lists_are_bounded() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.share-list", "count": MAX_SHARE_AGENTS, "op": "revoke"}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.share-list", "count": MAX_SHARE_AGENTS + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_SHARE_AGENTS,
+        &format!("context.share: `agents` is {} items", MAX_SHARE_AGENTS + 1),
+    );
+    host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn subscribe_lists_are_bounded() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.subscribe-list", "count": MAX_SUBSCRIBE_CONTEXTS}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.subscribe-list", "count": MAX_SUBSCRIBE_CONTEXTS + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_SUBSCRIBE_CONTEXTS,
+        &format!(
+            "events.subscribe: `context-ids` is {} items",
+            MAX_SUBSCRIBE_CONTEXTS + 1
+        ),
+    );
+}
+
+#[tokio::test]
+async fn event_data_at_the_limit_is_published_and_one_byte_more_is_refused() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.big-event", "bytes": MAX_EVENT_DATA_BYTES}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.big-event", "bytes": MAX_EVENT_DATA_BYTES + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_EVENT_DATA_BYTES,
+        &format!(
+            "events.publish: `data` is {} bytes",
+            MAX_EVENT_DATA_BYTES + 1
+        ),
+    );
+}
+
+#[tokio::test]
+async fn tool_input_at_the_limit_is_accepted_and_one_byte_more_is_refused() {
+    let at = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        json!({"mode": "host.tool-input", "bytes": MAX_TOOL_INPUT_BYTES}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        json!({"mode": "host.tool-input", "bytes": MAX_TOOL_INPUT_BYTES + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_TOOL_INPUT_BYTES,
+        &format!("tools.call: `input` is {} bytes", MAX_TOOL_INPUT_BYTES + 1),
+    );
+    // The refused call still cost a tool call.
+    assert_eq!(past.usage.tool_calls, 1);
+}
+
+#[tokio::test]
+async fn a_huge_log_record_is_truncated_and_never_fails() {
+    let r = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        json!({"mode": "host.big-log", "bytes": 1 << 20, "fields": 10_000}),
+    )
+    .await;
+    assert_eq!(ok(&r)["ok"], true);
+    let rec = &r.logs[0];
+    assert_eq!(rec.fields.len(), MAX_LOG_FIELDS);
+    // Truncated to the limit, plus the marker.
+    assert_eq!(rec.message.len(), MAX_LOG_MESSAGE_BYTES + '…'.len_utf8());
+}
+
+#[tokio::test]
+async fn stdout_keeps_64_kib_and_discards_and_counts_the_rest() {
+    for (stream, bytes) in [
+        ("stdout", STDIO_CAPTURE_BYTES),
+        ("stdout", STDIO_CAPTURE_BYTES + 1),
+        ("stderr", STDIO_CAPTURE_BYTES + 1),
+    ] {
+        let r = run(
+            HOSTILE_COMPONENT,
+            spec(),
+            json!({"mode": "host.stdout", "bytes": bytes, "stream": stream}),
+        )
+        .await;
+        assert_eq!(ok(&r)["errors"], 0, "{stream} {bytes}: writes never fail");
+        let (kept, dropped) = if stream == "stdout" {
+            (r.stdout.len(), r.usage.stdout_dropped)
+        } else {
+            (r.stderr.len(), r.usage.stderr_dropped)
+        };
+        assert_eq!(kept, STDIO_CAPTURE_BYTES, "{stream} {bytes}");
+        assert_eq!(
+            dropped,
+            (bytes - STDIO_CAPTURE_BYTES) as u64,
+            "{stream} {bytes}"
+        );
+        assert!(r.usage.wasi_calls > 0, "stdio writes are counted");
+    }
+}
+
+#[tokio::test]
+async fn a_guest_exit_is_the_agents_own_failure() {
+    for code in [0, 3] {
+        let r = run(
+            HOSTILE_COMPONENT,
+            spec(),
+            json!({"mode": "host.exit", "code": code}),
+        )
+        .await;
+        match r.failure {
+            // WASI 0.2 `exit` carries only success or failure.
+            Some(AgentFailure::Exited { status }) => assert_eq!(status, i32::from(code != 0)),
+            other => panic!("expected Exited, got {other:?}"),
+        }
+        assert_eq!(r.error_category, Some(ErrorCategory::Business));
+    }
+}
+
+#[tokio::test]
+async fn output_at_max_output_bytes_passes_and_one_byte_more_is_output_size() {
+    let limit = 1000u64;
+    let mut s = spec();
+    s.configuration_overrides
+        .insert("maxOutputBytes".into(), json!(limit));
+    // huge-output returns N + 2 bytes of JSON.
+    let at = run(
+        HUGE_OUTPUT_COMPONENT,
+        s.clone(),
+        json!({"bytes": limit - 2}),
+    )
+    .await;
+    assert_eq!(ok(&at).as_str().map(str::len), Some(limit as usize - 2));
+    let past = run(HUGE_OUTPUT_COMPONENT, s, json!({"bytes": limit - 1})).await;
+    match past.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            limit_value,
+            ref detail,
+        }) => {
+            assert_eq!(limit_value, limit);
+            assert!(detail.contains(&format!("{} bytes", limit + 1)), "{detail}");
+        }
+        other => panic!("expected OutputSize, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_spawn_that_fails_after_guest_code_ran_still_has_its_receipt() {
+    let mut s = spec();
+    s.fuel = 1_000;
+    let err = host()
+        .spawn(&load(HELLO_COMPONENT), s)
+        .await
+        .expect_err("1000 fuel cannot instantiate");
+    match err {
+        Error::Spawn(AgentFailure::LimitExceeded { limit, .. }, usage) => {
+            assert_eq!(limit, LimitKind::Fuel);
+            assert_eq!(usage.fuel_consumed, 1_000);
+            assert!(usage.wall_time_us > 0);
+        }
+        other => panic!("expected a spawn failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn live_agents_are_capped_at_max_live_agents() {
+    let host = AgentHost::new(HostConfig {
+        max_live_agents: 2,
+        cache_dir: Some(cache_dir()),
+        ..HostConfig::default()
+    })
+    .expect("host starts");
+    let hello = host.load(HELLO_COMPONENT).expect("hello loads");
+    let a = host.spawn(&hello, spec()).await.expect("first spawns");
+    let b = host.spawn(&hello, spec()).await.expect("second spawns");
+    match host.spawn(&hello, spec()).await {
+        Err(Error::TooManyAgents { limit }) => assert_eq!(limit, 2),
+        other => panic!("expected TooManyAgents, got {other:?}"),
+    }
+    // A finished agent frees its place.
+    drop(a);
+    let c = host.spawn(&hello, spec()).await.expect("a place was freed");
+    drop((b, c));
+}
