@@ -755,6 +755,11 @@ impl SubAgent {
             .instance
             .take()
             .expect("a spawned agent has an instance");
+        // The output is bounded before it is copied by the Store's hostcall fuel (see
+        // `hostcall_fuel`): wasmtime refuses to lift a larger string without copying a byte.
+        // Lifting it lazily as a `WasmStr` instead would read freed guest memory: wasmtime runs
+        // the export's post-return (which frees the string in the guest) before `call_async`
+        // returns. Outputs between `maxOutputBytes` and the fuel are copied, then refused here.
         let max_output = self.shared.overrides.max_output_bytes;
         let result = self
             .guarded(async |store| instance.call_run(&mut *store, &wit_task).await)

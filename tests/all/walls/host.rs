@@ -356,3 +356,58 @@ async fn live_agents_are_capped_at_max_live_agents() {
     let c = host.spawn(&hello, spec()).await.expect("a place was freed");
     drop((b, c));
 }
+
+/// Allows `clock.now` to agents named `hostile` only.
+const HOSTILE_MAY_READ_THE_CLOCK: &str = r#"
+[[policies]]
+id = "hostile-clock"
+priority = 1
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/clock.now"]
+agents = ["hostile"]
+"#;
+
+#[tokio::test]
+async fn policies_match_the_host_assigned_name_not_the_declared_one() {
+    use qi_host::security::{AccessControl, AccessPolicy, PolicySet};
+    let file: toml::Value = toml::from_str(HOSTILE_MAY_READ_THE_CLOCK).expect("policy toml");
+    let list: Vec<AccessPolicy> = file["policies"].clone().try_into().expect("policies parse");
+    let access = std::sync::Arc::new(AccessControl::new(
+        Some(PolicySet::new(list).expect("policies valid")),
+        None,
+    ));
+    let host = context_host().await.with_access(access);
+    let probe = json!({"mode": "host.tool-input", "bytes": 8});
+    // The component declares `hostile` in describe(); the host named it otherwise.
+    for (name, allowed) in [
+        (Some("reviewer"), false),
+        (None, false),
+        (Some("hostile"), true),
+    ] {
+        let mut s = hostile_spec();
+        s.name = name.map(str::to_string);
+        let r = host
+            .run(
+                &host.load(HOSTILE_COMPONENT).expect("hostile loads"),
+                s,
+                TaskRequest::new("attack", probe.clone()),
+            )
+            .await
+            .expect("hostile spawns");
+        assert_eq!(r.agent.as_ref().map(|a| a.name.as_str()), Some("hostile"));
+        if allowed {
+            assert_eq!(ok(&r)["ok"], true, "named {name:?}");
+        } else {
+            match &r.failure {
+                Some(AgentFailure::AgentError { message, .. }) => {
+                    assert!(message.contains("access-denied"), "{message}")
+                }
+                other => panic!("named {name:?}: expected a refusal, got {other:?}"),
+            }
+            assert_eq!(r.usage.access_denied, 1, "named {name:?}");
+            // A refused call still costs a tool call.
+            assert_eq!(r.usage.tool_calls, 1, "named {name:?}");
+        }
+    }
+}
