@@ -15,6 +15,7 @@
 //! - `host.stdout {bytes, stream}`: writes `bytes` bytes to `stream` (`stdout`, default, or
 //!   `stderr`) in 4 KiB writes.
 //! - `host.exit {code}`: calls `exit(code)` instead of returning.
+//! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
 //!
 //! A mode whose host call is refused fails with the host's message (`failed`); otherwise it
 //! returns `{"ok": true, ...}` with what the host answered.
@@ -38,6 +39,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "tool-input" => tool_input(n("bytes", 0))?,
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
+        "clock" => clock(n("count", 0)),
         _ => return Err(crate::unknown(&format!("host.{attack}"))),
     };
     Ok(TaskOutput {
@@ -157,4 +159,9 @@ fn stdout(bytes: usize, stderr: bool) -> Value {
     }
     let _ = out.flush();
     json!({"ok": true, "errors": errors})
+}
+
+fn clock(count: usize) -> Value {
+    let latest = (0..count).map(|_| std::time::SystemTime::now()).max();
+    json!({"ok": true, "read": latest.is_some()})
 }

@@ -26,7 +26,8 @@ pub struct Counters {
     /// Requests refused by access checks (tools not allowed or prohibited).
     pub access_denied: AtomicU64,
     /// WASI calls counted so far: filesystem and socket calls (bumped by the counting WASI
-    /// layers) and writes to stdout/stderr. Clock, random and poll calls are not counted.
+    /// layers), clock and random calls, and writes to stdout/stderr. `wasi:io` stream and poll
+    /// calls, `wasi:cli` environment and exit, and resource drops are not counted.
     pub wasi_calls: AtomicU64,
     /// Bytes of stdout discarded past the 64 KiB capture.
     pub stdout_dropped: AtomicU64,
@@ -85,9 +86,9 @@ pub struct UsageReceipt {
     pub log_bytes: u64,
     /// Log records dropped over budget.
     pub logs_dropped: u64,
-    /// WASI calls: filesystem and socket calls, and writes to stdout/stderr (clock, random
-    /// and poll calls are not counted). Separate from `host_calls`, which counts `qi:agent`
-    /// calls only.
+    /// WASI calls: filesystem and socket calls, clock and random calls, and writes to
+    /// stdout/stderr (`wasi:io` streams and polls, `wasi:cli` environment and exit, and resource
+    /// drops are not counted). Separate from `host_calls`, which counts `qi:agent` calls only.
     pub wasi_calls: u64,
     /// Bytes of stdout kept (at most 64 KiB).
     pub stdout_bytes: u64,

@@ -411,3 +411,19 @@ async fn policies_match_the_host_assigned_name_not_the_declared_one() {
         }
     }
 }
+
+#[tokio::test]
+async fn clock_reads_are_counted_as_wasi_calls() {
+    let mut calls = Vec::new();
+    for count in [0, 100] {
+        let r = run(
+            HOSTILE_COMPONENT,
+            spec(),
+            json!({"mode": "host.clock", "count": count}),
+        )
+        .await;
+        ok(&r);
+        calls.push(r.usage.wasi_calls);
+    }
+    assert_eq!(calls[1] - calls[0], 100, "{calls:?}");
+}
