@@ -15,6 +15,8 @@
 //! - `host.stdout {bytes, stream}`: writes `bytes` bytes to `stream` (`stdout`, default, or
 //!   `stderr`) in 4 KiB writes.
 //! - `host.exit {code}`: calls `exit(code)` instead of returning.
+//! - `host.tool {tool, input}`: calls `tool` with `input` (any JSON value, sent as its text)
+//!   and answers the size of the output.
 //! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
 //!
 //! A mode whose host call is refused fails with the host's message (`failed`); otherwise it
@@ -40,6 +42,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
         "clock" => clock(n("count", 0)),
+        "tool" => tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?,
         _ => return Err(crate::unknown(&format!("host.{attack}"))),
     };
     Ok(TaskOutput {
@@ -164,4 +167,9 @@ fn stdout(bytes: usize, stderr: bool) -> Value {
 fn clock(count: usize) -> Value {
     let latest = (0..count).map(|_| std::time::SystemTime::now()).max();
     json!({"ok": true, "read": latest.is_some()})
+}
+
+fn tool(name: &str, input: &Value) -> Result<Value, AgentError> {
+    let out = tools::call(name, &input.to_string()).map_err(|e| failed("tools.call", e))?;
+    Ok(json!({"ok": true, "bytes": out.len()}))
 }

@@ -427,3 +427,93 @@ async fn clock_reads_are_counted_as_wasi_calls() {
     }
     assert_eq!(calls[1] - calls[0], 100, "{calls:?}");
 }
+
+/// `test.sized {"bytes": N}` answers a JSON string of exactly N bytes of JSON text.
+struct Sized;
+
+impl qi_host::Tool for Sized {
+    fn name(&self) -> &str {
+        "test.sized"
+    }
+    fn description(&self) -> &str {
+        "Answers a JSON string of exactly {\"bytes\": N} bytes"
+    }
+    fn call(&self, _ctx: qi_host::ToolContext, input: Value) -> qi_host::ToolFuture {
+        let bytes = input["bytes"].as_u64().unwrap_or(2) as usize;
+        Box::pin(async move { Ok(Value::String("x".repeat(bytes.saturating_sub(2)))) })
+    }
+}
+
+#[tokio::test]
+async fn tool_output_at_the_limit_is_handed_over_and_one_byte_more_is_refused() {
+    use qi_host::interfaces::limits::MAX_TOOL_OUTPUT_BYTES;
+    let mut tools = ToolRegistry::with_builtins();
+    tools.register(Sized);
+    let host = AgentHost::with_tools(
+        HostConfig {
+            max_live_agents: 4,
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        },
+        tools,
+    )
+    .expect("host starts");
+    let hostile = host.load(HOSTILE_COMPONENT).expect("hostile loads");
+    let mut s = hostile_spec();
+    s.resource_limits.max_memory_mb = 128;
+    s.security_constraints
+        .allowed_tools
+        .push("test.sized".into());
+    let attack = |bytes: usize| {
+        json!({"mode": "host.tool", "tool": "test.sized", "input": {"bytes": bytes}})
+    };
+    let at = host
+        .run(&hostile, s.clone(), TaskRequest::new("t", attack(MAX_TOOL_OUTPUT_BYTES)))
+        .await
+        .expect("spawns");
+    assert_eq!(ok(&at)["bytes"], MAX_TOOL_OUTPUT_BYTES);
+    let past = host
+        .run(&hostile, s, TaskRequest::new("t", attack(MAX_TOOL_OUTPUT_BYTES + 1)))
+        .await
+        .expect("spawns");
+    match &past.failure {
+        Some(AgentFailure::AgentError { message, .. }) => assert!(
+            message.contains(&format!(
+                "tool output is {} bytes; the limit is {MAX_TOOL_OUTPUT_BYTES}",
+                MAX_TOOL_OUTPUT_BYTES + 1
+            )),
+            "{message}"
+        ),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fs_read_of_a_file_at_the_limit_passes_and_one_byte_more_is_refused() {
+    use qi_host::tools::FS_READ_MAX_BYTES;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limit = FS_READ_MAX_BYTES as usize;
+    std::fs::write(dir.path().join("at.txt"), "a".repeat(limit)).expect("write");
+    std::fs::write(dir.path().join("past.txt"), "a".repeat(limit + 1)).expect("write");
+    let mut s = hostile_spec();
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: dir.path().to_path_buf(),
+        guest_path: "/workspace".into(),
+        writable: Some(false),
+    });
+    s.security_constraints.allowed_tools.push("fs.read".into());
+    let read = |file: &str| {
+        json!({"mode": "host.tool", "tool": "fs.read", "input": {"path": format!("/workspace/{file}")}})
+    };
+    let at = run(HOSTILE_COMPONENT, s.clone(), read("at.txt")).await;
+    // The content plus the JSON around it.
+    assert!(ok(&at)["bytes"].as_u64().unwrap() > FS_READ_MAX_BYTES);
+    let past = run(HOSTILE_COMPONENT, s, read("past.txt")).await;
+    match &past.failure {
+        Some(AgentFailure::AgentError { message, .. }) => assert!(
+            message.contains(&format!("is larger than {FS_READ_MAX_BYTES} bytes")),
+            "{message}"
+        ),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+}
