@@ -484,6 +484,12 @@ fn hostcall_fuel(shared: &AgentShared) -> usize {
     crate::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES.max(output)
 }
 
+/// The first error of type `E` in `e`'s chain (a WASI host function may wrap it).
+fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -> Option<&E> {
+    e.downcast_ref::<E>()
+        .or_else(|| e.chain().find_map(|c| c.downcast_ref::<E>()))
+}
+
 /// wasmtime's refusal when a transfer is larger than the hostcall fuel (its error type is
 /// private, so it is recognised by its message).
 fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
@@ -646,11 +652,11 @@ impl SubAgent {
         if let Some(v) = self.violation() {
             return v;
         }
-        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        if let Some(exit) = in_chain::<wasmtime_wasi::I32Exit>(&e) {
             return AgentFailure::Exited { status: exit.0 };
         }
         if let Some(wasmtime::component::ResourceTableError::Full) =
-            e.downcast_ref::<wasmtime::component::ResourceTableError>()
+            in_chain::<wasmtime::component::ResourceTableError>(&e)
         {
             let max = self.shared.spec.resource_limits.max_open_handles;
             return self.limit_failure(

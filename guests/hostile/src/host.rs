@@ -17,13 +17,15 @@
 //! - `host.exit {code}`: calls `exit(code)` instead of returning.
 //! - `host.tool {tool, input}`: calls `tool` with `input` (any JSON value, sent as its text)
 //!   and answers the size of the output.
+//! - `host.checkpoint {bytes, point}`: a `sync.checkpoint` with a state of exactly `bytes`
+//!   bytes at a point id of `point` bytes (default 1).
 //! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
 //!
 //! A mode whose host call is refused fails with the host's message (`failed`); otherwise it
 //! returns `{"ok": true, ...}` with what the host answered.
 
 use qi_guest_sdk::serde_json::{Value, json};
-use qi_guest_sdk::wit::qi::agent::{context, events, log, tools};
+use qi_guest_sdk::wit::qi::agent::{context, events, log, sync, tools};
 use qi_guest_sdk::{AgentError, TaskOutput};
 use std::io::Write;
 
@@ -42,6 +44,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
         "clock" => clock(n("count", 0)),
+        "checkpoint" => checkpoint(n("bytes", 2), n("point", 1))?,
         "tool" => tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?,
         _ => return Err(crate::unknown(&format!("host.{attack}"))),
     };
@@ -172,4 +175,15 @@ fn clock(count: usize) -> Value {
 fn tool(name: &str, input: &Value) -> Result<Value, AgentError> {
     let out = tools::call(name, &input.to_string()).map_err(|e| failed("tools.call", e))?;
     Ok(json!({"ok": true, "bytes": out.len()}))
+}
+
+fn checkpoint(bytes: usize, point: usize) -> Result<Value, AgentError> {
+    let outcome = sync::checkpoint(&"p".repeat(point), &json_text(bytes));
+    match outcome {
+        Err(qi_guest_sdk::SyncError::NotCoordinated) => {
+            Ok(json!({"ok": true, "coordinated": false}))
+        }
+        Err(e) => Err(failed("sync.checkpoint", e)),
+        Ok(_) => Ok(json!({"ok": true, "coordinated": true})),
+    }
 }

@@ -63,12 +63,14 @@ impl AgentState {
         let r = async {
             limits::ids(&shared, call.wit_call(), "point", [&point])
                 .map_err(|r| WitSyncError::Invalid(r.into_message()))?;
+            // Arguments first: an oversized payload is refused the same way in and out of a
+            // coordinated run.
+            let payload = payload?;
             let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
             let action = call.wit_call().trim_start_matches("sync.");
             shared
                 .gate("sync", &point, action)
                 .map_err(WitSyncError::AccessDenied)?;
-            let payload = payload?;
             handle.waiting.store(true, Ordering::Relaxed);
             let r = handle
                 .engine

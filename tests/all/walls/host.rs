@@ -464,16 +464,22 @@ async fn tool_output_at_the_limit_is_handed_over_and_one_byte_more_is_refused() 
     s.security_constraints
         .allowed_tools
         .push("test.sized".into());
-    let attack = |bytes: usize| {
-        json!({"mode": "host.tool", "tool": "test.sized", "input": {"bytes": bytes}})
-    };
+    let attack = |bytes: usize| json!({"mode": "host.tool", "tool": "test.sized", "input": {"bytes": bytes}});
     let at = host
-        .run(&hostile, s.clone(), TaskRequest::new("t", attack(MAX_TOOL_OUTPUT_BYTES)))
+        .run(
+            &hostile,
+            s.clone(),
+            TaskRequest::new("t", attack(MAX_TOOL_OUTPUT_BYTES)),
+        )
         .await
         .expect("spawns");
     assert_eq!(ok(&at)["bytes"], MAX_TOOL_OUTPUT_BYTES);
     let past = host
-        .run(&hostile, s, TaskRequest::new("t", attack(MAX_TOOL_OUTPUT_BYTES + 1)))
+        .run(
+            &hostile,
+            s,
+            TaskRequest::new("t", attack(MAX_TOOL_OUTPUT_BYTES + 1)),
+        )
         .await
         .expect("spawns");
     match &past.failure {
@@ -502,9 +508,7 @@ async fn fs_read_of_a_file_at_the_limit_passes_and_one_byte_more_is_refused() {
         writable: Some(false),
     });
     s.security_constraints.allowed_tools.push("fs.read".into());
-    let read = |file: &str| {
-        json!({"mode": "host.tool", "tool": "fs.read", "input": {"path": format!("/workspace/{file}")}})
-    };
+    let read = |file: &str| json!({"mode": "host.tool", "tool": "fs.read", "input": {"path": format!("/workspace/{file}")}});
     let at = run(HOSTILE_COMPONENT, s.clone(), read("at.txt")).await;
     // The content plus the JSON around it.
     assert!(ok(&at)["bytes"].as_u64().unwrap() > FS_READ_MAX_BYTES);
@@ -516,4 +520,43 @@ async fn fs_read_of_a_file_at_the_limit_passes_and_one_byte_more_is_refused() {
         ),
         other => panic!("expected the refusal, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn sync_payloads_and_point_ids_are_bounded_in_and_out_of_a_coordinated_run() {
+    use qi_host::interfaces::limits::{MAX_ID_BYTES, MAX_SYNC_PAYLOAD_BYTES};
+    let checkpoint = |bytes: usize, point: usize| json!({"mode": "host.checkpoint", "bytes": bytes, "point": point});
+    // Inside both limits the call gets as far as `not-coordinated`.
+    let at = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        checkpoint(MAX_SYNC_PAYLOAD_BYTES, MAX_ID_BYTES),
+    )
+    .await;
+    assert_eq!(ok(&at)["coordinated"], false);
+    let past = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        checkpoint(MAX_SYNC_PAYLOAD_BYTES + 1, 1),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_SYNC_PAYLOAD_BYTES,
+        &format!(
+            "sync.checkpoint: `state` is {} bytes",
+            MAX_SYNC_PAYLOAD_BYTES + 1
+        ),
+    );
+    let long_point = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        checkpoint(2, MAX_ID_BYTES + 1),
+    )
+    .await;
+    refused(
+        &long_point,
+        MAX_ID_BYTES,
+        &format!("sync.checkpoint: `point` is {} bytes", MAX_ID_BYTES + 1),
+    );
 }
