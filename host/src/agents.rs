@@ -8,6 +8,7 @@
 
 use crate::engine::{HostConfig, LoadedComponent, Runtime, error_chain};
 use crate::error::{AgentFailure, Error, ErrorCategory, LimitKind, Result};
+use crate::interfaces::output::OutputText;
 use crate::interfaces::{AgentError, WitAgentType};
 use crate::sandbox::{AgentShared, AgentState, Counters, HostCallRecord, LogRecord, UsageReceipt};
 use crate::spec::{AgentType, SpecCeilings, SubAgentSpecification};
@@ -478,7 +479,7 @@ impl AgentHost {
 }
 
 /// The Store's hostcall fuel: the most bytes one guest-to-host transfer may carry. Covers the
-/// largest host-call argument and the agent's own output limit.
+/// largest host-call argument and an output at the agent's own output limit.
 fn hostcall_fuel(shared: &AgentShared) -> usize {
     let output = usize::try_from(shared.overrides.max_output_bytes).unwrap_or(usize::MAX);
     crate::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES.max(output)
@@ -671,8 +672,8 @@ impl SubAgent {
                 LimitKind::ArgumentSize,
                 max as u64,
                 format!(
-                    "the guest passed more than {max} bytes to the host at once (one host call's \
-                     arguments, or its output); refused before any of it was copied"
+                    "the guest passed more than {max} bytes to the host in one host call's \
+                     arguments; refused before any of it was copied"
                 ),
             );
         }
@@ -761,47 +762,45 @@ impl SubAgent {
             .instance
             .take()
             .expect("a spawned agent has an instance");
-        // The output is bounded before it is copied by the Store's hostcall fuel (see
-        // `hostcall_fuel`): wasmtime refuses to lift a larger string without copying a byte.
-        // Lifting it lazily as a `WasmStr` instead would read freed guest memory: wasmtime runs
-        // the export's post-return (which frees the string in the guest) before `call_async`
-        // returns. Outputs between `maxOutputBytes` and the fuel are copied, then refused here.
+        // The output is checked against `maxOutputBytes` in guest memory and copied only when
+        // it fits (see `interfaces::output`).
         let max_output = self.shared.overrides.max_output_bytes;
+        let limit = usize::try_from(max_output).unwrap_or(usize::MAX);
         let result = self
-            .guarded(async |store| instance.call_run(&mut *store, &wit_task).await)
+            .guarded(async |store| {
+                crate::interfaces::output::call_run(&instance, store, &wit_task, limit).await
+            })
             .await;
-        let outcome = match result {
-            Ok(Ok(out)) => {
-                if out.output.len() as u64 > max_output {
-                    Err(AgentFailure::LimitExceeded {
-                        limit: LimitKind::OutputSize,
-                        limit_value: max_output,
-                        detail: format!(
-                            "output is {} bytes; at most {max_output} are accepted",
-                            out.output.len()
-                        ),
-                    })
-                } else {
-                    serde_json::from_str::<serde_json::Value>(&out.output).map_err(|e| {
-                        AgentFailure::InvalidOutput {
-                            message: e.to_string(),
-                        }
-                    })
-                }
-            }
-            Ok(Err(agent_error)) => Err(self.violation().unwrap_or_else(|| {
-                let (error_kind, message) = match agent_error {
-                    AgentError::InvalidInput(m) => ("invalid-input", m),
-                    AgentError::ToolFailed(m) => ("tool-failed", m),
-                    AgentError::Failed(m) => ("failed", m),
-                };
-                AgentFailure::AgentError {
-                    error_kind: error_kind.to_string(),
-                    message,
-                }
-            })),
-            Err(failure) => Err(failure),
+        let too_long = |bytes: usize| AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            limit_value: max_output,
+            detail: format!("output is {bytes} bytes; at most {max_output} are accepted"),
         };
+        let outcome =
+            match result {
+                Ok(Ok(out)) => match out.output {
+                    OutputText::TooLong { bytes } => Err(too_long(bytes)),
+                    OutputText::Text(text) if text.len() as u64 > max_output => {
+                        Err(too_long(text.len()))
+                    }
+                    OutputText::Text(text) => serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| AgentFailure::InvalidOutput {
+                            message: e.to_string(),
+                        }),
+                },
+                Ok(Err(agent_error)) => Err(self.violation().unwrap_or_else(|| {
+                    let (error_kind, message) = match agent_error {
+                        AgentError::InvalidInput(m) => ("invalid-input", m),
+                        AgentError::ToolFailed(m) => ("tool-failed", m),
+                        AgentError::Failed(m) => ("failed", m),
+                    };
+                    AgentFailure::AgentError {
+                        error_kind: error_kind.to_string(),
+                        message,
+                    }
+                })),
+                Err(failure) => Err(failure),
+            };
         self.finish(task_id, outcome)
     }
 

@@ -65,11 +65,11 @@ pub const MAX_LOG_KEY_BYTES: usize = 256;
 pub const MAX_LOG_VALUE_BYTES: usize = 1 << 10;
 
 /// Bytes one guest-to-host transfer may carry (the Store's hostcall fuel): the sum of one host
-/// call's `string` and `list` arguments, and the agent's `run` output. Larger transfers are
-/// refused by wasmtime before anything is copied (the agent then ends with
-/// [`LimitKind::ArgumentSize`] or, for its output, [`LimitKind::OutputSize`]). The largest
+/// call's `string` and `list` arguments. Larger transfers are refused by wasmtime before
+/// anything is copied, and the agent ends with [`LimitKind::ArgumentSize`]. The largest
 /// argument (a document) plus room for the call's other arguments; raised to the agent's
-/// `maxOutputBytes` when that is larger.
+/// `maxOutputBytes` when that is larger, so that an output within its limit can be copied (an
+/// output over its limit is never copied: see `interfaces::output`).
 pub const MAX_HOST_CALL_TRANSFER_BYTES: usize = MAX_DOCUMENT_BYTES + (1 << 20);
 
 /// A refused argument: the message the interface returns in its own error value.

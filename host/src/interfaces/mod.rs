@@ -16,6 +16,7 @@ pub mod context;
 pub mod events;
 pub mod limits;
 pub mod log;
+pub(crate) mod output;
 pub mod sync;
 pub mod tools;
 

@@ -560,3 +560,44 @@ async fn sync_payloads_and_point_ids_are_bounded_in_and_out_of_a_coordinated_run
         &format!("sync.checkpoint: `point` is {} bytes", MAX_ID_BYTES + 1),
     );
 }
+
+#[tokio::test]
+async fn an_output_over_the_limit_is_refused_without_being_copied() {
+    use qi_host::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES;
+    // Larger than the Store's hostcall fuel: had the host copied it, wasmtime would have
+    // refused the transfer instead; the length alone was read in guest memory.
+    let bytes = MAX_HOST_CALL_TRANSFER_BYTES + (1 << 20);
+    let mut s = spec();
+    s.resource_limits.max_memory_mb = 128;
+    let r = run(HUGE_OUTPUT_COMPONENT, s, json!({"bytes": bytes})).await;
+    match r.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            ref detail,
+            ..
+        }) => assert!(
+            detail.contains(&format!("output is {} bytes", bytes + 2)),
+            "{detail}"
+        ),
+        other => panic!("expected OutputSize, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_host_call_argument_larger_than_the_hostcall_fuel_is_never_copied() {
+    use qi_host::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES;
+    let host = context_host().await;
+    let r = attack_on(
+        &host,
+        json!({"mode": "host.big-doc", "bytes": MAX_HOST_CALL_TRANSFER_BYTES + 1}),
+    )
+    .await;
+    refused(
+        &r,
+        MAX_HOST_CALL_TRANSFER_BYTES,
+        &format!(
+            "more than {MAX_HOST_CALL_TRANSFER_BYTES} bytes to the host in one host call's arguments"
+        ),
+    );
+    host_goes_on(&host).await;
+}
