@@ -6,7 +6,9 @@
 //! Every agent runs exactly one task in a fresh instance, so nothing leaks from one task to the
 //! next. A failing agent ends with an [`AgentFailure`]; the host and every other agent go on.
 
-use crate::engine::{HostConfig, LoadedComponent, Runtime, error_chain};
+mod failure;
+
+use crate::engine::{HostConfig, LoadedComponent, Runtime};
 use crate::error::{AgentFailure, Error, ErrorCategory, LimitKind, Result};
 use crate::interfaces::output::OutputText;
 use crate::interfaces::{AgentError, WitAgentType};
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use wasmtime::{Store, Trap};
+use wasmtime::Store;
 
 /// Where an agent is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -403,7 +405,7 @@ impl AgentHost {
             .map_err(|e| Error::System(anyhow::Error::from(e).context("setting fuel")))?;
         // Bounds every guest-to-host transfer (one host call's arguments, the agent's output)
         // before wasmtime copies it; see `interfaces::limits`.
-        store.set_hostcall_fuel(hostcall_fuel(&shared));
+        store.set_hostcall_fuel(failure::hostcall_fuel(&shared));
         store
             .fuel_async_yield_interval(Some(shared.overrides.fuel_yield_interval))
             .map_err(|e| {
@@ -476,28 +478,6 @@ impl AgentHost {
         let agent = self.spawn(component, spec).await?;
         Ok(agent.run(task).await)
     }
-}
-
-/// The Store's hostcall fuel: the most bytes one guest-to-host transfer may carry. Covers the
-/// largest host-call argument and an output at the agent's own output limit.
-fn hostcall_fuel(shared: &AgentShared) -> usize {
-    let output = usize::try_from(shared.overrides.max_output_bytes).unwrap_or(usize::MAX);
-    crate::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES.max(output)
-}
-
-/// The first error of type `E` in `e`'s chain (a WASI host function may wrap it).
-fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -> Option<&E> {
-    e.downcast_ref::<E>()
-        .or_else(|| e.chain().find_map(|c| c.downcast_ref::<E>()))
-}
-
-/// wasmtime's refusal when a transfer is larger than the hostcall fuel (its error type is
-/// private, so it is recognised by its message).
-fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
-    e.chain().any(|c| {
-        c.to_string()
-            .contains("fuel allocated for hostcalls has been exhausted")
-    })
 }
 
 fn describe(info: crate::interfaces::AgentInfo) -> AgentDescription {
@@ -645,85 +625,10 @@ impl SubAgent {
             .clone()
     }
 
-    /// What an error out of the guest means for the agent. Everything a guest can cause is the
-    /// agent's failure (BUSINESS or RESOURCE): `exit(n)` is [`AgentFailure::Exited`], a full
-    /// handle table and oversized transfers are limits, panics and traps are the guest's own.
-    /// [`AgentFailure::Host`] is never the result: a guest cannot make the host fail.
+    /// What an error out of the guest means for the agent: see [`failure::classify`].
     fn classify(&self, e: wasmtime::Error) -> AgentFailure {
-        if let Some(v) = self.violation() {
-            return v;
-        }
-        if let Some(exit) = in_chain::<wasmtime_wasi::I32Exit>(&e) {
-            return AgentFailure::Exited { status: exit.0 };
-        }
-        if let Some(wasmtime::component::ResourceTableError::Full) =
-            in_chain::<wasmtime::component::ResourceTableError>(&e)
-        {
-            let max = self.shared.spec.resource_limits.max_open_handles;
-            return self.limit_failure(
-                LimitKind::OpenHandles,
-                u64::from(max),
-                "the agent's handle table is full; close handles it no longer needs".into(),
-            );
-        }
-        if is_transfer_refusal(&e) {
-            let max = hostcall_fuel(&self.shared);
-            return self.limit_failure(
-                LimitKind::ArgumentSize,
-                max as u64,
-                format!(
-                    "the guest passed more than {max} bytes to the host in one host call's \
-                     arguments; refused before any of it was copied"
-                ),
-            );
-        }
-        let stderr = String::from_utf8_lossy(&self.store.data().stderr.contents()).into_owned();
-        if let Some(trap) = e.downcast_ref::<Trap>() {
-            match trap {
-                Trap::OutOfFuel => {
-                    let fuel = self.shared.spec.fuel;
-                    return AgentFailure::LimitExceeded {
-                        limit: LimitKind::Fuel,
-                        limit_value: fuel,
-                        detail: format!("all {fuel} units of fuel used"),
-                    };
-                }
-                Trap::StackOverflow => {
-                    let stack = self.component_stack_limit();
-                    return AgentFailure::LimitExceeded {
-                        limit: LimitKind::Stack,
-                        limit_value: stack as u64,
-                        detail: format!("call stack exhausted ({stack} bytes)"),
-                    };
-                }
-                _ => {}
-            }
-            if let Some(message) = panic_message(&stderr) {
-                return AgentFailure::Panicked { message };
-            }
-            return AgentFailure::Trapped {
-                message: trap.to_string(),
-            };
-        }
-        if let Some(message) = panic_message(&stderr) {
-            return AgentFailure::Panicked { message };
-        }
-        // Not a wasm trap but raised while the guest ran: a canonical-ABI violation (bad
-        // pointer, invalid UTF-8), a misused WASI resource, ... The guest caused it.
-        AgentFailure::Trapped {
-            message: error_chain(&e),
-        }
-    }
-
-    /// Records and returns a limit failure found while classifying an error.
-    fn limit_failure(&self, limit: LimitKind, limit_value: u64, detail: String) -> AgentFailure {
-        self.shared
-            .record_violation(limit, limit_value, detail.clone());
-        self.violation().unwrap_or(AgentFailure::LimitExceeded {
-            limit,
-            limit_value,
-            detail,
-        })
+        let stderr = self.store.data().stderr.contents();
+        failure::classify(e, &self.shared, &stderr, self.component_stack_limit())
     }
 
     /// The usage measured so far.
@@ -879,19 +784,4 @@ async fn race<T>(
         _ = tokio::time::sleep_until(deadline) => Raced::Deadline,
         v = work => Raced::Done(v),
     }
-}
-
-/// Pulls the panic message out of a Rust guest's stderr.
-fn panic_message(stderr: &str) -> Option<String> {
-    let at = stderr.find("panicked at ")?;
-    let rest = &stderr[at + "panicked at ".len()..];
-    let mut lines = rest.lines();
-    let location = lines.next()?.trim_end_matches(':').to_string();
-    let message: Vec<&str> = lines.take_while(|l| !l.starts_with("note: ")).collect();
-    let message = message.join("\n");
-    Some(if message.trim().is_empty() {
-        format!("panic at {location}")
-    } else {
-        format!("{} (at {location})", message.trim())
-    })
 }
