@@ -419,7 +419,7 @@ fn print_report(r: &AgentReport) {
     }
     let u = &r.usage;
     println!("usage");
-    let rows: [(&str, String); 12] = [
+    let rows: [(&str, String); 14] = [
         ("fuel consumed", u.fuel_consumed.to_string()),
         ("peak memory", format!("{} bytes", u.peak_memory_bytes)),
         (
@@ -433,8 +433,13 @@ fn print_report(r: &AgentReport) {
         ("network denied", u.network_denied.to_string()),
         ("access denied", u.access_denied.to_string()),
         ("log bytes", u.log_bytes.to_string()),
+        ("wasi calls", u.wasi_calls.to_string()),
         ("stdout bytes", u.stdout_bytes.to_string()),
         ("stderr bytes", u.stderr_bytes.to_string()),
+        (
+            "stdio dropped",
+            format!("{} + {} bytes", u.stdout_dropped, u.stderr_dropped),
+        ),
     ];
     for (k, v) in rows {
         println!("  {k:<16} {v}");

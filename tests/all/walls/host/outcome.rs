@@ -304,3 +304,34 @@ async fn an_output_over_the_limit_is_refused_without_being_copied() {
         other => panic!("expected OutputSize, got {other:?}"),
     }
 }
+
+#[test]
+fn run_agent_name_is_the_name_policies_match() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("p.toml");
+    std::fs::write(&policies, HOSTILE_MAY_READ_THE_CLOCK).expect("write policies");
+    let run_agent = |name: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qi-host"));
+        cmd.args(["run-agent", HOSTILE_COMPONENT, "--task", "probe"])
+            .args(["--input", r#"{"mode": "host.tool-input", "bytes": 8}"#])
+            .args(["--allow-tool", "clock.now", "--json"])
+            .arg("--policies")
+            .arg(&policies)
+            .env("QI_HOST_CACHE_DIR", cache_dir());
+        if let Some(name) = name {
+            cmd.args(["--name", name]);
+        }
+        let o = cmd.output().expect("qi-host runs");
+        let report: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&o.stderr));
+        });
+        (o.status.code(), report)
+    };
+    // The component declares `hostile`; without `--name` the policy does not match it.
+    let (code, report) = run_agent(None);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["usage"]["access_denied"], 1, "{report}");
+    let (code, report) = run_agent(Some("hostile"));
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["output"]["ok"], true, "{report}");
+}
