@@ -36,6 +36,30 @@ fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
     })
 }
 
+/// Ways a guest ends a call that are not traps.
+#[derive(Debug, PartialEq, Eq)]
+enum GuestEnd {
+    /// `wasi:cli/exit` with this status.
+    Exit(i32),
+    /// The Store's handle table refused another handle.
+    TableFull,
+    /// wasmtime refused to lift a transfer larger than the hostcall fuel.
+    TransferRefused,
+}
+
+/// Finds a [`GuestEnd`] anywhere in `e`'s chain.
+fn guest_end(e: &wasmtime::Error) -> Option<GuestEnd> {
+    if let Some(exit) = in_chain::<wasmtime_wasi::I32Exit>(e) {
+        return Some(GuestEnd::Exit(exit.0));
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        in_chain::<wasmtime::component::ResourceTableError>(e)
+    {
+        return Some(GuestEnd::TableFull);
+    }
+    is_transfer_refusal(e).then_some(GuestEnd::TransferRefused)
+}
+
 /// What an error out of the guest means for the agent. Everything a guest can cause is the
 /// agent's failure (BUSINESS or RESOURCE): `exit(n)` is [`AgentFailure::Exited`], a full
 /// handle table and oversized transfers are limits, panics and traps are the guest's own.
@@ -49,31 +73,30 @@ pub(super) fn classify(
     if let Some(v) = violation(shared) {
         return v;
     }
-    if let Some(exit) = in_chain::<wasmtime_wasi::I32Exit>(&e) {
-        return AgentFailure::Exited { status: exit.0 };
-    }
-    if let Some(wasmtime::component::ResourceTableError::Full) =
-        in_chain::<wasmtime::component::ResourceTableError>(&e)
-    {
-        let max = shared.spec.resource_limits.max_open_handles;
-        return limit_failure(
-            shared,
-            LimitKind::OpenHandles,
-            u64::from(max),
-            "the agent's handle table is full; close handles it no longer needs".into(),
-        );
-    }
-    if is_transfer_refusal(&e) {
-        let max = hostcall_fuel(shared);
-        return limit_failure(
-            shared,
-            LimitKind::ArgumentSize,
-            max as u64,
-            format!(
-                "the guest passed more than {max} bytes to the host in one host call's \
-                 arguments; refused before any of it was copied"
-            ),
-        );
+    match guest_end(&e) {
+        Some(GuestEnd::Exit(status)) => return AgentFailure::Exited { status },
+        Some(GuestEnd::TableFull) => {
+            let max = shared.spec.resource_limits.max_open_handles;
+            return limit_failure(
+                shared,
+                LimitKind::OpenHandles,
+                u64::from(max),
+                "the agent's handle table is full; close handles it no longer needs".into(),
+            );
+        }
+        Some(GuestEnd::TransferRefused) => {
+            let max = hostcall_fuel(shared);
+            return limit_failure(
+                shared,
+                LimitKind::ArgumentSize,
+                max as u64,
+                format!(
+                    "the guest passed more than {max} bytes to the host in one host call's \
+                     arguments; refused before any of it was copied"
+                ),
+            );
+        }
+        None => {}
     }
     let stderr = String::from_utf8_lossy(stderr);
     if let Some(trap) = e.downcast_ref::<Trap>() {
@@ -140,4 +163,39 @@ fn panic_message(stderr: &str) -> Option<String> {
     } else {
         format!("{} (at {location})", message.trim())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::component::ResourceTableError;
+
+    #[test]
+    fn guest_ends_are_found_under_context_layers() {
+        let exit = wasmtime::Error::from(wasmtime_wasi::I32Exit(1)).context("in wasi:cli/exit");
+        assert_eq!(guest_end(&exit), Some(GuestEnd::Exit(1)));
+        let full = wasmtime::Error::from(ResourceTableError::Full)
+            .context("pushing a descriptor")
+            .context("in wasi:filesystem/types");
+        assert_eq!(guest_end(&full), Some(GuestEnd::TableFull));
+        let other_table_error = wasmtime::Error::from(ResourceTableError::NotPresent);
+        assert_eq!(guest_end(&other_table_error), None);
+        let refused = wasmtime::format_err!(
+            "too much data is being copied between the host and the guest: fuel allocated \
+             for hostcalls has been exhausted"
+        )
+        .context("lifting arguments");
+        assert_eq!(guest_end(&refused), Some(GuestEnd::TransferRefused));
+        assert_eq!(guest_end(&wasmtime::format_err!("anything else")), None);
+    }
+
+    #[test]
+    fn a_rust_panic_message_is_read_from_stderr() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:7:5:\nboom\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("boom (at src/lib.rs:7:5)")
+        );
+        assert_eq!(panic_message("no panic here"), None);
+    }
 }
