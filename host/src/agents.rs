@@ -6,8 +6,11 @@
 //! Every agent runs exactly one task in a fresh instance, so nothing leaks from one task to the
 //! next. A failing agent ends with an [`AgentFailure`]; the host and every other agent go on.
 
-use crate::engine::{HostConfig, LoadedComponent, Runtime, error_chain};
+mod failure;
+
+use crate::engine::{HostConfig, LoadedComponent, Runtime};
 use crate::error::{AgentFailure, Error, ErrorCategory, LimitKind, Result};
+use crate::interfaces::output::OutputText;
 use crate::interfaces::{AgentError, WitAgentType};
 use crate::sandbox::{AgentShared, AgentState, Counters, HostCallRecord, LogRecord, UsageReceipt};
 use crate::spec::{AgentType, SpecCeilings, SubAgentSpecification};
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use wasmtime::{Store, Trap};
+use wasmtime::Store;
 
 /// Where an agent is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -403,6 +406,9 @@ impl AgentHost {
         store
             .set_fuel(shared.spec.fuel)
             .map_err(|e| Error::System(anyhow::Error::from(e).context("setting fuel")))?;
+        // Bounds every guest-to-host transfer (one host call's arguments, the agent's output)
+        // before wasmtime copies it; see `interfaces::limits`.
+        store.set_hostcall_fuel(failure::hostcall_fuel(&shared));
         store
             .fuel_async_yield_interval(Some(shared.overrides.fuel_yield_interval))
             .map_err(|e| {
@@ -452,7 +458,14 @@ impl AgentHost {
             }
             Err(failure) => {
                 agent.entry.set(AgentStatus::Failed);
-                Err(Error::Spawn(failure))
+                let usage = agent.usage();
+                agent.shared.audit(
+                    "lifecycle",
+                    "spawn-failed",
+                    failure.to_string(),
+                    serde_json::json!({"fuel": usage.fuel_consumed, "hostCalls": usage.host_calls}),
+                );
+                Err(Error::Spawn(failure, Box::new(usage)))
             }
         }
     }
@@ -615,44 +628,26 @@ impl SubAgent {
             .clone()
     }
 
+    /// What an error out of the guest means for the agent: see [`failure::classify`].
     fn classify(&self, e: wasmtime::Error) -> AgentFailure {
-        if let Some(v) = self.violation() {
-            return v;
-        }
-        let stderr = String::from_utf8_lossy(&self.store.data().stderr.contents()).into_owned();
-        if let Some(trap) = e.downcast_ref::<Trap>() {
-            match trap {
-                Trap::OutOfFuel => {
-                    let fuel = self.shared.spec.fuel;
-                    return AgentFailure::LimitExceeded {
-                        limit: LimitKind::Fuel,
-                        limit_value: fuel,
-                        detail: format!("all {fuel} units of fuel used"),
-                    };
-                }
-                Trap::StackOverflow => {
-                    let stack = self.component_stack_limit();
-                    return AgentFailure::LimitExceeded {
-                        limit: LimitKind::Stack,
-                        limit_value: stack as u64,
-                        detail: format!("call stack exhausted ({stack} bytes)"),
-                    };
-                }
-                _ => {}
-            }
-            if let Some(message) = panic_message(&stderr) {
-                return AgentFailure::Panicked { message };
-            }
-            return AgentFailure::Trapped {
-                message: trap.to_string(),
-            };
-        }
-        if let Some(message) = panic_message(&stderr) {
-            return AgentFailure::Panicked { message };
-        }
-        AgentFailure::Host {
-            message: error_chain(&e),
-        }
+        let stderr = self.store.data().stderr.contents();
+        failure::classify(e, &self.shared, &stderr, self.component_stack_limit())
+    }
+
+    /// The usage measured so far.
+    fn usage(&self) -> UsageReceipt {
+        let data = self.store.data();
+        let mut usage = UsageReceipt::from_counters(&self.shared.counters);
+        usage.fuel_consumed = self
+            .shared
+            .spec
+            .fuel
+            .saturating_sub(self.store.get_fuel().unwrap_or(0));
+        usage.peak_memory_bytes = data.limiter.peak_bytes as u64;
+        usage.wall_time_us = self.shared.started.elapsed().as_micros() as u64;
+        usage.stdout_bytes = data.stdout.contents().len() as u64;
+        usage.stderr_bytes = data.stderr.contents().len() as u64;
+        usage
     }
 
     fn component_stack_limit(&self) -> usize {
@@ -675,42 +670,45 @@ impl SubAgent {
             .instance
             .take()
             .expect("a spawned agent has an instance");
+        // The output is checked against `maxOutputBytes` in guest memory and copied only when
+        // it fits (see `interfaces::output`).
         let max_output = self.shared.overrides.max_output_bytes;
+        let limit = usize::try_from(max_output).unwrap_or(usize::MAX);
         let result = self
-            .guarded(async |store| instance.call_run(&mut *store, &wit_task).await)
+            .guarded(async |store| {
+                crate::interfaces::output::call_run(&instance, store, &wit_task, limit).await
+            })
             .await;
-        let outcome = match result {
-            Ok(Ok(out)) => {
-                if out.output.len() as u64 > max_output {
-                    Err(AgentFailure::LimitExceeded {
-                        limit: LimitKind::OutputSize,
-                        limit_value: max_output,
-                        detail: format!(
-                            "output is {} bytes; at most {max_output} are accepted",
-                            out.output.len()
-                        ),
-                    })
-                } else {
-                    serde_json::from_str::<serde_json::Value>(&out.output).map_err(|e| {
-                        AgentFailure::InvalidOutput {
-                            message: e.to_string(),
-                        }
-                    })
-                }
-            }
-            Ok(Err(agent_error)) => Err(self.violation().unwrap_or_else(|| {
-                let (error_kind, message) = match agent_error {
-                    AgentError::InvalidInput(m) => ("invalid-input", m),
-                    AgentError::ToolFailed(m) => ("tool-failed", m),
-                    AgentError::Failed(m) => ("failed", m),
-                };
-                AgentFailure::AgentError {
-                    error_kind: error_kind.to_string(),
-                    message,
-                }
-            })),
-            Err(failure) => Err(failure),
+        let too_long = |bytes: usize| AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            limit_value: max_output,
+            detail: format!("output is {bytes} bytes; at most {max_output} are accepted"),
         };
+        let outcome =
+            match result {
+                Ok(Ok(out)) => match out.output {
+                    OutputText::TooLong { bytes } => Err(too_long(bytes)),
+                    OutputText::Text(text) if text.len() as u64 > max_output => {
+                        Err(too_long(text.len()))
+                    }
+                    OutputText::Text(text) => serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| AgentFailure::InvalidOutput {
+                            message: e.to_string(),
+                        }),
+                },
+                Ok(Err(agent_error)) => Err(self.violation().unwrap_or_else(|| {
+                    let (error_kind, message) = match agent_error {
+                        AgentError::InvalidInput(m) => ("invalid-input", m),
+                        AgentError::ToolFailed(m) => ("tool-failed", m),
+                        AgentError::Failed(m) => ("failed", m),
+                    };
+                    AgentFailure::AgentError {
+                        error_kind: error_kind.to_string(),
+                        message,
+                    }
+                })),
+                Err(failure) => Err(failure),
+            };
         self.finish(task_id, outcome)
     }
 
@@ -725,19 +723,10 @@ impl SubAgent {
             Err(_) => AgentStatus::Failed,
         };
         self.entry.set(status);
+        let usage = self.usage();
         let data = self.store.data();
-        let mut usage = UsageReceipt::from_counters(&self.shared.counters);
-        usage.fuel_consumed = self
-            .shared
-            .spec
-            .fuel
-            .saturating_sub(self.store.get_fuel().unwrap_or(0));
-        usage.peak_memory_bytes = data.limiter.peak_bytes as u64;
-        usage.wall_time_us = self.shared.started.elapsed().as_micros() as u64;
         let stdout = data.stdout.contents();
         let stderr = data.stderr.contents();
-        usage.stdout_bytes = stdout.len() as u64;
-        usage.stderr_bytes = stderr.len() as u64;
         let (output, failure) = match outcome {
             Ok(v) => (Some(v), None),
             Err(f) => (None, Some(f)),
@@ -798,19 +787,4 @@ async fn race<T>(
         _ = tokio::time::sleep_until(deadline) => Raced::Deadline,
         v = work => Raced::Done(v),
     }
-}
-
-/// Pulls the panic message out of a Rust guest's stderr.
-fn panic_message(stderr: &str) -> Option<String> {
-    let at = stderr.find("panicked at ")?;
-    let rest = &stderr[at + "panicked at ".len()..];
-    let mut lines = rest.lines();
-    let location = lines.next()?.trim_end_matches(':').to_string();
-    let message: Vec<&str> = lines.take_while(|l| !l.starts_with("note: ")).collect();
-    let message = message.join("\n");
-    Some(if message.trim().is_empty() {
-        format!("panic at {location}")
-    } else {
-        format!("{} (at {location})", message.trim())
-    })
 }

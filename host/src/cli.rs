@@ -248,6 +248,11 @@ pub struct RunAgentArgs {
     /// --data-dir, every decision and the agent's lifecycle go to that directory's audit log.
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    /// The agent's name as access policies see it (`agent.name`; the spec's `name`). Without
+    /// it (and without one in --spec) rules on `agent.name` do not match; the name the
+    /// component declares in `describe()` is never used for access decisions.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -318,6 +323,9 @@ fn build_spec(args: &RunAgentArgs) -> Result<SubAgentSpecification, Error> {
     }
     if let Some(v) = args.fuel {
         spec.fuel = v;
+    }
+    if let Some(name) = &args.name {
+        spec.name = Some(name.clone());
     }
     for d in &args.dirs {
         spec.directories.push(DirectoryGrant::parse(d)?);
@@ -411,7 +419,7 @@ fn print_report(r: &AgentReport) {
     }
     let u = &r.usage;
     println!("usage");
-    let rows: [(&str, String); 12] = [
+    let rows: [(&str, String); 17] = [
         ("fuel consumed", u.fuel_consumed.to_string()),
         ("peak memory", format!("{} bytes", u.peak_memory_bytes)),
         (
@@ -423,10 +431,18 @@ fn print_report(r: &AgentReport) {
         ("file operations", u.file_operations.to_string()),
         ("network allowed", u.network_allowed.to_string()),
         ("network denied", u.network_denied.to_string()),
+        ("dns lookups", u.dns_lookups.to_string()),
+        ("disk bytes added", u.disk_bytes_written.to_string()),
+        ("files created", u.files_created.to_string()),
         ("access denied", u.access_denied.to_string()),
         ("log bytes", u.log_bytes.to_string()),
+        ("wasi calls", u.wasi_calls.to_string()),
         ("stdout bytes", u.stdout_bytes.to_string()),
         ("stderr bytes", u.stderr_bytes.to_string()),
+        (
+            "stdio dropped",
+            format!("{} + {} bytes", u.stdout_dropped, u.stderr_dropped),
+        ),
     ];
     for (k, v) in rows {
         println!("  {k:<16} {v}");

@@ -108,9 +108,11 @@ pub enum Error {
         /// The configured limit.
         limit: u32,
     },
-    /// An agent failed while being spawned (instantiation or `describe`).
+    /// An agent failed while being spawned (instantiation or `describe`): the failure, and the
+    /// usage measured up to it (fuel, peak memory, host and WASI calls, stdio), since guest code
+    /// already ran.
     #[error("agent failed during spawn: {0}")]
-    Spawn(AgentFailure),
+    Spawn(AgentFailure, Box<crate::sandbox::UsageReceipt>),
     /// A task manifest is invalid.
     #[error("{}", manifest_message(path, *line, key, message))]
     Manifest {
@@ -158,7 +160,7 @@ impl Error {
             | Error::UnknownAgent(_)
             | Error::Manifest { .. } => ErrorCategory::Validation,
             Error::TooManyAgents { .. } | Error::Resource(_) => ErrorCategory::Resource,
-            Error::Spawn(f) => f.category(),
+            Error::Spawn(f, _) => f.category(),
             Error::System(_) => ErrorCategory::System,
         }
     }

@@ -132,7 +132,8 @@ mod tool_user {
         assert!(results[0]["ok"]["unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
         assert_eq!(results[1]["error"]["kind"], "access-denied");
         assert_eq!(results[2]["error"]["kind"], "not-found");
-        assert_eq!(report.usage.tool_calls, 1);
+        // Every attempt costs a tool call, the refused and the unknown ones included.
+        assert_eq!(report.usage.tool_calls, 3);
         assert_eq!(report.usage.access_denied, 1);
     }
 

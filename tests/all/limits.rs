@@ -194,7 +194,7 @@ async fn running_out_while_spawning_is_a_spawn_error_naming_the_limit() {
     s.fuel = 1_000;
     let err = host().spawn(&load(HELLO_COMPONENT), s).await.unwrap_err();
     match &err {
-        Error::Spawn(f @ AgentFailure::LimitExceeded { .. }) => {
+        Error::Spawn(f @ AgentFailure::LimitExceeded { .. }, _) => {
             assert!(f.to_string().contains("fuel = 1000"), "{f}");
         }
         other => panic!("{other:?}"),

@@ -1,9 +1,189 @@
-//! `host.*` attacks.
+//! `host.*` attacks: oversized host-call arguments, output, stdio and exit.
+//!
+//! Modes (extra input in braces; sizes are exact, so tests can aim one byte past a limit):
+//! - `host.big-doc {bytes, op}`: creates a context, then `op` (`put`, default, or `patch`)
+//!   with a JSON document of exactly `bytes` bytes.
+//! - `host.call-many {count}`: one `tools.call-many` batch of `count` `clock.now` calls.
+//! - `host.share-list {count, op}`: `op` (`share`, default, or `revoke`) a new context with
+//!   `count` agent ids.
+//! - `host.subscribe-list {count, types}`: subscribes to `count` context ids (all the same new
+//!   context) and `types` event types (default 1).
+//! - `host.big-event {bytes}`: publishes a custom event whose data is exactly `bytes` bytes.
+//! - `host.big-log {bytes, fields}`: one log record with a `bytes`-byte message and `fields`
+//!   fields.
+//! - `host.tool-input {bytes}`: calls `clock.now` with an input of exactly `bytes` bytes.
+//! - `host.stdout {bytes, stream}`: writes `bytes` bytes to `stream` (`stdout`, default, or
+//!   `stderr`) in 4 KiB writes.
+//! - `host.exit {code}`: calls `exit(code)` instead of returning.
+//! - `host.tool {tool, input}`: calls `tool` with `input` (any JSON value, sent as its text)
+//!   and answers the size of the output.
+//! - `host.checkpoint {bytes, point}`: a `sync.checkpoint` with a state of exactly `bytes`
+//!   bytes at a point id of `point` bytes (default 1).
+//! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
+//!
+//! A mode whose host call is refused fails with the host's message (`failed`); otherwise it
+//! returns `{"ok": true, ...}` with what the host answered.
 
-use qi_guest_sdk::serde_json::Value;
+use qi_guest_sdk::serde_json::{Value, json};
+use qi_guest_sdk::wit::qi::agent::{context, events, log, sync, tools};
 use qi_guest_sdk::{AgentError, TaskOutput};
+use std::io::Write;
 
 /// Runs attack `host.<attack>`.
-pub fn run(attack: &str, _input: &Value) -> Result<TaskOutput, AgentError> {
-    Err(crate::unknown(&format!("host.{attack}")))
+pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
+    let n = |key: &str, default: u64| input[key].as_u64().unwrap_or(default) as usize;
+    let op = input["op"].as_str().unwrap_or_default();
+    let answer = match attack {
+        "big-doc" => big_doc(n("bytes", 0), op)?,
+        "call-many" => call_many(n("count", 0))?,
+        "share-list" => share_list(n("count", 0), op)?,
+        "subscribe-list" => subscribe_list(n("count", 0), n("types", 1))?,
+        "big-event" => big_event(n("bytes", 0))?,
+        "big-log" => big_log(n("bytes", 0), n("fields", 0)),
+        "tool-input" => tool_input(n("bytes", 0))?,
+        "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
+        "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
+        "clock" => clock(n("count", 0)),
+        "checkpoint" => checkpoint(n("bytes", 2), n("point", 1))?,
+        "tool" => tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?,
+        _ => return Err(crate::unknown(&format!("host.{attack}"))),
+    };
+    Ok(TaskOutput {
+        output: answer.to_string(),
+    })
+}
+
+/// A JSON string value of exactly `bytes` bytes of JSON text (at least 2: the quotes).
+fn json_text(bytes: usize) -> String {
+    let mut s = String::with_capacity(bytes.max(2));
+    s.push('"');
+    s.extend(std::iter::repeat_n('x', bytes.saturating_sub(2)));
+    s.push('"');
+    s
+}
+
+/// A JSON object `{"p":"xx…"}` of exactly `bytes` bytes (at least 8).
+fn json_object(bytes: usize) -> String {
+    format!("{{\"p\":{}}}", json_text(bytes.saturating_sub(6)))
+}
+
+fn failed(call: &str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Failed(format!("{call} refused: {e}"))
+}
+
+fn new_context() -> Result<String, AgentError> {
+    context::create(None, "probe", "{}", context::SyncStrategy::Eventual)
+        .map(|w| w.id)
+        .map_err(|e| failed("context.create", e))
+}
+
+fn big_doc(bytes: usize, op: &str) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    let doc = json_object(bytes);
+    let w = if op == "patch" {
+        context::patch(&id, &doc, None).map_err(|e| failed("context.patch", e))?
+    } else {
+        context::put(&id, &doc, None).map_err(|e| failed("context.put", e))?
+    };
+    Ok(json!({"ok": true, "version": w.version}))
+}
+
+fn call_many(count: usize) -> Result<Value, AgentError> {
+    let requests: Vec<tools::ToolRequest> = (0..count)
+        .map(|_| tools::ToolRequest {
+            name: "clock.now".into(),
+            input: "{}".into(),
+        })
+        .collect();
+    let results = tools::call_many(&requests);
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        return Err(failed("tools.call-many", e));
+    }
+    Ok(json!({"ok": true, "results": results.len()}))
+}
+
+fn share_list(count: usize, op: &str) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    let agents: Vec<String> = (0..count).map(|i| format!("agent-probe-{i}")).collect();
+    if op == "revoke" {
+        context::revoke(&id, &agents).map_err(|e| failed("context.revoke", e))?;
+    } else {
+        context::share(&id, &agents, &[context::Permission::Read], None)
+            .map_err(|e| failed("context.share", e))?;
+    }
+    Ok(json!({"ok": true}))
+}
+
+fn subscribe_list(count: usize, types: usize) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    let ids = vec![id; count];
+    let types = vec!["updated".to_string(); types];
+    let handle =
+        events::subscribe(&ids, &types, None).map_err(|e| failed("events.subscribe", e))?;
+    events::unsubscribe(handle);
+    Ok(json!({"ok": true}))
+}
+
+fn big_event(bytes: usize) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    let seq =
+        events::publish(&id, 0, &json_text(bytes)).map_err(|e| failed("events.publish", e))?;
+    Ok(json!({"ok": true, "seq": seq}))
+}
+
+fn big_log(bytes: usize, fields: usize) -> Value {
+    let fields: Vec<log::Field> = (0..fields)
+        .map(|i| log::Field {
+            key: format!("k{i}"),
+            value: "v".into(),
+        })
+        .collect();
+    log::log(log::Level::Info, &"m".repeat(bytes), &fields);
+    json!({"ok": true})
+}
+
+fn tool_input(bytes: usize) -> Result<Value, AgentError> {
+    let out = tools::call("clock.now", &json_object(bytes)).map_err(|e| failed("tools.call", e))?;
+    Ok(json!({"ok": true, "output": out}))
+}
+
+fn stdout(bytes: usize, stderr: bool) -> Value {
+    let chunk = [b'o'; 4096];
+    let mut left = bytes;
+    let mut out: Box<dyn Write> = if stderr {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
+    let mut errors = 0;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if out.write_all(&chunk[..n]).is_err() {
+            errors += 1;
+        }
+        left -= n;
+    }
+    let _ = out.flush();
+    json!({"ok": true, "errors": errors})
+}
+
+fn clock(count: usize) -> Value {
+    let latest = (0..count).map(|_| std::time::SystemTime::now()).max();
+    json!({"ok": true, "read": latest.is_some()})
+}
+
+fn tool(name: &str, input: &Value) -> Result<Value, AgentError> {
+    let out = tools::call(name, &input.to_string()).map_err(|e| failed("tools.call", e))?;
+    Ok(json!({"ok": true, "bytes": out.len()}))
+}
+
+fn checkpoint(bytes: usize, point: usize) -> Result<Value, AgentError> {
+    let outcome = sync::checkpoint(&"p".repeat(point), &json_text(bytes));
+    match outcome {
+        Err(qi_guest_sdk::SyncError::NotCoordinated) => {
+            Ok(json!({"ok": true, "coordinated": false}))
+        }
+        Err(e) => Err(failed("sync.checkpoint", e)),
+        Ok(_) => Ok(json!({"ok": true, "coordinated": true})),
+    }
 }

@@ -1176,7 +1176,7 @@ impl Run {
                 let usage = r.usage.clone();
                 (Some(usage), r.into_result().map_err(Some))
             }
-            Err(Error::Spawn(f)) => (None, Err(Some(f))),
+            Err(Error::Spawn(f, _)) => (None, Err(Some(f))),
             Err(e) => (
                 None,
                 Err(Some(AgentFailure::Host {

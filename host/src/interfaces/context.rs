@@ -1,5 +1,6 @@
 //! `qi:agent/context`: the shared, versioned context store, as the agent's host-assigned id.
 
+use super::limits::{self, MAX_DOCUMENT_BYTES, MAX_SHARE_AGENTS, MAX_SHARE_PERMISSIONS};
 use super::qi;
 use crate::context::{
     Change, ContextError, ContextService, NewContext, Permission, Refusal, SyncStrategy,
@@ -38,6 +39,10 @@ pub(super) fn context_error(e: ContextError) -> WitContextError {
 fn parse_json(field: &str, text: &str) -> Result<serde_json::Value, WitContextError> {
     serde_json::from_str(text)
         .map_err(|e| WitContextError::Invalid(format!("`{field}` is not JSON: {e}")))
+}
+
+fn refused(r: limits::ArgumentRefusal) -> WitContextError {
+    WitContextError::Invalid(r.into_message())
 }
 
 fn write_result(r: crate::context::WriteResult) -> WitWriteResult {
@@ -107,6 +112,17 @@ impl qi::agent::context::Host for AgentState {
         let bytes = doc.len() + context_type.len();
         let r = async {
             let (svc, me) = context_call(&shared, "context.create").await?;
+            let call = "context.create";
+            limits::ids(&shared, call, "id", id.iter()).map_err(refused)?;
+            limits::bytes(
+                &shared,
+                call,
+                "context-type",
+                &context_type,
+                limits::MAX_ID_BYTES,
+            )
+            .map_err(refused)?;
+            limits::bytes(&shared, call, "doc", &doc, MAX_DOCUMENT_BYTES).map_err(refused)?;
             shared
                 .gate("context", id.as_deref().unwrap_or("*"), "create")
                 .map_err(WitContextError::AccessDenied)?;
@@ -147,6 +163,7 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.get").await?;
+            limits::ids(&shared, "context.get", "id", [&id]).map_err(refused)?;
             shared
                 .gate("context", &id, "get")
                 .map_err(WitContextError::AccessDenied)?;
@@ -177,6 +194,9 @@ impl qi::agent::context::Host for AgentState {
         let bytes = doc.len();
         let r = async {
             let (svc, me) = context_call(&shared, "context.put").await?;
+            limits::ids(&shared, "context.put", "id", [&id]).map_err(refused)?;
+            limits::bytes(&shared, "context.put", "doc", &doc, MAX_DOCUMENT_BYTES)
+                .map_err(refused)?;
             shared
                 .gate("context", &id, "put")
                 .map_err(WitContextError::AccessDenied)?;
@@ -202,6 +222,16 @@ impl qi::agent::context::Host for AgentState {
         let bytes = merge_patch.len();
         let r = async {
             let (svc, me) = context_call(&shared, "context.patch").await?;
+            let call = "context.patch";
+            limits::ids(&shared, call, "id", [&id]).map_err(refused)?;
+            limits::bytes(
+                &shared,
+                call,
+                "merge-patch",
+                &merge_patch,
+                MAX_DOCUMENT_BYTES,
+            )
+            .map_err(refused)?;
             shared
                 .gate("context", &id, "patch")
                 .map_err(WitContextError::AccessDenied)?;
@@ -221,6 +251,7 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.delete").await?;
+            limits::ids(&shared, "context.delete", "id", [&id]).map_err(refused)?;
             shared
                 .gate("context", &id, "delete")
                 .map_err(WitContextError::AccessDenied)?;
@@ -245,6 +276,18 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.share").await?;
+            let call = "context.share";
+            limits::ids(&shared, call, "id", [&id]).map_err(refused)?;
+            limits::items(&shared, call, "agents", &agents, MAX_SHARE_AGENTS).map_err(refused)?;
+            limits::ids(&shared, call, "agents", &agents).map_err(refused)?;
+            limits::items(
+                &shared,
+                call,
+                "permissions",
+                &permissions,
+                MAX_SHARE_PERMISSIONS,
+            )
+            .map_err(refused)?;
             shared
                 .gate("context", &id, "share")
                 .map_err(WitContextError::AccessDenied)?;
@@ -280,6 +323,10 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.revoke").await?;
+            let call = "context.revoke";
+            limits::ids(&shared, call, "id", [&id]).map_err(refused)?;
+            limits::items(&shared, call, "agents", &agents, MAX_SHARE_AGENTS).map_err(refused)?;
+            limits::ids(&shared, call, "agents", &agents).map_err(refused)?;
             shared
                 .gate("context", &id, "revoke")
                 .map_err(WitContextError::AccessDenied)?;
@@ -301,6 +348,8 @@ impl qi::agent::context::Host for AgentState {
         let start = Instant::now();
         let shared = self.shared.clone();
         let r = match context_call(&shared, "context.ids").await.and_then(|x| {
+            limits::ids(&shared, "context.ids", "context-type", context_type.iter())
+                .map_err(refused)?;
             shared
                 .gate("context", "*", "ids")
                 .map_err(WitContextError::AccessDenied)

@@ -1,8 +1,8 @@
 //! `qi:agent/events`: subscriptions to the event bus and custom events.
 
 use super::context::{context_call, context_error};
+use super::limits::{self, MAX_EVENT_DATA_BYTES, MAX_SUBSCRIBE_CONTEXTS, MAX_SUBSCRIBE_TYPES};
 use super::qi;
-use super::tools::MAX_TOOL_INPUT_BYTES;
 use crate::context::{ContextError, Permission};
 use crate::events::{EventError, EventType, NewEvent, SubscribeFrom};
 use crate::sandbox::AgentState;
@@ -58,6 +58,12 @@ impl qi::agent::events::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "events.subscribe").await.map_err(event_call_error)?;
+            let call = "events.subscribe";
+            limits::items(&shared, call, "context-ids", &context_ids, MAX_SUBSCRIBE_CONTEXTS)
+                .and_then(|()| limits::ids(&shared, call, "context-ids", &context_ids))
+                .and_then(|()| limits::items(&shared, call, "event-types", &event_types, MAX_SUBSCRIBE_TYPES))
+                .and_then(|()| limits::ids(&shared, call, "event-types", &event_types))
+                .map_err(|r| WitEventError::Invalid(r.into_message()))?;
             for id in &context_ids {
                 shared.gate("events", id, "subscribe").map_err(WitEventError::AccessDenied)?;
             }
@@ -175,15 +181,20 @@ impl qi::agent::events::Host for AgentState {
             let (svc, me) = context_call(&shared, "events.publish")
                 .await
                 .map_err(event_call_error)?;
+            limits::ids(&shared, "events.publish", "context-id", [&context_id])
+                .and_then(|()| {
+                    limits::bytes(
+                        &shared,
+                        "events.publish",
+                        "data",
+                        &data,
+                        MAX_EVENT_DATA_BYTES,
+                    )
+                })
+                .map_err(|r| WitEventError::Invalid(r.into_message()))?;
             shared
                 .gate("events", &context_id, "publish")
                 .map_err(WitEventError::AccessDenied)?;
-            if data.len() > MAX_TOOL_INPUT_BYTES {
-                return Err(WitEventError::Invalid(format!(
-                    "data is {} bytes; the limit is {MAX_TOOL_INPUT_BYTES}",
-                    data.len()
-                )));
-            }
             let data: serde_json::Value = serde_json::from_str(&data)
                 .map_err(|e| WitEventError::Invalid(format!("data is not JSON: {e}")))?;
             svc.authorize(&me, &context_id, Permission::Write, "publish events about")

@@ -1,16 +1,18 @@
 //! `qi:agent/log`: structured log records, bounded per record and per agent.
+//!
+//! Logging never fails from the guest's point of view: a message or field over its limit in
+//! [`super::limits`] is truncated in place (no further copy), fields past
+//! [`MAX_LOG_FIELDS`] are dropped before anything else is done with them, and once the agent's
+//! `maxLogBytes` are spent further records are dropped and counted (`logs_dropped`).
 
 use super::Level;
+pub use super::limits::{MAX_LOG_FIELDS, MAX_LOG_MESSAGE_BYTES};
+use super::limits::{MAX_LOG_KEY_BYTES, MAX_LOG_VALUE_BYTES};
 use super::qi;
 use crate::sandbox::{AgentState, LogRecord, MAX_KEPT_LOG_RECORDS};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
-
-/// Largest log message kept, in bytes; longer ones are truncated.
-pub const MAX_LOG_MESSAGE_BYTES: usize = 4 << 10;
-/// Most fields kept per log record.
-pub const MAX_LOG_FIELDS: usize = 32;
 
 /// Adds `qi:agent/log` to `linker`.
 pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
@@ -24,13 +26,14 @@ impl qi::agent::log::Host for AgentState {
         let start = Instant::now();
         let mut message = message;
         truncate_utf8(&mut message, MAX_LOG_MESSAGE_BYTES);
+        let mut fields = fields;
+        fields.truncate(MAX_LOG_FIELDS);
         let fields: Vec<(String, String)> = fields
             .into_iter()
-            .take(MAX_LOG_FIELDS)
             .map(|f| {
                 let (mut k, mut v) = (f.key, f.value);
-                truncate_utf8(&mut k, 256);
-                truncate_utf8(&mut v, 1024);
+                truncate_utf8(&mut k, MAX_LOG_KEY_BYTES);
+                truncate_utf8(&mut v, MAX_LOG_VALUE_BYTES);
                 (k, v)
             })
             .collect();

@@ -1,7 +1,8 @@
 //! The single `bindgen!` for the `qi:agent/agent` world and the host side of its imports, one
 //! module per WIT interface: [`log`], [`tools`], [`budget`], [`context`], [`events`],
 //! [`sync`]. Each host call starts with the agent's grants: deny by default, check, count,
-//! record (when monitored), then act.
+//! record (when monitored), then act. Every argument's size is checked against the one table
+//! in [`limits`] before it is parsed or copied further.
 //!
 //! To add a host interface: add its `.wit` file, copy one of these modules (an `impl Host for
 //! AgentState` plus an `add_to_linker`), and list it in [`linker`].
@@ -13,7 +14,9 @@ use wasmtime::component::Linker;
 pub mod budget;
 pub mod context;
 pub mod events;
+pub mod limits;
 pub mod log;
+pub(crate) mod output;
 pub mod sync;
 pub mod tools;
 
@@ -36,13 +39,14 @@ pub use qi::agent::log::Level;
 pub use qi::agent::tools::{ToolError, ToolRequest};
 pub use qi::agent::types::{AgentError, AgentInfo, AgentType as WitAgentType, Task, TaskOutput};
 
-/// The linker every agent is instantiated with: WASI 0.2 (filesystem counted), and the
-/// `qi:agent` imports.
+/// The linker every agent is instantiated with: WASI 0.2 (filesystem, clocks and random
+/// counted), and the `qi:agent` imports.
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::wasi::filesystem::shadow_filesystem(&mut linker)?;
     crate::wasi::sockets::shadow_sockets(&mut linker)?;
+    crate::sandbox::wasi_calls::shadow_clocks_and_random(&mut linker)?;
     qi::agent::types::add_to_linker::<AgentState, wasmtime::component::HasSelf<AgentState>>(
         &mut linker,
         |s| s,

@@ -1,7 +1,9 @@
 //! `qi:agent/sync`: the synchronization points of a coordinated run.
 
+use super::limits::{self, MAX_SYNC_PAYLOAD_BYTES, MAX_VOTE_BYTES};
 use super::qi;
-use crate::coord::sync::{MAX_SYNC_PAYLOAD_BYTES, SyncFailure, SyncPointType};
+use crate::coord::sync::{SyncFailure, SyncPointType};
+use crate::sandbox::AgentShared;
 use crate::sandbox::AgentState;
 use qi::agent::sync::{SyncError as WitSyncError, SyncOutcome as WitSyncOutcome};
 use std::sync::Arc;
@@ -34,13 +36,14 @@ fn sync_error(e: SyncFailure) -> WitSyncError {
     }
 }
 
-fn sync_payload(call: &str, text: &str) -> Result<serde_json::Value, WitSyncError> {
-    if text.len() > MAX_SYNC_PAYLOAD_BYTES {
-        return Err(WitSyncError::InvalidPayload(format!(
-            "{call}: payload is {} bytes; the limit is {MAX_SYNC_PAYLOAD_BYTES}",
-            text.len()
-        )));
-    }
+fn sync_payload(
+    shared: &AgentShared,
+    call: &str,
+    argument: &str,
+    text: &str,
+) -> Result<serde_json::Value, WitSyncError> {
+    limits::bytes(shared, call, argument, text, MAX_SYNC_PAYLOAD_BYTES)
+        .map_err(|r| WitSyncError::InvalidPayload(r.into_message()))?;
     serde_json::from_str(text)
         .map_err(|e| WitSyncError::InvalidPayload(format!("{call}: payload is not JSON: {e}")))
 }
@@ -58,12 +61,16 @@ impl AgentState {
         let shared = self.shared.clone();
         shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
         let r = async {
+            limits::ids(&shared, call.wit_call(), "point", [&point])
+                .map_err(|r| WitSyncError::Invalid(r.into_message()))?;
+            // Arguments first: an oversized payload is refused the same way in and out of a
+            // coordinated run.
+            let payload = payload?;
             let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
             let action = call.wit_call().trim_start_matches("sync.");
             shared
                 .gate("sync", &point, action)
                 .map_err(WitSyncError::AccessDenied)?;
-            let payload = payload?;
             handle.waiting.store(true, Ordering::Relaxed);
             let r = handle
                 .engine
@@ -103,7 +110,7 @@ impl qi::agent::sync::Host for AgentState {
         point: String,
         state: String,
     ) -> Result<WitSyncOutcome, WitSyncError> {
-        let payload = sync_payload("sync.checkpoint", &state);
+        let payload = sync_payload(&self.shared, "sync.checkpoint", "state", &state);
         self.sync_call(SyncPointType::Checkpoint, point, payload, state.len())
             .await
     }
@@ -113,6 +120,8 @@ impl qi::agent::sync::Host for AgentState {
         let shared = self.shared.clone();
         shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
         let r = async {
+            limits::ids(&shared, "sync.restore", "point", [&point])
+                .map_err(|r| WitSyncError::Invalid(r.into_message()))?;
             let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
             shared
                 .gate("sync", &point, "restore")
@@ -135,10 +144,14 @@ impl qi::agent::sync::Host for AgentState {
         point: String,
         choice: String,
     ) -> Result<WitSyncOutcome, WitSyncError> {
-        let payload = if choice.is_empty() || choice.len() > 200 {
+        let payload = if choice.is_empty() {
             Err(WitSyncError::InvalidPayload(
-                "sync.vote: a choice is 1 to 200 bytes, e.g. `approve`".into(),
+                "sync.vote: `choice` is empty; pass a short choice such as `approve`".into(),
             ))
+        } else if let Err(r) =
+            limits::bytes(&self.shared, "sync.vote", "choice", &choice, MAX_VOTE_BYTES)
+        {
+            Err(WitSyncError::InvalidPayload(r.into_message()))
         } else {
             Ok(serde_json::Value::String(choice.clone()))
         };
@@ -151,7 +164,7 @@ impl qi::agent::sync::Host for AgentState {
         point: String,
         value: String,
     ) -> Result<WitSyncOutcome, WitSyncError> {
-        let payload = sync_payload("sync.contribute", &value);
+        let payload = sync_payload(&self.shared, "sync.contribute", "value", &value);
         self.sync_call(SyncPointType::Aggregation, point, payload, value.len())
             .await
     }

@@ -1,5 +1,7 @@
 //! `qi:agent/tools`: tool calls, alone or in a batch, through the agent's grants and budgets.
 
+use super::limits::{self, MAX_CALL_MANY_REQUESTS};
+pub use super::limits::{MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT_BYTES};
 use super::qi;
 use super::{ToolError, ToolRequest};
 use crate::error::LimitKind;
@@ -9,11 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
-
-/// Largest tool input a guest may pass, in bytes.
-pub const MAX_TOOL_INPUT_BYTES: usize = 1 << 20;
-/// Largest tool output handed back to a guest, in bytes.
-pub const MAX_TOOL_OUTPUT_BYTES: usize = 8 << 20;
 
 /// Adds `qi:agent/tools` to `linker`.
 pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
@@ -30,12 +27,21 @@ fn tool_error_kind(e: &ToolError) -> &'static str {
     }
 }
 
-/// Checks access and budgets for one tool call and returns a future that runs it.
+/// Checks the arguments, budgets and access for one tool call and returns a future that runs
+/// it. The call is counted against `maxToolCalls` before access is decided, so a refused call
+/// costs budget like any other (a guest cannot probe for free).
 fn prepare_call(
     shared: &Arc<AgentShared>,
     name: &str,
     input: &str,
 ) -> Result<crate::tools::ToolFuture, ToolError> {
+    shared
+        .take_budget(LimitKind::ToolCalls)
+        .map_err(ToolError::LimitExceeded)?;
+    let call = "tools.call";
+    limits::bytes(shared, call, "name", name, limits::MAX_ID_BYTES)
+        .and_then(|()| limits::bytes(shared, call, "input", input, MAX_TOOL_INPUT_BYTES))
+        .map_err(|r| ToolError::InvalidInput(r.into_message()))?;
     shared
         .gate("tool", name, "call")
         .map_err(ToolError::AccessDenied)?;
@@ -57,19 +63,10 @@ fn prepare_call(
         .tools
         .get(name)
         .ok_or_else(|| ToolError::NotFound(format!("no tool named `{name}` is registered")))?;
-    shared
-        .take_budget(LimitKind::ToolCalls)
-        .map_err(ToolError::LimitExceeded)?;
     if tool.is_file_operation() {
         shared
             .take_budget(LimitKind::FileOperations)
             .map_err(ToolError::LimitExceeded)?;
-    }
-    if input.len() > MAX_TOOL_INPUT_BYTES {
-        return Err(ToolError::InvalidInput(format!(
-            "input is {} bytes; the limit is {MAX_TOOL_INPUT_BYTES}",
-            input.len()
-        )));
     }
     let value: serde_json::Value = if input.trim().is_empty() {
         serde_json::Value::Null
@@ -142,6 +139,18 @@ impl qi::agent::tools::Host for AgentState {
         let start = Instant::now();
         let arg_bytes: usize = requests.iter().map(|r| r.name.len() + r.input.len()).sum();
         let n = requests.len();
+        if let Err(r) = limits::items(
+            &shared,
+            "tools.call-many",
+            "requests",
+            &requests,
+            MAX_CALL_MANY_REQUESTS,
+        ) {
+            shared.record_call("tools.call-many", "", arg_bytes, start, "invalid-input");
+            // One result, not one per request: the refusal must not cost the host memory in
+            // proportion to the batch it refuses.
+            return vec![Err(ToolError::InvalidInput(r.into_message()))];
+        }
         let permits = match u32::try_from(n).ok().and_then(|n| {
             shared
                 .operations

@@ -34,6 +34,14 @@ pub struct Counters {
     pub disk_bytes: AtomicU64,
     /// Files, directories and links the agent created on its writable mounts.
     pub files_created: AtomicU64,
+    /// WASI calls counted so far: filesystem and socket calls (bumped by the counting WASI
+    /// layers), clock and random calls, and writes to stdout/stderr. `wasi:io` stream and poll
+    /// calls, `wasi:cli` environment and exit, and resource drops are not counted.
+    pub wasi_calls: AtomicU64,
+    /// Bytes of stdout discarded past the 64 KiB capture.
+    pub stdout_dropped: AtomicU64,
+    /// Bytes of stderr discarded past the 64 KiB capture.
+    pub stderr_dropped: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -95,10 +103,18 @@ pub struct UsageReceipt {
     pub disk_bytes_written: u64,
     /// Files, directories and links the agent created on its writable mounts.
     pub files_created: u64,
-    /// Bytes the guest wrote to stdout (kept up to 64 KiB).
+    /// WASI calls: filesystem and socket calls, clock and random calls, and writes to
+    /// stdout/stderr (`wasi:io` streams and polls, `wasi:cli` environment and exit, and resource
+    /// drops are not counted). Separate from `host_calls`, which counts `qi:agent` calls only.
+    pub wasi_calls: u64,
+    /// Bytes of stdout kept (at most 64 KiB).
     pub stdout_bytes: u64,
-    /// Bytes the guest wrote to stderr (kept up to 64 KiB).
+    /// Bytes of stderr kept (at most 64 KiB).
     pub stderr_bytes: u64,
+    /// Bytes of stdout written past the 64 KiB capture and discarded.
+    pub stdout_dropped: u64,
+    /// Bytes of stderr written past the 64 KiB capture and discarded.
+    pub stderr_dropped: u64,
 }
 
 impl UsageReceipt {
@@ -115,6 +131,9 @@ impl UsageReceipt {
             logs_dropped: c.logs_dropped.load(Ordering::Relaxed),
             disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
             files_created: c.files_created.load(Ordering::Relaxed),
+            wasi_calls: c.wasi_calls.load(Ordering::Relaxed),
+            stdout_dropped: c.stdout_dropped.load(Ordering::Relaxed),
+            stderr_dropped: c.stderr_dropped.load(Ordering::Relaxed),
             ..Default::default()
         }
     }

@@ -1,7 +1,7 @@
 //! The data of an agent's Store ([`AgentState`]) and what outlives a borrow of it
 //! ([`AgentShared`]): identity, spec, grants, counters, the access gate.
 
-use super::{Counters, Grants, HostCallRecord, LogRecord, MemoryLimiter};
+use super::{BoundedCapture, Counters, Grants, HostCallRecord, LogRecord, MemoryLimiter, Stdio};
 use crate::error::{AgentFailure, LimitKind};
 use crate::spec::{ResolvedOverrides, SubAgentSpecification};
 use crate::tools::ToolRegistry;
@@ -9,11 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-
-/// Bytes of guest stdout and of guest stderr the host keeps (the rest is refused).
-pub const STDIO_CAPTURE_BYTES: usize = 64 << 10;
 
 /// Everything about an agent that outlives a borrow of its Store.
 #[derive(Debug)]
@@ -50,7 +46,8 @@ pub struct AgentShared {
     pub access: Option<Arc<crate::security::AccessControl>>,
     /// Current trust level (a `TrustLevel` as `u8`), shared with the host's registry.
     pub trust: Arc<std::sync::atomic::AtomicU8>,
-    /// The component's declared name, once `describe` answered.
+    /// The component's declared name, once `describe` answered. For reports only: access
+    /// decisions use `spec.name`, which the host assigned.
     pub name: std::sync::OnceLock<String>,
 }
 
@@ -76,7 +73,8 @@ impl AgentShared {
             &policies,
             &crate::security::Request {
                 agent_id: &self.id,
-                agent_name: self.name.get().map(String::as_str),
+                // The host-assigned name, never the one `describe()` declared.
+                agent_name: self.spec.name.as_deref(),
                 trust: crate::security::TrustLevel::from_u8(self.trust.load(Ordering::Relaxed)),
                 capabilities: &self.spec.capabilities,
                 isolation: self.spec.isolation_level,
@@ -210,8 +208,8 @@ pub struct AgentState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) shared: Arc<AgentShared>,
-    pub(crate) stdout: MemoryOutputPipe,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: BoundedCapture,
+    pub(crate) stderr: BoundedCapture,
     /// The agent's event subscriptions, by handle.
     pub(crate) subscriptions: std::collections::HashMap<u64, crate::events::Subscription>,
     /// Which mount each filesystem descriptor belongs to.
@@ -241,11 +239,12 @@ impl AgentState {
     }
 
     /// Builds the Store data: WASI with only the granted preopens and the network check, no
-    /// environment variables, no arguments, stdin empty, stdout/stderr captured and bounded.
+    /// environment variables, no arguments, stdin empty, stdout/stderr captured and bounded
+    /// ([`BoundedCapture`]: the first 64 KiB kept, the rest discarded and counted).
     pub fn new(shared: Arc<AgentShared>) -> wasmtime::Result<Self> {
         let mut b = WasiCtxBuilder::new();
-        let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
-        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
+        let stdout = BoundedCapture::new(Stdio::Stdout, shared.clone());
+        let stderr = BoundedCapture::new(Stdio::Stderr, shared.clone());
         b.stdout(stdout.clone()).stderr(stderr.clone());
         for p in &shared.grants.preopens {
             let perms = if p.writable {

@@ -10,7 +10,7 @@
 //! value   := attribute | "string" | 'string' | number | true | false | [value, ...] | "(" expr ")"
 //! ```
 //!
-//! Attributes: `agent.id`, `agent.name` (the component's declared name), `agent.trust` (`none` < `low` < `medium` < `high` < `full`),
+//! Attributes: `agent.id`, `agent.name` (the host-assigned name: the spec's `name`, never the one `describe()` declares), `agent.trust` (`none` < `low` < `medium` < `high` < `full`),
 //! `agent.capabilities` (list), `agent.isolation` (`sandbox`, `restricted`, `monitored`),
 //! `resource.kind` (`context`, `events`, `sync`, `tool`, `file`, `network`), `resource.id`,
 //! `resource.type`, `resource.owner`, `resource.labels` (list), `action`.
@@ -71,7 +71,7 @@ pub enum Op {
 pub enum Attr {
     /// `agent.id`
     AgentId,
-    /// `agent.name` (the component's declared name)
+    /// `agent.name` (the host-assigned name: the spec's `name`, never the one `describe()` declares)
     AgentName,
     /// `agent.trust`
     AgentTrust,

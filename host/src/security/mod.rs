@@ -368,7 +368,10 @@ impl PolicySet {
 pub struct Request<'a> {
     /// Host-assigned agent id.
     pub agent_id: &'a str,
-    /// The component's declared name, when known.
+    /// The agent's name as the host assigned it: the spec's `name` (the manifest's agent kind
+    /// in a coordinated run, `--name` for `run-agent`), never the name the component declares
+    /// in `describe()`, which a component could choose to impersonate another kind. `None`
+    /// when the spec has no name: rules on `agent.name` then do not match.
     pub agent_name: Option<&'a str>,
     /// Its trust level now.
     pub trust: TrustLevel,

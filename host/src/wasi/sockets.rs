@@ -163,6 +163,7 @@ pub(crate) fn decide(
         &shared.counters.network_denied
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    shared.counters.wasi_calls.fetch_add(1, Ordering::Relaxed);
     allowed
 }
 
@@ -172,6 +173,7 @@ fn refuse(shared: &AgentShared, target: &str, action: &str, reason: String) {
         .counters
         .network_denied
         .fetch_add(1, Ordering::Relaxed);
+    shared.counters.wasi_calls.fetch_add(1, Ordering::Relaxed);
     tracing::info!(agent = %shared.id, target, action, %reason, "network use refused");
     record(shared, target, action, AuditDecision::Deny, reason);
 }

@@ -1,4 +1,305 @@
-//! `hostile` guest, `host.*` modes.
+//! `hostile` guest, `host.*` modes: every host-call argument is bounded, and each attack ends
+//! with its own precise error while the host goes on. The agent's output, stdio, exit,
+//! identity, receipts and the old limits' pairs are in [`outcome`].
 
-#[allow(unused_imports)]
+mod outcome;
+
 use crate::common::*;
+use qi_guest_artifacts::{HELLO_COMPONENT, HOSTILE_COMPONENT, HUGE_OUTPUT_COMPONENT};
+use qi_host::interfaces::limits::{
+    MAX_CALL_MANY_REQUESTS, MAX_DOCUMENT_BYTES, MAX_EVENT_DATA_BYTES, MAX_LOG_FIELDS,
+    MAX_LOG_MESSAGE_BYTES, MAX_SHARE_AGENTS, MAX_SUBSCRIBE_CONTEXTS, MAX_TOOL_INPUT_BYTES,
+};
+use qi_host::sandbox::STDIO_CAPTURE_BYTES;
+use qi_host::{
+    AgentFailure, AgentHost, AgentReport, Error, ErrorCategory, HostConfig, IsolationLevel,
+    LimitKind, SubAgentSpecification, TaskRequest, ToolRegistry,
+};
+use serde_json::{Value, json};
+
+/// A host of its own with a context store (the store's tasks live on this test's runtime).
+async fn context_host() -> AgentHost {
+    AgentHost::with_tools(
+        HostConfig {
+            max_live_agents: 8,
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        },
+        ToolRegistry::with_builtins(),
+    )
+    .expect("host starts")
+    .with_context(in_memory_context().await)
+}
+
+fn hostile_spec() -> SubAgentSpecification {
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.resource_limits.max_concurrent_operations = 64;
+    s.resource_limits.max_tool_calls = 200;
+    s.security_constraints
+        .allowed_tools
+        .push("clock.now".into());
+    s
+}
+
+async fn attack_on(host: &AgentHost, input: Value) -> AgentReport {
+    let mut spec = hostile_spec();
+    // Room for a 16 MiB document and its copies in guest memory.
+    spec.resource_limits.max_memory_mb = 256;
+    host.run(
+        &host.load(HOSTILE_COMPONENT).expect("hostile loads"),
+        spec,
+        TaskRequest::new("attack", input),
+    )
+    .await
+    .expect("hostile spawns")
+}
+
+/// Asserts the report ends with an argument-size refusal naming `needle`, and that the host
+/// goes on (a well-behaved agent still runs in it).
+#[track_caller]
+fn refused(report: &AgentReport, limit_value: usize, needle: &str) {
+    match &report.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::ArgumentSize,
+            limit_value: v,
+            detail,
+        }) => {
+            assert_eq!(*v, limit_value as u64, "{detail}");
+            assert!(detail.contains(needle), "{detail} lacks {needle}");
+        }
+        other => panic!("expected an argument-size refusal, got {other:?}"),
+    }
+    assert_eq!(report.error_category, Some(ErrorCategory::Resource));
+}
+
+async fn host_goes_on(host: &AgentHost) {
+    let r = host
+        .run(
+            &host.load(HELLO_COMPONENT).expect("hello loads"),
+            spec(),
+            TaskRequest::new("greet", json!({"name": "after"})),
+        )
+        .await
+        .expect("hello spawns");
+    ok(&r);
+}
+
+#[tokio::test]
+async fn a_document_at_the_limit_is_stored_and_one_byte_more_is_refused_unparsed() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.big-doc", "bytes": MAX_DOCUMENT_BYTES}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.big-doc", "bytes": MAX_DOCUMENT_BYTES + 1, "op": "patch"}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_DOCUMENT_BYTES,
+        &format!(
+            "context.patch: `merge-patch` is {} bytes",
+            MAX_DOCUMENT_BYTES + 1
+        ),
+    );
+    host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn a_call_many_batch_at_the_limit_runs_and_one_more_request_is_refused() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.call-many", "count": MAX_CALL_MANY_REQUESTS}),
+    )
+    .await;
+    assert_eq!(ok(&at)["results"], MAX_CALL_MANY_REQUESTS);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.call-many", "count": MAX_CALL_MANY_REQUESTS + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_CALL_MANY_REQUESTS,
+        &format!(
+            "tools.call-many: `requests` is {} items",
+            MAX_CALL_MANY_REQUESTS + 1
+        ),
+    );
+    // No tool ran for the refused batch.
+    assert_eq!(past.usage.tool_calls, 0);
+    host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn share_and_revoke_lists_are_bounded() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.share-list", "count": MAX_SHARE_AGENTS, "op": "revoke"}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.share-list", "count": MAX_SHARE_AGENTS + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_SHARE_AGENTS,
+        &format!("context.share: `agents` is {} items", MAX_SHARE_AGENTS + 1),
+    );
+    host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn subscribe_lists_are_bounded() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.subscribe-list", "count": MAX_SUBSCRIBE_CONTEXTS}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.subscribe-list", "count": MAX_SUBSCRIBE_CONTEXTS + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_SUBSCRIBE_CONTEXTS,
+        &format!(
+            "events.subscribe: `context-ids` is {} items",
+            MAX_SUBSCRIBE_CONTEXTS + 1
+        ),
+    );
+}
+
+#[tokio::test]
+async fn event_data_at_the_limit_is_published_and_one_byte_more_is_refused() {
+    let host = context_host().await;
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.big-event", "bytes": MAX_EVENT_DATA_BYTES}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.big-event", "bytes": MAX_EVENT_DATA_BYTES + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_EVENT_DATA_BYTES,
+        &format!(
+            "events.publish: `data` is {} bytes",
+            MAX_EVENT_DATA_BYTES + 1
+        ),
+    );
+}
+
+#[tokio::test]
+async fn tool_input_at_the_limit_is_accepted_and_one_byte_more_is_refused() {
+    let at = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        json!({"mode": "host.tool-input", "bytes": MAX_TOOL_INPUT_BYTES}),
+    )
+    .await;
+    assert_eq!(ok(&at)["ok"], true);
+    let past = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        json!({"mode": "host.tool-input", "bytes": MAX_TOOL_INPUT_BYTES + 1}),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_TOOL_INPUT_BYTES,
+        &format!("tools.call: `input` is {} bytes", MAX_TOOL_INPUT_BYTES + 1),
+    );
+    // The refused call still cost a tool call.
+    assert_eq!(past.usage.tool_calls, 1);
+}
+
+#[tokio::test]
+async fn a_huge_log_record_is_truncated_and_never_fails() {
+    let r = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        json!({"mode": "host.big-log", "bytes": 1 << 20, "fields": 10_000}),
+    )
+    .await;
+    assert_eq!(ok(&r)["ok"], true);
+    let rec = &r.logs[0];
+    assert_eq!(rec.fields.len(), MAX_LOG_FIELDS);
+    // Truncated to the limit, plus the marker.
+    assert_eq!(rec.message.len(), MAX_LOG_MESSAGE_BYTES + '…'.len_utf8());
+}
+
+#[tokio::test]
+async fn sync_payloads_and_point_ids_are_bounded_in_and_out_of_a_coordinated_run() {
+    use qi_host::interfaces::limits::{MAX_ID_BYTES, MAX_SYNC_PAYLOAD_BYTES};
+    let checkpoint = |bytes: usize, point: usize| json!({"mode": "host.checkpoint", "bytes": bytes, "point": point});
+    // Inside both limits the call gets as far as `not-coordinated`.
+    let at = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        checkpoint(MAX_SYNC_PAYLOAD_BYTES, MAX_ID_BYTES),
+    )
+    .await;
+    assert_eq!(ok(&at)["coordinated"], false);
+    let past = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        checkpoint(MAX_SYNC_PAYLOAD_BYTES + 1, 1),
+    )
+    .await;
+    refused(
+        &past,
+        MAX_SYNC_PAYLOAD_BYTES,
+        &format!(
+            "sync.checkpoint: `state` is {} bytes",
+            MAX_SYNC_PAYLOAD_BYTES + 1
+        ),
+    );
+    let long_point = run(
+        HOSTILE_COMPONENT,
+        hostile_spec(),
+        checkpoint(2, MAX_ID_BYTES + 1),
+    )
+    .await;
+    refused(
+        &long_point,
+        MAX_ID_BYTES,
+        &format!("sync.checkpoint: `point` is {} bytes", MAX_ID_BYTES + 1),
+    );
+}
+
+#[tokio::test]
+async fn a_host_call_argument_larger_than_the_hostcall_fuel_is_never_copied() {
+    use qi_host::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES;
+    let host = context_host().await;
+    let r = attack_on(
+        &host,
+        json!({"mode": "host.big-doc", "bytes": MAX_HOST_CALL_TRANSFER_BYTES + 1}),
+    )
+    .await;
+    refused(
+        &r,
+        MAX_HOST_CALL_TRANSFER_BYTES,
+        &format!(
+            "more than {MAX_HOST_CALL_TRANSFER_BYTES} bytes to the host in one host call's arguments"
+        ),
+    );
+    host_goes_on(&host).await;
+}

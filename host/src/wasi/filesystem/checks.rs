@@ -157,6 +157,10 @@ impl CountingFs<'_> {
 
     pub(super) fn count(&self) -> FsResult<()> {
         self.shared
+            .counters
+            .wasi_calls
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared
             .take_budget(LimitKind::FileOperations)
             .map_err(|_| FsError::from(ErrorCode::Quota))
     }

@@ -117,6 +117,7 @@ pub(super) fn quota_error_code(err: &wasmtime::Error) -> Option<ErrorCode> {
 }
 
 fn count(shared: &AgentShared) -> StreamResult<()> {
+    shared.counters.wasi_calls.fetch_add(1, Ordering::Relaxed);
     shared
         .take_budget(LimitKind::FileOperations)
         .map_err(|_| stream_refusal(ErrorCode::Quota))
