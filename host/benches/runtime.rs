@@ -2,11 +2,11 @@
 //!
 //! 1. `spawn`: spawn-to-result of the `hello` guest through qi-host against bare wasmtime
 //!    (same engine, so the same pooling and fuel configuration).
-//! 1b. `fs`: `file-stats` over 500 files through `qi-host run` against bare wasmtime-wasi: the
+//! 2. `fs`: `file-stats` over 500 files through `qi-host run` against bare wasmtime-wasi: the
 //!    cost of the counting, gated filesystem per file operation.
-//! 2. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
+//! 3. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
 //!    at once, each case in a child process of this binary.
-//! 3. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
+//! 4. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
 //!
 //! `cargo bench -p qi-host --bench runtime [-- spawn|fs|pool|fuel ...]` (default: all). Prints
 //! figures only; nothing here asserts on timing.
@@ -343,7 +343,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1b. the counting filesystem
+// 2. the counting filesystem
 // ---------------------------------------------------------------------------------------------
 
 const FS_FILES: usize = 500;
@@ -357,7 +357,7 @@ const FS_REPEATS: usize = 15;
 async fn fs_section(host: &AgentHost) -> anyhow::Result<()> {
     println!();
     println!(
-        "== 1b. counting filesystem: `file-stats` over {FS_FILES} files, qi-host run vs bare wasmtime-wasi (same engine) =="
+        "== 2. counting filesystem: `file-stats` over {FS_FILES} files, qi-host run vs bare wasmtime-wasi (same engine) =="
     );
     println!("  loadavg at start: {}", loadavg());
     let dir = tempfile::tempdir()?;
@@ -536,7 +536,7 @@ const ALIVE_TIMEOUT: Duration = Duration::from_secs(200);
 async fn pool_section() -> anyhow::Result<()> {
     println!();
     println!(
-        "== 2. pooling vs on-demand: N agents of `tool-user` alive at once, blocked in `bench.wait` =="
+        "== 3. pooling vs on-demand: N agents of `tool-user` alive at once, blocked in `bench.wait` =="
     );
     println!("  loadavg at start: {}", loadavg());
     println!("  (each case in its own child process; timeout {CHILD_TIMEOUT:?} per case)");
@@ -938,7 +938,7 @@ impl Metered {
 
 async fn fuel_section() -> anyhow::Result<()> {
     println!();
-    println!("== 3. fuel-metered vs unmetered: `compute` guest, call_run time only ==");
+    println!("== 4. fuel-metered vs unmetered: `compute` guest, call_run time only ==");
     println!("  loadavg at start: {}", loadavg());
     println!(
         "  engines identical except consume_fuel; metered stores yield every 1M units (qi-host's default), every 10M (the ceiling of fuelYieldInterval) or never"
