@@ -2,11 +2,11 @@
 //!
 //! 1. `spawn`: spawn-to-result of the `hello` guest through qi-host against bare wasmtime
 //!    (same engine, so the same pooling and fuel configuration).
-//! 1b. `fs`: `file-stats` over 500 files through `qi-host run` against bare wasmtime-wasi: the
+//! 2. `fs`: `file-stats` over 500 files through `qi-host run` against bare wasmtime-wasi: the
 //!    cost of the counting, gated filesystem per file operation.
-//! 2. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
+//! 3. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
 //!    at once, each case in a child process of this binary.
-//! 3. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
+//! 4. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
 //!
 //! `cargo bench -p qi-host --bench runtime [-- spawn|fs|pool|fuel ...]` (default: all). Prints
 //! figures only; nothing here asserts on timing.
@@ -387,7 +387,11 @@ async fn fs_section(host: &AgentHost) -> anyhow::Result<()> {
     for i in 0..FS_REPEATS + 2 {
         let t = Instant::now();
         let report = host
-            .run(&component, spec.clone(), TaskRequest::new("stats", input.clone()))
+            .run(
+                &component,
+                spec.clone(),
+                TaskRequest::new("stats", input.clone()),
+            )
             .await?;
         let d_qi = t.elapsed();
         anyhow::ensure!(report.failure.is_none(), "qi-host run failed: {report:?}");
@@ -406,7 +410,11 @@ async fn fs_section(host: &AgentHost) -> anyhow::Result<()> {
     let (q, b) = (stats(&mut qi), stats(&mut bare_t));
     println!(
         "  {FS_REPEATS} interleaved runs after 2 warm-ups; file operations counted per run: {ops}; totals {}",
-        if outputs.len() == 1 { "agree" } else { "DIFFER" }
+        if outputs.len() == 1 {
+            "agree"
+        } else {
+            "DIFFER"
+        }
     );
     println!(
         "  qi-host run median {:.0} us, bare median {:.0} us: ratio {:.3}; extra per file operation {:.2} us",

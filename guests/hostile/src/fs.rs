@@ -19,6 +19,11 @@
 //! | `fs.symlink-out` | `links`: `[[target, link], ...]` | creates each symbolic link |
 //! | `fs.hardlink-cross` | `links`: `[[existing, new], ...]` | creates each hard link |
 //! | `fs.rename` | `links`: `[[from, to], ...]` | renames each (to move a link to a shallower place) |
+//! | `fs.ops` | `ops`, `loop`, `repeat` | runs each step of `ops` once, then the steps of `loop` `repeat` times (`{i}` in a path is the round); never fails, reports `done`, `refused`, the first `error` and the first 64 `results` (`[step, ok]`) |
+//!
+//! Steps of `fs.ops`: `["create", path]` (create or truncate, following links), `["mkdir", path]`,
+//! `["symlink", target, link]`, `["hardlink", existing, new]`, `["rename", from, to]`,
+//! `["remove", path]`, `["append", path, bytes]`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -41,6 +46,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "symlink-out" => return links(input, symlink),
         "hardlink-cross" => return links(input, |t, l| fs::hard_link(t, l)),
         "rename" => return links(input, |from, to| fs::rename(from, to)),
+        "ops" => return TaskOutput::json(&ops(input)),
         _ => return Err(crate::unknown(&format!("fs.{attack}"))),
     };
     finish(report)
@@ -231,4 +237,54 @@ fn links(
         })
         .collect();
     TaskOutput::json(&json!({ "attempts": attempts }))
+}
+
+/// Runs one step of `fs.ops` with `{i}` replaced by `round`.
+fn step(op: &Value, round: u64) -> io::Result<()> {
+    let arg = |n: usize| {
+        op[n]
+            .as_str()
+            .unwrap_or_default()
+            .replace("{i}", &round.to_string())
+    };
+    match op[0].as_str().unwrap_or_default() {
+        "create" => File::create(arg(1)).map(drop),
+        "mkdir" => fs::create_dir(arg(1)),
+        "symlink" => symlink(&arg(1), &arg(2)),
+        "hardlink" => fs::hard_link(arg(1), arg(2)),
+        "rename" => fs::rename(arg(1), arg(2)),
+        "remove" => fs::remove_file(arg(1)),
+        "append" => OpenOptions::new()
+            .append(true)
+            .open(arg(1))
+            .and_then(|mut f| f.write_all(&vec![b'a'; op[2].as_u64().unwrap_or(0) as usize])),
+        other => Err(io::Error::other(format!("unknown step `{other}`"))),
+    }
+}
+
+/// `fs.ops`: `ops` once, then `loop` `repeat` times; every refusal is reported, none stops it.
+fn ops(input: &Value) -> Value {
+    let once = input["ops"].as_array().cloned().unwrap_or_default();
+    let each = input["loop"].as_array().cloned().unwrap_or_default();
+    let rounds = input["repeat"].as_u64().unwrap_or(0);
+    let steps = once
+        .iter()
+        .map(|op| (op, 0))
+        .chain((0..rounds).flat_map(|i| each.iter().map(move |op| (op, i))));
+    let (mut done, mut refused, mut first) = (0u64, 0u64, None);
+    let mut results = Vec::new();
+    for (op, round) in steps {
+        let result = step(op, round);
+        if results.len() < 64 {
+            results.push(json!([op, result.is_ok()]));
+        }
+        match result {
+            Ok(()) => done += 1,
+            Err(e) => {
+                refused += 1;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    report(done, first, json!({"refused": refused, "results": results}))
 }

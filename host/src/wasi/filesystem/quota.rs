@@ -239,3 +239,37 @@ impl OutputStream for CountedOutput {
         self.inner.cancel().await
     }
 }
+
+/// The file tools' view of the same quotas (see [`crate::tools::DiskQuota`]).
+impl crate::tools::DiskQuota for AgentShared {
+    fn charge_bytes(&self, bytes: u64, what: &str) -> Result<(), String> {
+        charge_bytes(self, bytes, what).map_err(|_| self.refusal(LimitKind::DiskBytes, what))
+    }
+
+    fn refund_bytes(&self, bytes: u64) {
+        refund_bytes(self, bytes);
+    }
+
+    fn take_file(&self, what: &str) -> Result<(), String> {
+        take_file(self, what).map_err(|_| self.refusal(LimitKind::FilesCreated, what))
+    }
+
+    fn refund_file(&self) {
+        refund_file(self);
+    }
+}
+
+impl AgentShared {
+    /// What a tool says when `limit` refused `what`.
+    fn refusal(&self, limit: LimitKind, what: &str) -> String {
+        let max = match limit {
+            LimitKind::DiskBytes => self.spec.resource_limits.max_disk_bytes,
+            _ => u64::from(self.spec.resource_limits.max_files_created),
+        };
+        let field = match limit {
+            LimitKind::DiskBytes => "resourceLimits.maxDiskBytes",
+            _ => "resourceLimits.maxFilesCreated",
+        };
+        format!("{what} refused: past {field} ({max})")
+    }
+}
