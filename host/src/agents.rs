@@ -619,6 +619,25 @@ impl SubAgent {
         if let Some(v) = self.violation() {
             return v;
         }
+        // A full resource table where the guest could not be given an error (`subscribe`
+        // returns a pollable or traps): the agent hit its handle cap, not a host fault.
+        let table_full = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<wasmtime::component::ResourceTableError>(),
+                Some(wasmtime::component::ResourceTableError::Full)
+            )
+        });
+        if table_full {
+            let max = self.shared.spec.resource_limits.max_open_handles;
+            return AgentFailure::LimitExceeded {
+                limit: LimitKind::OpenHandles,
+                limit_value: max.into(),
+                detail: format!(
+                    "the agent needed a handle (a pollable, stream or descriptor) with all {max} \
+                     of resourceLimits.maxOpenHandles in use"
+                ),
+            };
+        }
         let stderr = String::from_utf8_lossy(&self.store.data().stderr.contents()).into_owned();
         if let Some(trap) = e.downcast_ref::<Trap>() {
             match trap {

@@ -9,7 +9,7 @@
 //!
 //! | mode | input | what it does |
 //! |---|---|---|
-//! | `fs.hold-handles` | `path`, `count` | opens `path` `count` times, keeping every file open (it goes on after refusals; `refused` counts them) |
+//! | `fs.hold-handles` | `path`, `count`, `sleep_ms` | opens `path` `count` times, keeping every file open (it goes on after refusals; `refused` counts them), then sleeps `sleep_ms` ms (a pollable) while holding them |
 //! | `fs.fill-disk` | `path`, `bytes` | creates `path` and writes `bytes` bytes with one `write_all` |
 //! | `fs.stream-write` | `path`, `bytes`, `chunk` | creates `path` and writes `bytes` bytes in `write` calls of `chunk` bytes |
 //! | `fs.stream-read` | `path`, `chunk` | reads `path` to its end in `read` calls of `chunk` bytes |
@@ -36,7 +36,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
     let path = || str_arg(input, "path");
     let num = |name: &str| input[name].as_u64().unwrap_or(0);
     let report = match attack {
-        "hold-handles" => hold_handles(&path()?, num("count")),
+        "hold-handles" => hold_handles(&path()?, num("count"), num("sleep_ms")),
         "fill-disk" => write_file(&path()?, num("bytes"), None),
         "stream-write" => write_file(&path()?, num("bytes"), Some(num("chunk").max(1))),
         "stream-read" => stream_read(&path()?, num("chunk").max(1)),
@@ -83,7 +83,7 @@ fn finish(report: Value) -> Result<TaskOutput, AgentError> {
     Err(AgentError::Failed(text))
 }
 
-fn hold_handles(path: &str, count: u64) -> Value {
+fn hold_handles(path: &str, count: u64, sleep_ms: u64) -> Value {
     let mut held = Vec::new();
     let mut refused = 0;
     let mut first = None;
@@ -95,6 +95,11 @@ fn hold_handles(path: &str, count: u64) -> Value {
                 first.get_or_insert(e);
             }
         }
+    }
+    // Waiting needs one more handle (a pollable), which `subscribe` cannot refuse with an
+    // error.
+    if sleep_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
     }
     report(held.len() as u64, first, json!({"refused": refused}))
 }

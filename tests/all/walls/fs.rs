@@ -61,7 +61,7 @@ async fn hostile(spec: SubAgentSpecification, input: Value) -> AgentReport {
 
 /// What the guest saw: its output, or the report it logged before failing on a refusal.
 #[track_caller]
-fn seen(report: &AgentReport) -> Value {
+pub fn seen(report: &AgentReport) -> Value {
     if let Some(out) = &report.output {
         return out.clone();
     }

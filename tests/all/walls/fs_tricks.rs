@@ -2,7 +2,7 @@
 //! (a link hard-linked elsewhere, creates through a dangling link, a deep tree moved up) and
 //! the host's `fs.write` tool against the agent's quotas.
 
-use super::fs::{Sandbox, writable};
+use super::fs::{Sandbox, seen, writable};
 use crate::common::*;
 use qi_guest_artifacts::HOSTILE_COMPONENT;
 use qi_host::{AgentReport, SubAgentSpecification};
@@ -183,4 +183,31 @@ async fn the_fs_write_tool_is_charged_against_the_disk_and_file_quotas() {
     assert!(!sb.mount().join("c").exists());
     assert_eq!(report.usage.disk_bytes_written, 1_000);
     assert_eq!(report.usage.files_created, 2);
+}
+
+#[tokio::test]
+async fn waiting_with_a_full_handle_table_ends_the_agent_at_the_handle_limit() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.mount().join("f"), "f").unwrap();
+    let mut s = writable(&sb.mount());
+    s.resource_limits.max_open_handles = 64;
+    let hold = |count: u64, sleep_ms: u64| {
+        run(
+            HOSTILE_COMPONENT,
+            s.clone(),
+            json!({"mode": "fs.hold-handles", "path": "/workspace/f", "count": count, "sleep_ms": sleep_ms}),
+        )
+    };
+    // Every handle the table has room for, with no refusal: then waiting needs one more
+    // (two with wasi-libc's sleep: a pollable for the clock and one for `poll`).
+    let room = seen(&hold(64, 0).await)["done"].as_u64().unwrap();
+    let fits = hold(room - 2, 1).await;
+    assert_eq!(ok(&fits)["done"], room - 2);
+    let full = hold(room - 1, 1).await;
+    let (limit, detail) = limit(&full);
+    assert_eq!(limit, qi_host::LimitKind::OpenHandles, "{detail}");
+    assert!(
+        detail.contains("all 64 of resourceLimits.maxOpenHandles in use"),
+        "{detail}"
+    );
 }
