@@ -216,6 +216,7 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
             writable,
         });
     }
+    check_nested_grants(&preopens)?;
     Ok(Grants {
         allowed_tools,
         prohibited,
@@ -224,4 +225,42 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
         preopens,
         monitored: spec.isolation_level == IsolationLevel::Monitored || sec.resource_monitoring,
     })
+}
+
+/// Refuses a read-only grant whose directory is inside (or is) the directory of a writable
+/// grant of the same agent: the agent could write the read-only data through the writable
+/// mount. Compared on the real paths of the opened directories, so a link in a host path
+/// does not hide the overlap. (A writable grant inside a read-only one is fine: that part is
+/// writable anyway.)
+fn check_nested_grants(preopens: &[Preopen]) -> crate::Result<()> {
+    let real = |p: &Preopen| {
+        crate::wasi::filesystem::links::real_path(&*p.dir)
+            .or_else(|| std::fs::canonicalize(&p.host_path).ok())
+    };
+    let paths: Vec<_> = preopens.iter().map(real).collect();
+    for (i, (ro, ro_path)) in preopens.iter().zip(&paths).enumerate() {
+        let Some(ro_path) = ro_path.as_ref().filter(|_| !ro.writable) else {
+            continue;
+        };
+        for (j, (rw, rw_path)) in preopens.iter().zip(&paths).enumerate() {
+            if rw.writable
+                && let Some(rw_path) = rw_path
+                && ro_path.starts_with(rw_path)
+            {
+                return Err(crate::Error::field(
+                    format!("directories[{i}].hostPath"),
+                    format!(
+                        "`{}` is granted read-only at `{}` but is inside `{}`, granted read-write \
+                         at `{}` (directories[{j}]), through which the agent could change it; \
+                         grant it read-write, or grant a read-write directory beside it",
+                        ro.host_path.display(),
+                        ro.guest_path,
+                        rw.host_path.display(),
+                        rw.guest_path,
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

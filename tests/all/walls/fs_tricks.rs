@@ -211,3 +211,53 @@ async fn waiting_with_a_full_handle_table_ends_the_agent_at_the_handle_limit() {
         "{detail}"
     );
 }
+
+/// A spec with `rw` mounted read-write at `/workspace` and `ro` read-only at `/data`.
+fn two_mounts(rw: &std::path::Path, ro: &std::path::Path) -> SubAgentSpecification {
+    let mut s = writable(rw);
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: ro.to_path_buf(),
+        guest_path: "/data".into(),
+        writable: Some(false),
+    });
+    s
+}
+
+#[tokio::test]
+async fn a_read_only_grant_inside_a_writable_one_is_refused_at_spawn() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.mount().join("ro")).unwrap();
+    std::fs::write(sb.mount().join("ro/secret"), "read-only data").unwrap();
+    let hostile = load(HOSTILE_COMPONENT);
+    // Beside each other: fine.
+    let beside = tempfile::tempdir().unwrap();
+    host()
+        .spawn(&hostile, two_mounts(&sb.mount(), beside.path()))
+        .await
+        .expect("separate mounts spawn");
+    // Inside, or the same directory (also through a link): the read-only data would be
+    // writable through `/workspace`.
+    std::os::unix::fs::symlink(sb.mount(), sb.root.path().join("alias")).unwrap();
+    for ro in [
+        sb.mount().join("ro"),
+        sb.mount(),
+        sb.root.path().join("alias/ro"),
+    ] {
+        let err = host()
+            .spawn(&hostile, two_mounts(&sb.mount(), &ro))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{} spawned", ro.display()));
+        assert_eq!(err.category(), qi_host::ErrorCategory::Validation, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("directories[1]") && message.contains("read-write"),
+            "{message}"
+        );
+    }
+    // A writable grant inside a read-only one is fine: the inner part is writable anyway.
+    host()
+        .spawn(&hostile, two_mounts(&sb.mount().join("ro"), &sb.mount()))
+        .await
+        .expect("read-write inside read-only spawns");
+}

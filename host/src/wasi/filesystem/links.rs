@@ -175,7 +175,7 @@ pub(super) fn check_moved_dir(
 }
 
 /// The real host path of an open file or directory (Linux: `/proc/self/fd`), `None` elsewhere.
-pub(super) fn real_path(file: &impl std::os::fd::AsFd) -> Option<PathBuf> {
+pub(crate) fn real_path(file: &impl std::os::fd::AsFd) -> Option<PathBuf> {
     use std::os::fd::AsRawFd;
     std::fs::read_link(format!("/proc/self/fd/{}", file.as_fd().as_raw_fd())).ok()
 }

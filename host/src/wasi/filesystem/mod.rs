@@ -21,7 +21,7 @@
 //! Every refusal at a limit records it on the agent, so the agent's report names the limit.
 
 mod checks;
-mod links;
+pub(crate) mod links;
 mod quota;
 
 pub use links::{FsState, MAX_MOVED_DEPTH, MAX_MOVED_ENTRIES};

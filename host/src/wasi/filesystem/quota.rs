@@ -32,9 +32,8 @@ use wasmtime_wasi::p2::{
 pub(super) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCode> {
     let max = u64::from(shared.spec.resource_limits.max_files_created);
     let counter = &shared.counters.files_created;
-    let used = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if used > max {
-        counter.fetch_sub(1, Ordering::Relaxed);
+    if let Err(before) = take(counter, 1, max) {
+        let used = before + 1;
         shared.record_violation(
             LimitKind::FilesCreated,
             max,
@@ -46,6 +45,16 @@ pub(super) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCod
         return Err(ErrorCode::Quota);
     }
     Ok(())
+}
+
+/// Adds `n` to `counter` unless that would pass `max` (or overflow); `Err` holds the count
+/// before. One atomic step, so the counter never holds a value past `max`, even for a moment
+/// (a guest's `set-size` to 2^64 - 1 must not wrap it) and concurrent charges near the limit
+/// cannot refuse each other.
+fn take(counter: &std::sync::atomic::AtomicU64, n: u64, max: u64) -> Result<u64, u64> {
+    counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+        used.checked_add(n).filter(|&u| u <= max)
+    })
 }
 
 /// Gives back a unit taken by a create that failed.
@@ -63,10 +72,8 @@ pub(super) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Res
     }
     let max = shared.spec.resource_limits.max_disk_bytes;
     let counter = &shared.counters.disk_bytes;
-    let before = counter.fetch_add(growth, Ordering::Relaxed);
-    let used = before.saturating_add(growth);
-    if used > max {
-        counter.fetch_sub(growth, Ordering::Relaxed);
+    if let Err(before) = take(counter, growth, max) {
+        let used = before.saturating_add(growth);
         shared.record_violation(
             LimitKind::DiskBytes,
             max,
@@ -271,5 +278,20 @@ impl AgentShared {
             _ => "resourceLimits.maxFilesCreated",
         };
         format!("{what} refused: past {field} ({max})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_charge_past_the_quota_or_past_u64_leaves_the_counter_as_it_was() {
+        let c = AtomicU64::new(100);
+        assert_eq!(take(&c, 900, 1_000), Ok(100));
+        assert_eq!(take(&c, 1, 1_000), Err(1_000));
+        assert_eq!(take(&c, u64::MAX, u64::MAX), Err(1_000));
+        assert_eq!(c.load(std::sync::atomic::Ordering::Relaxed), 1_000);
     }
 }
