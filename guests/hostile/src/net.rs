@@ -9,6 +9,7 @@
 //! | `net.connect` | `target` (`host:port`) | `connected`, `error`, `errno` |
 //! | `net.udp-send` | `target` (`host:port`), `payload` (text, default `hostile`) | `sent` (bytes or `null`), `error`, `errno` |
 //! | `net.listen` | `port` (default 0) | `listening`, `error`, `errno` |
+//! | `net.bind` | `proto` (`tcp` or `udp`), `port` | `bound` (a socket bound to the unspecified address and `port`, held until the mode ends), `error`, `errno` |
 //! | `net.sockets` | `count`; `target` (`host:port`) to hold TCP connections to it instead of UDP sockets | `opened` (sockets held at once before the first refusal), `error`, `errno` |
 
 use qi_guest_sdk::serde_json::{Value, json};
@@ -31,6 +32,10 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["payload"].as_str().unwrap_or("hostile"),
         ),
         "listen" => listen(input["port"].as_u64().unwrap_or(0) as u16),
+        "bind" => bind(
+            input["proto"].as_str().unwrap_or("udp"),
+            input["port"].as_u64().unwrap_or(0) as u16,
+        ),
         "sockets" => sockets(
             input["count"].as_u64().unwrap_or(1),
             input["target"].as_str(),
@@ -74,6 +79,60 @@ fn listen(port: u16) -> Value {
     let result = TcpListener::bind(("0.0.0.0", port));
     let (error, errno) = refusal(&result);
     json!({"listening": result.is_ok(), "error": error, "errno": errno})
+}
+
+/// Binds a socket to the unspecified address and `port` (without listening).
+fn bind(proto: &str, port: u16) -> Value {
+    let result = match proto {
+        // std has no bind-without-listen for TCP; wasi-libc's `bind` is the same call.
+        "tcp" => tcp_bind(port),
+        _ => UdpSocket::bind(("0.0.0.0", port)).map(drop),
+    };
+    let (error, errno) = refusal(&result);
+    json!({"bound": result.is_ok(), "error": error, "errno": errno})
+}
+
+/// `socket(2)` and `bind(2)` through wasi-libc (`tcp-socket.start-bind`).
+#[allow(
+    unsafe_code,
+    reason = "std cannot bind a TCP socket without listening; wasi-libc's `bind` is the same call"
+)]
+fn tcp_bind(port: u16) -> io::Result<()> {
+    use std::ffi::c_int;
+    #[repr(C)]
+    struct SockaddrIn {
+        family: u16,
+        port: u16,
+        addr: u32,
+        zero: [u8; 8],
+    }
+    unsafe extern "C" {
+        fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int;
+        fn bind(fd: c_int, addr: *const SockaddrIn, len: u32) -> c_int;
+        fn close(fd: c_int) -> c_int;
+    }
+    // wasi-libc: AF_INET = 1, SOCK_STREAM = 6.
+    // SAFETY: plain calls with a valid address of the right length.
+    unsafe {
+        let fd = socket(1, 6, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = SockaddrIn {
+            family: 1,
+            port: port.to_be(),
+            addr: 0,
+            zero: [0; 8],
+        };
+        let bound = bind(fd, &addr, size_of::<SockaddrIn>() as u32);
+        let result = if bound == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        close(fd);
+        result
+    }
 }
 
 /// Holds `count` sockets at once: UDP sockets bound to the unspecified address, or TCP

@@ -92,7 +92,8 @@ impl Grants {
     /// Whether a socket use is allowed; `Err` says why not and which field would allow it.
     ///
     /// Agents are clients: listening and accepting are always refused, and the only bind
-    /// allowed is to the unspecified address (the implicit bind before a connect or send).
+    /// allowed is to the unspecified address and port 0 (the implicit bind before a connect or
+    /// send).
     /// Connects, sends and receives need an address `allowedNetworkHosts` matches (any address
     /// with `networkAccessLevel: full`).
     pub fn socket_allowed(&self, addr: SocketAddr, usage: SocketAddrUse) -> Result<(), String> {
@@ -109,9 +110,17 @@ impl Grants {
             SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => {
                 Err("agents may not listen for or accept connections".into())
             }
-            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if addr.ip().is_unspecified() => Ok(()),
+            // Port 0: the system picks a free ephemeral port. A chosen port would let an agent
+            // hold a port the host or another program needs (any port, privileged ones too
+            // when the host runs as root) and, for UDP, receive what is sent to it.
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
+                if addr.ip().is_unspecified() && addr.port() == 0 =>
+            {
+                Ok(())
+            }
             SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => Err(format!(
-                "agents may bind only to the unspecified address, not {addr}"
+                "agents may bind only to the unspecified address and port 0 (a port the system \
+                 picks), not {addr}"
             )),
             _ if self.network_any || self.network.iter().any(|r| r.matches(addr)) => Ok(()),
             _ => Err(format!(

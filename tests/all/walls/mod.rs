@@ -6,3 +6,4 @@ mod fs;
 mod fs_tricks;
 mod host;
 mod net;
+mod net_tricks;
