@@ -9,6 +9,7 @@
 //! | `net.connect` | `target` (`host:port`) | `connected`, `error`, `errno` |
 //! | `net.udp-send` | `target` (`host:port`), `payload` (text, default `hostile`) | `sent` (bytes or `null`), `error`, `errno` |
 //! | `net.listen` | `port` (default 0) | `listening`, `error`, `errno` |
+//! | `net.lookup-burst` | `name`, `count`, `rounds` (default 1) | `rounds` times: starts `count` lookups of `name` with `resolve-addresses`, sleeps 1 ms holding them (so the host can start them), then drops them all without waiting for an answer: `started`, `refused` |
 //! | `net.bind` | `proto` (`tcp` or `udp`), `port` | `bound` (a socket bound to the unspecified address and `port`, held until the mode ends), `error`, `errno` |
 //! | `net.sockets` | `count`; `target` (`host:port`) to hold TCP connections to it instead of UDP sockets | `opened` (sockets held at once before the first refusal), `error`, `errno` |
 
@@ -32,6 +33,11 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["payload"].as_str().unwrap_or("hostile"),
         ),
         "listen" => listen(input["port"].as_u64().unwrap_or(0) as u16),
+        "lookup-burst" => lookup_burst(
+            &text("name")?,
+            input["count"].as_u64().unwrap_or(1),
+            input["rounds"].as_u64().unwrap_or(1),
+        ),
         "bind" => bind(
             input["proto"].as_str().unwrap_or("udp"),
             input["port"].as_u64().unwrap_or(0) as u16,
@@ -154,4 +160,55 @@ fn sockets(count: u64, tcp_target: Option<&str>) -> Value {
     drop((udp, tcp));
     let (error, errno) = refusal(&last);
     json!({"opened": opened, "error": error, "errno": errno})
+}
+
+/// Starts `count` lookups of `name` and drops each unanswered (`wasi:sockets/ip-name-lookup`
+/// called directly: the standard library always waits for the answer).
+#[allow(
+    unsafe_code,
+    reason = "no crate binds wasi:sockets here; these are the imports wasi-libc uses itself"
+)]
+fn lookup_burst(name: &str, count: u64, rounds: u64) -> Value {
+    #[link(wasm_import_module = "wasi:sockets/instance-network@0.2.0")]
+    unsafe extern "C" {
+        #[link_name = "instance-network"]
+        fn instance_network() -> i32;
+    }
+    #[link(wasm_import_module = "wasi:sockets/network@0.2.0")]
+    unsafe extern "C" {
+        #[link_name = "[resource-drop]network"]
+        fn drop_network(handle: i32);
+    }
+    #[link(wasm_import_module = "wasi:sockets/ip-name-lookup@0.2.0")]
+    unsafe extern "C" {
+        #[link_name = "resolve-addresses"]
+        fn resolve_addresses(network: i32, name: *const u8, len: usize, ret: *mut u32);
+        #[link_name = "[resource-drop]resolve-address-stream"]
+        fn drop_stream(handle: i32);
+    }
+    let (mut started, mut refused) = (0u64, 0u64);
+    // SAFETY: canonical ABI calls: a borrowed network handle, a string, and a return area of
+    // `result<own<resolve-address-stream>, error-code>` (tag at 0, payload at 4).
+    unsafe {
+        let network = instance_network();
+        for _ in 0..rounds {
+            let mut held = Vec::new();
+            for _ in 0..count {
+                let mut ret = [0u32; 2];
+                resolve_addresses(network, name.as_ptr(), name.len(), ret.as_mut_ptr());
+                if ret[0] & 0xff == 0 {
+                    started += 1;
+                    held.push(ret[1] as i32);
+                } else {
+                    refused += 1;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            for stream in held {
+                drop_stream(stream);
+            }
+        }
+        drop_network(network);
+    }
+    json!({"started": started, "refused": refused})
 }

@@ -42,6 +42,9 @@ pub struct AgentShared {
     pub tools: Arc<ToolRegistry>,
     /// Gate on in-flight host operations (`maxConcurrentOperations`).
     pub operations: Arc<tokio::sync::Semaphore>,
+    /// Name lookups that may run at once
+    /// ([`MAX_LOOKUPS_IN_FLIGHT`](crate::wasi::sockets::lookup::MAX_LOOKUPS_IN_FLIGHT)).
+    pub lookups: Arc<tokio::sync::Semaphore>,
     /// The context store, when the host has one; the agent acts in it as `id`.
     pub context: Option<crate::context::ContextService>,
     /// The run's synchronization points and this agent's subtask, inside a coordinated run.
