@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `net.resolve` | `name` | `addresses` (text), `error`, `errno` |
 //! | `net.connect` | `target` (`host:port`) | `connected`, `error`, `errno` |
-//! | `net.udp-send` | `target` (`host:port`), `payload` (text, default `hostile`) | `sent` (bytes or `null`), `error`, `errno` |
+//! | `net.udp-send` | `target` (`host:port`), `payload` (text, default `hostile`), `count` (default 1) | sends `count` datagrams from one socket: `sent` (bytes of the last, or `null` at the first refusal), `datagrams` (sent before it), `error`, `errno` |
 //! | `net.listen` | `port` (default 0) | `listening`, `error`, `errno` |
 //! | `net.lookup-burst` | `name`, `count`, `rounds` (default 1) | `rounds` times: starts `count` lookups of `name` with `resolve-addresses`, sleeps 1 ms holding them (so the host can start them), then drops them all without waiting for an answer: `started`, `refused` |
 //! | `net.bind` | `proto` (`tcp` or `udp`), `port` | `bound` (a socket bound to the unspecified address and `port`, held until the mode ends), `error`, `errno` |
@@ -31,6 +31,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "udp-send" => udp_send(
             &text("target")?,
             input["payload"].as_str().unwrap_or("hostile"),
+            input["count"].as_u64().unwrap_or(1),
         ),
         "listen" => listen(input["port"].as_u64().unwrap_or(0) as u16),
         "lookup-burst" => lookup_burst(
@@ -74,11 +75,18 @@ fn connect(target: &str) -> Value {
     json!({"connected": result.is_ok(), "error": error, "errno": errno})
 }
 
-fn udp_send(target: &str, payload: &str) -> Value {
-    let result =
-        UdpSocket::bind("0.0.0.0:0").and_then(|socket| socket.send_to(payload.as_bytes(), target));
+fn udp_send(target: &str, payload: &str, count: u64) -> Value {
+    let mut datagrams = 0u64;
+    let result = UdpSocket::bind("0.0.0.0:0").and_then(|socket| {
+        let mut sent = 0;
+        for _ in 0..count {
+            sent = socket.send_to(payload.as_bytes(), target)?;
+            datagrams += 1;
+        }
+        Ok(sent)
+    });
     let (error, errno) = refusal(&result);
-    json!({"sent": result.ok(), "error": error, "errno": errno})
+    json!({"sent": result.ok(), "datagrams": datagrams, "error": error, "errno": errno})
 }
 
 fn listen(port: u16) -> Value {

@@ -148,6 +148,10 @@ impl AgentShared {
                 &self.counters.file_operations,
                 u64::from(l.max_file_operations),
             ),
+            LimitKind::NetworkOperations => (
+                &self.counters.network_operations,
+                u64::from(l.max_network_operations),
+            ),
             _ => unreachable!("only counted budgets are taken"),
         };
         let used = counter.fetch_add(1, Ordering::Relaxed) + 1;
@@ -168,6 +172,10 @@ impl AgentShared {
             LimitKind::FileOperations => (
                 &self.counters.file_operations,
                 u64::from(l.max_file_operations),
+            ),
+            LimitKind::NetworkOperations => (
+                &self.counters.network_operations,
+                u64::from(l.max_network_operations),
             ),
             _ => return 0,
         };
