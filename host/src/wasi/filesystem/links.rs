@@ -9,7 +9,11 @@
 //!   are refused, while `a/b -> ../x` is fine.
 //! - `rename-at` of a symbolic link checks its target again from its new directory, and
 //!   `rename-at` of a directory to a shallower place checks every link inside it (at most
-//!   [`MAX_MOVED_ENTRIES`] entries, else the move is refused) from where it would be.
+//!   [`MAX_MOVED_ENTRIES`] entries and [`MAX_MOVED_DEPTH`] levels, else the move is refused)
+//!   from where it would be.
+//! - `link-at` of a symbolic link (a hard link to the link itself, as `linkat` without
+//!   `AT_SYMLINK_FOLLOW` makes) checks its target from the new name's directory, as
+//!   `symlink-at` would.
 //! - `link-at` (hard links) is refused (`cross-device`, EXDEV) when the old and new descriptors
 //!   belong to different preopened directories, so a writable mount can never get a name for a
 //!   file of a read-only one.
@@ -120,10 +124,10 @@ pub(super) fn check_target(target: &str, depth: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Entries [`check_moved_dir`] looks at before it gives up (and refuses the move).
+/// Entries `check_moved_dir` looks at before it gives up (and refuses the move).
 pub const MAX_MOVED_ENTRIES: usize = 10_000;
 
-/// Levels of directories below a directory moved up that [`check_moved_dir`] looks into; a
+/// Levels of directories below a directory moved up that `check_moved_dir` looks into; a
 /// directory nested deeper inside it cannot be moved up.
 pub const MAX_MOVED_DEPTH: usize = 64;
 

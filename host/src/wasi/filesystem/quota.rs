@@ -7,9 +7,13 @@
 //!   down, unlink) gives nothing back: the quota bounds what the agent may add during its run,
 //!   so writing, truncating and writing again is charged twice. Past the quota the call fails
 //!   with `insufficient-space` (ENOSPC) and nothing is written.
-//! - **Files** (`resourceLimits.maxFilesCreated`): each file created by `open-at` with `create`,
-//!   each directory, symbolic link and hard link takes one unit; past it the call fails with
-//!   `quota` (EDQUOT). A create that fails gives its unit back.
+//! - **Files** (`resourceLimits.maxFilesCreated`): each file created by `open-at` with `create`
+//!   (also through a dangling symbolic link, when `symlink-follow` is set), each directory,
+//!   symbolic link and hard link takes one unit; past it the call fails with `quota` (EDQUOT).
+//!   A create that fails gives its unit back.
+//! - **Tools**: the `fs.write` tool charges the same quotas (through
+//!   [`crate::tools::DiskQuota`]): all the bytes it writes, and a unit when the file is new;
+//!   past them it fails with `limit-exceeded` before touching the file.
 //! - **Stream calls** (`resourceLimits.maxFileOperations`): every `read`, `blocking-read`,
 //!   `skip`, `write` and `blocking-write-and-flush` on a stream from `read-via-stream`,
 //!   `write-via-stream` or `append-via-stream` is one file operation (the stream's creation is
