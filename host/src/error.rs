@@ -204,6 +204,9 @@ pub enum LimitKind {
     LogBytes,
     /// Bytes of one host-call argument (see `crate::interfaces::limits`).
     ArgumentSize,
+    /// `resourceLimits.maxNetworkOperations`: name lookups, binds, connects, datagrams sent
+    /// and received.
+    NetworkOperations,
 }
 
 impl LimitKind {
@@ -221,6 +224,7 @@ impl LimitKind {
             LimitKind::OpenHandles => "resourceLimits.maxOpenHandles",
             LimitKind::DiskBytes => "resourceLimits.maxDiskBytes",
             LimitKind::FilesCreated => "resourceLimits.maxFilesCreated",
+            LimitKind::NetworkOperations => "resourceLimits.maxNetworkOperations",
             LimitKind::LogBytes => "configurationOverrides.maxLogBytes",
             LimitKind::ArgumentSize => "host-call argument size",
         }
@@ -243,6 +247,7 @@ impl fmt::Display for LimitKind {
             LimitKind::FilesCreated => "files created",
             LimitKind::LogBytes => "log bytes",
             LimitKind::ArgumentSize => "argument size",
+            LimitKind::NetworkOperations => "network operations",
         })
     }
 }

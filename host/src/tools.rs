@@ -39,6 +39,24 @@ pub struct ToolContext {
     pub agent_id: String,
     /// The agent's preopened directories.
     pub preopens: Arc<Vec<Preopen>>,
+    /// The agent's disk quotas, which a tool that creates or grows files charges exactly as
+    /// the agent's own WASI calls are charged; `None` (a tool called outside an agent) means
+    /// no quota.
+    pub quota: Option<Arc<dyn DiskQuota>>,
+}
+
+/// An agent's `resourceLimits.maxDiskBytes` and `maxFilesCreated`, shared by its WASI
+/// filesystem and its file tools (see `wasi::filesystem` for what is charged). A refusal
+/// records the limit on the agent and says why.
+pub trait DiskQuota: Send + Sync + std::fmt::Debug {
+    /// Charges `bytes` of growth of the agent's files; `Err` past `maxDiskBytes`.
+    fn charge_bytes(&self, bytes: u64, what: &str) -> Result<(), String>;
+    /// Gives back bytes charged for growth that did not happen.
+    fn refund_bytes(&self, bytes: u64);
+    /// Takes one created file; `Err` past `maxFilesCreated`.
+    fn take_file(&self, what: &str) -> Result<(), String>;
+    /// Gives back a file unit whose create failed.
+    fn refund_file(&self);
 }
 
 /// Why a tool failed; mapped onto `qi:agent/tools.tool-error`.
@@ -50,6 +68,9 @@ pub enum ToolFailure {
     /// The tool refused for access reasons (e.g. a path outside the agent's directories).
     #[error("{0}")]
     AccessDenied(String),
+    /// The tool refused because the agent is out of a budget (a disk quota).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The tool ran and failed.
     #[error("{0}")]
     Failed(String),
@@ -222,7 +243,7 @@ impl Tool for FsRead {
 }
 
 /// `fs.write {"path", "content"}` → `{"path", "bytes"}`: creates or replaces a file in a
-/// writable grant.
+/// writable grant, charged against the agent's disk quotas ([`ToolContext::quota`]).
 struct FsWrite;
 
 impl Tool for FsWrite {
@@ -251,9 +272,37 @@ impl Tool for FsWrite {
                         preopen.guest_path
                     )));
                 }
-                let mut file = preopen.dir.create(&rel).map_err(|e| io_failure(&path, e))?;
-                file.write_all(content.as_bytes())
-                    .map_err(|e| io_failure(&path, e))?;
+                // Charged as the guest's own `open-at` with `create` and `truncate` plus a
+                // write would be: all the bytes written, and a file unit when the file is
+                // new. Both before the file is touched, so a refusal leaves it as it was.
+                let bytes = content.len() as u64;
+                let creates = preopen.dir.metadata(&rel).is_err();
+                let quota = ctx.quota.as_deref();
+                if let Some(q) = quota {
+                    q.charge_bytes(bytes, "fs.write")
+                        .map_err(ToolFailure::LimitExceeded)?;
+                    if creates && let Err(why) = q.take_file("fs.write") {
+                        q.refund_bytes(bytes);
+                        return Err(ToolFailure::LimitExceeded(why));
+                    }
+                }
+                let refund = |written: u64, created: bool| {
+                    if let Some(q) = quota {
+                        q.refund_bytes(bytes - written);
+                        if creates && !created {
+                            q.refund_file();
+                        }
+                    }
+                };
+                let mut file = preopen.dir.create(&rel).map_err(|e| {
+                    refund(0, false);
+                    io_failure(&path, e)
+                })?;
+                file.write_all(content.as_bytes()).map_err(|e| {
+                    let written = file.metadata().map_or(0, |m| m.len().min(bytes));
+                    refund(written, true);
+                    io_failure(&path, e)
+                })?;
                 Ok(json!({"path": path, "bytes": content.len()}))
             })
             .await

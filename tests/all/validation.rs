@@ -222,6 +222,7 @@ fn set_budget(s: &mut SubAgentSpecification, field: &str, v: u64) {
         "resourceLimits.maxOpenHandles" => l.max_open_handles = small(),
         "resourceLimits.maxDiskBytes" => l.max_disk_bytes = v,
         "resourceLimits.maxFilesCreated" => l.max_files_created = small(),
+        "resourceLimits.maxNetworkOperations" => l.max_network_operations = small(),
         other => panic!("no setter for {other}"),
     }
 }
@@ -240,7 +241,7 @@ fn every_budget_at_its_isolation_ceiling_passes_and_one_more_is_refused() {
         IsolationLevel::Monitored,
     ] {
         let c = IsolationCeilings::of(level);
-        let table: [(&str, u64); 9] = [
+        let table: [(&str, u64); 10] = [
             ("fuel", c.fuel),
             (
                 "configurationOverrides.fuelYieldInterval",
@@ -259,6 +260,10 @@ fn every_budget_at_its_isolation_ceiling_passes_and_one_more_is_refused() {
             ("resourceLimits.maxOpenHandles", c.max_open_handles.into()),
             ("resourceLimits.maxDiskBytes", c.max_disk_bytes),
             ("resourceLimits.maxFilesCreated", c.max_files_created.into()),
+            (
+                "resourceLimits.maxNetworkOperations",
+                c.max_network_operations.into(),
+            ),
         ];
         for (field, ceiling) in table {
             let mut s = SubAgentSpecification {

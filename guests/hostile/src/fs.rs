@@ -9,7 +9,7 @@
 //!
 //! | mode | input | what it does |
 //! |---|---|---|
-//! | `fs.hold-handles` | `path`, `count` | opens `path` `count` times, keeping every file open (it goes on after refusals; `refused` counts them) |
+//! | `fs.hold-handles` | `path`, `count`, `sleep_ms` | opens `path` `count` times, keeping every file open (it goes on after refusals; `refused` counts them), then sleeps `sleep_ms` ms (a pollable) while holding them |
 //! | `fs.fill-disk` | `path`, `bytes` | creates `path` and writes `bytes` bytes with one `write_all` |
 //! | `fs.stream-write` | `path`, `bytes`, `chunk` | creates `path` and writes `bytes` bytes in `write` calls of `chunk` bytes |
 //! | `fs.stream-read` | `path`, `chunk` | reads `path` to its end in `read` calls of `chunk` bytes |
@@ -19,6 +19,11 @@
 //! | `fs.symlink-out` | `links`: `[[target, link], ...]` | creates each symbolic link |
 //! | `fs.hardlink-cross` | `links`: `[[existing, new], ...]` | creates each hard link |
 //! | `fs.rename` | `links`: `[[from, to], ...]` | renames each (to move a link to a shallower place) |
+//! | `fs.ops` | `ops`, `loop`, `repeat` | runs each step of `ops` once, then the steps of `loop` `repeat` times (`{i}` in a path is the round); never fails, reports `done`, `refused`, the first `error` and the first 64 `results` (`[step, ok]`) |
+//!
+//! Steps of `fs.ops`: `["create", path]` (create or truncate, following links), `["mkdir", path]`,
+//! `["symlink", target, link]`, `["hardlink", existing, new]`, `["rename", from, to]`,
+//! `["remove", path]`, `["append", path, bytes]`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -31,7 +36,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
     let path = || str_arg(input, "path");
     let num = |name: &str| input[name].as_u64().unwrap_or(0);
     let report = match attack {
-        "hold-handles" => hold_handles(&path()?, num("count")),
+        "hold-handles" => hold_handles(&path()?, num("count"), num("sleep_ms")),
         "fill-disk" => write_file(&path()?, num("bytes"), None),
         "stream-write" => write_file(&path()?, num("bytes"), Some(num("chunk").max(1))),
         "stream-read" => stream_read(&path()?, num("chunk").max(1)),
@@ -41,6 +46,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "symlink-out" => return links(input, symlink),
         "hardlink-cross" => return links(input, |t, l| fs::hard_link(t, l)),
         "rename" => return links(input, |from, to| fs::rename(from, to)),
+        "ops" => return TaskOutput::json(&ops(input)),
         _ => return Err(crate::unknown(&format!("fs.{attack}"))),
     };
     finish(report)
@@ -77,7 +83,7 @@ fn finish(report: Value) -> Result<TaskOutput, AgentError> {
     Err(AgentError::Failed(text))
 }
 
-fn hold_handles(path: &str, count: u64) -> Value {
+fn hold_handles(path: &str, count: u64, sleep_ms: u64) -> Value {
     let mut held = Vec::new();
     let mut refused = 0;
     let mut first = None;
@@ -89,6 +95,11 @@ fn hold_handles(path: &str, count: u64) -> Value {
                 first.get_or_insert(e);
             }
         }
+    }
+    // Waiting needs one more handle (a pollable), which `subscribe` cannot refuse with an
+    // error.
+    if sleep_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
     }
     report(held.len() as u64, first, json!({"refused": refused}))
 }
@@ -231,4 +242,54 @@ fn links(
         })
         .collect();
     TaskOutput::json(&json!({ "attempts": attempts }))
+}
+
+/// Runs one step of `fs.ops` with `{i}` replaced by `round`.
+fn step(op: &Value, round: u64) -> io::Result<()> {
+    let arg = |n: usize| {
+        op[n]
+            .as_str()
+            .unwrap_or_default()
+            .replace("{i}", &round.to_string())
+    };
+    match op[0].as_str().unwrap_or_default() {
+        "create" => File::create(arg(1)).map(drop),
+        "mkdir" => fs::create_dir(arg(1)),
+        "symlink" => symlink(&arg(1), &arg(2)),
+        "hardlink" => fs::hard_link(arg(1), arg(2)),
+        "rename" => fs::rename(arg(1), arg(2)),
+        "remove" => fs::remove_file(arg(1)),
+        "append" => OpenOptions::new()
+            .append(true)
+            .open(arg(1))
+            .and_then(|mut f| f.write_all(&vec![b'a'; op[2].as_u64().unwrap_or(0) as usize])),
+        other => Err(io::Error::other(format!("unknown step `{other}`"))),
+    }
+}
+
+/// `fs.ops`: `ops` once, then `loop` `repeat` times; every refusal is reported, none stops it.
+fn ops(input: &Value) -> Value {
+    let once = input["ops"].as_array().cloned().unwrap_or_default();
+    let each = input["loop"].as_array().cloned().unwrap_or_default();
+    let rounds = input["repeat"].as_u64().unwrap_or(0);
+    let steps = once
+        .iter()
+        .map(|op| (op, 0))
+        .chain((0..rounds).flat_map(|i| each.iter().map(move |op| (op, i))));
+    let (mut done, mut refused, mut first) = (0u64, 0u64, None);
+    let mut results = Vec::new();
+    for (op, round) in steps {
+        let result = step(op, round);
+        if results.len() < 64 {
+            results.push(json!([op, result.is_ok()]));
+        }
+        match result {
+            Ok(()) => done += 1,
+            Err(e) => {
+                refused += 1;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    report(done, first, json!({"refused": refused, "results": results}))
 }

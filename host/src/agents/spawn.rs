@@ -262,6 +262,9 @@ impl AgentHost {
             operations: Arc::new(tokio::sync::Semaphore::new(
                 spec.resource_limits.max_concurrent_operations as usize,
             )),
+            lookups: Arc::new(tokio::sync::Semaphore::new(
+                crate::wasi::sockets::lookup::MAX_LOOKUPS_IN_FLIGHT,
+            )),
             spec,
             overrides,
             grants,

@@ -77,6 +77,7 @@ fn prepare_call(
     let ctx = ToolContext {
         agent_id: shared.id.clone(),
         preopens: Arc::new(grants.preopens.clone()),
+        quota: Some(shared.clone()),
     };
     Ok(tool.call(ctx, value))
 }
@@ -95,6 +96,7 @@ async fn finish_call(fut: crate::tools::ToolFuture) -> Result<String, ToolError>
         }
         Err(ToolFailure::InvalidInput(m)) => Err(ToolError::InvalidInput(m)),
         Err(ToolFailure::AccessDenied(m)) => Err(ToolError::AccessDenied(m)),
+        Err(ToolFailure::LimitExceeded(m)) => Err(ToolError::LimitExceeded(m)),
         Err(ToolFailure::Failed(m)) => Err(ToolError::Failed(m)),
     }
 }

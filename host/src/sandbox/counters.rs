@@ -19,6 +19,8 @@ pub struct Counters {
     pub network_allowed: AtomicU64,
     /// Socket uses the allow-list refused.
     pub network_denied: AtomicU64,
+    /// Units of `maxNetworkOperations` taken (every decided network use).
+    pub network_operations: AtomicU64,
     /// `wasi:sockets/ip-name-lookup` calls, refused ones included (each is also counted in
     /// `network_allowed` or `network_denied`).
     pub dns_lookups: AtomicU64,

@@ -92,7 +92,8 @@ impl Grants {
     /// Whether a socket use is allowed; `Err` says why not and which field would allow it.
     ///
     /// Agents are clients: listening and accepting are always refused, and the only bind
-    /// allowed is to the unspecified address (the implicit bind before a connect or send).
+    /// allowed is to the unspecified address and port 0 (the implicit bind before a connect or
+    /// send).
     /// Connects, sends and receives need an address `allowedNetworkHosts` matches (any address
     /// with `networkAccessLevel: full`).
     pub fn socket_allowed(&self, addr: SocketAddr, usage: SocketAddrUse) -> Result<(), String> {
@@ -109,9 +110,17 @@ impl Grants {
             SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => {
                 Err("agents may not listen for or accept connections".into())
             }
-            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind if addr.ip().is_unspecified() => Ok(()),
+            // Port 0: the system picks a free ephemeral port. A chosen port would let an agent
+            // hold a port the host or another program needs (any port, privileged ones too
+            // when the host runs as root) and, for UDP, receive what is sent to it.
+            SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
+                if addr.ip().is_unspecified() && addr.port() == 0 =>
+            {
+                Ok(())
+            }
             SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => Err(format!(
-                "agents may bind only to the unspecified address, not {addr}"
+                "agents may bind only to the unspecified address and port 0 (a port the system \
+                 picks), not {addr}"
             )),
             _ if self.network_any || self.network.iter().any(|r| r.matches(addr)) => Ok(()),
             _ => Err(format!(
@@ -216,6 +225,7 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
             writable,
         });
     }
+    check_nested_grants(&preopens)?;
     Ok(Grants {
         allowed_tools,
         prohibited,
@@ -224,4 +234,42 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
         preopens,
         monitored: spec.isolation_level == IsolationLevel::Monitored || sec.resource_monitoring,
     })
+}
+
+/// Refuses a read-only grant whose directory is inside (or is) the directory of a writable
+/// grant of the same agent: the agent could write the read-only data through the writable
+/// mount. Compared on the real paths of the opened directories, so a link in a host path
+/// does not hide the overlap. (A writable grant inside a read-only one is fine: that part is
+/// writable anyway.)
+fn check_nested_grants(preopens: &[Preopen]) -> crate::Result<()> {
+    let real = |p: &Preopen| {
+        crate::wasi::filesystem::links::real_path(&*p.dir)
+            .or_else(|| std::fs::canonicalize(&p.host_path).ok())
+    };
+    let paths: Vec<_> = preopens.iter().map(real).collect();
+    for (i, (ro, ro_path)) in preopens.iter().zip(&paths).enumerate() {
+        let Some(ro_path) = ro_path.as_ref().filter(|_| !ro.writable) else {
+            continue;
+        };
+        for (j, (rw, rw_path)) in preopens.iter().zip(&paths).enumerate() {
+            if rw.writable
+                && let Some(rw_path) = rw_path
+                && ro_path.starts_with(rw_path)
+            {
+                return Err(crate::Error::field(
+                    format!("directories[{i}].hostPath"),
+                    format!(
+                        "`{}` is granted read-only at `{}` but is inside `{}`, granted read-write \
+                         at `{}` (directories[{j}]), through which the agent could change it; \
+                         grant it read-write, or grant a read-write directory beside it",
+                        ro.host_path.display(),
+                        ro.guest_path,
+                        rw.host_path.display(),
+                        rw.guest_path,
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -38,6 +38,9 @@ pub struct AgentShared {
     pub tools: Arc<ToolRegistry>,
     /// Gate on in-flight host operations (`maxConcurrentOperations`).
     pub operations: Arc<tokio::sync::Semaphore>,
+    /// Name lookups that may run at once
+    /// ([`MAX_LOOKUPS_IN_FLIGHT`](crate::wasi::sockets::lookup::MAX_LOOKUPS_IN_FLIGHT)).
+    pub lookups: Arc<tokio::sync::Semaphore>,
     /// The context store, when the host has one; the agent acts in it as `id`.
     pub context: Option<crate::context::ContextService>,
     /// The run's synchronization points and this agent's subtask, inside a coordinated run.
@@ -143,6 +146,10 @@ impl AgentShared {
                 &self.counters.file_operations,
                 u64::from(l.max_file_operations),
             ),
+            LimitKind::NetworkOperations => (
+                &self.counters.network_operations,
+                u64::from(l.max_network_operations),
+            ),
             _ => unreachable!("only counted budgets are taken"),
         };
         let used = counter.fetch_add(1, Ordering::Relaxed) + 1;
@@ -163,6 +170,10 @@ impl AgentShared {
             LimitKind::FileOperations => (
                 &self.counters.file_operations,
                 u64::from(l.max_file_operations),
+            ),
+            LimitKind::NetworkOperations => (
+                &self.counters.network_operations,
+                u64::from(l.max_network_operations),
             ),
             _ => return 0,
         };

@@ -18,6 +18,7 @@
 //! | `resourceLimits.maxOpenHandles` | 256 | 256 | 1,024 | 4,096 |
 //! | `resourceLimits.maxDiskBytes` | 64 MiB | 64 MiB | 4 GiB | 64 GiB |
 //! | `resourceLimits.maxFilesCreated` | 1,000 | 1,000 | 100,000 | 1,000,000 |
+//! | `resourceLimits.maxNetworkOperations` | 10,000 | 10,000 | 1,000,000 | 10,000,000 |
 //!
 //! `fuelYieldInterval` is the number of fuel units between the points where a running agent
 //! hands control back to the host, which is when its deadline and `terminate` are noticed; its
@@ -48,6 +49,8 @@ pub struct IsolationCeilings {
     pub max_disk_bytes: u64,
     /// Largest `resourceLimits.maxFilesCreated`.
     pub max_files_created: u32,
+    /// Largest `resourceLimits.maxNetworkOperations`.
+    pub max_network_operations: u32,
 }
 
 /// Ceiling of `fuelYieldInterval` at every level.
@@ -67,6 +70,7 @@ impl IsolationCeilings {
                 max_open_handles: 256,
                 max_disk_bytes: 64 << 20,
                 max_files_created: 1_000,
+                max_network_operations: 10_000,
             },
             IsolationLevel::Restricted => IsolationCeilings {
                 fuel: 200_000_000_000,
@@ -78,6 +82,7 @@ impl IsolationCeilings {
                 max_open_handles: 1_024,
                 max_disk_bytes: 4 << 30,
                 max_files_created: 100_000,
+                max_network_operations: 1_000_000,
             },
             IsolationLevel::Monitored => IsolationCeilings {
                 fuel: 1_000_000_000_000,
@@ -89,6 +94,7 @@ impl IsolationCeilings {
                 max_open_handles: 4_096,
                 max_disk_bytes: 64 << 30,
                 max_files_created: 1_000_000,
+                max_network_operations: 10_000_000,
             },
         }
     }
@@ -99,7 +105,7 @@ impl IsolationCeilings {
         &self,
         spec: &super::SubAgentSpecification,
         overrides: &super::ResolvedOverrides,
-    ) -> [(&'static str, u64, u64); 9] {
+    ) -> [(&'static str, u64, u64); 10] {
         let l = &spec.resource_limits;
         [
             ("fuel", spec.fuel, self.fuel),
@@ -143,6 +149,11 @@ impl IsolationCeilings {
                 l.max_files_created.into(),
                 self.max_files_created.into(),
             ),
+            (
+                "resourceLimits.maxNetworkOperations",
+                l.max_network_operations.into(),
+                self.max_network_operations.into(),
+            ),
         ]
     }
 }
@@ -169,6 +180,7 @@ mod tests {
             assert!(limits.max_open_handles <= c.max_open_handles);
             assert!(limits.max_disk_bytes <= c.max_disk_bytes);
             assert!(limits.max_files_created <= c.max_files_created);
+            assert!(limits.max_network_operations <= c.max_network_operations);
             assert!(crate::spec::DEFAULT_MAX_LOG_BYTES <= c.max_log_bytes);
             assert!(crate::spec::DEFAULT_FUEL_YIELD_INTERVAL <= c.fuel_yield_interval);
         }

@@ -131,6 +131,12 @@ pub struct ResourceLimits {
     /// Files and directories the agent may create on its writable mounts (links included).
     /// Past it, a create fails with `quota` (EDQUOT).
     pub max_files_created: u32,
+    /// How many network operations the agent may make: name lookups, binds, connects,
+    /// datagrams sent, and datagrams received (a datagram from an address outside the
+    /// allow-list, dropped, counts too). Each is counted in the receipt and audited; past the
+    /// budget each is refused (`access-denied`) without an audit entry, so neither the agent
+    /// nor whoever sends it datagrams can grow the audit log without bound.
+    pub max_network_operations: u32,
 }
 
 impl Default for ResourceLimits {
@@ -145,6 +151,7 @@ impl Default for ResourceLimits {
             max_open_handles: 256,
             max_disk_bytes: 64 << 20,
             max_files_created: 1_000,
+            max_network_operations: 10_000,
         }
     }
 }

@@ -15,7 +15,9 @@
 //!   limit if the agent then fails.
 //!
 //! Every attempt counts once in the receipt: `network_allowed` or `network_denied`, plus
-//! `dns_lookups` for lookups. Every attempt is in the agent's audit log when one is attached:
+//! `dns_lookups` for lookups. Every decided attempt takes one unit of
+//! `resourceLimits.maxNetworkOperations`; past it, attempts are refused (and counted as
+//! denied) without an audit entry, and the report names the limit. Every attempt is in the agent's audit log when one is attached:
 //! refusals by the allow-list or the handle cap as `deny` entries naming the reason, allowed
 //! uses as `allow` entries (with policies loaded, the access gate writes the entry instead).
 
@@ -138,6 +140,15 @@ pub(crate) fn decide(
     action: &str,
     allow_list: Result<(), String>,
 ) -> bool {
+    // The budget first: past it nothing is audited or logged, so a flood of attempts (or of
+    // datagrams from outside, each checked on receipt) costs the host only this count.
+    if shared.take_budget(LimitKind::NetworkOperations).is_err() {
+        shared
+            .counters
+            .network_denied
+            .fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
     let gated = shared.access.as_ref().is_some_and(|a| a.enabled());
     let allowed = match allow_list {
         Err(reason) => {

@@ -9,7 +9,11 @@
 //!   are refused, while `a/b -> ../x` is fine.
 //! - `rename-at` of a symbolic link checks its target again from its new directory, and
 //!   `rename-at` of a directory to a shallower place checks every link inside it (at most
-//!   [`MAX_MOVED_ENTRIES`] entries, else the move is refused) from where it would be.
+//!   [`MAX_MOVED_ENTRIES`] entries and [`MAX_MOVED_DEPTH`] levels, else the move is refused)
+//!   from where it would be.
+//! - `link-at` of a symbolic link (a hard link to the link itself, as `linkat` without
+//!   `AT_SYMLINK_FOLLOW` makes) checks its target from the new name's directory, as
+//!   `symlink-at` would.
 //! - `link-at` (hard links) is refused (`cross-device`, EXDEV) when the old and new descriptors
 //!   belong to different preopened directories, so a writable mount can never get a name for a
 //!   file of a read-only one.
@@ -120,36 +124,62 @@ pub(super) fn check_target(target: &str, depth: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Entries [`check_moved_dir`] looks at before it gives up (and refuses the move).
+/// Entries `check_moved_dir` looks at before it gives up (and refuses the move).
 pub const MAX_MOVED_ENTRIES: usize = 10_000;
 
+/// Levels of directories below a directory moved up that `check_moved_dir` looks into; a
+/// directory nested deeper inside it cannot be moved up.
+pub const MAX_MOVED_DEPTH: usize = 64;
+
 /// Checks every link inside `dir` as if `dir` were `depth` levels below the mount root, looking
-/// at no more than `left` entries in all.
+/// at no more than `left` entries in all and no deeper than [`MAX_MOVED_DEPTH`] levels below
+/// `dir`.
+///
+/// The walk keeps a list of paths relative to `dir` rather than recursing with open
+/// directories: a guest can nest directories thousands of levels deep with short paths, and
+/// one frame and two descriptors per level would overflow the stack of the host call (which
+/// aborts the host) and use the host's descriptors beyond the agent's share.
 pub(super) fn check_moved_dir(
     dir: &cap_std::fs::Dir,
     depth: usize,
     left: &mut usize,
 ) -> Result<(), String> {
     let io = |e: std::io::Error| format!("checking the links of a moved directory: {e}");
-    for entry in dir.entries().map_err(io)? {
-        let entry = entry.map_err(io)?;
-        *left = left.checked_sub(1).ok_or_else(|| {
-            format!("a directory with more than {MAX_MOVED_ENTRIES} entries cannot be moved up")
-        })?;
-        let kind = entry.file_type().map_err(io)?;
-        if kind.is_symlink() {
-            let target = dir.read_link(entry.file_name()).map_err(io)?;
-            check_target(&target.to_string_lossy(), depth)?;
-        } else if kind.is_dir() {
-            let sub = entry.open_dir().map_err(io)?;
-            check_moved_dir(&sub, depth + 1, left)?;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let below = rel.components().count();
+        let sub;
+        let here = if below == 0 {
+            dir
+        } else {
+            sub = dir.open_dir(&rel).map_err(io)?;
+            &sub
+        };
+        for entry in here.entries().map_err(io)? {
+            let entry = entry.map_err(io)?;
+            *left = left.checked_sub(1).ok_or_else(|| {
+                format!("a directory with more than {MAX_MOVED_ENTRIES} entries cannot be moved up")
+            })?;
+            let kind = entry.file_type().map_err(io)?;
+            if kind.is_symlink() {
+                let target = here.read_link(entry.file_name()).map_err(io)?;
+                check_target(&target.to_string_lossy(), depth + below)?;
+            } else if kind.is_dir() {
+                if below == MAX_MOVED_DEPTH {
+                    return Err(format!(
+                        "a directory with directories nested more than {MAX_MOVED_DEPTH} levels \
+                         deep cannot be moved up"
+                    ));
+                }
+                pending.push(rel.join(entry.file_name()));
+            }
         }
     }
     Ok(())
 }
 
 /// The real host path of an open file or directory (Linux: `/proc/self/fd`), `None` elsewhere.
-pub(super) fn real_path(file: &impl std::os::fd::AsFd) -> Option<PathBuf> {
+pub(crate) fn real_path(file: &impl std::os::fd::AsFd) -> Option<PathBuf> {
     use std::os::fd::AsRawFd;
     std::fs::read_link(format!("/proc/self/fd/{}", file.as_fd().as_raw_fd())).ok()
 }

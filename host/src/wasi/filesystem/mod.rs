@@ -21,10 +21,10 @@
 //! Every refusal at a limit records it on the agent, so the agent's report names the limit.
 
 mod checks;
-mod links;
+pub(crate) mod links;
 mod quota;
 
-pub use links::FsState;
+pub use links::{FsState, MAX_MOVED_DEPTH, MAX_MOVED_ENTRIES};
 
 use crate::sandbox::{AgentShared, AgentState};
 use crate::spec::SubAgentSpecification;
@@ -259,6 +259,11 @@ impl HostDescriptor for CountingFs<'_> {
                 format!("hard link `{new_path}` to `{old_path}` would cross mounts"),
             ));
         }
+        // Without `symlink-follow` (wasmtime-wasi refuses it) a hard link to a symbolic link
+        // is a second name for the link itself, so its target must stay inside from there.
+        if let Ok(target) = self.inner.readlink_at(again(&fd), old_path.clone()).await {
+            self.check_symlink(&new_descriptor, &target, &new_path)?;
+        }
         let taken = self.take_file(&new_descriptor, "link-at")?;
         let result = self
             .inner
@@ -282,10 +287,12 @@ impl HostDescriptor for CountingFs<'_> {
         self.gate(&path, if writes { "write" } else { "open" })?;
         self.room("open-at")?;
         let mount = self.fs.mount_of(fd.rep());
+        // Looked up as the open will (following a final link with `symlink-follow`), so that a
+        // file created through a dangling link takes its unit too.
         let creates = oflags.contains(types::OpenFlags::CREATE)
             && self
                 .inner
-                .stat_at(again(&fd), types::PathFlags::empty(), path.clone())
+                .stat_at(again(&fd), path_flags, path.clone())
                 .await
                 .is_err();
         let taken = creates && self.take_file(&fd, "open-at with create")?;

@@ -7,9 +7,13 @@
 //!   down, unlink) gives nothing back: the quota bounds what the agent may add during its run,
 //!   so writing, truncating and writing again is charged twice. Past the quota the call fails
 //!   with `insufficient-space` (ENOSPC) and nothing is written.
-//! - **Files** (`resourceLimits.maxFilesCreated`): each file created by `open-at` with `create`,
-//!   each directory, symbolic link and hard link takes one unit; past it the call fails with
-//!   `quota` (EDQUOT). A create that fails gives its unit back.
+//! - **Files** (`resourceLimits.maxFilesCreated`): each file created by `open-at` with `create`
+//!   (also through a dangling symbolic link, when `symlink-follow` is set), each directory,
+//!   symbolic link and hard link takes one unit; past it the call fails with `quota` (EDQUOT).
+//!   A create that fails gives its unit back.
+//! - **Tools**: the `fs.write` tool charges the same quotas (through
+//!   [`crate::tools::DiskQuota`]): all the bytes it writes, and a unit when the file is new;
+//!   past them it fails with `limit-exceeded` before touching the file.
 //! - **Stream calls** (`resourceLimits.maxFileOperations`): every `read`, `blocking-read`,
 //!   `skip`, `write` and `blocking-write-and-flush` on a stream from `read-via-stream`,
 //!   `write-via-stream` or `append-via-stream` is one file operation (the stream's creation is
@@ -32,9 +36,8 @@ use wasmtime_wasi::p2::{
 pub(super) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCode> {
     let max = u64::from(shared.spec.resource_limits.max_files_created);
     let counter = &shared.counters.files_created;
-    let used = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    if used > max {
-        counter.fetch_sub(1, Ordering::Relaxed);
+    if let Err(before) = take(counter, 1, max) {
+        let used = before + 1;
         shared.record_violation(
             LimitKind::FilesCreated,
             max,
@@ -46,6 +49,16 @@ pub(super) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCod
         return Err(ErrorCode::Quota);
     }
     Ok(())
+}
+
+/// Adds `n` to `counter` unless that would pass `max` (or overflow); `Err` holds the count
+/// before. One atomic step, so the counter never holds a value past `max`, even for a moment
+/// (a guest's `set-size` to 2^64 - 1 must not wrap it) and concurrent charges near the limit
+/// cannot refuse each other.
+fn take(counter: &std::sync::atomic::AtomicU64, n: u64, max: u64) -> Result<u64, u64> {
+    counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+        used.checked_add(n).filter(|&u| u <= max)
+    })
 }
 
 /// Gives back a unit taken by a create that failed.
@@ -63,10 +76,8 @@ pub(super) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Res
     }
     let max = shared.spec.resource_limits.max_disk_bytes;
     let counter = &shared.counters.disk_bytes;
-    let before = counter.fetch_add(growth, Ordering::Relaxed);
-    let used = before.saturating_add(growth);
-    if used > max {
-        counter.fetch_sub(growth, Ordering::Relaxed);
+    if let Err(before) = take(counter, growth, max) {
+        let used = before.saturating_add(growth);
         shared.record_violation(
             LimitKind::DiskBytes,
             max,
@@ -238,5 +249,54 @@ impl OutputStream for CountedOutput {
 
     async fn cancel(&mut self) {
         self.inner.cancel().await
+    }
+}
+
+/// The file tools' view of the same quotas (see [`crate::tools::DiskQuota`]).
+impl crate::tools::DiskQuota for AgentShared {
+    fn charge_bytes(&self, bytes: u64, what: &str) -> Result<(), String> {
+        charge_bytes(self, bytes, what).map_err(|_| self.refusal(LimitKind::DiskBytes, what))
+    }
+
+    fn refund_bytes(&self, bytes: u64) {
+        refund_bytes(self, bytes);
+    }
+
+    fn take_file(&self, what: &str) -> Result<(), String> {
+        take_file(self, what).map_err(|_| self.refusal(LimitKind::FilesCreated, what))
+    }
+
+    fn refund_file(&self) {
+        refund_file(self);
+    }
+}
+
+impl AgentShared {
+    /// What a tool says when `limit` refused `what`.
+    fn refusal(&self, limit: LimitKind, what: &str) -> String {
+        let max = match limit {
+            LimitKind::DiskBytes => self.spec.resource_limits.max_disk_bytes,
+            _ => u64::from(self.spec.resource_limits.max_files_created),
+        };
+        let field = match limit {
+            LimitKind::DiskBytes => "resourceLimits.maxDiskBytes",
+            _ => "resourceLimits.maxFilesCreated",
+        };
+        format!("{what} refused: past {field} ({max})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_charge_past_the_quota_or_past_u64_leaves_the_counter_as_it_was() {
+        let c = AtomicU64::new(100);
+        assert_eq!(take(&c, 900, 1_000), Ok(100));
+        assert_eq!(take(&c, 1, 1_000), Err(1_000));
+        assert_eq!(take(&c, u64::MAX, u64::MAX), Err(1_000));
+        assert_eq!(c.load(std::sync::atomic::Ordering::Relaxed), 1_000);
     }
 }

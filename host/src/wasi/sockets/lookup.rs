@@ -12,6 +12,9 @@
 //! - any other name: `access-denied`, before anything is sent. `access-denied` rather than
 //!   `name-unresolvable` so that a guest can tell "not allowed" from "does not exist".
 //!
+//! At most [`MAX_LOOKUPS_IN_FLIGHT`] of an agent's lookups run at once; the others wait, and a
+//! lookup dropped before it started never sends anything.
+//!
 //! Each call counts once in `dns_lookups` and once in `network_allowed` or `network_denied`,
 //! and is audited as action `resolve` on `network/<name>` (see [`super`]).
 //!
@@ -39,6 +42,13 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, SocketResult};
 /// removed): a guest cannot make the host hold an unbounded answer.
 pub const MAX_ADDRESSES_PER_LOOKUP: usize = 16;
 
+/// Lookups of one agent that run at once. The host's resolver (`getaddrinfo`) blocks a
+/// thread of the shared blocking pool (which also runs every agent's file I/O) until the
+/// answer or the resolver's timeout; a lookup the guest drops cannot stop it. Past this
+/// number, a new lookup waits for a running one to end, and a dropped one that has not
+/// started never runs.
+pub const MAX_LOOKUPS_IN_FLIGHT: usize = 2;
+
 /// Longest name accepted, in bytes (the DNS limit for a full name).
 pub const MAX_NAME_BYTES: usize = 253;
 
@@ -65,12 +75,24 @@ impl Lookup {
     /// admits.
     fn spawn(name: String, shared: Arc<AgentShared>) -> Self {
         let task = tokio::spawn(async move {
-            let found = tokio::net::lookup_host((name.as_str(), 0))
+            // Dropping the lookup aborts this task: while it waits here nothing has started;
+            // once the resolver runs, the permit goes with it and comes back when it ends.
+            let permit = shared
+                .lookups
+                .clone()
+                .acquire_owned()
                 .await
-                .map_err(|e| {
-                    tracing::debug!(agent = %shared.id, name, error = %e, "lookup failed");
+                .map_err(|_| ErrorCode::Unknown)?;
+            let id = shared.id.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0)).map_err(|e| {
+                    tracing::debug!(agent = %id, name, error = %e, "lookup failed");
                     ErrorCode::NameUnresolvable
-                })?;
+                })
+            })
+            .await
+            .map_err(|_| ErrorCode::Unknown)??;
             let mut kept = Vec::new();
             for ip in found.map(|a| a.ip().to_canonical()) {
                 if shared.grants.address_admitted(ip) && !kept.contains(&ip) {

@@ -29,6 +29,9 @@ const SIXTEEN: &str = "sixteen.qi-host.test";
 const SEVENTEEN: &str = "seventeen.qi-host.test";
 /// Is 127.0.0.1 at its first `A` query, then 127.0.0.9 and 127.0.0.1.
 const MOVING: &str = "moving.qi-host.test";
+/// Is 127.0.0.1 at its first `A` query (the spawn's); every later `A` query gets no answer,
+/// so each lookup holds a resolver thread for the resolver's timeout.
+const SLOW: &str = "slow.qi-host.test";
 
 #[test]
 fn refused_lookup_sends_no_packet() {
@@ -173,10 +176,31 @@ async fn in_namespace() {
     assert_eq!(out["addresses"], json!(["127.0.0.1"]), "{out}");
     assert!(asked_a(MOVING) >= 2, "the lookup of {MOVING} sent no query");
 
+    // Lookups started and dropped at once cannot pile up resolver threads (shared by every
+    // agent and by all file I/O): at most MAX_LOOKUPS_IN_FLIGHT of the agent's lookups run at
+    // once, and a dropped one that has not started never does.
+    let (out, burst) = run_agent(
+        &[SLOW],
+        json!({"mode": "net.lookup-burst", "name": SLOW, "count": 100, "rounds": 2}),
+    )
+    .await;
+    assert_eq!(out["started"], 200, "{out}");
+    assert_eq!(burst.usage.dns_lookups, 200);
+    // A lookup that completes after the burst: its query follows theirs.
+    let (out, _) = resolve(ALLOWED, ALLOWED).await;
+    assert_eq!(out["addresses"], json!(["127.0.0.1"]), "{out}");
+    let in_flight = qi_host::wasi::sockets::lookup::MAX_LOOKUPS_IN_FLIGHT;
+    // Each lookup (the spawn's first) asks for `A` and `AAAA`.
+    assert!(
+        asked(SLOW) <= 2 + 2 * in_flight,
+        "{} queries for {SLOW} from the spawn and 200 dropped lookups",
+        asked(SLOW)
+    );
+
     let seen = queries.lock().unwrap().clone();
     assert!(
         seen.iter()
-            .all(|q| [ALLOWED, SIXTEEN, SEVENTEEN, MOVING].contains(&q.0.as_str())),
+            .all(|q| [ALLOWED, SIXTEEN, SEVENTEEN, MOVING, SLOW].contains(&q.0.as_str())),
         "only allowed names may be queried; the server saw {seen:?}"
     );
 }
@@ -194,12 +218,13 @@ fn records(name: &str, nth: usize) -> Vec<[u8; 4]> {
         SEVENTEEN => (1..=17).map(|i| [127, 0, 1, i]).collect(),
         MOVING if nth == 0 => vec![[127, 0, 0, 1]],
         MOVING => vec![[127, 0, 0, 9], [127, 0, 0, 1]],
+        SLOW => vec![[127, 0, 0, 1]],
         _ => Vec::new(),
     }
 }
 
-/// Serves DNS on 127.0.0.1:53 (UDP), answering `A` questions from [`records`] and any other
-/// question with no records. Returns the names and types asked, in order.
+/// Serves DNS on 127.0.0.1:53 (UDP), answering `A` questions from [`records`] (except the
+/// later ones for [`SLOW`]) and any other question with no records. Returns the names and types asked, in order.
 async fn serve_dns() -> Arc<Mutex<Vec<(String, u16)>>> {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:53").await.unwrap();
     let queries = Arc::new(Mutex::new(Vec::new()));
@@ -214,14 +239,17 @@ async fn serve_dns() -> Arc<Mutex<Vec<(String, u16)>>> {
             let Some((name, qtype, question_end)) = question(&buf[..n]) else {
                 continue;
             };
-            let found = if qtype == 1 {
+            let (found, unanswered) = if qtype == 1 {
                 let nth = a_queries.entry(name.clone()).or_default();
                 *nth += 1;
-                records(&name, *nth - 1)
+                (records(&name, *nth - 1), name == SLOW && *nth > 1)
             } else {
-                Vec::new()
+                (Vec::new(), false)
             };
             seen.lock().unwrap().push((name, qtype));
+            if unanswered {
+                continue;
+            }
             let _ = socket
                 .send_to(&answer(&buf[..question_end], &found), peer)
                 .await;
