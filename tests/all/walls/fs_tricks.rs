@@ -207,7 +207,7 @@ async fn waiting_with_a_full_handle_table_ends_the_agent_at_the_handle_limit() {
     let (limit, detail) = limit(&full);
     assert_eq!(limit, qi_host::LimitKind::OpenHandles, "{detail}");
     assert!(
-        detail.contains("all 64 of resourceLimits.maxOpenHandles in use"),
+        detail.contains("maxOpenHandles = 64") && detail.contains("handle table is full"),
         "{detail}"
     );
 }
