@@ -509,7 +509,7 @@ async fn spawn_section(host: &AgentHost) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  ratio qi-host / bare (median): {:.2}  (target <= 1.5)",
+        "  ratio qi-host / bare (median): {:.2}  (target <= 1.3)",
         us(q.median) / us(b.median)
     );
     println!(

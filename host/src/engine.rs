@@ -8,8 +8,16 @@
 //!   control back to tokio so one spinning agent cannot starve the others and so a deadline or a
 //!   `terminate` is noticed within one interval. Epoch interruption cost 58-80 % on a
 //!   memory-write-heavy loop in a spike here, so qi-host does not enable epochs. Fuel is not free
-//!   either: `cargo bench --bench runtime -- fuel` measured a 1.5 % slowdown on a CPU-bound loop
-//!   but 25-45 % on a very tight memory-write loop (the per-loop fuel check dominates there).
+//!   either. Cranelift adds each basic block's cost to a fuel counter and checks it at every loop
+//!   back-edge and function entry: two or three instructions per iteration, so the slowdown is
+//!   the larger the smaller a loop's body. `cargo bench --bench runtime -- fuel` (2 cores,
+//!   `RUST_BACKTRACE=1`, other builds running) measured, against an unmetered engine in the same
+//!   run: 1.01-1.10 on a CPU-bound loop, 1.01-1.02 on strided read-modify-write over 1 MiB and
+//!   1.07-1.09 over 32 MiB; an earlier session measured 1.25-1.45 on the tight memory loop. The
+//!   yield interval is not the cause: yielding every 10⁶ units, every 10⁷ or never gave the same
+//!   slowdown within noise. What to choose: keep the default interval (10⁶) unless an agent's
+//!   reaction time to a deadline or `terminate` may be longer (up to the 10⁷ ceiling); a guest
+//!   whose hot loop is a few instructions pays most, and unrolling that loop is what lowers it.
 //! - **Wall clock**: the agent's whole run (instantiate, `describe`, `run`, including time
 //!   blocked in WASI or host calls, which are async) is one future raced against a tokio timer
 //!   and the agent's terminate signal; when either fires the future is dropped, which unwinds
