@@ -1,5 +1,6 @@
-//! The containment matrix: every attack of the `hostile` guest, under `sandbox` and under
-//! `restricted`, all at once in one host process beside well-behaved agents.
+//! The containment matrix: every attack of the `hostile` guest (files, handles, disk, links,
+//! network, host-call arguments, stdio, exit), under `sandbox` and under `restricted`, all at
+//! once in one host process (with a context store) beside well-behaved agents.
 //!
 //! Each hostile agent must end with its own precise outcome (the limit its report names, or
 //! the refusals it saw), the well-behaved agents' results must be exact, and afterwards the
@@ -16,8 +17,9 @@ mod common;
 use common::*;
 use qi_guest_artifacts::{FILE_STATS_COMPONENT, HELLO_COMPONENT, HOSTILE_COMPONENT};
 use qi_host::{
-    AgentReport, DirectoryGrant, ErrorCategory, FileSystemAccess, IsolationLevel, LimitKind,
-    NetworkAccessLevel, SubAgentSpecification, TaskRequest,
+    AgentFailure, AgentHost, AgentReport, DirectoryGrant, ErrorCategory, FileSystemAccess,
+    HostConfig, IsolationLevel, LimitKind, NetworkAccessLevel, SubAgentSpecification, TaskRequest,
+    ToolRegistry,
 };
 use serde_json::{Value, json};
 use std::net::TcpListener;
@@ -27,6 +29,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// What each open descriptor points at, for the failure message.
+fn fd_targets() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    v.sort();
+    v
 }
 
 fn rss_bytes() -> u64 {
@@ -88,6 +101,8 @@ enum Expect {
     Output(fn(&Value) -> bool, &'static str),
     /// Failed as the agent's own error (BUSINESS), not the host's.
     AgentError,
+    /// Ended by its own `exit` with this status.
+    Exited(i32),
 }
 
 struct Case {
@@ -101,11 +116,15 @@ struct Case {
 }
 
 fn sandboxed() -> SubAgentSpecification {
-    spec()
+    let mut s = spec();
+    s.security_constraints.allowed_tools = vec!["clock.now".into()];
+    // Room for the guest to build a document one byte over the 16 MiB argument limit.
+    s.resource_limits.max_memory_mb = 128;
+    s
 }
 
 fn restricted(mount: &Path, network: &[String]) -> SubAgentSpecification {
-    let mut s = spec();
+    let mut s = sandboxed();
     s.isolation_level = IsolationLevel::Restricted;
     s.security_constraints.file_system_access = FileSystemAccess::Restricted;
     s.directories.push(DirectoryGrant {
@@ -185,6 +204,47 @@ fn attacks(canary_port: u16) -> Vec<(&'static str, Value, Expect)> {
             Expect::Output(|o| o["connected"] == false && refused(o), "connect refused"),
         ),
         (
+            "host.big-doc",
+            json!({"bytes": (16 << 20) + 1}),
+            Expect::Limit(LimitKind::ArgumentSize),
+        ),
+        (
+            "host.call-many",
+            json!({"count": 65}),
+            Expect::Limit(LimitKind::ArgumentSize),
+        ),
+        (
+            "host.share-list",
+            json!({"count": 257}),
+            Expect::Limit(LimitKind::ArgumentSize),
+        ),
+        (
+            "host.subscribe-list",
+            json!({"count": 257}),
+            Expect::Limit(LimitKind::ArgumentSize),
+        ),
+        (
+            "host.big-event",
+            json!({"bytes": (1 << 20) + 1}),
+            Expect::Limit(LimitKind::ArgumentSize),
+        ),
+        (
+            "host.tool-input",
+            json!({"bytes": (1 << 20) + 1}),
+            Expect::Limit(LimitKind::ArgumentSize),
+        ),
+        (
+            "host.big-log",
+            json!({"bytes": 1 << 20, "fields": 1000}),
+            Expect::Output(|o| o["ok"] == true, "the log record truncated, not refused"),
+        ),
+        (
+            "host.stdout",
+            json!({"bytes": 1 << 20}),
+            Expect::Output(|o| o["ok"] == true, "stdout past the capture discarded"),
+        ),
+        ("host.exit", json!({"code": 3}), Expect::Exited(1)),
+        (
             "net.sockets",
             json!({"count": 10_000}),
             Expect::Output(
@@ -205,7 +265,9 @@ fn cases(root: &Path, canary: &Canary, allowed_port: u16) -> Vec<Case> {
             spec: sandboxed(),
             component: HOSTILE_COMPONENT,
             input: input.clone(),
-            expect: if mode.starts_with("fs.") && mode != "fs.symlink-out" {
+            expect: if mode.starts_with("host.") {
+                expect
+            } else if mode.starts_with("fs.") && mode != "fs.symlink-out" {
                 Expect::AgentError
             } else {
                 Expect::Output(
@@ -235,9 +297,36 @@ fn cases(root: &Path, canary: &Canary, allowed_port: u16) -> Vec<Case> {
     cases
 }
 
-async fn run_case(case: &Case) -> AgentReport {
-    let agent = host()
-        .spawn(&load(case.component), case.spec.clone())
+/// A host with a context store (the `host.*` attacks use the context and the event bus).
+async fn matrix_host() -> Arc<AgentHost> {
+    let host = AgentHost::with_tools(
+        HostConfig {
+            max_live_agents: 256,
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        },
+        ToolRegistry::with_builtins(),
+    )
+    .expect("host starts")
+    .with_context(in_memory_context().await);
+    Arc::new(host)
+}
+
+async fn run_on(
+    host: &AgentHost,
+    component: &str,
+    spec: SubAgentSpecification,
+    input: Value,
+) -> AgentReport {
+    let component = host.load(component).expect("bundled guest loads");
+    host.run(&component, spec, TaskRequest::new("matrix", input))
+        .await
+        .expect("spawns")
+}
+
+async fn run_case(host: &AgentHost, case: &Case) -> AgentReport {
+    let agent = host
+        .spawn(&host.load(case.component).unwrap(), case.spec.clone())
         .await
         .unwrap_or_else(|e| panic!("{}: spawn: {e}", case.name));
     agent
@@ -255,24 +344,29 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
     let canary = Canary::start();
     let allowed = Canary::start();
 
-    // Warm up: compile every component and fill the pool with agents that behave.
+    let host = matrix_host().await;
+    // Warm up: load every component (each stays mapped from the cache for the host's life) and
+    // fill the pool with agents that behave.
     for path in [HELLO_COMPONENT, FILE_STATS_COMPONENT, HOSTILE_COMPONENT] {
-        load(path);
+        host.load(path).expect("bundled guest loads");
     }
     for i in 0..8 {
-        ok(&run(HELLO_COMPONENT, spec(), json!({"n": i})).await);
+        ok(&run_on(&host, HELLO_COMPONENT, spec(), json!({"n": i})).await);
     }
     let (fds_before, rss_before) = (open_fds(), rss_bytes());
+    let targets_before = fd_targets();
 
     let cases = Arc::new(cases(root.path(), &canary, allowed.port));
     let mut hostile = Vec::new();
     for i in 0..cases.len() {
-        let cases = cases.clone();
-        hostile.push(tokio::spawn(async move { run_case(&cases[i]).await }));
+        let (cases, host) = (cases.clone(), host.clone());
+        hostile.push(tokio::spawn(
+            async move { run_case(&host, &cases[i]).await },
+        ));
     }
     let mut good = Vec::new();
     for n in 0..40usize {
-        let ws = ws.clone();
+        let (ws, host) = (ws.clone(), host.clone());
         good.push(tokio::spawn(async move {
             if n % 4 == 3 {
                 let mut s = spec();
@@ -282,10 +376,10 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
                     guest_path: "/workspace".into(),
                     writable: Some(false),
                 });
-                let r = run(FILE_STATS_COMPONENT, s, json!(null)).await;
+                let r = run_on(&host, FILE_STATS_COMPONENT, s, json!(null)).await;
                 assert_eq!(ok(&r)["total"]["words"], 3, "file-stats {n}");
             } else {
-                let r = run(HELLO_COMPONENT, spec(), json!({"n": n})).await;
+                let r = run_on(&host, HELLO_COMPONENT, spec(), json!({"n": n})).await;
                 assert_eq!(ok(&r)["input"]["n"], n, "hello {n}");
             }
         }));
@@ -311,6 +405,12 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
                 let out = ok(&report);
                 assert!(check(out), "{}: expected {what}, got {out}", case.name);
             }
+            Expect::Exited(status) => assert_eq!(
+                report.failure,
+                Some(AgentFailure::Exited { status }),
+                "{}",
+                case.name
+            ),
             Expect::AgentError => assert_eq!(
                 report.error_category,
                 Some(ErrorCategory::Business),
@@ -331,7 +431,7 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
         }
     }
 
-    assert!(host().list().is_empty(), "agents left: {:?}", host().list());
+    assert!(host.list().is_empty(), "agents left: {:?}", host.list());
     assert_eq!(
         std::fs::read_to_string(root.path().join("outside-file")).unwrap(),
         "canary"
@@ -344,7 +444,8 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
     let fds_after = open_fds();
     assert!(
         fds_after <= fds_before,
-        "host descriptors: {fds_before} before, {fds_after} after"
+        "host descriptors: {fds_before} before, {fds_after} after: {targets_before:?} then {:?}",
+        fd_targets()
     );
     let grown = rss_bytes().saturating_sub(rss_before);
     assert!(
