@@ -41,7 +41,7 @@
 
 use crate::error::{Error, Result};
 use crate::interfaces::AgentPre;
-use crate::sandbox::AgentState;
+use crate::interfaces::AgentState;
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

@@ -1,8 +1,8 @@
 //! `qi:agent/budget`: what the agent has left of each budget.
 
+use super::AgentState;
 use super::Remaining;
 use crate::error::LimitKind;
-use crate::sandbox::AgentState;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::StoreContextMut;

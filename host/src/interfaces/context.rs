@@ -1,11 +1,12 @@
 //! `qi:agent/context`: the shared, versioned context store, as the agent's host-assigned id.
 
+use super::AgentState;
 use super::limits::{self, MAX_DOCUMENT_BYTES, MAX_SHARE_AGENTS, MAX_SHARE_PERMISSIONS};
 use super::qi;
 use crate::context::{
     Change, ContextError, ContextService, NewContext, Permission, Refusal, SyncStrategy,
 };
-use crate::sandbox::{AgentShared, AgentState};
+use crate::sandbox::AgentShared;
 use qi::agent::context::{
     ContextError as WitContextError, Document, WriteResult as WitWriteResult,
 };

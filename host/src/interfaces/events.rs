@@ -1,11 +1,11 @@
 //! `qi:agent/events`: subscriptions to the event bus and custom events.
 
+use super::AgentState;
 use super::context::{context_call, context_error};
 use super::limits::{self, MAX_EVENT_DATA_BYTES, MAX_SUBSCRIBE_CONTEXTS, MAX_SUBSCRIBE_TYPES};
 use super::qi;
 use crate::context::{ContextError, Permission};
 use crate::events::{EventError, EventType, NewEvent, SubscribeFrom};
-use crate::sandbox::AgentState;
 use qi::agent::context::ContextError as WitContextError;
 use qi::agent::events::{Event as WitEvent, EventError as WitEventError};
 use std::sync::atomic::Ordering;

@@ -5,11 +5,12 @@
 //! [`MAX_LOG_FIELDS`] are dropped before anything else is done with them, and once the agent's
 //! `maxLogBytes` are spent further records are dropped and counted (`logs_dropped`).
 
+use super::AgentState;
 use super::Level;
 pub use super::limits::{MAX_LOG_FIELDS, MAX_LOG_MESSAGE_BYTES};
 use super::limits::{MAX_LOG_KEY_BYTES, MAX_LOG_VALUE_BYTES};
 use super::qi;
-use crate::sandbox::{AgentState, LogRecord, MAX_KEPT_LOG_RECORDS};
+use crate::sandbox::{LogRecord, MAX_KEPT_LOG_RECORDS};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};

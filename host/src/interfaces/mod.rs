@@ -7,7 +7,6 @@
 //! To add a host interface: add its `.wit` file, copy one of these modules (an `impl Host for
 //! AgentState` plus an `add_to_linker`), and list it in [`linker`].
 
-use crate::sandbox::AgentState;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
@@ -17,6 +16,7 @@ pub mod events;
 pub mod limits;
 pub mod log;
 pub(crate) mod output;
+pub mod state;
 pub mod sync;
 pub mod tools;
 
@@ -33,6 +33,7 @@ mod generated {
 
 pub(crate) use generated::qi;
 pub use generated::{Agent, AgentPre};
+pub use state::AgentState;
 
 pub use qi::agent::budget::Remaining;
 pub use qi::agent::log::Level;
@@ -46,7 +47,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::wasi::filesystem::shadow_filesystem(&mut linker)?;
     crate::wasi::sockets::shadow_sockets(&mut linker)?;
-    crate::sandbox::wasi_calls::shadow_clocks_and_random(&mut linker)?;
+    crate::wasi::clocks::shadow_clocks_and_random(&mut linker)?;
     qi::agent::types::add_to_linker::<AgentState, wasmtime::component::HasSelf<AgentState>>(
         &mut linker,
         |s| s,

@@ -1,10 +1,10 @@
 //! `qi:agent/sync`: the synchronization points of a coordinated run.
 
+use super::AgentState;
 use super::limits::{self, MAX_SYNC_PAYLOAD_BYTES, MAX_VOTE_BYTES};
 use super::qi;
 use crate::coord::sync::{SyncFailure, SyncPointType};
 use crate::sandbox::AgentShared;
-use crate::sandbox::AgentState;
 use qi::agent::sync::{SyncError as WitSyncError, SyncOutcome as WitSyncOutcome};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,11 +1,12 @@
 //! `qi:agent/tools`: tool calls, alone or in a batch, through the agent's grants and budgets.
 
+use super::AgentState;
 use super::limits::{self, MAX_CALL_MANY_REQUESTS};
 pub use super::limits::{MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT_BYTES};
 use super::qi;
 use super::{ToolError, ToolRequest};
 use crate::error::LimitKind;
-use crate::sandbox::{AgentShared, AgentState};
+use crate::sandbox::AgentShared;
 use crate::tools::{ToolContext, ToolFailure};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -242,10 +242,8 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
 /// does not hide the overlap. (A writable grant inside a read-only one is fine: that part is
 /// writable anyway.)
 fn check_nested_grants(preopens: &[Preopen]) -> crate::Result<()> {
-    let real = |p: &Preopen| {
-        crate::wasi::filesystem::links::real_path(&*p.dir)
-            .or_else(|| std::fs::canonicalize(&p.host_path).ok())
-    };
+    let real =
+        |p: &Preopen| real_path(&*p.dir).or_else(|| std::fs::canonicalize(&p.host_path).ok());
     let paths: Vec<_> = preopens.iter().map(real).collect();
     for (i, (ro, ro_path)) in preopens.iter().zip(&paths).enumerate() {
         let Some(ro_path) = ro_path.as_ref().filter(|_| !ro.writable) else {
@@ -272,4 +270,10 @@ fn check_nested_grants(preopens: &[Preopen]) -> crate::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The real host path of an open file or directory (Linux: `/proc/self/fd`), `None` elsewhere.
+pub(crate) fn real_path(file: &impl std::os::fd::AsFd) -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_fd().as_raw_fd())).ok()
 }

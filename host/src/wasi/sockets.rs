@@ -27,7 +27,8 @@ pub mod udp;
 
 use crate::audit::{AuditDecision, NewAuditEntry};
 use crate::error::LimitKind;
-use crate::sandbox::{AgentShared, AgentState};
+use crate::sandbox::AgentShared;
+use crate::wasi::AgentWasiView;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,26 +53,27 @@ impl HasData for SocketsData {
     type Data<'a> = Sockets<'a>;
 }
 
-fn sockets(state: &mut AgentState) -> Sockets<'_> {
+fn sockets<T: AgentWasiView>(state: &mut T) -> Sockets<'_> {
+    let parts = state.wasi_parts();
     Sockets {
         inner: WasiSocketsCtxView {
-            ctx: state.wasi.sockets(),
-            table: &mut state.table,
+            ctx: parts.ctx.sockets(),
+            table: parts.table,
         },
-        shared: &state.shared,
+        shared: parts.shared,
     }
 }
 
 /// Replaces wasmtime-wasi's `wasi:sockets/ip-name-lookup`, `tcp`, `tcp-create-socket`, `udp`
 /// and `udp-create-socket` in `linker` with the ones of this module (call it after
 /// `wasmtime_wasi::p2::add_to_linker_async`).
-pub fn shadow_sockets(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+pub fn shadow_sockets<T: AgentWasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    ip_name_lookup::add_to_linker::<AgentState, SocketsData>(linker, sockets)?;
-    tcp_create_socket::add_to_linker::<AgentState, SocketsData>(linker, sockets)?;
-    udp_create_socket::add_to_linker::<AgentState, SocketsData>(linker, sockets)?;
-    wasi_tcp::add_to_linker::<AgentState, SocketsData>(linker, sockets)?;
-    wasi_udp::add_to_linker::<AgentState, SocketsData>(linker, sockets)?;
+    ip_name_lookup::add_to_linker::<T, SocketsData>(linker, sockets::<T>)?;
+    tcp_create_socket::add_to_linker::<T, SocketsData>(linker, sockets::<T>)?;
+    udp_create_socket::add_to_linker::<T, SocketsData>(linker, sockets::<T>)?;
+    wasi_tcp::add_to_linker::<T, SocketsData>(linker, sockets::<T>)?;
+    wasi_udp::add_to_linker::<T, SocketsData>(linker, sockets::<T>)?;
     linker.allow_shadowing(false);
     Ok(())
 }

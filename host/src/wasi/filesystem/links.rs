@@ -22,6 +22,7 @@
 //! cap-std), nor do the host's file tools; these rules keep such links off the host's disk,
 //! where other host code or a later agent's grant could pass through them.
 
+pub(crate) use crate::sandbox::grants::real_path;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -176,12 +177,6 @@ pub(super) fn check_moved_dir(
         }
     }
     Ok(())
-}
-
-/// The real host path of an open file or directory (Linux: `/proc/self/fd`), `None` elsewhere.
-pub(crate) fn real_path(file: &impl std::os::fd::AsFd) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", file.as_fd().as_raw_fd())).ok()
 }
 
 /// The real host path of the directory a new link at `dest` (relative to `dir`) would be in.

@@ -26,8 +26,9 @@ mod quota;
 
 pub use links::{FsState, MAX_MOVED_DEPTH, MAX_MOVED_ENTRIES};
 
-use crate::sandbox::{AgentShared, AgentState};
+use crate::sandbox::AgentShared;
 use crate::spec::SubAgentSpecification;
+use crate::wasi::AgentWasiView;
 use quota::{CountedInput, CountedOutput, WriteAt};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -68,23 +69,24 @@ impl HasData for CountingFsData {
     type Data<'a> = CountingFs<'a>;
 }
 
-fn counting_fs(state: &mut AgentState) -> CountingFs<'_> {
+fn counting_fs<T: AgentWasiView>(state: &mut T) -> CountingFs<'_> {
+    let parts = state.wasi_parts();
     CountingFs {
         inner: WasiFilesystemCtxView {
-            ctx: state.wasi.filesystem(),
-            table: &mut state.table,
+            ctx: parts.ctx.filesystem(),
+            table: parts.table,
         },
-        shared: &state.shared,
-        fs: &mut state.fs,
+        shared: parts.shared,
+        fs: parts.fs,
     }
 }
 
 /// Replaces wasmtime-wasi's `wasi:filesystem/types` and `wasi:filesystem/preopens` in `linker`
 /// with the counting ones.
-pub fn shadow_filesystem(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+pub fn shadow_filesystem<T: AgentWasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    types::add_to_linker::<AgentState, CountingFsData>(linker, counting_fs)?;
-    preopens::add_to_linker::<AgentState, CountingFsData>(linker, counting_fs)?;
+    types::add_to_linker::<T, CountingFsData>(linker, counting_fs::<T>)?;
+    preopens::add_to_linker::<T, CountingFsData>(linker, counting_fs::<T>)?;
     linker.allow_shadowing(false);
     Ok(())
 }

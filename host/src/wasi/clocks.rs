@@ -1,5 +1,5 @@
 //! `wasi:clocks` and `wasi:random` with every call counted in
-//! [`Counters::wasi_calls`](super::Counters::wasi_calls).
+//! [`Counters::wasi_calls`](crate::sandbox::Counters::wasi_calls).
 //!
 //! Each function delegates to wasmtime-wasi's own implementation after one relaxed atomic
 //! increment, so the receipt shows how often a guest asked for the time or for randomness.
@@ -7,7 +7,8 @@
 //! every WASI call except `wasi:io` (streams and polls of resources those calls made),
 //! `wasi:cli` environment and exit, and dropping resources.
 
-use super::{AgentShared, AgentState};
+use super::AgentWasiView;
+use crate::sandbox::AgentShared;
 use std::sync::atomic::Ordering;
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::clocks::WasiClocksCtxView;
@@ -44,31 +45,33 @@ impl HasData for RandomData {
     type Data<'a> = CountingRandom<'a>;
 }
 
-fn clocks(state: &mut AgentState) -> CountingClocks<'_> {
+fn clocks<T: AgentWasiView>(state: &mut T) -> CountingClocks<'_> {
+    let parts = state.wasi_parts();
     CountingClocks {
         inner: WasiClocksCtxView {
-            ctx: state.wasi.clocks(),
-            table: &mut state.table,
+            ctx: parts.ctx.clocks(),
+            table: parts.table,
         },
-        shared: &state.shared,
+        shared: parts.shared,
     }
 }
 
-fn randomness(state: &mut AgentState) -> CountingRandom<'_> {
+fn randomness<T: AgentWasiView>(state: &mut T) -> CountingRandom<'_> {
+    let parts = state.wasi_parts();
     CountingRandom {
-        inner: state.wasi.random(),
-        shared: &state.shared,
+        inner: parts.ctx.random(),
+        shared: parts.shared,
     }
 }
 
 /// Replaces wasmtime-wasi's `wasi:clocks` and `wasi:random` in `linker` with the counting ones.
-pub fn shadow_clocks_and_random(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
+pub fn shadow_clocks_and_random<T: AgentWasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    wall_clock::add_to_linker::<AgentState, ClocksData>(linker, clocks)?;
-    monotonic_clock::add_to_linker::<AgentState, ClocksData>(linker, clocks)?;
-    random::add_to_linker::<AgentState, RandomData>(linker, randomness)?;
-    insecure::add_to_linker::<AgentState, RandomData>(linker, randomness)?;
-    insecure_seed::add_to_linker::<AgentState, RandomData>(linker, randomness)?;
+    wall_clock::add_to_linker::<T, ClocksData>(linker, clocks::<T>)?;
+    monotonic_clock::add_to_linker::<T, ClocksData>(linker, clocks::<T>)?;
+    random::add_to_linker::<T, RandomData>(linker, randomness::<T>)?;
+    insecure::add_to_linker::<T, RandomData>(linker, randomness::<T>)?;
+    insecure_seed::add_to_linker::<T, RandomData>(linker, randomness::<T>)?;
     linker.allow_shadowing(false);
     Ok(())
 }
