@@ -112,7 +112,7 @@ pub enum Error {
     /// usage measured up to it (fuel, peak memory, host and WASI calls, stdio), since guest code
     /// already ran.
     #[error("agent failed during spawn: {0}")]
-    Spawn(AgentFailure, Box<crate::sandbox::UsageReceipt>),
+    Spawn(AgentFailure, Box<crate::model::UsageReceipt>),
     /// A task manifest is invalid.
     #[error("{}", manifest_message(path, *line, key, message))]
     Manifest {

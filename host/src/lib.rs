@@ -39,6 +39,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod interfaces;
+pub mod model;
 pub mod sandbox;
 pub mod security;
 pub mod spec;

@@ -1,5 +1,6 @@
 //! Live per-agent counters and the usage receipt built from them.
 
+pub use crate::model::UsageReceipt;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,53 +71,6 @@ pub struct LogRecord {
     pub message: String,
     /// Structured fields.
     pub fields: Vec<(String, String)>,
-}
-
-/// Measured usage of one agent, never estimated.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct UsageReceipt {
-    /// Fuel units consumed (instantiation, `describe` and `run`).
-    pub fuel_consumed: u64,
-    /// Highest total linear memory, in bytes.
-    pub peak_memory_bytes: u64,
-    /// Wall time from spawn to result, in microseconds.
-    pub wall_time_us: u64,
-    /// Calls into `qi:agent` interfaces.
-    pub host_calls: u64,
-    /// Tool calls made (including refused ones).
-    pub tool_calls: u64,
-    /// WASI filesystem operations plus file tool calls.
-    pub file_operations: u64,
-    /// Socket uses allowed by the allow-list.
-    pub network_allowed: u64,
-    /// Socket uses refused.
-    pub network_denied: u64,
-    /// Name lookups, refused ones included (each also in `network_allowed` or
-    /// `network_denied`).
-    pub dns_lookups: u64,
-    /// Host calls refused by access checks.
-    pub access_denied: u64,
-    /// Log bytes accepted.
-    pub log_bytes: u64,
-    /// Log records dropped over budget.
-    pub logs_dropped: u64,
-    /// Bytes the agent added to its writable mounts: the growth of each file's logical size
-    /// (overwriting existing bytes is free; shrinking a file gives nothing back).
-    pub disk_bytes_written: u64,
-    /// Files, directories and links the agent created on its writable mounts.
-    pub files_created: u64,
-    /// WASI calls: filesystem and socket calls, clock and random calls, and writes to
-    /// stdout/stderr (`wasi:io` streams and polls, `wasi:cli` environment and exit, and resource
-    /// drops are not counted). Separate from `host_calls`, which counts `qi:agent` calls only.
-    pub wasi_calls: u64,
-    /// Bytes of stdout kept (at most 64 KiB).
-    pub stdout_bytes: u64,
-    /// Bytes of stderr kept (at most 64 KiB).
-    pub stderr_bytes: u64,
-    /// Bytes of stdout written past the 64 KiB capture and discarded.
-    pub stdout_dropped: u64,
-    /// Bytes of stderr written past the 64 KiB capture and discarded.
-    pub stderr_dropped: u64,
 }
 
 impl UsageReceipt {
