@@ -20,6 +20,12 @@
 //! - `host.checkpoint {bytes, point}`: a `sync.checkpoint` with a state of exactly `bytes`
 //!   bytes at a point id of `point` bytes (default 1).
 //! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
+//! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (default
+//!   `127.0.0.1:9`), answers how many were refused: each attempt is a decision the host audits.
+//! - `host.budget {count}`: calls `budget.get` `count` times.
+//! - `host.spoof-panic {then}`: writes a fake Rust panic message to stderr, then `then`:
+//!   `trap` (reads past the end of linear memory: a trap that is not a panic) or `panic` (a
+//!   real panic).
 //!
 //! A mode whose host call is refused fails with the host's message (`failed`); otherwise it
 //! returns `{"ok": true, ...}` with what the host answered.
@@ -44,6 +50,12 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
         "clock" => clock(n("count", 0)),
+        "connect-flood" => connect_flood(
+            n("count", 0),
+            input["target"].as_str().unwrap_or("127.0.0.1:9"),
+        ),
+        "budget" => budget(n("count", 0)),
+        "spoof-panic" => spoof_panic(input["then"].as_str().unwrap_or_default()),
         "checkpoint" => checkpoint(n("bytes", 2), n("point", 1))?,
         "tool" => tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?,
         _ => return Err(crate::unknown(&format!("host.{attack}"))),
@@ -186,4 +198,32 @@ fn checkpoint(bytes: usize, point: usize) -> Result<Value, AgentError> {
         Err(e) => Err(failed("sync.checkpoint", e)),
         Ok(_) => Ok(json!({"ok": true, "coordinated": true})),
     }
+}
+
+fn connect_flood(count: usize, target: &str) -> Value {
+    let refused = (0..count)
+        .filter(|_| std::net::TcpStream::connect(target).is_err())
+        .count();
+    json!({"ok": true, "refused": refused})
+}
+
+fn budget(count: usize) -> Value {
+    let fuel = (0..count)
+        .map(|_| qi_guest_sdk::wit::qi::agent::budget::get().fuel)
+        .min();
+    json!({"ok": true, "fuel": fuel})
+}
+
+fn spoof_panic(then: &str) -> Value {
+    eprintln!("thread '<unnamed>' panicked at src/spoofed.rs:1:1:\nspoofed message");
+    if then == "panic" {
+        panic!("the real panic");
+    }
+    // A trap that is not a panic: a load past the end of linear memory (far below 4 GiB).
+    let address = std::hint::black_box(0xffff_fff0_usize) as *const u64;
+    // SAFETY: none; the point is the trap. The address is outside linear memory, so the load
+    // traps before anything is read.
+    #[allow(unsafe_code)]
+    let value = unsafe { std::ptr::read_volatile(address) };
+    json!({"ok": true, "value": value})
 }

@@ -116,17 +116,18 @@ pub(super) fn classify(
                     detail: format!("call stack exhausted ({stack} bytes)"),
                 };
             }
+            // A Rust panic aborts with `unreachable`; any other trap is not a panic, whatever
+            // the guest wrote to stderr.
+            Trap::UnreachableCodeReached => {
+                if let Some(message) = panic_message(&stderr) {
+                    return AgentFailure::Panicked { message };
+                }
+            }
             _ => {}
-        }
-        if let Some(message) = panic_message(&stderr) {
-            return AgentFailure::Panicked { message };
         }
         return AgentFailure::Trapped {
             message: trap.to_string(),
         };
-    }
-    if let Some(message) = panic_message(&stderr) {
-        return AgentFailure::Panicked { message };
     }
     // Not a wasm trap but raised while the guest ran: a canonical-ABI violation (bad
     // pointer, invalid UTF-8), a misused WASI resource, ... The guest caused it.
@@ -150,9 +151,11 @@ fn limit_failure(
     })
 }
 
-/// Pulls the panic message out of a Rust guest's stderr.
+/// Pulls the panic message out of a Rust guest's stderr: the last one, since the panic that
+/// aborted the guest is the last thing it wrote (anything earlier may be text the guest wrote
+/// itself).
 fn panic_message(stderr: &str) -> Option<String> {
-    let at = stderr.find("panicked at ")?;
+    let at = stderr.rfind("panicked at ")?;
     let rest = &stderr[at + "panicked at ".len()..];
     let mut lines = rest.lines();
     let location = lines.next()?.trim_end_matches(':').to_string();

@@ -64,6 +64,15 @@ pub const MAX_LOG_KEY_BYTES: usize = 256;
 /// Bytes of a log field's value kept; longer values are truncated.
 pub const MAX_LOG_VALUE_BYTES: usize = 1 << 10;
 
+/// Audit entries one agent's own actions may add to the audit log: refused network attempts,
+/// access-gate decisions and (when monitored) host-call records. Each is cheap for the guest and
+/// is queued in host memory until the audit writer commits it, so a guest in a tight loop would
+/// otherwise grow the queue and the log without bound. Past the bound the entries are dropped
+/// and counted (`UsageReceipt::audit_dropped`), one `audit-truncated` entry says so, and every
+/// decision is still enforced and counted in the receipt. Lifecycle entries (spawn, finish,
+/// terminate, trust changes, the limit violation) are always written.
+pub const MAX_AUDIT_ENTRIES_PER_AGENT: u64 = 10_000;
+
 /// Bytes one guest-to-host transfer may carry (the Store's hostcall fuel): the sum of one host
 /// call's `string` and `list` arguments. Larger transfers are refused by wasmtime before
 /// anything is copied, and the agent ends with [`LimitKind::ArgumentSize`]. The largest

@@ -42,6 +42,10 @@ pub struct Counters {
     pub stdout_dropped: AtomicU64,
     /// Bytes of stderr discarded past the 64 KiB capture.
     pub stderr_dropped: AtomicU64,
+    /// Audit entries the agent's actions caused (see
+    /// [`MAX_AUDIT_ENTRIES_PER_AGENT`](crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT)),
+    /// written or not.
+    pub audit_entries: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -115,6 +119,10 @@ pub struct UsageReceipt {
     pub stdout_dropped: u64,
     /// Bytes of stderr written past the 64 KiB capture and discarded.
     pub stderr_dropped: u64,
+    /// Audit entries the agent's actions caused past
+    /// [`MAX_AUDIT_ENTRIES_PER_AGENT`](crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT),
+    /// which were dropped (the decisions were still enforced and counted).
+    pub audit_dropped: u64,
 }
 
 impl UsageReceipt {
@@ -134,6 +142,10 @@ impl UsageReceipt {
             wasi_calls: c.wasi_calls.load(Ordering::Relaxed),
             stdout_dropped: c.stdout_dropped.load(Ordering::Relaxed),
             stderr_dropped: c.stderr_dropped.load(Ordering::Relaxed),
+            audit_dropped: c
+                .audit_entries
+                .load(Ordering::Relaxed)
+                .saturating_sub(crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT),
             ..Default::default()
         }
     }

@@ -69,7 +69,8 @@ impl AgentShared {
             _ => None,
         };
         let no_labels = Vec::new();
-        let d = access.enforce_with(
+        let audit = self.take_audit_entry();
+        let d = access.enforce_with_audit(
             &policies,
             &crate::security::Request {
                 agent_id: &self.id,
@@ -85,6 +86,7 @@ impl AgentShared {
                 labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
                 action,
             },
+            audit,
         );
         if d.allowed {
             Ok(())
@@ -114,6 +116,33 @@ impl AgentShared {
                 .details(details),
             );
         }
+    }
+
+    /// Takes one of the audit entries the agent's own actions may add (refused network
+    /// attempts, gate decisions, monitored host calls): true when the entry may be written.
+    /// Past [`MAX_AUDIT_ENTRIES_PER_AGENT`] the entry is dropped and counted
+    /// (`UsageReceipt::audit_dropped`); the first one dropped writes one `audit-truncated`
+    /// entry instead. Without an audit log nothing is written or counted.
+    ///
+    /// [`MAX_AUDIT_ENTRIES_PER_AGENT`]: crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT
+    pub fn take_audit_entry(&self) -> bool {
+        use crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT as MAX;
+        if self.access.as_ref().and_then(|a| a.audit()).is_none() {
+            return false;
+        }
+        let n = self.counters.audit_entries.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == MAX + 1 {
+            self.audit(
+                "limits",
+                "audit-truncated",
+                format!(
+                    "the agent caused more than {MAX} audit entries; further ones are dropped \
+                     and counted in its receipt (audit_dropped), their decisions still enforced"
+                ),
+                serde_json::json!({"limit": MAX}),
+            );
+        }
+        n <= MAX
     }
 
     /// Records the first limit violation (later ones are consequences of the first).
@@ -182,12 +211,14 @@ impl AgentShared {
             return;
         }
         let duration_us = start.elapsed().as_micros() as u64;
-        self.audit(
-            &format!("call/{target}"),
-            call,
-            outcome.to_string(),
-            serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
-        );
+        if self.take_audit_entry() {
+            self.audit(
+                &format!("call/{target}"),
+                call,
+                outcome.to_string(),
+                serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
+            );
+        }
         let mut log = self.call_log.lock().expect("call log poisoned");
         // Bounded like everything a guest controls.
         if log.len() < 100_000 {

@@ -2,6 +2,7 @@
 //! with its own precise error while the host goes on. The agent's output, stdio, exit,
 //! identity, receipts and the old limits' pairs are in [`outcome`].
 
+mod flood;
 mod outcome;
 
 use crate::common::*;

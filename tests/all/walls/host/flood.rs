@@ -1,0 +1,104 @@
+//! Many small, individually valid calls that together would exhaust the host: every audit
+//! entry a guest can cause (refused network attempts, gate decisions, monitored host calls) is
+//! bounded per agent, and the receipt's counters stay exact past the bound. Also the panic
+//! message a guest writes to stderr without panicking.
+
+use super::*;
+use qi_host::NetworkAccessLevel;
+use qi_host::audit::AuditLog;
+use qi_host::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT;
+use qi_host::security::AccessControl;
+use std::sync::Arc;
+
+/// A host with an audit log and no policies, as `qi-host run-agent` has by default.
+async fn audited_host() -> (AgentHost, AuditLog) {
+    let svc = in_memory_context().await;
+    let audit = AuditLog::open(svc.store().clone())
+        .await
+        .expect("audit log opens");
+    let host = AgentHost::new(HostConfig {
+        max_live_agents: 4,
+        cache_dir: Some(cache_dir()),
+        ..HostConfig::default()
+    })
+    .expect("host starts")
+    .with_access(Arc::new(AccessControl::new(None, Some(audit.clone()))));
+    (host, audit)
+}
+
+async fn flood_on(host: &AgentHost, spec: SubAgentSpecification, input: Value) -> AgentReport {
+    host.run(
+        &host.load(HOSTILE_COMPONENT).expect("hostile loads"),
+        spec,
+        TaskRequest::new("flood", input),
+    )
+    .await
+    .expect("hostile spawns")
+}
+
+/// Lifecycle entries of one agent that ends normally: spawn and finish.
+const LIFECYCLE_ENTRIES: u64 = 2;
+
+#[tokio::test]
+async fn refused_connects_are_audited_up_to_the_per_agent_bound_and_counted_past_it() {
+    let cap = MAX_AUDIT_ENTRIES_PER_AGENT;
+    // Each connect is two audited decisions: the implicit bind and the connect.
+    for (count, dropped) in [(cap / 2, 0), (cap / 2 + 1, 2), (2 * cap, 3 * cap)] {
+        let (host, audit) = audited_host().await;
+        // Network on, but the target is not on the allow-list.
+        let mut s = spec();
+        s.isolation_level = IsolationLevel::Restricted;
+        s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
+        s.resource_limits.allowed_network_hosts = vec!["127.0.0.1:47474".into()];
+        let r = flood_on(
+            &host,
+            s,
+            json!({"mode": "host.connect-flood", "count": count, "target": "127.0.0.1:9"}),
+        )
+        .await;
+        assert_eq!(ok(&r)["refused"], count, "{count}: every connect refused");
+        assert_eq!(r.usage.network_denied, count, "{count}: all counted");
+        assert_eq!(r.usage.audit_dropped, dropped, "{count}");
+        // Past the bound: one entry says the agent's routine entries were cut.
+        let truncated = u64::from(dropped > 0);
+        assert_eq!(
+            audit.recorded(),
+            cap.min(2 * count) + truncated + LIFECYCLE_ENTRIES,
+            "{count}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn monitored_host_calls_in_a_tight_loop_are_audited_up_to_the_bound() {
+    let cap = MAX_AUDIT_ENTRIES_PER_AGENT;
+    let (host, audit) = audited_host().await;
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Monitored;
+    let r = flood_on(&host, s, json!({"mode": "host.budget", "count": 3 * cap})).await;
+    assert_eq!(ok(&r)["ok"], true);
+    assert_eq!(r.usage.host_calls, 3 * cap);
+    assert_eq!(r.usage.audit_dropped, 2 * cap);
+    assert_eq!(audit.recorded(), cap + 1 + LIFECYCLE_ENTRIES);
+}
+
+#[tokio::test]
+async fn a_panic_message_written_by_a_guest_that_did_not_panic_is_not_its_failure() {
+    let spoof = |then: &str| json!({"mode": "host.spoof-panic", "then": then});
+    let trapped = run(HOSTILE_COMPONENT, spec(), spoof("trap")).await;
+    match &trapped.failure {
+        Some(AgentFailure::Trapped { message }) => {
+            assert!(message.contains("out of bounds"), "{message}")
+        }
+        other => panic!("expected the trap, got {other:?}"),
+    }
+    assert!(trapped.stderr.contains("spoofed message"));
+    // A real panic after the fake one is reported with its own message.
+    let panicked = run(HOSTILE_COMPONENT, spec(), spoof("panic")).await;
+    match &panicked.failure {
+        Some(AgentFailure::Panicked { message }) => {
+            assert!(message.starts_with("the real panic (at "), "{message}")
+        }
+        other => panic!("expected the real panic, got {other:?}"),
+    }
+}
