@@ -10,8 +10,8 @@ mod failure;
 
 use crate::engine::{HostConfig, LoadedComponent, Runtime};
 use crate::error::{AgentFailure, Error, ErrorCategory, LimitKind, Result};
+use crate::interfaces::WitAgentType;
 use crate::interfaces::output::OutputText;
-use crate::interfaces::{AgentError, WitAgentType};
 use crate::sandbox::{AgentShared, AgentState, Counters, HostCallRecord, LogRecord, UsageReceipt};
 use crate::spec::{AgentType, SpecCeilings, SubAgentSpecification};
 use crate::tools::ToolRegistry;
@@ -684,6 +684,13 @@ impl SubAgent {
             limit_value: max_output,
             detail: format!("output is {bytes} bytes; at most {max_output} are accepted"),
         };
+        let too_long_error = |bytes: usize| AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            limit_value: max_output,
+            detail: format!(
+                "the agent's error message is {bytes} bytes; at most {max_output} are accepted"
+            ),
+        };
         let outcome =
             match result {
                 Ok(Ok(out)) => match out.output {
@@ -697,10 +704,11 @@ impl SubAgent {
                         }),
                 },
                 Ok(Err(agent_error)) => Err(self.violation().unwrap_or_else(|| {
-                    let (error_kind, message) = match agent_error {
-                        AgentError::InvalidInput(m) => ("invalid-input", m),
-                        AgentError::ToolFailed(m) => ("tool-failed", m),
-                        AgentError::Failed(m) => ("failed", m),
+                    let (error_kind, message) = agent_error.into_parts();
+                    let message = match message {
+                        OutputText::Text(text) if text.len() as u64 <= max_output => text,
+                        OutputText::Text(text) => return too_long_error(text.len()),
+                        OutputText::TooLong { bytes } => return too_long_error(bytes),
                     };
                     AgentFailure::AgentError {
                         error_kind: error_kind.to_string(),

@@ -23,6 +23,7 @@
 //! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (default
 //!   `127.0.0.1:9`), answers how many were refused: each attempt is a decision the host audits.
 //! - `host.budget {count}`: calls `budget.get` `count` times.
+//! - `host.big-error {bytes}`: fails with `failed` and a message of exactly `bytes` bytes.
 //! - `host.spoof-panic {then}`: writes a fake Rust panic message to stderr, then `then`:
 //!   `trap` (reads past the end of linear memory: a trap that is not a panic) or `panic` (a
 //!   real panic).
@@ -55,6 +56,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["target"].as_str().unwrap_or("127.0.0.1:9"),
         ),
         "budget" => budget(n("count", 0)),
+        "big-error" => return Err(AgentError::Failed("e".repeat(n("bytes", 0)))),
         "spoof-panic" => spoof_panic(input["then"].as_str().unwrap_or_default()),
         "checkpoint" => checkpoint(n("bytes", 2), n("point", 1))?,
         "tool" => tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?,

@@ -80,6 +80,50 @@ async fn output_at_max_output_bytes_passes_and_one_byte_more_is_output_size() {
 }
 
 #[tokio::test]
+async fn an_error_message_at_max_output_bytes_is_reported_and_one_byte_more_is_output_size() {
+    let limit = 1000u64;
+    let mut s = spec();
+    s.configuration_overrides
+        .insert("maxOutputBytes".into(), json!(limit));
+    let at = run(
+        HOSTILE_COMPONENT,
+        s.clone(),
+        json!({"mode": "host.big-error", "bytes": limit}),
+    )
+    .await;
+    match &at.failure {
+        Some(AgentFailure::AgentError {
+            error_kind,
+            message,
+        }) => {
+            assert_eq!(error_kind, "failed");
+            assert_eq!(message.len() as u64, limit);
+        }
+        other => panic!("expected the agent's error, got {other:?}"),
+    }
+    let past = run(
+        HOSTILE_COMPONENT,
+        s,
+        json!({"mode": "host.big-error", "bytes": limit + 1}),
+    )
+    .await;
+    match past.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            limit_value,
+            ref detail,
+        }) => {
+            assert_eq!(limit_value, limit);
+            assert!(
+                detail.contains(&format!("error message is {} bytes", limit + 1)),
+                "{detail}"
+            );
+        }
+        other => panic!("expected OutputSize, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_spawn_that_fails_after_guest_code_ran_still_has_its_receipt() {
     let mut s = spec();
     s.fuel = 1_000;
