@@ -428,13 +428,34 @@ impl AgentHost {
             _registration: registration,
         };
         let pre = component.pre.clone();
+        let describing = agent.shared.clone();
         let spawned = agent
             .guarded(async |store| {
                 let instance = pre.instantiate_async(&mut *store).await?;
-                let info = instance.call_describe(&mut *store).await?;
-                Ok((instance, info))
+                // The answer is bounded before it is copied (see `MAX_DESCRIBE_BYTES`).
+                let fuel = store.hostcall_fuel();
+                store.set_hostcall_fuel(failure::DESCRIBE_TRANSFER_BYTES);
+                let info = instance.call_describe(&mut *store).await;
+                store.set_hostcall_fuel(fuel);
+                match info {
+                    Err(e) if failure::is_transfer_refusal(&e) => {
+                        failure::describe_too_long(&describing, None);
+                        Err(e)
+                    }
+                    info => Ok((instance, info?)),
+                }
             })
-            .await;
+            .await
+            .and_then(|(instance, info)| {
+                let bytes = info.name.len()
+                    + info.version.len()
+                    + info.description.len()
+                    + info.capabilities.iter().map(String::len).sum::<usize>();
+                if bytes > crate::interfaces::limits::MAX_DESCRIBE_BYTES {
+                    return Err(failure::describe_too_long(&describing, Some(bytes)));
+                }
+                Ok((instance, info))
+            });
         match spawned {
             Ok((instance, info)) => {
                 let description = describe(info);

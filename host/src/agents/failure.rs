@@ -21,6 +21,28 @@ pub(super) fn hostcall_fuel(shared: &AgentShared) -> usize {
     crate::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES.max(output)
 }
 
+/// The Store's hostcall fuel while `describe` runs: see
+/// [`MAX_DESCRIBE_BYTES`](crate::interfaces::limits::MAX_DESCRIBE_BYTES).
+pub(super) const DESCRIBE_TRANSFER_BYTES: usize = 2 * crate::interfaces::limits::MAX_DESCRIBE_BYTES;
+
+/// Records and returns the refusal of a `describe()` answer of `bytes` bytes (`None`: too
+/// long to be copied at all).
+pub(super) fn describe_too_long(shared: &AgentShared, bytes: Option<usize>) -> AgentFailure {
+    use crate::interfaces::limits::MAX_DESCRIBE_BYTES as MAX;
+    let detail = match bytes {
+        Some(n) => format!(
+            "describe() answered {n} bytes (name, version, description and capabilities); \
+             at most {MAX} are accepted"
+        ),
+        None => format!(
+            "describe() answered more than {DESCRIBE_TRANSFER_BYTES} bytes, or called the host \
+             with that much while describing itself; refused before it was copied (at most \
+             {MAX} are accepted)"
+        ),
+    };
+    limit_failure(shared, LimitKind::ArgumentSize, MAX as u64, detail)
+}
+
 /// The first error of type `E` in `e`'s chain (a WASI host function may wrap it).
 fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -> Option<&E> {
     e.downcast_ref::<E>()
@@ -29,7 +51,7 @@ fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -
 
 /// wasmtime's refusal when a transfer is larger than the hostcall fuel (its error type is
 /// private, so it is recognised by its message).
-fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
+pub(super) fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
     e.chain().any(|c| {
         c.to_string()
             .contains("fuel allocated for hostcalls has been exhausted")

@@ -64,6 +64,13 @@ pub const MAX_LOG_KEY_BYTES: usize = 256;
 /// Bytes of a log field's value kept; longer values are truncated.
 pub const MAX_LOG_VALUE_BYTES: usize = 1 << 10;
 
+/// Bytes of a component's `describe()` answer: its name, version, description and
+/// capabilities together. The answer is kept for the agent's life, reported, audited at spawn
+/// and quoted in spawn errors. While `describe` runs, the Store's hostcall fuel is twice this,
+/// so a far longer answer (and any host call made from inside `describe` with more than that
+/// in its arguments) is refused before wasmtime copies it.
+pub const MAX_DESCRIBE_BYTES: usize = 64 << 10;
+
 /// Audit entries one agent's own actions may add to the audit log: refused network attempts,
 /// access-gate decisions and (when monitored) host-call records. Each is cheap for the guest and
 /// is queued in host memory until the audit writer commits it, so a guest in a tight loop would

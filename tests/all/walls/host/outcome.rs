@@ -123,6 +123,68 @@ async fn an_error_message_at_max_output_bytes_is_reported_and_one_byte_more_is_o
     }
 }
 
+/// Spawns `hostile` with a description of exactly `bytes` bytes (see its `describe`).
+async fn spawn_describing(bytes: usize) -> Result<qi_host::SubAgent, Error> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join("bytes"), bytes.to_string()).expect("bytes file");
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.security_constraints.file_system_access = qi_host::FileSystemAccess::Restricted;
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: dir.path().to_path_buf(),
+        guest_path: "/describe".into(),
+        writable: Some(false),
+    });
+    host().spawn(&load(HOSTILE_COMPONENT), s).await
+}
+
+#[track_caller]
+fn describe_refused(r: Result<qi_host::SubAgent, Error>, needle: &str) {
+    use qi_host::interfaces::limits::MAX_DESCRIBE_BYTES;
+    match r {
+        Err(Error::Spawn(
+            AgentFailure::LimitExceeded {
+                limit: LimitKind::ArgumentSize,
+                limit_value,
+                detail,
+            },
+            usage,
+        )) => {
+            assert_eq!(limit_value, MAX_DESCRIBE_BYTES as u64, "{detail}");
+            assert!(detail.contains(needle), "{detail} lacks {needle}");
+            assert!(
+                usage.fuel_consumed > 0,
+                "the receipt counts what describe() used"
+            );
+        }
+        other => panic!("expected a describe() refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn describe_answers_at_the_limit_spawn_and_longer_ones_are_refused_uncopied() {
+    use qi_host::interfaces::limits::MAX_DESCRIBE_BYTES;
+    // Name, version and the one capability `hostile` declares, besides its description.
+    let fixed = "hostile".len() + "0.1.0".len() + "sandbox-probe".len();
+    let at = spawn_describing(MAX_DESCRIBE_BYTES - fixed)
+        .await
+        .expect("an answer at the limit spawns");
+    assert_eq!(
+        at.description().description.len(),
+        MAX_DESCRIBE_BYTES - fixed
+    );
+    drop(at);
+    describe_refused(
+        spawn_describing(MAX_DESCRIBE_BYTES - fixed + 1).await,
+        &format!("describe() answered {} bytes", MAX_DESCRIBE_BYTES + 1),
+    );
+    // Far past it: refused before wasmtime copies the answer.
+    describe_refused(
+        spawn_describing(16 * MAX_DESCRIBE_BYTES).await,
+        "refused before it was copied",
+    );
+}
+
 #[tokio::test]
 async fn a_spawn_that_fails_after_guest_code_ran_still_has_its_receipt() {
     let mut s = spec();
