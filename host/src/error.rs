@@ -204,6 +204,9 @@ pub enum LimitKind {
     LogBytes,
     /// Bytes of one host-call argument (see `crate::interfaces::limits`).
     ArgumentSize,
+    /// Bytes one agent may write to the shared context store and event bus in total (see
+    /// `crate::interfaces::limits::MAX_STORED_BYTES_PER_AGENT`).
+    StoredBytes,
 }
 
 impl LimitKind {
@@ -223,6 +226,7 @@ impl LimitKind {
             LimitKind::FilesCreated => "resourceLimits.maxFilesCreated",
             LimitKind::LogBytes => "configurationOverrides.maxLogBytes",
             LimitKind::ArgumentSize => "host-call argument size",
+            LimitKind::StoredBytes => "host stored bytes per agent",
         }
     }
 }
@@ -243,6 +247,7 @@ impl fmt::Display for LimitKind {
             LimitKind::FilesCreated => "files created",
             LimitKind::LogBytes => "log bytes",
             LimitKind::ArgumentSize => "argument size",
+            LimitKind::StoredBytes => "stored bytes",
         })
     }
 }

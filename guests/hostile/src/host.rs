@@ -23,6 +23,10 @@
 //! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (default
 //!   `127.0.0.1:9`), answers how many were refused: each attempt is a decision the host audits.
 //! - `host.budget {count}`: calls `budget.get` `count` times.
+//! - `host.put-many {sizes}`: creates a context (`{}`, type `probe`), then puts a JSON document
+//!   of exactly each of `sizes` bytes in turn; answers how many puts were stored.
+//! - `host.publish-many {bytes, count}`: creates a context, then publishes `count` custom events
+//!   whose data is exactly `bytes` bytes.
 //! - `host.big-error {bytes}`: fails with `failed` and a message of exactly `bytes` bytes.
 //! - `host.spoof-panic {then}`: writes a fake Rust panic message to stderr, then `then`:
 //!   `trap` (reads past the end of linear memory: a trap that is not a panic) or `panic` (a
@@ -56,6 +60,13 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["target"].as_str().unwrap_or("127.0.0.1:9"),
         ),
         "budget" => budget(n("count", 0)),
+        "put-many" => put_many(
+            input["sizes"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        )?,
+        "publish-many" => publish_many(n("bytes", 2), n("count", 0))?,
         "big-error" => return Err(AgentError::Failed("e".repeat(n("bytes", 0)))),
         "spoof-panic" => spoof_panic(input["then"].as_str().unwrap_or_default()),
         "checkpoint" => checkpoint(n("bytes", 2), n("point", 1))?,
@@ -228,4 +239,22 @@ fn spoof_panic(then: &str) -> Value {
     #[allow(unsafe_code)]
     let value = unsafe { std::ptr::read_volatile(address) };
     json!({"ok": true, "value": value})
+}
+
+fn put_many(sizes: &[Value]) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    for size in sizes {
+        let doc = json_object(size.as_u64().unwrap_or(8) as usize);
+        context::put(&id, &doc, None).map_err(|e| failed("context.put", e))?;
+    }
+    Ok(json!({"ok": true, "puts": sizes.len()}))
+}
+
+fn publish_many(bytes: usize, count: usize) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    let data = json_text(bytes);
+    for _ in 0..count {
+        events::publish(&id, 0, &data).map_err(|e| failed("events.publish", e))?;
+    }
+    Ok(json!({"ok": true, "published": count}))
 }

@@ -123,6 +123,8 @@ impl qi::agent::context::Host for AgentState {
             )
             .map_err(refused)?;
             limits::bytes(&shared, call, "doc", &doc, MAX_DOCUMENT_BYTES).map_err(refused)?;
+            limits::stored(&shared, call, "doc", doc.len() + context_type.len())
+                .map_err(refused)?;
             shared
                 .gate("context", id.as_deref().unwrap_or("*"), "create")
                 .map_err(WitContextError::AccessDenied)?;
@@ -196,6 +198,7 @@ impl qi::agent::context::Host for AgentState {
             let (svc, me) = context_call(&shared, "context.put").await?;
             limits::ids(&shared, "context.put", "id", [&id]).map_err(refused)?;
             limits::bytes(&shared, "context.put", "doc", &doc, MAX_DOCUMENT_BYTES)
+                .and_then(|()| limits::stored(&shared, "context.put", "doc", doc.len()))
                 .map_err(refused)?;
             shared
                 .gate("context", &id, "put")
@@ -231,6 +234,7 @@ impl qi::agent::context::Host for AgentState {
                 &merge_patch,
                 MAX_DOCUMENT_BYTES,
             )
+            .and_then(|()| limits::stored(&shared, call, "merge-patch", merge_patch.len()))
             .map_err(refused)?;
             shared
                 .gate("context", &id, "patch")
@@ -280,6 +284,13 @@ impl qi::agent::context::Host for AgentState {
             limits::ids(&shared, call, "id", [&id]).map_err(refused)?;
             limits::items(&shared, call, "agents", &agents, MAX_SHARE_AGENTS).map_err(refused)?;
             limits::ids(&shared, call, "agents", &agents).map_err(refused)?;
+            limits::stored(
+                &shared,
+                call,
+                "agents",
+                agents.iter().map(String::len).sum(),
+            )
+            .map_err(refused)?;
             limits::items(
                 &shared,
                 call,

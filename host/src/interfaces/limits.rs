@@ -64,6 +64,17 @@ pub const MAX_LOG_KEY_BYTES: usize = 256;
 /// Bytes of a log field's value kept; longer values are truncated.
 pub const MAX_LOG_VALUE_BYTES: usize = 1 << 10;
 
+/// Bytes one agent may write to the shared context store and event bus over its life:
+/// documents (`context.create`, `context.put`), merge patches (`context.patch`), event data
+/// (`events.publish`), sync payloads (`sync.checkpoint`, `sync.contribute`) and the agent ids
+/// of `context.share`. Each argument above is bounded on its own, but nothing else bounds how
+/// many calls an agent makes, and what they store outlives the agent (the context store keeps
+/// every version and holds the latest in memory; the bus keeps a live buffer of 4,096 events
+/// and a million in the store). A write past the bound is refused before it is parsed, with
+/// the interface's own error, and the agent ends with [`LimitKind::StoredBytes`]; refused
+/// writes are not counted. The receipt reports `stored_bytes`.
+pub const MAX_STORED_BYTES_PER_AGENT: u64 = 64 << 20;
+
 /// Bytes of a component's `describe()` answer: its name, version, description and
 /// capabilities together. The answer is kept for the agent's life, reported, audited at spawn
 /// and quoted in spawn errors. While `describe` runs, the Store's hostcall fuel is twice this,
@@ -119,6 +130,41 @@ pub fn check(
     );
     shared.record_violation(LimitKind::ArgumentSize, limit as u64, detail.clone());
     Err(ArgumentRefusal(detail))
+}
+
+/// Takes `size` bytes of the agent's [`MAX_STORED_BYTES_PER_AGENT`] for `argument` of `call`.
+/// On refusal the agent's first violation becomes [`LimitKind::StoredBytes`] and nothing is
+/// taken.
+pub fn stored(
+    shared: &AgentShared,
+    call: &str,
+    argument: &str,
+    size: usize,
+) -> Result<(), ArgumentRefusal> {
+    use std::sync::atomic::Ordering;
+    let counter = &shared.counters.stored_bytes;
+    let size = size as u64;
+    let mut used = counter.load(Ordering::Relaxed);
+    loop {
+        let total = used.saturating_add(size);
+        if total > MAX_STORED_BYTES_PER_AGENT {
+            let detail = format!(
+                "{call}: `{argument}` of {size} bytes refused: the agent has written {used} \
+                 bytes to the context store and event bus, and may write \
+                 {MAX_STORED_BYTES_PER_AGENT} in all"
+            );
+            shared.record_violation(
+                LimitKind::StoredBytes,
+                MAX_STORED_BYTES_PER_AGENT,
+                detail.clone(),
+            );
+            return Err(ArgumentRefusal(detail));
+        }
+        match counter.compare_exchange_weak(used, total, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Ok(()),
+            Err(now) => used = now,
+        }
+    }
 }
 
 /// [`check`] for a string argument (size in bytes).

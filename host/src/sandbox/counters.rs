@@ -46,6 +46,9 @@ pub struct Counters {
     /// [`MAX_AUDIT_ENTRIES_PER_AGENT`](crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT)),
     /// written or not.
     pub audit_entries: AtomicU64,
+    /// Bytes written to the context store and event bus (see
+    /// [`MAX_STORED_BYTES_PER_AGENT`](crate::interfaces::limits::MAX_STORED_BYTES_PER_AGENT)).
+    pub stored_bytes: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -123,6 +126,10 @@ pub struct UsageReceipt {
     /// [`MAX_AUDIT_ENTRIES_PER_AGENT`](crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT),
     /// which were dropped (the decisions were still enforced and counted).
     pub audit_dropped: u64,
+    /// Bytes the agent wrote to the context store and event bus: documents, merge patches,
+    /// event data, sync payloads and shared agent ids (at most
+    /// [`MAX_STORED_BYTES_PER_AGENT`](crate::interfaces::limits::MAX_STORED_BYTES_PER_AGENT)).
+    pub stored_bytes: u64,
 }
 
 impl UsageReceipt {
@@ -146,6 +153,7 @@ impl UsageReceipt {
                 .audit_entries
                 .load(Ordering::Relaxed)
                 .saturating_sub(crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT),
+            stored_bytes: c.stored_bytes.load(Ordering::Relaxed),
             ..Default::default()
         }
     }

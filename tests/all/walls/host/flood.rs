@@ -1,7 +1,8 @@
 //! Many small, individually valid calls that together would exhaust the host: every audit
 //! entry a guest can cause (refused network attempts, gate decisions, monitored host calls) is
-//! bounded per agent, and the receipt's counters stay exact past the bound. Also the panic
-//! message a guest writes to stderr without panicking.
+//! bounded per agent, and the receipt's counters stay exact past the bound; so are the bytes
+//! one agent may write to the shared context store and event bus. Also the panic message a
+//! guest writes to stderr without panicking.
 
 use super::*;
 use qi_host::NetworkAccessLevel;
@@ -101,4 +102,77 @@ async fn a_panic_message_written_by_a_guest_that_did_not_panic_is_not_its_failur
         }
         other => panic!("expected the real panic, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn documents_an_agent_writes_are_bounded_in_total_at_the_limit_and_one_byte_past() {
+    use qi_host::interfaces::limits::{MAX_DOCUMENT_BYTES, MAX_STORED_BYTES_PER_AGENT};
+    let host = context_host().await;
+    let budget = MAX_STORED_BYTES_PER_AGENT as usize;
+    // `context.create` stores type `probe` and document `{}` first.
+    let created = "probe".len() + "{}".len();
+    let full = MAX_DOCUMENT_BYTES;
+    let whole = budget / full;
+    let sizes = |last: usize| {
+        let mut v = vec![full; whole - 1];
+        v.push(last);
+        v
+    };
+    let at = attack_on(
+        &host,
+        json!({"mode": "host.put-many", "sizes": sizes(full - created)}),
+    )
+    .await;
+    assert_eq!(ok(&at)["puts"], whole);
+    assert_eq!(at.usage.stored_bytes, MAX_STORED_BYTES_PER_AGENT);
+    let past = attack_on(
+        &host,
+        json!({"mode": "host.put-many", "sizes": sizes(full - created + 1)}),
+    )
+    .await;
+    match &past.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::StoredBytes,
+            limit_value,
+            detail,
+        }) => {
+            assert_eq!(*limit_value, MAX_STORED_BYTES_PER_AGENT);
+            assert!(
+                detail.contains(&format!(
+                    "context.put: `doc` of {} bytes",
+                    full - created + 1
+                )),
+                "{detail}"
+            );
+        }
+        other => panic!("expected StoredBytes, got {other:?}"),
+    }
+    // The refused write was not counted.
+    assert_eq!(
+        past.usage.stored_bytes,
+        MAX_STORED_BYTES_PER_AGENT - (full - created) as u64
+    );
+    host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn events_an_agent_publishes_count_against_the_same_bound() {
+    use qi_host::interfaces::limits::{MAX_EVENT_DATA_BYTES, MAX_STORED_BYTES_PER_AGENT};
+    let host = context_host().await;
+    let count = MAX_STORED_BYTES_PER_AGENT as usize / MAX_EVENT_DATA_BYTES + 1;
+    let r = attack_on(
+        &host,
+        json!({"mode": "host.publish-many", "bytes": MAX_EVENT_DATA_BYTES, "count": count}),
+    )
+    .await;
+    match &r.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::StoredBytes,
+            detail,
+            ..
+        }) => assert!(detail.contains("events.publish: `data`"), "{detail}"),
+        other => panic!("expected StoredBytes, got {other:?}"),
+    }
+    assert!(r.usage.stored_bytes <= MAX_STORED_BYTES_PER_AGENT);
+    host_goes_on(&host).await;
 }
