@@ -27,6 +27,7 @@
 //!   of exactly each of `sizes` bytes in turn; answers how many puts were stored.
 //! - `host.publish-many {bytes, count}`: creates a context, then publishes `count` custom events
 //!   whose data is exactly `bytes` bytes.
+//! - `host.log-many {count}`: `count` log records with an empty message and no fields.
 //! - `host.big-error {bytes}`: fails with `failed` and a message of exactly `bytes` bytes.
 //! - `host.spoof-panic {then}`: writes a fake Rust panic message to stderr, then `then`:
 //!   `trap` (reads past the end of linear memory: a trap that is not a panic) or `panic` (a
@@ -60,6 +61,10 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["target"].as_str().unwrap_or("127.0.0.1:9"),
         ),
         "budget" => budget(n("count", 0)),
+        "log-many" => {
+            (0..n("count", 0)).for_each(|_| log::log(log::Level::Info, "", &[]));
+            json!({"ok": true})
+        }
         "put-many" => put_many(
             input["sizes"]
                 .as_array()

@@ -64,6 +64,12 @@ pub const MAX_LOG_KEY_BYTES: usize = 256;
 /// Bytes of a log field's value kept; longer values are truncated.
 pub const MAX_LOG_VALUE_BYTES: usize = 1 << 10;
 
+/// Bytes every log record costs against `configurationOverrides.maxLogBytes` besides its
+/// message and fields (each field `k=v` costs its key, its value and 2). Without it, records
+/// with an empty message would be free, and a guest logging them in a loop would write the
+/// host's log without bound.
+pub const LOG_RECORD_OVERHEAD_BYTES: usize = 64;
+
 /// Bytes one agent may write to the shared context store and event bus over its life:
 /// documents (`context.create`, `context.put`), merge patches (`context.patch`), event data
 /// (`events.publish`), sync payloads (`sync.checkpoint`, `sync.contribute`) and the agent ids

@@ -176,3 +176,33 @@ async fn events_an_agent_publishes_count_against_the_same_bound() {
     assert!(r.usage.stored_bytes <= MAX_STORED_BYTES_PER_AGENT);
     host_goes_on(&host).await;
 }
+
+#[tokio::test]
+async fn empty_log_records_cost_log_bytes_so_a_loop_of_them_is_bounded() {
+    use qi_host::interfaces::limits::LOG_RECORD_OVERHEAD_BYTES;
+    let records = 10;
+    let mut s = hostile_spec();
+    s.configuration_overrides.insert(
+        "maxLogBytes".into(),
+        json!(records * LOG_RECORD_OVERHEAD_BYTES),
+    );
+    for (count, dropped) in [
+        (records, 0),
+        (records + 1, 1),
+        (100 * records, 99 * records),
+    ] {
+        let r = run(
+            HOSTILE_COMPONENT,
+            s.clone(),
+            json!({"mode": "host.log-many", "count": count}),
+        )
+        .await;
+        assert_eq!(ok(&r)["ok"], true);
+        assert_eq!(r.usage.logs_dropped, dropped as u64, "{count}");
+        assert_eq!(r.logs.len(), count - dropped, "{count}");
+        assert_eq!(
+            r.usage.log_bytes,
+            (records.min(count) * LOG_RECORD_OVERHEAD_BYTES) as u64
+        );
+    }
+}
