@@ -2,11 +2,11 @@
 //!
 //! 1. `spawn`: spawn-to-result of the `hello` guest through qi-host against bare wasmtime
 //!    (same engine, so the same pooling and fuel configuration).
-//! 1b. `fs`: `file-stats` over 500 files through `qi-host run` against bare wasmtime-wasi: the
+//! 2. `fs`: `file-stats` over 500 files through `qi-host run` against bare wasmtime-wasi: the
 //!    cost of the counting, gated filesystem per file operation.
-//! 2. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
+//! 3. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
 //!    at once, each case in a child process of this binary.
-//! 3. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
+//! 4. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
 //!
 //! `cargo bench -p qi-host --bench runtime [-- spawn|fs|pool|fuel ...]` (default: all). Prints
 //! figures only; nothing here asserts on timing.

@@ -123,7 +123,7 @@ impl qi::agent::context::Host for AgentState {
             )
             .map_err(refused)?;
             limits::bytes(&shared, call, "doc", &doc, MAX_DOCUMENT_BYTES).map_err(refused)?;
-            limits::stored(&shared, call, "doc", doc.len() + context_type.len())
+            limits::stored(&shared, call, "doc", doc.len() + context_type.len(), 1)
                 .map_err(refused)?;
             shared
                 .gate("context", id.as_deref().unwrap_or("*"), "create")
@@ -198,7 +198,7 @@ impl qi::agent::context::Host for AgentState {
             let (svc, me) = context_call(&shared, "context.put").await?;
             limits::ids(&shared, "context.put", "id", [&id]).map_err(refused)?;
             limits::bytes(&shared, "context.put", "doc", &doc, MAX_DOCUMENT_BYTES)
-                .and_then(|()| limits::stored(&shared, "context.put", "doc", doc.len()))
+                .and_then(|()| limits::stored(&shared, "context.put", "doc", doc.len(), 1))
                 .map_err(refused)?;
             shared
                 .gate("context", &id, "put")
@@ -234,7 +234,7 @@ impl qi::agent::context::Host for AgentState {
                 &merge_patch,
                 MAX_DOCUMENT_BYTES,
             )
-            .and_then(|()| limits::stored(&shared, call, "merge-patch", merge_patch.len()))
+            .and_then(|()| limits::stored(&shared, call, "merge-patch", merge_patch.len(), 1))
             .map_err(refused)?;
             shared
                 .gate("context", &id, "patch")
@@ -289,6 +289,7 @@ impl qi::agent::context::Host for AgentState {
                 call,
                 "agents",
                 agents.iter().map(String::len).sum(),
+                agents.len(),
             )
             .map_err(refused)?;
             limits::items(

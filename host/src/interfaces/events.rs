@@ -191,7 +191,7 @@ impl qi::agent::events::Host for AgentState {
                         MAX_EVENT_DATA_BYTES,
                     )
                 })
-                .and_then(|()| limits::stored(&shared, "events.publish", "data", data.len()))
+                .and_then(|()| limits::stored(&shared, "events.publish", "data", data.len(), 1))
                 .map_err(|r| WitEventError::Invalid(r.into_message()))?;
             shared
                 .gate("events", &context_id, "publish")

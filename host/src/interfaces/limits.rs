@@ -78,8 +78,15 @@ pub const LOG_RECORD_OVERHEAD_BYTES: usize = 64;
 /// every version and holds the latest in memory; the bus keeps a live buffer of 4,096 events
 /// and a million in the store). A write past the bound is refused before it is parsed, with
 /// the interface's own error, and the agent ends with [`LimitKind::StoredBytes`]; refused
-/// writes are not counted. The receipt reports `stored_bytes`.
+/// writes are not counted. The receipt reports `stored_bytes`. Each write also costs
+/// [`STORED_WRITE_OVERHEAD_BYTES`] (each shared agent id too), so that empty ones are not free.
 pub const MAX_STORED_BYTES_PER_AGENT: u64 = 64 << 20;
+/// What each stored row costs against [`MAX_STORED_BYTES_PER_AGENT`] besides its bytes: a
+/// context version, an event, a sync payload, a share. About what the store spends on a row
+/// (keys, metadata, the event it announces); it bounds the rows one agent can add to 262,144,
+/// so that an agent publishing empty events cannot push every other agent's events out of the
+/// bus's retention of a million.
+pub const STORED_WRITE_OVERHEAD_BYTES: usize = 256;
 
 /// Bytes of a component's `describe()` answer: its name, version, description and
 /// capabilities together. The answer is kept for the agent's life, reported, audited at spawn
@@ -138,26 +145,29 @@ pub fn check(
     Err(ArgumentRefusal(detail))
 }
 
-/// Takes `size` bytes of the agent's [`MAX_STORED_BYTES_PER_AGENT`] for `argument` of `call`.
-/// On refusal the agent's first violation becomes [`LimitKind::StoredBytes`] and nothing is
-/// taken.
+/// Takes what `rows` stored rows holding `size` bytes of `argument` of `call` cost
+/// (`size + rows × STORED_WRITE_OVERHEAD_BYTES`) from the agent's
+/// [`MAX_STORED_BYTES_PER_AGENT`]. On refusal the agent's first violation becomes
+/// [`LimitKind::StoredBytes`] and nothing is taken.
 pub fn stored(
     shared: &AgentShared,
     call: &str,
     argument: &str,
     size: usize,
+    rows: usize,
 ) -> Result<(), ArgumentRefusal> {
     use std::sync::atomic::Ordering;
     let counter = &shared.counters.stored_bytes;
-    let size = size as u64;
+    let cost = (size as u64)
+        .saturating_add((rows as u64).saturating_mul(STORED_WRITE_OVERHEAD_BYTES as u64));
     let mut used = counter.load(Ordering::Relaxed);
     loop {
-        let total = used.saturating_add(size);
+        let total = used.saturating_add(cost);
         if total > MAX_STORED_BYTES_PER_AGENT {
             let detail = format!(
-                "{call}: `{argument}` of {size} bytes refused: the agent has written {used} \
-                 bytes to the context store and event bus, and may write \
-                 {MAX_STORED_BYTES_PER_AGENT} in all"
+                "{call}: `{argument}` of {size} bytes ({cost} with the per-row cost) refused: \
+                 the agent has used {used} of the {MAX_STORED_BYTES_PER_AGENT} bytes it may \
+                 store in the context store and event bus"
             );
             shared.record_violation(
                 LimitKind::StoredBytes,

@@ -106,13 +106,18 @@ async fn a_panic_message_written_by_a_guest_that_did_not_panic_is_not_its_failur
 
 #[tokio::test]
 async fn documents_an_agent_writes_are_bounded_in_total_at_the_limit_and_one_byte_past() {
-    use qi_host::interfaces::limits::{MAX_DOCUMENT_BYTES, MAX_STORED_BYTES_PER_AGENT};
+    use qi_host::interfaces::limits::{
+        MAX_DOCUMENT_BYTES, MAX_STORED_BYTES_PER_AGENT, STORED_WRITE_OVERHEAD_BYTES,
+    };
     let host = context_host().await;
     let budget = MAX_STORED_BYTES_PER_AGENT as usize;
-    // `context.create` stores type `probe` and document `{}` first.
-    let created = "probe".len() + "{}".len();
+    let row = STORED_WRITE_OVERHEAD_BYTES;
+    // `context.create` stores type `probe` and document `{}` first (one row).
+    let created = "probe".len() + "{}".len() + row;
     let full = MAX_DOCUMENT_BYTES;
     let whole = budget / full;
+    // Whole documents, then one that fills the budget exactly (every put is one row).
+    let last = budget - created - (whole - 1) * (full + row) - row;
     let sizes = |last: usize| {
         let mut v = vec![full; whole - 1];
         v.push(last);
@@ -120,14 +125,14 @@ async fn documents_an_agent_writes_are_bounded_in_total_at_the_limit_and_one_byt
     };
     let at = attack_on(
         &host,
-        json!({"mode": "host.put-many", "sizes": sizes(full - created)}),
+        json!({"mode": "host.put-many", "sizes": sizes(last)}),
     )
     .await;
     assert_eq!(ok(&at)["puts"], whole);
     assert_eq!(at.usage.stored_bytes, MAX_STORED_BYTES_PER_AGENT);
     let past = attack_on(
         &host,
-        json!({"mode": "host.put-many", "sizes": sizes(full - created + 1)}),
+        json!({"mode": "host.put-many", "sizes": sizes(last + 1)}),
     )
     .await;
     match &past.failure {
@@ -138,10 +143,7 @@ async fn documents_an_agent_writes_are_bounded_in_total_at_the_limit_and_one_byt
         }) => {
             assert_eq!(*limit_value, MAX_STORED_BYTES_PER_AGENT);
             assert!(
-                detail.contains(&format!(
-                    "context.put: `doc` of {} bytes",
-                    full - created + 1
-                )),
+                detail.contains(&format!("context.put: `doc` of {} bytes", last + 1)),
                 "{detail}"
             );
         }
@@ -150,7 +152,7 @@ async fn documents_an_agent_writes_are_bounded_in_total_at_the_limit_and_one_byt
     // The refused write was not counted.
     assert_eq!(
         past.usage.stored_bytes,
-        MAX_STORED_BYTES_PER_AGENT - (full - created) as u64
+        MAX_STORED_BYTES_PER_AGENT - (last + row) as u64
     );
     host_goes_on(&host).await;
 }
@@ -205,4 +207,28 @@ async fn empty_log_records_cost_log_bytes_so_a_loop_of_them_is_bounded() {
             (records.min(count) * LOG_RECORD_OVERHEAD_BYTES) as u64
         );
     }
+}
+
+#[tokio::test]
+async fn empty_events_cost_a_row_each_so_one_agent_cannot_flush_the_bus() {
+    use qi_host::interfaces::limits::{MAX_STORED_BYTES_PER_AGENT, STORED_WRITE_OVERHEAD_BYTES};
+    let host = context_host().await;
+    let row = STORED_WRITE_OVERHEAD_BYTES as u64;
+    // `context.create` (type `probe`, document `{}`), then events whose data is `""`.
+    let created = ("probe".len() + "{}".len()) as u64 + row;
+    let event = 2 + row;
+    let fit = (MAX_STORED_BYTES_PER_AGENT - created) / event;
+    let r = attack_on(
+        &host,
+        json!({"mode": "host.publish-many", "bytes": 2, "count": fit + 1}),
+    )
+    .await;
+    match &r.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::StoredBytes,
+            ..
+        }) => {}
+        other => panic!("expected StoredBytes, got {other:?}"),
+    }
+    assert_eq!(r.usage.stored_bytes, created + fit * event);
 }
