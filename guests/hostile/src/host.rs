@@ -27,6 +27,9 @@
 //!   of exactly each of `sizes` bytes in turn; answers how many puts were stored.
 //! - `host.publish-many {bytes, count}`: creates a context, then publishes `count` custom events
 //!   whose data is exactly `bytes` bytes.
+//! - `host.get-many {count}`: creates a context, then reads it `count` times.
+//! - `host.revoke-many {count}`: creates a context, then revokes one agent's (absent) share
+//!   `count` times.
 //! - `host.log-many {count}`: `count` log records with an empty message and no fields.
 //! - `host.big-error {bytes}`: fails with `failed` and a message of exactly `bytes` bytes.
 //! - `host.spoof-panic {then}`: writes a fake Rust panic message to stderr, then `then`:
@@ -61,6 +64,21 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["target"].as_str().unwrap_or("127.0.0.1:9"),
         ),
         "budget" => budget(n("count", 0)),
+        "get-many" => {
+            let id = new_context()?;
+            for _ in 0..n("count", 0) {
+                context::get(&id).map_err(|e| failed("context.get", e))?;
+            }
+            json!({"ok": true})
+        }
+        "revoke-many" => {
+            let id = new_context()?;
+            for _ in 0..n("count", 0) {
+                context::revoke(&id, &["agent-x".to_string()])
+                    .map_err(|e| failed("context.revoke", e))?;
+            }
+            json!({"ok": true})
+        }
         "log-many" => {
             (0..n("count", 0)).for_each(|_| log::log(log::Level::Info, "", &[]));
             json!({"ok": true})

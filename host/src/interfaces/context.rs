@@ -165,7 +165,10 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.get").await?;
-            limits::ids(&shared, "context.get", "id", [&id]).map_err(refused)?;
+            limits::ids(&shared, "context.get", "id", [&id])
+                // A read is recorded as an `accessed` event: one stored row.
+                .and_then(|()| limits::stored(&shared, "context.get", "id", 0, 1))
+                .map_err(refused)?;
             shared
                 .gate("context", &id, "get")
                 .map_err(WitContextError::AccessDenied)?;
@@ -255,7 +258,9 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.delete").await?;
-            limits::ids(&shared, "context.delete", "id", [&id]).map_err(refused)?;
+            limits::ids(&shared, "context.delete", "id", [&id])
+                .and_then(|()| limits::stored(&shared, "context.delete", "id", 0, 1))
+                .map_err(refused)?;
             shared
                 .gate("context", &id, "delete")
                 .map_err(WitContextError::AccessDenied)?;
@@ -317,6 +322,9 @@ impl qi::agent::context::Host for AgentState {
                 .await
                 .map(|_| ())
                 .map_err(context_error)?;
+            if !shared.take_audit_entry() {
+                return Ok(());
+            }
             shared.audit(
                 &format!("context/{id}"),
                 "share",
@@ -339,10 +347,15 @@ impl qi::agent::context::Host for AgentState {
             limits::ids(&shared, call, "id", [&id]).map_err(refused)?;
             limits::items(&shared, call, "agents", &agents, MAX_SHARE_AGENTS).map_err(refused)?;
             limits::ids(&shared, call, "agents", &agents).map_err(refused)?;
+            // Each revocation is recorded as a `revoked` event: one stored row per agent.
+            limits::stored(&shared, call, "agents", 0, agents.len()).map_err(refused)?;
             shared
                 .gate("context", &id, "revoke")
                 .map_err(WitContextError::AccessDenied)?;
             svc.revoke(&me, &id, &agents).await.map_err(context_error)?;
+            if !shared.take_audit_entry() {
+                return Ok(());
+            }
             shared.audit(
                 &format!("context/{id}"),
                 "revoke",

@@ -232,3 +232,40 @@ async fn empty_events_cost_a_row_each_so_one_agent_cannot_flush_the_bus() {
     }
     assert_eq!(r.usage.stored_bytes, created + fit * event);
 }
+
+#[tokio::test]
+async fn reads_cost_a_row_each_since_each_is_recorded_as_an_event() {
+    use qi_host::interfaces::limits::STORED_WRITE_OVERHEAD_BYTES;
+    let host = context_host().await;
+    let row = STORED_WRITE_OVERHEAD_BYTES as u64;
+    let created = ("probe".len() + "{}".len()) as u64 + row;
+    let reads = 1_000;
+    let r = attack_on(&host, json!({"mode": "host.get-many", "count": reads})).await;
+    assert_eq!(ok(&r)["ok"], true);
+    assert_eq!(r.usage.stored_bytes, created + reads * row);
+}
+
+#[tokio::test]
+async fn share_and_revoke_audit_entries_count_against_the_per_agent_bound() {
+    let cap = MAX_AUDIT_ENTRIES_PER_AGENT;
+    let svc = in_memory_context().await;
+    let audit = AuditLog::open(svc.store().clone())
+        .await
+        .expect("audit log opens");
+    let host = AgentHost::new(HostConfig {
+        max_live_agents: 4,
+        cache_dir: Some(cache_dir()),
+        ..HostConfig::default()
+    })
+    .expect("host starts")
+    .with_context(svc)
+    .with_access(Arc::new(AccessControl::new(None, Some(audit.clone()))));
+    let r = attack_on(
+        &host,
+        json!({"mode": "host.revoke-many", "count": cap + 100}),
+    )
+    .await;
+    assert_eq!(ok(&r)["ok"], true);
+    assert_eq!(r.usage.audit_dropped, 100);
+    assert_eq!(audit.recorded(), cap + 1 + LIFECYCLE_ENTRIES);
+}
