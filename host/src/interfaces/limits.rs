@@ -73,8 +73,8 @@ pub const LOG_RECORD_OVERHEAD_BYTES: usize = 64;
 /// Bytes one agent may write to the shared context store and event bus over its life:
 /// documents (`context.create`, `context.put`), merge patches (`context.patch`), event data
 /// (`events.publish`), sync payloads (`sync.checkpoint`, `sync.contribute`) and the agent ids
-/// of `context.share`; reads (`context.get`, recorded as `accessed` events), deletions and
-/// revocations cost a row each. Each argument above is bounded on its own, but nothing else bounds how
+/// of `context.share`; reads (`context.get`, recorded as `accessed` events), deletions,
+/// revocations and subscriptions cost a row each. Each argument above is bounded on its own, but nothing else bounds how
 /// many calls an agent makes, and what they store outlives the agent (the context store keeps
 /// every version and holds the latest in memory; the bus keeps a live buffer of 4,096 events
 /// and a million in the store). A write past the bound is refused before it is parsed, with

@@ -234,7 +234,7 @@ async fn empty_events_cost_a_row_each_so_one_agent_cannot_flush_the_bus() {
 }
 
 #[tokio::test]
-async fn reads_cost_a_row_each_since_each_is_recorded_as_an_event() {
+async fn reads_and_subscriptions_cost_a_row_each_since_each_is_stored() {
     use qi_host::interfaces::limits::STORED_WRITE_OVERHEAD_BYTES;
     let host = context_host().await;
     let row = STORED_WRITE_OVERHEAD_BYTES as u64;
@@ -243,6 +243,10 @@ async fn reads_cost_a_row_each_since_each_is_recorded_as_an_event() {
     let r = attack_on(&host, json!({"mode": "host.get-many", "count": reads})).await;
     assert_eq!(ok(&r)["ok"], true);
     assert_eq!(r.usage.stored_bytes, created + reads * row);
+    // A subscription is a stored row too.
+    let r = attack_on(&host, json!({"mode": "host.subscribe-list", "count": 1})).await;
+    assert_eq!(ok(&r)["ok"], true);
+    assert_eq!(r.usage.stored_bytes, created + row);
 }
 
 #[tokio::test]
