@@ -39,6 +39,24 @@ pub struct ToolContext {
     pub agent_id: String,
     /// The agent's preopened directories.
     pub preopens: Arc<Vec<Preopen>>,
+    /// The agent's disk and file quotas, which file tools writing to its directories are held
+    /// to exactly like its own WASI writes; `None` outside an agent (no quota).
+    pub quota: Option<Arc<dyn WriteQuota>>,
+}
+
+/// The quotas a file tool's writes are charged against: the calling agent's
+/// `resourceLimits.maxDiskBytes` and `maxFilesCreated`. A refusal is recorded on the agent
+/// (so its report names the limit) and returned as the message for
+/// [`ToolFailure::LimitExceeded`].
+pub trait WriteQuota: Send + Sync + std::fmt::Debug {
+    /// Charges `growth` bytes of logical file size.
+    fn charge_bytes(&self, growth: u64, what: &str) -> Result<(), String>;
+    /// Gives back bytes charged for a write that did not happen.
+    fn refund_bytes(&self, bytes: u64);
+    /// Takes one created file.
+    fn take_file(&self, what: &str) -> Result<(), String>;
+    /// Gives back a file taken for a create that did not happen.
+    fn refund_file(&self);
 }
 
 /// Why a tool failed; mapped onto `qi:agent/tools.tool-error`.
@@ -53,6 +71,9 @@ pub enum ToolFailure {
     /// The tool ran and failed.
     #[error("{0}")]
     Failed(String),
+    /// The tool would have taken the agent past one of its limits (disk, files).
+    #[error("{0}")]
+    LimitExceeded(String),
 }
 
 /// A host tool.
@@ -251,9 +272,40 @@ impl Tool for FsWrite {
                         preopen.guest_path
                     )));
                 }
-                let mut file = preopen.dir.create(&rel).map_err(|e| io_failure(&path, e))?;
-                file.write_all(content.as_bytes())
-                    .map_err(|e| io_failure(&path, e))?;
+                // Charged like a WASI write: a new file takes a file, and the growth of the
+                // file's logical size is charged (replacing a file gives nothing back).
+                let what = format!("fs.write of {} bytes to `{path}`", content.len());
+                let existing = preopen.dir.symlink_metadata(&rel).ok();
+                let old_size = existing
+                    .as_ref()
+                    .filter(|m| m.is_file())
+                    .map_or(0, |m| m.len());
+                let growth = (content.len() as u64).saturating_sub(old_size);
+                let created = existing.is_none();
+                if let Some(q) = &ctx.quota {
+                    if created {
+                        q.take_file(&what).map_err(ToolFailure::LimitExceeded)?;
+                    }
+                    if let Err(m) = q.charge_bytes(growth, &what) {
+                        if created {
+                            q.refund_file();
+                        }
+                        return Err(ToolFailure::LimitExceeded(m));
+                    }
+                }
+                let written = preopen
+                    .dir
+                    .create(&rel)
+                    .and_then(|mut file| file.write_all(content.as_bytes()));
+                if let Err(e) = written {
+                    if let Some(q) = &ctx.quota {
+                        q.refund_bytes(growth);
+                        if created && preopen.dir.symlink_metadata(&rel).is_err() {
+                            q.refund_file();
+                        }
+                    }
+                    return Err(io_failure(&path, e));
+                }
                 Ok(json!({"path": path, "bytes": content.len()}))
             })
             .await

@@ -27,6 +27,8 @@
 //!   of exactly each of `sizes` bytes in turn; answers how many puts were stored.
 //! - `host.publish-many {bytes, count}`: creates a context, then publishes `count` custom events
 //!   whose data is exactly `bytes` bytes.
+//! - `host.tools {calls}`: calls each `{tool, input}` of `calls` in turn (input sent as its
+//!   JSON text); fails with the first refusal.
 //! - `host.get-many {count}`: creates a context, then reads it `count` times.
 //! - `host.revoke-many {count}`: creates a context, then revokes one agent's (absent) share
 //!   `count` times.
@@ -64,6 +66,16 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             input["target"].as_str().unwrap_or("127.0.0.1:9"),
         ),
         "budget" => budget(n("count", 0)),
+        "tools" => {
+            let calls = input["calls"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for c in calls {
+                tool(c["tool"].as_str().unwrap_or_default(), &c["input"])?;
+            }
+            json!({"ok": true, "calls": calls.len()})
+        }
         "get-many" => {
             let id = new_context()?;
             for _ in 0..n("count", 0) {

@@ -77,6 +77,7 @@ fn prepare_call(
     let ctx = ToolContext {
         agent_id: shared.id.clone(),
         preopens: Arc::new(grants.preopens.clone()),
+        quota: Some(Arc::new(AgentQuota(shared.clone()))),
     };
     Ok(tool.call(ctx, value))
 }
@@ -96,6 +97,32 @@ async fn finish_call(fut: crate::tools::ToolFuture) -> Result<String, ToolError>
         Err(ToolFailure::InvalidInput(m)) => Err(ToolError::InvalidInput(m)),
         Err(ToolFailure::AccessDenied(m)) => Err(ToolError::AccessDenied(m)),
         Err(ToolFailure::Failed(m)) => Err(ToolError::Failed(m)),
+        Err(ToolFailure::LimitExceeded(m)) => Err(ToolError::LimitExceeded(m)),
+    }
+}
+
+/// The calling agent's disk and file quotas, for file tools (see [`crate::tools::WriteQuota`]).
+#[derive(Debug)]
+struct AgentQuota(Arc<AgentShared>);
+
+impl crate::tools::WriteQuota for AgentQuota {
+    fn charge_bytes(&self, growth: u64, what: &str) -> Result<(), String> {
+        crate::wasi::filesystem::quota::charge_bytes(&self.0, growth, what).map_err(|_| {
+            let max = self.0.spec.resource_limits.max_disk_bytes;
+            format!("{what} refused: the agent's files may grow by at most {max} bytes")
+        })
+    }
+    fn refund_bytes(&self, bytes: u64) {
+        crate::wasi::filesystem::quota::refund_bytes(&self.0, bytes);
+    }
+    fn take_file(&self, what: &str) -> Result<(), String> {
+        crate::wasi::filesystem::quota::take_file(&self.0, what).map_err(|_| {
+            let max = self.0.spec.resource_limits.max_files_created;
+            format!("{what} refused: the agent may create {max} files, directories and links")
+        })
+    }
+    fn refund_file(&self) {
+        crate::wasi::filesystem::quota::refund_file(&self.0);
     }
 }
 

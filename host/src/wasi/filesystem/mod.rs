@@ -22,7 +22,7 @@
 
 mod checks;
 mod links;
-mod quota;
+pub(crate) mod quota;
 
 pub use links::FsState;
 

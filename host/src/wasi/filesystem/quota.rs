@@ -29,7 +29,7 @@ use wasmtime_wasi::p2::{
 };
 
 /// Takes one unit of `maxFilesCreated`; `quota` past it.
-pub(super) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCode> {
+pub(crate) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCode> {
     let max = u64::from(shared.spec.resource_limits.max_files_created);
     let counter = &shared.counters.files_created;
     let used = counter.fetch_add(1, Ordering::Relaxed) + 1;
@@ -49,7 +49,7 @@ pub(super) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCod
 }
 
 /// Gives back a unit taken by a create that failed.
-pub(super) fn refund_file(shared: &AgentShared) {
+pub(crate) fn refund_file(shared: &AgentShared) {
     shared
         .counters
         .files_created
@@ -57,7 +57,7 @@ pub(super) fn refund_file(shared: &AgentShared) {
 }
 
 /// Charges `growth` bytes against `maxDiskBytes`; `insufficient-space` past it.
-pub(super) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Result<(), ErrorCode> {
+pub(crate) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Result<(), ErrorCode> {
     if growth == 0 {
         return Ok(());
     }
@@ -81,7 +81,7 @@ pub(super) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Res
 }
 
 /// Gives back bytes charged for growth that did not happen (a short or failed write).
-pub(super) fn refund_bytes(shared: &AgentShared, bytes: u64) {
+pub(crate) fn refund_bytes(shared: &AgentShared, bytes: u64) {
     if bytes > 0 {
         shared
             .counters

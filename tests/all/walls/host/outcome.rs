@@ -441,3 +441,84 @@ fn run_agent_name_is_the_name_policies_match() {
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["output"]["ok"], true, "{report}");
 }
+
+/// `hostile` with `dir` mounted read-write at `/workspace`, `fs.write` allowed, and the given
+/// disk and file quotas.
+fn fs_write_spec(dir: &std::path::Path, disk: u64, files: u32) -> SubAgentSpecification {
+    let mut s = hostile_spec();
+    s.security_constraints.file_system_access = qi_host::FileSystemAccess::Restricted;
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: dir.to_path_buf(),
+        guest_path: "/workspace".into(),
+        writable: Some(true),
+    });
+    s.security_constraints.allowed_tools.push("fs.write".into());
+    s.resource_limits.max_disk_bytes = disk;
+    s.resource_limits.max_files_created = files;
+    s
+}
+
+fn writes(files: &[(&str, usize)]) -> Value {
+    let calls: Vec<Value> = files
+        .iter()
+        .map(|(path, bytes)| {
+            json!({"tool": "fs.write", "input": {"path": format!("/workspace/{path}"), "content": "w".repeat(*bytes)}})
+        })
+        .collect();
+    json!({"mode": "host.tools", "calls": calls})
+}
+
+#[tokio::test]
+async fn the_fs_write_tool_is_held_to_the_disk_quota() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let quota = 1000;
+    let at = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), quota, 10),
+        // Replacing a file is charged only its growth.
+        writes(&[("a", 600), ("a", 300), ("b", 400)]),
+    )
+    .await;
+    assert_eq!(ok(&at)["calls"], 3);
+    assert_eq!(at.usage.disk_bytes_written, quota);
+    assert_eq!(at.usage.files_created, 2);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let past = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), quota, 10),
+        writes(&[("a", 600), ("b", 401)]),
+    )
+    .await;
+    assert_eq!(limit(&past).0, LimitKind::DiskBytes);
+    assert!(
+        !dir.path().join("b").exists(),
+        "nothing written past the quota"
+    );
+    assert_eq!(past.usage.disk_bytes_written, 600);
+}
+
+#[tokio::test]
+async fn the_fs_write_tool_is_held_to_the_files_quota() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let at = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), 1 << 20, 2),
+        writes(&[("a", 1), ("b", 1), ("a", 2)]),
+    )
+    .await;
+    assert_eq!(ok(&at)["calls"], 3);
+    assert_eq!(at.usage.files_created, 2);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let past = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), 1 << 20, 2),
+        writes(&[("a", 1), ("b", 1), ("c", 1)]),
+    )
+    .await;
+    assert_eq!(limit(&past).0, LimitKind::FilesCreated);
+    assert!(
+        !dir.path().join("c").exists(),
+        "no file created past the quota"
+    );
+    assert_eq!(past.usage.files_created, 2);
+}
