@@ -483,7 +483,7 @@ impl AgentHost {
                 agent.shared.audit(
                     "lifecycle",
                     "spawn-failed",
-                    failure.to_string(),
+                    failure::summary(&failure),
                     serde_json::json!({"fuel": usage.fuel_consumed, "hostCalls": usage.host_calls}),
                 );
                 Err(Error::Spawn(failure, Box::new(usage)))
@@ -760,17 +760,15 @@ impl SubAgent {
             Ok(v) => (Some(v), None),
             Err(f) => (None, Some(f)),
         };
-        match &failure {
+        let summary = failure.as_ref().map(|f| failure::summary(f));
+        match &summary {
             None => tracing::debug!(agent = %self.id, "agent completed"),
             Some(f) => tracing::info!(agent = %self.id, failure = %f, "agent failed"),
         }
         self.shared.audit(
             "lifecycle",
             "finish",
-            match &failure {
-                None => "completed".to_string(),
-                Some(f) => f.to_string(),
-            },
+            summary.unwrap_or_else(|| "completed".to_string()),
             serde_json::json!({"status": status, "fuel": usage.fuel_consumed}),
         );
         AgentReport {

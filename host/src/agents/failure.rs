@@ -43,6 +43,24 @@ pub(super) fn describe_too_long(shared: &AgentShared, bytes: Option<usize>) -> A
     limit_failure(shared, LimitKind::ArgumentSize, MAX as u64, detail)
 }
 
+/// `failure` as written to the audit log and the host's log: at most
+/// [`MAX_AUDITED_FAILURE_BYTES`](crate::interfaces::limits::MAX_AUDITED_FAILURE_BYTES) of it,
+/// then how long it was.
+pub(super) fn summary(failure: &AgentFailure) -> String {
+    use crate::interfaces::limits::MAX_AUDITED_FAILURE_BYTES as MAX;
+    let mut text = failure.to_string();
+    if text.len() > MAX {
+        let len = text.len();
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(&format!("… ({len} bytes in all)"));
+    }
+    text
+}
+
 /// The first error of type `E` in `e`'s chain (a WASI host function may wrap it).
 fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -> Option<&E> {
     e.downcast_ref::<E>()

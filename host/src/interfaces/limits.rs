@@ -96,6 +96,11 @@ pub const STORED_WRITE_OVERHEAD_BYTES: usize = 256;
 /// in its arguments) is refused before wasmtime copies it.
 pub const MAX_DESCRIBE_BYTES: usize = 64 << 10;
 
+/// Bytes of an agent's failure (its error message, its panic message) written to the audit log
+/// and the host's log when it ends; the report keeps it whole. An agent error may be as long
+/// as `maxOutputBytes` (up to 64 MiB), which has no place in every audit entry.
+pub const MAX_AUDITED_FAILURE_BYTES: usize = 4 << 10;
+
 /// Audit entries one agent's own actions may add to the audit log: refused network attempts,
 /// access-gate decisions and (when monitored) host-call records. Each is cheap for the guest and
 /// is queued in host memory until the audit writer commits it, so a guest in a tight loop would

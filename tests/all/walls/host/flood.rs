@@ -273,3 +273,39 @@ async fn share_and_revoke_audit_entries_count_against_the_per_agent_bound() {
     assert_eq!(r.usage.audit_dropped, 100);
     assert_eq!(audit.recorded(), cap + 1 + LIFECYCLE_ENTRIES);
 }
+
+#[tokio::test]
+async fn a_long_failure_is_cut_before_the_audit_log_and_reported_whole() {
+    use qi_host::audit::AuditQuery;
+    use qi_host::interfaces::limits::MAX_AUDITED_FAILURE_BYTES;
+    let (host, audit) = audited_host().await;
+    let bytes = 100_000;
+    let r = flood_on(
+        &host,
+        spec(),
+        json!({"mode": "host.big-error", "bytes": bytes}),
+    )
+    .await;
+    match &r.failure {
+        Some(AgentFailure::AgentError { message, .. }) => assert_eq!(message.len(), bytes),
+        other => panic!("expected the agent's error, got {other:?}"),
+    }
+    audit.flush().await;
+    let finish = audit
+        .query(&AuditQuery {
+            operation: Some("finish".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("audit query");
+    assert_eq!(finish.len(), 1);
+    // The audit log keeps 1 KiB of a reason and says how long the reason it was handed was:
+    // the failure was cut to MAX_AUDITED_FAILURE_BYTES before it was queued.
+    let reason = &finish[0].reason;
+    let handed: usize = reason
+        .rsplit_once("[truncated from ")
+        .and_then(|(_, n)| n.strip_suffix(" bytes]"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", &reason[reason.len().saturating_sub(80)..]));
+    assert!(handed <= MAX_AUDITED_FAILURE_BYTES + 64, "{handed}");
+}
