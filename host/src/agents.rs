@@ -760,7 +760,7 @@ impl SubAgent {
             Ok(v) => (Some(v), None),
             Err(f) => (None, Some(f)),
         };
-        let summary = failure.as_ref().map(|f| failure::summary(f));
+        let summary = failure.as_ref().map(failure::summary);
         match &summary {
             None => tracing::debug!(agent = %self.id, "agent completed"),
             Some(f) => tracing::info!(agent = %self.id, failure = %f, "agent failed"),
