@@ -324,3 +324,27 @@ async fn the_deadline_stops_a_spinning_agent_at_the_largest_yield_interval() {
         report.failure
     );
 }
+
+#[tokio::test]
+async fn a_name_cannot_pass_for_a_host_assigned_id_or_the_operator() {
+    for (name, hint) in [
+        ("agent-abc123-7", "`agent-` names are the host's agent ids"),
+        ("operator", "reserved"),
+        ("", "1 to 128"),
+        ("two words", "letters, digits"),
+    ] {
+        let mut s = spec();
+        s.name = Some(name.into());
+        names(&spawn_err(s).await, "name", hint);
+    }
+    let mut s = spec();
+    s.name = Some("x".repeat(129));
+    names(&spawn_err(s).await, "name", "1 to 128");
+    // Just inside: 128 bytes of the allowed characters.
+    let mut s = spec();
+    s.name = Some(format!("Reviewer_2.a-{}", "x".repeat(115)));
+    host()
+        .spawn(&load(HELLO_COMPONENT), s)
+        .await
+        .expect("a plain name of 128 bytes is accepted");
+}
