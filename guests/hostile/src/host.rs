@@ -29,6 +29,9 @@
 //!   whose data is exactly `bytes` bytes.
 //! - `host.tools {calls}`: calls each `{tool, input}` of `calls` in turn (input sent as its
 //!   JSON text); fails with the first refusal.
+//! - `host.batch {count, tool, input, bytes}`: one `tools.call-many` batch of `count` calls of
+//!   `tool` (default `clock.now`) with `input` (any JSON value, sent as its text), or with an
+//!   input of exactly `bytes` bytes; answers each result (`ok`, or the error) in `results`.
 //! - `host.get-many {count}`: creates a context, then reads it `count` times.
 //! - `host.revoke-many {count}`: creates a context, then revokes one agent's (absent) share
 //!   `count` times.
@@ -76,6 +79,14 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
             }
             json!({"ok": true, "calls": calls.len()})
         }
+        "batch" => batch(
+            n("count", 0),
+            input["tool"].as_str().unwrap_or("clock.now"),
+            match input["bytes"].as_u64() {
+                Some(b) => json_object(b as usize),
+                None => input["input"].to_string(),
+            },
+        ),
         "get-many" => {
             let id = new_context()?;
             for _ in 0..n("count", 0) {
@@ -292,4 +303,21 @@ fn publish_many(bytes: usize, count: usize) -> Result<Value, AgentError> {
         events::publish(&id, 0, &data).map_err(|e| failed("events.publish", e))?;
     }
     Ok(json!({"ok": true, "published": count}))
+}
+
+fn batch(count: usize, tool: &str, input: String) -> Value {
+    let requests: Vec<tools::ToolRequest> = (0..count)
+        .map(|_| tools::ToolRequest {
+            name: tool.into(),
+            input: input.clone(),
+        })
+        .collect();
+    let results: Vec<String> = tools::call_many(&requests)
+        .into_iter()
+        .map(|r| match r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("{e:?}"),
+        })
+        .collect();
+    json!({"ok": true, "results": results})
 }

@@ -35,6 +35,14 @@ pub const MAX_TOOL_OUTPUT_BYTES: usize = 8 << 20;
 /// by `resourceLimits.maxConcurrentOperations`. A longer batch gets a single `invalid-input`
 /// result (not one per request, so the refusal costs no memory in proportion to the batch).
 pub const MAX_CALL_MANY_REQUESTS: usize = 64;
+/// Bytes of all the inputs of one `tools.call-many` batch together. Every input is parsed
+/// into a JSON value (several times the text's size in host memory) and the parsed inputs of a
+/// batch are alive at once.
+pub const MAX_CALL_MANY_INPUT_BYTES: usize = 4 << 20;
+/// Bytes of all the outputs of one `tools.call-many` batch together. The outputs are held in
+/// the host until the whole batch is handed back; an output past this budget is replaced by a
+/// `limit-exceeded` error for that request (the others are kept).
+pub const MAX_CALL_MANY_OUTPUT_BYTES: usize = 4 * MAX_TOOL_OUTPUT_BYTES;
 /// Agents named in one `context.share` or `context.revoke`. Each becomes a stored share row and
 /// an audit entry.
 pub const MAX_SHARE_AGENTS: usize = 256;

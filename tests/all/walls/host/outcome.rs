@@ -352,8 +352,8 @@ async fn tool_output_at_the_limit_is_handed_over_and_one_byte_more_is_refused() 
     match &past.failure {
         Some(AgentFailure::AgentError { message, .. }) => assert!(
             message.contains(&format!(
-                "tool output is {} bytes; the limit is {MAX_TOOL_OUTPUT_BYTES}",
-                MAX_TOOL_OUTPUT_BYTES + 1
+                "tool output is more than {MAX_TOOL_OUTPUT_BYTES} bytes; the limit is \
+                 {MAX_TOOL_OUTPUT_BYTES}"
             )),
             "{message}"
         ),
