@@ -150,10 +150,18 @@ impl<F: Future> Future for WithOutputLimit<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let previous = OUTPUT_LIMIT.replace(Some(self.limit));
-        let r = self.call.as_mut().poll(cx);
-        OUTPUT_LIMIT.set(previous);
-        r
+        let _restore = Restore(OUTPUT_LIMIT.replace(Some(self.limit)));
+        self.call.as_mut().poll(cx)
+    }
+}
+
+/// Puts back the thread's previous limit when a poll ends, also when it unwinds (a host
+/// function that panicked), so that no later lift on this thread sees a stale limit.
+struct Restore(Option<usize>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        OUTPUT_LIMIT.set(self.0);
     }
 }
 
