@@ -68,12 +68,12 @@ fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -
 }
 
 /// wasmtime's refusal when a transfer is larger than the hostcall fuel (its error type is
-/// private, so it is recognised by its message).
+/// private, so it is recognised by its message). Only the root cause is read: the layers
+/// above it include the guest's backtrace, whose function names the guest chose.
 pub(super) fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
-    e.chain().any(|c| {
-        c.to_string()
-            .contains("fuel allocated for hostcalls has been exhausted")
-    })
+    e.root_cause()
+        .to_string()
+        .contains("fuel allocated for hostcalls has been exhausted")
 }
 
 /// Ways a guest ends a call that are not traps.
@@ -230,6 +230,10 @@ mod tests {
         .context("lifting arguments");
         assert_eq!(guest_end(&refused), Some(GuestEnd::TransferRefused));
         assert_eq!(guest_end(&wasmtime::format_err!("anything else")), None);
+        // A trap whose backtrace names a function after the refusal is still a trap.
+        let spoofed = wasmtime::Error::from(Trap::UnreachableCodeReached)
+            .context("0: fuel allocated for hostcalls has been exhausted");
+        assert_eq!(guest_end(&spoofed), None);
     }
 
     #[test]
