@@ -101,7 +101,8 @@ pub struct AgentReport {
     pub usage: UsageReceipt,
     /// Log records the agent emitted (first 1,000).
     pub logs: Vec<LogRecord>,
-    /// Every host call, when the agent was monitored.
+    /// Every host call, when the agent was monitored (the first
+    /// [`MAX_AUDIT_ENTRIES_PER_AGENT`](crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT)).
     pub host_call_log: Vec<HostCallRecord>,
     /// What the guest wrote to stdout (first 64 KiB).
     pub stdout: String,

@@ -220,8 +220,8 @@ impl AgentShared {
             );
         }
         let mut log = self.call_log.lock().expect("call log poisoned");
-        // Bounded like everything a guest controls.
-        if log.len() < 100_000 {
+        // Bounded like everything a guest controls: as many records as audit entries.
+        if log.len() < crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT as usize {
             log.push(HostCallRecord {
                 call: call.to_string(),
                 target: target.to_string(),

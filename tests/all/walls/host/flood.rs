@@ -81,6 +81,8 @@ async fn monitored_host_calls_in_a_tight_loop_are_audited_up_to_the_bound() {
     assert_eq!(r.usage.host_calls, 3 * cap);
     assert_eq!(r.usage.audit_dropped, 2 * cap);
     assert_eq!(audit.recorded(), cap + 1 + LIFECYCLE_ENTRIES);
+    // The report's call log keeps as many.
+    assert_eq!(r.host_call_log.len() as u64, cap);
 }
 
 #[tokio::test]
