@@ -455,12 +455,12 @@ impl AgentHost {
                 if bytes > crate::interfaces::limits::MAX_DESCRIBE_BYTES {
                     return Err(failure::describe_too_long(&describing, Some(bytes)));
                 }
-                Ok((instance, info))
+                let description = describe(info);
+                check_declared(&describing.spec, &description)?;
+                Ok((instance, description))
             });
         match spawned {
-            Ok((instance, info)) => {
-                let description = describe(info);
-                check_declared(&agent.shared.spec, &description)?;
+            Ok((instance, description)) => {
                 agent.instance = Some(instance);
                 let _ = agent.shared.name.set(description.name.clone());
                 agent.shared.audit(
@@ -519,9 +519,19 @@ fn describe(info: crate::interfaces::AgentInfo) -> AgentDescription {
     }
 }
 
-fn check_declared(spec: &SubAgentSpecification, d: &AgentDescription) -> Result<()> {
+/// The spec's `agentType` and `capabilities` against what the component declared. A mismatch
+/// is found after guest code ran, so it is a spawn failure (with its receipt), in the
+/// VALIDATION category.
+fn check_declared(
+    spec: &SubAgentSpecification,
+    d: &AgentDescription,
+) -> std::result::Result<(), AgentFailure> {
+    let not_declared = |field: &str, message: String| AgentFailure::NotDeclared {
+        field: field.to_string(),
+        message,
+    };
     if spec.agent_type != AgentType::Basic && spec.agent_type != d.agent_type {
-        return Err(Error::field(
+        return Err(not_declared(
             "agentType",
             format!(
                 "the spec asks for {:?} but component `{}` declares {:?}",
@@ -534,7 +544,7 @@ fn check_declared(spec: &SubAgentSpecification, d: &AgentDescription) -> Result<
         .iter()
         .find(|c| !d.capabilities.contains(c))
     {
-        return Err(Error::field(
+        return Err(not_declared(
             "capabilities",
             format!(
                 "component `{}` does not declare `{missing}` (it declares: {})",

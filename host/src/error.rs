@@ -299,6 +299,15 @@ pub enum AgentFailure {
         /// The agent's message.
         message: String,
     },
+    /// The component does not declare what the spec asks of it (`agentType`, `capabilities`),
+    /// found once it had described itself (VALIDATION): the spec or the component is wrong.
+    #[error("invalid `{field}`: {message}")]
+    NotDeclared {
+        /// The spec field the component does not satisfy.
+        field: String,
+        /// What the spec asks and what the component declares.
+        message: String,
+    },
     /// The agent's output is not valid JSON.
     #[error("agent output is not valid JSON: {message}")]
     InvalidOutput {
@@ -324,6 +333,7 @@ impl AgentFailure {
             | AgentFailure::AgentError { .. }
             | AgentFailure::Exited { .. }
             | AgentFailure::InvalidOutput { .. } => ErrorCategory::Business,
+            AgentFailure::NotDeclared { .. } => ErrorCategory::Validation,
             AgentFailure::Host { .. } => ErrorCategory::System,
         }
     }

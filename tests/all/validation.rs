@@ -178,7 +178,14 @@ async fn declared_capabilities_and_type_must_match() {
     );
     let mut s = spec();
     s.agent_type = qi_host::AgentType::DecisionCapable;
-    names(&spawn_err(s).await, "agentType", "declares");
+    let err = spawn_err(s).await;
+    names(&err, "agentType", "declares");
+    // The component ran (instantiation and `describe`) before the mismatch was found: the
+    // refusal carries the receipt of what it used.
+    match err {
+        Error::Spawn(_, usage) => assert!(usage.fuel_consumed > 0, "{usage:?}"),
+        other => panic!("expected a spawn failure with its receipt, got {other:?}"),
+    }
 }
 
 #[test]
