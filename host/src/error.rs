@@ -207,6 +207,9 @@ pub enum LimitKind {
     /// `resourceLimits.maxNetworkOperations`: name lookups, binds, connects, datagrams sent
     /// and received.
     NetworkOperations,
+    /// Bytes one agent may write to the shared context store and event bus in total (see
+    /// `crate::interfaces::limits::MAX_STORED_BYTES_PER_AGENT`).
+    StoredBytes,
 }
 
 impl LimitKind {
@@ -227,6 +230,7 @@ impl LimitKind {
             LimitKind::NetworkOperations => "resourceLimits.maxNetworkOperations",
             LimitKind::LogBytes => "configurationOverrides.maxLogBytes",
             LimitKind::ArgumentSize => "host-call argument size",
+            LimitKind::StoredBytes => "host stored bytes per agent",
         }
     }
 }
@@ -248,6 +252,7 @@ impl fmt::Display for LimitKind {
             LimitKind::LogBytes => "log bytes",
             LimitKind::ArgumentSize => "argument size",
             LimitKind::NetworkOperations => "network operations",
+            LimitKind::StoredBytes => "stored bytes",
         })
     }
 }
@@ -299,6 +304,15 @@ pub enum AgentFailure {
         /// The agent's message.
         message: String,
     },
+    /// The component does not declare what the spec asks of it (`agentType`, `capabilities`),
+    /// found once it had described itself (VALIDATION): the spec or the component is wrong.
+    #[error("invalid `{field}`: {message}")]
+    NotDeclared {
+        /// The spec field the component does not satisfy.
+        field: String,
+        /// What the spec asks and what the component declares.
+        message: String,
+    },
     /// The agent's output is not valid JSON.
     #[error("agent output is not valid JSON: {message}")]
     InvalidOutput {
@@ -324,6 +338,7 @@ impl AgentFailure {
             | AgentFailure::AgentError { .. }
             | AgentFailure::Exited { .. }
             | AgentFailure::InvalidOutput { .. } => ErrorCategory::Business,
+            AgentFailure::NotDeclared { .. } => ErrorCategory::Validation,
             AgentFailure::Host { .. } => ErrorCategory::System,
         }
     }

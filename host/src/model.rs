@@ -48,4 +48,12 @@ pub struct UsageReceipt {
     pub stdout_dropped: u64,
     /// Bytes of stderr written past the 64 KiB capture and discarded.
     pub stderr_dropped: u64,
+    /// Audit entries the agent's actions caused past `MAX_AUDIT_ENTRIES_PER_AGENT` (10,000,
+    /// `crate::sandbox::state`), which were dropped (the decisions were still enforced and
+    /// counted).
+    pub audit_dropped: u64,
+    /// Bytes the agent wrote to the context store and event bus: documents, merge patches,
+    /// event data, sync payloads and shared agent ids, plus an overhead per stored row (at most
+    /// `MAX_STORED_BYTES_PER_AGENT`, `crate::interfaces::limits`).
+    pub stored_bytes: u64,
 }

@@ -178,7 +178,14 @@ async fn declared_capabilities_and_type_must_match() {
     );
     let mut s = spec();
     s.agent_type = qi_host::AgentType::DecisionCapable;
-    names(&spawn_err(s).await, "agentType", "declares");
+    let err = spawn_err(s).await;
+    names(&err, "agentType", "declares");
+    // The component ran (instantiation and `describe`) before the mismatch was found: the
+    // refusal carries the receipt of what it used.
+    match err {
+        Error::Spawn(_, usage) => assert!(usage.fuel_consumed > 0, "{usage:?}"),
+        other => panic!("expected a spawn failure with its receipt, got {other:?}"),
+    }
 }
 
 #[test]
@@ -328,4 +335,28 @@ async fn the_deadline_stops_a_spinning_agent_at_the_largest_yield_interval() {
         "{:?}",
         report.failure
     );
+}
+
+#[tokio::test]
+async fn a_name_cannot_pass_for_a_host_assigned_id_or_the_operator() {
+    for (name, hint) in [
+        ("agent-abc123-7", "`agent-` names are the host's agent ids"),
+        ("operator", "reserved"),
+        ("", "1 to 128"),
+        ("two words", "letters, digits"),
+    ] {
+        let mut s = spec();
+        s.name = Some(name.into());
+        names(&spawn_err(s).await, "name", hint);
+    }
+    let mut s = spec();
+    s.name = Some("x".repeat(129));
+    names(&spawn_err(s).await, "name", "1 to 128");
+    // Just inside: 128 bytes of the allowed characters.
+    let mut s = spec();
+    s.name = Some(format!("Reviewer_2.a-{}", "x".repeat(115)));
+    host()
+        .spawn(&load(HELLO_COMPONENT), s)
+        .await
+        .expect("a plain name of 128 bytes is accepted");
 }

@@ -20,6 +20,26 @@
 //! - `host.checkpoint {bytes, point}`: a `sync.checkpoint` with a state of exactly `bytes`
 //!   bytes at a point id of `point` bytes (default 1).
 //! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
+//! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (default
+//!   `127.0.0.1:9`), answers how many were refused: each attempt is a decision the host audits.
+//! - `host.budget {count}`: calls `budget.get` `count` times.
+//! - `host.put-many {sizes}`: creates a context (`{}`, type `probe`), then puts a JSON document
+//!   of exactly each of `sizes` bytes in turn; answers how many puts were stored.
+//! - `host.publish-many {bytes, count}`: creates a context, then publishes `count` custom events
+//!   whose data is exactly `bytes` bytes.
+//! - `host.tools {calls}`: calls each `{tool, input}` of `calls` in turn (input sent as its
+//!   JSON text); fails with the first refusal.
+//! - `host.batch {count, tool, input, bytes}`: one `tools.call-many` batch of `count` calls of
+//!   `tool` (default `clock.now`) with `input` (any JSON value, sent as its text), or with an
+//!   input of exactly `bytes` bytes; answers each result (`ok`, or the error) in `results`.
+//! - `host.get-many {count}`: creates a context, then reads it `count` times.
+//! - `host.revoke-many {count}`: creates a context, then revokes one agent's (absent) share
+//!   `count` times.
+//! - `host.log-many {count}`: `count` log records with an empty message and no fields.
+//! - `host.big-error {bytes}`: fails with `failed` and a message of exactly `bytes` bytes.
+//! - `host.spoof-panic {then}`: writes a fake Rust panic message to stderr, then `then`:
+//!   `trap` (reads past the end of linear memory: a trap that is not a panic) or `panic` (a
+//!   real panic).
 //!
 //! A mode whose host call is refused fails with the host's message (`failed`); otherwise it
 //! returns `{"ok": true, ...}` with what the host answered.
@@ -44,6 +64,57 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
         "clock" => clock(n("count", 0)),
+        "connect-flood" => connect_flood(
+            n("count", 0),
+            input["target"].as_str().unwrap_or("127.0.0.1:9"),
+        ),
+        "budget" => budget(n("count", 0)),
+        "tools" => {
+            let calls = input["calls"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for c in calls {
+                tool(c["tool"].as_str().unwrap_or_default(), &c["input"])?;
+            }
+            json!({"ok": true, "calls": calls.len()})
+        }
+        "batch" => batch(
+            n("count", 0),
+            input["tool"].as_str().unwrap_or("clock.now"),
+            match input["bytes"].as_u64() {
+                Some(b) => json_object(b as usize),
+                None => input["input"].to_string(),
+            },
+        ),
+        "get-many" => {
+            let id = new_context()?;
+            for _ in 0..n("count", 0) {
+                context::get(&id).map_err(|e| failed("context.get", e))?;
+            }
+            json!({"ok": true})
+        }
+        "revoke-many" => {
+            let id = new_context()?;
+            for _ in 0..n("count", 0) {
+                context::revoke(&id, &["agent-x".to_string()])
+                    .map_err(|e| failed("context.revoke", e))?;
+            }
+            json!({"ok": true})
+        }
+        "log-many" => {
+            (0..n("count", 0)).for_each(|_| log::log(log::Level::Info, "", &[]));
+            json!({"ok": true})
+        }
+        "put-many" => put_many(
+            input["sizes"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        )?,
+        "publish-many" => publish_many(n("bytes", 2), n("count", 0))?,
+        "big-error" => return Err(AgentError::Failed("e".repeat(n("bytes", 0)))),
+        "spoof-panic" => spoof_panic(input["then"].as_str().unwrap_or_default()),
         "checkpoint" => checkpoint(n("bytes", 2), n("point", 1))?,
         "tool" => tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?,
         _ => return Err(crate::unknown(&format!("host.{attack}"))),
@@ -186,4 +257,67 @@ fn checkpoint(bytes: usize, point: usize) -> Result<Value, AgentError> {
         Err(e) => Err(failed("sync.checkpoint", e)),
         Ok(_) => Ok(json!({"ok": true, "coordinated": true})),
     }
+}
+
+fn connect_flood(count: usize, target: &str) -> Value {
+    let refused = (0..count)
+        .filter(|_| std::net::TcpStream::connect(target).is_err())
+        .count();
+    json!({"ok": true, "refused": refused})
+}
+
+fn budget(count: usize) -> Value {
+    let fuel = (0..count)
+        .map(|_| qi_guest_sdk::wit::qi::agent::budget::get().fuel)
+        .min();
+    json!({"ok": true, "fuel": fuel})
+}
+
+fn spoof_panic(then: &str) -> Value {
+    eprintln!("thread '<unnamed>' panicked at src/spoofed.rs:1:1:\nspoofed message");
+    if then == "panic" {
+        panic!("the real panic");
+    }
+    // A trap that is not a panic: a load past the end of linear memory (far below 4 GiB).
+    let address = std::hint::black_box(0xffff_fff0_usize) as *const u64;
+    // SAFETY: none; the point is the trap. The address is outside linear memory, so the load
+    // traps before anything is read.
+    #[allow(unsafe_code)]
+    let value = unsafe { std::ptr::read_volatile(address) };
+    json!({"ok": true, "value": value})
+}
+
+fn put_many(sizes: &[Value]) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    for size in sizes {
+        let doc = json_object(size.as_u64().unwrap_or(8) as usize);
+        context::put(&id, &doc, None).map_err(|e| failed("context.put", e))?;
+    }
+    Ok(json!({"ok": true, "puts": sizes.len()}))
+}
+
+fn publish_many(bytes: usize, count: usize) -> Result<Value, AgentError> {
+    let id = new_context()?;
+    let data = json_text(bytes);
+    for _ in 0..count {
+        events::publish(&id, 0, &data).map_err(|e| failed("events.publish", e))?;
+    }
+    Ok(json!({"ok": true, "published": count}))
+}
+
+fn batch(count: usize, tool: &str, input: String) -> Value {
+    let requests: Vec<tools::ToolRequest> = (0..count)
+        .map(|_| tools::ToolRequest {
+            name: tool.into(),
+            input: input.clone(),
+        })
+        .collect();
+    let results: Vec<String> = tools::call_many(&requests)
+        .into_iter()
+        .map(|r| match r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("{e:?}"),
+        })
+        .collect();
+    json!({"ok": true, "results": results})
 }

@@ -18,13 +18,20 @@ use qi_guest_sdk::{Agent, AgentError, AgentInfo, AgentType, Task, TaskOutput};
 pub struct Hostile;
 
 impl Agent for Hostile {
+    /// With a directory mounted at `/describe` holding a file `bytes` (a number N), the
+    /// description is N bytes long: the host's bound on `describe()` is tested that way (the
+    /// task input is not known yet when `describe` runs).
     fn describe() -> AgentInfo {
+        let description = match std::fs::read_to_string("/describe/bytes") {
+            Ok(n) => "d".repeat(n.trim().parse().unwrap_or(0)),
+            Err(_) => "Attacks one sandbox wall per mode (fs.*, net.*, host.*).".into(),
+        };
         AgentInfo {
             name: "hostile".into(),
             version: "0.1.0".into(),
             agent_type: AgentType::Basic,
             capabilities: vec!["sandbox-probe".into()],
-            description: "Attacks one sandbox wall per mode (fs.*, net.*, host.*).".into(),
+            description,
         }
     }
 

@@ -21,6 +21,46 @@ pub(super) fn hostcall_fuel(shared: &AgentShared) -> usize {
     crate::interfaces::limits::MAX_HOST_CALL_TRANSFER_BYTES.max(output)
 }
 
+/// The Store's hostcall fuel while `describe` runs: see
+/// [`MAX_DESCRIBE_BYTES`](crate::interfaces::limits::MAX_DESCRIBE_BYTES).
+pub(super) const DESCRIBE_TRANSFER_BYTES: usize = 2 * crate::interfaces::limits::MAX_DESCRIBE_BYTES;
+
+/// Records and returns the refusal of a `describe()` answer of `bytes` bytes (`None`: too
+/// long to be copied at all).
+pub(super) fn describe_too_long(shared: &AgentShared, bytes: Option<usize>) -> AgentFailure {
+    use crate::interfaces::limits::MAX_DESCRIBE_BYTES as MAX;
+    let detail = match bytes {
+        Some(n) => format!(
+            "describe() answered {n} bytes (name, version, description and capabilities); \
+             at most {MAX} are accepted"
+        ),
+        None => format!(
+            "describe() answered more than {DESCRIBE_TRANSFER_BYTES} bytes, or called the host \
+             with that much while describing itself; refused before it was copied (at most \
+             {MAX} are accepted)"
+        ),
+    };
+    limit_failure(shared, LimitKind::ArgumentSize, MAX as u64, detail)
+}
+
+/// `failure` as written to the audit log and the host's log: at most
+/// [`MAX_AUDITED_FAILURE_BYTES`](crate::interfaces::limits::MAX_AUDITED_FAILURE_BYTES) of it,
+/// then how long it was.
+pub(super) fn summary(failure: &AgentFailure) -> String {
+    use crate::interfaces::limits::MAX_AUDITED_FAILURE_BYTES as MAX;
+    let mut text = failure.to_string();
+    if text.len() > MAX {
+        let len = text.len();
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(&format!("… ({len} bytes in all)"));
+    }
+    text
+}
+
 /// The first error of type `E` in `e`'s chain (a WASI host function may wrap it).
 fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -> Option<&E> {
     e.downcast_ref::<E>()
@@ -28,12 +68,12 @@ fn in_chain<E: std::error::Error + Send + Sync + 'static>(e: &wasmtime::Error) -
 }
 
 /// wasmtime's refusal when a transfer is larger than the hostcall fuel (its error type is
-/// private, so it is recognised by its message).
-fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
-    e.chain().any(|c| {
-        c.to_string()
-            .contains("fuel allocated for hostcalls has been exhausted")
-    })
+/// private, so it is recognised by its message). Only the root cause is read: the layers
+/// above it include the guest's backtrace, whose function names the guest chose.
+pub(super) fn is_transfer_refusal(e: &wasmtime::Error) -> bool {
+    e.root_cause()
+        .to_string()
+        .contains("fuel allocated for hostcalls has been exhausted")
 }
 
 /// Ways a guest ends a call that are not traps.
@@ -116,17 +156,18 @@ pub(super) fn classify(
                     detail: format!("call stack exhausted ({stack} bytes)"),
                 };
             }
+            // A Rust panic aborts with `unreachable`; any other trap is not a panic, whatever
+            // the guest wrote to stderr.
+            Trap::UnreachableCodeReached => {
+                if let Some(message) = panic_message(&stderr) {
+                    return AgentFailure::Panicked { message };
+                }
+            }
             _ => {}
-        }
-        if let Some(message) = panic_message(&stderr) {
-            return AgentFailure::Panicked { message };
         }
         return AgentFailure::Trapped {
             message: trap.to_string(),
         };
-    }
-    if let Some(message) = panic_message(&stderr) {
-        return AgentFailure::Panicked { message };
     }
     // Not a wasm trap but raised while the guest ran: a canonical-ABI violation (bad
     // pointer, invalid UTF-8), a misused WASI resource, ... The guest caused it.
@@ -150,9 +191,11 @@ fn limit_failure(
     })
 }
 
-/// Pulls the panic message out of a Rust guest's stderr.
+/// Pulls the panic message out of a Rust guest's stderr: the last one, since the panic that
+/// aborted the guest is the last thing it wrote (anything earlier may be text the guest wrote
+/// itself).
 fn panic_message(stderr: &str) -> Option<String> {
-    let at = stderr.find("panicked at ")?;
+    let at = stderr.rfind("panicked at ")?;
     let rest = &stderr[at + "panicked at ".len()..];
     let mut lines = rest.lines();
     let location = lines.next()?.trim_end_matches(':').to_string();
@@ -187,6 +230,10 @@ mod tests {
         .context("lifting arguments");
         assert_eq!(guest_end(&refused), Some(GuestEnd::TransferRefused));
         assert_eq!(guest_end(&wasmtime::format_err!("anything else")), None);
+        // A trap whose backtrace names a function after the refusal is still a trap.
+        let spoofed = wasmtime::Error::from(Trap::UnreachableCodeReached)
+            .context("0: fuel allocated for hostcalls has been exhausted");
+        assert_eq!(guest_end(&spoofed), None);
     }
 
     #[test]

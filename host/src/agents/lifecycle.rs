@@ -6,7 +6,6 @@ use super::registry::{AgentEntry, Registration};
 use super::{AgentDescription, AgentReport, AgentStatus, TaskRequest};
 use crate::engine::LoadedComponent;
 use crate::error::{AgentFailure, LimitKind};
-use crate::interfaces::AgentError;
 use crate::interfaces::AgentState;
 use crate::interfaces::output::OutputText;
 use crate::sandbox::{AgentShared, UsageReceipt};
@@ -148,6 +147,13 @@ impl SubAgent {
             limit_value: max_output,
             detail: format!("output is {bytes} bytes; at most {max_output} are accepted"),
         };
+        let too_long_error = |bytes: usize| AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            limit_value: max_output,
+            detail: format!(
+                "the agent's error message is {bytes} bytes; at most {max_output} are accepted"
+            ),
+        };
         let outcome =
             match result {
                 Ok(Ok(out)) => match out.output {
@@ -161,10 +167,11 @@ impl SubAgent {
                         }),
                 },
                 Ok(Err(agent_error)) => Err(self.violation().unwrap_or_else(|| {
-                    let (error_kind, message) = match agent_error {
-                        AgentError::InvalidInput(m) => ("invalid-input", m),
-                        AgentError::ToolFailed(m) => ("tool-failed", m),
-                        AgentError::Failed(m) => ("failed", m),
+                    let (error_kind, message) = agent_error.into_parts();
+                    let message = match message {
+                        OutputText::Text(text) if text.len() as u64 <= max_output => text,
+                        OutputText::Text(text) => return too_long_error(text.len()),
+                        OutputText::TooLong { bytes } => return too_long_error(bytes),
                     };
                     AgentFailure::AgentError {
                         error_kind: error_kind.to_string(),
@@ -195,17 +202,15 @@ impl SubAgent {
             Ok(v) => (Some(v), None),
             Err(f) => (None, Some(f)),
         };
-        match &failure {
+        let summary = failure.as_ref().map(failure::summary);
+        match &summary {
             None => tracing::debug!(agent = %self.id, "agent completed"),
             Some(f) => tracing::info!(agent = %self.id, failure = %f, "agent failed"),
         }
         self.shared.audit(
             "lifecycle",
             "finish",
-            match &failure {
-                None => "completed".to_string(),
-                Some(f) => f.to_string(),
-            },
+            summary.unwrap_or_else(|| "completed".to_string()),
             serde_json::json!({"status": status, "fuel": usage.fuel_consumed}),
         );
         AgentReport {

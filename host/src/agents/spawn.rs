@@ -5,7 +5,7 @@ use super::failure;
 use super::registry::{AgentEntry, Registration, Registry};
 use super::{AgentDescription, AgentReport, AgentStatus, SubAgent, TaskRequest};
 use crate::engine::{HostConfig, LoadedComponent, Runtime};
-use crate::error::{Error, Result};
+use crate::error::{AgentFailure, Error, Result};
 use crate::interfaces::AgentState;
 use crate::interfaces::WitAgentType;
 use crate::sandbox::{AgentShared, Counters};
@@ -313,17 +313,38 @@ impl AgentHost {
             _registration: registration,
         };
         let pre = component.pre.clone();
+        let describing = agent.shared.clone();
         let spawned = agent
             .guarded(async |store| {
                 let instance = pre.instantiate_async(&mut *store).await?;
-                let info = instance.call_describe(&mut *store).await?;
-                Ok((instance, info))
+                // The answer is bounded before it is copied (see `MAX_DESCRIBE_BYTES`).
+                let fuel = store.hostcall_fuel();
+                store.set_hostcall_fuel(failure::DESCRIBE_TRANSFER_BYTES);
+                let info = instance.call_describe(&mut *store).await;
+                store.set_hostcall_fuel(fuel);
+                match info {
+                    Err(e) if failure::is_transfer_refusal(&e) => {
+                        failure::describe_too_long(&describing, None);
+                        Err(e)
+                    }
+                    info => Ok((instance, info?)),
+                }
             })
-            .await;
-        match spawned {
-            Ok((instance, info)) => {
+            .await
+            .and_then(|(instance, info)| {
+                let bytes = info.name.len()
+                    + info.version.len()
+                    + info.description.len()
+                    + info.capabilities.iter().map(String::len).sum::<usize>();
+                if bytes > crate::interfaces::limits::MAX_DESCRIBE_BYTES {
+                    return Err(failure::describe_too_long(&describing, Some(bytes)));
+                }
                 let description = describe(info);
-                check_declared(&agent.shared.spec, &description)?;
+                check_declared(&describing.spec, &description)?;
+                Ok((instance, description))
+            });
+        match spawned {
+            Ok((instance, description)) => {
                 agent.instance = Some(instance);
                 let _ = agent.shared.name.set(description.name.clone());
                 agent.shared.audit(
@@ -347,7 +368,7 @@ impl AgentHost {
                 agent.shared.audit(
                     "lifecycle",
                     "spawn-failed",
-                    failure.to_string(),
+                    failure::summary(&failure),
                     serde_json::json!({"fuel": usage.fuel_consumed, "hostCalls": usage.host_calls}),
                 );
                 Err(Error::Spawn(failure, Box::new(usage)))
@@ -382,9 +403,19 @@ fn describe(info: crate::interfaces::AgentInfo) -> AgentDescription {
     }
 }
 
-fn check_declared(spec: &SubAgentSpecification, d: &AgentDescription) -> Result<()> {
+/// The spec's `agentType` and `capabilities` against what the component declared. A mismatch
+/// is found after guest code ran, so it is a spawn failure (with its receipt), in the
+/// VALIDATION category.
+fn check_declared(
+    spec: &SubAgentSpecification,
+    d: &AgentDescription,
+) -> std::result::Result<(), AgentFailure> {
+    let not_declared = |field: &str, message: String| AgentFailure::NotDeclared {
+        field: field.to_string(),
+        message,
+    };
     if spec.agent_type != AgentType::Basic && spec.agent_type != d.agent_type {
-        return Err(Error::field(
+        return Err(not_declared(
             "agentType",
             format!(
                 "the spec asks for {:?} but component `{}` declares {:?}",
@@ -397,7 +428,7 @@ fn check_declared(spec: &SubAgentSpecification, d: &AgentDescription) -> Result<
         .iter()
         .find(|c| !d.capabilities.contains(c))
     {
-        return Err(Error::field(
+        return Err(not_declared(
             "capabilities",
             format!(
                 "component `{}` does not declare `{missing}` (it declares: {})",

@@ -244,6 +244,7 @@ pub async fn prepare_agents(
             .await
             .map_err(|e| match &e {
                 Error::InvalidField { field, message }
+                | Error::Spawn(crate::error::AgentFailure::NotDeclared { field, message }, _)
                 | Error::IsolationCeiling { field, message, .. } => manifest_error(
                     text,
                     path,

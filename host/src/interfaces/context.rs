@@ -124,6 +124,8 @@ impl qi::agent::context::Host for AgentState {
             )
             .map_err(refused)?;
             limits::bytes(&shared, call, "doc", &doc, MAX_DOCUMENT_BYTES).map_err(refused)?;
+            limits::stored(&shared, call, "doc", doc.len() + context_type.len(), 1)
+                .map_err(refused)?;
             shared
                 .gate("context", id.as_deref().unwrap_or("*"), "create")
                 .map_err(WitContextError::AccessDenied)?;
@@ -164,7 +166,10 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.get").await?;
-            limits::ids(&shared, "context.get", "id", [&id]).map_err(refused)?;
+            limits::ids(&shared, "context.get", "id", [&id])
+                // A read is recorded as an `accessed` event: one stored row.
+                .and_then(|()| limits::stored(&shared, "context.get", "id", 0, 1))
+                .map_err(refused)?;
             shared
                 .gate("context", &id, "get")
                 .map_err(WitContextError::AccessDenied)?;
@@ -197,6 +202,7 @@ impl qi::agent::context::Host for AgentState {
             let (svc, me) = context_call(&shared, "context.put").await?;
             limits::ids(&shared, "context.put", "id", [&id]).map_err(refused)?;
             limits::bytes(&shared, "context.put", "doc", &doc, MAX_DOCUMENT_BYTES)
+                .and_then(|()| limits::stored(&shared, "context.put", "doc", doc.len(), 1))
                 .map_err(refused)?;
             shared
                 .gate("context", &id, "put")
@@ -232,6 +238,7 @@ impl qi::agent::context::Host for AgentState {
                 &merge_patch,
                 MAX_DOCUMENT_BYTES,
             )
+            .and_then(|()| limits::stored(&shared, call, "merge-patch", merge_patch.len(), 1))
             .map_err(refused)?;
             shared
                 .gate("context", &id, "patch")
@@ -252,7 +259,9 @@ impl qi::agent::context::Host for AgentState {
         let shared = self.shared.clone();
         let r = async {
             let (svc, me) = context_call(&shared, "context.delete").await?;
-            limits::ids(&shared, "context.delete", "id", [&id]).map_err(refused)?;
+            limits::ids(&shared, "context.delete", "id", [&id])
+                .and_then(|()| limits::stored(&shared, "context.delete", "id", 0, 1))
+                .map_err(refused)?;
             shared
                 .gate("context", &id, "delete")
                 .map_err(WitContextError::AccessDenied)?;
@@ -281,6 +290,14 @@ impl qi::agent::context::Host for AgentState {
             limits::ids(&shared, call, "id", [&id]).map_err(refused)?;
             limits::items(&shared, call, "agents", &agents, MAX_SHARE_AGENTS).map_err(refused)?;
             limits::ids(&shared, call, "agents", &agents).map_err(refused)?;
+            limits::stored(
+                &shared,
+                call,
+                "agents",
+                agents.iter().map(String::len).sum(),
+                agents.len(),
+            )
+            .map_err(refused)?;
             limits::items(
                 &shared,
                 call,
@@ -306,6 +323,9 @@ impl qi::agent::context::Host for AgentState {
                 .await
                 .map(|_| ())
                 .map_err(context_error)?;
+            if !shared.take_audit_entry() {
+                return Ok(());
+            }
             shared.audit(
                 &format!("context/{id}"),
                 "share",
@@ -328,10 +348,15 @@ impl qi::agent::context::Host for AgentState {
             limits::ids(&shared, call, "id", [&id]).map_err(refused)?;
             limits::items(&shared, call, "agents", &agents, MAX_SHARE_AGENTS).map_err(refused)?;
             limits::ids(&shared, call, "agents", &agents).map_err(refused)?;
+            // Each revocation is recorded as a `revoked` event: one stored row per agent.
+            limits::stored(&shared, call, "agents", 0, agents.len()).map_err(refused)?;
             shared
                 .gate("context", &id, "revoke")
                 .map_err(WitContextError::AccessDenied)?;
             svc.revoke(&me, &id, &agents).await.map_err(context_error)?;
+            if !shared.take_audit_entry() {
+                return Ok(());
+            }
             shared.audit(
                 &format!("context/{id}"),
                 "revoke",

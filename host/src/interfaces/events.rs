@@ -63,6 +63,8 @@ impl qi::agent::events::Host for AgentState {
                 .and_then(|()| limits::ids(&shared, call, "context-ids", &context_ids))
                 .and_then(|()| limits::items(&shared, call, "event-types", &event_types, MAX_SUBSCRIBE_TYPES))
                 .and_then(|()| limits::ids(&shared, call, "event-types", &event_types))
+                // The subscription is a stored row (and a refusal an `access-violation` event).
+                .and_then(|()| limits::stored(&shared, call, "context-ids", 0, 1))
                 .map_err(|r| WitEventError::Invalid(r.into_message()))?;
             for id in &context_ids {
                 shared.gate("events", id, "subscribe").map_err(WitEventError::AccessDenied)?;
@@ -191,6 +193,7 @@ impl qi::agent::events::Host for AgentState {
                         MAX_EVENT_DATA_BYTES,
                     )
                 })
+                .and_then(|()| limits::stored(&shared, "events.publish", "data", data.len(), 1))
                 .map_err(|r| WitEventError::Invalid(r.into_message()))?;
             shared
                 .gate("events", &context_id, "publish")

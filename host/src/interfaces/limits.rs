@@ -35,6 +35,14 @@ pub const MAX_TOOL_OUTPUT_BYTES: usize = 8 << 20;
 /// by `resourceLimits.maxConcurrentOperations`. A longer batch gets a single `invalid-input`
 /// result (not one per request, so the refusal costs no memory in proportion to the batch).
 pub const MAX_CALL_MANY_REQUESTS: usize = 64;
+/// Bytes of all the inputs of one `tools.call-many` batch together. Every input is parsed
+/// into a JSON value (several times the text's size in host memory) and the parsed inputs of a
+/// batch are alive at once.
+pub const MAX_CALL_MANY_INPUT_BYTES: usize = 4 << 20;
+/// Bytes of all the outputs of one `tools.call-many` batch together. The outputs are held in
+/// the host until the whole batch is handed back; an output past this budget is replaced by a
+/// `limit-exceeded` error for that request (the others are kept).
+pub const MAX_CALL_MANY_OUTPUT_BYTES: usize = 4 * MAX_TOOL_OUTPUT_BYTES;
 /// Agents named in one `context.share` or `context.revoke`. Each becomes a stored share row and
 /// an audit entry.
 pub const MAX_SHARE_AGENTS: usize = 256;
@@ -63,6 +71,46 @@ pub const MAX_LOG_FIELDS: usize = 32;
 pub const MAX_LOG_KEY_BYTES: usize = 256;
 /// Bytes of a log field's value kept; longer values are truncated.
 pub const MAX_LOG_VALUE_BYTES: usize = 1 << 10;
+
+/// Bytes every log record costs against `configurationOverrides.maxLogBytes` besides its
+/// message and fields (each field `k=v` costs its key, its value and 2). Without it, records
+/// with an empty message would be free, and a guest logging them in a loop would write the
+/// host's log without bound.
+pub const LOG_RECORD_OVERHEAD_BYTES: usize = 64;
+
+/// Bytes one agent may write to the shared context store and event bus over its life:
+/// documents (`context.create`, `context.put`), merge patches (`context.patch`), event data
+/// (`events.publish`), sync payloads (`sync.checkpoint`, `sync.contribute`) and the agent ids
+/// of `context.share`; reads (`context.get`, recorded as `accessed` events), deletions,
+/// revocations and subscriptions cost a row each. Each argument above is bounded on its own, but nothing else bounds how
+/// many calls an agent makes, and what they store outlives the agent (the context store keeps
+/// every version and holds the latest in memory; the bus keeps a live buffer of 4,096 events
+/// and a million in the store). A write past the bound is refused before it is parsed, with
+/// the interface's own error, and the agent ends with [`LimitKind::StoredBytes`]; refused
+/// writes are not counted. The receipt reports `stored_bytes`. Each write also costs
+/// [`STORED_WRITE_OVERHEAD_BYTES`] (each shared agent id too), so that empty ones are not free.
+pub const MAX_STORED_BYTES_PER_AGENT: u64 = 64 << 20;
+/// What each stored row costs against [`MAX_STORED_BYTES_PER_AGENT`] besides its bytes: a
+/// context version, an event, a sync payload, a share. About what the store spends on a row
+/// (keys, metadata, the event it announces); it bounds the rows one agent can add to 262,144,
+/// so that an agent publishing empty events cannot push every other agent's events out of the
+/// bus's retention of a million.
+pub const STORED_WRITE_OVERHEAD_BYTES: usize = 256;
+
+/// Bytes of a component's `describe()` answer: its name, version, description and
+/// capabilities together. The answer is kept for the agent's life, reported, audited at spawn
+/// and quoted in spawn errors. While `describe` runs, the Store's hostcall fuel is twice this,
+/// so a far longer answer (and any host call made from inside `describe` with more than that
+/// in its arguments) is refused before wasmtime copies it.
+pub const MAX_DESCRIBE_BYTES: usize = 64 << 10;
+
+/// Bytes of an agent's failure (its error message, its panic message) written to the audit log
+/// and the host's log when it ends; the report keeps it whole. An agent error may be as long
+/// as `maxOutputBytes` (up to 64 MiB), which has no place in every audit entry.
+pub const MAX_AUDITED_FAILURE_BYTES: usize = 4 << 10;
+
+/// Audit entries one agent's own actions may add (defined beside the agent it bounds).
+pub use crate::sandbox::state::MAX_AUDIT_ENTRIES_PER_AGENT;
 
 /// Bytes one guest-to-host transfer may carry (the Store's hostcall fuel): the sum of one host
 /// call's `string` and `list` arguments. Larger transfers are refused by wasmtime before
@@ -103,6 +151,44 @@ pub fn check(
     );
     shared.record_violation(LimitKind::ArgumentSize, limit as u64, detail.clone());
     Err(ArgumentRefusal(detail))
+}
+
+/// Takes what `rows` stored rows holding `size` bytes of `argument` of `call` cost
+/// (`size + rows × STORED_WRITE_OVERHEAD_BYTES`) from the agent's
+/// [`MAX_STORED_BYTES_PER_AGENT`]. On refusal the agent's first violation becomes
+/// [`LimitKind::StoredBytes`] and nothing is taken.
+pub fn stored(
+    shared: &AgentShared,
+    call: &str,
+    argument: &str,
+    size: usize,
+    rows: usize,
+) -> Result<(), ArgumentRefusal> {
+    use std::sync::atomic::Ordering;
+    let counter = &shared.counters.stored_bytes;
+    let cost = (size as u64)
+        .saturating_add((rows as u64).saturating_mul(STORED_WRITE_OVERHEAD_BYTES as u64));
+    let mut used = counter.load(Ordering::Relaxed);
+    loop {
+        let total = used.saturating_add(cost);
+        if total > MAX_STORED_BYTES_PER_AGENT {
+            let detail = format!(
+                "{call}: `{argument}` of {size} bytes ({cost} with the per-row cost) refused: \
+                 the agent has used {used} of the {MAX_STORED_BYTES_PER_AGENT} bytes it may \
+                 store in the context store and event bus"
+            );
+            shared.record_violation(
+                LimitKind::StoredBytes,
+                MAX_STORED_BYTES_PER_AGENT,
+                detail.clone(),
+            );
+            return Err(ArgumentRefusal(detail));
+        }
+        match counter.compare_exchange_weak(used, total, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Ok(()),
+            Err(now) => used = now,
+        }
+    }
 }
 
 /// [`check`] for a string argument (size in bytes).

@@ -3,12 +3,14 @@
 //! Logging never fails from the guest's point of view: a message or field over its limit in
 //! [`super::limits`] is truncated in place (no further copy), fields past
 //! [`MAX_LOG_FIELDS`] are dropped before anything else is done with them, and once the agent's
-//! `maxLogBytes` are spent further records are dropped and counted (`logs_dropped`).
+//! `maxLogBytes` are spent further records are dropped and counted (`logs_dropped`). A record
+//! costs [`LOG_RECORD_OVERHEAD_BYTES`] plus its message and its fields (`k=v`, each key and value
+//! plus 2), so even empty records use up the budget.
 
 use super::AgentState;
 use super::Level;
+use super::limits::{LOG_RECORD_OVERHEAD_BYTES, MAX_LOG_KEY_BYTES, MAX_LOG_VALUE_BYTES};
 pub use super::limits::{MAX_LOG_FIELDS, MAX_LOG_MESSAGE_BYTES};
-use super::limits::{MAX_LOG_KEY_BYTES, MAX_LOG_VALUE_BYTES};
 use super::qi;
 use crate::sandbox::{LogRecord, MAX_KEPT_LOG_RECORDS};
 use std::sync::atomic::Ordering;
@@ -38,8 +40,14 @@ impl qi::agent::log::Host for AgentState {
                 (k, v)
             })
             .collect();
-        let bytes =
-            (message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64;
+        // What the record costs: its rendering plus a fixed overhead, so that no record is
+        // free (see `LOG_RECORD_OVERHEAD_BYTES`).
+        let bytes = (LOG_RECORD_OVERHEAD_BYTES
+            + message.len()
+            + fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>()) as u64;
         let used = shared
             .counters
             .log_bytes

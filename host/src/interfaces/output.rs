@@ -1,4 +1,5 @@
-//! The `run` export's result, lifted so that an oversized output is never copied into the host.
+//! The `run` export's result, lifted so that an oversized output, or an oversized message in
+//! the agent's error, is never copied into the host.
 //!
 //! wasmtime runs an export's post-return (where the guest frees the strings it returned) before
 //! `call_async` returns, so a lazily lifted [`WasmStr`] would be read from freed guest memory.
@@ -13,7 +14,7 @@
 //! afterwards; the Store's hostcall fuel bounds that copy.
 
 use super::Agent;
-use super::qi::agent::types::{AgentError, Task};
+use super::qi::agent::types::Task;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +47,34 @@ pub(crate) enum OutputText {
 pub(crate) struct BoundedTaskOutput {
     /// The output.
     pub(crate) output: OutputText,
+}
+
+/// `agent-error`, with its message lifted as [`OutputText`] against the same limit as the
+/// output: an error message is the agent's answer too, and it ends up in the report, the audit
+/// log and the host's log.
+#[derive(Debug, wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(variant)]
+pub(crate) enum BoundedAgentError {
+    /// `invalid-input`.
+    #[component(name = "invalid-input")]
+    InvalidInput(OutputText),
+    /// `tool-failed`.
+    #[component(name = "tool-failed")]
+    ToolFailed(OutputText),
+    /// `failed`.
+    #[component(name = "failed")]
+    Failed(OutputText),
+}
+
+impl BoundedAgentError {
+    /// The error's kind (its WIT case name) and message.
+    pub(crate) fn into_parts(self) -> (&'static str, OutputText) {
+        match self {
+            BoundedAgentError::InvalidInput(m) => ("invalid-input", m),
+            BoundedAgentError::ToolFailed(m) => ("tool-failed", m),
+            BoundedAgentError::Failed(m) => ("failed", m),
+        }
+    }
 }
 
 // SAFETY: `OutputText` is a component `string`: it has the representation, ABI and type check
@@ -121,10 +150,18 @@ impl<F: Future> Future for WithOutputLimit<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let previous = OUTPUT_LIMIT.replace(Some(self.limit));
-        let r = self.call.as_mut().poll(cx);
-        OUTPUT_LIMIT.set(previous);
-        r
+        let _restore = Restore(OUTPUT_LIMIT.replace(Some(self.limit)));
+        self.call.as_mut().poll(cx)
+    }
+}
+
+/// Puts back the thread's previous limit when a poll ends, also when it unwinds (a host
+/// function that panicked), so that no later lift on this thread sees a stale limit.
+struct Restore(Option<usize>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        OUTPUT_LIMIT.set(self.0);
     }
 }
 
@@ -134,11 +171,11 @@ pub(crate) async fn call_run<T: Send + 'static>(
     store: &mut Store<T>,
     task: &Task,
     max_output: usize,
-) -> wasmtime::Result<Result<BoundedTaskOutput, AgentError>> {
+) -> wasmtime::Result<Result<BoundedTaskOutput, BoundedAgentError>> {
     let run = instance
         .func_run()
         .func()
-        .typed::<(&Task,), (Result<BoundedTaskOutput, AgentError>,)>(&*store)?;
+        .typed::<(&Task,), (Result<BoundedTaskOutput, BoundedAgentError>,)>(&*store)?;
     let call = run.call_async(store.as_context_mut(), (task,));
     let (result,) = with_output_limit(max_output, call).await?;
     Ok(result)

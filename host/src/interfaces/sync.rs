@@ -43,6 +43,7 @@ fn sync_payload(
     text: &str,
 ) -> Result<serde_json::Value, WitSyncError> {
     limits::bytes(shared, call, argument, text, MAX_SYNC_PAYLOAD_BYTES)
+        .and_then(|()| limits::stored(shared, call, argument, text.len(), 1))
         .map_err(|r| WitSyncError::InvalidPayload(r.into_message()))?;
     serde_json::from_str(text)
         .map_err(|e| WitSyncError::InvalidPayload(format!("{call}: payload is not JSON: {e}")))

@@ -83,15 +83,63 @@ fn prepare_call(
     Ok(tool.call(ctx, value))
 }
 
-async fn finish_call(fut: crate::tools::ToolFuture) -> Result<String, ToolError> {
+/// A `Vec` that refuses to grow past `max` bytes, so that a tool's output is never rendered
+/// further than the limit (JSON escapes can make the text six times the value's strings).
+struct Bounded {
+    text: Vec<u8>,
+    max: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.max {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `value` as JSON text if it is at most `max` bytes; it is never rendered further.
+fn render_bounded(value: &serde_json::Value, max: usize) -> Option<String> {
+    let mut out = Bounded {
+        text: Vec::new(),
+        max,
+    };
+    serde_json::to_writer(&mut out, value).ok()?;
+    // serde_json writes valid UTF-8.
+    String::from_utf8(out.text).ok()
+}
+
+/// What is left of a `call-many` batch's output budget
+/// ([`MAX_CALL_MANY_OUTPUT_BYTES`](limits::MAX_CALL_MANY_OUTPUT_BYTES)).
+type OutputBudget = Arc<std::sync::atomic::AtomicUsize>;
+
+async fn finish_call(
+    fut: crate::tools::ToolFuture,
+    batch: Option<&OutputBudget>,
+) -> Result<String, ToolError> {
     match fut.await {
         Ok(value) => {
-            let text = value.to_string();
-            if text.len() > MAX_TOOL_OUTPUT_BYTES {
-                return Err(ToolError::Failed(format!(
-                    "tool output is {} bytes; the limit is {MAX_TOOL_OUTPUT_BYTES}",
-                    text.len()
-                )));
+            let text = render_bounded(&value, MAX_TOOL_OUTPUT_BYTES).ok_or_else(|| {
+                ToolError::Failed(format!(
+                    "tool output is more than {MAX_TOOL_OUTPUT_BYTES} bytes; the limit is \
+                     {MAX_TOOL_OUTPUT_BYTES}"
+                ))
+            })?;
+            if let Some(left) = batch {
+                let len = text.len();
+                left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(len))
+                    .map_err(|_| {
+                        ToolError::LimitExceeded(format!(
+                            "this output of {len} bytes would take the call-many batch's \
+                             outputs past {} bytes in all; call it on its own",
+                            limits::MAX_CALL_MANY_OUTPUT_BYTES
+                        ))
+                    })?;
             }
             Ok(text)
         }
@@ -121,7 +169,7 @@ impl qi::agent::tools::Host for AgentState {
         let result = match shared.operations.clone().try_acquire_owned() {
             Err(_) => Err(concurrency_refusal(&shared, 1)),
             Ok(_permit) => match prepare_call(&shared, &name, &input) {
-                Ok(fut) => finish_call(fut).await,
+                Ok(fut) => finish_call(fut, None).await,
                 Err(e) => Err(e),
             },
         };
@@ -154,6 +202,19 @@ impl qi::agent::tools::Host for AgentState {
             // proportion to the batch it refuses.
             return vec![Err(ToolError::InvalidInput(r.into_message()))];
         }
+        let input_bytes = requests.iter().map(|r| r.input.len()).sum();
+        if let Err(r) = limits::check(
+            &shared,
+            "tools.call-many",
+            "requests[*].input",
+            input_bytes,
+            limits::MAX_CALL_MANY_INPUT_BYTES,
+            "bytes in all",
+        ) {
+            shared.record_call("tools.call-many", "", arg_bytes, start, "invalid-input");
+            return vec![Err(ToolError::InvalidInput(r.into_message()))];
+        }
+        let budget: OutputBudget = Arc::new(limits::MAX_CALL_MANY_OUTPUT_BYTES.into());
         let permits = match u32::try_from(n).ok().and_then(|n| {
             shared
                 .operations
@@ -173,7 +234,8 @@ impl qi::agent::tools::Host for AgentState {
         for (i, req) in requests.iter().enumerate() {
             match prepare_call(&shared, &req.name, &req.input) {
                 Ok(fut) => {
-                    set.spawn(async move { (i, finish_call(fut).await) });
+                    let budget = budget.clone();
+                    set.spawn(async move { (i, finish_call(fut, Some(&budget)).await) });
                 }
                 Err(e) => results[i] = Some(Err(e)),
             }
@@ -216,5 +278,19 @@ impl qi::agent::tools::Host for AgentState {
             .collect();
         shared.record_call("tools.available", "", 0, start, "ok");
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_bounded;
+    use serde_json::json;
+
+    #[test]
+    fn output_is_rendered_up_to_the_limit_and_never_past_it() {
+        // Ten NULs escape to `\u0000` each: 60 bytes, plus the quotes.
+        let value = json!("\u{0}".repeat(10));
+        assert_eq!(render_bounded(&value, 62).map(|t| t.len()), Some(62));
+        assert_eq!(render_bounded(&value, 61), None);
     }
 }

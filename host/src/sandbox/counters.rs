@@ -45,6 +45,13 @@ pub struct Counters {
     pub stdout_dropped: AtomicU64,
     /// Bytes of stderr discarded past the 64 KiB capture.
     pub stderr_dropped: AtomicU64,
+    /// Audit entries the agent's actions caused (see
+    /// [`MAX_AUDIT_ENTRIES_PER_AGENT`](super::state::MAX_AUDIT_ENTRIES_PER_AGENT)),
+    /// written or not.
+    pub audit_entries: AtomicU64,
+    /// Bytes written to the context store and event bus (see
+    /// [`MAX_STORED_BYTES_PER_AGENT`](crate::interfaces::limits::MAX_STORED_BYTES_PER_AGENT)).
+    pub stored_bytes: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -90,6 +97,11 @@ impl UsageReceipt {
             wasi_calls: c.wasi_calls.load(Ordering::Relaxed),
             stdout_dropped: c.stdout_dropped.load(Ordering::Relaxed),
             stderr_dropped: c.stderr_dropped.load(Ordering::Relaxed),
+            audit_dropped: c
+                .audit_entries
+                .load(Ordering::Relaxed)
+                .saturating_sub(super::state::MAX_AUDIT_ENTRIES_PER_AGENT),
+            stored_bytes: c.stored_bytes.load(Ordering::Relaxed),
             ..Default::default()
         }
     }

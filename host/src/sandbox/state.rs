@@ -9,6 +9,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// Audit entries one agent's own actions may add to the audit log: refused network attempts,
+/// access-gate decisions and (when monitored) host-call records. Each is cheap for the guest and
+/// is queued in host memory until the audit writer commits it, so a guest in a tight loop would
+/// otherwise grow the queue and the log without bound. Past the bound the entries are dropped
+/// and counted (`UsageReceipt::audit_dropped`), one `audit-truncated` entry says so, and every
+/// decision is still enforced and counted in the receipt. Lifecycle entries (spawn, finish,
+/// terminate, trust changes, the limit violation) are always written.
+pub const MAX_AUDIT_ENTRIES_PER_AGENT: u64 = 10_000;
+
 /// Everything about an agent that outlives a borrow of its Store.
 #[derive(Debug)]
 pub struct AgentShared {
@@ -70,7 +79,8 @@ impl AgentShared {
             _ => None,
         };
         let no_labels = Vec::new();
-        let d = access.enforce_with(
+        let audit = self.take_audit_entry();
+        let d = access.enforce_with_audit(
             &policies,
             &crate::security::Request {
                 agent_id: &self.id,
@@ -86,6 +96,7 @@ impl AgentShared {
                 labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
                 action,
             },
+            audit,
         );
         if d.allowed {
             Ok(())
@@ -115,6 +126,31 @@ impl AgentShared {
                 .details(details),
             );
         }
+    }
+
+    /// Takes one of the audit entries the agent's own actions may add (refused network
+    /// attempts, gate decisions, monitored host calls): true when the entry may be written.
+    /// Past [`MAX_AUDIT_ENTRIES_PER_AGENT`] the entry is dropped and counted
+    /// (`UsageReceipt::audit_dropped`); the first one dropped writes one `audit-truncated`
+    /// entry instead. Without an audit log nothing is written or counted.
+    pub fn take_audit_entry(&self) -> bool {
+        const MAX: u64 = MAX_AUDIT_ENTRIES_PER_AGENT;
+        if self.access.as_ref().and_then(|a| a.audit()).is_none() {
+            return false;
+        }
+        let n = self.counters.audit_entries.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == MAX + 1 {
+            self.audit(
+                "limits",
+                "audit-truncated",
+                format!(
+                    "the agent caused more than {MAX} audit entries; further ones are dropped \
+                     and counted in its receipt (audit_dropped), their decisions still enforced"
+                ),
+                serde_json::json!({"limit": MAX}),
+            );
+        }
+        n <= MAX
     }
 
     /// Records the first limit violation (later ones are consequences of the first).
@@ -191,15 +227,17 @@ impl AgentShared {
             return;
         }
         let duration_us = start.elapsed().as_micros() as u64;
-        self.audit(
-            &format!("call/{target}"),
-            call,
-            outcome.to_string(),
-            serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
-        );
+        if self.take_audit_entry() {
+            self.audit(
+                &format!("call/{target}"),
+                call,
+                outcome.to_string(),
+                serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
+            );
+        }
         let mut log = self.call_log.lock().expect("call log poisoned");
-        // Bounded like everything a guest controls.
-        if log.len() < 100_000 {
+        // Bounded like everything a guest controls: as many records as audit entries.
+        if log.len() < MAX_AUDIT_ENTRIES_PER_AGENT as usize {
             log.push(HostCallRecord {
                 call: call.to_string(),
                 target: target.to_string(),

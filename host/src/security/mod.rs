@@ -512,10 +512,25 @@ impl AccessControl {
 
     /// [`enforce`](Self::enforce) with the policies already in hand.
     pub fn enforce_with(&self, policies: &PolicySet, req: &Request<'_>) -> Decision {
+        self.enforce_with_audit(policies, req, true)
+    }
+
+    /// [`enforce_with`](Self::enforce_with), writing the decision to the audit log only when
+    /// `audit` is true (a caller that bounds how many entries one agent may add passes false
+    /// past that bound). The decision is the same either way.
+    pub fn enforce_with_audit(
+        &self,
+        policies: &PolicySet,
+        req: &Request<'_>,
+        audit: bool,
+    ) -> Decision {
         let resource = req.resource();
         let d = policies.decide_on(req, &resource);
         if !d.allowed {
             tracing::info!(agent = req.agent_id, %resource, action = req.action, reason = %d.reason, "access denied by policy");
+        }
+        if !audit {
+            return d;
         }
         self.record(NewAuditEntry::new(
             req.agent_id,

@@ -47,6 +47,9 @@ impl SubAgentSpecification {
                 "must be at least 1; a small agent needs a few hundred thousand units",
             ));
         }
+        if let Some(name) = &self.name {
+            validate_name(name)?;
+        }
         if !sec.sandbox_enabled {
             return Err(Error::field(
                 "securityConstraints.sandboxEnabled",
@@ -230,4 +233,32 @@ impl SubAgentSpecification {
             })
             .collect()
     }
+}
+
+/// Longest agent name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// An agent name (`spec.name`, a manifest's agent kind, `--name`) is what access policies
+/// match besides the host-assigned id, so it must not be able to pass for another identity:
+/// not an `agent-…` id (policies written for one agent id would match it), not `operator`
+/// (the context store's and key holder's operator identity), and plain text (1 to 128 letters,
+/// digits, `-`, `_`, `.`) so that it reads the same in policies, audit entries and reports.
+fn validate_name(name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::field("name", format!("`{name}` {why}")));
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return bad(&format!("must be 1 to {MAX_NAME_BYTES} bytes long"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return bad("may hold only ASCII letters, digits, `-`, `_` and `.`");
+    }
+    if name.starts_with("agent-") {
+        return bad("looks like a host-assigned id; `agent-` names are the host's agent ids");
+    }
+    if name == crate::context::OPERATOR {
+        return bad("is reserved for the operator");
+    }
+    Ok(())
 }

@@ -192,7 +192,9 @@ fn refuse(shared: &AgentShared, target: &str, action: &str, reason: String) {
 }
 
 fn record(shared: &AgentShared, target: &str, action: &str, decision: AuditDecision, why: String) {
-    if let Some(access) = &shared.access {
+    if let Some(access) = &shared.access
+        && shared.take_audit_entry()
+    {
         access.record(NewAuditEntry::new(
             shared.id.clone(),
             format!("network/{target}"),

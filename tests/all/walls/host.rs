@@ -2,6 +2,7 @@
 //! with its own precise error while the host goes on. The agent's output, stdio, exit,
 //! identity, receipts and the old limits' pairs are in [`outcome`].
 
+mod flood;
 mod outcome;
 
 use crate::common::*;
@@ -302,4 +303,80 @@ async fn a_host_call_argument_larger_than_the_hostcall_fuel_is_never_copied() {
         ),
     );
     host_goes_on(&host).await;
+}
+
+#[tokio::test]
+async fn call_many_inputs_are_bounded_in_total_at_the_limit_and_one_byte_past() {
+    use qi_host::interfaces::limits::MAX_CALL_MANY_INPUT_BYTES;
+    let host = context_host().await;
+    let batch =
+        |count: usize, bytes: usize| json!({"mode": "host.batch", "count": count, "bytes": bytes});
+    let per = MAX_TOOL_INPUT_BYTES;
+    let count = MAX_CALL_MANY_INPUT_BYTES / per;
+    let at = attack_on(&host, batch(count, per)).await;
+    let results = ok(&at)["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), count);
+    assert!(results.iter().all(|r| r == "ok"), "{results:?}");
+    // One request more, each a little shorter: one byte past the total.
+    let shorter = (MAX_CALL_MANY_INPUT_BYTES + 1).div_ceil(count + 1);
+    let extra = shorter * (count + 1) - (MAX_CALL_MANY_INPUT_BYTES + 1);
+    assert_eq!(extra, 0, "pick sizes that land exactly one byte past");
+    let past = attack_on(&host, batch(count + 1, shorter)).await;
+    // One result for the whole batch: the refusal, which the guest can handle.
+    let results = ok(&past)["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 1, "{results:?}");
+    let needle = format!(
+        "tools.call-many: `requests[*].input` is {} bytes in all; the limit is \
+         {MAX_CALL_MANY_INPUT_BYTES}",
+        MAX_CALL_MANY_INPUT_BYTES + 1
+    );
+    let refusal = results[0].as_str().unwrap_or_default();
+    assert!(
+        refusal.starts_with("InvalidInput(") && refusal.contains(&needle),
+        "{refusal}"
+    );
+    assert_eq!(
+        past.usage.tool_calls, 0,
+        "no tool ran for the refused batch"
+    );
+}
+
+#[tokio::test]
+async fn call_many_outputs_are_bounded_in_total() {
+    use qi_host::interfaces::limits::MAX_CALL_MANY_OUTPUT_BYTES;
+    use qi_host::tools::FS_READ_MAX_BYTES;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(
+        dir.path().join("big"),
+        "r".repeat(FS_READ_MAX_BYTES as usize),
+    )
+    .unwrap();
+    let mut s = hostile_spec();
+    s.resource_limits.max_memory_mb = 512;
+    s.security_constraints.file_system_access = qi_host::FileSystemAccess::ReadOnly;
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: dir.path().to_path_buf(),
+        guest_path: "/data".into(),
+        writable: Some(false),
+    });
+    s.security_constraints.allowed_tools.push("fs.read".into());
+    // Each output is the 4 MiB file and a few bytes more.
+    let fit = MAX_CALL_MANY_OUTPUT_BYTES / (FS_READ_MAX_BYTES as usize + 64);
+    let count = fit + 2;
+    let r = run(
+        HOSTILE_COMPONENT,
+        s,
+        json!({"mode": "host.batch", "count": count, "tool": "fs.read", "input": {"path": "/data/big"}}),
+    )
+    .await;
+    let results = ok(&r)["results"].as_array().expect("results").clone();
+    let fine = results.iter().filter(|r| *r == "ok").count();
+    assert_eq!(fine, fit, "{results:?}");
+    for refused in results.iter().filter(|r| *r != "ok") {
+        let text = refused.as_str().unwrap_or_default();
+        assert!(
+            text.contains("LimitExceeded") && text.contains("call-many batch's outputs"),
+            "{text}"
+        );
+    }
 }

@@ -22,7 +22,7 @@
 
 mod checks;
 pub(crate) mod links;
-mod quota;
+pub(crate) mod quota;
 
 pub use links::{FsState, MAX_MOVED_DEPTH, MAX_MOVED_ENTRIES};
 

@@ -33,7 +33,7 @@ use wasmtime_wasi::p2::{
 };
 
 /// Takes one unit of `maxFilesCreated`; `quota` past it.
-pub(super) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCode> {
+pub(crate) fn take_file(shared: &AgentShared, what: &str) -> Result<(), ErrorCode> {
     let max = u64::from(shared.spec.resource_limits.max_files_created);
     let counter = &shared.counters.files_created;
     if let Err(before) = take(counter, 1, max) {
@@ -62,7 +62,7 @@ fn take(counter: &std::sync::atomic::AtomicU64, n: u64, max: u64) -> Result<u64,
 }
 
 /// Gives back a unit taken by a create that failed.
-pub(super) fn refund_file(shared: &AgentShared) {
+pub(crate) fn refund_file(shared: &AgentShared) {
     shared
         .counters
         .files_created
@@ -70,7 +70,7 @@ pub(super) fn refund_file(shared: &AgentShared) {
 }
 
 /// Charges `growth` bytes against `maxDiskBytes`; `insufficient-space` past it.
-pub(super) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Result<(), ErrorCode> {
+pub(crate) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Result<(), ErrorCode> {
     if growth == 0 {
         return Ok(());
     }
@@ -92,7 +92,7 @@ pub(super) fn charge_bytes(shared: &AgentShared, growth: u64, what: &str) -> Res
 }
 
 /// Gives back bytes charged for growth that did not happen (a short or failed write).
-pub(super) fn refund_bytes(shared: &AgentShared, bytes: u64) {
+pub(crate) fn refund_bytes(shared: &AgentShared, bytes: u64) {
     if bytes > 0 {
         shared
             .counters

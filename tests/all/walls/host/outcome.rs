@@ -80,6 +80,112 @@ async fn output_at_max_output_bytes_passes_and_one_byte_more_is_output_size() {
 }
 
 #[tokio::test]
+async fn an_error_message_at_max_output_bytes_is_reported_and_one_byte_more_is_output_size() {
+    let limit = 1000u64;
+    let mut s = spec();
+    s.configuration_overrides
+        .insert("maxOutputBytes".into(), json!(limit));
+    let at = run(
+        HOSTILE_COMPONENT,
+        s.clone(),
+        json!({"mode": "host.big-error", "bytes": limit}),
+    )
+    .await;
+    match &at.failure {
+        Some(AgentFailure::AgentError {
+            error_kind,
+            message,
+        }) => {
+            assert_eq!(error_kind, "failed");
+            assert_eq!(message.len() as u64, limit);
+        }
+        other => panic!("expected the agent's error, got {other:?}"),
+    }
+    let past = run(
+        HOSTILE_COMPONENT,
+        s,
+        json!({"mode": "host.big-error", "bytes": limit + 1}),
+    )
+    .await;
+    match past.failure {
+        Some(AgentFailure::LimitExceeded {
+            limit: LimitKind::OutputSize,
+            limit_value,
+            ref detail,
+        }) => {
+            assert_eq!(limit_value, limit);
+            assert!(
+                detail.contains(&format!("error message is {} bytes", limit + 1)),
+                "{detail}"
+            );
+        }
+        other => panic!("expected OutputSize, got {other:?}"),
+    }
+}
+
+/// Spawns `hostile` with a description of exactly `bytes` bytes (see its `describe`).
+async fn spawn_describing(bytes: usize) -> Result<qi_host::SubAgent, Error> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(dir.path().join("bytes"), bytes.to_string()).expect("bytes file");
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
+    s.security_constraints.file_system_access = qi_host::FileSystemAccess::Restricted;
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: dir.path().to_path_buf(),
+        guest_path: "/describe".into(),
+        writable: Some(false),
+    });
+    host().spawn(&load(HOSTILE_COMPONENT), s).await
+}
+
+#[track_caller]
+fn describe_refused(r: Result<qi_host::SubAgent, Error>, needle: &str) {
+    use qi_host::interfaces::limits::MAX_DESCRIBE_BYTES;
+    match r {
+        Err(Error::Spawn(
+            AgentFailure::LimitExceeded {
+                limit: LimitKind::ArgumentSize,
+                limit_value,
+                detail,
+            },
+            usage,
+        )) => {
+            assert_eq!(limit_value, MAX_DESCRIBE_BYTES as u64, "{detail}");
+            assert!(detail.contains(needle), "{detail} lacks {needle}");
+            assert!(
+                usage.fuel_consumed > 0,
+                "the receipt counts what describe() used"
+            );
+        }
+        other => panic!("expected a describe() refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn describe_answers_at_the_limit_spawn_and_longer_ones_are_refused_uncopied() {
+    use qi_host::interfaces::limits::MAX_DESCRIBE_BYTES;
+    // Name, version and the one capability `hostile` declares, besides its description.
+    let fixed = "hostile".len() + "0.1.0".len() + "sandbox-probe".len();
+    let at = spawn_describing(MAX_DESCRIBE_BYTES - fixed)
+        .await
+        .expect("an answer at the limit spawns");
+    assert_eq!(
+        at.description().description.len(),
+        MAX_DESCRIBE_BYTES - fixed
+    );
+    drop(at);
+    describe_refused(
+        spawn_describing(MAX_DESCRIBE_BYTES - fixed + 1).await,
+        &format!("describe() answered {} bytes", MAX_DESCRIBE_BYTES + 1),
+    );
+    // Far past it: refused before wasmtime copies the answer.
+    describe_refused(
+        spawn_describing(16 * MAX_DESCRIBE_BYTES).await,
+        "refused before it was copied",
+    );
+}
+
+#[tokio::test]
 async fn a_spawn_that_fails_after_guest_code_ran_still_has_its_receipt() {
     let mut s = spec();
     s.fuel = 1_000;
@@ -246,8 +352,8 @@ async fn tool_output_at_the_limit_is_handed_over_and_one_byte_more_is_refused() 
     match &past.failure {
         Some(AgentFailure::AgentError { message, .. }) => assert!(
             message.contains(&format!(
-                "tool output is {} bytes; the limit is {MAX_TOOL_OUTPUT_BYTES}",
-                MAX_TOOL_OUTPUT_BYTES + 1
+                "tool output is more than {MAX_TOOL_OUTPUT_BYTES} bytes; the limit is \
+                 {MAX_TOOL_OUTPUT_BYTES}"
             )),
             "{message}"
         ),
@@ -334,4 +440,85 @@ fn run_agent_name_is_the_name_policies_match() {
     let (code, report) = run_agent(Some("hostile"));
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["output"]["ok"], true, "{report}");
+}
+
+/// `hostile` with `dir` mounted read-write at `/workspace`, `fs.write` allowed, and the given
+/// disk and file quotas.
+fn fs_write_spec(dir: &std::path::Path, disk: u64, files: u32) -> SubAgentSpecification {
+    let mut s = hostile_spec();
+    s.security_constraints.file_system_access = qi_host::FileSystemAccess::Restricted;
+    s.directories.push(qi_host::DirectoryGrant {
+        host_path: dir.to_path_buf(),
+        guest_path: "/workspace".into(),
+        writable: Some(true),
+    });
+    s.security_constraints.allowed_tools.push("fs.write".into());
+    s.resource_limits.max_disk_bytes = disk;
+    s.resource_limits.max_files_created = files;
+    s
+}
+
+fn writes(files: &[(&str, usize)]) -> Value {
+    let calls: Vec<Value> = files
+        .iter()
+        .map(|(path, bytes)| {
+            json!({"tool": "fs.write", "input": {"path": format!("/workspace/{path}"), "content": "w".repeat(*bytes)}})
+        })
+        .collect();
+    json!({"mode": "host.tools", "calls": calls})
+}
+
+#[tokio::test]
+async fn the_fs_write_tool_is_held_to_the_disk_quota() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let quota = 1000;
+    let at = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), quota, 10),
+        // Replacing a file is charged only its growth.
+        writes(&[("a", 600), ("a", 300), ("b", 400)]),
+    )
+    .await;
+    assert_eq!(ok(&at)["calls"], 3);
+    assert_eq!(at.usage.disk_bytes_written, quota);
+    assert_eq!(at.usage.files_created, 2);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let past = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), quota, 10),
+        writes(&[("a", 600), ("b", 401)]),
+    )
+    .await;
+    assert_eq!(limit(&past).0, LimitKind::DiskBytes);
+    assert!(
+        !dir.path().join("b").exists(),
+        "nothing written past the quota"
+    );
+    assert_eq!(past.usage.disk_bytes_written, 600);
+}
+
+#[tokio::test]
+async fn the_fs_write_tool_is_held_to_the_files_quota() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let at = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), 1 << 20, 2),
+        writes(&[("a", 1), ("b", 1), ("a", 2)]),
+    )
+    .await;
+    assert_eq!(ok(&at)["calls"], 3);
+    assert_eq!(at.usage.files_created, 2);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let past = run(
+        HOSTILE_COMPONENT,
+        fs_write_spec(dir.path(), 1 << 20, 2),
+        writes(&[("a", 1), ("b", 1), ("c", 1)]),
+    )
+    .await;
+    assert_eq!(limit(&past).0, LimitKind::FilesCreated);
+    assert!(
+        !dir.path().join("c").exists(),
+        "no file created past the quota"
+    );
+    assert_eq!(past.usage.files_created, 2);
 }
