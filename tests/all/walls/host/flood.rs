@@ -51,6 +51,9 @@ async fn refused_connects_are_audited_up_to_the_per_agent_bound_and_counted_past
         s.isolation_level = IsolationLevel::Restricted;
         s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
         s.resource_limits.allowed_network_hosts = vec!["127.0.0.1:47474".into()];
+        // Room for every attempt, so that the audit bound (not `maxNetworkOperations`, whose
+        // refusals are not audited at all) is what stops the entries.
+        s.resource_limits.max_network_operations = 100_000;
         let r = flood_on(
             &host,
             s,

@@ -475,8 +475,9 @@ async fn the_fs_write_tool_is_held_to_the_disk_quota() {
     let at = run(
         HOSTILE_COMPONENT,
         fs_write_spec(dir.path(), quota, 10),
-        // Replacing a file is charged only its growth.
-        writes(&[("a", 600), ("a", 300), ("b", 400)]),
+        // Replacing a file is charged like the guest's own truncate-and-write: every byte
+        // written (truncation gives nothing back).
+        writes(&[("a", 600), ("a", 300), ("b", 100)]),
     )
     .await;
     assert_eq!(ok(&at)["calls"], 3);
