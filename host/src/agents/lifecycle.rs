@@ -24,6 +24,8 @@ pub struct SubAgent {
     pub(super) shared: Arc<AgentShared>,
     pub(super) entry: Arc<AgentEntry>,
     pub(super) terminate_rx: watch::Receiver<Option<String>>,
+    /// The wall-clock deadline, one timer for the agent's whole life (spawn and run).
+    pub(super) deadline_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     pub(super) max_wasm_stack: usize,
     pub(super) _registration: Registration,
 }
@@ -61,12 +63,15 @@ impl SubAgent {
         &mut self,
         f: impl AsyncFnOnce(&mut Store<AgentState>) -> wasmtime::Result<T>,
     ) -> std::result::Result<T, AgentFailure> {
-        let deadline = tokio::time::Instant::from_std(self.shared.deadline);
-        let mut term = self.terminate_rx.clone();
         let limit_ms = self.shared.spec.resource_limits.max_execution_time_ms;
         let result = {
-            let work = f(&mut self.store);
-            race(work, deadline, &mut term).await
+            let SubAgent {
+                store,
+                terminate_rx,
+                deadline_timer,
+                ..
+            } = self;
+            race(f(store), deadline_timer.as_mut(), terminate_rx).await
         };
         match result {
             Raced::Done(Ok(v)) => Ok(v),
@@ -240,7 +245,7 @@ enum Raced<T> {
 
 async fn race<T>(
     work: impl Future<Output = T>,
-    deadline: tokio::time::Instant,
+    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
     term: &mut watch::Receiver<Option<String>>,
 ) -> Raced<T> {
     if let Some(reason) = term.borrow().clone() {
@@ -253,7 +258,7 @@ async fn race<T>(
             // The sender lives in the registry as long as the agent does.
             Err(_) => Raced::Terminated("host shut down".into()),
         },
-        _ = tokio::time::sleep_until(deadline) => Raced::Deadline,
+        _ = deadline => Raced::Deadline,
         v = work => Raced::Done(v),
     }
 }

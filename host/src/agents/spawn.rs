@@ -309,6 +309,9 @@ impl AgentHost {
             shared,
             entry,
             terminate_rx,
+            deadline_timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                deadline,
+            ))),
             max_wasm_stack: self.runtime.config().max_wasm_stack,
             _registration: registration,
         };

@@ -62,14 +62,26 @@ impl qi::agent::log::Host for AgentState {
             shared.record_call("log.log", "", bytes as usize, start, "dropped");
             return;
         }
-        let rendered: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        // Rendered only when the host's subscriber wants the record at that level.
+        let rendered = || -> String { fields.iter().map(|(k, v)| format!(" {k}={v}")).collect() };
         let agent = shared.id.as_str();
         match level {
-            Level::Trace => tracing::trace!(target: "qi.guest", agent, "{message}{rendered}"),
-            Level::Debug => tracing::debug!(target: "qi.guest", agent, "{message}{rendered}"),
-            Level::Info => tracing::info!(target: "qi.guest", agent, "{message}{rendered}"),
-            Level::Warn => tracing::warn!(target: "qi.guest", agent, "{message}{rendered}"),
-            Level::Error => tracing::error!(target: "qi.guest", agent, "{message}{rendered}"),
+            Level::Trace if tracing::enabled!(target: "qi.guest", tracing::Level::TRACE) => {
+                tracing::trace!(target: "qi.guest", agent, "{message}{}", rendered())
+            }
+            Level::Debug if tracing::enabled!(target: "qi.guest", tracing::Level::DEBUG) => {
+                tracing::debug!(target: "qi.guest", agent, "{message}{}", rendered())
+            }
+            Level::Info if tracing::enabled!(target: "qi.guest", tracing::Level::INFO) => {
+                tracing::info!(target: "qi.guest", agent, "{message}{}", rendered())
+            }
+            Level::Warn if tracing::enabled!(target: "qi.guest", tracing::Level::WARN) => {
+                tracing::warn!(target: "qi.guest", agent, "{message}{}", rendered())
+            }
+            Level::Error if tracing::enabled!(target: "qi.guest", tracing::Level::ERROR) => {
+                tracing::error!(target: "qi.guest", agent, "{message}{}", rendered())
+            }
+            _ => {}
         }
         {
             let mut logs = shared.logs.lock().expect("log lock poisoned");
