@@ -57,3 +57,13 @@ pub struct UsageReceipt {
     /// `MAX_STORED_BYTES_PER_AGENT`, `crate::interfaces::limits`).
     pub stored_bytes: u64,
 }
+
+/// `chars` lowercase hex digits from the operating system's random source, for ids that must
+/// not repeat across processes sharing a data directory (agent id prefixes, run ids).
+pub(crate) fn random_hex(chars: usize) -> String {
+    let mut bytes = vec![0u8; chars.div_ceil(2)];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    let mut s = hex::encode(bytes);
+    s.truncate(chars);
+    s
+}

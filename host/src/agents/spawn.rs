@@ -47,17 +47,7 @@ impl AgentHost {
             tools: Arc::new(tools),
             agents: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(1),
-            id_prefix: {
-                use std::hash::{BuildHasher, Hasher};
-                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-                h.write_u128(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0),
-                );
-                format!("{:06x}", h.finish() & 0xff_ffff)
-            },
+            id_prefix: crate::model::random_hex(6),
         })
     }
 

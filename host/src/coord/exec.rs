@@ -605,15 +605,7 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 fn new_run_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    format!("run-{:08x}", h.finish() as u32)
+    format!("run-{}", crate::model::random_hex(8))
 }
 
 impl Run {

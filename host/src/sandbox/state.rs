@@ -5,7 +5,7 @@ use super::{Counters, Grants, HostCallRecord, LogRecord};
 use crate::error::{AgentFailure, LimitKind};
 use crate::spec::{ResolvedOverrides, SubAgentSpecification};
 use crate::tools::ToolRegistry;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -171,10 +171,11 @@ impl AgentShared {
         }
     }
 
-    /// Takes one unit of a counted budget; `Err` (and a recorded violation) when it is spent.
-    pub fn take_budget(&self, limit: LimitKind) -> Result<(), String> {
+    /// The counter and the limit of a counted budget (tool calls, file operations, network
+    /// operations); `None` for every other limit.
+    fn counted(&self, limit: LimitKind) -> Option<(&AtomicU64, u64)> {
         let l = &self.spec.resource_limits;
-        let (counter, max) = match limit {
+        Some(match limit {
             LimitKind::ToolCalls => (&self.counters.tool_calls, u64::from(l.max_tool_calls)),
             LimitKind::FileOperations => (
                 &self.counters.file_operations,
@@ -184,8 +185,13 @@ impl AgentShared {
                 &self.counters.network_operations,
                 u64::from(l.max_network_operations),
             ),
-            _ => unreachable!("only counted budgets are taken"),
-        };
+            _ => return None,
+        })
+    }
+
+    /// Takes one unit of a counted budget; `Err` (and a recorded violation) when it is spent.
+    pub fn take_budget(&self, limit: LimitKind) -> Result<(), String> {
+        let (counter, max) = self.counted(limit).expect("only counted budgets are taken");
         let used = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if used > max {
             counter.fetch_sub(1, Ordering::Relaxed);
@@ -196,22 +202,11 @@ impl AgentShared {
         Ok(())
     }
 
-    /// Remaining budget of a counted limit.
+    /// Remaining budget of a counted limit (0 for any other limit).
     pub fn remaining(&self, limit: LimitKind) -> u64 {
-        let l = &self.spec.resource_limits;
-        let (counter, max) = match limit {
-            LimitKind::ToolCalls => (&self.counters.tool_calls, u64::from(l.max_tool_calls)),
-            LimitKind::FileOperations => (
-                &self.counters.file_operations,
-                u64::from(l.max_file_operations),
-            ),
-            LimitKind::NetworkOperations => (
-                &self.counters.network_operations,
-                u64::from(l.max_network_operations),
-            ),
-            _ => return 0,
-        };
-        max.saturating_sub(counter.load(Ordering::Relaxed))
+        self.counted(limit).map_or(0, |(counter, max)| {
+            max.saturating_sub(counter.load(Ordering::Relaxed))
+        })
     }
 
     /// Appends a monitored host-call record (no-op unless monitored).

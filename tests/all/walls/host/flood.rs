@@ -13,17 +13,25 @@ use std::sync::Arc;
 
 /// A host with an audit log and no policies, as `qi-host run-agent` has by default.
 async fn audited_host() -> (AgentHost, AuditLog) {
+    audited(false).await
+}
+
+/// [`audited_host`], with agents given the context store (`with_context`) or not.
+async fn audited(with_context: bool) -> (AgentHost, AuditLog) {
     let svc = in_memory_context().await;
     let audit = AuditLog::open(svc.store().clone())
         .await
         .expect("audit log opens");
-    let host = AgentHost::new(HostConfig {
+    let mut host = AgentHost::new(HostConfig {
         max_live_agents: 4,
         cache_dir: Some(cache_dir()),
         ..HostConfig::default()
     })
-    .expect("host starts")
-    .with_access(Arc::new(AccessControl::new(None, Some(audit.clone()))));
+    .expect("host starts");
+    if with_context {
+        host = host.with_context(svc);
+    }
+    let host = host.with_access(Arc::new(AccessControl::new(None, Some(audit.clone()))));
     (host, audit)
 }
 
@@ -257,18 +265,7 @@ async fn reads_and_subscriptions_cost_a_row_each_since_each_is_stored() {
 #[tokio::test]
 async fn share_and_revoke_audit_entries_count_against_the_per_agent_bound() {
     let cap = MAX_AUDIT_ENTRIES_PER_AGENT;
-    let svc = in_memory_context().await;
-    let audit = AuditLog::open(svc.store().clone())
-        .await
-        .expect("audit log opens");
-    let host = AgentHost::new(HostConfig {
-        max_live_agents: 4,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host starts")
-    .with_context(svc)
-    .with_access(Arc::new(AccessControl::new(None, Some(audit.clone()))));
+    let (host, audit) = audited(true).await;
     let r = attack_on(
         &host,
         json!({"mode": "host.revoke-many", "count": cap + 100}),
