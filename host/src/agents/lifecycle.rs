@@ -11,21 +11,18 @@ use crate::interfaces::output::OutputText;
 use crate::sandbox::{AgentShared, UsageReceipt};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::watch;
 use wasmtime::Store;
 
 /// A spawned agent, ready to run one task.
 pub struct SubAgent {
-    pub(super) id: String,
     pub(super) component: Arc<LoadedComponent>,
     pub(super) store: Store<AgentState>,
     pub(super) instance: Option<crate::interfaces::Agent>,
     pub(super) description: Option<AgentDescription>,
     pub(super) shared: Arc<AgentShared>,
     pub(super) entry: Arc<AgentEntry>,
-    pub(super) terminate_rx: watch::Receiver<Option<String>>,
     /// The wall-clock deadline, one timer for the agent's whole life (spawn and run).
-    pub(super) deadline_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    pub(super) deadline: Deadline,
     pub(super) max_wasm_stack: usize,
     pub(super) _registration: Registration,
 }
@@ -33,7 +30,7 @@ pub struct SubAgent {
 impl std::fmt::Debug for SubAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubAgent")
-            .field("id", &self.id)
+            .field("id", &self.shared.id)
             .field("component", &self.component.path)
             .finish()
     }
@@ -42,7 +39,7 @@ impl std::fmt::Debug for SubAgent {
 impl SubAgent {
     /// Host-assigned id.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.shared.id
     }
 
     /// What the component said about itself.
@@ -67,11 +64,11 @@ impl SubAgent {
         let result = {
             let SubAgent {
                 store,
-                terminate_rx,
-                deadline_timer,
+                entry,
+                deadline,
                 ..
             } = self;
-            race(f(store), deadline_timer.as_mut(), terminate_rx).await
+            race(f(store), deadline, entry).await
         };
         match result {
             Raced::Done(Ok(v)) => Ok(v),
@@ -113,8 +110,8 @@ impl SubAgent {
             .saturating_sub(self.store.get_fuel().unwrap_or(0));
         usage.peak_memory_bytes = data.limiter.peak_bytes as u64;
         usage.wall_time_us = self.shared.started.elapsed().as_micros() as u64;
-        usage.stdout_bytes = data.stdout.contents().len() as u64;
-        usage.stderr_bytes = data.stderr.contents().len() as u64;
+        usage.stdout_bytes = data.stdout.len() as u64;
+        usage.stderr_bytes = data.stderr.len() as u64;
         usage
     }
 
@@ -128,7 +125,7 @@ impl SubAgent {
         let task_id = task
             .id
             .clone()
-            .unwrap_or_else(|| format!("{}-task", self.id));
+            .unwrap_or_else(|| format!("{}-task", self.shared.id));
         let wit_task = crate::interfaces::Task {
             id: task_id.clone(),
             description: task.description,
@@ -189,7 +186,7 @@ impl SubAgent {
     }
 
     fn finish(
-        self,
+        mut self,
         task_id: String,
         outcome: std::result::Result<serde_json::Value, AgentFailure>,
     ) -> AgentReport {
@@ -201,27 +198,28 @@ impl SubAgent {
         self.entry.set(status);
         let usage = self.usage();
         let data = self.store.data();
-        let stdout = data.stdout.contents();
-        let stderr = data.stderr.contents();
+        // The agent has ended: nothing writes to its captures any more.
+        let stdout = data.stdout.take();
+        let stderr = data.stderr.take();
         let (output, failure) = match outcome {
             Ok(v) => (Some(v), None),
             Err(f) => (None, Some(f)),
         };
         let summary = failure.as_ref().map(failure::summary);
         match &summary {
-            None => tracing::debug!(agent = %self.id, "agent completed"),
-            Some(f) => tracing::info!(agent = %self.id, failure = %f, "agent failed"),
+            None => tracing::debug!(agent = %self.shared.id, "agent completed"),
+            Some(f) => tracing::info!(agent = %self.shared.id, failure = %f, "agent failed"),
         }
-        self.shared.audit(
-            "lifecycle",
-            "finish",
-            summary.unwrap_or_else(|| "completed".to_string()),
-            serde_json::json!({"status": status, "fuel": usage.fuel_consumed}),
-        );
+        self.shared.audit("lifecycle", "finish", || {
+            (
+                summary.unwrap_or_else(|| "completed".to_string()),
+                serde_json::json!({"status": status, "fuel": usage.fuel_consumed}),
+            )
+        });
         AgentReport {
-            agent_id: self.id.clone(),
+            agent_id: self.shared.id.clone(),
             task_id,
-            agent: self.description.clone(),
+            agent: self.description.take(),
             status,
             error_category: failure.as_ref().map(AgentFailure::category),
             output,
@@ -231,10 +229,15 @@ impl SubAgent {
             host_call_log: std::mem::take(
                 &mut *self.shared.call_log.lock().expect("call log poisoned"),
             ),
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            stdout: lossy_utf8(stdout),
+            stderr: lossy_utf8(stderr),
         }
     }
+}
+
+/// `bytes` as text, without a copy when it is valid UTF-8.
+fn lossy_utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 enum Raced<T> {
@@ -243,22 +246,49 @@ enum Raced<T> {
     Terminated(String),
 }
 
+/// The agent's wall-clock deadline. Its timer is registered only the first time a guarded
+/// call has to wait (see [`race`]), so an agent that never waits never touches the timer
+/// wheel.
+pub(super) struct Deadline {
+    at: tokio::time::Instant,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    pub(super) fn new(at: std::time::Instant) -> Self {
+        Deadline {
+            at: tokio::time::Instant::from_std(at),
+            timer: None,
+        }
+    }
+
+    /// Resolves when the deadline has passed.
+    async fn passed(&mut self) {
+        let at = self.at;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .await
+    }
+}
+
 async fn race<T>(
     work: impl Future<Output = T>,
-    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
-    term: &mut watch::Receiver<Option<String>>,
+    deadline: &mut Deadline,
+    entry: &AgentEntry,
 ) -> Raced<T> {
-    if let Some(reason) = term.borrow().clone() {
-        return Raced::Terminated(reason);
+    if let Some(reason) = entry.terminate_reason() {
+        return Raced::Terminated(reason.to_string());
     }
+    // The work is polled first: a guest that finishes without ever yielding (no pending host
+    // call, fewer instructions than one fuel yield interval) is done before the deadline timer
+    // or the terminate signal is even registered, which saves both registrations. A guest
+    // that runs longer yields at least every `fuelYieldInterval` units of fuel, and at every
+    // yield the signal and the deadline are polled, so neither waits more than one interval.
     tokio::select! {
         biased;
-        changed = term.wait_for(Option::is_some) => match changed {
-            Ok(reason) => Raced::Terminated(reason.clone().unwrap_or_default()),
-            // The sender lives in the registry as long as the agent does.
-            Err(_) => Raced::Terminated("host shut down".into()),
-        },
-        _ = deadline => Raced::Deadline,
         v = work => Raced::Done(v),
+        reason = entry.terminated() => Raced::Terminated(reason),
+        _ = deadline.passed() => Raced::Deadline,
     }
 }

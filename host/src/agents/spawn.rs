@@ -2,13 +2,14 @@
 //! it, change its trust level.
 
 use super::failure;
+use super::lifecycle::Deadline;
 use super::registry::{AgentEntry, Registration, Registry};
 use super::{AgentDescription, AgentReport, AgentStatus, SubAgent, TaskRequest};
 use crate::engine::{HostConfig, LoadedComponent, Runtime};
 use crate::error::{AgentFailure, Error, Result};
 use crate::interfaces::AgentState;
 use crate::interfaces::WitAgentType;
-use crate::sandbox::{AgentShared, Counters};
+use crate::sandbox::{AgentShared, Counters, LazySemaphore};
 use crate::spec::{AgentType, SpecCeilings, SubAgentSpecification};
 use crate::tools::ToolRegistry;
 use std::collections::HashMap;
@@ -16,7 +17,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 use wasmtime::Store;
 
 /// The host: one engine and linker, the tools, and the registry of live agents.
@@ -99,12 +99,12 @@ impl AgentHost {
         let old =
             crate::security::TrustLevel::from_u8(entry.trust.swap(level as u8, Ordering::Relaxed));
         if let Some(shared) = entry.shared.get() {
-            shared.audit(
-                "trust",
-                "update-trust-level",
-                format!("{} -> {}: {reason}", old.as_str(), level.as_str()),
-                serde_json::json!({"from": old, "to": level}),
-            );
+            shared.audit("trust", "update-trust-level", || {
+                (
+                    format!("{} -> {}: {reason}", old.as_str(), level.as_str()),
+                    serde_json::json!({"from": old, "to": level}),
+                )
+            });
         }
         Ok(())
     }
@@ -154,7 +154,12 @@ impl AgentHost {
         let agents = self.agents.lock().expect("registry poisoned");
         let mut v: Vec<_> = agents
             .iter()
-            .map(|(id, e)| (id.clone(), *e.status.lock().expect("status lock poisoned")))
+            .map(|(id, e)| {
+                (
+                    id.to_string(),
+                    *e.status.lock().expect("status lock poisoned"),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -167,25 +172,23 @@ impl AgentHost {
         let entry = agents
             .get(agent_id)
             .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
-        entry.terminate.send_replace(Some(reason.to_string()));
+        entry.terminate(reason);
         if let Some(shared) = entry.shared.get() {
-            shared.audit(
-                "lifecycle",
-                "terminate",
-                reason.to_string(),
-                serde_json::Value::Null,
-            );
+            shared.audit("lifecycle", "terminate", || {
+                (reason.to_string(), serde_json::Value::Null)
+            });
         }
         Ok(())
     }
 
     /// Validates `spec`, instantiates the component in a fresh Store and asks `describe`.
-    pub async fn spawn(
-        &self,
-        component: &Arc<LoadedComponent>,
+    pub fn spawn<'a>(
+        &'a self,
+        component: &'a Arc<LoadedComponent>,
         spec: SubAgentSpecification,
-    ) -> Result<SubAgent> {
-        self.spawn_with(component, spec, None).await
+    ) -> impl Future<Output = Result<SubAgent>> + 'a {
+        // Not an `async fn` of its own: one state machine less to build and copy per spawn.
+        self.spawn_with(component, spec, None)
     }
 
     /// [`spawn`](Self::spawn) for an agent that runs a subtask of a coordinated run: its `sync`
@@ -202,7 +205,7 @@ impl AgentHost {
                 .agents
                 .lock()
                 .expect("registry poisoned")
-                .contains_key(parent)
+                .contains_key(parent.as_str())
         {
             return Err(Error::field(
                 "parentAgentId",
@@ -218,24 +221,19 @@ impl AgentHost {
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let (terminate, terminate_rx) = watch::channel(None);
+        let key: Arc<str> = Arc::from(id.as_str());
         let trust = Arc::new(std::sync::atomic::AtomicU8::new(spec.trust_level as u8));
-        let entry = Arc::new(AgentEntry {
-            status: Mutex::new(AgentStatus::Initializing),
-            terminate,
-            trust: trust.clone(),
-            shared: std::sync::OnceLock::new(),
-        });
+        let entry = Arc::new(AgentEntry::new(AgentStatus::Initializing, trust.clone()));
         {
             let mut agents = self.agents.lock().expect("registry poisoned");
             let limit = self.runtime.config().max_live_agents;
             if agents.len() >= limit as usize {
                 return Err(Error::TooManyAgents { limit });
             }
-            agents.insert(id.clone(), entry.clone());
+            agents.insert(key.clone(), entry.clone());
         }
         let registration = Registration {
-            id: id.clone(),
+            id: key,
             agents: self.agents.clone(),
             context: self.context.clone(),
         };
@@ -249,13 +247,10 @@ impl AgentHost {
                 })?;
         }
         let shared = Arc::new(AgentShared {
-            id: id.clone(),
-            operations: Arc::new(tokio::sync::Semaphore::new(
-                spec.resource_limits.max_concurrent_operations as usize,
-            )),
-            lookups: Arc::new(tokio::sync::Semaphore::new(
-                crate::wasi::sockets::lookup::MAX_LOOKUPS_IN_FLIGHT,
-            )),
+            id,
+            stdio: Default::default(),
+            operations: LazySemaphore::new(spec.resource_limits.max_concurrent_operations as usize),
+            lookups: LazySemaphore::new(crate::wasi::sockets::lookup::MAX_LOOKUPS_IN_FLIGHT),
             spec,
             overrides,
             grants,
@@ -291,17 +286,13 @@ impl AgentHost {
             })?;
 
         let mut agent = SubAgent {
-            id,
             component: component.clone(),
             store,
             instance: None,
             description: None,
             shared,
             entry,
-            terminate_rx,
-            deadline_timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
-                deadline,
-            ))),
+            deadline: Deadline::new(deadline),
             max_wasm_stack: self.runtime.config().max_wasm_stack,
             _registration: registration,
         };
@@ -340,17 +331,17 @@ impl AgentHost {
             Ok((instance, description)) => {
                 agent.instance = Some(instance);
                 let _ = agent.shared.name.set(description.name.clone());
-                agent.shared.audit(
-                    "lifecycle",
-                    "spawn",
-                    format!("{} {}", description.name, description.version),
-                    serde_json::json!({
-                        "component": agent.component.path.display().to_string(),
-                        "isolation": agent.shared.spec.isolation_level,
-                        "trust": agent.shared.spec.trust_level,
-                        "capabilities": agent.shared.spec.capabilities,
-                    }),
-                );
+                agent.shared.audit("lifecycle", "spawn", || {
+                    (
+                        format!("{} {}", description.name, description.version),
+                        serde_json::json!({
+                            "component": agent.component.path.display().to_string(),
+                            "isolation": agent.shared.spec.isolation_level,
+                            "trust": agent.shared.spec.trust_level,
+                            "capabilities": agent.shared.spec.capabilities,
+                        }),
+                    )
+                });
                 agent.description = Some(description);
                 agent.entry.set(AgentStatus::Ready);
                 Ok(agent)
@@ -358,12 +349,7 @@ impl AgentHost {
             Err(failure) => {
                 agent.entry.set(AgentStatus::Failed);
                 let usage = agent.usage();
-                agent.shared.audit(
-                    "lifecycle",
-                    "spawn-failed",
-                    failure::summary(&failure),
-                    serde_json::json!({"fuel": usage.fuel_consumed, "hostCalls": usage.host_calls}),
-                );
+                agent.shared.audit("lifecycle", "spawn-failed", || (failure::summary(&failure), serde_json::json!({"fuel": usage.fuel_consumed, "hostCalls": usage.host_calls})));
                 Err(Error::Spawn(failure, Box::new(usage)))
             }
         }

@@ -326,12 +326,7 @@ impl qi::agent::context::Host for AgentState {
             if !shared.take_audit_entry() {
                 return Ok(());
             }
-            shared.audit(
-                &format!("context/{id}"),
-                "share",
-                format!("shared with {}", agents.join(", ")),
-                serde_json::json!({"agents": agents, "permissions": perms, "expiresAt": expires}),
-            );
+            shared.audit(&format!("context/{id}"), "share", || (format!("shared with {}", agents.join(", ")), serde_json::json!({"agents": agents, "permissions": perms, "expiresAt": expires})));
             Ok(())
         }
         .await;
@@ -357,12 +352,12 @@ impl qi::agent::context::Host for AgentState {
             if !shared.take_audit_entry() {
                 return Ok(());
             }
-            shared.audit(
-                &format!("context/{id}"),
-                "revoke",
-                format!("revoked from {}", agents.join(", ")),
-                serde_json::json!({"agents": agents}),
-            );
+            shared.audit(&format!("context/{id}"), "revoke", || {
+                (
+                    format!("revoked from {}", agents.join(", ")),
+                    serde_json::json!({"agents": agents}),
+                )
+            });
             Ok(())
         }
         .await;

@@ -166,7 +166,7 @@ impl qi::agent::tools::Host for AgentState {
         let shared = self.shared.clone();
         shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let result = match shared.operations.clone().try_acquire_owned() {
+        let result = match shared.operations.get().clone().try_acquire_owned() {
             Err(_) => Err(concurrency_refusal(&shared, 1)),
             Ok(_permit) => match prepare_call(&shared, &name, &input) {
                 Ok(fut) => finish_call(fut, None).await,
@@ -218,6 +218,7 @@ impl qi::agent::tools::Host for AgentState {
         let permits = match u32::try_from(n).ok().and_then(|n| {
             shared
                 .operations
+                .get()
                 .clone()
                 .try_acquire_many_owned(n.max(1))
                 .ok()

@@ -154,6 +154,9 @@ impl Grants {
 }
 
 fn globset(field: &str, patterns: &[String]) -> anyhow::Result<GlobSet> {
+    if patterns.is_empty() {
+        return Ok(GlobSet::empty());
+    }
     let mut b = GlobSetBuilder::new();
     for p in patterns {
         b.add(Glob::new(p).map_err(|e| anyhow::anyhow!("{field}: `{p}`: {e}"))?);

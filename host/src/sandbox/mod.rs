@@ -14,5 +14,5 @@ pub mod stdio;
 pub use counters::{Counters, HostCallRecord, LogRecord, MAX_KEPT_LOG_RECORDS, UsageReceipt};
 pub use grants::{Grants, NetworkRule, resolve_grants};
 pub use limiter::MemoryLimiter;
-pub use state::AgentShared;
-pub use stdio::{BoundedCapture, STDIO_CAPTURE_BYTES, Stdio};
+pub use state::{AgentShared, LazySemaphore};
+pub use stdio::{BoundedCapture, STDIO_CAPTURE_BYTES, Stdio, StdioBuffers};

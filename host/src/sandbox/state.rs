@@ -44,10 +44,12 @@ pub struct AgentShared {
     /// Tools the host offers.
     pub tools: Arc<ToolRegistry>,
     /// Gate on in-flight host operations (`maxConcurrentOperations`).
-    pub operations: Arc<tokio::sync::Semaphore>,
+    pub operations: LazySemaphore,
+    /// The kept bytes of the agent's stdout and stderr (see [`super::BoundedCapture`]).
+    pub stdio: super::StdioBuffers,
     /// Name lookups that may run at once
     /// ([`MAX_LOOKUPS_IN_FLIGHT`](crate::wasi::sockets::lookup::MAX_LOOKUPS_IN_FLIGHT)).
-    pub lookups: Arc<tokio::sync::Semaphore>,
+    pub lookups: LazySemaphore,
     /// The context store, when the host has one; the agent acts in it as `id`.
     pub context: Option<crate::context::ContextService>,
     /// The run's synchronization points and this agent's subtask, inside a coordinated run.
@@ -106,15 +108,17 @@ impl AgentShared {
         }
     }
 
-    /// Appends a lifecycle fact about this agent to the audit log, if there is one.
+    /// Appends a lifecycle fact about this agent to the audit log, if there is one. `entry`
+    /// gives the entry's reason and details; it is called only when an audit log is attached,
+    /// so an agent without one pays nothing to describe what would have been recorded.
     pub fn audit(
         &self,
         resource: &str,
         operation: &str,
-        reason: String,
-        details: serde_json::Value,
+        entry: impl FnOnce() -> (String, serde_json::Value),
     ) {
-        if let Some(a) = &self.access {
+        if let Some(a) = self.access.as_ref().filter(|a| a.audit().is_some()) {
+            let (reason, details) = entry();
             a.record(
                 crate::audit::NewAuditEntry::new(
                     self.id.clone(),
@@ -140,15 +144,15 @@ impl AgentShared {
         }
         let n = self.counters.audit_entries.fetch_add(1, Ordering::Relaxed) + 1;
         if n == MAX + 1 {
-            self.audit(
-                "limits",
-                "audit-truncated",
-                format!(
-                    "the agent caused more than {MAX} audit entries; further ones are dropped \
+            self.audit("limits", "audit-truncated", || {
+                (
+                    format!(
+                        "the agent caused more than {MAX} audit entries; further ones are dropped \
                      and counted in its receipt (audit_dropped), their decisions still enforced"
-                ),
-                serde_json::json!({"limit": MAX}),
-            );
+                    ),
+                    serde_json::json!({"limit": MAX}),
+                )
+            });
         }
         n <= MAX
     }
@@ -157,12 +161,12 @@ impl AgentShared {
     pub fn record_violation(&self, limit: LimitKind, limit_value: u64, detail: String) {
         let mut v = self.violation.lock().expect("violation lock poisoned");
         if v.is_none() {
-            self.audit(
-                "limits",
-                "limit-violation",
-                format!("{limit} limit ({limit_value}): {detail}"),
-                serde_json::json!({"limit": limit, "limitValue": limit_value}),
-            );
+            self.audit("limits", "limit-violation", || {
+                (
+                    format!("{limit} limit ({limit_value}): {detail}"),
+                    serde_json::json!({"limit": limit, "limitValue": limit_value}),
+                )
+            });
             *v = Some(AgentFailure::LimitExceeded {
                 limit,
                 limit_value,
@@ -223,12 +227,12 @@ impl AgentShared {
         }
         let duration_us = start.elapsed().as_micros() as u64;
         if self.take_audit_entry() {
-            self.audit(
-                &format!("call/{target}"),
-                call,
-                outcome.to_string(),
-                serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
-            );
+            self.audit(&format!("call/{target}"), call, || {
+                (
+                    outcome.to_string(),
+                    serde_json::json!({"argBytes": arg_bytes, "durationUs": duration_us}),
+                )
+            });
         }
         let mut log = self.call_log.lock().expect("call log poisoned");
         // Bounded like everything a guest controls: as many records as audit entries.
@@ -241,5 +245,29 @@ impl AgentShared {
                 outcome: outcome.to_string(),
             });
         }
+    }
+}
+
+/// A semaphore made on first use: most agents never make the calls it gates, and an agent's
+/// spawn should not pay for one.
+#[derive(Debug)]
+pub struct LazySemaphore {
+    permits: usize,
+    semaphore: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+}
+
+impl LazySemaphore {
+    /// A semaphore of `permits` permits, made when first asked for.
+    pub fn new(permits: usize) -> Self {
+        LazySemaphore {
+            permits,
+            semaphore: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The semaphore (made now if this is the first use).
+    pub fn get(&self) -> &Arc<tokio::sync::Semaphore> {
+        self.semaphore
+            .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(self.permits)))
     }
 }

@@ -30,34 +30,62 @@ pub enum Stdio {
     Stderr,
 }
 
+/// The kept bytes of both streams; one per agent, in [`AgentShared`].
+#[derive(Debug, Default)]
+pub struct StdioBuffers {
+    stdout: Mutex<Vec<u8>>,
+    stderr: Mutex<Vec<u8>>,
+}
+
 /// A guest output stream that keeps its first [`STDIO_CAPTURE_BYTES`] in memory and discards
-/// (and counts) the rest. Never fails a write. Clones share the buffer.
+/// (and counts) the rest. Never fails a write. Clones share the buffer (the agent's
+/// [`StdioBuffers`]).
 #[derive(Clone)]
 pub struct BoundedCapture {
-    kept: Arc<Mutex<Vec<u8>>>,
     stream: Stdio,
     shared: Arc<AgentShared>,
 }
 
 impl BoundedCapture {
-    /// An empty capture of `stream`, counting into the agent's counters.
+    /// The capture of `stream`, keeping into and counting into the agent's state.
     pub fn new(stream: Stdio, shared: Arc<AgentShared>) -> Self {
-        BoundedCapture {
-            kept: Arc::new(Mutex::new(Vec::new())),
-            stream,
-            shared,
+        BoundedCapture { stream, shared }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        let buffers = &self.shared.stdio;
+        match self.stream {
+            Stdio::Stdout => &buffers.stdout,
+            Stdio::Stderr => &buffers.stderr,
         }
+        .lock()
+        .expect("capture lock poisoned")
     }
 
     /// The bytes kept (at most [`STDIO_CAPTURE_BYTES`]).
     pub fn contents(&self) -> Vec<u8> {
-        self.kept.lock().expect("capture lock poisoned").clone()
+        self.kept().clone()
+    }
+
+    /// How many bytes are kept.
+    pub fn len(&self) -> usize {
+        self.kept().len()
+    }
+
+    /// True when nothing was kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the bytes kept, leaving the capture empty.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.kept())
     }
 
     fn accept(&self, buf: &[u8]) {
         let counters = &self.shared.counters;
         counters.wasi_calls.fetch_add(1, Ordering::Relaxed);
-        let mut kept = self.kept.lock().expect("capture lock poisoned");
+        let mut kept = self.kept();
         let room = STDIO_CAPTURE_BYTES.saturating_sub(kept.len());
         let take = buf.len().min(room);
         kept.extend_from_slice(&buf[..take]);

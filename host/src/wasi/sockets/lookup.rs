@@ -79,6 +79,7 @@ impl Lookup {
             // once the resolver runs, the permit goes with it and comes back when it ends.
             let permit = shared
                 .lookups
+                .get()
                 .clone()
                 .acquire_owned()
                 .await
