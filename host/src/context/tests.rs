@@ -776,7 +776,23 @@ async fn every_change_and_read_is_an_event_with_a_global_sequence() {
         .unwrap();
     f.svc.get("a", "c").await.unwrap();
     f.svc.delete("a", "c").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The read's event is recorded without making the reader wait: wait for it here.
+    let mut accessed = f
+        .svc
+        .bus()
+        .subscribe(
+            EventFilter {
+                event_types: vec![EventType::Accessed],
+                context_ids: vec!["c".into()],
+                ..Default::default()
+            },
+            SubscribeFrom::AfterSeq(0),
+        )
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), accessed.next())
+        .await
+        .expect("the read's accessed event is recorded")
+        .unwrap();
     let events = f
         .svc
         .bus()

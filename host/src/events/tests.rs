@@ -31,6 +31,28 @@ fn n_of(event: &Event) -> u64 {
     event.data["n"].as_u64().unwrap()
 }
 
+/// A hang guard, never the assertion: the event is expected to be there already.
+async fn next_now(sub: &mut Subscription) -> Event {
+    tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("an event that was already committed is delivered")
+        .unwrap()
+}
+
+/// Publishes `fence` and reads up to it: the events before it, in order. A subscription is
+/// gap-free and in seq order, so nothing that matched can hide behind the fence.
+async fn read_up_to_fence(bus: &EventBus, sub: &mut Subscription, fence: NewEvent) -> Vec<u64> {
+    let fence = bus.publish(fence).await.unwrap();
+    let mut before = Vec::new();
+    loop {
+        let e = next_now(sub).await;
+        if e.seq == fence.seq {
+            return before;
+        }
+        before.push(n_of(&e));
+    }
+}
+
 #[tokio::test]
 async fn seqs_are_dense_and_in_commit_order() {
     let bus = bus().await;
@@ -81,10 +103,6 @@ async fn staged_events_commit_with_their_write_or_not_at_all() {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(
-        live.next_timeout(Duration::from_millis(50)).await.unwrap(),
-        None
-    );
 
     let staging = bus.clone();
     let staged = bus
@@ -96,9 +114,10 @@ async fn staged_events_commit_with_their_write_or_not_at_all() {
         })
         .await
         .unwrap();
-    // The rolled-back write consumed no seq.
+    // The rolled-back write consumed no seq, and its events never reached the live
+    // subscriber: the first thing it gets is the committed event.
     assert_eq!(staged[0].seq, 1);
-    assert_eq!(live.next().await.unwrap(), staged[0]);
+    assert_eq!(next_now(&mut live).await, staged[0]);
 }
 
 #[tokio::test]
@@ -110,6 +129,8 @@ async fn filters_select_by_type_context_agent_priority_and_time() {
         .unwrap();
     let ts = published[0].timestamp_ms;
     type Expected = Box<dyn Fn(u64) -> bool>;
+    // Each filter with the n it selects among the 40 events; event(42) (updated, ctx-2,
+    // agent-0, priority 2) and event(45) (created, ctx-1, agent-1, priority 5) serve as fences.
     let cases: Vec<(EventFilter, Expected)> = vec![
         (EventFilter::all(), Box::new(|_| true)),
         (
@@ -136,10 +157,10 @@ async fn filters_select_by_type_context_agent_priority_and_time() {
             Box::new(|_| false),
         ),
     ];
-    for (filter, expected) in cases {
+    for (filter, expected) in &cases {
         let want: Vec<u64> = (0..40).filter(|n| expected(*n)).collect();
         let from_history: Vec<u64> = bus
-            .history(&filter, Some(0), 1000)
+            .history(filter, Some(0), 1000)
             .await
             .unwrap()
             .iter()
@@ -152,14 +173,6 @@ async fn filters_select_by_type_context_agent_priority_and_time() {
             .map(n_of)
             .collect();
         assert_eq!(in_memory, want, "matches() with {filter:?}");
-        let mut sub = bus
-            .subscribe(filter.clone(), SubscribeFrom::AfterSeq(0))
-            .unwrap();
-        let mut delivered = Vec::new();
-        while let Some(e) = sub.next_timeout(Duration::from_millis(20)).await.unwrap() {
-            delivered.push(n_of(&e));
-        }
-        assert_eq!(delivered, want, "subscription with {filter:?}");
     }
     // Without `after_seq`: the newest `limit` matches, oldest first.
     let newest = bus
@@ -170,6 +183,27 @@ async fn filters_select_by_type_context_agent_priority_and_time() {
     // With `after_seq`: the first `limit` after it.
     let page = bus.history(&EventFilter::all(), Some(10), 2).await.unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [11, 12]);
+
+    // Subscriptions from the start deliver the same events. Each reads up to a fence it
+    // matches, so one that delivered too much would show it. The fences are published after
+    // the 40, so the two time-range cases (which no later event matches) rest on history.
+    let mut fences: Vec<u64> = Vec::new();
+    for (filter, expected) in cases.iter().take(4) {
+        let want: Vec<u64> = (0..40).filter(|n| expected(*n)).collect();
+        let mut sub = bus
+            .subscribe(filter.clone(), SubscribeFrom::AfterSeq(0))
+            .unwrap();
+        let after = fences.last().copied().unwrap_or(39);
+        let fence = (after + 1..).find(|n| expected(*n)).unwrap();
+        let earlier_fences: Vec<u64> = fences.iter().copied().filter(|n| expected(*n)).collect();
+        let delivered = read_up_to_fence(&bus, &mut sub, event(fence)).await;
+        assert_eq!(
+            delivered,
+            [want, earlier_fences].concat(),
+            "subscription with {filter:?}"
+        );
+        fences.push(fence);
+    }
 }
 
 #[test]
@@ -277,12 +311,10 @@ async fn subscriptions_resume_exactly_after_their_last_seq() {
     bus.publish_batch((30..40).map(event).collect())
         .await
         .unwrap();
-    let mut rest = Vec::new();
-    while let Some(e) = sub.next_timeout(Duration::from_millis(50)).await.unwrap() {
-        rest.push(n_of(&e));
-    }
+    // event(40) is an update: the fence.
+    let rest = read_up_to_fence(&bus, &mut sub, event(40)).await;
     assert_eq!(rest, [16, 19, 22, 25, 28, 31, 34, 37]);
-    assert_eq!(sub.last_seq(), 40);
+    assert_eq!(sub.last_seq(), 41);
 }
 
 #[tokio::test]
@@ -294,11 +326,7 @@ async fn subscribing_now_skips_what_was_committed_before() {
         .unwrap();
     assert_eq!(sub.last_seq(), 1);
     bus.publish(event(2)).await.unwrap();
-    assert_eq!(n_of(&sub.next().await.unwrap()), 2);
-    assert_eq!(
-        sub.next_timeout(Duration::from_millis(20)).await.unwrap(),
-        None
-    );
+    assert_eq!(read_up_to_fence(&bus, &mut sub, event(3)).await, [2]);
 }
 
 #[tokio::test]
@@ -434,34 +462,36 @@ async fn a_slow_subscriber_gets_everything_in_order_and_never_blocks_publishers(
             per_publisher[p] += 1;
         }
         if i % 97 == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::task::yield_now().await;
         }
     }
     more.await.unwrap();
     assert_eq!(per_publisher, [EACH; PUBLISHERS as usize]);
-    assert_eq!(
-        slow.next_timeout(Duration::from_millis(50)).await.unwrap(),
-        None
-    );
+    // A fence both subscribers match: nothing was delivered twice or left over before it.
+    let fence = bus
+        .publish(NewEvent::new(EventType::Sync).agent("publisher-2"))
+        .await
+        .unwrap();
+    assert_eq!(next_now(&mut slow).await.seq, fence.seq);
 
     let mut seen = Vec::new();
-    while let Some(e) = slow_filtered
-        .next_timeout(Duration::from_millis(50))
-        .await
-        .unwrap()
-    {
+    loop {
+        let e = next_now(&mut slow_filtered).await;
         assert_eq!(e.agent_id.as_deref(), Some("publisher-2"));
+        if e.seq == fence.seq {
+            break;
+        }
         seen.push(e.data["n"].as_u64().unwrap());
     }
     assert_eq!(seen, (0..EACH).collect::<Vec<_>>());
 
     let metrics = bus.metrics();
-    assert_eq!(metrics.published, total);
+    assert_eq!(metrics.published, total + 1);
     assert!(
         metrics.catch_ups > 0,
         "the slow subscribers must have caught up from the store"
     );
-    assert_eq!(metrics.delivered, total + EACH);
+    assert_eq!(metrics.delivered, total + 1 + EACH + 1);
 }
 
 #[tokio::test]
@@ -475,20 +505,23 @@ async fn unsubscribe_ends_a_waiting_subscription() {
         .unwrap();
     assert_eq!(bus.metrics().subscribers, 2);
     let id = sub.id();
-    let waiting = tokio::spawn(async move {
-        let result = sub.next().await;
-        (result, sub)
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(bus.unsubscribe(id));
-    let (result, mut sub) = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("unsubscribe wakes the waiting subscriber")
-        .unwrap();
-    assert!(
-        matches!(result, Err(EventError::Unsubscribed)),
-        "{result:?}"
-    );
+    {
+        // Polled once by hand: the subscriber is parked waiting when it is unsubscribed.
+        let mut waiting = std::pin::pin!(sub.next());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            waiting.as_mut().poll(&mut cx).is_pending(),
+            "nothing to read"
+        );
+        assert!(bus.unsubscribe(id));
+        let result = tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("unsubscribe wakes the waiting subscriber");
+        assert!(
+            matches!(result, Err(EventError::Unsubscribed)),
+            "{result:?}"
+        );
+    }
     bus.publish(event(1)).await.unwrap();
     assert!(matches!(sub.next().await, Err(EventError::Unsubscribed)));
     assert!(!bus.unsubscribe(id), "already gone");

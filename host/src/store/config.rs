@@ -103,13 +103,22 @@ impl StoreConfig {
     /// `~/.local/share/qi-host`; `None` when none of `QI_HOST_DATA_DIR`, `XDG_DATA_HOME` and
     /// `HOME` is set.
     pub fn default_data_dir() -> Option<PathBuf> {
-        if let Some(dir) = std::env::var_os("QI_HOST_DATA_DIR").filter(|d| !d.is_empty()) {
+        StoreConfig::data_dir_from(|name| std::env::var_os(name))
+    }
+
+    /// [`default_data_dir`](Self::default_data_dir) with the environment as a function (so
+    /// the order can be tested without changing the process's variables).
+    pub(crate) fn data_dir_from(
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Option<PathBuf> {
+        let var = |name| var(name).filter(|d| !d.is_empty());
+        if let Some(dir) = var("QI_HOST_DATA_DIR") {
             return Some(PathBuf::from(dir));
         }
-        if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        if let Some(dir) = var("XDG_DATA_HOME") {
             return Some(PathBuf::from(dir).join("qi-host"));
         }
-        let home = std::env::var_os("HOME").filter(|d| !d.is_empty())?;
+        let home = var("HOME")?;
         Some(PathBuf::from(home).join(".local/share/qi-host"))
     }
 }

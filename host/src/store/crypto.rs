@@ -357,6 +357,68 @@ impl Keyring {
 mod tests {
     use super::*;
 
+    #[track_caller]
+    fn refused(result: Result<Vec<u8>, StoreError>, because: &str) {
+        match result {
+            Err(StoreError::Decode(message)) => {
+                assert!(message.contains(because), "{message}")
+            }
+            other => panic!("expected a refusal ({because}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_unmodified_and_under_its_own_key() {
+        let ring = Keyring::load(MasterKey::generate(), &[]).unwrap();
+        ring.rotate("c", &[]);
+        let sealed = ring.seal("c", b"the plan").unwrap();
+        assert_eq!(sealed_version(&sealed), Some(1));
+        assert_eq!(ring.open("c", &sealed).unwrap(), b"the plan");
+
+        // Every byte after the version is authenticated: the nonce, the ciphertext, the tag.
+        for at in [7, HEADER, sealed.len() - 1] {
+            let mut tampered = sealed.clone();
+            tampered[at] ^= 0x01;
+            refused(ring.open("c", &tampered), "fails authentication");
+        }
+        // A changed key version names the missing key.
+        let mut other_version = sealed.clone();
+        other_version[3..7].copy_from_slice(&2u32.to_be_bytes());
+        refused(ring.open("c", &other_version), "no data key version 2");
+        // The same context under another master key: a different data key.
+        let stranger = Keyring::load(MasterKey::generate(), &[]).unwrap();
+        stranger.rotate("c", &[]);
+        refused(stranger.open("c", &sealed), "fails authentication");
+        // A ring that never had a key for the context.
+        let empty = Keyring::load(MasterKey::generate(), &[]).unwrap();
+        refused(empty.open("c", &sealed), "no data key version 1");
+    }
+
+    #[test]
+    fn master_keys_are_64_hex_characters_or_32_raw_bytes() {
+        let key = MasterKey::generate();
+        assert_eq!(MasterKey::from_hex(&key.to_hex()).unwrap().0, key.0);
+        let dir = tempfile::tempdir().unwrap();
+        let hex_file = dir.path().join("hex");
+        std::fs::write(&hex_file, format!("{}\n", key.to_hex())).unwrap();
+        assert_eq!(MasterKey::from_file(&hex_file).unwrap().0, key.0);
+        let raw_file = dir.path().join("raw");
+        std::fs::write(&raw_file, key.0).unwrap();
+        assert_eq!(MasterKey::from_file(&raw_file).unwrap().0, key.0);
+
+        let short = &key.to_hex()[..62];
+        let e = MasterKey::from_hex(short).unwrap_err();
+        assert!(e.contains("31 bytes; a master key is 32 bytes"), "{e}");
+        let e = MasterKey::from_hex(&"zz".repeat(32)).unwrap_err();
+        assert!(e.contains("not hex"), "{e}");
+        let raw_short = dir.path().join("raw-short");
+        std::fs::write(&raw_short, [0xffu8; 31]).unwrap();
+        let e = MasterKey::from_file(&raw_short).unwrap_err();
+        assert!(e.contains("raw-short: neither 32 raw bytes nor hex"), "{e}");
+        assert!(format!("{key:?}").contains("redacted"));
+        assert!(!format!("{key:?}").contains(&key.to_hex()));
+    }
+
     #[test]
     fn seal_open_rotate_and_agent_copies() {
         let ring = Keyring::load(MasterKey::generate(), &[]).unwrap();
@@ -377,8 +439,6 @@ mod tests {
             ring.open_as("b", &all, "c", &v2).is_err(),
             "b has no key for version 2"
         );
-        // Plaintext passes through (written before encryption).
-        assert_eq!(ring.open("c", b"plain").unwrap(), b"plain");
         // Reloading with the right key works; another key fails cleanly.
         let operator: Vec<WrappedKey> = all.clone();
         let master = ring.master.clone();
