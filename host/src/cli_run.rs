@@ -534,3 +534,69 @@ fn print_run(r: &RunReport, dir: &std::path::Path) {
         r.coordination_id
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::{AccessControl, PolicySet};
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    fn write_policy(path: &Path, id: &str, bump_s: u64) {
+        let text = format!(
+            "[[policies]]\nid = \"{id}\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\n"
+        );
+        write_at(path, &text, bump_s);
+    }
+
+    /// Writes `text` with an mtime `bump_s` seconds from now, so each write is a change even
+    /// on a filesystem with a coarse clock.
+    fn write_at(path: &Path, text: &str, bump_s: u64) {
+        std::fs::write(path, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(bump_s))
+            .unwrap();
+    }
+
+    fn ids(access: &AccessControl) -> Vec<String> {
+        access
+            .current()
+            .map(|p| p.policies().iter().map(|p| p.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    // The watcher polls on a tokio timer: paused time steps it exactly.
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_policy_file_replaces_the_policies_and_a_broken_one_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.toml");
+        write_policy(&path, "first", 0);
+        let access = Arc::new(AccessControl::new(
+            Some(PolicySet::load(&path).unwrap()),
+            None,
+        ));
+        let watcher = watch_policies(path.clone(), access.clone());
+        // Let the watcher take its first look at the file.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ids(&access), ["first"]);
+
+        write_policy(&path, "second", 10);
+        // Not yet re-read: the next poll is at 500 ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ids(&access), ["first"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(ids(&access), ["second"]);
+
+        write_at(&path, "[[policies]]\nid = \"broken\"\ncolour = 1\n", 20);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ids(&access), ["second"], "a broken file keeps the policies");
+
+        write_policy(&path, "third", 30);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ids(&access), ["third"], "a mended file is read again");
+        watcher.abort();
+    }
+}
