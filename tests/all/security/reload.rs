@@ -1,0 +1,158 @@
+//! Access policies replaced while agents run: the next call of a running agent, and of agents
+//! spawned later, is decided by the new policies.
+
+use super::*;
+
+/// Tool calls allowed, nothing else: a context read is refused by default.
+const TOOLS_ONLY: &str = r#"
+[[policies]]
+id = "tools-only"
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/*"]
+"#;
+
+/// Tool calls and context reads allowed.
+const TOOLS_AND_READS: &str = r#"
+[[policies]]
+id = "tools-and-reads"
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/*", "context/*"]
+"#;
+
+fn policy_set(text: &str) -> PolicySet {
+    let file: toml::Value = toml::from_str(text).expect("policy toml");
+    PolicySet::new(file["policies"].clone().try_into().expect("policies parse"))
+        .expect("policies valid")
+}
+
+/// One agent reads `doc`, waits in the gate while the policies are replaced by `after`, and
+/// reads `doc` again; returns whether each read was allowed and the reasons audited for them.
+async fn read_across_a_reload(before: &str, after: &str) -> ((bool, bool), Vec<String>) {
+    let gate = Gate::default();
+    let mut tools = ToolRegistry::with_builtins();
+    tools.register(gate.clone());
+    let s = secured_with_tools(Some(before), tools).await;
+    context(&s.svc, "doc").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let spec = SubAgentSpecification {
+        security_constraints: qi_host::SecurityConstraints {
+            allowed_tools: vec!["test.gate".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let agent = s.host.spawn(&component, spec).await.unwrap();
+    let id = agent.id().to_string();
+    s.svc
+        .share(
+            OPERATOR,
+            "doc",
+            std::slice::from_ref(&id),
+            &[Permission::Read],
+            None,
+        )
+        .await
+        .unwrap();
+    let task = TaskRequest::new(
+        "p",
+        steps_input(json!([
+            {"context_get": {"id": "doc"}},
+            {"tool": {"name": "test.gate", "input": {}}},
+            {"context_get": {"id": "doc"}},
+        ])),
+    );
+    let reload = async {
+        // The agent is inside its tool call: its first read is decided, its second is not.
+        gate.entered.notified().await;
+        s.access.set_policies(Some(policy_set(after)));
+        gate.release.notify_one();
+    };
+    let (report, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(agent.run(task), reload)
+    })
+    .await
+    .expect("the agent reaches the gate and finishes once released");
+    let out = report
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{report:?}"));
+    let probes = out["probes"].as_array().unwrap();
+    assert_eq!(probes[1]["ok"], true, "the gate call: {}", probes[1]);
+    s.audit.flush().await;
+    let reads = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id),
+            resource: Some("context/doc".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    (
+        (probes[0]["ok"] == true, probes[2]["ok"] == true),
+        reads.iter().map(|e| e.reason.clone()).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_during_a_run_decides_the_running_agents_next_call() {
+    // Widened while the agent runs: its next read is allowed, by the new policy.
+    let (reads, reasons) = read_across_a_reload(TOOLS_ONLY, TOOLS_AND_READS).await;
+    assert_eq!(reads, (false, true));
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("default deny"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("policy `tools-and-reads`"),
+        "{reasons:?}"
+    );
+    // Narrowed while the agent runs: its next read is refused.
+    let (reads, reasons) = read_across_a_reload(TOOLS_AND_READS, TOOLS_ONLY).await;
+    assert_eq!(reads, (true, false));
+    assert!(reasons[1].contains("default deny"), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_applies_to_agents_spawned_after_it() {
+    let s = secured(Some(TRUSTED_READS)).await;
+    context(&s.svc, "doc").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    async fn run(s: &Secured, component: &Arc<qi_host::LoadedComponent>) -> Value {
+        let a = s
+            .host
+            .spawn(component, SubAgentSpecification::default())
+            .await
+            .unwrap();
+        s.svc
+            .share(
+                OPERATOR,
+                "doc",
+                &[a.id().to_string()],
+                &[Permission::Read],
+                None,
+            )
+            .await
+            .unwrap();
+        let r = a
+            .run(TaskRequest::new(
+                "p",
+                steps_input(json!([{"context_get": {"id": "doc"}}])),
+            ))
+            .await;
+        r.output.unwrap()["probes"][0]["ok"].clone()
+    }
+    assert_eq!(run(&s, &component).await, false);
+    let open: Vec<AccessPolicy> = serde_json::from_value(json!([{
+        "id": "open", "rules": [{"effect": "allow", "resources": ["context/*"]}]
+    }]))
+    .unwrap();
+    s.access.set_policies(Some(PolicySet::new(open).unwrap()));
+    assert_eq!(run(&s, &component).await, true);
+    s.access.set_policies(None);
+    assert_eq!(
+        run(&s, &component).await,
+        true,
+        "no policies: the gate is open"
+    );
+}
