@@ -246,3 +246,179 @@ async fn a_revoked_agent_cannot_decrypt_newer_versions() {
             .is_err()
     );
 }
+
+/// `qi-host <args> --data-dir <dir>` with `QI_HOST_MASTER_KEY` set to `env_key` (or unset).
+fn qi_host(dir: &Path, env_key: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_qi-host"));
+    command
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("QI_HOST_CACHE_DIR", crate::common::cache_dir())
+        .env_remove("QI_HOST_MASTER_KEY");
+    if let Some(key) = env_key {
+        command.env("QI_HOST_MASTER_KEY", key);
+    }
+    command.output().expect("qi-host runs")
+}
+
+#[track_caller]
+fn stdout_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+fn refused(o: &std::process::Output, because: &[&str]) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected a refusal: {stderr}");
+    for part in because {
+        assert!(stderr.contains(part), "`{part}` not in: {stderr}");
+    }
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "a one-line error: {stderr}"
+    );
+}
+
+/// An encrypted data directory holding `plan` (shared with bob, then revoked, so its key was
+/// wrapped for an agent and rotated), written through the library.
+async fn encrypted_plan(dir: &Path, key: &MasterKey) {
+    let svc = open(dir, Some(key.clone())).await.unwrap();
+    svc.register_agent("bob", AgentCapabilities::default())
+        .await
+        .unwrap();
+    svc.create(
+        OPERATOR,
+        NewContext {
+            id: Some("plan".into()),
+            context_type: "plan".into(),
+            doc: json!({"step": "MARKER-PLAN-41d7"}),
+            ..NewContext::default()
+        },
+    )
+    .await
+    .unwrap();
+    svc.share(OPERATOR, "plan", &["bob".into()], &[Permission::Read], None)
+        .await
+        .unwrap();
+    svc.revoke(OPERATOR, "plan", &["bob".into()]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_key_and_hex_or_raw_key_files_all_open_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = MasterKey::generate();
+    encrypted_plan(&data, &key).await;
+    let hex_file = dir.path().join("key.hex");
+    std::fs::write(&hex_file, format!("{}\n", key.to_hex())).unwrap();
+    let raw_file = dir.path().join("key.raw");
+    std::fs::write(&raw_file, hex_decode(&key.to_hex())).unwrap();
+    let get = ["context", "get", "plan", "--json"];
+    let with_file = |file: &Path| {
+        let mut args = get.to_vec();
+        args.extend(["--key-file", file.to_str().unwrap()]);
+        qi_host(&data, None, &args)
+    };
+    for (how, o) in [
+        (
+            "QI_HOST_MASTER_KEY",
+            qi_host(&data, Some(&key.to_hex()), &get),
+        ),
+        ("hex key file", with_file(&hex_file)),
+        ("raw key file", with_file(&raw_file)),
+    ] {
+        assert!(stdout_ok(&o).contains("MARKER-PLAN-41d7"), "{how}");
+    }
+
+    // Each bad key is refused, naming where it came from and what is wrong.
+    let short = &key.to_hex()[..62];
+    refused(
+        &qi_host(&data, Some(short), &get),
+        &["QI_HOST_MASTER_KEY", "31 bytes", "64 hex characters"],
+    );
+    refused(
+        &qi_host(&data, Some(&"zz".repeat(32)), &get),
+        &["QI_HOST_MASTER_KEY", "not hex"],
+    );
+    let bad_raw = dir.path().join("key.bad");
+    std::fs::write(&bad_raw, [0xffu8; 31]).unwrap();
+    refused(
+        &with_file(&bad_raw),
+        &["--key-file", "key.bad", "neither 32 raw bytes nor hex"],
+    );
+    // A well-formed key of another directory, or none at all.
+    refused(
+        &qi_host(&data, Some(&MasterKey::generate().to_hex()), &get),
+        &["another master key"],
+    );
+    refused(&qi_host(&data, None, &get), &["give its master key"]);
+}
+
+fn hex_decode(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_is_never_written_to_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = MasterKey::generate();
+    encrypted_plan(&data, &key).await;
+    let key_file = dir.path().join("key.hex");
+    std::fs::write(&key_file, key.to_hex()).unwrap();
+    // An agent run with the key, against the directory.
+    let o = qi_host(
+        &data,
+        None,
+        &[
+            "run-agent",
+            qi_guest_artifacts::SNOOP_COMPONENT,
+            "--task",
+            "look around",
+            "--json",
+            "--input",
+            r#"{"context": "plan"}"#,
+            "--key-file",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout_ok(&o)).unwrap();
+    assert_eq!(
+        report["output"]["attempts"][0]["error_kind"], "access-denied",
+        "the store answered: {report}"
+    );
+    // And one with the key in the environment.
+    stdout_ok(&qi_host(
+        &data,
+        Some(&key.to_hex()),
+        &["context", "get", "plan", "--json"],
+    ));
+
+    let files = all_bytes(&data);
+    // The scan sees the store: context ids are not encrypted.
+    assert!(
+        files.iter().any(|(_, bytes)| contains(bytes, "plan")),
+        "no file holds the context id"
+    );
+    let raw = hex_decode(&key.to_hex());
+    for (path, bytes) in &files {
+        assert!(
+            !bytes.windows(raw.len()).any(|w| w == raw.as_slice()),
+            "the raw master key is in {path}"
+        );
+        for text in [key.to_hex(), key.to_hex().to_uppercase()] {
+            assert!(!contains(bytes, &text), "the hex master key is in {path}");
+        }
+        assert!(!contains(bytes, "MARKER-PLAN-41d7"), "plaintext in {path}");
+    }
+}
