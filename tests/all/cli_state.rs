@@ -340,15 +340,20 @@ async fn audit_query_filters_entries() {
     assert_eq!(seqs(&["--resource", "context/plan-1*"]), [1, 10, 11, 12]);
     assert_eq!(seqs(&["--decision", "deny", "--operation", "wr*"]), [3, 9]);
     assert_eq!(seqs(&["--agent", "*", "--limit", "2"]), [11, 12]);
-    let later = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        + 3_600_000)
-        .to_string();
-    assert!(seqs(&["--since", &later]).is_empty());
-    assert!(seqs(&["--until", "0"]).is_empty());
-    assert_eq!(seqs(&["--since", "0", "--until", &later]).len(), 12);
+    // The time bounds, from the entries' own times: just inside keeps all, just past none.
+    let times: Vec<u64> = stdout_of(&qi_host(d, &["audit", "query", "--json"]))
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["timeMs"]
+                .as_u64()
+                .expect("an entry's timeMs")
+        })
+        .collect();
+    let (first, last) = (times[0].to_string(), times[11].to_string());
+    let (before, after) = ((times[0] - 1).to_string(), (times[11] + 1).to_string());
+    assert_eq!(seqs(&["--since", &first, "--until", &last]).len(), 12);
+    assert_eq!(seqs(&["--since", &after]), Vec::<u64>::new());
+    assert_eq!(seqs(&["--until", &before]), Vec::<u64>::new());
 
     let entry = &stdout_of(&qi_host(d, &["audit", "query", "--json", "--limit", "1"]));
     let entry: Value = serde_json::from_str(entry.trim()).unwrap();
