@@ -513,16 +513,24 @@ async fn flush_waits_for_everything_recorded_before_it() {
         log.clone().flush().await;
         assert_eq!(count(&log).await, round * (MAX_BATCH as i64 / 2 + 7));
     }
-    // Many flushes at once all return, each after what preceded it.
+    // Many flushes at once all return, each after what was recorded before it.
+    let before = 5 * (MAX_BATCH as i64 / 2 + 7);
     let waiters: Vec<_> = (0..20)
         .map(|i| {
             log.record(entry(i));
             let log = log.clone();
-            tokio::spawn(async move { log.flush().await })
+            tokio::spawn(async move {
+                log.flush().await;
+                count(&log).await
+            })
         })
         .collect();
-    for w in waiters {
-        w.await.unwrap();
+    for (i, w) in waiters.into_iter().enumerate() {
+        let seen = w.await.unwrap();
+        assert!(
+            seen > before + i as i64,
+            "flush {i} returned with {seen} entries stored"
+        );
     }
     log.flush().await;
     assert_eq!(count(&log).await, 5 * (MAX_BATCH as i64 / 2 + 7) + 20);
