@@ -282,4 +282,91 @@ mod tests {
             Err(IdentityError::Malformed(_))
         ));
     }
+
+    #[test]
+    fn a_timestamp_ahead_of_the_host_has_the_same_window() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let reg = IdentityRegistry::new(None);
+        reg.register(
+            "c",
+            &hex::encode(key.verifying_key().to_bytes()),
+            TrustLevel::Low,
+        )
+        .unwrap();
+        let now = 1_800_000_000_000;
+        reg.verify_agent_identity(&signed(&key, "c", now + MAX_SKEW_MS, "nonce-0001"), now)
+            .unwrap();
+        assert_eq!(
+            reg.verify_agent_identity(&signed(&key, "c", now + MAX_SKEW_MS + 1, "nonce-0002"), now)
+                .unwrap_err(),
+            IdentityError::Expired(MAX_SKEW_MS + 1)
+        );
+        // Nonces of 8 and 128 characters pass; 7, 129 and one with `:` are malformed.
+        for (n, nonce) in [
+            "n".repeat(8),
+            "m".repeat(128),
+            "o".repeat(7),
+            "p".repeat(129),
+            "has:colon".into(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = reg.verify_agent_identity(&signed(&key, "c", now, &nonce), now);
+            if n < 2 {
+                assert!(r.is_ok(), "{nonce}: {r:?}");
+            } else {
+                assert!(
+                    matches!(r, Err(IdentityError::Malformed(_))),
+                    "{nonce}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_verification_is_audited_with_its_outcome() {
+        let store = crate::store::Store::open(crate::store::StoreConfig::in_memory()).unwrap();
+        let audit = AuditLog::open(store).await.unwrap();
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let reg = IdentityRegistry::new(Some(audit.clone()));
+        reg.register(
+            "c",
+            &hex::encode(key.verifying_key().to_bytes()),
+            TrustLevel::High,
+        )
+        .unwrap();
+        let now = 1_800_000_000_000;
+        let good = signed(&key, "c", now, "nonce-0001");
+        reg.verify_agent_identity(&good, now).unwrap();
+        reg.verify_agent_identity(&good, now).unwrap_err();
+        audit.flush().await;
+        let entries = audit
+            .query(&crate::audit::AuditQuery {
+                resource: Some("identity".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let seen: Vec<(&str, AuditDecision, &str)> = entries
+            .iter()
+            .map(|e| (e.operation.as_str(), e.decision, e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("register-identity", AuditDecision::Record, "trust high"),
+                (
+                    "verify-identity",
+                    AuditDecision::Allow,
+                    "signature verified"
+                ),
+                (
+                    "verify-identity",
+                    AuditDecision::Deny,
+                    IdentityError::Replay.to_string().as_str()
+                ),
+            ]
+        );
+    }
 }
