@@ -590,7 +590,7 @@ mod tests {
 
     /// allow/deny × priority × pattern × condition, including conflicting rules.
     #[test]
-    fn policy_matrix() {
+    fn decisions_follow_priority_then_deny_over_allow_then_conditions_else_deny() {
         let low = TrustLevel::Low;
         let cases: Vec<(Vec<AccessPolicy>, Request<'_>, bool, &str)> = vec![
             // no rule matches: default deny
@@ -731,7 +731,7 @@ mod tests {
         let set = PolicySet::new(vec![policy("p", 0, vec![r])]).unwrap();
         assert!(
             set.decide(&req(low, "tool", "t", "call")).allowed,
-            "agent by component name"
+            "agent by its name"
         );
         assert!(
             !set.decide(&req(low, "tool", "t", "list")).allowed,

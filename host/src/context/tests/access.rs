@@ -1,0 +1,228 @@
+//! Access to contexts: every permission alone, revocation, expiry, what a sharer may grant,
+//! and disconnected agents.
+
+use super::*;
+
+#[tokio::test]
+async fn each_permission_is_refused_when_missing_revoked_or_expired_and_every_refusal_reported() {
+    let f = fixture().await;
+    agents(&f.svc, &["owner", "granted", "none", "expired", "revoked"]).await;
+    ctx(
+        &f.svc,
+        "owner",
+        "c",
+        SyncStrategy::Eventual,
+        json!({"a": 1}),
+    )
+    .await;
+
+    type Attempt = for<'s> fn(
+        &'s ContextService,
+        &'static str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), ContextError>> + Send + 's>,
+    >;
+    let ops: [(Permission, Attempt); 4] = [
+        (Permission::Read, |s, a| {
+            Box::pin(async move { s.get(a, "c").await.map(|_| ()) })
+        }),
+        (Permission::Write, |s, a| {
+            Box::pin(async move {
+                s.write(a, "c", Change::Merge(json!({"w": a})), None)
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        (Permission::Share, |s, a| {
+            Box::pin(async move {
+                s.share(a, "c", &["none".to_string()], &[Permission::Share], Some(1))
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        (Permission::Delete, |_s, _a| Box::pin(async move { Ok(()) })),
+    ];
+    for (perm, attempt) in ops {
+        if perm == Permission::Delete {
+            continue;
+        }
+        // granted: only this permission (plus what the op needs to be tested alone).
+        f.svc
+            .share("owner", "c", &["granted".into()], &[perm], None)
+            .await
+            .unwrap();
+        let now = f.svc.now_ms();
+        f.svc
+            .share("owner", "c", &["expired".into()], &[perm], Some(now + 10))
+            .await
+            .unwrap();
+        f.svc
+            .share("owner", "c", &["revoked".into()], &[perm], None)
+            .await
+            .unwrap();
+        f.svc
+            .revoke("owner", "c", &["revoked".into()])
+            .await
+            .unwrap();
+        assert!(attempt(&f.svc, "granted").await.is_ok(), "{perm} granted");
+        for who in ["none", "revoked"] {
+            let e = attempt(&f.svc, who).await.unwrap_err();
+            assert!(
+                matches!(e, ContextError::AccessDenied { .. }),
+                "{perm} {who}: {e}"
+            );
+        }
+        // Not yet expired, then expired without any sweep running.
+        assert!(
+            attempt(&f.svc, "expired").await.is_ok(),
+            "{perm} before expiry"
+        );
+        f.clock.advance(10);
+        let e = attempt(&f.svc, "expired").await.unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        // A share of another permission does not grant this one.
+        let other = if perm == Permission::Read {
+            Permission::Write
+        } else {
+            Permission::Read
+        };
+        f.svc
+            .share("owner", "c", &["granted".into()], &[other], None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                attempt(&f.svc, "granted").await,
+                Err(ContextError::AccessDenied { .. })
+            ),
+            "{perm} with only {other}"
+        );
+        f.clock.advance(1_000);
+        for a in ["owner"] {
+            f.svc.heartbeat(a).await.unwrap();
+        }
+        for a in ["granted", "none", "expired", "revoked"] {
+            f.svc.heartbeat(a).await.unwrap();
+        }
+    }
+    // Delete.
+    f.svc
+        .share(
+            "owner",
+            "c",
+            &["granted".into()],
+            &[Permission::Read, Permission::Write],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.svc.delete("granted", "c").await,
+        Err(ContextError::AccessDenied { .. })
+    ));
+    f.svc
+        .share(
+            "owner",
+            "c",
+            &["granted".into()],
+            &[Permission::Delete],
+            None,
+        )
+        .await
+        .unwrap();
+    f.svc.delete("granted", "c").await.unwrap();
+    // Every refusal left an access-violation conflict and event.
+    let history = f
+        .svc
+        .bus()
+        .history(
+            &EventFilter {
+                event_types: vec![EventType::Conflict],
+                ..Default::default()
+            },
+            None,
+            1_000,
+        )
+        .await
+        .unwrap();
+    let violations = history
+        .iter()
+        .filter(|e| e.data["conflictType"] == "access-violation")
+        .count();
+    // Per permission: none, revoked, expired, and granted with only another permission;
+    // then the delete without the permission.
+    assert_eq!(violations, 3 * 4 + 1);
+}
+
+#[tokio::test]
+async fn sharers_cannot_grant_more_than_they_hold() {
+    let f = fixture().await;
+    agents(&f.svc, &["owner", "s", "t"]).await;
+    ctx(&f.svc, "owner", "c", SyncStrategy::Strong, json!({})).await;
+    f.svc
+        .share(
+            "owner",
+            "c",
+            &["s".into()],
+            &[Permission::Read, Permission::Share],
+            None,
+        )
+        .await
+        .unwrap();
+    f.svc
+        .share("s", "c", &["t".into()], &[Permission::Read], None)
+        .await
+        .unwrap();
+    let e = f
+        .svc
+        .share("s", "c", &["t".into()], &[Permission::Write], None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot grant write"), "{e}");
+    assert_eq!(f.svc.shared_contexts("t").len(), 1);
+}
+
+#[tokio::test]
+async fn disconnected_agents_lose_access_and_subscriptions() {
+    let f = fixture().await;
+    agents(&f.svc, &["owner", "r"]).await;
+    ctx(&f.svc, "owner", "c", SyncStrategy::Eventual, json!({})).await;
+    share_all(&f.svc, "c", "owner", &["r"]).await;
+    let mut sub = f.svc.subscribe("r", "c", SubscribeFrom::Now).await.unwrap();
+    f.svc
+        .write("owner", "c", Change::Merge(json!({"a": 1})), None)
+        .await
+        .unwrap();
+    let e = sub
+        .next_timeout(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.event_type, EventType::Updated);
+    f.clock.advance(31_000);
+    f.svc.heartbeat("owner").await.unwrap();
+    // Refused before any sweep ran ...
+    assert!(matches!(
+        f.svc.get("r", "c").await,
+        Err(ContextError::AccessDenied { .. })
+    ));
+    // ... and the sweep marks it, emits the event and ends its subscription.
+    assert_eq!(
+        f.svc.sweep_disconnected().await.unwrap(),
+        vec!["r".to_string()]
+    );
+    let mut ended = false;
+    for _ in 0..10 {
+        match sub.next_timeout(Duration::from_secs(5)).await {
+            Err(_) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+        }
+    }
+    assert!(ended, "subscription ended");
+    f.svc.heartbeat("r").await.unwrap();
+    assert!(f.svc.get("r", "c").await.is_ok());
+}
