@@ -520,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn evaluates() {
+    fn every_operator_evaluates_both_ways() {
         let t = |s: &str| eval(&parse(s).unwrap(), &F);
         assert!(t(r#"agent.trust >= "medium""#));
         assert!(!t(r#"agent.trust > "medium""#));
@@ -534,6 +534,26 @@ mod tests {
         assert!(t(r#"action in ["get", "ids"]"#));
         assert!(!t(r#"resource.owner == "alice""#));
         assert!(!t("resource.owner"));
+        // The README's operators, each once true and once false.
+        for (condition, want) in [
+            (r#"action != "put""#, true),
+            (r#"action != "get""#, false),
+            (r#"agent.trust <= "medium""#, true),
+            (r#"agent.trust <= "low""#, false),
+            (r#"agent.trust == "medium""#, true),
+            (r#"agent.trust < "medium""#, false),
+            (r#"action == "put" || action == "get""#, true),
+            (r#"action == "put" || action == "ids""#, false),
+            (r#"action == "get" && agent.trust > "low""#, true),
+            (r#"action == "get" && agent.trust > "high""#, false),
+            (r#"!(action == "put")"#, true),
+            (r#"!(action == "get")"#, false),
+            (r#"action in ["put", "ids"]"#, false),
+            (r#"agent.capabilities contains "deploy""#, false),
+            (r#"resource.id matches "draft-*""#, false),
+        ] {
+            assert_eq!(t(condition), want, "{condition}");
+        }
     }
 
     #[test]
