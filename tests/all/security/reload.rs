@@ -1,5 +1,5 @@
-//! Access policies replaced while agents run: the next call of a running agent, and of agents
-//! spawned later, is decided by the new policies.
+//! Access policies replaced, and trust levels changed, while agents run: the next call of a
+//! running agent, and of agents spawned later, is decided by the new state.
 
 use super::*;
 
@@ -30,10 +30,26 @@ fn policy_set(text: &str) -> PolicySet {
 /// One agent reads `doc`, waits in the gate while the policies are replaced by `after`, and
 /// reads `doc` again; returns whether each read was allowed and the reasons audited for them.
 async fn read_across_a_reload(before: &str, after: &str) -> ((bool, bool), Vec<String>) {
+    let after = policy_set(after);
+    read_across_a_change(Some(before), (TrustLevel::Low, None), move |s, _| {
+        s.access.set_policies(Some(after))
+    })
+    .await
+}
+
+/// One agent of `trust` reads `doc` (shared with it for reading, requiring `min_trust` if
+/// given), waits
+/// in the gate while `change` runs, and reads `doc` again; returns whether each read was
+/// allowed and the reasons audited for them.
+async fn read_across_a_change(
+    policies: Option<&str>,
+    (trust, min_trust): (TrustLevel, Option<TrustLevel>),
+    change: impl FnOnce(&Secured, &str),
+) -> ((bool, bool), Vec<String>) {
     let gate = Gate::default();
     let mut tools = ToolRegistry::with_builtins();
     tools.register(gate.clone());
-    let s = secured_with_tools(Some(before), tools).await;
+    let s = secured_with_tools(policies, tools).await;
     context(&s.svc, "doc").await;
     let component = s.host.load(WORKER_COMPONENT).unwrap();
     let spec = SubAgentSpecification {
@@ -41,17 +57,19 @@ async fn read_across_a_reload(before: &str, after: &str) -> ((bool, bool), Vec<S
             allowed_tools: vec!["test.gate".into()],
             ..Default::default()
         },
+        trust_level: trust,
         ..Default::default()
     };
     let agent = s.host.spawn(&component, spec).await.unwrap();
     let id = agent.id().to_string();
     s.svc
-        .share(
+        .share_with_min_trust(
             OPERATOR,
             "doc",
             std::slice::from_ref(&id),
             &[Permission::Read],
             None,
+            min_trust,
         )
         .await
         .unwrap();
@@ -66,7 +84,7 @@ async fn read_across_a_reload(before: &str, after: &str) -> ((bool, bool), Vec<S
     let reload = async {
         // The agent is inside its tool call: its first read is decided, its second is not.
         gate.entered.notified().await;
-        s.access.set_policies(Some(policy_set(after)));
+        change(&s, &id);
         gate.release.notify_one();
     };
     let (report, ()) = tokio::time::timeout(Duration::from_secs(60), async {
@@ -155,4 +173,44 @@ async fn a_policy_change_applies_to_agents_spawned_after_it() {
         true,
         "no policies: the gate is open"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_change_during_a_run_decides_the_running_agents_next_call() {
+    // A share that requires high trust; the agent starts at the default (low).
+    let (reads, _) =
+        read_across_a_change(None, (TrustLevel::Low, Some(TrustLevel::High)), |s, id| {
+            s.host
+                .update_agent_trust_level(id, TrustLevel::High, "reviewed")
+                .unwrap()
+        })
+        .await;
+    assert_eq!(
+        reads,
+        (false, true),
+        "raised while it ran: its next read works"
+    );
+    // A policy condition on trust, and the level lowered while the agent runs.
+    let policy = r#"
+[[policies]]
+id = "trusted"
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/*", "context/*"]
+condition = 'agent.trust >= "medium"'
+"#;
+    let (reads, reasons) =
+        read_across_a_change(Some(policy), (TrustLevel::Medium, None), |s, id| {
+            s.host
+                .update_agent_trust_level(id, TrustLevel::Low, "demoted")
+                .unwrap()
+        })
+        .await;
+    assert_eq!(
+        reads,
+        (true, false),
+        "lowered while it ran: its next read is refused"
+    );
+    assert!(reasons[0].contains("policy `trusted`"), "{reasons:?}");
+    assert!(reasons[1].contains("default deny"), "{reasons:?}");
 }
