@@ -408,7 +408,7 @@ async fn documents_over_the_threshold_go_to_the_blob_directory() {
 }
 
 #[test]
-fn in_memory_blobs_round_trip() {
+fn in_memory_blobs_round_trip_and_the_threshold_is_the_largest_inline_size() {
     let blobs = BlobStore::in_memory(8);
     let doc = StoredDoc::put(&blobs, &json!({"long": "enough to pass eight bytes"})).unwrap();
     let StoredDoc::Blob(hash) = &doc else {
@@ -424,6 +424,19 @@ fn in_memory_blobs_round_trip() {
         Err(StoreError::CorruptRow(_))
     ));
     assert_eq!(StoredDoc::from_columns(None, None).unwrap(), None);
+    // The threshold is the largest inline encoding: a one-byte header plus the string.
+    let at = json!("seven!!");
+    assert_eq!(encode_value(&at).len(), 8);
+    assert!(matches!(
+        StoredDoc::put(&blobs, &at).unwrap(),
+        StoredDoc::Inline(_)
+    ));
+    let past = json!("eight!!!");
+    assert_eq!(encode_value(&past).len(), 9);
+    assert!(matches!(
+        StoredDoc::put(&blobs, &past).unwrap(),
+        StoredDoc::Blob(_)
+    ));
 }
 
 #[tokio::test]
