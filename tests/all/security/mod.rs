@@ -513,3 +513,59 @@ async fn a_share_can_require_a_minimum_trust_level() {
     // Exactly the required level: allowed.
     assert_eq!(run(Some(TrustLevel::High)).await["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_read_needs_both_a_policy_and_a_share() {
+    let s = secured(Some(
+        r#"
+[[policies]]
+id = "reads"
+[[policies.rules]]
+effect = "allow"
+resources = ["context/*"]
+actions = ["get"]
+"#,
+    ))
+    .await;
+    context(&s.svc, "doc").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let read = |share: bool| {
+        let (s, component) = (&s, component.clone());
+        async move {
+            let a = s
+                .host
+                .spawn(&component, SubAgentSpecification::default())
+                .await
+                .unwrap();
+            if share {
+                s.svc
+                    .share(
+                        OPERATOR,
+                        "doc",
+                        &[a.id().to_string()],
+                        &[Permission::Read],
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+            let r = a
+                .run(TaskRequest::new(
+                    "p",
+                    steps_input(json!([{"context_get": {"id": "doc"}}])),
+                ))
+                .await;
+            r.output.unwrap()["probes"][0].clone()
+        }
+    };
+    // The policy allows it, the sharing does not.
+    let p = read(false).await;
+    assert_eq!(p["ok"], false, "{p}");
+    assert!(
+        p["error"].as_str().unwrap().starts_with("access-denied"),
+        "{p}"
+    );
+    // Both allow it.
+    let p = read(true).await;
+    assert_eq!(p["ok"], true, "{p}");
+}
