@@ -353,3 +353,52 @@ async fn share_and_revoke_are_audited_with_an_audit_log() {
         "{revokes:?}"
     );
 }
+
+/// Starts spawning `hello` on `host` and returns the spawn's task and the agent's id once it
+/// is seen in the registry while the spawn is parked (in its context registration, the only
+/// wait before the guest runs). The context store's writer thread may answer before the spawn
+/// parks, so this tries up to 100 spawns.
+async fn catch_spawn_parked(
+    host: &Arc<AgentHost>,
+) -> (tokio::task::JoinHandle<qi_host::Result<String>>, String) {
+    let hello = host.load(HELLO_COMPONENT).unwrap();
+    for _ in 0..100 {
+        let spawning = tokio::spawn({
+            let (host, hello) = (host.clone(), hello.clone());
+            async move { host.spawn(&hello, spec()).await.map(|a| a.id().to_string()) }
+        });
+        while !spawning.is_finished() {
+            if let Some((id, status)) = host.list().into_iter().next() {
+                assert_eq!(status, AgentStatus::Initializing);
+                return (spawning, id);
+            }
+            tokio::task::yield_now().await;
+        }
+        spawning.await.unwrap().expect("spawns");
+    }
+    panic!("never saw a spawn parked in its context registration");
+}
+
+#[tokio::test]
+async fn trust_changes_and_terminate_during_context_registration_are_audited() {
+    // The spawn registers the agent in the context store (an await) after the agent is in
+    // the registry: operator actions in that window must still reach the audit log.
+    let (host, audit) = audited_host().await;
+    let (spawning, id) = catch_spawn_parked(&host).await;
+    host.update_agent_trust_level(&id, TrustLevel::High, "early")
+        .unwrap();
+    host.terminate(&id, "early").unwrap();
+    match spawning.await.unwrap() {
+        Err(Error::Spawn(AgentFailure::Terminated { reason }, _)) => assert_eq!(reason, "early"),
+        other => panic!("expected a terminated spawn, got {other:?}"),
+    }
+    let operations: Vec<_> = entries_of(&audit, &id)
+        .await
+        .into_iter()
+        .map(|(_, operation, _)| operation)
+        .collect();
+    assert_eq!(
+        operations,
+        ["update-trust-level", "terminate", "spawn-failed"]
+    );
+}

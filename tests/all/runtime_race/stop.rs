@@ -245,3 +245,24 @@ async fn a_deadline_passed_before_run_fails_the_run_before_the_guest_calls_anyth
         "the guest ran past its deadline"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_at_any_moment_of_a_run_stops_the_agent() {
+    // Terminate races the run from another worker thread: before it starts, between the
+    // signal check and the wait, inside the host call. A lost wake-up leaves an agent blocked
+    // in `race.gate` forever, caught by the hang guard.
+    let host = race_host();
+    let tool_user = host.load(TOOL_USER_COMPONENT).unwrap();
+    for round in 0..200 {
+        let agent = host.spawn(&tool_user, tool_spec()).await.expect("spawns");
+        let id = agent.id().to_string();
+        let running = tokio::spawn(agent.run(TaskRequest::new("blocks", one_call("race.gate"))));
+        host.terminate(&id, "racing").unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(60), running)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: terminate was lost"))
+            .unwrap();
+        terminated_with(&report.failure, "racing");
+        assert!(report.usage.tool_calls <= 1, "round {round}");
+    }
+}
