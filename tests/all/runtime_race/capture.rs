@@ -402,3 +402,24 @@ async fn trust_changes_and_terminate_during_context_registration_are_audited() {
         ["update-trust-level", "terminate", "spawn-failed"]
     );
 }
+
+#[tokio::test]
+async fn dropping_a_running_agents_future_frees_its_registry_slot() {
+    // The caller gives up on a run (its own timeout, a cancelled request): the agent, blocked
+    // in a host call, leaves the registry with the dropped future.
+    let host = own_host(1);
+    let agent = host
+        .spawn(&host.load(TOOL_USER_COMPONENT).unwrap(), tool_spec())
+        .await
+        .expect("spawns");
+    let id = agent.id().to_string();
+    let run = agent.run(TaskRequest::new("blocks", one_call("race.gate")));
+    tokio::select! {
+        _ = run => panic!("the run ended by itself"),
+        _ = entered_gate(&id) => {}
+    }
+    assert_eq!(host.list(), vec![]);
+    host.spawn(&host.load(HELLO_COMPONENT).unwrap(), spec())
+        .await
+        .expect("the slot was freed");
+}
