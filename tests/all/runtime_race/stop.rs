@@ -266,3 +266,62 @@ async fn terminate_at_any_moment_of_a_run_stops_the_agent() {
         assert!(report.usage.tool_calls <= 1, "round {round}");
     }
 }
+
+/// The largest `fuelYieldInterval`: the most guest code that may run between two looks at the
+/// terminate signal and the deadline.
+const INTERVAL: u64 = qi_host::spec::MAX_FUEL_YIELD_INTERVAL;
+
+/// `spin-forever` with room for a hundred intervals.
+fn spin_spec() -> SubAgentSpecification {
+    let mut s = spec();
+    s.fuel = 100 * INTERVAL;
+    s.configuration_overrides
+        .insert("fuelYieldInterval".into(), json!(INTERVAL));
+    s
+}
+
+/// Polls `run` exactly once: the guest runs up to its first fuel yield and parks there.
+async fn poll_once<F: std::future::Future>(mut run: std::pin::Pin<&mut F>) {
+    let parked =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(run.as_mut().poll(cx).is_pending())).await;
+    assert!(parked, "a spinning agent never finishes its run");
+}
+
+#[track_caller]
+fn within_one_more_interval(report: &qi_host::AgentReport) {
+    // At most one interval to the first yield (the spawn's fuel counts towards it), one more
+    // after the stop: the work is polled before the signal and the deadline. wasmtime notices
+    // an interval's end at its next fuel check, a few units late (2·INTERVAL + 1 here).
+    assert!(
+        report.usage.fuel_consumed <= 2 * INTERVAL + INTERVAL / 100,
+        "the guest ran {} fuel units, more than one interval past the stop",
+        report.usage.fuel_consumed
+    );
+}
+
+#[tokio::test]
+async fn a_spinning_agent_runs_at_most_one_more_yield_interval_after_terminate() {
+    let host = race_host();
+    let agent = host
+        .spawn(&host.load(SPIN_FOREVER_COMPONENT).unwrap(), spin_spec())
+        .await
+        .expect("spawns");
+    let id = agent.id().to_string();
+    let mut run = std::pin::pin!(agent.run(TaskRequest::new("spin", json!(null))));
+    poll_once(run.as_mut()).await;
+    host.terminate(&id, "one interval").unwrap();
+    let report = run.await;
+    terminated_with(&report.failure, "one interval");
+    within_one_more_interval(&report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spinning_agent_runs_at_most_one_more_yield_interval_past_its_deadline() {
+    let agent = spawn_limited(SPIN_FOREVER_COMPONENT, spin_spec()).await;
+    let mut run = std::pin::pin!(agent.run(TaskRequest::new("spin", json!(null))));
+    poll_once(run.as_mut()).await;
+    tokio::time::advance(FAR_PAST_THE_LIMIT).await;
+    let report = run.await;
+    execution_time_exceeded(&report);
+    within_one_more_interval(&report);
+}
