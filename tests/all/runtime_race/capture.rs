@@ -79,7 +79,11 @@ async fn concurrent_spawns_get_distinct_ids_and_every_one_leaves_the_registry() 
         let id = agent.id().to_string();
         let report = agent.run(TaskRequest::new("hi", json!(null))).await;
         assert_eq!(report.agent_id, id);
-        ok(&report);
+        assert_eq!(ok(&report)["agent"], "hello");
+        assert_eq!(
+            report.agent.as_ref().map(|d| d.name.as_str()),
+            Some("hello")
+        );
     }
     drop(unrun);
     assert_eq!(host.list(), vec![]);
@@ -160,7 +164,10 @@ async fn operations_up_to_max_concurrent_operations_overlap_and_one_more_is_refu
     let inside = run_tool_user(s.clone(), rendezvous_batch(3, "limit-inside", 3)).await;
     let out = results(&inside);
     assert_eq!(out.len(), 3);
-    assert!(out.iter().all(|r| r["ok"].is_object()), "{out:?}");
+    // Each call was made as this agent: the id tools see is the id the report gives.
+    for r in &out {
+        assert_eq!(r["ok"]["agent"], inside.agent_id.as_str(), "{out:?}");
+    }
     assert_eq!(inside.usage.tool_calls, 3);
 
     let past = run_tool_user(s, rendezvous_batch(4, "limit-past", 4)).await;
