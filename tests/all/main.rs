@@ -13,6 +13,7 @@ mod guests;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod runtime_race;
 mod security;
 mod validation;
 mod walls;

@@ -262,13 +262,27 @@ impl Deadline {
         }
     }
 
-    /// Resolves when the deadline has passed.
-    async fn passed(&mut self) {
-        let at = self.at;
-        self.timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
-            .as_mut()
-            .await
+    /// True when the deadline is already behind us (read on the timer's clock, so paused
+    /// test time agrees with [`passed`](Self::passed)).
+    fn is_past(&self) -> bool {
+        tokio::time::Instant::now() >= self.at
+    }
+
+    /// Resolves when the deadline has passed. The clock is read at every poll (every time
+    /// the guest yields or a host call wakes it), not only when the timer fires: tokio fires
+    /// timers when its driver turns, which a guest that keeps yielding delays by dozens of
+    /// fuel yield intervals.
+    fn passed(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_past() {
+                return std::task::Poll::Ready(());
+            }
+            let at = self.at;
+            self.timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                .as_mut()
+                .poll(cx)
+        })
     }
 }
 
@@ -279,6 +293,12 @@ async fn race<T>(
 ) -> Raced<T> {
     if let Some(reason) = entry.terminate_reason() {
         return Raced::Terminated(reason.to_string());
+    }
+    // The deadline covers the agent's whole life from spawn: a call begun after it (a run
+    // started late) must not let the guest work, even work that would finish without a
+    // yield. One clock read; the timer itself is still made only on the first wait.
+    if deadline.is_past() {
+        return Raced::Deadline;
     }
     // The work is polled first: a guest that finishes without ever yielding (no pending host
     // call, fewer instructions than one fuel yield interval) is done before the deadline timer

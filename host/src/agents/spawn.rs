@@ -237,15 +237,6 @@ impl AgentHost {
             agents: self.agents.clone(),
             context: self.context.clone(),
         };
-        if let Some(ctx) = &self.context {
-            ctx.register_agent(&id, crate::context::AgentCapabilities::default())
-                .await
-                .map_err(|e| {
-                    Error::System(anyhow::anyhow!(
-                        "registering {id} in the context store: {e}"
-                    ))
-                })?;
-        }
         let shared = Arc::new(AgentShared {
             id,
             stdio: Default::default(),
@@ -267,7 +258,18 @@ impl AgentHost {
             trust,
             name: std::sync::OnceLock::new(),
         });
+        // Set before the first await: from here on, a trust change or terminate is audited.
         let _ = entry.shared.set(shared.clone());
+        if let Some(ctx) = &self.context {
+            let id = &shared.id;
+            ctx.register_agent(id, crate::context::AgentCapabilities::default())
+                .await
+                .map_err(|e| {
+                    Error::System(anyhow::anyhow!(
+                        "registering {id} in the context store: {e}"
+                    ))
+                })?;
+        }
         let state = AgentState::new(shared.clone())
             .map_err(anyhow::Error::from)?
             .holding(descriptors);
