@@ -48,8 +48,25 @@ fn run_agent_prints_output_and_usage() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("\"echo\": \"greet\""), "{out}");
-    assert!(out.contains("fuel consumed"), "{out}");
-    assert!(out.contains("peak memory"), "{out}");
+    assert!(
+        out.contains("\"who\": \"newcomer\""),
+        "the input is echoed: {out}"
+    );
+    // The receipt's lines carry measured numbers, not just their labels.
+    let measured = |label: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` line in {out}"));
+        line.trim_start()[label.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("`{line}` has no number"))
+    };
+    assert!(measured("fuel consumed") > 0, "{out}");
+    assert!(measured("peak memory") > 0, "{out}");
+    assert_eq!(measured("host calls"), 1, "hello logs once: {out}");
 }
 
 #[test]
@@ -72,12 +89,21 @@ fn a_failing_agent_exits_1_with_the_reason() {
         "--fuel",
         "1000000",
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains("fuel limit exceeded"), "{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("failure   [RESOURCE] fuel limit exceeded (fuel = 1000000)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        !stdout(&o).contains("\noutput\n"),
+        "a failed agent has no output: {}",
+        stdout(&o)
+    );
 }
 
 #[test]
-fn run_agent_with_a_read_only_directory() {
+fn run_agent_dir_grants_are_readable_and_writable_only_with_rw() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.txt"), "one two\n").unwrap();
     let grant = format!("{}:/workspace:ro", dir.path().display());
@@ -93,10 +119,35 @@ fn run_agent_with_a_read_only_directory() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["output"]["total"]["words"], 2);
+
+    // The same write through an `ro` grant is refused and through an `rw` grant lands.
+    let write = |mode: &str| {
+        let grant = format!("{}:/workspace:{mode}", dir.path().display());
+        qi_host(&[
+            "run-agent",
+            HOSTILE_COMPONENT,
+            "--task",
+            "write",
+            "--input",
+            r#"{"mode": "fs.fill-disk", "path": "/workspace/written", "bytes": 5}"#,
+            "--dir",
+            &grant,
+            "--json",
+        ])
+    };
+    let ro = write("ro");
+    assert_eq!(ro.status.code(), Some(1), "{}", stdout(&ro));
+    assert!(!dir.path().join("written").exists(), "written through `ro`");
+    let rw = write("rw");
+    assert!(rw.status.success(), "{}\n{}", stdout(&rw), stderr(&rw));
+    assert_eq!(
+        std::fs::metadata(dir.path().join("written")).unwrap().len(),
+        5
+    );
 }
 
 #[test]
-fn missing_file() {
+fn run_agent_of_a_missing_file_is_a_one_line_error() {
     one_line_error(
         &qi_host(&["run-agent", "/no/such/agent.wasm", "--task", "x"]),
         "cannot read component",
@@ -104,7 +155,7 @@ fn missing_file() {
 }
 
 #[test]
-fn not_wasm() {
+fn run_agent_of_a_text_file_is_a_one_line_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.wasm");
     std::fs::write(&path, "this is text").unwrap();
@@ -115,7 +166,7 @@ fn not_wasm() {
 }
 
 #[test]
-fn core_module_instead_of_component() {
+fn inspect_of_a_core_module_is_a_one_line_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("core.wasm");
     std::fs::write(
@@ -130,7 +181,7 @@ fn core_module_instead_of_component() {
 }
 
 #[test]
-fn component_of_another_world() {
+fn inspect_of_a_component_of_another_world_is_a_one_line_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.wasm");
     std::fs::write(&path, wat::parse_str("(component)").unwrap()).unwrap();
@@ -141,7 +192,7 @@ fn component_of_another_world() {
 }
 
 #[test]
-fn component_importing_what_the_host_lacks() {
+fn inspect_of_a_component_importing_what_the_host_lacks_names_the_import() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("needs.wasm");
     let wat = r#"(component (import "acme:db/query@1.0.0" (instance (export "run" (func)))))"#;
@@ -153,7 +204,7 @@ fn component_importing_what_the_host_lacks() {
 }
 
 #[test]
-fn invalid_limits() {
+fn bad_run_agent_flags_are_one_line_errors_naming_the_flag() {
     one_line_error(
         &qi_host(&[
             "run-agent",
@@ -194,10 +245,31 @@ fn inspect_shows_agent_info_imports_and_exports() {
     let o = qi_host(&["inspect", FILE_STATS_COMPONENT]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("file-stats"), "{out}");
-    assert!(out.contains("qi:agent/log@0.1.0"), "{out}");
-    assert!(out.contains("run"), "{out}");
-    assert!(out.contains("runnable  yes"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"agent     file-stats 0.1.0 (Specialized)"),
+        "{out}"
+    );
+    // Each list is the indented lines under its heading.
+    let section = |heading: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .skip_while(|l| **l != heading)
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| l.trim())
+            .collect()
+    };
+    let imports = section("imports");
+    assert!(imports.contains(&"qi:agent/log@0.1.0"), "{out}");
+    assert!(imports.contains(&"wasi:filesystem/preopens@0.2.6"), "{out}");
+    assert_eq!(section("exports"), ["describe", "run"], "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("runnable  yes: targets qi:agent/agent@0.1.0")),
+        "{out}"
+    );
 }
 
 #[test]

@@ -20,8 +20,11 @@
 //! - `host.checkpoint {bytes, point}`: a `sync.checkpoint` with a state of exactly `bytes`
 //!   bytes at a point id of `point` bytes (default 1).
 //! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
-//! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (default
-//!   `127.0.0.1:9`), answers how many were refused: each attempt is a decision the host audits.
+//! - `host.spin {tool}`: calls `tool` (if given) with `{}`, then computes forever without
+//!   calling the host again: the call tells a test that the agent has started spinning.
+//! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (required:
+//!   tests aim it at a listener that would notice a connect), answers how many were refused:
+//!   each attempt is a decision the host audits.
 //! - `host.budget {count}`: calls `budget.get` `count` times.
 //! - `host.put-many {sizes}`: creates a context (`{}`, type `probe`), then puts a JSON document
 //!   of exactly each of `sizes` bytes in turn; answers how many puts were stored.
@@ -64,10 +67,18 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
         "clock" => clock(n("count", 0)),
-        "connect-flood" => connect_flood(
-            n("count", 0),
-            input["target"].as_str().unwrap_or("127.0.0.1:9"),
-        ),
+        "connect-flood" => {
+            let target = input["target"].as_str().ok_or_else(|| {
+                AgentError::InvalidInput("`host.connect-flood` needs a `target`".into())
+            })?;
+            connect_flood(n("count", 0), target)
+        }
+        "spin" => {
+            if let Some(name) = input["tool"].as_str() {
+                tool(name, &json!({}))?;
+            }
+            spin()
+        }
         "budget" => budget(n("count", 0)),
         "tools" => {
             let calls = input["calls"]
@@ -256,6 +267,18 @@ fn checkpoint(bytes: usize, point: usize) -> Result<Value, AgentError> {
         }
         Err(e) => Err(failed("sync.checkpoint", e)),
         Ok(_) => Ok(json!({"ok": true, "coordinated": true})),
+    }
+}
+
+/// Computes forever; `black_box` on every step keeps the optimizer from removing the loop.
+fn spin() -> ! {
+    let mut state = std::hint::black_box(1u64);
+    loop {
+        state = std::hint::black_box(
+            state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
     }
 }
 

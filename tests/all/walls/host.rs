@@ -4,6 +4,7 @@
 
 mod flood;
 mod outcome;
+mod yields;
 
 use crate::common::*;
 use qi_guest_artifacts::{HELLO_COMPONENT, HOSTILE_COMPONENT, HUGE_OUTPUT_COMPONENT};
