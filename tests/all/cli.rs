@@ -238,6 +238,19 @@ fn bad_run_agent_flags_are_one_line_errors_naming_the_flag() {
         ]),
         "--dir",
     );
+    // Flags the argument parser refuses are bad input too, on one line that names them.
+    one_line_error(
+        &qi_host(&[
+            "run-agent",
+            HELLO_COMPONENT,
+            "--task",
+            "x",
+            "--isolation",
+            "nope",
+        ]),
+        "`nope` is not an isolation level",
+    );
+    one_line_error(&qi_host(&["run-agent", HELLO_COMPONENT]), "--task");
 }
 
 #[test]
@@ -545,4 +558,146 @@ fn run_with_a_key_file_stores_only_ciphertext() {
         "{}",
         stdout(&o)
     );
+}
+
+/// `hostile` calling `clock.now` `n` times through `run-agent` with `flags`.
+fn clock_calls(n: usize, flags: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let calls: Vec<_> = (0..n)
+        .map(|_| serde_json::json!({"tool": "clock.now", "input": {}}))
+        .collect();
+    let input = serde_json::json!({"mode": "host.tools", "calls": calls}).to_string();
+    let mut args = vec![
+        "run-agent",
+        HOSTILE_COMPONENT,
+        "--task",
+        "t",
+        "--input",
+        &input,
+    ];
+    args.extend_from_slice(flags);
+    args.push("--json");
+    let o = qi_host(&args);
+    let report = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&o), stderr(&o)));
+    (o.status.code(), report)
+}
+
+#[track_caller]
+fn tool_call_limit(code: Option<i32>, report: &serde_json::Value, limit: u64) {
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["failure"]["limit"], "tool-calls", "{report}");
+    assert_eq!(report["failure"]["limit_value"], limit, "{report}");
+    assert_eq!(report["usage"]["tool_calls"], limit, "{report}");
+}
+
+#[test]
+fn run_agent_max_tool_calls_and_allow_tool_set_the_budget_pair() {
+    let allow = ["--allow-tool", "clock.now", "--max-tool-calls", "3"];
+    let (code, inside) = clock_calls(3, &allow);
+    assert_eq!(code, Some(0), "{inside}");
+    assert_eq!(inside["output"]["calls"], 3, "{inside}");
+    let (code, past) = clock_calls(4, &allow);
+    tool_call_limit(code, &past, 3);
+    // Without `--allow-tool` the first call is refused.
+    let (code, refused) = clock_calls(1, &["--max-tool-calls", "3"]);
+    assert_eq!(code, Some(1), "{refused}");
+    assert_eq!(refused["usage"]["access_denied"], 1, "{refused}");
+}
+
+#[test]
+fn run_agent_spec_file_sets_the_spec_and_rejects_unknown_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"resourceLimits": {"maxToolCalls": 2}, "securityConstraints": {"allowedTools": ["clock.now"]}}"#,
+    )
+    .unwrap();
+    let spec_flag = ["--spec", spec.to_str().unwrap()];
+    let (code, inside) = clock_calls(2, &spec_flag);
+    assert_eq!(code, Some(0), "{inside}");
+    let (code, past) = clock_calls(3, &spec_flag);
+    tool_call_limit(code, &past, 2);
+
+    std::fs::write(&spec, r#"{"resourceLimits": {"maxToolCall": 2}}"#).unwrap();
+    one_line_error(
+        &qi_host(&[
+            "run-agent",
+            HELLO_COMPONENT,
+            "--task",
+            "t",
+            "--spec",
+            spec.to_str().unwrap(),
+        ]),
+        "maxToolCall",
+    );
+}
+
+#[test]
+fn run_agent_isolation_flag_sets_the_level() {
+    let calls_logged = |level: &str| {
+        let o = qi_host(&[
+            "run-agent",
+            HELLO_COMPONENT,
+            "--task",
+            "t",
+            "--isolation",
+            level,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["host_call_log"].as_array().unwrap().len()
+    };
+    // Only `monitored` records host calls: hello makes one (its log record).
+    assert_eq!(calls_logged("monitored"), 1);
+    assert_eq!(calls_logged("sandbox"), 0);
+    one_line_error(
+        &qi_host(&[
+            "run-agent",
+            HELLO_COMPONENT,
+            "--task",
+            "t",
+            "--isolation",
+            "sandbox",
+            "--dir",
+            "/tmp:/w",
+        ]),
+        "`directories` is not allowed at isolation level `sandbox`",
+    );
+}
+
+#[test]
+fn run_agent_allow_host_admits_the_listed_port_only() {
+    // A listener that accepts: a connect the flag does not allow must not reach it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let target = listener.local_addr().unwrap();
+    let probe = |allow: String| {
+        let input = serde_json::json!({"target": target.to_string()}).to_string();
+        let o = qi_host(&[
+            "run-agent",
+            NET_PROBE_COMPONENT,
+            "--task",
+            "probe",
+            "--input",
+            &input,
+            "--allow-host",
+            &allow,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["output"]["connected"].clone()
+    };
+    assert_eq!(probe(format!("127.0.0.1:{}", target.port() ^ 1)), false);
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a connect to a port not allowed reached the listener"
+    );
+    assert_eq!(probe(format!("127.0.0.1:{}", target.port())), true);
+    listener
+        .accept()
+        .expect("the allowed connect reached the listener");
 }
