@@ -4,13 +4,14 @@
 //! - `host.big-doc {bytes, op}`: creates a context, then `op` (`put`, default, or `patch`)
 //!   with a JSON document of exactly `bytes` bytes.
 //! - `host.call-many {count}`: one `tools.call-many` batch of `count` `clock.now` calls.
-//! - `host.share-list {count, op}`: `op` (`share`, default, or `revoke`) a new context with
-//!   `count` agent ids.
+//! - `host.share-list {count, op, permissions}`: `op` (`share`, default, or `revoke`) a new
+//!   context with `count` agent ids; a share grants `read` `permissions` times (default 1).
 //! - `host.subscribe-list {count, types}`: subscribes to `count` context ids (all the same new
 //!   context) and `types` event types (default 1).
 //! - `host.big-event {bytes}`: publishes a custom event whose data is exactly `bytes` bytes.
-//! - `host.big-log {bytes, fields}`: one log record with a `bytes`-byte message and `fields`
-//!   fields.
+//! - `host.big-log {bytes, fields, key_bytes, value_bytes}`: one log record with a
+//!   `bytes`-byte message and `fields` fields, each key `key_bytes` long and each value
+//!   `value_bytes` long (default a short key `k<i>` and the value `v`).
 //! - `host.tool-input {bytes}`: calls `clock.now` with an input of exactly `bytes` bytes.
 //! - `host.stdout {bytes, stream}`: writes `bytes` bytes to `stream` (`stdout`, default, or
 //!   `stderr`) in 4 KiB writes.
@@ -59,10 +60,15 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
     let answer = match attack {
         "big-doc" => big_doc(n("bytes", 0), op)?,
         "call-many" => call_many(n("count", 0))?,
-        "share-list" => share_list(n("count", 0), op)?,
+        "share-list" => share_list(n("count", 0), op, n("permissions", 1))?,
         "subscribe-list" => subscribe_list(n("count", 0), n("types", 1))?,
         "big-event" => big_event(n("bytes", 0))?,
-        "big-log" => big_log(n("bytes", 0), n("fields", 0)),
+        "big-log" => big_log(
+            n("bytes", 0),
+            n("fields", 0),
+            input["key_bytes"].as_u64().map(|b| b as usize),
+            n("value_bytes", 1),
+        ),
         "tool-input" => tool_input(n("bytes", 0))?,
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
@@ -184,14 +190,19 @@ fn call_many(count: usize) -> Result<Value, AgentError> {
     Ok(json!({"ok": true, "results": results.len()}))
 }
 
-fn share_list(count: usize, op: &str) -> Result<Value, AgentError> {
+fn share_list(count: usize, op: &str, permissions: usize) -> Result<Value, AgentError> {
     let id = new_context()?;
     let agents: Vec<String> = (0..count).map(|i| format!("agent-probe-{i}")).collect();
     if op == "revoke" {
         context::revoke(&id, &agents).map_err(|e| failed("context.revoke", e))?;
     } else {
-        context::share(&id, &agents, &[context::Permission::Read], None)
-            .map_err(|e| failed("context.share", e))?;
+        context::share(
+            &id,
+            &agents,
+            &vec![context::Permission::Read; permissions],
+            None,
+        )
+        .map_err(|e| failed("context.share", e))?;
     }
     Ok(json!({"ok": true}))
 }
@@ -213,11 +224,11 @@ fn big_event(bytes: usize) -> Result<Value, AgentError> {
     Ok(json!({"ok": true, "seq": seq}))
 }
 
-fn big_log(bytes: usize, fields: usize) -> Value {
+fn big_log(bytes: usize, fields: usize, key_bytes: Option<usize>, value_bytes: usize) -> Value {
     let fields: Vec<log::Field> = (0..fields)
         .map(|i| log::Field {
-            key: format!("k{i}"),
-            value: "v".into(),
+            key: key_bytes.map_or_else(|| format!("k{i}"), |b| "k".repeat(b)),
+            value: "v".repeat(value_bytes),
         })
         .collect();
     log::log(log::Level::Info, &"m".repeat(bytes), &fields);

@@ -352,3 +352,63 @@ fn allow_host_admits_the_listed_port_only() {
         .accept()
         .expect("the allowed connect reached the listener");
 }
+
+/// Runs `run-agent component --task t <flags> --json`: the exit code and the report.
+fn report_of(component: &str, flags: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["run-agent", component, "--task", "t"];
+    args.extend_from_slice(flags);
+    args.push("--json");
+    let o = qi_host(&args);
+    let report = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&o), stderr(&o)));
+    (o.status.code(), report)
+}
+
+/// The pair limits of these flags are checked through the library (`all::limits`); here each
+/// flag must reach the spec: the failure names the flag's limit and value.
+#[test]
+fn memory_timeout_and_file_operation_flags_set_their_limits() {
+    #[track_caller]
+    fn stopped_at(run: (Option<i32>, serde_json::Value), limit: &str, value: u64) {
+        let (code, report) = run;
+        assert_eq!(code, Some(1), "{report}");
+        assert_eq!(report["failure"]["limit"], limit, "{report}");
+        assert_eq!(report["failure"]["limit_value"], value, "{report}");
+    }
+    stopped_at(
+        report_of(MEMORY_HOG_COMPONENT, &["--max-memory-mb", "16"]),
+        "memory",
+        16,
+    );
+    // Fuel for far longer than the deadline: only the deadline can stop it.
+    stopped_at(
+        report_of(
+            SPIN_FOREVER_COMPONENT,
+            &["--timeout-ms", "200", "--fuel", "50000000000"],
+        ),
+        "execution-time",
+        200,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "one two\n").unwrap();
+    let grant = format!("{}:/workspace:ro", dir.path().display());
+    let stats = |max: &str| {
+        report_of(
+            FILE_STATS_COMPONENT,
+            &["--dir", &grant, "--max-file-operations", max],
+        )
+    };
+    let (code, roomy) = stats("1000");
+    assert_eq!(code, Some(0), "{roomy}");
+    let needed = roomy["usage"]["file_operations"].as_u64().unwrap();
+    assert!(needed > 1, "{roomy}");
+    let (code, inside) = stats(&needed.to_string());
+    assert_eq!(code, Some(0), "{inside}");
+    assert_eq!(inside["output"]["total"]["words"], 2, "{inside}");
+    stopped_at(
+        stats(&(needed - 1).to_string()),
+        "file-operations",
+        needed - 1,
+    );
+}
