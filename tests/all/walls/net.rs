@@ -420,3 +420,20 @@ async fn a_network_prohibition_beats_the_allow_list() {
         "the prohibited connect reached the listener"
     );
 }
+
+#[tokio::test]
+async fn monitored_full_network_reaches_an_address_no_allow_list_names() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let mut spec = spec();
+    spec.isolation_level = IsolationLevel::Monitored;
+    spec.security_constraints.network_access_level = NetworkAccessLevel::Full;
+    let report = hostile(
+        spec,
+        json!({"mode": "net.connect", "target": target.to_string()}),
+    )
+    .await;
+    assert_eq!(ok(&report)["connected"], true, "{:?}", report.output);
+    listener.accept().expect("the connect reached the listener");
+    assert_eq!(report.usage.network_denied, 0, "{:?}", report.usage);
+}
