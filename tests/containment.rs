@@ -10,9 +10,111 @@ mod common;
 
 use common::*;
 use qi_guest_artifacts::*;
-use qi_host::{AgentFailure, AgentReport, IsolationLevel, LimitKind, TaskRequest};
+use qi_host::{
+    AgentFailure, AgentHost, AgentReport, HostConfig, IsolationLevel, LimitKind, LoadedComponent,
+    TaskRequest, Tool, ToolContext, ToolFuture, ToolRegistry,
+};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use tokio::sync::Notify;
+
+/// One signal per agent id: raised when the agent enters a `test.entered*` tool, so a test
+/// terminates an agent once it is known to be spinning or waiting, never after a guessed delay.
+fn entered(agent_id: &str) -> Arc<Notify> {
+    static ENTERED: LazyLock<Mutex<HashMap<String, Arc<Notify>>>> = LazyLock::new(Default::default);
+    ENTERED
+        .lock()
+        .unwrap()
+        .entry(agent_id.to_string())
+        .or_default()
+        .clone()
+}
+
+/// `test.entered`: raises the caller's [`entered`] signal and answers at once.
+struct Entered;
+
+impl Tool for Entered {
+    fn name(&self) -> &str {
+        "test.entered"
+    }
+    fn description(&self) -> &str {
+        "Tells the test the agent got here, then answers {}"
+    }
+    fn call(&self, ctx: ToolContext, _input: Value) -> ToolFuture {
+        entered(&ctx.agent_id).notify_one();
+        Box::pin(async { Ok(json!({})) })
+    }
+}
+
+/// `test.entered-block`: raises the caller's [`entered`] signal and never answers.
+struct EnteredBlock;
+
+impl Tool for EnteredBlock {
+    fn name(&self) -> &str {
+        "test.entered-block"
+    }
+    fn description(&self) -> &str {
+        "Tells the test the agent got here, then never returns"
+    }
+    fn call(&self, ctx: ToolContext, _input: Value) -> ToolFuture {
+        entered(&ctx.agent_id).notify_one();
+        Box::pin(async {
+            std::future::pending::<()>().await;
+            unreachable!()
+        })
+    }
+}
+
+/// The shared test host plus the two signalling tools (shadows `common::host`).
+fn host() -> &'static AgentHost {
+    static HOST: OnceLock<AgentHost> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut tools = ToolRegistry::with_builtins();
+        tools.register(Entered);
+        tools.register(EnteredBlock);
+        AgentHost::with_tools(
+            HostConfig {
+                max_live_agents: 256,
+                cache_dir: Some(cache_dir()),
+                ..HostConfig::default()
+            },
+            tools,
+        )
+        .expect("host starts")
+    })
+}
+
+fn load(path: &str) -> Arc<LoadedComponent> {
+    host().load(path).expect("bundled guest loads")
+}
+
+/// A TCP listener on loopback that counts the connections it accepts: a refused connect
+/// aimed at it must leave the count at zero (a port where nothing listens would refuse any
+/// connect by itself, sandbox or not).
+struct Canary {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Canary {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stream.is_ok() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Canary { port, accepted }
+    }
+}
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -31,7 +133,7 @@ enum Expect {
     Terminated,
 }
 
-async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
+async fn one(i: usize, ws: std::path::PathBuf, canary_port: u16) -> (Expect, AgentReport) {
     let mut s = spec();
     let (path, input, expect): (&str, Value, Expect) = match i {
         0 => {
@@ -64,13 +166,14 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
             json!(null),
             Expect::Fails(|f| f.limit() == Some(LimitKind::Stack), "stack"),
         ),
+        // A read-only mount of its own, beside the canary `outside.txt` and holding a link to it.
         5 => {
-            s = crate_restricted(&ws);
+            s = crate_restricted(&ws.with_file_name("escape-ws"));
             (FS_ESCAPE_COMPONENT, json!(null), Expect::EscapesRefused)
         }
         6 => (
             NET_PROBE_COMPONENT,
-            json!({"target": "127.0.0.1:9", "http": true}),
+            json!({"target": format!("127.0.0.1:{canary_port}"), "http": true}),
             Expect::NetRefused,
         ),
         7 => {
@@ -95,17 +198,25 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
             json!(null),
             Expect::Fails(|f| f.limit() == Some(LimitKind::OutputSize), "output"),
         ),
+        // Terminated while waiting in a host call that never answers.
         10 => {
-            s.security_constraints.allowed_tools = vec!["test.block".into()];
+            s.security_constraints.allowed_tools = vec!["test.entered-block".into()];
             (
                 TOOL_USER_COMPONENT,
-                json!({"calls": [{"tool": "test.block", "input": {}}]}),
+                json!({"calls": [{"tool": "test.entered-block", "input": {}}]}),
                 Expect::Terminated,
             )
         }
+        // Terminated while spinning (`hostile`'s `host.spin` says when it starts): with the
+        // fuel ceiling it would otherwise run into its deadline.
         11 => {
             s.fuel = qi_host::spec::IsolationCeilings::of(qi_host::IsolationLevel::Sandbox).fuel;
-            (SPIN_FOREVER_COMPONENT, json!(null), Expect::Terminated)
+            s.security_constraints.allowed_tools = vec!["test.entered".into()];
+            (
+                HOSTILE_COMPONENT,
+                json!({"mode": "host.spin", "tool": "test.entered"}),
+                Expect::Terminated,
+            )
         }
         n if n % 2 == 0 => (HELLO_COMPONENT, json!({"n": n}), Expect::Hello(n)),
         _ => {
@@ -117,7 +228,7 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
     if matches!(expect, Expect::Terminated) {
         let id = agent.id().to_string();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            entered(&id).notified().await;
             host().terminate(&id, "containment test").unwrap();
         });
     }
@@ -147,17 +258,24 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
     let ws = dir.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
     std::fs::write(ws.join("a.txt"), "one two\nthree\n").unwrap();
+    let escape_ws = dir.path().join("escape-ws");
+    std::fs::create_dir(&escape_ws).unwrap();
+    std::fs::write(dir.path().join("outside.txt"), "canary").unwrap();
+    std::os::unix::fs::symlink("../outside.txt", escape_ws.join("link-out")).unwrap();
 
     // Warm up: compile everything and fill the pool's warm slots with well-behaved agents.
+    let canary = Canary::start();
     let warm: Vec<_> = (12..200)
-        .map(|i| tokio::spawn(one(i, ws.clone())))
+        .map(|i| tokio::spawn(one(i, ws.clone(), canary.port)))
         .collect();
     for w in warm {
         ok(&w.await.unwrap().1);
     }
     let before = rss_bytes();
 
-    let all: Vec<_> = (0..200).map(|i| tokio::spawn(one(i, ws.clone()))).collect();
+    let all: Vec<_> = (0..200)
+        .map(|i| tokio::spawn(one(i, ws.clone(), canary.port)))
+        .collect();
     let mut failures = 0;
     for (i, handle) in all.into_iter().enumerate() {
         let (expect, report) = handle.await.expect("the host survives every agent");
@@ -174,11 +292,12 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
             }
             Expect::EscapesRefused => {
                 let out = ok(&report);
-                for a in out["attempts"].as_array().unwrap() {
-                    assert!(
-                        a["op"] == "list" || a["ok"] == false,
-                        "agent {i} escaped: {a}"
-                    );
+                let attempts = out["attempts"].as_array().unwrap();
+                // Four reads out of the mount and a write into a read-only one; listing `/`
+                // shows only the mount, so it may succeed.
+                assert_eq!(attempts.len(), 6, "agent {i}: {out}");
+                for a in attempts.iter().filter(|a| a["op"] != "list") {
+                    assert_eq!(a["ok"], false, "agent {i} escaped: {a}");
                 }
             }
             Expect::NetRefused => assert_eq!(ok(&report)["connected"], false, "agent {i}"),
@@ -193,6 +312,20 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
         }
     }
     assert_eq!(failures, 10);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("outside.txt")).unwrap(),
+        "canary",
+        "the file outside every mount changed"
+    );
+    assert!(
+        !escape_ws.join("escape-write.txt").exists(),
+        "fs-escape wrote into its read-only mount"
+    );
+    assert_eq!(
+        canary.accepted.load(Ordering::SeqCst),
+        0,
+        "the sandboxed net-probe reached the listening canary port"
+    );
     assert!(
         host().list().is_empty(),
         "agents left behind: {:?}",

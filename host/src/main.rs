@@ -4,7 +4,28 @@ use clap::Parser;
 use qi_host::cli::{Cli, run};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        use clap::error::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            e.exit()
+        }
+        // Bad arguments are bad input like any other: one line (what is wrong, then where to
+        // look), exit code 2. clap spreads its message over several lines and adds the usage.
+        let text = e.render().to_string();
+        let what: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        eprintln!("{}; see `qi-host --help`", what.join(" "));
+        std::process::exit(2);
+    });
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QI_LOG")

@@ -4,13 +4,14 @@
 //! - `host.big-doc {bytes, op}`: creates a context, then `op` (`put`, default, or `patch`)
 //!   with a JSON document of exactly `bytes` bytes.
 //! - `host.call-many {count}`: one `tools.call-many` batch of `count` `clock.now` calls.
-//! - `host.share-list {count, op}`: `op` (`share`, default, or `revoke`) a new context with
-//!   `count` agent ids.
+//! - `host.share-list {count, op, permissions}`: `op` (`share`, default, or `revoke`) a new
+//!   context with `count` agent ids; a share grants `read` `permissions` times (default 1).
 //! - `host.subscribe-list {count, types}`: subscribes to `count` context ids (all the same new
 //!   context) and `types` event types (default 1).
 //! - `host.big-event {bytes}`: publishes a custom event whose data is exactly `bytes` bytes.
-//! - `host.big-log {bytes, fields}`: one log record with a `bytes`-byte message and `fields`
-//!   fields.
+//! - `host.big-log {bytes, fields, key_bytes, value_bytes}`: one log record with a
+//!   `bytes`-byte message and `fields` fields, each key `key_bytes` long and each value
+//!   `value_bytes` long (default a short key `k<i>` and the value `v`).
 //! - `host.tool-input {bytes}`: calls `clock.now` with an input of exactly `bytes` bytes.
 //! - `host.stdout {bytes, stream}`: writes `bytes` bytes to `stream` (`stdout`, default, or
 //!   `stderr`) in 4 KiB writes.
@@ -20,8 +21,11 @@
 //! - `host.checkpoint {bytes, point}`: a `sync.checkpoint` with a state of exactly `bytes`
 //!   bytes at a point id of `point` bytes (default 1).
 //! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
-//! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (default
-//!   `127.0.0.1:9`), answers how many were refused: each attempt is a decision the host audits.
+//! - `host.spin {tool}`: calls `tool` (if given) with `{}`, then computes forever without
+//!   calling the host again: the call tells a test that the agent has started spinning.
+//! - `host.connect-flood {count, target}`: tries `count` TCP connects to `target` (required:
+//!   tests aim it at a listener that would notice a connect), answers how many were refused:
+//!   each attempt is a decision the host audits.
 //! - `host.budget {count}`: calls `budget.get` `count` times.
 //! - `host.put-many {sizes}`: creates a context (`{}`, type `probe`), then puts a JSON document
 //!   of exactly each of `sizes` bytes in turn; answers how many puts were stored.
@@ -56,18 +60,31 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
     let answer = match attack {
         "big-doc" => big_doc(n("bytes", 0), op)?,
         "call-many" => call_many(n("count", 0))?,
-        "share-list" => share_list(n("count", 0), op)?,
+        "share-list" => share_list(n("count", 0), op, n("permissions", 1))?,
         "subscribe-list" => subscribe_list(n("count", 0), n("types", 1))?,
         "big-event" => big_event(n("bytes", 0))?,
-        "big-log" => big_log(n("bytes", 0), n("fields", 0)),
+        "big-log" => big_log(
+            n("bytes", 0),
+            n("fields", 0),
+            input["key_bytes"].as_u64().map(|b| b as usize),
+            n("value_bytes", 1),
+        ),
         "tool-input" => tool_input(n("bytes", 0))?,
         "stdout" => stdout(n("bytes", 0), input["stream"].as_str() == Some("stderr")),
         "exit" => std::process::exit(input["code"].as_i64().unwrap_or(0) as i32),
         "clock" => clock(n("count", 0)),
-        "connect-flood" => connect_flood(
-            n("count", 0),
-            input["target"].as_str().unwrap_or("127.0.0.1:9"),
-        ),
+        "connect-flood" => {
+            let target = input["target"].as_str().ok_or_else(|| {
+                AgentError::InvalidInput("`host.connect-flood` needs a `target`".into())
+            })?;
+            connect_flood(n("count", 0), target)
+        }
+        "spin" => {
+            if let Some(name) = input["tool"].as_str() {
+                tool(name, &json!({}))?;
+            }
+            spin()
+        }
         "budget" => budget(n("count", 0)),
         "tools" => {
             let calls = input["calls"]
@@ -173,14 +190,19 @@ fn call_many(count: usize) -> Result<Value, AgentError> {
     Ok(json!({"ok": true, "results": results.len()}))
 }
 
-fn share_list(count: usize, op: &str) -> Result<Value, AgentError> {
+fn share_list(count: usize, op: &str, permissions: usize) -> Result<Value, AgentError> {
     let id = new_context()?;
     let agents: Vec<String> = (0..count).map(|i| format!("agent-probe-{i}")).collect();
     if op == "revoke" {
         context::revoke(&id, &agents).map_err(|e| failed("context.revoke", e))?;
     } else {
-        context::share(&id, &agents, &[context::Permission::Read], None)
-            .map_err(|e| failed("context.share", e))?;
+        context::share(
+            &id,
+            &agents,
+            &vec![context::Permission::Read; permissions],
+            None,
+        )
+        .map_err(|e| failed("context.share", e))?;
     }
     Ok(json!({"ok": true}))
 }
@@ -202,11 +224,11 @@ fn big_event(bytes: usize) -> Result<Value, AgentError> {
     Ok(json!({"ok": true, "seq": seq}))
 }
 
-fn big_log(bytes: usize, fields: usize) -> Value {
+fn big_log(bytes: usize, fields: usize, key_bytes: Option<usize>, value_bytes: usize) -> Value {
     let fields: Vec<log::Field> = (0..fields)
         .map(|i| log::Field {
-            key: format!("k{i}"),
-            value: "v".into(),
+            key: key_bytes.map_or_else(|| format!("k{i}"), |b| "k".repeat(b)),
+            value: "v".repeat(value_bytes),
         })
         .collect();
     log::log(log::Level::Info, &"m".repeat(bytes), &fields);
@@ -256,6 +278,18 @@ fn checkpoint(bytes: usize, point: usize) -> Result<Value, AgentError> {
         }
         Err(e) => Err(failed("sync.checkpoint", e)),
         Ok(_) => Ok(json!({"ok": true, "coordinated": true})),
+    }
+}
+
+/// Computes forever; `black_box` on every step keeps the optimizer from removing the loop.
+fn spin() -> ! {
+    let mut state = std::hint::black_box(1u64);
+    loop {
+        state = std::hint::black_box(
+            state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
     }
 }
 

@@ -4,12 +4,14 @@
 
 mod flood;
 mod outcome;
+mod yields;
 
 use crate::common::*;
 use qi_guest_artifacts::{HELLO_COMPONENT, HOSTILE_COMPONENT, HUGE_OUTPUT_COMPONENT};
 use qi_host::interfaces::limits::{
     MAX_CALL_MANY_REQUESTS, MAX_DOCUMENT_BYTES, MAX_EVENT_DATA_BYTES, MAX_LOG_FIELDS,
-    MAX_LOG_MESSAGE_BYTES, MAX_SHARE_AGENTS, MAX_SUBSCRIBE_CONTEXTS, MAX_TOOL_INPUT_BYTES,
+    MAX_LOG_MESSAGE_BYTES, MAX_SHARE_AGENTS, MAX_SHARE_PERMISSIONS, MAX_SUBSCRIBE_CONTEXTS,
+    MAX_SUBSCRIBE_TYPES, MAX_TOOL_INPUT_BYTES,
 };
 use qi_host::sandbox::STDIO_CAPTURE_BYTES;
 use qi_host::{
@@ -139,47 +141,75 @@ async fn a_call_many_batch_at_the_limit_runs_and_one_more_request_is_refused() {
 }
 
 #[tokio::test]
-async fn share_and_revoke_lists_are_bounded() {
+async fn share_and_revoke_agent_lists_and_share_permissions_are_bounded() {
     let host = context_host().await;
-    let at = attack_on(
-        &host,
-        json!({"mode": "host.share-list", "count": MAX_SHARE_AGENTS, "op": "revoke"}),
-    )
-    .await;
-    assert_eq!(ok(&at)["ok"], true);
-    let past = attack_on(
-        &host,
-        json!({"mode": "host.share-list", "count": MAX_SHARE_AGENTS + 1}),
-    )
-    .await;
+    let list = |count: usize, op: &str, permissions: usize| json!({"mode": "host.share-list", "count": count, "op": op, "permissions": permissions});
+    // Inside the limits a share gets past the size check to the registry, which knows none
+    // of the probe's agent ids; a revoke of absent shares succeeds.
+    #[track_caller]
+    fn reached_the_registry(report: &AgentReport) {
+        match &report.failure {
+            Some(AgentFailure::AgentError { message, .. }) => assert!(
+                message.contains("`agent-probe-0` is not registered"),
+                "{message}"
+            ),
+            other => panic!("expected the registry's refusal, got {other:?}"),
+        }
+    }
+    for op in ["share", "revoke"] {
+        let at = attack_on(&host, list(MAX_SHARE_AGENTS, op, 1)).await;
+        if op == "share" {
+            reached_the_registry(&at);
+        } else {
+            assert_eq!(ok(&at)["ok"], true, "{op}");
+        }
+        let past = attack_on(&host, list(MAX_SHARE_AGENTS + 1, op, 1)).await;
+        refused(
+            &past,
+            MAX_SHARE_AGENTS,
+            &format!("context.{op}: `agents` is {} items", MAX_SHARE_AGENTS + 1),
+        );
+    }
+    let at = attack_on(&host, list(1, "share", MAX_SHARE_PERMISSIONS)).await;
+    reached_the_registry(&at);
+    let past = attack_on(&host, list(1, "share", MAX_SHARE_PERMISSIONS + 1)).await;
     refused(
         &past,
-        MAX_SHARE_AGENTS,
-        &format!("context.share: `agents` is {} items", MAX_SHARE_AGENTS + 1),
+        MAX_SHARE_PERMISSIONS,
+        &format!(
+            "context.share: `permissions` is {} items",
+            MAX_SHARE_PERMISSIONS + 1
+        ),
     );
     host_goes_on(&host).await;
 }
 
 #[tokio::test]
-async fn subscribe_lists_are_bounded() {
+async fn subscribe_context_ids_and_event_types_are_bounded() {
     let host = context_host().await;
+    let subscribe = |count: usize, types: usize| json!({"mode": "host.subscribe-list", "count": count, "types": types});
     let at = attack_on(
         &host,
-        json!({"mode": "host.subscribe-list", "count": MAX_SUBSCRIBE_CONTEXTS}),
+        subscribe(MAX_SUBSCRIBE_CONTEXTS, MAX_SUBSCRIBE_TYPES),
     )
     .await;
     assert_eq!(ok(&at)["ok"], true);
-    let past = attack_on(
-        &host,
-        json!({"mode": "host.subscribe-list", "count": MAX_SUBSCRIBE_CONTEXTS + 1}),
-    )
-    .await;
+    let past = attack_on(&host, subscribe(MAX_SUBSCRIBE_CONTEXTS + 1, 1)).await;
     refused(
         &past,
         MAX_SUBSCRIBE_CONTEXTS,
         &format!(
             "events.subscribe: `context-ids` is {} items",
             MAX_SUBSCRIBE_CONTEXTS + 1
+        ),
+    );
+    let past = attack_on(&host, subscribe(1, MAX_SUBSCRIBE_TYPES + 1)).await;
+    refused(
+        &past,
+        MAX_SUBSCRIBE_TYPES,
+        &format!(
+            "events.subscribe: `event-types` is {} items",
+            MAX_SUBSCRIBE_TYPES + 1
         ),
     );
 }
@@ -245,6 +275,41 @@ async fn a_huge_log_record_is_truncated_and_never_fails() {
     assert_eq!(rec.fields.len(), MAX_LOG_FIELDS);
     // Truncated to the limit, plus the marker.
     assert_eq!(rec.message.len(), MAX_LOG_MESSAGE_BYTES + '…'.len_utf8());
+}
+
+#[tokio::test]
+async fn log_messages_keys_and_values_at_their_limits_are_kept_whole_and_one_byte_more_is_cut() {
+    use qi_host::interfaces::limits::{MAX_LOG_KEY_BYTES, MAX_LOG_VALUE_BYTES};
+    let record = |extra: usize| async move {
+        let r = run(
+            HOSTILE_COMPONENT,
+            hostile_spec(),
+            json!({"mode": "host.big-log", "bytes": MAX_LOG_MESSAGE_BYTES + extra,
+                   "fields": MAX_LOG_FIELDS + extra, "key_bytes": MAX_LOG_KEY_BYTES + extra,
+                   "value_bytes": MAX_LOG_VALUE_BYTES + extra}),
+        )
+        .await;
+        assert_eq!(ok(&r)["ok"], true, "logging never fails the agent");
+        assert_eq!(r.logs.len(), 1);
+        r.logs[0].clone()
+    };
+    let at = record(0).await;
+    assert_eq!(at.message, "m".repeat(MAX_LOG_MESSAGE_BYTES));
+    assert_eq!(at.fields.len(), MAX_LOG_FIELDS);
+    for (key, value) in &at.fields {
+        assert_eq!(key, &"k".repeat(MAX_LOG_KEY_BYTES));
+        assert_eq!(value, &"v".repeat(MAX_LOG_VALUE_BYTES));
+    }
+    let past = record(1).await;
+    assert_eq!(
+        past.message,
+        format!("{}…", "m".repeat(MAX_LOG_MESSAGE_BYTES))
+    );
+    assert_eq!(past.fields.len(), MAX_LOG_FIELDS);
+    for (key, value) in &past.fields {
+        assert_eq!(key, &format!("{}…", "k".repeat(MAX_LOG_KEY_BYTES)));
+        assert_eq!(value, &format!("{}…", "v".repeat(MAX_LOG_VALUE_BYTES)));
+    }
 }
 
 #[tokio::test]

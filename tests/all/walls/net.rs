@@ -397,3 +397,43 @@ async fn tcp_connections_past_the_handle_cap_get_new_socket_limit() {
     handle_cap_pair(32, json!({"target": target.to_string()})).await;
     accepting.abort();
 }
+
+#[tokio::test]
+async fn a_network_prohibition_beats_the_allow_list() {
+    // The listener accepts, and the allow-list names it: only the prohibition can refuse.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let target = listener.local_addr().unwrap();
+    let mut spec = net_spec(&[format!("127.0.0.1:{}", target.port())]);
+    spec.security_constraints.prohibited_operations = vec!["network".into()];
+    let report = hostile(
+        spec,
+        json!({"mode": "net.connect", "target": target.to_string()}),
+    )
+    .await;
+    let out = ok(&report);
+    assert_eq!(out["connected"], false, "{out}");
+    assert!(out["error"].is_string(), "{out}");
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the prohibited connect reached the listener"
+    );
+}
+
+#[tokio::test]
+async fn monitored_full_network_reaches_an_address_no_allow_list_names() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let mut spec = spec();
+    spec.isolation_level = IsolationLevel::Monitored;
+    spec.security_constraints.network_access_level = NetworkAccessLevel::Full;
+    let report = hostile(
+        spec,
+        json!({"mode": "net.connect", "target": target.to_string()}),
+    )
+    .await;
+    assert_eq!(ok(&report)["connected"], true, "{:?}", report.output);
+    listener.accept().expect("the connect reached the listener");
+    assert_eq!(report.usage.network_denied, 0, "{:?}", report.usage);
+}

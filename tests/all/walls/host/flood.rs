@@ -51,6 +51,12 @@ const LIFECYCLE_ENTRIES: u64 = 2;
 #[tokio::test]
 async fn refused_connects_are_audited_up_to_the_per_agent_bound_and_counted_past_it() {
     let cap = MAX_AUDIT_ENTRIES_PER_AGENT;
+    // The target accepts connections: a refusal that let a connect through would be seen.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("canary listener");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    let target = listener.local_addr().expect("listener address");
     // Each connect is two audited decisions: the implicit bind and the connect.
     for (count, dropped) in [(cap / 2, 0), (cap / 2 + 1, 2), (2 * cap, 3 * cap)] {
         let (host, audit) = audited_host().await;
@@ -58,17 +64,22 @@ async fn refused_connects_are_audited_up_to_the_per_agent_bound_and_counted_past
         let mut s = spec();
         s.isolation_level = IsolationLevel::Restricted;
         s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
-        s.resource_limits.allowed_network_hosts = vec!["127.0.0.1:47474".into()];
+        s.resource_limits.allowed_network_hosts = vec![format!("127.0.0.1:{}", target.port() ^ 1)];
         // Room for every attempt, so that the audit bound (not `maxNetworkOperations`, whose
         // refusals are not audited at all) is what stops the entries.
         s.resource_limits.max_network_operations = 100_000;
         let r = flood_on(
             &host,
             s,
-            json!({"mode": "host.connect-flood", "count": count, "target": "127.0.0.1:9"}),
+            json!({"mode": "host.connect-flood", "count": count, "target": target.to_string()}),
         )
         .await;
         assert_eq!(ok(&r)["refused"], count, "{count}: every connect refused");
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "{count}: a refused connect reached the listener"
+        );
         assert_eq!(r.usage.network_denied, count, "{count}: all counted");
         assert_eq!(r.usage.audit_dropped, dropped, "{count}");
         // Past the bound: one entry says the agent's routine entries were cut.

@@ -4,32 +4,42 @@
 
 use super::*;
 
+/// The pair for each stream: exactly the capture is kept whole with nothing dropped; one
+/// byte more keeps the same bytes and counts the one dropped.
 #[tokio::test]
-async fn stdout_keeps_64_kib_and_discards_and_counts_the_rest() {
-    for (stream, bytes) in [
-        ("stdout", STDIO_CAPTURE_BYTES),
-        ("stdout", STDIO_CAPTURE_BYTES + 1),
-        ("stderr", STDIO_CAPTURE_BYTES + 1),
-    ] {
-        let r = run(
-            HOSTILE_COMPONENT,
-            spec(),
-            json!({"mode": "host.stdout", "bytes": bytes, "stream": stream}),
-        )
-        .await;
-        assert_eq!(ok(&r)["errors"], 0, "{stream} {bytes}: writes never fail");
-        let (kept, dropped) = if stream == "stdout" {
-            (r.stdout.len(), r.usage.stdout_dropped)
-        } else {
-            (r.stderr.len(), r.usage.stderr_dropped)
-        };
-        assert_eq!(kept, STDIO_CAPTURE_BYTES, "{stream} {bytes}");
-        assert_eq!(
-            dropped,
-            (bytes - STDIO_CAPTURE_BYTES) as u64,
-            "{stream} {bytes}"
-        );
-        assert!(r.usage.wasi_calls > 0, "stdio writes are counted");
+async fn stdout_and_stderr_keep_64_kib_each_and_count_the_rest_as_dropped() {
+    for stream in ["stdout", "stderr"] {
+        for bytes in [
+            STDIO_CAPTURE_BYTES,
+            STDIO_CAPTURE_BYTES + 1,
+            4 * STDIO_CAPTURE_BYTES,
+        ] {
+            let r = run(
+                HOSTILE_COMPONENT,
+                spec(),
+                json!({"mode": "host.stdout", "bytes": bytes, "stream": stream}),
+            )
+            .await;
+            assert_eq!(ok(&r)["errors"], 0, "{stream} {bytes}: writes never fail");
+            let (kept, dropped, other) = if stream == "stdout" {
+                (&r.stdout, r.usage.stdout_dropped, &r.stderr)
+            } else {
+                (&r.stderr, r.usage.stderr_dropped, &r.stdout)
+            };
+            // `hostile` writes only `o`s: the first 64 KiB are kept as written.
+            assert_eq!(kept.len(), STDIO_CAPTURE_BYTES, "{stream} {bytes}");
+            assert!(kept.bytes().all(|b| b == b'o'), "{stream} {bytes}");
+            assert_eq!(
+                dropped,
+                (bytes - STDIO_CAPTURE_BYTES) as u64,
+                "{stream} {bytes}"
+            );
+            assert!(
+                other.is_empty(),
+                "{stream} {bytes}: the other stream is untouched"
+            );
+            assert!(r.usage.wasi_calls > 0, "stdio writes are counted");
+        }
     }
 }
 
