@@ -11,11 +11,10 @@ use qi_host::context::{
     ContextStatus, ContextVersion, NewContext, OPERATOR, Permission, Refusal, ResolveChoice,
     SyncStrategy,
 };
-use qi_host::events::{EventFilter, EventType};
-use qi_host::{AgentHost, AgentReport, AgentStatus, HostConfig, SubAgent, TaskRequest};
+use qi_host::events::{EventFilter, EventType, SubscribeFrom};
+use qi_host::{AgentHost, AgentReport, HostConfig, SubAgent, TaskRequest};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// A host whose agents share one context store.
@@ -29,11 +28,14 @@ pub async fn context_host() -> &'static ContextHost {
     static HOST: OnceCell<ContextHost> = OnceCell::const_new();
     HOST.get_or_init(|| async {
         let svc = crate::common::in_memory_context().await;
-        let host = AgentHost::new(HostConfig {
-            max_live_agents: 64,
-            cache_dir: Some(cache_dir()),
-            ..Default::default()
-        })
+        let host = AgentHost::with_tools(
+            HostConfig {
+                max_live_agents: 64,
+                cache_dir: Some(cache_dir()),
+                ..Default::default()
+            },
+            crate::common::test_tools(),
+        )
         .expect("host starts")
         .with_context(svc.clone());
         ContextHost { host, svc }
@@ -76,7 +78,9 @@ async fn create(prefix: &str, strategy: SyncStrategy, doc: Value) -> String {
 async fn spawn(component: &str) -> SubAgent {
     let h = context_host().await;
     let loaded = h.host.load(component).expect("bundled guest loads");
-    h.host.spawn(&loaded, spec()).await.expect("agent spawns")
+    let mut s = spec();
+    s.security_constraints.allowed_tools = vec!["test.signal".into()];
+    h.host.spawn(&loaded, s).await.expect("agent spawns")
 }
 
 async fn share(id: &str, agents: &[&SubAgent], permissions: &[Permission]) {
@@ -123,22 +127,6 @@ async fn conflicts(id: &str, kind: ConflictType) -> Vec<Conflict> {
     all.into_iter()
         .filter(|c| c.conflict_type == kind)
         .collect()
-}
-
-/// Polls until `agent` is executing its task, then gives it `settle` to get going.
-async fn wait_until_executing(agent_id: &str, settle: Duration) {
-    let h = context_host().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match h.host.status(agent_id) {
-            Some(AgentStatus::Executing) => break,
-            Some(AgentStatus::Initializing | AgentStatus::Ready) => {}
-            other => panic!("agent {agent_id} is not executing: {other:?}"),
-        }
-        assert!(Instant::now() < deadline, "agent {agent_id} never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(settle).await;
 }
 
 pub(crate) mod racer {
@@ -426,43 +414,89 @@ pub(crate) mod subscriber {
 
     const WRITES: u64 = 10;
 
+    /// Update events as the subscriber reports them: `(seq, version, agent)`.
+    fn reported(out: &Value) -> Vec<(u64, u64, String)> {
+        out["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["version"].as_u64().unwrap(),
+                    e["agent"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn receives_every_update_in_order_and_resumes() {
+    async fn receives_exactly_the_updates_after_subscribing_in_order_and_resumes() {
         let id = create("subscribed", SyncStrategy::Strong, json!({"n": 0})).await;
+        let svc = &context_host().await.svc;
+        // Committed before the subscription: must not be delivered.
+        svc.write(
+            OPERATOR,
+            &id,
+            Change::Merge(json!({"before": true})),
+            Some(1),
+        )
+        .await
+        .unwrap();
         let watcher = spawn(SUBSCRIBER_COMPONENT).await;
         let writer = spawn(RACER_COMPONENT).await;
         share(&id, &[&watcher], &[Permission::Read]).await;
         share(&id, &[&writer], &[Permission::Read, Permission::Write]).await;
-        let (watcher_id, writer_id) = (watcher.id().to_string(), writer.id().to_string());
+        let writer_id = writer.id().to_string();
 
+        // The writer's updates, then the operator's end marker: the watcher stops at the
+        // marker, so an extra or repeated event would show up before it.
+        let key = crate::common::unique_key("subscriber");
         let watching = start(
             watcher,
             "subscriber",
-            json!({"context": id, "expect": WRITES, "timeout_ms": 15_000, "linger_ms": 300}),
+            json!({"context": id, "expect": WRITES + 1, "timeout_ms": 60_000, "signal": key}),
         );
-        wait_until_executing(&watcher_id, Duration::from_millis(200)).await;
+        assert_eq!(
+            crate::common::next_signal(&key).await["subscribed"],
+            true,
+            "the watcher's first signal says it has subscribed"
+        );
         let writing = start(
             writer,
             "writer",
             json!({"context": id, "writes": WRITES, "field": "n", "strategy": "strong"}),
         );
-        let (watched, written) = (watching.await.unwrap(), writing.await.unwrap());
-        assert_eq!(ok(&written)["acked"], WRITES);
+        assert_eq!(ok(&writing.await.unwrap())["acked"], WRITES);
+        let marker = svc
+            .write(
+                OPERATOR,
+                &id,
+                Change::Merge(json!({"done": true})),
+                Some(WRITES + 2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(marker.version, WRITES + 3);
+        let watched = crate::common::hang_guard("the watcher's end", watching)
+            .await
+            .unwrap();
         let out = ok(&watched);
         assert_eq!(out["error"], Value::Null, "{out}");
-        assert_eq!(
-            out["received"], WRITES,
-            "exactly the writer's updates: {out}"
-        );
+        assert_eq!(out["received"], WRITES + 1, "{out}");
         assert_eq!(out["gap_free"], true);
-        let events = out["events"].as_array().unwrap();
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e["version"], i as u64 + 2, "in version order: {out}");
-            assert_eq!(e["agent"], writer_id.as_str());
-        }
+        let events = reported(out);
+        let expected: Vec<(u64, String)> = (3..WRITES + 3)
+            .map(|v| (v, writer_id.clone()))
+            .chain([(WRITES + 3, OPERATOR.to_string())])
+            .collect();
+        let got: Vec<(u64, String)> = events.iter().map(|(_, v, a)| (*v, a.clone())).collect();
+        assert_eq!(
+            got, expected,
+            "the writer's updates in version order, then the marker"
+        );
 
-        // They are the context's stored `updated` events, seq for seq.
-        let svc = &context_host().await.svc;
+        // They are the context's stored `updated` events after the subscription, seq for seq.
         let filter = EventFilter {
             event_types: vec![EventType::Updated],
             context_ids: vec![id.clone()],
@@ -470,47 +504,55 @@ pub(crate) mod subscriber {
         };
         let stored = svc.bus().history(&filter, Some(0), 1000).await.unwrap();
         let stored: Vec<u64> = stored.iter().map(|e| e.seq).collect();
-        let seen: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seen, stored);
+        let seen: Vec<u64> = events.iter().map(|e| e.0).collect();
+        assert_eq!(
+            stored.len(),
+            seen.len() + 1,
+            "all but the one before subscribing"
+        );
+        assert_eq!(seen, stored[1..]);
         assert_eq!(out["last_seq"], *seen.last().unwrap());
 
         // A later subscriber resuming after the third update gets exactly the rest.
         let resumer = spawn(SUBSCRIBER_COMPONENT).await;
         share(&id, &[&resumer], &[Permission::Read]).await;
-        let report = resumer
-            .run(task(
+        let report = crate::common::hang_guard(
+            "the resumer's end",
+            resumer.run(task(
                 "resumer",
-                json!({"context": id, "expect": WRITES - 3, "timeout_ms": 5_000,
-                       "after_seq": seen[2], "linger_ms": 200}),
-            ))
-            .await;
+                json!({"context": id, "expect": seen.len() - 3, "timeout_ms": 60_000,
+                       "after_seq": seen[2]}),
+            )),
+        )
+        .await;
         let out = ok(&report);
-        let resumed: Vec<u64> = out["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["seq"].as_u64().unwrap())
-            .collect();
+        assert_eq!(out["error"], Value::Null, "{out}");
+        let resumed: Vec<u64> = reported(out).iter().map(|e| e.0).collect();
         assert_eq!(resumed, seen[3..]);
         assert_eq!(out["gap_free"], true);
     }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_revoked_subscriber_stops_receiving_at_once() {
         let id = create("revoked", SyncStrategy::Eventual, json!({"n": 0})).await;
         let watcher = spawn(SUBSCRIBER_COMPONENT).await;
         share(&id, &[&watcher], &[Permission::Read]).await;
         let watcher_id = watcher.id().to_string();
+        let key = crate::common::unique_key("revoked");
         let watching = start(
             watcher,
             "subscriber",
-            json!({"context": id, "expect": 3, "timeout_ms": 3_000}),
+            json!({"context": id, "expect": 3, "timeout_ms": 60_000, "signal": key}),
         );
-        wait_until_executing(&watcher_id, Duration::from_millis(200)).await;
+        assert_eq!(crate::common::next_signal(&key).await["subscribed"], true);
         let svc = &context_host().await.svc;
-        svc.write(OPERATOR, &id, Change::Merge(json!({"n": 1})), None)
+        let first = svc
+            .write(OPERATOR, &id, Change::Merge(json!({"n": 1})), None)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The watcher has the first update in hand before its share is revoked.
+        let got = crate::common::next_signal(&key).await;
+        let first_seq = got["seq"].as_u64().unwrap();
         svc.revoke(OPERATOR, &id, std::slice::from_ref(&watcher_id))
             .await
             .unwrap();
@@ -520,19 +562,18 @@ pub(crate) mod subscriber {
         svc.write(OPERATOR, &id, Change::Merge(json!({"n": 3})), None)
             .await
             .unwrap();
-        let report = watching.await.unwrap();
+        let report = crate::common::hang_guard("the revoked watcher's end", watching)
+            .await
+            .unwrap();
         let out = ok(&report);
+        let events = reported(out);
         assert_eq!(
-            out["received"], 1,
+            events,
+            [(first_seq, first.version, OPERATOR.to_string())],
             "only the update before the revocation: {out}"
         );
-        assert!(
-            out["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("access-denied"),
-            "{out}"
-        );
+        let error = out["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with("access-denied"), "{out}");
     }
 }
 
@@ -603,15 +644,27 @@ mod registry {
         let agent = spawn(HELLO_COMPONENT).await;
         let id = agent.id().to_string();
         assert!(registered(&id), "{id} is registered once spawned");
+        // The unregistration is its own event: wait for it instead of polling.
+        let mut unregistered = svc
+            .bus()
+            .subscribe(
+                EventFilter {
+                    event_types: vec![EventType::AgentUnregistered],
+                    agent_ids: vec![id.clone()],
+                    ..EventFilter::default()
+                },
+                SubscribeFrom::Now,
+            )
+            .unwrap();
         let report = agent.run(task("hello", json!(null))).await;
         ok(&report);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while registered(&id) {
-            assert!(
-                Instant::now() < deadline,
-                "{id} is still registered after it finished"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let event = crate::common::hang_guard("the agent-unregistered event", unregistered.next())
+            .await
+            .unwrap();
+        assert_eq!(event.agent_id.as_deref(), Some(id.as_str()));
+        assert!(
+            !registered(&id),
+            "{id} is still registered after it finished"
+        );
     }
 }

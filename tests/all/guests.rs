@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use qi_guest_artifacts::*;
-use qi_host::{AgentFailure, AgentStatus, ErrorCategory, IsolationLevel, LimitKind};
+use qi_host::{AgentFailure, AgentStatus, ErrorCategory, LimitKind};
 use serde_json::json;
 
 macro_rules! assert_test_exists {
@@ -14,8 +14,7 @@ macro_rules! assert_test_exists {
 }
 foreach_guest!(assert_test_exists);
 
-pub use self::file_stats::{restricted as restricted_spec, workspace as file_stats_workspace};
-pub use self::net_probe::{network_spec, server as net_server};
+pub use self::file_stats::workspace as file_stats_workspace;
 
 /// The `hostile` guest's tests live in `walls/`, one file per wall.
 mod hostile {
@@ -77,21 +76,15 @@ mod file_stats {
         dir
     }
 
-    pub fn restricted(dir: &std::path::Path) -> qi_host::SubAgentSpecification {
-        let mut s = spec();
-        s.isolation_level = IsolationLevel::Restricted;
-        s.directories.push(qi_host::DirectoryGrant {
-            host_path: dir.to_path_buf(),
-            guest_path: "/workspace".into(),
-            writable: None,
-        });
-        s
-    }
-
     #[tokio::test]
     async fn counts_lines_and_words_in_its_read_only_workspace() {
         let dir = workspace();
-        let report = run(FILE_STATS_COMPONENT, restricted(dir.path()), json!(null)).await;
+        let report = run(
+            FILE_STATS_COMPONENT,
+            restricted_spec(dir.path()),
+            json!(null),
+        )
+        .await;
         let out = ok(&report);
         assert_eq!(
             out["total"],
@@ -107,7 +100,7 @@ mod file_stats {
         let report = run(FILE_STATS_COMPONENT, spec(), json!({"dir": "/"})).await;
         match &report.failure {
             Some(AgentFailure::AgentError { message, .. }) => {
-                assert!(message.contains('/'), "{message}")
+                assert_eq!(message, "/: No such file or directory (os error 44)")
             }
             other => panic!("expected the agent's own error, got {other:?}"),
         }
@@ -259,84 +252,141 @@ mod stack_overflow {
 mod fs_escape {
     use super::*;
 
-    #[tokio::test]
-    async fn every_escape_attempt_fails() {
+    const CANARY: &str = "CANARY-5b0e: outside the mount, never to be read";
+
+    /// A workspace `ws` inside a directory whose `outside.txt` (the canary) the agent must never
+    /// reach, with a symlink in the workspace pointing at it.
+    fn planted() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
         let outer = tempfile::tempdir().unwrap();
         let ws = outer.path().join("ws");
         std::fs::create_dir(&ws).unwrap();
-        std::fs::write(outer.path().join("outside.txt"), "secret").unwrap();
-        std::os::unix::fs::symlink(outer.path().join("outside.txt"), ws.join("link-out")).unwrap();
-        let s = super::file_stats::restricted(&ws);
-        let report = run(FS_ESCAPE_COMPONENT, s, json!(null)).await;
+        let canary = outer.path().join("outside.txt");
+        std::fs::write(&canary, CANARY).unwrap();
+        std::os::unix::fs::symlink(&canary, ws.join("link-out")).unwrap();
+        (outer, ws, canary)
+    }
+
+    /// The canary is unchanged and nothing of it shows in the agent's output, logs or stdio.
+    #[track_caller]
+    fn assert_canary_untouched(report: &qi_host::AgentReport, canary: &std::path::Path) {
+        assert_eq!(std::fs::read_to_string(canary).unwrap(), CANARY);
+        let seen = format!(
+            "{:?} {:?} {} {}",
+            report.output, report.logs, report.stdout, report.stderr
+        );
+        assert!(!seen.contains("CANARY-5b0e"), "the canary leaked: {seen}");
+        let outer = canary.parent().unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(outer)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["outside.txt", "ws"],
+            "nothing was added beside the mount"
+        );
+    }
+
+    fn attempt<'a>(out: &'a serde_json::Value, op: &str, path: &str) -> &'a serde_json::Value {
+        out["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["op"] == op && a["path"] == path)
+            .unwrap_or_else(|| panic!("no {op} of {path}: {out}"))
+    }
+
+    #[tokio::test]
+    async fn every_escape_fails_and_a_read_only_mount_refuses_the_write() {
+        let (_outer, ws, canary) = planted();
+        let report = run(FS_ESCAPE_COMPONENT, restricted_spec(&ws), json!(null)).await;
         let out = ok(&report);
-        let attempts = out["attempts"].as_array().unwrap();
-        assert!(attempts.len() >= 6, "{out}");
-        for a in attempts {
-            if a["op"] == "list" {
-                continue;
-            }
+        // Outside every preopen there is nothing (ENOENT); through the mount, leaving it or
+        // writing to a read-only one is refused (EPERM).
+        const ENOENT: &str = "No such file or directory (os error 44)";
+        const EPERM: &str = "Operation not permitted (os error 63)";
+        let expected = [
+            ("read", "/etc/passwd", ENOENT),
+            ("read", "../outside.txt", ENOENT),
+            ("read", "/workspace/../outside.txt", EPERM),
+            ("read", "/workspace/link-out", EPERM),
+            ("write", "/workspace/escape-write.txt", EPERM),
+            ("list", "/", ENOENT),
+        ];
+        assert_eq!(
+            out["attempts"].as_array().unwrap().len(),
+            expected.len(),
+            "{out}"
+        );
+        for (op, path, error) in expected {
+            let a = attempt(out, op, path);
             assert_eq!(a["ok"], false, "escape attempt succeeded: {a}");
+            assert_eq!(a["error"], error, "{a}");
         }
         assert!(!ws.join("escape-write.txt").exists());
-        assert!(!out.to_string().contains("secret"));
+        assert_canary_untouched(&report, &canary);
+    }
+
+    #[tokio::test]
+    async fn on_a_read_write_mount_only_the_write_inside_it_succeeds() {
+        let (_outer, ws, canary) = planted();
+        let mut s = restricted_spec(&ws);
+        s.security_constraints.file_system_access = qi_host::FileSystemAccess::Restricted;
+        s.directories[0].writable = Some(true);
+        let report = run(FS_ESCAPE_COMPONENT, s, json!(null)).await;
+        let out = ok(&report);
+        for a in out["attempts"].as_array().unwrap() {
+            let inside = a["op"] == "write" && a["path"] == "/workspace/escape-write.txt";
+            assert_eq!(a["ok"], inside, "{a}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(ws.join("escape-write.txt")).unwrap(),
+            "written by fs-escape\n"
+        );
+        assert_canary_untouched(&report, &canary);
     }
 }
 
 mod net_probe {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    pub async fn server() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            for _ in 0..8 {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut buf = [0u8; 1024];
-                let _ = sock.read(&mut buf).await;
-                let _ = sock
-                    .write_all(b"HTTP/1.0 200 OK\r\n\r\nhello from host")
-                    .await;
-            }
-        });
-        addr
-    }
-
-    pub fn network_spec(patterns: &[String]) -> qi_host::SubAgentSpecification {
-        let mut s = spec();
-        s.isolation_level = IsolationLevel::Restricted;
-        s.security_constraints.network_access_level = qi_host::NetworkAccessLevel::Restricted;
-        s.resource_limits.allowed_network_hosts = patterns.to_vec();
-        s
-    }
 
     #[tokio::test]
-    async fn cannot_reach_a_host_that_is_not_allowed() {
-        let addr = server().await;
-        let other_port = format!("127.0.0.1:{}", addr.port().wrapping_add(1));
+    async fn cannot_reach_an_accepting_listener_that_is_not_allowed() {
+        let server = TestServer::start().await;
+        let other_port = format!("127.0.0.1:{}", server.addr.port().wrapping_add(1));
         let report = run(
             NET_PROBE_COMPONENT,
             network_spec(&[other_port]),
-            json!({"target": addr.to_string(), "http": true}),
+            json!({"target": server.addr.to_string(), "http": true}),
         )
         .await;
         let out = ok(&report);
         assert_eq!(out["connected"], false, "{out}");
-        assert!(report.usage.network_denied >= 1, "{:?}", report.usage);
+        assert_eq!(report.usage.network_denied, 1, "{:?}", report.usage);
+        assert_eq!(
+            server.connections_so_far().await,
+            0,
+            "the listener was reached"
+        );
     }
 
     #[tokio::test]
-    async fn sandboxed_agent_has_no_network() {
-        let addr = server().await;
+    async fn sandboxed_agent_cannot_reach_an_accepting_listener() {
+        let server = TestServer::start().await;
         let report = run(
             NET_PROBE_COMPONENT,
             spec(),
-            json!({"target": addr.to_string(), "http": true}),
+            json!({"target": server.addr.to_string(), "http": true}),
         )
         .await;
         assert_eq!(ok(&report)["connected"], false);
+        assert_eq!(report.usage.network_allowed, 0, "{:?}", report.usage);
+        assert_eq!(
+            server.connections_so_far().await,
+            0,
+            "the listener was reached"
+        );
     }
 }
 
