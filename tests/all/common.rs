@@ -147,20 +147,25 @@ pub fn test_tools() -> ToolRegistry {
     tools
 }
 
-/// The process-wide host, with [`test_tools`].
+/// A new host of its own for up to `max_live_agents` agents, with [`test_tools`] and the shared
+/// component cache; add a context store, access control or an audit log with its `with_*`
+/// methods.
+pub fn new_host(max_live_agents: u32) -> AgentHost {
+    AgentHost::with_tools(
+        HostConfig {
+            max_live_agents,
+            cache_dir: Some(cache_dir()),
+            ..HostConfig::default()
+        },
+        test_tools(),
+    )
+    .expect("host starts")
+}
+
+/// The process-wide host (256 live agents, no context store), with [`test_tools`].
 pub fn host() -> &'static AgentHost {
     static HOST: OnceLock<AgentHost> = OnceLock::new();
-    HOST.get_or_init(|| {
-        AgentHost::with_tools(
-            HostConfig {
-                max_live_agents: 256,
-                cache_dir: Some(cache_dir()),
-                ..HostConfig::default()
-            },
-            test_tools(),
-        )
-        .expect("host starts")
-    })
+    HOST.get_or_init(|| new_host(256))
 }
 
 pub fn load(path: &str) -> Arc<LoadedComponent> {
@@ -218,11 +223,20 @@ pub fn limit(report: &AgentReport) -> (LimitKind, String) {
 
 /// A context service (with its event bus) over a new in-memory store.
 pub async fn in_memory_context() -> qi_host::context::ContextService {
-    let store =
-        qi_host::Store::open(qi_host::StoreConfig::in_memory()).expect("in-memory store opens");
+    context_service(qi_host::StoreConfig::in_memory())
+        .await
+        .expect("in-memory context service opens")
+}
+
+/// A context service (with its event bus) over the store `config` describes (a data directory,
+/// a master key), or the one-line reason it cannot be opened.
+pub async fn context_service(
+    config: qi_host::StoreConfig,
+) -> Result<qi_host::context::ContextService, String> {
+    let store = qi_host::Store::open(config).map_err(|e| e.to_string())?;
     let bus = qi_host::EventBus::new(store.clone(), qi_host::EventBusConfig::default())
         .await
-        .expect("event bus starts");
+        .map_err(|e| e.to_string())?;
     qi_host::context::ContextService::open(
         store,
         bus,
@@ -230,7 +244,7 @@ pub async fn in_memory_context() -> qi_host::context::ContextService {
         qi_host::context::ContextConfig::default(),
     )
     .await
-    .expect("context service opens")
+    .map_err(|e| e.to_string())
 }
 
 /// A directory grant of `dir` at `/workspace` (read-only unless the spec says otherwise) at

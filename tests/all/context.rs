@@ -4,7 +4,7 @@
 //! Each test spawns its agents first (so their ids are known), shares its contexts with them
 //! as the operator, and only then runs them, concurrently.
 
-use crate::common::{cache_dir, ok, spec};
+use crate::common::{ok, spec};
 use qi_guest_artifacts::{HELLO_COMPONENT, RACER_COMPONENT, SNOOP_COMPONENT, SUBSCRIBER_COMPONENT};
 use qi_host::context::{
     Change, Conflict, ConflictResolution, ConflictType, ContextError, ContextService,
@@ -12,7 +12,7 @@ use qi_host::context::{
     SyncStrategy,
 };
 use qi_host::events::{EventFilter, EventType, SubscribeFrom};
-use qi_host::{AgentHost, AgentReport, HostConfig, SubAgent, TaskRequest};
+use qi_host::{AgentHost, AgentReport, SubAgent, TaskRequest};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::OnceCell;
@@ -28,16 +28,7 @@ pub async fn context_host() -> &'static ContextHost {
     static HOST: OnceCell<ContextHost> = OnceCell::const_new();
     HOST.get_or_init(|| async {
         let svc = crate::common::in_memory_context().await;
-        let host = AgentHost::with_tools(
-            HostConfig {
-                max_live_agents: 64,
-                cache_dir: Some(cache_dir()),
-                ..Default::default()
-            },
-            crate::common::test_tools(),
-        )
-        .expect("host starts")
-        .with_context(svc.clone());
+        let host = crate::common::new_host(64).with_context(svc.clone());
         ContextHost { host, svc }
     })
     .await

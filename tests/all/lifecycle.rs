@@ -186,12 +186,7 @@ async fn components_load_once_and_come_from_the_disk_cache_afterwards() {
     let again = load(HELLO_COMPONENT);
     assert!(std::sync::Arc::ptr_eq(&first, &again));
     // A second host with the same cache directory deserializes instead of compiling.
-    let other = qi_host::AgentHost::new(qi_host::HostConfig {
-        max_live_agents: 4,
-        cache_dir: Some(cache_dir()),
-        ..Default::default()
-    })
-    .unwrap();
+    let other = new_host(4);
     let loaded = other.load(HELLO_COMPONENT).unwrap();
     assert!(loaded.from_cache);
     assert_eq!(loaded.sha256, first.sha256);
