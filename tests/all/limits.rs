@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use qi_guest_artifacts::*;
-use qi_host::{AgentFailure, Error, LimitKind};
+use qi_host::{AgentFailure, Error, LimitKind, TaskRequest};
 use serde_json::json;
 
 #[tokio::test]
@@ -45,17 +45,38 @@ async fn memory_up_to_the_cap_passes_one_page_more_fails() {
     );
 }
 
+/// On paused tokio time the deadline timer and a guest's WASI sleep share one clock that moves
+/// only when everything waits, so the pair is exact: a sleep 1 ms short of the limit completes,
+/// one 1 ms past it is stopped by the deadline.
+#[tokio::test(start_paused = true)]
+async fn wall_clock_a_sleep_one_ms_inside_passes_one_ms_past_is_stopped() {
+    let host = new_host(4);
+    let sleeper = host.load(SLEEPER_COMPONENT).expect("sleeper loads");
+    let mut s = spec();
+    s.resource_limits.max_execution_time_ms = 1_000;
+    let sleep = |ms: u64| {
+        host.run(
+            &sleeper,
+            s.clone(),
+            TaskRequest::new("sleep", json!({ "ms": ms })),
+        )
+    };
+    let inside = sleep(999).await.expect("spawns");
+    assert_eq!(ok(&inside)["slept_ms"], 999);
+
+    let past = sleep(1_001).await.expect("spawns");
+    let (kind, message) = limit(&past);
+    assert_eq!(kind, LimitKind::ExecutionTime);
+    assert!(message.contains("maxExecutionTimeMs = 1000"), "{message}");
+}
+
 #[tokio::test]
-async fn wall_clock_inside_passes_past_stops_the_agent_while_it_sleeps_in_wasi() {
+async fn wall_clock_stops_an_agent_in_the_middle_of_an_hour_long_wasi_sleep() {
     let mut s = spec();
     s.security_constraints.allowed_tools = vec!["test.signal".into()];
-    s.resource_limits.max_execution_time_ms = 20_000;
-    let inside = run(SLEEPER_COMPONENT, s.clone(), json!({"ms": 10})).await;
-    assert_eq!(ok(&inside)["slept_ms"], 10);
-
-    // An hour-long sleep under a 150 ms deadline: only a deadline that interrupts the WASI wait
+    // An hour-long sleep under a 1 s deadline: only a deadline that interrupts the WASI wait
     // ends the run before the hang guard does. The signal proves the agent reached the sleep.
-    s.resource_limits.max_execution_time_ms = 150;
+    s.resource_limits.max_execution_time_ms = 1_000;
     let key = unique_key("wall-clock-wasi");
     let past = tokio::spawn(run(
         SLEEPER_COMPONENT,
@@ -68,7 +89,7 @@ async fn wall_clock_inside_passes_past_stops_the_agent_while_it_sleeps_in_wasi()
         .unwrap();
     let (kind, message) = limit(&past);
     assert_eq!(kind, LimitKind::ExecutionTime);
-    assert!(message.contains("maxExecutionTimeMs = 150"), "{message}");
+    assert!(message.contains("maxExecutionTimeMs = 1000"), "{message}");
 }
 
 #[tokio::test]
@@ -88,7 +109,7 @@ async fn wall_clock_stops_an_agent_that_is_still_inside_a_host_call() {
 
     // `test.block` never returns: a deadline checked only when the call comes back would never
     // fire, and the hang guard would fail the test.
-    s.resource_limits.max_execution_time_ms = 200;
+    s.resource_limits.max_execution_time_ms = 1_000;
     let past = tokio::spawn(run(
         TOOL_USER_COMPONENT,
         s,
@@ -105,7 +126,7 @@ async fn wall_clock_stops_an_agent_that_is_still_inside_a_host_call() {
         .unwrap();
     let (kind, message) = limit(&past);
     assert_eq!(kind, LimitKind::ExecutionTime);
-    assert!(message.contains("maxExecutionTimeMs = 200"), "{message}");
+    assert!(message.contains("maxExecutionTimeMs = 1000"), "{message}");
 }
 
 #[tokio::test]
