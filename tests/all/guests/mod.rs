@@ -171,11 +171,23 @@ mod tool_user {
 mod sleeper {
     use super::*;
 
-    #[tokio::test]
-    async fn sleeps_and_returns() {
-        let report = run(SLEEPER_COMPONENT, spec(), json!({"ms": 30})).await;
+    /// On paused tokio time the guest's WASI sleep is a tokio timer: the clock moves by exactly
+    /// the time it slept, and only when it really waited.
+    #[tokio::test(start_paused = true)]
+    async fn sleeps_inside_wasi_for_the_time_it_is_given() {
+        let host = new_host(2);
+        let sleeper = host.load(SLEEPER_COMPONENT).expect("sleeper loads");
+        let before = tokio::time::Instant::now();
+        let report = host
+            .run(
+                &sleeper,
+                spec(),
+                qi_host::TaskRequest::new("sleep", json!({"ms": 30})),
+            )
+            .await
+            .expect("spawns");
         assert_eq!(ok(&report)["slept_ms"], 30);
-        assert!(report.usage.wall_time_us >= 30_000);
+        assert_eq!(before.elapsed(), std::time::Duration::from_millis(30));
     }
 }
 
