@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use qi_guest_artifacts::*;
-use qi_host::{AgentFailure, AgentReport, IsolationLevel, LimitKind, TaskRequest};
+use qi_host::{AgentFailure, AgentReport, LimitKind, TaskRequest};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -128,16 +128,10 @@ async fn one(i: usize, ws: std::path::PathBuf) -> (Expect, AgentReport) {
 }
 
 fn crate_restricted(ws: &std::path::Path) -> qi_host::SubAgentSpecification {
-    let mut s = spec();
-    s.isolation_level = IsolationLevel::Restricted;
+    let mut s = restricted_spec(ws);
     // ~94 of these run at once; at the default 256 handles each they would reserve more host
     // descriptors than a 20,000-descriptor host has for agents (see `sandbox::descriptors`).
     s.resource_limits.max_open_handles = 64;
-    s.directories.push(qi_host::DirectoryGrant {
-        host_path: ws.to_path_buf(),
-        guest_path: "/workspace".into(),
-        writable: None,
-    });
     s
 }
 

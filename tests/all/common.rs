@@ -247,6 +247,42 @@ pub async fn context_service(
     .map_err(|e| e.to_string())
 }
 
+/// The `qi-host` binary, using the tests' shared component cache.
+pub fn qi_host_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qi-host"));
+    cmd.env("QI_HOST_CACHE_DIR", cache_dir());
+    cmd
+}
+
+/// Runs `qi-host` with `args` to its end.
+pub fn qi_host_output(args: &[&str]) -> std::process::Output {
+    qi_host_command().args(args).output().expect("qi-host runs")
+}
+
+/// Every file under `dir` (recursively) with its bytes: what is on disk, for checks that
+/// some text is nowhere in the clear.
+pub fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A directory grant of `dir` at `/workspace` (read-only unless the spec says otherwise) at
 /// `restricted` isolation.
 pub fn restricted_spec(dir: &std::path::Path) -> SubAgentSpecification {

@@ -1,13 +1,12 @@
 //! Access policies, trust levels and the audit trail on real guests: a guest tries every host
 //! interface without permission and is refused each time, audited, changing nothing.
 
-use crate::common::cache_dir;
 use qi_guest_artifacts::WORKER_COMPONENT;
 use qi_host::audit::{AuditDecision, AuditLog, AuditQuery};
 use qi_host::context::{ContextService, NewContext, OPERATOR, Permission};
 use qi_host::security::{AccessControl, AccessPolicy, PolicySet, TrustLevel};
 use qi_host::{
-    AgentHost, DirectoryGrant, FileSystemAccess, HostConfig, IsolationLevel, NetworkAccessLevel,
+    AgentHost, DirectoryGrant, FileSystemAccess, IsolationLevel, NetworkAccessLevel,
     SubAgentSpecification, TaskRequest,
 };
 use serde_json::{Value, json};
@@ -31,14 +30,9 @@ async fn secured(policies: Option<&str>) -> Secured {
         PolicySet::new(list).expect("policies valid")
     });
     let access = Arc::new(AccessControl::new(policies, Some(audit.clone())));
-    let host = AgentHost::new(HostConfig {
-        max_live_agents: 16,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host")
-    .with_context(svc.clone())
-    .with_access(access.clone());
+    let host = crate::common::new_host(16)
+        .with_context(svc.clone())
+        .with_access(access.clone());
     Secured {
         host,
         svc,

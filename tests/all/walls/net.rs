@@ -8,21 +8,11 @@ use crate::common::*;
 use qi_guest_artifacts::HOSTILE_COMPONENT;
 use qi_host::audit::{AuditDecision, AuditEntry, AuditLog, AuditQuery};
 use qi_host::security::{AccessControl, AccessPolicy, PolicySet};
-use qi_host::{
-    AgentHost, AgentReport, HostConfig, IsolationLevel, NetworkAccessLevel, SubAgentSpecification,
-    TaskRequest,
-};
+use qi_host::{AgentHost, AgentReport, SubAgentSpecification, TaskRequest};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// A restricted spec whose only network is `patterns`.
-fn net_spec(patterns: &[String]) -> SubAgentSpecification {
-    let mut s = spec();
-    s.isolation_level = IsolationLevel::Restricted;
-    s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
-    s.resource_limits.allowed_network_hosts = patterns.to_vec();
-    s
-}
+use crate::common::network_spec as net_spec;
 
 async fn hostile(spec: SubAgentSpecification, input: Value) -> AgentReport {
     run(HOSTILE_COMPONENT, spec, input).await
@@ -49,13 +39,8 @@ async fn audited_with(policies: Option<&str>) -> Audited {
         let list: Vec<AccessPolicy> = file["policies"].clone().try_into().expect("policies");
         PolicySet::new(list).expect("policies valid")
     });
-    let host = AgentHost::new(HostConfig {
-        max_live_agents: 16,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host")
-    .with_access(Arc::new(AccessControl::new(policies, Some(audit.clone()))));
+    let host = crate::common::new_host(16)
+        .with_access(Arc::new(AccessControl::new(policies, Some(audit.clone()))));
     Audited { host, audit }
 }
 
