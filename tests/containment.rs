@@ -11,8 +11,8 @@ mod common;
 use common::*;
 use qi_guest_artifacts::*;
 use qi_host::{
-    AgentFailure, AgentHost, AgentReport, HostConfig, IsolationLevel, LimitKind, LoadedComponent,
-    TaskRequest, Tool, ToolContext, ToolFuture, ToolRegistry,
+    AgentFailure, AgentHost, AgentReport, HostConfig, LimitKind, LoadedComponent, TaskRequest,
+    Tool, ToolContext, ToolFuture, ToolRegistry,
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -239,16 +239,10 @@ async fn one(i: usize, ws: std::path::PathBuf, canary_port: u16) -> (Expect, Age
 }
 
 fn crate_restricted(ws: &std::path::Path) -> qi_host::SubAgentSpecification {
-    let mut s = spec();
-    s.isolation_level = IsolationLevel::Restricted;
+    let mut s = restricted_spec(ws);
     // ~94 of these run at once; at the default 256 handles each they would reserve more host
     // descriptors than a 20,000-descriptor host has for agents (see `sandbox::descriptors`).
     s.resource_limits.max_open_handles = 64;
-    s.directories.push(qi_host::DirectoryGrant {
-        host_path: ws.to_path_buf(),
-        guest_path: "/workspace".into(),
-        writable: None,
-    });
     s
 }
 

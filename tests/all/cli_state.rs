@@ -1,16 +1,12 @@
 //! `qi-host context …` and `qi-host events tail` against a data directory.
 
-use qi_host::context::{
-    AgentCapabilities, Change, ContextConfig, ContextService, NewContext, SyncStrategy, SystemClock,
-};
-use qi_host::events::{EventBus, EventBusConfig};
+use qi_host::context::{AgentCapabilities, Change, NewContext, SyncStrategy};
 use qi_host::store::{Store, StoreConfig};
 use serde_json::{Value, json};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 fn qi_host(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qi-host"))
+    crate::common::qi_host_command()
         .args(args)
         .arg("--data-dir")
         .arg(dir)
@@ -30,11 +26,7 @@ fn json_of(o: &Output) -> Value {
 /// A data directory with a manual context in conflict between two agents.
 async fn seeded() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StoreConfig::at(dir.path())).unwrap();
-    let bus = EventBus::new(store.clone(), EventBusConfig::default())
-        .await
-        .unwrap();
-    let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
+    let svc = crate::common::context_service(StoreConfig::at(dir.path()))
         .await
         .unwrap();
     for a in ["alice", "bob"] {

@@ -3,12 +3,11 @@
 //! its conditions and timeout policies (including participants that die), resume, and manifest
 //! validation.
 
-use crate::common::cache_dir;
 use qi_guest_artifacts::WORKER_COMPONENT;
 use qi_host::context::{ContextService, OPERATOR};
 use qi_host::coord::{self, RunOptions, RunReport, SubtaskState};
 use qi_host::events::EventFilter;
-use qi_host::{AgentHost, ErrorCategory, HostConfig};
+use qi_host::{AgentHost, ErrorCategory};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,13 +20,7 @@ pub struct Harness {
 
 pub async fn harness() -> Harness {
     let svc = crate::common::in_memory_context().await;
-    let host = AgentHost::new(HostConfig {
-        max_live_agents: 128,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host starts")
-    .with_context(svc.clone());
+    let host = crate::common::new_host(128).with_context(svc.clone());
     Harness {
         host: Arc::new(host),
         svc,

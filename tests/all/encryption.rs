@@ -1,49 +1,32 @@
 //! Encryption at rest: only ciphertext on disk, a wrong or missing key fails cleanly, and an
 //! agent whose share was revoked cannot open later versions.
 
+use qi_host::StoreConfig;
 use qi_host::context::{
-    AgentCapabilities, Change, ContextConfig, ContextService, NewContext, OPERATOR, Permission,
-    SyncStrategy, SystemClock,
+    AgentCapabilities, Change, ContextService, NewContext, OPERATOR, Permission, SyncStrategy,
 };
 use qi_host::store::crypto::MasterKey;
-use qi_host::{EventBus, EventBusConfig, Store, StoreConfig};
 use serde_json::json;
 use std::path::Path;
-use std::sync::Arc;
 
 async fn open(dir: &Path, key: Option<MasterKey>) -> Result<ContextService, String> {
-    let store = Store::open(StoreConfig {
+    crate::common::context_service(StoreConfig {
         master_key: key,
         ..StoreConfig::at(dir)
     })
-    .map_err(|e| e.to_string())?;
-    let bus = EventBus::new(store.clone(), EventBusConfig::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
-        .await
-        .map_err(|e| e.to_string())
+    .await
 }
 
 /// Every file under `dir`, read whole (the database, its WAL and the blob directory).
 fn all_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
+    crate::common::files_under(dir)
+        .into_iter()
+        .map(|(p, bytes)| (p.display().to_string(), bytes))
+        .collect()
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    crate::common::contains_bytes(hay, needle.as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

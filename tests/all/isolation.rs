@@ -78,7 +78,8 @@ async fn file_tools_cannot_leave_the_workspace() {
     let outer = tempfile::tempdir().unwrap();
     let ws = outer.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
-    std::fs::write(outer.path().join("secret.txt"), "secret").unwrap();
+    const CANARY: &str = "CANARY-93c1: beside the mount, never to be read";
+    std::fs::write(outer.path().join("secret.txt"), CANARY).unwrap();
     std::os::unix::fs::symlink(outer.path().join("secret.txt"), ws.join("link")).unwrap();
     let calls = json!({"calls": [
         {"tool": "fs.read", "input": {"path": "/workspace/../secret.txt"}},
@@ -93,10 +94,45 @@ async fn file_tools_cannot_leave_the_workspace() {
     )
     .await;
     let out = ok(&report);
-    for r in out["results"].as_array().unwrap() {
-        assert!(r["error"].is_object(), "escaped: {r}");
-    }
-    assert!(!out.to_string().contains("\"secret\""));
+    let errors: Vec<(&str, &str)> = out["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["error"]["kind"].as_str().unwrap_or("escaped"),
+                r["error"]["message"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "access-denied",
+                "`/workspace/../secret.txt` contains `..`; paths must stay inside the granted directories"
+            ),
+            (
+                "access-denied",
+                "`/workspace/link`: a path led outside of the filesystem"
+            ),
+            (
+                "access-denied",
+                "`/etc/passwd` is outside the agent's directories (/workspace)"
+            ),
+            (
+                "invalid-input",
+                "`workspace/link` is not absolute; paths start at a granted directory such as /workspace"
+            ),
+        ],
+        "{out}"
+    );
+    let seen = format!("{out} {:?} {}", report.logs, report.stderr);
+    assert!(!seen.contains("CANARY-93c1"), "the canary leaked: {seen}");
+    assert_eq!(
+        std::fs::read_to_string(outer.path().join("secret.txt")).unwrap(),
+        CANARY
+    );
 }
 
 #[tokio::test]

@@ -2,41 +2,31 @@
 
 use crate::common::*;
 use qi_guest_artifacts::*;
-use qi_host::{AgentFailure, AgentStatus, Error, TaskRequest};
+use qi_host::{AgentFailure, AgentStatus, Error, LimitKind, TaskRequest};
 use serde_json::json;
-use std::time::{Duration, Instant};
 
-async fn wait_for_status(id: &str, want: AgentStatus) {
-    let start = Instant::now();
-    while host().status(id) != Some(want) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "agent {id} never became {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn terminate_while_running(
+/// Starts the agent, waits until it has signalled `key` (so it is running the part the test is
+/// about: spinning, blocked in a host call, sleeping), terminates it and checks the report.
+async fn terminate_once_signalled(
     path: &str,
-    spec: qi_host::SubAgentSpecification,
+    mut spec: qi_host::SubAgentSpecification,
+    key: &str,
     input: serde_json::Value,
 ) {
+    spec.security_constraints
+        .allowed_tools
+        .extend(["test.signal".into(), "test.block".into()]);
     let agent = host().spawn(&load(path), spec).await.expect("spawns");
     let id = agent.id().to_string();
     assert_eq!(agent.status(), AgentStatus::Ready);
     let running = tokio::spawn(agent.run(TaskRequest::new("run until stopped", input)));
-    wait_for_status(&id, AgentStatus::Executing).await;
-    // Let it get properly stuck.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let asked = Instant::now();
+    next_signal(key).await;
+    assert_eq!(host().status(&id), Some(AgentStatus::Executing));
     host().terminate(&id, "test asked").unwrap();
-    let report = running.await.unwrap();
-    assert!(
-        asked.elapsed() < Duration::from_secs(2),
-        "terminate took {:?}",
-        asked.elapsed()
-    );
+    // The agent would otherwise run for an hour (or forever): only the terminate ends it.
+    let report = hang_guard("the terminated agent's end", running)
+        .await
+        .unwrap();
     assert_eq!(report.status, AgentStatus::Terminated);
     assert_eq!(
         report.failure,
@@ -52,24 +42,33 @@ async fn terminate_while_running(
 async fn terminate_stops_a_spinning_agent() {
     let mut s = spec();
     s.fuel = qi_host::spec::IsolationCeilings::of(qi_host::IsolationLevel::Sandbox).fuel;
-    terminate_while_running(SPIN_FOREVER_COMPONENT, s, json!(null)).await;
+    let key = unique_key("terminate-spinning");
+    terminate_once_signalled(SPIN_FOREVER_COMPONENT, s, &key, json!({"signal": key})).await;
 }
 
 #[tokio::test]
 async fn terminate_stops_an_agent_blocked_in_a_host_call() {
-    let mut s = spec();
-    s.security_constraints.allowed_tools = vec!["test.block".into()];
-    terminate_while_running(
+    let key = unique_key("terminate-blocked");
+    // `test.block` signals once the agent is inside it, then never returns.
+    terminate_once_signalled(
         TOOL_USER_COMPONENT,
-        s,
-        json!({"calls": [{"tool": "test.block", "input": {}}]}),
+        spec(),
+        &key,
+        json!({"calls": [call("test.block", json!({"key": key}))]}),
     )
     .await;
 }
 
 #[tokio::test]
 async fn terminate_stops_a_sleeping_agent() {
-    terminate_while_running(SLEEPER_COMPONENT, spec(), json!({"ms": 60_000})).await;
+    let key = unique_key("terminate-sleeping");
+    terminate_once_signalled(
+        SLEEPER_COMPONENT,
+        spec(),
+        &key,
+        json!({"ms": 3_600_000, "signal": key}),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -82,10 +81,9 @@ async fn terminate_unknown_agent_is_an_error() {
 
 #[tokio::test]
 async fn statuses_go_ready_executing_completed() {
-    let agent = host()
-        .spawn(&load(SLEEPER_COMPONENT), spec())
-        .await
-        .unwrap();
+    let mut s = spec();
+    s.security_constraints.allowed_tools = vec!["test.signal".into(), "test.rendezvous".into()];
+    let agent = host().spawn(&load(TOOL_USER_COMPONENT), s).await.unwrap();
     let id = agent.id().to_string();
     assert_eq!(host().status(&id), Some(AgentStatus::Ready));
     assert!(
@@ -94,10 +92,28 @@ async fn statuses_go_ready_executing_completed() {
             .iter()
             .any(|(i, s)| i == &id && *s == AgentStatus::Ready)
     );
-    let running = tokio::spawn(agent.run(TaskRequest::new("nap", json!({"ms": 100}))));
-    wait_for_status(&id, AgentStatus::Executing).await;
-    let report = running.await.unwrap();
+    // The agent signals, then waits at a rendezvous that only the test completes: in between
+    // it is certainly executing.
+    let key = unique_key("statuses");
+    let running = tokio::spawn(agent.run(TaskRequest::new(
+        "signal, then wait for the test",
+        json!({"calls": [
+            call("test.signal", json!({"key": key})),
+            call("test.rendezvous", json!({"key": key, "n": 2})),
+        ]}),
+    )));
+    next_signal(&key).await;
+    assert_eq!(host().status(&id), Some(AgentStatus::Executing));
+    assert!(
+        host()
+            .list()
+            .iter()
+            .any(|(i, s)| i == &id && *s == AgentStatus::Executing)
+    );
+    hang_guard("the rendezvous with the agent", rendezvous(&key, 2).wait()).await;
+    let report = hang_guard("the agent's end", running).await.unwrap();
     assert_eq!(report.status, AgentStatus::Completed);
+    ok(&report);
     assert_eq!(host().status(&id), None);
 }
 
@@ -120,16 +136,48 @@ async fn sub_agents_cannot_spawn_sub_agents() {
 
 #[tokio::test]
 async fn a_failed_agent_leaves_others_running() {
+    // The bystander signals and then waits for the test; the panicker and the memory hog run
+    // and fail meanwhile, so the bystander was provably running when they failed.
+    let mut bystander = spec();
+    bystander.security_constraints.allowed_tools =
+        vec!["test.signal".into(), "test.rendezvous".into()];
+    let key = unique_key("bystander");
+    let running = tokio::spawn(run(
+        TOOL_USER_COMPONENT,
+        bystander,
+        json!({"calls": [
+            call("test.signal", json!({"key": key})),
+            call("test.rendezvous", json!({"key": key, "n": 2})),
+        ]}),
+    ));
+    next_signal(&key).await;
+
     let mut hog = spec();
     hog.resource_limits.max_memory_mb = 8;
-    let (a, b, c) = tokio::join!(
+    let (panicked, hogged) = tokio::join!(
         run(PANICKER_COMPONENT, spec(), json!(null)),
         run(MEMORY_HOG_COMPONENT, hog, json!(null)),
-        run(HELLO_COMPONENT, spec(), json!({"still": "here"})),
     );
-    assert!(a.failure.is_some());
-    assert!(b.failure.is_some());
-    assert_eq!(ok(&c)["input"]["still"], "here");
+    assert!(
+        matches!(panicked.failure, Some(AgentFailure::Panicked { .. })),
+        "{:?}",
+        panicked.failure
+    );
+    assert_eq!(limit(&hogged).0, LimitKind::Memory);
+    assert!(!running.is_finished(), "the bystander waits for the test");
+
+    hang_guard(
+        "the rendezvous with the bystander",
+        rendezvous(&key, 2).wait(),
+    )
+    .await;
+    let report = hang_guard("the bystander's end", running).await.unwrap();
+    let out = ok(&report);
+    assert_eq!(
+        out["results"][1]["ok"]["agent"],
+        report.agent_id.as_str(),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -138,12 +186,7 @@ async fn components_load_once_and_come_from_the_disk_cache_afterwards() {
     let again = load(HELLO_COMPONENT);
     assert!(std::sync::Arc::ptr_eq(&first, &again));
     // A second host with the same cache directory deserializes instead of compiling.
-    let other = qi_host::AgentHost::new(qi_host::HostConfig {
-        max_live_agents: 4,
-        cache_dir: Some(cache_dir()),
-        ..Default::default()
-    })
-    .unwrap();
+    let other = new_host(4);
     let loaded = other.load(HELLO_COMPONENT).unwrap();
     assert!(loaded.from_cache);
     assert_eq!(loaded.sha256, first.sha256);

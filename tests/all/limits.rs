@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use qi_guest_artifacts::*;
-use qi_host::{AgentFailure, Error, LimitKind};
+use qi_host::{AgentFailure, Error, LimitKind, TaskRequest};
 use serde_json::json;
 
 #[tokio::test]
@@ -45,31 +45,88 @@ async fn memory_up_to_the_cap_passes_one_page_more_fails() {
     );
 }
 
-#[tokio::test]
-async fn wall_clock_inside_passes_past_fails_even_while_blocked_in_wasi() {
+/// On paused tokio time the deadline timer and a guest's WASI sleep share one clock that moves
+/// only when everything waits, so the pair is exact: a sleep 1 ms short of the limit completes,
+/// one 1 ms past it is stopped by the deadline.
+#[tokio::test(start_paused = true)]
+async fn wall_clock_a_sleep_one_ms_inside_passes_one_ms_past_is_stopped() {
+    let host = new_host(4);
+    let sleeper = host.load(SLEEPER_COMPONENT).expect("sleeper loads");
     let mut s = spec();
-    s.resource_limits.max_execution_time_ms = 2_000;
-    let inside = run(SLEEPER_COMPONENT, s.clone(), json!({"ms": 150})).await;
-    ok(&inside);
+    s.resource_limits.max_execution_time_ms = 1_000;
+    let sleep = |ms: u64| {
+        host.run(
+            &sleeper,
+            s.clone(),
+            TaskRequest::new("sleep", json!({ "ms": ms })),
+        )
+    };
+    let inside = sleep(999).await.expect("spawns");
+    assert_eq!(ok(&inside)["slept_ms"], 999);
 
-    s.resource_limits.max_execution_time_ms = 150;
-    let past = run(SLEEPER_COMPONENT, s, json!({"ms": 5_000})).await;
-    assert_eq!(limit(&past).0, LimitKind::ExecutionTime);
-    assert!(past.usage.wall_time_us < 2_000_000, "{:?}", past.usage);
+    let past = sleep(1_001).await.expect("spawns");
+    let (kind, message) = limit(&past);
+    assert_eq!(kind, LimitKind::ExecutionTime);
+    assert!(message.contains("maxExecutionTimeMs = 1000"), "{message}");
 }
 
 #[tokio::test]
-async fn wall_clock_applies_while_waiting_in_a_host_call() {
+async fn wall_clock_stops_an_agent_in_the_middle_of_an_hour_long_wasi_sleep() {
     let mut s = spec();
-    s.security_constraints.allowed_tools = vec!["test.delay".into()];
-    s.resource_limits.max_execution_time_ms = 2_000;
-    let call = |ms: u64| json!({"calls": [{"tool": "test.delay", "input": {"ms": ms}}]});
-    let inside = run(TOOL_USER_COMPONENT, s.clone(), call(100)).await;
-    assert!(ok(&inside)["results"][0]["ok"]["agent"].is_string());
+    s.security_constraints.allowed_tools = vec!["test.signal".into()];
+    // An hour-long sleep under a 1 s deadline: only a deadline that interrupts the WASI wait
+    // ends the run before the hang guard does. The signal proves the agent reached the sleep.
+    s.resource_limits.max_execution_time_ms = 1_000;
+    let key = unique_key("wall-clock-wasi");
+    let past = tokio::spawn(run(
+        SLEEPER_COMPONENT,
+        s,
+        json!({"ms": 3_600_000, "signal": key}),
+    ));
+    next_signal(&key).await;
+    let past = hang_guard("the deadline during a WASI sleep", past)
+        .await
+        .unwrap();
+    let (kind, message) = limit(&past);
+    assert_eq!(kind, LimitKind::ExecutionTime);
+    assert!(message.contains("maxExecutionTimeMs = 1000"), "{message}");
+}
 
-    s.resource_limits.max_execution_time_ms = 200;
-    let past = run(TOOL_USER_COMPONENT, s, call(10_000)).await;
-    assert_eq!(limit(&past).0, LimitKind::ExecutionTime);
+#[tokio::test]
+async fn wall_clock_stops_an_agent_that_is_still_inside_a_host_call() {
+    let mut s = spec();
+    s.security_constraints.allowed_tools = vec!["test.signal".into(), "test.block".into()];
+    s.resource_limits.max_execution_time_ms = 20_000;
+    let key = unique_key("wall-clock-call");
+    let inside = run(
+        TOOL_USER_COMPONENT,
+        s.clone(),
+        json!({"calls": [call("test.signal", json!({"key": key}))]}),
+    )
+    .await;
+    assert_eq!(ok(&inside)["results"][0]["ok"], json!({}));
+    next_signal(&key).await;
+
+    // `test.block` never returns: a deadline checked only when the call comes back would never
+    // fire, and the hang guard would fail the test.
+    s.resource_limits.max_execution_time_ms = 1_000;
+    let past = tokio::spawn(run(
+        TOOL_USER_COMPONENT,
+        s,
+        json!({"calls": [call("test.block", json!({"key": key}))]}),
+    ));
+    let entered = next_signal(&key).await;
+    assert_eq!(
+        entered["key"],
+        key.as_str(),
+        "the agent is inside test.block"
+    );
+    let past = hang_guard("the deadline inside a host call", past)
+        .await
+        .unwrap();
+    let (kind, message) = limit(&past);
+    assert_eq!(kind, LimitKind::ExecutionTime);
+    assert!(message.contains("maxExecutionTimeMs = 1000"), "{message}");
 }
 
 #[tokio::test]
@@ -91,7 +148,7 @@ async fn file_operations_up_to_the_limit_pass_one_more_fails() {
     let dir = crate::guests::file_stats_workspace();
     let measured = run(
         FILE_STATS_COMPONENT,
-        crate::guests::restricted_spec(dir.path()),
+        restricted_spec(dir.path()),
         json!(null),
     )
     .await;
@@ -99,7 +156,7 @@ async fn file_operations_up_to_the_limit_pass_one_more_fails() {
     let need = measured.usage.file_operations as u32;
     assert!(need > 0);
 
-    let mut s = crate::guests::restricted_spec(dir.path());
+    let mut s = restricted_spec(dir.path());
     s.resource_limits.max_file_operations = need;
     let inside = run(FILE_STATS_COMPONENT, s.clone(), json!(null)).await;
     ok(&inside);
@@ -111,33 +168,50 @@ async fn file_operations_up_to_the_limit_pass_one_more_fails() {
 }
 
 #[tokio::test]
-async fn concurrent_operations_up_to_the_limit_pass_one_more_is_refused() {
+async fn concurrent_operations_up_to_the_limit_overlap_one_more_is_refused() {
     let mut s = spec();
-    s.security_constraints.allowed_tools = vec!["test.delay".into()];
+    s.security_constraints.allowed_tools = vec!["test.rendezvous".into()];
     s.resource_limits.max_concurrent_operations = 3;
-    let batch = |n: usize| {
+    // Every call waits at one barrier of `n` places: the batch completes only if all `n` calls
+    // are in flight at once.
+    let batch = |n: usize, key: &str| {
         let calls: Vec<_> = (0..n)
-            .map(|_| json!({"tool": "test.delay", "input": {"ms": 100}}))
+            .map(|_| call("test.rendezvous", json!({"key": key, "n": n})))
             .collect();
         json!({"calls": calls, "batch": true})
     };
-    let inside = run(TOOL_USER_COMPONENT, s.clone(), batch(3)).await;
+    let inside = hang_guard(
+        "three overlapping calls of one call-many batch",
+        run(
+            TOOL_USER_COMPONENT,
+            s.clone(),
+            batch(3, &unique_key("concurrent-3")),
+        ),
+    )
+    .await;
     let out = ok(&inside);
-    assert!(
-        out["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["ok"].is_object()),
-        "{out}"
-    );
-    // Three 100 ms calls ran concurrently, not one after another.
-    assert!(inside.usage.wall_time_us < 290_000, "{:?}", inside.usage);
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{out}");
+    for r in results {
+        assert_eq!(r["ok"]["agent"], inside.agent_id.as_str(), "{out}");
+    }
+    assert_eq!(inside.usage.tool_calls, 3);
 
-    let past = run(TOOL_USER_COMPONENT, s, batch(4)).await;
+    let past = run(
+        TOOL_USER_COMPONENT,
+        s,
+        batch(4, &unique_key("concurrent-4")),
+    )
+    .await;
     let out = ok(&past);
-    for r in out["results"].as_array().unwrap() {
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{out}");
+    for r in results {
         assert_eq!(r["error"]["kind"], "limit-exceeded", "{out}");
+        assert_eq!(
+            r["error"]["message"], "4 operations at once refused: the agent may run 3 at once",
+            "{out}"
+        );
     }
     assert_eq!(past.usage.tool_calls, 0);
 }
@@ -160,11 +234,12 @@ async fn output_up_to_the_cap_passes_one_byte_more_fails() {
 
 #[tokio::test]
 async fn network_allowed_host_connects_other_port_is_denied() {
-    let addr = crate::guests::net_server().await;
-    let target = json!({"target": addr.to_string(), "http": true});
+    let server = TestServer::start().await;
+    let port = server.addr.port();
+    let target = json!({"target": server.addr.to_string(), "http": true});
     let inside = run(
         NET_PROBE_COMPONENT,
-        crate::guests::network_spec(&[format!("127.0.0.1:{}", addr.port())]),
+        network_spec(&[format!("127.0.0.1:{port}")]),
         target.clone(),
     )
     .await;
@@ -174,18 +249,30 @@ async fn network_allowed_host_connects_other_port_is_denied() {
         out["response"]
             .as_str()
             .unwrap()
-            .contains("hello from host")
+            .contains("hello from host"),
+        "{out}"
     );
     assert!(inside.usage.network_allowed >= 1);
+    assert_eq!(
+        server.connections_so_far().await,
+        1,
+        "the agent's connection"
+    );
 
+    // The pattern one port off: the listener is accepting, and must see nothing.
     let past = run(
         NET_PROBE_COMPONENT,
-        crate::guests::network_spec(&[format!("127.0.0.1:{}", addr.port() - 1)]),
+        network_spec(&[format!("127.0.0.1:{}", port - 1)]),
         target,
     )
     .await;
     assert_eq!(ok(&past)["connected"], false);
     assert!(past.usage.network_denied >= 1);
+    assert_eq!(
+        server.connections_so_far().await,
+        0,
+        "the listener was reached"
+    );
 }
 
 #[tokio::test]
@@ -239,29 +326,36 @@ async fn log_budget_exactly_enough_keeps_the_record_one_byte_less_drops_it() {
 
 #[tokio::test]
 async fn network_host_names_are_resolved_when_the_agent_is_spawned() {
-    let addr = crate::guests::net_server().await;
-    let target = json!({"target": addr.to_string(), "http": true});
+    let server = TestServer::start().await;
+    let target = json!({"target": server.addr.to_string(), "http": true});
     let by_name = run(
         NET_PROBE_COMPONENT,
-        crate::guests::network_spec(&[format!("localhost:{}", addr.port())]),
+        network_spec(&[format!("localhost:{}", server.addr.port())]),
         target.clone(),
     )
     .await;
     assert_eq!(ok(&by_name)["connected"], true);
+    assert_eq!(server.connections_so_far().await, 1);
 
     let glob = run(
         NET_PROBE_COMPONENT,
-        crate::guests::network_spec(&["127.0.0.*:1-65535".into()]),
+        network_spec(&["127.0.0.*:1-65535".into()]),
         target.clone(),
     )
     .await;
     assert_eq!(ok(&glob)["connected"], true);
+    assert_eq!(server.connections_so_far().await, 1);
 
     let other_net = run(
         NET_PROBE_COMPONENT,
-        crate::guests::network_spec(&["10.0.0.*:*".into()]),
+        network_spec(&["10.0.0.*:*".into()]),
         target,
     )
     .await;
     assert_eq!(ok(&other_net)["connected"], false);
+    assert_eq!(
+        server.connections_so_far().await,
+        0,
+        "the listener was reached"
+    );
 }

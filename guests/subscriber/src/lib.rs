@@ -5,7 +5,10 @@
 //! "linger_ms": optional ms}`. The agent subscribes to the context's `updated` events (from
 //! now, or resuming after `after_seq`) and collects them until N have arrived or T ms have
 //! passed; with `linger_ms` it then keeps listening that long for events beyond N (which it
-//! also reports, so a test can check that exactly N came).
+//! also reports, so a test can check that exactly N came). With `"signal": "<key>"` it calls
+//! the host tool `test.signal` with `{"key", "subscribed": true}` once its subscription is in
+//! place and with `{"key", "seq"}` after each event it receives, so a test can act on what
+//! the agent has observed instead of waiting for time to pass.
 //!
 //! Output: `{"events": [{"seq", "version": <data.version>, "agent": <agent id>}],
 //! "gap_free": <seqs strictly increasing>, "received": n, "last_seq": <resume point>,
@@ -31,6 +34,17 @@ struct Input {
     after_seq: Option<u64>,
     #[serde(default)]
     linger_ms: u64,
+    #[serde(default)]
+    signal: Option<String>,
+}
+
+/// Calls `test.signal` with `data` plus `"key": key`, when the test asked for signals.
+fn signal(key: &Option<String>, mut data: Value) -> Result<(), AgentError> {
+    let Some(key) = key else { return Ok(()) };
+    data["key"] = json!(key);
+    qi_guest_sdk::tools::call_raw("test.signal", &data.to_string())
+        .map(drop)
+        .map_err(|e| AgentError::Failed(format!("test.signal: {e}")))
 }
 
 impl Agent for Subscriber {
@@ -52,6 +66,8 @@ impl Agent for Subscriber {
             "waiting for {} updates of {}", input.expect, input.context
         );
 
+        signal(&input.signal, json!({"subscribed": true}))?;
+
         let deadline = Instant::now() + Duration::from_millis(input.timeout_ms);
         let mut received: Vec<events::Event> = Vec::new();
         let mut error = None;
@@ -67,7 +83,10 @@ impl Agent for Subscriber {
                 break;
             }
             match updates.next(left) {
-                Ok(Some(event)) => received.push(event),
+                Ok(Some(event)) => {
+                    signal(&input.signal, json!({"seq": event.seq}))?;
+                    received.push(event);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     error = Some(e.to_string());

@@ -255,11 +255,8 @@ pub(super) struct Deadline {
 }
 
 impl Deadline {
-    pub(super) fn new(at: std::time::Instant) -> Self {
-        Deadline {
-            at: tokio::time::Instant::from_std(at),
-            timer: None,
-        }
+    pub(super) fn new(at: tokio::time::Instant) -> Self {
+        Deadline { at, timer: None }
     }
 
     /// True when the deadline is already behind us (read on the timer's clock, so paused

@@ -215,7 +215,11 @@ impl AgentHost {
         let grants = crate::sandbox::resolve_grants(&spec).await?;
         let descriptors = crate::sandbox::descriptors::reserve(&spec, &grants, "the agent")?;
         let started = Instant::now();
-        let deadline = started + Duration::from_millis(spec.resource_limits.max_execution_time_ms);
+        let time_limit = Duration::from_millis(spec.resource_limits.max_execution_time_ms);
+        let deadline = started + time_limit;
+        // The timer runs on tokio's clock, taken at the same moment: the same instant, except
+        // that a test on paused tokio time can step it exactly.
+        let timer_deadline = tokio::time::Instant::now() + time_limit;
         let id = format!(
             "agent-{}-{}",
             self.id_prefix,
@@ -294,7 +298,7 @@ impl AgentHost {
             description: None,
             shared,
             entry,
-            deadline: Deadline::new(deadline),
+            deadline: Deadline::new(timer_deadline),
             max_wasm_stack: self.runtime.config().max_wasm_stack,
             _registration: registration,
         };

@@ -5,15 +5,8 @@ mod inspect;
 mod run;
 mod run_agent;
 
+use crate::common::qi_host_output as qi_host;
 use std::process::{Command, Output};
-
-fn qi_host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qi-host"))
-        .args(args)
-        .env("QI_HOST_CACHE_DIR", crate::common::cache_dir())
-        .output()
-        .expect("qi-host runs")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -219,22 +219,12 @@ fn run_with_a_key_file_stores_only_ciphertext() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("# Code review report"));
     // The report's text is nowhere on disk in the clear.
-    let mut todo = vec![data.path().to_path_buf()];
-    while let Some(p) = todo.pop() {
-        for e in std::fs::read_dir(&p).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                let bytes = std::fs::read(&p).unwrap();
-                let needle = b"Code review report";
-                assert!(
-                    !bytes.windows(needle.len()).any(|w| w == needle),
-                    "plaintext in {}",
-                    p.display()
-                );
-            }
-        }
+    for (p, bytes) in crate::common::files_under(data.path()) {
+        assert!(
+            !crate::common::contains_bytes(&bytes, b"Code review report"),
+            "plaintext in {}",
+            p.display()
+        );
     }
     one_line_error(
         &qi_host(&["context", "list", "--data-dir", d]),

@@ -22,16 +22,7 @@ use serde_json::{Value, json};
 
 /// A host of its own with a context store (the store's tasks live on this test's runtime).
 async fn context_host() -> AgentHost {
-    AgentHost::with_tools(
-        HostConfig {
-            max_live_agents: 8,
-            cache_dir: Some(cache_dir()),
-            ..HostConfig::default()
-        },
-        ToolRegistry::with_builtins(),
-    )
-    .expect("host starts")
-    .with_context(in_memory_context().await)
+    crate::common::new_host(8).with_context(in_memory_context().await)
 }
 
 fn hostile_spec() -> SubAgentSpecification {

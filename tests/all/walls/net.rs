@@ -8,21 +8,11 @@ use crate::common::*;
 use qi_guest_artifacts::HOSTILE_COMPONENT;
 use qi_host::audit::{AuditDecision, AuditEntry, AuditLog, AuditQuery};
 use qi_host::security::{AccessControl, AccessPolicy, PolicySet};
-use qi_host::{
-    AgentHost, AgentReport, HostConfig, IsolationLevel, NetworkAccessLevel, SubAgentSpecification,
-    TaskRequest,
-};
+use qi_host::{AgentHost, AgentReport, SubAgentSpecification, TaskRequest};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// A restricted spec whose only network is `patterns`.
-fn net_spec(patterns: &[String]) -> SubAgentSpecification {
-    let mut s = spec();
-    s.isolation_level = IsolationLevel::Restricted;
-    s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
-    s.resource_limits.allowed_network_hosts = patterns.to_vec();
-    s
-}
+use crate::common::network_spec as net_spec;
 
 async fn hostile(spec: SubAgentSpecification, input: Value) -> AgentReport {
     run(HOSTILE_COMPONENT, spec, input).await
@@ -49,13 +39,8 @@ async fn audited_with(policies: Option<&str>) -> Audited {
         let list: Vec<AccessPolicy> = file["policies"].clone().try_into().expect("policies");
         PolicySet::new(list).expect("policies valid")
     });
-    let host = AgentHost::new(HostConfig {
-        max_live_agents: 16,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host")
-    .with_access(Arc::new(AccessControl::new(policies, Some(audit.clone()))));
+    let host = crate::common::new_host(16)
+        .with_access(Arc::new(AccessControl::new(policies, Some(audit.clone()))));
     Audited { host, audit }
 }
 
@@ -426,8 +411,8 @@ async fn monitored_full_network_reaches_an_address_no_allow_list_names() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap();
     let mut spec = spec();
-    spec.isolation_level = IsolationLevel::Monitored;
-    spec.security_constraints.network_access_level = NetworkAccessLevel::Full;
+    spec.isolation_level = qi_host::IsolationLevel::Monitored;
+    spec.security_constraints.network_access_level = qi_host::NetworkAccessLevel::Full;
     let report = hostile(
         spec,
         json!({"mode": "net.connect", "target": target.to_string()}),

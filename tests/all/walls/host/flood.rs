@@ -22,12 +22,7 @@ async fn audited(with_context: bool) -> (AgentHost, AuditLog) {
     let audit = AuditLog::open(svc.store().clone())
         .await
         .expect("audit log opens");
-    let mut host = AgentHost::new(HostConfig {
-        max_live_agents: 4,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host starts");
+    let mut host = crate::common::new_host(4);
     if with_context {
         host = host.with_context(svc);
     }

@@ -215,12 +215,7 @@ async fn a_spawn_that_fails_after_guest_code_ran_still_has_its_receipt() {
 
 #[tokio::test]
 async fn live_agents_are_capped_at_max_live_agents() {
-    let host = AgentHost::new(HostConfig {
-        max_live_agents: 2,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host starts");
+    let host = crate::common::new_host(2);
     let hello = host.load(HELLO_COMPONENT).expect("hello loads");
     let a = host.spawn(&hello, spec()).await.expect("first spawns");
     let b = host.spawn(&hello, spec()).await.expect("second spawns");
@@ -427,13 +422,12 @@ fn run_agent_name_is_the_name_policies_match() {
     let policies = dir.path().join("p.toml");
     std::fs::write(&policies, HOSTILE_MAY_READ_THE_CLOCK).expect("write policies");
     let run_agent = |name: Option<&str>| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qi-host"));
+        let mut cmd = crate::common::qi_host_command();
         cmd.args(["run-agent", HOSTILE_COMPONENT, "--task", "probe"])
             .args(["--input", r#"{"mode": "host.tool-input", "bytes": 8}"#])
             .args(["--allow-tool", "clock.now", "--json"])
             .arg("--policies")
-            .arg(&policies)
-            .env("QI_HOST_CACHE_DIR", cache_dir());
+            .arg(&policies);
         if let Some(name) = name {
             cmd.args(["--name", name]);
         }

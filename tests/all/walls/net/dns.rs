@@ -9,11 +9,9 @@
 //! variable); it is skipped, with the reason printed, where `unshare` cannot make namespaces
 //! or `ip` is missing.
 
-use crate::common::{cache_dir, spec};
+use crate::common::spec;
 use qi_guest_artifacts::HOSTILE_COMPONENT;
-use qi_host::{
-    AgentHost, AgentReport, HostConfig, IsolationLevel, NetworkAccessLevel, TaskRequest,
-};
+use qi_host::{AgentReport, IsolationLevel, NetworkAccessLevel, TaskRequest};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -98,12 +96,7 @@ async fn in_namespace() {
     ]);
     let queries = serve_dns().await;
 
-    let host = AgentHost::new(HostConfig {
-        max_live_agents: 4,
-        cache_dir: Some(cache_dir()),
-        ..HostConfig::default()
-    })
-    .expect("host");
+    let host = crate::common::new_host(4);
     let component = host.load(HOSTILE_COMPONENT).expect("hostile loads");
     let run_agent = |names: &[&str], input: Value| {
         let (host, component) = (&host, &component);
