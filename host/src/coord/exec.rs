@@ -388,6 +388,9 @@ struct Run {
     last_chain_agent: Option<String>,
     agent_stats: BTreeMap<String, (u64, u64, f64)>,
     comm_time: Duration,
+    /// Summed wall time of completed attempts, unrounded (attempt records keep whole ms, which
+    /// round a fast attempt to zero).
+    busy_completed: Duration,
     comm_events: u64,
     peak_concurrency: u64,
     sync_reached: u64,
@@ -543,6 +546,7 @@ pub async fn execute(
         last_chain_agent: None,
         agent_stats: BTreeMap::new(),
         comm_time: Duration::ZERO,
+        busy_completed: Duration::ZERO,
         comm_events: 0,
         peak_concurrency: 0,
         sync_reached: 0,
@@ -581,9 +585,12 @@ pub async fn execute(
             break;
         }
         let wake = run.next_wake();
+        // Sync notices first: a participant's completion is queued only after the notice of
+        // the resolution that released it, and must be recorded after it.
         tokio::select! {
-            Some(msg) = rx.recv() => run.on_msg(msg).await,
+            biased;
             Some(n) = sync_rx.recv() => run.on_sync(n).await,
+            Some(msg) = rx.recv() => run.on_msg(msg).await,
             _ = sleep_until_opt(wake) => run.on_timer().await,
         }
     }
@@ -1197,6 +1204,7 @@ impl Run {
                 let e = self.agent_stats.entry(agent.clone()).or_default();
                 e.0 += 1;
                 e.2 += ratio;
+                self.busy_completed += elapsed;
                 self.window = (self.window + 1).min(self.manifest.strategy.max_concurrent_agents);
                 self.last_chain_agent = Some(agent.clone());
                 self.subs[i].attempts[attempt as usize - 1].outcome = "completed".into();
@@ -1407,7 +1415,6 @@ impl Run {
             ..CoordinationMetrics::default()
         };
         let mut total_ms = 0u64;
-        let mut busy_ok = 0u64;
         let mut n_attempts = 0u64;
         for s in &self.subs {
             for a in &s.attempts {
@@ -1418,7 +1425,6 @@ impl Run {
                 }
                 if a.outcome == "completed" {
                     metrics.successful_agents += 1;
-                    busy_ok += a.duration_ms;
                 } else {
                     metrics.failed_agents += 1;
                 }
@@ -1443,7 +1449,8 @@ impl Run {
         metrics.coordination_efficiency = if wall_ms <= 0.0 {
             0.0
         } else {
-            (busy_ok as f64 / (wall_ms * metrics.peak_concurrency as f64)).min(1.0)
+            let busy_ms = self.busy_completed.as_secs_f64() * 1000.0;
+            (busy_ms / (wall_ms * metrics.peak_concurrency as f64)).min(1.0)
         };
         let sinks: Vec<usize> = (0..self.subs.len())
             .filter(|&i| !self.prereqs.iter().any(|p| p.contains(&i)))

@@ -596,17 +596,13 @@ impl SyncEngine {
 
     fn resolve(&self, point: &Point, r: Resolution) {
         let at = Instant::now();
-        let mut sent = false;
         point.resolved.send_if_modified(|cur| {
-            if cur.is_none() {
-                *cur = Some(Arc::new(r.clone()));
-                sent = true;
-                true
-            } else {
-                false
+            if cur.is_some() {
+                return false;
             }
-        });
-        if sent {
+            *cur = Some(Arc::new(r.clone()));
+            // Queued while the new value is not yet visible to waiters: the notice of the
+            // resolution precedes anything a released participant does next.
             self.notify(SyncNotice::Resolved {
                 point: point.def.id.clone(),
                 outcome: match r {
@@ -615,7 +611,8 @@ impl SyncEngine {
                 },
                 at,
             });
-        }
+            true
+        });
     }
 }
 
