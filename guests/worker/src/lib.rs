@@ -537,7 +537,10 @@ mod tests {
             (json!([{"tolerate": true}]), "exactly one key"),
             (json!([{"vote": {"point": "p"}}]), "missing `choice`"),
             (json!([{"hang": false}]), "expected `true`"),
-            (json!([{"hang_before_attempt": "2"}]), "non-negative integer"),
+            (
+                json!([{"hang_before_attempt": "2"}]),
+                "non-negative integer",
+            ),
             (json!([{"call": {"input": {}}}]), "missing `name`"),
             (json!("work"), "list of steps"),
         ] {
