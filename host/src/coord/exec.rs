@@ -1699,3 +1699,71 @@ async fn attempt_task(a: AttemptArgs) {
         elapsed: started.elapsed(),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn subtask(extra: &str) -> super::super::manifest::SubtaskDef {
+        let text = format!(
+            "[task]\nid = \"t\"\n[strategy]\ntype = \"hybrid\"\n[agents.w]\ncomponent = \"guest:worker\"\n[[subtasks]]\nid = \"s\"\n{extra}\n"
+        );
+        Manifest::parse(&text, Path::new("m.toml"))
+            .expect("manifest parses")
+            .subtasks
+            .remove(0)
+    }
+
+    #[test]
+    fn run_ids_are_substituted_in_every_string_of_a_literal_input() {
+        let v = json!({"ctx": "run/{run}/x", "list": ["{run}", 1, {"deep": "a{run}b"}], "n": 2});
+        assert_eq!(
+            substitute_run(&v, "run-1"),
+            json!({"ctx": "run/run-1/x", "list": ["run-1", 1, {"deep": "arun-1b"}], "n": 2})
+        );
+    }
+
+    #[test]
+    fn a_missing_declared_output_fails_the_attempt_naming_it() {
+        let def = subtask("outputs = [\"a\", \"b\"]");
+        assert_eq!(check_output(&def, &json!({"a": 1, "b": null}), 0), Ok(()));
+        let e = check_output(&def, &json!({"a": 1}), 0).unwrap_err();
+        assert!(e.contains("lacks declared output(s) b"), "{e}");
+    }
+
+    /// Each criterion just met passes and just missed fails, naming the measurement.
+    #[test]
+    fn success_criteria_pass_at_their_threshold_and_fail_past_it() {
+        let criterion = |kind: &str, threshold: f64, at: &str| {
+            subtask(&format!(
+                "successCriteria = [{{ criterion = \"{kind}\", threshold = {threshold:?}, measurement = \"{at}\" }}]"
+            ))
+        };
+        let out = json!({"score": 0.8, "items": [1], "none": []});
+        let min = criterion("min-value", 0.8, "/score");
+        assert_eq!(check_output(&min, &out, 0), Ok(()));
+        let e = check_output(&criterion("min-value", 0.81, "/score"), &out, 0).unwrap_err();
+        assert!(
+            e.contains("`min-value` not met (measurement /score = 0.8"),
+            "{e}"
+        );
+        assert_eq!(
+            check_output(&criterion("max-value", 0.8, "/score"), &out, 0),
+            Ok(())
+        );
+        assert!(check_output(&criterion("max-value", 0.79, "/score"), &out, 0).is_err());
+        // A measurement that is missing or not a number never meets a bound.
+        assert!(check_output(&criterion("min-value", 0.0, "/nothing"), &out, 0).is_err());
+        assert_eq!(
+            check_output(&criterion("non-empty", 0.0, "/items"), &out, 0),
+            Ok(())
+        );
+        assert!(check_output(&criterion("non-empty", 0.0, "/none"), &out, 0).is_err());
+        let dur = criterion("max-duration-ms", 100.0, "");
+        assert_eq!(check_output(&dur, &out, 100), Ok(()));
+        let e = check_output(&dur, &out, 101).unwrap_err();
+        assert!(e.contains("took 101 ms"), "{e}");
+        assert!(check_output(&criterion("no-such-criterion", 0.0, ""), &out, 0).is_err());
+    }
+}

@@ -196,9 +196,8 @@ pub fn guest_dir() -> PathBuf {
 const TEST_TOOLS: &str = r#"securityConstraints = { allowedTools = ["test.await", "test.gate"] }"#;
 
 /// Two worker agent kinds, both allowed the test tools: `worker` and `backup` (config
-/// `flaky = false`). A subtask that names no agent prefers `backup`: it declares one
-/// capability, `worker` the three its component describes, and the more specialized comes
-/// first.
+/// `flaky = false`). A subtask that names no agent prefers `backup`: both have the
+/// capabilities their component declares, and equals are ordered by name.
 pub fn agents() -> String {
     format!(
         r#"
