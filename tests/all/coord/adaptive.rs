@@ -85,9 +85,11 @@ async fn adaptive_sends_later_subtasks_to_the_agent_that_failed_least() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_keeps_the_agent_kind_of_its_previous_link() {
     let h = harness().await;
+    // c1 runs on `worker` and fails once there before succeeding, so by failures `backup`
+    // would be the better choice: only the chain rule keeps `worker`.
     let chain = |strategy: &str| {
-        header(strategy, "fail-fast", "")
-            + &one("c1", Some("worker"), "[]", "")
+        header(strategy, "retry-cascade", "")
+            + &one("c1", Some("worker"), "[{ fail_before_attempt = 2 }]", "")
             + &one("c2", None, "[]", "dependsOn = [\"c1\"]")
             + &one("c3", None, "[]", "dependsOn = [\"c2\"]")
     };
@@ -96,6 +98,7 @@ async fn a_chain_keeps_the_agent_kind_of_its_previous_link() {
     for id in ["c2", "c3"] {
         assert_eq!(result(&r, id).attempts[0].agent, "worker", "{id}: {r:#?}");
     }
+    assert_eq!(result(&r, "c1").attempts.len(), 2);
     assert_eq!(max_running(&ev), 1);
     // Hybrid takes the preferred agent for every unpinned link.
     let (r, _) = h.run(&chain("hybrid")).await;
