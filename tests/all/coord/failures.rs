@@ -144,9 +144,15 @@ mod timeouts {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_that_stops_making_progress_is_terminated() {
         let h = harness().await;
+        // `busy` only computes, for far longer than the stall window (200 M rounds are about
+        // 0.4 s here, 5.6 G fuel), without a host call.
         let toml = header("hybrid", "graceful-degradation", "stallWindowMs = 300")
-            + &one("stuck", None, r#"[{ hang = true }]"#, "")
-            + &one("busy", None, r#"[{ work = 20_000_000 }]"#, "");
+            + r#"
+[agents.cruncher]
+component = "guest:worker"
+spec = { fuel = 10_000_000_000, resourceLimits = { maxMemoryMB = 32, maxExecutionTimeMs = 60000 } }
+"# + &one("stuck", None, r#"[{ hang = true }]"#, "")
+            + &one("busy", Some("cruncher"), r#"[{ work = 200_000_000 }]"#, "");
         let (r, _) = h.run(&toml).await;
         let stuck = result(&r, "stuck");
         assert_eq!(stuck.state, SubtaskState::Failed);
