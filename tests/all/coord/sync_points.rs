@@ -557,3 +557,26 @@ async fn a_sync_call_to_an_unknown_point_or_of_the_wrong_type_is_refused() {
     // The refused calls did not count as arrivals: the barrier still waited for all three.
     assert_eq!(outcome(&r, "p3")["arrived"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_call_outside_a_coordinated_run_is_refused_as_not_coordinated() {
+    let report = crate::common::run(
+        WORKER_COMPONENT,
+        crate::common::spec(),
+        json!({
+            "subtask": "alone",
+            "attempt": 1,
+            "inputs": {"steps": [
+                {"barrier": "pt", "tolerate": true},
+                {"restore": "pt", "tolerate": true},
+            ]},
+        }),
+    )
+    .await;
+    let out = crate::common::ok(&report);
+    for entry in out["sync"].as_array().unwrap() {
+        let e = entry["error"].as_str().unwrap_or_else(|| panic!("{out}"));
+        assert!(e.starts_with("not-coordinated"), "{e}");
+    }
+    assert_eq!(out["sync"].as_array().unwrap().len(), 2);
+}
