@@ -13,6 +13,10 @@
 //! - `{"fail": "msg"}`: `failed: msg`; `{"invalid": "msg"}`: `invalid-input: msg`;
 //!   `{"fail_before_attempt": k}`: fails while the attempt is below k;
 //!   `{"fail_if_config": "key"}`: fails when `config[key]` is `true`; `{"panic": "msg"}`;
+//!   `{"hang_before_attempt": k}`: hangs while the attempt is below k (a time limit ends it);
+//! - `{"call": {"name": "tool", "input": any}}`: calls a host tool and fails with
+//!   `failed: tool <name>: <error>` when it fails; tests use it to make a step wait for
+//!   something observable (an event of the run, a gate the test opens) instead of sleeping;
 //! - `{"barrier": "p"}`, `{"checkpoint": {"point": "p", "state": any}}`, `{"restore": "p"}`,
 //!   `{"vote": {"point": "p", "choice": "c"}}`, `{"contribute": {"point": "p", "value": any}}`:
 //!   the sync call; its outcome (for `restore`: `{"restored": state | null}`) is appended to the
@@ -66,6 +70,11 @@ enum Action {
     Invalid(String),
     FailBeforeAttempt(u64),
     FailIfConfig(String),
+    HangBeforeAttempt(u64),
+    Call {
+        name: String,
+        input: Value,
+    },
     Panic(String),
     Barrier(String),
     Checkpoint {
@@ -156,6 +165,18 @@ impl Agent for Worker {
                             input.subtask
                         )));
                     }
+                }
+                Action::HangBeforeAttempt(k) => {
+                    if u64::from(input.attempt) < k {
+                        std::thread::sleep(HANG);
+                    }
+                }
+                Action::Call {
+                    name,
+                    input: tool_input,
+                } => {
+                    tools::call::<Value, Value>(&name, &tool_input)
+                        .map_err(|e| AgentError::Failed(format!("tool {name}: {e}")))?;
                 }
                 Action::Panic(message) => panic!("{message}"),
                 Action::Barrier(point) => {
@@ -323,6 +344,11 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         "invalid" => Action::Invalid(text(arg)?),
         "fail_before_attempt" => Action::FailBeforeAttempt(number(arg)?),
         "fail_if_config" => Action::FailIfConfig(text(arg)?),
+        "hang_before_attempt" => Action::HangBeforeAttempt(number(arg)?),
+        "call" => Action::Call {
+            name: field_text(arg, "name")?,
+            input: field_value(arg, "input").unwrap_or(Value::Null),
+        },
         "panic" => Action::Panic(text(arg)?),
         "barrier" => Action::Barrier(text(arg)?),
         "restore" => Action::Restore(text(arg)?),
@@ -475,6 +501,8 @@ mod tests {
             ))
         );
         assert!(run(steps(json!([{"fail_before_attempt": 3}])), 3, Value::Null).is_ok());
+        // From attempt k on, the hang step does nothing.
+        assert!(run(steps(json!([{"hang_before_attempt": 2}])), 2, Value::Null).is_ok());
         assert!(
             run(
                 steps(json!([{"fail_if_config": "bad"}])),
@@ -509,6 +537,11 @@ mod tests {
             (json!([{"tolerate": true}]), "exactly one key"),
             (json!([{"vote": {"point": "p"}}]), "missing `choice`"),
             (json!([{"hang": false}]), "expected `true`"),
+            (
+                json!([{"hang_before_attempt": "2"}]),
+                "non-negative integer",
+            ),
+            (json!([{"call": {"input": {}}}]), "missing `name`"),
             (json!("work"), "list of steps"),
         ] {
             let error = run(json!({ "steps": steps }), 1, Value::Null).unwrap_err();

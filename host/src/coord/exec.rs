@@ -388,6 +388,9 @@ struct Run {
     last_chain_agent: Option<String>,
     agent_stats: BTreeMap<String, (u64, u64, f64)>,
     comm_time: Duration,
+    /// Summed wall time of completed attempts, unrounded (attempt records keep whole ms, which
+    /// round a fast attempt to zero).
+    busy_completed: Duration,
     comm_events: u64,
     peak_concurrency: u64,
     sync_reached: u64,
@@ -543,6 +546,7 @@ pub async fn execute(
         last_chain_agent: None,
         agent_stats: BTreeMap::new(),
         comm_time: Duration::ZERO,
+        busy_completed: Duration::ZERO,
         comm_events: 0,
         peak_concurrency: 0,
         sync_reached: 0,
@@ -581,9 +585,12 @@ pub async fn execute(
             break;
         }
         let wake = run.next_wake();
+        // Sync notices first: a participant's completion is queued only after the notice of
+        // the resolution that released it, and must be recorded after it.
         tokio::select! {
-            Some(msg) = rx.recv() => run.on_msg(msg).await,
+            biased;
             Some(n) = sync_rx.recv() => run.on_sync(n).await,
+            Some(msg) = rx.recv() => run.on_msg(msg).await,
             _ = sleep_until_opt(wake) => run.on_timer().await,
         }
     }
@@ -1197,6 +1204,7 @@ impl Run {
                 let e = self.agent_stats.entry(agent.clone()).or_default();
                 e.0 += 1;
                 e.2 += ratio;
+                self.busy_completed += elapsed;
                 self.window = (self.window + 1).min(self.manifest.strategy.max_concurrent_agents);
                 self.last_chain_agent = Some(agent.clone());
                 self.subs[i].attempts[attempt as usize - 1].outcome = "completed".into();
@@ -1407,7 +1415,6 @@ impl Run {
             ..CoordinationMetrics::default()
         };
         let mut total_ms = 0u64;
-        let mut busy_ok = 0u64;
         let mut n_attempts = 0u64;
         for s in &self.subs {
             for a in &s.attempts {
@@ -1418,7 +1425,6 @@ impl Run {
                 }
                 if a.outcome == "completed" {
                     metrics.successful_agents += 1;
-                    busy_ok += a.duration_ms;
                 } else {
                     metrics.failed_agents += 1;
                 }
@@ -1443,7 +1449,8 @@ impl Run {
         metrics.coordination_efficiency = if wall_ms <= 0.0 {
             0.0
         } else {
-            (busy_ok as f64 / (wall_ms * metrics.peak_concurrency as f64)).min(1.0)
+            let busy_ms = self.busy_completed.as_secs_f64() * 1000.0;
+            (busy_ms / (wall_ms * metrics.peak_concurrency as f64)).min(1.0)
         };
         let sinks: Vec<usize> = (0..self.subs.len())
             .filter(|&i| !self.prereqs.iter().any(|p| p.contains(&i)))
@@ -1691,4 +1698,72 @@ async fn attempt_task(a: AttemptArgs) {
         started_ms: a.started_ms,
         elapsed: started.elapsed(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn subtask(extra: &str) -> super::super::manifest::SubtaskDef {
+        let text = format!(
+            "[task]\nid = \"t\"\n[strategy]\ntype = \"hybrid\"\n[agents.w]\ncomponent = \"guest:worker\"\n[[subtasks]]\nid = \"s\"\n{extra}\n"
+        );
+        Manifest::parse(&text, Path::new("m.toml"))
+            .expect("manifest parses")
+            .subtasks
+            .remove(0)
+    }
+
+    #[test]
+    fn run_ids_are_substituted_in_every_string_of_a_literal_input() {
+        let v = json!({"ctx": "run/{run}/x", "list": ["{run}", 1, {"deep": "a{run}b"}], "n": 2});
+        assert_eq!(
+            substitute_run(&v, "run-1"),
+            json!({"ctx": "run/run-1/x", "list": ["run-1", 1, {"deep": "arun-1b"}], "n": 2})
+        );
+    }
+
+    #[test]
+    fn a_missing_declared_output_fails_the_attempt_naming_it() {
+        let def = subtask("outputs = [\"a\", \"b\"]");
+        assert_eq!(check_output(&def, &json!({"a": 1, "b": null}), 0), Ok(()));
+        let e = check_output(&def, &json!({"a": 1}), 0).unwrap_err();
+        assert!(e.contains("lacks declared output(s) b"), "{e}");
+    }
+
+    /// Each criterion just met passes and just missed fails, naming the measurement.
+    #[test]
+    fn success_criteria_pass_at_their_threshold_and_fail_past_it() {
+        let criterion = |kind: &str, threshold: f64, at: &str| {
+            subtask(&format!(
+                "successCriteria = [{{ criterion = \"{kind}\", threshold = {threshold:?}, measurement = \"{at}\" }}]"
+            ))
+        };
+        let out = json!({"score": 0.8, "items": [1], "none": []});
+        let min = criterion("min-value", 0.8, "/score");
+        assert_eq!(check_output(&min, &out, 0), Ok(()));
+        let e = check_output(&criterion("min-value", 0.81, "/score"), &out, 0).unwrap_err();
+        assert!(
+            e.contains("`min-value` not met (measurement /score = 0.8"),
+            "{e}"
+        );
+        assert_eq!(
+            check_output(&criterion("max-value", 0.8, "/score"), &out, 0),
+            Ok(())
+        );
+        assert!(check_output(&criterion("max-value", 0.79, "/score"), &out, 0).is_err());
+        // A measurement that is missing or not a number never meets a bound.
+        assert!(check_output(&criterion("min-value", 0.0, "/nothing"), &out, 0).is_err());
+        assert_eq!(
+            check_output(&criterion("non-empty", 0.0, "/items"), &out, 0),
+            Ok(())
+        );
+        assert!(check_output(&criterion("non-empty", 0.0, "/none"), &out, 0).is_err());
+        let dur = criterion("max-duration-ms", 100.0, "");
+        assert_eq!(check_output(&dur, &out, 100), Ok(()));
+        let e = check_output(&dur, &out, 101).unwrap_err();
+        assert!(e.contains("took 101 ms"), "{e}");
+        assert!(check_output(&criterion("no-such-criterion", 0.0, ""), &out, 0).is_err());
+    }
 }

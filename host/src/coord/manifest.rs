@@ -1041,3 +1041,161 @@ pub fn version_at_least(have: &str, want: &str) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[task]
+id = "t"
+
+[strategy]
+type = "hybrid"
+maxConcurrentAgents = 2
+
+[agents.worker]
+component = "guest:worker"
+
+[[subtasks]]
+id = "a"
+outputs = ["x"]
+
+[[subtasks]]
+id = "b"
+inputs = [{ name = "x", from = "a.x" }]
+"#;
+
+    fn check(text: &str) -> Result<Manifest, String> {
+        let path = Path::new("m.toml");
+        let m = Manifest::parse(text, path).map_err(|e| e.to_string())?;
+        m.check(text, path).map_err(|e| e.to_string())?;
+        Ok(m)
+    }
+
+    /// Each change to [`BASE`] is refused with an error naming the field and saying why.
+    #[test]
+    fn each_invalid_field_is_named_with_what_is_wrong() {
+        check(BASE).expect("the base manifest is valid");
+        for (from, to, field, why) in [
+            (
+                "maxConcurrentAgents = 2",
+                "maxConcurrentAgents = 0",
+                "strategy.maxConcurrentAgents",
+                "must be at least 1",
+            ),
+            (
+                "maxConcurrentAgents = 2",
+                "maxConcurrentAgents = 2\nstallWindowMs = 0",
+                "strategy.stallWindowMs",
+                "must be at least 1",
+            ),
+            (
+                "maxConcurrentAgents = 2",
+                "maxConcurrentAgents = 2\nretry = { maxAttempts = 0 }",
+                "strategy.retry.maxAttempts",
+                "1 means no retry",
+            ),
+            (
+                "maxConcurrentAgents = 2",
+                "maxConcurrentAgents = 2\nretry = { deadlineExtensionFactor = 1.0 }",
+                "strategy.retry.deadlineExtensionFactor",
+                "must be a number > 1",
+            ),
+            (
+                "id = \"b\"",
+                "id = \"a\"",
+                "subtasks[1].id",
+                "`a` is declared twice",
+            ),
+            (
+                "id = \"b\"",
+                "id = \"sync\"",
+                "subtasks[1].id",
+                "not a usable id",
+            ),
+            (
+                "from = \"a.x\"",
+                "from = \"ax\"",
+                "subtasks[1].inputs[0].from",
+                "is not `<subtask>.<output>` or `sync.<point>`",
+            ),
+            (
+                "from = \"a.x\"",
+                "from = \"sync.nope\"",
+                "subtasks[1].inputs[0].from",
+                "no synchronization point `nope`",
+            ),
+            (
+                "from = \"a.x\"",
+                "from = \"c.x\"",
+                "subtasks[1].inputs[0].from",
+                "no subtask `c` produces `c.x`",
+            ),
+        ] {
+            let text = BASE.replacen(from, to, 1);
+            let e = check(&text).expect_err(&text);
+            assert!(e.contains(field), "{field}: {e}");
+            assert!(e.contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_point_listing_a_participant_twice_is_refused() {
+        let point = "\n[[strategy.synchronizationPoints]]\nid = \"p\"\ntype = \"barrier\"\nparticipants = [\"a\", \"b\"]\n";
+        let ok = BASE
+            .replacen(
+                "maxConcurrentAgents = 2",
+                &format!("maxConcurrentAgents = 2{point}"),
+                1,
+            )
+            .replacen("inputs = [{ name = \"x\", from = \"a.x\" }]", "", 1);
+        check(&ok).expect("distinct participants are valid");
+        let twice = ok.replace("[\"a\", \"b\"]", "[\"a\", \"a\"]");
+        let e = check(&twice).unwrap_err();
+        assert!(
+            e.contains("strategy.synchronizationPoints[0].participants"),
+            "{e}"
+        );
+        assert!(e.contains("`a` is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn sources_parse_outputs_and_sync_points() {
+        assert_eq!(
+            Source::parse("a.x"),
+            Some(Source::Output {
+                subtask: "a".into(),
+                output: "x".into()
+            })
+        );
+        assert_eq!(Source::parse("sync.p"), Some(Source::Sync("p".into())));
+        for bad in ["ax", "a.", ".x", ""] {
+            assert_eq!(Source::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_compare_numerically_part_by_part() {
+        assert!(version_at_least("1.2.10", "1.2.9"));
+        assert!(!version_at_least("1.2.9", "1.2.10"));
+        assert!(version_at_least("1.2", "1.2.0"), "missing parts are 0");
+        assert!(!version_at_least("1.2", "1.2.1"));
+        assert!(
+            version_at_least("1.0-beta", "1.0-alpha"),
+            "text compares as text"
+        );
+    }
+
+    #[test]
+    fn dependencies_and_ancestors_follow_inputs_depends_on_and_points() {
+        let text = BASE.to_string() + "\n[[subtasks]]\nid = \"c\"\ndependsOn = [\"b\"]\n";
+        let m = check(&text).unwrap();
+        let deps = m.dependencies();
+        assert_eq!(deps["b"].0, BTreeSet::from(["a".to_string()]));
+        assert_eq!(deps["c"].0, BTreeSet::from(["b".to_string()]));
+        assert!(deps["a"].0.is_empty());
+        let anc = m.ancestors();
+        assert_eq!(anc["c"], BTreeSet::from(["a".to_string(), "b".to_string()]));
+    }
+}

@@ -7,7 +7,10 @@ use crate::error::Error;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock (the system's outside a paused test runtime), so expiry can be tested on paused
+// time.
+use tokio::time::Instant;
 
 /// What one allocation asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -233,17 +236,45 @@ mod tests {
         );
     }
 
-    #[test]
-    fn unreleased_allocations_expire() {
-        let m = mgr(64, 10, 0);
+    #[tokio::test(start_paused = true)]
+    async fn an_unreleased_allocation_is_held_until_its_lifetime_and_grace_pass() {
+        let m = mgr(64, 10, 5);
         let req = ResourceRequest {
             memory_mb: 64,
             agents: 1,
         };
-        m.allocate("a", req, Duration::from_millis(20)).unwrap();
+        let a = m.allocate("a", req, Duration::from_millis(20)).unwrap();
+        assert_eq!(a.expires_in_ms, 25, "lifetime plus grace");
+        // Just inside: 1 ms before expiry the budget is still taken.
+        tokio::time::advance(Duration::from_millis(24)).await;
+        assert_eq!(m.held(), (64, 1));
         assert!(m.allocate("b", req, Duration::from_secs(1)).is_err());
-        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(m.stats().expired, 0);
+        // Just past: reclaimed, and the budget is free again.
+        tokio::time::advance(Duration::from_millis(1)).await;
         m.allocate("b", req, Duration::from_secs(1)).unwrap();
         assert_eq!(m.stats().expired, 1);
+        assert!(!m.release(&a), "already reclaimed");
+    }
+
+    #[test]
+    fn the_agent_count_is_a_budget_too() {
+        let m = mgr(1024, 2, 1_000);
+        let req = ResourceRequest {
+            memory_mb: 1,
+            agents: 1,
+        };
+        m.allocate("a", req, Duration::from_secs(1)).unwrap();
+        m.allocate("b", req, Duration::from_secs(1)).unwrap();
+        let e = m.allocate("c", req, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("2 of 2 agents"), "{e}");
+        assert_eq!(m.stats().peak_agents, 2);
+        let e = m
+            .fits(ResourceRequest {
+                memory_mb: 1,
+                agents: 3,
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("maxConcurrentAllocations"), "{e}");
     }
 }

@@ -572,8 +572,10 @@ impl SyncEngine {
     fn start_timer(self: &Arc<Self>, point: &Arc<Point>, ms: u64) {
         let weak_engine: Weak<SyncEngine> = Arc::downgrade(self);
         let weak_point = Arc::downgrade(point);
+        // From the arrival, not from whenever the timer task is first polled.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tokio::time::sleep_until(deadline).await;
             let (Some(engine), Some(point)) = (weak_engine.upgrade(), weak_point.upgrade()) else {
                 return;
             };
@@ -596,17 +598,13 @@ impl SyncEngine {
 
     fn resolve(&self, point: &Point, r: Resolution) {
         let at = Instant::now();
-        let mut sent = false;
         point.resolved.send_if_modified(|cur| {
-            if cur.is_none() {
-                *cur = Some(Arc::new(r.clone()));
-                sent = true;
-                true
-            } else {
-                false
+            if cur.is_some() {
+                return false;
             }
-        });
-        if sent {
+            *cur = Some(Arc::new(r.clone()));
+            // Queued while the new value is not yet visible to waiters: the notice of the
+            // resolution precedes anything a released participant does next.
             self.notify(SyncNotice::Resolved {
                 point: point.def.id.clone(),
                 outcome: match r {
@@ -615,7 +613,8 @@ impl SyncEngine {
                 },
                 at,
             });
-        }
+            true
+        });
     }
 }
 
@@ -938,6 +937,18 @@ mod tests {
         assert_eq!(a.await.unwrap().unwrap().result["tally"]["yes"], 2);
     }
 
+    /// Waits until `n` participants wait at a point, or the point resolved.
+    async fn until_waiting(rx: &mut mpsc::UnboundedReceiver<SyncNotice>, n: usize) {
+        let mut waiting = 0;
+        while waiting < n {
+            match rx.recv().await.expect("engine alive") {
+                SyncNotice::Waiting { .. } => waiting += 1,
+                SyncNotice::Resolved { .. } => return,
+                _ => {}
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_split_majority_vote_waits_for_the_deciding_vote() {
         let mut d = def(
@@ -946,7 +957,8 @@ mod tests {
             OnTimeout::Fail,
         );
         d.timeout_ms = None;
-        let e = SyncEngine::new(&[d], None, None);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let e = SyncEngine::new(&[d], None, Some(tx));
         let (e1, e2) = (e.clone(), e.clone());
         let a = tokio::spawn(async move {
             e1.arrive("p", "a", SyncPointType::Decision, json!("yes"))
@@ -956,7 +968,7 @@ mod tests {
             e2.arrive("p", "b", SyncPointType::Decision, json!("no"))
                 .await
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until_waiting(&mut rx, 2).await;
         assert!(
             e.outcome("p").is_none(),
             "one vote each decides nothing yet"
@@ -970,9 +982,66 @@ mod tests {
         assert_eq!(b.await.unwrap().unwrap().arrived.len(), 3);
     }
 
+    /// The timeout counts from the first arrival: 1 ms before it nothing has happened, at it
+    /// the policy applies (paused time, so the boundary is exact).
+    #[tokio::test(start_paused = true)]
+    async fn the_timeout_fires_at_its_boundary_and_not_before() {
+        for (policy, resolves) in [
+            (OnTimeout::Proceed, true),
+            (OnTimeout::Fail, true),
+            (OnTimeout::Wait, false),
+        ] {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let e = SyncEngine::new(
+                &[def(
+                    SyncPointType::Barrier,
+                    SyncCondition::AllComplete,
+                    policy,
+                )],
+                None,
+                Some(tx),
+            );
+            let e1 = e.clone();
+            let a = tokio::spawn(async move {
+                e1.arrive("p", "a", SyncPointType::Barrier, Value::Null)
+                    .await
+            });
+            until_waiting(&mut rx, 1).await;
+            tokio::time::advance(Duration::from_millis(99)).await;
+            tokio::task::yield_now().await;
+            assert!(e.outcome("p").is_none(), "{policy:?}: 99 ms of 100");
+            assert!(rx.try_recv().is_err(), "{policy:?}: nothing yet");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            // The timer task runs and reports.
+            let notice = rx.recv().await.unwrap();
+            match (resolves, notice) {
+                (true, SyncNotice::Resolved { outcome, .. }) => match policy {
+                    OnTimeout::Proceed => {
+                        let o = outcome.unwrap();
+                        assert!(o.timed_out && !o.complete);
+                        assert_eq!(o.absent, ["b", "c"]);
+                    }
+                    _ => assert!(outcome.unwrap_err().contains("timed out after 100 ms")),
+                },
+                (false, SyncNotice::TimedOutWaiting { point }) => {
+                    assert_eq!(point, "p");
+                    assert!(e.outcome("p").is_none(), "wait keeps the point open");
+                    e.mark_absent("b");
+                }
+                (_, other) => panic!("{policy:?}: unexpected {other:?}"),
+            }
+            let r = a.await.unwrap();
+            if policy == OnTimeout::Wait {
+                // b absent makes all-complete impossible: `wait` fails instead of hanging.
+                assert!(r.unwrap_err().to_string().contains("can no longer be met"));
+            }
+        }
+    }
+
     /// Every condition × every timeout policy × (all arrive, `c` dies, `c` is late), as seen by
-    /// participant `a`: `Some((complete, timed_out))`, or `None` for a failed point.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// participant `a`: `Some((complete, timed_out))`, or `None` for a failed point. Paused
+    /// time: "late" arrives at 200 ms, after the 60 ms timeout, exactly.
+    #[tokio::test(start_paused = true)]
     async fn barrier_matrix() {
         use OnTimeout::*;
         let specific = SyncCondition::SpecificAgents(vec!["a".into(), "b".into()]);
@@ -1003,7 +1072,8 @@ mod tests {
                     let mut d = def(SyncPointType::Barrier, cond.clone(), policy);
                     d.timeout_ms = Some(60);
                     cases.spawn(async move {
-                        let e = SyncEngine::new(std::slice::from_ref(&d), None, None);
+                        let (tx, mut rx) = mpsc::unbounded_channel();
+                        let e = SyncEngine::new(std::slice::from_ref(&d), None, Some(tx));
                         let arrive = |p: &'static str| {
                             let e = e.clone();
                             tokio::spawn(async move {
@@ -1015,7 +1085,8 @@ mod tests {
                         match scenario {
                             "all" => drop(arrive("c")),
                             "dies" => {
-                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                // After a and b are in (waiting, or resolved by their arrival).
+                                until_waiting(&mut rx, 2).await;
                                 e.mark_absent("c");
                             }
                             _ => {
@@ -1054,5 +1125,17 @@ mod tests {
             json!({"x": 2, "y": {"z": 3}, "w": 1})
         );
         assert_eq!(reduce(Reducer::Concat, &vals), json!([a, b]));
+        assert_eq!(reduce(Reducer::Collect, &vals), json!({"a": a, "b": b}));
+        // Arrays are spliced by concat; scalars summed, a non-number kept from the first.
+        let (one, two, word) = (json!([1, 2]), json!(3), json!("w"));
+        assert_eq!(
+            reduce(Reducer::Concat, &[("a", &one), ("b", &two)]),
+            json!([1, 2, 3])
+        );
+        assert_eq!(reduce(Reducer::Sum, &[("a", &two), ("b", &two)]), json!(6));
+        assert_eq!(
+            reduce(Reducer::Sum, &[("a", &word), ("b", &two)]),
+            json!("w")
+        );
     }
 }

@@ -1,0 +1,233 @@
+//! Failure handling in detail: the retry-cascade steps, time limits and stalls, and the
+//! resource budget.
+
+use super::*;
+
+mod retry_cascade {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transient_failure_is_retried_with_backoff_and_succeeds() {
+        let h = harness().await;
+        let toml = header("hybrid", "retry-cascade", "")
+            + &one("t1", None, r#"[{ fail_before_attempt = 2 }]"#, "");
+        let (r, ev) = h.run(&toml).await;
+        assert!(r.success, "{r:#?}");
+        let t = result(&r, "t1");
+        assert_eq!(t.attempts.len(), 2);
+        assert_eq!(t.attempts[0].then.as_deref(), Some("retry in 20 ms"));
+        // The backoff is a lower bound: the retry cannot start earlier.
+        assert!(t.attempts[1].started_ms >= t.attempts[0].started_ms + 20);
+        assert_eq!(t.output.as_ref().unwrap()["attempt"], 2);
+        assert_eq!(at(&ev, "subtask-retry", "t1").len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_limit_violation_is_not_retried_but_reassigned() {
+        let h = harness().await;
+        let toml = header("hybrid", "retry-cascade", "")
+            + r#"
+[agents.tiny]
+component = "guest:worker"
+spec = { capabilities = ["work"], fuel = 100_000 }
+"# + &one(
+            "t1",
+            Some("tiny"),
+            r#"[{ work = 10_000_000 }]"#,
+            r#"requirements = { capabilities = ["work"] }"#,
+        );
+        let (r, _) = h.run(&toml).await;
+        assert!(r.success, "{r:#?}");
+        let t = result(&r, "t1");
+        let agents: Vec<&str> = t.attempts.iter().map(|a| a.agent.as_str()).collect();
+        assert_eq!(agents[0], "tiny");
+        assert!(t.attempts[0].outcome.contains("fuel"), "{t:#?}");
+        assert_eq!(t.attempts.len(), 2, "no retry on `tiny`: {t:#?}");
+        assert_ne!(agents[1], "tiny");
+        assert!(
+            t.attempts[0]
+                .then
+                .as_deref()
+                .unwrap()
+                .starts_with("reassign")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalid_input_is_neither_retried_nor_reassigned() {
+        let h = harness().await;
+        let toml = header("hybrid", "retry-cascade", "")
+            + &one("t1", None, r#"[{ invalid = "bad shape" }]"#, "");
+        let (r, ev) = h.run(&toml).await;
+        let t = result(&r, "t1");
+        assert_eq!(t.state, SubtaskState::Failed);
+        assert_eq!(t.attempts.len(), 1, "{t:#?}");
+        assert!(t.error.as_deref().unwrap().contains("bad shape"));
+        assert!(at(&ev, "subtask-retry", "t1").is_empty());
+        assert!(at(&ev, "subtask-reassigned", "t1").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_config_specific_failure_moves_to_another_agent() {
+        let h = harness().await;
+        let toml = header("hybrid", "retry-cascade", "")
+            + r#"
+[agents.flaky]
+component = "guest:worker"
+config = { flaky = true }
+spec = { capabilities = ["work"] }
+"# + &one(
+            "t1",
+            Some("flaky"),
+            r#"[{ fail_if_config = "flaky" }]"#,
+            r#"requirements = { capabilities = ["work"] }"#,
+        );
+        let (r, ev) = h.run(&toml).await;
+        assert!(r.success, "{r:#?}");
+        let t = result(&r, "t1");
+        let agents: Vec<&str> = t.attempts.iter().map(|a| a.agent.as_str()).collect();
+        // Two attempts on `flaky` (one retry), then the next capable agent, where it succeeds.
+        assert_eq!(agents.len(), 3, "{t:#?}");
+        assert_eq!(&agents[..2], ["flaky", "flaky"]);
+        assert_ne!(agents[2], "flaky");
+        assert_eq!(at(&ev, "subtask-reassigned", "t1").len(), 1);
+    }
+
+    /// One agent kind, no retry, no reassignment: the extension is the only step left.
+    fn extension_task(steps: &str) -> String {
+        r#"
+[task]
+id = "t"
+[strategy]
+type = "hybrid"
+failureHandling = "retry-cascade"
+retry = { maxAttempts = 1, maxReassignments = 0, deadlineExtensionFactor = 3.0, maxExtensions = 1 }
+[agents.worker]
+component = "guest:worker"
+"#
+        .to_string()
+            + &one("slow", None, steps, "timeLimitMs = 150")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timed_out_subtask_gets_its_deadline_extended_once() {
+        let h = harness().await;
+        // The first attempt hangs until its time limit ends it; the extended one finishes.
+        let (r, ev) = h
+            .run(&extension_task(r#"[{ hang_before_attempt = 2 }]"#))
+            .await;
+        assert!(r.success, "{r:#?}");
+        let t = result(&r, "slow");
+        assert_eq!(t.attempts.len(), 2);
+        assert!(t.attempts[0].outcome.contains("timed out"), "{t:#?}");
+        assert!(t.attempts[0].duration_ms >= 150, "{t:#?}");
+        assert_eq!(
+            t.attempts[0].then.as_deref(),
+            Some("extend the deadline ×3")
+        );
+        assert_eq!(at(&ev, "deadline-extended", "slow").len(), 1);
+
+        // An attempt that hangs past the extension too (150 ms × 3) fails for good.
+        let (r, _) = h.run(&extension_task(r#"[{ hang = true }]"#)).await;
+        let t = result(&r, "slow");
+        assert_eq!(t.state, SubtaskState::Failed);
+        assert_eq!(t.attempts.len(), 2, "only one extension: {t:#?}");
+        assert!(t.attempts[1].outcome.contains("timed out"), "{t:#?}");
+        assert!(t.attempts[1].duration_ms >= 450, "extended ×3: {t:#?}");
+        assert_eq!(t.attempts[1].then, None);
+    }
+}
+
+mod timeouts {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_that_stops_making_progress_is_terminated() {
+        let h = harness().await;
+        // `busy` only computes, for far longer than the stall window (200 M rounds are about
+        // 0.4 s here, 5.6 G fuel), without a host call.
+        let toml = header("hybrid", "graceful-degradation", "stallWindowMs = 300")
+            + r#"
+[agents.cruncher]
+component = "guest:worker"
+spec = { fuel = 10_000_000_000, resourceLimits = { maxMemoryMB = 32, maxExecutionTimeMs = 60000 } }
+"# + &one("stuck", None, r#"[{ hang = true }]"#, "")
+            + &one("busy", Some("cruncher"), r#"[{ work = 200_000_000 }]"#, "");
+        let (r, _) = h.run(&toml).await;
+        let stuck = result(&r, "stuck");
+        assert_eq!(stuck.state, SubtaskState::Failed);
+        assert!(
+            stuck
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("no progress for 300 ms"),
+            "{stuck:#?}"
+        );
+        // Computing (fuel moving) is progress.
+        assert_eq!(state(&r, "busy"), SubtaskState::Completed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_task_time_limit_cancels_the_run() {
+        let h = harness().await;
+        let toml = header("sequential", "graceful-degradation", "")
+            .replace("id = \"t\"", "id = \"t\"\ntimeLimitMs = 300")
+            + &one("long", None, r#"[{ hang = true }]"#, "")
+            + &one("after", None, r#"[]"#, "dependsOn = [\"long\"]");
+        let (r, ev) = h.run(&toml).await;
+        assert!(!r.success);
+        assert!(
+            r.error.as_deref().unwrap().contains("timeLimitMs"),
+            "{r:#?}"
+        );
+        assert_eq!(state(&r, "long"), SubtaskState::Cancelled);
+        assert_eq!(state(&r, "after"), SubtaskState::Cancelled);
+        assert!(at(&ev, "subtask-started", "after").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_attempt_that_ends_within_its_time_limit_completes() {
+        let h = harness().await;
+        let toml = header("hybrid", "graceful-degradation", "")
+            + &one("quick", None, r#"[{ work = 1000 }]"#, "timeLimitMs = 2000");
+        let (r, _) = h.run(&toml).await;
+        assert!(r.success, "{r:#?}");
+        assert_eq!(result(&r, "quick").attempts.len(), 1);
+    }
+}
+
+mod resources {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_memory_budget_caps_concurrency() {
+        let h = harness().await;
+        // Four independent 32 MiB subtasks, 64 MiB budget: at most two alive at once. Each
+        // finishes only once two subtasks have started, so two do run together.
+        let mut toml = header("hybrid", "fail-fast", "") + "\n[resources]\nmaxTotalMemoryMB = 64\n";
+        let meet = format!("[{}]", after_n(r#"kind = "subtask-started""#, 2));
+        for i in 0..4 {
+            toml += &one(&format!("s{i}"), None, &meet, "");
+        }
+        let (r, ev) = h.run(&toml).await;
+        assert!(r.success, "{r:#?}");
+        assert_eq!(max_running(&ev), 2, "{ev:#?}");
+        assert_eq!(r.metrics.resources.peak_memory_mb, 64);
+        assert_eq!(r.metrics.resources.granted, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_over_the_whole_budget_is_refused_at_planning() {
+        let h = harness().await;
+        let toml = header("hybrid", "fail-fast", "")
+            + "\n[resources]\nmaxTotalMemoryMB = 31\n"
+            + &one("s", None, "[]", "");
+        let e = h.prepare(&toml).await.unwrap_err();
+        assert!(e.to_string().contains("resources.maxTotalMemoryMB"), "{e}");
+        assert!(e.to_string().contains("needs 32 MiB"), "{e}");
+        // Just inside: an agent of exactly the budget is accepted.
+        let toml = toml.replace("maxTotalMemoryMB = 31", "maxTotalMemoryMB = 32");
+        h.prepare(&toml).await.expect("32 MiB fits a 32 MiB budget");
+    }
+}
