@@ -29,7 +29,8 @@
 //!
 //! Output: `inputs.emit` (an object, default `{}`) with these keys set on top: `subtask`,
 //! `attempt`, `sync` (list), `received` (every input except `steps` and `emit`), `config`, and
-//! `work` when a work step ran, and `probes` when probe steps ran. A manifest's expected outputs
+//! `instance_runs` (how many times `run` was called in this instance: 1 when every attempt gets
+//! a fresh instance), `work` when a work step ran, and `probes` when probe steps ran. A manifest's expected outputs
 //! can thus come from `emit`.
 //!
 //! Probe steps call one host interface each and record the outcome in `probes` (`{"probe",
@@ -39,6 +40,7 @@
 //! "host:port"}`, `{"publish": context}`, `{"subscribe": context}`.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use qi_guest_sdk::serde_json::{Map, Value, json};
@@ -47,6 +49,10 @@ use qi_guest_sdk::{
     Agent, AgentError, AgentInfo, AgentType, SubtaskInput, Task, TaskOutput, context, events, log,
     tools,
 };
+
+/// How many times `run` was called in this instance: 1 whenever the host gives every attempt
+/// a fresh instance (reported as the output's `instance_runs`).
+static RUNS_IN_THIS_INSTANCE: AtomicU32 = AtomicU32::new(0);
 
 /// The `worker` agent.
 pub struct Worker;
@@ -127,6 +133,7 @@ impl Agent for Worker {
     }
 
     fn run(task: Task) -> Result<TaskOutput, AgentError> {
+        let instance_runs = RUNS_IN_THIS_INSTANCE.fetch_add(1, Ordering::Relaxed) + 1;
         let input = SubtaskInput::from_task(&task)?;
         let steps = parse_steps(input.input("steps"))?;
         let mut output = match input.input("emit") {
@@ -214,6 +221,7 @@ impl Agent for Worker {
             .collect();
         output.insert("subtask".into(), Value::String(input.subtask));
         output.insert("attempt".into(), json!(input.attempt));
+        output.insert("instance_runs".into(), json!(instance_runs));
         output.insert("sync".into(), Value::Array(synced));
         if !probes.is_empty() {
             output.insert("probes".into(), Value::Array(probes));

@@ -11,6 +11,7 @@
 
 mod adaptive;
 mod failures;
+mod fresh_instance;
 mod runs;
 mod strategies;
 mod sync_points;
