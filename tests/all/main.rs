@@ -9,6 +9,7 @@ mod common;
 mod context;
 mod coord;
 mod encryption;
+mod encryption_events;
 mod guests;
 mod isolation;
 mod lifecycle;
