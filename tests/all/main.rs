@@ -10,6 +10,7 @@ mod context;
 mod coord;
 mod encryption;
 mod encryption_events;
+mod events_follow;
 mod guests;
 mod isolation;
 mod lifecycle;
