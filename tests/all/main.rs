@@ -15,6 +15,7 @@ mod guests;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod progress_tty;
 mod runtime_race;
 mod security;
 mod validation;
