@@ -173,20 +173,10 @@ async fn a_participant_waiting_at_a_point_holds_no_concurrency_slot() {
     let (r, ev) = h.run(&toml).await;
     assert!(r.success, "{r:#?}");
     assert_eq!(outcome(&r, "p3")["complete"], true);
+    // Three alive at once under two slots: the two waiting at the point held none. (When the
+    // `sync-arrived` event is recorded relative to the third start is not ordered: the slot is
+    // free from the moment the agent enters the sync call.)
     assert_eq!(max_running(&ev), 3, "three alive at once: {ev:#?}");
-    // The third started only once a slot was freed by an agent that waits.
-    let first_wait = ev
-        .iter()
-        .position(|e| e["kind"] == "sync-arrived")
-        .expect("one waited");
-    let third_start = ev
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e["kind"] == "subtask-started")
-        .nth(2)
-        .map(|(i, _)| i)
-        .expect("three started");
-    assert!(first_wait < third_start, "{ev:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
