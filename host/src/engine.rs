@@ -247,11 +247,15 @@ impl Runtime {
             component,
             pre,
         });
-        self.loaded
+        // Two first loads of one component may compile it side by side: the first inserted
+        // wins, so every caller gets the same `Arc`.
+        Ok(self
+            .loaded
             .lock()
             .expect("component map poisoned")
-            .insert(key, loaded.clone());
-        Ok(loaded)
+            .entry(key)
+            .or_insert(loaded)
+            .clone())
     }
 
     fn compile_cached(&self, shown: &str, key: &str, bytes: &[u8]) -> Result<(Component, bool)> {

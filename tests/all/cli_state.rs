@@ -377,3 +377,76 @@ async fn audit_query_filters_entries() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--resource"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_tail_follow_prints_an_event_written_after_it_started() {
+    use std::io::BufRead;
+    let dir = seeded().await;
+    let filter = "type=created";
+    let mut child = crate::common::qi_host_command()
+        .args(["events", "tail", "--follow", "--json", "--filter", filter])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qi-host runs");
+    /// Kills the follower on every way out of the test, a failed assertion included.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut next = async || {
+        crate::common::hang_guard("a line from `events tail --follow`", lines.recv())
+            .await
+            .expect("`events tail --follow` ended")
+    };
+    let svc = crate::common::context_service(StoreConfig::at(dir.path()))
+        .await
+        .unwrap();
+    // It prints the history first, which ends with the newest matching event: once that line
+    // is out, the command has moved on to following.
+    let newest = svc
+        .bus()
+        .history(
+            &qi_host::events::EventFilter::parse_cli(filter).unwrap(),
+            None,
+            1,
+        )
+        .await
+        .unwrap()
+        .last()
+        .expect("the seeded context was created")
+        .seq;
+    while next().await["seq"].as_u64().unwrap() < newest {}
+
+    svc.create(
+        "alice",
+        NewContext {
+            id: Some("followed".into()),
+            context_type: "plan".into(),
+            doc: json!({"step": "one"}),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let event = next().await;
+    assert!(event["seq"].as_u64().unwrap() > newest, "{event}");
+    assert_eq!(event["contextId"], "followed", "{event}");
+    assert_eq!(event["eventType"], "created", "{event}");
+}

@@ -165,3 +165,35 @@ async fn monitored_agents_have_every_host_call_recorded() {
     ok(&report);
     assert!(report.host_call_log.is_empty());
 }
+
+#[tokio::test]
+async fn monitored_full_access_makes_a_grant_writable_unless_it_says_read_only() {
+    // `restricted` access with the same grant (no `writable`) refuses the write: see
+    // `restricted_writes_only_where_the_grant_says_rw`.
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        TOOL_USER_COMPONENT,
+        fs_spec(dir.path(), FileSystemAccess::Full, None),
+        write_call(),
+    )
+    .await;
+    assert!(
+        ok(&report)["results"][0]["ok"].is_object(),
+        "{:?}",
+        report.output
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "hi"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let report = run(
+        TOOL_USER_COMPONENT,
+        fs_spec(dir.path(), FileSystemAccess::Full, Some(false)),
+        write_call(),
+    )
+    .await;
+    assert_eq!(ok(&report)["results"][0]["error"]["kind"], "access-denied");
+    assert!(!dir.path().join("out.txt").exists());
+}

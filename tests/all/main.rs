@@ -10,7 +10,6 @@ mod context;
 mod coord;
 mod encryption;
 mod encryption_events;
-mod events_follow;
 mod guests;
 mod isolation;
 mod lifecycle;

@@ -80,6 +80,15 @@ async fn restricted_level_refuses_full_access_and_allow_all() {
 
     let mut s = spec();
     s.isolation_level = IsolationLevel::Restricted;
+    s.security_constraints.network_access_level = NetworkAccessLevel::Full;
+    names(
+        &spawn_err(s).await,
+        "networkAccessLevel",
+        "needs `monitored`",
+    );
+
+    let mut s = spec();
+    s.isolation_level = IsolationLevel::Restricted;
     s.security_constraints.network_access_level = NetworkAccessLevel::Restricted;
     s.resource_limits.allowed_network_hosts = vec!["*:*".into()];
     names(

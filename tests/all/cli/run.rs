@@ -108,7 +108,7 @@ inputs = [{ name = "steps", value = [{ fail = "on purpose" }] }]
 }
 
 #[test]
-fn plan_shows_the_distribution() {
+fn plan_prints_levels_sync_points_and_the_fallback_plan() {
     let o = qi_host(&["plan", &example("code-review"), "--guest-dir", &guest_dir()]);
     let out = stdout(&o);
     assert!(o.status.success(), "{}", stderr(&o));

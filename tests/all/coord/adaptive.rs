@@ -93,13 +93,12 @@ async fn a_chain_keeps_the_agent_kind_of_its_previous_link() {
             + &one("c2", None, "[]", "dependsOn = [\"c1\"]")
             + &one("c3", None, "[]", "dependsOn = [\"c2\"]")
     };
-    let (r, ev) = h.run(&chain("adaptive")).await;
+    let (r, _) = h.run(&chain("adaptive")).await;
     assert!(r.success, "{r:#?}");
     for id in ["c2", "c3"] {
         assert_eq!(result(&r, id).attempts[0].agent, "worker", "{id}: {r:#?}");
     }
     assert_eq!(result(&r, "c1").attempts.len(), 2);
-    assert_eq!(max_running(&ev), 1);
     // Hybrid takes the preferred agent for every unpinned link.
     let (r, _) = h.run(&chain("hybrid")).await;
     assert_eq!(result(&r, "c2").attempts[0].agent, "backup", "{r:#?}");

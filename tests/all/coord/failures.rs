@@ -20,6 +20,12 @@ mod retry_cascade {
         assert!(t.attempts[1].started_ms >= t.attempts[0].started_ms + 20);
         assert_eq!(t.output.as_ref().unwrap()["attempt"], 2);
         assert_eq!(at(&ev, "subtask-retry", "t1").len(), 1);
+        // The retry runs in a fresh agent instance, not in the one that failed.
+        let (first, retry) = (&t.attempts[0].agent_id, &t.attempts[1].agent_id);
+        assert!(
+            first.is_some() && retry.is_some() && first != retry,
+            "{t:#?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,6 @@ mod runs;
 mod strategies;
 mod sync_points;
 mod validation;
-mod vote_limit;
 
 use crate::common::cache_dir;
 use qi_guest_artifacts::WORKER_COMPONENT;

@@ -65,7 +65,7 @@ async fn cycle_through_a_sync_point_is_named() {
 }
 
 #[tokio::test]
-async fn input_nobody_produces() {
+async fn an_input_nobody_produces_is_refused_at_its_line() {
     let toml = base()
         + &one("a", None, "[]", "outputs = [\"x\"]")
         + "\n[[subtasks]]\nid = \"b\"\ninputs = [{ name = \"y\", from = \"a.y\" }]\n";
@@ -107,7 +107,7 @@ async fn security_level_excludes_a_monitored_agent() {
 }
 
 #[tokio::test]
-async fn spec_over_its_isolation_ceiling() {
+async fn a_spec_over_its_isolation_ceiling_is_refused() {
     let toml = base().replace(
         "spec = { fuel = 2_000_000_000, resourceLimits",
         "spec = { directories = [{ hostPath = \".\", guestPath = \"/w\" }], fuel = 2_000_000_000, resourceLimits",
@@ -118,7 +118,7 @@ async fn spec_over_its_isolation_ceiling() {
 }
 
 #[tokio::test]
-async fn participants_that_wait_for_each_other() {
+async fn participants_that_wait_for_each_other_are_refused() {
     let toml = header(
         "hybrid",
         "fail-fast",
@@ -133,7 +133,7 @@ async fn participants_that_wait_for_each_other() {
 }
 
 #[tokio::test]
-async fn unknown_participant_and_bad_condition() {
+async fn an_unknown_participant_or_condition_is_refused() {
     let toml = header(
         "hybrid",
         "fail-fast",

@@ -516,56 +516,69 @@ async fn a_share_can_require_a_minimum_trust_level() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_context_read_needs_both_a_policy_and_a_share() {
-    let s = secured(Some(
+    // One host whose policies allow context reads, one whose policies allow only writes: each
+    // half of the rule is taken away once.
+    let reads = secured(Some(&context_policy("get"))).await;
+    let writes = secured(Some(&context_policy("put"))).await;
+    for s in [&reads, &writes] {
+        context(&s.svc, "doc").await;
+    }
+    let refused = |p: Value| {
+        assert_eq!(p["ok"], false, "{p}");
+        assert!(
+            p["error"].as_str().unwrap().starts_with("access-denied"),
+            "{p}"
+        );
+    };
+    // The policy allows it, the sharing does not.
+    refused(read_doc(&reads, false).await);
+    // The sharing allows it, no policy does.
+    refused(read_doc(&writes, true).await);
+    // Both allow it.
+    let p = read_doc(&reads, true).await;
+    assert_eq!(p["ok"], true, "{p}");
+}
+
+/// A new `worker` on `s` reads context `doc` (after the operator shared it for reading when
+/// `share`); its probe.
+async fn read_doc(s: &Secured, share: bool) -> Value {
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let a = s
+        .host
+        .spawn(&component, SubAgentSpecification::default())
+        .await
+        .unwrap();
+    if share {
+        s.svc
+            .share(
+                OPERATOR,
+                "doc",
+                &[a.id().to_string()],
+                &[Permission::Read],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let r = a
+        .run(TaskRequest::new(
+            "p",
+            steps_input(json!([{"context_get": {"id": "doc"}}])),
+        ))
+        .await;
+    r.output.unwrap()["probes"][0].clone()
+}
+
+/// Policies allowing `action` on every context and nothing else.
+fn context_policy(action: &str) -> String {
+    format!(
         r#"
 [[policies]]
-id = "reads"
+id = "contexts"
 [[policies.rules]]
 effect = "allow"
 resources = ["context/*"]
-actions = ["get"]
-"#,
-    ))
-    .await;
-    context(&s.svc, "doc").await;
-    let component = s.host.load(WORKER_COMPONENT).unwrap();
-    let read = |share: bool| {
-        let (s, component) = (&s, component.clone());
-        async move {
-            let a = s
-                .host
-                .spawn(&component, SubAgentSpecification::default())
-                .await
-                .unwrap();
-            if share {
-                s.svc
-                    .share(
-                        OPERATOR,
-                        "doc",
-                        &[a.id().to_string()],
-                        &[Permission::Read],
-                        None,
-                    )
-                    .await
-                    .unwrap();
-            }
-            let r = a
-                .run(TaskRequest::new(
-                    "p",
-                    steps_input(json!([{"context_get": {"id": "doc"}}])),
-                ))
-                .await;
-            r.output.unwrap()["probes"][0].clone()
-        }
-    };
-    // The policy allows it, the sharing does not.
-    let p = read(false).await;
-    assert_eq!(p["ok"], false, "{p}");
-    assert!(
-        p["error"].as_str().unwrap().starts_with("access-denied"),
-        "{p}"
-    );
-    // Both allow it.
-    let p = read(true).await;
-    assert_eq!(p["ok"], true, "{p}");
+actions = ["{action}"]
+"#
+    )
 }

@@ -436,3 +436,41 @@ async fn call_many_outputs_are_bounded_in_total() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_at_the_choice_limit_is_tallied_and_one_byte_more_fails_its_voter() {
+    use crate::coord::{harness, one, outcome, point, result};
+    use qi_host::interfaces::limits::MAX_VOTE_BYTES;
+    let vote = |choice: &str| format!(r#"[{{ vote = {{ point = "pt", choice = "{choice}" }} }}]"#);
+    let run = |choices: [String; 3]| {
+        let mut toml = crate::coord::header(
+            "hybrid",
+            "graceful-degradation",
+            &point("decision", "\"majority-complete\"", "", "wait", ""),
+        );
+        for (id, choice) in ["p1", "p2", "p3"].iter().zip(&choices) {
+            toml += &one(id, None, &vote(choice), "");
+        }
+        toml
+    };
+    let h = harness().await;
+
+    let at = "v".repeat(MAX_VOTE_BYTES);
+    let (r, _) = h.run(&run([at.clone(), at.clone(), "x".into()])).await;
+    assert_eq!(outcome(&r, "p1")["result"]["decision"], json!(at), "{r:#?}");
+
+    let past = "v".repeat(MAX_VOTE_BYTES + 1);
+    let (r, _) = h.run(&run([past, "x".into(), "x".into()])).await;
+    let p1 = result(&r, "p1");
+    assert_eq!(p1.state, qi_host::coord::SubtaskState::Failed, "{p1:#?}");
+    let error = p1.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "sync.vote: `choice` is {} bytes",
+            MAX_VOTE_BYTES + 1
+        )),
+        "{error}"
+    );
+    // The others still decide, without the refused voter.
+    assert_eq!(outcome(&r, "p2")["result"]["decision"], "x", "{r:#?}");
+}

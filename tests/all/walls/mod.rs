@@ -3,7 +3,6 @@
 //! exit, identity). Each attack must end with its own precise error while the host goes on.
 
 mod fs;
-mod fs_full;
 mod fs_tricks;
 mod host;
 mod net;
