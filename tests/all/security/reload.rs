@@ -135,44 +135,17 @@ async fn a_policy_reload_during_a_run_decides_the_running_agents_next_call() {
 async fn a_policy_change_applies_to_agents_spawned_after_it() {
     let s = secured(Some(TRUSTED_READS)).await;
     context(&s.svc, "doc").await;
-    let component = s.host.load(WORKER_COMPONENT).unwrap();
-    async fn run(s: &Secured, component: &Arc<qi_host::LoadedComponent>) -> Value {
-        let a = s
-            .host
-            .spawn(component, SubAgentSpecification::default())
-            .await
-            .unwrap();
-        s.svc
-            .share(
-                OPERATOR,
-                "doc",
-                &[a.id().to_string()],
-                &[Permission::Read],
-                None,
-            )
-            .await
-            .unwrap();
-        let r = a
-            .run(TaskRequest::new(
-                "p",
-                steps_input(json!([{"context_get": {"id": "doc"}}])),
-            ))
-            .await;
-        r.output.unwrap()["probes"][0]["ok"].clone()
-    }
-    assert_eq!(run(&s, &component).await, false);
+    // A new agent each time, the doc shared with it: only the policies decide.
+    let run = async |s: &Secured| super::read_doc(s, true).await["ok"].clone();
+    assert_eq!(run(&s).await, false);
     let open: Vec<AccessPolicy> = serde_json::from_value(json!([{
         "id": "open", "rules": [{"effect": "allow", "resources": ["context/*"]}]
     }]))
     .unwrap();
     s.access.set_policies(Some(PolicySet::new(open).unwrap()));
-    assert_eq!(run(&s, &component).await, true);
+    assert_eq!(run(&s).await, true);
     s.access.set_policies(None);
-    assert_eq!(
-        run(&s, &component).await,
-        true,
-        "no policies: the gate is open"
-    );
+    assert_eq!(run(&s).await, true, "no policies: the gate is open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
