@@ -16,8 +16,7 @@ use qi_host::{
 };
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use tokio::sync::Notify;
 
@@ -89,31 +88,6 @@ fn host() -> &'static AgentHost {
 
 fn load(path: &str) -> Arc<LoadedComponent> {
     host().load(path).expect("bundled guest loads")
-}
-
-/// A TCP listener on loopback that counts the connections it accepts: a refused connect
-/// aimed at it must leave the count at zero (a port where nothing listens would refuse any
-/// connect by itself, sandbox or not).
-struct Canary {
-    port: u16,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Canary {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stream.is_ok() {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Canary { port, accepted }
-    }
 }
 
 fn rss_bytes() -> u64 {
@@ -258,9 +232,9 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
     std::os::unix::fs::symlink("../outside.txt", escape_ws.join("link-out")).unwrap();
 
     // Warm up: compile everything and fill the pool's warm slots with well-behaved agents.
-    let canary = Canary::start();
+    let canary = TestServer::start().await;
     let warm: Vec<_> = (12..200)
-        .map(|i| tokio::spawn(one(i, ws.clone(), canary.port)))
+        .map(|i| tokio::spawn(one(i, ws.clone(), canary.addr.port())))
         .collect();
     for w in warm {
         ok(&w.await.unwrap().1);
@@ -268,7 +242,7 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
     let before = rss_bytes();
 
     let all: Vec<_> = (0..200)
-        .map(|i| tokio::spawn(one(i, ws.clone(), canary.port)))
+        .map(|i| tokio::spawn(one(i, ws.clone(), canary.addr.port())))
         .collect();
     let mut failures = 0;
     for (i, handle) in all.into_iter().enumerate() {
@@ -316,7 +290,7 @@ async fn two_hundred_agents_a_dozen_misbehaving() {
         "fs-escape wrote into its read-only mount"
     );
     assert_eq!(
-        canary.accepted.load(Ordering::SeqCst),
+        canary.connections_so_far().await,
         0,
         "the sandboxed net-probe reached the listening canary port"
     );

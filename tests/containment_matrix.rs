@@ -23,10 +23,8 @@ use qi_host::{
     ToolRegistry,
 };
 use serde_json::{Value, json};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -68,29 +66,6 @@ fn disk_use(dir: &Path) -> (u64, u64) {
         }
     }
     (blocks, largest)
-}
-
-/// A TCP listener on loopback that counts the connections it accepts: a canary port.
-struct Canary {
-    port: u16,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Canary {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stream.is_ok() {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Canary { port, accepted }
-    }
 }
 
 /// What a case must end with.
@@ -261,10 +236,10 @@ fn attacks(canary_port: u16) -> Vec<(&'static str, Value, Expect)> {
     ]
 }
 
-fn cases(root: &Path, canary: &Canary, allowed_port: u16) -> Vec<Case> {
+fn cases(root: &Path, canary: &TestServer, allowed_port: u16) -> Vec<Case> {
     let mut cases = Vec::new();
     let allow = vec![format!("127.0.0.1:{allowed_port}")];
-    for (i, (mode, mut input, expect)) in attacks(canary.port).into_iter().enumerate() {
+    for (i, (mode, mut input, expect)) in attacks(canary.addr.port()).into_iter().enumerate() {
         input["mode"] = json!(mode);
         cases.push(Case {
             name: format!("{mode} (sandbox)"),
@@ -339,8 +314,8 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
     let ws = root.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
     std::fs::write(ws.join("a.txt"), "one two\nthree\n").unwrap();
-    let canary = Canary::start();
-    let allowed = Canary::start();
+    let canary = TestServer::start().await;
+    let allowed = TestServer::start().await;
 
     let host = matrix_host().await;
     // Warm up: load every component (each stays mapped from the cache for the host's life) and
@@ -354,7 +329,7 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
     let (fds_before, rss_before) = (open_fds(), rss_bytes());
     let targets_before = fd_targets();
 
-    let cases = Arc::new(cases(root.path(), &canary, allowed.port));
+    let cases = Arc::new(cases(root.path(), &canary, allowed.addr.port()));
     let mut hostile = Vec::new();
     for i in 0..cases.len() {
         let (cases, host) = (cases.clone(), host.clone());
@@ -442,11 +417,6 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
         std::fs::read_to_string(root.path().join("outside-file")).unwrap(),
         "canary"
     );
-    assert_eq!(
-        canary.accepted.load(Ordering::SeqCst),
-        0,
-        "a refused connect reached the canary port"
-    );
     let fds_after = open_fds();
     assert!(
         fds_after <= fds_before,
@@ -458,5 +428,11 @@ async fn every_attack_under_sandbox_and_restricted_beside_well_behaved_agents() 
         grown < 96 << 20,
         "resident memory grew by {} MiB",
         grown >> 20
+    );
+    // Last: the count opens (and the listener accepts) one sentinel connection of its own.
+    assert_eq!(
+        canary.connections_so_far().await,
+        0,
+        "a refused connect reached the canary port"
     );
 }

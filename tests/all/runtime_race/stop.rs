@@ -25,14 +25,20 @@ fn terminated_with(failure: &Option<AgentFailure>, want: &str) {
     );
 }
 
-#[tokio::test]
-async fn terminate_before_run_ends_the_run_before_the_guest_calls_anything() {
-    let host = race_host();
+/// A `tool-user` agent on `host` with [`tool_spec`], and its id.
+async fn spawn_tool_user(host: &AgentHost) -> (qi_host::SubAgent, String) {
     let agent = host
         .spawn(&host.load(TOOL_USER_COMPONENT).unwrap(), tool_spec())
         .await
         .expect("spawns");
     let id = agent.id().to_string();
+    (agent, id)
+}
+
+#[tokio::test]
+async fn terminate_before_run_ends_the_run_before_the_guest_calls_anything() {
+    let host = race_host();
+    let (agent, id) = spawn_tool_user(host).await;
     host.terminate(&id, "before run").unwrap();
     let report = agent
         .run(TaskRequest::new("never starts", one_call("clock.now")))
@@ -47,11 +53,7 @@ async fn terminate_before_run_ends_the_run_before_the_guest_calls_anything() {
 #[tokio::test]
 async fn the_first_terminate_reason_wins_for_an_agent_blocked_in_a_host_call() {
     let host = race_host();
-    let agent = host
-        .spawn(&host.load(TOOL_USER_COMPONENT).unwrap(), tool_spec())
-        .await
-        .expect("spawns");
-    let id = agent.id().to_string();
+    let (agent, id) = spawn_tool_user(host).await;
     let running = tokio::spawn(agent.run(TaskRequest::new("blocks", one_call("race.gate"))));
     entered_gate(&id).await;
     host.terminate(&id, "first").unwrap();

@@ -296,16 +296,7 @@ async fn trust_level_changes_are_enforced_and_audited() {
     // Raised at runtime to exactly the required level: allowed.
     let raised = s.host.spawn(&component, spec).await.unwrap();
     let id = raised.id().to_string();
-    s.svc
-        .share(
-            OPERATOR,
-            "doc",
-            std::slice::from_ref(&id),
-            &[Permission::Read],
-            None,
-        )
-        .await
-        .unwrap();
+    share_doc_for_reading(&s, &id).await;
     s.host
         .update_agent_trust_level(&id, TrustLevel::Medium, "reviewed by operator")
         .unwrap();
@@ -342,16 +333,7 @@ async fn monitored_agents_have_every_host_call_audited_with_sizes_and_duration()
     };
     let a = s.host.spawn(&component, spec).await.unwrap();
     let id = a.id().to_string();
-    s.svc
-        .share(
-            OPERATOR,
-            "doc",
-            std::slice::from_ref(&id),
-            &[Permission::Read],
-            None,
-        )
-        .await
-        .unwrap();
+    share_doc_for_reading(&s, &id).await;
     let r = a
         .run(TaskRequest::new(
             "p",
@@ -581,4 +563,18 @@ resources = ["context/*"]
 actions = ["{action}"]
 "#
     )
+}
+
+/// The operator shares context `doc` with agent `id` for reading.
+async fn share_doc_for_reading(s: &Secured, id: &str) {
+    s.svc
+        .share(
+            OPERATOR,
+            "doc",
+            &[id.to_string()],
+            &[Permission::Read],
+            None,
+        )
+        .await
+        .unwrap();
 }
