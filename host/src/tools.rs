@@ -7,12 +7,12 @@
 //! one `openat` with `O_NOFOLLOW` at a time, and refuses a link whose target leaves the
 //! directory, dangling or not). `fs.list` reports links as links without following them.
 //!
-//! They also meet the agent's file gate ([`ToolContext::files`]) exactly as its WASI calls do:
-//! the path is resolved to the guest path it lands on (`.` and empty segments dropped, every
-//! link followed, see `wasi::filesystem::names`) and `fs.read` is decided as `read`,
-//! `fs.write` as `write` and `fs.list` as `list` on `file/<that path>`; the tool then works on
-//! the resolved path, so the file decided on is the file touched. A refusal is
-//! `access-denied`.
+//! While policies are loaded they also meet the agent's file gate ([`ToolContext::files`])
+//! exactly as its WASI calls do: the path is resolved to the guest path it lands on (`.` and
+//! empty segments dropped, every link followed, see `wasi::filesystem::names`) and `fs.read`
+//! is decided as `read`, `fs.write` as `write` and `fs.list` as `list` on
+//! `file/<that path>`; the tool then works on the resolved path, so the file decided on is the
+//! file touched. A refusal is `access-denied`.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -57,6 +57,9 @@ pub struct ToolContext {
 
 /// An agent's access gate for files, shared by its WASI filesystem and its file tools.
 pub trait FileGate: Send + Sync + std::fmt::Debug {
+    /// Whether the gate decides anything now (policies are loaded); when it does not, tools
+    /// skip resolving links for it.
+    fn active(&self) -> bool;
     /// Decides `action` (`read`, `write`, `list`, ...) on the file at absolute guest path
     /// `path` (normalised, links resolved): resource `file/<path without the leading />`.
     /// `Err` says why not; the gate audits its decision.
@@ -64,15 +67,15 @@ pub trait FileGate: Send + Sync + std::fmt::Debug {
 }
 
 /// Resolves `guest_path` for a file tool to its grant and the path below the grant's root to
-/// work on; with a gate in `ctx`, follows every link to the guest path the file has and asks
-/// the gate for `action` on it first.
+/// work on; with an active gate in `ctx`, follows every link to the guest path the file has
+/// and asks the gate for `action` on it first.
 fn resolve_gated<'a>(
     ctx: &'a ToolContext,
     guest_path: &str,
     action: &str,
 ) -> Result<(&'a Preopen, PathBuf), ToolFailure> {
     let (preopen, rel) = resolve(&ctx.preopens, guest_path)?;
-    let Some(gate) = &ctx.files else {
+    let Some(gate) = ctx.files.as_ref().filter(|g| g.active()) else {
         return Ok((preopen, rel));
     };
     let (rel, named) = crate::wasi::filesystem::names::resolve_for_tool(preopen, &rel, guest_path)

@@ -195,6 +195,10 @@ pub(crate) fn resolve_for_tool(
 
 /// The file tools' view of the agent's access gate (see [`crate::tools::FileGate`]).
 impl crate::tools::FileGate for AgentShared {
+    fn active(&self) -> bool {
+        self.access.as_ref().is_some_and(|a| a.enabled())
+    }
+
     fn check(&self, path: &str, action: &str) -> Result<(), String> {
         self.gate(ResourceKind::File.as_str(), file_id(path), action)
     }
