@@ -236,7 +236,18 @@ async fn every_path_operation_and_spelling_is_decided_on_the_guest_path() {
             ),
             Denied,
         ),
+        (
+            tool(
+                "fs.write",
+                json!({"path": "/workspace/secret/new", "content": "made"}),
+            ),
+            Denied,
+        ),
         (tool("fs.list", json!({"path": "/workspace/open"})), Ok),
+        (
+            tool("fs.list", json!({"path": "/workspace/./secret"})),
+            Denied,
+        ),
         (tool("fs.list", json!({"path": "/workspace/alias"})), Denied),
     ];
     let (id, results) = probe(
