@@ -157,6 +157,10 @@ async fn every_path_operation_and_spelling_is_decided_on_the_guest_path() {
         (json!(["open", "root", "secret", "rd", "s"]), Ok),
         (json!(["open", "s", "x", "r", "x"]), Denied),
         (json!(["open", "s", "./x", "r", "x"]), Denied),
+        (json!(["open", "root", "alias", "rd", "al"]), Ok),
+        (json!(["open", "al", "x", "r", "x"]), Denied),
+        (json!(["symlink", "root", "../secret/x", "open/mine"]), Ok),
+        (json!(["open", "root", "open/mine", "r", "x"]), Denied),
         (json!(["open", "root", "open/lnk", "r", "l"]), Ok),
         (json!(["read", "l"]), Want::Value(OPEN)),
         // open-at for writing and creating.
@@ -260,7 +264,14 @@ async fn every_path_operation_and_spelling_is_decided_on_the_guest_path() {
     // The allowed calls did their work; the refused ones left every canary as it was.
     assert_eq!(read(root, "secret/x"), SECRET);
     assert_eq!(read(root, "open/w"), "w");
-    for made in ["open/new", "open/m", "open/r2", "open/l", "open/h"] {
+    for made in [
+        "open/new",
+        "open/m",
+        "open/r2",
+        "open/l",
+        "open/h",
+        "open/mine",
+    ] {
         assert!(root.join(made).symlink_metadata().is_ok(), "{made}");
     }
     for kept in ["secret/u", "secret/d0", "secret/r", "secret/lnk"] {
