@@ -24,6 +24,8 @@
 //! | `["set-times", fd]`, `["set-times-at", fd, path]`, `["set-size", fd, n]` | `set-times` / `set-times-at` (both to now), `set-size` | `null` |
 //! | `["reader", fd, name]` | `read-via-stream` at 0, kept as stream `name` | `null` |
 //! | `["pull", name]` | one `blocking-read` of 4 KiB from stream `name` | the text |
+//! | `["lister", fd, name]` | `read-directory`, kept as listing `name` | `null` |
+//! | `["next", name]` | one `read-directory-entry` from listing `name` | the entry's name or `null` |
 //! | `["call", tool, input]` | `qi:agent/tools.call` (to wait on a test's gate tool) | the output |
 //! | `["drop", fd]` | drops the descriptor | `null` |
 
@@ -32,8 +34,8 @@ use std::collections::HashMap;
 use qi_guest_sdk::serde_json::{Value, json};
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{
-    Descriptor, DescriptorFlags, ErrorCode, NewTimestamp, OpenFlags, PathFlags,
-    filesystem_error_code,
+    Descriptor, DescriptorFlags, DirectoryEntryStream, ErrorCode, NewTimestamp, OpenFlags,
+    PathFlags, filesystem_error_code,
 };
 use wasip2::io::streams::{InputStream, StreamError};
 
@@ -42,6 +44,7 @@ use wasip2::io::streams::{InputStream, StreamError};
 struct Held {
     fds: HashMap<String, Descriptor>,
     streams: HashMap<String, InputStream>,
+    listings: HashMap<String, DirectoryEntryStream>,
 }
 
 /// Runs `input.steps`; never fails.
@@ -88,6 +91,16 @@ fn run_step(held: &mut Held, step: &Value) -> Result<Value, String> {
             .ok_or_else(|| format!("no stream `{}`", arg(1)))?;
         return stream.blocking_read(4096).map(text).map_err(stream_code);
     }
+    if op == "next" {
+        let listing = held
+            .listings
+            .get(&arg(1))
+            .ok_or_else(|| format!("no listing `{}`", arg(1)))?;
+        return listing
+            .read_directory_entry()
+            .map(|e| e.map_or(Value::Null, |e| Value::String(e.name)))
+            .map_err(code);
+    }
     let fds = &mut held.fds;
     if op == "call" {
         return qi_guest_sdk::tools::call::<Value, Value>(&arg(1), &step[2])
@@ -132,6 +145,11 @@ fn run_step(held: &mut Held, step: &Value) -> Result<Value, String> {
             Ok(Value::Null)
         }
         "read" => fd.read(4096, 0).map(|(b, _)| text(b)).map_err(code),
+        "lister" => {
+            let listing = fd.read_directory().map_err(code)?;
+            held.listings.insert(arg(2), listing);
+            Ok(Value::Null)
+        }
         "reader" => {
             let stream = fd.read_via_stream(0).map_err(code)?;
             held.streams.insert(arg(2), stream);

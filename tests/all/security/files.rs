@@ -312,6 +312,8 @@ async fn descriptors_and_streams_opened_before_a_policy_change_follow_the_new_ru
         (json!(["open", "root", "secret", "rd", "s"]), Ok),
         (json!(["reader", "a", "ra"]), Ok),
         (json!(["reader", "x", "rx"]), Ok),
+        (json!(["lister", "root", "lr"]), Ok),
+        (json!(["lister", "s", "ls"]), Ok),
         // The test replaces the policies while the agent waits here.
         (json!(["call", "test.gate", {}]), Ok),
         (json!(["read", "a"]), Want::Value(OPEN)),
@@ -336,6 +338,8 @@ async fn descriptors_and_streams_opened_before_a_policy_change_follow_the_new_ru
         (json!(["hash", "x"]), Denied),
         (json!(["list", "root"]), Ok),
         (json!(["list", "s"]), Denied),
+        (json!(["next", "lr"]), Ok),
+        (json!(["next", "ls"]), Denied),
     ];
     let narrowed = {
         let file: toml::Value = toml::from_str(SECRETS_DENIED).unwrap();

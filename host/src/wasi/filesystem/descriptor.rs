@@ -139,7 +139,10 @@ impl HostDescriptor for CountingFs<'_> {
                 self.count()?;
                 self.gate_fd(&fd, "list")?;
                 self.room("read-directory")?;
-                self.inner.read_directory(fd).await
+                let gate = self.stream_gate(&fd, "list");
+                let listing = self.inner.read_directory(fd).await?;
+                self.fs.listings.insert(listing.rep(), gate);
+                Ok(listing)
             }
             .await
         )

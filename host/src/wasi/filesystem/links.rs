@@ -38,6 +38,8 @@ pub struct FsState {
     pub(super) guest_roots: Vec<String>,
     /// Each preopened directory, in grant order, to resolve links in it.
     pub(super) dirs: Vec<std::sync::Arc<cap_std::fs::Dir>>,
+    /// The gate of each live directory listing (`read-directory`'s stream), by resource rep.
+    pub(super) listings: HashMap<u32, super::names::StreamGate>,
 }
 
 impl FsState {
@@ -51,6 +53,7 @@ impl FsState {
                 .collect(),
             guest_roots: preopens.iter().map(|p| p.guest_path.clone()).collect(),
             dirs: preopens.iter().map(|p| p.dir.clone()).collect(),
+            listings: HashMap::new(),
         }
     }
 

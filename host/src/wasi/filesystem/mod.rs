@@ -23,7 +23,8 @@
 //!   taken; a refusal is `access` (EACCES). Reads and writes through a descriptor (and each
 //!   call on a file stream, once the policies or the agent's trust changed since the stream
 //!   was last allowed) are decided each time, so a handle opened before a policy change is
-//!   refused at its next read or write when the new rules deny it. The actions:
+//!   refused at its next read or write when the new rules deny it (a directory listing, at its
+//!   next entry). The actions:
 //!
 //! | action | calls (the file they decide on) |
 //! |---|---|
@@ -149,10 +150,17 @@ impl HostDirectoryEntryStream for CountingFs<'_> {
         &mut self,
         stream: Resource<types::DirectoryEntryStream>,
     ) -> FsResult<Option<types::DirectoryEntry>> {
+        // Free, but a listing started before a policy change follows the new rules.
+        if let Some(gate) = self.fs.listings.get_mut(&stream.rep())
+            && gate.check(self.shared).is_err()
+        {
+            return Err(ErrorCode::Access.into());
+        }
         self.inner.read_directory_entry(stream).await
     }
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        self.fs.listings.remove(&stream.rep());
         HostDirectoryEntryStream::drop(&mut self.inner, stream)
     }
 }
