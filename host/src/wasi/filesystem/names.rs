@@ -319,4 +319,26 @@ mod tests {
         assert_eq!(guest_join("/", &["a".into()]), "/a");
         assert_eq!(guest_join("/", &[]), "/");
     }
+
+    #[test]
+    fn a_path_may_pass_forty_links_and_not_one_more() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::write(root.join("end"), "").unwrap();
+        // l0 -> l1 -> ... -> l40 -> end: 41 links from l0, 40 from l1.
+        for i in 0..=MAX_LINKS_FOLLOWED {
+            let next = if i == MAX_LINKS_FOLLOWED {
+                "end".to_string()
+            } else {
+                format!("l{}", i + 1)
+            };
+            std::os::unix::fs::symlink(next, root.join(format!("l{i}"))).unwrap();
+        }
+        let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority()).unwrap();
+        assert_eq!(
+            resolve_in(&dir, vec![], "l1", true),
+            Ok(vec!["end".to_string()])
+        );
+        assert_eq!(resolve_in(&dir, vec![], "l0", true), Err(Unnamed::Loop));
+    }
 }
