@@ -108,7 +108,7 @@ impl std::fmt::Display for ResourceKind {
 /// | `sync` | the synchronization point id | `sync/analysis-done` | `barrier`, `checkpoint`, `restore`, `vote`, `contribute` | `qi:agent/sync` |
 /// | `tool` | the tool name | `tool/fs.read` | `call` | `qi:agent/tools` |
 /// | `file` | the absolute guest path, without its leading `/`, lexically normalised (no `.`, `..` or empty segments) and with every link resolved to the name its target has in the guest's view | `file/workspace/src/a.rs` | `read`, `write`, `create`, `delete`, `list`, `stat`, `link` | WASI filesystem, `fs.*` tools |
-/// | `network` | `<ip>:<port>` of a socket use (IPv6 in brackets, an IPv4-mapped IPv6 address as written by the guest); a host name for a lookup | `network/10.0.0.5:443`, `network/[::1]:8080`, `network/example.com` | `connect`, `send`, `receive`, `bind`, `listen`, `resolve` | WASI sockets |
+/// | `network` | `<ip>:<port>` of a socket use (IPv6 in brackets, an IPv4-mapped IPv6 address as written by the guest); the host name of a lookup, as the agent passed it | `network/10.0.0.5:443`, `network/[::1]:8080`, `network/example.com` | `connect`, `send`, `receive`, `bind`, `listen`, `resolve` | WASI sockets |
 ///
 /// A file is named by where it lands, not by how the guest spelled it: `/workspace/./a`,
 /// `/workspace/sub/../a`, `/workspace//a`, `a` relative to an open `/workspace` and a link
