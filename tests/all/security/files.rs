@@ -46,7 +46,7 @@ const OPEN: &str = "open-canary";
 
 /// The mount: `open/` and `secret/` with the same entries (`a`/`x` a file with its canary,
 /// `lnk` a link to it, `u` a file, `d0` an empty directory, `r` a file), `sub/`, `alias ->
-/// secret` and `open/to-secret -> ../secret/x`.
+/// secret`, `open/to-secret -> ../secret/x` and `open/dangling -> ../secret/new`.
 fn mount() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -61,6 +61,7 @@ fn mount() -> tempfile::TempDir {
     std::fs::create_dir(root.join("sub")).unwrap();
     std::os::unix::fs::symlink("secret", root.join("alias")).unwrap();
     std::os::unix::fs::symlink("../secret/x", root.join("open/to-secret")).unwrap();
+    std::os::unix::fs::symlink("../secret/new", root.join("open/dangling")).unwrap();
     dir
 }
 
@@ -169,6 +170,7 @@ async fn every_path_operation_and_spelling_is_decided_on_the_guest_path() {
         (json!(["open", "root", "alias/x", "wt", "xw"]), Denied),
         (json!(["open", "root", "open/new", "rwc", "n"]), Ok),
         (json!(["open", "root", "secret/new", "rwc", "n2"]), Denied),
+        (json!(["open", "root", "open/dangling", "wc", "n2"]), Denied),
         // stat-at, metadata-hash-at, set-times-at.
         (json!(["stat-at", "root", "open/a"]), Ok),
         (json!(["stat-at", "root", "secret/x"]), Denied),
