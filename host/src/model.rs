@@ -58,6 +58,133 @@ pub struct UsageReceipt {
     pub stored_bytes: u64,
 }
 
+/// The kinds of resource the access gate decides on (see [`ResourceName`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceKind {
+    /// A context document, by context id.
+    Context,
+    /// The event stream of a context, by context id.
+    Events,
+    /// A synchronization point of a coordinated run, by point id.
+    Sync,
+    /// A host tool, by tool name.
+    Tool,
+    /// A file or directory, by its guest path.
+    File,
+    /// A network address or host name.
+    Network,
+}
+
+impl ResourceKind {
+    /// The kind as it is spelled in a resource name (`context`, `events`, `sync`, `tool`,
+    /// `file`, `network`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Context => "context",
+            ResourceKind::Events => "events",
+            ResourceKind::Sync => "sync",
+            ResourceKind::Tool => "tool",
+            ResourceKind::File => "file",
+            ResourceKind::Network => "network",
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The one naming scheme of every resource: `<kind>/<id>`, the string access policies match
+/// (rule `resources`), the audit log records (`resource`) and `qi-host audit query --resource`
+/// filters.
+///
+/// | kind | id | example | actions | decided in |
+/// |---|---|---|---|---|
+/// | `context` | the context id (`*` for `ids`, and for `create` without an id) | `context/plan` | `create`, `get`, `put`, `patch`, `delete`, `share`, `revoke`, `ids` | `qi:agent/context` |
+/// | `events` | the context whose events | `events/plan` | `subscribe`, `publish` | `qi:agent/events` |
+/// | `sync` | the synchronization point id | `sync/analysis-done` | `barrier`, `checkpoint`, `restore`, `vote`, `contribute` | `qi:agent/sync` |
+/// | `tool` | the tool name | `tool/fs.read` | `call` | `qi:agent/tools` |
+/// | `file` | the absolute guest path, without its leading `/`, lexically normalised (no `.`, `..` or empty segments) and with every link resolved to the name its target has in the guest's view | `file/workspace/src/a.rs` | `read`, `write`, `create`, `delete`, `list`, `stat`, `link` | WASI filesystem, `fs.*` tools |
+/// | `network` | `<ip>:<port>` of a socket use (IPv6 in brackets, an IPv4-mapped IPv6 address as written by the guest); the host name of a lookup, as the agent passed it | `network/10.0.0.5:443`, `network/[::1]:8080`, `network/example.com` | `connect`, `send`, `receive`, `bind`, `listen`, `resolve` | WASI sockets |
+///
+/// A file is named by where it lands, not by how the guest spelled it: `/workspace/./a`,
+/// `/workspace/sub/../a`, `/workspace//a`, `a` relative to an open `/workspace` and a link
+/// `/workspace/l -> a` are all `file/workspace/a`. The mount roots are files too
+/// (`file/workspace`; a directory mounted at `/` is `file/`). Which WASI call takes which file
+/// action is listed in `crate::wasi::filesystem`.
+///
+/// ```
+/// use qi_host::model::{ResourceKind, ResourceName};
+/// let n = ResourceName::file("/workspace/src/../src/./a.rs").unwrap();
+/// assert_eq!(n.to_string(), "file/workspace/src/a.rs");
+/// assert_eq!((n.kind(), n.id()), (ResourceKind::File, "workspace/src/a.rs"));
+/// assert_eq!(ResourceName::new(ResourceKind::Tool, "fs.read").to_string(), "tool/fs.read");
+/// assert!(ResourceName::file("/../etc/passwd").is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceName {
+    kind: ResourceKind,
+    id: String,
+}
+
+impl ResourceName {
+    /// `kind/id`, with `id` taken as given.
+    pub fn new(kind: ResourceKind, id: impl Into<String>) -> Self {
+        ResourceName {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    /// The name of the file at absolute guest path `path`, normalised lexically (see
+    /// [`normalize_guest_path`]); `None` when `path` is not absolute or climbs above `/`.
+    /// Links are not resolved here: the filesystem resolves them before it names a file.
+    pub fn file(path: &str) -> Option<Self> {
+        let path = normalize_guest_path(path)?;
+        Some(ResourceName::new(
+            ResourceKind::File,
+            path.trim_start_matches('/'),
+        ))
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> ResourceKind {
+        self.kind
+    }
+
+    /// The id (everything after `<kind>/`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl std::fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.id)
+    }
+}
+
+/// `path` (absolute, `/`-separated) with empty and `.` segments dropped and each `..` taking
+/// away the segment before it: `/workspace/./a//b/../c` is `/workspace/a/c`, `/` stays `/`.
+/// `None` when `path` is not absolute or a `..` climbs above `/`.
+pub fn normalize_guest_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in rest.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop()?;
+            }
+            s => segments.push(s),
+        }
+    }
+    Some(format!("/{}", segments.join("/")))
+}
+
 /// `chars` lowercase hex digits from the operating system's random source, for ids that must
 /// not repeat across processes sharing a data directory (agent id prefixes, run ids).
 pub(crate) fn random_hex(chars: usize) -> String {

@@ -6,6 +6,13 @@
 //! and symlinks pointing out of it all fail (cap-std resolves every path component itself,
 //! one `openat` with `O_NOFOLLOW` at a time, and refuses a link whose target leaves the
 //! directory, dangling or not). `fs.list` reports links as links without following them.
+//!
+//! While policies are loaded they also meet the agent's file gate ([`ToolContext::files`])
+//! exactly as its WASI calls do: the path is resolved to the guest path it lands on (`.` and
+//! empty segments dropped, every link followed, see `wasi::filesystem::names`) and `fs.read`
+//! is decided as `read`, `fs.write` as `write` and `fs.list` as `list` on
+//! `file/<that path>`; the tool then works on the resolved path, so the file decided on is the
+//! file touched. A refusal is `access-denied`.
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -43,6 +50,39 @@ pub struct ToolContext {
     /// the agent's own WASI calls are charged; `None` (a tool called outside an agent) means
     /// no quota.
     pub quota: Option<Arc<dyn DiskQuota>>,
+    /// The agent's access gate for files, which a tool that touches files asks before it does
+    /// (see the module docs); `None` (a tool called outside an agent) means no gate.
+    pub files: Option<Arc<dyn FileGate>>,
+}
+
+/// An agent's access gate for files, shared by its WASI filesystem and its file tools.
+pub trait FileGate: Send + Sync + std::fmt::Debug {
+    /// Whether the gate decides anything now (policies are loaded); when it does not, tools
+    /// skip resolving links for it.
+    fn active(&self) -> bool;
+    /// Decides `action` (`read`, `write`, `list`, ...) on the file at absolute guest path
+    /// `path` (normalised, links resolved): resource `file/<path without the leading />`.
+    /// `Err` says why not; the gate audits its decision.
+    fn check(&self, path: &str, action: &str) -> Result<(), String>;
+}
+
+/// Resolves `guest_path` for a file tool to its grant and the path below the grant's root to
+/// work on; with an active gate in `ctx`, follows every link to the guest path the file has
+/// and asks the gate for `action` on it first.
+fn resolve_gated<'a>(
+    ctx: &'a ToolContext,
+    guest_path: &str,
+    action: &str,
+) -> Result<(&'a Preopen, PathBuf), ToolFailure> {
+    let (preopen, rel) = resolve(&ctx.preopens, guest_path)?;
+    let Some(gate) = ctx.files.as_ref().filter(|g| g.active()) else {
+        return Ok((preopen, rel));
+    };
+    let (rel, named) = crate::wasi::filesystem::names::resolve_for_tool(preopen, &rel, guest_path)
+        .map_err(ToolFailure::AccessDenied)?;
+    gate.check(&named, action)
+        .map_err(ToolFailure::AccessDenied)?;
+    Ok((preopen, rel))
 }
 
 /// An agent's `resourceLimits.maxDiskBytes` and `maxFilesCreated`, shared by its WASI
@@ -224,7 +264,7 @@ impl Tool for FsRead {
         Box::pin(async move {
             let path = path_arg(&input)?;
             blocking(move || {
-                let (preopen, rel) = resolve(&ctx.preopens, &path)?;
+                let (preopen, rel) = resolve_gated(&ctx, &path, "read")?;
                 let file = preopen.dir.open(&rel).map_err(|e| io_failure(&path, e))?;
                 let mut buf = String::new();
                 file.take(FS_READ_MAX_BYTES + 1)
@@ -265,7 +305,7 @@ impl Tool for FsWrite {
                 .ok_or_else(|| ToolFailure::InvalidInput("expected a string `content`".into()))?
                 .to_string();
             blocking(move || {
-                let (preopen, rel) = resolve(&ctx.preopens, &path)?;
+                let (preopen, rel) = resolve_gated(&ctx, &path, "write")?;
                 if !preopen.writable {
                     return Err(ToolFailure::AccessDenied(format!(
                         "`{path}` is in `{}`, which is read-only for this agent",
@@ -328,7 +368,7 @@ impl Tool for FsList {
         Box::pin(async move {
             let path = path_arg(&input)?;
             blocking(move || {
-                let (preopen, rel) = resolve(&ctx.preopens, &path)?;
+                let (preopen, rel) = resolve_gated(&ctx, &path, "list")?;
                 let mut entries = Vec::new();
                 for entry in preopen
                     .dir

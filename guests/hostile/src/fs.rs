@@ -19,6 +19,7 @@
 //! | `fs.symlink-out` | `links`: `[[target, link], ...]` | creates each symbolic link |
 //! | `fs.hardlink-cross` | `links`: `[[existing, new], ...]` | creates each hard link |
 //! | `fs.rename` | `links`: `[[from, to], ...]` | renames each (to move a link to a shallower place) |
+//! | `fs.wasi` | `steps` | raw `wasi:filesystem` calls, one per step (see `fs_wasi`) |
 //! | `fs.ops` | `ops`, `loop`, `repeat` | runs each step of `ops` once, then the steps of `loop` `repeat` times (`{i}` in a path is the round); never fails, reports `done`, `refused`, the first `error` and the first 64 `results` (`[step, ok]`) |
 //!
 //! Steps of `fs.ops`: `["create", path]` (create or truncate, following links), `["mkdir", path]`,
@@ -47,6 +48,7 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "hardlink-cross" => return links(input, |t, l| fs::hard_link(t, l)),
         "rename" => return links(input, |from, to| fs::rename(from, to)),
         "ops" => return TaskOutput::json(&ops(input)),
+        "wasi" => return TaskOutput::json(&crate::fs_wasi::run(input)),
         _ => return Err(crate::unknown(&format!("fs.{attack}"))),
     };
     finish(report)

@@ -8,6 +8,7 @@
 //! not by the agent); an unknown mode is `invalid-input`.
 
 mod fs;
+mod fs_wasi;
 mod host;
 mod net;
 

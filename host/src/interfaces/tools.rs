@@ -79,6 +79,7 @@ fn prepare_call(
         agent_id: shared.id.clone(),
         preopens: Arc::new(grants.preopens.clone()),
         quota: Some(shared.clone()),
+        files: Some(shared.clone()),
     };
     Ok(tool.call(ctx, value))
 }

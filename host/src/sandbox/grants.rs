@@ -219,10 +219,9 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
                     )
                 })?;
         preopens.push(Preopen {
-            guest_path: match grant.guest_path.trim_end_matches('/') {
-                "" => "/".to_string(),
-                g => g.to_string(),
-            },
+            // As every file is named: `/workspace/`, `//workspace` are `/workspace`.
+            guest_path: crate::model::normalize_guest_path(&grant.guest_path)
+                .unwrap_or_else(|| grant.guest_path.clone()),
             host_path: grant.host_path.clone(),
             dir: Arc::new(dir),
             writable,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod audit_trail;
+mod files;
 mod reload;
 
 /// A tool the test controls: a call says it has `entered`, then waits until `release`.
@@ -217,8 +218,8 @@ async fn every_interface_without_permission_is_refused_audited_and_unchanged() {
     for want in [
         "context/secret",
         "tool/clock.now",
-        "file/a.txt",
-        "file/new.txt",
+        "file/workspace/a.txt",
+        "file/workspace/new.txt",
         "events/secret",
     ] {
         assert!(

@@ -241,6 +241,7 @@ async fn file_tools_do_not_follow_a_planted_link_out_of_the_mount() {
         agent_id: "test".into(),
         preopens: std::sync::Arc::new(grants.preopens),
         quota: None,
+        files: None,
     };
     let call = |name: &str, input: Value| tools.get(name).unwrap().call(ctx.clone(), input);
     let read = call("fs.read", json!({"path": "/workspace/planted"})).await;

@@ -2,10 +2,12 @@
 //! file-operation count and access gate, room in the handle table, the quotas and the link
 //! rules (see the parent module).
 
-use super::{CountingFs, Fd, links, quota};
+use super::{CountingFs, Fd, links, names, quota};
 use crate::error::LimitKind;
+use crate::model::ResourceKind;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 use wasmtime_wasi::filesystem::Descriptor;
 use wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode;
 use wasmtime_wasi::p2::{FsError, FsResult};
@@ -165,12 +167,89 @@ impl CountingFs<'_> {
             .map_err(|_| FsError::from(ErrorCode::Quota))
     }
 
-    /// The access gate for a path operation (resource `file/<path>`, the path as the agent
-    /// passed it, relative to the directory descriptor it used); a refusal is `access`.
-    pub(super) fn gate(&self, path: &str, action: &str) -> FsResult<()> {
+    /// Whether policies are loaded: without them nothing is resolved or decided.
+    fn policed(&self) -> bool {
+        self.shared.access.as_ref().is_some_and(|a| a.enabled())
+    }
+
+    /// The access gate for a path operation: resolves `path` (relative to `fd`, its last
+    /// segment followed when `follow`) to the guest path it lands on and decides `action` on
+    /// `file/<that path>`; returns the path when policies are loaded. A refusal is `access`;
+    /// a path out of the mount `not-permitted` (see [`names`]).
+    pub(super) fn gate_at(
+        &self,
+        fd: &Fd,
+        path: &str,
+        follow: bool,
+        action: &str,
+    ) -> FsResult<Option<String>> {
+        if !self.policed() {
+            return Ok(None);
+        }
+        let name = self.fs.resolve(fd.rep(), path, follow)?;
+        self.decide(&name, action)?;
+        Ok(Some(name))
+    }
+
+    /// The access gate for an operation on descriptor `fd` itself (its recorded guest path).
+    pub(super) fn gate_fd(&self, fd: &Fd, action: &str) -> FsResult<()> {
+        if !self.policed() {
+            return Ok(());
+        }
+        let name = self.fs.path_of(fd.rep()).ok_or(ErrorCode::Access)?;
+        self.decide(name, action)
+    }
+
+    fn decide(&self, path: &str, action: &str) -> FsResult<()> {
         self.shared
-            .gate("file", path, action)
+            .gate(ResourceKind::File.as_str(), names::file_id(path), action)
             .map_err(|_| FsError::from(ErrorCode::Access))
+    }
+
+    /// The gate a new stream on `fd` runs before each of its reads or writes, already
+    /// satisfied by the decision just taken on `fd`.
+    pub(super) fn stream_gate(&self, fd: &Fd, action: &'static str) -> names::StreamGate {
+        let path = self.fs.path_of(fd.rep()).map(str::to_string);
+        names::StreamGate::new(self.shared, path, action)
+    }
+
+    /// Whether calls are recorded (`monitored`).
+    pub(super) fn monitored(&self) -> bool {
+        self.shared.grants.monitored
+    }
+
+    /// The guest path a call names: `path` relative to `fd` (lexically), or `fd` itself.
+    pub(super) fn named(&self, fd: &Fd, path: Option<&str>) -> String {
+        match path {
+            Some(path) => self.fs.lexical(fd.rep(), path),
+            None => self.fs.path_of(fd.rep()).unwrap_or("?").to_string(),
+        }
+    }
+
+    /// Records a call on a monitored agent (`target` is `None` otherwise).
+    pub(super) fn record<T>(
+        &self,
+        call: &str,
+        target: Option<String>,
+        start: Instant,
+        result: &FsResult<T>,
+    ) {
+        let Some(target) = target else {
+            return;
+        };
+        let outcome = match result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e
+                .downcast_ref()
+                .map_or_else(|| "error".to_string(), |c: &ErrorCode| c.name().to_string()),
+        };
+        self.shared.record_call(
+            &format!("filesystem.{call}"),
+            &names::file_name(&target).to_string(),
+            target.len(),
+            start,
+            &outcome,
+        );
     }
 
     /// Gives back the unit of a create that failed.

@@ -29,38 +29,58 @@ use std::path::{Component, Path, PathBuf};
 /// Per-agent filesystem bookkeeping kept beside the resource table.
 #[derive(Debug, Default)]
 pub struct FsState {
-    /// The preopened directory (index in the agent's grants) of each live descriptor, by
-    /// resource rep.
-    mounts: HashMap<u32, usize>,
+    /// The preopened directory (index in the agent's grants) of each live descriptor and its
+    /// absolute guest path (links resolved, see [`super::names`]), by resource rep.
+    pub(super) descriptors: HashMap<u32, (usize, String)>,
     /// The real host path of each preopened directory's root, in grant order.
-    roots: Vec<Option<PathBuf>>,
+    pub(super) roots: Vec<Option<PathBuf>>,
+    /// The guest path of each preopened directory (`/workspace`), in grant order.
+    pub(super) guest_roots: Vec<String>,
+    /// Each preopened directory, in grant order, to resolve links in it.
+    pub(super) dirs: Vec<std::sync::Arc<cap_std::fs::Dir>>,
+    /// The gate of each live directory listing (`read-directory`'s stream), by resource rep.
+    pub(super) listings: HashMap<u32, super::names::StreamGate>,
 }
 
 impl FsState {
     /// Bookkeeping for an agent whose preopened directories are `preopens` (grant order).
     pub fn new(preopens: &[crate::tools::Preopen]) -> Self {
         FsState {
-            mounts: HashMap::new(),
+            descriptors: HashMap::new(),
             roots: preopens
                 .iter()
                 .map(|p| real_path(&p.dir).or_else(|| std::fs::canonicalize(&p.host_path).ok()))
                 .collect(),
+            guest_roots: preopens.iter().map(|p| p.guest_path.clone()).collect(),
+            dirs: preopens.iter().map(|p| p.dir.clone()).collect(),
+            listings: HashMap::new(),
         }
     }
 
-    /// Records that descriptor `rep` belongs to mount `mount`.
+    /// Records that descriptor `rep` is the root of mount `mount`.
     pub(super) fn insert(&mut self, rep: u32, mount: usize) {
-        self.mounts.insert(rep, mount);
+        let path = self.guest_roots.get(mount).cloned().unwrap_or_default();
+        self.descriptors.insert(rep, (mount, path));
+    }
+
+    /// Records that descriptor `rep` belongs to mount `mount` and is at guest path `path`.
+    pub(super) fn insert_at(&mut self, rep: u32, mount: usize, path: String) {
+        self.descriptors.insert(rep, (mount, path));
     }
 
     /// Forgets a dropped descriptor.
     pub(super) fn remove(&mut self, rep: u32) {
-        self.mounts.remove(&rep);
+        self.descriptors.remove(&rep);
     }
 
     /// The mount descriptor `rep` belongs to.
     pub(super) fn mount_of(&self, rep: u32) -> Option<usize> {
-        self.mounts.get(&rep).copied()
+        self.descriptors.get(&rep).map(|(m, _)| *m)
+    }
+
+    /// The absolute guest path of descriptor `rep`.
+    pub(super) fn path_of(&self, rep: u32) -> Option<&str> {
+        self.descriptors.get(&rep).map(|(_, p)| p.as_str())
     }
 
     /// How many levels below the root of mount `mount` the directory whose real host path is
@@ -200,8 +220,8 @@ mod tests {
 
     fn state(root: &str) -> FsState {
         FsState {
-            mounts: HashMap::new(),
             roots: vec![Some(PathBuf::from(root))],
+            ..FsState::default()
         }
     }
 

@@ -17,11 +17,39 @@
 //!   check a full table would trap the guest instead of giving it an error it can handle.
 //! - **Disk and files**: see [`quota`].
 //! - **Links**: see [`links`].
+//! - **Access**: with policies loaded, every call that names a file or reads, writes, lists or
+//!   describes one through a descriptor is decided by the access gate on the file's guest path
+//!   (resource `file/<path>`, see [`names`] for how a path is resolved), after its unit is
+//!   taken; a refusal is `access` (EACCES). Reads and writes through a descriptor (and each
+//!   call on a file stream, once the policies or the agent's trust changed since the stream
+//!   was last allowed) are decided each time, so a handle opened before a policy change is
+//!   refused at its next read or write when the new rules deny it (a directory listing, at its
+//!   next entry). The actions:
+//!
+//! | action | calls (the file they decide on) |
+//! |---|---|
+//! | `read` | `open-at` without `write`, `create` or `truncate`; `read`, `read-via-stream`; `readlink-at`; `link-at` (the existing file) |
+//! | `write` | `open-at` with `write`, `create` or `truncate`; `write`, `write-via-stream`, `append-via-stream`, `set-size`, `set-times`, `set-times-at`; `rename-at` (the new name) |
+//! | `create` | `create-directory-at` |
+//! | `delete` | `unlink-file-at`, `remove-directory-at`, `rename-at` (the old name) |
+//! | `list` | `read-directory` (the directory) |
+//! | `stat` | `stat`, `stat-at`, `metadata-hash`, `metadata-hash-at` |
+//! | `link` | `symlink-at` (the new link), `link-at` (the new name) |
+//!
+//!   `advise`, `sync`, `sync-data`, `get-flags`, `get-type` and `is-same-object` reveal nothing
+//!   of a file's content and are not gated. The `fs.*` tools meet the same gate with the same
+//!   names (`fs.read`: `read`, `fs.write`: `write`, `fs.list`: `list`), after their
+//!   `tool/fs.*` check.
+//! - **Records**: at `monitored` isolation every gated call above is recorded
+//!   (`AgentShared::record_call`) as `filesystem.<call>` on resource `call/file/<path>` (the
+//!   lexical path, links not followed) with its outcome (`ok` or the error code).
 //!
 //! Every refusal at a limit records it on the agent, so the agent's report names the limit.
 
 mod checks;
+mod descriptor;
 pub(crate) mod links;
+pub(crate) mod names;
 pub(crate) mod quota;
 
 pub use links::{FsState, MAX_MOVED_DEPTH, MAX_MOVED_ENTRIES};
@@ -29,15 +57,12 @@ pub use links::{FsState, MAX_MOVED_DEPTH, MAX_MOVED_ENTRIES};
 use crate::sandbox::AgentShared;
 use crate::spec::SubAgentSpecification;
 use crate::wasi::AgentWasiView;
-use quota::{CountedInput, CountedOutput, WriteAt};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
-use wasmtime_wasi::p2::bindings::filesystem::types::{
-    self, ErrorCode, HostDescriptor, HostDirectoryEntryStream,
-};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult};
+use wasmtime_wasi::p2::bindings::filesystem::types::{self, ErrorCode, HostDirectoryEntryStream};
+use wasmtime_wasi::p2::{FsError, FsResult};
 
 /// The resource table of an agent's Store, holding at most `resourceLimits.maxOpenHandles`
 /// entries. The cap counts every WASI resource the agent holds (descriptors, including the
@@ -120,337 +145,22 @@ impl types::Host for CountingFs<'_> {
 
 type Fd = Resource<Descriptor>;
 
-impl HostDescriptor for CountingFs<'_> {
-    async fn advise(
-        &mut self,
-        fd: Fd,
-        offset: types::Filesize,
-        len: types::Filesize,
-        advice: types::Advice,
-    ) -> FsResult<()> {
-        self.count()?;
-        self.inner.advise(fd, offset, len, advice).await
-    }
-
-    async fn sync_data(&mut self, fd: Fd) -> FsResult<()> {
-        self.count()?;
-        self.inner.sync_data(fd).await
-    }
-
-    async fn get_flags(&mut self, fd: Fd) -> FsResult<types::DescriptorFlags> {
-        self.count()?;
-        self.inner.get_flags(fd).await
-    }
-
-    async fn get_type(&mut self, fd: Fd) -> FsResult<types::DescriptorType> {
-        self.count()?;
-        self.inner.get_type(fd).await
-    }
-
-    async fn set_size(&mut self, fd: Fd, size: types::Filesize) -> FsResult<()> {
-        self.count()?;
-        let charge = self.charge(&fd, size, "set-size")?;
-        let result = self.inner.set_size(fd, size).await;
-        self.settle(charge);
-        result
-    }
-
-    async fn set_times(
-        &mut self,
-        fd: Fd,
-        atim: types::NewTimestamp,
-        mtim: types::NewTimestamp,
-    ) -> FsResult<()> {
-        self.count()?;
-        self.inner.set_times(fd, atim, mtim).await
-    }
-
-    async fn read(
-        &mut self,
-        fd: Fd,
-        len: types::Filesize,
-        offset: types::Filesize,
-    ) -> FsResult<(Vec<u8>, bool)> {
-        self.count()?;
-        self.inner.read(fd, len, offset).await
-    }
-
-    async fn write(
-        &mut self,
-        fd: Fd,
-        buf: Vec<u8>,
-        offset: types::Filesize,
-    ) -> FsResult<types::Filesize> {
-        self.count()?;
-        let end = offset.saturating_add(buf.len() as u64);
-        let charge = self.charge(&fd, end, "write")?;
-        let result = self.inner.write(fd, buf, offset).await;
-        self.settle(charge);
-        result
-    }
-
-    async fn read_directory(&mut self, fd: Fd) -> FsResult<Resource<types::DirectoryEntryStream>> {
-        self.count()?;
-        self.room("read-directory")?;
-        self.inner.read_directory(fd).await
-    }
-
-    async fn sync(&mut self, fd: Fd) -> FsResult<()> {
-        self.count()?;
-        self.inner.sync(fd).await
-    }
-
-    async fn create_directory_at(&mut self, fd: Fd, path: String) -> FsResult<()> {
-        self.count()?;
-        self.gate(&path, "mkdir")?;
-        let taken = self.take_file(&fd, "create-directory-at")?;
-        let result = self.inner.create_directory_at(fd, path).await;
-        self.settle_file(taken, &result);
-        result
-    }
-
-    async fn stat(&mut self, fd: Fd) -> FsResult<types::DescriptorStat> {
-        self.count()?;
-        self.inner.stat(fd).await
-    }
-
-    async fn stat_at(
-        &mut self,
-        fd: Fd,
-        path_flags: types::PathFlags,
-        path: String,
-    ) -> FsResult<types::DescriptorStat> {
-        self.count()?;
-        self.gate(&path, "stat")?;
-        self.inner.stat_at(fd, path_flags, path).await
-    }
-
-    async fn set_times_at(
-        &mut self,
-        fd: Fd,
-        path_flags: types::PathFlags,
-        path: String,
-        atim: types::NewTimestamp,
-        mtim: types::NewTimestamp,
-    ) -> FsResult<()> {
-        self.count()?;
-        self.gate(&path, "write")?;
-        self.inner
-            .set_times_at(fd, path_flags, path, atim, mtim)
-            .await
-    }
-
-    async fn link_at(
-        &mut self,
-        fd: Fd,
-        old_path_flags: types::PathFlags,
-        old_path: String,
-        new_descriptor: Fd,
-        new_path: String,
-    ) -> FsResult<()> {
-        self.count()?;
-        self.gate(&old_path, "read")?;
-        self.gate(&new_path, "link")?;
-        let (from, to) = (
-            self.fs.mount_of(fd.rep()),
-            self.fs.mount_of(new_descriptor.rep()),
-        );
-        if from.is_none() || from != to {
-            return Err(self.refuse_link(
-                ErrorCode::CrossDevice,
-                format!("hard link `{new_path}` to `{old_path}` would cross mounts"),
-            ));
-        }
-        // Without `symlink-follow` (wasmtime-wasi refuses it) a hard link to a symbolic link
-        // is a second name for the link itself, so its target must stay inside from there.
-        if let Ok(target) = self.inner.readlink_at(again(&fd), old_path.clone()).await {
-            self.check_symlink(&new_descriptor, &target, &new_path)?;
-        }
-        let taken = self.take_file(&new_descriptor, "link-at")?;
-        let result = self
-            .inner
-            .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
-            .await;
-        self.settle_file(taken, &result);
-        result
-    }
-
-    async fn open_at(
-        &mut self,
-        fd: Fd,
-        path_flags: types::PathFlags,
-        path: String,
-        oflags: types::OpenFlags,
-        flags: types::DescriptorFlags,
-    ) -> FsResult<Fd> {
-        self.count()?;
-        let writes = flags.contains(types::DescriptorFlags::WRITE)
-            || oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
-        self.gate(&path, if writes { "write" } else { "open" })?;
-        self.room("open-at")?;
-        let mount = self.fs.mount_of(fd.rep());
-        // Looked up as the open will (following a final link with `symlink-follow`), so that a
-        // file created through a dangling link takes its unit too.
-        let creates = oflags.contains(types::OpenFlags::CREATE)
-            && self
-                .inner
-                .stat_at(again(&fd), path_flags, path.clone())
-                .await
-                .is_err();
-        let taken = creates && self.take_file(&fd, "open-at with create")?;
-        let result = self
-            .inner
-            .open_at(fd, path_flags, path, oflags, flags)
-            .await;
-        self.settle_file(taken, &result);
-        let opened = result?;
-        if let Some(mount) = mount {
-            self.fs.insert(opened.rep(), mount);
-        }
-        Ok(opened)
-    }
-
-    fn drop(&mut self, fd: Fd) -> wasmtime::Result<()> {
-        self.fs.remove(fd.rep());
-        HostDescriptor::drop(&mut self.inner, fd)
-    }
-
-    async fn readlink_at(&mut self, fd: Fd, path: String) -> FsResult<String> {
-        self.count()?;
-        self.gate(&path, "stat")?;
-        self.inner.readlink_at(fd, path).await
-    }
-
-    async fn remove_directory_at(&mut self, fd: Fd, path: String) -> FsResult<()> {
-        self.count()?;
-        self.gate(&path, "delete")?;
-        self.inner.remove_directory_at(fd, path).await
-    }
-
-    async fn rename_at(
-        &mut self,
-        fd: Fd,
-        old_path: String,
-        new_fd: Fd,
-        new_path: String,
-    ) -> FsResult<()> {
-        self.count()?;
-        self.gate(&old_path, "delete")?;
-        self.gate(&new_path, "write")?;
-        if let Ok(target) = self.inner.readlink_at(again(&fd), old_path.clone()).await {
-            self.check_symlink(&new_fd, &target, &new_path)?;
-        } else {
-            self.check_moved_dir(&fd, &old_path, &new_fd, &new_path)?;
-        }
-        self.inner.rename_at(fd, old_path, new_fd, new_path).await
-    }
-
-    async fn symlink_at(&mut self, fd: Fd, src_path: String, dest_path: String) -> FsResult<()> {
-        self.count()?;
-        self.gate(&dest_path, "link")?;
-        self.check_symlink(&fd, &src_path, &dest_path)?;
-        let taken = self.take_file(&fd, "symlink-at")?;
-        let result = self.inner.symlink_at(fd, src_path, dest_path).await;
-        self.settle_file(taken, &result);
-        result
-    }
-
-    async fn unlink_file_at(&mut self, fd: Fd, path: String) -> FsResult<()> {
-        self.count()?;
-        self.gate(&path, "delete")?;
-        self.inner.unlink_file_at(fd, path).await
-    }
-
-    fn read_via_stream(
-        &mut self,
-        fd: Fd,
-        offset: types::Filesize,
-    ) -> FsResult<Resource<DynInputStream>> {
-        self.count()?;
-        self.room("read-via-stream")?;
-        let stream = self.inner.read_via_stream(fd, offset)?;
-        let slot = self.inner.table.get_mut(&stream)?;
-        let inner = std::mem::replace(slot, Box::new(wasmtime_wasi::p2::pipe::ClosedInputStream));
-        *slot = Box::new(CountedInput {
-            inner,
-            shared: self.shared.clone(),
-        });
-        Ok(stream)
-    }
-
-    fn write_via_stream(
-        &mut self,
-        fd: Fd,
-        offset: types::Filesize,
-    ) -> FsResult<Resource<DynOutputStream>> {
-        self.count()?;
-        self.room("write-via-stream")?;
-        let file = self.writable_file(&fd)?;
-        let stream = self.inner.write_via_stream(fd, offset)?;
-        self.count_writes(stream, file, WriteAt::Offset(offset))
-    }
-
-    fn append_via_stream(&mut self, fd: Fd) -> FsResult<Resource<DynOutputStream>> {
-        self.count()?;
-        self.room("append-via-stream")?;
-        let file = self.writable_file(&fd)?;
-        let stream = self.inner.append_via_stream(fd)?;
-        self.count_writes(stream, file, WriteAt::End)
-    }
-
-    async fn is_same_object(&mut self, a: Fd, b: Fd) -> wasmtime::Result<bool> {
-        self.inner.is_same_object(a, b).await
-    }
-
-    async fn metadata_hash(&mut self, fd: Fd) -> FsResult<types::MetadataHashValue> {
-        self.count()?;
-        self.inner.metadata_hash(fd).await
-    }
-
-    async fn metadata_hash_at(
-        &mut self,
-        fd: Fd,
-        path_flags: types::PathFlags,
-        path: String,
-    ) -> FsResult<types::MetadataHashValue> {
-        self.count()?;
-        self.inner.metadata_hash_at(fd, path_flags, path).await
-    }
-}
-
-impl CountingFs<'_> {
-    /// Wraps a file output stream so that each write is counted and charged.
-    fn count_writes(
-        &mut self,
-        stream: Resource<DynOutputStream>,
-        file: Option<Arc<std::fs::File>>,
-        at: WriteAt,
-    ) -> FsResult<Resource<DynOutputStream>> {
-        // wasmtime-wasi refuses streams on read-only files, so `file` is always there.
-        let Some(file) = file else {
-            return Ok(stream);
-        };
-        let slot = self.inner.table.get_mut(&stream)?;
-        let inner = std::mem::replace(slot, Box::new(wasmtime_wasi::p2::pipe::SinkOutputStream));
-        *slot = Box::new(CountedOutput {
-            inner,
-            shared: self.shared.clone(),
-            file,
-            at,
-        });
-        Ok(stream)
-    }
-}
-
 impl HostDirectoryEntryStream for CountingFs<'_> {
     async fn read_directory_entry(
         &mut self,
         stream: Resource<types::DirectoryEntryStream>,
     ) -> FsResult<Option<types::DirectoryEntry>> {
+        // Free, but a listing started before a policy change follows the new rules.
+        if let Some(gate) = self.fs.listings.get_mut(&stream.rep())
+            && gate.check(self.shared).is_err()
+        {
+            return Err(ErrorCode::Access.into());
+        }
         self.inner.read_directory_entry(stream).await
     }
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        self.fs.listings.remove(&stream.rep());
         HostDirectoryEntryStream::drop(&mut self.inner, stream)
     }
 }

@@ -22,6 +22,7 @@
 //!
 //! Every refusal records the limit on the agent, so its report names it.
 
+use super::names::StreamGate;
 use crate::error::LimitKind;
 use crate::sandbox::AgentShared;
 use bytes::Bytes;
@@ -113,6 +114,7 @@ pub(super) fn file_size(file: &std::fs::File) -> Result<u64, ErrorCode> {
 fn stream_refusal(code: ErrorCode) -> StreamError {
     let errno = match code {
         ErrorCode::InsufficientSpace => rustix::io::Errno::NOSPC,
+        ErrorCode::Access => rustix::io::Errno::ACCESS,
         _ => rustix::io::Errno::DQUOT,
     };
     StreamError::LastOperationFailed(wasmtime::Error::from(std::io::Error::from_raw_os_error(
@@ -134,10 +136,18 @@ fn count(shared: &AgentShared) -> StreamResult<()> {
         .map_err(|_| stream_refusal(ErrorCode::Quota))
 }
 
-/// A file input stream whose every read counts as a file operation.
+/// Counts one call on a file stream and runs its access gate.
+fn admit(shared: &AgentShared, gate: &mut StreamGate) -> StreamResult<()> {
+    count(shared)?;
+    gate.check(shared)
+        .map_err(|()| stream_refusal(ErrorCode::Access))
+}
+
+/// A file input stream whose every read counts as a file operation and passes its gate.
 pub(super) struct CountedInput {
     pub(super) inner: DynInputStream,
     pub(super) shared: Arc<AgentShared>,
+    pub(super) gate: StreamGate,
 }
 
 #[wasmtime_wasi::async_trait]
@@ -150,22 +160,22 @@ impl Pollable for CountedInput {
 #[wasmtime_wasi::async_trait]
 impl InputStream for CountedInput {
     fn read(&mut self, size: usize) -> StreamResult<Bytes> {
-        count(&self.shared)?;
+        admit(&self.shared, &mut self.gate)?;
         self.inner.read(size)
     }
 
     async fn blocking_read(&mut self, size: usize) -> StreamResult<Bytes> {
-        count(&self.shared)?;
+        admit(&self.shared, &mut self.gate)?;
         self.inner.blocking_read(size).await
     }
 
     fn skip(&mut self, nelem: usize) -> StreamResult<usize> {
-        count(&self.shared)?;
+        admit(&self.shared, &mut self.gate)?;
         self.inner.skip(nelem)
     }
 
     async fn blocking_skip(&mut self, nelem: usize) -> StreamResult<usize> {
-        count(&self.shared)?;
+        admit(&self.shared, &mut self.gate)?;
         self.inner.blocking_skip(nelem).await
     }
 
@@ -183,20 +193,21 @@ pub(super) enum WriteAt {
     End,
 }
 
-/// A file output stream whose every write counts as a file operation and is charged its
-/// growth of the file's logical size (only when the file is on a writable mount: otherwise
-/// wasmtime-wasi refused to create the stream).
+/// A file output stream whose every write counts as a file operation, passes its gate and is
+/// charged its growth of the file's logical size (only when the file is on a writable mount:
+/// otherwise wasmtime-wasi refused to create the stream).
 pub(super) struct CountedOutput {
     pub(super) inner: DynOutputStream,
     pub(super) shared: Arc<AgentShared>,
     pub(super) file: Arc<std::fs::File>,
     pub(super) at: WriteAt,
+    pub(super) gate: StreamGate,
 }
 
 impl CountedOutput {
     /// Counts the call and charges the growth `len` bytes cause; returns the charge.
     fn admit(&mut self, len: u64) -> StreamResult<u64> {
-        count(&self.shared)?;
+        admit(&self.shared, &mut self.gate)?;
         let size = file_size(&self.file).map_err(stream_refusal)?;
         let start = match self.at {
             WriteAt::Offset(p) => p,
