@@ -319,15 +319,11 @@ impl qi::agent::context::Host for AgentState {
                 })
                 .collect();
             let expires = expires_in_ms.map(|ms| svc.now_ms().saturating_add(ms));
+            // The store audits every grant it makes and every refusal.
             svc.share(&me, &id, &agents, &perms, expires)
                 .await
                 .map(|_| ())
-                .map_err(context_error)?;
-            if !shared.take_audit_entry() {
-                return Ok(());
-            }
-            shared.audit(&format!("context/{id}"), "share", || (format!("shared with {}", agents.join(", ")), serde_json::json!({"agents": agents, "permissions": perms, "expiresAt": expires})));
-            Ok(())
+                .map_err(context_error)
         }
         .await;
         self.finish_context("context.share", &id, id.len(), start, &r);
@@ -348,17 +344,8 @@ impl qi::agent::context::Host for AgentState {
             shared
                 .gate("context", &id, "revoke")
                 .map_err(WitContextError::AccessDenied)?;
-            svc.revoke(&me, &id, &agents).await.map_err(context_error)?;
-            if !shared.take_audit_entry() {
-                return Ok(());
-            }
-            shared.audit(&format!("context/{id}"), "revoke", || {
-                (
-                    format!("revoked from {}", agents.join(", ")),
-                    serde_json::json!({"agents": agents}),
-                )
-            });
-            Ok(())
+            // The store audits every grant it removes and every refusal.
+            svc.revoke(&me, &id, &agents).await.map_err(context_error)
         }
         .await;
         self.finish_context("context.revoke", &id, id.len(), start, &r);

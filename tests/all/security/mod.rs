@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 
 mod audit_trail;
 mod reload;
+mod sharing;
+mod sharing_changes;
 
 /// A tool the test controls: a call says it has `entered`, then waits until `release`.
 #[derive(Clone, Default)]
