@@ -105,11 +105,23 @@ enum Action {
 
 /// One host call whose outcome is recorded (for access-control tests and benchmarks).
 enum Probe {
-    ContextGet { id: String, times: u64 },
-    ContextPut { id: String, doc: Value },
-    Tool { name: String, input: Value },
+    ContextGet {
+        id: String,
+        times: u64,
+    },
+    ContextPut {
+        id: String,
+        doc: Value,
+    },
+    Tool {
+        name: String,
+        input: Value,
+    },
     ReadFile(String),
-    WriteFile { path: String, text: String },
+    WriteFile {
+        path: String,
+        text: String,
+    },
     Connect(String),
     Publish(String),
     Subscribe(String),

@@ -628,7 +628,15 @@ impl ContextService {
                         .map_err(StoreError::from)?;
                     for (cid, m) in inner.shares.iter_mut() {
                         if let Some(gone) = m.remove(&id) {
-                            audit::record(sh, OPERATOR, cid, "unregister", crate::audit::AuditDecision::Record, format!("grant of `{id}` removed: the agent was unregistered"), json!({"target": id, "grantedBy": gone.granted_by}))?;
+                            audit::record(
+                                sh,
+                                OPERATOR,
+                                cid,
+                                "unregister",
+                                crate::audit::AuditDecision::Record,
+                                format!("grant of `{id}` removed: the agent was unregistered"),
+                                json!({"target": id, "grantedBy": gone.granted_by}),
+                            )?;
                         }
                     }
                     sh.bus.stage(

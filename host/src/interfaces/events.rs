@@ -7,10 +7,10 @@ use super::qi;
 use crate::context::{ContextError, ContextService, Permission};
 use crate::events::{EventError, EventType, NewEvent, SubscribeFrom, Subscription};
 use crate::sandbox::AgentShared;
-use std::collections::HashMap;
-use std::sync::Arc;
 use qi::agent::context::ContextError as WitContextError;
 use qi::agent::events::{Event as WitEvent, EventError as WitEventError};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
@@ -184,7 +184,9 @@ impl qi::agent::events::Host for AgentState {
         let r = match watched.sub.next_timeout(wait).await {
             // A change of shares or policies since the subscription was made ends it at the
             // next event the new rules deny.
-            Ok(Some(e)) if let Err(why) = watched.still_allowed(&self.shared, e.context_id.as_deref()) => {
+            Ok(Some(e))
+                if let Err(why) = watched.still_allowed(&self.shared, e.context_id.as_deref()) =>
+            {
                 self.subscriptions.remove(&subscription);
                 if let Some(svc) = &self.shared.context {
                     let _ = svc

@@ -161,10 +161,17 @@ async fn a_delegated_share_is_capped_at_the_sharers_expiry_and_inherits_its_trus
     )
     .await;
     assert!(p.iter().all(|p| p["ok"] == true), "{p:?}");
-    assert_eq!(g(0).expires_at, Some(limit), "no expiry: capped at the sharer's");
+    assert_eq!(
+        g(0).expires_at,
+        Some(limit),
+        "no expiry: capped at the sharer's"
+    );
     assert_eq!(g(1).expires_at, Some(limit), "a later one: capped");
     let early = g(2).expires_at.unwrap();
-    assert!(early < limit && early >= before + 60_000, "an earlier one is kept");
+    assert!(
+        early < limit && early >= before + 60_000,
+        "an earlier one is kept"
+    );
     for i in 0..3 {
         assert_eq!(g(i).min_trust, Some(TrustLevel::Medium), "inherited");
     }
@@ -337,7 +344,13 @@ async fn operator_grant_changes_and_grants_removed_with_an_agent_are_audited() {
     // A refused operator share (an unknown agent) is audited too.
     assert!(
         s.svc
-            .share(OPERATOR, "doc", &["nobody".into()], &[Permission::Read], None)
+            .share(
+                OPERATOR,
+                "doc",
+                &["nobody".into()],
+                &[Permission::Read],
+                None
+            )
             .await
             .is_err()
     );

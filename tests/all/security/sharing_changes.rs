@@ -63,8 +63,12 @@ async fn watch_across(
     )));
     assert_eq!(crate::common::next_signal(&key).await["subscribed"], true);
     let write = |version: u64| {
-        s.svc
-            .write(OPERATOR, "doc", Change::Merge(json!({"n": version})), Some(version))
+        s.svc.write(
+            OPERATOR,
+            "doc",
+            Change::Merge(json!({"n": version})),
+            Some(version),
+        )
     };
     write(1).await.unwrap();
     assert!(crate::common::next_signal(&key).await["seq"].is_u64());
@@ -283,7 +287,13 @@ async fn labels_persist_and_the_operator_sets_them_from_the_cli() {
     drop(svc);
     let data = dir.path().to_str().unwrap();
     let out = crate::common::qi_host_output(&[
-        "context", "label", "doc", "public", "team:x", "--data-dir", data,
+        "context",
+        "label",
+        "doc",
+        "public",
+        "team:x",
+        "--data-dir",
+        data,
     ]);
     assert!(out.status.success(), "{out:?}");
     assert!(
