@@ -4,7 +4,13 @@
 
 use super::{ContextError, ContextService, Shared};
 use crate::audit::{AuditDecision, AuditLog, NewAuditEntry};
-use serde_json::Value;
+use std::sync::Arc;
+
+/// Asked before each entry an agent's own call adds to the audit log: true when it may be
+/// written (the host passes the agent's per-agent bound,
+/// [`MAX_AUDIT_ENTRIES_PER_AGENT`](crate::interfaces::limits::MAX_AUDIT_ENTRIES_PER_AGENT); past it the
+/// entry is dropped and counted in the agent's receipt).
+pub type AuditBudget = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl ContextService {
     /// Attaches the host's audit log: from now on every grant change and every refused share,
@@ -16,31 +22,38 @@ impl ContextService {
     }
 }
 
-/// Appends one entry about context `context` to the audit log, when one is attached.
-///
-/// Returns `Err` when the entry could not be recorded, and the caller then refuses the call
-/// (fail-closed); today [`AuditLog::record`] queues the entry and cannot fail.
-pub(super) fn record(
-    sh: &Shared,
+/// An entry by `agent` about context `context`.
+pub(super) fn entry(
     agent: &str,
     context: &str,
     operation: &str,
     decision: AuditDecision,
     reason: impl Into<String>,
-    details: Value,
+) -> NewAuditEntry {
+    NewAuditEntry::new(
+        agent,
+        format!("context/{context}"),
+        operation,
+        decision,
+        reason,
+    )
+}
+
+/// Appends `entry` to the audit log, when one is attached and `budget` (the calling agent's,
+/// `None` for the operator and host code) lets it.
+///
+/// Returns `Err` when the entry could not be recorded, and the caller then refuses the call
+/// (fail-closed); today [`AuditLog::record`] queues the entry and cannot fail.
+pub(super) fn record(
+    sh: &Shared,
+    budget: Option<&AuditBudget>,
+    entry: NewAuditEntry,
 ) -> Result<(), ContextError> {
     let audit = sh.audit.read().unwrap_or_else(|p| p.into_inner());
-    if let Some(a) = audit.as_ref() {
-        a.record(
-            NewAuditEntry::new(
-                agent,
-                format!("context/{context}"),
-                operation,
-                decision,
-                reason,
-            )
-            .details(details),
-        );
+    if let Some(a) = audit.as_ref()
+        && budget.is_none_or(|may| may())
+    {
+        a.record(entry);
     }
     Ok(())
 }
@@ -49,21 +62,22 @@ pub(super) fn record(
 /// bus failure), and hands `result` back; a failure to record replaces it.
 pub(super) fn refusal<T>(
     sh: &Shared,
-    agent: &str,
-    context: &str,
-    operation: &str,
+    budget: Option<&AuditBudget>,
+    (agent, context, operation): (&str, &str, &str),
     result: Result<T, ContextError>,
 ) -> Result<T, ContextError> {
     match &result {
         Ok(_) | Err(ContextError::Store(_) | ContextError::Events(_)) => {}
         Err(e) => record(
             sh,
-            agent,
-            context,
-            operation,
-            AuditDecision::Deny,
-            e.to_string(),
-            Value::Null,
+            budget,
+            entry(
+                agent,
+                context,
+                operation,
+                AuditDecision::Deny,
+                e.to_string(),
+            ),
         )?,
     }
     result

@@ -123,7 +123,7 @@ impl ContextService {
         labels: &[String],
     ) -> Result<Vec<String>, ContextError> {
         let r = self.relabel(by, id, labels).await;
-        audit::refusal(&self.shared, by, id, "label", r)
+        audit::refusal(&self.shared, None, (by, id, "label"), r)
     }
 
     async fn relabel(
@@ -157,12 +157,15 @@ impl ContextService {
                 let before = inner.labels.get(&id).cloned().unwrap_or_default();
                 audit::record(
                     sh,
-                    &by,
-                    &id,
-                    "label",
-                    AuditDecision::Record,
-                    format!("labels now: [{}]", labels.join(", ")),
-                    json!({"before": before, "after": labels}),
+                    None,
+                    audit::entry(
+                        &by,
+                        &id,
+                        "label",
+                        AuditDecision::Record,
+                        format!("labels now: [{}]", labels.join(", ")),
+                    )
+                    .details(json!({"before": before, "after": labels})),
                 )?;
                 save(ctx.tx(), &id, &labels, &by, sh.clock.now_ms())?;
                 if labels.is_empty() {

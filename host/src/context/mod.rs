@@ -33,11 +33,13 @@ pub mod patch;
 mod persist;
 mod sharing;
 
+pub use audit::AuditBudget;
 pub use engine::{Refusal, ResolveChoice};
 pub use hlc::{Hlc, HybridClock, ManualClock, PhysicalClock, SystemClock};
 pub use model::*;
 pub use patch::{FieldChange, PointerOp};
 
+use crate::audit::AuditDecision::Record;
 use crate::events::{EventBus, EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
 use crate::store::{Store, StoreError, WriteCtx};
 use engine::{Stamp, Write};
@@ -392,7 +394,7 @@ impl ContextService {
         let loaded = store
             .read(move |conn| persist::load_all(conn, &blobs))
             .await?;
-        let labels = store.read(|conn| labels::load_all(conn)).await?;
+        let labels = store.read(labels::load_all).await?;
         let mut inner = Inner {
             labels,
             revision: loaded.revision,
@@ -628,15 +630,11 @@ impl ContextService {
                         .map_err(StoreError::from)?;
                     for (cid, m) in inner.shares.iter_mut() {
                         if let Some(gone) = m.remove(&id) {
-                            audit::record(
-                                sh,
-                                OPERATOR,
-                                cid,
-                                "unregister",
-                                crate::audit::AuditDecision::Record,
-                                format!("grant of `{id}` removed: the agent was unregistered"),
-                                json!({"target": id, "grantedBy": gone.granted_by}),
-                            )?;
+                            let reason =
+                                format!("grant of `{id}` removed: the agent was unregistered");
+                            let entry = audit::entry(OPERATOR, cid, "unregister", Record, reason);
+                            let details = json!({"target": id, "grantedBy": gone.granted_by});
+                            audit::record(sh, None, entry.details(details))?;
                         }
                     }
                     sh.bus.stage(
@@ -1000,7 +998,9 @@ impl ContextService {
                 doc: new.doc,
             };
             if !new_labels.is_empty() {
-                audit::record(sh, &agent, &id, "label", crate::audit::AuditDecision::Record, format!("labels at create: [{}]", new_labels.join(", ")), json!({"before": [], "after": new_labels}))?;
+                let reason = format!("labels at create: [{}]", new_labels.join(", "));
+                let entry = audit::entry(&agent, &id, "label", Record, reason);
+                audit::record(sh, None, entry.details(json!({"before": [], "after": new_labels})))?;
                 labels::save(ctx.tx(), &id, &new_labels, &agent, now)?;
             }
             persist::upsert_context(ctx.tx(), ctx.blobs(), &state)?;

@@ -12,7 +12,7 @@
 //! - a delegated sharer changes or revokes only grants it made (`Share::granted_by`); grants
 //!   made by anyone else are the owner's and the operator's to change.
 
-use super::audit;
+use super::audit::{self, AuditBudget};
 use super::{
     ContextError, ContextService, ContextStatus, NewEvent, OPERATOR, Permission, Share,
     ShareResult, SharedContextInfo, TrustSource, persist,
@@ -21,6 +21,14 @@ use crate::audit::AuditDecision;
 use crate::events::EventType;
 use crate::security::TrustLevel;
 use serde_json::json;
+
+/// What a share grants (the arguments of [`ContextService::share_with_min_trust`]).
+struct Grant<'a> {
+    targets: &'a [String],
+    permissions: &'a [Permission],
+    expires_at: Option<u64>,
+    min_trust: Option<TrustLevel>,
+}
 
 impl ContextService {
     /// Tells the service how to learn agents' trust levels (the host installs its registry).
@@ -61,20 +69,57 @@ impl ContextService {
         expires_at: Option<u64>,
         min_trust: Option<TrustLevel>,
     ) -> Result<ShareResult, ContextError> {
-        let r = self
-            .grant(by, id, targets, permissions, expires_at, min_trust)
-            .await;
-        audit::refusal(&self.shared, by, id, "share", r)
+        let grant = Grant {
+            targets,
+            permissions,
+            expires_at,
+            min_trust,
+        };
+        self.grant(by, id, grant, None).await
     }
 
-    async fn grant(
+    /// [`share`](Self::share) on behalf of an agent's own call: each audit entry it adds is
+    /// written only when `budget` allows (the agent's per-agent bound).
+    pub async fn share_within(
         &self,
         by: &str,
         id: &str,
         targets: &[String],
         permissions: &[Permission],
         expires_at: Option<u64>,
-        min_trust: Option<TrustLevel>,
+        budget: AuditBudget,
+    ) -> Result<ShareResult, ContextError> {
+        let grant = Grant {
+            targets,
+            permissions,
+            expires_at,
+            min_trust: None,
+        };
+        self.grant(by, id, grant, Some(budget)).await
+    }
+
+    async fn grant(
+        &self,
+        by: &str,
+        id: &str,
+        grant: Grant<'_>,
+        budget: Option<AuditBudget>,
+    ) -> Result<ShareResult, ContextError> {
+        let r = self.grant_checked(by, id, grant, budget.clone()).await;
+        audit::refusal(&self.shared, budget.as_ref(), (by, id, "share"), r)
+    }
+
+    async fn grant_checked(
+        &self,
+        by: &str,
+        id: &str,
+        Grant {
+            targets,
+            permissions,
+            expires_at,
+            min_trust,
+        }: Grant<'_>,
+        budget: Option<AuditBudget>,
     ) -> Result<ShareResult, ContextError> {
         if targets.is_empty() {
             return Err(ContextError::invalid(
@@ -141,7 +186,7 @@ impl ContextService {
                     format!("granted to `{t}`")
                 };
                 let details = json!({"target": t, "permissions": permissions, "expiresAt": expires, "requestedExpiresAt": expires_at, "expiryCapped": capped, "minTrust": trust.map(TrustLevel::as_str)});
-                audit::record(sh, &by, &id, "share", AuditDecision::Record, reason, details)?;
+                audit::record(sh, budget.as_ref(), audit::entry(&by, &id, "share", AuditDecision::Record, reason).details(details))?;
                 persist::upsert_share(ctx.tx(), ctx.blobs(), &share)?;
                 events.push(NewEvent::new(EventType::Shared).context(&id).agent(&by).data(json!({"target": t, "permissions": permissions, "expiresAt": expires})));
                 inner.shares.entry(id.clone()).or_default().insert(t.clone(), share);
@@ -156,11 +201,30 @@ impl ContextService {
     /// that is not the owner needs `share` and revokes only grants it made (`AccessDenied`
     /// otherwise, naming who made the grant). Every removed grant and every refusal is audited.
     pub async fn revoke(&self, by: &str, id: &str, targets: &[String]) -> Result<(), ContextError> {
-        let r = self.ungrant(by, id, targets).await;
-        audit::refusal(&self.shared, by, id, "revoke", r)
+        let r = self.ungrant(by, id, targets, None).await;
+        audit::refusal(&self.shared, None, (by, id, "revoke"), r)
     }
 
-    async fn ungrant(&self, by: &str, id: &str, targets: &[String]) -> Result<(), ContextError> {
+    /// [`revoke`](Self::revoke) on behalf of an agent's own call: each audit entry it adds is
+    /// written only when `budget` allows (the agent's per-agent bound).
+    pub async fn revoke_within(
+        &self,
+        by: &str,
+        id: &str,
+        targets: &[String],
+        budget: AuditBudget,
+    ) -> Result<(), ContextError> {
+        let r = self.ungrant(by, id, targets, Some(budget.clone())).await;
+        audit::refusal(&self.shared, Some(&budget), (by, id, "revoke"), r)
+    }
+
+    async fn ungrant(
+        &self,
+        by: &str,
+        id: &str,
+        targets: &[String],
+        budget: Option<AuditBudget>,
+    ) -> Result<(), ContextError> {
         let (by, id, targets) = (by.to_string(), id.to_string(), targets.to_vec());
         self.run(
             Some(id.clone()),
@@ -201,16 +265,11 @@ impl ContextService {
                 let mut events = Vec::new();
                 for t in &targets {
                     let held = inner.shares.get(&id).and_then(|m| m.get(t)).cloned();
-                    audit::record(
-                        sh,
-                        &by,
-                        &id,
-                        "revoke",
-                        AuditDecision::Record,
-                        format!("grant of `{t}` revoked"),
-                        json!({"target": t, "held": held.is_some(),
-                               "grantedBy": held.as_ref().map(|s| &s.granted_by)}),
-                    )?;
+                    let reason = format!("grant of `{t}` revoked");
+                    let details = json!({"target": t, "held": held.is_some(),
+                                         "grantedBy": held.as_ref().map(|s| &s.granted_by)});
+                    let entry = audit::entry(&by, &id, "revoke", AuditDecision::Record, reason);
+                    audit::record(sh, budget.as_ref(), entry.details(details))?;
                     persist::delete_share(ctx.tx(), ctx.blobs(), &id, t)?;
                     if let Some(m) = inner.shares.get_mut(&id) {
                         m.remove(t);

@@ -55,6 +55,12 @@ fn write_result(r: crate::context::WriteResult) -> WitWriteResult {
     }
 }
 
+/// The agent's per-agent audit bound, for the entries the context store adds for its calls.
+fn audit_budget(shared: &Arc<AgentShared>) -> crate::context::AuditBudget {
+    let shared = shared.clone();
+    Arc::new(move || shared.take_audit_entry())
+}
+
 /// The context store and the agent's identity in it, counting the call.
 pub(super) async fn context_call(
     shared: &Arc<AgentShared>,
@@ -320,7 +326,7 @@ impl qi::agent::context::Host for AgentState {
                 .collect();
             let expires = expires_in_ms.map(|ms| svc.now_ms().saturating_add(ms));
             // The store audits every grant it makes and every refusal.
-            svc.share(&me, &id, &agents, &perms, expires)
+            svc.share_within(&me, &id, &agents, &perms, expires, audit_budget(&shared))
                 .await
                 .map(|_| ())
                 .map_err(context_error)
@@ -345,7 +351,9 @@ impl qi::agent::context::Host for AgentState {
                 .gate("context", &id, "revoke")
                 .map_err(WitContextError::AccessDenied)?;
             // The store audits every grant it removes and every refusal.
-            svc.revoke(&me, &id, &agents).await.map_err(context_error)
+            svc.revoke_within(&me, &id, &agents, audit_budget(&shared))
+                .await
+                .map_err(context_error)
         }
         .await;
         self.finish_context("context.revoke", &id, id.len(), start, &r);
