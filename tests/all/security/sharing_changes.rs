@@ -30,12 +30,12 @@ fn policy_set(text: &str) -> PolicySet {
         .expect("policies valid")
 }
 
-/// A `subscriber` on `s` watching `doc` (shared for reading, requiring `min_trust`) for three
-/// updates. Between the operator's updates it runs `first` (after the first one reached the
+/// A `subscriber` on `s` watching `doc` (shared for reading, requiring `min_trust`, until
+/// `expires_at`) for three updates. Between the operator's updates it runs `first` (after the first one reached the
 /// guest) and `second` (after the second did); returns the guest's output and id.
 async fn watch_across(
     s: &Secured,
-    min_trust: Option<TrustLevel>,
+    (min_trust, expires_at): (Option<TrustLevel>, Option<u64>),
     first: impl FnOnce(&Secured, &str),
     second: impl FnOnce(&Secured, &str),
 ) -> (Value, String) {
@@ -51,7 +51,7 @@ async fn watch_across(
             "doc",
             std::slice::from_ref(&id),
             &[Permission::Read],
-            None,
+            expires_at,
             min_trust,
         )
         .await
@@ -92,7 +92,7 @@ async fn a_policy_change_ends_a_subscription_at_the_next_event_it_denies() {
     let s = secured_with_tools(Some(WATCH), crate::common::test_tools()).await;
     let (out, id) = watch_across(
         &s,
-        None,
+        (None, None),
         // Replaced by policies that still allow it: decided again, still delivered.
         |s, _| s.access.set_policies(Some(policy_set(WATCH))),
         // Replaced by policies that deny it: the next event ends the subscription.
@@ -127,7 +127,7 @@ async fn a_trust_drop_below_a_shares_requirement_ends_a_subscription() {
     let s = secured_with_tools(None, crate::common::test_tools()).await;
     let (out, _) = watch_across(
         &s,
-        Some(TrustLevel::Low),
+        (Some(TrustLevel::Low), None),
         // Raised: still meets the requirement.
         |s, id| {
             s.host
@@ -146,6 +146,47 @@ async fn a_trust_drop_below_a_shares_requirement_ends_a_subscription() {
     let e = out["error"].as_str().unwrap_or_default();
     assert!(e.starts_with("access-denied"), "{out}");
     assert!(e.contains("requires trust level low"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_expiring_ends_a_subscription_at_its_next_event() {
+    // The context store's clock is the test's.
+    let clock = Arc::new(qi_host::context::ManualClock::new(1_000_000));
+    let store = qi_host::Store::open(qi_host::StoreConfig::in_memory()).unwrap();
+    let bus = qi_host::EventBus::new(store.clone(), qi_host::EventBusConfig::default())
+        .await
+        .unwrap();
+    let svc = ContextService::open(
+        store.clone(),
+        bus,
+        clock.clone(),
+        qi_host::context::ContextConfig::default(),
+    )
+    .await
+    .unwrap();
+    let audit = AuditLog::open(store).await.unwrap();
+    let access = Arc::new(AccessControl::new(None, Some(audit.clone())));
+    let s = Secured {
+        host: crate::common::new_host(4)
+            .with_context(svc.clone())
+            .with_access(access.clone()),
+        svc,
+        access,
+        audit,
+    };
+    let (out, _) = watch_across(
+        &s,
+        (None, Some(1_000_000 + 1_000)),
+        // One millisecond before the expiry: still delivered.
+        |_, _| clock.advance(999),
+        // At the expiry.
+        |_, _| clock.advance(1),
+    )
+    .await;
+    assert_eq!(out["received"], 2, "{out}");
+    let e = out["error"].as_str().unwrap_or_default();
+    assert!(e.starts_with("access-denied"), "{out}");
+    assert!(e.contains("expired"), "{out}");
 }
 
 /// Context writes allowed; reads only of contexts labelled `public`.
