@@ -145,7 +145,7 @@ impl ContextService {
         }
         let (by, id) = (by.to_string(), id.to_string());
         self.run(
-            None,
+            Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
                 if !inner
                     .contexts

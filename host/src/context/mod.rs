@@ -555,7 +555,20 @@ impl ContextService {
         else {
             return;
         };
+        let labels = self.shared.store.read(labels::load_all).await;
         let mut inner = self.shared.lock();
+        // Its grants and labels too: a failed share, revoke or relabel leaves them as stored.
+        let grants = loaded.shares.into_iter().filter(|s| s.context_id == id);
+        inner.shares.insert(
+            id.to_string(),
+            grants.map(|s| (s.agent_id.clone(), s)).collect(),
+        );
+        if let Ok(mut labels) = labels {
+            match labels.remove(id) {
+                Some(l) => inner.labels.insert(id.to_string(), l),
+                None => inner.labels.remove(id),
+            };
+        }
         match loaded.contexts.into_iter().find(|c| c.id == id) {
             Some(c) => {
                 inner.contexts.insert(id.to_string(), c);

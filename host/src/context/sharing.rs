@@ -177,9 +177,10 @@ impl ContextService {
             if let Some(unknown) = targets.iter().find(|t| !inner.agents.contains_key(*t)) {
                 return Ok(Err(ContextError::UnknownAgent(unknown.clone())));
             }
-            let mut events = Vec::new();
+            let shares: Vec<Share> = targets.iter().map(|t| Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at: expires, min_trust: trust }).collect();
+            // Audited first, then stored, then applied in memory: a refusal to record changes
+            // nothing, and a failed write leaves memory as the disk is.
             for t in &targets {
-                let share = Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at: expires, min_trust: trust };
                 let reason = if capped {
                     format!("granted to `{t}`; expiry capped at the sharer's own grant ({} ms)", expires.unwrap_or_default())
                 } else {
@@ -187,11 +188,16 @@ impl ContextService {
                 };
                 let details = json!({"target": t, "permissions": permissions, "expiresAt": expires, "requestedExpiresAt": expires_at, "expiryCapped": capped, "minTrust": trust.map(TrustLevel::as_str)});
                 audit::record(sh, budget.as_ref(), audit::entry(&by, &id, "share", AuditDecision::Record, reason).details(details))?;
-                persist::upsert_share(ctx.tx(), ctx.blobs(), &share)?;
-                events.push(NewEvent::new(EventType::Shared).context(&id).agent(&by).data(json!({"target": t, "permissions": permissions, "expiresAt": expires})));
-                inner.shares.entry(id.clone()).or_default().insert(t.clone(), share);
+            }
+            let mut events = Vec::new();
+            for share in &shares {
+                persist::upsert_share(ctx.tx(), ctx.blobs(), share)?;
+                events.push(NewEvent::new(EventType::Shared).context(&id).agent(&by).data(json!({"target": share.agent_id, "permissions": permissions, "expiresAt": expires})));
             }
             sh.bus.stage(ctx, events)?;
+            for share in shares {
+                inner.shares.entry(id.clone()).or_default().insert(share.agent_id.clone(), share);
+            }
             Ok(Ok(ShareResult { context_id: id, shared_with: targets, permissions, shared_at: now, expires_at: expires }))
         }))
         .await
@@ -262,18 +268,18 @@ impl ContextService {
                         reason,
                     )?));
                 }
-                let mut events = Vec::new();
+                // Audited first, then stored, then applied in memory.
                 for t in &targets {
-                    let held = inner.shares.get(&id).and_then(|m| m.get(t)).cloned();
+                    let held = inner.shares.get(&id).and_then(|m| m.get(t));
                     let reason = format!("grant of `{t}` revoked");
                     let details = json!({"target": t, "held": held.is_some(),
-                                         "grantedBy": held.as_ref().map(|s| &s.granted_by)});
+                                         "grantedBy": held.map(|s| &s.granted_by)});
                     let entry = audit::entry(&by, &id, "revoke", AuditDecision::Record, reason);
                     audit::record(sh, budget.as_ref(), entry.details(details))?;
+                }
+                let mut events = Vec::new();
+                for t in &targets {
                     persist::delete_share(ctx.tx(), ctx.blobs(), &id, t)?;
-                    if let Some(m) = inner.shares.get_mut(&id) {
-                        m.remove(t);
-                    }
                     events.push(
                         NewEvent::new(EventType::Revoked)
                             .context(&id)
@@ -282,6 +288,11 @@ impl ContextService {
                     );
                 }
                 sh.bus.stage(ctx, events)?;
+                if let Some(m) = inner.shares.get_mut(&id) {
+                    for t in &targets {
+                        m.remove(t);
+                    }
+                }
                 Ok(Ok(()))
             }),
         )
