@@ -280,12 +280,14 @@ pub fn delete(id: &str) -> Result<(), ContextError> {
 
 /// Shares a context with other agents (by agent id), granting `permissions`; with
 /// `expires_in_ms` the share stops working that many milliseconds from now. A sharer that is
-/// not the owner needs `share` and can grant only what it holds.
+/// not the owner needs `share`, can grant only what it holds, and its grant never outlives its
+/// own (the expiry is capped at it) nor asks less trust than its own requires.
 ///
 /// # Errors
 ///
-/// [`ContextError::AccessDenied`] (no `share` permission, or granting more than held, or an
-/// unknown target agent), [`ContextError::Invalid`] (no agents or no permissions),
+/// [`ContextError::AccessDenied`] (no `share` permission, granting more than held, sharing
+/// with oneself, or changing a grant another agent made), [`ContextError::Invalid`] (no
+/// agents or no permissions, or an unknown target agent),
 /// [`ContextError::NotFound`].
 pub fn share(
     id: &str,
@@ -297,11 +299,12 @@ pub fn share(
     raw::share(id, &agents, permissions, expires_in_ms)
 }
 
-/// Revokes the shares of `agents`.
+/// Revokes the shares of `agents`. A sharer that is not the owner revokes only grants it made.
 ///
 /// # Errors
 ///
-/// [`ContextError::AccessDenied`] without the `share` permission, [`ContextError::NotFound`].
+/// [`ContextError::AccessDenied`] without the `share` permission or for a grant another agent
+/// made, [`ContextError::NotFound`].
 pub fn revoke(id: &str, agents: &[&str]) -> Result<(), ContextError> {
     let agents: Vec<String> = agents.iter().map(|a| (*a).to_owned()).collect();
     raw::revoke(id, &agents)

@@ -67,6 +67,14 @@ pub struct ContextArgs {
 /// `qi-host context` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ContextCommand {
+    /// Set a context's labels (what access policies see as `resource.labels`), replacing the
+    /// ones it had; with no LABEL, clear them. Audited.
+    Label {
+        /// Context id.
+        id: String,
+        /// Labels: ASCII letters, digits, `-`, `_`, `.`, `:` (at most 32, each up to 64 bytes).
+        labels: Vec<String>,
+    },
     /// List contexts.
     List {
         /// Only this context type.

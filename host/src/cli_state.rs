@@ -77,6 +77,7 @@ pub async fn open_secured(
     let audit = crate::audit::AuditLog::open(context.store().clone())
         .await
         .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
+    context.set_audit(audit.clone());
     let access = Arc::new(crate::security::AccessControl::new(
         policies,
         Some(audit.clone()),
@@ -131,11 +132,39 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Error> {
 /// `qi-host context …`.
 pub async fn context(args: ContextArgs) -> Result<i32, Error> {
     let (store, bus) = open(&args.data).await?;
+    let audit = crate::audit::AuditLog::open(store.clone())
+        .await
+        .map_err(store_err)?;
     let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
         .await
         .map_err(ctx_err)?;
+    svc.set_audit(audit.clone());
     let json = args.data.json;
-    match args.command {
+    let r = context_command(&svc, args.command, json).await;
+    // Label changes (and refusals) are audited: written before the process exits.
+    audit.flush().await;
+    r
+}
+
+async fn context_command(
+    svc: &ContextService,
+    command: ContextCommand,
+    json: bool,
+) -> Result<i32, Error> {
+    match command {
+        ContextCommand::Label { id, labels } => {
+            let now = svc
+                .set_labels(OPERATOR, &id, &labels)
+                .await
+                .map_err(ctx_err)?;
+            if json {
+                print_json(&serde_json::json!({"id": id, "labels": now}))?;
+            } else if now.is_empty() {
+                println!("{id}: no labels");
+            } else {
+                println!("{id}: labels {}", now.join(", "));
+            }
+        }
         ContextCommand::List {
             context_type,
             owner,

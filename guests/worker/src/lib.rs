@@ -37,7 +37,9 @@
 //! "ok", "value" | "error"}`) instead of failing, for access-control tests and benchmarks:
 //! `{"context_get": {"id", "times"}}`, `{"context_put": {"id", "doc"}}`, `{"tool": {"name",
 //! "input"}}`, `{"read_file": path}`, `{"write_file": {"path", "text"}}`, `{"connect":
-//! "host:port"}`, `{"publish": context}`, `{"subscribe": context}`.
+//! "host:port"}`, `{"publish": context}`, `{"subscribe": context}`, `{"share": {"id",
+//! "agents": [ids], "permissions": ["read" | "write" | "share" | "delete"], "expires_in_ms":
+//! optional}}`, `{"revoke": {"id", "agents": [ids]}}`.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -103,14 +105,36 @@ enum Action {
 
 /// One host call whose outcome is recorded (for access-control tests and benchmarks).
 enum Probe {
-    ContextGet { id: String, times: u64 },
-    ContextPut { id: String, doc: Value },
-    Tool { name: String, input: Value },
+    ContextGet {
+        id: String,
+        times: u64,
+    },
+    ContextPut {
+        id: String,
+        doc: Value,
+    },
+    Tool {
+        name: String,
+        input: Value,
+    },
     ReadFile(String),
-    WriteFile { path: String, text: String },
+    WriteFile {
+        path: String,
+        text: String,
+    },
     Connect(String),
     Publish(String),
     Subscribe(String),
+    Share {
+        id: String,
+        agents: Vec<String>,
+        permissions: Vec<context::Permission>,
+        expires_in_ms: Option<u64>,
+    },
+    Revoke {
+        id: String,
+        agents: Vec<String>,
+    },
 }
 
 /// One step of the script.
@@ -277,6 +301,25 @@ fn run_probe(probe: Probe) -> Value {
             "subscribe",
             events::subscribe(&[id.as_str()], &[], None).map(|_| Value::Null),
         ),
+        Probe::Share {
+            id,
+            agents,
+            permissions,
+            expires_in_ms,
+        } => {
+            let agents: Vec<&str> = agents.iter().map(String::as_str).collect();
+            done(
+                "share",
+                context::share(&id, &agents, &permissions, expires_in_ms).map(|()| Value::Null),
+            )
+        }
+        Probe::Revoke { id, agents } => {
+            let agents: Vec<&str> = agents.iter().map(String::as_str).collect();
+            done(
+                "revoke",
+                context::revoke(&id, &agents).map(|()| Value::Null),
+            )
+        }
     }
 }
 
@@ -397,6 +440,22 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         "connect" => Action::Probe(Probe::Connect(text(arg)?)),
         "publish" => Action::Probe(Probe::Publish(text(arg)?)),
         "subscribe" => Action::Probe(Probe::Subscribe(text(arg)?)),
+        "share" => Action::Probe(Probe::Share {
+            id: field_text(arg, "id")?,
+            agents: texts(&field_value(arg, "agents")?)?,
+            permissions: texts(&field_value(arg, "permissions")?)?
+                .iter()
+                .map(|p| p.parse())
+                .collect::<Result<_, _>>()?,
+            expires_in_ms: field_value(arg, "expires_in_ms")
+                .ok()
+                .map(|t| number(&t))
+                .transpose()?,
+        }),
+        "revoke" => Action::Probe(Probe::Revoke {
+            id: field_text(arg, "id")?,
+            agents: texts(&field_value(arg, "agents")?)?,
+        }),
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })
@@ -411,6 +470,14 @@ fn text(arg: &Value) -> Result<String, String> {
     arg.as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("expected a string, got {arg}"))
+}
+
+fn texts(arg: &Value) -> Result<Vec<String>, String> {
+    arg.as_array()
+        .ok_or_else(|| format!("expected a list of strings, got {arg}"))?
+        .iter()
+        .map(text)
+        .collect()
 }
 
 fn flag(arg: &Value) -> Result<(), String> {

@@ -63,6 +63,11 @@ impl AgentHost {
                 .get(id)
                 .map(|e| crate::security::TrustLevel::from_u8(e.trust.load(Ordering::Relaxed)))
         }));
+        // Grant changes and sharing refusals go to the host's audit log, whichever is attached
+        // first.
+        if let Some(audit) = self.access.as_ref().and_then(|a| a.audit()) {
+            context.set_audit(audit.clone());
+        }
         self.context = Some(context);
         self
     }
@@ -75,6 +80,9 @@ impl AgentHost {
     /// Puts every host call of every agent through `access` (policies and audit log): see
     /// [`crate::security`]. Spawns, terminations, trust changes and limit violations are audited.
     pub fn with_access(mut self, access: Arc<crate::security::AccessControl>) -> Self {
+        if let (Some(context), Some(audit)) = (&self.context, access.audit()) {
+            context.set_audit(audit.clone());
+        }
         self.access = Some(access);
         self
     }

@@ -24,17 +24,23 @@
 //! [`ContextError::AccessDenied`], an `access-violation` conflict record and a `conflict`
 //! event.
 
+mod access;
+mod audit;
 pub mod engine;
 pub mod hlc;
+pub mod labels;
 pub mod model;
 pub mod patch;
 mod persist;
+mod sharing;
 
+pub use audit::AuditBudget;
 pub use engine::{Refusal, ResolveChoice};
 pub use hlc::{Hlc, HybridClock, ManualClock, PhysicalClock, SystemClock};
 pub use model::*;
 pub use patch::{FieldChange, PointerOp};
 
+use crate::audit::AuditDecision::Record;
 use crate::events::{EventBus, EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
 use crate::store::{Store, StoreError, WriteCtx};
 use engine::{Stamp, Write};
@@ -158,6 +164,10 @@ pub struct NewContext {
     pub resolution: ConflictResolution,
     /// Versions to keep (None: the store default).
     pub history_limit: Option<u64>,
+    /// Host-kept labels (what policies see as `resource.labels`; see [`labels`]), set by the
+    /// host-side creator; agents creating through `qi:agent/context` cannot set them. Default
+    /// none.
+    pub labels: Vec<String>,
 }
 
 /// A change to a context.
@@ -300,6 +310,8 @@ struct Inner {
     agents: HashMap<String, AgentRegistration>,
     schemas: HashMap<String, Arc<jsonschema::Validator>>,
     subscriptions: HashMap<String, Vec<crate::events::SubscriptionId>>,
+    /// Host-kept labels by context (see [`labels`]).
+    labels: HashMap<String, Vec<String>>,
     revision: u64,
     next_id: u64,
 }
@@ -311,6 +323,8 @@ struct Shared {
     config: ContextConfig,
     inner: Mutex<Inner>,
     trust: std::sync::RwLock<Option<TrustSource>>,
+    audit: std::sync::RwLock<Option<crate::audit::AuditLog>>,
+    labels_generation: std::sync::atomic::AtomicU64,
 }
 
 /// Where the service learns an agent's current trust level (for shares that require one).
@@ -381,7 +395,9 @@ impl ContextService {
         let loaded = store
             .read(move |conn| persist::load_all(conn, &blobs))
             .await?;
+        let labels = store.read(labels::load_all).await?;
         let mut inner = Inner {
+            labels,
             revision: loaded.revision,
             next_id: loaded.contexts.len() as u64 + 1,
             ..Inner::default()
@@ -412,26 +428,10 @@ impl ContextService {
                 config,
                 inner: Mutex::new(inner),
                 trust: std::sync::RwLock::new(None),
+                audit: std::sync::RwLock::new(None),
+                labels_generation: std::sync::atomic::AtomicU64::new(0),
             }),
         })
-    }
-
-    /// A context's type, owner and labels (a top-level `"labels"` list of strings in its
-    /// document), for access policies; read from memory, recorded nowhere.
-    pub fn attributes(&self, id: &str) -> Option<(String, String, Vec<String>)> {
-        let inner = self.shared.lock();
-        let c = inner.contexts.get(id)?;
-        let labels = c
-            .doc
-            .get("labels")
-            .and_then(Value::as_array)
-            .map(|l| {
-                l.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some((c.context_type.clone(), c.owner.clone(), labels))
     }
 
     /// The host's own documents (run state, outputs, checkpoints): creates `id` owned by the
@@ -556,7 +556,20 @@ impl ContextService {
         else {
             return;
         };
+        let labels = self.shared.store.read(labels::load_all).await;
         let mut inner = self.shared.lock();
+        // Its grants and labels too: a failed share, revoke or relabel leaves them as stored.
+        let grants = loaded.shares.into_iter().filter(|s| s.context_id == id);
+        inner.shares.insert(
+            id.to_string(),
+            grants.map(|s| (s.agent_id.clone(), s)).collect(),
+        );
+        if let Ok(mut labels) = labels {
+            match labels.remove(id) {
+                Some(l) => inner.labels.insert(id.to_string(), l),
+                None => inner.labels.remove(id),
+            };
+        }
         match loaded.contexts.into_iter().find(|c| c.id == id) {
             Some(c) => {
                 inner.contexts.insert(id.to_string(), c);
@@ -629,8 +642,14 @@ impl ContextService {
                     ctx.tx()
                         .execute("DELETE FROM shares WHERE agent_id = ?1", [&id])
                         .map_err(StoreError::from)?;
-                    for m in inner.shares.values_mut() {
-                        m.remove(&id);
+                    for (cid, m) in inner.shares.iter_mut() {
+                        if let Some(gone) = m.remove(&id) {
+                            let reason =
+                                format!("grant of `{id}` removed: the agent was unregistered");
+                            let entry = audit::entry(OPERATOR, cid, "unregister", Record, reason);
+                            let details = json!({"target": id, "grantedBy": gone.granted_by});
+                            audit::record(sh, None, entry.details(details))?;
+                        }
                     }
                     sh.bus.stage(
                         ctx,
@@ -765,139 +784,6 @@ impl ContextService {
         })
     }
 
-    // ---- access ----------------------------------------------------------------------------
-
-    fn check(
-        sh: &Shared,
-        inner: &Inner,
-        agent: &str,
-        state: &ContextState,
-        perm: Permission,
-    ) -> Result<(), String> {
-        if agent == OPERATOR {
-            return Ok(());
-        }
-        let now = sh.clock.now_ms();
-        let reg = inner
-            .agents
-            .get(agent)
-            .ok_or("the agent is not registered")?;
-        if reg.status == AgentConnection::Disconnected
-            || now.saturating_sub(reg.last_heartbeat) > sh.config.heartbeat_timeout_ms
-        {
-            return Err("the agent is disconnected (no heartbeat); send a heartbeat first".into());
-        }
-        let caps = &reg.capabilities;
-        let allowed = match perm {
-            Permission::Read => caps.can_read,
-            Permission::Write | Permission::Delete => caps.can_write,
-            Permission::Share => caps.can_share,
-        };
-        if !allowed {
-            return Err(format!("its capabilities do not include {perm}"));
-        }
-        if !caps.supported_context_types.is_empty()
-            && !caps.supported_context_types.contains(&state.context_type)
-        {
-            return Err(format!(
-                "it does not support context type `{}`",
-                state.context_type
-            ));
-        }
-        if state.owner == agent {
-            return Ok(());
-        }
-        match inner.shares.get(&state.id).and_then(|m| m.get(agent)) {
-            None => Err("the context is not shared with it".into()),
-            Some(s) if s.expires_at.is_some_and(|e| now >= e) => Err(format!(
-                "its share expired at {}",
-                s.expires_at.unwrap_or_default()
-            )),
-            Some(s) if !s.grants(perm, now) => Err(format!("its share does not grant {perm}")),
-            Some(s) if s.min_trust.is_some() => {
-                let need = s.min_trust.unwrap_or_default();
-                let has = sh
-                    .trust
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .and_then(|f| f(agent))
-                    .unwrap_or(crate::security::TrustLevel::None);
-                if has >= need {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "its share requires trust level {} and it has {}",
-                        need.as_str(),
-                        has.as_str()
-                    ))
-                }
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Looks a live context up and checks that `agent` holds `permission` for `operation`; a
-    /// refusal is recorded. The outer `Err` is a store failure, the inner one the caller's answer.
-    #[allow(clippy::too_many_arguments)]
-    fn authorized(
-        sh: &Shared,
-        inner: &Inner,
-        ctx: &mut WriteCtx<'_>,
-        agent: &str,
-        id: &str,
-        permission: Permission,
-        operation: &str,
-    ) -> Result<Result<ContextState, ContextError>, ContextError> {
-        let Some(state) = inner
-            .contexts
-            .get(id)
-            .filter(|c| c.status != ContextStatus::Deleted)
-        else {
-            return Ok(Err(ContextError::NotFound(id.to_string())));
-        };
-        match Self::check(sh, inner, agent, state, permission) {
-            Ok(()) => Ok(Ok(state.clone())),
-            Err(reason) => Ok(Err(Self::deny(sh, ctx, agent, operation, id, reason)?)),
-        }
-    }
-
-    /// Records an access violation (conflict row + event) and returns the error to report.
-    fn deny(
-        sh: &Shared,
-        ctx: &mut WriteCtx<'_>,
-        agent: &str,
-        operation: &str,
-        context: &str,
-        reason: String,
-    ) -> Result<ContextError, ContextError> {
-        let mut values = BTreeMap::new();
-        values.insert(
-            agent.to_string(),
-            json!({"operation": operation, "reason": reason}),
-        );
-        let mut conflict = Conflict {
-            id: 0,
-            context_id: context.to_string(),
-            field: String::new(),
-            conflict_type: ConflictType::AccessViolation,
-            severity: ConflictSeverity::High,
-            agent_values: values,
-            detected_at: sh.clock.now_ms(),
-            resolution: None,
-        };
-        conflict.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), &conflict)?;
-        sh.bus
-            .stage(ctx, vec![conflict_event(&conflict, agent, ctx.blobs())])?;
-        tracing::info!(agent, operation, context, %reason, "context access denied");
-        Ok(ContextError::AccessDenied {
-            agent: agent.to_string(),
-            operation: operation.to_string(),
-            context: context.to_string(),
-            reason,
-        })
-    }
-
     // ---- contexts --------------------------------------------------------------------------
 
     /// Creates a context owned by `agent`.
@@ -917,6 +803,7 @@ impl ContextService {
             ));
         }
         self.check_size(&new.doc)?;
+        let new_labels = labels::validate(&new.labels)?;
         let schema = match &new.schema {
             Some(s) => Some(compile_schema(new.id.as_deref().unwrap_or("new"), s)?),
             None => None,
@@ -991,6 +878,12 @@ impl ContextService {
                 op: "create".into(),
                 doc: new.doc,
             };
+            if !new_labels.is_empty() {
+                let reason = format!("labels at create: [{}]", new_labels.join(", "));
+                let entry = audit::entry(&agent, &id, "label", Record, reason);
+                audit::record(sh, None, entry.details(json!({"before": [], "after": new_labels})))?;
+                labels::save(ctx.tx(), &id, &new_labels, &agent, now)?;
+            }
             persist::upsert_context(ctx.tx(), ctx.blobs(), &state)?;
             persist::insert_version(ctx.tx(), ctx.blobs(), &version, state.history_limit, now)?;
             sh.bus.stage(ctx, vec![NewEvent::new(EventType::Created).context(&id).agent(&agent).data(json!({
@@ -1000,6 +893,10 @@ impl ContextService {
             inner.revision = revision;
             if let Some(v) = schema {
                 inner.schemas.insert(id.clone(), v);
+            }
+            if !new_labels.is_empty() {
+                inner.labels.insert(id.clone(), new_labels);
+                sh.labels_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             }
             inner.contexts.insert(id, state);
             Ok(Ok(result))
@@ -1330,219 +1227,7 @@ impl ContextService {
         .await
     }
 
-    // ---- sharing ---------------------------------------------------------------------------
-
-    /// Tells the service how to learn agents' trust levels (the host installs its registry).
-    pub fn set_trust_source(&self, source: TrustSource) {
-        *self.shared.trust.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
-    }
-
-    /// Shares a context with `targets`. A sharer that is not the owner needs the `share`
-    /// permission and can only grant permissions it holds itself.
-    pub async fn share(
-        &self,
-        by: &str,
-        id: &str,
-        targets: &[String],
-        permissions: &[Permission],
-        expires_at: Option<u64>,
-    ) -> Result<ShareResult, ContextError> {
-        self.share_with_min_trust(by, id, targets, permissions, expires_at, None)
-            .await
-    }
-
-    /// [`share`](Self::share) that also requires the agents to hold at least `min_trust` when
-    /// they use the share (checked at every call, so a trust change applies at once).
-    pub async fn share_with_min_trust(
-        &self,
-        by: &str,
-        id: &str,
-        targets: &[String],
-        permissions: &[Permission],
-        expires_at: Option<u64>,
-        min_trust: Option<crate::security::TrustLevel>,
-    ) -> Result<ShareResult, ContextError> {
-        if targets.is_empty() {
-            return Err(ContextError::invalid(
-                "targetAgents",
-                "name at least one agent",
-            ));
-        }
-        if permissions.is_empty() {
-            return Err(ContextError::invalid(
-                "permissions",
-                "grant at least one of read, write, share, delete",
-            ));
-        }
-        let (by, id, targets, permissions) = (
-            by.to_string(),
-            id.to_string(),
-            targets.to_vec(),
-            permissions.to_vec(),
-        );
-        self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
-            let state = match Self::authorized(sh, inner, ctx, &by, &id, Permission::Share, "share")? {
-                Ok(state) => state,
-                Err(e) => return Ok(Err(e)),
-            };
-            let now = sh.clock.now_ms();
-            if by != OPERATOR && by != state.owner {
-                for p in &permissions {
-                    if Self::check(sh, inner, &by, &state, *p).is_err() {
-                        let reason = format!("it cannot grant {p}, which it does not hold");
-                        return Ok(Err(Self::deny(sh, ctx, &by, "share", &id, reason)?));
-                    }
-                }
-            }
-            if let Some(unknown) = targets.iter().find(|t| !inner.agents.contains_key(*t)) {
-                return Ok(Err(ContextError::UnknownAgent(unknown.clone())));
-            }
-            let mut events = Vec::new();
-            for t in &targets {
-                let share = Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at, min_trust };
-                persist::upsert_share(ctx.tx(), ctx.blobs(), &share)?;
-                events.push(NewEvent::new(EventType::Shared).context(&id).agent(&by).data(json!({"target": t, "permissions": permissions, "expiresAt": expires_at})));
-                inner.shares.entry(id.clone()).or_default().insert(t.clone(), share);
-            }
-            sh.bus.stage(ctx, events)?;
-            Ok(Ok(ShareResult { context_id: id, shared_with: targets, permissions, shared_at: now, expires_at }))
-        }))
-        .await
-    }
-
-    /// Revokes the shares of `targets`.
-    pub async fn revoke(&self, by: &str, id: &str, targets: &[String]) -> Result<(), ContextError> {
-        let (by, id, targets) = (by.to_string(), id.to_string(), targets.to_vec());
-        self.run(
-            Some(id.clone()),
-            Box::new(move |sh, inner, ctx| {
-                if let Err(e) = Self::authorized(
-                    sh,
-                    inner,
-                    ctx,
-                    &by,
-                    &id,
-                    Permission::Share,
-                    "revoke sharing of",
-                )? {
-                    return Ok(Err(e));
-                }
-                let mut events = Vec::new();
-                for t in &targets {
-                    persist::delete_share(ctx.tx(), ctx.blobs(), &id, t)?;
-                    if let Some(m) = inner.shares.get_mut(&id) {
-                        m.remove(t);
-                    }
-                    events.push(
-                        NewEvent::new(EventType::Revoked)
-                            .context(&id)
-                            .agent(&by)
-                            .data(json!({"target": t})),
-                    );
-                }
-                sh.bus.stage(ctx, events)?;
-                Ok(Ok(()))
-            }),
-        )
-        .await
-    }
-
-    /// Contexts shared with `agent` (live, unexpired shares), sorted by id.
-    pub fn shared_contexts(&self, agent: &str) -> Vec<SharedContextInfo> {
-        let inner = self.shared.lock();
-        let now = self.shared.clock.now_ms();
-        let mut out: Vec<SharedContextInfo> = inner
-            .shares
-            .iter()
-            .filter_map(|(cid, m)| m.get(agent).map(|s| (cid, s)))
-            .filter(|(_, s)| s.expires_at.is_none_or(|e| now < e))
-            .filter_map(|(cid, s)| {
-                let c = inner.contexts.get(cid)?;
-                Some(SharedContextInfo {
-                    context_id: cid.clone(),
-                    owner_id: c.owner.clone(),
-                    permissions: s.permissions.clone(),
-                    shared_at: s.granted_at,
-                    expires_at: s.expires_at,
-                    version: c.version,
-                    sync_status: if c.status == ContextStatus::Conflict {
-                        "conflict"
-                    } else {
-                        "synced"
-                    }
-                    .into(),
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.context_id.cmp(&b.context_id));
-        out
-    }
-
     // ---- history, conflicts ----------------------------------------------------------------
-
-    fn read_check(&self, agent: &str, id: &str) -> Result<(), ContextError> {
-        let inner = self.shared.lock();
-        let state = inner
-            .contexts
-            .get(id)
-            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-        Self::check(&self.shared, &inner, agent, state, Permission::Read).map_err(|reason| {
-            ContextError::AccessDenied {
-                agent: agent.to_string(),
-                operation: "read".into(),
-                context: id.to_string(),
-                reason,
-            }
-        })
-    }
-
-    /// Whether `agent` holds `permission` on context `id` right now (nothing is recorded).
-    pub fn allowed(
-        &self,
-        agent: &str,
-        id: &str,
-        permission: Permission,
-    ) -> Result<(), ContextError> {
-        let inner = self.shared.lock();
-        let state = inner
-            .contexts
-            .get(id)
-            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-        Self::check(&self.shared, &inner, agent, state, permission).map_err(|reason| {
-            ContextError::AccessDenied {
-                agent: agent.to_string(),
-                operation: permission.to_string(),
-                context: id.to_string(),
-                reason,
-            }
-        })
-    }
-
-    /// Checks that `agent` holds `permission` on context `id` for `operation`; a refusal is
-    /// recorded like every other (access-violation conflict and event) and returned.
-    pub async fn authorize(
-        &self,
-        agent: &str,
-        id: &str,
-        permission: Permission,
-        operation: &str,
-    ) -> Result<(), ContextError> {
-        match self.allowed(agent, id, permission) {
-            Ok(()) => Ok(()),
-            Err(ContextError::AccessDenied { reason, .. }) => {
-                let (agent, id, operation) =
-                    (agent.to_string(), id.to_string(), operation.to_string());
-                self.run(
-                    None,
-                    Box::new(move |sh, _inner, ctx| {
-                        Ok(Err(Self::deny(sh, ctx, &agent, &operation, &id, reason)?))
-                    }),
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        }
-    }
 
     /// Versions of a context, newest first (at most `limit`).
     pub async fn history(

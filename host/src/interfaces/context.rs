@@ -55,6 +55,12 @@ fn write_result(r: crate::context::WriteResult) -> WitWriteResult {
     }
 }
 
+/// The agent's per-agent audit bound, for the entries the context store adds for its calls.
+fn audit_budget(shared: &Arc<AgentShared>) -> crate::context::AuditBudget {
+    let shared = shared.clone();
+    Arc::new(move || shared.take_audit_entry())
+}
+
 /// The context store and the agent's identity in it, counting the call.
 pub(super) async fn context_call(
     shared: &Arc<AgentShared>,
@@ -319,15 +325,11 @@ impl qi::agent::context::Host for AgentState {
                 })
                 .collect();
             let expires = expires_in_ms.map(|ms| svc.now_ms().saturating_add(ms));
-            svc.share(&me, &id, &agents, &perms, expires)
+            // The store audits every grant it makes and every refusal.
+            svc.share_within(&me, &id, &agents, &perms, expires, audit_budget(&shared))
                 .await
                 .map(|_| ())
-                .map_err(context_error)?;
-            if !shared.take_audit_entry() {
-                return Ok(());
-            }
-            shared.audit(&format!("context/{id}"), "share", || (format!("shared with {}", agents.join(", ")), serde_json::json!({"agents": agents, "permissions": perms, "expiresAt": expires})));
-            Ok(())
+                .map_err(context_error)
         }
         .await;
         self.finish_context("context.share", &id, id.len(), start, &r);
@@ -348,17 +350,10 @@ impl qi::agent::context::Host for AgentState {
             shared
                 .gate("context", &id, "revoke")
                 .map_err(WitContextError::AccessDenied)?;
-            svc.revoke(&me, &id, &agents).await.map_err(context_error)?;
-            if !shared.take_audit_entry() {
-                return Ok(());
-            }
-            shared.audit(&format!("context/{id}"), "revoke", || {
-                (
-                    format!("revoked from {}", agents.join(", ")),
-                    serde_json::json!({"agents": agents}),
-                )
-            });
-            Ok(())
+            // The store audits every grant it removes and every refusal.
+            svc.revoke_within(&me, &id, &agents, audit_budget(&shared))
+                .await
+                .map_err(context_error)
         }
         .await;
         self.finish_context("context.revoke", &id, id.len(), start, &r);

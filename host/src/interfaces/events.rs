@@ -4,10 +4,13 @@ use super::AgentState;
 use super::context::{context_call, context_error};
 use super::limits::{self, MAX_EVENT_DATA_BYTES, MAX_SUBSCRIBE_CONTEXTS, MAX_SUBSCRIBE_TYPES};
 use super::qi;
-use crate::context::{ContextError, Permission};
-use crate::events::{EventError, EventType, NewEvent, SubscribeFrom};
+use crate::context::{ContextError, ContextService, Permission};
+use crate::events::{EventError, EventType, NewEvent, SubscribeFrom, Subscription};
+use crate::sandbox::AgentShared;
 use qi::agent::context::ContextError as WitContextError;
 use qi::agent::events::{Event as WitEvent, EventError as WitEventError};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
@@ -16,6 +19,72 @@ use wasmtime::component::{HasSelf, Linker};
 pub const MAX_SUBSCRIPTIONS_PER_AGENT: usize = 16;
 /// Longest a single `events.next` waits, in milliseconds.
 pub const MAX_NEXT_TIMEOUT_MS: u32 = 60_000;
+
+/// What one gate decision on a subscription's context was made with: the policy set in force
+/// (held, so its address cannot be reused by a later one), the agent's trust level and the
+/// store's label generation. While all three are the same, the decision stands.
+#[derive(Clone)]
+pub(crate) struct GateStamp {
+    policies: Arc<crate::security::PolicySet>,
+    trust: u8,
+    labels: u64,
+}
+
+impl PartialEq for GateStamp {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.policies, &other.policies)
+            && self.trust == other.trust
+            && self.labels == other.labels
+    }
+}
+
+impl GateStamp {
+    /// The stamp a gate decision made now would carry; `None` when no policies are loaded
+    /// (the gate is open, nothing to re-check).
+    fn now(shared: &AgentShared) -> Option<GateStamp> {
+        Some(GateStamp {
+            policies: shared.access.as_ref()?.current()?,
+            trust: shared.trust.load(Ordering::Relaxed),
+            labels: shared
+                .context
+                .as_ref()
+                .map_or(0, ContextService::labels_generation),
+        })
+    }
+}
+
+/// A subscription of the agent and, per context, the gate decision that last allowed it.
+pub(crate) struct Watched {
+    sub: Subscription,
+    allowed_by: HashMap<String, GateStamp>,
+}
+
+impl Watched {
+    /// Whether the agent may still receive an event of context `context`: its share (checked
+    /// at every delivery, so a revocation, an expiry or a trust drop ends it at once) and the
+    /// access gate (decided again only when the policies, the agent's trust or the labels
+    /// changed since the last decision). `Err` says why not.
+    fn still_allowed(&mut self, shared: &AgentShared, context: Option<&str>) -> Result<(), String> {
+        let Some(c) = context else {
+            return Err("the event names no context".into());
+        };
+        let svc = shared
+            .context
+            .as_ref()
+            .ok_or("this host has no context store attached")?;
+        svc.allowed(&shared.id, c, Permission::Read)
+            .map_err(|e| format!("the agent may no longer read context `{c}`: {e}"))?;
+        if let Some(stamp) = GateStamp::now(shared)
+            && self.allowed_by.get(c) != Some(&stamp)
+        {
+            shared
+                .gate("events", c, "subscribe")
+                .map_err(|why| format!("the policies no longer allow it: {why}"))?;
+            self.allowed_by.insert(c.to_string(), stamp);
+        }
+        Ok(())
+    }
+}
 
 /// Adds `qi:agent/events` to `linker`.
 pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
@@ -66,6 +135,7 @@ impl qi::agent::events::Host for AgentState {
                 // The subscription is a stored row (and a refusal an `access-violation` event).
                 .and_then(|()| limits::stored(&shared, call, "context-ids", 0, 1))
                 .map_err(|r| WitEventError::Invalid(r.into_message()))?;
+            let stamp = GateStamp::now(&shared);
             for id in &context_ids {
                 shared.gate("events", id, "subscribe").map_err(WitEventError::AccessDenied)?;
             }
@@ -79,7 +149,10 @@ impl qi::agent::events::Host for AgentState {
             let from = after_seq.map_or(SubscribeFrom::Now, SubscribeFrom::AfterSeq);
             let sub = svc.subscribe_to(&me, &context_ids, types, from).await.map_err(context_event_error)?;
             let handle = sub.id().0;
-            self.subscriptions.insert(handle, sub);
+            let allowed_by = stamp
+                .map(|s| context_ids.iter().map(|c| (c.clone(), s.clone())).collect())
+                .unwrap_or_default();
+            self.subscriptions.insert(handle, Watched { sub, allowed_by });
             Ok(handle)
         }
         .await;
@@ -103,20 +176,16 @@ impl qi::agent::events::Host for AgentState {
             .host_calls
             .fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let sub = self
+        let watched = self
             .subscriptions
             .get_mut(&subscription)
             .ok_or(WitEventError::UnknownSubscription(subscription))?;
         let wait = std::time::Duration::from_millis(u64::from(timeout_ms.min(MAX_NEXT_TIMEOUT_MS)));
-        let r = match sub.next_timeout(wait).await {
-            // Access is checked on every delivery: a revoked or expired share ends the
-            // subscription at once.
+        let r = match watched.sub.next_timeout(wait).await {
+            // A change of shares or policies since the subscription was made ends it at the
+            // next event the new rules deny.
             Ok(Some(e))
-                if e.context_id.as_deref().is_some_and(|c| {
-                    self.shared.context.as_ref().is_none_or(|svc| {
-                        svc.allowed(&self.shared.id, c, Permission::Read).is_err()
-                    })
-                }) =>
+                if let Err(why) = watched.still_allowed(&self.shared, e.context_id.as_deref()) =>
             {
                 self.subscriptions.remove(&subscription);
                 if let Some(svc) = &self.shared.context {
@@ -125,8 +194,7 @@ impl qi::agent::events::Host for AgentState {
                         .await;
                 }
                 Err(WitEventError::AccessDenied(format!(
-                    "subscription {subscription} ended: the agent may no longer read context `{}`",
-                    e.context_id.unwrap_or_default()
+                    "subscription {subscription} ended: {why}"
                 )))
             }
             Ok(Some(e)) => Ok(Some(WitEvent {

@@ -19,8 +19,8 @@ pub struct AgentState {
     pub(crate) shared: Arc<AgentShared>,
     pub(crate) stdout: BoundedCapture,
     pub(crate) stderr: BoundedCapture,
-    /// The agent's event subscriptions, by handle.
-    pub(crate) subscriptions: std::collections::HashMap<u64, crate::events::Subscription>,
+    /// The agent's event subscriptions, by handle, with the gate decisions they were allowed by.
+    pub(crate) subscriptions: std::collections::HashMap<u64, super::events::Watched>,
     /// Which mount each filesystem descriptor belongs to.
     pub(crate) fs: crate::wasi::filesystem::FsState,
     /// The agent's share of the process descriptor budget, given back with the Store.

@@ -8,7 +8,24 @@ use super::StoreError;
 use rusqlite::Connection;
 
 /// Every migration, oldest first.
-pub(crate) const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    MIGRATION_4,
+    MIGRATION_5,
+];
+
+/// Host-kept labels of a context (what access policies see as `resource.labels`), set by its
+/// creator or the operator, never read from the document: `labels` is a JSON list of strings.
+const MIGRATION_5: &str = "
+CREATE TABLE context_labels(
+    context_id TEXT PRIMARY KEY,
+    labels TEXT NOT NULL,
+    set_by TEXT NOT NULL,
+    set_at INTEGER NOT NULL
+);
+";
 
 /// A share may require a minimum trust level of the agent using it.
 const MIGRATION_4: &str = "ALTER TABLE shares ADD COLUMN min_trust TEXT;";

@@ -349,14 +349,14 @@ async fn share_and_revoke_are_audited_with_an_audit_log() {
     assert!(
         shares.iter().any(|(r, o, why)| r.starts_with("context/")
             && o == "share"
-            && why == "shared with agent-probe-0, agent-probe-1"),
+            && why == "granted to `agent-probe-0`"),
         "{shares:?}"
     );
     let revokes = entries_of(&audit, &ids[1]).await;
     assert!(
         revokes.iter().any(|(r, o, why)| r.starts_with("context/")
             && o == "revoke"
-            && why == "revoked from agent-x"),
+            && why == "grant of `agent-x` revoked"),
         "{revokes:?}"
     );
 }

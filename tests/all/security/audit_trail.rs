@@ -48,23 +48,25 @@ async fn shares_and_revocations_are_audited_naming_the_agents() {
             .unwrap();
     }
     let sharer = share_list(&s, "share").await;
+    // One entry per grant made, naming its target.
     let shares = entries(&s, &sharer, "share").await;
-    assert_eq!(shares.len(), 1, "{shares:?}");
-    assert!(shares[0].resource.starts_with("context/"), "{shares:?}");
-    assert_eq!(shares[0].decision, AuditDecision::Record);
-    assert_eq!(shares[0].reason, "shared with agent-probe-0, agent-probe-1");
-    assert_eq!(shares[0].details["permissions"], json!(["read"]));
+    assert_eq!(shares.len(), 2, "{shares:?}");
+    for (entry, target) in shares.iter().zip(["agent-probe-0", "agent-probe-1"]) {
+        assert!(entry.resource.starts_with("context/"), "{shares:?}");
+        assert_eq!(entry.decision, AuditDecision::Record);
+        assert_eq!(entry.reason, format!("granted to `{target}`"));
+        assert_eq!(entry.details["permissions"], json!(["read"]));
+    }
     assert!(entries(&s, &sharer, "revoke").await.is_empty());
 
     let revoker = share_list(&s, "revoke").await;
     let revokes = entries(&s, &revoker, "revoke").await;
-    assert_eq!(revokes.len(), 1, "{revokes:?}");
-    assert!(revokes[0].resource.starts_with("context/"), "{revokes:?}");
-    assert_eq!(revokes[0].decision, AuditDecision::Record);
-    assert_eq!(
-        revokes[0].reason,
-        "revoked from agent-probe-0, agent-probe-1"
-    );
+    assert_eq!(revokes.len(), 2, "{revokes:?}");
+    for (entry, target) in revokes.iter().zip(["agent-probe-0", "agent-probe-1"]) {
+        assert!(entry.resource.starts_with("context/"), "{revokes:?}");
+        assert_eq!(entry.decision, AuditDecision::Record);
+        assert_eq!(entry.reason, format!("grant of `{target}` revoked"));
+    }
     assert!(entries(&s, &revoker, "share").await.is_empty());
 }
 

@@ -18,6 +18,8 @@ use tokio::sync::Notify;
 mod audit_trail;
 mod files;
 mod reload;
+mod sharing;
+mod sharing_changes;
 
 /// A tool the test controls: a call says it has `entered`, then waits until `release`.
 #[derive(Clone, Default)]
