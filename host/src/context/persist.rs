@@ -7,7 +7,8 @@ use super::model::{
     ContextState, ContextStatus, ContextVersion, PendingConflict, Permission, Share, StampedField,
     SyncStrategy,
 };
-use crate::store::{BlobStore, StoreError, StoredDoc, crypto, encode_value};
+use crate::store::crypto::{self, column};
+use crate::store::{BlobStore, StoreError, StoredDoc, encode_value};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -20,18 +21,28 @@ fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
-/// Seals `bytes` of `context` when values are encrypted at rest.
-fn seal(blobs: &BlobStore, context: &str, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+/// Seals `bytes` of `column` of `context` when values are encrypted at rest.
+fn seal(
+    blobs: &BlobStore,
+    context: &str,
+    column: &str,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
     match blobs.keys() {
-        Some(k) => k.seal(context, &bytes),
+        Some(k) => k.seal(context, column, &bytes),
         None => Ok(bytes),
     }
 }
 
-/// Opens what [`seal`] wrote (plaintext passes through).
-fn unseal(blobs: &BlobStore, context: &str, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+/// Opens what [`seal`] wrote (plaintext passes through only while the context has no key).
+fn unseal(
+    blobs: &BlobStore,
+    context: &str,
+    column: &str,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
     match blobs.keys() {
-        Some(k) => k.open(context, &bytes),
+        Some(k) => k.open(context, column, &bytes),
         None if crypto::sealed_version(&bytes).is_some() => Err(StoreError::Decode(format!(
             "context `{context}` is encrypted; this data directory needs its master key"
         ))),
@@ -41,24 +52,36 @@ fn unseal(blobs: &BlobStore, context: &str, bytes: Vec<u8>) -> Result<Vec<u8>, S
 
 /// Conflict values (JSON text) as stored: sealed and hex-encoded with a `sealed:` prefix when
 /// values are encrypted at rest.
-fn seal_text(blobs: &BlobStore, context: &str, text: String) -> Result<String, StoreError> {
+fn seal_text(
+    blobs: &BlobStore,
+    context: &str,
+    column: &str,
+    text: String,
+) -> Result<String, StoreError> {
     match blobs.keys() {
         Some(k) => Ok(format!(
             "sealed:{}",
-            hex::encode(k.seal(context, text.as_bytes())?)
+            hex::encode(k.seal(context, column, text.as_bytes())?)
         )),
         None => Ok(text),
     }
 }
 
-fn unseal_text(blobs: &BlobStore, context: &str, text: String) -> Result<String, StoreError> {
+fn unseal_text(
+    blobs: &BlobStore,
+    context: &str,
+    column: &str,
+    text: String,
+) -> Result<String, StoreError> {
     match text.strip_prefix("sealed:") {
         Some(h) => {
             let bytes = hex::decode(h).map_err(|e| StoreError::CorruptRow(e.to_string()))?;
-            String::from_utf8(unseal(blobs, context, bytes)?)
+            String::from_utf8(unseal(blobs, context, column, bytes)?)
                 .map_err(|e| StoreError::CorruptRow(e.to_string()))
         }
-        None => Ok(text),
+        // Text without the prefix is plaintext: refused once the context has a key.
+        None => String::from_utf8(unseal(blobs, context, column, text.into_bytes())?)
+            .map_err(|e| StoreError::CorruptRow(e.to_string())),
     }
 }
 
@@ -153,13 +176,17 @@ pub fn upsert_context(
             &k.rotate(&s.id, std::slice::from_ref(&s.owner)),
             now_ms(),
         )?;
+        seal_earlier_rows(conn, blobs, &s.id)?;
     }
-    let doc = StoredDoc::put_bytes(blobs, seal(blobs, &s.id, encode_value(&s.doc))?)?;
-    let stamps = seal(blobs, &s.id, enc(&s.field_stamps)?)?;
+    let doc = StoredDoc::put_bytes(
+        blobs,
+        seal(blobs, &s.id, column::CONTEXT_DOC, encode_value(&s.doc))?,
+    )?;
+    let stamps = seal(blobs, &s.id, column::FIELD_STAMPS, enc(&s.field_stamps)?)?;
     let pending = s
         .pending
         .as_ref()
-        .map(|p| enc(p).and_then(|b| seal(blobs, &s.id, b)))
+        .map(|p| enc(p).and_then(|b| seal(blobs, &s.id, column::PENDING_CONFLICT, b)))
         .transpose()?;
     conn.execute(
         "INSERT OR REPLACE INTO contexts (id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at)
@@ -187,6 +214,62 @@ pub fn upsert_context(
     Ok(())
 }
 
+/// A context written before encryption was enabled just got its first data key: seals its
+/// earlier versions and conflicts in the same transaction, since from now on an unsealed row of
+/// it is refused. (Plaintext blobs of those versions stay in the blob directory until removed
+/// by hand: they are content-addressed and may be shared.)
+fn seal_earlier_rows(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context: &str,
+) -> Result<(), StoreError> {
+    let Some(k) = blobs.keys() else {
+        return Ok(());
+    };
+    let versions: Vec<(i64, Option<Vec<u8>>, Option<String>)> = conn
+        .prepare("SELECT version, doc, doc_blob FROM versions WHERE context_id = ?1")?
+        .query_map(params![context], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (version, d, b) in versions {
+        let Some(stored) = StoredDoc::from_columns(d, b)? else {
+            continue;
+        };
+        let bytes = stored.load_bytes(blobs)?;
+        if crypto::sealed_version(&bytes).is_some() {
+            continue;
+        }
+        let sealed = StoredDoc::put_bytes(blobs, k.seal(context, column::VERSION_DOC, &bytes)?)?;
+        conn.execute(
+            "UPDATE versions SET doc = ?3, doc_blob = ?4 WHERE context_id = ?1 AND version = ?2",
+            params![context, version, sealed.doc_column(), sealed.blob_column()],
+        )?;
+    }
+    let conflicts: Vec<(i64, String, Option<String>)> = conn
+        .prepare("SELECT id, agent_values, resolution FROM conflicts WHERE context_id = ?1")?
+        .query_map(params![context], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let reseal = |text: String, col: &str| -> Result<String, StoreError> {
+        if text.starts_with("sealed:") {
+            Ok(text)
+        } else {
+            seal_text(blobs, context, col, text)
+        }
+    };
+    for (id, values, resolution) in conflicts {
+        conn.execute(
+            "UPDATE conflicts SET agent_values = ?2, resolution = ?3 WHERE id = ?1",
+            params![
+                id,
+                reseal(values, column::CONFLICT_VALUES)?,
+                resolution
+                    .map(|r| reseal(r, column::CONFLICT_RESOLUTION))
+                    .transpose()?
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// Appends a version and trims history beyond the context's limit.
 pub fn insert_version(
     conn: &Connection,
@@ -195,7 +278,15 @@ pub fn insert_version(
     history_limit: Option<u64>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let doc = StoredDoc::put_bytes(blobs, seal(blobs, &v.context_id, encode_value(&v.doc))?)?;
+    let doc = StoredDoc::put_bytes(
+        blobs,
+        seal(
+            blobs,
+            &v.context_id,
+            column::VERSION_DOC,
+            encode_value(&v.doc),
+        )?,
+    )?;
     conn.execute(
         "INSERT INTO versions (context_id, version, revision, agent_id, hlc, op, doc, doc_blob, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -234,12 +325,12 @@ pub fn insert_conflict(
             c.field,
             text(&c.conflict_type),
             text(&c.severity),
-            seal_text(blobs, &c.context_id, serde_json::to_string(&c.agent_values).unwrap_or_default())?,
+            seal_text(blobs, &c.context_id, column::CONFLICT_VALUES, serde_json::to_string(&c.agent_values).unwrap_or_default())?,
             c.detected_at as i64,
             c.resolution.as_ref().map(|r| r.resolved_at as i64),
             c.resolution
                 .as_ref()
-                .map(|r| seal_text(blobs, &c.context_id, serde_json::to_string(r).unwrap_or_default()))
+                .map(|r| seal_text(blobs, &c.context_id, column::CONFLICT_RESOLUTION, serde_json::to_string(r).unwrap_or_default()))
                 .transpose()?,
         ],
     )?;
@@ -259,6 +350,7 @@ pub fn update_conflict(
             seal_text(
                 blobs,
                 &c.context_id,
+                column::CONFLICT_VALUES,
                 serde_json::to_string(&c.agent_values).unwrap_or_default()
             )?,
             c.resolution.as_ref().map(|r| r.resolved_at as i64),
@@ -267,6 +359,7 @@ pub fn update_conflict(
                 .map(|r| seal_text(
                     blobs,
                     &c.context_id,
+                    column::CONFLICT_RESOLUTION,
                     serde_json::to_string(r).unwrap_or_default()
                 ))
                 .transpose()?,
@@ -383,12 +476,17 @@ pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreErr
             r.get::<_, Option<String>>(11)?,
             blobs,
             &id,
+            column::CONTEXT_DOC,
         )?;
-        let stamps: BTreeMap<String, StampedField> =
-            dec(&unseal(blobs, &id, r.get::<_, Vec<u8>>(12)?)?)?;
+        let stamps: BTreeMap<String, StampedField> = dec(&unseal(
+            blobs,
+            &id,
+            column::FIELD_STAMPS,
+            r.get::<_, Vec<u8>>(12)?,
+        )?)?;
         let pending: Option<PendingConflict> = r
             .get::<_, Option<Vec<u8>>>(13)?
-            .map(|b| unseal(blobs, &id, b).and_then(|b| dec(&b)))
+            .map(|b| unseal(blobs, &id, column::PENDING_CONFLICT, b).and_then(|b| dec(&b)))
             .transpose()?;
         let hlc: Hlc = r
             .get::<_, String>(9)?
@@ -501,6 +599,7 @@ pub fn load_versions(
                 r.get::<_, Option<String>>(6)?,
                 blobs,
                 context_id,
+                column::VERSION_DOC,
             )?,
         });
     }
@@ -521,7 +620,7 @@ pub fn load_version(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    row.map(|(d, b)| load_doc(d, b, blobs, context_id))
+    row.map(|(d, b)| load_doc(d, b, blobs, context_id, column::VERSION_DOC))
         .transpose()
 }
 
@@ -547,12 +646,13 @@ pub fn load_conflicts(
             agent_values: serde_json::from_str(&unseal_text(
                 blobs,
                 context_id,
+                column::CONFLICT_VALUES,
                 r.get::<_, String>(4)?,
             )?)
             .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
             detected_at: r.get::<_, i64>(5)? as u64,
             resolution: resolution
-                .map(|s| unseal_text(blobs, context_id, s))
+                .map(|s| unseal_text(blobs, context_id, column::CONFLICT_RESOLUTION, s))
                 .transpose()?
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
@@ -568,9 +668,12 @@ fn load_doc(
     blob: Option<String>,
     blobs: &BlobStore,
     context_id: &str,
+    column: &str,
 ) -> Result<Value, StoreError> {
     match StoredDoc::from_columns(doc, blob)? {
-        Some(d) => crate::store::decode_value(&unseal(blobs, context_id, d.load_bytes(blobs)?)?),
+        Some(d) => {
+            crate::store::decode_value(&unseal(blobs, context_id, column, d.load_bytes(blobs)?)?)
+        }
         None => Ok(Value::Null),
     }
 }
