@@ -84,9 +84,14 @@ async fn a_failed_rotation_then_restart(failure: &'static str) {
             "{e}"
         );
         for step in 1..=3 {
-            svc.write("alice", "plan", Change::Put(json!({"step": step})), Some(step))
-                .await
-                .unwrap();
+            svc.write(
+                "alice",
+                "plan",
+                Change::Put(json!({"step": step})),
+                Some(step),
+            )
+            .await
+            .unwrap();
         }
         assert_eq!(svc.get("alice", "plan").await.unwrap().doc["step"], 3);
     }

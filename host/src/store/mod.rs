@@ -85,6 +85,8 @@ mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_data;
 
 pub use blobs::BlobStore;
 pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreConfig};
