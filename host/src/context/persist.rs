@@ -10,7 +10,7 @@ use super::model::{
 mod keys;
 
 pub use keys::load_keys;
-use keys::{insert_keys, now_ms, seal, seal_earlier_rows, seal_text, unseal, unseal_text};
+use keys::{ensure_key, insert_keys, now_ms, seal, seal_text, unseal, unseal_text};
 
 use crate::store::crypto::column;
 use crate::store::{BlobStore, StoreError, StoredDoc, encode_value};
@@ -67,16 +67,7 @@ pub fn upsert_context(
     blobs: &BlobStore,
     s: &ContextState,
 ) -> Result<(), StoreError> {
-    if let Some(k) = blobs.keys()
-        && !k.has_key(&s.id)
-    {
-        insert_keys(
-            conn,
-            &k.rotate(&s.id, std::slice::from_ref(&s.owner)),
-            now_ms(),
-        )?;
-        seal_earlier_rows(conn, blobs, &s.id)?;
-    }
+    ensure_key(conn, blobs, &s.id, Some(&s.owner))?;
     let doc = StoredDoc::put_bytes(
         blobs,
         seal(blobs, &s.id, column::CONTEXT_DOC, encode_value(&s.doc))?,
@@ -121,6 +112,8 @@ pub fn insert_version(
     history_limit: Option<u64>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
+    // A context written before encryption was enabled gets its key on its first new version.
+    ensure_key(conn, blobs, &v.context_id, None)?;
     let doc = StoredDoc::put_bytes(
         blobs,
         seal(

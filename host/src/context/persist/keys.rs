@@ -2,7 +2,7 @@
 
 use crate::store::crypto::{self, column};
 use crate::store::{BlobStore, StoreError, StoredDoc};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// Seals `bytes` of `column` of `context` when values are encrypted at rest.
 pub(super) fn seal(
@@ -164,4 +164,39 @@ pub(super) fn seal_earlier_rows(
         )?;
     }
     Ok(())
+}
+
+/// Gives `context` its first data key when values are encrypted at rest and it has none yet
+/// (a new context, or one written before encryption was enabled): wrapped for the operator, its
+/// owner (`owner`, else the one stored) and every agent it is shared with; then seals its
+/// earlier rows. Call it before sealing any value of the context.
+pub(super) fn ensure_key(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context: &str,
+    owner: Option<&str>,
+) -> Result<(), StoreError> {
+    let Some(k) = blobs.keys() else {
+        return Ok(());
+    };
+    if k.has_key(context) {
+        return Ok(());
+    }
+    let mut holders: Vec<String> = conn
+        .prepare("SELECT agent_id FROM shares WHERE context_id = ?1 ORDER BY agent_id")?
+        .query_map(params![context], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let owner = match owner {
+        Some(o) => Some(o.to_string()),
+        None => conn
+            .query_row(
+                "SELECT owner FROM contexts WHERE id = ?1",
+                params![context],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?,
+    };
+    holders.extend(owner);
+    insert_keys(conn, &k.rotate(context, &holders), now_ms())?;
+    seal_earlier_rows(conn, blobs, context)
 }
