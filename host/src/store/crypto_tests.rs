@@ -116,6 +116,19 @@ fn once_a_context_has_a_key_an_unsealed_value_is_refused() {
         ring.open("c", column::CONTEXT_DOC, b"QE2\0\0"),
         "is not sealed",
     );
+    // A first key that has not committed yet (the write sealing `old`'s rows is still open):
+    // readers still see the committed plaintext rows; once it commits they are refused.
+    ring.rotate("old", &[]);
+    ring.write_ended(true);
+    assert_eq!(
+        ring.open("old", column::CONTEXT_DOC, b"plain").unwrap(),
+        b"plain"
+    );
+    ring.batch_ended(true);
+    refused(
+        ring.open("old", column::CONTEXT_DOC, b"plain"),
+        "is not sealed",
+    );
 }
 
 /// Rows written before the associated data named the purpose and column (`QE1`): a wrapped

@@ -282,12 +282,14 @@ impl Keyring {
     }
 
     /// Opens a value of `column` of `context`. Bytes without a sealed header pass through only
-    /// while the context has no data key at all; once it has one they are refused
+    /// while the context has no committed data key; once it has one they are refused
     /// ([`StoreError::Decode`]), as is a value sealed for another context, key version or
     /// column, or modified.
     pub fn open(&self, context: &str, column: &str, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
         let Some((format, version)) = header(bytes) else {
-            if self.lock().sealing_version(context).is_some() {
+            // Decided on committed keys: a reader must not refuse a committed plaintext row of
+            // a context whose first key (and the sealing of its rows) has not committed yet.
+            if self.lock().current.contains_key(context) {
                 return Err(StoreError::Decode(format!(
                     "a value of context `{context}` ({column}) is not sealed, but the context has a data key: refusing a row not written by this host"
                 )));
