@@ -419,6 +419,11 @@ fn event_from_row(row: &rusqlite::Row<'_>, blobs: &BlobStore) -> Result<Event, S
     // With a master key every event's data is sealed, bound to its seq.
     let data = match blobs.keys() {
         Some(keys) => keys.open_event(seq, &data)?,
+        None if crate::store::crypto::sealed_version(&data).is_some() => {
+            return Err(StoreError::Decode(format!(
+                "event {seq} is encrypted; this data directory needs its master key (--key-file FILE or QI_HOST_MASTER_KEY)"
+            )));
+        }
         None => data,
     };
     Ok(Event {

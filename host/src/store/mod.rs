@@ -95,7 +95,7 @@ pub use value::{StoredDoc, decode_value, encode_value};
 pub use writer::WriteCtx;
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -186,7 +186,7 @@ fn open_keyring(
             master.clone(),
             &rows,
         )?))),
-        None if !rows.is_empty() => Err(StoreError::InvalidConfig {
+        None if !rows.is_empty() || has_sealed_events(conn)? => Err(StoreError::InvalidConfig {
             field: "master_key",
             message: "this data directory is encrypted: give its master key (--key-file FILE or QI_HOST_MASTER_KEY)".into(),
         }),
@@ -240,9 +240,27 @@ fn load_host_id(data_dir: Option<&Path>) -> Result<String, StoreError> {
     }
 }
 
+/// Whether some event's data is sealed (the directory was used with a master key even if no
+/// context has a key yet).
+fn has_sealed_events(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM events WHERE substr(data, 1, 3) = X'514532' LIMIT 1",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// Events stored before encryption was enabled are sealed when the data directory is first
 /// opened with a master key (one transaction), so that every event row is sealed from then on.
 fn seal_plaintext_events(conn: &mut Connection, keys: &crypto::Keyring) -> Result<(), StoreError> {
+    const PLAIN: &str = "SELECT 1 FROM events WHERE substr(data, 1, 3) <> X'514532' LIMIT 1";
+    // Usually none: check before taking the write lock.
+    if conn.query_row(PLAIN, [], |_| Ok(())).optional()?.is_none() {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let rows: Vec<(i64, Vec<u8>)> = tx
         .prepare("SELECT seq, data FROM events WHERE substr(data, 1, 3) <> X'514532'")?
