@@ -161,6 +161,23 @@ async fn a_wrong_or_missing_key_fails_cleanly() {
     assert!(e.contains("give its master key"), "{e}");
 }
 
+/// A directory used with a master key but holding no context yet (only sealed events) also
+/// needs its key: opened without one it fails with the same one-line error.
+#[tokio::test]
+async fn a_directory_with_only_sealed_events_needs_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    {
+        let svc = open(dir.path(), Some(key.clone())).await.unwrap();
+        svc.register_agent("a", AgentCapabilities::default())
+            .await
+            .unwrap();
+    }
+    let e = open(dir.path(), None).await.unwrap_err();
+    assert!(e.contains("give its master key"), "{e}");
+    open(dir.path(), Some(key)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_agent_cannot_decrypt_newer_versions() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,6 +10,8 @@ mod context;
 mod coord;
 mod encryption;
 mod encryption_events;
+mod encryption_keys;
+mod encryption_sync;
 mod guests;
 mod isolation;
 mod lifecycle;

@@ -638,7 +638,20 @@ impl ContextService {
                         .execute("DELETE FROM subscriptions WHERE agent_id = ?1", [&id])
                         .map_err(StoreError::from)?;
                     // Shares die with the agent, so that a later agent with the same id inherits
-                    // nothing.
+                    // nothing; with encryption at rest each such context's data key rotates
+                    // (as on a revoke), so its wrapped copy opens no later value.
+                    let shared_with: Vec<String> = ctx
+                        .tx()
+                        .prepare(
+                            "SELECT context_id FROM shares WHERE agent_id = ?1 ORDER BY context_id",
+                        )
+                        .and_then(|mut st| {
+                            st.query_map([&id], |r| r.get(0))?.collect::<Result<_, _>>()
+                        })
+                        .map_err(StoreError::from)?;
+                    for cid in &shared_with {
+                        persist::delete_share(ctx.tx(), ctx.blobs(), cid, &id)?;
+                    }
                     ctx.tx()
                         .execute("DELETE FROM shares WHERE agent_id = ?1", [&id])
                         .map_err(StoreError::from)?;

@@ -7,7 +7,13 @@ use super::model::{
     ContextState, ContextStatus, ContextVersion, PendingConflict, Permission, Share, StampedField,
     SyncStrategy,
 };
-use crate::store::{BlobStore, StoreError, StoredDoc, crypto, encode_value};
+mod keys;
+
+pub use keys::load_keys;
+use keys::{ensure_key, insert_keys, now_ms, seal, seal_text, unseal, unseal_text};
+
+use crate::store::crypto::column;
+use crate::store::{BlobStore, StoreError, StoredDoc, encode_value};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -18,90 +24,6 @@ fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 
 fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
-}
-
-/// Seals `bytes` of `context` when values are encrypted at rest.
-fn seal(blobs: &BlobStore, context: &str, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-    match blobs.keys() {
-        Some(k) => k.seal(context, &bytes),
-        None => Ok(bytes),
-    }
-}
-
-/// Opens what [`seal`] wrote (plaintext passes through).
-fn unseal(blobs: &BlobStore, context: &str, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-    match blobs.keys() {
-        Some(k) => k.open(context, &bytes),
-        None if crypto::sealed_version(&bytes).is_some() => Err(StoreError::Decode(format!(
-            "context `{context}` is encrypted; this data directory needs its master key"
-        ))),
-        None => Ok(bytes),
-    }
-}
-
-/// Conflict values (JSON text) as stored: sealed and hex-encoded with a `sealed:` prefix when
-/// values are encrypted at rest.
-fn seal_text(blobs: &BlobStore, context: &str, text: String) -> Result<String, StoreError> {
-    match blobs.keys() {
-        Some(k) => Ok(format!(
-            "sealed:{}",
-            hex::encode(k.seal(context, text.as_bytes())?)
-        )),
-        None => Ok(text),
-    }
-}
-
-fn unseal_text(blobs: &BlobStore, context: &str, text: String) -> Result<String, StoreError> {
-    match text.strip_prefix("sealed:") {
-        Some(h) => {
-            let bytes = hex::decode(h).map_err(|e| StoreError::CorruptRow(e.to_string()))?;
-            String::from_utf8(unseal(blobs, context, bytes)?)
-                .map_err(|e| StoreError::CorruptRow(e.to_string()))
-        }
-        None => Ok(text),
-    }
-}
-
-fn insert_keys(
-    conn: &Connection,
-    rows: &[crypto::WrappedKey],
-    now_ms: u64,
-) -> Result<(), StoreError> {
-    for r in rows {
-        conn.execute(
-            "INSERT OR REPLACE INTO context_keys (context_id, key_version, holder, wrapped, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![r.context_id, r.key_version as i64, r.holder, r.wrapped, now_ms as i64],
-        )?;
-    }
-    Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The wrapped data keys of a context (every version, every holder).
-pub fn load_keys(
-    conn: &Connection,
-    context_id: &str,
-) -> Result<Vec<crypto::WrappedKey>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT key_version, holder, wrapped FROM context_keys WHERE context_id = ?1 ORDER BY key_version",
-    )?;
-    let rows = stmt
-        .query_map(params![context_id], |r| {
-            Ok(crypto::WrappedKey {
-                context_id: context_id.to_string(),
-                key_version: r.get::<_, i64>(0)? as u32,
-                holder: r.get(1)?,
-                wrapped: r.get(2)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
 }
 
 /// The stored (possibly sealed) bytes of one version's document.
@@ -145,21 +67,16 @@ pub fn upsert_context(
     blobs: &BlobStore,
     s: &ContextState,
 ) -> Result<(), StoreError> {
-    if let Some(k) = blobs.keys()
-        && !k.has_key(&s.id)
-    {
-        insert_keys(
-            conn,
-            &k.rotate(&s.id, std::slice::from_ref(&s.owner)),
-            now_ms(),
-        )?;
-    }
-    let doc = StoredDoc::put_bytes(blobs, seal(blobs, &s.id, encode_value(&s.doc))?)?;
-    let stamps = seal(blobs, &s.id, enc(&s.field_stamps)?)?;
+    ensure_key(conn, blobs, &s.id, Some(&s.owner))?;
+    let doc = StoredDoc::put_bytes(
+        blobs,
+        seal(blobs, &s.id, column::CONTEXT_DOC, encode_value(&s.doc))?,
+    )?;
+    let stamps = seal(blobs, &s.id, column::FIELD_STAMPS, enc(&s.field_stamps)?)?;
     let pending = s
         .pending
         .as_ref()
-        .map(|p| enc(p).and_then(|b| seal(blobs, &s.id, b)))
+        .map(|p| enc(p).and_then(|b| seal(blobs, &s.id, column::PENDING_CONFLICT, b)))
         .transpose()?;
     conn.execute(
         "INSERT OR REPLACE INTO contexts (id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at)
@@ -195,7 +112,17 @@ pub fn insert_version(
     history_limit: Option<u64>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    let doc = StoredDoc::put_bytes(blobs, seal(blobs, &v.context_id, encode_value(&v.doc))?)?;
+    // A context written before encryption was enabled gets its key on its first new version.
+    ensure_key(conn, blobs, &v.context_id, None)?;
+    let doc = StoredDoc::put_bytes(
+        blobs,
+        seal(
+            blobs,
+            &v.context_id,
+            column::VERSION_DOC,
+            encode_value(&v.doc),
+        )?,
+    )?;
     conn.execute(
         "INSERT INTO versions (context_id, version, revision, agent_id, hlc, op, doc, doc_blob, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -234,12 +161,12 @@ pub fn insert_conflict(
             c.field,
             text(&c.conflict_type),
             text(&c.severity),
-            seal_text(blobs, &c.context_id, serde_json::to_string(&c.agent_values).unwrap_or_default())?,
+            seal_text(blobs, &c.context_id, column::CONFLICT_VALUES, serde_json::to_string(&c.agent_values).unwrap_or_default())?,
             c.detected_at as i64,
             c.resolution.as_ref().map(|r| r.resolved_at as i64),
             c.resolution
                 .as_ref()
-                .map(|r| seal_text(blobs, &c.context_id, serde_json::to_string(r).unwrap_or_default()))
+                .map(|r| seal_text(blobs, &c.context_id, column::CONFLICT_RESOLUTION, serde_json::to_string(r).unwrap_or_default()))
                 .transpose()?,
         ],
     )?;
@@ -259,6 +186,7 @@ pub fn update_conflict(
             seal_text(
                 blobs,
                 &c.context_id,
+                column::CONFLICT_VALUES,
                 serde_json::to_string(&c.agent_values).unwrap_or_default()
             )?,
             c.resolution.as_ref().map(|r| r.resolved_at as i64),
@@ -267,6 +195,7 @@ pub fn update_conflict(
                 .map(|r| seal_text(
                     blobs,
                     &c.context_id,
+                    column::CONFLICT_RESOLUTION,
                     serde_json::to_string(r).unwrap_or_default()
                 ))
                 .transpose()?,
@@ -383,12 +312,17 @@ pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreErr
             r.get::<_, Option<String>>(11)?,
             blobs,
             &id,
+            column::CONTEXT_DOC,
         )?;
-        let stamps: BTreeMap<String, StampedField> =
-            dec(&unseal(blobs, &id, r.get::<_, Vec<u8>>(12)?)?)?;
+        let stamps: BTreeMap<String, StampedField> = dec(&unseal(
+            blobs,
+            &id,
+            column::FIELD_STAMPS,
+            r.get::<_, Vec<u8>>(12)?,
+        )?)?;
         let pending: Option<PendingConflict> = r
             .get::<_, Option<Vec<u8>>>(13)?
-            .map(|b| unseal(blobs, &id, b).and_then(|b| dec(&b)))
+            .map(|b| unseal(blobs, &id, column::PENDING_CONFLICT, b).and_then(|b| dec(&b)))
             .transpose()?;
         let hlc: Hlc = r
             .get::<_, String>(9)?
@@ -501,6 +435,7 @@ pub fn load_versions(
                 r.get::<_, Option<String>>(6)?,
                 blobs,
                 context_id,
+                column::VERSION_DOC,
             )?,
         });
     }
@@ -521,7 +456,7 @@ pub fn load_version(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    row.map(|(d, b)| load_doc(d, b, blobs, context_id))
+    row.map(|(d, b)| load_doc(d, b, blobs, context_id, column::VERSION_DOC))
         .transpose()
 }
 
@@ -547,12 +482,13 @@ pub fn load_conflicts(
             agent_values: serde_json::from_str(&unseal_text(
                 blobs,
                 context_id,
+                column::CONFLICT_VALUES,
                 r.get::<_, String>(4)?,
             )?)
             .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
             detected_at: r.get::<_, i64>(5)? as u64,
             resolution: resolution
-                .map(|s| unseal_text(blobs, context_id, s))
+                .map(|s| unseal_text(blobs, context_id, column::CONFLICT_RESOLUTION, s))
                 .transpose()?
                 .map(|s| serde_json::from_str(&s))
                 .transpose()
@@ -568,9 +504,12 @@ fn load_doc(
     blob: Option<String>,
     blobs: &BlobStore,
     context_id: &str,
+    column: &str,
 ) -> Result<Value, StoreError> {
     match StoredDoc::from_columns(doc, blob)? {
-        Some(d) => crate::store::decode_value(&unseal(blobs, context_id, d.load_bytes(blobs)?)?),
+        Some(d) => {
+            crate::store::decode_value(&unseal(blobs, context_id, column, d.load_bytes(blobs)?)?)
+        }
         None => Ok(Value::Null),
     }
 }

@@ -66,7 +66,7 @@ pub use filter::EventFilter;
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionId};
 pub use types::{Event, EventType, NewEvent, UnknownEventType};
 
-use crate::store::{Store, StoreError, WriteCtx, decode_value, encode_value};
+use crate::store::{BlobStore, Store, StoreError, WriteCtx, decode_value, encode_value};
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,6 +212,7 @@ impl EventBus {
             "INSERT INTO events(seq, event_type, context_id, agent_id, ts, priority, data) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
+        let keys = ctx.blobs().keys();
         let mut staged = Vec::with_capacity(events.len());
         for new in events {
             seq += 1;
@@ -231,7 +232,11 @@ impl EventBus {
                 event.agent_id,
                 filter::clamp_i64(event.timestamp_ms),
                 event.priority,
-                encode_value(&event.data),
+                // Sealed under the events key with a master key (bound to the seq).
+                match keys {
+                    Some(keys) => keys.seal_event(event.seq, &encode_value(&event.data)),
+                    None => encode_value(&event.data),
+                },
             ])?;
             staged.push(event);
         }
@@ -322,6 +327,7 @@ impl EventBus {
     ) -> Result<Vec<Event>, EventError> {
         let filter = filter.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let blobs = self.inner.store.blobs().clone();
         self.inner
             .store
             .read(move |conn| {
@@ -348,7 +354,7 @@ impl EventBus {
                          ORDER BY seq DESC LIMIT {limit}"
                     ),
                 };
-                let mut events = query_events(&tx, &sql, params)?;
+                let mut events = query_events(&tx, &blobs, &sql, params)?;
                 if after_seq.is_none() {
                     events.reverse();
                 }
@@ -393,6 +399,7 @@ pub(crate) fn seq_bounds(conn: &Connection) -> Result<(u64, u64), StoreError> {
 /// Runs a query selecting [`EVENT_COLUMNS`].
 pub(crate) fn query_events(
     conn: &Connection,
+    blobs: &BlobStore,
     sql: &str,
     params: Vec<rusqlite::types::Value>,
 ) -> Result<Vec<Event>, StoreError> {
@@ -400,16 +407,27 @@ pub(crate) fn query_events(
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut events = Vec::new();
     while let Some(row) = rows.next()? {
-        events.push(event_from_row(row)?);
+        events.push(event_from_row(row, blobs)?);
     }
     Ok(events)
 }
 
-fn event_from_row(row: &rusqlite::Row<'_>) -> Result<Event, StoreError> {
+fn event_from_row(row: &rusqlite::Row<'_>, blobs: &BlobStore) -> Result<Event, StoreError> {
     let event_type: String = row.get(1)?;
+    let seq = row.get::<_, i64>(0)? as u64;
     let data: Vec<u8> = row.get(6)?;
+    // With a master key every event's data is sealed, bound to its seq.
+    let data = match blobs.keys() {
+        Some(keys) => keys.open_event(seq, &data)?,
+        None if crate::store::crypto::sealed_version(&data).is_some() => {
+            return Err(StoreError::Decode(format!(
+                "event {seq} is encrypted; this data directory needs its master key (--key-file FILE or QI_HOST_MASTER_KEY)"
+            )));
+        }
+        None => data,
+    };
     Ok(Event {
-        seq: row.get::<_, i64>(0)? as u64,
+        seq,
         event_type: event_type
             .parse()
             .map_err(|e: UnknownEventType| StoreError::CorruptRow(e.to_string()))?,

@@ -207,6 +207,7 @@ impl Subscription {
     async fn catch_up(&mut self) -> Result<(), EventError> {
         let cursor = self.cursor;
         let filter = self.filter.clone();
+        let blobs = self.bus.store.blobs().clone();
         let page = self
             .bus
             .store
@@ -228,7 +229,7 @@ impl Subscription {
                     "SELECT {EVENT_COLUMNS} FROM events WHERE {condition} AND seq > ? AND seq <= ? \
                      ORDER BY seq LIMIT {CATCH_UP_PAGE}"
                 );
-                let events = query_events(&tx, &sql, params)?;
+                let events = query_events(&tx, &blobs, &sql, params)?;
                 Ok(Ok((events, last)))
             })
             .await??;

@@ -3,25 +3,40 @@
 //! Sub-agents need none of this: the host assigns each one an id bound to its Store, and every
 //! host call it makes carries that id, so a guest can never act as another agent. An external
 //! agent instead proves who it is with an Ed25519 signature (`ed25519-dalek`, strict
-//! verification) over a challenge string:
+//! verification) over a challenge string naming the host it is meant for (the audience):
 //!
 //! ```text
-//! qi-host-auth:v1:<agent id>:<unix ms>:<nonce>
+//! qi-host-auth:v2:<host id>:<agent id>:<unix ms>:<nonce>
 //! ```
+//!
+//! The host id is [`Store::host_id`](crate::store::Store::host_id): random, kept in the data
+//! directory, so it is stable across restarts and differs between hosts. A signature made for
+//! one host does not verify at another.
 //!
 //! [`IdentityRegistry::verify_agent_identity`] accepts a credential when the agent is
 //! registered, the timestamp is within [`MAX_SKEW_MS`] of the host's clock, the nonce was not
 //! used before within that window (no replay), and the signature verifies under the agent's
 //! registered public key. Every verification, accepted or refused, is audited.
+//!
+//! The nonce store is bounded by [`MAX_NONCES`]. Nonces older than twice the skew window are
+//! dropped first (their credentials are refused as expired anyway, so forgetting them cannot
+//! let a replay through). If the store is still full of live nonces, a new credential is
+//! refused ([`IdentityError::TooManyNonces`]) rather than forgetting a live nonce, which would
+//! let that credential be replayed.
 
 use super::TrustLevel;
 use crate::audit::{AuditDecision, AuditLog, NewAuditEntry};
 use ed25519_dalek::{Signature, VerifyingKey};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 /// How far a credential's timestamp may be from the host's clock.
 pub const MAX_SKEW_MS: u64 = 60_000;
+
+/// How many used nonces the registry remembers (default capacity of
+/// [`IdentityRegistry::new`]): at most this many accepted credentials per two skew windows
+/// (two minutes); past it, new credentials are refused until old nonces expire.
+pub const MAX_NONCES: usize = 100_000;
 
 /// A registered external agent.
 #[derive(Debug, Clone)]
@@ -49,9 +64,9 @@ pub struct Credential {
 }
 
 impl Credential {
-    /// The signed challenge.
-    pub fn challenge(agent_id: &str, timestamp_ms: u64, nonce: &str) -> String {
-        format!("qi-host-auth:v1:{agent_id}:{timestamp_ms}:{nonce}")
+    /// The signed challenge, for the host whose id is `host_id` (its audience).
+    pub fn challenge(host_id: &str, agent_id: &str, timestamp_ms: u64, nonce: &str) -> String {
+        format!("qi-host-auth:v2:{host_id}:{agent_id}:{timestamp_ms}:{nonce}")
     }
 }
 
@@ -70,16 +85,31 @@ pub enum IdentityError {
     /// Malformed nonce or signature.
     #[error("malformed credential: {0}")]
     Malformed(String),
-    /// The signature does not verify.
-    #[error("signature does not verify under the agent's registered key")]
+    /// The signature does not verify (also: it was made for another host).
+    #[error(
+        "signature does not verify under the agent's registered key (is it signed for this host's id?)"
+    )]
     BadSignature,
+    /// The nonce store is full of live nonces.
+    #[error(
+        "too many credentials within the replay window ({0} live nonces); retry once older ones expire ({MAX_SKEW_MS} ms)"
+    )]
+    TooManyNonces(usize),
+}
+
+/// Used nonces, oldest first, with a set for lookups.
+#[derive(Default)]
+struct Nonces {
+    order: VecDeque<(u64, String, String)>,
+    seen: HashSet<(String, String)>,
 }
 
 /// Registered external agents and recently used nonces.
-#[derive(Default)]
 pub struct IdentityRegistry {
+    host_id: String,
     agents: Mutex<HashMap<String, ExternalAgent>>,
-    nonces: Mutex<VecDeque<(u64, String, String)>>,
+    nonces: Mutex<Nonces>,
+    nonce_capacity: usize,
     audit: Option<AuditLog>,
 }
 
@@ -90,12 +120,29 @@ impl std::fmt::Debug for IdentityRegistry {
 }
 
 impl IdentityRegistry {
-    /// An empty registry that audits to `audit`.
-    pub fn new(audit: Option<AuditLog>) -> Self {
+    /// An empty registry for the host `host_id` (the audience credentials must name; use
+    /// [`Store::host_id`](crate::store::Store::host_id)) that audits to `audit` and remembers
+    /// up to [`MAX_NONCES`] nonces.
+    pub fn new(host_id: &str, audit: Option<AuditLog>) -> Self {
         IdentityRegistry {
+            host_id: host_id.to_string(),
+            agents: Mutex::default(),
+            nonces: Mutex::default(),
+            nonce_capacity: MAX_NONCES,
             audit,
-            ..Default::default()
         }
+    }
+
+    /// The same registry remembering at most `capacity` nonces (at least 1) instead of
+    /// [`MAX_NONCES`].
+    pub fn with_nonce_capacity(mut self, capacity: usize) -> Self {
+        self.nonce_capacity = capacity.max(1);
+        self
+    }
+
+    /// The audience credentials must name.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
     }
 
     /// Registers (or replaces) an external agent with its public key as 64 hex characters.
@@ -183,26 +230,39 @@ impl IdentityRegistry {
             .ok_or_else(|| {
                 IdentityError::Malformed("the signature must be 128 hex characters".into())
             })?;
-        let challenge = Credential::challenge(&cred.agent_id, cred.timestamp_ms, &cred.nonce);
+        let challenge = Credential::challenge(
+            &self.host_id,
+            &cred.agent_id,
+            cred.timestamp_ms,
+            &cred.nonce,
+        );
         agent
             .public_key
             .verify_strict(challenge.as_bytes(), &Signature::from_bytes(&sig))
             .map_err(|_| IdentityError::BadSignature)?;
-        // Replay: remember nonces for the skew window.
-        let mut seen = self.nonces.lock().expect("nonce lock poisoned");
-        while seen
-            .front()
-            .is_some_and(|(t, _, _)| now_ms.saturating_sub(*t) > 2 * MAX_SKEW_MS)
-        {
-            seen.pop_front();
+        // Replay: remember nonces for twice the skew window (a credential older than that is
+        // refused as expired above, so its nonce can be forgotten).
+        let mut guard = self.nonces.lock().expect("nonce lock poisoned");
+        let store = &mut *guard;
+        while let Some((t, _, _)) = store.order.front() {
+            if now_ms.saturating_sub(*t) <= 2 * MAX_SKEW_MS {
+                break;
+            }
+            if let Some((_, a, n)) = store.order.pop_front() {
+                store.seen.remove(&(a, n));
+            }
         }
-        if seen
-            .iter()
-            .any(|(_, a, n)| *a == cred.agent_id && *n == cred.nonce)
-        {
+        let key = (cred.agent_id.clone(), cred.nonce.clone());
+        if store.seen.contains(&key) {
             return Err(IdentityError::Replay);
         }
-        seen.push_back((now_ms, cred.agent_id.clone(), cred.nonce.clone()));
+        if store.order.len() >= self.nonce_capacity {
+            return Err(IdentityError::TooManyNonces(store.order.len()));
+        }
+        store
+            .order
+            .push_back((now_ms, key.0.clone(), key.1.clone()));
+        store.seen.insert(key);
         Ok(agent)
     }
 }
@@ -212,8 +272,14 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 
+    const HOST: &str = "host-test-1";
+
     fn signed(key: &SigningKey, agent: &str, t: u64, nonce: &str) -> Credential {
-        let sig = key.sign(Credential::challenge(agent, t, nonce).as_bytes());
+        signed_for(HOST, key, agent, t, nonce)
+    }
+
+    fn signed_for(host: &str, key: &SigningKey, agent: &str, t: u64, nonce: &str) -> Credential {
+        let sig = key.sign(Credential::challenge(host, agent, t, nonce).as_bytes());
         Credential {
             agent_id: agent.into(),
             timestamp_ms: t,
@@ -226,7 +292,7 @@ mod tests {
     fn verifies_signatures_and_refuses_forgeries_expiry_and_replay() {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let other = SigningKey::from_bytes(&[9u8; 32]);
-        let reg = IdentityRegistry::new(None);
+        let reg = IdentityRegistry::new(HOST, None);
         reg.register(
             "mcp-client",
             &hex::encode(key.verifying_key().to_bytes()),
@@ -286,7 +352,7 @@ mod tests {
     #[test]
     fn a_timestamp_ahead_of_the_host_has_the_same_window() {
         let key = SigningKey::from_bytes(&[7u8; 32]);
-        let reg = IdentityRegistry::new(None);
+        let reg = IdentityRegistry::new(HOST, None);
         reg.register(
             "c",
             &hex::encode(key.verifying_key().to_bytes()),
@@ -329,7 +395,7 @@ mod tests {
         let store = crate::store::Store::open(crate::store::StoreConfig::in_memory()).unwrap();
         let audit = AuditLog::open(store).await.unwrap();
         let key = SigningKey::from_bytes(&[7u8; 32]);
-        let reg = IdentityRegistry::new(Some(audit.clone()));
+        let reg = IdentityRegistry::new(HOST, Some(audit.clone()));
         reg.register(
             "c",
             &hex::encode(key.verifying_key().to_bytes()),
@@ -368,5 +434,79 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// The audience: a credential signed for one host is refused at another, whose id differs
+    /// (ids from two data directories); the same data directory keeps its id across restarts.
+    #[test]
+    fn a_signature_for_one_host_is_not_valid_at_another() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let open = |dir: &std::path::Path| {
+            crate::store::Store::open(crate::store::StoreConfig::at(dir))
+                .unwrap()
+                .host_id()
+                .to_string()
+        };
+        let (host_a, host_b) = (open(a.path()), open(b.path()));
+        assert_ne!(host_a, host_b);
+        assert_eq!(open(a.path()), host_a, "the host id survives a restart");
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let public = hex::encode(key.verifying_key().to_bytes());
+        let (reg_a, reg_b) = (
+            IdentityRegistry::new(&host_a, None),
+            IdentityRegistry::new(&host_b, None),
+        );
+        for reg in [&reg_a, &reg_b] {
+            reg.register("c", &public, TrustLevel::Low).unwrap();
+        }
+        let now = 1_800_000_000_000;
+        let for_a = signed_for(&host_a, &key, "c", now, "nonce-0001");
+        assert_eq!(
+            reg_b.verify_agent_identity(&for_a, now).unwrap_err(),
+            IdentityError::BadSignature
+        );
+        reg_a.verify_agent_identity(&for_a, now).unwrap();
+    }
+
+    /// The nonce store holds `capacity` live nonces: the last one that fits is accepted, the
+    /// next is refused while they are live (forgetting one would allow its replay), and once
+    /// the oldest expire (past twice the skew window) room is made by dropping them.
+    #[test]
+    fn the_nonce_store_is_bounded_and_refuses_rather_than_forgets_live_nonces() {
+        assert_eq!(IdentityRegistry::new(HOST, None).nonce_capacity, MAX_NONCES);
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let reg = IdentityRegistry::new(HOST, None).with_nonce_capacity(3);
+        reg.register(
+            "c",
+            &hex::encode(key.verifying_key().to_bytes()),
+            TrustLevel::Low,
+        )
+        .unwrap();
+        let t0 = 1_800_000_000_000;
+        for (i, t) in [t0, t0 + 1, t0 + 2].into_iter().enumerate() {
+            reg.verify_agent_identity(&signed(&key, "c", t, &format!("nonce-000{i}")), t)
+                .unwrap();
+        }
+        assert_eq!(
+            reg.verify_agent_identity(&signed(&key, "c", t0 + 3, "nonce-0003"), t0 + 3)
+                .unwrap_err(),
+            IdentityError::TooManyNonces(3)
+        );
+        // Still full of live nonces: a replay of the first is refused as a replay.
+        assert_eq!(
+            reg.verify_agent_identity(&signed(&key, "c", t0, "nonce-0000"), t0 + 3)
+                .unwrap_err(),
+            IdentityError::Replay
+        );
+        // Just inside twice the window, the first nonce is still live; one ms later it expires
+        // and makes room.
+        let edge = t0 + 2 * MAX_SKEW_MS;
+        assert_eq!(
+            reg.verify_agent_identity(&signed(&key, "c", edge, "nonce-0004"), edge)
+                .unwrap_err(),
+            IdentityError::TooManyNonces(3)
+        );
+        reg.verify_agent_identity(&signed(&key, "c", edge + 1, "nonce-0004"), edge + 1)
+            .unwrap();
     }
 }

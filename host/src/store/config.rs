@@ -65,7 +65,7 @@ pub struct StoreConfig {
     /// commit over more writes, smaller ones bound how long one transaction keeps the writer.
     /// Default [`DEFAULT_MAX_BATCH`] (1,024).
     pub max_batch: usize,
-    /// Encrypts context values at rest under this master key (see
+    /// Encrypts context values and event data at rest under this master key (see
     /// [`crypto`](super::crypto)). Never stored. Default: none (plaintext).
     pub master_key: Option<super::crypto::MasterKey>,
 }

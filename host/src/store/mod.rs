@@ -75,13 +75,18 @@
 mod blobs;
 mod config;
 pub mod crypto;
+#[cfg(test)]
+mod crypto_tests;
 mod error;
+mod keyring;
 mod migrations;
 mod value;
 mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_data;
 
 pub use blobs::BlobStore;
 pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreConfig};
@@ -90,7 +95,7 @@ pub use value::{StoredDoc, decode_value, encode_value};
 pub use writer::WriteCtx;
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -107,6 +112,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The database file inside a data directory.
 pub const DB_FILE: &str = "qi.db";
 
+/// The file inside a data directory holding the host's id ([`Store::host_id`]).
+pub const HOST_ID_FILE: &str = "host-id";
+
 /// The blob directory inside a data directory.
 pub const BLOB_DIR: &str = "blobs";
 
@@ -121,6 +129,8 @@ pub struct Store {
 
 struct StoreInner {
     config: StoreConfig,
+    /// `meta.host_id`: random, created with the database.
+    host_id: String,
     /// `<data_dir>/qi.db`, or the `file:/qi-mem-…?vfs=memdb` URI.
     db_path: String,
     blobs: BlobStore,
@@ -176,12 +186,97 @@ fn open_keyring(
             master.clone(),
             &rows,
         )?))),
-        None if !rows.is_empty() => Err(StoreError::InvalidConfig {
+        None if !rows.is_empty() || has_sealed_events(conn)? => Err(StoreError::InvalidConfig {
             field: "master_key",
             message: "this data directory is encrypted: give its master key (--key-file FILE or QI_HOST_MASTER_KEY)".into(),
         }),
         None => Ok(blobs),
     }
+}
+
+/// The host id kept in `<data_dir>/host-id` ([`HOST_ID_FILE`]), created on first open; a
+/// fresh one for an in-memory store.
+fn load_host_id(data_dir: Option<&Path>) -> Result<String, StoreError> {
+    let fresh = hex::encode(crypto::random::<16>());
+    let Some(dir) = data_dir else {
+        return Ok(fresh);
+    };
+    let path = dir.join(HOST_ID_FILE);
+    let read = |path: &Path| -> Result<Option<String>, StoreError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let id = text.trim().to_string();
+                if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(Some(id))
+                } else {
+                    Err(StoreError::InvalidConfig {
+                        field: "data_dir",
+                        message: format!(
+                            "{} does not hold a host id (32 hex characters); remove it to make a new one",
+                            path.display()
+                        ),
+                    })
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(path, e)),
+        }
+    };
+    if let Some(id) = read(&path)? {
+        return Ok(id);
+    }
+    // Written aside and linked into place, so that two processes opening the same new
+    // directory agree on one id (the second link fails and reads the first).
+    let temp = dir.join(format!(".{HOST_ID_FILE}-{}", std::process::id()));
+    std::fs::write(&temp, format!("{fresh}\n")).map_err(|e| StoreError::io(&temp, e))?;
+    let linked = std::fs::hard_link(&temp, &path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(fresh),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(&path)?.ok_or_else(|| StoreError::io(&path, e))
+        }
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// Whether some event's data is sealed (the directory was used with a master key even if no
+/// context has a key yet).
+fn has_sealed_events(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM events WHERE substr(data, 1, 3) = X'514532' LIMIT 1",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Events stored before encryption was enabled are sealed when the data directory is first
+/// opened with a master key (one transaction), so that every event row is sealed from then on.
+fn seal_plaintext_events(conn: &mut Connection, keys: &crypto::Keyring) -> Result<(), StoreError> {
+    const PLAIN: &str = "SELECT 1 FROM events WHERE substr(data, 1, 3) <> X'514532' LIMIT 1";
+    // Usually none: check before taking the write lock.
+    if conn.query_row(PLAIN, [], |_| Ok(())).optional()?.is_none() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let rows: Vec<(i64, Vec<u8>)> = tx
+        .prepare("SELECT seq, data FROM events WHERE substr(data, 1, 3) <> X'514532'")?
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let plain = rows
+        .into_iter()
+        .filter(|(_, data)| crypto::sealed_version(data).is_none());
+    for (seq, data) in plain {
+        tx.execute(
+            "UPDATE events SET data = ?2 WHERE seq = ?1",
+            rusqlite::params![seq, keys.seal_event(seq as u64, &data)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 impl Store {
@@ -227,6 +322,10 @@ impl Store {
         })?;
         migrations::migrate(&mut conn)?;
         let blobs = open_keyring(&conn, &config, blobs)?;
+        if let Some(keys) = blobs.keys() {
+            seal_plaintext_events(&mut conn, keys)?;
+        }
+        let host_id = load_host_id(config.data_dir.as_deref())?;
         let control: ControlFlag = Arc::new(AtomicBool::new(false));
         install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
 
@@ -254,6 +353,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(StoreInner {
                 config,
+                host_id,
                 db_path,
                 blobs,
                 jobs: Some(jobs),
@@ -262,6 +362,14 @@ impl Store {
                 read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
             }),
         })
+    }
+
+    /// This host's id: 32 random hex characters created with the data directory and kept in
+    /// its [`HOST_ID_FILE`], so it is stable across restarts of the same data directory and differs
+    /// between data directories (an in-memory store gets a fresh one). The audience of
+    /// identity challenges ([`crate::security::identity`]).
+    pub fn host_id(&self) -> &str {
+        &self.inner.host_id
     }
 
     /// The configuration this store was opened with.

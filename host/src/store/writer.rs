@@ -234,6 +234,7 @@ impl<'c> Session<'c> {
                 let cause = e.to_string();
                 job.fail(StoreError::Sqlite(e));
                 if self.conn.is_autocommit() {
+                    self.keys_batch_ended(false);
                     abort(&mut done, &cause);
                     in_tx = false;
                 }
@@ -247,6 +248,7 @@ impl<'c> Session<'c> {
             let ran = job.run(&mut ctx);
             let hooks = ctx.hooks;
             if self.conn.is_autocommit() {
+                self.keys_batch_ended(false);
                 // SQLite rolled back the whole transaction (e.g. SQLITE_FULL or an I/O error
                 // inside this write): every earlier write of the batch is gone too.
                 let cause = "a write in the same batch hit an error that ends the transaction";
@@ -262,6 +264,7 @@ impl<'c> Session<'c> {
             } else {
                 Ok(())
             };
+            self.keys_write_ended(ran.succeeded && outcome.is_ok());
             match outcome {
                 Ok(()) if ran.succeeded => done.push(Done {
                     answer: ran.answer,
@@ -289,7 +292,11 @@ impl<'c> Session<'c> {
         if !in_tx {
             return;
         }
-        match self.control(Control::Commit) {
+        let committed = self.control(Control::Commit);
+        // Rotated keys become current before anyone learns the batch committed; a failed
+        // commit forgets them, so nothing is sealed under a key that was never stored.
+        self.keys_batch_ended(committed.is_ok());
+        match committed {
             Ok(()) => {
                 for Done { answer, hooks } in done {
                     for hook in hooks {
@@ -317,8 +324,21 @@ impl<'c> Session<'c> {
         }
     }
 
+    fn keys_write_ended(&self, kept: bool) {
+        if let Some(keys) = self.blobs.keys() {
+            keys.write_ended(kept);
+        }
+    }
+
+    fn keys_batch_ended(&self, committed: bool) {
+        if let Some(keys) = self.blobs.keys() {
+            keys.batch_ended(committed);
+        }
+    }
+
     /// Ends a transaction that can no longer be trusted and fails every write waiting in it.
     fn abort_tx(&mut self, done: &mut Vec<Done>, error: &rusqlite::Error) {
+        self.keys_batch_ended(false);
         if !self.conn.is_autocommit() {
             let _ = self.control(Control::Rollback);
         }
