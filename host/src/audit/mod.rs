@@ -97,26 +97,76 @@
 //! because every later hash depends on it, that proves entries `1..=N` are unchanged.
 
 mod chain;
+mod head;
+mod open;
 mod read;
+mod writer;
 
 #[cfg(test)]
 mod tests;
 
-pub use chain::{GENESIS_HASH, MAX_DETAILS_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES};
+pub use chain::{
+    CHAIN_KEY_INFO, ChainScheme, GENESIS_HASH, HEAD_KEY_INFO, MAX_DETAILS_BYTES, MAX_NAME_BYTES,
+    MAX_REASON_BYTES,
+};
+pub use head::{AuditHead, HEAD_FILE};
+pub use open::{AuditError, AuditOptions};
 
 use crate::store::{Store, StoreError};
-use chain::Content;
+use chain::ChainKeys;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use writer::{Health, Queued};
 
-/// Most entries appended in one store write.
-const MAX_BATCH: usize = 1024;
+/// Entries that may wait in the queue between [`AuditLog::record`] and the background writer
+/// (the default of [`AuditOptions::queue_capacity`]). Past it `record` fails with
+/// [`AuditUnavailable::QueueFull`] and the call being recorded is refused.
+pub const AUDIT_QUEUE_CAPACITY: usize = 65_536;
 
-/// Attempts at writing one batch before its entries are given up (and logged as lost).
-const WRITE_ATTEMPTS: u32 = 3;
+/// Why [`AuditLog::record`] could not take an entry. The caller must not go ahead with the
+/// action the entry records.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditUnavailable {
+    /// [`AUDIT_QUEUE_CAPACITY`] (or the configured capacity) entries are already waiting.
+    #[error(
+        "the audit queue is full ({capacity} entries waiting to be written): the store is not \
+         keeping up; retry later"
+    )]
+    QueueFull {
+        /// The queue's capacity, in entries.
+        capacity: usize,
+    },
+    /// A batch could not be written after its retries; the log accepts nothing more.
+    #[error(
+        "the audit log stopped accepting entries after a failed write ({reason}); fix the \
+         data directory and restart the host"
+    )]
+    Failed {
+        /// What failed.
+        reason: Arc<str>,
+    },
+    /// The background writer is gone (its runtime stopped).
+    #[error("the audit log's writer has stopped; restart the host")]
+    Stopped,
+}
+
+/// What [`AuditLog::status`] reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditStatus {
+    /// Entries accepted by `record` since the log was opened.
+    pub recorded: u64,
+    /// Entries committed by this log's writer.
+    pub written: u64,
+    /// Entries accepted but never written (queued when a write failed).
+    pub lost: u64,
+    /// Why the log stopped accepting entries, if it did.
+    pub failure: Option<String>,
+    /// The head after this log's last committed batch (`None` before its first).
+    pub head: Option<AuditHead>,
+}
 
 /// What happened to the request an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +319,10 @@ pub struct VerifyReport {
     /// The hash of the last intact entry ([`GENESIS_HASH`] for an empty log). Keep it, with
     /// `entries`, outside the host as an anchor: see the module docs.
     pub last_hash: String,
+    /// How entry `entries` was hashed.
+    pub scheme: ChainScheme,
+    /// The first HMAC-keyed entry, if the log was ever written with a master key.
+    pub keyed_from: Option<u64>,
 }
 
 impl VerifyReport {
@@ -306,101 +360,102 @@ pub struct AuditLog {
 
 struct LogInner {
     store: Store,
-    queue: mpsc::UnboundedSender<Queued>,
+    queue: mpsc::Sender<Queued>,
+    capacity: usize,
     recorded: AtomicU64,
+    health: Arc<Health>,
+    keys: Option<Arc<ChainKeys>>,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
             .field("recorded", &self.recorded())
+            .field("keyed", &self.inner.keys.is_some())
             .finish()
     }
 }
 
-enum Queued {
-    Entry { time_ms: u64, entry: NewAuditEntry },
-    Flush(oneshot::Sender<()>),
-}
-
-/// An entry with its time and caps applied, ready to be chained.
-struct Prepared {
-    time_ms: u64,
-    agent: String,
-    resource: String,
-    operation: String,
-    decision: AuditDecision,
-    reason: String,
-    details: String,
-}
-
-impl Prepared {
-    fn new(time_ms: u64, e: NewAuditEntry) -> Prepared {
-        Prepared {
-            time_ms: time_ms.min(i64::MAX as u64),
-            agent: chain::cap_text(e.agent, MAX_NAME_BYTES),
-            resource: chain::cap_text(e.resource, MAX_NAME_BYTES),
-            operation: chain::cap_text(e.operation, MAX_NAME_BYTES),
-            decision: e.decision,
-            reason: chain::cap_text(e.reason, MAX_REASON_BYTES),
-            details: chain::details_text(&e.details),
-        }
-    }
-}
-
 impl AuditLog {
-    /// The audit log kept in `store` (its `audit` table). Reads the newest entry, and starts
-    /// the background writer on the current tokio runtime.
-    pub async fn open(store: Store) -> Result<AuditLog, StoreError> {
-        let (seq, hash) = store.read(read::head).await?;
-        tracing::debug!(last_seq = seq, last_hash = %hash, "audit log opened");
-        let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(store.clone(), pending));
-        Ok(AuditLog {
-            inner: Arc::new(LogInner {
-                store,
-                queue,
-                recorded: AtomicU64::new(0),
-            }),
-        })
+    /// The audit log kept in `store` (its `audit` table), with the default
+    /// [`AuditOptions`]: the tail is checked against the head file (see the module docs) and
+    /// the background writer starts on the current tokio runtime. Fails with
+    /// [`AuditError::HeadMismatch`] when the log does not match its head file.
+    pub async fn open(store: Store) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(store, AuditOptions::default()).await
     }
 
-    /// Appends `entry`, stamped with the current time. Returns at once and never fails: the
-    /// entry is queued and written, in call order, by the background writer (see the module
-    /// docs for what happens if that write fails).
-    pub fn record(&self, entry: NewAuditEntry) {
-        self.inner.recorded.fetch_add(1, Ordering::Relaxed);
+    /// Appends `entry`, stamped with the current time. Never waits: the entry is queued and
+    /// written, in call order, by the background writer. `Err` when the queue is full or the
+    /// log has failed (see [`AuditUnavailable`]): the caller must then refuse the action the
+    /// entry records.
+    pub fn record(&self, entry: NewAuditEntry) -> Result<(), AuditUnavailable> {
+        let health = &self.inner.health;
+        if health.failed.load(Ordering::Acquire) {
+            return Err(AuditUnavailable::Failed {
+                reason: health.failure().unwrap_or_else(|| Arc::from("unknown")),
+            });
+        }
         let queued = Queued::Entry {
             time_ms: unix_ms(),
             entry,
         };
-        if let Err(mpsc::error::SendError(Queued::Entry { entry, .. })) =
-            self.inner.queue.send(queued)
-        {
-            tracing::error!(
-                agent = %entry.agent,
-                resource = %entry.resource,
-                operation = %entry.operation,
-                decision = %entry.decision,
-                "the audit log's writer has stopped; this entry is lost"
-            );
+        match self.inner.queue.try_send(queued) {
+            Ok(()) => {
+                self.inner.recorded.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(AuditUnavailable::QueueFull {
+                capacity: self.inner.capacity,
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditUnavailable::Stopped),
         }
     }
 
     /// Returns once every entry recorded (through any handle of this log) before the call has
-    /// been written and committed, or has failed to be (which is logged).
+    /// been written and committed, or has failed to be (see [`status`](AuditLog::status)).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.inner.queue.send(Queued::Flush(done)).is_ok() {
+        if self.inner.queue.send(Queued::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
     }
 
     /// Walks the whole log and reports the first entry that breaks the hash chain, and the
-    /// hash of the last intact entry (see the module docs). Entries still queued are not
-    /// included; [`flush`](AuditLog::flush) first to include them.
+    /// hash of the last intact entry; for an intact chain in a data directory, also checks
+    /// the head file (a missing, forged or mismatching head file is reported as the break).
+    /// Entries still queued are not included; [`flush`](AuditLog::flush) first to include
+    /// them.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.inner.store.read(read::verify).await
+        let keys = self.inner.keys.clone();
+        let mut report = self
+            .inner
+            .store
+            .read(move |conn| read::verify(conn, keys.as_deref()))
+            .await?;
+        if report.first_broken.is_none()
+            && let Err(e) = open::check_head(&self.inner.store, self.inner.keys.as_deref()).await
+        {
+            report.first_broken = Some(BrokenEntry {
+                seq: e.seq(),
+                problem: e.problem(),
+            });
+        }
+        Ok(report)
+    }
+
+    /// The committed head of the log: the newest entry's seq and hash and its scheme.
+    pub async fn head(&self) -> Result<AuditHead, StoreError> {
+        self.inner.store.read(read::current_head).await
+    }
+
+    /// Whether this log writes HMAC-keyed entries (it was opened with a master key).
+    pub fn scheme(&self) -> ChainScheme {
+        if self.inner.keys.is_some() {
+            ChainScheme::HmacSha256
+        } else {
+            ChainScheme::Sha256
+        }
     }
 
     /// The stored entries matching `q`, in seq order. Fails with
@@ -422,104 +477,22 @@ impl AuditLog {
             .await
     }
 
-    /// How many entries were recorded through this log (all its clones) since it was opened.
+    /// How many entries were accepted through this log (all its clones) since it was opened.
     pub fn recorded(&self) -> u64 {
         self.inner.recorded.load(Ordering::Relaxed)
     }
-}
 
-/// The background writer: takes whatever is queued (up to [`MAX_BATCH`] entries), appends it
-/// in one store write, then answers the flushes that were queued with it.
-async fn write_loop(store: Store, mut pending: mpsc::UnboundedReceiver<Queued>) {
-    let mut batch: Vec<Prepared> = Vec::new();
-    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = pending.recv().await {
-        let mut next = Some(first);
-        while let Some(queued) = next.take() {
-            match queued {
-                Queued::Entry { time_ms, entry } => batch.push(Prepared::new(time_ms, entry)),
-                Queued::Flush(done) => flushes.push(done),
-            }
-            if batch.len() < MAX_BATCH {
-                next = pending.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            persist(&store, std::mem::take(&mut batch)).await;
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
+    /// Accepted, written and lost entries, the failure if any, and the last head written.
+    pub fn status(&self) -> AuditStatus {
+        let h = &self.inner.health;
+        AuditStatus {
+            recorded: self.recorded(),
+            written: h.written.load(Ordering::Relaxed),
+            lost: h.lost.load(Ordering::Relaxed),
+            failure: h.failure().map(|r| r.to_string()),
+            head: h.head.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
-}
-
-/// Appends `batch` in one store write, retrying a failed write.
-async fn persist(store: &Store, batch: Vec<Prepared>) {
-    let batch = Arc::new(batch);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let rows = batch.clone();
-        let error = match store.write(move |ctx| append(ctx.tx(), &rows)).await {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        if attempt < WRITE_ATTEMPTS && !matches!(error, StoreError::Closed) {
-            tracing::warn!(%error, attempt, entries = batch.len(), "audit write failed; retrying");
-            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-            continue;
-        }
-        let first = &batch[0];
-        tracing::error!(
-            %error,
-            entries = batch.len(),
-            first_agent = %first.agent,
-            first_operation = %first.operation,
-            first_resource = %first.resource,
-            "audit entries could not be written and are lost"
-        );
-        return;
-    }
-}
-
-/// Chains `rows` onto the newest stored entry and inserts them.
-fn append(conn: &rusqlite::Connection, rows: &[Prepared]) -> Result<(), StoreError> {
-    let (mut seq, mut prev_hash) = read::head(conn)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO audit(seq, time_ms, agent, resource, operation, decision, reason, details, \
-         prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
-    for row in rows {
-        seq += 1;
-        let decision = row.decision.as_str();
-        let hash = chain::entry_hash(
-            prev_hash.as_bytes(),
-            &Content {
-                seq,
-                time_ms: row.time_ms,
-                agent: row.agent.as_bytes(),
-                resource: row.resource.as_bytes(),
-                operation: row.operation.as_bytes(),
-                decision: decision.as_bytes(),
-                reason: row.reason.as_bytes(),
-                details: row.details.as_bytes(),
-            },
-        );
-        insert.execute(rusqlite::params![
-            read::clamp_i64(seq),
-            read::clamp_i64(row.time_ms),
-            row.agent,
-            row.resource,
-            row.operation,
-            decision,
-            row.reason,
-            row.details,
-            prev_hash,
-            hash,
-        ])?;
-        prev_hash = hash;
-    }
-    Ok(())
 }
 
 fn unix_ms() -> u64 {
