@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most entries appended in one store write.
-const MAX_BATCH: usize = 1024;
+pub(crate) const MAX_BATCH: usize = 1024;
 
 /// Attempts at writing one batch before the log is put into its failed state.
 const WRITE_ATTEMPTS: u32 = 3;
