@@ -111,7 +111,11 @@ fn feed(prev_hash: &[u8], content: &Content<'_>, mut update: impl FnMut(&[u8])) 
 
 /// The entry's hash, lowercase hex: `sha256(prev_hash || canonical(content))` without a key,
 /// `hmac_sha256(key, prev_hash || canonical(content))` with one.
-pub(crate) fn entry_hash(key: Option<&[u8; 32]>, prev_hash: &[u8], content: &Content<'_>) -> String {
+pub(crate) fn entry_hash(
+    key: Option<&[u8; 32]>,
+    prev_hash: &[u8],
+    content: &Content<'_>,
+) -> String {
     match key {
         None => {
             let mut hasher = Sha256::new();
@@ -125,8 +129,8 @@ pub(crate) fn entry_hash(key: Option<&[u8; 32]>, prev_hash: &[u8], content: &Con
 /// HMAC-SHA-256 under `key` of what `input` feeds.
 pub(crate) fn hmac(key: &[u8; 32], input: impl FnOnce(&mut dyn FnMut(&[u8]))) -> [u8; 32] {
     use hmac::Mac;
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key)
-        .expect("HMAC-SHA-256 takes a key of any length");
+    let mut mac =
+        hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC-SHA-256 takes a key of any length");
     input(&mut |b: &[u8]| mac.update(b));
     mac.finalize().into_bytes().into()
 }

@@ -143,8 +143,12 @@ pub(crate) fn read(dir: &Path, keys: Option<&ChainKeys>) -> Result<Option<AuditH
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let file: HeadFile = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a head file ({e}): damaged or forged", path.display()))?;
+    let file: HeadFile = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "{} is not a head file ({e}): damaged or forged",
+            path.display()
+        )
+    })?;
     if file.version != 1 {
         return Err(format!(
             "{} has version {}; this qi-host writes version 1",

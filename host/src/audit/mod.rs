@@ -1,19 +1,21 @@
 //! A tamper-evident audit log: an append-only, hash-chained record of what agents were allowed
-//! and denied, and of the lifecycle facts around them, kept in the store's `audit` table.
+//! and denied, and of the lifecycle facts around them, kept in the store's `audit` table, with
+//! its head kept outside the database.
 //!
 //! ```
 //! use qi_host::audit::{AuditDecision, AuditLog, AuditQuery, NewAuditEntry};
 //! use qi_host::store::{Store, StoreConfig};
 //! use serde_json::json;
 //!
-//! # fn main() -> Result<(), qi_host::store::StoreError> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let log = AuditLog::open(Store::open(StoreConfig::in_memory())?).await?;
-//! // Never blocks and never fails: the entry is queued and written by a background task.
+//! // Never waits: the entry is queued and written by a background task. An `Err` (full queue,
+//! // failed writer) means the action being recorded must be refused.
 //! log.record(
 //!     NewAuditEntry::new("agent-a", "context/plan", "read", AuditDecision::Deny, "no read share")
 //!         .details(json!({"policy": "default-deny"})),
-//! );
+//! )?;
 //! log.flush().await; // everything recorded so far is now durable
 //! let denied = log
 //!     .query(&AuditQuery { resource: Some("context/*".into()), ..Default::default() })
@@ -21,26 +23,39 @@
 //! assert_eq!((denied[0].seq, denied[0].decision), (1, AuditDecision::Deny));
 //! let report = log.verify().await?;
 //! assert!(report.first_broken.is_none());
-//! println!("anchor: entry {} has hash {}", report.entries, report.last_hash);
+//! println!("head: {}", log.head().await?); // entry 1 hash … (sha256)
 //! # Ok(()) })
 //! # }
 //! ```
 //!
 //! # What is recorded
 //!
-//! One [`AuditEntry`] per fact: who (`agent`), on what (`resource`, e.g. `context/plan` or a
-//! path), doing what (`operation`), the [`AuditDecision`] (`allow`, `deny`, or `record` for a
-//! lifecycle fact such as a spawn, a termination, a trust change, a limit violation or a grant
-//! change), why (`reason`) and free-form JSON `details`. This module only keeps the log; the
-//! access gate (`crate::security`) and the agent lifecycle decide what to record and call
-//! [`AuditLog::record`] for every access decision, spawn, termination, trust change and limit
-//! violation.
+//! One [`AuditEntry`] per fact: who (`agent`), on what (`resource`, e.g. `context/plan`,
+//! `tool/fs.read`, `network/127.0.0.1:80`, `limits/tool-calls`), doing what (`operation`), the
+//! [`AuditDecision`] (`allow`, `deny`, or `record` for a lifecycle fact such as a spawn, a
+//! termination, a trust change, a limit violation or a grant change), why (`reason`) and
+//! free-form JSON `details`. This module only keeps the log; callers decide what to record.
+//! Every refusal an agent meets goes through one helper, `AgentShared::refuse` (the gate, the
+//! tool and network allow-lists, name lookups, spent budgets), and every allowed decision that
+//! is recorded through `AgentShared::record_decision` (with policies loaded; without them only
+//! for a `monitored` agent).
 //!
-//! `record` never waits and never fails the caller: it stamps the entry with the current time
-//! (`time_ms`, unix milliseconds) and queues it on an unbounded channel. One background task
+//! # Recording is fail-closed
+//!
+//! `record` stamps the entry with the current time (`time_ms`, unix milliseconds) and puts it
+//! on a bounded queue ([`AUDIT_QUEUE_CAPACITY`] = 65,536 entries; [`AuditOptions`] sets
+//! another), without waiting and without allocating beyond the entry. One background task
 //! drains the queue and appends every queued entry, in the order the `record` calls happened,
-//! in one store write (group commit). A write that fails is retried a few times; if it still
-//! fails the entries are lost and the failure is logged with `tracing::error`. Call
+//! in one store write (group commit). `record` returns [`AuditUnavailable`] when:
+//!
+//! - the queue is full ([`AuditUnavailable::QueueFull`]): the store is not keeping up;
+//! - a batch failed to be written three times ([`AuditUnavailable::Failed`]): from then on the
+//!   log accepts nothing (until it is opened again); the failure and the number of entries lost
+//!   (those queued when it happened) are logged with `tracing::error` and kept in
+//!   [`AuditLog::status`].
+//!
+//! Callers that record a decision refuse the call then (`the audit log cannot record this
+//! call: ...`); a lifecycle fact that cannot be recorded is only in the status. Call
 //! [`AuditLog::flush`] before shutting down: entries still queued when the tokio runtime stops
 //! are lost.
 //!
@@ -56,7 +71,9 @@
 //! before it (`prev_hash`; 64 zeros, [`GENESIS_HASH`], for the first) and its own:
 //!
 //! ```text
-//! hash = lowercase_hex(sha256(prev_hash || canonical(entry)))
+//! hash = lowercase_hex(sha256(prev_hash || canonical(entry)))                 without a key
+//! hash = lowercase_hex(hmac_sha256(chain_key, prev_hash || canonical(entry)))  with a key
+//! chain_key = hkdf_sha256(salt = "qi-host", ikm = master key, info = "qi-host audit chain v1")
 //! canonical(entry) = u64be(seq) || u64be(time_ms)
 //!                 || field(agent) || field(resource) || field(operation)
 //!                 || field(decision) || field(reason) || field(details)
@@ -67,34 +84,57 @@
 //! `record`; `details` as the compact JSON text (`serde_json::to_string`) that the `details`
 //! column stores, so verification hashes exactly the stored bytes and never depends on how a
 //! JSON value is re-serialized. Every variable-length field is length-prefixed and the
-//! fixed-width ones come first, so two different entries never encode to the same bytes (no
-//! shifting of text from one field into the next can keep the hash).
+//! fixed-width ones come first, so two different entries never encode to the same bytes.
+//!
+//! The [`ChainScheme`] is a property of the log, not of the build: a store opened with a master
+//! key (`StoreConfig::master_key`) writes HMAC-keyed entries, and the first keyed entry's seq
+//! is kept in the `meta` table (`audit.keyed_from`) and in the head file. Entries before it
+//! (written before a key was set, including every entry of an older qi-host) stay SHA-256 and
+//! verify as such; from it on, every entry must be keyed. A keyed log cannot be opened (or
+//! extended) without its key. **Without a master key anyone who can write the database can
+//! recompute every hash**; the head file (below) and an external anchor are what catch that.
 //!
 //! The next `seq` and `prev_hash` are read from the newest row inside the write transaction,
 //! so several `AuditLog` handles (or processes) sharing a data directory extend one chain.
 //!
+//! # The head file, checked on open
+//!
+//! After every committed batch the writer replaces `<data dir>/audit-head` ([`HEAD_FILE`])
+//! atomically (temporary file, fsync, rename) with the newest [`AuditHead`]: seq, hash,
+//! scheme and where keying began, and, with a master key, an HMAC-SHA-256 over them under a key
+//! derived with info `qi-host audit head v1`, so the file cannot be forged without the key.
+//! [`AuditLog::open`] checks the database against it: entry `seq` must exist with that hash,
+//! the chain must verify from there to the end, and the keying must agree. A truncated or
+//! rewritten tail, a chain recomputed without the key, or a missing or forged head file fails
+//! the open with [`AuditError::HeadMismatch`], which names the entry and what was found. The
+//! operator looks with `qi-host audit verify` (which opens without the check and reports the
+//! mismatch as the break) and, once the change is understood, runs `qi-host audit accept-head`
+//! ([`AuditLog::accept_head`]): the chain must verify in full (a modified chain is never
+//! accepted), the head file is rewritten from the tail, and an `accept-head` entry by
+//! `operator` records what was accepted. An in-memory store has no head file.
+//!
 //! # What [`AuditLog::verify`] detects
 //!
 //! It walks the log in seq order, recomputing each hash, and reports the first entry that
-//! breaks the chain ([`VerifyReport::first_broken`]):
+//! breaks the chain ([`VerifyReport::first_broken`]); for an intact chain it then checks the
+//! head file:
 //!
 //! - **modified**: an entry's content (or its `hash`) was changed: its hash no longer matches
-//!   its content. Re-computing that entry's hash after the change moves the break to the next
-//!   entry, whose `prev_hash` no longer matches; rewriting every later hash as well needs write
-//!   access *and* is caught by an anchor (below).
+//!   its content. Re-computing that entry's hash moves the break to the next entry, whose
+//!   `prev_hash` no longer matches; recomputing every later hash needs the key (keyed log) and
+//!   is caught by the head file either way.
 //! - **deleted**: a missing `seq` (the report names the first missing one), or, if the rows
 //!   after it were renumbered, a `prev_hash` that is not the previous entry's hash.
 //! - **reordered**: rows swapped (by `seq` or by content): the entry now at the earlier place
 //!   has a `prev_hash` pointing at an entry that comes after it.
+//! - **truncated**: the head file names an entry that is gone.
 //! - **edited columns**: a column holding something no writer stores (e.g. a text `time_ms`).
 //!
-//! What it cannot detect on its own: **the newest entries being deleted** (truncation), or the
-//! whole log being replaced by a consistent forgery, since the result is a valid, shorter (or
-//! different) chain. Against that, keep an external anchor: [`VerifyReport`] returns the number
-//! of intact entries and [`VerifyReport::last_hash`]; record that pair somewhere the host
-//! cannot write (a ticket, another machine, a signed message). Later, entry `N` must still
-//! exist with the anchored hash ([`AuditLog::entry`], or `qi-host audit verify --anchor N:HASH`);
-//! because every later hash depends on it, that proves entries `1..=N` are unchanged.
+//! What it cannot detect: a log *and* head file both replaced by someone who can write the data
+//! directory and, for a keyed log, holds the master key; without a key, anyone who can write
+//! the directory. Against that keep the head ([`AuditLog::head`], `qi-host audit head`,
+//! printed after every run) somewhere the host cannot write; later, entry `N` must still exist
+//! with the anchored hash (`qi-host audit verify --anchor N:HASH`).
 
 mod chain;
 mod head;

@@ -256,9 +256,7 @@ impl AuditLog {
             chain: k.chain,
             head: k.head,
         });
-        let report = store
-            .read(move |c| read::verify(c, k2.as_ref()))
-            .await?;
+        let report = store.read(move |c| read::verify(c, k2.as_ref())).await?;
         if let Some(b) = report.first_broken {
             return Err(AuditError::Broken {
                 seq: b.seq,
@@ -267,9 +265,8 @@ impl AuditLog {
         }
         let tail = store.read(read::current_head).await?;
         if let Some(dir) = store.data_dir() {
-            head::write_replacing(dir, &tail, keys.as_deref()).map_err(|e| {
-                StoreError::io(head::head_path(dir), e)
-            })?;
+            head::write_replacing(dir, &tail, keys.as_deref())
+                .map_err(|e| StoreError::io(head::head_path(dir), e))?;
         }
         let log = AuditLog::open_with(
             store,
@@ -286,7 +283,9 @@ impl AuditLog {
                 "accept-head",
                 AuditDecision::Record,
                 match &previous {
-                    Some(e) => format!("the operator accepted the log as it stood: {}", e.problem()),
+                    Some(e) => {
+                        format!("the operator accepted the log as it stood: {}", e.problem())
+                    }
                     None => "the operator re-accepted a log that matched its head file".into(),
                 },
             )

@@ -114,7 +114,12 @@ pub(crate) async fn write_loop(
 
 /// Appends `batch` in one store write, retrying a failed write; then writes the head file.
 /// A batch that still fails puts the log into its failed state.
-async fn persist(store: &Store, keys: Option<Arc<ChainKeys>>, health: &Health, batch: Vec<Prepared>) {
+async fn persist(
+    store: &Store,
+    keys: Option<Arc<ChainKeys>>,
+    health: &Health,
+    batch: Vec<Prepared>,
+) {
     let batch = Arc::new(batch);
     let mut attempt = 0;
     let error = loop {

@@ -268,7 +268,7 @@ impl AgentShared {
             // first violation.
             let _ = self.record_decision(
                 "limits",
-                &limit.to_string(),
+                &limit.to_string().replace(' ', "-"),
                 "take",
                 crate::audit::AuditDecision::Deny,
                 &detail,

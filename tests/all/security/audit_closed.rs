@@ -37,7 +37,9 @@ async fn clock_now(s: &Secured, spec: SubAgentSpecification) -> (String, Value) 
             steps_input(json!([{"tool": {"name": "clock.now", "input": {}}}])),
         ))
         .await;
-    let out = report.output.unwrap_or_else(|| panic!("{:?}", report.failure));
+    let out = report
+        .output
+        .unwrap_or_else(|| panic!("{:?}", report.failure));
     (id, out["probes"][0].clone())
 }
 
@@ -55,8 +57,9 @@ async fn a_gated_call_is_refused_when_the_audit_log_cannot_record_it() {
     assert_eq!(probe["ok"], true, "{probe}");
     let allowed = of(&s, &id).await;
     assert!(
-        allowed.iter().any(|e| e.resource == "tool/clock.now"
-            && e.decision == AuditDecision::Allow),
+        allowed
+            .iter()
+            .any(|e| e.resource == "tool/clock.now" && e.decision == AuditDecision::Allow),
         "{allowed:?}"
     );
 
@@ -88,7 +91,8 @@ async fn a_gated_call_is_refused_when_the_audit_log_cannot_record_it() {
     assert_eq!(probe["ok"], false, "{probe}");
     let error = probe["error"].as_str().unwrap();
     assert!(
-        error.contains("the audit log cannot record this call") && error.contains("audit disk full"),
+        error.contains("the audit log cannot record this call")
+            && error.contains("audit disk full"),
         "{error}"
     );
 }
@@ -100,7 +104,10 @@ async fn a_tool_allow_list_refusal_is_audited_without_policies() {
     let (id, probe) = clock_now(&s, clock_allowed()).await;
     assert_eq!(probe["ok"], true, "{probe}");
     assert!(
-        of(&s, &id).await.iter().all(|e| e.decision == AuditDecision::Record),
+        of(&s, &id)
+            .await
+            .iter()
+            .all(|e| e.decision == AuditDecision::Record),
         "only lifecycle facts"
     );
     // Not in the list: refused and audited.
@@ -117,7 +124,9 @@ async fn a_tool_allow_list_refusal_is_audited_without_policies() {
         ("tool/clock.now", "call")
     );
     assert!(
-        denied[0].reason.contains("not in securityConstraints.allowedTools"),
+        denied[0]
+            .reason
+            .contains("not in securityConstraints.allowedTools"),
         "{denied:?}"
     );
 }
@@ -170,4 +179,37 @@ async fn running_out_of_fuel_is_audited_as_a_limit_violation() {
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].details["limit"], "fuel");
     assert_eq!(violations[0].details["limitValue"], 50_000_000);
+}
+
+/// Runs the worker calling `clock.now` three times under `maxToolCalls = max`; returns the
+/// agent's `deny` entries on `limits/tool-calls`.
+async fn budget_refusals_under(max: u32) -> Vec<AuditEntry> {
+    let s = secured(None).await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let mut spec = clock_allowed();
+    spec.resource_limits.max_tool_calls = max;
+    let agent = s.host.spawn(&component, spec).await.unwrap();
+    let id = agent.id().to_string();
+    let call = json!({"tool": {"name": "clock.now", "input": {}}});
+    agent
+        .run(TaskRequest::new(
+            "p",
+            steps_input(json!([call, call, call])),
+        ))
+        .await;
+    of(&s, &id)
+        .await
+        .into_iter()
+        .filter(|e| e.resource == "limits/tool-calls" && e.decision == AuditDecision::Deny)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_budget_attempt_is_audited() {
+    assert_eq!(budget_refusals_under(3).await, []);
+    let refused = budget_refusals_under(1).await;
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for r in &refused {
+        assert!(r.reason.contains("may make 1 tool calls"), "{refused:?}");
+    }
 }

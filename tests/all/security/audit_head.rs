@@ -27,7 +27,11 @@ fn text(o: &Output) -> String {
 }
 
 fn run_hello(dir: &Path, key: Option<&Path>) -> Output {
-    qi(dir, key, &["run-agent", HELLO_COMPONENT, "--task", "greet", "--json"])
+    qi(
+        dir,
+        key,
+        &["run-agent", HELLO_COMPONENT, "--task", "greet", "--json"],
+    )
 }
 
 fn head(dir: &Path, key: Option<&Path>) -> Value {
@@ -40,7 +44,11 @@ fn head(dir: &Path, key: Option<&Path>) -> Value {
 fn the_head_is_reported_kept_outside_the_database_and_checked_on_open() {
     let keys = tempfile::tempdir().unwrap();
     let key_file = keys.path().join("master.key");
-    std::fs::write(&key_file, qi_host::store::crypto::MasterKey::generate().to_hex()).unwrap();
+    std::fs::write(
+        &key_file,
+        qi_host::store::crypto::MasterKey::generate().to_hex(),
+    )
+    .unwrap();
     for (key, scheme) in [(None, "sha256"), (Some(key_file.as_path()), "hmac-sha256")] {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -49,7 +57,11 @@ fn the_head_is_reported_kept_outside_the_database_and_checked_on_open() {
         let report: Value = serde_json::from_slice(&first.stdout).unwrap();
         let reported = &report["audit_head"];
         assert_eq!(reported["scheme"], scheme, "{report}");
-        assert_eq!(head(d, key), *reported, "`audit head` prints the run's head");
+        assert_eq!(
+            head(d, key),
+            *reported,
+            "`audit head` prints the run's head"
+        );
         let second = run_hello(d, key);
         assert!(second.status.success(), "{}", text(&second));
         let seq = head(d, key)["seq"].as_u64().unwrap();
@@ -71,7 +83,11 @@ fn the_head_is_reported_kept_outside_the_database_and_checked_on_open() {
         );
         let verify = qi(d, key, &["audit", "verify"]);
         assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
-        assert!(text(&verify).contains("newest entries were deleted"), "{}", text(&verify));
+        assert!(
+            text(&verify).contains("newest entries were deleted"),
+            "{}",
+            text(&verify)
+        );
 
         // The operator accepts the log as it stands; runs work again.
         let accept = qi(d, key, &["audit", "accept-head"]);

@@ -48,7 +48,8 @@ async fn the_hash_is_the_documented_canonical_encoding() {
     log.record(
         NewAuditEntry::new("a", "context/x", "read", AuditDecision::Deny, "no share")
             .details(json!({"b": 1, "a": [true, null]})),
-    ).unwrap();
+    )
+    .unwrap();
     log.flush().await;
     let e = &all(&log).await[0];
     let details = r#"{"a":[true,null],"b":1}"#;
@@ -214,7 +215,10 @@ async fn a_deleted_entry_is_named() {
     assert_eq!(report.entries, 8);
     let broken = report.first_broken.unwrap();
     assert_eq!(broken.seq, 10, "{broken}");
-    assert!(broken.problem.contains("newest entries were deleted"), "{broken}");
+    assert!(
+        broken.problem.contains("newest entries were deleted"),
+        "{broken}"
+    );
     assert_eq!(log.entry(anchor.entries).await.unwrap(), None);
 }
 
@@ -261,7 +265,8 @@ async fn query_filters_by_glob_decision_time_and_limit() {
         "fs.write",
         AuditDecision::Deny,
         "read-only mount",
-    )).unwrap();
+    ))
+    .unwrap();
     log.flush().await;
     let q = |f: fn(&mut AuditQuery)| {
         let mut q = AuditQuery::default();
@@ -379,7 +384,8 @@ async fn concurrent_records_keep_call_order_and_a_valid_chain() {
                             "",
                         )
                         .details(json!({"t": t, "i": i})),
-                    ).unwrap();
+                    )
+                    .unwrap();
                     if i.is_multiple_of(10) {
                         tokio::task::yield_now().await;
                     }
@@ -402,7 +408,8 @@ async fn concurrent_records_keep_call_order_and_a_valid_chain() {
                             "",
                         )
                         .details(json!({"t": 100 + t, "i": i})),
-                    ).unwrap();
+                    )
+                    .unwrap();
                 }
             })
         })
@@ -459,7 +466,10 @@ async fn flush_waits_for_everything_recorded_before_it() {
         }
         // A clone flushes the same queue.
         log.clone().flush().await;
-        assert_eq!(count(&log).await, round * (writer::MAX_BATCH as i64 / 2 + 7));
+        assert_eq!(
+            count(&log).await,
+            round * (writer::MAX_BATCH as i64 / 2 + 7)
+        );
     }
     // Many flushes at once all return, each after what was recorded before it.
     let before = 5 * (writer::MAX_BATCH as i64 / 2 + 7);
@@ -481,7 +491,10 @@ async fn flush_waits_for_everything_recorded_before_it() {
         );
     }
     log.flush().await;
-    assert_eq!(count(&log).await, 5 * (writer::MAX_BATCH as i64 / 2 + 7) + 20);
+    assert_eq!(
+        count(&log).await,
+        5 * (writer::MAX_BATCH as i64 / 2 + 7) + 20
+    );
     assert!(log.verify().await.unwrap().is_intact());
 }
 
@@ -519,11 +532,13 @@ async fn guest_sized_fields_are_capped_with_a_marker() {
             long_reason,
         )
         .details(big),
-    ).unwrap();
+    )
+    .unwrap();
     log.record(
         NewAuditEntry::new("b", "r", "o", AuditDecision::Allow, "short")
             .details(json!({"ok": true})),
-    ).unwrap();
+    )
+    .unwrap();
     log.flush().await;
     let entries = all(&log).await;
     let e = &entries[0];

@@ -64,4 +64,3 @@ fn ns(entries: &[AuditEntry]) -> Vec<u64> {
         .map(|e| e.details["n"].as_u64().unwrap())
         .collect()
 }
-

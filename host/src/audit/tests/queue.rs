@@ -21,7 +21,11 @@ async fn the_queue_takes_its_capacity_and_refuses_one_more() {
         }
         other => panic!("expected a full queue, got {other:?}"),
     }
-    assert_eq!(log.recorded(), 4, "the refused entry is not counted as recorded");
+    assert_eq!(
+        log.recorded(),
+        4,
+        "the refused entry is not counted as recorded"
+    );
     log.flush().await;
     log.record(entry(6)).unwrap();
     log.flush().await;

@@ -111,7 +111,10 @@ async fn an_untouched_log_reopens_with_and_without_a_key() {
         } else {
             (ChainScheme::Sha256, None)
         };
-        assert_eq!((head.seq, head.scheme, head.keyed_from), (6, expected.0, expected.1));
+        assert_eq!(
+            (head.seq, head.scheme, head.keyed_from),
+            (6, expected.0, expected.1)
+        );
         let report = log.verify().await.unwrap();
         assert!(report.is_intact(), "{:?}", report.first_broken);
         assert_eq!((report.entries, report.last_hash), (6, head.hash));
@@ -129,12 +132,18 @@ async fn a_keyed_entry_is_the_hmac_of_the_documented_encoding() {
     bytes.extend(1u64.to_be_bytes());
     bytes.extend(e.time_ms.to_be_bytes());
     let details = serde_json::to_string(&e.details).unwrap();
-    for field in [&e.agent, &e.resource, &e.operation, "deny", &e.reason, &details] {
+    for field in [
+        &e.agent,
+        &e.resource,
+        &e.operation,
+        "deny",
+        &e.reason,
+        &details,
+    ] {
         bytes.extend((field.len() as u64).to_be_bytes());
         bytes.extend(field.as_bytes());
     }
-    let mut mac =
-        hmac::Hmac::<sha2::Sha256>::new_from_slice(&key.derive(CHAIN_KEY_INFO)).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key.derive(CHAIN_KEY_INFO)).unwrap();
     mac.update(&bytes);
     assert_eq!(e.hash, hex::encode(mac.finalize().into_bytes()));
 }
@@ -157,8 +166,15 @@ async fn a_truncated_tail_is_caught_on_open_and_accepted_only_explicitly() {
         assert_eq!(head.seq, 9, "the acceptance is entry 9");
         let log = reopen(&dir, key.as_ref()).await.unwrap();
         let accepted = log.entry(9).await.unwrap().unwrap();
-        assert_eq!((accepted.agent.as_str(), accepted.operation.as_str()), ("operator", "accept-head"));
-        assert!(accepted.reason.contains("the log ends at entry 8"), "{}", accepted.reason);
+        assert_eq!(
+            (accepted.agent.as_str(), accepted.operation.as_str()),
+            ("operator", "accept-head")
+        );
+        assert!(
+            accepted.reason.contains("the log ends at entry 8"),
+            "{}",
+            accepted.reason
+        );
         assert!(log.verify().await.unwrap().is_intact());
     }
 }
@@ -167,7 +183,11 @@ async fn a_truncated_tail_is_caught_on_open_and_accepted_only_explicitly() {
 async fn edited_deleted_and_reordered_entries_are_caught_with_a_key() {
     let key = MasterKey::generate();
     let cases = [
-        ("UPDATE audit SET decision = 'allow' WHERE seq = 4", 4, "modified"),
+        (
+            "UPDATE audit SET decision = 'allow' WHERE seq = 4",
+            4,
+            "modified",
+        ),
         ("DELETE FROM audit WHERE seq = 5", 5, "deleted"),
         (
             "UPDATE audit SET seq = -seq WHERE seq IN (3, 4); \
@@ -197,7 +217,12 @@ async fn a_tail_rewritten_without_the_key_is_caught() {
     tamper(&dir, "UPDATE audit SET reason = 'forged' WHERE seq = 9");
     recompute_sha256(&dir, 9);
     let walked = inspect(&dir, None).await;
-    let chain_only = walked.inner.store.read(|c| read::verify(c, None)).await.unwrap();
+    let chain_only = walked
+        .inner
+        .store
+        .read(|c| read::verify(c, None))
+        .await
+        .unwrap();
     assert!(chain_only.is_intact(), "{:?}", chain_only.first_broken);
     assert_eq!(walked.verify().await.unwrap().first_broken.unwrap().seq, 10);
     let (seq, text) = mismatch(reopen(&dir, None).await.unwrap_err());
@@ -209,7 +234,13 @@ async fn a_tail_rewritten_without_the_key_is_caught() {
     let dir = written(10, Some(&key)).await;
     tamper(&dir, "UPDATE audit SET reason = 'forged' WHERE seq = 9");
     recompute_sha256(&dir, 9);
-    let b = inspect(&dir, Some(&key)).await.verify().await.unwrap().first_broken.unwrap();
+    let b = inspect(&dir, Some(&key))
+        .await
+        .verify()
+        .await
+        .unwrap()
+        .first_broken
+        .unwrap();
     assert_eq!(b.seq, 9, "{b}");
     assert!(b.problem.contains("modified"), "{b}");
     assert!(reopen(&dir, Some(&key)).await.is_err());
@@ -220,12 +251,20 @@ async fn a_whole_chain_recomputed_with_sha256_under_a_key_is_caught() {
     let key = MasterKey::generate();
     let dir = written(6, Some(&key)).await;
     // Recompute everything with SHA-256 and pretend the log was never keyed.
-    tamper(&dir, "UPDATE audit SET reason = 'nothing happened' WHERE seq = 2");
+    tamper(
+        &dir,
+        "UPDATE audit SET reason = 'nothing happened' WHERE seq = 2",
+    );
     recompute_sha256(&dir, 1);
     tamper(&dir, "DELETE FROM meta WHERE key = 'audit.keyed_from'");
     // The chain walk alone now passes (an unkeyed chain is allowed before a key was set) ...
     let report = inspect(&dir, Some(&key)).await;
-    let walked = report.inner.store.read(|c| read::verify(c, None)).await.unwrap();
+    let walked = report
+        .inner
+        .store
+        .read(|c| read::verify(c, None))
+        .await
+        .unwrap();
     assert!(walked.is_intact());
     // ... but the head file, authenticated with the key, says it was keyed from entry 1.
     let (seq, text) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
@@ -244,7 +283,13 @@ async fn a_forged_or_deleted_head_file_is_caught() {
     let path = dir.path().join(HEAD_FILE);
     let mut file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let hash8 = inspect(&dir, Some(&key)).await.entry(8).await.unwrap().unwrap().hash;
+    let hash8 = inspect(&dir, Some(&key))
+        .await
+        .entry(8)
+        .await
+        .unwrap()
+        .unwrap()
+        .hash;
     file["seq"] = json!(8);
     file["hash"] = json!(hash8);
     std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
@@ -285,6 +330,9 @@ async fn a_keyed_log_needs_its_key_and_an_unkeyed_one_becomes_keyed() {
     let e = reopen(&dir, None).await.unwrap_err().to_string();
     assert!(e.contains("keyed with the master key from entry 4"), "{e}");
     // Another key does not open it either: the head file's MAC does not verify.
-    let e = reopen(&dir, Some(&MasterKey::generate())).await.unwrap_err().to_string();
+    let e = reopen(&dir, Some(&MasterKey::generate()))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("another master key"), "{e}");
 }
