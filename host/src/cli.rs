@@ -393,6 +393,14 @@ async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
     if let Some(a) = &audit {
         a.flush().await;
         report.audit_head = Some(a.head().await.map_err(|e| Error::System(e.into()))?);
+        let status = a.status();
+        if let Some(failure) = &status.failure {
+            eprintln!(
+                "warning: the audit log failed during the run ({failure}); {} entries lost, \
+                 later gated calls were refused",
+                status.lost
+            );
+        }
     }
     if args.json {
         println!(

@@ -230,6 +230,7 @@ impl AuditLog {
             store.clone(),
             keys.clone(),
             health.clone(),
+            head,
             pending,
         ));
         Ok(AuditLog {

@@ -82,8 +82,13 @@ pub(crate) async fn write_loop(
     store: Store,
     keys: Option<Arc<ChainKeys>>,
     health: Arc<Health>,
+    opened_at: AuditHead,
     mut pending: mpsc::Receiver<Queued>,
 ) {
+    // The newest entry this log knows to be genuine: the head checked at open, then each
+    // batch's. Every batch first checks it is still there, so a tail deleted or rewritten
+    // while the host runs is not silently extended (and blessed by a new head file).
+    let mut known = opened_at;
     let mut batch: Vec<Prepared> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = pending.recv().await {
@@ -103,7 +108,9 @@ pub(crate) async fn write_loop(
                 // Queued before the failure was seen: lost, and counted.
                 health.lost.fetch_add(rows.len() as u64, Ordering::Relaxed);
             } else {
-                persist(&store, keys.clone(), &health, rows).await;
+                if let Some(head) = persist(&store, keys.clone(), &health, &known, rows).await {
+                    known = head;
+                }
             }
         }
         for done in flushes.drain(..) {
@@ -112,22 +119,24 @@ pub(crate) async fn write_loop(
     }
 }
 
-/// Appends `batch` in one store write, retrying a failed write; then writes the head file.
-/// A batch that still fails puts the log into its failed state.
+/// Appends `batch` in one store write, retrying a failed write; then writes the head file
+/// and returns the new head. A batch that still fails puts the log into its failed state.
 async fn persist(
     store: &Store,
     keys: Option<Arc<ChainKeys>>,
     health: &Health,
+    known: &AuditHead,
     batch: Vec<Prepared>,
-) {
+) -> Option<AuditHead> {
     let batch = Arc::new(batch);
     let mut attempt = 0;
     let error = loop {
         attempt += 1;
         let rows = batch.clone();
         let k = keys.clone();
+        let known = known.clone();
         let error = match store
-            .write(move |ctx| append(ctx.tx(), k.as_deref(), &rows))
+            .write(move |ctx| append(ctx.tx(), k.as_deref(), &known, &rows))
             .await
         {
             Ok(head) => {
@@ -136,8 +145,8 @@ async fn persist(
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 match write_head(store, keys, head.clone()).await {
                     Ok(()) => {
-                        *health.head.lock().unwrap_or_else(|p| p.into_inner()) = Some(head);
-                        return;
+                        *health.head.lock().unwrap_or_else(|p| p.into_inner()) = Some(head.clone());
+                        return Some(head);
                     }
                     Err(e) => {
                         let reason = format!(
@@ -146,7 +155,7 @@ async fn persist(
                         );
                         tracing::error!(%reason, "the audit log stops accepting entries");
                         health.fail(reason);
-                        return;
+                        return None;
                     }
                 }
             }
@@ -174,6 +183,7 @@ async fn persist(
         "writing {} audit entries failed after {WRITE_ATTEMPTS} attempts: {error}",
         batch.len()
     ));
+    None
 }
 
 /// Writes the head file of an on-disk store (a blocking fsync, off the runtime's threads).
@@ -191,12 +201,37 @@ async fn write_head(
 }
 
 /// Chains `rows` onto the newest stored entry, inserts them, and returns the new head. With
-/// `keys`, entries are HMAC-keyed; the first keyed entry is recorded in `meta`.
+/// `keys`, entries are HMAC-keyed; the first keyed entry is recorded in `meta`. Refuses to
+/// write when `known`, the newest entry this log wrote or checked, is gone or changed.
 fn append(
     conn: &rusqlite::Connection,
     keys: Option<&ChainKeys>,
+    known: &AuditHead,
     rows: &[Prepared],
 ) -> Result<AuditHead, StoreError> {
+    if known.seq > 0 {
+        let stored: Option<String> = conn
+            .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
+            .query_row([read::clamp_i64(known.seq)], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        if stored.as_deref() != Some(known.hash.as_str()) {
+            return Err(StoreError::CorruptRow(format!(
+                "audit entry {} (hash {}) was {} while the host ran; nothing more is appended \
+                 to this log: stop the host and run `qi-host audit verify`",
+                known.seq,
+                known.hash,
+                if stored.is_some() {
+                    "rewritten"
+                } else {
+                    "deleted"
+                }
+            )));
+        }
+    }
     let (mut seq, mut prev_hash) = read::head(conn)?;
     let mut keyed_from = read::keyed_from(conn)?;
     if keys.is_none()

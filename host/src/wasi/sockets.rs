@@ -142,8 +142,10 @@ pub(crate) fn decide(
     action: &str,
     allow_list: Result<(), String>,
 ) -> bool {
-    // The budget first: past it nothing is audited or logged, so a flood of attempts (or of
-    // datagrams from outside, each checked on receipt) costs the host only this count.
+    // The budget first: past it each refused attempt is one `deny` of
+    // `limits/network-operations` (by `take_budget`, within the agent's audit bound), never
+    // a gate decision, so a flood of attempts (or of datagrams from outside, each checked on
+    // receipt) costs the host a count and at most the bounded audit entries.
     if shared.take_budget(LimitKind::NetworkOperations).is_err() {
         shared
             .counters

@@ -336,3 +336,34 @@ async fn a_keyed_log_needs_its_key_and_an_unkeyed_one_becomes_keyed() {
         .to_string();
     assert!(e.contains("another master key"), "{e}");
 }
+
+#[tokio::test]
+async fn a_tail_deleted_while_the_host_runs_is_not_extended() {
+    let key = MasterKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(Store::open(config(&dir, Some(&key))).unwrap())
+        .await
+        .unwrap();
+    for n in 1..=5 {
+        log.record(entry(n)).unwrap();
+    }
+    log.flush().await;
+    // Without this check the next batch would chain onto entry 3 with valid HMACs and write
+    // a matching head file, hiding the deletion.
+    tamper(&dir, "DELETE FROM audit WHERE seq > 3");
+    log.record(entry(6)).unwrap();
+    log.flush().await;
+    let failure = log.status().failure.expect("the log failed closed");
+    assert!(
+        failure.contains("audit entry 5") && failure.contains("deleted while the host ran"),
+        "{failure}"
+    );
+    assert!(matches!(
+        log.record(entry(7)),
+        Err(AuditUnavailable::Failed { .. })
+    ));
+    // The head file still names entry 5, so the next open reports the truncation.
+    drop(log);
+    let (seq, _) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
+    assert_eq!(seq, 5);
+}
