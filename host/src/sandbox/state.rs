@@ -171,28 +171,42 @@ impl AgentShared {
 
     /// Appends a lifecycle fact about this agent to the audit log, if there is one. `entry`
     /// gives the entry's reason and details; it is called only when an audit log is attached,
-    /// so an agent without one pays nothing to describe what would have been recorded.
+    /// so an agent without one pays nothing to describe what would have been recorded. A fact
+    /// that cannot be recorded (full queue, failed log) is only in the log's `status()` (and
+    /// logged); use [`audit_or_refuse`](Self::audit_or_refuse) where the action must not go
+    /// ahead unrecorded.
     pub fn audit(
         &self,
         resource: &str,
         operation: &str,
         entry: impl FnOnce() -> (String, serde_json::Value),
     ) {
-        if let Some(log) = self.access.as_ref().and_then(|a| a.audit()) {
-            let (reason, details) = entry();
-            // A lifecycle fact cannot refuse anything; a failure is kept in the log's
-            // `status()` (and logged), and every later gated call is refused.
-            let _ = log.record(
-                crate::audit::NewAuditEntry::new(
-                    self.id.clone(),
-                    resource,
-                    operation,
-                    crate::audit::AuditDecision::Record,
-                    reason,
-                )
-                .details(details),
-            );
-        }
+        let _ = self.audit_or_refuse(resource, operation, entry);
+    }
+
+    /// [`audit`](Self::audit), fail-closed: `Err("the audit log cannot record this: ...")`
+    /// when the log refuses the entry; the caller must then not go ahead (a spawn fails).
+    pub fn audit_or_refuse(
+        &self,
+        resource: &str,
+        operation: &str,
+        entry: impl FnOnce() -> (String, serde_json::Value),
+    ) -> Result<(), String> {
+        let Some(log) = self.access.as_ref().and_then(|a| a.audit()) else {
+            return Ok(());
+        };
+        let (reason, details) = entry();
+        log.record(
+            crate::audit::NewAuditEntry::new(
+                self.id.clone(),
+                resource,
+                operation,
+                crate::audit::AuditDecision::Record,
+                reason,
+            )
+            .details(details),
+        )
+        .map_err(|e| format!("the audit log cannot record this {operation}: {e}"))
     }
 
     /// Takes one of the audit entries the agent's own actions may add (refused network

@@ -62,6 +62,9 @@ async fn a_gated_call_is_refused_when_the_audit_log_cannot_record_it() {
             .any(|e| e.resource == "tool/clock.now" && e.decision == AuditDecision::Allow),
         "{allowed:?}"
     );
+    // Spawned (and its spawn recorded) while the log works.
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let agent = s.host.spawn(&component, clock_allowed()).await.unwrap();
 
     // The store refuses audit writes; the next batch fails and the log stops accepting.
     s.svc
@@ -87,13 +90,30 @@ async fn a_gated_call_is_refused_when_the_audit_log_cannot_record_it() {
     s.audit.flush().await;
     assert!(s.audit.status().failure.is_some());
 
-    let (_, probe) = clock_now(&s, clock_allowed()).await;
+    let report = agent
+        .run(TaskRequest::new(
+            "p",
+            steps_input(json!([{"tool": {"name": "clock.now", "input": {}}}])),
+        ))
+        .await;
+    let out = report
+        .output
+        .unwrap_or_else(|| panic!("{:?}", report.failure));
+    let probe = &out["probes"][0];
     assert_eq!(probe["ok"], false, "{probe}");
     let error = probe["error"].as_str().unwrap();
     assert!(
         error.contains("the audit log cannot record this call")
             && error.contains("audit disk full"),
         "{error}"
+    );
+    // Nor is a new agent started unrecorded.
+    let refused = s.host.spawn(&component, clock_allowed()).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("the audit log cannot record this spawn"),
+        "{refused}"
     );
 }
 
