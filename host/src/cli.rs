@@ -167,8 +167,16 @@ pub struct AuditArgs {
 /// `qi-host audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain: exit 0 when intact, 1 when broken (naming the first broken
-    /// entry). Prints the entry count and last hash to keep as an external anchor.
+    /// Print the head of the chain: the newest entry's seq and hash, and its scheme (sha256,
+    /// or hmac-sha256 with a master key). Keep it outside the host as an anchor.
+    Head,
+    /// Adopt the log as it now stands after reviewing why it no longer matches its head file
+    /// (e.g. entries deleted on purpose): the chain must still verify; the head file is
+    /// rewritten and the acceptance recorded in the log. Exit 1 when the chain is broken.
+    AcceptHead,
+    /// Check the hash chain and the head file: exit 0 when intact, 1 when broken (naming the
+    /// first broken entry, or the head file's problem). Prints the entry count and last hash
+    /// to keep as an external anchor.
     Verify {
         /// Also require entry SEQ to still have hash HASH (an anchor kept from an earlier
         /// verify): detects deleted newest entries and a rewritten log.
@@ -387,11 +395,20 @@ async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
         )));
     }
     let component = host.load(&args.component)?;
-    let report = host
+    let mut report = host
         .run(&component, spec, TaskRequest::new(args.task.clone(), input))
         .await?;
     if let Some(a) = &audit {
         a.flush().await;
+        report.audit_head = Some(a.head().await.map_err(|e| Error::System(e.into()))?);
+        let status = a.status();
+        if let Some(failure) = &status.failure {
+            eprintln!(
+                "warning: the audit log failed during the run ({failure}); {} entries lost, \
+                 later gated calls were refused",
+                status.lost
+            );
+        }
     }
     if args.json {
         println!(
@@ -424,6 +441,9 @@ fn print_report(r: &AgentReport) {
             .map(|(k, v)| format!(" {k}={v}"))
             .collect();
         println!("log       {:<5} {}{fields}", log.level, log.message);
+    }
+    if let Some(h) = &r.audit_head {
+        println!("audit     head {h}");
     }
     let u = &r.usage;
     println!("usage");

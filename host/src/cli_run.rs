@@ -266,6 +266,9 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         );
     } else {
         print_run(&report, &dir);
+        // The audit head after this run: keep it as an anchor (`qi-host audit head`).
+        let head = audit.head().await.map_err(|e| Error::System(e.into()))?;
+        println!("audit head: {head}");
     }
     Ok(if report.success { 0 } else { 1 })
 }

@@ -134,7 +134,7 @@ pub async fn context(args: ContextArgs) -> Result<i32, Error> {
     let (store, bus) = open(&args.data).await?;
     let audit = crate::audit::AuditLog::open(store.clone())
         .await
-        .map_err(store_err)?;
+        .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
     let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
         .await
         .map_err(ctx_err)?;
@@ -370,12 +370,49 @@ fn store_err(e: crate::store::StoreError) -> Error {
 
 /// `qi-host audit …`. Exit codes: 0 intact (or the query ran), 1 the log is broken.
 pub async fn audit(args: crate::cli::AuditArgs) -> Result<i32, Error> {
-    use crate::audit::{AuditLog, AuditQuery, BrokenEntry};
+    use crate::audit::{AuditError, AuditLog, AuditOptions, AuditQuery, BrokenEntry};
     use crate::cli::AuditCommand;
     let (store, _bus) = open(&args.data).await?;
-    let log = AuditLog::open(store).await.map_err(store_err)?;
+    let audit_err = |e: AuditError| match e {
+        AuditError::Store(e) => store_err(e),
+        other => Error::System(anyhow::anyhow!(other.to_string())),
+    };
     let json = args.data.json;
+    if let AuditCommand::AcceptHead = args.command {
+        return match AuditLog::accept_head(store).await {
+            Ok(head) if json => print_json(&head).map(|()| 0),
+            Ok(head) => {
+                println!("accepted: the head file now names {head}");
+                Ok(0)
+            }
+            Err(e @ AuditError::Broken { .. }) => {
+                println!("{e}");
+                Ok(1)
+            }
+            Err(e) => Err(audit_err(e)),
+        };
+    }
+    // Opened without the head check, so that verify can report the mismatch.
+    let log = AuditLog::open_with(
+        store,
+        AuditOptions {
+            check_head: false,
+            ..AuditOptions::default()
+        },
+    )
+    .await
+    .map_err(audit_err)?;
     match args.command {
+        AuditCommand::AcceptHead => unreachable!("handled above"),
+        AuditCommand::Head => {
+            let head = log.head().await.map_err(store_err)?;
+            if json {
+                print_json(&head)?;
+            } else {
+                println!("audit head: {head}");
+            }
+            Ok(0)
+        }
         AuditCommand::Verify { anchor } => {
             let anchor = match anchor {
                 Some(a) => {
@@ -416,8 +453,8 @@ pub async fn audit(args: crate::cli::AuditArgs) -> Result<i32, Error> {
                     Some(broken) => println!("{broken}"),
                     None => {
                         println!(
-                            "audit log intact: {} entries, last hash {}",
-                            report.entries, report.last_hash
+                            "audit log intact: {} entries, last hash {} ({})",
+                            report.entries, report.last_hash, report.scheme
                         );
                         if let Some((seq, _)) = anchor {
                             println!("anchor matches: entry {seq}");

@@ -141,20 +141,23 @@ pub(super) fn classify(
     let stderr = String::from_utf8_lossy(stderr);
     if let Some(trap) = e.downcast_ref::<Trap>() {
         match trap {
+            // Recorded (and so audited as a limit violation) like every other limit.
             Trap::OutOfFuel => {
                 let fuel = shared.spec.fuel;
-                return AgentFailure::LimitExceeded {
-                    limit: LimitKind::Fuel,
-                    limit_value: fuel,
-                    detail: format!("all {fuel} units of fuel used"),
-                };
+                return limit_failure(
+                    shared,
+                    LimitKind::Fuel,
+                    fuel,
+                    format!("all {fuel} units of fuel used"),
+                );
             }
             Trap::StackOverflow => {
-                return AgentFailure::LimitExceeded {
-                    limit: LimitKind::Stack,
-                    limit_value: stack as u64,
-                    detail: format!("call stack exhausted ({stack} bytes)"),
-                };
+                return limit_failure(
+                    shared,
+                    LimitKind::Stack,
+                    stack as u64,
+                    format!("call stack exhausted ({stack} bytes)"),
+                );
             }
             // A Rust panic aborts with `unreachable`; any other trap is not a panic, whatever
             // the guest wrote to stderr.

@@ -231,6 +231,7 @@ impl SubAgent {
             ),
             stdout: lossy_utf8(stdout),
             stderr: lossy_utf8(stderr),
+            audit_head: None,
         }
     }
 }

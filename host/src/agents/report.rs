@@ -87,6 +87,10 @@ pub struct AgentReport {
     pub stdout: String,
     /// What the guest wrote to stderr (first 64 KiB).
     pub stderr: String,
+    /// The audit log's head once the run's entries were written (set by `qi-host run-agent`
+    /// with `--data-dir`; `None` otherwise): keep it outside the host as an anchor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<crate::audit::AuditHead>,
 }
 
 impl AgentReport {

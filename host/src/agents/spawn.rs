@@ -345,7 +345,8 @@ impl AgentHost {
             Ok((instance, description)) => {
                 agent.instance = Some(instance);
                 let _ = agent.shared.name.set(description.name.clone());
-                agent.shared.audit("lifecycle", "spawn", || {
+                // Fail-closed: an agent whose spawn cannot be recorded does not run.
+                let recorded = agent.shared.audit_or_refuse("lifecycle", "spawn", || {
                     (
                         format!("{} {}", description.name, description.version),
                         serde_json::json!({
@@ -356,6 +357,10 @@ impl AgentHost {
                         }),
                     )
                 });
+                if let Err(unrecorded) = recorded {
+                    agent.entry.set(AgentStatus::Failed);
+                    return Err(Error::System(anyhow::anyhow!(unrecorded)));
+                }
                 agent.description = Some(description);
                 agent.entry.set(AgentStatus::Ready);
                 Ok(agent)

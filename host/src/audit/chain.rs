@@ -31,15 +31,71 @@ pub(crate) struct Content<'a> {
     pub details: &'a [u8],
 }
 
-/// `sha256_hex(prev_hash || canonical(content))`, where `canonical` is `seq` and `time_ms` as
-/// 8-byte big-endian integers followed by `agent`, `resource`, `operation`, `decision`,
-/// `reason` and `details`, each as an 8-byte big-endian byte length and then its bytes.
-/// `prev_hash` is its 64 lowercase hex characters (ASCII).
-pub(crate) fn entry_hash(prev_hash: &[u8], content: &Content<'_>) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(prev_hash);
-    hasher.update(content.seq.to_be_bytes());
-    hasher.update(content.time_ms.to_be_bytes());
+/// The HKDF-SHA-256 `info` of the chain key derived from the master key.
+pub const CHAIN_KEY_INFO: &str = "qi-host audit chain v1";
+
+/// The HKDF-SHA-256 `info` of the key that authenticates the head file.
+pub const HEAD_KEY_INFO: &str = "qi-host audit head v1";
+
+/// How an entry's hash is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChainScheme {
+    /// `sha256(prev_hash || canonical(entry))`: anyone who can write the database can recompute
+    /// it; only the head file (and an external anchor) catch a rewrite.
+    Sha256,
+    /// `hmac_sha256(chain key, prev_hash || canonical(entry))`, the chain key derived from the
+    /// master key: without the master key no one can compute a valid entry.
+    HmacSha256,
+}
+
+impl ChainScheme {
+    /// `sha256` or `hmac-sha256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainScheme::Sha256 => "sha256",
+            ChainScheme::HmacSha256 => "hmac-sha256",
+        }
+    }
+}
+
+impl std::fmt::Display for ChainScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The keys of a keyed log, derived from the master key. Zeroed on drop.
+pub(crate) struct ChainKeys {
+    pub chain: [u8; 32],
+    pub head: [u8; 32],
+}
+
+impl ChainKeys {
+    pub(crate) fn derive(master: &crate::store::crypto::MasterKey) -> ChainKeys {
+        ChainKeys {
+            chain: master.derive(CHAIN_KEY_INFO),
+            head: master.derive(HEAD_KEY_INFO),
+        }
+    }
+}
+
+impl Drop for ChainKeys {
+    fn drop(&mut self) {
+        // Volatile-free zeroing is enough here: the keys are re-derivable from the master key.
+        self.chain = [0; 32];
+        self.head = [0; 32];
+    }
+}
+
+/// Feeds `prev_hash || canonical(content)` to `update`: `seq` and `time_ms` as 8-byte
+/// big-endian integers, then `agent`, `resource`, `operation`, `decision`, `reason` and
+/// `details`, each as an 8-byte big-endian byte length and then its bytes. `prev_hash` is its
+/// 64 lowercase hex characters (ASCII).
+fn feed(prev_hash: &[u8], content: &Content<'_>, mut update: impl FnMut(&[u8])) {
+    update(prev_hash);
+    update(&content.seq.to_be_bytes());
+    update(&content.time_ms.to_be_bytes());
     for field in [
         content.agent,
         content.resource,
@@ -48,10 +104,35 @@ pub(crate) fn entry_hash(prev_hash: &[u8], content: &Content<'_>) -> String {
         content.reason,
         content.details,
     ] {
-        hasher.update((field.len() as u64).to_be_bytes());
-        hasher.update(field);
+        update(&(field.len() as u64).to_be_bytes());
+        update(field);
     }
-    hex::encode(hasher.finalize())
+}
+
+/// The entry's hash, lowercase hex: `sha256(prev_hash || canonical(content))` without a key,
+/// `hmac_sha256(key, prev_hash || canonical(content))` with one.
+pub(crate) fn entry_hash(
+    key: Option<&[u8; 32]>,
+    prev_hash: &[u8],
+    content: &Content<'_>,
+) -> String {
+    match key {
+        None => {
+            let mut hasher = Sha256::new();
+            feed(prev_hash, content, |b| hasher.update(b));
+            hex::encode(hasher.finalize())
+        }
+        Some(key) => hex::encode(hmac(key, |update| feed(prev_hash, content, update))),
+    }
+}
+
+/// HMAC-SHA-256 under `key` of what `input` feeds.
+pub(crate) fn hmac(key: &[u8; 32], input: impl FnOnce(&mut dyn FnMut(&[u8]))) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC-SHA-256 takes a key of any length");
+    input(&mut |b: &[u8]| mac.update(b));
+    mac.finalize().into_bytes().into()
 }
 
 /// `text` if it fits in `max` bytes, else its longest prefix (on a character boundary) that

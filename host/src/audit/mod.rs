@@ -1,19 +1,21 @@
 //! A tamper-evident audit log: an append-only, hash-chained record of what agents were allowed
-//! and denied, and of the lifecycle facts around them, kept in the store's `audit` table.
+//! and denied, and of the lifecycle facts around them, kept in the store's `audit` table, with
+//! its head kept outside the database.
 //!
 //! ```
 //! use qi_host::audit::{AuditDecision, AuditLog, AuditQuery, NewAuditEntry};
 //! use qi_host::store::{Store, StoreConfig};
 //! use serde_json::json;
 //!
-//! # fn main() -> Result<(), qi_host::store::StoreError> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let log = AuditLog::open(Store::open(StoreConfig::in_memory())?).await?;
-//! // Never blocks and never fails: the entry is queued and written by a background task.
+//! // Never waits: the entry is queued and written by a background task. An `Err` (full queue,
+//! // failed writer) means the action being recorded must be refused.
 //! log.record(
 //!     NewAuditEntry::new("agent-a", "context/plan", "read", AuditDecision::Deny, "no read share")
 //!         .details(json!({"policy": "default-deny"})),
-//! );
+//! )?;
 //! log.flush().await; // everything recorded so far is now durable
 //! let denied = log
 //!     .query(&AuditQuery { resource: Some("context/*".into()), ..Default::default() })
@@ -21,26 +23,39 @@
 //! assert_eq!((denied[0].seq, denied[0].decision), (1, AuditDecision::Deny));
 //! let report = log.verify().await?;
 //! assert!(report.first_broken.is_none());
-//! println!("anchor: entry {} has hash {}", report.entries, report.last_hash);
+//! println!("head: {}", log.head().await?); // entry 1 hash … (sha256)
 //! # Ok(()) })
 //! # }
 //! ```
 //!
 //! # What is recorded
 //!
-//! One [`AuditEntry`] per fact: who (`agent`), on what (`resource`, e.g. `context/plan` or a
-//! path), doing what (`operation`), the [`AuditDecision`] (`allow`, `deny`, or `record` for a
-//! lifecycle fact such as a spawn, a termination, a trust change, a limit violation or a grant
-//! change), why (`reason`) and free-form JSON `details`. This module only keeps the log; the
-//! access gate (`crate::security`) and the agent lifecycle decide what to record and call
-//! [`AuditLog::record`] for every access decision, spawn, termination, trust change and limit
-//! violation.
+//! One [`AuditEntry`] per fact: who (`agent`), on what (`resource`, e.g. `context/plan`,
+//! `tool/fs.read`, `network/127.0.0.1:80`, `limits/tool-calls`), doing what (`operation`), the
+//! [`AuditDecision`] (`allow`, `deny`, or `record` for a lifecycle fact such as a spawn, a
+//! termination, a trust change, a limit violation or a grant change), why (`reason`) and
+//! free-form JSON `details`. This module only keeps the log; callers decide what to record.
+//! Every refusal an agent meets goes through one helper, `AgentShared::refuse` (the gate, the
+//! tool and network allow-lists, name lookups, spent budgets), and every allowed decision that
+//! is recorded through `AgentShared::record_decision` (with policies loaded; without them only
+//! for a `monitored` agent).
 //!
-//! `record` never waits and never fails the caller: it stamps the entry with the current time
-//! (`time_ms`, unix milliseconds) and queues it on an unbounded channel. One background task
+//! # Recording is fail-closed
+//!
+//! `record` stamps the entry with the current time (`time_ms`, unix milliseconds) and puts it
+//! on a bounded queue ([`AUDIT_QUEUE_CAPACITY`] = 65,536 entries; [`AuditOptions`] sets
+//! another), without waiting and without allocating beyond the entry. One background task
 //! drains the queue and appends every queued entry, in the order the `record` calls happened,
-//! in one store write (group commit). A write that fails is retried a few times; if it still
-//! fails the entries are lost and the failure is logged with `tracing::error`. Call
+//! in one store write (group commit). `record` returns [`AuditUnavailable`] when:
+//!
+//! - the queue is full ([`AuditUnavailable::QueueFull`]): the store is not keeping up;
+//! - a batch failed to be written three times ([`AuditUnavailable::Failed`]): from then on the
+//!   log accepts nothing (until it is opened again); the failure and the number of entries lost
+//!   (those queued when it happened) are logged with `tracing::error` and kept in
+//!   [`AuditLog::status`].
+//!
+//! Callers that record a decision refuse the call then (`the audit log cannot record this
+//! call: ...`); a lifecycle fact that cannot be recorded is only in the status. Call
 //! [`AuditLog::flush`] before shutting down: entries still queued when the tokio runtime stops
 //! are lost.
 //!
@@ -56,7 +71,9 @@
 //! before it (`prev_hash`; 64 zeros, [`GENESIS_HASH`], for the first) and its own:
 //!
 //! ```text
-//! hash = lowercase_hex(sha256(prev_hash || canonical(entry)))
+//! hash = lowercase_hex(sha256(prev_hash || canonical(entry)))                 without a key
+//! hash = lowercase_hex(hmac_sha256(chain_key, prev_hash || canonical(entry)))  with a key
+//! chain_key = hkdf_sha256(salt = "qi-host", ikm = master key, info = "qi-host audit chain v1")
 //! canonical(entry) = u64be(seq) || u64be(time_ms)
 //!                 || field(agent) || field(resource) || field(operation)
 //!                 || field(decision) || field(reason) || field(details)
@@ -67,56 +84,129 @@
 //! `record`; `details` as the compact JSON text (`serde_json::to_string`) that the `details`
 //! column stores, so verification hashes exactly the stored bytes and never depends on how a
 //! JSON value is re-serialized. Every variable-length field is length-prefixed and the
-//! fixed-width ones come first, so two different entries never encode to the same bytes (no
-//! shifting of text from one field into the next can keep the hash).
+//! fixed-width ones come first, so two different entries never encode to the same bytes.
+//!
+//! The [`ChainScheme`] is a property of the log, not of the build: a store opened with a master
+//! key (`StoreConfig::master_key`) writes HMAC-keyed entries, and the first keyed entry's seq
+//! is kept in the `meta` table (`audit.keyed_from`) and in the head file. Entries before it
+//! (written before a key was set, including every entry of an older qi-host) stay SHA-256 and
+//! verify as such; from it on, every entry must be keyed. A keyed log cannot be opened (or
+//! extended) without its key. **Without a master key anyone who can write the database can
+//! recompute every hash**; the head file (below) and an external anchor are what catch that.
 //!
 //! The next `seq` and `prev_hash` are read from the newest row inside the write transaction,
 //! so several `AuditLog` handles (or processes) sharing a data directory extend one chain.
 //!
+//! # The head file, checked on open
+//!
+//! After every committed batch the writer replaces `<data dir>/audit-head` ([`HEAD_FILE`])
+//! atomically (temporary file, fsync, rename) with the newest [`AuditHead`]: seq, hash,
+//! scheme and where keying began, and, with a master key, an HMAC-SHA-256 over them under a key
+//! derived with info `qi-host audit head v1`, so the file cannot be forged without the key.
+//! [`AuditLog::open`] checks the database against it: entry `seq` must exist with that hash,
+//! the chain must verify from there to the end, and the keying must agree. A truncated or
+//! rewritten tail, a chain recomputed without the key, or a missing or forged head file fails
+//! the open with [`AuditError::HeadMismatch`], which names the entry and what was found. The
+//! operator looks with `qi-host audit verify` (which opens without the check and reports the
+//! mismatch as the break) and, once the change is understood, runs `qi-host audit accept-head`
+//! ([`AuditLog::accept_head`]): the chain must verify in full (a modified chain is never
+//! accepted), the head file is rewritten from the tail, and an `accept-head` entry by
+//! `operator` records what was accepted. An in-memory store has no head file.
+//!
 //! # What [`AuditLog::verify`] detects
 //!
 //! It walks the log in seq order, recomputing each hash, and reports the first entry that
-//! breaks the chain ([`VerifyReport::first_broken`]):
+//! breaks the chain ([`VerifyReport::first_broken`]); for an intact chain it then checks the
+//! head file:
 //!
 //! - **modified**: an entry's content (or its `hash`) was changed: its hash no longer matches
-//!   its content. Re-computing that entry's hash after the change moves the break to the next
-//!   entry, whose `prev_hash` no longer matches; rewriting every later hash as well needs write
-//!   access *and* is caught by an anchor (below).
+//!   its content. Re-computing that entry's hash moves the break to the next entry, whose
+//!   `prev_hash` no longer matches; recomputing every later hash needs the key (keyed log) and
+//!   is caught by the head file either way.
 //! - **deleted**: a missing `seq` (the report names the first missing one), or, if the rows
 //!   after it were renumbered, a `prev_hash` that is not the previous entry's hash.
 //! - **reordered**: rows swapped (by `seq` or by content): the entry now at the earlier place
 //!   has a `prev_hash` pointing at an entry that comes after it.
+//! - **truncated**: the head file names an entry that is gone.
 //! - **edited columns**: a column holding something no writer stores (e.g. a text `time_ms`).
 //!
-//! What it cannot detect on its own: **the newest entries being deleted** (truncation), or the
-//! whole log being replaced by a consistent forgery, since the result is a valid, shorter (or
-//! different) chain. Against that, keep an external anchor: [`VerifyReport`] returns the number
-//! of intact entries and [`VerifyReport::last_hash`]; record that pair somewhere the host
-//! cannot write (a ticket, another machine, a signed message). Later, entry `N` must still
-//! exist with the anchored hash ([`AuditLog::entry`], or `qi-host audit verify --anchor N:HASH`);
-//! because every later hash depends on it, that proves entries `1..=N` are unchanged.
+//! What it cannot detect: a log *and* head file both replaced by someone who can write the data
+//! directory and, for a keyed log, holds the master key; without a key, anyone who can write
+//! the directory. Against that keep the head ([`AuditLog::head`], `qi-host audit head`,
+//! printed after every run) somewhere the host cannot write; later, entry `N` must still exist
+//! with the anchored hash (`qi-host audit verify --anchor N:HASH`).
 
 mod chain;
+mod head;
+mod open;
 mod read;
+mod writer;
 
 #[cfg(test)]
 mod tests;
 
-pub use chain::{GENESIS_HASH, MAX_DETAILS_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES};
+pub use chain::{
+    CHAIN_KEY_INFO, ChainScheme, GENESIS_HASH, HEAD_KEY_INFO, MAX_DETAILS_BYTES, MAX_NAME_BYTES,
+    MAX_REASON_BYTES,
+};
+pub use head::{AuditHead, HEAD_FILE};
+pub use open::{AuditError, AuditOptions};
 
 use crate::store::{Store, StoreError};
-use chain::Content;
+use chain::ChainKeys;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use writer::{Health, Queued};
 
-/// Most entries appended in one store write.
-const MAX_BATCH: usize = 1024;
+/// Entries that may wait in the queue between [`AuditLog::record`] and the background writer
+/// (the default of [`AuditOptions::queue_capacity`]). Past it `record` fails with
+/// [`AuditUnavailable::QueueFull`] and the call being recorded is refused.
+pub const AUDIT_QUEUE_CAPACITY: usize = 65_536;
 
-/// Attempts at writing one batch before its entries are given up (and logged as lost).
-const WRITE_ATTEMPTS: u32 = 3;
+/// Why [`AuditLog::record`] could not take an entry. The caller must not go ahead with the
+/// action the entry records.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditUnavailable {
+    /// [`AUDIT_QUEUE_CAPACITY`] (or the configured capacity) entries are already waiting.
+    #[error(
+        "the audit queue is full ({capacity} entries waiting to be written): the store is not \
+         keeping up; retry later"
+    )]
+    QueueFull {
+        /// The queue's capacity, in entries.
+        capacity: usize,
+    },
+    /// A batch could not be written after its retries; the log accepts nothing more.
+    #[error(
+        "the audit log stopped accepting entries after a failed write ({reason}); fix the \
+         data directory and restart the host"
+    )]
+    Failed {
+        /// What failed.
+        reason: Arc<str>,
+    },
+    /// The background writer is gone (its runtime stopped).
+    #[error("the audit log's writer has stopped; restart the host")]
+    Stopped,
+}
+
+/// What [`AuditLog::status`] reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditStatus {
+    /// Entries accepted by `record` since the log was opened.
+    pub recorded: u64,
+    /// Entries committed by this log's writer.
+    pub written: u64,
+    /// Entries accepted but never written (queued when a write failed).
+    pub lost: u64,
+    /// Why the log stopped accepting entries, if it did.
+    pub failure: Option<String>,
+    /// The head after this log's last committed batch (`None` before its first).
+    pub head: Option<AuditHead>,
+}
 
 /// What happened to the request an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +359,10 @@ pub struct VerifyReport {
     /// The hash of the last intact entry ([`GENESIS_HASH`] for an empty log). Keep it, with
     /// `entries`, outside the host as an anchor: see the module docs.
     pub last_hash: String,
+    /// How entry `entries` was hashed.
+    pub scheme: ChainScheme,
+    /// The first HMAC-keyed entry, if the log was ever written with a master key.
+    pub keyed_from: Option<u64>,
 }
 
 impl VerifyReport {
@@ -306,101 +400,102 @@ pub struct AuditLog {
 
 struct LogInner {
     store: Store,
-    queue: mpsc::UnboundedSender<Queued>,
+    queue: mpsc::Sender<Queued>,
+    capacity: usize,
     recorded: AtomicU64,
+    health: Arc<Health>,
+    keys: Option<Arc<ChainKeys>>,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
             .field("recorded", &self.recorded())
+            .field("keyed", &self.inner.keys.is_some())
             .finish()
     }
 }
 
-enum Queued {
-    Entry { time_ms: u64, entry: NewAuditEntry },
-    Flush(oneshot::Sender<()>),
-}
-
-/// An entry with its time and caps applied, ready to be chained.
-struct Prepared {
-    time_ms: u64,
-    agent: String,
-    resource: String,
-    operation: String,
-    decision: AuditDecision,
-    reason: String,
-    details: String,
-}
-
-impl Prepared {
-    fn new(time_ms: u64, e: NewAuditEntry) -> Prepared {
-        Prepared {
-            time_ms: time_ms.min(i64::MAX as u64),
-            agent: chain::cap_text(e.agent, MAX_NAME_BYTES),
-            resource: chain::cap_text(e.resource, MAX_NAME_BYTES),
-            operation: chain::cap_text(e.operation, MAX_NAME_BYTES),
-            decision: e.decision,
-            reason: chain::cap_text(e.reason, MAX_REASON_BYTES),
-            details: chain::details_text(&e.details),
-        }
-    }
-}
-
 impl AuditLog {
-    /// The audit log kept in `store` (its `audit` table). Reads the newest entry, and starts
-    /// the background writer on the current tokio runtime.
-    pub async fn open(store: Store) -> Result<AuditLog, StoreError> {
-        let (seq, hash) = store.read(read::head).await?;
-        tracing::debug!(last_seq = seq, last_hash = %hash, "audit log opened");
-        let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(store.clone(), pending));
-        Ok(AuditLog {
-            inner: Arc::new(LogInner {
-                store,
-                queue,
-                recorded: AtomicU64::new(0),
-            }),
-        })
+    /// The audit log kept in `store` (its `audit` table), with the default
+    /// [`AuditOptions`]: the tail is checked against the head file (see the module docs) and
+    /// the background writer starts on the current tokio runtime. Fails with
+    /// [`AuditError::HeadMismatch`] when the log does not match its head file.
+    pub async fn open(store: Store) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(store, AuditOptions::default()).await
     }
 
-    /// Appends `entry`, stamped with the current time. Returns at once and never fails: the
-    /// entry is queued and written, in call order, by the background writer (see the module
-    /// docs for what happens if that write fails).
-    pub fn record(&self, entry: NewAuditEntry) {
-        self.inner.recorded.fetch_add(1, Ordering::Relaxed);
+    /// Appends `entry`, stamped with the current time. Never waits: the entry is queued and
+    /// written, in call order, by the background writer. `Err` when the queue is full or the
+    /// log has failed (see [`AuditUnavailable`]): the caller must then refuse the action the
+    /// entry records.
+    pub fn record(&self, entry: NewAuditEntry) -> Result<(), AuditUnavailable> {
+        let health = &self.inner.health;
+        if health.failed.load(Ordering::Acquire) {
+            return Err(AuditUnavailable::Failed {
+                reason: health.failure().unwrap_or_else(|| Arc::from("unknown")),
+            });
+        }
         let queued = Queued::Entry {
             time_ms: unix_ms(),
             entry,
         };
-        if let Err(mpsc::error::SendError(Queued::Entry { entry, .. })) =
-            self.inner.queue.send(queued)
-        {
-            tracing::error!(
-                agent = %entry.agent,
-                resource = %entry.resource,
-                operation = %entry.operation,
-                decision = %entry.decision,
-                "the audit log's writer has stopped; this entry is lost"
-            );
+        match self.inner.queue.try_send(queued) {
+            Ok(()) => {
+                self.inner.recorded.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(AuditUnavailable::QueueFull {
+                capacity: self.inner.capacity,
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditUnavailable::Stopped),
         }
     }
 
     /// Returns once every entry recorded (through any handle of this log) before the call has
-    /// been written and committed, or has failed to be (which is logged).
+    /// been written and committed, or has failed to be (see [`status`](AuditLog::status)).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.inner.queue.send(Queued::Flush(done)).is_ok() {
+        if self.inner.queue.send(Queued::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
     }
 
     /// Walks the whole log and reports the first entry that breaks the hash chain, and the
-    /// hash of the last intact entry (see the module docs). Entries still queued are not
-    /// included; [`flush`](AuditLog::flush) first to include them.
+    /// hash of the last intact entry; for an intact chain in a data directory, also checks
+    /// the head file (a missing, forged or mismatching head file is reported as the break).
+    /// Entries still queued are not included; [`flush`](AuditLog::flush) first to include
+    /// them.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.inner.store.read(read::verify).await
+        let keys = self.inner.keys.clone();
+        let mut report = self
+            .inner
+            .store
+            .read(move |conn| read::verify(conn, keys.as_deref()))
+            .await?;
+        if report.first_broken.is_none()
+            && let Err(e) = open::check_head(&self.inner.store, self.inner.keys.as_deref()).await
+        {
+            report.first_broken = Some(BrokenEntry {
+                seq: e.seq(),
+                problem: e.problem(),
+            });
+        }
+        Ok(report)
+    }
+
+    /// The committed head of the log: the newest entry's seq and hash and its scheme.
+    pub async fn head(&self) -> Result<AuditHead, StoreError> {
+        self.inner.store.read(read::current_head).await
+    }
+
+    /// Whether this log writes HMAC-keyed entries (it was opened with a master key).
+    pub fn scheme(&self) -> ChainScheme {
+        if self.inner.keys.is_some() {
+            ChainScheme::HmacSha256
+        } else {
+            ChainScheme::Sha256
+        }
     }
 
     /// The stored entries matching `q`, in seq order. Fails with
@@ -422,104 +517,22 @@ impl AuditLog {
             .await
     }
 
-    /// How many entries were recorded through this log (all its clones) since it was opened.
+    /// How many entries were accepted through this log (all its clones) since it was opened.
     pub fn recorded(&self) -> u64 {
         self.inner.recorded.load(Ordering::Relaxed)
     }
-}
 
-/// The background writer: takes whatever is queued (up to [`MAX_BATCH`] entries), appends it
-/// in one store write, then answers the flushes that were queued with it.
-async fn write_loop(store: Store, mut pending: mpsc::UnboundedReceiver<Queued>) {
-    let mut batch: Vec<Prepared> = Vec::new();
-    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = pending.recv().await {
-        let mut next = Some(first);
-        while let Some(queued) = next.take() {
-            match queued {
-                Queued::Entry { time_ms, entry } => batch.push(Prepared::new(time_ms, entry)),
-                Queued::Flush(done) => flushes.push(done),
-            }
-            if batch.len() < MAX_BATCH {
-                next = pending.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            persist(&store, std::mem::take(&mut batch)).await;
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
+    /// Accepted, written and lost entries, the failure if any, and the last head written.
+    pub fn status(&self) -> AuditStatus {
+        let h = &self.inner.health;
+        AuditStatus {
+            recorded: self.recorded(),
+            written: h.written.load(Ordering::Relaxed),
+            lost: h.lost.load(Ordering::Relaxed),
+            failure: h.failure().map(|r| r.to_string()),
+            head: h.head.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
-}
-
-/// Appends `batch` in one store write, retrying a failed write.
-async fn persist(store: &Store, batch: Vec<Prepared>) {
-    let batch = Arc::new(batch);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let rows = batch.clone();
-        let error = match store.write(move |ctx| append(ctx.tx(), &rows)).await {
-            Ok(()) => return,
-            Err(error) => error,
-        };
-        if attempt < WRITE_ATTEMPTS && !matches!(error, StoreError::Closed) {
-            tracing::warn!(%error, attempt, entries = batch.len(), "audit write failed; retrying");
-            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-            continue;
-        }
-        let first = &batch[0];
-        tracing::error!(
-            %error,
-            entries = batch.len(),
-            first_agent = %first.agent,
-            first_operation = %first.operation,
-            first_resource = %first.resource,
-            "audit entries could not be written and are lost"
-        );
-        return;
-    }
-}
-
-/// Chains `rows` onto the newest stored entry and inserts them.
-fn append(conn: &rusqlite::Connection, rows: &[Prepared]) -> Result<(), StoreError> {
-    let (mut seq, mut prev_hash) = read::head(conn)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO audit(seq, time_ms, agent, resource, operation, decision, reason, details, \
-         prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?;
-    for row in rows {
-        seq += 1;
-        let decision = row.decision.as_str();
-        let hash = chain::entry_hash(
-            prev_hash.as_bytes(),
-            &Content {
-                seq,
-                time_ms: row.time_ms,
-                agent: row.agent.as_bytes(),
-                resource: row.resource.as_bytes(),
-                operation: row.operation.as_bytes(),
-                decision: decision.as_bytes(),
-                reason: row.reason.as_bytes(),
-                details: row.details.as_bytes(),
-            },
-        );
-        insert.execute(rusqlite::params![
-            read::clamp_i64(seq),
-            read::clamp_i64(row.time_ms),
-            row.agent,
-            row.resource,
-            row.operation,
-            decision,
-            row.reason,
-            row.details,
-            prev_hash,
-            hash,
-        ])?;
-        prev_hash = hash;
-    }
-    Ok(())
 }
 
 fn unix_ms() -> u64 {

@@ -2,7 +2,8 @@
 //! filtered scan of [`AuditLog::query`](super::AuditLog::query). Both run on a read connection
 //! inside one read transaction, so they see one consistent snapshot.
 
-use super::chain::{Content, GENESIS_HASH, entry_hash};
+use super::chain::{ChainKeys, Content, GENESIS_HASH, entry_hash};
+use super::head::AuditHead;
 use super::{AuditDecision, AuditEntry, AuditQuery, BrokenEntry, VerifyReport};
 use crate::store::StoreError;
 use globset::GlobMatcher;
@@ -21,6 +22,39 @@ pub(crate) fn head(conn: &Connection) -> Result<(u64, String), StoreError> {
         Some(row) => Ok((row.get::<_, i64>(0)?.max(0) as u64, row.get(1)?)),
         None => Ok((0, GENESIS_HASH.to_string())),
     }
+}
+
+/// The `meta` key holding the seq of the first HMAC-keyed entry.
+pub(crate) const KEYED_FROM: &str = "audit.keyed_from";
+
+/// The first keyed entry, if the log was ever written with a master key.
+pub(crate) fn keyed_from(conn: &Connection) -> Result<Option<u64>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?;
+    let mut rows = stmt.query([KEYED_FROM])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(row) => {
+            let text: String = row.get(0)?;
+            text.parse::<u64>().map(Some).map_err(|_| {
+                StoreError::CorruptRow(format!(
+                    "meta `{KEYED_FROM}` holds `{text}`, not an entry number (modified); run \
+                     `qi-host audit verify`"
+                ))
+            })
+        }
+    }
+}
+
+/// The committed head: newest `(seq, hash)`, its scheme, and where keying starts.
+pub(crate) fn current_head(conn: &Connection) -> Result<AuditHead, StoreError> {
+    let (seq, hash) = head(conn)?;
+    let keyed_from = keyed_from(conn)?;
+    Ok(AuditHead {
+        seq,
+        hash,
+        scheme: AuditHead::scheme_of(seq, keyed_from),
+        keyed_from,
+    })
 }
 
 /// One row as stored, for the chain walk.
@@ -105,15 +139,33 @@ enum Break {
     Modified { seq: u64 },
 }
 
-/// Walks the log in seq order and stops at the first entry that breaks the chain.
-pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport, StoreError> {
+/// Walks the whole log in seq order and stops at the first entry that breaks the chain.
+pub(crate) fn verify(
+    conn: &Connection,
+    keys: Option<&ChainKeys>,
+) -> Result<VerifyReport, StoreError> {
+    walk(conn, keys, 0, GENESIS_HASH.to_string())
+}
+
+/// Walks the entries after `from` (whose hash is `from_hash`) in seq order and stops at the
+/// first one that breaks the chain. Entries from the `meta` keyed-from seq on are checked as
+/// HMAC-SHA-256 under `keys` (a break when there are none), earlier ones as SHA-256.
+pub(crate) fn walk(
+    conn: &Connection,
+    keys: Option<&ChainKeys>,
+    from: u64,
+    from_hash: String,
+) -> Result<VerifyReport, StoreError> {
     let tx = conn.unchecked_transaction()?;
-    let mut entries = 0u64;
-    let mut last_hash = GENESIS_HASH.to_string();
+    let keyed_from = keyed_from(&tx)?;
+    let mut entries = from;
+    let mut last_hash = from_hash;
     let mut broken = None;
     {
-        let mut stmt = tx.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"))?;
-        let mut rows = stmt.query([])?;
+        let mut stmt = tx.prepare(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq"
+        ))?;
+        let mut rows = stmt.query([clamp_i64(from)])?;
         while let Some(row) = rows.next()? {
             let expected = entries + 1;
             let raw = match raw_row(row) {
@@ -144,8 +196,22 @@ pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport, StoreError> {
                 });
                 break;
             }
+            let key = match (AuditHead::scheme_of(seq, keyed_from), keys) {
+                (super::ChainScheme::Sha256, _) => None,
+                (super::ChainScheme::HmacSha256, Some(k)) => Some(&k.chain),
+                (super::ChainScheme::HmacSha256, None) => {
+                    broken = Some(Break::Column {
+                        seq,
+                        problem: "the entries from here on are keyed with the master key; give \
+                                  it (--key-file FILE or QI_HOST_MASTER_KEY) to verify them"
+                            .into(),
+                    });
+                    break;
+                }
+            };
             let [agent, resource, operation, decision, reason, details] = raw.text;
             let computed = entry_hash(
+                key,
                 raw.prev_hash,
                 &Content {
                     seq,
@@ -173,6 +239,8 @@ pub(crate) fn verify(conn: &Connection) -> Result<VerifyReport, StoreError> {
     Ok(VerifyReport {
         entries,
         first_broken,
+        scheme: AuditHead::scheme_of(entries, keyed_from),
+        keyed_from,
         last_hash,
     })
 }

@@ -43,7 +43,8 @@ pub(super) fn entry(
 /// `None` for the operator and host code) lets it.
 ///
 /// Returns `Err` when the entry could not be recorded, and the caller then refuses the call
-/// (fail-closed); today [`AuditLog::record`] queues the entry and cannot fail.
+/// (fail-closed): [`AuditLog::record`] fails when its bounded queue is full or its writer has
+/// failed.
 pub(super) fn record(
     sh: &Shared,
     budget: Option<&AuditBudget>,
@@ -53,7 +54,7 @@ pub(super) fn record(
     if let Some(a) = audit.as_ref()
         && budget.is_none_or(|may| may())
     {
-        a.record(entry);
+        a.record(entry)?;
     }
     Ok(())
 }
@@ -67,7 +68,10 @@ pub(super) fn refusal<T>(
     result: Result<T, ContextError>,
 ) -> Result<T, ContextError> {
     match &result {
-        Ok(_) | Err(ContextError::Store(_) | ContextError::Events(_)) => {}
+        Ok(_)
+        | Err(
+            ContextError::Store(_) | ContextError::Events(_) | ContextError::AuditUnavailable(_),
+        ) => {}
         Err(e) => record(
             sh,
             budget,

@@ -100,6 +100,9 @@ pub enum ContextError {
     /// The event bus failed.
     #[error(transparent)]
     Events(#[from] crate::events::EventError),
+    /// The audit log could not record the call, so it was refused (fail-closed).
+    #[error("the audit log cannot record this call: {0}")]
+    AuditUnavailable(#[from] crate::audit::AuditUnavailable),
 }
 
 impl ContextError {
@@ -119,7 +122,9 @@ impl ContextError {
             | ContextError::UnknownAgent(_) => Validation,
             ContextError::AlreadyExists(_) | ContextError::Refused { .. } => Business,
             ContextError::AccessDenied { .. } => Security,
-            ContextError::Store(_) | ContextError::Events(_) => System,
+            ContextError::Store(_)
+            | ContextError::Events(_)
+            | ContextError::AuditUnavailable(_) => System,
         }
     }
 }

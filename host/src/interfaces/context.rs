@@ -29,7 +29,9 @@ pub(super) fn context_error(e: ContextError) -> WitContextError {
             refusal: Refusal::Stale { current, .. },
             ..
         } => WitContextError::Stale(current),
-        ContextError::Refused { .. } | ContextError::AlreadyExists(_) => {
+        ContextError::Refused { .. }
+        | ContextError::AlreadyExists(_)
+        | ContextError::AuditUnavailable(_) => {
             WitContextError::Refused(e.to_string())
         }
         ContextError::Invalid { .. } => WitContextError::Invalid(e.to_string()),

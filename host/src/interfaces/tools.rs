@@ -57,8 +57,12 @@ fn prepare_call(
         } else {
             "not in securityConstraints.allowedTools"
         };
-        tracing::info!(agent = %shared.id, tool = name, why, "tool call denied");
-        return Err(ToolError::AccessDenied(format!("tool `{name}` is {why}")));
+        return Err(ToolError::AccessDenied(shared.refuse(
+            "tool",
+            name,
+            "call",
+            &format!("tool `{name}` is {why}"),
+        )));
     }
     let tool = shared
         .tools

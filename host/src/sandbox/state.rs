@@ -65,13 +65,25 @@ pub struct AgentShared {
 
 impl AgentShared {
     /// The access gate (`enforceAccessControl`) for one host call: `kind`/`id` name the
-    /// resource (`context`/`plan`, `tool`/`fs.read`, ...). `Err` carries the reason; the
-    /// decision is audited by the gate.
+    /// resource (`context`/`plan`, `tool`/`fs.read`, ...). `Err` carries the guest-facing
+    /// reason. With policies loaded the decision (allow or deny) is audited; without them the
+    /// call is allowed, and audited as allowed when the agent is `monitored`. Fail-closed: an
+    /// allowed call whose audit entry cannot be recorded is refused ("the audit log cannot
+    /// record this call: ...").
     pub fn gate(&self, kind: &str, id: &str, action: &str) -> Result<(), String> {
         let Some(access) = &self.access else {
             return Ok(());
         };
         let Some(policies) = access.current() else {
+            if self.grants.monitored {
+                return self.record_decision(
+                    kind,
+                    id,
+                    action,
+                    crate::audit::AuditDecision::Allow,
+                    "no policies loaded",
+                );
+            }
             return Ok(());
         };
         let attrs = match kind {
@@ -81,7 +93,8 @@ impl AgentShared {
             _ => None,
         };
         let no_labels = Vec::new();
-        let audit = self.take_audit_entry();
+        // Decided here without the gate's own audit entry: this function records it, so
+        // that a failed record refuses the call.
         let d = access.enforce_with_audit(
             &policies,
             &crate::security::Request {
@@ -98,38 +111,102 @@ impl AgentShared {
                 labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
                 action,
             },
-            audit,
+            false,
         );
         if d.allowed {
-            Ok(())
+            self.record_decision(
+                kind,
+                id,
+                action,
+                crate::audit::AuditDecision::Allow,
+                &d.reason,
+            )
         } else {
             self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            Err(format!("{action} on {kind}/{id} refused: {}", d.reason))
+            Err(self.refuse(kind, id, action, &d.reason))
         }
+    }
+
+    /// The one audited refusal: records a `deny` entry for `kind/id` and `action` with
+    /// `reason` (within the agent's [`MAX_AUDIT_ENTRIES_PER_AGENT`]; past it only counted) and
+    /// returns the guest-facing message, `"{action} on {kind}/{id} refused: {reason}"`. The
+    /// call is refused whether or not the entry could be recorded; when it could not, the
+    /// message says so too. Callers count the refusal in their own counter.
+    pub fn refuse(&self, kind: &str, id: &str, action: &str, reason: &str) -> String {
+        let message = format!("{action} on {kind}/{id} refused: {reason}");
+        tracing::info!(agent = %self.id, kind, id, action, reason, "refused");
+        match self.record_decision(kind, id, action, crate::audit::AuditDecision::Deny, reason) {
+            Ok(()) => message,
+            Err(unrecorded) => format!("{message} ({unrecorded})"),
+        }
+    }
+
+    /// Records an access decision about `kind/id` for this agent, fail-closed: `Err("the
+    /// audit log cannot record this call: ...")` when the log refuses the entry (full queue,
+    /// failed writer); the caller must then refuse the call. `Ok` without writing when there is
+    /// no audit log, or past [`MAX_AUDIT_ENTRIES_PER_AGENT`] (counted as dropped).
+    pub fn record_decision(
+        &self,
+        kind: &str,
+        id: &str,
+        action: &str,
+        decision: crate::audit::AuditDecision,
+        reason: &str,
+    ) -> Result<(), String> {
+        let Some(log) = self.access.as_ref().and_then(|a| a.audit()) else {
+            return Ok(());
+        };
+        if !self.take_audit_entry() {
+            return Ok(());
+        }
+        log.record(crate::audit::NewAuditEntry::new(
+            self.id.clone(),
+            format!("{kind}/{id}"),
+            action,
+            decision,
+            reason,
+        ))
+        .map_err(|e| format!("the audit log cannot record this call: {e}"))
     }
 
     /// Appends a lifecycle fact about this agent to the audit log, if there is one. `entry`
     /// gives the entry's reason and details; it is called only when an audit log is attached,
-    /// so an agent without one pays nothing to describe what would have been recorded.
+    /// so an agent without one pays nothing to describe what would have been recorded. A fact
+    /// that cannot be recorded (full queue, failed log) is only in the log's `status()` (and
+    /// logged); use [`audit_or_refuse`](Self::audit_or_refuse) where the action must not go
+    /// ahead unrecorded.
     pub fn audit(
         &self,
         resource: &str,
         operation: &str,
         entry: impl FnOnce() -> (String, serde_json::Value),
     ) {
-        if let Some(a) = self.access.as_ref().filter(|a| a.audit().is_some()) {
-            let (reason, details) = entry();
-            a.record(
-                crate::audit::NewAuditEntry::new(
-                    self.id.clone(),
-                    resource,
-                    operation,
-                    crate::audit::AuditDecision::Record,
-                    reason,
-                )
-                .details(details),
-            );
-        }
+        let _ = self.audit_or_refuse(resource, operation, entry);
+    }
+
+    /// [`audit`](Self::audit), fail-closed: `Err("the audit log cannot record this: ...")`
+    /// when the log refuses the entry; the caller must then not go ahead (a spawn fails).
+    pub fn audit_or_refuse(
+        &self,
+        resource: &str,
+        operation: &str,
+        entry: impl FnOnce() -> (String, serde_json::Value),
+    ) -> Result<(), String> {
+        let Some(log) = self.access.as_ref().and_then(|a| a.audit()) else {
+            return Ok(());
+        };
+        let (reason, details) = entry();
+        log.record(
+            crate::audit::NewAuditEntry::new(
+                self.id.clone(),
+                resource,
+                operation,
+                crate::audit::AuditDecision::Record,
+                reason,
+            )
+            .details(details),
+        )
+        .map_err(|e| format!("the audit log cannot record this {operation}: {e}"))
     }
 
     /// Takes one of the audit entries the agent's own actions may add (refused network
@@ -201,6 +278,15 @@ impl AgentShared {
             counter.fetch_sub(1, Ordering::Relaxed);
             let detail = format!("attempt {used} refused: the agent may make {max} {limit}");
             self.record_violation(limit, max, detail.clone());
+            // Every refused attempt is audited (within the agent's audit bound), not only the
+            // first violation.
+            let _ = self.record_decision(
+                "limits",
+                &limit.to_string().replace(' ', "-"),
+                "take",
+                crate::audit::AuditDecision::Deny,
+                &detail,
+            );
             return Err(detail);
         }
         Ok(())

@@ -179,7 +179,7 @@ impl IdentityRegistry {
 
     fn audit(&self, agent: &str, decision: AuditDecision, op: &str, reason: String) {
         if let Some(a) = &self.audit {
-            a.record(NewAuditEntry::new(agent, "identity", op, decision, reason));
+            let _ = a.record(NewAuditEntry::new(agent, "identity", op, decision, reason));
         }
     }
 

@@ -33,6 +33,7 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::Sha256;
 use std::path::Path;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -123,6 +124,17 @@ impl MasterKey {
     /// Hex form, to write a key file.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// A 32-byte key for another purpose, derived from this one with HKDF-SHA-256 (salt
+    /// `qi-host`, `info` naming the purpose, e.g. `qi-host audit chain v1`): the master key
+    /// itself never leaves this type.
+    pub fn derive(&self, info: &str) -> [u8; 32] {
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(b"qi-host"), &self.0);
+        let mut okm = [0u8; 32];
+        hk.expand(info.as_bytes(), &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA-256 output length");
+        okm
     }
 }
 

@@ -25,7 +25,7 @@ pub mod lookup;
 pub mod tcp;
 pub mod udp;
 
-use crate::audit::{AuditDecision, NewAuditEntry};
+use crate::audit::AuditDecision;
 use crate::error::LimitKind;
 use crate::sandbox::AgentShared;
 use crate::wasi::AgentWasiView;
@@ -142,8 +142,10 @@ pub(crate) fn decide(
     action: &str,
     allow_list: Result<(), String>,
 ) -> bool {
-    // The budget first: past it nothing is audited or logged, so a flood of attempts (or of
-    // datagrams from outside, each checked on receipt) costs the host only this count.
+    // The budget first: past it each refused attempt is one `deny` of
+    // `limits/network-operations` (by `take_budget`, within the agent's audit bound), never
+    // a gate decision, so a flood of attempts (or of datagrams from outside, each checked on
+    // receipt) costs the host a count and at most the bounded audit entries.
     if shared.take_budget(LimitKind::NetworkOperations).is_err() {
         shared
             .counters
@@ -159,16 +161,20 @@ pub(crate) fn decide(
         }
         // With policies loaded the gate audits its decision (allow or deny) itself.
         Ok(()) if gated => shared.gate("network", target, action).is_ok(),
-        Ok(()) => {
-            record(
-                shared,
-                target,
-                action,
-                AuditDecision::Allow,
-                "allowed by resourceLimits.allowedNetworkHosts".into(),
-            );
-            true
-        }
+        // Audited as allowed; refused when the entry cannot be recorded (fail-closed).
+        Ok(()) => match shared.record_decision(
+            "network",
+            target,
+            action,
+            AuditDecision::Allow,
+            "allowed by resourceLimits.allowedNetworkHosts",
+        ) {
+            Ok(()) => true,
+            Err(unrecorded) => {
+                tracing::warn!(agent = %shared.id, target, action, %unrecorded, "network use refused");
+                false
+            }
+        },
     };
     let counter = if allowed {
         &shared.counters.network_allowed
@@ -180,29 +186,15 @@ pub(crate) fn decide(
     allowed
 }
 
-/// Counts, audits and logs a refused network use (`reason` says why and how to allow it).
+/// Counts, audits (through [`AgentShared::refuse`]) and logs a refused network use
+/// (`reason` says why and how to allow it).
 fn refuse(shared: &AgentShared, target: &str, action: &str, reason: String) {
     shared
         .counters
         .network_denied
         .fetch_add(1, Ordering::Relaxed);
     shared.counters.wasi_calls.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(agent = %shared.id, target, action, %reason, "network use refused");
-    record(shared, target, action, AuditDecision::Deny, reason);
-}
-
-fn record(shared: &AgentShared, target: &str, action: &str, decision: AuditDecision, why: String) {
-    if let Some(access) = &shared.access
-        && shared.take_audit_entry()
-    {
-        access.record(NewAuditEntry::new(
-            shared.id.clone(),
-            format!("network/{target}"),
-            action,
-            decision,
-            why,
-        ));
-    }
+    shared.refuse("network", target, action, &reason);
 }
 
 /// Table entries a socket operation leaves free beyond what it creates: the pollable a guest

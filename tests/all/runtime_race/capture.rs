@@ -285,13 +285,21 @@ async fn a_failed_spawn_is_audited_with_an_audit_log() {
         .await
         .expect_err("runs out of fuel while instantiated");
     assert!(matches!(err, Error::Spawn(..)), "{err}");
+    // Running out of fuel is a limit violation like any other, audited before the failure.
     assert_eq!(
         entries_of(&audit, "*").await,
-        vec![entry(
-            "lifecycle",
-            "spawn-failed",
-            "fuel limit exceeded (fuel = 1): all 1 units of fuel used"
-        )]
+        vec![
+            entry(
+                "limits",
+                "limit-violation",
+                "fuel limit (1): all 1 units of fuel used"
+            ),
+            entry(
+                "lifecycle",
+                "spawn-failed",
+                "fuel limit exceeded (fuel = 1): all 1 units of fuel used"
+            )
+        ]
     );
 }
 

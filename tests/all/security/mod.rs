@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+mod audit_closed;
+mod audit_head;
 mod audit_trail;
 mod files;
 mod reload;

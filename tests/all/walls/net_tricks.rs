@@ -37,7 +37,7 @@ async fn an_agent_binds_only_ephemeral_ports() {
 }
 
 #[tokio::test]
-async fn network_operations_up_to_the_budget_pass_one_more_is_refused_unaudited() {
+async fn network_operations_up_to_the_budget_pass_one_more_is_refused_as_a_limit() {
     use qi_host::audit::{AuditLog, AuditQuery};
     use qi_host::security::AccessControl;
     use qi_host::{AgentHost, HostConfig, TaskRequest};
@@ -69,7 +69,7 @@ async fn network_operations_up_to_the_budget_pass_one_more_is_refused_unaudited(
                 .unwrap()
         }
     };
-    let entries = |report: &qi_host::AgentReport| {
+    let entries = |report: &qi_host::AgentReport, prefix: &'static str| {
         let (audit, agent) = (audit.clone(), report.agent_id.clone());
         async move {
             audit.flush().await;
@@ -80,7 +80,7 @@ async fn network_operations_up_to_the_budget_pass_one_more_is_refused_unaudited(
                 })
                 .await
                 .unwrap();
-            e.retain(|e| e.resource.starts_with("network/"));
+            e.retain(|e| e.resource.starts_with(prefix));
             e.len() as u64
         }
     };
@@ -105,8 +105,11 @@ async fn network_operations_up_to_the_budget_pass_one_more_is_refused_unaudited(
     assert!(out["error"].is_string(), "{out}");
     assert_eq!(past.usage.network_allowed, need);
     assert_eq!(past.usage.network_denied, 1);
-    // Every allowed use audited; the refusal past the budget is not.
-    assert_eq!(entries(&past).await, need);
+    // Every allowed use audited; the refusal past the budget is audited as a spent budget,
+    // never as a network decision.
+    assert_eq!(entries(&past, "network/").await, need);
+    assert_eq!(entries(&past, "limits/network-operations").await, 1);
+    assert_eq!(entries(&inside, "limits/").await, 0);
     let mut received = 0;
     receiver.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];

@@ -1,65 +1,9 @@
-//! Audit log tests: the chain, the canonical encoding, tampering (modified, deleted,
+//! The chain, the canonical encoding, tampering found by the walk (modified, deleted,
 //! reordered), query filters, ordering under concurrent recording, flush, caps.
 
 use super::*;
-use crate::store::{DB_FILE, StoreConfig};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-
-fn entry(n: u64) -> NewAuditEntry {
-    let decision = match n % 3 {
-        0 => AuditDecision::Allow,
-        1 => AuditDecision::Deny,
-        _ => AuditDecision::Record,
-    };
-    NewAuditEntry::new(
-        format!("agent-{}", n % 2),
-        format!("context/plan-{}", n % 4),
-        if n.is_multiple_of(2) { "read" } else { "write" },
-        decision,
-        format!("reason {n}"),
-    )
-    .details(json!({ "n": n }))
-}
-
-async fn memory_log() -> AuditLog {
-    AuditLog::open(Store::open(StoreConfig::in_memory()).unwrap())
-        .await
-        .unwrap()
-}
-
-/// A log in a temporary data directory holding entries `1..=n`.
-async fn disk_log(n: u64) -> (tempfile::TempDir, AuditLog) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(Store::open(StoreConfig::at(dir.path())).unwrap())
-        .await
-        .unwrap();
-    for i in 1..=n {
-        log.record(entry(i));
-    }
-    log.flush().await;
-    (dir, log)
-}
-
-/// Runs `sql` on the database file directly, as someone with file access would.
-fn tamper(dir: &tempfile::TempDir, sql: &str) {
-    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    conn.execute_batch(sql).unwrap();
-}
-
-async fn all(log: &AuditLog) -> Vec<AuditEntry> {
-    log.query(&AuditQuery::default()).await.unwrap()
-}
-
-fn ns(entries: &[AuditEntry]) -> Vec<u64> {
-    entries
-        .iter()
-        .map(|e| e.details["n"].as_u64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn entries_form_a_dense_hash_chain() {
     let log = memory_log().await;
@@ -71,7 +15,7 @@ async fn entries_form_a_dense_hash_chain() {
     );
 
     for n in 1..=5 {
-        log.record(entry(n));
+        log.record(entry(n)).unwrap();
     }
     log.flush().await;
     assert_eq!(log.recorded(), 5);
@@ -104,7 +48,8 @@ async fn the_hash_is_the_documented_canonical_encoding() {
     log.record(
         NewAuditEntry::new("a", "context/x", "read", AuditDecision::Deny, "no share")
             .details(json!({"b": 1, "a": [true, null]})),
-    );
+    )
+    .unwrap();
     log.flush().await;
     let e = &all(&log).await[0];
     let details = r#"{"a":[true,null],"b":1}"#;
@@ -120,7 +65,7 @@ async fn the_hash_is_the_documented_canonical_encoding() {
 
 #[test]
 fn the_encoding_is_unambiguous() {
-    let content = |agent: &'static str, resource: &'static str| Content {
+    let content = |agent: &'static str, resource: &'static str| chain::Content {
         seq: 1,
         time_ms: 7,
         agent: agent.as_bytes(),
@@ -132,12 +77,12 @@ fn the_encoding_is_unambiguous() {
     };
     let g = GENESIS_HASH.as_bytes();
     assert_ne!(
-        chain::entry_hash(g, &content("ab", "c")),
-        chain::entry_hash(g, &content("a", "bc"))
+        chain::entry_hash(None, g, &content("ab", "c")),
+        chain::entry_hash(None, g, &content("a", "bc"))
     );
     assert_eq!(
-        chain::entry_hash(g, &content("ab", "c")),
-        chain::entry_hash(g, &content("ab", "c"))
+        chain::entry_hash(None, g, &content("ab", "c")),
+        chain::entry_hash(None, g, &content("ab", "c"))
     );
 }
 
@@ -148,7 +93,7 @@ async fn an_untouched_log_on_disk_verifies_after_reopening() {
     let log = AuditLog::open(Store::open(StoreConfig::at(dir.path())).unwrap())
         .await
         .unwrap();
-    log.record(entry(11));
+    log.record(entry(11)).unwrap();
     log.flush().await;
     let report = log.verify().await.unwrap();
     assert!(report.is_intact(), "{report:?}");
@@ -195,8 +140,9 @@ async fn a_modified_entry_is_named() {
     let (dir, log) = disk_log(10).await;
     let e = log.entry(3).await.unwrap().unwrap();
     let forged = chain::entry_hash(
+        None,
         e.prev_hash.as_bytes(),
-        &Content {
+        &chain::Content {
             seq: 3,
             time_ms: e.time_ms,
             agent: e.agent.as_bytes(),
@@ -260,13 +206,19 @@ async fn a_deleted_entry_is_named() {
         "{broken}"
     );
 
-    // Truncating the newest entries leaves a valid, shorter chain: only an anchor shows it.
+    // Truncating the newest entries leaves a valid, shorter chain: the head file shows it
+    // (see tests/tamper.rs for every kind of tampering against the head file and the key).
     let (dir, log) = disk_log(10).await;
     let anchor = log.verify().await.unwrap();
     tamper(&dir, "DELETE FROM audit WHERE seq > 8");
     let report = log.verify().await.unwrap();
-    assert!(report.is_intact());
     assert_eq!(report.entries, 8);
+    let broken = report.first_broken.unwrap();
+    assert_eq!(broken.seq, 10, "{broken}");
+    assert!(
+        broken.problem.contains("newest entries were deleted"),
+        "{broken}"
+    );
     assert_eq!(log.entry(anchor.entries).await.unwrap(), None);
 }
 
@@ -305,7 +257,7 @@ async fn reordered_entries_are_named() {
 async fn query_filters_by_glob_decision_time_and_limit() {
     let log = memory_log().await;
     for n in 1..=12 {
-        log.record(entry(n));
+        log.record(entry(n)).unwrap();
     }
     log.record(NewAuditEntry::new(
         "worker-7",
@@ -313,7 +265,8 @@ async fn query_filters_by_glob_decision_time_and_limit() {
         "fs.write",
         AuditDecision::Deny,
         "read-only mount",
-    ));
+    ))
+    .unwrap();
     log.flush().await;
     let q = |f: fn(&mut AuditQuery)| {
         let mut q = AuditQuery::default();
@@ -431,7 +384,8 @@ async fn concurrent_records_keep_call_order_and_a_valid_chain() {
                             "",
                         )
                         .details(json!({"t": t, "i": i})),
-                    );
+                    )
+                    .unwrap();
                     if i.is_multiple_of(10) {
                         tokio::task::yield_now().await;
                     }
@@ -454,7 +408,8 @@ async fn concurrent_records_keep_call_order_and_a_valid_chain() {
                             "",
                         )
                         .details(json!({"t": 100 + t, "i": i})),
-                    );
+                    )
+                    .unwrap();
                 }
             })
         })
@@ -506,18 +461,21 @@ async fn flush_waits_for_everything_recorded_before_it() {
         }
     };
     for round in 1..=5i64 {
-        for n in 0..(MAX_BATCH as u64 / 2 + 7) {
-            log.record(entry(n));
+        for n in 0..(writer::MAX_BATCH as u64 / 2 + 7) {
+            log.record(entry(n)).unwrap();
         }
         // A clone flushes the same queue.
         log.clone().flush().await;
-        assert_eq!(count(&log).await, round * (MAX_BATCH as i64 / 2 + 7));
+        assert_eq!(
+            count(&log).await,
+            round * (writer::MAX_BATCH as i64 / 2 + 7)
+        );
     }
     // Many flushes at once all return, each after what was recorded before it.
-    let before = 5 * (MAX_BATCH as i64 / 2 + 7);
+    let before = 5 * (writer::MAX_BATCH as i64 / 2 + 7);
     let waiters: Vec<_> = (0..20)
         .map(|i| {
-            log.record(entry(i));
+            log.record(entry(i)).unwrap();
             let log = log.clone();
             tokio::spawn(async move {
                 log.flush().await;
@@ -533,7 +491,10 @@ async fn flush_waits_for_everything_recorded_before_it() {
         );
     }
     log.flush().await;
-    assert_eq!(count(&log).await, 5 * (MAX_BATCH as i64 / 2 + 7) + 20);
+    assert_eq!(
+        count(&log).await,
+        5 * (writer::MAX_BATCH as i64 / 2 + 7) + 20
+    );
     assert!(log.verify().await.unwrap().is_intact());
 }
 
@@ -543,8 +504,8 @@ async fn several_handles_on_one_store_extend_one_chain() {
     let a = AuditLog::open(store.clone()).await.unwrap();
     let b = AuditLog::open(store).await.unwrap();
     for n in 0..50 {
-        a.record(entry(n));
-        b.record(entry(n));
+        a.record(entry(n)).unwrap();
+        b.record(entry(n)).unwrap();
         if n.is_multiple_of(7) {
             a.flush().await;
         }
@@ -571,11 +532,13 @@ async fn guest_sized_fields_are_capped_with_a_marker() {
             long_reason,
         )
         .details(big),
-    );
+    )
+    .unwrap();
     log.record(
         NewAuditEntry::new("b", "r", "o", AuditDecision::Allow, "short")
             .details(json!({"ok": true})),
-    );
+    )
+    .unwrap();
     log.flush().await;
     let entries = all(&log).await;
     let e = &entries[0];

@@ -1,0 +1,64 @@
+//! The bounded, fail-closed queue: `record` takes exactly the queue's capacity while the writer
+//! has not run, and refuses everything once a write has failed.
+
+use super::*;
+
+#[tokio::test] // current-thread: the writer runs only when this test awaits
+async fn the_queue_takes_its_capacity_and_refuses_one_more() {
+    let options = AuditOptions {
+        queue_capacity: 4,
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
+        .await
+        .unwrap();
+    for n in 1..=4 {
+        log.record(entry(n)).unwrap();
+    }
+    match log.record(entry(5)) {
+        Err(e @ AuditUnavailable::QueueFull { capacity: 4 }) => {
+            assert!(e.to_string().contains("4 entries waiting"), "{e}");
+        }
+        other => panic!("expected a full queue, got {other:?}"),
+    }
+    assert_eq!(
+        log.recorded(),
+        4,
+        "the refused entry is not counted as recorded"
+    );
+    log.flush().await;
+    log.record(entry(6)).unwrap();
+    log.flush().await;
+    assert_eq!(ns(&all(&log).await), vec![1, 2, 3, 4, 6]);
+    let status = log.status();
+    assert_eq!((status.written, status.lost, status.failure), (5, 0, None));
+    assert_eq!(AuditOptions::default().queue_capacity, AUDIT_QUEUE_CAPACITY);
+}
+
+#[tokio::test]
+async fn a_failed_write_refuses_every_later_record() {
+    let (dir, log) = disk_log(2).await;
+    tamper(
+        &dir,
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+         BEGIN SELECT RAISE(ABORT, 'audit disabled by test'); END;",
+    );
+    // Accepted (queued), then lost when every attempt at writing it fails.
+    log.record(entry(3)).unwrap();
+    log.flush().await;
+    let status = log.status();
+    assert_eq!((status.written, status.lost), (2, 1));
+    let failure = status.failure.expect("the log is failed");
+    assert!(failure.contains("audit disabled by test"), "{failure}");
+    // Every later record is refused, even once the store works again.
+    tamper(&dir, "DROP TRIGGER no_audit");
+    match log.record(entry(4)) {
+        Err(e @ AuditUnavailable::Failed { .. }) => {
+            assert!(e.to_string().contains("audit disabled by test"), "{e}");
+        }
+        other => panic!("expected the failed state, got {other:?}"),
+    }
+    assert_eq!(log.recorded(), 3);
+    // The written part of the log is intact and matches its head file.
+    assert!(log.verify().await.unwrap().is_intact());
+}
