@@ -31,9 +31,7 @@ pub(super) fn context_error(e: ContextError) -> WitContextError {
         } => WitContextError::Stale(current),
         ContextError::Refused { .. }
         | ContextError::AlreadyExists(_)
-        | ContextError::AuditUnavailable(_) => {
-            WitContextError::Refused(e.to_string())
-        }
+        | ContextError::AuditUnavailable(_) => WitContextError::Refused(e.to_string()),
         ContextError::Invalid { .. } => WitContextError::Invalid(e.to_string()),
         ContextError::Store(_) | ContextError::Events(_) => WitContextError::Failed(e.to_string()),
     }

@@ -1,0 +1,66 @@
+//! Red team: names are paths, so moving a directory renames every file inside it. A rule
+//! written for what a directory holds (`file/workspace/secret/**`) must stop the move of the
+//! directory (or of any directory above it) that would give those files a name it does not
+//! cover.
+
+use super::files::{OPEN, SECRET, Want, check, mount, probe, read};
+use super::*;
+
+/// Every file and tool allowed, except what `secret/` and `deep/a/secret/` hold.
+const SECRET_TREE_DENIED: &str = r#"
+[[policies]]
+id = "tree"
+[[policies.rules]]
+effect = "allow"
+resources = ["file/**", "tool/*"]
+[[policies.rules]]
+effect = "deny"
+resources = ["file/workspace/secret/**", "file/workspace/deep/a/secret/**"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_directory_does_not_rename_the_files_a_rule_protects() {
+    let s = secured(Some(SECRET_TREE_DENIED)).await;
+    let dir = mount();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("deep/a/secret")).unwrap();
+    std::fs::write(root.join("deep/a/secret/x"), SECRET).unwrap();
+    use Want::{Denied, Ok};
+    let steps: Vec<(Value, Want)> = vec![
+        // The canaries are out of reach under their names.
+        (json!(["open", "root", "secret/x", "r", "x"]), Denied),
+        (json!(["open", "root", "deep/a/secret/x", "r", "x"]), Denied),
+        // Moving the directory that holds them (or one above it) would rename them.
+        (json!(["rename", "root", "secret", "moved"]), Denied),
+        (
+            json!(["open", "root", "moved/x", "r", "x"]),
+            Want::Value("not-present"),
+        ),
+        (json!(["rename", "root", "deep", "up"]), Denied),
+        (json!(["rename", "root", "deep/a", "deep/b"]), Denied),
+        (json!(["rename", "root", "./deep/a/", "deep/c"]), Denied),
+        // A directory without protected files moves as before.
+        (json!(["rename", "root", "open", "open2"]), Ok),
+        (json!(["open", "root", "open2/a", "r", "a"]), Ok),
+        (json!(["read", "a"]), Want::Value(OPEN)),
+    ];
+    let (_, results) = probe(
+        &s,
+        granted(root),
+        steps.iter().map(|(step, _)| step.clone()).collect(),
+    )
+    .await;
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| {
+            if r["error"] == "no-entry" {
+                json!({"ok": false, "value": "not-present"})
+            } else {
+                r
+            }
+        })
+        .collect();
+    check(&steps, &results);
+    assert_eq!(read(root, "secret/x"), SECRET);
+    assert_eq!(read(root, "deep/a/secret/x"), SECRET);
+}
