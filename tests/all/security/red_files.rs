@@ -64,3 +64,44 @@ async fn moving_a_directory_does_not_rename_the_files_a_rule_protects() {
     assert_eq!(read(root, "secret/x"), SECRET);
     assert_eq!(read(root, "deep/a/secret/x"), SECRET);
 }
+
+/// Every file and tool allowed, except what `secret/` holds (the directory may be listed).
+const SECRET_FILES_DENIED: &str = r#"
+[[policies]]
+id = "contents"
+[[policies.rules]]
+effect = "allow"
+resources = ["file/**", "tool/*"]
+[[policies.rules]]
+effect = "deny"
+resources = ["file/workspace/secret/**"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_list_tells_no_size_the_stat_gate_refuses() {
+    let s = secured(Some(SECRET_FILES_DENIED)).await;
+    let dir = mount();
+    let root = dir.path();
+    let steps = vec![
+        // What `stat-at` tells of the canary: nothing.
+        json!(["stat-at", "root", "secret/x"]),
+        json!(["stat-at", "root", "open/a"]),
+        json!(["call", "fs.list", {"path": "/workspace/secret"}]),
+        json!(["call", "fs.list", {"path": "/workspace/open"}]),
+    ];
+    let (_, results) = probe(&s, granted(root), steps).await;
+    assert_eq!(results[0]["error"], "access", "{}", results[0]);
+    assert_eq!(results[1]["value"], OPEN.len(), "{}", results[1]);
+    let bytes = |listing: &Value, name: &str| {
+        listing["value"]["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{listing}"))
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {listing}"))["bytes"]
+            .clone()
+    };
+    // The names are the directory's (`list` on it is allowed), the size is the file's.
+    assert_eq!(bytes(&results[2], "x"), Value::Null, "{}", results[2]);
+    assert_eq!(bytes(&results[3], "a"), json!(OPEN.len()), "{}", results[3]);
+}
