@@ -1,0 +1,44 @@
+//! Red team: what a monitored agent's own calls may make the host keep. The records are bounded
+//! in number (`MAX_AUDIT_ENTRIES_PER_AGENT`); each must be bounded in size too, or a guest
+//! passing long paths grows host memory by as much as its own memory per call.
+
+use super::*;
+use qi_guest_artifacts::HOSTILE_COMPONENT;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitored_call_record_keeps_no_more_of_a_path_than_the_audit_log() {
+    let s = secured(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = granted(dir.path());
+    spec.isolation_level = IsolationLevel::Monitored;
+    let long = "a/".repeat(100_000);
+    let component = s.host.load(HOSTILE_COMPONENT).unwrap();
+    let agent = s.host.spawn(&component, spec).await.unwrap();
+    let report = agent
+        .run(TaskRequest::new(
+            "probe",
+            json!({"mode": "fs.wasi", "steps": [["stat-at", "root", long]]}),
+        ))
+        .await;
+    let out = report
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(out["results"][0]["ok"], false, "{out}");
+    let record = report
+        .host_call_log
+        .iter()
+        .find(|c| c.call == "filesystem.stat-at")
+        .unwrap_or_else(|| panic!("{:?}", report.host_call_log));
+    assert!(
+        record.target.len() <= qi_host::audit::MAX_NAME_BYTES,
+        "a record keeps {} bytes of the path",
+        record.target.len()
+    );
+    // The size of what was passed is still told.
+    assert!(
+        record.arg_bytes >= long.len() as u64 - 1,
+        "{}",
+        record.arg_bytes
+    );
+}
