@@ -3,7 +3,7 @@
 //! passing long paths grows host memory by as much as its own memory per call.
 
 use super::*;
-use qi_guest_artifacts::HOSTILE_COMPONENT;
+use qi_guest_artifacts::{HOSTILE_COMPONENT, WORKER_COMPONENT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monitored_call_record_keeps_no_more_of_a_path_than_the_audit_log() {
@@ -41,4 +41,51 @@ async fn a_monitored_call_record_keeps_no_more_of_a_path_than_the_audit_log() {
         "{}",
         record.arg_bytes
     );
+}
+
+/// Red team: a context call the sharing rules refuse (the context is not shared with the
+/// agent) is a refusal like any other, audited with or without a policy file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_call_refused_by_sharing_is_audited_without_a_policy_file() {
+    let s = secured(None).await;
+    let version = context(&s.svc, "unshared").await;
+    let dir = tempfile::tempdir().unwrap();
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let agent = s.host.spawn(&component, granted(dir.path())).await.unwrap();
+    let id = agent.id().to_string();
+    let report = agent
+        .run(TaskRequest::new(
+            "probe",
+            steps_input(json!([
+                {"context_get": {"id": "unshared"}},
+                {"context_put": {"id": "unshared", "doc": {"n": 2}}},
+                {"publish": "unshared"},
+            ])),
+        ))
+        .await;
+    let out = report
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{report:?}"));
+    for p in out["probes"].as_array().unwrap() {
+        assert_eq!(p["ok"], false, "{p}");
+    }
+    assert_eq!(
+        s.svc.get(OPERATOR, "unshared").await.unwrap().version,
+        version,
+        "nothing changed"
+    );
+    s.audit.flush().await;
+    let denied = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id),
+            decision: Some(AuditDecision::Deny),
+            resource: Some("context/unshared".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let operations: Vec<&str> = denied.iter().map(|e| e.operation.as_str()).collect();
+    assert_eq!(operations.len(), 3, "one deny per refused call: {denied:?}");
 }
