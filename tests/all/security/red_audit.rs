@@ -89,3 +89,57 @@ async fn a_context_call_refused_by_sharing_is_audited_without_a_policy_file() {
     let operations: Vec<&str> = denied.iter().map(|e| e.operation.as_str()).collect();
     assert_eq!(operations.len(), 3, "one deny per refused call: {denied:?}");
 }
+
+/// Red team: at `monitored` every WASI file call is recorded, so when the audit log cannot
+/// record one the call is refused (as a gated call is), with or without a policy file, rather
+/// than going ahead and being recorded nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitored_file_call_is_refused_when_the_audit_log_cannot_record_it() {
+    let s = secured(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), "canary").unwrap();
+    let mut spec = granted(dir.path());
+    spec.isolation_level = IsolationLevel::Monitored;
+    // Spawned (and its spawn recorded) while the log works.
+    let component = s.host.load(HOSTILE_COMPONENT).unwrap();
+    let agent = s.host.spawn(&component, spec).await.unwrap();
+    // The store refuses audit writes; the next batch fails and the log stops accepting.
+    s.svc
+        .store()
+        .write(|ctx| {
+            ctx.tx().execute_batch(
+                "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+                 BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    s.audit
+        .record(qi_host::audit::NewAuditEntry::new(
+            "operator",
+            "test",
+            "probe",
+            AuditDecision::Record,
+            "",
+        ))
+        .unwrap();
+    s.audit.flush().await;
+    assert!(s.audit.status().failure.is_some());
+    let report = agent
+        .run(TaskRequest::new(
+            "probe",
+            json!({"mode": "fs.wasi", "steps": [["open", "root", "a", "wt", "a"]]}),
+        ))
+        .await;
+    let out = report
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(out["results"][0]["ok"], false, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("a")).unwrap(),
+        "canary",
+        "the truncating open did not happen"
+    );
+}

@@ -215,9 +215,11 @@ impl CountingFs<'_> {
             .map_err(|_| FsError::from(ErrorCode::Quota))
     }
 
-    /// Whether policies are loaded: without them nothing is resolved or decided.
+    /// Whether calls go through the gate: with policies loaded, and at `monitored` (where
+    /// the gate records each allowed call even without policies, and refuses a call it cannot
+    /// record); otherwise nothing is resolved or decided.
     fn policed(&self) -> bool {
-        self.shared.access.as_ref().is_some_and(|a| a.enabled())
+        self.shared.access.as_ref().is_some_and(|a| a.enabled()) || self.monitored()
     }
 
     /// The access gate for a path operation: resolves `path` (relative to `fd`, its last

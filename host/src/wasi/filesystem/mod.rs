@@ -40,7 +40,9 @@
 //!   of a file's content and are not gated. The `fs.*` tools meet the same gate with the same
 //!   names (`fs.read`: `read`, `fs.write`: `write`, `fs.list`: `list`), after their
 //!   `tool/fs.*` check.
-//! - **Records**: at `monitored` isolation every gated call above is recorded
+//! - **Records**: at `monitored` isolation every call above goes through the gate even
+//!   without policies (which records it as allowed, and refuses it with `access` when the
+//!   audit log cannot record it), and is recorded
 //!   (`AgentShared::record_call`) as `filesystem.<call>` on resource `call/file/<path>` (the
 //!   lexical path, links not followed) with its outcome (`ok` or the error code).
 //!

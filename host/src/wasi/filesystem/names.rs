@@ -23,7 +23,7 @@
 //! A descriptor's own guest path is recorded when it is opened: the name the gate resolved
 //! when policies are loaded, else the host's real path of the opened file mapped back into the
 //! mount (Linux, `/proc/self/fd`), else the lexical name. Resolution costs one `lstat` per
-//! segment and runs only while policies are loaded.
+//! segment and runs only while policies are loaded or the agent is `monitored`.
 
 use super::links::{FsState, real_path};
 use crate::model::{ResourceKind, ResourceName};
