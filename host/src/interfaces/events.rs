@@ -4,6 +4,7 @@ use super::AgentState;
 use super::context::{context_call, decided};
 use super::limits::{self, MAX_EVENT_DATA_BYTES, MAX_SUBSCRIBE_CONTEXTS, MAX_SUBSCRIBE_TYPES};
 use super::qi;
+use crate::audit::AuditDecision;
 use crate::context::{ContextError, ContextService, Permission};
 use crate::events::{EventError, EventType, NewEvent, SubscribeFrom, Subscription};
 use crate::sandbox::AgentShared;
@@ -72,8 +73,14 @@ impl Watched {
             .context
             .as_ref()
             .ok_or("this host has no context store attached")?;
-        svc.allowed(&shared.id, c, Permission::Read)
-            .map_err(|e| format!("the agent may no longer read context `{c}`: {e}"))?;
+        // A refusal by the sharing rules is audited as the gate audits its own.
+        svc.allowed(&shared.id, c, Permission::Read).map_err(|e| {
+            let why = format!("the agent may no longer read context `{c}`: {e}");
+            match shared.record_decision("context", c, "read", AuditDecision::Deny, &why) {
+                Ok(()) => why,
+                Err(unrecorded) => format!("{why} ({unrecorded})"),
+            }
+        })?;
         if let Some(stamp) = GateStamp::now(shared)
             && self.allowed_by.get(c) != Some(&stamp)
         {
