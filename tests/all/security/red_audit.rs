@@ -143,3 +143,43 @@ async fn a_monitored_file_call_is_refused_when_the_audit_log_cannot_record_it() 
         "the truncating open did not happen"
     );
 }
+
+/// Red team: a trust change is audited; one the audit log cannot record is refused and leaves
+/// the level as it was (a raise must never happen unrecorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_change_the_audit_log_cannot_record_is_refused() {
+    let s = secured(None).await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = s.host.spawn(&component, granted(dir.path())).await.unwrap();
+    let id = agent.id().to_string();
+    let before = s.host.trust_level(&id).unwrap();
+    s.svc
+        .store()
+        .write(|ctx| {
+            ctx.tx().execute_batch(
+                "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+                 BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    s.audit
+        .record(qi_host::audit::NewAuditEntry::new(
+            "operator",
+            "test",
+            "probe",
+            AuditDecision::Record,
+            "",
+        ))
+        .unwrap();
+    s.audit.flush().await;
+    assert!(s.audit.status().failure.is_some());
+    let e = s
+        .host
+        .update_agent_trust_level(&id, TrustLevel::Full, "test")
+        .unwrap_err();
+    assert!(e.to_string().contains("audit"), "{e}");
+    assert_eq!(s.host.trust_level(&id), Some(before), "unchanged");
+}
