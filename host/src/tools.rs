@@ -11,7 +11,7 @@
 //! exactly as its WASI calls do: the path is resolved to the guest path it lands on (`.` and
 //! empty segments dropped, every link followed, see `wasi::filesystem::names`) and `fs.read`
 //! is decided as `read`, `fs.write` as `write` and `fs.list` as `list` on
-//! `file/<that path>`; the tool then works on the resolved path, so the file decided on is the
+//! `file/<that path>` (and each entry's size as `stat` on the entry); the tool then works on the resolved path, so the file decided on is the
 //! file touched. A refusal is `access-denied`.
 
 use serde_json::{Value, json};
@@ -83,6 +83,25 @@ fn resolve_gated<'a>(
     gate.check(&named, action)
         .map_err(ToolFailure::AccessDenied)?;
     Ok((preopen, rel))
+}
+
+/// Whether the agent may learn the size of entry `name` of the directory at `rel` (below
+/// `preopen`'s root, links resolved): with an active gate, `stat` on the entry's guest path
+/// (a refusal is audited by the gate, and `fs.list` then lists the entry without its size).
+fn may_stat(ctx: &ToolContext, preopen: &Preopen, rel: &Path, name: &str) -> bool {
+    let Some(gate) = ctx.files.as_ref().filter(|g| g.active()) else {
+        return true;
+    };
+    let segments: Vec<String> = rel
+        .join(name)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let path = crate::wasi::filesystem::names::guest_join(&preopen.guest_path, &segments);
+    gate.check(&path, "stat").is_ok()
 }
 
 /// An agent's `resourceLimits.maxDiskBytes` and `maxFilesCreated`, shared by its WASI
@@ -351,7 +370,8 @@ impl Tool for FsWrite {
 }
 
 /// `fs.list {"path"}` → `{"path", "entries": [{"name", "type", "bytes"}]}`, sorted by name;
-/// `type` is `file`, `dir`, `link` (a symbolic link, not followed; `bytes` 0) or `other`.
+/// `type` is `file`, `dir`, `link` (a symbolic link, not followed; `bytes` 0) or `other`;
+/// `bytes` is `null` for an entry whose `stat` the access gate refuses.
 struct FsList;
 
 impl Tool for FsList {
@@ -378,8 +398,9 @@ impl Tool for FsList {
                     let entry = entry.map_err(|e| io_failure(&path, e))?;
                     // The entry's own type: a link is listed as a link, never followed.
                     let file_type = entry.file_type().map_err(|e| io_failure(&path, e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
                     let (kind, bytes) = if file_type.is_symlink() {
-                        ("link", 0)
+                        ("link", json!(0))
                     } else {
                         let meta = entry.metadata().map_err(|e| io_failure(&path, e))?;
                         let kind = if meta.is_dir() {
@@ -389,10 +410,12 @@ impl Tool for FsList {
                         } else {
                             "other"
                         };
-                        (kind, meta.len())
+                        // The size is the entry's own `stat`, not the directory's `list`.
+                        let size = may_stat(&ctx, preopen, &rel, &name).then(|| meta.len());
+                        (kind, json!(size))
                     };
                     entries.push(json!({
-                        "name": entry.file_name().to_string_lossy(),
+                        "name": name,
                         "type": kind,
                         "bytes": bytes,
                     }));

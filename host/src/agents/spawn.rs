@@ -93,7 +93,8 @@ impl AgentHost {
     }
 
     /// Changes a live agent's trust level (`updateAgentTrustLevel`); its next host call is
-    /// decided with the new level. Audited.
+    /// decided with the new level. Audited; a change the audit log cannot record is refused
+    /// (`Error::System`) and the level stays as it was.
     pub fn update_agent_trust_level(
         &self,
         agent_id: &str,
@@ -104,16 +105,20 @@ impl AgentHost {
         let entry = agents
             .get(agent_id)
             .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
-        let old =
-            crate::security::TrustLevel::from_u8(entry.trust.swap(level as u8, Ordering::Relaxed));
+        // Recorded first (fail-closed): a change the audit log cannot record is refused. The
+        // registry lock is held, so no other change comes between the record and the swap.
+        let old = crate::security::TrustLevel::from_u8(entry.trust.load(Ordering::Relaxed));
         if let Some(shared) = entry.shared.get() {
-            shared.audit("trust", "update-trust-level", || {
-                (
-                    format!("{} -> {}: {reason}", old.as_str(), level.as_str()),
-                    serde_json::json!({"from": old, "to": level}),
-                )
-            });
+            shared
+                .audit_or_refuse("trust", "update-trust-level", || {
+                    (
+                        format!("{} -> {}: {reason}", old.as_str(), level.as_str()),
+                        serde_json::json!({"from": old, "to": level}),
+                    )
+                })
+                .map_err(|unrecorded| Error::System(anyhow::anyhow!(unrecorded)))?;
         }
+        entry.trust.store(level as u8, Ordering::Relaxed);
         Ok(())
     }
 

@@ -145,6 +145,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use chain::cap_text;
 pub use chain::{
     CHAIN_KEY_INFO, ChainScheme, GENESIS_HASH, HEAD_KEY_INFO, MAX_DETAILS_BYTES, MAX_NAME_BYTES,
     MAX_REASON_BYTES,

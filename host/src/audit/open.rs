@@ -150,15 +150,18 @@ pub(crate) async fn check_head(store: &Store, keys: Option<&ChainKeys>) -> Resul
             ),
         ));
     }
+    // A head without `keyedFrom` carries no MAC, so anyone can write one: once the database
+    // is keyed, only a MAC-ed head (written after the first keyed batch) is trusted, whatever
+    // entry it names (an unkeyed one would cover a deleted keyed tail).
     if kept.keyed_from.is_none()
         && let Some(k) = tail.keyed_from
-        && k <= kept.seq
     {
         return Err(mismatch(
             k,
             format!(
                 "the head names an unkeyed chain up to entry {}, the database says it is keyed \
-                 from entry {k}",
+                 from entry {k}: a head without a MAC over a keyed log is forged (or the host \
+                 stopped before its first keyed head was written)",
                 kept.seq
             ),
         ));

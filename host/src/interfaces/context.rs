@@ -37,6 +37,29 @@ pub(super) fn context_error(e: ContextError) -> WitContextError {
     }
 }
 
+/// [`context_error`] for a call the context store decided: a refusal by its sharing rules
+/// (`AccessDenied`) is audited like a gate refusal (`deny` of `context/<id>`, within the
+/// agent's per-agent bound). Not for `share` and `revoke`, whose refusals the store audits.
+pub(super) fn decided(shared: &AgentShared, e: ContextError) -> WitContextError {
+    if let ContextError::AccessDenied {
+        context,
+        operation,
+        reason,
+        ..
+    } = &e
+        && let Err(unrecorded) = shared.record_decision(
+            "context",
+            context,
+            operation,
+            crate::audit::AuditDecision::Deny,
+            reason,
+        )
+    {
+        return WitContextError::AccessDenied(format!("{e} ({unrecorded})"));
+    }
+    context_error(e)
+}
+
 fn parse_json(field: &str, text: &str) -> Result<serde_json::Value, WitContextError> {
     serde_json::from_str(text)
         .map_err(|e| WitContextError::Invalid(format!("`{field}` is not JSON: {e}")))
@@ -160,7 +183,7 @@ impl qi::agent::context::Host for AgentState {
             )
             .await
             .map(write_result)
-            .map_err(context_error)
+            .map_err(|e| decided(&shared, e))
         }
         .await;
         self.finish_context("context.create", "", bytes, start, &r);
@@ -179,7 +202,7 @@ impl qi::agent::context::Host for AgentState {
             shared
                 .gate("context", &id, "get")
                 .map_err(WitContextError::AccessDenied)?;
-            let v = svc.get(&me, &id).await.map_err(context_error)?;
+            let v = svc.get(&me, &id).await.map_err(|e| decided(&shared, e))?;
             Ok(Document {
                 id: v.id,
                 owner: v.owner,
@@ -217,7 +240,7 @@ impl qi::agent::context::Host for AgentState {
             svc.write(&me, &id, Change::Put(doc), base_version)
                 .await
                 .map(write_result)
-                .map_err(context_error)
+                .map_err(|e| decided(&shared, e))
         }
         .await;
         self.finish_context("context.put", &id, bytes, start, &r);
@@ -253,7 +276,7 @@ impl qi::agent::context::Host for AgentState {
             svc.write(&me, &id, Change::Merge(patch), base_version)
                 .await
                 .map(write_result)
-                .map_err(context_error)
+                .map_err(|e| decided(&shared, e))
         }
         .await;
         self.finish_context("context.patch", &id, bytes, start, &r);
@@ -274,7 +297,7 @@ impl qi::agent::context::Host for AgentState {
             svc.delete(&me, &id)
                 .await
                 .map(|_| ())
-                .map_err(context_error)
+                .map_err(|e| decided(&shared, e))
         }
         .await;
         self.finish_context("context.delete", &id, id.len(), start, &r);

@@ -1,9 +1,10 @@
 //! `qi:agent/events`: subscriptions to the event bus and custom events.
 
 use super::AgentState;
-use super::context::{context_call, context_error};
+use super::context::{context_call, decided};
 use super::limits::{self, MAX_EVENT_DATA_BYTES, MAX_SUBSCRIBE_CONTEXTS, MAX_SUBSCRIBE_TYPES};
 use super::qi;
+use crate::audit::AuditDecision;
 use crate::context::{ContextError, ContextService, Permission};
 use crate::events::{EventError, EventType, NewEvent, SubscribeFrom, Subscription};
 use crate::sandbox::AgentShared;
@@ -72,8 +73,14 @@ impl Watched {
             .context
             .as_ref()
             .ok_or("this host has no context store attached")?;
-        svc.allowed(&shared.id, c, Permission::Read)
-            .map_err(|e| format!("the agent may no longer read context `{c}`: {e}"))?;
+        // A refusal by the sharing rules is audited as the gate audits its own.
+        svc.allowed(&shared.id, c, Permission::Read).map_err(|e| {
+            let why = format!("the agent may no longer read context `{c}`: {e}");
+            match shared.record_decision("context", c, "read", AuditDecision::Deny, &why) {
+                Ok(()) => why,
+                Err(unrecorded) => format!("{why} ({unrecorded})"),
+            }
+        })?;
         if let Some(stamp) = GateStamp::now(shared)
             && self.allowed_by.get(c) != Some(&stamp)
         {
@@ -109,10 +116,12 @@ fn event_call_error(e: WitContextError) -> WitEventError {
     }
 }
 
-fn context_event_error(e: ContextError) -> WitEventError {
+/// A context store error as the events interface reports it; a refusal by the sharing rules is
+/// audited (see [`decided`]).
+fn context_event_error(shared: &AgentShared, e: ContextError) -> WitEventError {
     match e {
         ContextError::Events(ev) => event_error(ev),
-        other => event_call_error(context_error(other)),
+        other => event_call_error(decided(shared, other)),
     }
 }
 
@@ -147,7 +156,7 @@ impl qi::agent::events::Host for AgentState {
                 types.push(t.parse::<EventType>().map_err(|e| WitEventError::Invalid(e.to_string()))?);
             }
             let from = after_seq.map_or(SubscribeFrom::Now, SubscribeFrom::AfterSeq);
-            let sub = svc.subscribe_to(&me, &context_ids, types, from).await.map_err(context_event_error)?;
+            let sub = svc.subscribe_to(&me, &context_ids, types, from).await.map_err(|e| context_event_error(&shared, e))?;
             let handle = sub.id().0;
             let allowed_by = stamp
                 .map(|s| context_ids.iter().map(|c| (c.clone(), s.clone())).collect())
@@ -270,7 +279,7 @@ impl qi::agent::events::Host for AgentState {
                 .map_err(|e| WitEventError::Invalid(format!("data is not JSON: {e}")))?;
             svc.authorize(&me, &context_id, Permission::Write, "publish events about")
                 .await
-                .map_err(context_event_error)?;
+                .map_err(|e| context_event_error(&shared, e))?;
             let e = svc
                 .bus()
                 .publish(

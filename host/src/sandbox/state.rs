@@ -321,11 +321,13 @@ impl AgentShared {
             });
         }
         let mut log = self.call_log.lock().expect("call log poisoned");
-        // Bounded like everything a guest controls: as many records as audit entries.
+        // Bounded like everything a guest controls: as many records as audit entries, each
+        // target cut as the audit log cuts it (a path is the guest's to make long).
         if log.len() < MAX_AUDIT_ENTRIES_PER_AGENT as usize {
+            let target = crate::audit::cap_text(target.to_string(), crate::audit::MAX_NAME_BYTES);
             log.push(HostCallRecord {
                 call: call.to_string(),
-                target: target.to_string(),
+                target,
                 arg_bytes: arg_bytes as u64,
                 duration_us: start.elapsed().as_micros() as u64,
                 outcome: outcome.to_string(),

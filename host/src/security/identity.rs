@@ -16,7 +16,8 @@
 //! [`IdentityRegistry::verify_agent_identity`] accepts a credential when the agent is
 //! registered, the timestamp is within [`MAX_SKEW_MS`] of the host's clock, the nonce was not
 //! used before within that window (no replay), and the signature verifies under the agent's
-//! registered public key. Every verification, accepted or refused, is audited.
+//! registered public key. Every verification, accepted or refused, is audited; one the audit
+//! log cannot record is refused ([`IdentityError::AuditUnavailable`]), as is a registration.
 //!
 //! The nonce store is bounded by [`MAX_NONCES`]. Nonces older than twice the skew window are
 //! dropped first (their credentials are refused as expired anyway, so forgetting them cannot
@@ -90,6 +91,9 @@ pub enum IdentityError {
         "signature does not verify under the agent's registered key (is it signed for this host's id?)"
     )]
     BadSignature,
+    /// The verification (or registration) could not be recorded in the audit log.
+    #[error("the audit log cannot record this: {0}")]
+    AuditUnavailable(String),
     /// The nonce store is full of live nonces.
     #[error(
         "too many credentials within the replay window ({0} live nonces); retry once older ones expire ({MAX_SKEW_MS} ms)"
@@ -160,6 +164,13 @@ impl IdentityRegistry {
             })?;
         let public_key = VerifyingKey::from_bytes(&bytes)
             .map_err(|e| IdentityError::Malformed(format!("not an Ed25519 public key: {e}")))?;
+        // Recorded first: a registration the audit log cannot record is refused.
+        self.audit(
+            id,
+            AuditDecision::Record,
+            "register-identity",
+            format!("trust {}", trust.as_str()),
+        )?;
         self.agents.lock().expect("identity lock poisoned").insert(
             id.to_string(),
             ExternalAgent {
@@ -168,18 +179,22 @@ impl IdentityRegistry {
                 trust,
             },
         );
-        self.audit(
-            id,
-            AuditDecision::Record,
-            "register-identity",
-            format!("trust {}", trust.as_str()),
-        );
         Ok(())
     }
 
-    fn audit(&self, agent: &str, decision: AuditDecision, op: &str, reason: String) {
-        if let Some(a) = &self.audit {
-            let _ = a.record(NewAuditEntry::new(agent, "identity", op, decision, reason));
+    /// Records a decision; `Err` when the audit log cannot (the caller then refuses).
+    fn audit(
+        &self,
+        agent: &str,
+        decision: AuditDecision,
+        op: &str,
+        reason: String,
+    ) -> Result<(), IdentityError> {
+        match &self.audit {
+            Some(a) => a
+                .record(NewAuditEntry::new(agent, "identity", op, decision, reason))
+                .map_err(|e| IdentityError::AuditUnavailable(e.to_string())),
+            None => Ok(()),
         }
     }
 
@@ -189,22 +204,27 @@ impl IdentityRegistry {
         cred: &Credential,
         now_ms: u64,
     ) -> Result<ExternalAgent, IdentityError> {
-        let r = self.check(cred, now_ms);
-        match &r {
-            Ok(a) => self.audit(
-                &a.id,
-                AuditDecision::Allow,
-                "verify-identity",
-                "signature verified".into(),
-            ),
-            Err(e) => self.audit(
-                &cred.agent_id,
-                AuditDecision::Deny,
-                "verify-identity",
-                e.to_string(),
-            ),
+        // Fail-closed: an accepted credential the audit log cannot record is refused (a
+        // refusal stays one whether or not it could be recorded).
+        match self.check(cred, now_ms) {
+            Ok(a) => self
+                .audit(
+                    &a.id,
+                    AuditDecision::Allow,
+                    "verify-identity",
+                    "signature verified".into(),
+                )
+                .map(|()| a),
+            Err(e) => {
+                let _ = self.audit(
+                    &cred.agent_id,
+                    AuditDecision::Deny,
+                    "verify-identity",
+                    e.to_string(),
+                );
+                Err(e)
+            }
         }
-        r
     }
 
     fn check(&self, cred: &Credential, now_ms: u64) -> Result<ExternalAgent, IdentityError> {
@@ -433,6 +453,43 @@ mod tests {
                     IdentityError::Replay.to_string().as_str()
                 ),
             ]
+        );
+    }
+
+    /// Red team: a verification the audit log cannot record is refused (fail-closed), like
+    /// every other audited decision, rather than accepted unrecorded.
+    #[tokio::test]
+    async fn a_verification_the_audit_log_cannot_record_is_refused() {
+        let store = crate::store::Store::open(crate::store::StoreConfig::in_memory()).unwrap();
+        let audit = AuditLog::open(store.clone()).await.unwrap();
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let reg = IdentityRegistry::new(HOST, Some(audit.clone()));
+        reg.register(
+            "c",
+            &hex::encode(key.verifying_key().to_bytes()),
+            TrustLevel::High,
+        )
+        .unwrap();
+        // The store refuses audit writes; the next batch fails and the log stops accepting.
+        store
+            .write(|ctx| {
+                ctx.tx().execute_batch(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+                     BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        audit.flush().await;
+        assert!(audit.status().failure.is_some());
+        let now = 1_800_000_000_000;
+        let e = reg
+            .verify_agent_identity(&signed(&key, "c", now, "nonce-0001"), now)
+            .unwrap_err();
+        assert!(
+            matches!(&e, IdentityError::AuditUnavailable(why) if why.contains("audit disk full")),
+            "{e}"
         );
     }
 

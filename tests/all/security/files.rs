@@ -41,13 +41,13 @@ effect = "allow"
 resources = ["file/**", "tool/*"]
 "#;
 
-const SECRET: &str = "secret-canary";
-const OPEN: &str = "open-canary";
+pub(super) const SECRET: &str = "secret-canary";
+pub(super) const OPEN: &str = "open-canary";
 
 /// The mount: `open/` and `secret/` with the same entries (`a`/`x` a file with its canary,
 /// `lnk` a link to it, `u` a file, `d0` an empty directory, `r` a file), `sub/`, `alias ->
 /// secret`, `open/to-secret -> ../secret/x` and `open/dangling -> ../secret/new`.
-fn mount() -> tempfile::TempDir {
+pub(super) fn mount() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     for (side, file, text) in [("open", "a", OPEN), ("secret", "x", SECRET)] {
@@ -68,7 +68,7 @@ fn mount() -> tempfile::TempDir {
 /// What a probe step should give: the value, or the WASI error code (a tool's error starts
 /// with its kind).
 #[derive(Debug, Clone, Copy)]
-enum Want {
+pub(super) enum Want {
     Ok,
     Value(&'static str),
     Denied,
@@ -76,7 +76,7 @@ enum Want {
 
 /// Runs `hostile` in `fs.wasi` mode with `steps` on `s`, over `dir` at `/workspace`; returns
 /// the agent id and one result per step.
-async fn probe(
+pub(super) async fn probe(
     s: &Secured,
     spec: SubAgentSpecification,
     steps: Vec<Value>,
@@ -98,7 +98,7 @@ async fn probe(
 }
 
 /// Checks each result against its expectation, naming the step.
-fn check(steps: &[(Value, Want)], results: &[Value]) {
+pub(super) fn check(steps: &[(Value, Want)], results: &[Value]) {
     assert_eq!(steps.len(), results.len());
     for ((step, want), got) in steps.iter().zip(results) {
         match want {
@@ -117,7 +117,7 @@ fn check(steps: &[(Value, Want)], results: &[Value]) {
 }
 
 /// The file resources of the agent's audited refusals.
-async fn denied_files(s: &Secured, agent: &str) -> Vec<(String, String)> {
+pub(super) async fn denied_files(s: &Secured, agent: &str) -> Vec<(String, String)> {
     s.audit.flush().await;
     s.audit
         .query(&AuditQuery {
@@ -133,7 +133,7 @@ async fn denied_files(s: &Secured, agent: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn read(root: &Path, rel: &str) -> String {
+pub(super) fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap()
 }
 

@@ -19,6 +19,8 @@ mod audit_closed;
 mod audit_head;
 mod audit_trail;
 mod files;
+mod red_audit;
+mod red_files;
 mod reload;
 mod sharing;
 mod sharing_changes;

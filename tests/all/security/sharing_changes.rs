@@ -148,6 +148,49 @@ async fn a_trust_drop_below_a_shares_requirement_ends_a_subscription() {
     assert!(e.contains("requires trust level low"), "{out}");
 }
 
+/// Red team: the end of a subscription by the sharing rules (here a revoked share) is a
+/// refusal, audited like any other, with or without a policy file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_a_subscription_ended_by_a_revoke_is_audited() {
+    let s = secured_with_tools(None, crate::common::test_tools()).await;
+    let (out, id) = watch_across(
+        &s,
+        (None, None),
+        |_, _| {},
+        |s, id| {
+            let (svc, id) = (s.svc.clone(), id.to_string());
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async move {
+                    svc.revoke(OPERATOR, "doc", std::slice::from_ref(&id))
+                        .await
+                        .unwrap()
+                })
+            })
+        },
+    )
+    .await;
+    assert_eq!(out["received"], 2, "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("access-denied"),
+        "{out}"
+    );
+    s.audit.flush().await;
+    let denied = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(id),
+            decision: Some(AuditDecision::Deny),
+            resource: Some("context/doc".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_expiring_ends_a_subscription_at_its_next_event() {
     // The context store's clock is the test's.

@@ -367,3 +367,40 @@ async fn a_tail_deleted_while_the_host_runs_is_not_extended() {
     let (seq, _) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
     assert_eq!(seq, 5);
 }
+
+/// Red team: without the key an attacker cannot make a MAC, but a head file with no MAC that
+/// names an unkeyed log (or an empty one) is what a log written before the key was set leaves
+/// behind. Written over the head of a keyed log whose tail was deleted, it must not pass.
+#[tokio::test]
+async fn an_unkeyed_head_file_without_a_mac_does_not_cover_a_truncated_keyed_log() {
+    let key = MasterKey::generate();
+    // Keyed from the first entry: a head naming the empty log.
+    let dir = written(10, Some(&key)).await;
+    tamper(&dir, "DELETE FROM audit WHERE seq > 8");
+    let path = dir.path().join(HEAD_FILE);
+    let forged = json!({"version": 1, "seq": 0, "hash": GENESIS_HASH, "scheme": "sha256",
+                        "keyedFrom": null, "mac": null});
+    std::fs::write(&path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let (_, text) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
+    assert!(text.contains("forged"), "{text}");
+    // Keyed from entry 4: a head naming the last unkeyed entry, 3.
+    let dir = written(3, None).await;
+    let log = reopen(&dir, Some(&key)).await.unwrap();
+    let unkeyed = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+    for i in 4..=10 {
+        log.record(entry(i)).unwrap();
+    }
+    log.flush().await;
+    drop(log);
+    tamper(&dir, "DELETE FROM audit WHERE seq > 5");
+    std::fs::write(dir.path().join(HEAD_FILE), &unkeyed).unwrap();
+    let (_, text) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
+    assert!(text.contains("forged"), "{text}");
+    // A host stopped between its first keyed batch and that batch's head looks the same: the
+    // operator adopts the log once, explicitly.
+    let head = AuditLog::accept_head(Store::open(config(&dir, Some(&key))).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(head.seq, 6, "the acceptance is entry 6");
+    assert!(reopen(&dir, Some(&key)).await.is_ok());
+}

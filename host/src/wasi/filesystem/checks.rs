@@ -127,6 +127,59 @@ impl CountingFs<'_> {
         checked.map_err(|why| self.refuse_link(ErrorCode::NotPermitted, why))
     }
 
+    /// When `old` (relative to `fd`, guest path `from`) is a directory moving to guest path
+    /// `to`, decides `delete` on the name of every entry inside it and `write` on the name it
+    /// would have: names are paths, so the move renames them all, and a rule written for what
+    /// the directory holds (`secret/**`) must stop it. At most [`links::MAX_MOVED_ENTRIES`]
+    /// entries and [`links::MAX_MOVED_DEPTH`] levels, else the move is refused.
+    pub(super) fn gate_moved(&self, fd: &Fd, old: &str, from: &str, to: &str) -> FsResult<()> {
+        // Without policies every name is allowed: nothing to decide entry by entry.
+        let policies = self.shared.access.as_ref().is_some_and(|a| a.enabled());
+        let Descriptor::Dir(d) = self.inner.table.get(fd)? else {
+            return Ok(());
+        };
+        if !policies {
+            return Ok(());
+        }
+        let dir =
+            cap_std::fs::Dir::from_std_file(d.dir.try_clone().map_err(|e| ErrorCode::from(&e))?);
+        let moved = match dir.symlink_metadata(old) {
+            Ok(meta) if meta.is_dir() => dir.open_dir(old).map_err(|e| ErrorCode::from(&e))?,
+            // Not a directory, or not there: its own name was decided.
+            _ => return Ok(()),
+        };
+        let mut left = links::MAX_MOVED_ENTRIES;
+        let mut pending = vec![Vec::<String>::new()];
+        while let Some(rel) = pending.pop() {
+            let sub;
+            let here = if rel.is_empty() {
+                &moved
+            } else {
+                sub = moved
+                    .open_dir(rel.join("/"))
+                    .map_err(|e| ErrorCode::from(&e))?;
+                &sub
+            };
+            for entry in here.entries().map_err(|e| ErrorCode::from(&e))? {
+                let entry = entry.map_err(|e| ErrorCode::from(&e))?;
+                left = left.checked_sub(1).ok_or(ErrorCode::Access)?;
+                let mut name = rel.clone();
+                name.push(entry.file_name().to_string_lossy().into_owned());
+                let below = name.join("/");
+                self.decide(&format!("{from}/{below}"), "delete")?;
+                self.decide(&format!("{to}/{below}"), "write")?;
+                let is_dir = entry.file_type().map_err(|e| ErrorCode::from(&e))?.is_dir();
+                if is_dir {
+                    if name.len() > links::MAX_MOVED_DEPTH {
+                        return Err(ErrorCode::Access.into());
+                    }
+                    pending.push(name);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Charges the growth to `end` bytes of a writable file (nothing for other descriptors);
     /// settle it with [`settle`](Self::settle) once the operation ran.
     pub(super) fn charge(&self, fd: &Fd, end: u64, what: &str) -> FsResult<Option<Charge>> {
@@ -167,9 +220,11 @@ impl CountingFs<'_> {
             .map_err(|_| FsError::from(ErrorCode::Quota))
     }
 
-    /// Whether policies are loaded: without them nothing is resolved or decided.
+    /// Whether calls go through the gate: with policies loaded, and at `monitored` (where
+    /// the gate records each allowed call even without policies, and refuses a call it cannot
+    /// record); otherwise nothing is resolved or decided.
     fn policed(&self) -> bool {
-        self.shared.access.as_ref().is_some_and(|a| a.enabled())
+        self.shared.access.as_ref().is_some_and(|a| a.enabled()) || self.monitored()
     }
 
     /// The access gate for a path operation: resolves `path` (relative to `fd`, its last

@@ -363,8 +363,11 @@ impl HostDescriptor for CountingFs<'_> {
             self.named(&fd, Some(&old_path)),
             async {
                 self.count()?;
-                self.gate_at(&fd, &old_path, false, "delete")?;
-                self.gate_at(&new_fd, &new_path, false, "write")?;
+                let from = self.gate_at(&fd, &old_path, false, "delete")?;
+                let to = self.gate_at(&new_fd, &new_path, false, "write")?;
+                if let (Some(from), Some(to)) = (from, to) {
+                    self.gate_moved(&fd, &old_path, &from, &to)?;
+                }
                 if let Ok(target) = self.inner.readlink_at(again(&fd), old_path.clone()).await {
                     self.check_symlink(&new_fd, &target, &new_path)?;
                 } else {

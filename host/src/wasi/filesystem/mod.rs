@@ -29,9 +29,9 @@
 //! | action | calls (the file they decide on) |
 //! |---|---|
 //! | `read` | `open-at` without `write`, `create` or `truncate`; `read`, `read-via-stream`; `readlink-at`; `link-at` (the existing file) |
-//! | `write` | `open-at` with `write`, `create` or `truncate`; `write`, `write-via-stream`, `append-via-stream`, `set-size`, `set-times`, `set-times-at`; `rename-at` (the new name) |
+//! | `write` | `open-at` with `write`, `create` or `truncate`; `write`, `write-via-stream`, `append-via-stream`, `set-size`, `set-times`, `set-times-at`; `rename-at` (the new name, and the new name of every entry of a moved directory) |
 //! | `create` | `create-directory-at` |
-//! | `delete` | `unlink-file-at`, `remove-directory-at`, `rename-at` (the old name) |
+//! | `delete` | `unlink-file-at`, `remove-directory-at`, `rename-at` (the old name, and every entry of a moved directory) |
 //! | `list` | `read-directory` (the directory) |
 //! | `stat` | `stat`, `stat-at`, `metadata-hash`, `metadata-hash-at` |
 //! | `link` | `symlink-at` (the new link), `link-at` (the new name) |
@@ -40,7 +40,9 @@
 //!   of a file's content and are not gated. The `fs.*` tools meet the same gate with the same
 //!   names (`fs.read`: `read`, `fs.write`: `write`, `fs.list`: `list`), after their
 //!   `tool/fs.*` check.
-//! - **Records**: at `monitored` isolation every gated call above is recorded
+//! - **Records**: at `monitored` isolation every call above goes through the gate even
+//!   without policies (which records it as allowed, and refuses it with `access` when the
+//!   audit log cannot record it), and is recorded
 //!   (`AgentShared::record_call`) as `filesystem.<call>` on resource `call/file/<path>` (the
 //!   lexical path, links not followed) with its outcome (`ok` or the error code).
 //!

@@ -14,16 +14,16 @@
 //! is absolute or climbs out, is refused with `not-permitted` (as wasmtime-wasi refuses it);
 //! more than [`MAX_LINKS_FOLLOWED`] links in one path with `loop`.
 //!
-//! Names are paths, so moving a directory renames everything in it: a rule that protects
-//! `secret/x` should also deny `delete` on `secret` (`rename-at` of a directory is decided as
-//! `delete` of its old name and `write` of its new one), or the agent could move `secret`
-//! and reach `x` under another name. A hard link made before the policies were loaded is a
+//! Names are paths, so moving a directory renames everything in it: `rename-at` of a directory
+//! is decided as `delete` of its old name and of the name of every entry inside it, and `write`
+//! of each new name, so a rule that protects `secret/**` also stops the move of `secret` (or of
+//! any directory above it). A hard link made before the policies were loaded is a
 //! second name for the same file; `link-at` itself is decided as `read` of the existing name.
 //!
 //! A descriptor's own guest path is recorded when it is opened: the name the gate resolved
 //! when policies are loaded, else the host's real path of the opened file mapped back into the
 //! mount (Linux, `/proc/self/fd`), else the lexical name. Resolution costs one `lstat` per
-//! segment and runs only while policies are loaded.
+//! segment and runs only while policies are loaded or the agent is `monitored`.
 
 use super::links::{FsState, real_path};
 use crate::model::{ResourceKind, ResourceName};
