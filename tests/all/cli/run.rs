@@ -157,7 +157,7 @@ fn run_with_policies_denies_audits_and_verifies() {
 id = "analysis-only"
 [[policies.rules]]
 effect = "allow"
-resources = ["file/*", "sync/analysis-done", "sync/totals"]
+resources = ["file/**", "sync/analysis-done", "sync/totals"]
 agents = ["analyzer"]
 "#,
     )

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod audit_trail;
+mod matrix;
+mod policies;
 mod reload;
 
 /// A tool the test controls: a call says it has `entered`, then waits until `release`.
@@ -264,7 +266,7 @@ id = "trusted-reads"
 effect = "allow"
 resources = ["context/*"]
 actions = ["get"]
-condition = 'agent.trust >= "medium"'
+condition = 'principal.trust >= 2'
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,15 +370,17 @@ async fn policy_file_errors_point_at_the_offending_part() {
     let path = dir.path().join("p.toml");
     std::fs::write(
         &path,
-        "[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = 'agent.trust >= \"medium\" &&'\n",
+        "[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = 'principal.trust >= 2 &&'\n",
     )
     .unwrap();
     let e = PolicySet::load(&path).unwrap_err().to_string();
-    assert!(e.contains("policy `p` rule 1: condition"), "{e}");
-    assert!(e.contains("column 27"), "{e}");
+    assert!(
+        e.contains("policy `p` rule 1 `condition` at line 1, column 21"),
+        "{e}"
+    );
     std::fs::write(&path, "[[policies]]\nid = \"p\"\nrules = []\ncolour = 1\n").unwrap();
     let e = PolicySet::load(&path).unwrap_err().to_string();
-    assert!(e.contains("unknown field `colour`"), "{e}");
+    assert!(e.contains("line 4, column 1: unknown field `colour`"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
