@@ -375,7 +375,7 @@ async fn policy_file_errors_point_at_the_offending_part() {
     .unwrap();
     let e = PolicySet::load(&path).unwrap_err().to_string();
     assert!(
-        e.contains("policy `p` rule 1 `condition` at line 1, column 21"),
+        e.contains("policy `p` rule 1 `condition` at line 1, column 24"),
         "{e}"
     );
     std::fs::write(&path, "[[policies]]\nid = \"p\"\nrules = []\ncolour = 1\n").unwrap();

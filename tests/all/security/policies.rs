@@ -170,8 +170,7 @@ fn policy_file(rng: &mut Rng) -> (String, PolicyFormat) {
     let (mut text, format) = if rng.below(2) == 0 {
         (file.to_string(), PolicyFormat::Json)
     } else {
-        let v: toml::Value = serde_json::from_value(file).unwrap();
-        (toml::to_string(&v).unwrap(), PolicyFormat::Toml)
+        (toml_text(&file), PolicyFormat::Toml)
     };
     match rng.below(10) {
         // Cut anywhere.
@@ -191,6 +190,28 @@ fn policy_file(rng: &mut Rng) -> (String, PolicyFormat) {
         _ => {}
     }
     (text, format)
+}
+
+/// The generated file as TOML (JSON strings are TOML basic strings).
+fn toml_text(file: &Value) -> String {
+    let mut t = String::new();
+    for p in file["policies"].as_array().unwrap() {
+        t.push_str("[[policies]]\n");
+        for key in ["id", "priority", "active"] {
+            t.push_str(&format!("{key} = {}\n", p[key]));
+        }
+        let rules = p["rules"].as_array().unwrap();
+        if rules.is_empty() {
+            t.push_str("rules = []\n");
+        }
+        for r in rules {
+            t.push_str("[[policies.rules]]\n");
+            for (k, v) in r.as_object().unwrap() {
+                t.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+    }
+    t
 }
 
 /// Random and deeply nested files never panic (or overflow the stack of) the loader; each
@@ -262,7 +283,7 @@ async fn run_agent_reloads_its_policy_file_mid_run() {
     ]);
     let input = json!({"subtask": "p", "attempt": 1, "inputs": {"steps": steps}}).to_string();
     let mut child = qi_host_command()
-        .args(["run-agent", WORKER_COMPONENT, "--json", "--input", &input])
+        .args(["run-agent", WORKER_COMPONENT, "--task", "p", "--json", "--input", &input])
         .args(["--policies", path.to_str().unwrap()])
         .args(["--allow-host", &addr, "--allow-tool", "clock.now"])
         .env("QI_LOG", "warn")

@@ -231,11 +231,13 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Compiles every rule of `policies` (active or not): the rules (with their policy's index)
-/// and the Cedar policies, or every error found.
+/// and the Cedar policies, and every error found. A rule whose patterns are wrong but whose
+/// condition parsed is still returned (matching nothing), so validation can report its
+/// condition's errors too; the set is only used when there are no errors.
 #[allow(clippy::type_complexity)]
 pub(super) fn compile(
     policies: &[AccessPolicy],
-) -> Result<Vec<(usize, CompiledRule, Policy)>, Vec<PolicyError>> {
+) -> (Vec<(usize, CompiledRule, Policy)>, Vec<PolicyError>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut ids = std::collections::BTreeSet::new();
@@ -279,11 +281,15 @@ pub(super) fn compile(
                     None
                 }
             };
-            let (Some(resources), Some(agents), Some(actions), Some(cedar)) =
-                (resources, agents, actions, cedar)
-            else {
+            let Some(cedar) = cedar else {
                 continue;
             };
+            let none = || Matcher::Set(GlobSet::empty());
+            let (resources, agents, actions) = (
+                resources.unwrap_or_else(none),
+                agents.unwrap_or_else(none),
+                actions.unwrap_or_else(none),
+            );
             let reads_resource_attrs = r
                 .condition
                 .as_deref()
@@ -312,9 +318,5 @@ pub(super) fn compile(
             ));
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    (out, errors)
 }

@@ -17,6 +17,10 @@ use std::sync::Mutex;
 /// (a policy change) starts with an empty cache.
 pub const DECISION_CACHE_ENTRIES: usize = 4096;
 
+/// The stack a decision is evaluated on (Cedar wants 100 KiB left before each recursion;
+/// conditions are at most [`super::MAX_CONDITION_DEPTH`] deep).
+const EVAL_STACK_BYTES: usize = 1024 * 1024;
+
 /// The rules of one priority and their Cedar policies.
 struct Tier {
     priority: i32,
@@ -32,48 +36,55 @@ pub(super) struct Evaluator {
     cache: Mutex<HashMap<String, Decision>>,
 }
 
+/// Validates every rule's Cedar policy against the schema (strict mode): each error names the
+/// policy, the rule and the position inside its condition.
+pub(super) fn validate(
+    policies: &[AccessPolicy],
+    compiled: &[(usize, CompiledRule, Policy)],
+) -> Vec<PolicyError> {
+    let mut all = cedar_policy::PolicySet::new();
+    for (_, _, p) in compiled {
+        if let Err(e) = all.add(p.clone()) {
+            return vec![PolicyError::new(e.to_string())];
+        }
+    }
+    let result = Validator::new(schema().clone()).validate(&all, ValidationMode::Strict);
+    let mut errors = Vec::new();
+    for e in result.validation_errors() {
+        let rule = compiled
+            .iter()
+            .find(|(_, r, _)| r.key == e.policy_id().to_string())
+            .map(|(pi, r, _)| (*pi, r));
+        let Some((pi, rule)) = rule else {
+            errors.push(PolicyError::new(e.to_string()));
+            continue;
+        };
+        let cond = policies[pi].rules[rule.origin.1 - 1]
+            .condition
+            .as_deref()
+            .unwrap_or_default();
+        let head = compile::prefix_len(rule.effect, &rule.key);
+        for (offset, message) in compile::diagnostics(e, head) {
+            errors.push(PolicyError {
+                policy: Some(rule.origin.0.clone()),
+                rule: Some(rule.origin.1),
+                field: Some("condition"),
+                in_condition: offset
+                    .filter(|o| *o <= cond.len())
+                    .map(|o| compile::line_column(cond, o)),
+                ..PolicyError::new(message)
+            });
+        }
+    }
+    errors
+}
+
 impl Evaluator {
-    /// Validates every rule's Cedar policy against the schema and groups the active ones.
+    /// Groups the active rules (already validated, see [`validate`]) into tiers.
     pub(super) fn new(
         policies: &[AccessPolicy],
         compiled: Vec<(usize, CompiledRule, Policy)>,
     ) -> Result<Evaluator, Vec<PolicyError>> {
-        let mut all = cedar_policy::PolicySet::new();
-        for (_, _, p) in &compiled {
-            all.add(p.clone())
-                .map_err(|e| vec![PolicyError::new(e.to_string())])?;
-        }
-        let result = Validator::new(schema().clone()).validate(&all, ValidationMode::Strict);
-        let mut errors = Vec::new();
-        for e in result.validation_errors() {
-            let rule = compiled
-                .iter()
-                .find(|(_, r, _)| r.key == e.policy_id().to_string())
-                .map(|(pi, r, _)| (*pi, r));
-            let Some((pi, rule)) = rule else {
-                errors.push(PolicyError::new(e.to_string()));
-                continue;
-            };
-            let cond = policies[pi].rules[rule.origin.1 - 1]
-                .condition
-                .as_deref()
-                .unwrap_or_default();
-            let head = compile::prefix_len(rule.effect, &rule.key);
-            for (offset, message) in compile::diagnostics(e, head) {
-                errors.push(PolicyError {
-                    policy: Some(rule.origin.0.clone()),
-                    rule: Some(rule.origin.1),
-                    field: Some("condition"),
-                    in_condition: offset
-                        .filter(|o| *o <= cond.len())
-                        .map(|o| compile::line_column(cond, o)),
-                    ..PolicyError::new(message)
-                });
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
         let mut tiers: Vec<Tier> = Vec::new();
         let needs_resource_attrs = compiled
             .iter()
@@ -120,19 +131,26 @@ impl Evaluator {
 
     pub(super) fn decide(&self, req: &Request<'_>, cached: bool) -> Decision {
         if !cached {
-            return self.evaluate(req);
+            return self.evaluate_on_known_stack(req);
         }
         let key = cache_key(req);
         if let Some(d) = self.cache.lock().expect("decision cache").get(&key) {
             return d.clone();
         }
-        let d = self.evaluate(req);
+        let d = self.evaluate_on_known_stack(req);
         let mut cache = self.cache.lock().expect("decision cache");
         if cache.len() >= DECISION_CACHE_ENTRIES {
             cache.clear();
         }
         cache.insert(key, d.clone());
         d
+    }
+
+    /// [`evaluate`](Self::evaluate) on a stack segment of [`EVAL_STACK_BYTES`]. Host calls run
+    /// on wasmtime fibers, whose stacks `stacker` (which Cedar asks before recursing) cannot
+    /// measure: there Cedar would refuse every request with "recursion limit reached".
+    fn evaluate_on_known_stack(&self, req: &Request<'_>) -> Decision {
+        stacker::grow(EVAL_STACK_BYTES, || self.evaluate(req))
     }
 
     fn evaluate(&self, req: &Request<'_>) -> Decision {

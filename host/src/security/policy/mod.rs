@@ -202,7 +202,11 @@ impl PolicySet {
                  or use patterns)"
             ))]);
         }
-        let compiled = compile::compile(&policies)?;
+        let (compiled, mut errors) = compile::compile(&policies);
+        errors.extend(evaluate::validate(&policies, &compiled));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let eval = evaluate::Evaluator::new(&policies, compiled)?;
         Ok(PolicySet {
             source: policies,

@@ -112,5 +112,6 @@ pub fn schema_text() -> String {
     cedar_policy::SchemaFragment::from_json_value(schema_json())
         .map_err(|e| e.to_string())
         .and_then(|f| f.to_cedarschema().map_err(|e| e.to_string()))
+        .map(|t| t.replace("__cedar::", ""))
         .unwrap_or_else(|e| format!("// cannot print the schema: {e}"))
 }
