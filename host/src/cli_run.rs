@@ -598,11 +598,17 @@ mod tests {
         let deep = format!("{}true{}", "(".repeat(1000), ")".repeat(1000));
         write_at(
             &path,
-            &format!("[[policies]]\nid = \"deep\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = '{deep}'\n"),
+            &format!(
+                "[[policies]]\nid = \"deep\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = '{deep}'\n"
+            ),
             25,
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(ids(&access), ["second"], "a too deep file keeps the policies");
+        assert_eq!(
+            ids(&access),
+            ["second"],
+            "a too deep file keeps the policies"
+        );
 
         write_policy(&path, "third", 30);
         tokio::time::sleep(Duration::from_millis(500)).await;

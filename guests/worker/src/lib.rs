@@ -298,7 +298,9 @@ fn run_probe(probe: Probe) -> Value {
             "context_patch",
             context::patch(&id, &doc, None).map(|w| json!(w.version)),
         ),
-        Probe::ContextDelete(id) => done("context_delete", context::delete(&id).map(|()| Value::Null)),
+        Probe::ContextDelete(id) => {
+            done("context_delete", context::delete(&id).map(|()| Value::Null))
+        }
         Probe::ContextShare { id, agent } => done(
             "context_share",
             context::share(&id, &[agent.as_str()], &[context::Permission::Read], None)

@@ -66,4 +66,3 @@ impl std::str::FromStr for TrustLevel {
             })
     }
 }
-

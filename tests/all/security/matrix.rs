@@ -8,7 +8,8 @@ use super::*;
 use qi_guest_artifacts::HOSTILE_COMPONENT;
 
 /// Allows everything: the baseline every case's deny rule is added to.
-const ALLOW_ALL: &str = "[[policies]]\nid = \"all\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\n";
+const ALLOW_ALL: &str =
+    "[[policies]]\nid = \"all\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\n";
 
 /// `ALLOW_ALL` plus policy `deny` with one rule per `(resource, action)`, at the same
 /// priority (deny wins in the tier).
@@ -49,16 +50,40 @@ fn denied_by(entries: &[qi_host::audit::AuditEntry], resource: &str, action: &st
 /// Context, events and tool calls of one `worker` run; `(resource, action, step)` in order.
 fn host_calls(peer: &str) -> Vec<(&'static str, &'static str, Value)> {
     vec![
-        ("context/fresh", "create", json!({"context_create": {"id": "fresh", "doc": {"a": 1}}})),
+        (
+            "context/fresh",
+            "create",
+            json!({"context_create": {"id": "fresh", "doc": {"a": 1}}}),
+        ),
         ("context/doc", "get", json!({"context_get": {"id": "doc"}})),
-        ("context/doc", "put", json!({"context_put": {"id": "doc", "doc": {"n": 2}}})),
-        ("context/doc", "patch", json!({"context_patch": {"id": "doc", "doc": {"m": 3}}})),
-        ("context/doc", "share", json!({"context_share": {"id": "doc", "agent": peer}})),
-        ("context/doc", "revoke", json!({"context_revoke": {"id": "doc", "agent": peer}})),
+        (
+            "context/doc",
+            "put",
+            json!({"context_put": {"id": "doc", "doc": {"n": 2}}}),
+        ),
+        (
+            "context/doc",
+            "patch",
+            json!({"context_patch": {"id": "doc", "doc": {"m": 3}}}),
+        ),
+        (
+            "context/doc",
+            "share",
+            json!({"context_share": {"id": "doc", "agent": peer}}),
+        ),
+        (
+            "context/doc",
+            "revoke",
+            json!({"context_revoke": {"id": "doc", "agent": peer}}),
+        ),
         ("context/*", "ids", json!({"context_ids": null})),
         ("events/doc", "subscribe", json!({"subscribe": "doc"})),
         ("events/doc", "publish", json!({"publish": "doc"})),
-        ("tool/clock.now", "call", json!({"tool": {"name": "clock.now", "input": {}}})),
+        (
+            "tool/clock.now",
+            "call",
+            json!({"tool": {"name": "clock.now", "input": {}}}),
+        ),
         ("context/gone", "delete", json!({"context_delete": "gone"})),
     ]
 }
@@ -95,12 +120,20 @@ async fn run_host_calls(policies: &str) -> (Secured, Vec<Value>, String) {
     let id = a.id().to_string();
     for doc in ["doc", "gone"] {
         s.svc
-            .share(OPERATOR, doc, std::slice::from_ref(&id), &Permission::ALL, None)
+            .share(
+                OPERATOR,
+                doc,
+                std::slice::from_ref(&id),
+                &Permission::ALL,
+                None,
+            )
             .await
             .unwrap();
     }
     let steps: Vec<Value> = host_calls(peer.id()).into_iter().map(|c| c.2).collect();
-    let r = a.run(TaskRequest::new("p", steps_input(json!(steps)))).await;
+    let r = a
+        .run(TaskRequest::new("p", steps_input(json!(steps))))
+        .await;
     let out = r.output.clone().unwrap_or_else(|| panic!("{r:?}"));
     (s, out["probes"].as_array().unwrap().clone(), id)
 }
@@ -112,7 +145,11 @@ async fn every_gated_host_call_is_allowed_by_an_allow_rule_and_refused_by_a_deny
     for ((resource, action, _), p) in calls.iter().zip(&probes) {
         assert_eq!(p["ok"], true, "allowed {resource} {action}: {p}");
     }
-    assert_eq!(probes[6]["value"], json!(["doc", "fresh", "gone"]), "ids lists");
+    assert_eq!(
+        probes[6]["value"],
+        json!(["doc", "fresh", "gone"]),
+        "ids lists"
+    );
     let targets: Vec<(&str, &str)> = calls.iter().map(|c| (c.0, c.1)).collect();
     let (s, probes, id) = run_host_calls(&denying(&targets)).await;
     let entries = denials(&s, &id).await;
@@ -196,7 +233,10 @@ async fn run_sync(policies: &str) -> (AuditLog, Vec<Value>) {
         .run(host, qi_host::coord::RunOptions::default())
         .await
         .unwrap();
-    let out = r.results[0].output.clone().unwrap_or_else(|| panic!("{r:#?}"));
+    let out = r.results[0]
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{r:#?}"));
     (audit, out["sync"].as_array().unwrap().clone())
 }
 
@@ -218,7 +258,9 @@ async fn every_sync_call_is_allowed_by_an_allow_rule_and_refused_by_a_deny_rule(
         .await
         .unwrap();
     for (n, ((resource, action), o)) in SYNC_CALLS.iter().zip(&outcomes).enumerate() {
-        let e = o["error"].as_str().unwrap_or_else(|| panic!("{resource} {action}: {o}"));
+        let e = o["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{resource} {action}: {o}"));
         assert!(e.starts_with("access-denied"), "{resource} {action}: {e}");
         denied_by(&entries, resource, action, n + 1);
     }
@@ -238,7 +280,10 @@ async fn hostile_net(s: &Secured, input: Value) -> (Value, String) {
         .run(&component, spec, TaskRequest::new("net", input))
         .await
         .unwrap();
-    (r.output.clone().unwrap_or_else(|| panic!("{r:?}")), r.agent_id)
+    (
+        r.output.clone().unwrap_or_else(|| panic!("{r:?}")),
+        r.agent_id,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,18 +307,27 @@ async fn every_gated_socket_operation_is_allowed_by_an_allow_rule_and_refused_by
     let (o, _) = hostile_net(&allowed, send.clone()).await;
     assert!(ok(&o), "{o}");
     let mut buf = [0u8; 16];
-    let (n, _) = receiver.recv_from(&mut buf).or_else(|_| {
-        receiver.set_nonblocking(false)?;
-        let r = receiver.recv_from(&mut buf);
-        receiver.set_nonblocking(true)?;
-        r
-    }).expect("the allowed datagram arrived");
+    let (n, _) = receiver
+        .recv_from(&mut buf)
+        .or_else(|_| {
+            receiver.set_nonblocking(false)?;
+            let r = receiver.recv_from(&mut buf);
+            receiver.set_nonblocking(true)?;
+            r
+        })
+        .expect("the allowed datagram arrived");
     assert_eq!(&buf[..n], b"canary");
     let (o, _) = hostile_net(&allowed, bind.clone()).await;
     assert!(ok(&o) && o["bound"] == true, "{o}");
     let (o, _) = hostile_net(&allowed, resolve.clone()).await;
     assert!(ok(&o), "{o}");
-    assert!(o["addresses"].as_array().unwrap().contains(&json!("127.0.0.1")), "{o}");
+    assert!(
+        o["addresses"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("127.0.0.1")),
+        "{o}"
+    );
 
     let rules = [
         ("network/127.0.0.1:*", "connect"),
@@ -296,6 +350,12 @@ async fn every_gated_socket_operation_is_allowed_by_an_allow_rule_and_refused_by
         );
     }
     // Nothing the denied guests tried reached the canaries.
-    assert_eq!(listener.accept().map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
-    assert_eq!(receiver.recv_from(&mut buf).map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    assert_eq!(
+        receiver.recv_from(&mut buf).map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
 }

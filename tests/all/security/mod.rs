@@ -380,7 +380,10 @@ async fn policy_file_errors_point_at_the_offending_part() {
     );
     std::fs::write(&path, "[[policies]]\nid = \"p\"\nrules = []\ncolour = 1\n").unwrap();
     let e = PolicySet::load(&path).unwrap_err().to_string();
-    assert!(e.contains("line 4, column 1: unknown field `colour`"), "{e}");
+    assert!(
+        e.contains("line 4, column 1: unknown field `colour`"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,10 @@ resources = ["file/a[b"]
         out.contains("policy `p` rule 1 `condition` at line 2, column 3"),
         "{out}"
     );
-    assert!(out.contains("policy `p` rule 2 `resources`: pattern `file/a[b`"), "{out}");
+    assert!(
+        out.contains("policy `p` rule 2 `resources`: pattern `file/a[b`"),
+        "{out}"
+    );
     assert!(out.contains("2 errors"), "{out}");
     // A TOML syntax error: its line and column in the file.
     let broken = write(&dir, "broken.toml", "[[policies]]\nid = \"p\"\nrules = [\n");
@@ -50,7 +53,11 @@ resources = ["file/a[b"]
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(out.contains("broken.toml: line 3, column"), "{out}");
     // JSON: the same, by its extension.
-    let json = write(&dir, "p.json", "{\"policies\": [{\"id\": \"p\", \"rules\": 7}]}");
+    let json = write(
+        &dir,
+        "p.json",
+        "{\"policies\": [{\"id\": \"p\", \"rules\": 7}]}",
+    );
     let o = qi_host_output(&["policy", "check", &json]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "{out}");
@@ -69,7 +76,10 @@ fn policy_check_summarises_a_valid_file_and_the_example_is_one() {
     );
     let o = qi_host_output(&["policy", "schema"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("entity Agent") && out.contains("trust: Long"), "{out}");
+    assert!(
+        out.contains("entity Agent") && out.contains("trust: Long"),
+        "{out}"
+    );
 }
 
 /// xorshift64: the fuzz test's seeded generator.
@@ -127,8 +137,16 @@ fn condition(rng: &mut Rng, depth: usize) -> String {
 /// A random policy file (TOML or JSON), sometimes deeply nested, sometimes broken.
 fn policy_file(rng: &mut Rng) -> (String, PolicyFormat) {
     const PATTERNS: &[&str] = &[
-        "*", "context/*", "file/**", "tool/fs.*", "network/127.0.0.1:*", "a[b", "context/{x,y}",
-        "nokind", "sync/**/x", "events/?",
+        "*",
+        "context/*",
+        "file/**",
+        "tool/fs.*",
+        "network/127.0.0.1:*",
+        "a[b",
+        "context/{x,y}",
+        "nokind",
+        "sync/**/x",
+        "events/?",
     ];
     const ACTIONS: &[&str] = &["*", "get", "put", "call", "gett", "c*", "x*"];
     let mut policies = Vec::new();
@@ -250,13 +268,19 @@ fn random_and_deeply_nested_policy_files_load_or_fail_with_a_position() {
                     let located = e.in_file.is_some()
                         || (e.policy.is_some()
                             && (e.field != Some("condition") || e.in_condition.is_some()));
-                    assert!(located, "case {case}: error without a position: {e:?}\n{text}");
+                    assert!(
+                        located,
+                        "case {case}: error without a position: {e:?}\n{text}"
+                    );
                 }
             }
         }
     }
     // The generator reaches both outcomes, so neither half of the check is vacuous.
-    assert!(valid > 50 && invalid > 50, "valid {valid}, invalid {invalid}");
+    assert!(
+        valid > 50 && invalid > 50,
+        "valid {valid}, invalid {invalid}"
+    );
 }
 
 /// `run-agent --policies FILE` re-reads the file mid-run: the agent calls `clock.now`
@@ -283,7 +307,15 @@ async fn run_agent_reloads_its_policy_file_mid_run() {
     ]);
     let input = json!({"subtask": "p", "attempt": 1, "inputs": {"steps": steps}}).to_string();
     let mut child = qi_host_command()
-        .args(["run-agent", WORKER_COMPONENT, "--task", "p", "--json", "--input", &input])
+        .args([
+            "run-agent",
+            WORKER_COMPONENT,
+            "--task",
+            "p",
+            "--json",
+            "--input",
+            &input,
+        ])
         .args(["--policies", path.to_str().unwrap()])
         .args(["--allow-host", &addr, "--allow-tool", "clock.now"])
         .env("QI_LOG", "warn")

@@ -141,7 +141,9 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
             c if c.is_ascii_whitespace() => {}
             c if c.is_ascii_alphanumeric() || c == b'_' => {
                 let start = i;
-                while i + 1 < bytes.len() && (bytes[i + 1].is_ascii_alphanumeric() || bytes[i + 1] == b'_') {
+                while i + 1 < bytes.len()
+                    && (bytes[i + 1].is_ascii_alphanumeric() || bytes[i + 1] == b'_')
+                {
                     i += 1;
                 }
                 if &cond[start..=i] == "if" {
@@ -171,7 +173,9 @@ fn prefix(effect: Effect, key: &str) -> String {
         Effect::Allow => "permit",
         Effect::Deny => "forbid",
     };
-    format!("{verb} (principal, action, resource) when {{ context.rules.contains(\"{key}\") }} when {{ ")
+    format!(
+        "{verb} (principal, action, resource) when {{ context.rules.contains(\"{key}\") }} when {{ "
+    )
 }
 
 /// The length of [`prefix`]: where the condition starts in a rule's Cedar policy text.
@@ -226,7 +230,13 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
     (line, col)
 }
 

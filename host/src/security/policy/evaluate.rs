@@ -218,8 +218,11 @@ impl Evaluator {
                     .unwrap_or_else(|| "a rule".into());
                 return deny(format!("{which}: its condition failed to evaluate: {e}"));
             }
-            let deciding: Vec<&CompiledRule> =
-                response.diagnostics().reason().filter_map(rule_of).collect();
+            let deciding: Vec<&CompiledRule> = response
+                .diagnostics()
+                .reason()
+                .filter_map(rule_of)
+                .collect();
             let Some(first) = deciding
                 .iter()
                 .find(|r| r.effect == Effect::Deny)

@@ -36,7 +36,10 @@ pub const ACTIONS: &[(&str, &[&str])] = &[
         "file",
         &["open", "read", "write", "stat", "mkdir", "delete", "link"],
     ),
-    ("network", &["bind", "connect", "send", "receive", "listen", "resolve"]),
+    (
+        "network",
+        &["bind", "connect", "send", "receive", "listen", "resolve"],
+    ),
 ];
 
 /// Whether `kind` is a resource kind of [`ACTIONS`].

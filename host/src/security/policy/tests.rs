@@ -70,15 +70,25 @@ fn tiers_decide_from_high_to_low_priority_and_deny_wins_within_a_tier() {
     // A higher tier with no matching rule (its condition false) passes to the next.
     assert!(allowed(
         vec![
-            policy("p", 9, vec![rule(Deny, &["*"], Some("principal.trust >= 3"))]),
+            policy(
+                "p",
+                9,
+                vec![rule(Deny, &["*"], Some("principal.trust >= 3"))]
+            ),
             policy("q", 5, vec![rule(Allow, &["context/x"], None)]),
         ],
         &r
     ));
     // Within a tier deny wins, in either order and across policies of the same priority.
     for rules in [
-        vec![rule(Allow, &["context/*"], None), rule(Deny, &["context/*"], None)],
-        vec![rule(Deny, &["context/*"], None), rule(Allow, &["context/*"], None)],
+        vec![
+            rule(Allow, &["context/*"], None),
+            rule(Deny, &["context/*"], None),
+        ],
+        vec![
+            rule(Deny, &["context/*"], None),
+            rule(Allow, &["context/*"], None),
+        ],
     ] {
         assert!(!allowed(vec![policy("p", 0, rules)], &r));
     }
@@ -91,9 +101,13 @@ fn tiers_decide_from_high_to_low_priority_and_deny_wins_within_a_tier() {
     assert!(!d.allowed);
     assert_eq!(d.reason, "policy `d` rule 1 denies it");
     // Nothing matches: deny.
-    let d = PolicySet::new(vec![policy("p", 0, vec![rule(Allow, &["context/a*"], None)])])
-        .unwrap()
-        .decide(&r);
+    let d = PolicySet::new(vec![policy(
+        "p",
+        0,
+        vec![rule(Allow, &["context/a*"], None)],
+    )])
+    .unwrap()
+    .decide(&r);
     assert_eq!(d.reason, "no policy rule matches (default deny)");
     assert!(!d.allowed);
     // Inactive policies are ignored.
@@ -104,17 +118,28 @@ fn tiers_decide_from_high_to_low_priority_and_deny_wins_within_a_tier() {
 
 #[test]
 fn conditions_are_cedar_over_agent_resource_and_action() {
-    let cond = |c: &str, r: &Request<'_>| allowed(vec![policy("p", 0, vec![rule(Allow, &["*"], Some(c))])], r);
+    let cond = |c: &str, r: &Request<'_>| {
+        allowed(vec![policy("p", 0, vec![rule(Allow, &["*"], Some(c))])], r)
+    };
     let low = req(TrustLevel::Low, "context", "x", "get");
     let high = req(TrustLevel::High, "context", "x", "get");
     assert!(!cond("principal.trust >= 2", &low));
     assert!(cond("principal.trust >= 2", &high));
-    assert!(cond(r#"resource.type == "notes" && resource.owner == "agent-0""#, &low));
+    assert!(cond(
+        r#"resource.type == "notes" && resource.owner == "agent-0""#,
+        &low
+    ));
     assert!(!cond(r#"resource.type == "plan""#, &low));
     assert!(cond(r#"action == Action::"get""#, &low));
     assert!(!cond(r#"action == Action::"put""#, &low));
-    assert!(cond(r#"principal.name == "worker" && principal.id == "agent-1""#, &low));
-    assert!(cond(r#"resource.name == "context/x" && resource.kind == "context""#, &low));
+    assert!(cond(
+        r#"principal.name == "worker" && principal.id == "agent-1""#,
+        &low
+    ));
+    assert!(cond(
+        r#"resource.name == "context/x" && resource.kind == "context""#,
+        &low
+    ));
     assert!(!cond(r#"principal.capabilities.contains("review")"#, &low));
     let labels = vec!["pii".to_string()];
     let caps = vec!["review".to_string()];
@@ -122,7 +147,10 @@ fn conditions_are_cedar_over_agent_resource_and_action() {
     labelled.labels = &labels;
     labelled.capabilities = &caps;
     assert!(cond(r#"resource.labels.contains("pii")"#, &labelled));
-    assert!(cond(r#"principal.capabilities.contains("review")"#, &labelled));
+    assert!(cond(
+        r#"principal.capabilities.contains("review")"#,
+        &labelled
+    ));
     assert!(cond(r#"principal.isolation == "sandbox""#, &low));
     // A deny whose condition does not hold does not count.
     let rules = vec![
@@ -138,12 +166,19 @@ fn conditions_are_cedar_over_agent_resource_and_action() {
     let set = PolicySet::new(vec![policy(
         "p",
         0,
-        vec![rule(Allow, &["*"], Some("principal.trust + 9223372036854775807 > 0"))],
+        vec![rule(
+            Allow,
+            &["*"],
+            Some("principal.trust + 9223372036854775807 > 0"),
+        )],
     )])
     .unwrap();
     let d = set.decide(&low);
     assert!(!d.allowed);
-    assert!(d.reason.contains("policy `p` rule 1: its condition failed"), "{d:?}");
+    assert!(
+        d.reason.contains("policy `p` rule 1: its condition failed"),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -160,7 +195,10 @@ fn agents_match_by_id_or_host_assigned_name_and_actions_by_name() {
     let mut unnamed = r.clone();
     unnamed.agent_name = None;
     x.agents = vec!["worker".into()];
-    assert!(!allowed(vec![policy("p", 0, vec![x.clone()])], &unnamed), "no name, no match");
+    assert!(
+        !allowed(vec![policy("p", 0, vec![x.clone()])], &unnamed),
+        "no name, no match"
+    );
     x.agents = vec!["*".into()];
     x.actions = vec!["call".into()];
     assert!(allowed(vec![policy("p", 0, vec![x.clone()])], &r));
@@ -171,15 +209,33 @@ fn agents_match_by_id_or_host_assigned_name_and_actions_by_name() {
 #[test]
 fn a_single_star_stays_in_its_segment_and_a_double_star_crosses() {
     let r = |id: &'static str| req(TrustLevel::Low, "file", id, "read");
-    let one = || vec![policy("p", 0, vec![rule(Allow, &["file/workspace/*"], None)])];
-    let any = || vec![policy("p", 0, vec![rule(Allow, &["file/workspace/**"], None)])];
+    let one = || {
+        vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["file/workspace/*"], None)],
+        )]
+    };
+    let any = || {
+        vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["file/workspace/**"], None)],
+        )]
+    };
     assert!(allowed(one(), &r("workspace/a.rs")));
     assert!(!allowed(one(), &r("workspace/src/a.rs")));
     assert!(!allowed(one(), &r("workspace")));
     assert!(allowed(any(), &r("workspace/a.rs")));
     assert!(allowed(any(), &r("workspace/src/deep/a.rs")));
     assert!(!allowed(any(), &r("other/a.rs")));
-    let q = || vec![policy("p", 0, vec![rule(Allow, &["file/workspace/?.rs"], None)])];
+    let q = || {
+        vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["file/workspace/?.rs"], None)],
+        )]
+    };
     assert!(allowed(q(), &r("workspace/a.rs")));
     assert!(!allowed(q(), &r("workspace//.rs")));
 }
@@ -193,28 +249,55 @@ fn load_errors_name_policy_rule_field_and_position() {
     let e = errors(vec![policy(
         "p1",
         0,
-        vec![rule(Allow, &["*"], None), rule(Allow, &["*"], Some("principal.trust >= "))],
+        vec![
+            rule(Allow, &["*"], None),
+            rule(Allow, &["*"], Some("principal.trust >= ")),
+        ],
     )]);
     assert_eq!(e[0].policy.as_deref(), Some("p1"));
     assert_eq!(e[0].rule, Some(2));
     assert_eq!(e[0].field, Some("condition"));
     assert!(e[0].in_condition.is_some(), "{e:?}");
-    assert!(e[0].to_string().starts_with("policy `p1` rule 2 `condition` at line 1, column"), "{}", e[0]);
+    assert!(
+        e[0].to_string()
+            .starts_with("policy `p1` rule 2 `condition` at line 1, column"),
+        "{}",
+        e[0]
+    );
     // A type error, found by validation against the schema: its position in the condition.
     let e = errors(vec![policy(
         "p1",
         0,
-        vec![rule(Allow, &["*"], Some("true &&\n  principal.trust == \"high\""))],
+        vec![rule(
+            Allow,
+            &["*"],
+            Some("true &&\n  principal.trust == \"high\""),
+        )],
     )]);
     assert_eq!(e[0].in_condition.map(|p| p.0), Some(2), "{e:?}");
-    let e = errors(vec![policy("p1", 0, vec![rule(Allow, &["*"], Some("principal.colour == 1"))])]);
+    let e = errors(vec![policy(
+        "p1",
+        0,
+        vec![rule(Allow, &["*"], Some("principal.colour == 1"))],
+    )]);
     assert!(e[0].message.contains("colour"), "{e:?}");
     // Bad globs, unknown kinds and actions.
-    let e = errors(vec![policy("p1", 0, vec![rule(Allow, &["context/a[b"], None)])]);
+    let e = errors(vec![policy(
+        "p1",
+        0,
+        vec![rule(Allow, &["context/a[b"], None)],
+    )]);
     assert_eq!((e[0].field, e[0].rule), (Some("resources"), Some(1)));
     assert!(e[0].message.contains("`context/a[b`"), "{e:?}");
-    let e = errors(vec![policy("p1", 0, vec![rule(Allow, &["contxt/*"], None)])]);
-    assert!(e[0].message.contains("`contxt` is not a resource kind"), "{e:?}");
+    let e = errors(vec![policy(
+        "p1",
+        0,
+        vec![rule(Allow, &["contxt/*"], None)],
+    )]);
+    assert!(
+        e[0].message.contains("`contxt` is not a resource kind"),
+        "{e:?}"
+    );
     let e = errors(vec![policy("p1", 0, vec![rule(Allow, &["plan"], None)])]);
     assert!(e[0].message.contains("names no kind"), "{e:?}");
     let mut r = rule(Allow, &["*"], None);
@@ -222,18 +305,29 @@ fn load_errors_name_policy_rule_field_and_position() {
     let e = errors(vec![policy("p1", 0, vec![r.clone()])]);
     assert!(e[0].message.contains("`gett` is not an action"), "{e:?}");
     r.actions = vec!["x*".into()];
-    assert!(errors(vec![policy("p1", 0, vec![r])])[0].message.contains("matches no action"));
+    assert!(
+        errors(vec![policy("p1", 0, vec![r])])[0]
+            .message
+            .contains("matches no action")
+    );
     let e = errors(vec![policy("p1", 0, vec![]), policy("p1", 0, vec![])]);
     assert!(e[0].message.contains("used twice"), "{e:?}");
     // A condition cannot close its clause and add another.
-    let e = errors(vec![policy("p1", 0, vec![rule(Allow, &["*"], Some("false } unless { false"))])]);
+    let e = errors(vec![policy(
+        "p1",
+        0,
+        vec![rule(Allow, &["*"], Some("false } unless { false"))],
+    )]);
     assert_eq!(e[0].field, Some("condition"));
 }
 
 #[test]
 fn file_errors_give_line_and_column() {
-    let e = PolicySet::parse("[[policies]]\nid = \"p\"\nrules = []\ncolour = 1\n", PolicyFormat::Toml)
-        .unwrap_err();
+    let e = PolicySet::parse(
+        "[[policies]]\nid = \"p\"\nrules = []\ncolour = 1\n",
+        PolicyFormat::Toml,
+    )
+    .unwrap_err();
     assert_eq!(e[0].in_file, Some((4, 1)), "{e:?}");
     assert!(e[0].message.contains("unknown field `colour`"), "{e:?}");
     let e = PolicySet::parse("{\"policies\": [\n  {\"id\": 1}]}", PolicyFormat::Json).unwrap_err();
@@ -266,8 +360,12 @@ fn a_condition_may_be_as_long_as_the_limit_and_no_longer() {
 #[test]
 fn a_condition_may_nest_as_deep_as_the_limit_and_no_deeper() {
     let nest = |n: usize| format!("{}true{}", "(".repeat(n), ")".repeat(n));
-    PolicySet::new(vec![policy("p", 0, vec![rule(Allow, &["*"], Some(&nest(MAX_CONDITION_DEPTH)))])])
-        .unwrap();
+    PolicySet::new(vec![policy(
+        "p",
+        0,
+        vec![rule(Allow, &["*"], Some(&nest(MAX_CONDITION_DEPTH)))],
+    )])
+    .unwrap();
     let e = errors(vec![policy(
         "p",
         0,
@@ -276,13 +374,20 @@ fn a_condition_may_nest_as_deep_as_the_limit_and_no_deeper() {
     assert!(e[0].message.contains("nests deeper than 32"), "{e:?}");
     assert_eq!(e[0].in_condition, Some((1, MAX_CONDITION_DEPTH + 1)));
     // Unary operators and `if` count too; far past the limit is the same error, not a crash.
-    for deep in ["!".repeat(100_000) + "true", "if true then ".repeat(40) + "true" + &" else false".repeat(40), "(".repeat(1_000_000)] {
+    for deep in [
+        "!".repeat(100_000) + "true",
+        "if true then ".repeat(40) + "true" + &" else false".repeat(40),
+        "(".repeat(1_000_000),
+    ] {
         let e = PolicySet::parse(
             &format!("[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = '{deep}'\n"),
             PolicyFormat::Toml,
         )
         .unwrap_err();
-        assert!(e[0].message.contains("bytes long") || e[0].message.contains("nests deeper"), "{e:?}");
+        assert!(
+            e[0].message.contains("bytes long") || e[0].message.contains("nests deeper"),
+            "{e:?}"
+        );
     }
 }
 
@@ -307,7 +412,10 @@ fn policy_and_rule_counts_may_reach_their_limits_and_no_further() {
     assert!(e[0].message.contains("at most 500 are allowed"), "{e:?}");
     let each = MAX_RULES / 4;
     let set = PolicySet::parse(&file_of(4, each), PolicyFormat::Toml).unwrap();
-    assert!(set.decide(&req(TrustLevel::Low, "tool", "t", "call")).allowed);
+    assert!(
+        set.decide(&req(TrustLevel::Low, "tool", "t", "call"))
+            .allowed
+    );
     let mut past = file_of(4, each);
     past.push_str("[[policies.rules]]\neffect = \"allow\"\nresources = [\"tool/*\"]\n");
     let e = PolicySet::parse(&past, PolicyFormat::Toml).unwrap_err();
@@ -335,29 +443,56 @@ fn a_policy_change_is_seen_by_the_next_decision_despite_the_cache() {
     let ac = AccessControl::new(None, None);
     let r = req(TrustLevel::Low, "context", "x", "get");
     assert!(ac.enforce(&r).allowed, "no policies: open");
-    ac.set_policies(Some(PolicySet::new(vec![policy("p", 0, vec![rule(Deny, &["*"], None)])]).unwrap()));
+    ac.set_policies(Some(
+        PolicySet::new(vec![policy("p", 0, vec![rule(Deny, &["*"], None)])]).unwrap(),
+    ));
     assert!(!ac.enforce(&r).allowed);
     assert!(!ac.enforce(&r).allowed, "cached");
-    ac.set_policies(Some(PolicySet::new(vec![policy("p", 0, vec![rule(Allow, &["*"], None)])]).unwrap()));
+    ac.set_policies(Some(
+        PolicySet::new(vec![policy("p", 0, vec![rule(Allow, &["*"], None)])]).unwrap(),
+    ));
     assert!(ac.enforce(&r).allowed);
     // The cache tells requests apart by every attribute: a trust change is a new decision.
     ac.set_policies(Some(
-        PolicySet::new(vec![policy("p", 0, vec![rule(Allow, &["*"], Some("principal.trust >= 2"))])]).unwrap(),
+        PolicySet::new(vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["*"], Some("principal.trust >= 2"))],
+        )])
+        .unwrap(),
     ));
     assert!(!ac.enforce(&r).allowed);
-    assert!(ac.enforce(&req(TrustLevel::Medium, "context", "x", "get")).allowed);
+    assert!(
+        ac.enforce(&req(TrustLevel::Medium, "context", "x", "get"))
+            .allowed
+    );
     assert!(!ac.enforce(&r).allowed);
 }
 
 #[test]
 fn the_decision_cache_is_bounded_and_stays_correct_past_its_bound() {
-    let set = PolicySet::new(vec![policy("p", 0, vec![rule(Allow, &["context/even-*"], None)])]).unwrap();
+    let set = PolicySet::new(vec![policy(
+        "p",
+        0,
+        vec![rule(Allow, &["context/even-*"], None)],
+    )])
+    .unwrap();
     let ids: Vec<String> = (0..DECISION_CACHE_ENTRIES + 10)
-        .map(|i| if i % 2 == 0 { format!("even-{i}") } else { format!("odd-{i}") })
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("even-{i}")
+            } else {
+                format!("odd-{i}")
+            }
+        })
         .collect();
     for _ in 0..2 {
         for (i, id) in ids.iter().enumerate() {
-            assert_eq!(set.decide(&req(TrustLevel::Low, "context", id, "get")).allowed, i % 2 == 0);
+            assert_eq!(
+                set.decide(&req(TrustLevel::Low, "context", id, "get"))
+                    .allowed,
+                i % 2 == 0
+            );
         }
     }
     assert!(set.eval.cached() <= DECISION_CACHE_ENTRIES);
