@@ -220,7 +220,7 @@ pub(super) fn diagnostics(
     // Cedar puts its first error on top and the rest in `related`.
     push(e);
     if let Some(related) = e.related() {
-        related.for_each(|d| push(d));
+        related.for_each(push);
     }
     out
 }

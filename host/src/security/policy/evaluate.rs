@@ -110,7 +110,7 @@ impl Evaluator {
                 .map_err(|e| vec![PolicyError::new(e.to_string())])?;
             tier.rules.push(rule);
         }
-        tiers.sort_by(|a, b| b.priority.cmp(&a.priority));
+        tiers.sort_by_key(|t| std::cmp::Reverse(t.priority));
         Ok(Evaluator {
             tiers,
             needs_resource_attrs,
