@@ -21,6 +21,9 @@ pub const DECISION_CACHE_ENTRIES: usize = 4096;
 /// conditions are at most [`super::MAX_CONDITION_DEPTH`] deep).
 const EVAL_STACK_BYTES: usize = 1024 * 1024;
 
+/// The stack `stacker` must see left for a decision to run where it is (Cedar asks 100 KiB).
+const EVAL_RED_ZONE_BYTES: usize = 256 * 1024;
+
 /// The rules of one priority and their Cedar policies.
 struct Tier {
     priority: i32,
@@ -146,11 +149,13 @@ impl Evaluator {
         d
     }
 
-    /// [`evaluate`](Self::evaluate) on a stack segment of [`EVAL_STACK_BYTES`]. Host calls run
-    /// on wasmtime fibers, whose stacks `stacker` (which Cedar asks before recursing) cannot
-    /// measure: there Cedar would refuse every request with "recursion limit reached".
+    /// [`evaluate`](Self::evaluate), on a new stack segment of [`EVAL_STACK_BYTES`] unless
+    /// `stacker` sees [`EVAL_RED_ZONE_BYTES`] left. Host calls run on wasmtime fibers, whose
+    /// stacks `stacker` (which Cedar asks before recursing) cannot measure: there Cedar would
+    /// refuse every request with "recursion limit reached". Whenever `stacker` does not grow
+    /// the stack, it sees more than Cedar asks for.
     fn evaluate_on_known_stack(&self, req: &Request<'_>) -> Decision {
-        stacker::grow(EVAL_STACK_BYTES, || self.evaluate(req))
+        stacker::maybe_grow(EVAL_RED_ZONE_BYTES, EVAL_STACK_BYTES, || self.evaluate(req))
     }
 
     fn evaluate(&self, req: &Request<'_>) -> Decision {
@@ -308,15 +313,14 @@ fn entities(
 
 /// Everything a decision depends on besides the policies, unambiguously joined.
 fn cache_key(req: &Request<'_>) -> String {
-    let mut k = String::with_capacity(128);
+    use std::fmt::Write;
+    let mut k = String::with_capacity(160);
     let mut push = |s: &str| {
         // Lengths first, so no choice of values can make two requests collide.
-        k.push_str(&s.len().to_string());
-        k.push(':');
-        k.push_str(s);
+        let _ = write!(k, "{}:{s}", s.len());
     };
-    push(req.agent_id);
     push(if req.agent_name.is_some() { "1" } else { "0" });
+    push(req.agent_id);
     push(req.agent_name.unwrap_or_default());
     push(req.trust.as_str());
     push(req.isolation.as_str());
@@ -325,13 +329,13 @@ fn cache_key(req: &Request<'_>) -> String {
     push(req.resource_type.unwrap_or_default());
     push(req.owner.unwrap_or_default());
     push(req.action);
-    push(&req.capabilities.len().to_string());
+    let _ = write!(k, "{}c", req.capabilities.len());
     for c in req.capabilities {
-        push(c);
+        let _ = write!(k, "{}:{c}", c.len());
     }
-    push(&req.labels.len().to_string());
+    let _ = write!(k, "{}l", req.labels.len());
     for l in req.labels {
-        push(l);
+        let _ = write!(k, "{}:{l}", l.len());
     }
     k
 }
