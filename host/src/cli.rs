@@ -36,6 +36,30 @@ pub enum Command {
     Events(EventsArgs),
     /// Check and search the tamper-evident audit log of a data directory.
     Audit(AuditArgs),
+    /// Work with access-policy files.
+    Policy(PolicyArgs),
+}
+
+/// Arguments of `qi-host policy`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// `qi-host policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file (TOML, or JSON when it ends in `.json`) against the generated
+    /// schema: prints every error with its position (line:column in the file, or policy, rule,
+    /// field and line:column in the condition) and exits 2, or prints a summary and exits 0.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Print the Cedar schema conditions are checked against.
+    Schema,
 }
 
 /// Where the durable state lives, and how to print.
@@ -260,7 +284,8 @@ pub struct RunAgentArgs {
     /// characters or 32 raw bytes; default: $QI_HOST_MASTER_KEY, else none).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
-    /// Access policies (TOML or JSON) the agent's host calls are checked against. With
+    /// Access policies (TOML or JSON) the agent's host calls are checked against; the file is
+    /// re-read when it changes during the run (a broken one keeps the previous policies). With
     /// --data-dir, every decision and the agent's lifecycle go to that directory's audit log.
     #[arg(long)]
     pub policies: Option<PathBuf>,
@@ -303,6 +328,50 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Context(args) => crate::cli_state::context(args).await,
         Command::Events(args) => crate::cli_state::events(args).await,
         Command::Audit(args) => crate::cli_state::audit(args).await,
+        Command::Policy(args) => Ok(policy(args)),
+    }
+}
+
+/// `qi-host policy`: 0 valid, 2 errors (printed on stdout, one per line, with the file).
+fn policy(args: PolicyArgs) -> i32 {
+    use crate::security::{PolicyFormat, PolicySet};
+    let file = match args.command {
+        PolicyCommand::Schema => {
+            println!("{}", crate::security::policy::schema::schema_text());
+            return 0;
+        }
+        PolicyCommand::Check { file } => file,
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("{}: cannot read: {e}", file.display());
+            return 2;
+        }
+    };
+    match PolicySet::parse(&text, PolicyFormat::of(&file)) {
+        Ok(set) => {
+            let p = set.policies();
+            let rules: usize = p.iter().map(|p| p.rules.len()).sum();
+            let active = p.iter().filter(|p| p.active).count();
+            let mut tiers: Vec<i32> = p.iter().filter(|p| p.active).map(|p| p.priority).collect();
+            tiers.sort_unstable();
+            tiers.dedup();
+            println!(
+                "{}: valid: {} policies ({active} active), {rules} rules, {} priority tiers",
+                file.display(),
+                p.len(),
+                tiers.len()
+            );
+            0
+        }
+        Err(errors) => {
+            for e in &errors {
+                println!("{}: {e}", file.display());
+            }
+            println!("{}: {} errors", file.display(), errors.len());
+            2
+        }
     }
 }
 
@@ -385,19 +454,31 @@ async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
     })?;
     let policies = crate::cli_state::load_policies(args.policies.as_deref())?;
     let mut audit = None;
+    let mut access = None;
     if let Some(dir) = &args.data_dir {
         let s = crate::cli_state::open_secured(dir, args.key_file.as_deref(), policies).await?;
         audit = Some(s.audit);
+        access = Some(s.access.clone());
         host = host.with_context(s.context).with_access(s.access);
     } else if policies.is_some() {
-        host = host.with_access(std::sync::Arc::new(crate::security::AccessControl::new(
-            policies, None,
-        )));
+        let a = std::sync::Arc::new(crate::security::AccessControl::new(policies, None));
+        access = Some(a.clone());
+        host = host.with_access(a);
     }
+    // The file is re-read when it changes, as `run` does.
+    let watcher = args
+        .policies
+        .clone()
+        .zip(access)
+        .map(|(p, a)| crate::cli_run::watch_policies(p, a));
     let component = host.load(&args.component)?;
-    let mut report = host
+    let report = host
         .run(&component, spec, TaskRequest::new(args.task.clone(), input))
-        .await?;
+        .await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    let mut report = report?;
     if let Some(a) = &audit {
         a.flush().await;
         report.audit_head = Some(a.head().await.map_err(|e| Error::System(e.into()))?);

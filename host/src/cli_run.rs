@@ -597,6 +597,22 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(ids(&access), ["second"], "a broken file keeps the policies");
 
+        // A condition nested far past the limit: an error on reload, never a stack overflow.
+        let deep = format!("{}true{}", "(".repeat(1000), ")".repeat(1000));
+        write_at(
+            &path,
+            &format!(
+                "[[policies]]\nid = \"deep\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = '{deep}'\n"
+            ),
+            25,
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            ids(&access),
+            ["second"],
+            "a too deep file keeps the policies"
+        );
+
         write_policy(&path, "third", 30);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(ids(&access), ["third"], "a mended file is read again");

@@ -79,7 +79,7 @@ pub enum ResourceKind {
 impl ResourceKind {
     /// The kind as it is spelled in a resource name (`context`, `events`, `sync`, `tool`,
     /// `file`, `network`).
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Context => "context",
             ResourceKind::Events => "events",
@@ -87,6 +87,33 @@ impl ResourceKind {
             ResourceKind::Tool => "tool",
             ResourceKind::File => "file",
             ResourceKind::Network => "network",
+        }
+    }
+}
+
+impl ResourceKind {
+    /// Every kind, in the order of the [`ResourceName`] table.
+    pub const ALL: [ResourceKind; 6] = [
+        ResourceKind::Context,
+        ResourceKind::Events,
+        ResourceKind::Sync,
+        ResourceKind::Tool,
+        ResourceKind::File,
+        ResourceKind::Network,
+    ];
+
+    /// The actions the gate decides on resources of this kind (the [`ResourceName`] table);
+    /// the policy schema is generated from them, so a rule naming another action fails to load.
+    pub const fn actions(self) -> &'static [&'static str] {
+        match self {
+            ResourceKind::Context => &[
+                "create", "get", "put", "patch", "delete", "share", "revoke", "ids",
+            ],
+            ResourceKind::Events => &["subscribe", "publish"],
+            ResourceKind::Sync => &["barrier", "checkpoint", "restore", "vote", "contribute"],
+            ResourceKind::Tool => &["call"],
+            ResourceKind::File => &["read", "write", "create", "delete", "list", "stat", "link"],
+            ResourceKind::Network => &["connect", "send", "receive", "bind", "listen", "resolve"],
         }
     }
 }

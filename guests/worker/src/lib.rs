@@ -39,7 +39,12 @@
 //! "input"}}`, `{"read_file": path}`, `{"write_file": {"path", "text"}}`, `{"connect":
 //! "host:port"}`, `{"publish": context}`, `{"subscribe": context}`, `{"share": {"id",
 //! "agents": [ids], "permissions": ["read" | "write" | "share" | "delete"], "expires_in_ms":
-//! optional}}`, `{"revoke": {"id", "agents": [ids]}}`.
+//! optional}}`, `{"revoke": {"id", "agents": [ids]}}`, `{"context_create": {"id", "doc"}}`
+//! (type `notes`), `{"context_patch": {"id", "doc"}}`, `{"context_delete": id}`,
+//! `{"context_share": {"id", "agent"}}` (read), `{"context_revoke": {"id", "agent"}}`,
+//! `{"context_ids": null}` (value: the ids listed) and `{"wait_for": "host:port"}` (connects and
+//! reads until the peer closes: a step a test releases by closing the connection; value: the
+//! bytes read).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -135,6 +140,25 @@ enum Probe {
         id: String,
         agents: Vec<String>,
     },
+    ContextCreate {
+        id: String,
+        doc: Value,
+    },
+    ContextPatch {
+        id: String,
+        doc: Value,
+    },
+    ContextDelete(String),
+    ContextShare {
+        id: String,
+        agent: String,
+    },
+    ContextRevoke {
+        id: String,
+        agent: String,
+    },
+    ContextIds,
+    WaitFor(String),
 }
 
 /// One step of the script.
@@ -320,6 +344,35 @@ fn run_probe(probe: Probe) -> Value {
                 context::revoke(&id, &agents).map(|()| Value::Null),
             )
         }
+        Probe::ContextCreate { id, doc } => done(
+            "context_create",
+            context::create(Some(&id), "notes", &doc, context::SyncStrategy::Eventual)
+                .map(|w| json!(w.version)),
+        ),
+        Probe::ContextPatch { id, doc } => done(
+            "context_patch",
+            context::patch(&id, &doc, None).map(|w| json!(w.version)),
+        ),
+        Probe::ContextDelete(id) => {
+            done("context_delete", context::delete(&id).map(|()| Value::Null))
+        }
+        Probe::ContextShare { id, agent } => done(
+            "context_share",
+            context::share(&id, &[agent.as_str()], &[context::Permission::Read], None)
+                .map(|()| Value::Null),
+        ),
+        Probe::ContextRevoke { id, agent } => done(
+            "context_revoke",
+            context::revoke(&id, &[agent.as_str()]).map(|()| Value::Null),
+        ),
+        Probe::ContextIds => done::<String>("context_ids", Ok(json!(context::ids(None)))),
+        Probe::WaitFor(addr) => done(
+            "wait_for",
+            std::net::TcpStream::connect(addr.as_str()).and_then(|mut s| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut s, &mut bytes).map(|n| json!(n))
+            }),
+        ),
     }
 }
 
@@ -456,6 +509,25 @@ fn parse_step(step: &Value) -> Result<Step, String> {
             id: field_text(arg, "id")?,
             agents: texts(&field_value(arg, "agents")?)?,
         }),
+        "context_create" => Action::Probe(Probe::ContextCreate {
+            id: field_text(arg, "id")?,
+            doc: field_value(arg, "doc")?,
+        }),
+        "context_patch" => Action::Probe(Probe::ContextPatch {
+            id: field_text(arg, "id")?,
+            doc: field_value(arg, "doc")?,
+        }),
+        "context_delete" => Action::Probe(Probe::ContextDelete(text(arg)?)),
+        "context_share" => Action::Probe(Probe::ContextShare {
+            id: field_text(arg, "id")?,
+            agent: field_text(arg, "agent")?,
+        }),
+        "context_revoke" => Action::Probe(Probe::ContextRevoke {
+            id: field_text(arg, "id")?,
+            agent: field_text(arg, "agent")?,
+        }),
+        "context_ids" => Action::Probe(Probe::ContextIds),
+        "wait_for" => Action::Probe(Probe::WaitFor(text(arg)?)),
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })

@@ -152,10 +152,30 @@ pub(crate) fn cap_text(text: String, max: usize) -> String {
     capped
 }
 
+/// `v` with every object's keys in sorted order.
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The compact JSON text stored and hashed for `details`, at most [`MAX_DETAILS_BYTES`].
 pub(crate) fn details_text(details: &Value) -> String {
-    // Serializing a `Value` cannot fail (its map keys are strings); keep a valid text anyway.
-    let text = serde_json::to_string(details).unwrap_or_else(|_| "null".to_string());
+    // Keys sorted: serde_json keeps insertion order when any crate in the build turns on its
+    // `preserve_order` feature (cedar-policy-core does), and the stored text must not depend
+    // on that. Serializing a `Value` cannot fail (its map keys are strings); keep a valid
+    // text anyway.
+    let text = serde_json::to_string(&sorted(details)).unwrap_or_else(|_| "null".to_string());
     if text.len() <= MAX_DETAILS_BYTES {
         return text;
     }

@@ -431,7 +431,6 @@ async fn monitored_agents_have_their_file_calls_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs segment globs (cedar helper)"]
 async fn a_single_star_stays_within_one_path_segment() {
     let s = secured(Some(
         r#"

@@ -19,6 +19,8 @@ mod audit_closed;
 mod audit_head;
 mod audit_trail;
 mod files;
+mod matrix;
+mod policies;
 mod red_audit;
 mod red_files;
 mod reload;
@@ -271,7 +273,7 @@ id = "trusted-reads"
 effect = "allow"
 resources = ["context/*"]
 actions = ["get"]
-condition = 'agent.trust >= "medium"'
+condition = 'principal.trust >= 2'
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,15 +377,20 @@ async fn policy_file_errors_point_at_the_offending_part() {
     let path = dir.path().join("p.toml");
     std::fs::write(
         &path,
-        "[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = 'agent.trust >= \"medium\" &&'\n",
+        "[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = 'principal.trust >= 2 &&'\n",
     )
     .unwrap();
     let e = PolicySet::load(&path).unwrap_err().to_string();
-    assert!(e.contains("policy `p` rule 1: condition"), "{e}");
-    assert!(e.contains("column 27"), "{e}");
+    assert!(
+        e.contains("policy `p` rule 1 `condition` at line 1, column 24"),
+        "{e}"
+    );
     std::fs::write(&path, "[[policies]]\nid = \"p\"\nrules = []\ncolour = 1\n").unwrap();
     let e = PolicySet::load(&path).unwrap_err().to_string();
-    assert!(e.contains("unknown field `colour`"), "{e}");
+    assert!(
+        e.contains("line 4, column 1: unknown field `colour`"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,7 +170,7 @@ id = "trusted"
 [[policies.rules]]
 effect = "allow"
 resources = ["tool/*", "context/*"]
-condition = 'agent.trust >= "medium"'
+condition = 'principal.trust >= 2'
 "#;
     let (reads, reasons) =
         read_across_a_change(Some(policy), (TrustLevel::Medium, None), |s, id| {

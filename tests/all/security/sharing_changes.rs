@@ -244,7 +244,7 @@ actions = ["put"]
 effect = "allow"
 resources = ["context/*"]
 actions = ["get"]
-condition = 'resource.labels contains "public"'
+condition = 'resource.labels.contains("public")'
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
