@@ -36,7 +36,7 @@ pub(super) struct Evaluator {
     tiers: Vec<Tier>,
     needs_resource_attrs: bool,
     authorizer: Authorizer,
-    cache: Mutex<HashMap<String, Decision>>,
+    cache: Mutex<HashMap<Box<[u8]>, Decision>>,
 }
 
 /// Validates every rule's Cedar policy against the schema (strict mode): each error names the
@@ -311,31 +311,43 @@ fn entities(
     ))
 }
 
-/// Everything a decision depends on besides the policies, unambiguously joined.
-fn cache_key(req: &Request<'_>) -> String {
-    use std::fmt::Write;
-    let mut k = String::with_capacity(160);
-    let mut push = |s: &str| {
-        // Lengths first, so no choice of values can make two requests collide.
-        let _ = write!(k, "{}:{s}", s.len());
+/// Everything a decision depends on besides the policies, unambiguously joined: each part
+/// as its byte length (`u32`, little-endian) then its bytes, so no choice of values can make
+/// two requests share a key. Built without formatting: it is made on every gated call.
+fn cache_key(req: &Request<'_>) -> Box<[u8]> {
+    let fixed = [
+        req.agent_id,
+        req.agent_name.unwrap_or_default(),
+        req.kind,
+        req.id,
+        req.resource_type.unwrap_or_default(),
+        req.owner.unwrap_or_default(),
+        req.action,
+    ];
+    let len = fixed.iter().map(|s| s.len() + 4).sum::<usize>()
+        + req.capabilities.iter().map(|s| s.len() + 4).sum::<usize>()
+        + req.labels.iter().map(|s| s.len() + 4).sum::<usize>()
+        + 12;
+    let mut k = Vec::with_capacity(len);
+    let mut push = |s: &[u8]| {
+        k.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        k.extend_from_slice(s);
     };
-    push(if req.agent_name.is_some() { "1" } else { "0" });
-    push(req.agent_id);
-    push(req.agent_name.unwrap_or_default());
-    push(req.trust.as_str());
-    push(req.isolation.as_str());
-    push(req.kind);
-    push(req.id);
-    push(req.resource_type.unwrap_or_default());
-    push(req.owner.unwrap_or_default());
-    push(req.action);
-    let _ = write!(k, "{}c", req.capabilities.len());
+    for s in fixed {
+        push(s.as_bytes());
+    }
+    push(&[
+        u8::from(req.agent_name.is_some()),
+        req.trust.rank(),
+        req.isolation as u8,
+    ]);
+    push(&(req.capabilities.len() as u32).to_le_bytes());
     for c in req.capabilities {
-        let _ = write!(k, "{}:{c}", c.len());
+        push(c.as_bytes());
     }
-    let _ = write!(k, "{}l", req.labels.len());
+    push(&(req.labels.len() as u32).to_le_bytes());
     for l in req.labels {
-        let _ = write!(k, "{}:{l}", l.len());
+        push(l.as_bytes());
     }
-    k
+    k.into_boxed_slice()
 }
