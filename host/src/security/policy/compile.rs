@@ -86,6 +86,17 @@ pub(super) fn patterns(field: &'static str, list: &[String]) -> Result<Matcher, 
                          `context/plan`, `file/workspace/**`), or `*` for all"
                     ));
                 }
+                if kind == "file"
+                    && p["file/".len()..]
+                        .split('/')
+                        .any(|s| s.is_empty() || s == "." || s == "..")
+                {
+                    return Err(format!(
+                        "pattern `{p}` can never match: a file is named by its absolute path \
+                         without the leading `/`, normalised (no empty, `.` or `..` segment, no \
+                         trailing `/`), e.g. `file/workspace/secret/**`"
+                    ));
+                }
                 if !has_glob_syntax(kind) && !schema::is_kind(kind) {
                     let kinds: Vec<&str> = schema::ACTIONS.iter().map(|(k, _)| *k).collect();
                     return Err(format!(
@@ -99,6 +110,46 @@ pub(super) fn patterns(field: &'static str, list: &[String]) -> Result<Matcher, 
         b.add(glob);
     }
     b.build().map(Matcher::Set).map_err(|e| e.to_string())
+}
+
+/// Checks that every action a rule names is an action of some kind its resources name (when
+/// they name their kinds literally): `get` on `file/**` would never match anything.
+fn check_actions_fit_kinds(resources: &[String], actions: &[String]) -> Result<(), String> {
+    let mut kinds: Vec<&str> = Vec::new();
+    for p in resources {
+        let kind = p.split('/').next().unwrap_or_default();
+        if p == "*" || p == "**" || has_glob_syntax(kind) || !schema::is_kind(kind) {
+            return Ok(());
+        }
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    let of_kinds: Vec<&str> = schema::ACTIONS
+        .iter()
+        .filter(|(k, _)| kinds.contains(k))
+        .flat_map(|(_, a)| a.iter().copied())
+        .collect();
+    for a in actions {
+        if a == "*" || a == "**" {
+            return Ok(());
+        }
+        let fits = match GlobBuilder::new(a).literal_separator(true).build() {
+            Ok(g) => {
+                let m = g.compile_matcher();
+                of_kinds.iter().any(|x| m.is_match(x))
+            }
+            Err(_) => return Ok(()),
+        };
+        if !fits {
+            return Err(format!(
+                "`{a}` is no action of {} (their actions: {}), so the rule would never match",
+                kinds.join(", "),
+                of_kinds.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a condition's size and nesting before Cedar parses it; the error's position is a
@@ -278,7 +329,13 @@ pub(super) fn compile(
             };
             let resources = field("resources", &r.resources);
             let agents = field("agents", &r.agents);
-            let actions = field("actions", &r.actions);
+            let mut actions = field("actions", &r.actions);
+            if resources.is_some() && actions.is_some() {
+                if let Err(m) = check_actions_fit_kinds(&r.resources, &r.actions) {
+                    errors.push(at("actions", m));
+                    actions = None;
+                }
+            }
             let cedar = match cedar_policy(r.effect, &key, r.condition.as_deref()) {
                 Ok(c) => Some(c),
                 Err(list) => {
@@ -303,7 +360,12 @@ pub(super) fn compile(
             let reads_resource_attrs = r
                 .condition
                 .as_deref()
-                .is_some_and(|c| ["type", "owner", "labels"].iter().any(|a| c.contains(a)));
+                // A backslash may spell an attribute name with escapes (`resource["\u{6f}wner"]`).
+                .is_some_and(|c| {
+                    ["type", "owner", "labels", "\\"]
+                        .iter()
+                        .any(|a| c.contains(a))
+                });
             out.push((
                 pi,
                 CompiledRule {
