@@ -179,6 +179,12 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
                 }
                 unary = 0;
             }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                // A comment, to the end of its line: a quote in it opens no string.
+                while i + 1 < bytes.len() && bytes[i + 1] != b'\n' {
+                    i += 1;
+                }
+            }
             b'(' | b'[' | b'{' => {
                 brackets += 1;
                 unary = 0;

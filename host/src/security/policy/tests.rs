@@ -556,3 +556,23 @@ fn a_condition_spelling_an_attribute_with_escapes_still_gets_the_resource_attrib
     .unwrap();
     assert!(set.needs_resource_attrs());
 }
+
+#[test]
+fn a_quote_in_a_comment_hides_no_nesting_from_the_bound() {
+    // The quote in the comment would open a string to the depth count, up to the next quote.
+    for n in [MAX_CONDITION_DEPTH + 1, 900] {
+        let deep = format!("// \"\n{}true{} // \"", "(".repeat(n), ")".repeat(n));
+        let text = format!(
+            "[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = '''{deep}'''\n"
+        );
+        // Where a reload runs: a 2 MiB tokio worker.
+        let e = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || PolicySet::parse(&text, PolicyFormat::Toml).err())
+            .unwrap()
+            .join()
+            .expect("no stack overflow")
+            .expect("refused");
+        assert!(e[0].message.contains("nests deeper"), "{e:?}");
+    }
+}
