@@ -336,11 +336,12 @@ pub(super) fn compile(
             let resources = field("resources", &r.resources);
             let agents = field("agents", &r.agents);
             let mut actions = field("actions", &r.actions);
-            if resources.is_some() && actions.is_some() {
-                if let Err(m) = check_actions_fit_kinds(&r.resources, &r.actions) {
-                    errors.push(at("actions", m));
-                    actions = None;
-                }
+            if resources.is_some()
+                && actions.is_some()
+                && let Err(m) = check_actions_fit_kinds(&r.resources, &r.actions)
+            {
+                errors.push(at("actions", m));
+                actions = None;
             }
             let cedar = match cedar_policy(r.effect, &key, r.condition.as_deref()) {
                 Ok(c) => Some(c),
