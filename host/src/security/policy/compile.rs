@@ -9,8 +9,9 @@ use std::str::FromStr;
 
 /// Longest condition, in bytes, checked before Cedar parses it.
 pub const MAX_CONDITION_BYTES: usize = 2048;
-/// Deepest condition: open brackets (`(`, `[`, `{`) plus `if` keywords plus a run of unary
-/// operators (`!`, `-`) at any point, checked before Cedar parses it.
+/// Deepest condition: open brackets (`(`, `[`, `{`) plus `if` keywords plus a run of `!` at
+/// any point plus every `+`, `-` and `*` (a chain nests one level per operator), checked
+/// before Cedar parses it.
 pub const MAX_CONDITION_DEPTH: usize = 32;
 
 /// A compiled pattern list: `*` (or `**`) alone matches everything without a matcher.
@@ -166,7 +167,7 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
         ));
     }
     let bytes = cond.as_bytes();
-    let (mut brackets, mut ifs, mut unary) = (0usize, 0usize, 0usize);
+    let (mut brackets, mut ifs, mut unary, mut arith) = (0usize, 0usize, 0usize, 0usize);
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -194,7 +195,8 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
                 unary = 0;
             }
             b'!' if bytes.get(i + 1) != Some(&b'=') => unary += 1,
-            b'-' => unary += 1,
+            // Each `+`, `-` and `*` of a chain nests one level deeper (`1+1+1` is `(1+1)+1`).
+            b'+' | b'-' | b'*' => arith += 1,
             c if c.is_ascii_whitespace() => {}
             c if c.is_ascii_alphanumeric() || c == b'_' => {
                 let start = i;
@@ -210,12 +212,12 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
             }
             _ => unary = 0,
         }
-        if brackets + ifs + unary > MAX_CONDITION_DEPTH {
+        if brackets + ifs + unary + arith > MAX_CONDITION_DEPTH {
             return Err((
                 i,
                 format!(
-                    "nests deeper than {MAX_CONDITION_DEPTH} (brackets, `if` and unary \
-                     operators); flatten it or split it into several rules"
+                    "nests deeper than {MAX_CONDITION_DEPTH} (brackets, `if`, unary operators \
+                     and `+`, `-`, `*`); flatten it or split it into several rules"
                 ),
             ));
         }

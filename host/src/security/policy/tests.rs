@@ -576,3 +576,26 @@ fn a_quote_in_a_comment_hides_no_nesting_from_the_bound() {
         assert!(e[0].message.contains("nests deeper"), "{e:?}");
     }
 }
+
+#[test]
+fn a_chain_of_arithmetic_counts_toward_the_depth_bound() {
+    // `1+1+...` nests one level per operator: a long chain passed the bound and then denied
+    // every request with "recursion limit reached".
+    for op in ["+", "*", "-"] {
+        let chain = |n: usize| format!("{} > 0", vec!["1"; n + 1].join(op));
+        let e = errors(vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["*"], Some(&chain(600)))],
+        )]);
+        assert!(e[0].message.contains("nests deeper"), "{op}: {e:?}");
+        let set = PolicySet::new(vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["*"], Some(&chain(MAX_CONDITION_DEPTH)))],
+        )])
+        .unwrap();
+        let d = set.decide(&req(TrustLevel::Low, "context", "x", "get"));
+        assert!(!d.reason.contains("failed to evaluate"), "{op}: {d:?}");
+    }
+}
