@@ -359,3 +359,28 @@ async fn every_gated_socket_operation_is_allowed_by_an_allow_rule_and_refused_by
         std::io::ErrorKind::WouldBlock
     );
 }
+
+/// Red team: a name lookup is decided on the name the lookup asks for, as the allow-list reads
+/// it (case and a trailing dot ignored): `LocalHost.` is `network/localhost`, and a rule
+/// denying that name stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_spelt_with_capitals_and_a_trailing_dot_meets_the_rule_for_the_name() {
+    let denied = secured(Some(&denying(&[("network/localhost", "resolve")]))).await;
+    let (o, agent) = hostile_net(
+        &denied,
+        json!({"mode": "net.resolve", "name": "LocalHost."}),
+    )
+    .await;
+    assert!(o["error"].is_string(), "{o}");
+    assert!(
+        o["addresses"].as_array().is_none_or(|a| a.is_empty()),
+        "{o}"
+    );
+    let entries = denials(&denied, &agent).await;
+    assert!(
+        entries.iter().any(|e| e.resource == "network/localhost"
+            && e.operation == "resolve"
+            && e.reason == "policy `deny` rule 1 denies it"),
+        "{entries:?}"
+    );
+}
