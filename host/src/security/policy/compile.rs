@@ -87,7 +87,9 @@ pub(super) fn patterns(field: &'static str, list: &[String]) -> Result<Matcher, 
                          `context/plan`, `file/workspace/**`), or `*` for all"
                     ));
                 }
+                // `file/` alone is the root of a `/` mount.
                 if kind == "file"
+                    && p != "file/"
                     && p["file/".len()..]
                         .split('/')
                         .any(|s| s.is_empty() || s == "." || s == "..")
@@ -95,7 +97,7 @@ pub(super) fn patterns(field: &'static str, list: &[String]) -> Result<Matcher, 
                     return Err(format!(
                         "pattern `{p}` can never match: a file is named by its absolute path \
                          without the leading `/`, normalised (no empty, `.` or `..` segment, no \
-                         trailing `/`), e.g. `file/workspace/secret/**`"
+                         trailing `/` but in `file/`, the root), e.g. `file/workspace/secret/**`"
                     ));
                 }
                 if !has_glob_syntax(kind) && !schema::is_kind(kind) {

@@ -539,6 +539,7 @@ fn a_file_pattern_no_file_name_can_match_is_an_error() {
         vec![rule(Deny, &["file/workspace/**/x"], None)],
     )])
     .unwrap();
+    PolicySet::new(vec![policy("p", 0, vec![rule(Deny, &["file/"], None)])]).unwrap();
 }
 
 #[test]
