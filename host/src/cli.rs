@@ -342,10 +342,11 @@ fn policy(args: PolicyArgs) -> i32 {
         }
         PolicyCommand::Check { file } => file,
     };
-    let text = match std::fs::read_to_string(&file) {
+    // Bounded like `--policies`: `/dev/zero` or a huge file is refused, not read into memory.
+    let text = match crate::security::policy::read_bounded(&file) {
         Ok(t) => t,
         Err(e) => {
-            println!("{}: cannot read: {e}", file.display());
+            println!("{}: {e}", file.display());
             return 2;
         }
     };
@@ -619,4 +620,20 @@ async fn inspect(args: InspectArgs) -> Result<i32, Error> {
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_check_reads_no_more_than_a_policy_file_may_hold() {
+        // An endless file of valid UTF-8: read whole, it would fill the memory.
+        let check = |file: &str| {
+            policy(PolicyArgs {
+                command: PolicyCommand::Check { file: file.into() },
+            })
+        };
+        assert_eq!(check("/dev/zero"), 2);
+    }
 }

@@ -359,3 +359,49 @@ async fn every_gated_socket_operation_is_allowed_by_an_allow_rule_and_refused_by
         std::io::ErrorKind::WouldBlock
     );
 }
+
+/// Red team: a name lookup is decided on the name the lookup asks for, as the allow-list reads
+/// it (case and a trailing dot ignored): `LocalHost.` is `network/localhost`, and a rule
+/// denying that name stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_spelt_with_capitals_and_a_trailing_dot_meets_the_rule_for_the_name() {
+    let denied = secured(Some(&denying(&[("network/localhost", "resolve")]))).await;
+    let (o, agent) = hostile_net(
+        &denied,
+        json!({"mode": "net.resolve", "name": "LocalHost."}),
+    )
+    .await;
+    assert!(o["error"].is_string(), "{o}");
+    assert!(
+        o["addresses"].as_array().is_none_or(|a| a.is_empty()),
+        "{o}"
+    );
+    let entries = denials(&denied, &agent).await;
+    assert!(
+        entries.iter().any(|e| e.resource == "network/localhost"
+            && e.operation == "resolve"
+            && e.reason == "policy `deny` rule 1 denies it"),
+        "{entries:?}"
+    );
+}
+
+/// Red team: an IPv4 address spelt as an IPv4-mapped IPv6 address reaches no canary a rule for
+/// the IPv4 address protects (WASI refuses such addresses before the gate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_mapped_address_meets_the_rule_for_its_ipv4_address() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let denied = secured(Some(&denying(&[("network/127.0.0.1:*", "connect")]))).await;
+    let (o, _) = hostile_net(
+        &denied,
+        json!({"mode": "net.connect", "target": format!("[::ffff:127.0.0.1]:{port}")}),
+    )
+    .await;
+    assert!(o["error"].is_string(), "{o}");
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the canary listener was reached"
+    );
+}

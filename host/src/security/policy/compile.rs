@@ -9,8 +9,9 @@ use std::str::FromStr;
 
 /// Longest condition, in bytes, checked before Cedar parses it.
 pub const MAX_CONDITION_BYTES: usize = 2048;
-/// Deepest condition: open brackets (`(`, `[`, `{`) plus `if` keywords plus a run of unary
-/// operators (`!`, `-`) at any point, checked before Cedar parses it.
+/// Deepest condition: open brackets (`(`, `[`, `{`) plus `if` keywords plus a run of `!` at
+/// any point plus every `+`, `-` and `*` (a chain nests one level per operator), checked
+/// before Cedar parses it.
 pub const MAX_CONDITION_DEPTH: usize = 32;
 
 /// A compiled pattern list: `*` (or `**`) alone matches everything without a matcher.
@@ -86,6 +87,19 @@ pub(super) fn patterns(field: &'static str, list: &[String]) -> Result<Matcher, 
                          `context/plan`, `file/workspace/**`), or `*` for all"
                     ));
                 }
+                // `file/` alone is the root of a `/` mount.
+                if kind == "file"
+                    && p != "file/"
+                    && p["file/".len()..]
+                        .split('/')
+                        .any(|s| s.is_empty() || s == "." || s == "..")
+                {
+                    return Err(format!(
+                        "pattern `{p}` can never match: a file is named by its absolute path \
+                         without the leading `/`, normalised (no empty, `.` or `..` segment, no \
+                         trailing `/` but in `file/`, the root), e.g. `file/workspace/secret/**`"
+                    ));
+                }
                 if !has_glob_syntax(kind) && !schema::is_kind(kind) {
                     let kinds: Vec<&str> = schema::ACTIONS.iter().map(|(k, _)| *k).collect();
                     return Err(format!(
@@ -99,6 +113,46 @@ pub(super) fn patterns(field: &'static str, list: &[String]) -> Result<Matcher, 
         b.add(glob);
     }
     b.build().map(Matcher::Set).map_err(|e| e.to_string())
+}
+
+/// Checks that every action a rule names is an action of some kind its resources name (when
+/// they name their kinds literally): `get` on `file/**` would never match anything.
+fn check_actions_fit_kinds(resources: &[String], actions: &[String]) -> Result<(), String> {
+    let mut kinds: Vec<&str> = Vec::new();
+    for p in resources {
+        let kind = p.split('/').next().unwrap_or_default();
+        if p == "*" || p == "**" || has_glob_syntax(kind) || !schema::is_kind(kind) {
+            return Ok(());
+        }
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    let of_kinds: Vec<&str> = schema::ACTIONS
+        .iter()
+        .filter(|(k, _)| kinds.contains(k))
+        .flat_map(|(_, a)| a.iter().copied())
+        .collect();
+    for a in actions {
+        if a == "*" || a == "**" {
+            return Ok(());
+        }
+        let fits = match GlobBuilder::new(a).literal_separator(true).build() {
+            Ok(g) => {
+                let m = g.compile_matcher();
+                of_kinds.iter().any(|x| m.is_match(x))
+            }
+            Err(_) => return Ok(()),
+        };
+        if !fits {
+            return Err(format!(
+                "`{a}` is no action of {} (their actions: {}), so the rule would never match",
+                kinds.join(", "),
+                of_kinds.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a condition's size and nesting before Cedar parses it; the error's position is a
@@ -115,7 +169,7 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
         ));
     }
     let bytes = cond.as_bytes();
-    let (mut brackets, mut ifs, mut unary) = (0usize, 0usize, 0usize);
+    let (mut brackets, mut ifs, mut unary, mut arith) = (0usize, 0usize, 0usize, 0usize);
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -128,6 +182,12 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
                 }
                 unary = 0;
             }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                // A comment, to the end of its line: a quote in it opens no string.
+                while i + 1 < bytes.len() && bytes[i + 1] != b'\n' {
+                    i += 1;
+                }
+            }
             b'(' | b'[' | b'{' => {
                 brackets += 1;
                 unary = 0;
@@ -137,7 +197,8 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
                 unary = 0;
             }
             b'!' if bytes.get(i + 1) != Some(&b'=') => unary += 1,
-            b'-' => unary += 1,
+            // Each `+`, `-` and `*` of a chain nests one level deeper (`1+1+1` is `(1+1)+1`).
+            b'+' | b'-' | b'*' => arith += 1,
             c if c.is_ascii_whitespace() => {}
             c if c.is_ascii_alphanumeric() || c == b'_' => {
                 let start = i;
@@ -153,12 +214,12 @@ pub(super) fn check_bounds(cond: &str) -> Result<(), (usize, String)> {
             }
             _ => unary = 0,
         }
-        if brackets + ifs + unary > MAX_CONDITION_DEPTH {
+        if brackets + ifs + unary + arith > MAX_CONDITION_DEPTH {
             return Err((
                 i,
                 format!(
-                    "nests deeper than {MAX_CONDITION_DEPTH} (brackets, `if` and unary \
-                     operators); flatten it or split it into several rules"
+                    "nests deeper than {MAX_CONDITION_DEPTH} (brackets, `if`, unary operators \
+                     and `+`, `-`, `*`); flatten it or split it into several rules"
                 ),
             ));
         }
@@ -278,7 +339,14 @@ pub(super) fn compile(
             };
             let resources = field("resources", &r.resources);
             let agents = field("agents", &r.agents);
-            let actions = field("actions", &r.actions);
+            let mut actions = field("actions", &r.actions);
+            if resources.is_some()
+                && actions.is_some()
+                && let Err(m) = check_actions_fit_kinds(&r.resources, &r.actions)
+            {
+                errors.push(at("actions", m));
+                actions = None;
+            }
             let cedar = match cedar_policy(r.effect, &key, r.condition.as_deref()) {
                 Ok(c) => Some(c),
                 Err(list) => {
@@ -303,7 +371,12 @@ pub(super) fn compile(
             let reads_resource_attrs = r
                 .condition
                 .as_deref()
-                .is_some_and(|c| ["type", "owner", "labels"].iter().any(|a| c.contains(a)));
+                // A backslash may spell an attribute name with escapes (`resource["\u{6f}wner"]`).
+                .is_some_and(|c| {
+                    ["type", "owner", "labels", "\\"]
+                        .iter()
+                        .any(|a| c.contains(a))
+                });
             out.push((
                 pi,
                 CompiledRule {

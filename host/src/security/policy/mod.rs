@@ -278,7 +278,7 @@ impl PolicySet {
 }
 
 /// Reads at most [`MAX_POLICY_FILE_BYTES`] (plus one, to tell a longer file).
-fn read_bounded(path: &Path) -> Result<String, String> {
+pub(crate) fn read_bounded(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     let mut bytes = Vec::new();

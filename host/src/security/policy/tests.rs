@@ -202,6 +202,7 @@ fn agents_match_by_id_or_host_assigned_name_and_actions_by_name() {
     x.agents = vec!["*".into()];
     x.actions = vec!["call".into()];
     assert!(allowed(vec![policy("p", 0, vec![x.clone()])], &r));
+    x.resources = vec!["*".into()];
     x.actions = vec!["get".into()];
     assert!(!allowed(vec![policy("p", 0, vec![x])], &r));
 }
@@ -496,4 +497,106 @@ fn the_decision_cache_is_bounded_and_stays_correct_past_its_bound() {
         }
     }
     assert!(set.eval.cached() <= DECISION_CACHE_ENTRIES);
+}
+
+#[test]
+fn an_action_no_resource_kind_of_its_rule_has_is_an_error() {
+    let with_actions = |resources: &[&str], actions: &[&str]| {
+        let mut r = rule(Deny, resources, None);
+        r.actions = actions.iter().map(|s| s.to_string()).collect();
+        PolicySet::compile(vec![policy("p", 0, vec![r])])
+            .err()
+            .unwrap_or_default()
+    };
+    // `get` is a context action: on files it would never match, and the deny would not hold.
+    let e = with_actions(&["file/workspace/secret/**"], &["get", "put"]);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, Some("actions"), "{e:?}");
+    assert!(e[0].message.contains("`get` is no action of file"), "{e:?}");
+    let e = with_actions(&["file/**"], &["ge*"]);
+    assert!(e[0].message.contains("no action of file"), "{e:?}");
+    // An action of some kind named, a glob over kinds, or all actions, is fine.
+    assert!(with_actions(&["file/**", "context/*"], &["get", "read"]).is_empty());
+    assert!(with_actions(&["*/x/**"], &["get"]).is_empty());
+    assert!(with_actions(&["file/**"], &["re*"]).is_empty());
+}
+
+#[test]
+fn a_file_pattern_no_file_name_can_match_is_an_error() {
+    for p in [
+        "file//workspace/secret/**",
+        "file/workspace/secret/",
+        "file/workspace/./secret/**",
+        "file/workspace/../secret/x",
+    ] {
+        let e = errors(vec![policy("p", 0, vec![rule(Deny, &[p], None)])]);
+        assert_eq!(e.len(), 1, "{p}: {e:?}");
+        assert!(e[0].message.contains("can never match"), "{p}: {e:?}");
+    }
+    PolicySet::new(vec![policy(
+        "p",
+        0,
+        vec![rule(Deny, &["file/workspace/**/x"], None)],
+    )])
+    .unwrap();
+    PolicySet::new(vec![policy("p", 0, vec![rule(Deny, &["file/"], None)])]).unwrap();
+}
+
+#[test]
+fn a_condition_spelling_an_attribute_with_escapes_still_gets_the_resource_attributes() {
+    // `resource["\u{6c}abels"]` is `resource.labels`: without them the deny never holds.
+    let set = PolicySet::new(vec![policy(
+        "p",
+        0,
+        vec![rule(
+            Deny,
+            &["context/*"],
+            Some(r#"resource["\u{6c}abels"].contains("pii")"#),
+        )],
+    )])
+    .unwrap();
+    assert!(set.needs_resource_attrs());
+}
+
+#[test]
+fn a_quote_in_a_comment_hides_no_nesting_from_the_bound() {
+    // The quote in the comment would open a string to the depth count, up to the next quote.
+    for n in [MAX_CONDITION_DEPTH + 1, 900] {
+        let deep = format!("// \"\n{}true{} // \"", "(".repeat(n), ")".repeat(n));
+        let text = format!(
+            "[[policies]]\nid = \"p\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\ncondition = '''{deep}'''\n"
+        );
+        // Where a reload runs: a 2 MiB tokio worker.
+        let e = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || PolicySet::parse(&text, PolicyFormat::Toml).err())
+            .unwrap()
+            .join()
+            .expect("no stack overflow")
+            .expect("refused");
+        assert!(e[0].message.contains("nests deeper"), "{e:?}");
+    }
+}
+
+#[test]
+fn a_chain_of_arithmetic_counts_toward_the_depth_bound() {
+    // `1+1+...` nests one level per operator: a long chain passed the bound and then denied
+    // every request with "recursion limit reached".
+    for op in ["+", "*", "-"] {
+        let chain = |n: usize| format!("{} > 0", vec!["1"; n + 1].join(op));
+        let e = errors(vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["*"], Some(&chain(600)))],
+        )]);
+        assert!(e[0].message.contains("nests deeper"), "{op}: {e:?}");
+        let set = PolicySet::new(vec![policy(
+            "p",
+            0,
+            vec![rule(Allow, &["*"], Some(&chain(MAX_CONDITION_DEPTH)))],
+        )])
+        .unwrap();
+        let d = set.decide(&req(TrustLevel::Low, "context", "x", "get"));
+        assert!(!d.reason.contains("failed to evaluate"), "{op}: {d:?}");
+    }
 }

@@ -207,7 +207,10 @@ impl Host for Sockets<'_> {
         if verdict.is_ok() {
             self.reserve(1, "resolve-addresses")?;
         }
-        if !decide(shared, &name, "resolve", verdict.map_err(|(_, why)| why)) {
+        // Decided on the name as the allow-list reads it (lower case, no trailing dot), so
+        // that `LocalHost.` meets the rules written for `network/localhost`.
+        let target = allowed_name.clone().unwrap_or_else(|| name.clone());
+        if !decide(shared, &target, "resolve", verdict.map_err(|(_, why)| why)) {
             return Err(code.into());
         }
         let lookup = match (literal, allowed_name) {
