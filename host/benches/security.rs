@@ -133,23 +133,33 @@ fn main() {
         // Warm up (compile, caches).
         per_call_ns(&bare, &svc, 100).await;
         per_call_ns(&gated, &svc, 100).await;
-        println!("gate: {n} context.get calls by one agent per case, seven rounds");
+        const ROUNDS: usize = 11;
+        println!(
+            "gate: {n} context.get calls by one agent per case, {ROUNDS} rounds, the four cases in \
+             turn (reversed every other round)"
+        );
         let (mut b, mut o, mut g, mut u) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        // Each case starts on a quiet store: the audit entries and `accessed` events the
-        // previous case queued are written first.
+        // Each case starts on a quiet store: the audit entries and the `accessed` events the
+        // previous case queued (each `get` spawns the write of one) are committed first.
+        let store = svc.store().clone();
         let quiesce = || async {
             audit.flush().await;
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            store.write(|_| Ok(())).await.expect("store write");
         };
-        for round in 1..=7 {
-            quiesce().await;
-            let x = per_call_ns(&bare, &svc, n).await;
-            quiesce().await;
-            let y = per_call_ns(&open, &svc, n).await;
-            quiesce().await;
-            let w = per_call_ns(&unaudited, &svc, n).await;
-            quiesce().await;
-            let z = per_call_ns(&gated, &svc, n).await;
+        let hosts = [&bare, &open, &unaudited, &gated];
+        for round in 1..=ROUNDS {
+            let mut ns = [0f64; 4];
+            let order: Vec<usize> = if round % 2 == 1 {
+                vec![0, 1, 2, 3]
+            } else {
+                vec![3, 2, 1, 0]
+            };
+            for i in order {
+                quiesce().await;
+                ns[i] = per_call_ns(hosts[i], &svc, n).await;
+            }
+            let [x, y, w, z] = ns;
             println!(
                 "  round {round}: no gate {x:.0} ns/call, gate open {y:.0}, policies without audit {w:.0}, policies + audit {z:.0} (ratio {:.3})",
                 z / x
