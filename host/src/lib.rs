@@ -31,8 +31,6 @@
 pub mod agents;
 pub mod audit;
 pub mod cli;
-mod cli_run;
-mod cli_state;
 pub mod context;
 pub mod coord;
 pub mod engine;

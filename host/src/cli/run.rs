@@ -209,12 +209,12 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             format!("cannot create `{}`: {e}", dir.display()),
         )
     })?;
-    let policies = crate::cli_state::load_policies(args.policies.as_deref())?;
-    let crate::cli_state::Secured {
+    let policies = crate::cli::state::load_policies(args.policies.as_deref())?;
+    let crate::cli::state::Secured {
         context,
         audit,
         access,
-    } = crate::cli_state::open_secured(&dir, args.key_file.as_deref(), policies).await?;
+    } = crate::cli::state::open_secured(&dir, args.key_file.as_deref(), policies).await?;
     let watcher = args
         .policies
         .clone()
