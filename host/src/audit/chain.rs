@@ -65,26 +65,18 @@ impl std::fmt::Display for ChainScheme {
     }
 }
 
-/// The keys of a keyed log, derived from the master key. Zeroed on drop.
+/// The keys of a keyed log, derived from the master key. Zeroized on drop.
 pub(crate) struct ChainKeys {
-    pub chain: [u8; 32],
-    pub head: [u8; 32],
+    pub chain: zeroize::Zeroizing<[u8; 32]>,
+    pub head: zeroize::Zeroizing<[u8; 32]>,
 }
 
 impl ChainKeys {
     pub(crate) fn derive(master: &crate::store::crypto::MasterKey) -> ChainKeys {
         ChainKeys {
-            chain: master.derive(CHAIN_KEY_INFO),
-            head: master.derive(HEAD_KEY_INFO),
+            chain: master.derive(CHAIN_KEY_INFO.as_bytes()),
+            head: master.derive(HEAD_KEY_INFO.as_bytes()),
         }
-    }
-}
-
-impl Drop for ChainKeys {
-    fn drop(&mut self) {
-        // Volatile-free zeroing is enough here: the keys are re-derivable from the master key.
-        self.chain = [0; 32];
-        self.head = [0; 32];
     }
 }
 

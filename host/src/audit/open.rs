@@ -208,8 +208,8 @@ async fn walk_from(
 ) -> Result<VerifyReport, StoreError> {
     // The walk needs the keys on the reader thread; they are cheap to re-derive.
     let keys = keys.map(|k| ChainKeys {
-        chain: k.chain,
-        head: k.head,
+        chain: k.chain.clone(),
+        head: k.head.clone(),
     });
     let (seq, hash) = (from.seq, from.hash.clone());
     store
@@ -257,8 +257,8 @@ impl AuditLog {
         let keys = keys_of(&store);
         let previous = check_head(&store, keys.as_deref()).await.err();
         let k2 = keys.as_ref().map(|k| ChainKeys {
-            chain: k.chain,
-            head: k.head,
+            chain: k.chain.clone(),
+            head: k.head.clone(),
         });
         let report = store.read(move |c| read::verify(c, k2.as_ref())).await?;
         if let Some(b) = report.first_broken {

@@ -198,7 +198,7 @@ pub(crate) fn walk(
             }
             let key = match (AuditHead::scheme_of(seq, keyed_from), keys) {
                 (super::ChainScheme::Sha256, _) => None,
-                (super::ChainScheme::HmacSha256, Some(k)) => Some(&k.chain),
+                (super::ChainScheme::HmacSha256, Some(k)) => Some(&*k.chain),
                 (super::ChainScheme::HmacSha256, None) => {
                     broken = Some(Break::Column {
                         seq,

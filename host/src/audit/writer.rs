@@ -250,7 +250,7 @@ fn append(
         conn.prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2)")?
             .execute(rusqlite::params![read::KEYED_FROM, (seq + 1).to_string()])?;
     }
-    let key = keys.map(|k| &k.chain);
+    let key = keys.map(|k| &*k.chain);
     let mut insert = conn.prepare_cached(
         "INSERT INTO audit(seq, time_ms, agent, resource, operation, decision, reason, details, \
          prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",

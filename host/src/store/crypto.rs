@@ -129,10 +129,10 @@ impl MasterKey {
     /// A 32-byte key for another purpose, derived from this one with HKDF-SHA-256 (salt
     /// `qi-host`, `info` naming the purpose, e.g. `qi-host audit chain v1`): the master key
     /// itself never leaves this type.
-    pub fn derive(&self, info: &str) -> [u8; 32] {
+    pub fn derive(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
         let hk = hkdf::Hkdf::<Sha256>::new(Some(b"qi-host"), &self.0);
-        let mut okm = [0u8; 32];
-        hk.expand(info.as_bytes(), &mut okm)
+        let mut okm = Zeroizing::new([0u8; 32]);
+        hk.expand(info, okm.as_mut())
             .expect("32 bytes is a valid HKDF-SHA-256 output length");
         okm
     }

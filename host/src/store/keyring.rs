@@ -7,7 +7,6 @@ use super::crypto::{
     Format, MasterKey, OPERATOR_HOLDER, aad, column, header, legacy_key_aad, legacy_value_aad,
     open_with, random, seal_with,
 };
-use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use zeroize::Zeroizing;
@@ -86,7 +85,7 @@ impl Keyring {
     /// another master key) and with [`StoreError::CorruptRow`] naming the context and version
     /// when a row is malformed (no header, short, another version in its header, not 32 bytes).
     pub fn load(master: MasterKey, rows: &[WrappedKey]) -> Result<Keyring, StoreError> {
-        let events = derive(&master, b"qi-host events key v2");
+        let events = master.derive(b"qi-host events key v2");
         let ring = Keyring {
             master,
             events,
@@ -118,10 +117,8 @@ impl Keyring {
         if holder == OPERATOR_HOLDER {
             return Zeroizing::new(self.master.0);
         }
-        derive(
-            &self.master,
-            format!("qi-host agent key v1:{holder}").as_bytes(),
-        )
+        self.master
+            .derive(format!("qi-host agent key v1:{holder}").as_bytes())
     }
 
     fn unwrap_with(&self, kek: &[u8; 32], r: &WrappedKey) -> Result<Key, StoreError> {
@@ -373,12 +370,4 @@ impl Keyring {
     pub(crate) fn master(&self) -> &MasterKey {
         &self.master
     }
-}
-
-fn derive(master: &MasterKey, info: &[u8]) -> Key {
-    let hk = hkdf::Hkdf::<Sha256>::new(Some(b"qi-host"), &master.0);
-    let mut okm = Zeroizing::new([0u8; 32]);
-    hk.expand(info, okm.as_mut())
-        .expect("32 bytes is a valid HKDF-SHA-256 output length");
-    okm
 }

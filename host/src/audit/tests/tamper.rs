@@ -143,7 +143,9 @@ async fn a_keyed_entry_is_the_hmac_of_the_documented_encoding() {
         bytes.extend((field.len() as u64).to_be_bytes());
         bytes.extend(field.as_bytes());
     }
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key.derive(CHAIN_KEY_INFO)).unwrap();
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&*key.derive(CHAIN_KEY_INFO.as_bytes()))
+            .unwrap();
     mac.update(&bytes);
     assert_eq!(e.hash, hex::encode(mac.finalize().into_bytes()));
 }
