@@ -182,34 +182,7 @@ async fn a_directory_with_only_sealed_events_needs_its_key() {
 async fn a_revoked_agent_cannot_decrypt_newer_versions() {
     let dir = tempfile::tempdir().unwrap();
     let svc = open(dir.path(), Some(MasterKey::generate())).await.unwrap();
-    for a in ["owner", "stays", "leaves"] {
-        svc.register_agent(a, AgentCapabilities::default())
-            .await
-            .unwrap();
-    }
-    svc.create(
-        "owner",
-        NewContext {
-            id: Some("plan".into()),
-            context_type: "plan".into(),
-            doc: json!({"step": 1}),
-            ..NewContext::default()
-        },
-    )
-    .await
-    .unwrap();
-    svc.share(
-        "owner",
-        "plan",
-        &["stays".into(), "leaves".into()],
-        &[Permission::Read],
-        None,
-    )
-    .await
-    .unwrap();
-    svc.write("owner", "plan", Change::Put(json!({"step": 2})), Some(1))
-        .await
-        .unwrap();
+    plan_shared_with_two_agents(&svc).await;
     // Both hold the key of version 2.
     for a in ["stays", "leaves", "owner"] {
         let v = svc.decrypt_context_from_agent(a, "plan", 2).await.unwrap();
@@ -421,4 +394,37 @@ async fn the_master_key_is_never_written_to_the_data_directory() {
         }
         assert!(!contains(bytes, "MARKER-PLAN-41d7"), "plaintext in {path}");
     }
+}
+
+/// Registers `owner`, `stays` and `leaves`; `owner` creates context `plan` (version 1), shares
+/// it for reading with the other two and writes version 2, so that all three hold its key.
+pub(crate) async fn plan_shared_with_two_agents(svc: &ContextService) {
+    for a in ["owner", "stays", "leaves"] {
+        svc.register_agent(a, AgentCapabilities::default())
+            .await
+            .unwrap();
+    }
+    svc.create(
+        "owner",
+        NewContext {
+            id: Some("plan".into()),
+            context_type: "plan".into(),
+            doc: json!({"step": 1}),
+            ..NewContext::default()
+        },
+    )
+    .await
+    .unwrap();
+    svc.share(
+        "owner",
+        "plan",
+        &["stays".into(), "leaves".into()],
+        &[Permission::Read],
+        None,
+    )
+    .await
+    .unwrap();
+    svc.write("owner", "plan", Change::Put(json!({"step": 2})), Some(1))
+        .await
+        .unwrap();
 }

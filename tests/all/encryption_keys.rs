@@ -132,34 +132,7 @@ async fn a_rotation_whose_commit_fails_loses_no_later_value() {
 async fn unregistering_an_agent_rotates_the_keys_of_contexts_shared_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let svc = service(open_store(dir.path(), &MasterKey::generate())).await;
-    for a in ["owner", "stays", "leaves"] {
-        svc.register_agent(a, AgentCapabilities::default())
-            .await
-            .unwrap();
-    }
-    svc.create(
-        "owner",
-        NewContext {
-            id: Some("plan".into()),
-            context_type: "plan".into(),
-            doc: json!({"step": 1}),
-            ..NewContext::default()
-        },
-    )
-    .await
-    .unwrap();
-    svc.share(
-        "owner",
-        "plan",
-        &["stays".into(), "leaves".into()],
-        &[Permission::Read],
-        None,
-    )
-    .await
-    .unwrap();
-    svc.write("owner", "plan", Change::Put(json!({"step": 2})), Some(1))
-        .await
-        .unwrap();
+    crate::encryption::plan_shared_with_two_agents(&svc).await;
     for a in ["stays", "leaves"] {
         let v = svc.decrypt_context_from_agent(a, "plan", 2).await.unwrap();
         assert_eq!(v["step"], 2, "{a}");

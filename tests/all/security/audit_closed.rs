@@ -3,7 +3,7 @@
 //! are recorded even without policies, an unmonitored agent's allowed calls are not.
 
 use super::*;
-use qi_host::audit::{AuditEntry, NewAuditEntry};
+use qi_host::audit::AuditEntry;
 
 const ALLOW_CLOCK: &str = r#"
 [[policies]]
@@ -67,28 +67,7 @@ async fn a_gated_call_is_refused_when_the_audit_log_cannot_record_it() {
     let agent = s.host.spawn(&component, clock_allowed()).await.unwrap();
 
     // The store refuses audit writes; the next batch fails and the log stops accepting.
-    s.svc
-        .store()
-        .write(|ctx| {
-            ctx.tx().execute_batch(
-                "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
-                 BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
-            )?;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    s.audit
-        .record(NewAuditEntry::new(
-            "operator",
-            "test",
-            "probe",
-            AuditDecision::Record,
-            "",
-        ))
-        .unwrap();
-    s.audit.flush().await;
-    assert!(s.audit.status().failure.is_some());
+    s.fail_the_audit_log().await;
 
     let report = agent
         .run(TaskRequest::new(

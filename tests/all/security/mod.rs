@@ -58,6 +58,35 @@ struct Secured {
     audit: AuditLog,
 }
 
+impl Secured {
+    /// Makes the store refuse audit writes (a trigger, like a full disk), then records one
+    /// entry so the next batch fails: from then on the log accepts nothing.
+    async fn fail_the_audit_log(&self) {
+        self.svc
+            .store()
+            .write(|ctx| {
+                ctx.tx().execute_batch(
+                    "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+                     BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        self.audit
+            .record(qi_host::audit::NewAuditEntry::new(
+                "operator",
+                "test",
+                "probe",
+                AuditDecision::Record,
+                "",
+            ))
+            .unwrap();
+        self.audit.flush().await;
+        assert!(self.audit.status().failure.is_some());
+    }
+}
+
 async fn secured(policies: Option<&str>) -> Secured {
     secured_with_tools(policies, ToolRegistry::with_builtins()).await
 }

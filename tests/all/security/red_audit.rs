@@ -104,28 +104,7 @@ async fn a_monitored_file_call_is_refused_when_the_audit_log_cannot_record_it() 
     let component = s.host.load(HOSTILE_COMPONENT).unwrap();
     let agent = s.host.spawn(&component, spec).await.unwrap();
     // The store refuses audit writes; the next batch fails and the log stops accepting.
-    s.svc
-        .store()
-        .write(|ctx| {
-            ctx.tx().execute_batch(
-                "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
-                 BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
-            )?;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    s.audit
-        .record(qi_host::audit::NewAuditEntry::new(
-            "operator",
-            "test",
-            "probe",
-            AuditDecision::Record,
-            "",
-        ))
-        .unwrap();
-    s.audit.flush().await;
-    assert!(s.audit.status().failure.is_some());
+    s.fail_the_audit_log().await;
     let report = agent
         .run(TaskRequest::new(
             "probe",
@@ -154,28 +133,7 @@ async fn a_trust_change_the_audit_log_cannot_record_is_refused() {
     let agent = s.host.spawn(&component, granted(dir.path())).await.unwrap();
     let id = agent.id().to_string();
     let before = s.host.trust_level(&id).unwrap();
-    s.svc
-        .store()
-        .write(|ctx| {
-            ctx.tx().execute_batch(
-                "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
-                 BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
-            )?;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    s.audit
-        .record(qi_host::audit::NewAuditEntry::new(
-            "operator",
-            "test",
-            "probe",
-            AuditDecision::Record,
-            "",
-        ))
-        .unwrap();
-    s.audit.flush().await;
-    assert!(s.audit.status().failure.is_some());
+    s.fail_the_audit_log().await;
     let e = s
         .host
         .update_agent_trust_level(&id, TrustLevel::Full, "test")
