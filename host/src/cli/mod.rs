@@ -4,6 +4,7 @@ mod inspect;
 mod policy;
 pub(crate) mod run;
 mod run_agent;
+mod run_report;
 pub(crate) mod state;
 
 use crate::error::Error;

@@ -19,16 +19,21 @@ fn ctx_err(e: ContextError) -> Error {
     }
 }
 
-async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
-    let dir = match &data.data_dir {
-        Some(d) => d.clone(),
+/// `--data-dir`, else the default data directory (`StoreConfig::default_data_dir`).
+pub(crate) fn data_dir(given: Option<&std::path::Path>) -> Result<std::path::PathBuf, Error> {
+    match given {
+        Some(d) => Ok(d.to_path_buf()),
         None => StoreConfig::default_data_dir().ok_or_else(|| {
             Error::field(
                 "--data-dir",
                 "no default data directory (HOME is not set); pass --data-dir DIR",
             )
-        })?,
-    };
+        }),
+    }
+}
+
+async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
+    let dir = data_dir(data.data_dir.as_deref())?;
     if !dir.join("qi.db").exists() {
         return Err(Error::field(
             "--data-dir",
