@@ -30,6 +30,7 @@
 
 pub mod agents;
 pub mod audit;
+mod bounded_read;
 pub mod cli;
 pub mod context;
 pub mod coord;

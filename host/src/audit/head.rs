@@ -92,6 +92,7 @@ static WRITING: Mutex<()> = Mutex::new(());
 /// entry.
 pub(crate) fn write(dir: &Path, head: &AuditHead, keys: Option<&ChainKeys>) -> std::io::Result<()> {
     let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    let _all = lock_dir(dir)?;
     if let Ok(Some(current)) = read(dir, keys)
         && current.seq > head.seq
     {
@@ -108,7 +109,29 @@ pub(crate) fn write_replacing(
     keys: Option<&ChainKeys>,
 ) -> std::io::Result<()> {
     let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    let _all = lock_dir(dir)?;
     replace(dir, head, keys)
+}
+
+/// Takes the exclusive lock of `dir`'s head file (`audit-head.lock`, an advisory `flock`
+/// released when the returned file is dropped), so that processes sharing the directory
+/// replace the head one at a time: the check that the file names no newer entry and the
+/// rename happen together. Under the lock, temporary head files a killed writer left behind are
+/// removed (every writer renames its own before releasing the lock).
+fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{HEAD_FILE}.lock")))?;
+    lock.lock()?;
+    let stale = format!("{HEAD_FILE}.tmp-");
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&stale) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(lock)
 }
 
 fn replace(dir: &Path, head: &AuditHead, keys: Option<&ChainKeys>) -> std::io::Result<()> {
@@ -138,7 +161,8 @@ fn replace(dir: &Path, head: &AuditHead, keys: Option<&ChainKeys>) -> std::io::R
 /// (unreadable, malformed, a missing or wrong MAC with a master key, a MAC without one).
 pub(crate) fn read(dir: &Path, keys: Option<&ChainKeys>) -> Result<Option<AuditHead>, String> {
     let path = head_path(dir);
-    let bytes = match std::fs::read(&path) {
+    // A head file is under 300 bytes; a huge one is damaged or forged, never read whole.
+    let bytes = match crate::bounded_read::read_at_most(&path, 64 * 1024) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),

@@ -92,7 +92,10 @@ impl MasterKey {
     /// From a file holding 64 hex characters or exactly 32 raw bytes.
     pub fn from_file(path: &Path) -> Result<MasterKey, String> {
         let bytes =
-            Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
+            // 64 hex characters and a line break at most: a huge file is refused unread.
+            Zeroizing::new(crate::bounded_read::read_at_most(path, 1024).map_err(|e| {
+                format!("{}: {e}; a master key file holds 64 hex characters or 32 bytes", path.display())
+            })?);
         if bytes.len() == 32 {
             let mut k = [0u8; 32];
             k.copy_from_slice(&bytes);

@@ -283,3 +283,23 @@ fn seal_open_rotate_and_agent_copies() {
     let e = Keyring::load(MasterKey::generate(), &all).unwrap_err();
     assert!(e.to_string().contains("another master key"), "{e}");
 }
+
+/// Probe: a key file or a host-id file too large to be one is refused unread (a 1 GiB key
+/// file used to be read whole, and hex-decoded, before its length was checked).
+#[test]
+fn a_key_file_or_host_id_larger_than_one_can_be_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let hex = MasterKey::generate().to_hex();
+    std::fs::write(&key, format!("{hex}\n")).unwrap();
+    MasterKey::from_file(&key).unwrap();
+    std::fs::write(&key, vec![b'a'; 1025]).unwrap();
+    let e = MasterKey::from_file(&key).unwrap_err();
+    assert!(e.contains("larger than 1024 bytes"), "{e}");
+
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join(crate::store::HOST_ID_FILE), vec![b'0'; 1025]).unwrap();
+    let e = crate::store::Store::open(crate::store::StoreConfig::at(&data)).unwrap_err();
+    assert!(e.to_string().contains("larger than 1024 bytes"), "{e}");
+}

@@ -203,9 +203,10 @@ fn load_host_id(data_dir: Option<&Path>) -> Result<String, StoreError> {
     };
     let path = dir.join(HOST_ID_FILE);
     let read = |path: &Path| -> Result<Option<String>, StoreError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let id = text.trim().to_string();
+        // 32 hex characters: a huge file is refused unread.
+        match crate::bounded_read::read_at_most(path, 1024) {
+            Ok(bytes) => {
+                let id = String::from_utf8_lossy(&bytes).trim().to_string();
                 if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
                     Ok(Some(id))
                 } else {
@@ -219,6 +220,15 @@ fn load_host_id(data_dir: Option<&Path>) -> Result<String, StoreError> {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Err(StoreError::InvalidConfig {
+                    field: "data_dir",
+                    message: format!(
+                        "{} does not hold a host id (32 hex characters; it is {e}); remove it to make a new one",
+                        path.display()
+                    ),
+                })
+            }
             Err(e) => Err(StoreError::io(path, e)),
         }
     };

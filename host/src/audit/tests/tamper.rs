@@ -406,3 +406,26 @@ async fn an_unkeyed_head_file_without_a_mac_does_not_cover_a_truncated_keyed_log
     assert_eq!(head.seq, 6, "the acceptance is entry 6");
     assert!(reopen(&dir, Some(&key)).await.is_ok());
 }
+
+/// Probe: a huge head file is refused unread (it would otherwise be read whole into memory),
+/// and a temporary head file a killed writer left behind is removed by the next write.
+#[tokio::test]
+async fn a_huge_head_file_is_refused_unread_and_stale_temporary_files_are_removed() {
+    let dir = written(2, None).await;
+    let stale = dir.path().join(format!("{HEAD_FILE}.tmp-999999"));
+    std::fs::write(&stale, b"half a head").unwrap();
+    let log = reopen(&dir, None).await.unwrap();
+    log.record(entry(3)).unwrap();
+    log.flush().await;
+    assert_eq!(log.status().head.unwrap().seq, 3, "the head was written");
+    assert!(!stale.exists(), "the stale temporary file was removed");
+    drop(log);
+    let path = dir.path().join(HEAD_FILE);
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(64 * 1024 + 1).unwrap();
+    let (_, text) = mismatch(reopen(&dir, None).await.unwrap_err());
+    assert!(text.contains("larger than 65536 bytes"), "{text}");
+}

@@ -279,17 +279,15 @@ impl PolicySet {
 
 /// Reads at most [`MAX_POLICY_FILE_BYTES`] (plus one, to tell a longer file).
 pub(crate) fn read_bounded(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut bytes = Vec::new();
-    f.take(MAX_POLICY_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() > MAX_POLICY_FILE_BYTES {
-        return Err(format!(
-            "the file is larger than {MAX_POLICY_FILE_BYTES} bytes, the most a policy file may be"
-        ));
-    }
+    let bytes = crate::bounded_read::read_at_most(path, MAX_POLICY_FILE_BYTES).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            format!(
+                "the file is larger than {MAX_POLICY_FILE_BYTES} bytes, the most a policy file may be"
+            )
+        } else {
+            format!("cannot read: {e}")
+        }
+    })?;
     String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
