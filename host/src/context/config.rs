@@ -1,0 +1,23 @@
+//! Configuration of the context store.
+
+/// Configuration of the context store. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct ContextConfig {
+    /// An agent that has not heartbeated for this long is marked disconnected and its
+    /// subscriptions are cleaned up. Default 30 s.
+    pub heartbeat_timeout_ms: u64,
+    /// Versions kept per context when the context does not say (None: all). Default all.
+    pub default_history_limit: Option<u64>,
+    /// Largest document accepted, in bytes of JSON. Default 16 MiB.
+    pub max_document_bytes: usize,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            heartbeat_timeout_ms: 30_000,
+            default_history_limit: None,
+            max_document_bytes: 16 << 20,
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! History, conflicts, rollback and resolution.
+
+use super::*;
+
+impl ContextService {
+    /// Versions of a context, newest first (at most `limit`).
+    pub async fn history(
+        &self,
+        agent: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<ContextVersion>, ContextError> {
+        self.read_check(agent, id)?;
+        let (blobs, id) = (self.shared.store.blobs().clone(), id.to_string());
+        Ok(self
+            .shared
+            .store
+            .read(move |conn| persist::load_versions(conn, &blobs, &id, limit))
+            .await?)
+    }
+
+    /// Conflicts recorded for a context, oldest first.
+    pub async fn conflicts(&self, agent: &str, id: &str) -> Result<Vec<Conflict>, ContextError> {
+        self.read_check(agent, id)?;
+        let id = id.to_string();
+        let blobs = self.shared.store.blobs().clone();
+        Ok(self
+            .shared
+            .store
+            .read(move |conn| persist::load_conflicts(conn, &blobs, &id))
+            .await?)
+    }
+
+    /// Commits a new version whose content equals `version` (history is never rewritten).
+    pub async fn rollback(
+        &self,
+        agent: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<WriteResult, ContextError> {
+        let (blobs, id2) = (self.shared.store.blobs().clone(), id.to_string());
+        let old = self
+            .shared
+            .store
+            .read(move |conn| persist::load_version(conn, &blobs, &id2, version))
+            .await?
+            .ok_or_else(|| {
+                ContextError::invalid(
+                    "version",
+                    format!("context `{id}` has no version {version} (or retention dropped it)"),
+                )
+            })?;
+        let (agent, id) = (agent.to_string(), id.to_string());
+        self.run(
+            Some(id.clone()),
+            Box::new(move |sh, inner, ctx| {
+                let Some(state) = inner.contexts.get(&id) else {
+                    return Ok(Err(ContextError::NotFound(id)));
+                };
+                if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
+                    return Ok(Err(Self::deny(sh, ctx, &agent, "roll back", &id, reason)?));
+                }
+                let changes = patch::diff(&state.doc, &old)
+                    .map_err(|e| ContextError::invalid("version", e.to_string()))?;
+                let w = Write {
+                    agent: agent.clone(),
+                    base_version: Some(state.version),
+                    changes,
+                    op: "rollback",
+                };
+                Self::commit_write(sh, inner, ctx, &id, w)
+            }),
+        )
+        .await
+    }
+
+    /// Resolves a context in `conflict` state.
+    pub async fn resolve(
+        &self,
+        agent: &str,
+        id: &str,
+        choice: ResolveChoice,
+    ) -> Result<WriteResult, ContextError> {
+        let (agent, id) = (agent.to_string(), id.to_string());
+        self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
+            let state = match Self::authorized(sh, inner, ctx, &agent, &id, Permission::Write, "resolve")? {
+                Ok(state) => state,
+                Err(e) => return Ok(Err(e)),
+            };
+            let now = sh.clock.now_ms();
+            let at = Stamp { hlc: sh.clock.tick(), revision: inner.revision + 1, now_ms: now };
+            let (next, version, chosen) = match engine::resolve(&state, &agent, &choice, at) {
+                Ok(r) => r,
+                Err(message) => return Ok(Err(ContextError::invalid("resolution", message))),
+            };
+            if let Some(v) = inner.schemas.get(&id)
+                && let Err(message) = schema_check(v)(&next.doc)
+            {
+                return Ok(Err(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
+            }
+            let pending = state.pending.clone().unwrap_or_default();
+            let mut conflicts = persist::load_conflicts(ctx.tx(), ctx.blobs(), &id)?;
+            conflicts.retain(|c| pending.conflict_ids.contains(&c.id));
+            for c in &mut conflicts {
+                // Competing values that arrived after detection are part of the record too.
+                if let Some(values) = pending.fields.get(&c.field) {
+                    c.agent_values = values.clone();
+                }
+                c.resolution = Some(ConflictOutcome {
+                    strategy: ConflictResolution::Manual,
+                    resolved_value: chosen.get(&c.field).cloned().unwrap_or(Value::Null),
+                    resolved_by: agent.clone(),
+                    resolved_at: now,
+                });
+                persist::update_conflict(ctx.tx(), ctx.blobs(), c)?;
+            }
+            persist::insert_version(ctx.tx(), ctx.blobs(), &version, next.history_limit, now)?;
+            persist::upsert_context(ctx.tx(), ctx.blobs(), &next)?;
+            sh.bus.stage(ctx, vec![NewEvent::new(EventType::Resolved).context(&id).agent(&agent).priority(1).data(json!({
+                "version": version.version, "revision": version.revision,
+                // With encryption at rest, the chosen values stay out of the event log.
+                "chosen": if ctx.blobs().keys().is_some() { json!({"sealed": true, "fields": chosen.keys().collect::<Vec<_>>()}) } else { json!(chosen) },
+                "conflicts": conflicts.iter().map(|c| c.id).collect::<Vec<_>>(),
+            }))])?;
+            inner.revision = at.revision;
+            let r = result_of(&next, true, conflicts);
+            inner.contexts.insert(id, next);
+            Ok(Ok(r))
+        }))
+        .await
+    }
+}
