@@ -4,7 +4,8 @@
 
 use super::{
     AgentConnection, Conflict, ConflictSeverity, ConflictType, ContextError, ContextService,
-    ContextState, ContextStatus, Inner, OPERATOR, Permission, Shared, conflict_event, persist,
+    ContextState, ContextStatus, Inner, OPERATOR, OpError, Permission, Shared, conflict_event,
+    persist,
 };
 use crate::store::WriteCtx;
 use serde_json::json;
@@ -83,7 +84,7 @@ impl ContextService {
     }
 
     /// Looks a live context up and checks that `agent` holds `permission` for `operation`; a
-    /// refusal is recorded. The outer `Err` is a store failure, the inner one the caller's answer.
+    /// refusal is recorded (and commits: [`OpError::Committed`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn authorized(
         sh: &Shared,
@@ -93,22 +94,37 @@ impl ContextService {
         id: &str,
         permission: Permission,
         operation: &str,
-    ) -> Result<Result<ContextState, ContextError>, ContextError> {
+    ) -> Result<ContextState, OpError> {
         let Some(state) = inner
             .contexts
             .get(id)
             .filter(|c| c.status != ContextStatus::Deleted)
         else {
-            return Ok(Err(ContextError::NotFound(id.to_string())));
+            return Err(OpError::Committed(ContextError::NotFound(id.to_string())));
         };
         match Self::check(sh, inner, agent, state, permission) {
-            Ok(()) => Ok(Ok(state.clone())),
-            Err(reason) => Ok(Err(Self::deny(sh, ctx, agent, operation, id, reason)?)),
+            Ok(()) => Ok(state.clone()),
+            Err(reason) => Err(Self::deny(sh, ctx, agent, operation, id, reason)),
         }
     }
 
-    /// Records an access violation (conflict row + event) and returns the error to report.
+    /// Records an access violation (conflict row + event) and returns the error to report:
+    /// [`OpError::Committed`], or [`OpError::RolledBack`] when recording it failed.
     pub(super) fn deny(
+        sh: &Shared,
+        ctx: &mut WriteCtx<'_>,
+        agent: &str,
+        operation: &str,
+        context: &str,
+        reason: String,
+    ) -> OpError {
+        match Self::record_denial(sh, ctx, agent, operation, context, reason) {
+            Ok(e) => OpError::Committed(e),
+            Err(e) => OpError::RolledBack(e),
+        }
+    }
+
+    fn record_denial(
         sh: &Shared,
         ctx: &mut WriteCtx<'_>,
         agent: &str,
@@ -198,7 +214,7 @@ impl ContextService {
                 self.run(
                     None,
                     Box::new(move |sh, _inner, ctx| {
-                        Ok(Err(Self::deny(sh, ctx, &agent, &operation, &id, reason)?))
+                        Err(Self::deny(sh, ctx, &agent, &operation, &id, reason))
                     }),
                 )
                 .await

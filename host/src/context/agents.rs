@@ -37,7 +37,7 @@ impl ContextService {
                     ],
                 )?;
                 inner.agents.insert(id, reg);
-                Ok(Ok(()))
+                Ok(())
             }),
         )
         .await
@@ -51,7 +51,7 @@ impl ContextService {
                 None,
                 Box::new(move |sh, inner, ctx| {
                     if inner.agents.remove(&id).is_none() {
-                        return Ok(Err(ContextError::UnknownAgent(id)));
+                        return Err(OpError::Committed(ContextError::UnknownAgent(id)));
                     }
                     persist::delete_agent(ctx.tx(), &id)?;
                     ctx.tx()
@@ -88,7 +88,7 @@ impl ContextService {
                         ctx,
                         vec![NewEvent::new(EventType::AgentUnregistered).agent(&id)],
                     )?;
-                    Ok(Ok(inner.subscriptions.remove(&id).unwrap_or_default()))
+                    Ok(inner.subscriptions.remove(&id).unwrap_or_default())
                 }),
             )
             .await?;
@@ -113,14 +113,14 @@ impl ContextService {
             None,
             Box::new(move |sh, inner, ctx| {
                 let Some(reg) = inner.agents.get(&id) else {
-                    return Ok(Err(ContextError::UnknownAgent(id)));
+                    return Err(OpError::Committed(ContextError::UnknownAgent(id)));
                 };
                 let mut reg = reg.clone();
                 reg.last_heartbeat = sh.clock.now_ms();
                 reg.status = AgentConnection::Active;
                 persist::upsert_agent(ctx.tx(), &reg)?;
                 inner.agents.insert(id, reg);
-                Ok(Ok(()))
+                Ok(())
             }),
         )
         .await
@@ -187,7 +187,7 @@ impl ContextService {
                     if !events.is_empty() {
                         sh.bus.stage(ctx, events)?;
                     }
-                    Ok(Ok((gone, subs)))
+                    Ok((gone, subs))
                 }),
             )
             .await?;

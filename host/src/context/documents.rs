@@ -35,11 +35,11 @@ impl ContextService {
                 }
             });
             if inner.contexts.contains_key(&id) {
-                return Ok(Err(ContextError::AlreadyExists(id)));
+                return Err(OpError::Committed(ContextError::AlreadyExists(id)));
             }
             if agent != OPERATOR {
                 let Some(reg) = inner.agents.get(&agent) else {
-                    return Ok(Err(ContextError::UnknownAgent(agent)));
+                    return Err(OpError::Committed(ContextError::UnknownAgent(agent)));
                 };
                 let caps = &reg.capabilities;
                 let owned = inner.contexts.values().filter(|c| c.owner == agent && c.status != ContextStatus::Deleted).count();
@@ -53,13 +53,13 @@ impl ContextService {
                     None
                 };
                 if let Some(reason) = reason {
-                    return Ok(Err(Self::deny(sh, ctx, &agent, "create", &id, reason)?));
+                    return Err(Self::deny(sh, ctx, &agent, "create", &id, reason));
                 }
             }
             if let Some(v) = &schema
                 && let Err(message) = schema_check(v)(&new.doc)
             {
-                return Ok(Err(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
+                return Err(OpError::Committed(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
             }
             let now = sh.clock.now_ms();
             let hlc = sh.clock.tick();
@@ -116,7 +116,7 @@ impl ContextService {
                 sh.labels_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             }
             inner.contexts.insert(id, state);
-            Ok(Ok(result))
+            Ok(result)
         }))
         .await
     }
@@ -178,7 +178,7 @@ impl ContextService {
                 self.run(
                     Some(id.clone()),
                     Box::new(move |sh, _inner, ctx| {
-                        Ok(Err(Self::deny(sh, ctx, &agent, "read", &id, reason)?))
+                        Err(Self::deny(sh, ctx, &agent, "read", &id, reason))
                     }),
                 )
                 .await
@@ -213,18 +213,8 @@ impl ContextService {
         self.run(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
-                let state = match Self::authorized(
-                    sh,
-                    inner,
-                    ctx,
-                    &agent,
-                    &id,
-                    Permission::Delete,
-                    "delete",
-                )? {
-                    Ok(state) => state,
-                    Err(e) => return Ok(Err(e)),
-                };
+                let state =
+                    Self::authorized(sh, inner, ctx, &agent, &id, Permission::Delete, "delete")?;
                 let now = sh.clock.now_ms();
                 let hlc = sh.clock.tick();
                 let revision = inner.revision + 1;
@@ -262,7 +252,7 @@ impl ContextService {
                 inner.shares.remove(&id);
                 let r = result_of(&next, true, Vec::new());
                 inner.contexts.insert(id, next);
-                Ok(Ok(r))
+                Ok(r)
             }),
         )
         .await

@@ -55,10 +55,10 @@ impl ContextService {
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
                 let Some(state) = inner.contexts.get(&id) else {
-                    return Ok(Err(ContextError::NotFound(id)));
+                    return Err(OpError::Committed(ContextError::NotFound(id)));
                 };
                 if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
-                    return Ok(Err(Self::deny(sh, ctx, &agent, "roll back", &id, reason)?));
+                    return Err(Self::deny(sh, ctx, &agent, "roll back", &id, reason));
                 }
                 let changes = patch::diff(&state.doc, &old)
                     .map_err(|e| ContextError::invalid("version", e.to_string()))?;
@@ -83,20 +83,17 @@ impl ContextService {
     ) -> Result<WriteResult, ContextError> {
         let (agent, id) = (agent.to_string(), id.to_string());
         self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
-            let state = match Self::authorized(sh, inner, ctx, &agent, &id, Permission::Write, "resolve")? {
-                Ok(state) => state,
-                Err(e) => return Ok(Err(e)),
-            };
+            let state = Self::authorized(sh, inner, ctx, &agent, &id, Permission::Write, "resolve")?;
             let now = sh.clock.now_ms();
             let at = Stamp { hlc: sh.clock.tick(), revision: inner.revision + 1, now_ms: now };
             let (next, version, chosen) = match engine::resolve(&state, &agent, &choice, at) {
                 Ok(r) => r,
-                Err(message) => return Ok(Err(ContextError::invalid("resolution", message))),
+                Err(message) => return Err(OpError::Committed(ContextError::invalid("resolution", message))),
             };
             if let Some(v) = inner.schemas.get(&id)
                 && let Err(message) = schema_check(v)(&next.doc)
             {
-                return Ok(Err(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
+                return Err(OpError::Committed(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
             }
             let pending = state.pending.clone().unwrap_or_default();
             let mut conflicts = persist::load_conflicts(ctx.tx(), ctx.blobs(), &id)?;
@@ -125,7 +122,7 @@ impl ContextService {
             inner.revision = at.revision;
             let r = result_of(&next, true, conflicts);
             inner.contexts.insert(id, next);
-            Ok(Ok(r))
+            Ok(r)
         }))
         .await
     }

@@ -7,7 +7,7 @@
 //! policy. Every change is audited like a grant change (operation `label`).
 
 use super::audit;
-use super::{ContextError, ContextService, ContextStatus, OPERATOR};
+use super::{ContextError, ContextService, ContextStatus, OPERATOR, OpError};
 use crate::audit::AuditDecision;
 use crate::store::StoreError;
 use rusqlite::Connection;
@@ -152,7 +152,7 @@ impl ContextService {
                     .get(&id)
                     .is_some_and(|c| c.status != ContextStatus::Deleted)
                 {
-                    return Ok(Err(ContextError::NotFound(id)));
+                    return Err(OpError::Committed(ContextError::NotFound(id)));
                 }
                 let before = inner.labels.get(&id).cloned().unwrap_or_default();
                 audit::record(
@@ -174,7 +174,7 @@ impl ContextService {
                     inner.labels.insert(id, labels.clone());
                 }
                 sh.labels_generation.fetch_add(1, Ordering::AcqRel);
-                Ok(Ok(labels))
+                Ok(labels)
             }),
         )
         .await

@@ -53,7 +53,7 @@ mod sync;
 mod writes;
 
 use documents::{empty_like, result_of};
-use service::{Inner, Shared, compile_schema, schema_check};
+use service::{Inner, OpError, Shared, compile_schema, schema_check};
 use writes::conflict_event;
 
 pub use api::*;

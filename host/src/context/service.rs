@@ -48,14 +48,30 @@ impl std::fmt::Debug for ContextService {
     }
 }
 
-pub(super) type Op<T> = Box<
-    dyn FnOnce(
-            &Shared,
-            &mut Inner,
-            &mut WriteCtx<'_>,
-        ) -> Result<Result<T, ContextError>, ContextError>
-        + Send,
->;
+pub(super) type Op<T> =
+    Box<dyn FnOnce(&Shared, &mut Inner, &mut WriteCtx<'_>) -> Result<T, OpError> + Send>;
+
+/// How an operation that did not succeed ends.
+#[derive(Debug)]
+pub(super) enum OpError {
+    /// What the operation wrote (a refusal's conflict record and event) commits; the caller
+    /// is answered with the error.
+    Committed(ContextError),
+    /// The operation's writes are rolled back; the caller is answered with the error.
+    RolledBack(ContextError),
+}
+
+impl From<ContextError> for OpError {
+    fn from(e: ContextError) -> Self {
+        OpError::RolledBack(e)
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::RolledBack(e.into())
+    }
+}
 
 pub(super) fn compile_schema(
     id: &str,
@@ -235,7 +251,11 @@ impl ContextService {
             .store
             .write_with_error(move |ctx: &mut WriteCtx<'_>| {
                 let mut inner = shared.lock();
-                op(&shared, &mut inner, ctx)
+                match op(&shared, &mut inner, ctx) {
+                    Ok(value) => Ok(Ok(value)),
+                    Err(OpError::Committed(e)) => Ok(Err(e)),
+                    Err(OpError::RolledBack(e)) => Err(e),
+                }
             })
             .await;
         match result {

@@ -14,7 +14,7 @@
 
 use super::audit::{self, AuditBudget};
 use super::{
-    ContextError, ContextService, ContextStatus, NewEvent, OPERATOR, Permission, Share,
+    ContextError, ContextService, ContextStatus, NewEvent, OPERATOR, OpError, Permission, Share,
     ShareResult, SharedContextInfo, TrustSource, persist,
 };
 use crate::audit::AuditDecision;
@@ -140,21 +140,18 @@ impl ContextService {
             permissions.to_vec(),
         );
         self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
-            let state = match Self::authorized(sh, inner, ctx, &by, &id, Permission::Share, "share")? {
-                Ok(state) => state,
-                Err(e) => return Ok(Err(e)),
-            };
+            let state = Self::authorized(sh, inner, ctx, &by, &id, Permission::Share, "share")?;
             let now = sh.clock.now_ms();
             if by != OPERATOR && targets.contains(&by) {
                 let reason = "an agent cannot share a context with itself; ask the owner or the operator to change its grant".to_string();
-                return Ok(Err(Self::deny(sh, ctx, &by, "share", &id, reason)?));
+                return Err(Self::deny(sh, ctx, &by, "share", &id, reason));
             }
             let (mut expires, mut trust, mut capped) = (expires_at, min_trust, false);
             if by != OPERATOR && by != state.owner {
                 for p in &permissions {
                     if Self::check(sh, inner, &by, &state, *p).is_err() {
                         let reason = format!("it cannot grant {p}, which it does not hold");
-                        return Ok(Err(Self::deny(sh, ctx, &by, "share", &id, reason)?));
+                        return Err(Self::deny(sh, ctx, &by, "share", &id, reason));
                     }
                 }
                 let shares = inner.shares.get(&id);
@@ -171,11 +168,11 @@ impl ContextService {
                         "`{}` already holds a grant made by `{}`, and only the owner (`{}`) or the operator may change it; ask one of them",
                         other.agent_id, other.granted_by, state.owner
                     );
-                    return Ok(Err(Self::deny(sh, ctx, &by, "share", &id, reason)?));
+                    return Err(Self::deny(sh, ctx, &by, "share", &id, reason));
                 }
             }
             if let Some(unknown) = targets.iter().find(|t| !inner.agents.contains_key(*t)) {
-                return Ok(Err(ContextError::UnknownAgent(unknown.clone())));
+                return Err(OpError::Committed(ContextError::UnknownAgent(unknown.clone())));
             }
             let shares: Vec<Share> = targets.iter().map(|t| Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at: expires, min_trust: trust }).collect();
             // Audited first, then stored, then applied in memory: a refusal to record changes
@@ -198,7 +195,7 @@ impl ContextService {
             for share in shares {
                 inner.shares.entry(id.clone()).or_default().insert(share.agent_id.clone(), share);
             }
-            Ok(Ok(ShareResult { context_id: id, shared_with: targets, permissions, shared_at: now, expires_at: expires }))
+            Ok(ShareResult { context_id: id, shared_with: targets, permissions, shared_at: now, expires_at: expires })
         }))
         .await
     }
@@ -235,7 +232,7 @@ impl ContextService {
         self.run(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
-                let state = match Self::authorized(
+                let state = Self::authorized(
                     sh,
                     inner,
                     ctx,
@@ -243,10 +240,7 @@ impl ContextService {
                     &id,
                     Permission::Share,
                     "revoke sharing of",
-                )? {
-                    Ok(state) => state,
-                    Err(e) => return Ok(Err(e)),
-                };
+                )?;
                 let shares = inner.shares.get(&id);
                 if by != OPERATOR
                     && by != state.owner
@@ -259,14 +253,14 @@ impl ContextService {
                         "it may revoke only grants it made; the grant of `{}` was made by `{}`: ask the owner (`{}`) or the operator",
                         other.agent_id, other.granted_by, state.owner
                     );
-                    return Ok(Err(Self::deny(
+                    return Err(Self::deny(
                         sh,
                         ctx,
                         &by,
                         "revoke sharing of",
                         &id,
                         reason,
-                    )?));
+                    ));
                 }
                 // Audited first, then stored, then applied in memory.
                 for t in &targets {
@@ -293,7 +287,7 @@ impl ContextService {
                         m.remove(t);
                     }
                 }
-                Ok(Ok(()))
+                Ok(())
             }),
         )
         .await

@@ -53,7 +53,7 @@ impl ContextService {
                 )
                 .map_err(StoreError::from)?;
             inner.subscriptions.entry(agent_s).or_default().push(sub_id);
-            Ok(Ok(()))
+            Ok(())
         }))
         .await?;
         Ok(sub)
@@ -76,7 +76,7 @@ impl ContextService {
                 if let Some(v) = inner.subscriptions.get_mut(&agent) {
                     v.retain(|s| *s != id);
                 }
-                Ok(Ok(()))
+                Ok(())
             }),
         )
         .await

@@ -61,10 +61,10 @@ impl ContextService {
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
                 let Some(state) = inner.contexts.get(&id) else {
-                    return Ok(Err(ContextError::NotFound(id)));
+                    return Err(OpError::Committed(ContextError::NotFound(id)));
                 };
                 if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
-                    return Ok(Err(Self::deny(sh, ctx, &agent, "write", &id, reason)?));
+                    return Err(Self::deny(sh, ctx, &agent, "write", &id, reason));
                 }
                 let changes = match (changes, change) {
                     (Some(c), _) => c,
@@ -100,7 +100,7 @@ impl ContextService {
         ctx: &mut WriteCtx<'_>,
         id: &str,
         w: Write,
-    ) -> Result<Result<WriteResult, ContextError>, ContextError> {
+    ) -> Result<WriteResult, OpError> {
         let state = inner.contexts.get(id).expect("caller checked").clone();
         let now = sh.clock.now_ms();
         let at = Stamp {
@@ -129,7 +129,7 @@ impl ContextService {
                     }
                     None => None,
                 };
-                Ok(Err(ContextError::Refused {
+                Err(OpError::Committed(ContextError::Refused {
                     context: id.to_string(),
                     refusal,
                     conflict,
@@ -174,7 +174,7 @@ impl ContextService {
                 }
                 let result = result_of(&applied.state, new_version, applied.conflicts);
                 inner.contexts.insert(id.to_string(), applied.state);
-                Ok(Ok(result))
+                Ok(result)
             }
         }
     }
