@@ -160,7 +160,7 @@ impl ContextService {
     }
 
     pub(super) fn read_check(&self, agent: &str, id: &str) -> Result<(), ContextError> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         let state = inner
             .contexts
             .get(id)
@@ -182,7 +182,7 @@ impl ContextService {
         id: &str,
         permission: Permission,
     ) -> Result<(), ContextError> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         let state = inner
             .contexts
             .get(id)

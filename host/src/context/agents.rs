@@ -75,8 +75,9 @@ impl ContextService {
                     ctx.tx()
                         .execute("DELETE FROM shares WHERE agent_id = ?1", [&id])
                         .map_err(StoreError::from)?;
-                    for (cid, m) in inner.shares.iter_mut() {
-                        if let Some(gone) = m.remove(&id) {
+                    for cid in &shared_with {
+                        let gone = inner.shares.get_mut(cid).and_then(|m| m.remove(&id));
+                        if let Some(gone) = gone {
                             let reason =
                                 format!("grant of `{id}` removed: the agent was unregistered");
                             let entry = audit::entry(OPERATOR, cid, "unregister", Record, reason);
@@ -100,7 +101,7 @@ impl ContextService {
 
     /// Registered agents, sorted by id.
     pub fn registered_agents(&self) -> Vec<AgentRegistration> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         let mut v: Vec<_> = inner.agents.values().cloned().collect();
         v.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         v
@@ -130,7 +131,7 @@ impl ContextService {
     /// that keeps calling stays connected without a durable write per call).
     pub async fn touch(&self, agent: &str) -> Result<(), ContextError> {
         let stale = {
-            let inner = self.shared.lock();
+            let inner = self.shared.committed();
             let half = self.shared.config.heartbeat_timeout_ms / 2;
             let now = self.shared.clock.now_ms();
             inner.agents.get(agent).is_some_and(|a| {

@@ -113,7 +113,6 @@ impl ContextService {
             }
             if !new_labels.is_empty() {
                 inner.labels.insert(id.clone(), new_labels);
-                sh.labels_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             }
             inner.contexts.insert(id, state);
             Ok(result)
@@ -138,7 +137,7 @@ impl ContextService {
     /// Reads a context (emits an `accessed` event).
     pub async fn get(&self, agent: &str, id: &str) -> Result<ContextView, ContextError> {
         let checked = {
-            let inner = self.shared.lock();
+            let inner = self.shared.committed();
             let state = inner
                 .contexts
                 .get(id)
@@ -193,7 +192,7 @@ impl ContextService {
         context_type: Option<&str>,
         owner: Option<&str>,
     ) -> Vec<ContextView> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         let mut v: Vec<ContextView> = inner
             .contexts
             .values()

@@ -91,7 +91,7 @@ impl ContextService {
     /// A context's type, owner and host-kept labels (see the module docs), for access
     /// policies; read from memory, recorded nowhere. `None` when there is no such context.
     pub fn attributes(&self, id: &str) -> Option<(String, String, Vec<String>)> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         let c = inner.contexts.get(id)?;
         let labels = inner.labels.get(id).cloned().unwrap_or_default();
         Some((c.context_type.clone(), c.owner.clone(), labels))
@@ -100,7 +100,7 @@ impl ContextService {
     /// The host-kept labels of context `id` (empty when none were set), or `None` when there is
     /// no such context.
     pub fn labels(&self, id: &str) -> Option<Vec<String>> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         inner.contexts.get(id)?;
         Some(inner.labels.get(id).cloned().unwrap_or_default())
     }
@@ -173,7 +173,6 @@ impl ContextService {
                 } else {
                     inner.labels.insert(id, labels.clone());
                 }
-                sh.labels_generation.fetch_add(1, Ordering::AcqRel);
                 Ok(labels)
             }),
         )

@@ -42,6 +42,7 @@ pub mod engine;
 mod error;
 mod history;
 pub mod hlc;
+mod hot;
 pub mod labels;
 pub mod model;
 pub mod patch;
@@ -53,7 +54,8 @@ mod sync;
 mod writes;
 
 use documents::{empty_like, result_of};
-use service::{Inner, OpError, Shared, compile_schema, schema_check};
+use hot::Inner;
+use service::{OpError, Shared, compile_schema, schema_check};
 use writes::conflict_event;
 
 pub use api::*;
@@ -72,8 +74,8 @@ use crate::store::{Store, StoreError, WriteCtx};
 use engine::{Stamp, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// The operator's agent id: the CLI and embedding code acting with full rights.
 pub const OPERATOR: &str = "operator";

@@ -1,27 +1,21 @@
 //! The service itself: its state (the hot tier), opening, and how an operation runs on the
 //! store's writer thread.
 
+use super::hot::{Inner, Staged};
 use super::*;
-
-#[derive(Default)]
-pub(super) struct Inner {
-    pub(super) contexts: HashMap<String, ContextState>,
-    pub(super) shares: HashMap<String, BTreeMap<String, Share>>,
-    pub(super) agents: HashMap<String, AgentRegistration>,
-    pub(super) schemas: HashMap<String, Arc<jsonschema::Validator>>,
-    pub(super) subscriptions: HashMap<String, Vec<crate::events::SubscriptionId>>,
-    /// Host-kept labels by context (see [`labels`]).
-    pub(super) labels: HashMap<String, Vec<String>>,
-    pub(super) revision: u64,
-    pub(super) next_id: u64,
-}
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::Ordering;
+use std::sync::{RwLock, RwLockReadGuard};
 
 pub(super) struct Shared {
     pub(super) store: Store,
     pub(super) bus: EventBus,
     pub(super) clock: HybridClock,
     pub(super) config: ContextConfig,
-    pub(super) inner: Mutex<Inner>,
+    /// The hot tier as the writer stages it (see [`hot`](super::hot)); writer thread only.
+    pub(super) working: Mutex<Inner>,
+    /// The hot tier as committed: what readers see.
+    pub(super) committed: RwLock<Inner>,
     pub(super) trust: std::sync::RwLock<Option<TrustSource>>,
     pub(super) audit: std::sync::RwLock<Option<crate::audit::AuditLog>>,
     pub(super) labels_generation: std::sync::atomic::AtomicU64,
@@ -31,8 +25,21 @@ pub(super) struct Shared {
 pub type TrustSource = Arc<dyn Fn(&str) -> Option<crate::security::TrustLevel> + Send + Sync>;
 
 impl Shared {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// The committed hot tier, for readers: only changes whose transaction has committed.
+    pub(super) fn committed(&self) -> RwLockReadGuard<'_, Inner> {
+        self.committed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies an operation's changes to the committed hot tier (an after-commit hook).
+    fn publish(&self, staged: Staged) {
+        let labels = staged.changes_labels();
+        self.committed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .publish(staged);
+        if labels {
+            self.labels_generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -117,12 +124,12 @@ impl ContextService {
             .read(move |conn| persist::load_all(conn, &blobs))
             .await?;
         let labels = store.read(labels::load_all).await?;
-        let mut inner = Inner {
-            labels,
-            revision: loaded.revision,
-            next_id: loaded.contexts.len() as u64 + 1,
-            ..Inner::default()
-        };
+        let mut inner = Inner::default();
+        inner.revision = loaded.revision;
+        inner.next_id = loaded.contexts.len() as u64 + 1;
+        for (id, l) in labels {
+            inner.labels.insert(id, l);
+        }
         for c in loaded.contexts {
             if let Some(schema) = &c.schema {
                 inner
@@ -147,7 +154,8 @@ impl ContextService {
                 store,
                 bus,
                 config,
-                inner: Mutex::new(inner),
+                committed: RwLock::new(inner.settle()),
+                working: Mutex::new(inner),
                 trust: std::sync::RwLock::new(None),
                 audit: std::sync::RwLock::new(None),
                 labels_generation: std::sync::atomic::AtomicU64::new(0),
@@ -240,6 +248,11 @@ impl ContextService {
         self.shared.clock.now_ms()
     }
 
+    /// Runs `op` on the writer thread, inside the group-commit transaction, against the
+    /// working hot tier. What it changes there is published to readers once the transaction
+    /// has committed; if it rolls back (or panics), its changes are undone; if its batch
+    /// fails to commit, the next operation undoes them. `context` names what it is about
+    /// (for the log).
     pub(super) async fn run<T: Send + 'static>(
         &self,
         context: Option<String>,
@@ -250,59 +263,35 @@ impl ContextService {
             .shared
             .store
             .write_with_error(move |ctx: &mut WriteCtx<'_>| {
-                let mut inner = shared.lock();
-                match op(&shared, &mut inner, ctx) {
-                    Ok(value) => Ok(Ok(value)),
-                    Err(OpError::Committed(e)) => Ok(Err(e)),
-                    Err(OpError::RolledBack(e)) => Err(e),
+                let mut inner = shared.working.lock().unwrap_or_else(|p| p.into_inner());
+                inner.begin_op(ctx.batch(), || shared.committed());
+                let revision_before = inner.revision;
+                let ran = catch_unwind(AssertUnwindSafe(|| op(&shared, &mut inner, ctx)));
+                let answer = match ran {
+                    Err(panic) => {
+                        inner.undo_op(revision_before);
+                        drop(inner);
+                        resume_unwind(panic);
+                    }
+                    Ok(Err(OpError::RolledBack(e))) => {
+                        inner.undo_op(revision_before);
+                        return Err(e);
+                    }
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(OpError::Committed(e))) => Err(e),
+                };
+                let staged = inner.staged();
+                drop(inner);
+                if !staged.is_empty() {
+                    let shared = shared.clone();
+                    ctx.after_commit(move || shared.publish(staged));
                 }
+                Ok(answer)
             })
             .await;
-        match result {
-            Ok(r) => r,
-            Err(e @ ContextError::Store(_)) => {
-                // The transaction did not commit: make the hot tier match the disk again.
-                if let Some(id) = context {
-                    self.reload(&id).await;
-                }
-                Err(e)
-            }
-            Err(e) => Err(e),
+        if let Err(e @ ContextError::Store(_)) = &result {
+            tracing::debug!(context = ?context, error = %e, "a context operation did not commit");
         }
-    }
-
-    pub(super) async fn reload(&self, id: &str) {
-        let blobs = self.shared.store.blobs().clone();
-        let Ok(loaded) = self
-            .shared
-            .store
-            .read(move |conn| persist::load_all(conn, &blobs))
-            .await
-        else {
-            return;
-        };
-        let labels = self.shared.store.read(labels::load_all).await;
-        let mut inner = self.shared.lock();
-        // Its grants and labels too: a failed share, revoke or relabel leaves them as stored.
-        let grants = loaded.shares.into_iter().filter(|s| s.context_id == id);
-        inner.shares.insert(
-            id.to_string(),
-            grants.map(|s| (s.agent_id.clone(), s)).collect(),
-        );
-        if let Ok(mut labels) = labels {
-            match labels.remove(id) {
-                Some(l) => inner.labels.insert(id.to_string(), l),
-                None => inner.labels.remove(id),
-            };
-        }
-        match loaded.contexts.into_iter().find(|c| c.id == id) {
-            Some(c) => {
-                inner.contexts.insert(id.to_string(), c);
-            }
-            None => {
-                inner.contexts.remove(id);
-            }
-        }
-        inner.revision = loaded.revision;
+        result?
     }
 }

@@ -295,7 +295,7 @@ impl ContextService {
 
     /// The grants of context `id` (live or expired), sorted by agent: what the operator sees.
     pub fn grants(&self, id: &str) -> Vec<Share> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         inner
             .shares
             .get(id)
@@ -305,7 +305,7 @@ impl ContextService {
 
     /// Contexts shared with `agent` (live, unexpired shares), sorted by id.
     pub fn shared_contexts(&self, agent: &str) -> Vec<SharedContextInfo> {
-        let inner = self.shared.lock();
+        let inner = self.shared.committed();
         let now = self.shared.clock.now_ms();
         let mut out: Vec<SharedContextInfo> = inner
             .shares

@@ -36,7 +36,7 @@ impl ContextService {
         let base_doc = match (&change, base_version) {
             (Change::Put(_), Some(b)) => {
                 let current = {
-                    let inner = self.shared.lock();
+                    let inner = self.shared.committed();
                     inner
                         .contexts
                         .get(id)

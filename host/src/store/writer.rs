@@ -25,6 +25,7 @@ pub struct WriteCtx<'a> {
     conn: &'a Connection,
     blobs: &'a BlobStore,
     hooks: Vec<Hook>,
+    batch: u64,
 }
 
 impl<'a> WriteCtx<'a> {
@@ -43,6 +44,13 @@ impl<'a> WriteCtx<'a> {
     /// Encodes `value` and places it inline or in the blob tier ([`StoredDoc::put`]).
     pub fn store_doc(&self, value: &serde_json::Value) -> Result<StoredDoc, StoreError> {
         StoredDoc::put(self.blobs, value)
+    }
+
+    /// The number of the transaction (batch) this write runs in: it grows by one with every
+    /// `BEGIN`, so a write seeing a new number knows the previous batch has ended (committed,
+    /// or failed if its after-commit hooks never ran).
+    pub fn batch(&self) -> u64 {
+        self.batch
     }
 
     /// Runs `hook` on the writer thread right after the transaction holding this write has
@@ -183,6 +191,8 @@ struct Session<'c> {
     flag: &'c AtomicBool,
     blobs: &'c BlobStore,
     statements: Vec<rusqlite::Statement<'c>>,
+    /// Transactions begun so far ([`WriteCtx::batch`]).
+    batches: u64,
 }
 
 impl<'c> Session<'c> {
@@ -202,6 +212,7 @@ impl<'c> Session<'c> {
             flag,
             blobs,
             statements: statements?,
+            batches: 0,
         })
     }
 
@@ -229,6 +240,7 @@ impl<'c> Session<'c> {
                     continue;
                 }
                 in_tx = true;
+                self.batches += 1;
             }
             if let Err(e) = self.control(Control::Savepoint) {
                 let cause = e.to_string();
@@ -244,6 +256,7 @@ impl<'c> Session<'c> {
                 conn: self.conn,
                 blobs: self.blobs,
                 hooks: Vec::new(),
+                batch: self.batches,
             };
             let ran = job.run(&mut ctx);
             let hooks = ctx.hooks;
