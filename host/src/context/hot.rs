@@ -53,7 +53,8 @@ impl<V: Clone> Tracked<V> {
         if !self.undo_keys.contains(key) {
             self.undo_keys.insert(key.to_string());
             self.batch_keys.insert(key.to_string());
-            self.undo.push((key.to_string(), self.map.get(key).cloned()));
+            self.undo
+                .push((key.to_string(), self.map.get(key).cloned()));
         }
     }
 
@@ -301,7 +302,13 @@ impl Inner {
     /// Forgets what loading logged and returns a copy sharing every value: the committed
     /// copy, at open.
     pub(super) fn settle(&mut self) -> Inner {
-        for t in [&mut self.contexts.batch_keys, &mut self.shares.batch_keys, &mut self.agents.batch_keys, &mut self.schemas.batch_keys, &mut self.labels.batch_keys] {
+        for t in [
+            &mut self.contexts.batch_keys,
+            &mut self.shares.batch_keys,
+            &mut self.agents.batch_keys,
+            &mut self.schemas.batch_keys,
+            &mut self.labels.batch_keys,
+        ] {
             t.clear();
         }
         self.contexts.begin_op();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod access;
 mod lifecycle;
+mod visibility;
 
 struct Fixture {
     svc: ContextService,
