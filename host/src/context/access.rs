@@ -11,8 +11,26 @@ use crate::store::WriteCtx;
 use serde_json::json;
 use std::collections::BTreeMap;
 
+/// Why [`ContextService::look_up`] refused.
+enum Refused {
+    NotFound,
+    Denied(String),
+}
+
+/// Access is decided in one place, [`check`](ContextService::check); the other functions
+/// here look the context up, record refusals, or both:
+///
+/// | function | where | context | a refusal is |
+/// |---|---|---|---|
+/// | `check` | anywhere | given | returned as the reason |
+/// | `require` | in an operation | live, looked up | recorded, `OpError::Committed` |
+/// | `allowed` | outside (committed state) | any, looked up | returned, not recorded |
+/// | `authorize` | outside (committed state) | any, looked up | recorded, returned |
+/// | `deny` | in an operation | — | recorded (the refusal itself) |
 impl ContextService {
-    /// Whether `agent` holds `perm` on `state` now; `Err` says why not (recorded nowhere).
+    /// The access decision: whether `agent` holds `perm` on `state` now (registered and
+    /// connected, capabilities, owner or a live share, trust); `Err` says why not. Records
+    /// nothing.
     pub(super) fn check(
         sh: &Shared,
         inner: &Inner,
@@ -83,10 +101,11 @@ impl ContextService {
         }
     }
 
-    /// Looks a live context up and checks that `agent` holds `permission` for `operation`; a
-    /// refusal is recorded (and commits: [`OpError::Committed`]).
+    /// In an operation: looks live context `id` up and [`check`](Self::check)s `agent`
+    /// against it; a refusal is recorded (access-violation conflict and event) and commits
+    /// ([`OpError::Committed`]), as does `NotFound` for an unknown or deleted context.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn authorized(
+    pub(super) fn require(
         sh: &Shared,
         inner: &Inner,
         ctx: &mut WriteCtx<'_>,
@@ -95,17 +114,29 @@ impl ContextService {
         permission: Permission,
         operation: &str,
     ) -> Result<ContextState, OpError> {
-        let Some(state) = inner
+        match Self::look_up(sh, inner, agent, id, permission, true) {
+            Ok(state) => Ok(state.clone()),
+            Err(Refused::NotFound) => Err(OpError::Committed(ContextError::NotFound(id.into()))),
+            Err(Refused::Denied(reason)) => Err(Self::deny(sh, ctx, agent, operation, id, reason)),
+        }
+    }
+
+    /// Looks context `id` up (only a live one with `live`) and checks `agent` against it.
+    fn look_up<'i>(
+        sh: &Shared,
+        inner: &'i Inner,
+        agent: &str,
+        id: &str,
+        permission: Permission,
+        live: bool,
+    ) -> Result<&'i ContextState, Refused> {
+        let state = inner
             .contexts
             .get(id)
-            .filter(|c| c.status != ContextStatus::Deleted)
-        else {
-            return Err(OpError::Committed(ContextError::NotFound(id.to_string())));
-        };
-        match Self::check(sh, inner, agent, state, permission) {
-            Ok(()) => Ok(state.clone()),
-            Err(reason) => Err(Self::deny(sh, ctx, agent, operation, id, reason)),
-        }
+            .filter(|c| !live || c.status != ContextStatus::Deleted)
+            .ok_or(Refused::NotFound)?;
+        Self::check(sh, inner, agent, state, permission).map_err(Refused::Denied)?;
+        Ok(state)
     }
 
     /// Records an access violation (conflict row + event) and returns the error to report:
@@ -159,23 +190,9 @@ impl ContextService {
         })
     }
 
-    pub(super) fn read_check(&self, agent: &str, id: &str) -> Result<(), ContextError> {
-        let inner = self.shared.committed();
-        let state = inner
-            .contexts
-            .get(id)
-            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-        Self::check(&self.shared, &inner, agent, state, Permission::Read).map_err(|reason| {
-            ContextError::AccessDenied {
-                agent: agent.to_string(),
-                operation: "read".into(),
-                context: id.to_string(),
-                reason,
-            }
-        })
-    }
-
-    /// Whether `agent` holds `permission` on context `id` right now (nothing is recorded).
+    /// Whether `agent` holds `permission` on context `id` (deleted ones included: their
+    /// history stays readable) in the committed state, right now. Nothing is recorded.
+    /// Errors: `NotFound`, or `AccessDenied` saying why (operation: the permission's name).
     pub fn allowed(
         &self,
         agent: &str,
@@ -183,21 +200,19 @@ impl ContextService {
         permission: Permission,
     ) -> Result<(), ContextError> {
         let inner = self.shared.committed();
-        let state = inner
-            .contexts
-            .get(id)
-            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-        Self::check(&self.shared, &inner, agent, state, permission).map_err(|reason| {
-            ContextError::AccessDenied {
+        match Self::look_up(&self.shared, &inner, agent, id, permission, false) {
+            Ok(_) => Ok(()),
+            Err(Refused::NotFound) => Err(ContextError::NotFound(id.to_string())),
+            Err(Refused::Denied(reason)) => Err(ContextError::AccessDenied {
                 agent: agent.to_string(),
                 operation: permission.to_string(),
                 context: id.to_string(),
                 reason,
-            }
-        })
+            }),
+        }
     }
 
-    /// Checks that `agent` holds `permission` on context `id` for `operation`; a refusal is
+    /// [`allowed`](Self::allowed) for `operation`, outside an operation; a refusal is
     /// recorded like every other (access-violation conflict and event) and returned.
     pub async fn authorize(
         &self,

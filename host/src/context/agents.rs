@@ -1,6 +1,14 @@
 //! The agent registry: registration, heartbeats and the sweep of disconnected agents.
 
-use super::*;
+use super::{
+    AgentCapabilities, AgentConnection, AgentRegistration, ContextError, ContextService, OPERATOR,
+    OpError, audit, persist,
+};
+use crate::audit::AuditDecision::Record;
+use crate::events::{EventType, NewEvent};
+use crate::store::StoreError;
+use serde_json::json;
+use std::sync::Arc;
 
 impl ContextService {
     /// Registers (or re-registers) an agent.

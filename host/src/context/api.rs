@@ -1,6 +1,11 @@
 //! The public shapes of the context API: what callers pass in and get back.
 
-use super::*;
+use super::{
+    Conflict, ConflictResolution, ContextState, ContextStatus, Hlc, PendingConflict, Permission,
+    PointerOp, SyncStrategy,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// A new context.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,6 +1,15 @@
 //! Creating, reading, listing and deleting contexts.
 
-use super::*;
+use super::{
+    Conflict, ContextError, ContextService, ContextState, ContextStatus, ContextVersion,
+    ContextView, NewContext, OPERATOR, OpError, Permission, Refusal, Stamp, StampedField,
+    WriteResult, audit, compile_schema, labels, patch, persist, schema_check,
+};
+use crate::audit::AuditDecision::Record;
+use crate::events::{EventType, NewEvent};
+use crate::store::StoreError;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 impl ContextService {
     /// Creates a context owned by `agent`.
@@ -61,9 +70,7 @@ impl ContextService {
             {
                 return Err(OpError::Committed(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
             }
-            let now = sh.clock.now_ms();
-            let hlc = sh.clock.tick();
-            let revision = inner.revision + 1;
+            let Stamp { now_ms: now, hlc, revision } = sh.stamp(inner);
             let mut stamps = BTreeMap::new();
             for c in patch::diff(&empty_like(&new.doc), &new.doc).unwrap_or_default() {
                 stamps.insert(c.path, StampedField { version: 1, hlc, agent: agent.clone() });
@@ -213,10 +220,12 @@ impl ContextService {
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
                 let state =
-                    Self::authorized(sh, inner, ctx, &agent, &id, Permission::Delete, "delete")?;
-                let now = sh.clock.now_ms();
-                let hlc = sh.clock.tick();
-                let revision = inner.revision + 1;
+                    Self::require(sh, inner, ctx, &agent, &id, Permission::Delete, "delete")?;
+                let Stamp {
+                    now_ms: now,
+                    hlc,
+                    revision,
+                } = sh.stamp(inner);
                 let mut next = state.clone();
                 next.status = ContextStatus::Deleted;
                 next.version += 1;

@@ -1,6 +1,7 @@
 //! Errors of the context store.
 
-use super::*;
+use super::{Conflict, Refusal};
+use crate::store::StoreError;
 
 /// Errors of the context store.
 #[derive(Debug, thiserror::Error)]

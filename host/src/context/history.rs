@@ -10,7 +10,7 @@ impl ContextService {
         id: &str,
         limit: usize,
     ) -> Result<Vec<ContextVersion>, ContextError> {
-        self.read_check(agent, id)?;
+        self.allowed(agent, id, Permission::Read)?;
         let (blobs, id) = (self.shared.store.blobs().clone(), id.to_string());
         Ok(self
             .shared
@@ -21,7 +21,7 @@ impl ContextService {
 
     /// Conflicts recorded for a context, oldest first.
     pub async fn conflicts(&self, agent: &str, id: &str) -> Result<Vec<Conflict>, ContextError> {
-        self.read_check(agent, id)?;
+        self.allowed(agent, id, Permission::Read)?;
         let id = id.to_string();
         let blobs = self.shared.store.blobs().clone();
         Ok(self
@@ -83,9 +83,9 @@ impl ContextService {
     ) -> Result<WriteResult, ContextError> {
         let (agent, id) = (agent.to_string(), id.to_string());
         self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
-            let state = Self::authorized(sh, inner, ctx, &agent, &id, Permission::Write, "resolve")?;
-            let now = sh.clock.now_ms();
-            let at = Stamp { hlc: sh.clock.tick(), revision: inner.revision + 1, now_ms: now };
+            let state = Self::require(sh, inner, ctx, &agent, &id, Permission::Write, "resolve")?;
+            let at = sh.stamp(inner);
+            let now = at.now_ms;
             let (next, version, chosen) = match engine::resolve(&state, &agent, &choice, at) {
                 Ok(r) => r,
                 Err(message) => return Err(OpError::Committed(ContextError::invalid("resolution", message))),

@@ -68,14 +68,12 @@ pub use model::*;
 pub use patch::{FieldChange, PointerOp};
 pub use service::{ContextService, TrustSource};
 
-use crate::audit::AuditDecision::Record;
-use crate::events::{EventBus, EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
-use crate::store::{Store, StoreError, WriteCtx};
+// What `history`, `writes`, `sync` and `subscriptions` still take with `use super::*`.
+use crate::events::{EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
+use crate::store::{StoreError, WriteCtx};
 use engine::{Stamp, Write};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 /// The operator's agent id: the CLI and embedding code acting with full rights.
 pub const OPERATOR: &str = "operator";

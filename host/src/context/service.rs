@@ -2,10 +2,16 @@
 //! store's writer thread.
 
 use super::hot::{Inner, Staged};
-use super::*;
+use super::{
+    Change, ContextConfig, ContextError, HybridClock, NewContext, OPERATOR, PhysicalClock, Stamp,
+    labels, persist,
+};
+use crate::events::EventBus;
+use crate::store::{Store, StoreError, WriteCtx};
+use serde_json::Value;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::Ordering;
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 pub(super) struct Shared {
     pub(super) store: Store,
@@ -28,6 +34,17 @@ impl Shared {
     /// The committed hot tier, for readers: only changes whose transaction has committed.
     pub(super) fn committed(&self) -> RwLockReadGuard<'_, Inner> {
         self.committed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stamp of the next change an operation makes: the time (unix ms), a fresh HLC
+    /// tick, and the store-wide revision after the working copy's.
+    pub(super) fn stamp(&self, inner: &Inner) -> Stamp {
+        let now_ms = self.clock.now_ms();
+        Stamp {
+            hlc: self.clock.tick(),
+            revision: inner.revision + 1,
+            now_ms,
+        }
     }
 
     /// Applies an operation's changes to the committed hot tier (an after-commit hook).

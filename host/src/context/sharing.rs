@@ -140,7 +140,7 @@ impl ContextService {
             permissions.to_vec(),
         );
         self.run(Some(id.clone()), Box::new(move |sh, inner, ctx| {
-            let state = Self::authorized(sh, inner, ctx, &by, &id, Permission::Share, "share")?;
+            let state = Self::require(sh, inner, ctx, &by, &id, Permission::Share, "share")?;
             let now = sh.clock.now_ms();
             if by != OPERATOR && targets.contains(&by) {
                 let reason = "an agent cannot share a context with itself; ask the owner or the operator to change its grant".to_string();
@@ -232,7 +232,7 @@ impl ContextService {
         self.run(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
-                let state = Self::authorized(
+                let state = Self::require(
                     sh,
                     inner,
                     ctx,

@@ -102,12 +102,8 @@ impl ContextService {
         w: Write,
     ) -> Result<WriteResult, OpError> {
         let state = inner.contexts.get(id).expect("caller checked").clone();
-        let now = sh.clock.now_ms();
-        let at = Stamp {
-            hlc: sh.clock.tick(),
-            revision: inner.revision + 1,
-            now_ms: now,
-        };
+        let at = sh.stamp(inner);
+        let now = at.now_ms;
         let validator = inner.schemas.get(id).cloned();
         let check = validator.as_deref().map(schema_check);
         let applied = engine::apply_write(

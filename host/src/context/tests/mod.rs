@@ -2,9 +2,11 @@
 //! history and rollback, merge, batch sync, heartbeats, schema checks, determinism.
 
 use super::*;
-use crate::events::{EventBusConfig, EventType, SubscribeFrom};
+use crate::events::{EventBus, EventBusConfig, EventType, SubscribeFrom};
+use crate::store::Store;
 use crate::store::StoreConfig;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod access;

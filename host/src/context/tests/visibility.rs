@@ -3,7 +3,7 @@
 //! batch see what earlier ones in it staged.
 
 use super::*;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use std::future::Future;
 use std::pin::Pin;
 
