@@ -174,7 +174,10 @@ async fn context_command(
             context_type,
             owner,
         } => {
-            let list = svc.list(OPERATOR, context_type.as_deref(), owner.as_deref());
+            let list = svc
+                .list(OPERATOR, context_type.as_deref(), owner.as_deref())
+                .await
+                .map_err(ctx_err)?;
             if json {
                 print_json(&list)?;
             } else {

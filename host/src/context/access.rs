@@ -4,12 +4,48 @@
 
 use super::{
     AgentConnection, Conflict, ConflictSeverity, ConflictType, ContextError, ContextService,
-    ContextState, ContextStatus, Inner, OPERATOR, OpError, Permission, Shared, conflict_event,
+    AgentRegistration, ContextState, ContextStatus, Inner, OPERATOR, Share, OpError, Permission, Shared, conflict_event,
     persist,
 };
+use super::hot::Committed;
 use crate::store::WriteCtx;
 use serde_json::json;
 use std::collections::BTreeMap;
+
+/// What an access decision reads: the committed tier (readers) or an operation's view of it
+/// ([`Inner`]: committed with the batch's staged changes).
+pub(super) trait Lookup {
+    /// Context `id`, maybe without its document (metadata is all a decision needs).
+    fn context(&self, id: &str) -> Option<&ContextState>;
+    /// Agent `id`'s registration.
+    fn agent(&self, id: &str) -> Option<&AgentRegistration>;
+    /// `agent`'s grant on context `context`.
+    fn share(&self, context: &str, agent: &str) -> Option<&Share>;
+}
+
+impl Lookup for Committed {
+    fn context(&self, id: &str) -> Option<&ContextState> {
+        self.contexts.get(id)
+    }
+    fn agent(&self, id: &str) -> Option<&AgentRegistration> {
+        self.agents.get(id)
+    }
+    fn share(&self, context: &str, agent: &str) -> Option<&Share> {
+        self.shares.get(context).and_then(|m| m.get(agent))
+    }
+}
+
+impl Lookup for Inner<'_> {
+    fn context(&self, id: &str) -> Option<&ContextState> {
+        self.contexts.get(id)
+    }
+    fn agent(&self, id: &str) -> Option<&AgentRegistration> {
+        self.agents.get(id)
+    }
+    fn share(&self, context: &str, agent: &str) -> Option<&Share> {
+        self.shares.get(context).and_then(|m| m.get(agent))
+    }
+}
 
 /// Why [`ContextService::look_up`] refused.
 enum Refused {
@@ -33,7 +69,7 @@ impl ContextService {
     /// nothing.
     pub(super) fn check(
         sh: &Shared,
-        inner: &Inner,
+        inner: &impl Lookup,
         agent: &str,
         state: &ContextState,
         perm: Permission,
@@ -42,10 +78,7 @@ impl ContextService {
             return Ok(());
         }
         let now = sh.clock.now_ms();
-        let reg = inner
-            .agents
-            .get(agent)
-            .ok_or("the agent is not registered")?;
+        let reg = inner.agent(agent).ok_or("the agent is not registered")?;
         if reg.status == AgentConnection::Disconnected
             || now.saturating_sub(reg.last_heartbeat) > sh.config.heartbeat_timeout_ms
         {
@@ -71,7 +104,7 @@ impl ContextService {
         if state.owner == agent {
             return Ok(());
         }
-        match inner.shares.get(&state.id).and_then(|m| m.get(agent)) {
+        match inner.share(&state.id, agent) {
             None => Err("the context is not shared with it".into()),
             Some(s) if s.expires_at.is_some_and(|e| now >= e) => Err(format!(
                 "its share expired at {}",
@@ -124,15 +157,14 @@ impl ContextService {
     /// Looks context `id` up (only a live one with `live`) and checks `agent` against it.
     fn look_up<'i>(
         sh: &Shared,
-        inner: &'i Inner,
+        inner: &'i impl Lookup,
         agent: &str,
         id: &str,
         permission: Permission,
         live: bool,
     ) -> Result<&'i ContextState, Refused> {
         let state = inner
-            .contexts
-            .get(id)
+            .context(id)
             .filter(|c| !live || c.status != ContextStatus::Deleted)
             .ok_or(Refused::NotFound)?;
         Self::check(sh, inner, agent, state, permission).map_err(Refused::Denied)?;
@@ -200,7 +232,7 @@ impl ContextService {
         permission: Permission,
     ) -> Result<(), ContextError> {
         let inner = self.shared.committed();
-        match Self::look_up(&self.shared, &inner, agent, id, permission, false) {
+        match Self::look_up(&self.shared, &*inner, agent, id, permission, false) {
             Ok(_) => Ok(()),
             Err(Refused::NotFound) => Err(ContextError::NotFound(id.to_string())),
             Err(Refused::Denied(reason)) => Err(ContextError::AccessDenied {

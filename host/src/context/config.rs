@@ -10,6 +10,11 @@ pub struct ContextConfig {
     pub default_history_limit: Option<u64>,
     /// Largest document accepted, in bytes of JSON. Default 16 MiB.
     pub max_document_bytes: usize,
+    /// Bytes of documents the hot tier keeps in memory (a document counts its JSON-encoded
+    /// length plus its field stamps). Beyond it, the least recently used contexts keep only
+    /// their metadata and their documents are read back from the store when next needed.
+    /// Default 256 MiB.
+    pub hot_tier_bytes: usize,
 }
 
 impl Default for ContextConfig {
@@ -18,6 +23,7 @@ impl Default for ContextConfig {
             heartbeat_timeout_ms: 30_000,
             default_history_limit: None,
             max_document_bytes: 16 << 20,
+            hot_tier_bytes: 256 << 20,
         }
     }
 }

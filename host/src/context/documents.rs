@@ -9,7 +9,8 @@ use crate::audit::AuditDecision::Record;
 use crate::events::{EventType, NewEvent};
 use crate::store::StoreError;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 impl ContextService {
     /// Creates a context owned by `agent`.
@@ -92,6 +93,7 @@ impl ContextService {
                 history_limit: new.history_limit.or(sh.config.default_history_limit),
                 created_at: now,
                 updated_at: now,
+                resident: true,
             };
             let version = ContextVersion {
                 context_id: id.clone(),
@@ -141,19 +143,24 @@ impl ContextService {
         Ok(())
     }
 
-    /// Reads a context (emits an `accessed` event).
+    /// Reads a context (emits an `accessed` event). A context whose document the hot tier
+    /// evicted is read back from the store (and kept hot again).
     pub async fn get(&self, agent: &str, id: &str) -> Result<ContextView, ContextError> {
         let checked = {
-            let inner = self.shared.committed();
-            let state = inner
-                .contexts
-                .get(id)
+            let committed = self.shared.committed();
+            let state = committed
+                .context_arc(id)
                 .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-            Self::check(&self.shared, &inner, agent, state, Permission::Read)
-                .map(|()| ContextView::from(state))
+            let checked = Self::check(&self.shared, &*committed, agent, &state, Permission::Read);
+            if checked.is_ok() && state.resident {
+                committed.touch(id);
+            }
+            checked.map(|()| state)
         };
         match checked {
-            Ok(view) => {
+            Ok(state) => {
+                let state = self.resident(state).await?;
+                let view = ContextView::from(&*state);
                 // Reads are events too; the reader does not wait for that one to be durable.
                 let store = self.shared.store.clone();
                 let shared = self.shared.clone();
@@ -182,7 +189,7 @@ impl ContextService {
             Err(reason) => {
                 let (agent, id) = (agent.to_string(), id.to_string());
                 self.run(
-                    Some(id.clone()),
+                    None,
                     Box::new(move |sh, _inner, ctx| {
                         Err(Self::deny(sh, ctx, &agent, "read", &id, reason))
                     }),
@@ -192,22 +199,94 @@ impl ContextService {
         }
     }
 
-    /// Contexts `agent` can read, optionally filtered by type and owner, sorted by id.
-    pub fn list(
+    /// `state` with its document: as is if the hot tier holds it, else read from the store
+    /// and put back into the hot tier (unless the context changed meanwhile).
+    async fn resident(&self, state: Arc<ContextState>) -> Result<Arc<ContextState>, ContextError> {
+        if state.resident {
+            return Ok(state);
+        }
+        let blobs = self.shared.store.blobs().clone();
+        let id = state.id.clone();
+        let loaded = self
+            .shared
+            .store
+            .read(move |conn| persist::load_context(conn, &blobs, &id))
+            .await?
+            .ok_or_else(|| ContextError::NotFound(state.id.clone()))?;
+        let bound = self.shared.config.hot_tier_bytes;
+        Ok(self.shared.committed_mut().put_back(&state, loaded, bound))
+    }
+
+    /// Contexts `agent` can read, optionally filtered by type and owner, sorted by id, with
+    /// their documents (evicted ones are read from the store, not made hot again).
+    pub async fn list(
         &self,
         agent: &str,
         context_type: Option<&str>,
         owner: Option<&str>,
-    ) -> Vec<ContextView> {
-        let inner = self.shared.committed();
-        let mut v: Vec<ContextView> = inner
+    ) -> Result<Vec<ContextView>, ContextError> {
+        let states = self.readable(agent, context_type, owner);
+        let cold: Vec<String> = states
+            .iter()
+            .filter(|s| !s.resident)
+            .map(|s| s.id.clone())
+            .collect();
+        let mut loaded: HashMap<String, ContextState> = HashMap::new();
+        if !cold.is_empty() {
+            let blobs = self.shared.store.blobs().clone();
+            let rows = self
+                .shared
+                .store
+                .read(move |conn| {
+                    let mut rows = Vec::with_capacity(cold.len());
+                    for id in &cold {
+                        rows.extend(persist::load_context(conn, &blobs, id)?);
+                    }
+                    Ok(rows)
+                })
+                .await?;
+            loaded.extend(rows.into_iter().map(|s| (s.id.clone(), s)));
+        }
+        Ok(states
+            .iter()
+            .map(|s| match loaded.get(&s.id) {
+                // Loaded after the list was taken: the metadata of the list wins if newer.
+                Some(l) if !s.resident && l.revision >= s.revision => ContextView::from(l),
+                _ => ContextView::from(&**s),
+            })
+            .collect())
+    }
+
+    /// The ids of the contexts `agent` can read, optionally filtered by type and owner,
+    /// sorted (no document is read).
+    pub fn ids(
+        &self,
+        agent: &str,
+        context_type: Option<&str>,
+        owner: Option<&str>,
+    ) -> Vec<String> {
+        self.readable(agent, context_type, owner)
+            .into_iter()
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// The live contexts `agent` can read (maybe without documents), sorted by id.
+    fn readable(
+        &self,
+        agent: &str,
+        context_type: Option<&str>,
+        owner: Option<&str>,
+    ) -> Vec<Arc<ContextState>> {
+        let committed = self.shared.committed();
+        let mut v: Vec<Arc<ContextState>> = committed
             .contexts
             .values()
             .filter(|c| c.status != ContextStatus::Deleted)
             .filter(|c| context_type.is_none_or(|t| c.context_type == t))
             .filter(|c| owner.is_none_or(|o| c.owner == o))
-            .filter(|c| Self::check(&self.shared, &inner, agent, c, Permission::Read).is_ok())
-            .map(ContextView::from)
+            .filter(|c| Self::check(&self.shared, &*committed, agent, c, Permission::Read).is_ok())
+            .filter_map(|c| committed.context_arc(&c.id))
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v

@@ -1,77 +1,54 @@
-//! The hot tier: the in-memory state of contexts, shares, agents, schemas and labels, in two
-//! copies.
+//! The hot tier: the in-memory state of contexts, shares, agents, schemas and labels.
 //!
-//! * The **working** copy belongs to the writer thread. Operations change it as they run
-//!   (so a later operation of the same group-commit batch sees what an earlier one staged).
-//!   Every map logs the old value of each key an operation touches: an operation that rolls
-//!   back is undone from that log, and at the start of each new batch the keys the previous
-//!   batch touched are set back to their committed values (a no-op if that batch committed,
-//!   an undo if its `COMMIT` failed).
-//! * The **committed** copy is what readers (reads, lists, access checks, grants, labels,
-//!   the registry) see. An operation's changes are copied into it by an after-commit hook,
-//!   so nothing is visible before its transaction has committed, and a failed batch leaves
-//!   no trace.
+//! * [`Committed`] is what readers (reads, lists, access checks, grants, labels, the
+//!   registry) see: only changes whose transaction has committed. An operation's changes
+//!   are copied into it by an after-commit hook ([`Committed::publish`]), so a batch that
+//!   fails to commit leaves no trace.
+//! * [`Working`] belongs to the writer thread: an overlay of what the current group-commit
+//!   batch has staged over the committed state. An operation sees it through [`Inner`] (the
+//!   committed maps with the overlay on top), so a later operation of the batch sees what an
+//!   earlier one staged. Every change logs the overlay entry it replaced: an operation that
+//!   rolls back is undone from that log. The overlay is dropped when the next batch starts:
+//!   by then it was either published (the batch committed) or must vanish (it did not).
 //!
-//! Values sit behind [`Arc`], so logging, publishing and undoing copy pointers, not
-//! documents; changing a value in place copies it only while the other copy shares it.
+//! Contexts are bounded in bytes: the committed tier keeps the documents of the
+//! least-recently-used contexts up to [`ContextConfig::hot_tier_bytes`]; beyond it, a
+//! context keeps only its metadata (owner, type, status, version: what access checks and
+//! lists need) and its document, field stamps and pending conflict are loaded from SQLite
+//! when next needed. A document's size is its JSON-encoded length plus its field stamps.
+//! Values sit behind [`Arc`], so publishing, logging and undoing copy pointers, not
+//! documents.
+//!
+//! [`ContextConfig::hot_tier_bytes`]: super::ContextConfig::hot_tier_bytes
 
 use super::{AgentRegistration, ContextState, Share};
 use crate::events::SubscriptionId;
+use hashlink::LinkedHashMap;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// A map from ids to values that logs, for the running operation, the value each key had
-/// before the operation first touched it, and remembers every key the current batch touched.
-/// Reading methods mirror [`HashMap`]'s; writing ones log first.
-pub(super) struct Tracked<V> {
+/// A committed map from ids to values.
+pub(super) struct Map<V> {
     map: HashMap<String, Arc<V>>,
-    /// First-touch old values of the running operation.
-    undo: Vec<(String, Option<Arc<V>>)>,
-    undo_keys: HashSet<String>,
-    /// Keys touched by any operation of the current batch.
-    batch_keys: HashSet<String>,
 }
 
-impl<V> Default for Tracked<V> {
+impl<V> Default for Map<V> {
     fn default() -> Self {
-        Tracked {
+        Map {
             map: HashMap::new(),
-            undo: Vec::new(),
-            undo_keys: HashSet::new(),
-            batch_keys: HashSet::new(),
         }
     }
 }
 
-/// The new values of the keys one operation changed (`None`: removed), to publish.
-type Changes<V> = Vec<(String, Option<Arc<V>>)>;
-
-impl<V: Clone> Tracked<V> {
-    fn log(&mut self, key: &str) {
-        if !self.undo_keys.contains(key) {
-            self.undo_keys.insert(key.to_string());
-            self.batch_keys.insert(key.to_string());
-            self.undo
-                .push((key.to_string(), self.map.get(key).cloned()));
-        }
-    }
-
+impl<V> Map<V> {
     pub(super) fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         String: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         self.map.get(key).map(|v| &**v)
-    }
-
-    pub(super) fn contains_key<Q>(&self, key: &Q) -> bool
-    where
-        String: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.map.contains_key(key)
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &V> {
@@ -82,58 +59,41 @@ impl<V: Clone> Tracked<V> {
         self.map.iter().map(|(k, v)| (k, &**v))
     }
 
-    /// Sets `key` to `value`; returns the previous value.
-    pub(super) fn insert(&mut self, key: String, value: V) -> Option<Arc<V>> {
-        self.log(&key);
-        self.map.insert(key, Arc::new(value))
+    /// Sets `key` (loading at open).
+    pub(super) fn load(&mut self, key: String, value: V) {
+        self.map.insert(key, Arc::new(value));
     }
+}
 
-    /// Removes `key`; returns its value.
-    pub(super) fn remove<Q>(&mut self, key: &Q) -> Option<Arc<V>>
-    where
-        String: Borrow<Q>,
-        Q: Hash + Eq + ?Sized + AsRef<str>,
-    {
-        if !self.map.contains_key(key) {
-            return None;
-        }
-        self.log(key.as_ref());
-        self.map.remove(key)
-    }
+/// What the current batch staged over one committed map (`None`: removed), and the undo log
+/// of the running operation (the overlay entry each key had before it first touched it).
+struct Overlay<V> {
+    entries: HashMap<String, Option<Arc<V>>>,
+    undo: Vec<(String, Option<Option<Arc<V>>>)>,
+    undo_keys: HashSet<String>,
+}
 
-    /// The value of `key`, to change in place (copied first if the committed copy shares it).
-    pub(super) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        String: Borrow<Q>,
-        Q: Hash + Eq + ?Sized + AsRef<str>,
-    {
-        if !self.map.contains_key(key) {
-            return None;
-        }
-        self.log(key.as_ref());
-        self.map.get_mut(key).map(Arc::make_mut)
-    }
-
-    /// Like [`HashMap::entry`], for `.or_default()`.
-    pub(super) fn entry(&mut self, key: String) -> Entry<'_, V> {
-        self.log(&key);
-        Entry {
-            slot: self.map.entry(key),
+impl<V> Default for Overlay<V> {
+    fn default() -> Self {
+        Overlay {
+            entries: HashMap::new(),
+            undo: Vec::new(),
+            undo_keys: HashSet::new(),
         }
     }
+}
 
-    /// Starts an operation: forgets the previous operation's undo log.
+impl<V> Overlay<V> {
     fn begin_op(&mut self) {
         self.undo.clear();
         self.undo_keys.clear();
     }
 
-    /// Undoes everything the running operation changed.
     fn undo_op(&mut self) {
         for (key, old) in self.undo.drain(..).rev() {
             match old {
-                Some(v) => self.map.insert(key, v),
-                None => self.map.remove(&key),
+                Some(entry) => self.entries.insert(key, entry),
+                None => self.entries.remove(&key),
             };
         }
         self.undo_keys.clear();
@@ -143,72 +103,384 @@ impl<V: Clone> Tracked<V> {
     fn changes(&self) -> Changes<V> {
         self.undo
             .iter()
-            .map(|(k, _)| (k.clone(), self.map.get(k).cloned()))
+            .map(|(k, _)| (k.clone(), self.entries.get(k).cloned().flatten()))
             .collect()
-    }
-
-    /// Sets every key the last batch touched back to its value in `committed`.
-    fn restore_batch(&mut self, committed: &Tracked<V>) {
-        for key in self.batch_keys.drain() {
-            match committed.map.get(&key) {
-                Some(v) => self.map.insert(key, v.clone()),
-                None => self.map.remove(&key),
-            };
-        }
-    }
-
-    fn publish(&mut self, changes: Changes<V>) {
-        for (key, value) in changes {
-            match value {
-                Some(v) => self.map.insert(key, v),
-                None => self.map.remove(&key),
-            };
-        }
     }
 }
 
-impl<V, Q> std::ops::Index<&Q> for Tracked<V>
+/// One map as an operation sees it: the committed values with the batch's overlay on top.
+/// Reading methods mirror [`HashMap`]'s; writing ones log first.
+pub(super) struct Staging<'a, V> {
+    base: &'a Map<V>,
+    overlay: &'a mut Overlay<V>,
+}
+
+impl<V: Clone> Staging<'_, V> {
+    fn log(&mut self, key: &str) {
+        if self.overlay.undo_keys.insert(key.to_string()) {
+            let before = self.overlay.entries.get(key).cloned();
+            self.overlay.undo.push((key.to_string(), before));
+        }
+    }
+
+    fn current(&self, key: &str) -> Option<&Arc<V>> {
+        match self.overlay.entries.get(key) {
+            Some(staged) => staged.as_ref(),
+            None => self.base.map.get(key),
+        }
+    }
+
+    pub(super) fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + AsRef<str>,
+    {
+        self.current(key.as_ref()).map(|v| &**v)
+    }
+
+    pub(super) fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + AsRef<str>,
+    {
+        self.current(key.as_ref()).is_some()
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        let staged = &self.overlay.entries;
+        self.base
+            .map
+            .iter()
+            .filter(|(k, _)| !staged.contains_key(*k))
+            .map(|(k, v)| (k, &**v))
+            .chain(
+                staged
+                    .iter()
+                    .filter_map(|(k, v)| v.as_deref().map(|v| (k, v))),
+            )
+    }
+
+    /// Sets `key` to `value`; returns the previous value.
+    pub(super) fn insert(&mut self, key: String, value: V) -> Option<Arc<V>> {
+        self.log(&key);
+        let before = self.current(&key).cloned();
+        self.overlay.entries.insert(key, Some(Arc::new(value)));
+        before
+    }
+
+    /// Removes `key`; returns its value.
+    pub(super) fn remove<Q>(&mut self, key: &Q) -> Option<Arc<V>>
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + AsRef<str>,
+    {
+        let key = key.as_ref();
+        let before = self.current(key).cloned()?;
+        self.log(key);
+        self.overlay.entries.insert(key.to_string(), None);
+        Some(before)
+    }
+
+    /// The value of `key`, to change in place (copied first while the committed state
+    /// shares it).
+    pub(super) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + AsRef<str>,
+    {
+        let key = key.as_ref();
+        let value = self.current(key).cloned()?;
+        self.log(key);
+        let slot = self.overlay.entries.entry(key.to_string()).or_default();
+        Some(Arc::make_mut(slot.get_or_insert(value)))
+    }
+
+    /// Like [`HashMap::entry`], for `.or_default()`.
+    pub(super) fn entry(&mut self, key: String) -> Entry<'_, V> {
+        self.log(&key);
+        let value = self.current(&key).cloned();
+        let slot = self.overlay.entries.entry(key).or_default();
+        *slot = value;
+        Entry { slot }
+    }
+}
+
+impl<V: Clone, Q> std::ops::Index<&Q> for Staging<'_, V>
 where
     String: Borrow<Q>,
-    Q: Hash + Eq + ?Sized,
+    Q: Hash + Eq + ?Sized + AsRef<str>,
 {
     type Output = V;
 
     fn index(&self, key: &Q) -> &V {
-        &self.map[key]
+        self.get(key).expect("no entry for the key")
     }
 }
 
-/// An entry of a [`Tracked`] map (already logged).
+/// An entry of a [`Staging`] map (already logged).
 pub(super) struct Entry<'a, V> {
-    slot: std::collections::hash_map::Entry<'a, String, Arc<V>>,
+    slot: &'a mut Option<Arc<V>>,
 }
 
 impl<'a, V: Clone + Default> Entry<'a, V> {
     pub(super) fn or_default(self) -> &'a mut V {
-        Arc::make_mut(self.slot.or_default())
+        Arc::make_mut(self.slot.get_or_insert_with(Arc::default))
     }
 }
 
-/// The hot tier's state (one copy of it: working or committed).
+/// The new values of the keys one operation changed (`None`: removed), to publish.
+type Changes<V> = Vec<(String, Option<Arc<V>>)>;
+
+/// The committed hot tier: what readers see.
 #[derive(Default)]
-pub(super) struct Inner {
-    pub(super) contexts: Tracked<ContextState>,
-    pub(super) shares: Tracked<BTreeMap<String, Share>>,
-    pub(super) agents: Tracked<AgentRegistration>,
-    pub(super) schemas: Tracked<Arc<jsonschema::Validator>>,
+pub(super) struct Committed {
+    pub(super) contexts: Map<ContextState>,
+    pub(super) shares: Map<BTreeMap<String, Share>>,
+    pub(super) agents: Map<AgentRegistration>,
+    pub(super) schemas: Map<Arc<jsonschema::Validator>>,
     /// Host-kept labels by context (see [`labels`](super::labels)).
-    pub(super) labels: Tracked<Vec<String>>,
-    /// Live subscriptions by agent (working copy only: the writer cleans them up).
-    pub(super) subscriptions: HashMap<String, Vec<SubscriptionId>>,
-    /// The last committed revision (working copy: the last staged one).
+    pub(super) labels: Map<Vec<String>>,
+    /// The last committed revision.
     pub(super) revision: u64,
+    lru: Mutex<Lru>,
+}
+
+/// Contexts whose documents are in memory, least recently used first, with their sizes.
+#[derive(Default)]
+struct Lru {
+    order: LinkedHashMap<String, usize>,
+    bytes: usize,
+}
+
+impl Lru {
+    fn put(&mut self, id: &str, size: usize) {
+        if let Some(old) = self.order.insert(id.to_string(), size) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some(old) = self.order.remove(id) {
+            self.bytes -= old;
+        }
+    }
+}
+
+/// The size a context counts for in the hot tier: its JSON-encoded document plus its field
+/// stamps.
+fn resident_bytes(state: &ContextState) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, &state.doc);
+    let stamps: usize = state.field_stamps.keys().map(|k| k.len() + 48).sum();
+    count.0 + stamps
+}
+
+impl Committed {
+    /// An empty tier at `revision` (fill it with the maps' `load`).
+    pub(super) fn new(revision: u64) -> Committed {
+        Committed {
+            revision,
+            ..Committed::default()
+        }
+    }
+
+    /// Applies an operation's committed changes, then evicts documents beyond `bound` bytes.
+    pub(super) fn publish(&mut self, staged: Staged, bound: usize) {
+        {
+            let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
+            for (id, state) in &staged.contexts {
+                match state {
+                    Some(s) if s.resident => lru.put(id, resident_bytes(s)),
+                    _ => lru.forget(id),
+                }
+            }
+        }
+        publish(&mut self.contexts, staged.contexts);
+        publish(&mut self.shares, staged.shares);
+        publish(&mut self.agents, staged.agents);
+        publish(&mut self.schemas, staged.schemas);
+        publish(&mut self.labels, staged.labels);
+        self.revision = self.revision.max(staged.revision);
+        self.evict(bound);
+    }
+
+    /// Marks context `id` as just used (its document is evicted last).
+    pub(super) fn touch(&self, id: &str) {
+        let mut lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        lru.order.to_back(id);
+    }
+
+    /// Puts back the document of context `id`, loaded from disk while `seen` (its metadata
+    /// without one) was current; returns the state to use. If the context changed meanwhile,
+    /// the current state wins and nothing is put back.
+    pub(super) fn put_back(
+        &mut self,
+        seen: &Arc<ContextState>,
+        loaded: ContextState,
+        bound: usize,
+    ) -> Arc<ContextState> {
+        match self.contexts.map.get(&loaded.id) {
+            Some(now) if Arc::ptr_eq(now, seen) => {
+                let loaded = Arc::new(loaded);
+                let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
+                lru.put(&loaded.id, resident_bytes(&loaded));
+                self.contexts.map.insert(loaded.id.clone(), loaded.clone());
+                self.evict(bound);
+                loaded
+            }
+            Some(now) if now.resident || now.revision != loaded.revision => now.clone(),
+            _ => Arc::new(loaded),
+        }
+    }
+
+    /// The committed state of context `id` as stored in the tier (maybe without document).
+    pub(super) fn context_arc(&self, id: &str) -> Option<Arc<ContextState>> {
+        self.contexts.map.get(id).cloned()
+    }
+
+    /// Bytes of documents held, and how many contexts hold theirs.
+    #[cfg(test)]
+    pub(super) fn resident(&self) -> (usize, usize) {
+        let lru = self.lru.lock().unwrap_or_else(|p| p.into_inner());
+        (lru.bytes, lru.order.len())
+    }
+
+    /// Drops the documents of the least recently used contexts until at most `bound` bytes
+    /// are held.
+    fn evict(&mut self, bound: usize) {
+        let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
+        while lru.bytes > bound {
+            let Some((id, size)) = lru.order.pop_front() else {
+                break;
+            };
+            lru.bytes -= size;
+            if let Some(state) = self.contexts.map.get_mut(&id) {
+                *state = Arc::new(state.without_document());
+            }
+        }
+    }
+}
+
+fn publish<V>(map: &mut Map<V>, changes: Changes<V>) {
+    for (key, value) in changes {
+        match value {
+            Some(v) => map.map.insert(key, v),
+            None => map.map.remove(&key),
+        };
+    }
+}
+
+/// The writer's state: the current batch's overlay and what only the writer keeps.
+#[derive(Default)]
+pub(super) struct Working {
+    contexts: Overlay<ContextState>,
+    shares: Overlay<BTreeMap<String, Share>>,
+    agents: Overlay<AgentRegistration>,
+    schemas: Overlay<Arc<jsonschema::Validator>>,
+    labels: Overlay<Vec<String>>,
+    /// Live subscriptions by agent (the writer cleans them up).
+    subscriptions: HashMap<String, Vec<SubscriptionId>>,
+    /// The next generated context number.
     pub(super) next_id: u64,
-    /// The store batch the working copy last staged changes in.
+    /// The last revision the current batch staged.
+    staged_revision: Option<u64>,
+    /// The store batch the overlay belongs to.
     batch: u64,
 }
 
-/// What one operation changed, published to the committed copy once its batch commits.
+impl Working {
+    /// A writer state whose generated context ids start at `ctx-{next_id}`.
+    pub(super) fn new(next_id: u64) -> Working {
+        Working {
+            next_id,
+            ..Working::default()
+        }
+    }
+
+    /// Starts an operation of store batch `batch` over `committed`. A new batch drops the
+    /// previous batch's overlay: published if it committed, void if it did not.
+    pub(super) fn begin<'a>(&'a mut self, batch: u64, committed: &'a Committed) -> Inner<'a> {
+        if batch != self.batch {
+            self.contexts.entries.clear();
+            self.shares.entries.clear();
+            self.agents.entries.clear();
+            self.schemas.entries.clear();
+            self.labels.entries.clear();
+            self.staged_revision = None;
+            self.batch = batch;
+        }
+        self.contexts.begin_op();
+        self.shares.begin_op();
+        self.agents.begin_op();
+        self.schemas.begin_op();
+        self.labels.begin_op();
+        let revision = self
+            .staged_revision
+            .unwrap_or(committed.revision)
+            .max(committed.revision);
+        Inner {
+            contexts: Staging {
+                base: &committed.contexts,
+                overlay: &mut self.contexts,
+            },
+            shares: Staging {
+                base: &committed.shares,
+                overlay: &mut self.shares,
+            },
+            agents: Staging {
+                base: &committed.agents,
+                overlay: &mut self.agents,
+            },
+            schemas: Staging {
+                base: &committed.schemas,
+                overlay: &mut self.schemas,
+            },
+            labels: Staging {
+                base: &committed.labels,
+                overlay: &mut self.labels,
+            },
+            subscriptions: &mut self.subscriptions,
+            revision,
+            next_id: self.next_id,
+            staged_revision: &mut self.staged_revision,
+            next_id_slot: &mut self.next_id,
+        }
+    }
+}
+
+/// The hot tier as an operation sees it: committed state with the batch's staged changes on
+/// top. Change it like plain maps; the service publishes or undoes the changes.
+pub(super) struct Inner<'a> {
+    pub(super) contexts: Staging<'a, ContextState>,
+    pub(super) shares: Staging<'a, BTreeMap<String, Share>>,
+    pub(super) agents: Staging<'a, AgentRegistration>,
+    pub(super) schemas: Staging<'a, Arc<jsonschema::Validator>>,
+    /// Host-kept labels by context.
+    pub(super) labels: Staging<'a, Vec<String>>,
+    pub(super) subscriptions: &'a mut HashMap<String, Vec<SubscriptionId>>,
+    /// The last revision (committed or staged by this batch); a change takes the next one.
+    pub(super) revision: u64,
+    pub(super) next_id: u64,
+    staged_revision: &'a mut Option<u64>,
+    next_id_slot: &'a mut u64,
+}
+
+/// What one operation changed, published to the committed tier once its batch commits.
 pub(super) struct Staged {
     contexts: Changes<ContextState>,
     shares: Changes<BTreeMap<String, Share>>,
@@ -233,105 +505,43 @@ impl Staged {
     }
 }
 
-impl Inner {
-    /// Prepares the working copy for an operation of store batch `batch`. When the batch is
-    /// a new one and the previous batch changed anything, `committed` is asked for the
-    /// committed copy and the keys the previous batch touched are set back to their committed
-    /// values: they equal them if that batch committed, and must if its `COMMIT` failed.
-    pub(super) fn begin_op<'c>(
+impl Inner<'_> {
+    /// Puts the document of context `id` back into the overlay if the committed tier holds
+    /// only its metadata (`load` reads it inside the write transaction).
+    pub(super) fn ensure_resident(
         &mut self,
-        batch: u64,
-        committed: impl FnOnce() -> std::sync::RwLockReadGuard<'c, Inner>,
-    ) {
-        if batch != self.batch {
-            let touched = !(self.contexts.batch_keys.is_empty()
-                && self.shares.batch_keys.is_empty()
-                && self.agents.batch_keys.is_empty()
-                && self.schemas.batch_keys.is_empty()
-                && self.labels.batch_keys.is_empty());
-            if touched {
-                let committed = committed();
-                self.contexts.restore_batch(&committed.contexts);
-                self.shares.restore_batch(&committed.shares);
-                self.agents.restore_batch(&committed.agents);
-                self.schemas.restore_batch(&committed.schemas);
-                self.labels.restore_batch(&committed.labels);
-                self.revision = committed.revision;
-            }
-            self.batch = batch;
+        id: &str,
+        load: impl FnOnce() -> Result<Option<ContextState>, crate::store::StoreError>,
+    ) -> Result<(), crate::store::StoreError> {
+        if self.contexts.get(id).is_some_and(|c| !c.resident)
+            && let Some(state) = load()?
+        {
+            self.contexts.insert(id.to_string(), state);
         }
-        self.contexts.begin_op();
-        self.shares.begin_op();
-        self.agents.begin_op();
-        self.schemas.begin_op();
-        self.labels.begin_op();
+        Ok(())
     }
 
-    /// Undoes the running operation (it rolled back).
-    pub(super) fn undo_op(&mut self, revision_before: u64) {
-        self.contexts.undo_op();
-        self.shares.undo_op();
-        self.agents.undo_op();
-        self.schemas.undo_op();
-        self.labels.undo_op();
-        self.revision = revision_before;
+    /// Ends an operation that rolled back (or panicked): undoes its changes.
+    pub(super) fn undo(self) {
+        self.contexts.overlay.undo_op();
+        self.shares.overlay.undo_op();
+        self.agents.overlay.undo_op();
+        self.schemas.overlay.undo_op();
+        self.labels.overlay.undo_op();
+        *self.next_id_slot = (*self.next_id_slot).max(self.next_id);
     }
 
-    /// What the running operation changed (it succeeded).
-    pub(super) fn staged(&self) -> Staged {
+    /// Ends an operation whose changes stay staged: what it changed, to publish.
+    pub(super) fn finish(self) -> Staged {
+        *self.next_id_slot = (*self.next_id_slot).max(self.next_id);
+        *self.staged_revision = Some(self.revision);
         Staged {
-            contexts: self.contexts.changes(),
-            shares: self.shares.changes(),
-            agents: self.agents.changes(),
-            schemas: self.schemas.changes(),
-            labels: self.labels.changes(),
+            contexts: self.contexts.overlay.changes(),
+            shares: self.shares.overlay.changes(),
+            agents: self.agents.overlay.changes(),
+            schemas: self.schemas.overlay.changes(),
+            labels: self.labels.overlay.changes(),
             revision: self.revision,
-        }
-    }
-
-    /// Applies an operation's committed changes (on the committed copy).
-    pub(super) fn publish(&mut self, staged: Staged) {
-        self.contexts.publish(staged.contexts);
-        self.shares.publish(staged.shares);
-        self.agents.publish(staged.agents);
-        self.schemas.publish(staged.schemas);
-        self.labels.publish(staged.labels);
-        self.revision = self.revision.max(staged.revision);
-    }
-
-    /// Forgets what loading logged and returns a copy sharing every value: the committed
-    /// copy, at open.
-    pub(super) fn settle(&mut self) -> Inner {
-        for t in [
-            &mut self.contexts.batch_keys,
-            &mut self.shares.batch_keys,
-            &mut self.agents.batch_keys,
-            &mut self.schemas.batch_keys,
-            &mut self.labels.batch_keys,
-        ] {
-            t.clear();
-        }
-        self.contexts.begin_op();
-        self.shares.begin_op();
-        self.agents.begin_op();
-        self.schemas.begin_op();
-        self.labels.begin_op();
-        fn copy<V>(t: &Tracked<V>) -> Tracked<V> {
-            Tracked {
-                map: t.map.clone(),
-                ..Tracked::default()
-            }
-        }
-        Inner {
-            contexts: copy(&self.contexts),
-            shares: copy(&self.shares),
-            agents: copy(&self.agents),
-            schemas: copy(&self.schemas),
-            labels: copy(&self.labels),
-            subscriptions: HashMap::new(),
-            revision: self.revision,
-            next_id: self.next_id,
-            batch: 0,
         }
     }
 }

@@ -197,6 +197,36 @@ pub struct ContextState {
     pub created_at: u64,
     /// Last changed (unix ms).
     pub updated_at: u64,
+    /// Whether `doc`, `field_stamps` and `pending` are in memory. `false` for a context whose
+    /// document the hot tier evicted (they are then empty until the service loads them back
+    /// from the store); the other fields are always current.
+    #[serde(skip)]
+    pub resident: bool,
+}
+
+impl ContextState {
+    /// This state with its document, field stamps and pending conflict dropped (kept on disk).
+    pub fn without_document(&self) -> ContextState {
+        ContextState {
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            context_type: self.context_type.clone(),
+            schema: self.schema.clone(),
+            strategy: self.strategy,
+            resolution: self.resolution,
+            status: self.status,
+            version: self.version,
+            revision: self.revision,
+            hlc: self.hlc,
+            doc: Value::Null,
+            field_stamps: BTreeMap::new(),
+            pending: None,
+            history_limit: self.history_limit,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            resident: false,
+        }
+    }
 }
 
 /// A document version in the history.

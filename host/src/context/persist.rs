@@ -284,7 +284,7 @@ pub fn delete_agent(conn: &Connection, id: &str) -> Result<(), StoreError> {
 
 /// Everything the hot tier needs at startup.
 pub struct Loaded {
-    /// Current state of every context.
+    /// Current state of every context, without documents ([`ContextState::resident`] false).
     pub contexts: Vec<ContextState>,
     /// Every share.
     pub shares: Vec<Share>,
@@ -296,17 +296,21 @@ pub struct Loaded {
     pub hlc: Hlc,
 }
 
-/// Loads the hot tier.
-pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreError> {
-    let mut contexts = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at FROM contexts",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut max_hlc = Hlc::default();
-    while let Some(r) = rows.next()? {
-        let schema: Option<String> = r.get(3)?;
-        let id: String = r.get(0)?;
+/// The columns [`context_row`] reads, in order.
+const CONTEXT_COLUMNS: &str = "id, owner, context_type, schema, strategy, resolution, status, \
+     version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, \
+     updated_at";
+
+/// One row of `contexts` selected with [`CONTEXT_COLUMNS`]; with `document` false, only its
+/// metadata (no document, field stamps or pending conflict: they are not even decoded).
+fn context_row(
+    r: &rusqlite::Row<'_>,
+    blobs: &BlobStore,
+    document: bool,
+) -> Result<ContextState, StoreError> {
+    let schema: Option<String> = r.get(3)?;
+    let id: String = r.get(0)?;
+    let (doc, field_stamps, pending) = if document {
         let doc = load_doc(
             r.get::<_, Option<Vec<u8>>>(10)?,
             r.get::<_, Option<String>>(11)?,
@@ -324,37 +328,69 @@ pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreErr
             .get::<_, Option<Vec<u8>>>(13)?
             .map(|b| unseal(blobs, &id, column::PENDING_CONFLICT, b).and_then(|b| dec(&b)))
             .transpose()?;
-        let hlc: Hlc = r
-            .get::<_, String>(9)?
-            .parse()
-            .map_err(StoreError::CorruptRow)?;
-        max_hlc = max_hlc.max(hlc);
-        let status = match r.get::<_, String>(6)?.as_str() {
-            "active" => ContextStatus::Active,
-            "conflict" => ContextStatus::Conflict,
-            _ => ContextStatus::Deleted,
-        };
-        contexts.push(ContextState {
-            id,
-            owner: r.get(1)?,
-            context_type: r.get(2)?,
-            schema: schema
-                .map(|s| serde_json::from_str(&s))
-                .transpose()
-                .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
-            strategy: parse::<SyncStrategy>(&r.get::<_, String>(4)?)?,
-            resolution: parse::<ConflictResolution>(&r.get::<_, String>(5)?)?,
-            status,
-            version: r.get::<_, i64>(7)? as u64,
-            revision: r.get::<_, i64>(8)? as u64,
-            hlc,
-            doc,
-            field_stamps: stamps,
-            pending,
-            history_limit: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
-            created_at: r.get::<_, i64>(15)? as u64,
-            updated_at: r.get::<_, i64>(16)? as u64,
-        });
+        (doc, stamps, pending)
+    } else {
+        (Value::Null, BTreeMap::new(), None)
+    };
+    let hlc: Hlc = r
+        .get::<_, String>(9)?
+        .parse()
+        .map_err(StoreError::CorruptRow)?;
+    let status = match r.get::<_, String>(6)?.as_str() {
+        "active" => ContextStatus::Active,
+        "conflict" => ContextStatus::Conflict,
+        _ => ContextStatus::Deleted,
+    };
+    Ok(ContextState {
+        id,
+        owner: r.get(1)?,
+        context_type: r.get(2)?,
+        schema: schema
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| StoreError::CorruptRow(e.to_string()))?,
+        strategy: parse::<SyncStrategy>(&r.get::<_, String>(4)?)?,
+        resolution: parse::<ConflictResolution>(&r.get::<_, String>(5)?)?,
+        status,
+        version: r.get::<_, i64>(7)? as u64,
+        revision: r.get::<_, i64>(8)? as u64,
+        hlc,
+        doc,
+        field_stamps,
+        pending,
+        history_limit: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+        created_at: r.get::<_, i64>(15)? as u64,
+        updated_at: r.get::<_, i64>(16)? as u64,
+        resident: document,
+    })
+}
+
+/// The current state of context `id` with its document, or `None` if there is no such row.
+pub fn load_context(
+    conn: &Connection,
+    blobs: &BlobStore,
+    id: &str,
+) -> Result<Option<ContextState>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {CONTEXT_COLUMNS} FROM contexts WHERE id = ?1"))?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(context_row(r, blobs, true)?)),
+        None => Ok(None),
+    }
+}
+
+/// Loads the hot tier at startup: every context's metadata (documents are loaded when first
+/// needed), every share and agent, the highest revision and HLC.
+pub fn load_all(conn: &Connection, blobs: &BlobStore) -> Result<Loaded, StoreError> {
+    let mut contexts = Vec::new();
+    let mut stmt = conn.prepare(&format!("SELECT {CONTEXT_COLUMNS} FROM contexts"))?;
+    let mut rows = stmt.query([])?;
+    let mut max_hlc = Hlc::default();
+    while let Some(r) = rows.next()? {
+        let state = context_row(r, blobs, false)?;
+        max_hlc = max_hlc.max(state.hlc);
+        contexts.push(state);
     }
     let mut shares = Vec::new();
     let mut stmt = conn.prepare(

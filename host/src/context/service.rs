@@ -1,27 +1,28 @@
 //! The service itself: its state (the hot tier), opening, and how an operation runs on the
 //! store's writer thread.
 
-use super::hot::{Inner, Staged};
+use super::hot::{Committed, Staged, Working};
 use super::{
-    Change, ContextConfig, ContextError, HybridClock, NewContext, OPERATOR, PhysicalClock, Stamp,
-    labels, persist,
+    Change, ContextConfig, ContextError, HybridClock, Inner, NewContext, OPERATOR, PhysicalClock,
+    Share, Stamp, labels, persist,
 };
 use crate::events::EventBus;
 use crate::store::{Store, StoreError, WriteCtx};
 use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub(super) struct Shared {
     pub(super) store: Store,
     pub(super) bus: EventBus,
     pub(super) clock: HybridClock,
     pub(super) config: ContextConfig,
-    /// The hot tier as the writer stages it (see [`hot`](super::hot)); writer thread only.
-    pub(super) working: Mutex<Inner>,
+    /// What the current batch staged (see [`hot`](super::hot)); writer thread only.
+    pub(super) working: Mutex<Working>,
     /// The hot tier as committed: what readers see.
-    pub(super) committed: RwLock<Inner>,
+    pub(super) committed: RwLock<Committed>,
     pub(super) trust: std::sync::RwLock<Option<TrustSource>>,
     pub(super) audit: std::sync::RwLock<Option<crate::audit::AuditLog>>,
     pub(super) labels_generation: std::sync::atomic::AtomicU64,
@@ -32,13 +33,18 @@ pub type TrustSource = Arc<dyn Fn(&str) -> Option<crate::security::TrustLevel> +
 
 impl Shared {
     /// The committed hot tier, for readers: only changes whose transaction has committed.
-    pub(super) fn committed(&self) -> RwLockReadGuard<'_, Inner> {
+    pub(super) fn committed(&self) -> RwLockReadGuard<'_, Committed> {
         self.committed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committed hot tier, to change (publishing, putting back loaded documents).
+    pub(super) fn committed_mut(&self) -> RwLockWriteGuard<'_, Committed> {
+        self.committed.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The stamp of the next change an operation makes: the time (unix ms), a fresh HLC
     /// tick, and the store-wide revision after the working copy's.
-    pub(super) fn stamp(&self, inner: &Inner) -> Stamp {
+    pub(super) fn stamp(&self, inner: &Inner<'_>) -> Stamp {
         let now_ms = self.clock.now_ms();
         Stamp {
             hlc: self.clock.tick(),
@@ -50,10 +56,8 @@ impl Shared {
     /// Applies an operation's changes to the committed hot tier (an after-commit hook).
     fn publish(&self, staged: Staged) {
         let labels = staged.changes_labels();
-        self.committed
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .publish(staged);
+        self.committed_mut()
+            .publish(staged, self.config.hot_tier_bytes);
         if labels {
             self.labels_generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -73,7 +77,7 @@ impl std::fmt::Debug for ContextService {
 }
 
 pub(super) type Op<T> =
-    Box<dyn FnOnce(&Shared, &mut Inner, &mut WriteCtx<'_>) -> Result<T, OpError> + Send>;
+    Box<dyn FnOnce(&Shared, &mut Inner<'_>, &mut WriteCtx<'_>) -> Result<T, OpError> + Send>;
 
 /// How an operation that did not succeed ends.
 #[derive(Debug)]
@@ -141,38 +145,39 @@ impl ContextService {
             .read(move |conn| persist::load_all(conn, &blobs))
             .await?;
         let labels = store.read(labels::load_all).await?;
-        let mut inner = Inner::default();
-        inner.revision = loaded.revision;
-        inner.next_id = loaded.contexts.len() as u64 + 1;
+        let mut committed = Committed::new(loaded.revision);
         for (id, l) in labels {
-            inner.labels.insert(id, l);
+            committed.labels.load(id, l);
         }
         for c in loaded.contexts {
             if let Some(schema) = &c.schema {
-                inner
-                    .schemas
-                    .insert(c.id.clone(), compile_schema(&c.id, schema)?);
+                let validator = compile_schema(&c.id, schema)?;
+                committed.schemas.load(c.id.clone(), validator);
             }
-            inner.contexts.insert(c.id.clone(), c);
+            committed.contexts.load(c.id.clone(), c);
         }
+        let mut shares: HashMap<String, BTreeMap<String, Share>> = HashMap::new();
         for s in loaded.shares {
-            inner
-                .shares
+            shares
                 .entry(s.context_id.clone())
                 .or_default()
                 .insert(s.agent_id.clone(), s);
         }
-        for a in loaded.agents {
-            inner.agents.insert(a.agent_id.clone(), a);
+        for (id, m) in shares {
+            committed.shares.load(id, m);
         }
+        for a in loaded.agents {
+            committed.agents.load(a.agent_id.clone(), a);
+        }
+        let working = Working::new(committed.contexts.values().count() as u64 + 1);
         Ok(ContextService {
             shared: Arc::new(Shared {
                 clock: HybridClock::new(clock, loaded.hlc),
                 store,
                 bus,
                 config,
-                committed: RwLock::new(inner.settle()),
-                working: Mutex::new(inner),
+                committed: RwLock::new(committed),
+                working: Mutex::new(working),
                 trust: std::sync::RwLock::new(None),
                 audit: std::sync::RwLock::new(None),
                 labels_generation: std::sync::atomic::AtomicU64::new(0),
@@ -276,29 +281,41 @@ impl ContextService {
         op: Op<T>,
     ) -> Result<T, ContextError> {
         let shared = self.shared.clone();
+        let about = context.clone();
         let result = self
             .shared
             .store
             .write_with_error(move |ctx: &mut WriteCtx<'_>| {
-                let mut inner = shared.working.lock().unwrap_or_else(|p| p.into_inner());
-                inner.begin_op(ctx.batch(), || shared.committed());
-                let revision_before = inner.revision;
+                let mut working = shared.working.lock().unwrap_or_else(|p| p.into_inner());
+                let committed = shared.committed();
+                let mut inner = working.begin(ctx.batch(), &committed);
+                if let Some(id) = &about {
+                    let loaded = inner.ensure_resident(id, || {
+                        persist::load_context(ctx.tx(), ctx.blobs(), id)
+                    });
+                    if let Err(e) = loaded {
+                        inner.undo();
+                        return Err(e.into());
+                    }
+                }
                 let ran = catch_unwind(AssertUnwindSafe(|| op(&shared, &mut inner, ctx)));
                 let answer = match ran {
                     Err(panic) => {
-                        inner.undo_op(revision_before);
-                        drop(inner);
+                        inner.undo();
+                        drop(committed);
+                        drop(working);
                         resume_unwind(panic);
                     }
                     Ok(Err(OpError::RolledBack(e))) => {
-                        inner.undo_op(revision_before);
+                        inner.undo();
                         return Err(e);
                     }
                     Ok(Ok(value)) => Ok(value),
                     Ok(Err(OpError::Committed(e))) => Err(e),
                 };
-                let staged = inner.staged();
-                drop(inner);
+                let staged = inner.finish();
+                drop(committed);
+                drop(working);
                 if !staged.is_empty() {
                     let shared = shared.clone();
                     ctx.after_commit(move || shared.publish(staged));

@@ -40,7 +40,7 @@ impl ContextService {
                     inner
                         .contexts
                         .get(id)
-                        .filter(|c| c.version == b)
+                        .filter(|c| c.version == b && c.resident)
                         .map(|c| c.doc.clone())
                 };
                 match current {

@@ -394,11 +394,7 @@ impl qi::agent::context::Host for AgentState {
                 .map_err(WitContextError::AccessDenied)
                 .map(|()| x)
         }) {
-            Ok((svc, me)) => Ok(svc
-                .list(&me, context_type.as_deref(), None)
-                .into_iter()
-                .map(|v| v.id)
-                .collect()),
+            Ok((svc, me)) => Ok(svc.ids(&me, context_type.as_deref(), None)),
             Err(e) => Err(e),
         };
         self.finish_context("context.ids", "", 0, start, &r);

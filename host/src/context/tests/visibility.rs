@@ -193,7 +193,7 @@ async fn a_batch_that_fails_to_commit_leaves_no_trace() {
         .collect();
     assert_eq!(ids, ["a", "owner"]);
     assert_eq!(f.svc.labels("c"), Some(vec!["blue".to_string()]));
-    assert!(f.svc.list("owner", None, None).iter().all(|c| c.id != "d"));
+    assert!(f.svc.list("owner", None, None).await.unwrap().iter().all(|c| c.id != "d"));
 
     // The writer's own state was undone too: the same operations now succeed, once.
     f.svc
@@ -252,7 +252,7 @@ async fn a_change_is_invisible_until_its_batch_commits() {
     assert!(f.svc.grants("c").is_empty());
     assert!(f.svc.allowed("a", "c", Permission::Read).is_err());
     assert!(f.svc.shared_contexts("a").is_empty());
-    let seen = f.svc.list("owner", None, None);
+    let seen = f.svc.list("owner", None, None).await.unwrap();
     assert_eq!(
         (seen.len(), seen[0].version, seen[0].doc.clone()),
         (1, 1, json!({"x": 1}))
