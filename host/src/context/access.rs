@@ -2,12 +2,12 @@
 //! (permission, expiry, trust requirement), subject to their registration and capabilities. A
 //! refusal is recorded as an access-violation conflict and event.
 
-use super::{
-    AgentConnection, Conflict, ConflictSeverity, ConflictType, ContextError, ContextService,
-    AgentRegistration, ContextState, ContextStatus, Inner, OPERATOR, Share, OpError, Permission, Shared, conflict_event,
-    persist,
-};
 use super::hot::Committed;
+use super::{
+    AgentConnection, AgentRegistration, Conflict, ConflictSeverity, ConflictType, ContextError,
+    ContextService, ContextState, ContextStatus, Inner, OPERATOR, OpError, Permission, Share,
+    Shared, conflict_event, persist,
+};
 use crate::store::WriteCtx;
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -201,20 +201,36 @@ impl ContextService {
 
     /// `state` with its document: as is if the hot tier holds it, else read from the store
     /// and put back into the hot tier (unless the context changed meanwhile).
-    async fn resident(&self, state: Arc<ContextState>) -> Result<Arc<ContextState>, ContextError> {
-        if state.resident {
-            return Ok(state);
+    async fn resident(
+        &self,
+        mut state: Arc<ContextState>,
+    ) -> Result<Arc<ContextState>, ContextError> {
+        // A context that keeps changing while it is loaded is loaded again, a few times at
+        // most; then the version read (committed, if not the newest) is the answer.
+        for attempt in 0.. {
+            if state.resident {
+                return Ok(state);
+            }
+            let blobs = self.shared.store.blobs().clone();
+            let id = state.id.clone();
+            let loaded = self
+                .shared
+                .store
+                .read(move |conn| persist::load_context(conn, &blobs, &id))
+                .await?
+                .ok_or_else(|| ContextError::NotFound(state.id.clone()))?;
+            let bound = self.shared.config.hot_tier_bytes;
+            match self
+                .shared
+                .committed_mut()
+                .put_back(&state, loaded.clone(), bound)
+            {
+                Ok(hot) => return Ok(hot),
+                Err(_) if attempt >= 3 => return Ok(Arc::new(loaded)),
+                Err(newer) => state = newer,
+            }
         }
-        let blobs = self.shared.store.blobs().clone();
-        let id = state.id.clone();
-        let loaded = self
-            .shared
-            .store
-            .read(move |conn| persist::load_context(conn, &blobs, &id))
-            .await?
-            .ok_or_else(|| ContextError::NotFound(state.id.clone()))?;
-        let bound = self.shared.config.hot_tier_bytes;
-        Ok(self.shared.committed_mut().put_back(&state, loaded, bound))
+        unreachable!("the loop returns")
     }
 
     /// Contexts `agent` can read, optionally filtered by type and owner, sorted by id, with
@@ -259,12 +275,7 @@ impl ContextService {
 
     /// The ids of the contexts `agent` can read, optionally filtered by type and owner,
     /// sorted (no document is read).
-    pub fn ids(
-        &self,
-        agent: &str,
-        context_type: Option<&str>,
-        owner: Option<&str>,
-    ) -> Vec<String> {
+    pub fn ids(&self, agent: &str, context_type: Option<&str>, owner: Option<&str>) -> Vec<String> {
         self.readable(agent, context_type, owner)
             .into_iter()
             .map(|s| s.id.clone())

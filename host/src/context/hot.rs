@@ -325,26 +325,29 @@ impl Committed {
         lru.order.to_back(id);
     }
 
-    /// Puts back the document of context `id`, loaded from disk while `seen` (its metadata
-    /// without one) was current; returns the state to use. If the context changed meanwhile,
-    /// the current state wins and nothing is put back.
+    /// Puts back `loaded`, the document of a context read from disk while `seen` (its
+    /// metadata without document) was current, and returns the state to answer with. If the
+    /// context changed meanwhile, nothing is put back: the answer is the current state if it
+    /// is hot, `loaded` if it is the same version, else `Err` with the current metadata, to
+    /// load again.
     pub(super) fn put_back(
         &mut self,
         seen: &Arc<ContextState>,
         loaded: ContextState,
         bound: usize,
-    ) -> Arc<ContextState> {
+    ) -> Result<Arc<ContextState>, Arc<ContextState>> {
         match self.contexts.map.get(&loaded.id) {
-            Some(now) if Arc::ptr_eq(now, seen) => {
+            Some(now) if Arc::ptr_eq(now, seen) && loaded.revision >= now.revision => {
                 let loaded = Arc::new(loaded);
                 let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
                 lru.put(&loaded.id, resident_bytes(&loaded));
                 self.contexts.map.insert(loaded.id.clone(), loaded.clone());
                 self.evict(bound);
-                loaded
+                Ok(loaded)
             }
-            Some(now) if now.resident || now.revision != loaded.revision => now.clone(),
-            _ => Arc::new(loaded),
+            Some(now) if now.resident => Ok(now.clone()),
+            Some(now) if now.revision != loaded.revision => Err(now.clone()),
+            _ => Ok(Arc::new(loaded)),
         }
     }
 

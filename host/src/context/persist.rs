@@ -371,8 +371,9 @@ pub fn load_context(
     blobs: &BlobStore,
     id: &str,
 ) -> Result<Option<ContextState>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {CONTEXT_COLUMNS} FROM contexts WHERE id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONTEXT_COLUMNS} FROM contexts WHERE id = ?1"
+    ))?;
     let mut rows = stmt.query([id])?;
     match rows.next()? {
         Some(r) => Ok(Some(context_row(r, blobs, true)?)),

@@ -290,9 +290,8 @@ impl ContextService {
                 let committed = shared.committed();
                 let mut inner = working.begin(ctx.batch(), &committed);
                 if let Some(id) = &about {
-                    let loaded = inner.ensure_resident(id, || {
-                        persist::load_context(ctx.tx(), ctx.blobs(), id)
-                    });
+                    let loaded = inner
+                        .ensure_resident(id, || persist::load_context(ctx.tx(), ctx.blobs(), id));
                     if let Err(e) = loaded {
                         inner.undo();
                         return Err(e.into());

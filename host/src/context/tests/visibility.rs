@@ -193,7 +193,14 @@ async fn a_batch_that_fails_to_commit_leaves_no_trace() {
         .collect();
     assert_eq!(ids, ["a", "owner"]);
     assert_eq!(f.svc.labels("c"), Some(vec!["blue".to_string()]));
-    assert!(f.svc.list("owner", None, None).await.unwrap().iter().all(|c| c.id != "d"));
+    assert!(
+        f.svc
+            .list("owner", None, None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.id != "d")
+    );
 
     // The writer's own state was undone too: the same operations now succeed, once.
     f.svc
