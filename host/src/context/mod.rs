@@ -6,23 +6,29 @@
 //!
 //! Every change runs as one operation on the store's single writer thread, inside the
 //! group-commit transaction that makes it durable: the access check, the strategy engine
-//! ([`engine`]), the rows (current state, version, conflicts, events) and the update of the
-//! in-memory hot tier happen together, in commit order, so revisions, versions and event
+//! ([`engine`]), the rows (current state, version, conflicts, events) and the staging of the
+//! in-memory change happen together, in commit order, so revisions, versions and event
 //! sequence numbers agree with what is on disk. The caller gets its answer when the
 //! transaction has committed. Refusals that must be reported (stale writes, access
 //! violations, schema mismatches) commit their conflict record and event the same way and
 //! then come back as errors.
 //!
-//! Reads are served from the hot tier. A reader may see a change whose transaction is still
-//! committing (microseconds); if that commit fails, the context is reloaded from disk.
+//! Reads are served from the hot tier (`hot`), and only committed changes are in it: an
+//! operation stages its changes in an overlay that later operations of the same batch see,
+//! and they are published to readers by an after-commit hook. An operation that rolls back
+//! is undone from its log; a batch whose commit fails is dropped whole. Every context's
+//! metadata stays in memory; documents are kept up to [`ContextConfig::hot_tier_bytes`]
+//! (least recently used out) and loaded back when needed.
 //!
 //! # Where things are
 //!
-//! [`service`](service) (state, opening, how an operation runs), `agents` (registry,
-//! heartbeats), `documents` (create, get, list, delete), `writes` (a change through its
-//! strategy), `history` (versions, conflicts, rollback, resolve), `sharing`, `access`, `sync`
-//! (merge, synchronize), `subscriptions`, `labels`, `audit`; the strategy engine is `engine`,
-//! the rows `persist`, the types `model` and `api`, errors `error`, settings `config`.
+//! [`service`](service) (opening, how an operation runs), `hot` (the hot tier: committed
+//! state, the batch's overlay, the LRU bound), `agents` (registry, heartbeats), `documents`
+//! (create, get, list, delete), `writes` (a change through its strategy), `history`
+//! (versions, conflicts, rollback, resolve), `sharing`, `access` (the one access decision and
+//! its callers), `sync` (merge, synchronize), `subscriptions`, `labels`, `audit`; the strategy
+//! engine is `engine`, the rows `persist`, the types `model` and `api`, errors `error`,
+//! settings `config`.
 //!
 //! # Access
 //!
