@@ -3,7 +3,7 @@
 
 use super::*;
 
-async fn bounded(store: StoreConfig, hot_tier_bytes: usize) -> Fixture {
+pub(super) async fn bounded(store: StoreConfig, hot_tier_bytes: usize) -> Fixture {
     let store = Store::open(store).unwrap();
     let bus = EventBus::new(store.clone(), EventBusConfig::default())
         .await

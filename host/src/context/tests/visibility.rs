@@ -274,11 +274,29 @@ async fn a_change_is_invisible_until_its_batch_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_of_one_batch_see_what_earlier_ones_staged() {
-    let f = fixture().await;
+    same_batch(fixture().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_of_one_batch_see_what_earlier_ones_staged_with_nothing_kept_hot() {
+    same_batch(super::hot_tier::bounded(StoreConfig::in_memory(), 0).await).await;
+}
+
+async fn same_batch(f: Fixture) {
     let store = f.svc.store().clone();
     agents(&f.svc, &["owner"]).await;
+    ctx(&f.svc, "owner", "m", SyncStrategy::Strong, json!({"x": 0})).await;
     let a = vec!["a".to_string()];
     let gate = Gate::hold(&store).await;
+    // An existing context (evicted, with nothing kept hot), changed twice.
+    let m1 = queue(
+        f.svc
+            .write("owner", "m", Change::Merge(json!({"x": 1})), Some(1)),
+    );
+    let m2 = queue(
+        f.svc
+            .write("owner", "m", Change::Merge(json!({"y": 2})), Some(2)),
+    );
     let register = queue(f.svc.register_agent("a", AgentCapabilities::default()));
     let create = queue(f.svc.create(
         "owner",
@@ -299,6 +317,10 @@ async fn operations_of_one_batch_see_what_earlier_ones_staged() {
             .write("a", "n", Change::Merge(json!({"y": 3})), Some(2)),
     );
     gate.open().await.unwrap();
+    assert_eq!(m1.await.unwrap().version, 2);
+    assert_eq!(m2.await.unwrap().version, 3);
+    let m = f.svc.get("owner", "m").await.unwrap();
+    assert_eq!(m.doc, json!({"x": 1, "y": 2}));
     register.await.unwrap();
     assert_eq!(create.await.unwrap().version, 1);
     assert_eq!(write.await.unwrap().version, 2);
