@@ -270,11 +270,12 @@ impl ContextService {
         self.shared.clock.now_ms()
     }
 
-    /// Runs `op` on the writer thread, inside the group-commit transaction, against the
-    /// working hot tier. What it changes there is published to readers once the transaction
-    /// has committed; if it rolls back (or panics), its changes are undone; if its batch
-    /// fails to commit, the next operation undoes them. `context` names what it is about
-    /// (for the log).
+    /// Runs `op` on the writer thread, inside the group-commit transaction, against the hot
+    /// tier as the batch staged it. What it changes is published to readers once the
+    /// transaction has committed, before its events are announced; if it rolls back (or
+    /// panics), its changes are undone; if its batch fails to commit, they are dropped.
+    /// `context` names the context it is about: its document is loaded first if the hot tier
+    /// evicted it.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         context: Option<String>,
@@ -289,6 +290,19 @@ impl ContextService {
                 let mut working = shared.working.lock().unwrap_or_else(|p| p.into_inner());
                 let committed = shared.committed();
                 let mut inner = working.begin(ctx.batch(), &committed);
+                // Registered first, so that what the operation changed is published before
+                // the hooks it registers (its events) run: whoever is told of a change can
+                // read it.
+                let staged: Arc<Mutex<Option<Staged>>> = Arc::default();
+                ctx.after_commit({
+                    let (shared, staged) = (shared.clone(), staged.clone());
+                    move || {
+                        let staged = staged.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if let Some(staged) = staged {
+                            shared.publish(staged);
+                        }
+                    }
+                });
                 if let Some(id) = &about {
                     let loaded = inner
                         .ensure_resident(id, || persist::load_context(ctx.tx(), ctx.blobs(), id));
@@ -312,12 +326,11 @@ impl ContextService {
                     Ok(Ok(value)) => Ok(value),
                     Ok(Err(OpError::Committed(e))) => Err(e),
                 };
-                let staged = inner.finish();
+                let changes = inner.finish();
                 drop(committed);
                 drop(working);
-                if !staged.is_empty() {
-                    let shared = shared.clone();
-                    ctx.after_commit(move || shared.publish(staged));
+                if !changes.is_empty() {
+                    *staged.lock().unwrap_or_else(|p| p.into_inner()) = Some(changes);
                 }
                 Ok(answer)
             })

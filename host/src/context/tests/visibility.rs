@@ -330,7 +330,8 @@ async fn same_batch(f: Fixture) {
     assert_eq!(view.doc, json!({"x": 2, "y": 3}));
 }
 
-/// An operation that grants `a` read on `c` in memory and then ends as `end` says.
+/// An operation that grants `a` read on `c` in memory (not on disk) and then ends as `end`
+/// says (`succeed`, `panic`, or rolls back).
 fn grant_then(end: &'static str) -> service::Op<()> {
     Box::new(move |sh, inner, _ctx| {
         let share = Share {
@@ -350,6 +351,7 @@ fn grant_then(end: &'static str) -> service::Op<()> {
         inner.revision += 1;
         match end {
             "panic" => panic!("an operation panicked after changing memory"),
+            "succeed" => Ok(()),
             _ => Err(OpError::RolledBack(ContextError::invalid(
                 "test",
                 "rolled back",
@@ -400,4 +402,37 @@ async fn an_operation_that_rolls_back_or_panics_is_undone_within_its_batch() {
     assert_eq!(write.await.unwrap().revision, before + 1);
     assert!(f.svc.grants("c").is_empty());
     assert!(f.svc.allowed("a", "c", Permission::Read).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_published_before_the_hooks_of_its_operation_run() {
+    // Events are announced by after-commit hooks an operation registers: whoever an event
+    // tells of a change must be able to read it.
+    let f = fixture().await;
+    agents(&f.svc, &["owner", "a"]).await;
+    ctx(
+        &f.svc,
+        "owner",
+        "c",
+        SyncStrategy::Eventual,
+        json!({"x": 1}),
+    )
+    .await;
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (shared, flag) = (f.svc.shared.clone(), seen.clone());
+    let mut grant = grant_then("succeed");
+    grant = Box::new(move |sh, inner, ctx| {
+        ctx.after_commit(move || {
+            let granted = shared
+                .committed()
+                .shares
+                .get("c")
+                .is_some_and(|m| m.contains_key("a"));
+            flag.store(granted, std::sync::atomic::Ordering::SeqCst);
+        });
+        grant(sh, inner, ctx)
+    });
+    f.svc.run(None, grant).await.unwrap();
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(f.svc.allowed("a", "c", Permission::Read).is_ok());
 }
