@@ -33,6 +33,7 @@ pub type TrustSource = Arc<dyn Fn(&str) -> Option<crate::security::TrustLevel> +
 
 impl Shared {
     /// The committed hot tier, for readers: only changes whose transaction has committed.
+    /// Not from inside an operation: it holds this lock while it runs (use its `Inner`).
     pub(super) fn committed(&self) -> RwLockReadGuard<'_, Committed> {
         self.committed.read().unwrap_or_else(|p| p.into_inner())
     }
