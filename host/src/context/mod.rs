@@ -54,7 +54,6 @@ mod writes;
 
 use documents::{empty_like, result_of};
 use service::{Inner, OpError, Shared, compile_schema, schema_check};
-use writes::conflict_event;
 
 pub use api::*;
 pub use audit::AuditBudget;
