@@ -108,6 +108,7 @@ impl ResourceKind {
         match self {
             ResourceKind::Context => &[
                 "create", "get", "put", "patch", "delete", "share", "revoke", "ids",
+                "history", "rollback", "resolve",
             ],
             ResourceKind::Events => &["subscribe", "publish"],
             ResourceKind::Sync => &["barrier", "checkpoint", "restore", "vote", "contribute"],

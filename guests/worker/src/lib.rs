@@ -44,7 +44,13 @@
 //! `{"context_share": {"id", "agent"}}` (read), `{"context_revoke": {"id", "agent"}}`,
 //! `{"context_ids": null}` (value: the ids listed) and `{"wait_for": "host:port"}` (connects and
 //! reads until the peer closes: a step a test releases by closing the connection; value: the
-//! bytes read).
+//! bytes read). Context calls beyond these, each with an optional `base` version where it
+//! writes: `{"context_patch_at": {"id", "doc", "base"}}`, `{"context_pointer_patch": {"id",
+//! "ops": [{"op": "set" | "remove", "path", "value"}], "base"}}` (value of a write: `{"version",
+//! "new_version", "conflicts"}`), `{"context_history": {"id", "limit"}}` (value: `[{"version",
+//! "agent", "op", "doc"}]`), `{"context_rollback": {"id", "version"}}`, `{"context_resolve":
+//! {"id", "agent" | "fields" | "document"}}`, `{"context_pending": id}` (value: the pending
+//! conflict or null).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -159,6 +165,9 @@ enum Probe {
     },
     ContextIds,
     WaitFor(String),
+    /// `context_pointer_patch`, `context_history`, `context_rollback`, `context_resolve`,
+    /// `context_pending`, `context_patch_at`: the call's name and its argument.
+    ContextMore(String, Value),
 }
 
 /// One step of the script.
@@ -366,6 +375,7 @@ fn run_probe(probe: Probe) -> Value {
             context::revoke(&id, &[agent.as_str()]).map(|()| Value::Null),
         ),
         Probe::ContextIds => done::<String>("context_ids", Ok(json!(context::ids(None)))),
+        Probe::ContextMore(call, arg) => context_more(&call, &arg),
         Probe::WaitFor(addr) => done(
             "wait_for",
             std::net::TcpStream::connect(addr.as_str()).and_then(|mut s| {
@@ -528,9 +538,76 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         }),
         "context_ids" => Action::Probe(Probe::ContextIds),
         "wait_for" => Action::Probe(Probe::WaitFor(text(arg)?)),
+        "context_pointer_patch" | "context_history" | "context_rollback" | "context_resolve"
+        | "context_pending" | "context_patch_at" => {
+            Action::Probe(Probe::ContextMore(key.clone(), arg.clone()))
+        }
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })
+}
+
+/// The context calls of [`Probe::ContextMore`]; the outcome as [`run_probe`] records it.
+fn context_more(call: &str, arg: &Value) -> Value {
+    let outcome = (|| -> Result<Value, String> {
+        let id = || field_text(arg, "id");
+        let base = || -> Result<Option<u64>, String> {
+            field_value(arg, "base").ok().map(|b| number(&b)).transpose()
+        };
+        let written = |r: Result<context::WriteResult, context::ContextError>| {
+            r.map(|w| json!({"version": w.version, "new_version": w.new_version, "conflicts": w.conflict_values()}))
+                .map_err(|e| e.to_string())
+        };
+        match call {
+            "context_pointer_patch" => {
+                let mut ops = Vec::new();
+                for op in field_value(arg, "ops")?.as_array().cloned().unwrap_or_default() {
+                    let path = field_text(&op, "path")?;
+                    ops.push(match field_text(&op, "op")?.as_str() {
+                        "set" => context::PointerOp::set(&path, field_value(&op, "value")?),
+                        "remove" => context::PointerOp::remove(&path),
+                        other => return Err(format!("unknown pointer op `{other}`")),
+                    });
+                }
+                written(context::pointer_patch(&id()?, &ops, base()?))
+            }
+            "context_patch_at" => {
+                written(context::patch(&id()?, &field_value(arg, "doc")?, base()?))
+            }
+            "context_history" => {
+                let limit = number(&field_value(arg, "limit")?)? as u32;
+                context::history(&id()?, limit)
+                    .map(|vs| {
+                        json!(vs
+                            .into_iter()
+                            .map(|v| json!({"version": v.version, "agent": v.agent, "op": v.op, "doc": v.doc}))
+                            .collect::<Vec<_>>())
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            "context_rollback" => {
+                written(context::rollback(&id()?, number(&field_value(arg, "version")?)?))
+            }
+            "context_resolve" => {
+                let resolution = if let Ok(agent) = field_text(arg, "agent") {
+                    context::Resolution::Agent(agent)
+                } else if let Ok(Value::Object(fields)) = field_value(arg, "fields") {
+                    context::Resolution::Fields(fields.into_iter().collect())
+                } else {
+                    context::Resolution::Document(field_value(arg, "document")?)
+                };
+                written(context::resolve(&id()?, &resolution))
+            }
+            "context_pending" => context::pending(&text(arg)?)
+                .map(|p| p.unwrap_or(Value::Null))
+                .map_err(|e| e.to_string()),
+            other => Err(format!("unknown context call `{other}`")),
+        }
+    })();
+    match outcome {
+        Ok(value) => json!({"probe": call, "ok": true, "value": value}),
+        Err(error) => json!({"probe": call, "ok": false, "error": error}),
+    }
 }
 
 fn number(arg: &Value) -> Result<u64, String> {
