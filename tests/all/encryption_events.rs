@@ -128,8 +128,13 @@ async fn without_a_master_key_the_same_events_carry_the_values() {
     let records = svc.conflicts("alice", "plan").await.unwrap();
     let events: Vec<serde_json::Value> = serde_json::from_str(&conflict).unwrap();
     for event in &events {
-        let id = event["data"]["id"].as_u64().expect("the event names its record");
-        let record = records.iter().find(|c| c.id == id).expect("the record exists");
+        let id = event["data"]["id"]
+            .as_u64()
+            .expect("the event names its record");
+        let record = records
+            .iter()
+            .find(|c| c.id == id)
+            .expect("the record exists");
         let values = serde_json::to_string(&record.agent_values).unwrap();
         assert!(
             values.contains(ALICE_SECRET) || values.contains(BOB_SECRET),

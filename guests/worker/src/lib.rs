@@ -538,10 +538,12 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         }),
         "context_ids" => Action::Probe(Probe::ContextIds),
         "wait_for" => Action::Probe(Probe::WaitFor(text(arg)?)),
-        "context_pointer_patch" | "context_history" | "context_rollback" | "context_resolve"
-        | "context_pending" | "context_patch_at" => {
-            Action::Probe(Probe::ContextMore(key.clone(), arg.clone()))
-        }
+        "context_pointer_patch"
+        | "context_history"
+        | "context_rollback"
+        | "context_resolve"
+        | "context_pending"
+        | "context_patch_at" => Action::Probe(Probe::ContextMore(key.clone(), arg.clone())),
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })
@@ -552,7 +554,10 @@ fn context_more(call: &str, arg: &Value) -> Value {
     let outcome = (|| -> Result<Value, String> {
         let id = || field_text(arg, "id");
         let base = || -> Result<Option<u64>, String> {
-            field_value(arg, "base").ok().map(|b| number(&b)).transpose()
+            field_value(arg, "base")
+                .ok()
+                .map(|b| number(&b))
+                .transpose()
         };
         let written = |r: Result<context::WriteResult, context::ContextError>| {
             r.map(|w| json!({"version": w.version, "new_version": w.new_version, "conflicts": w.conflict_values()}))
@@ -561,7 +566,11 @@ fn context_more(call: &str, arg: &Value) -> Value {
         match call {
             "context_pointer_patch" => {
                 let mut ops = Vec::new();
-                for op in field_value(arg, "ops")?.as_array().cloned().unwrap_or_default() {
+                for op in field_value(arg, "ops")?
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
                     let path = field_text(&op, "path")?;
                     ops.push(match field_text(&op, "op")?.as_str() {
                         "set" => context::PointerOp::set(&path, field_value(&op, "value")?),
@@ -585,9 +594,10 @@ fn context_more(call: &str, arg: &Value) -> Value {
                     })
                     .map_err(|e| e.to_string())
             }
-            "context_rollback" => {
-                written(context::rollback(&id()?, number(&field_value(arg, "version")?)?))
-            }
+            "context_rollback" => written(context::rollback(
+                &id()?,
+                number(&field_value(arg, "version")?)?,
+            )),
             "context_resolve" => {
                 let resolution = if let Ok(agent) = field_text(arg, "agent") {
                     context::Resolution::Agent(agent)

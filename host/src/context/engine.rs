@@ -403,7 +403,9 @@ pub fn apply_write(
                 if let Some(h) = holder
                     && !record.agent_values.contains_key(&h.agent)
                 {
-                    record.agent_values.insert(h.agent.clone(), current_value.clone());
+                    record
+                        .agent_values
+                        .insert(h.agent.clone(), current_value.clone());
                 }
                 for (agent, value) in &record.agent_values {
                     if agent != &w.agent {

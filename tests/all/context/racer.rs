@@ -71,7 +71,11 @@ async fn check_field_conflicts(id: &str, runs: &[Run; 2], resolution: ConflictRe
         .iter()
         .map(|r| r.out["new_versions"].as_u64().unwrap())
         .sum();
-    assert_eq!(versions.len() as u64, 1 + made, "one version per winning write");
+    assert_eq!(
+        versions.len() as u64,
+        1 + made,
+        "one version per winning write"
+    );
     assert!(
         versions
             .windows(2)
@@ -98,7 +102,9 @@ async fn check_field_conflicts(id: &str, runs: &[Run; 2], resolution: ConflictRe
         let outcome = c.resolution.as_ref().expect("resolved automatically");
         assert_eq!(outcome.strategy, resolution, "{c:?}");
         assert!(
-            c.agent_values.values().any(|v| v == &outcome.resolved_value),
+            c.agent_values
+                .values()
+                .any(|v| v == &outcome.resolved_value),
             "{c:?}"
         );
         assert_eq!(outcome.resolved_by, "system");

@@ -8,6 +8,7 @@ use serde_json::json;
 use std::time::Duration;
 
 mod access;
+mod conflicts;
 mod lifecycle;
 
 struct Fixture {
