@@ -154,22 +154,6 @@ impl ContextService {
         })
     }
 
-    pub(super) fn read_check(&self, agent: &str, id: &str) -> Result<(), ContextError> {
-        let inner = self.shared.lock();
-        let state = inner
-            .contexts
-            .get(id)
-            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-        Self::check(&self.shared, &inner, agent, state, Permission::Read).map_err(|reason| {
-            ContextError::AccessDenied {
-                agent: agent.to_string(),
-                operation: "read".into(),
-                context: id.to_string(),
-                reason,
-            }
-        })
-    }
-
     /// Whether `agent` holds `permission` on context `id` right now (nothing is recorded).
     pub fn allowed(
         &self,

@@ -3,14 +3,16 @@
 use super::*;
 
 impl ContextService {
-    /// Versions of a context, newest first (at most `limit`).
+    /// Versions of a context, newest first (at most `limit`). Needs `read`; a refusal is
+    /// recorded as an access violation like every other.
     pub async fn history(
         &self,
         agent: &str,
         id: &str,
         limit: usize,
     ) -> Result<Vec<ContextVersion>, ContextError> {
-        self.read_check(agent, id)?;
+        self.authorize(agent, id, Permission::Read, "read the history of")
+            .await?;
         let (blobs, id) = (self.shared.store.blobs().clone(), id.to_string());
         Ok(self
             .shared
@@ -19,9 +21,10 @@ impl ContextService {
             .await?)
     }
 
-    /// Conflicts recorded for a context, oldest first.
+    /// Conflicts recorded for a context, oldest first. Needs `read`; a refusal is recorded.
     pub async fn conflicts(&self, agent: &str, id: &str) -> Result<Vec<Conflict>, ContextError> {
-        self.read_check(agent, id)?;
+        self.authorize(agent, id, Permission::Read, "read the conflicts of")
+            .await?;
         let id = id.to_string();
         let blobs = self.shared.store.blobs().clone();
         Ok(self

@@ -10,6 +10,7 @@ use std::time::Duration;
 mod access;
 mod conflicts;
 mod lifecycle;
+mod matrix;
 
 struct Fixture {
     svc: ContextService,
