@@ -555,6 +555,48 @@ async fn every_change_is_checked_against_the_document_limit_after_it_is_applied(
         .await
         .unwrap_err();
     assert!(e.to_string().contains("maxDocumentBytes"), "{e}");
+    // A merge of contexts is checked on the merged document.
+    ctx(
+        &f.svc,
+        "a",
+        "half1",
+        SyncStrategy::Manual,
+        json!({"p": "x".repeat(LIMIT / 2 - 8)}),
+    )
+    .await;
+    ctx(
+        &f.svc,
+        "a",
+        "half2",
+        SyncStrategy::Manual,
+        json!({"q": "x".repeat(LIMIT / 2 - 8)}),
+    )
+    .await;
+    let into = |id: &str| NewContext {
+        id: Some(id.into()),
+        context_type: "t".into(),
+        ..Default::default()
+    };
+    // `{"p":"…","q":"…"}` is 15 bytes around the strings: 492 + 492 + 15 = 999.
+    f.svc
+        .merge_contexts("a", &["half1".into(), "half2".into()], into("merged"))
+        .await
+        .unwrap();
+    ctx(
+        &f.svc,
+        "a",
+        "half3",
+        SyncStrategy::Manual,
+        json!({"r": "x".repeat(LIMIT / 2 - 8)}),
+    )
+    .await;
+    // Three halves are over the limit.
+    let e = f
+        .svc
+        .merge_contexts("a", &["merged".into(), "half3".into()], into("too-big"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("the limit is 1000"), "{e}");
     let r = f
         .svc
         .resolve("a", "m", ResolveChoice::Document(doc_of(LIMIT)))
