@@ -5,7 +5,11 @@
 use super::*;
 
 async fn fixture_with(config: ContextConfig) -> Fixture {
-    let store = Store::open(StoreConfig::in_memory()).unwrap();
+    fixture_in(StoreConfig::in_memory(), config).await
+}
+
+async fn fixture_in(store: StoreConfig, config: ContextConfig) -> Fixture {
+    let store = Store::open(store).unwrap();
     let bus = EventBus::new(store.clone(), EventBusConfig::default())
         .await
         .unwrap();
@@ -603,6 +607,33 @@ async fn every_change_is_checked_against_the_document_limit_after_it_is_applied(
         .await
         .unwrap();
     assert_eq!(r.status, ContextStatus::Active);
+}
+
+#[tokio::test]
+async fn a_rollback_is_checked_against_the_document_limit_in_force() {
+    const LIMIT: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Written under the default limit: version 1 is large, version 2 small.
+        let f = fixture_in(StoreConfig::at(dir.path()), ContextConfig::default()).await;
+        agents(&f.svc, &["a"]).await;
+        ctx(&f.svc, "a", "x", SyncStrategy::Strong, doc_of(LIMIT + 1)).await;
+        f.svc
+            .write("a", "x", Change::Put(doc_of(LIMIT)), Some(1))
+            .await
+            .unwrap();
+        f.svc
+            .write("a", "x", Change::Put(json!({})), Some(2))
+            .await
+            .unwrap();
+    }
+    let f = fixture_in(StoreConfig::at(dir.path()), small_limit(LIMIT)).await;
+    let e = f.svc.rollback("a", "x", 1).await.unwrap_err();
+    assert!(e.to_string().contains("maxDocumentBytes"), "{e}");
+    assert_eq!(f.svc.get("a", "x").await.unwrap().version, 3);
+    // The pair: version 2, exactly at the limit, comes back.
+    let r = f.svc.rollback("a", "x", 2).await.unwrap();
+    assert_eq!(r.version, 4);
 }
 
 #[tokio::test]
