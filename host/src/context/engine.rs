@@ -31,7 +31,11 @@
 //!   as based on the current version.
 //!
 //! Every overlap is one conflict record per field, naming every agent that changed the field
-//! concurrently (its last value) and the writer (its value).
+//! concurrently (its last value) and the writer (its value). A rival's or resolved value larger
+//! than [`MAX_INLINE_CONFLICT_VALUE_BYTES`] is recorded as a reference to the version holding
+//! it (`{"version": n}`), so a record never copies a large document; the writer's own value is
+//! always copied, since a losing write makes no version. A `manual` context's pending conflict
+//! holds the values themselves (a resolution takes one), counted against the document limit.
 
 use super::hlc::Hlc;
 use super::model::{
@@ -247,8 +251,8 @@ pub fn check_observed(
 }
 
 /// Agents other than `me` whose versions after the first of `observed` changed the value at
-/// `path`, each with the last value it left there.
-fn rivals(observed: &[ContextVersion], me: &str, path: &str) -> BTreeMap<String, Value> {
+/// `path`, each with the last value it left there and the version that holds it.
+fn rivals(observed: &[ContextVersion], me: &str, path: &str) -> BTreeMap<String, (u64, Value)> {
     let mut out = BTreeMap::new();
     for pair in observed.windows(2) {
         let (before, after) = (&pair[0], &pair[1]);
@@ -256,11 +260,26 @@ fn rivals(observed: &[ContextVersion], me: &str, path: &str) -> BTreeMap<String,
         if after.agent_id != me && patch::get(&before.doc, path) != value {
             out.insert(
                 after.agent_id.clone(),
-                value.cloned().unwrap_or(Value::Null),
+                (after.version, value.cloned().unwrap_or(Value::Null)),
             );
         }
     }
     out
+}
+
+/// Largest value a conflict record copies (bytes of JSON); a larger one that a version holds
+/// is recorded as a reference to that version, `{"version": n}`.
+pub const MAX_INLINE_CONFLICT_VALUE_BYTES: usize = 64 << 10;
+
+/// `value` as a conflict record keeps it: itself, or `{"version": n}` when it is larger than
+/// [`MAX_INLINE_CONFLICT_VALUE_BYTES`] and version `n` holds it.
+fn inline(value: &Value, version: u64) -> Value {
+    let len = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    if len <= MAX_INLINE_CONFLICT_VALUE_BYTES {
+        value.clone()
+    } else {
+        json!({ "version": version })
+    }
 }
 
 /// Applies `w` to `state`. `observed` holds the versions from the write's base to the current
@@ -369,8 +388,8 @@ pub fn apply_write(
     let mut applied: Vec<&FieldChange> = Vec::new();
     let mut pending = PendingConflict::default();
     for c in &w.changes {
-        let mut agent_values = rivals(observed, &w.agent, &c.path);
-        if agent_values.is_empty() {
+        let rivals = rivals(observed, &w.agent, &c.path);
+        if rivals.is_empty() {
             patch::apply(&mut doc, c).map_err(|e| (e.into(), None))?;
             applied.push(c);
             continue;
@@ -387,6 +406,12 @@ pub fn apply_write(
             holder.is_none_or(|h| (w.hlc, w.agent.as_str()) > (h.hlc, h.agent.as_str()));
         let current_value = patch::get(&doc, &c.path).cloned().unwrap_or(Value::Null);
         let incoming_value = c.value.clone().unwrap_or(Value::Null);
+        // The record: rivals' values (large ones by reference to their version) and this
+        // write's value, always copied (a losing write makes no version).
+        let mut agent_values: BTreeMap<String, Value> = rivals
+            .iter()
+            .map(|(agent, (version, value))| (agent.clone(), inline(value, *version)))
+            .collect();
         agent_values.insert(w.agent.clone(), incoming_value.clone());
         let mut record = conflict(
             &state.id,
@@ -396,66 +421,66 @@ pub fn apply_write(
             agent_values,
             at.now_ms,
         );
+        let outcome = |strategy, value: &Value, version| ConflictOutcome {
+            strategy,
+            resolved_value: inline(value, version),
+            resolved_by: "system".into(),
+            resolved_at: at.now_ms,
+        };
         match resolution {
             ConflictResolution::Manual => {
-                // The value the document holds now first, then the rivals', then this write's.
-                let mut values = Vec::new();
+                // The competing values themselves (a resolution takes one): the value the
+                // document holds now if its holder is no rival, the rivals', then this write's.
+                let mut competing: BTreeMap<String, Value> = rivals
+                    .into_iter()
+                    .map(|(agent, (_, value))| (agent, value))
+                    .collect();
                 if let Some(h) = holder
-                    && !record.agent_values.contains_key(&h.agent)
+                    && !competing.contains_key(&h.agent)
                 {
+                    competing.insert(h.agent.clone(), current_value.clone());
                     record
                         .agent_values
-                        .insert(h.agent.clone(), current_value.clone());
+                        .insert(h.agent.clone(), inline(&current_value, current));
                 }
-                for (agent, value) in &record.agent_values {
-                    if agent != &w.agent {
-                        values.push(CompetingValue {
-                            field: c.path.clone(),
-                            agent: agent.clone(),
-                            value: value.clone(),
-                        });
-                    }
+                for (agent, value) in &competing {
+                    pending.values.push(CompetingValue {
+                        field: c.path.clone(),
+                        agent: agent.clone(),
+                        value: value.clone(),
+                    });
                 }
-                values.push(CompetingValue {
+                pending.values.push(CompetingValue {
                     field: c.path.clone(),
                     agent: w.agent.clone(),
-                    value: incoming_value,
+                    value: incoming_value.clone(),
                 });
-                pending
-                    .fields
-                    .insert(c.path.clone(), record.agent_values.clone());
-                pending.values.extend(values);
+                competing.insert(w.agent.clone(), incoming_value);
+                pending.fields.insert(c.path.clone(), competing);
                 record.severity = ConflictSeverity::Critical;
             }
             ConflictResolution::LastWriteWins => {
-                let winner = if incoming_wins {
+                record.resolution = Some(if incoming_wins {
                     patch::apply(&mut doc, c).map_err(|e| (e.into(), None))?;
                     applied.push(c);
-                    incoming_value
+                    outcome(
+                        ConflictResolution::LastWriteWins,
+                        &incoming_value,
+                        current + 1,
+                    )
                 } else {
-                    current_value
-                };
-                record.resolution = Some(ConflictOutcome {
-                    strategy: ConflictResolution::LastWriteWins,
-                    resolved_value: winner,
-                    resolved_by: "system".into(),
-                    resolved_at: at.now_ms,
+                    outcome(ConflictResolution::LastWriteWins, &current_value, current)
                 });
             }
             ConflictResolution::Merge => {
                 let merged = deep_merge(&current_value, &incoming_value, incoming_wins);
+                record.resolution = Some(outcome(ConflictResolution::Merge, &merged, current + 1));
                 let change = FieldChange {
                     path: c.path.clone(),
-                    value: Some(merged.clone()),
+                    value: Some(merged),
                 };
                 patch::apply(&mut doc, &change).map_err(|e| (e.into(), None))?;
                 applied.push(c);
-                record.resolution = Some(ConflictOutcome {
-                    strategy: ConflictResolution::Merge,
-                    resolved_value: merged,
-                    resolved_by: "system".into(),
-                    resolved_at: at.now_ms,
-                });
             }
         }
         conflicts.push(record);

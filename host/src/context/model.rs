@@ -96,7 +96,8 @@ pub struct Conflict {
     /// How serious.
     pub severity: ConflictSeverity,
     /// Each agent's value for the field: every agent that changed it concurrently (its last
-    /// value) and the writer. For a refused stale write, the attempted changes (pointer →
+    /// value; over 64 KiB of JSON, a reference `{"version": n}` to the version holding it) and
+    /// the writer (always copied). For a refused stale write, the attempted changes (pointer →
     /// value) and, for the agent whose change made the current version, a reference
     /// `{"version": n}` rather than a copy of the document.
     pub agent_values: BTreeMap<String, Value>,

@@ -496,6 +496,48 @@ async fn a_stale_strong_write_records_a_reference_to_the_current_version_not_a_c
     assert_eq!(events[0].data["id"], c.id);
 }
 
+#[tokio::test]
+async fn a_rivals_large_value_is_recorded_as_a_reference_to_its_version_a_small_one_copied() {
+    let f = fixture().await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(
+        &f.svc,
+        "a",
+        "x",
+        SyncStrategy::Eventual,
+        json!({"f": 0, "g": 0}),
+    )
+    .await;
+    share_all(&f.svc, "x", "a", &["b"]).await;
+    // The string's JSON is 2 bytes longer than the string: just at the limit, then one past.
+    let at_limit = "s".repeat(engine::MAX_INLINE_CONFLICT_VALUE_BYTES - 2);
+    let past = "l".repeat(engine::MAX_INLINE_CONFLICT_VALUE_BYTES - 1);
+    f.svc
+        .write("b", "x", merge(json!({"f": at_limit, "g": past})), Some(1))
+        .await
+        .unwrap();
+    let r = f
+        .svc
+        .write("a", "x", merge(json!({"f": 1, "g": 2})), Some(1))
+        .await
+        .unwrap();
+    let by_field: BTreeMap<&str, &Conflict> =
+        r.conflicts.iter().map(|c| (c.field.as_str(), c)).collect();
+    assert_eq!(by_field["/f"].agent_values["b"], json!(at_limit), "copied");
+    assert_eq!(
+        by_field["/g"].agent_values["b"],
+        json!({"version": 2}),
+        "referred to"
+    );
+    assert_eq!(
+        by_field["/g"].agent_values["a"],
+        json!(2),
+        "the writer's own value copied"
+    );
+    let stored = f.svc.conflicts("a", "x").await.unwrap();
+    assert!(!serde_json::to_string(&stored).unwrap().contains(&past));
+}
+
 fn small_limit(bytes: usize) -> ContextConfig {
     ContextConfig {
         max_document_bytes: bytes,
