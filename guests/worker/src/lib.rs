@@ -52,6 +52,9 @@
 //! {"id", "agent" | "fields" | "document"}}`, `{"context_pending": id}` (value: the pending
 //! conflict or null).
 
+mod context_more;
+
+use context_more::context_more;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -549,83 +552,12 @@ fn parse_step(step: &Value) -> Result<Step, String> {
     Ok(Step { action, tolerate })
 }
 
-/// The context calls of [`Probe::ContextMore`]; the outcome as [`run_probe`] records it.
-fn context_more(call: &str, arg: &Value) -> Value {
-    let outcome = (|| -> Result<Value, String> {
-        let id = || field_text(arg, "id");
-        let base = || -> Result<Option<u64>, String> {
-            field_value(arg, "base")
-                .ok()
-                .map(|b| number(&b))
-                .transpose()
-        };
-        let written = |r: Result<context::WriteResult, context::ContextError>| {
-            r.map(|w| json!({"version": w.version, "new_version": w.new_version, "conflicts": w.conflict_values()}))
-                .map_err(|e| e.to_string())
-        };
-        match call {
-            "context_pointer_patch" => {
-                let mut ops = Vec::new();
-                for op in field_value(arg, "ops")?
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    let path = field_text(&op, "path")?;
-                    ops.push(match field_text(&op, "op")?.as_str() {
-                        "set" => context::PointerOp::set(&path, field_value(&op, "value")?),
-                        "remove" => context::PointerOp::remove(&path),
-                        other => return Err(format!("unknown pointer op `{other}`")),
-                    });
-                }
-                written(context::pointer_patch(&id()?, &ops, base()?))
-            }
-            "context_patch_at" => {
-                written(context::patch(&id()?, &field_value(arg, "doc")?, base()?))
-            }
-            "context_history" => {
-                let limit = number(&field_value(arg, "limit")?)? as u32;
-                context::history(&id()?, limit)
-                    .map(|vs| {
-                        json!(vs
-                            .into_iter()
-                            .map(|v| json!({"version": v.version, "agent": v.agent, "op": v.op, "doc": v.doc}))
-                            .collect::<Vec<_>>())
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            "context_rollback" => written(context::rollback(
-                &id()?,
-                number(&field_value(arg, "version")?)?,
-            )),
-            "context_resolve" => {
-                let resolution = if let Ok(agent) = field_text(arg, "agent") {
-                    context::Resolution::Agent(agent)
-                } else if let Ok(Value::Object(fields)) = field_value(arg, "fields") {
-                    context::Resolution::Fields(fields.into_iter().collect())
-                } else {
-                    context::Resolution::Document(field_value(arg, "document")?)
-                };
-                written(context::resolve(&id()?, &resolution))
-            }
-            "context_pending" => context::pending(&text(arg)?)
-                .map(|p| p.unwrap_or(Value::Null))
-                .map_err(|e| e.to_string()),
-            other => Err(format!("unknown context call `{other}`")),
-        }
-    })();
-    match outcome {
-        Ok(value) => json!({"probe": call, "ok": true, "value": value}),
-        Err(error) => json!({"probe": call, "ok": false, "error": error}),
-    }
-}
-
-fn number(arg: &Value) -> Result<u64, String> {
+pub(crate) fn number(arg: &Value) -> Result<u64, String> {
     arg.as_u64()
         .ok_or_else(|| format!("expected a non-negative integer, got {arg}"))
 }
 
-fn text(arg: &Value) -> Result<String, String> {
+pub(crate) fn text(arg: &Value) -> Result<String, String> {
     arg.as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("expected a string, got {arg}"))
@@ -646,7 +578,7 @@ fn flag(arg: &Value) -> Result<(), String> {
     }
 }
 
-fn field_value(arg: &Value, name: &str) -> Result<Value, String> {
+pub(crate) fn field_value(arg: &Value, name: &str) -> Result<Value, String> {
     arg.as_object()
         .ok_or_else(|| format!("expected an object with `{name}`, got {arg}"))?
         .get(name)
@@ -654,7 +586,7 @@ fn field_value(arg: &Value, name: &str) -> Result<Value, String> {
         .ok_or_else(|| format!("missing `{name}`"))
 }
 
-fn field_text(arg: &Value, name: &str) -> Result<String, String> {
+pub(crate) fn field_text(arg: &Value, name: &str) -> Result<String, String> {
     text(&field_value(arg, name)?).map_err(|why| format!("`{name}`: {why}"))
 }
 

@@ -22,7 +22,8 @@
 //! heartbeats), `documents` (create, get, list, delete), `writes` (a change through its
 //! strategy), `history` (versions, conflicts, rollback, resolve), `sharing`, `access`, `sync`
 //! (merge, synchronize), `subscriptions`, `labels`, `audit`; the strategy engine is `engine`,
-//! the rows `persist`, the types `model` and `api`, errors `error`, settings `config`.
+//! conflict records `conflicts`, the rows `persist`, the types `model` and `api`, errors
+//! `error`, settings `config`.
 //!
 //! # Access
 //!
@@ -37,6 +38,7 @@ mod agents;
 mod api;
 mod audit;
 mod config;
+mod conflicts;
 mod documents;
 pub mod engine;
 mod error;

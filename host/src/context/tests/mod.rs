@@ -8,6 +8,7 @@ use serde_json::json;
 use std::time::Duration;
 
 mod access;
+mod bounds;
 mod conflicts;
 mod lifecycle;
 mod matrix;
