@@ -109,6 +109,20 @@ pub enum Refusal {
         /// Current version.
         current: u64,
     },
+    /// The base is further behind the current version than a write may be.
+    #[error(
+        "`baseVersion` {base} is {behind} versions behind the context (version {current}); a write may be at most {max} behind: re-read the context and base the change on its current version"
+    )]
+    BaseTooOld {
+        /// Claimed base.
+        base: u64,
+        /// `current - base`.
+        behind: u64,
+        /// Current version.
+        current: u64,
+        /// [`MAX_VERSIONS_BEHIND`].
+        max: u64,
+    },
     /// Causal strategy: the writer did not observe its own earlier write.
     #[error(
         "not causal: based on version {base}, but this agent's own write made version {own}; base the change on version {own} or later"
@@ -135,6 +149,10 @@ pub enum Refusal {
     #[error("the context was deleted")]
     Deleted,
 }
+
+/// Most versions a write's base may be behind the current one (the versions in between are
+/// read to find concurrent changes, on the store's writer, so the work of one write is bounded).
+pub const MAX_VERSIONS_BEHIND: u64 = 1_000;
 
 /// What a write did.
 #[derive(Debug, Clone)]

@@ -7,7 +7,8 @@ impl ContextService {
     /// strong, eventual and causal contexts; see [`engine`] for what each strategy does with
     /// it). The result, document and pending competing values together, must stay under
     /// `max_document_bytes` (`Invalid` on `doc` otherwise). Refusals: `BaseRequired`,
-    /// `Stale`, `FutureBase`, `BaseNotRetained`, `NotCausal`, `InConflict`, `Schema`.
+    /// `Stale`, `FutureBase`, `BaseNotRetained`, `BaseTooOld` (more than
+    /// [`engine::MAX_VERSIONS_BEHIND`] versions behind), `NotCausal`, `InConflict`, `Schema`.
     pub async fn write(
         &self,
         agent: &str,
@@ -96,6 +97,19 @@ impl ContextService {
         };
         if state.strategy == SyncStrategy::Strong {
             return Ok(Vec::new());
+        }
+        let behind = state.version - base;
+        if behind > engine::MAX_VERSIONS_BEHIND {
+            return Err(OpError::Committed(ContextError::Refused {
+                context: state.id.clone(),
+                refusal: Refusal::BaseTooOld {
+                    base,
+                    behind,
+                    current: state.version,
+                    max: engine::MAX_VERSIONS_BEHIND,
+                },
+                conflict: None,
+            }));
         }
         let span = (state.version - base + 1) as usize;
         let mut versions = persist::load_versions(ctx.tx(), ctx.blobs(), &state.id, span)?;

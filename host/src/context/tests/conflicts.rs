@@ -161,6 +161,44 @@ async fn a_base_dropped_by_retention_is_refused_not_diffed_against_the_current_d
     assert_eq!(r.conflicts[0].agent_values["b"], json!(4));
 }
 
+#[tokio::test]
+async fn a_base_at_most_the_bound_behind_is_accepted_one_more_is_refused() {
+    let f = fixture().await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(&f.svc, "a", "x", SyncStrategy::Eventual, json!({"n": 0})).await;
+    share_all(&f.svc, "x", "a", &["b"]).await;
+    let max = engine::MAX_VERSIONS_BEHIND;
+    for v in 1..=max {
+        f.svc
+            .write("a", "x", merge(json!({ "n": v })), Some(v))
+            .await
+            .unwrap();
+    }
+    // The context is at version max + 1: base 1 is exactly `max` behind.
+    let r = f
+        .svc
+        .write("b", "x", merge(json!({"m": 1})), Some(1))
+        .await
+        .unwrap();
+    assert!(r.new_version);
+    match refusal(
+        f.svc
+            .write("b", "x", merge(json!({"m": 2})), Some(1))
+            .await
+            .unwrap_err(),
+    ) {
+        Refusal::BaseTooOld {
+            base: 1,
+            behind,
+            max: m,
+            ..
+        } => {
+            assert_eq!((behind, m), (max + 1, max));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 fn state_with_holder(holder_hlc: Hlc) -> ContextState {
     let mut field_stamps = BTreeMap::new();
     field_stamps.insert(
