@@ -153,3 +153,35 @@ async fn with_read_only_every_changing_call_is_refused_and_reads_are_bounded() {
         "nothing changed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pointer_patch_of_1024_operations_is_applied_and_one_more_is_refused_unapplied() {
+    let id = create("pointer", SyncStrategy::Eventual, json!({})).await;
+    let writer = spawn(WORKER_COMPONENT).await;
+    share(&id, &[&writer], &[Permission::Read, Permission::Write]).await;
+    let ops = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"op": "set", "path": format!("/k{i}"), "value": i}))
+            .collect()
+    };
+    let p = probes(
+        writer,
+        "pointer",
+        json!([
+            {"context_pointer_patch": {"id": id, "ops": ops(1_025), "base": 1}},
+            {"context_pointer_patch": {"id": id, "ops": ops(1_024), "base": 1}},
+        ]),
+    )
+    .await;
+    assert_eq!(p[0]["ok"], false, "{}", p[0]);
+    let error = p[0]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("invalid") && error.contains("1024"),
+        "{error}"
+    );
+    assert_eq!(p[1]["ok"], true, "{}", p[1]);
+    assert_eq!(p[1]["value"]["version"], 2);
+    let view = context_host().await.svc.get(OPERATOR, &id).await.unwrap();
+    assert_eq!(view.doc.as_object().unwrap().len(), 1_024);
+    assert_eq!(view.doc["k1023"], 1023);
+}
