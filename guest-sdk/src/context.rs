@@ -32,9 +32,11 @@
 //!
 //! How concurrent writes meet depends on the [`SyncStrategy`] chosen at creation: `strong`
 //! refuses a stale write with [`ContextError::Stale`] (use [`update`]), `eventual` merges
-//! different fields and resolves the same field last-writer-wins, `causal` requires the base
-//! version and merges, `manual` puts the context into `conflict` status until someone
-//! resolves it.
+//! different fields and resolves the same field last-writer-wins by the writes' HLC
+//! timestamps, `causal` also refuses a write based on a version older than the agent's own
+//! last write and resolves as the context says (merge for contexts agents create), `manual`
+//! puts the context into `conflict` status, holding every competing value, until someone
+//! [`resolve`]s it. Every write but a `manual` one names the version it observed.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -209,7 +211,8 @@ pub fn get<T: DeserializeOwned>(id: &str) -> Result<Document<T>, ContextError> {
 }
 
 /// Replaces the document. `base_version` is the version the new document was based on,
-/// required for `strong` and `causal` contexts.
+/// required for `strong`, `eventual` and `causal` contexts (agents that do not track
+/// versions use [`update`], which reads and writes with the version it read).
 ///
 /// # Errors
 ///
@@ -227,7 +230,7 @@ pub fn put<T: Serialize + ?Sized>(
 }
 
 /// Applies a JSON merge patch (RFC 7396: objects merge key by key, `null` removes a field)
-/// based on `base_version` (required for `strong` and `causal` contexts).
+/// based on `base_version` (required for `strong`, `eventual` and `causal` contexts).
 ///
 /// # Errors
 ///
@@ -313,6 +316,168 @@ pub fn revoke(id: &str, agents: &[&str]) -> Result<(), ContextError> {
 /// Ids of the contexts the agent can read, optionally of one type only, sorted.
 pub fn ids(context_type: Option<&str>) -> Vec<String> {
     raw::ids(context_type)
+}
+
+/// One JSON Pointer operation of [`pointer_patch`] (paths are RFC 6901 pointers; `""` is the
+/// whole document).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PointerOp {
+    /// Set the value at `path`, creating parent objects as needed.
+    Set {
+        /// JSON Pointer, e.g. `/notes/summary`.
+        path: String,
+        /// The value.
+        value: serde_json::Value,
+    },
+    /// Remove the value at `path` (nothing happens when it is absent).
+    Remove {
+        /// JSON Pointer.
+        path: String,
+    },
+}
+
+impl PointerOp {
+    /// `Set` of `value` at `path`.
+    pub fn set(path: &str, value: serde_json::Value) -> Self {
+        PointerOp::Set {
+            path: path.to_owned(),
+            value,
+        }
+    }
+
+    /// `Remove` of `path`.
+    pub fn remove(path: &str) -> Self {
+        PointerOp::Remove {
+            path: path.to_owned(),
+        }
+    }
+}
+
+/// Applies JSON Pointer operations, in order, as one write (all or nothing; at most 1,024
+/// operations), based on `base_version` as for [`put`] (required for `strong`, `eventual`
+/// and `causal` contexts).
+///
+/// # Errors
+///
+/// As [`put`]; [`ContextError::Invalid`] for a path that is not a JSON Pointer, more than
+/// 1,024 operations, or a result over the document limit.
+pub fn pointer_patch(
+    id: &str,
+    ops: &[PointerOp],
+    base_version: Option<u64>,
+) -> Result<WriteResult, ContextError> {
+    let mut wire = Vec::with_capacity(ops.len());
+    for op in ops {
+        wire.push(match op {
+            PointerOp::Set { path, value } => raw::PointerOp::Set(raw::PointerSet {
+                path: path.clone(),
+                value: to_json("pointer value", value)?,
+            }),
+            PointerOp::Remove { path } => raw::PointerOp::Remove(path.clone()),
+        });
+    }
+    raw::pointer_patch(id, &wire, base_version)
+}
+
+/// One version of a context's history (see [`history`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    /// Per-context version.
+    pub version: u64,
+    /// Store-wide revision.
+    pub revision: u64,
+    /// The agent that made it (`operator` for the host).
+    pub agent: String,
+    /// What made it: create, put, patch, delete, rollback, resolve, merge.
+    pub op: String,
+    /// HLC timestamp of the commit, `<ms>-<counter>`.
+    pub hlc: String,
+    /// The document at this version.
+    pub doc: serde_json::Value,
+}
+
+/// Versions of a context, newest first: at most `limit` (1-64), and at most 16 MiB of
+/// documents in all (the host returns fewer versions rather than more bytes). Versions the
+/// context's retention dropped are gone. Needs `read`.
+///
+/// # Errors
+///
+/// [`ContextError::AccessDenied`], [`ContextError::NotFound`], [`ContextError::Invalid`] for
+/// a `limit` outside 1-64.
+pub fn history(id: &str, limit: u32) -> Result<Vec<Version>, ContextError> {
+    raw::history(id, limit)?
+        .into_iter()
+        .map(|v| {
+            let doc = serde_json::from_str(&v.doc).map_err(|error| {
+                ContextError::Failed(format!("version {} is not JSON: {error}", v.version))
+            })?;
+            Ok(Version {
+                version: v.version,
+                revision: v.revision,
+                agent: v.agent,
+                op: v.op,
+                hlc: v.hlc,
+                doc,
+            })
+        })
+        .collect()
+}
+
+/// Commits a new version equal to `version` (history is never rewritten). Needs `write`.
+///
+/// # Errors
+///
+/// [`ContextError::Invalid`] when the version does not exist or retention dropped it, or the
+/// result is over the document limit; [`ContextError::Refused`] while the context is in
+/// conflict; [`ContextError::AccessDenied`], [`ContextError::NotFound`].
+pub fn rollback(id: &str, version: u64) -> Result<WriteResult, ContextError> {
+    raw::rollback(id, version)
+}
+
+/// How [`resolve`] ends a conflict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Take this agent's value for every conflicting field.
+    Agent(String),
+    /// Take these values, JSON Pointer → value, covering every conflicting field.
+    Fields(std::collections::BTreeMap<String, serde_json::Value>),
+    /// Replace the whole document.
+    Document(serde_json::Value),
+}
+
+/// Resolves a context in `conflict` state (a `manual` context after concurrent writes to one
+/// field). Needs `write`. Read the competing values with [`pending`] first.
+///
+/// # Errors
+///
+/// [`ContextError::Invalid`] when the context is not in conflict, the chosen agent has no
+/// value for a conflicting field, or a field is not covered; [`ContextError::Refused`] on a
+/// schema mismatch; [`ContextError::AccessDenied`], [`ContextError::NotFound`].
+pub fn resolve(id: &str, resolution: &Resolution) -> Result<WriteResult, ContextError> {
+    let choice = match resolution {
+        Resolution::Agent(agent) => raw::ResolveChoice::Agent(agent.clone()),
+        Resolution::Fields(fields) => raw::ResolveChoice::Fields(to_json("fields", fields)?),
+        Resolution::Document(doc) => raw::ResolveChoice::Document(to_json("document", doc)?),
+    };
+    raw::resolve(id, &choice)
+}
+
+/// The competing values of a context in `conflict` state, or `None` when it is not in
+/// conflict: `{"fields": {pointer: {agent: value}}, "values": [{"field", "agent", "value"}],
+/// "conflictIds": [..]}`, where `values` holds every competing value in arrival order (an
+/// agent that wrote twice appears twice). Needs `read`.
+///
+/// # Errors
+///
+/// [`ContextError::AccessDenied`], [`ContextError::NotFound`].
+pub fn pending(id: &str) -> Result<Option<serde_json::Value>, ContextError> {
+    raw::pending(id)?
+        .map(|text| {
+            serde_json::from_str(&text).map_err(|error| {
+                ContextError::Failed(format!("the pending conflict is not JSON: {error}"))
+            })
+        })
+        .transpose()
 }
 
 #[cfg(test)]

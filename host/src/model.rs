@@ -107,7 +107,8 @@ impl ResourceKind {
     pub const fn actions(self) -> &'static [&'static str] {
         match self {
             ResourceKind::Context => &[
-                "create", "get", "put", "patch", "delete", "share", "revoke", "ids",
+                "create", "get", "put", "patch", "delete", "share", "revoke", "ids", "history",
+                "rollback", "resolve",
             ],
             ResourceKind::Events => &["subscribe", "publish"],
             ResourceKind::Sync => &["barrier", "checkpoint", "restore", "vote", "contribute"],

@@ -113,16 +113,32 @@ async fn with_a_master_key_conflict_and_resolution_events_name_agents_and_fields
     );
 }
 
-/// The pair of the test above: without a master key the same events carry the values, so the
-/// check above looks where the values would be.
+/// The pair of the test above: without a master key the resolution event carries the chosen
+/// value, so the check above looks where the values would be. A conflict event never copies
+/// values, key or not: it refers to its conflict record (`id`), which holds them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_master_key_the_same_events_carry_the_values() {
     let svc = crate::common::in_memory_context().await;
     conflict_then_resolve(&svc).await;
     let (conflict, resolved) = conflict_events(&svc).await;
-    assert!(
-        conflict.contains(ALICE_SECRET) || conflict.contains(BOB_SECRET),
-        "{conflict}"
-    );
     assert!(resolved.contains(BOB_SECRET), "{resolved}");
+    for secret in [ALICE_SECRET, BOB_SECRET] {
+        assert!(!conflict.contains(secret), "{conflict}");
+    }
+    let records = svc.conflicts("alice", "plan").await.unwrap();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&conflict).unwrap();
+    for event in &events {
+        let id = event["data"]["id"]
+            .as_u64()
+            .expect("the event names its record");
+        let record = records
+            .iter()
+            .find(|c| c.id == id)
+            .expect("the record exists");
+        let values = serde_json::to_string(&record.agent_values).unwrap();
+        assert!(
+            values.contains(ALICE_SECRET) || values.contains(BOB_SECRET),
+            "{record:?}"
+        );
+    }
 }

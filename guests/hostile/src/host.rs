@@ -169,9 +169,10 @@ fn big_doc(bytes: usize, op: &str) -> Result<Value, AgentError> {
     let id = new_context()?;
     let doc = json_object(bytes);
     let w = if op == "patch" {
-        context::patch(&id, &doc, None).map_err(|e| failed("context.patch", e))?
+        // A new context is at version 1: the base of the write.
+        context::patch(&id, &doc, Some(1)).map_err(|e| failed("context.patch", e))?
     } else {
-        context::put(&id, &doc, None).map_err(|e| failed("context.put", e))?
+        context::put(&id, &doc, Some(1)).map_err(|e| failed("context.put", e))?
     };
     Ok(json!({"ok": true, "version": w.version}))
 }
@@ -323,9 +324,12 @@ fn spoof_panic(then: &str) -> Value {
 
 fn put_many(sizes: &[Value]) -> Result<Value, AgentError> {
     let id = new_context()?;
+    let mut base = 1;
     for size in sizes {
         let doc = json_object(size.as_u64().unwrap_or(8) as usize);
-        context::put(&id, &doc, None).map_err(|e| failed("context.put", e))?;
+        base = context::put(&id, &doc, Some(base))
+            .map_err(|e| failed("context.put", e))?
+            .version;
     }
     Ok(json!({"ok": true, "puts": sizes.len()}))
 }

@@ -8,7 +8,8 @@
 //!   counts as 0), retrying stale writes; every retry is counted in `stale_retries`.
 //! - `eventual`, `causal`, `manual`: the agent reads the context once, then makes N
 //!   `context::patch` writes of `{field: "<task id>-<i>"}` (i from 0), all based on the version
-//!   it read, so racers that write at the same time really conflict.
+//!   it read (`causal`: each on the version its previous write returned, as causal requires),
+//!   so racers that write at the same time really conflict.
 //! - `barrier`: before writing, the agent publishes a `custom` event `{"barrier": <task id>}`
 //!   on the context and waits (at most 10 s) until it has seen K different ones, so K racers
 //!   start writing together.
@@ -115,7 +116,7 @@ impl Agent for Racer {
             barrier(&input.context, &task.id, k, &mut tally);
         }
 
-        if let Some(base) = base {
+        if let Some(mut base) = base {
             log::info!(
                 task_id = task.id, strategy = strategy.as_str(), writes = input.writes;
                 "racing on {}", input.context
@@ -130,6 +131,10 @@ impl Agent for Racer {
                             Ok(result) => {
                                 tally.acked(&result);
                                 tally.last_value = value;
+                                // Causal: an agent must base its next write on one it made.
+                                if strategy == SyncStrategy::Causal {
+                                    base = result.version;
+                                }
                             }
                             Err(error) => tally.context_error(Some(i), "patch", &error),
                         }

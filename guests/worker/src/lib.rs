@@ -44,8 +44,17 @@
 //! `{"context_share": {"id", "agent"}}` (read), `{"context_revoke": {"id", "agent"}}`,
 //! `{"context_ids": null}` (value: the ids listed) and `{"wait_for": "host:port"}` (connects and
 //! reads until the peer closes: a step a test releases by closing the connection; value: the
-//! bytes read).
+//! bytes read). Context calls beyond these, each with an optional `base` version where it
+//! writes: `{"context_patch_at": {"id", "doc", "base"}}`, `{"context_pointer_patch": {"id",
+//! "ops": [{"op": "set" | "remove", "path", "value"}], "base"}}` (value of a write: `{"version",
+//! "new_version", "conflicts"}`), `{"context_history": {"id", "limit"}}` (value: `[{"version",
+//! "agent", "op", "doc"}]`), `{"context_rollback": {"id", "version"}}`, `{"context_resolve":
+//! {"id", "agent" | "fields" | "document"}}`, `{"context_pending": id}` (value: the pending
+//! conflict or null).
 
+mod context_more;
+
+use context_more::context_more;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -159,6 +168,9 @@ enum Probe {
     },
     ContextIds,
     WaitFor(String),
+    /// `context_pointer_patch`, `context_history`, `context_rollback`, `context_resolve`,
+    /// `context_pending`, `context_patch_at`: the call's name and its argument.
+    ContextMore(String, Value),
 }
 
 /// One step of the script.
@@ -366,6 +378,7 @@ fn run_probe(probe: Probe) -> Value {
             context::revoke(&id, &[agent.as_str()]).map(|()| Value::Null),
         ),
         Probe::ContextIds => done::<String>("context_ids", Ok(json!(context::ids(None)))),
+        Probe::ContextMore(call, arg) => context_more(&call, &arg),
         Probe::WaitFor(addr) => done(
             "wait_for",
             std::net::TcpStream::connect(addr.as_str()).and_then(|mut s| {
@@ -528,17 +541,23 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         }),
         "context_ids" => Action::Probe(Probe::ContextIds),
         "wait_for" => Action::Probe(Probe::WaitFor(text(arg)?)),
+        "context_pointer_patch"
+        | "context_history"
+        | "context_rollback"
+        | "context_resolve"
+        | "context_pending"
+        | "context_patch_at" => Action::Probe(Probe::ContextMore(key.clone(), arg.clone())),
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })
 }
 
-fn number(arg: &Value) -> Result<u64, String> {
+pub(crate) fn number(arg: &Value) -> Result<u64, String> {
     arg.as_u64()
         .ok_or_else(|| format!("expected a non-negative integer, got {arg}"))
 }
 
-fn text(arg: &Value) -> Result<String, String> {
+pub(crate) fn text(arg: &Value) -> Result<String, String> {
     arg.as_str()
         .map(str::to_owned)
         .ok_or_else(|| format!("expected a string, got {arg}"))
@@ -559,7 +578,7 @@ fn flag(arg: &Value) -> Result<(), String> {
     }
 }
 
-fn field_value(arg: &Value, name: &str) -> Result<Value, String> {
+pub(crate) fn field_value(arg: &Value, name: &str) -> Result<Value, String> {
     arg.as_object()
         .ok_or_else(|| format!("expected an object with `{name}`, got {arg}"))?
         .get(name)
@@ -567,7 +586,7 @@ fn field_value(arg: &Value, name: &str) -> Result<Value, String> {
         .ok_or_else(|| format!("missing `{name}`"))
 }
 
-fn field_text(arg: &Value, name: &str) -> Result<String, String> {
+pub(crate) fn field_text(arg: &Value, name: &str) -> Result<String, String> {
     text(&field_value(arg, name)?).map_err(|why| format!("`{name}`: {why}"))
 }
 

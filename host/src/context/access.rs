@@ -4,9 +4,9 @@
 
 use super::hot::Committed;
 use super::{
-    AgentConnection, AgentRegistration, Conflict, ConflictSeverity, ConflictType, ContextError,
+    AgentConnection, AgentRegistration, ConflictSeverity, ConflictType, ContextError,
     ContextService, ContextState, ContextStatus, Inner, OPERATOR, OpError, Permission, Share,
-    Shared, conflict_event, persist,
+    Shared, engine,
 };
 use crate::store::WriteCtx;
 use serde_json::json;
@@ -200,19 +200,15 @@ impl ContextService {
             agent.to_string(),
             json!({"operation": operation, "reason": reason}),
         );
-        let mut conflict = Conflict {
-            id: 0,
-            context_id: context.to_string(),
-            field: String::new(),
-            conflict_type: ConflictType::AccessViolation,
-            severity: ConflictSeverity::High,
-            agent_values: values,
-            detected_at: sh.clock.now_ms(),
-            resolution: None,
-        };
-        conflict.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), &conflict)?;
-        sh.bus
-            .stage(ctx, vec![conflict_event(&conflict, agent, ctx.blobs())])?;
+        let conflict = engine::conflict(
+            context,
+            "",
+            ConflictType::AccessViolation,
+            ConflictSeverity::High,
+            values,
+            sh.clock.now_ms(),
+        );
+        Self::record_conflicts(sh, ctx, agent, &mut [conflict])?;
         tracing::info!(agent, operation, context, %reason, "context access denied");
         Ok(ContextError::AccessDenied {
             agent: agent.to_string(),

@@ -1,14 +1,52 @@
 //! The synchronization engine: applies one write to a context's current state under its
 //! strategy, detecting and resolving conflicts. Pure: no I/O, no clocks of its own, so the same
 //! inputs (including HLC timestamps) always give the same result.
+//!
+//! # What the strategies promise
+//!
+//! A write names the version it observed (`baseVersion`). The changes other agents committed
+//! after that version are *concurrent* with it; a concurrent change *overlaps* a field of the
+//! write when it changed the value at that field's JSON Pointer (the field itself, a part of
+//! it, or a parent replaced). To find them the engine is given the retained versions from the
+//! base to the current one ([`apply_write`]'s `observed`); a base that retention already
+//! dropped is refused ([`Refusal::BaseNotRetained`]), never silently diffed against the current
+//! document.
+//!
+//! - `strong`: the base must be the current version; otherwise the write is refused
+//!   ([`Refusal::Stale`]) and a `concurrent-update` conflict records the refused change and a
+//!   reference to the current version (`{"version": n}`), not a copy of the document.
+//! - `eventual`: the base is required. Fields nobody else changed since the base merge; an
+//!   overlapped field is last-writer-wins by HLC timestamp (the timestamp the host gave the
+//!   write when it accepted it, [`Write::hlc`], compared with the timestamp of the change that
+//!   holds the field; ties broken by agent id), not by commit order. An agent's own earlier
+//!   writes never conflict with it.
+//! - `causal`: as `eventual`, plus two rules. (1) Monotonic writes: an agent must have observed
+//!   its own earlier writes, so a write whose base is older than a version the same agent made
+//!   is refused ([`Refusal::NotCausal`]) — under `eventual` it is accepted. (2) An overlapped
+//!   field resolves by the context's [`ConflictResolution`] (last-writer-wins by HLC, a
+//!   key-by-key merge, or a manual resolution), where `eventual` always takes last-writer-wins.
+//! - `manual`: an overlapped field puts the context into `conflict` state, holding every
+//!   competing value (in arrival order, several per agent if an agent writes more than once)
+//!   until an agent with `write` or the operator resolves it. A write without a base is taken
+//!   as based on the current version.
+//!
+//! Every overlap is one conflict record per field, naming every agent that changed the field
+//! concurrently (its last value) and the writer (its value). A rival's or resolved value larger
+//! than [`MAX_INLINE_CONFLICT_VALUE_BYTES`] is recorded as a reference to the version holding
+//! it (`{"version": n}`), so a record never copies a large document; the writer's own value is
+//! always copied, since a losing write makes no version. A `manual` context's pending conflict
+//! holds the values themselves (a resolution takes one), counted against the document limit.
 
+pub use super::conflicts::{MAX_INLINE_CONFLICT_VALUE_BYTES, conflict, stale_conflict};
+
+use super::conflicts::{changes_value, inline, rivals};
 use super::hlc::Hlc;
 use super::model::{
-    Conflict, ConflictOutcome, ConflictResolution, ConflictSeverity, ConflictType, ContextState,
-    ContextStatus, ContextVersion, PendingConflict, StampedField, SyncStrategy,
+    CompetingValue, Conflict, ConflictOutcome, ConflictResolution, ConflictSeverity, ConflictType,
+    ContextState, ContextStatus, ContextVersion, PendingConflict, StampedField, SyncStrategy,
 };
 use super::patch::{self, FieldChange, PatchError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// One write as the engine sees it.
@@ -16,13 +54,16 @@ use std::collections::BTreeMap;
 pub struct Write {
     /// The writing agent.
     pub agent: String,
-    /// The version the writer based its change on (`None`: the current one; not allowed for
-    /// strong and causal contexts).
+    /// The version the writer based its change on (`None`: the current one; allowed only for
+    /// `manual` contexts and the host's own writes).
     pub base_version: Option<u64>,
     /// The changes, normalized.
     pub changes: Vec<FieldChange>,
     /// `put`, `patch`, `rollback`, ...
     pub op: &'static str,
+    /// HLC timestamp the host gave the write when it accepted the call (before it queued for
+    /// the writer): what last-writer-wins compares.
+    pub hlc: Hlc,
 }
 
 /// Why a write was refused.
@@ -38,9 +79,9 @@ pub enum Refusal {
         /// The current version.
         current: u64,
     },
-    /// Strong and causal contexts need `baseVersion`.
+    /// Strong, eventual and causal contexts need `baseVersion`.
     #[error(
-        "`baseVersion` is required for {strategy} contexts (the context is at version {current})"
+        "`baseVersion` is required for {strategy} contexts (the context is at version {current}): pass the version the change is based on, or use the SDK's `context::update`, which reads the context and writes with the version it read"
     )]
     BaseRequired {
         /// The strategy.
@@ -55,6 +96,42 @@ pub enum Refusal {
         base: u64,
         /// Current version.
         current: u64,
+    },
+    /// The base version is no longer kept, so what changed since cannot be known.
+    #[error(
+        "`baseVersion` {base} is no longer retained (the oldest kept version is {oldest}; see the context's historyLimit): re-read the context and base the change on its current version {current}"
+    )]
+    BaseNotRetained {
+        /// Claimed base.
+        base: u64,
+        /// Oldest version still kept (0: none).
+        oldest: u64,
+        /// Current version.
+        current: u64,
+    },
+    /// The base is further behind the current version than a write may be.
+    #[error(
+        "`baseVersion` {base} is {behind} versions behind the context (version {current}); a write may be at most {max} behind: re-read the context and base the change on its current version"
+    )]
+    BaseTooOld {
+        /// Claimed base.
+        base: u64,
+        /// `current - base`.
+        behind: u64,
+        /// Current version.
+        current: u64,
+        /// [`MAX_VERSIONS_BEHIND`].
+        max: u64,
+    },
+    /// Causal strategy: the writer did not observe its own earlier write.
+    #[error(
+        "not causal: based on version {base}, but this agent's own write made version {own}; base the change on version {own} or later"
+    )]
+    NotCausal {
+        /// Claimed base.
+        base: u64,
+        /// The writer's latest version after the base.
+        own: u64,
     },
     /// The context waits for a manual resolution.
     #[error("the context is in conflict on {fields:?}; resolve it first (qi-host context resolve)")]
@@ -73,6 +150,10 @@ pub enum Refusal {
     Deleted,
 }
 
+/// Most versions a write's base may be behind the current one (the versions in between are
+/// read to find concurrent changes, on the store's writer, so the work of one write is bounded).
+pub const MAX_VERSIONS_BEHIND: u64 = 1_000;
+
 /// What a write did.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -90,43 +171,12 @@ pub type SchemaCheck<'a> = &'a dyn Fn(&Value) -> Result<(), String>;
 /// Context for one application: the HLC and revision the write gets, and the time.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
-    /// HLC timestamp of the write.
+    /// HLC timestamp of the commit (the version's and the context's).
     pub hlc: Hlc,
     /// Store-wide revision it will get if it creates a version.
     pub revision: u64,
     /// Unix ms.
     pub now_ms: u64,
-}
-
-fn changes_value(changes: &[FieldChange]) -> Value {
-    let mut m = Map::new();
-    for c in changes {
-        m.insert(c.path.clone(), c.value.clone().unwrap_or(Value::Null));
-    }
-    Value::Object(m)
-}
-
-/// A conflict record for a refused stale write (strong strategy).
-pub fn stale_conflict(state: &ContextState, w: &Write, now_ms: u64) -> Conflict {
-    let mut agent_values = BTreeMap::new();
-    let last_writer = state
-        .field_stamps
-        .values()
-        .max_by_key(|s| s.version)
-        .map(|s| s.agent.clone())
-        .unwrap_or_else(|| state.owner.clone());
-    agent_values.insert(last_writer, state.doc.clone());
-    agent_values.insert(w.agent.clone(), changes_value(&w.changes));
-    Conflict {
-        id: 0,
-        context_id: state.id.clone(),
-        field: String::new(),
-        conflict_type: ConflictType::ConcurrentUpdate,
-        severity: ConflictSeverity::Medium,
-        agent_values,
-        detected_at: now_ms,
-        resolution: None,
-    }
 }
 
 /// Deep-merges `incoming` into `current`: objects key by key; elsewhere the later timestamp's
@@ -149,12 +199,35 @@ fn deep_merge(current: &Value, incoming: &Value, incoming_wins: bool) -> Value {
     }
 }
 
-/// Applies `w` to `state`.
+/// Checks that `observed` holds every version from `base` to the current one, in order (what
+/// a write based on `base` needs to find its concurrent changes).
+pub fn check_observed(
+    state: &ContextState,
+    base: u64,
+    observed: &[ContextVersion],
+) -> Result<(), Refusal> {
+    let complete = observed.first().is_some_and(|v| v.version == base)
+        && observed.last().is_some_and(|v| v.version == state.version)
+        && observed.len() as u64 == state.version - base + 1;
+    if complete {
+        return Ok(());
+    }
+    Err(Refusal::BaseNotRetained {
+        base,
+        oldest: observed.first().map_or(0, |v| v.version),
+        current: state.version,
+    })
+}
+
+/// Applies `w` to `state`. `observed` holds the versions from the write's base to the current
+/// one, oldest first (see [`check_observed`]); it may be empty when the base is the current
+/// version or the strategy is strong.
 pub fn apply_write(
     state: &ContextState,
     w: &Write,
     at: Stamp,
     schema: Option<SchemaCheck<'_>>,
+    observed: &[ContextVersion],
 ) -> Result<Applied, (Refusal, Option<Box<Conflict>>)> {
     if state.status == ContextStatus::Deleted {
         return Err((Refusal::Deleted, None));
@@ -167,7 +240,7 @@ pub fn apply_write(
                 Some(Box::new(stale_conflict(state, w, at.now_ms))),
             ));
         }
-        (SyncStrategy::Strong | SyncStrategy::Causal, None) => {
+        (SyncStrategy::Strong | SyncStrategy::Eventual | SyncStrategy::Causal, None) => {
             return Err((
                 Refusal::BaseRequired {
                     strategy: state.strategy.as_str(),
@@ -181,12 +254,31 @@ pub fn apply_write(
         }
         (_, b) => b.unwrap_or(current),
     };
+    let observed: &[ContextVersion] = if base < current {
+        check_observed(state, base, observed).map_err(|r| (r, None))?;
+        observed
+    } else {
+        &[]
+    };
+    if state.strategy == SyncStrategy::Causal
+        && let Some(own) = observed[1.min(observed.len())..]
+            .iter()
+            .rfind(|v| v.agent_id == w.agent)
+    {
+        return Err((
+            Refusal::NotCausal {
+                base,
+                own: own.version,
+            },
+            None,
+        ));
+    }
 
     let mut next = state.clone();
     let mut conflicts = Vec::new();
 
     // A context waiting for manual resolution only accepts further competing values for the
-    // fields already in conflict.
+    // fields already in conflict; every one is kept.
     if state.status == ContextStatus::Conflict {
         let pending = state.pending.clone().unwrap_or_default();
         if w.changes
@@ -195,11 +287,17 @@ pub fn apply_write(
         {
             let mut pending = pending;
             for c in &w.changes {
+                let value = c.value.clone().unwrap_or(Value::Null);
                 pending
                     .fields
                     .get_mut(&c.path)
                     .expect("checked")
-                    .insert(w.agent.clone(), c.value.clone().unwrap_or(Value::Null));
+                    .insert(w.agent.clone(), value.clone());
+                pending.values.push(CompetingValue {
+                    field: c.path.clone(),
+                    agent: w.agent.clone(),
+                    value,
+                });
             }
             next.pending = Some(pending);
             return Ok(Applied {
@@ -227,77 +325,102 @@ pub fn apply_write(
     let mut applied: Vec<&FieldChange> = Vec::new();
     let mut pending = PendingConflict::default();
     for c in &w.changes {
-        // The most recent concurrent change by another agent to an overlapping field.
-        let rival = state
-            .field_stamps
-            .iter()
-            .filter(|(p, s)| s.version > base && s.agent != w.agent && patch::overlaps(p, &c.path))
-            .max_by_key(|(_, s)| (s.hlc, s.agent.clone()));
-        let Some((rival_path, rival)) = rival else {
+        let rivals = rivals(observed, &w.agent, &c.path);
+        if rivals.is_empty() {
             patch::apply(&mut doc, c).map_err(|e| (e.into(), None))?;
             applied.push(c);
             continue;
-        };
+        }
+        // The change that holds the field now, if another agent made it after the base.
+        let holder = state
+            .field_stamps
+            .iter()
+            .filter(|(p, s)| s.version > base && s.agent != w.agent && patch::overlaps(p, &c.path))
+            .map(|(_, s)| s)
+            .max_by(|a, b| (a.hlc, &a.agent).cmp(&(b.hlc, &b.agent)));
+        // Last writer by HLC, then agent id; not commit order.
+        let incoming_wins =
+            holder.is_none_or(|h| (w.hlc, w.agent.as_str()) > (h.hlc, h.agent.as_str()));
         let current_value = patch::get(&doc, &c.path).cloned().unwrap_or(Value::Null);
         let incoming_value = c.value.clone().unwrap_or(Value::Null);
-        let mut agent_values = BTreeMap::new();
-        agent_values.insert(rival.agent.clone(), current_value.clone());
+        // The record: rivals' values (large ones by reference to their version) and this
+        // write's value, always copied (a losing write makes no version).
+        let mut agent_values: BTreeMap<String, Value> = rivals
+            .iter()
+            .map(|(agent, (version, value))| (agent.clone(), inline(value, *version)))
+            .collect();
         agent_values.insert(w.agent.clone(), incoming_value.clone());
-        // Deterministic order: HLC, then agent id.
-        let incoming_wins = (at.hlc, w.agent.as_str()) > (rival.hlc, rival.agent.as_str());
-        let mut conflict = Conflict {
-            id: 0,
-            context_id: state.id.clone(),
-            field: if rival_path.len() < c.path.len() {
-                rival_path.clone()
-            } else {
-                c.path.clone()
-            },
-            conflict_type: ConflictType::FieldModification,
-            severity: ConflictSeverity::Low,
+        let mut record = conflict(
+            &state.id,
+            &c.path,
+            ConflictType::FieldModification,
+            ConflictSeverity::Low,
             agent_values,
-            detected_at: at.now_ms,
-            resolution: None,
+            at.now_ms,
+        );
+        let outcome = |strategy, value: &Value, version| ConflictOutcome {
+            strategy,
+            resolved_value: inline(value, version),
+            resolved_by: "system".into(),
+            resolved_at: at.now_ms,
         };
         match resolution {
             ConflictResolution::Manual => {
-                pending
-                    .fields
-                    .insert(c.path.clone(), conflict.agent_values.clone());
-                conflict.severity = ConflictSeverity::Critical;
+                // The competing values themselves (a resolution takes one): the value the
+                // document holds now if its holder is no rival, the rivals', then this write's.
+                let mut competing: BTreeMap<String, Value> = rivals
+                    .into_iter()
+                    .map(|(agent, (_, value))| (agent, value))
+                    .collect();
+                if let Some(h) = holder
+                    && !competing.contains_key(&h.agent)
+                {
+                    competing.insert(h.agent.clone(), current_value.clone());
+                    record
+                        .agent_values
+                        .insert(h.agent.clone(), inline(&current_value, current));
+                }
+                for (agent, value) in &competing {
+                    pending.values.push(CompetingValue {
+                        field: c.path.clone(),
+                        agent: agent.clone(),
+                        value: value.clone(),
+                    });
+                }
+                pending.values.push(CompetingValue {
+                    field: c.path.clone(),
+                    agent: w.agent.clone(),
+                    value: incoming_value.clone(),
+                });
+                competing.insert(w.agent.clone(), incoming_value);
+                pending.fields.insert(c.path.clone(), competing);
+                record.severity = ConflictSeverity::Critical;
             }
             ConflictResolution::LastWriteWins => {
-                let winner = if incoming_wins {
+                record.resolution = Some(if incoming_wins {
                     patch::apply(&mut doc, c).map_err(|e| (e.into(), None))?;
                     applied.push(c);
-                    incoming_value
+                    outcome(
+                        ConflictResolution::LastWriteWins,
+                        &incoming_value,
+                        current + 1,
+                    )
                 } else {
-                    current_value
-                };
-                conflict.resolution = Some(ConflictOutcome {
-                    strategy: ConflictResolution::LastWriteWins,
-                    resolved_value: winner,
-                    resolved_by: "system".into(),
-                    resolved_at: at.now_ms,
+                    outcome(ConflictResolution::LastWriteWins, &current_value, current)
                 });
             }
             ConflictResolution::Merge => {
                 let merged = deep_merge(&current_value, &incoming_value, incoming_wins);
+                record.resolution = Some(outcome(ConflictResolution::Merge, &merged, current + 1));
                 let change = FieldChange {
                     path: c.path.clone(),
-                    value: Some(merged.clone()),
+                    value: Some(merged),
                 };
                 patch::apply(&mut doc, &change).map_err(|e| (e.into(), None))?;
                 applied.push(c);
-                conflict.resolution = Some(ConflictOutcome {
-                    strategy: ConflictResolution::Merge,
-                    resolved_value: merged,
-                    resolved_by: "system".into(),
-                    resolved_at: at.now_ms,
-                });
             }
         }
-        conflicts.push(conflict);
+        conflicts.push(record);
     }
 
     if let Some(check) = schema
@@ -305,17 +428,15 @@ pub fn apply_write(
     {
         let mut agent_values = BTreeMap::new();
         agent_values.insert(w.agent.clone(), changes_value(&w.changes));
-        let conflict = Conflict {
-            id: 0,
-            context_id: state.id.clone(),
-            field: String::new(),
-            conflict_type: ConflictType::SchemaMismatch,
-            severity: ConflictSeverity::High,
+        let record = conflict(
+            &state.id,
+            "",
+            ConflictType::SchemaMismatch,
+            ConflictSeverity::High,
             agent_values,
-            detected_at: at.now_ms,
-            resolution: None,
-        };
-        return Err((Refusal::Schema(message), Some(Box::new(conflict))));
+            at.now_ms,
+        );
+        return Err((Refusal::Schema(message), Some(Box::new(record))));
     }
 
     let to_conflict = !pending.fields.is_empty();
@@ -335,7 +456,7 @@ pub fn apply_write(
             c.path.clone(),
             StampedField {
                 version,
-                hlc: at.hlc,
+                hlc: w.hlc,
                 agent: w.agent.clone(),
             },
         );

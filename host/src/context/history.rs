@@ -3,14 +3,16 @@
 use super::*;
 
 impl ContextService {
-    /// Versions of a context, newest first (at most `limit`).
+    /// Versions of a context, newest first (at most `limit`). Needs `read`; a refusal is
+    /// recorded as an access violation like every other.
     pub async fn history(
         &self,
         agent: &str,
         id: &str,
         limit: usize,
     ) -> Result<Vec<ContextVersion>, ContextError> {
-        self.allowed(agent, id, Permission::Read)?;
+        self.authorize(agent, id, Permission::Read, "read the history of")
+            .await?;
         let (blobs, id) = (self.shared.store.blobs().clone(), id.to_string());
         Ok(self
             .shared
@@ -19,9 +21,10 @@ impl ContextService {
             .await?)
     }
 
-    /// Conflicts recorded for a context, oldest first.
+    /// Conflicts recorded for a context, oldest first. Needs `read`; a refusal is recorded.
     pub async fn conflicts(&self, agent: &str, id: &str) -> Result<Vec<Conflict>, ContextError> {
-        self.allowed(agent, id, Permission::Read)?;
+        self.authorize(agent, id, Permission::Read, "read the conflicts of")
+            .await?;
         let id = id.to_string();
         let blobs = self.shared.store.blobs().clone();
         Ok(self
@@ -32,6 +35,8 @@ impl ContextService {
     }
 
     /// Commits a new version whose content equals `version` (history is never rewritten).
+    /// Needs `write`; the result must stay under `max_document_bytes`. Errors: `Invalid` on
+    /// `version` when the version does not exist or retention dropped it.
     pub async fn rollback(
         &self,
         agent: &str,
@@ -67,14 +72,18 @@ impl ContextService {
                     base_version: Some(state.version),
                     changes,
                     op: "rollback",
+                    hlc: sh.clock.tick(),
                 };
-                Self::commit_write(sh, inner, ctx, &id, w)
+                Self::commit_write(sh, inner, ctx, &id, w, &[])
             }),
         )
         .await
     }
 
-    /// Resolves a context in `conflict` state.
+    /// Resolves a context in `conflict` state (needs `write`): takes one agent's values, a
+    /// value per conflicting field, or a whole document. The result must stay under
+    /// `max_document_bytes`. Errors: `Invalid` on `resolution` when the context is not in
+    /// conflict or the choice does not cover every conflicting field.
     pub async fn resolve(
         &self,
         agent: &str,
@@ -95,6 +104,7 @@ impl ContextService {
             {
                 return Err(OpError::Committed(ContextError::Refused { context: id, refusal: Refusal::Schema(message), conflict: None }));
             }
+            Self::check_result_size(sh, "resolve", &next)?;
             let pending = state.pending.clone().unwrap_or_default();
             let mut conflicts = persist::load_conflicts(ctx.tx(), ctx.blobs(), &id)?;
             conflicts.retain(|c| pending.conflict_ids.contains(&c.id));

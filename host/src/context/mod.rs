@@ -27,7 +27,8 @@
 //! (create, get, list, delete), `writes` (a change through its strategy), `history`
 //! (versions, conflicts, rollback, resolve), `sharing`, `access` (the one access decision and
 //! its callers), `sync` (merge, synchronize), `subscriptions`, `labels`, `audit`; the strategy
-//! engine is `engine`, the rows `persist`, the types `model` and `api`, errors `error`,
+//! engine is `engine`, conflict records
+//! `conflicts`, the rows `persist`, the types `model` and `api`, errors `error`,
 //! settings `config`.
 //!
 //! # Access
@@ -43,6 +44,7 @@ mod agents;
 mod api;
 mod audit;
 mod config;
+mod conflicts;
 mod documents;
 pub mod engine;
 mod error;
@@ -62,7 +64,6 @@ mod writes;
 use documents::{empty_like, result_of};
 use hot::Inner;
 use service::{OpError, Shared, compile_schema, schema_check};
-use writes::conflict_event;
 
 pub use api::*;
 pub use audit::AuditBudget;

@@ -95,7 +95,11 @@ pub struct Conflict {
     pub conflict_type: ConflictType,
     /// How serious.
     pub severity: ConflictSeverity,
-    /// Each agent's value for the field (the attempted value for refused writes).
+    /// Each agent's value for the field: every agent that changed it concurrently (its last
+    /// value; over 64 KiB of JSON, a reference `{"version": n}` to the version holding it) and
+    /// the writer (always copied). For a refused stale write, the attempted changes (pointer →
+    /// value) and, for the agent whose change made the current version, a reference
+    /// `{"version": n}` rather than a copy of the document.
     pub agent_values: BTreeMap<String, Value>,
     /// When it was detected (unix ms).
     pub detected_at: u64,
@@ -158,6 +162,22 @@ pub struct PendingConflict {
     pub fields: BTreeMap<String, BTreeMap<String, Value>>,
     /// Ids of the conflict records.
     pub conflict_ids: Vec<u64>,
+    /// Every competing value, in the order the host received them (an agent that wrote a
+    /// field more than once appears more than once). Bounded with the document: the document
+    /// and its pending conflict together stay under `maxDocumentBytes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<CompetingValue>,
+}
+
+/// One competing value of a pending conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompetingValue {
+    /// JSON Pointer of the field.
+    pub field: String,
+    /// The agent that wrote it (or held it when the conflict was detected).
+    pub agent: String,
+    /// The value.
+    pub value: Value,
 }
 
 /// Current state of one context (the hot tier holds one of these per context).

@@ -173,6 +173,22 @@ pub fn insert_conflict(
     Ok(conn.last_insert_rowid() as u64)
 }
 
+/// Conflict retention: keeps the newest `keep` conflict records of a context, and every
+/// unresolved `critical` one (what a context in `conflict` state waits on).
+pub fn prune_conflicts(conn: &Connection, context_id: &str, keep: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM conflicts WHERE context_id = ?1
+           AND NOT (severity = ?3 AND resolved_at IS NULL)
+           AND id <= (SELECT id FROM conflicts WHERE context_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        params![
+            context_id,
+            keep as i64,
+            text(&crate::context::model::ConflictSeverity::Critical)
+        ],
+    )?;
+    Ok(())
+}
+
 /// Updates the values and resolution of a recorded conflict.
 pub fn update_conflict(
     conn: &Connection,

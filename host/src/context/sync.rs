@@ -4,7 +4,9 @@ use super::*;
 
 impl ContextService {
     /// Merges contexts into a new one owned by `agent`: objects key by key, later contexts in
-    /// the list winning where two disagree; every disagreement is reported as a conflict.
+    /// the list winning where two disagree; every disagreement is reported as a conflict. The
+    /// merged document is checked against `max_document_bytes` like any other (`Invalid` on
+    /// `doc`).
     pub async fn merge_contexts(
         &self,
         agent: &str,
@@ -34,21 +36,21 @@ impl ContextService {
                     let mut agent_values = BTreeMap::new();
                     agent_values.insert(other.clone(), prev.clone());
                     agent_values.insert(view.id.clone(), value.clone());
-                    conflicts.push(Conflict {
-                        id: 0,
-                        context_id: view.id.clone(),
-                        field: c.path.clone(),
-                        conflict_type: ConflictType::FieldModification,
-                        severity: ConflictSeverity::Low,
+                    let mut record = engine::conflict(
+                        &view.id,
+                        &c.path,
+                        ConflictType::FieldModification,
+                        ConflictSeverity::Low,
                         agent_values,
-                        detected_at: now,
-                        resolution: Some(ConflictOutcome {
-                            strategy: ConflictResolution::Merge,
-                            resolved_value: value.clone(),
-                            resolved_by: "system".into(),
-                            resolved_at: now,
-                        }),
+                        now,
+                    );
+                    record.resolution = Some(ConflictOutcome {
+                        strategy: ConflictResolution::Merge,
+                        resolved_value: value.clone(),
+                        resolved_by: "system".into(),
+                        resolved_at: now,
                     });
+                    conflicts.push(record);
                 }
                 origin.insert(c.path.clone(), (view.id.clone(), value));
                 patch::apply(&mut merged, &c)
@@ -64,14 +66,9 @@ impl ContextService {
             let recorded = self
                 .shared
                 .store
-                .write(move |ctx| {
-                    let mut events = Vec::new();
-                    for c in &mut conflicts {
-                        c.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), c)?;
-                        events.push(conflict_event(c, &agent, ctx.blobs()));
-                    }
-                    shared.bus.stage(ctx, events)?;
-                    Ok(conflicts)
+                .write_with_error(move |ctx| {
+                    Self::record_conflicts(&shared, ctx, &agent, &mut conflicts)?;
+                    Ok::<_, ContextError>(conflicts)
                 })
                 .await?;
             result.conflicts = recorded;

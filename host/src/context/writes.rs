@@ -3,7 +3,12 @@
 use super::*;
 
 impl ContextService {
-    /// Writes a change based on `base_version` (required for strong and causal contexts).
+    /// Writes a change based on `base_version`, the version the writer observed (required for
+    /// strong, eventual and causal contexts; see [`engine`] for what each strategy does with
+    /// it). The result, document and pending competing values together, must stay under
+    /// `max_document_bytes` (`Invalid` on `doc` otherwise). Refusals: `BaseRequired`,
+    /// `Stale`, `FutureBase`, `BaseNotRetained`, `BaseTooOld` (more than
+    /// [`engine::MAX_VERSIONS_BEHIND`] versions behind), `NotCausal`, `InConflict`, `Schema`.
     pub async fn write(
         &self,
         agent: &str,
@@ -31,31 +36,8 @@ impl ContextService {
                 "patch",
             ),
         };
-        // A put is a diff against the version it was based on; fetch that version if it is
-        // not the current one.
-        let base_doc = match (&change, base_version) {
-            (Change::Put(_), Some(b)) => {
-                let current = {
-                    let inner = self.shared.committed();
-                    inner
-                        .contexts
-                        .get(id)
-                        .filter(|c| c.version == b && c.resident)
-                        .map(|c| c.doc.clone())
-                };
-                match current {
-                    Some(doc) => Some(doc),
-                    None => {
-                        let (blobs, id2) = (self.shared.store.blobs().clone(), id.to_string());
-                        self.shared
-                            .store
-                            .read(move |conn| persist::load_version(conn, &blobs, &id2, b))
-                            .await?
-                    }
-                }
-            }
-            _ => None,
-        };
+        // Stamped when the host accepts the call: last-writer-wins compares these.
+        let hlc = self.shared.clock.tick();
         let (agent, id) = (agent.to_string(), id.to_string());
         self.run(
             Some(id.clone()),
@@ -66,11 +48,18 @@ impl ContextService {
                 if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
                     return Err(Self::deny(sh, ctx, &agent, "write", &id, reason));
                 }
+                let observed = Self::observed(ctx, state, base_version)?;
                 let changes = match (changes, change) {
                     (Some(c), _) => c,
                     (None, Change::Put(doc)) => {
-                        let base = base_doc.unwrap_or_else(|| state.doc.clone());
-                        let mut c = patch::diff(&base, &doc)
+                        // A put is a diff against the version it was based on.
+                        let base = match base_version {
+                            Some(b) if b < state.version && !observed.is_empty() => {
+                                &observed[0].doc
+                            }
+                            _ => &state.doc,
+                        };
+                        let mut c = patch::diff(base, &doc)
                             .map_err(|e| ContextError::invalid("doc", e.to_string()))?;
                         if c.is_empty() && base_version.is_some_and(|b| b != state.version) {
                             c.push(FieldChange {
@@ -87,11 +76,79 @@ impl ContextService {
                     base_version,
                     changes,
                     op,
+                    hlc,
                 };
-                Self::commit_write(sh, inner, ctx, &id, w)
+                Self::commit_write(sh, inner, ctx, &id, w, &observed)
             }),
         )
         .await
+    }
+
+    /// The retained versions from `base` to the current one, oldest first, when a write based
+    /// on `base` needs them to find concurrent changes (a base older than the current version,
+    /// on a context that is not strong); refused when retention dropped the base.
+    fn observed(
+        ctx: &mut WriteCtx<'_>,
+        state: &ContextState,
+        base: Option<u64>,
+    ) -> Result<Vec<ContextVersion>, OpError> {
+        let Some(base) = base.filter(|b| *b < state.version) else {
+            return Ok(Vec::new());
+        };
+        if state.strategy == SyncStrategy::Strong {
+            return Ok(Vec::new());
+        }
+        let behind = state.version - base;
+        if behind > engine::MAX_VERSIONS_BEHIND {
+            return Err(OpError::Committed(ContextError::Refused {
+                context: state.id.clone(),
+                refusal: Refusal::BaseTooOld {
+                    base,
+                    behind,
+                    current: state.version,
+                    max: engine::MAX_VERSIONS_BEHIND,
+                },
+                conflict: None,
+            }));
+        }
+        let span = (state.version - base + 1) as usize;
+        let mut versions = persist::load_versions(ctx.tx(), ctx.blobs(), &state.id, span)?;
+        versions.reverse();
+        if let Err(refusal) = engine::check_observed(state, base, &versions) {
+            return Err(OpError::Committed(ContextError::Refused {
+                context: state.id.clone(),
+                refusal,
+                conflict: None,
+            }));
+        }
+        Ok(versions)
+    }
+
+    /// Refuses a result larger than `max_document_bytes` (the document and a pending
+    /// conflict's values together), after the change was applied.
+    pub(super) fn check_result_size(
+        sh: &Shared,
+        op: &str,
+        state: &ContextState,
+    ) -> Result<(), ContextError> {
+        let doc = serde_json::to_vec(&state.doc).map_or(0, |v| v.len());
+        let pending = state
+            .pending
+            .as_ref()
+            .and_then(|p| serde_json::to_vec(p).ok())
+            .map_or(0, |v| v.len());
+        let limit = sh.config.max_document_bytes;
+        if doc + pending > limit {
+            return Err(ContextError::invalid(
+                "doc",
+                format!(
+                    "context `{}` would be {} bytes after this {op} ({doc} of document, {pending} of competing values); the limit (maxDocumentBytes) is {limit}: write less, or split the data over several contexts",
+                    state.id,
+                    doc + pending
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn commit_write(
@@ -100,6 +157,7 @@ impl ContextService {
         ctx: &mut WriteCtx<'_>,
         id: &str,
         w: Write,
+        observed: &[ContextVersion],
     ) -> Result<WriteResult, OpError> {
         let state = inner.contexts.get(id).expect("caller checked").clone();
         let at = sh.stamp(inner);
@@ -113,14 +171,13 @@ impl ContextService {
             check
                 .as_ref()
                 .map(|c| c as &dyn Fn(&Value) -> Result<(), String>),
+            observed,
         );
         match applied {
             Err((refusal, conflict)) => {
                 let conflict = match conflict {
                     Some(mut c) => {
-                        c.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), &c)?;
-                        sh.bus
-                            .stage(ctx, vec![conflict_event(&c, &w.agent, ctx.blobs())])?;
+                        Self::record_conflicts(sh, ctx, &w.agent, std::slice::from_mut(&mut c))?;
                         Some(c)
                     }
                     None => None,
@@ -132,11 +189,9 @@ impl ContextService {
                 }))
             }
             Ok(mut applied) => {
+                Self::check_result_size(sh, w.op, &applied.state)?;
+                Self::record_conflicts(sh, ctx, &w.agent, &mut applied.conflicts)?;
                 let mut events = Vec::new();
-                for c in &mut applied.conflicts {
-                    c.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), c)?;
-                    events.push(conflict_event(c, &w.agent, ctx.blobs()));
-                }
                 if let Some(p) = &mut applied.state.pending {
                     for c in &applied.conflicts {
                         if c.resolution.is_none() {
@@ -174,15 +229,36 @@ impl ContextService {
             }
         }
     }
+
+    /// Stores conflict records (giving each its id), applies conflict retention
+    /// (`max_conflicts_per_context`) and stages one `conflict` event for each.
+    pub(super) fn record_conflicts(
+        sh: &Shared,
+        ctx: &mut WriteCtx<'_>,
+        agent: &str,
+        conflicts: &mut [Conflict],
+    ) -> Result<(), ContextError> {
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        let mut events = Vec::new();
+        for c in conflicts.iter_mut() {
+            c.id = persist::insert_conflict(ctx.tx(), ctx.blobs(), c)?;
+            events.push(conflict_event(c, agent));
+        }
+        persist::prune_conflicts(
+            ctx.tx(),
+            &conflicts[0].context_id,
+            sh.config.max_conflicts_per_context,
+        )?;
+        sh.bus.stage(ctx, events)?;
+        Ok(())
+    }
 }
 
-/// A conflict event. With encryption at rest the competing values stay out of the event log
-/// (only the agents are named); `conflicts` has them.
-pub(super) fn conflict_event(
-    c: &Conflict,
-    agent: &str,
-    blobs: &crate::store::BlobStore,
-) -> NewEvent {
+/// A conflict event. It refers to the conflict record (`id`) and names the agents; the values
+/// stay in the record (read them with `conflicts`), so an event is small whatever the values.
+fn conflict_event(c: &Conflict, agent: &str) -> NewEvent {
     let priority = match c.severity {
         ConflictSeverity::Low => 0,
         ConflictSeverity::Medium => 1,
@@ -193,22 +269,16 @@ pub(super) fn conflict_event(
         .context(&c.context_id)
         .agent(agent)
         .priority(priority)
-        .data({
-            let mut data = serde_json::to_value(c).unwrap_or(Value::Null);
-            if blobs.keys().is_some()
-                && let Some(m) = data.as_object_mut()
-            {
-                let agents: Vec<String> = c.agent_values.keys().cloned().collect();
-                m.insert(
-                    "agentValues".into(),
-                    json!({"sealed": true, "agents": agents}),
-                );
-                if let Some(Value::Object(r)) = m.get_mut("resolution")
-                    && r.contains_key("resolvedValue")
-                {
-                    r.insert("resolvedValue".into(), json!({"sealed": true}));
-                }
-            }
-            data
-        })
+        .data(json!({
+            "id": c.id,
+            "contextId": c.context_id,
+            "field": c.field,
+            "conflictType": c.conflict_type,
+            "severity": c.severity,
+            "agents": c.agent_values.keys().collect::<Vec<_>>(),
+            "detectedAt": c.detected_at,
+            "resolution": c.resolution.as_ref().map(|r| json!({
+                "strategy": r.strategy, "resolvedBy": r.resolved_by, "resolvedAt": r.resolved_at,
+            })),
+        }))
 }

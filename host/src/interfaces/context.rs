@@ -1,5 +1,9 @@
 //! `qi:agent/context`: the shared, versioned context store, as the agent's host-assigned id.
 
+mod changes;
+
+pub use changes::{MAX_HISTORY_VERSIONS, MAX_POINTER_OPS};
+
 use super::AgentState;
 use super::limits::{self, MAX_DOCUMENT_BYTES, MAX_SHARE_AGENTS, MAX_SHARE_PERMISSIONS};
 use super::qi;
@@ -8,7 +12,8 @@ use crate::context::{
 };
 use crate::sandbox::AgentShared;
 use qi::agent::context::{
-    ContextError as WitContextError, Document, WriteResult as WitWriteResult,
+    ContextError as WitContextError, Document, PointerOp as WitPointerOp,
+    ResolveChoice as WitResolveChoice, VersionInfo, WriteResult as WitWriteResult,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -399,5 +404,42 @@ impl qi::agent::context::Host for AgentState {
         };
         self.finish_context("context.ids", "", 0, start, &r);
         r.unwrap_or_default()
+    }
+
+    async fn pointer_patch(
+        &mut self,
+        id: String,
+        ops: Vec<WitPointerOp>,
+        base_version: Option<u64>,
+    ) -> Result<WitWriteResult, WitContextError> {
+        self.context_pointer_patch(id, ops, base_version).await
+    }
+
+    async fn history(
+        &mut self,
+        id: String,
+        limit: u32,
+    ) -> Result<Vec<VersionInfo>, WitContextError> {
+        self.context_history(id, limit).await
+    }
+
+    async fn rollback(
+        &mut self,
+        id: String,
+        version: u64,
+    ) -> Result<WitWriteResult, WitContextError> {
+        self.context_rollback(id, version).await
+    }
+
+    async fn resolve(
+        &mut self,
+        id: String,
+        choice: WitResolveChoice,
+    ) -> Result<WitWriteResult, WitContextError> {
+        self.context_resolve(id, choice).await
+    }
+
+    async fn pending(&mut self, id: String) -> Result<Option<String>, WitContextError> {
+        self.context_pending(id).await
     }
 }

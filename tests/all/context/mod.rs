@@ -120,6 +120,8 @@ async fn conflicts(id: &str, kind: ConflictType) -> Vec<Conflict> {
         .collect()
 }
 
+pub(crate) mod conflicts;
+
 pub(crate) mod racer;
 
 pub(crate) mod subscriber;

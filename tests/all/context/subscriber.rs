@@ -137,7 +137,7 @@ async fn a_revoked_subscriber_stops_receiving_at_once() {
     assert_eq!(crate::common::next_signal(&key).await["subscribed"], true);
     let svc = &context_host().await.svc;
     let first = svc
-        .write(OPERATOR, &id, Change::Merge(json!({"n": 1})), None)
+        .write(OPERATOR, &id, Change::Merge(json!({"n": 1})), Some(1))
         .await
         .unwrap();
     // The watcher has the first update in hand before its share is revoked.
@@ -146,10 +146,10 @@ async fn a_revoked_subscriber_stops_receiving_at_once() {
     svc.revoke(OPERATOR, &id, std::slice::from_ref(&watcher_id))
         .await
         .unwrap();
-    svc.write(OPERATOR, &id, Change::Merge(json!({"n": 2})), None)
+    svc.write(OPERATOR, &id, Change::Merge(json!({"n": 2})), Some(2))
         .await
         .unwrap();
-    svc.write(OPERATOR, &id, Change::Merge(json!({"n": 3})), None)
+    svc.write(OPERATOR, &id, Change::Merge(json!({"n": 3})), Some(3))
         .await
         .unwrap();
     let report = crate::common::hang_guard("the revoked watcher's end", watching)

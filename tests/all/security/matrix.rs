@@ -92,7 +92,7 @@ fn host_calls(peer: &str) -> Vec<(&'static str, &'static str, Value)> {
 async fn run_host_calls(policies: &str) -> (Secured, Vec<Value>, String) {
     let s = secured(Some(policies)).await;
     for id in ["doc", "gone"] {
-        // Eventual, so that a write needs no base version.
+        // Manual, so that a write needs no base version (it is based on the current one).
         s.svc
             .create(
                 OPERATOR,
@@ -100,7 +100,7 @@ async fn run_host_calls(policies: &str) -> (Secured, Vec<Value>, String) {
                     id: Some(id.into()),
                     context_type: "notes".into(),
                     doc: json!({"n": 1}),
-                    strategy: qi_host::context::SyncStrategy::Eventual,
+                    strategy: qi_host::context::SyncStrategy::Manual,
                     ..NewContext::default()
                 },
             )

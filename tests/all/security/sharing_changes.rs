@@ -250,14 +250,14 @@ condition = 'resource.labels.contains("public")'
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_are_host_kept_and_a_documents_labels_field_changes_nothing() {
     let s = secured(Some(PUBLIC_READS)).await;
-    // Eventual, so that the guest's write needs no base version.
+    // Manual, so that the guest's write needs no base version (it is based on the current one).
     s.svc
         .create(
             OPERATOR,
             NewContext {
                 id: Some("doc".into()),
                 context_type: "notes".into(),
-                strategy: qi_host::context::SyncStrategy::Eventual,
+                strategy: qi_host::context::SyncStrategy::Manual,
                 ..NewContext::default()
             },
         )

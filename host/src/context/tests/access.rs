@@ -28,7 +28,8 @@ async fn each_permission_is_refused_when_missing_revoked_or_expired_and_every_re
         }),
         (Permission::Write, |s, a| {
             Box::pin(async move {
-                s.write(a, "c", Change::Merge(json!({"w": a})), None)
+                // Eventual: the base is required; version 1 is always retained here.
+                s.write(a, "c", Change::Merge(json!({"w": a})), Some(1))
                     .await
                     .map(|_| ())
             })
@@ -193,7 +194,7 @@ async fn disconnected_agents_lose_access_and_subscriptions() {
     share_all(&f.svc, "c", "owner", &["r"]).await;
     let mut sub = f.svc.subscribe("r", "c", SubscribeFrom::Now).await.unwrap();
     f.svc
-        .write("owner", "c", Change::Merge(json!({"a": 1})), None)
+        .write("owner", "c", Change::Merge(json!({"a": 1})), Some(1))
         .await
         .unwrap();
     let e = sub

@@ -62,7 +62,7 @@ async fn schema_mismatch_is_refused_and_reported() {
         .unwrap();
     let e = f
         .svc
-        .write("a", "s", Change::Merge(json!({"count": "many"})), None)
+        .write("a", "s", Change::Merge(json!({"count": "many"})), Some(1))
         .await
         .unwrap_err();
     match e {
@@ -159,7 +159,7 @@ async fn every_change_and_read_is_an_event_with_a_global_sequence() {
     agents(&f.svc, &["a"]).await;
     ctx(&f.svc, "a", "c", SyncStrategy::Eventual, json!({})).await;
     f.svc
-        .write("a", "c", Change::Merge(json!({"x": 1})), None)
+        .write("a", "c", Change::Merge(json!({"x": 1})), Some(1))
         .await
         .unwrap();
     f.svc.get("a", "c").await.unwrap();

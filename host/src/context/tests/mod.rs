@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod access;
+mod bounds;
+mod conflicts;
 mod hot_tier;
 mod lifecycle;
+mod matrix;
 mod visibility;
 
 struct Fixture {
