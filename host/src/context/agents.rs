@@ -54,9 +54,6 @@ impl ContextService {
                         return Ok(Err(ContextError::UnknownAgent(id)));
                     }
                     persist::delete_agent(ctx.tx(), &id)?;
-                    ctx.tx()
-                        .execute("DELETE FROM subscriptions WHERE agent_id = ?1", [&id])
-                        .map_err(StoreError::from)?;
                     // Shares die with the agent, so that a later agent with the same id inherits
                     // nothing; with encryption at rest each such context's data key rotates
                     // (as on a revoke), so its wrapped copy opens no later value.
@@ -126,27 +123,56 @@ impl ContextService {
         .await
     }
 
-    /// Heartbeats `agent` when its last heartbeat is older than half the timeout (so an agent
-    /// that keeps calling stays connected without a durable write per call).
-    pub async fn touch(&self, agent: &str) -> Result<(), ContextError> {
-        let stale = {
-            let inner = self.shared.lock();
-            let half = self.shared.config.heartbeat_timeout_ms / 2;
-            let now = self.shared.clock.now_ms();
-            inner.agents.get(agent).is_some_and(|a| {
-                a.status == AgentConnection::Disconnected
-                    || now.saturating_sub(a.last_heartbeat) > half
-            })
-        };
-        if stale {
-            self.heartbeat(agent).await
-        } else {
-            Ok(())
+    /// Counts a host call of `agent` as a heartbeat, in memory only (no durable write): its
+    /// last heartbeat becomes now. Returns false, changing nothing, when the agent is not
+    /// registered or was marked disconnected (reconnecting takes [`touch`](Self::touch)).
+    pub fn seen(&self, agent: &str) -> bool {
+        let now = self.shared.clock.now_ms();
+        let mut inner = self.shared.lock();
+        match inner.agents.get_mut(agent) {
+            Some(a) if a.status == AgentConnection::Active => {
+                a.last_heartbeat = a.last_heartbeat.max(now);
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Marks agents whose heartbeat is older than the timeout as disconnected and cleans up
-    /// their subscriptions; returns their ids. Access checks also treat such agents as
+    /// Counts a host call of `agent` as a heartbeat: in memory ([`seen`](Self::seen)) while
+    /// it is connected, a durable [`heartbeat`](Self::heartbeat) to reconnect it when it was
+    /// marked disconnected. Nothing for an agent that is not registered.
+    pub async fn touch(&self, agent: &str) -> Result<(), ContextError> {
+        if self.seen(agent) || !self.shared.lock().agents.contains_key(agent) {
+            return Ok(());
+        }
+        self.heartbeat(agent).await
+    }
+
+    /// Marks `agent` present until the guard drops: it is blocked in a host call (such as
+    /// `events.next`) and alive however long that takes, so the sweep does not mark it
+    /// disconnected. Counts as a heartbeat when taken and when dropped.
+    pub fn present(&self, agent: &str) -> Presence {
+        self.seen(agent);
+        *self
+            .shared
+            .lock()
+            .present
+            .entry(agent.to_string())
+            .or_default() += 1;
+        Presence {
+            service: self.clone(),
+            agent: agent.to_string(),
+        }
+    }
+
+    /// Whether `agent` holds a [`Presence`] now.
+    pub fn is_present(&self, agent: &str) -> bool {
+        self.shared.lock().present.contains_key(agent)
+    }
+
+    /// Marks agents whose heartbeat is older than the timeout and that are not
+    /// [`present`](Self::present) as disconnected and ends their subscriptions; returns
+    /// their ids. Access checks also treat such agents as
     /// disconnected without waiting for this to run.
     pub async fn sweep_disconnected(&self) -> Result<Vec<String>, ContextError> {
         let (gone, subs) = self
@@ -163,6 +189,7 @@ impl ContextService {
                         .filter(|a| {
                             a.status == AgentConnection::Active
                                 && now.saturating_sub(a.last_heartbeat) > timeout
+                                && !inner.present.contains_key(&a.agent_id)
                         })
                         .map(|a| a.agent_id.clone())
                         .collect();
@@ -172,9 +199,6 @@ impl ContextService {
                         let mut reg = inner.agents[&id].clone();
                         reg.status = AgentConnection::Disconnected;
                         persist::upsert_agent(ctx.tx(), &reg)?;
-                        ctx.tx()
-                            .execute("DELETE FROM subscriptions WHERE agent_id = ?1", [&id])
-                            .map_err(StoreError::from)?;
                         events.push(
                             NewEvent::new(EventType::AgentDisconnected)
                                 .agent(&id)
@@ -197,6 +221,18 @@ impl ContextService {
         Ok(gone)
     }
 
+    /// Runs [`sweep_disconnected`](Self::sweep_disconnected) every half heartbeat timeout
+    /// ([`ContextConfig::heartbeat_timeout_ms`]; never more often than every 10 ms) until the
+    /// returned guard or the service is dropped. Every host that runs agents holds one
+    /// ([`AgentHost::with_context`](crate::AgentHost::with_context)). Needs a tokio runtime.
+    pub fn start_heartbeat_sweeper(&self) -> HeartbeatSweeper {
+        let half = (self.shared.config.heartbeat_timeout_ms / 2).max(10);
+        HeartbeatSweeper(
+            self.spawn_heartbeat_sweeper(std::time::Duration::from_millis(half))
+                .abort_handle(),
+        )
+    }
+
     /// Runs [`sweep_disconnected`](Self::sweep_disconnected) every `every` until the service
     /// is dropped.
     pub fn spawn_heartbeat_sweeper(
@@ -215,5 +251,37 @@ impl ContextService {
                 }
             }
         })
+    }
+}
+
+/// An agent blocked in a host call that counts as presence; see [`ContextService::present`].
+pub struct Presence {
+    service: ContextService,
+    agent: String,
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.service.shared.lock();
+            if let Some(n) = inner.present.get_mut(&self.agent) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.present.remove(&self.agent);
+                }
+            }
+        }
+        self.service.seen(&self.agent);
+    }
+}
+
+/// The heartbeat sweep of a host; stops when dropped. See
+/// [`ContextService::start_heartbeat_sweeper`].
+#[derive(Debug)]
+pub struct HeartbeatSweeper(tokio::task::AbortHandle);
+
+impl Drop for HeartbeatSweeper {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -135,8 +135,23 @@ impl ContextService {
         Ok(())
     }
 
-    /// Reads a context (emits an `accessed` event).
+    /// Reads a context; the read is recorded as an `accessed` event, coalesced per agent and
+    /// context (see [`get_with`](Self::get_with)).
     pub async fn get(&self, agent: &str, id: &str) -> Result<ContextView, ContextError> {
+        self.get_with(agent, id, ReadRecording::Coalesced).await
+    }
+
+    /// Reads a context, recording the read as an `accessed` event as `recording` says:
+    /// coalesced (at most one per agent and context per
+    /// [`EventBusConfig::access_window_ms`](crate::events::EventBusConfig::access_window_ms))
+    /// or every read (agents at the `monitored` isolation level). The reader does not wait for
+    /// the event to be durable, only for room in the bus's write queue.
+    pub async fn get_with(
+        &self,
+        agent: &str,
+        id: &str,
+        recording: ReadRecording,
+    ) -> Result<ContextView, ContextError> {
         let checked = {
             let inner = self.shared.lock();
             let state = inner
@@ -148,29 +163,12 @@ impl ContextService {
         };
         match checked {
             Ok(view) => {
-                // Reads are events too; the reader does not wait for that one to be durable.
-                let store = self.shared.store.clone();
-                let shared = self.shared.clone();
-                let (agent, id2, version) = (agent.to_string(), id.to_string(), view.version);
-                tokio::spawn(async move {
-                    let r = store
-                        .write(move |ctx| {
-                            shared.bus.stage(
-                                ctx,
-                                vec![
-                                    NewEvent::new(EventType::Accessed)
-                                        .context(&id2)
-                                        .agent(&agent)
-                                        .data(json!({"version": version})),
-                                ],
-                            )?;
-                            Ok(())
-                        })
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "recording an accessed event failed");
-                    }
-                });
+                let event = NewEvent::new(EventType::Accessed)
+                    .context(id)
+                    .agent(agent)
+                    .data(json!({"version": view.version}));
+                let now = self.now_ms();
+                self.shared.bus.record_access(event, now, recording).await;
                 Ok(view)
             }
             Err(reason) => {

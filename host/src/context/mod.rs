@@ -56,6 +56,7 @@ use documents::{empty_like, result_of};
 use service::{Inner, Shared, compile_schema, schema_check};
 use writes::conflict_event;
 
+pub use agents::{HeartbeatSweeper, Presence};
 pub use api::*;
 pub use audit::AuditBudget;
 pub use config::ContextConfig;
@@ -67,7 +68,9 @@ pub use patch::{FieldChange, PointerOp};
 pub use service::{ContextService, TrustSource};
 
 use crate::audit::AuditDecision::Record;
-use crate::events::{EventBus, EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
+use crate::events::{
+    EventBus, EventFilter, EventType, NewEvent, ReadRecording, SubscribeFrom, Subscription,
+};
 use crate::store::{Store, StoreError, WriteCtx};
 use engine::{Stamp, Write};
 use serde::{Deserialize, Serialize};

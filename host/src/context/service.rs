@@ -10,6 +10,8 @@ pub(super) struct Inner {
     pub(super) agents: HashMap<String, AgentRegistration>,
     pub(super) schemas: HashMap<String, Arc<jsonschema::Validator>>,
     pub(super) subscriptions: HashMap<String, Vec<crate::events::SubscriptionId>>,
+    /// Agents blocked in a host call that counts as presence (see `agents`), how many times.
+    pub(super) present: HashMap<String, u32>,
     /// Host-kept labels by context (see [`labels`]).
     pub(super) labels: HashMap<String, Vec<String>>,
     pub(super) revision: u64,

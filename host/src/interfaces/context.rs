@@ -202,7 +202,16 @@ impl qi::agent::context::Host for AgentState {
             shared
                 .gate("context", &id, "get")
                 .map_err(WitContextError::AccessDenied)?;
-            let v = svc.get(&me, &id).await.map_err(|e| decided(&shared, e))?;
+            // Every read is an event at `monitored`; otherwise reads are coalesced.
+            let recording = if shared.grants.monitored {
+                crate::events::ReadRecording::Every
+            } else {
+                crate::events::ReadRecording::Coalesced
+            };
+            let v = svc
+                .get_with(&me, &id, recording)
+                .await
+                .map_err(|e| decided(&shared, e))?;
             Ok(Document {
                 id: v.id,
                 owner: v.owner,

@@ -308,6 +308,10 @@ impl AgentShared {
         start: Instant,
         outcome: &str,
     ) {
+        // Every host call is a heartbeat (in memory, no write).
+        if let Some(context) = &self.context {
+            context.seen(&self.id);
+        }
         if !self.grants.monitored {
             return;
         }
