@@ -74,6 +74,8 @@ mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounds;
 
 pub use error::EventError;
 pub use filter::EventFilter;

@@ -90,7 +90,7 @@ pub(super) async fn context_call(
     call: &str,
 ) -> Result<(ContextService, String), WitContextError> {
     {
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        shared.count_host_call();
         let svc = shared.context.clone().ok_or_else(|| {
             WitContextError::Failed(format!("{call}: this host has no context store attached"))
         })?;

@@ -180,10 +180,7 @@ impl qi::agent::events::Host for AgentState {
         subscription: u64,
         timeout_ms: u32,
     ) -> Result<Option<WitEvent>, WitEventError> {
-        self.shared
-            .counters
-            .host_calls
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.count_host_call();
         let start = Instant::now();
         let watched = self
             .subscriptions
@@ -249,10 +246,7 @@ impl qi::agent::events::Host for AgentState {
     }
 
     async fn unsubscribe(&mut self, subscription: u64) {
-        self.shared
-            .counters
-            .host_calls
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.count_host_call();
         if self.subscriptions.remove(&subscription).is_some()
             && let Some(svc) = &self.shared.context
             && let Err(e) = svc

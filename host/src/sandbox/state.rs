@@ -299,6 +299,18 @@ impl AgentShared {
         })
     }
 
+    /// Counts a `qi:agent` host call, at its start. It is also a heartbeat of the agent in the
+    /// context store (in memory, no write; see
+    /// [`ContextService::seen`](crate::context::ContextService::seen)).
+    pub fn count_host_call(&self) {
+        self.counters
+            .host_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(context) = &self.context {
+            context.seen(&self.id);
+        }
+    }
+
     /// Appends a monitored host-call record (no-op unless monitored).
     pub fn record_call(
         &self,
@@ -308,10 +320,6 @@ impl AgentShared {
         start: Instant,
         outcome: &str,
     ) {
-        // Every host call is a heartbeat (in memory, no write).
-        if let Some(context) = &self.context {
-            context.seen(&self.id);
-        }
         if !self.grants.monitored {
             return;
         }

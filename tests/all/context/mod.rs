@@ -120,7 +120,11 @@ async fn conflicts(id: &str, kind: ConflictType) -> Vec<Conflict> {
         .collect()
 }
 
+pub(crate) mod passive;
+
 pub(crate) mod racer;
+
+pub(crate) mod reads;
 
 pub(crate) mod subscriber;
 
