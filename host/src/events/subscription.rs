@@ -1,8 +1,7 @@
 //! [`Subscription`]: a gap-free, resumable stream of the events matching a filter.
 
 use super::{
-    BusInner, EVENT_COLUMNS, Event, EventError, EventFilter, Live, filter, query_events,
-    seq_bounds,
+    BusInner, EVENT_COLUMNS, Event, EventError, EventFilter, Live, filter, query_events, seq_bounds,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;

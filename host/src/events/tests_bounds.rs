@@ -98,13 +98,28 @@ async fn reads_are_recorded_once_per_agent_and_context_per_window() {
     let coalesced = ReadRecording::Coalesced;
     assert!(bus.record_access(read("a", "c"), T0, coalesced).await);
     // Just inside the window: coalesced, for that agent and context only.
-    assert!(!bus.record_access(read("a", "c"), T0 + WINDOW - 1, coalesced).await);
-    assert!(bus.record_access(read("b", "c"), T0 + WINDOW - 1, coalesced).await);
-    assert!(bus.record_access(read("a", "d"), T0 + WINDOW - 1, coalesced).await);
+    assert!(
+        !bus.record_access(read("a", "c"), T0 + WINDOW - 1, coalesced)
+            .await
+    );
+    assert!(
+        bus.record_access(read("b", "c"), T0 + WINDOW - 1, coalesced)
+            .await
+    );
+    assert!(
+        bus.record_access(read("a", "d"), T0 + WINDOW - 1, coalesced)
+            .await
+    );
     // Every read, when asked (the monitored level), whatever the window.
-    assert!(bus.record_access(read("a", "c"), T0 + 1, ReadRecording::Every).await);
+    assert!(
+        bus.record_access(read("a", "c"), T0 + 1, ReadRecording::Every)
+            .await
+    );
     // Just past the window: recorded again.
-    assert!(bus.record_access(read("a", "c"), T0 + WINDOW, coalesced).await);
+    assert!(
+        bus.record_access(read("a", "c"), T0 + WINDOW, coalesced)
+            .await
+    );
 
     let m = bus.metrics();
     assert_eq!((m.reads_recorded, m.reads_coalesced), (5, 1), "{m:?}");

@@ -61,9 +61,15 @@ async fn a_passive_subscriber_waiting_60_s_still_gets_its_event() {
         .context_id;
     let watcher = spawn_on(&host, SUBSCRIBER_COMPONENT, spec()).await;
     let me = watcher.id().to_string();
-    svc.share(OPERATOR, &id, &[me.clone()], &[Permission::Read], None)
-        .await
-        .unwrap();
+    svc.share(
+        OPERATOR,
+        &id,
+        std::slice::from_ref(&me),
+        &[Permission::Read],
+        None,
+    )
+    .await
+    .unwrap();
     let key = crate::common::unique_key("passive");
     let watching = start(
         watcher,
@@ -82,7 +88,10 @@ async fn a_passive_subscriber_waiting_60_s_still_gets_its_event() {
     // A minute passes without a single other host call: twice the heartbeat timeout.
     clock.advance(2 * TIMEOUT_MS);
     let swept = svc.sweep_disconnected().await.unwrap();
-    assert!(!swept.contains(&me), "a waiting subscriber is alive: {swept:?}");
+    assert!(
+        !swept.contains(&me),
+        "a waiting subscriber is alive: {swept:?}"
+    );
     assert_eq!(status(&svc, &me), AgentConnection::Active);
 
     let written = svc

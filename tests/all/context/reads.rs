@@ -15,7 +15,9 @@ const READS: u64 = 4 * RETENTION as u64;
 /// Another agent's context with some history, a context shared with a reader that reads it
 /// `1 + READS` times (at `isolation`), and whether the first context's history from seq 1 is
 /// still there afterwards.
-async fn read_loop(isolation: qi_host::IsolationLevel) -> (ContextService, Result<usize, EventError>) {
+async fn read_loop(
+    isolation: qi_host::IsolationLevel,
+) -> (ContextService, Result<usize, EventError>) {
     let (host, svc, _clock) = clocked_host(qi_host::EventBusConfig {
         retention: RETENTION,
         ..Default::default()
@@ -45,9 +47,15 @@ async fn read_loop(isolation: qi_host::IsolationLevel) -> (ContextService, Resul
     s.isolation_level = isolation;
     let reader = host.spawn(&loaded, s).await.unwrap();
     let me = reader.id().to_string();
-    svc.share(OPERATOR, "mine", &[me.clone()], &[Permission::Read], None)
-        .await
-        .unwrap();
+    svc.share(
+        OPERATOR,
+        "mine",
+        std::slice::from_ref(&me),
+        &[Permission::Read],
+        None,
+    )
+    .await
+    .unwrap();
     let mut accessed = svc
         .bus()
         .subscribe(
@@ -59,7 +67,8 @@ async fn read_loop(isolation: qi_host::IsolationLevel) -> (ContextService, Resul
             SubscribeFrom::Now,
         )
         .unwrap();
-    let input = json!({"context": "mine", "writes": 0, "field": "n", "strategy": "strong", "reads": READS});
+    let input =
+        json!({"context": "mine", "writes": 0, "field": "n", "strategy": "strong", "reads": READS});
     let report = start(reader, "reader", input).await.unwrap();
     let out = ok(&report);
     assert_eq!(out["reads"], READS, "{out}");
