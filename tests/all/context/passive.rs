@@ -152,3 +152,42 @@ async fn an_agent_silent_past_the_heartbeat_timeout_is_swept_and_at_it_is_not() 
         .unwrap();
     assert_eq!(report.status, qi_host::AgentStatus::Terminated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_a_context_store_runs_the_heartbeat_sweep() {
+    // A short timeout, so that the host's sweep (every half timeout) comes round soon.
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let store = qi_host::Store::open(qi_host::StoreConfig::in_memory()).unwrap();
+    let bus = qi_host::EventBus::new(store.clone(), Default::default())
+        .await
+        .unwrap();
+    let config = ContextConfig {
+        heartbeat_timeout_ms: 100,
+        ..ContextConfig::default()
+    };
+    let svc = ContextService::open(store, bus, clock.clone(), config)
+        .await
+        .unwrap();
+    let mut disconnects = svc
+        .bus()
+        .subscribe(
+            EventFilter {
+                event_types: vec![EventType::AgentDisconnected],
+                ..EventFilter::default()
+            },
+            SubscribeFrom::Now,
+        )
+        .unwrap();
+    let _host = crate::common::new_host(1).with_context(svc.clone());
+    // An agent registered by embedding code that then says nothing.
+    svc.register_agent("embedded", Default::default())
+        .await
+        .unwrap();
+    clock.advance(101);
+    // Nobody here calls the sweep: the host does.
+    let event = crate::common::hang_guard("the host's sweep", disconnects.next())
+        .await
+        .unwrap();
+    assert_eq!(event.agent_id.as_deref(), Some("embedded"));
+    assert_eq!(status(&svc, "embedded"), AgentConnection::Disconnected);
+}
