@@ -90,12 +90,15 @@ pub(super) async fn context_call(
     call: &str,
 ) -> Result<(ContextService, String), WitContextError> {
     {
-        shared.count_host_call();
+        let seen = shared.count_host_call();
         let svc = shared.context.clone().ok_or_else(|| {
             WitContextError::Failed(format!("{call}: this host has no context store attached"))
         })?;
         let id = shared.id.clone();
-        svc.touch(&id).await.map_err(context_error)?;
+        // Counting the call was the heartbeat; a disconnected agent reconnects (a write).
+        if !seen {
+            svc.touch(&id).await.map_err(context_error)?;
+        }
         Ok((svc, id))
     }
 }

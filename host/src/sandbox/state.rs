@@ -302,13 +302,13 @@ impl AgentShared {
     /// Counts a `qi:agent` host call, at its start. It is also a heartbeat of the agent in the
     /// context store (in memory, no write; see
     /// [`ContextService::seen`](crate::context::ContextService::seen)).
-    pub fn count_host_call(&self) {
+    /// Returns false when the context store has the agent as disconnected (or not
+    /// registered), which the heartbeat in memory cannot change.
+    pub fn count_host_call(&self) -> bool {
         self.counters
             .host_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(context) = &self.context {
-            context.seen(&self.id);
-        }
+        self.context.as_ref().is_none_or(|c| c.seen(&self.id))
     }
 
     /// Appends a monitored host-call record (no-op unless monitored).
