@@ -139,8 +139,9 @@ fn main() {
              turn (reversed every other round)"
         );
         let (mut b, mut o, mut g, mut u) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        // Each case starts on a quiet store: the audit entries and the `accessed` events the
-        // previous case queued (each `get` spawns the write of one) are committed first.
+        // Each case starts on a quiet store: the audit entries and the `accessed` event the
+        // previous case queued (reads are coalesced: one per agent and context per minute)
+        // are committed first.
         let store = svc.store().clone();
         let quiesce = || async {
             audit.flush().await;

@@ -10,11 +10,14 @@
 //!   `context::patch` writes of `{field: "<task id>-<i>"}` (i from 0), all based on the version
 //!   it read (`causal`: each on the version its previous write returned, as causal requires),
 //!   so racers that write at the same time really conflict.
+//! - `reads`: before writing, the agent makes R more `context::get` calls of the context (a
+//!   read-only agent in a loop, with `writes: 0`); those that succeed are counted in `reads`.
 //! - `barrier`: before writing, the agent publishes a `custom` event `{"barrier": <task id>}`
 //!   on the context and waits (at most 10 s) until it has seen K different ones, so K racers
 //!   start writing together.
 //!
-//! Output: `{"acked": <writes the host acknowledged>, "stale_retries": k, "last_version": v,
+//! Output: `{"acked": <writes the host acknowledged>, "reads": <successful extra reads>,
+//! "stale_retries": k, "last_version": v,
 //! "new_versions": <acknowledged writes that made a version>, "conflicts_seen": <conflicts the
 //! write results reported>, "last_value": <the last value written>, "errors": [{"write": i |
 //! null, "op", "kind", "message"}]}`. A refused or failed call is listed in `errors`, never a
@@ -39,6 +42,8 @@ struct Input {
     strategy: String,
     #[serde(default)]
     barrier: Option<usize>,
+    #[serde(default)]
+    reads: u32,
 }
 
 /// Longest the agent waits at the barrier.
@@ -112,6 +117,14 @@ impl Agent for Racer {
             }
         };
 
+        let mut reads = 0u64;
+        for _ in 0..input.reads {
+            match context::get::<Value>(&input.context) {
+                Ok(_) => reads += 1,
+                Err(error) => tally.context_error(None, "get", &error),
+            }
+        }
+
         if let (Some(_), Some(k)) = (base, input.barrier) {
             barrier(&input.context, &task.id, k, &mut tally);
         }
@@ -145,6 +158,7 @@ impl Agent for Racer {
 
         TaskOutput::json(&json!({
             "acked": tally.acked,
+            "reads": reads,
             "stale_retries": tally.stale_retries,
             "last_version": tally.last_version,
             "new_versions": tally.new_versions,

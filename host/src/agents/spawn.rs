@@ -22,6 +22,8 @@ use wasmtime::Store;
 /// The host: one engine and linker, the tools, and the registry of live agents.
 pub struct AgentHost {
     context: Option<crate::context::ContextService>,
+    /// The heartbeat sweep of the context store, while this host lives.
+    sweeper: Option<crate::context::HeartbeatSweeper>,
     access: Option<Arc<crate::security::AccessControl>>,
     runtime: Arc<Runtime>,
     tools: Arc<ToolRegistry>,
@@ -42,6 +44,7 @@ impl AgentHost {
     pub fn with_tools(config: HostConfig, tools: ToolRegistry) -> Result<Self> {
         Ok(AgentHost {
             context: None,
+            sweeper: None,
             access: None,
             runtime: Arc::new(Runtime::new(config)?),
             tools: Arc::new(tools),
@@ -52,7 +55,9 @@ impl AgentHost {
     }
 
     /// Gives agents the context store and event bus: every sub-agent is registered in it when
-    /// spawned (under its host-assigned id) and unregistered when it goes away.
+    /// spawned (under its host-assigned id) and unregistered when it goes away, and, when
+    /// called inside a tokio runtime, the store's heartbeat sweep runs until this host drops
+    /// ([`ContextService::start_heartbeat_sweeper`](crate::context::ContextService::start_heartbeat_sweeper)).
     pub fn with_context(mut self, context: crate::context::ContextService) -> Self {
         // Shares that require a trust level ask the host's registry at every check.
         let agents = Arc::downgrade(&self.agents);
@@ -68,6 +73,11 @@ impl AgentHost {
         if let Some(audit) = self.access.as_ref().and_then(|a| a.audit()) {
             context.set_audit(audit.clone());
         }
+        // Agents that stop heartbeating are marked disconnected while this host lives (when
+        // made inside a tokio runtime, as a host that runs agents is).
+        self.sweeper = tokio::runtime::Handle::try_current()
+            .is_ok()
+            .then(|| context.start_heartbeat_sweeper());
         self.context = Some(context);
         self
     }

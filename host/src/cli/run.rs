@@ -46,9 +46,10 @@ pub(crate) fn watch_policies(
     path: PathBuf,
     access: Arc<crate::security::AccessControl>,
 ) -> tokio::task::JoinHandle<()> {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // Read now, not when the task first runs: a change made before then is still seen.
+    let mut last = modified(&path);
     tokio::spawn(async move {
-        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut last = modified(&path);
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             let now = modified(&path);

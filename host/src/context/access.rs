@@ -80,7 +80,8 @@ impl ContextService {
         let now = sh.clock.now_ms();
         let reg = inner.agent(agent).ok_or("the agent is not registered")?;
         if reg.status == AgentConnection::Disconnected
-            || now.saturating_sub(reg.last_heartbeat) > sh.config.heartbeat_timeout_ms
+            || (now.saturating_sub(sh.last_alive(reg)) > sh.config.heartbeat_timeout_ms
+                && !sh.is_present(agent))
         {
             return Err("the agent is disconnected (no heartbeat); send a heartbeat first".into());
         }

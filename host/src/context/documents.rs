@@ -6,7 +6,7 @@ use super::{
     WriteResult, audit, compile_schema, labels, patch, persist, schema_check,
 };
 use crate::audit::AuditDecision::Record;
-use crate::events::{EventType, NewEvent};
+use crate::events::{EventType, NewEvent, ReadRecording};
 use crate::store::StoreError;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -143,9 +143,23 @@ impl ContextService {
         Ok(())
     }
 
-    /// Reads a context (emits an `accessed` event). A context whose document the hot tier
-    /// evicted is read back from the store (and kept hot again).
+    /// Reads a context; the read is recorded as an `accessed` event, coalesced per agent and
+    /// context (see [`get_with`](Self::get_with)).
     pub async fn get(&self, agent: &str, id: &str) -> Result<ContextView, ContextError> {
+        self.get_with(agent, id, ReadRecording::Coalesced).await
+    }
+
+    /// Reads a context, recording the read as an `accessed` event as `recording` says:
+    /// coalesced (at most one per agent and context per
+    /// [`EventBusConfig::access_window_ms`](crate::events::EventBusConfig::access_window_ms))
+    /// or every read (agents at the `monitored` isolation level). The reader does not wait for
+    /// the event to be durable, only for room in the bus's write queue.
+    pub async fn get_with(
+        &self,
+        agent: &str,
+        id: &str,
+        recording: ReadRecording,
+    ) -> Result<ContextView, ContextError> {
         let checked = {
             let committed = self.shared.committed();
             let state = committed
@@ -161,29 +175,12 @@ impl ContextService {
             Ok(state) => {
                 let state = self.resident(state).await?;
                 let view = ContextView::from(&*state);
-                // Reads are events too; the reader does not wait for that one to be durable.
-                let store = self.shared.store.clone();
-                let shared = self.shared.clone();
-                let (agent, id2, version) = (agent.to_string(), id.to_string(), view.version);
-                tokio::spawn(async move {
-                    let r = store
-                        .write(move |ctx| {
-                            shared.bus.stage(
-                                ctx,
-                                vec![
-                                    NewEvent::new(EventType::Accessed)
-                                        .context(&id2)
-                                        .agent(&agent)
-                                        .data(json!({"version": version})),
-                                ],
-                            )?;
-                            Ok(())
-                        })
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "recording an accessed event failed");
-                    }
-                });
+                let event = NewEvent::new(EventType::Accessed)
+                    .context(id)
+                    .agent(agent)
+                    .data(json!({"version": view.version}));
+                let now = self.now_ms();
+                self.shared.bus.record_access(event, now, recording).await;
                 Ok(view)
             }
             Err(reason) => {

@@ -22,7 +22,7 @@
 //! [`ContextConfig::hot_tier_bytes`]: super::ContextConfig::hot_tier_bytes
 
 use super::{AgentRegistration, ContextState, Share};
-use crate::events::SubscriptionId;
+
 use hashlink::LinkedHashMap;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -396,8 +396,6 @@ pub(super) struct Working {
     agents: Overlay<AgentRegistration>,
     schemas: Overlay<Arc<jsonschema::Validator>>,
     labels: Overlay<Vec<String>>,
-    /// Live subscriptions by agent (the writer cleans them up).
-    subscriptions: HashMap<String, Vec<SubscriptionId>>,
     /// The next generated context number.
     pub(super) next_id: u64,
     /// The last revision the current batch staged.
@@ -457,7 +455,6 @@ impl Working {
                 base: &committed.labels,
                 overlay: &mut self.labels,
             },
-            subscriptions: &mut self.subscriptions,
             revision,
             next_id: self.next_id,
             staged_revision: &mut self.staged_revision,
@@ -475,7 +472,6 @@ pub(super) struct Inner<'a> {
     pub(super) schemas: Staging<'a, Arc<jsonschema::Validator>>,
     /// Host-kept labels by context.
     pub(super) labels: Staging<'a, Vec<String>>,
-    pub(super) subscriptions: &'a mut HashMap<String, Vec<SubscriptionId>>,
     /// The last revision (committed or staged by this batch); a change takes the next one.
     pub(super) revision: u64,
     pub(super) next_id: u64,

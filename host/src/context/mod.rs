@@ -65,6 +65,7 @@ use documents::{empty_like, result_of};
 use hot::Inner;
 use service::{OpError, Shared, compile_schema, schema_check};
 
+pub use agents::{HeartbeatSweeper, Presence};
 pub use api::*;
 pub use audit::AuditBudget;
 pub use config::ContextConfig;
@@ -77,7 +78,7 @@ pub use service::{ContextService, TrustSource};
 
 // What `history`, `writes`, `sync` and `subscriptions` still take with `use super::*`.
 use crate::events::{EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
-use crate::store::{StoreError, WriteCtx};
+use crate::store::WriteCtx;
 use engine::{Stamp, Write};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

@@ -26,6 +26,21 @@ pub(super) struct Shared {
     pub(super) trust: std::sync::RwLock<Option<TrustSource>>,
     pub(super) audit: std::sync::RwLock<Option<crate::audit::AuditLog>>,
     pub(super) labels_generation: std::sync::atomic::AtomicU64,
+    /// What is known of live agents in memory only (see [`Runtime`]).
+    pub(super) runtime: Mutex<Runtime>,
+}
+
+/// What the service keeps about live agents in memory only: never staged, never stored,
+/// gone with the process (agent ids are not reused across host processes).
+#[derive(Default)]
+pub(super) struct Runtime {
+    /// Agents blocked in a host call that counts as presence (see `agents`), how many times.
+    pub(super) present: HashMap<String, u32>,
+    /// The time (unix ms) of each agent's last host call, when later than its stored
+    /// heartbeat: host calls count as heartbeats without a durable write.
+    pub(super) last_seen: HashMap<String, u64>,
+    /// Live subscriptions by agent, ended when the agent is unregistered or swept.
+    pub(super) subscriptions: HashMap<String, Vec<crate::events::SubscriptionId>>,
 }
 
 /// Where the service learns an agent's current trust level (for shares that require one).
@@ -36,6 +51,23 @@ impl Shared {
     /// Not from inside an operation: it holds this lock while it runs (use its `Inner`).
     pub(super) fn committed(&self) -> RwLockReadGuard<'_, Committed> {
         self.committed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The in-memory record of live agents ([`Runtime`]). Never held across an await.
+    pub(super) fn runtime(&self) -> std::sync::MutexGuard<'_, Runtime> {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When `agent` last showed life: the later of its stored heartbeat and its last host
+    /// call (unix ms).
+    pub(super) fn last_alive(&self, agent: &super::AgentRegistration) -> u64 {
+        let seen = self.runtime().last_seen.get(&agent.agent_id).copied();
+        agent.last_heartbeat.max(seen.unwrap_or(0))
+    }
+
+    /// Whether `agent` is blocked in a host call that counts as presence.
+    pub(super) fn is_present(&self, agent: &str) -> bool {
+        self.runtime().present.contains_key(agent)
     }
 
     /// The committed hot tier, to change (publishing, putting back loaded documents).
@@ -182,6 +214,7 @@ impl ContextService {
                 trust: std::sync::RwLock::new(None),
                 audit: std::sync::RwLock::new(None),
                 labels_generation: std::sync::atomic::AtomicU64::new(0),
+                runtime: Mutex::new(Runtime::default()),
             }),
         })
     }

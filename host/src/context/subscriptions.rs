@@ -16,8 +16,8 @@ impl ContextService {
     }
 
     /// Subscribes `agent` to the events (optionally of some types only) of contexts it can
-    /// read. Each context is checked (a refusal is recorded); the subscription is registered so
-    /// that unregistering or disconnecting the agent ends it.
+    /// read. Each context is checked (a refusal is recorded); the subscription is registered (in
+    /// memory) so that unregistering or disconnecting the agent ends it.
     pub async fn subscribe_to(
         &self,
         agent: &str,
@@ -41,21 +41,15 @@ impl ContextService {
             ..EventFilter::default()
         };
         let sub = self.shared.bus.subscribe(filter.clone(), from)?;
-        let (sub_id, agent_s) = (sub.id(), agent.to_string());
-        let filter_text = serde_json::to_string(&filter).unwrap_or_default();
-        let now = self.now_ms();
-        let last = sub.last_seq();
-        self.run(None, Box::new(move |_sh, inner, ctx| {
-            ctx.tx()
-                .execute(
-                    "INSERT OR REPLACE INTO subscriptions (id, agent_id, filter, last_seq, created_at, active) VALUES (?1, ?2, ?3, ?4, ?5, 1)",
-                    rusqlite::params![sub_id.to_string(), agent_s, filter_text, last as i64, now as i64],
-                )
-                .map_err(StoreError::from)?;
-            inner.subscriptions.entry(agent_s).or_default().push(sub_id);
-            Ok(())
-        }))
-        .await?;
+        // Held in memory only: a subscription lives as long as its agent (agent ids never
+        // repeat across host processes), and a subscriber resumes after a restart from the
+        // seq it last handled, which it holds (`SubscribeFrom::AfterSeq`).
+        self.shared
+            .runtime()
+            .subscriptions
+            .entry(agent.to_string())
+            .or_default()
+            .push(sub.id());
         Ok(sub)
     }
 
@@ -66,19 +60,9 @@ impl ContextService {
         id: crate::events::SubscriptionId,
     ) -> Result<(), ContextError> {
         self.shared.bus.unsubscribe(id);
-        let agent = agent.to_string();
-        self.run(
-            None,
-            Box::new(move |_sh, inner, ctx| {
-                ctx.tx()
-                    .execute("DELETE FROM subscriptions WHERE id = ?1", [id.to_string()])
-                    .map_err(StoreError::from)?;
-                if let Some(v) = inner.subscriptions.get_mut(&agent) {
-                    v.retain(|s| *s != id);
-                }
-                Ok(())
-            }),
-        )
-        .await
+        if let Some(v) = self.shared.runtime().subscriptions.get_mut(agent) {
+            v.retain(|s| *s != id);
+        }
+        Ok(())
     }
 }

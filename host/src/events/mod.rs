@@ -36,8 +36,11 @@
 //! duplicates, from where it started ([`SubscribeFrom`]) until it is dropped or unsubscribed.
 //!
 //! - **Live path.** Announced events go through one bounded tokio `broadcast` channel
-//!   ([`EventBusConfig::buffer`] events). Publishing never waits for subscribers, and the
-//!   memory held for subscribers is at most that buffer whatever they do.
+//!   ([`EventBusConfig::buffer`] slots), bounded in bytes too: an event is carried in a slot
+//!   only when its size ([`Event::live_bytes`]) is at most [`EventBusConfig::buffer_bytes`] /
+//!   `buffer`; a larger one is announced by its seq alone and its subscribers read it from
+//!   the store. Publishing never waits for subscribers, and the memory held for subscribers
+//!   is at most `buffer_bytes` whatever they do.
 //! - **Falling behind.** A subscriber that does not keep up is overtaken by the buffer
 //!   (`RecvError::Lagged`), or sees a seq that is not the successor of the last one it
 //!   handled. Either way it does not lose anything: it reads the persisted events after its
@@ -50,6 +53,17 @@
 //!   oldest kept, or lagging so far behind that retention overtook the subscriber) fails with
 //!   [`EventError::HistoryCompacted`]; there is never a silent gap.
 //!
+//! # Reads and the write queue
+//!
+//! [`EventBus::record_access`] records that an agent read a context as an `accessed` event
+//! without making the reader wait for the commit. Such events are coalesced: at most one per
+//! (agent, context) per [`EventBusConfig::access_window_ms`] (every read when the caller asks
+//! for [`ReadRecording::Every`], as agents at the `monitored` isolation level do), so a
+//! reader in a loop cannot fill the log and push other agents' history out of retention.
+//! The writes the bus makes on its own are bounded: at most [`EventBusConfig::write_queue`]
+//! wait for the store at once; past that, `record_access` waits for one to finish
+//! (backpressure), it never drops one.
+//!
 //! Use one `EventBus` per [`Store`]: seqs come from the database, but live announcements
 //! reach only the subscribers of the bus that staged the events.
 
@@ -60,11 +74,13 @@ mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounds;
 
 pub use error::EventError;
 pub use filter::EventFilter;
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionId};
-pub use types::{Event, EventType, NewEvent, UnknownEventType};
+pub use types::{EVENT_OVERHEAD_BYTES, Event, EventType, NewEvent, UnknownEventType};
 
 use crate::store::{BlobStore, Store, StoreError, WriteCtx, decode_value, encode_value};
 use rusqlite::Connection;
@@ -80,6 +96,18 @@ pub const DEFAULT_RETENTION: usize = 1_000_000;
 /// Live buffer by default: 4,096 events.
 pub const DEFAULT_BUFFER: usize = 4096;
 
+/// Bytes the live buffer may hold by default: 16 MiB (so events up to 4 KiB ride in it).
+pub const DEFAULT_BUFFER_BYTES: usize = 16 << 20;
+
+/// Window of `accessed` coalescing by default: 60,000 ms.
+pub const DEFAULT_ACCESS_WINDOW_MS: u64 = 60_000;
+
+/// Writes of the bus's own (accessed events) waiting for the store at once, by default: 1,024.
+pub const DEFAULT_WRITE_QUEUE: usize = 1024;
+
+/// Entries of the coalescing table past which entries older than the window are dropped.
+const ACCESS_TABLE_PRUNE: usize = 4096;
+
 /// Configuration of an [`EventBus`]. Every field has a documented default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventBusConfig {
@@ -90,6 +118,28 @@ pub struct EventBusConfig {
     /// bounds the memory slow subscribers can hold; a subscriber further behind catches up
     /// from the store. Default [`DEFAULT_BUFFER`] (4,096).
     pub buffer: usize,
+    /// Bytes the live buffer may hold, at least 1: each slot carries an event of at most
+    /// `buffer_bytes / buffer` bytes ([`Event::live_bytes`]); larger events are announced
+    /// by seq and read from the store. Default [`DEFAULT_BUFFER_BYTES`] (16 MiB).
+    pub buffer_bytes: usize,
+    /// [`EventBus::record_access`] records at most one `accessed` event per (agent,
+    /// context) per this many milliseconds (0: every read). Default
+    /// [`DEFAULT_ACCESS_WINDOW_MS`] (60 s).
+    pub access_window_ms: u64,
+    /// Writes the bus makes on its own (accessed events) that may wait for the store at
+    /// once, at least 1; past it [`EventBus::record_access`] waits. Default
+    /// [`DEFAULT_WRITE_QUEUE`] (1,024).
+    pub write_queue: usize,
+}
+
+/// How [`EventBus::record_access`] records a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadRecording {
+    /// At most one `accessed` event per (agent, context) per
+    /// [`EventBusConfig::access_window_ms`].
+    Coalesced,
+    /// An `accessed` event for every read (the `monitored` isolation level).
+    Every,
 }
 
 impl Default for EventBusConfig {
@@ -97,6 +147,9 @@ impl Default for EventBusConfig {
         EventBusConfig {
             retention: DEFAULT_RETENTION,
             buffer: DEFAULT_BUFFER,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            access_window_ms: DEFAULT_ACCESS_WINDOW_MS,
+            write_queue: DEFAULT_WRITE_QUEUE,
         }
     }
 }
@@ -117,6 +170,12 @@ pub struct EventBusMetrics {
     pub last_seq: u64,
     /// The oldest seq still stored (`last_seq + 1` when none is).
     pub oldest_seq: u64,
+    /// Events announced by seq alone because they were larger than a live slot.
+    pub announced_by_seq: u64,
+    /// `accessed` events recorded by [`EventBus::record_access`].
+    pub reads_recorded: u64,
+    /// Reads [`EventBus::record_access`] left unrecorded as within the window.
+    pub reads_coalesced: u64,
 }
 
 /// The event bus. Cheap to clone.
@@ -128,7 +187,17 @@ pub struct EventBus {
 pub(crate) struct BusInner {
     pub(crate) store: Store,
     retention: u64,
-    pub(crate) live: broadcast::Sender<Arc<Event>>,
+    pub(crate) live: broadcast::Sender<Live>,
+    /// Largest [`Event::live_bytes`] carried in a live slot.
+    slot_bytes: usize,
+    access_window_ms: u64,
+    /// When each (agent, context) last had a read recorded (unix ms of the caller's clock).
+    accessed: Mutex<HashMap<(String, String), u64>>,
+    /// Permits for the writes the bus makes on its own.
+    write_queue: Arc<tokio::sync::Semaphore>,
+    announced_by_seq: AtomicU64,
+    reads_recorded: AtomicU64,
+    reads_coalesced: AtomicU64,
     /// The newest seq announced on the live path.
     pub(crate) last_seq: AtomicU64,
     /// The oldest seq still stored, as of the last commit.
@@ -166,6 +235,18 @@ impl EventBus {
                 message: "must hold at least 1 event".into(),
             });
         }
+        if config.buffer_bytes == 0 {
+            return Err(EventError::InvalidConfig {
+                field: "buffer_bytes",
+                message: "must allow at least 1 byte".into(),
+            });
+        }
+        if config.write_queue == 0 {
+            return Err(EventError::InvalidConfig {
+                field: "write_queue",
+                message: "must let at least 1 write wait".into(),
+            });
+        }
         let (oldest, last) = store.read(seq_bounds).await?;
         let (live, _) = broadcast::channel(config.buffer);
         Ok(EventBus {
@@ -173,6 +254,13 @@ impl EventBus {
                 store,
                 retention: config.retention as u64,
                 live,
+                slot_bytes: config.buffer_bytes / config.buffer,
+                access_window_ms: config.access_window_ms,
+                accessed: Mutex::default(),
+                write_queue: Arc::new(tokio::sync::Semaphore::new(config.write_queue)),
+                announced_by_seq: AtomicU64::new(0),
+                reads_recorded: AtomicU64::new(0),
+                reads_coalesced: AtomicU64::new(0),
                 last_seq: AtomicU64::new(last),
                 oldest_seq: AtomicU64::new(oldest),
                 published: AtomicU64::new(0),
@@ -225,6 +313,8 @@ impl EventBus {
                 priority: new.priority,
                 data: new.data,
             };
+            let data = encode_value(&event.data);
+            let fits = event.live_bytes_with(data.len()) <= self.inner.slot_bytes;
             insert.execute(rusqlite::params![
                 event.seq as i64,
                 event.event_type.as_str(),
@@ -234,11 +324,11 @@ impl EventBus {
                 event.priority,
                 // Sealed under the events key with a master key (bound to the seq).
                 match keys {
-                    Some(keys) => keys.seal_event(event.seq, &encode_value(&event.data)),
-                    None => encode_value(&event.data),
+                    Some(keys) => keys.seal_event(event.seq, &data),
+                    None => data,
                 },
             ])?;
-            staged.push(event);
+            staged.push((event, fits));
         }
         drop(insert);
 
@@ -253,20 +343,29 @@ impl EventBus {
         }
 
         let inner = self.inner.clone();
-        let announce: Vec<Arc<Event>> = staged.iter().cloned().map(Arc::new).collect();
+        let announce: Vec<Live> = staged
+            .iter()
+            .map(|(e, fits)| Live {
+                seq: e.seq,
+                event: fits.then(|| Arc::new(e.clone())),
+            })
+            .collect();
         ctx.after_commit(move || {
             if let Some(oldest) = new_oldest {
                 inner.oldest_seq.fetch_max(oldest, Ordering::AcqRel);
             }
-            for event in announce {
-                let seq = event.seq;
+            for live in announce {
+                let seq = live.seq;
+                if live.event.is_none() {
+                    inner.announced_by_seq.fetch_add(1, Ordering::Relaxed);
+                }
                 // No receivers is fine: the event is stored.
-                let _ = inner.live.send(event);
+                let _ = inner.live.send(live);
                 inner.last_seq.fetch_max(seq, Ordering::AcqRel);
                 inner.published.fetch_add(1, Ordering::Relaxed);
             }
         });
-        Ok(staged)
+        Ok(staged.into_iter().map(|(e, _)| e).collect())
     }
 
     /// Publishes one event in its own write; returns it once committed.
@@ -285,6 +384,48 @@ impl EventBus {
             .store
             .write(move |ctx| bus.stage(ctx, events))
             .await?)
+    }
+
+    /// Records that `event.agent_id` read `event.context_id` (an `accessed` event), unless
+    /// `how` is [`ReadRecording::Coalesced`] and a read of that pair was recorded less than
+    /// [`EventBusConfig::access_window_ms`] before `now_ms` (the caller's clock, unix ms).
+    /// Returns whether it is recorded. The write is queued, not awaited: this waits only
+    /// when [`EventBusConfig::write_queue`] writes are already waiting (backpressure; none
+    /// is dropped). A failed write is logged.
+    pub async fn record_access(&self, event: NewEvent, now_ms: u64, how: ReadRecording) -> bool {
+        let inner = &self.inner;
+        if how == ReadRecording::Coalesced && inner.access_window_ms > 0 {
+            let key = (
+                event.agent_id.clone().unwrap_or_default(),
+                event.context_id.clone().unwrap_or_default(),
+            );
+            let window = inner.access_window_ms;
+            let mut seen = inner.accessed.lock().unwrap_or_else(|p| p.into_inner());
+            if seen
+                .get(&key)
+                .is_some_and(|&at| now_ms.saturating_sub(at) < window)
+            {
+                inner.reads_coalesced.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            seen.insert(key, now_ms);
+            if seen.len() > ACCESS_TABLE_PRUNE {
+                seen.retain(|_, at| now_ms.saturating_sub(*at) < window);
+            }
+        }
+        let Ok(permit) = inner.write_queue.clone().acquire_owned().await else {
+            // Never closed.
+            return false;
+        };
+        inner.reads_recorded.fetch_add(1, Ordering::Relaxed);
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = bus.publish(event).await {
+                tracing::warn!(error = %e, "recording an accessed event failed");
+            }
+        });
+        true
     }
 
     /// Subscribes to the events matching `filter`, starting after `from`. Fails with
@@ -377,8 +518,19 @@ impl EventBus {
                 .len(),
             last_seq: inner.last_seq.load(Ordering::Acquire),
             oldest_seq: inner.oldest_seq.load(Ordering::Acquire),
+            announced_by_seq: inner.announced_by_seq.load(Ordering::Relaxed),
+            reads_recorded: inner.reads_recorded.load(Ordering::Relaxed),
+            reads_coalesced: inner.reads_coalesced.load(Ordering::Relaxed),
         }
     }
+}
+
+/// What the live path carries for one committed event: the event itself when it fits a slot,
+/// else only its seq (subscribers then read it from the store).
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) seq: u64,
+    pub(crate) event: Option<Arc<Event>>,
 }
 
 impl BusInner {

@@ -1,7 +1,7 @@
 //! [`Subscription`]: a gap-free, resumable stream of the events matching a filter.
 
 use super::{
-    BusInner, EVENT_COLUMNS, Event, EventError, EventFilter, filter, query_events, seq_bounds,
+    BusInner, EVENT_COLUMNS, Event, EventError, EventFilter, Live, filter, query_events, seq_bounds,
 };
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub struct Subscription {
     filter: EventFilter,
     bus: Arc<BusInner>,
     shared: Arc<SubShared>,
-    live: broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Live>,
     /// Every event with a seq up to here has been delivered, skipped as not matching, or
     /// queued in `pending`.
     cursor: u64,
@@ -174,9 +174,13 @@ impl Subscription {
                 received = self.live.recv() => received,
             };
             match received {
-                Ok(event) if event.seq <= self.cursor => {}
-                Ok(event) if event.seq != self.cursor + 1 => self.fall_back(),
-                Ok(event) => {
+                Ok(live) if live.seq <= self.cursor => {}
+                Ok(live) if live.seq != self.cursor + 1 => self.fall_back(),
+                // Too large for a live slot: read it from the store.
+                Ok(Live { event: None, .. }) => self.fall_back(),
+                Ok(Live {
+                    event: Some(event), ..
+                }) => {
                     self.cursor = event.seq;
                     if self.filter.matches(&event) {
                         self.bus.delivered.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +191,15 @@ impl Subscription {
                 Err(broadcast::error::RecvError::Closed) => return Err(EventError::Closed),
             }
         }
+    }
+
+    /// Gives back `event`, the last one [`next`](Self::next) returned, undelivered: the next
+    /// call returns it again and [`last_seq`](Self::last_seq) stands before it. For a
+    /// receiver that refuses a delivery (say, an access check failed) without losing it.
+    pub fn put_back(&mut self, event: Event) {
+        debug_assert!(self.pending.front().is_none_or(|e| e.seq > event.seq));
+        self.bus.delivered.fetch_sub(1, Ordering::Relaxed);
+        self.pending.push_front(event);
     }
 
     /// [`next`](Self::next), or `Ok(None)` if no matching event arrives within `timeout`.

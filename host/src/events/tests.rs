@@ -334,6 +334,7 @@ async fn history_older_than_retention_is_an_explicit_error() {
     let bus = bus_with(EventBusConfig {
         retention: 10,
         buffer: 4,
+        ..EventBusConfig::default()
     })
     .await;
     // Subscribed at the start but never reading: retention overtakes it.
@@ -397,6 +398,7 @@ async fn a_slow_subscriber_gets_everything_in_order_and_never_blocks_publishers(
     let bus = bus_with(EventBusConfig {
         retention: 1_000_000,
         buffer: 8,
+        ..EventBusConfig::default()
     })
     .await;
     let mut slow = bus
@@ -537,16 +539,30 @@ async fn invalid_configuration_is_refused() {
         (
             EventBusConfig {
                 retention: 0,
-                buffer: 1,
+                ..EventBusConfig::default()
             },
             "retention",
         ),
         (
             EventBusConfig {
-                retention: 1,
                 buffer: 0,
+                ..EventBusConfig::default()
             },
             "buffer",
+        ),
+        (
+            EventBusConfig {
+                buffer_bytes: 0,
+                ..EventBusConfig::default()
+            },
+            "buffer_bytes",
+        ),
+        (
+            EventBusConfig {
+                write_queue: 0,
+                ..EventBusConfig::default()
+            },
+            "write_queue",
         ),
     ] {
         match EventBus::new(store.clone(), config).await {

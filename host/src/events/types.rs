@@ -124,6 +124,26 @@ pub struct Event {
     pub data: Value,
 }
 
+/// Fixed part of [`Event::live_bytes`]: the event's own fields and its slot.
+pub const EVENT_OVERHEAD_BYTES: usize = 128;
+
+impl Event {
+    /// What this event counts for in the live buffer's byte bound
+    /// ([`EventBusConfig::buffer_bytes`](super::EventBusConfig::buffer_bytes)): its data as
+    /// stored (MessagePack bytes), its context and agent ids, and [`EVENT_OVERHEAD_BYTES`].
+    pub fn live_bytes(&self) -> usize {
+        self.live_bytes_with(crate::store::encode_value(&self.data).len())
+    }
+
+    /// [`live_bytes`](Self::live_bytes) given the length of the encoded data.
+    pub(crate) fn live_bytes_with(&self, data_len: usize) -> usize {
+        EVENT_OVERHEAD_BYTES
+            + data_len
+            + self.context_id.as_ref().map_or(0, String::len)
+            + self.agent_id.as_ref().map_or(0, String::len)
+    }
+}
+
 /// An event to publish; the bus assigns `seq` and `timestamp_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

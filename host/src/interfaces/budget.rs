@@ -3,7 +3,6 @@
 use super::AgentState;
 use super::Remaining;
 use crate::error::LimitKind;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::StoreContextMut;
 use wasmtime::component::Linker;
@@ -17,7 +16,7 @@ pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
             let fuel = store.get_fuel()?;
             let state = store.data();
             let shared = &state.shared;
-            shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+            shared.count_host_call();
             let time_ms = shared
                 .deadline
                 .saturating_duration_since(Instant::now())

@@ -95,12 +95,15 @@ pub(super) async fn context_call(
     call: &str,
 ) -> Result<(ContextService, String), WitContextError> {
     {
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        let seen = shared.count_host_call();
         let svc = shared.context.clone().ok_or_else(|| {
             WitContextError::Failed(format!("{call}: this host has no context store attached"))
         })?;
         let id = shared.id.clone();
-        svc.touch(&id).await.map_err(context_error)?;
+        // Counting the call was the heartbeat; a disconnected agent reconnects (a write).
+        if !seen {
+            svc.touch(&id).await.map_err(context_error)?;
+        }
         Ok((svc, id))
     }
 }
@@ -207,7 +210,16 @@ impl qi::agent::context::Host for AgentState {
             shared
                 .gate("context", &id, "get")
                 .map_err(WitContextError::AccessDenied)?;
-            let v = svc.get(&me, &id).await.map_err(|e| decided(&shared, e))?;
+            // Every read is an event at `monitored`; otherwise reads are coalesced.
+            let recording = if shared.grants.monitored {
+                crate::events::ReadRecording::Every
+            } else {
+                crate::events::ReadRecording::Coalesced
+            };
+            let v = svc
+                .get_with(&me, &id, recording)
+                .await
+                .map_err(|e| decided(&shared, e))?;
             Ok(Document {
                 id: v.id,
                 owner: v.owner,

@@ -180,22 +180,35 @@ impl qi::agent::events::Host for AgentState {
         subscription: u64,
         timeout_ms: u32,
     ) -> Result<Option<WitEvent>, WitEventError> {
-        self.shared
-            .counters
-            .host_calls
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.count_host_call();
         let start = Instant::now();
         let watched = self
             .subscriptions
             .get_mut(&subscription)
             .ok_or(WitEventError::UnknownSubscription(subscription))?;
         let wait = std::time::Duration::from_millis(u64::from(timeout_ms.min(MAX_NEXT_TIMEOUT_MS)));
-        let r = match watched.sub.next_timeout(wait).await {
+        let svc = self.shared.context.clone();
+        let me = &self.shared.id;
+        // Waiting for an event is being alive: a heartbeat now, presence while it waits (the
+        // sweep leaves a present agent alone), and a heartbeat again before the delivery is
+        // checked, so a passive subscriber is never found disconnected.
+        let presence = svc.as_ref().map(|svc| svc.present(me));
+        let received = watched.sub.next_timeout(wait).await;
+        drop(presence);
+        if let (Some(svc), Ok(Some(_))) = (&svc, &received)
+            && let Err(e) = svc.touch(me).await
+        {
+            tracing::warn!(agent = %me, error = %e, "heartbeat before a delivery");
+        }
+        let r = match received {
             // A change of shares or policies since the subscription was made ends it at the
-            // next event the new rules deny.
+            // next event the new rules deny. The check comes before the event counts as
+            // delivered: it is given back, so the resume point stands before it.
             Ok(Some(e))
                 if let Err(why) = watched.still_allowed(&self.shared, e.context_id.as_deref()) =>
             {
+                watched.sub.put_back(e);
+                let resume = watched.sub.last_seq();
                 self.subscriptions.remove(&subscription);
                 if let Some(svc) = &self.shared.context {
                     let _ = svc
@@ -203,7 +216,8 @@ impl qi::agent::events::Host for AgentState {
                         .await;
                 }
                 Err(WitEventError::AccessDenied(format!(
-                    "subscription {subscription} ended: {why}"
+                    "subscription {subscription} ended: {why}; nothing after seq {resume} was \
+                     delivered (subscribe again with after-seq {resume} once access is restored)"
                 )))
             }
             Ok(Some(e)) => Ok(Some(WitEvent {
@@ -232,10 +246,7 @@ impl qi::agent::events::Host for AgentState {
     }
 
     async fn unsubscribe(&mut self, subscription: u64) {
-        self.shared
-            .counters
-            .host_calls
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.count_host_call();
         if self.subscriptions.remove(&subscription).is_some()
             && let Some(svc) = &self.shared.context
             && let Err(e) = svc

@@ -25,7 +25,7 @@ pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
 impl qi::agent::log::Host for AgentState {
     async fn log(&mut self, level: Level, message: String, fields: Vec<qi::agent::log::Field>) {
         let shared = &self.shared;
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        shared.count_host_call();
         let start = Instant::now();
         let mut message = message;
         truncate_utf8(&mut message, MAX_LOG_MESSAGE_BYTES);

@@ -60,7 +60,7 @@ impl AgentState {
     ) -> Result<WitSyncOutcome, WitSyncError> {
         let start = Instant::now();
         let shared = self.shared.clone();
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        shared.count_host_call();
         let r = async {
             limits::ids(&shared, call.wit_call(), "point", [&point])
                 .map_err(|r| WitSyncError::Invalid(r.into_message()))?;
@@ -119,7 +119,7 @@ impl qi::agent::sync::Host for AgentState {
     async fn restore(&mut self, point: String) -> Result<Option<String>, WitSyncError> {
         let start = Instant::now();
         let shared = self.shared.clone();
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        shared.count_host_call();
         let r = async {
             limits::ids(&shared, "sync.restore", "point", [&point])
                 .map_err(|r| WitSyncError::Invalid(r.into_message()))?;

@@ -169,7 +169,7 @@ fn concurrency_refusal(shared: &AgentShared, wanted: usize) -> ToolError {
 impl qi::agent::tools::Host for AgentState {
     async fn call(&mut self, name: String, input: String) -> Result<String, ToolError> {
         let shared = self.shared.clone();
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        shared.count_host_call();
         let start = Instant::now();
         let result = match shared.operations.get().clone().try_acquire_owned() {
             Err(_) => Err(concurrency_refusal(&shared, 1)),
@@ -191,7 +191,7 @@ impl qi::agent::tools::Host for AgentState {
 
     async fn call_many(&mut self, requests: Vec<ToolRequest>) -> Vec<Result<String, ToolError>> {
         let shared = self.shared.clone();
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        shared.count_host_call();
         let start = Instant::now();
         let arg_bytes: usize = requests.iter().map(|r| r.name.len() + r.input.len()).sum();
         let n = requests.len();
@@ -274,7 +274,7 @@ impl qi::agent::tools::Host for AgentState {
 
     async fn available(&mut self) -> Vec<String> {
         let shared = &self.shared;
-        shared.counters.host_calls.fetch_add(1, Ordering::Relaxed);
+        shared.count_host_call();
         let start = Instant::now();
         let names = shared
             .tools

@@ -299,6 +299,18 @@ impl AgentShared {
         })
     }
 
+    /// Counts a `qi:agent` host call, at its start. It is also a heartbeat of the agent in the
+    /// context store (in memory, no write; see
+    /// [`ContextService::seen`](crate::context::ContextService::seen)).
+    /// Returns false when the context store has the agent as disconnected (or not
+    /// registered), which the heartbeat in memory cannot change.
+    pub fn count_host_call(&self) -> bool {
+        self.counters
+            .host_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.context.as_ref().is_none_or(|c| c.seen(&self.id))
+    }
+
     /// Appends a monitored host-call record (no-op unless monitored).
     pub fn record_call(
         &self,

@@ -14,7 +14,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     MIGRATION_3,
     MIGRATION_4,
     MIGRATION_5,
+    MIGRATION_6,
 ];
+
+/// Subscriptions are held in memory by the host that serves them and live as long as their
+/// agent (whose id is never reused); a subscriber resumes from the seq it holds. The table
+/// was written and deleted, never read.
+const MIGRATION_6: &str = "
+DROP INDEX IF EXISTS subscriptions_by_agent;
+DROP TABLE IF EXISTS subscriptions;
+";
 
 /// Host-kept labels of a context (what access policies see as `resource.labels`), set by its
 /// creator or the operator, never read from the document: `labels` is a JSON list of strings.

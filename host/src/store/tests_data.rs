@@ -178,7 +178,6 @@ async fn migrations_are_idempotent_on_reopen() {
         "versions",
         "shares",
         "agents",
-        "subscriptions",
         "events",
         "conflicts",
         "meta",

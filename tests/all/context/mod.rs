@@ -121,8 +121,11 @@ async fn conflicts(id: &str, kind: ConflictType) -> Vec<Conflict> {
 }
 
 pub(crate) mod conflicts;
+pub(crate) mod passive;
 
 pub(crate) mod racer;
+
+pub(crate) mod reads;
 
 pub(crate) mod subscriber;
 

@@ -146,7 +146,8 @@ async fn a_revoked_subscriber_stops_receiving_at_once() {
     svc.revoke(OPERATOR, &id, std::slice::from_ref(&watcher_id))
         .await
         .unwrap();
-    svc.write(OPERATOR, &id, Change::Merge(json!({"n": 2})), Some(2))
+    let refused = svc
+        .write(OPERATOR, &id, Change::Merge(json!({"n": 2})), Some(2))
         .await
         .unwrap();
     svc.write(OPERATOR, &id, Change::Merge(json!({"n": 3})), Some(3))
@@ -164,4 +165,19 @@ async fn a_revoked_subscriber_stops_receiving_at_once() {
     );
     let error = out["error"].as_str().unwrap_or_default();
     assert!(error.starts_with("access-denied"), "{out}");
+    // The refused event was checked before it counted as delivered: the resume point the
+    // error names stands just before it.
+    let updates = EventFilter {
+        context_ids: vec![id.clone()],
+        event_types: vec![EventType::Updated],
+        ..EventFilter::default()
+    };
+    let stored = svc.bus().history(&updates, Some(0), 100).await.unwrap();
+    let refused_seq = stored
+        .iter()
+        .find(|e| e.data["version"] == refused.version)
+        .expect("the refused update is stored")
+        .seq;
+    let resume = format!("nothing after seq {} was delivered", refused_seq - 1);
+    assert!(error.contains(&resume), "{error}");
 }
