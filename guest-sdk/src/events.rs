@@ -19,7 +19,7 @@
 //! // Later, resume exactly after what was handled.
 //! let resume_at = updates.last_seq();
 //! drop(updates); // unsubscribes
-//! let _again = events::subscribe(&["notes"], &["updated"], resume_at)?;
+//! let _again = events::subscribe(&["notes"], &["updated"], Some(resume_at))?;
 //!
 //! events::publish("notes", 1, &json!({"progress": 0.5}))?;
 //! # Ok(())
@@ -75,7 +75,8 @@ impl From<raw::Event> for Event {
 #[derive(Debug)]
 pub struct Subscription {
     id: u64,
-    last_seq: Option<u64>,
+    last_seq: u64,
+    starts_after: u64,
 }
 
 /// Subscribes to the events of `context_ids` (each must be readable by the agent), of the
@@ -94,10 +95,11 @@ pub fn subscribe(
 ) -> Result<Subscription, EventError> {
     let context_ids: Vec<String> = context_ids.iter().map(|c| (*c).to_owned()).collect();
     let event_types: Vec<String> = event_types.iter().map(|t| (*t).to_owned()).collect();
-    let id = raw::subscribe(&context_ids, &event_types, after_seq)?;
+    let made = raw::subscribe(&context_ids, &event_types, after_seq)?;
     Ok(Subscription {
-        id,
-        last_seq: after_seq,
+        id: made.handle,
+        last_seq: made.starts_after,
+        starts_after: made.starts_after,
     })
 }
 
@@ -107,9 +109,15 @@ impl Subscription {
         self.id
     }
 
-    /// The seq of the last event this subscription delivered (or the `after_seq` it started
-    /// from); `None` before either. Pass it as `after_seq` to resume exactly after it.
-    pub fn last_seq(&self) -> Option<u64> {
+    /// The seq the subscription started after: the `after_seq` given, or the last seq
+    /// published when it was made (so a subscription "from now" knows where now was).
+    pub fn starts_after(&self) -> u64 {
+        self.starts_after
+    }
+
+    /// The seq of the last event this subscription delivered, or the one it
+    /// [started after](Self::starts_after). Pass it as `after_seq` to resume exactly after it.
+    pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
 
@@ -125,7 +133,7 @@ impl Subscription {
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let event = raw::next(self.id, timeout_ms)?.map(Event::from);
         if let Some(event) = &event {
-            self.last_seq = Some(event.seq);
+            self.last_seq = event.seq;
         }
         Ok(event)
     }

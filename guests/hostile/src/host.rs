@@ -214,7 +214,7 @@ fn subscribe_list(count: usize, types: usize) -> Result<Value, AgentError> {
     let types = vec!["updated".to_string(); types];
     let handle =
         events::subscribe(&ids, &types, None).map_err(|e| failed("events.subscribe", e))?;
-    events::unsubscribe(handle);
+    events::unsubscribe(handle.handle);
     Ok(json!({"ok": true}))
 }
 

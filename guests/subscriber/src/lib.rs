@@ -66,7 +66,10 @@ impl Agent for Subscriber {
             "waiting for {} updates of {}", input.expect, input.context
         );
 
-        signal(&input.signal, json!({"subscribed": true}))?;
+        signal(
+            &input.signal,
+            json!({"subscribed": true, "starts_after": updates.starts_after()}),
+        )?;
 
         let deadline = Instant::now() + Duration::from_millis(input.timeout_ms);
         let mut received: Vec<events::Event> = Vec::new();

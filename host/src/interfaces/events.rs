@@ -9,7 +9,7 @@ use crate::context::{ContextError, ContextService, Permission};
 use crate::events::{EventError, EventType, NewEvent, SubscribeFrom, Subscription};
 use crate::sandbox::AgentShared;
 use qi::agent::context::ContextError as WitContextError;
-use qi::agent::events::{Event as WitEvent, EventError as WitEventError};
+use qi::agent::events::{Event as WitEvent, EventError as WitEventError, Subscribed};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -131,7 +131,7 @@ impl qi::agent::events::Host for AgentState {
         context_ids: Vec<String>,
         event_types: Vec<String>,
         after_seq: Option<u64>,
-    ) -> Result<u64, WitEventError> {
+    ) -> Result<Subscribed, WitEventError> {
         let start = Instant::now();
         let shared = self.shared.clone();
         let r = async {
@@ -158,11 +158,12 @@ impl qi::agent::events::Host for AgentState {
             let from = after_seq.map_or(SubscribeFrom::Now, SubscribeFrom::AfterSeq);
             let sub = svc.subscribe_to(&me, &context_ids, types, from).await.map_err(|e| context_event_error(&shared, e))?;
             let handle = sub.id().0;
+            let starts_after = sub.last_seq();
             let allowed_by = stamp
                 .map(|s| context_ids.iter().map(|c| (c.clone(), s.clone())).collect())
                 .unwrap_or_default();
             self.subscriptions.insert(handle, Watched { sub, allowed_by });
-            Ok(handle)
+            Ok(Subscribed { handle, starts_after })
         }
         .await;
         self.shared.record_call(

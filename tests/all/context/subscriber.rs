@@ -47,11 +47,12 @@ async fn receives_exactly_the_updates_after_subscribing_in_order_and_resumes() {
         "subscriber",
         json!({"context": id, "expect": WRITES + 1, "timeout_ms": 60_000, "signal": key}),
     );
+    let subscribed = crate::common::next_signal(&key).await;
     assert_eq!(
-        crate::common::next_signal(&key).await["subscribed"],
-        true,
+        subscribed["subscribed"], true,
         "the watcher's first signal says it has subscribed"
     );
+    let starts_after = subscribed["starts_after"].as_u64().unwrap();
     let writing = start(
         writer,
         "writer",
@@ -101,6 +102,12 @@ async fn receives_exactly_the_updates_after_subscribing_in_order_and_resumes() {
         "all but the one before subscribing"
     );
     assert_eq!(seen, stored[1..]);
+    // A subscription "from now" says where now was: after the update before it, before the
+    // first one it delivered.
+    assert!(
+        stored[0] <= starts_after && starts_after < seen[0],
+        "starts after {starts_after}: {stored:?}"
+    );
     assert_eq!(out["last_seq"], *seen.last().unwrap());
 
     // A later subscriber resuming after the third update gets exactly the rest.
