@@ -44,7 +44,9 @@
 //! `{"context_share": {"id", "agent"}}` (read), `{"context_revoke": {"id", "agent"}}`,
 //! `{"context_ids": null}` (value: the ids listed) and `{"wait_for": "host:port"}` (connects and
 //! reads until the peer closes: a step a test releases by closing the connection; value: the
-//! bytes read).
+//! bytes read), `{"context_prefetch": [ids]}` (value: per id `{"ok", "version" | "error"}`)
+//! and `{"context_sync_all": null}` (value: `{"total", "synced", "conflicts", "contexts":
+//! [{"id", "owner", "version", "status", "conflicts", "error"}]}`).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -159,6 +161,8 @@ enum Probe {
     },
     ContextIds,
     WaitFor(String),
+    ContextPrefetch(Vec<String>),
+    ContextSyncAll,
 }
 
 /// One step of the script.
@@ -373,6 +377,32 @@ fn run_probe(probe: Probe) -> Value {
                 std::io::Read::read_to_end(&mut s, &mut bytes).map(|n| json!(n))
             }),
         ),
+        Probe::ContextPrefetch(ids) => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let results: Vec<Value> = context::prefetch(&ids)
+                .into_iter()
+                .map(|r| match r {
+                    Ok(version) => json!({"ok": true, "version": version}),
+                    Err(e) => json!({"ok": false, "error": e.to_string()}),
+                })
+                .collect();
+            done::<String>("context_prefetch", Ok(json!(results)))
+        }
+        Probe::ContextSyncAll => done(
+            "context_sync_all",
+            context::sync_all_shared().map(|s| {
+                let contexts: Vec<Value> = s
+                    .contexts
+                    .iter()
+                    .map(|c| {
+                        json!({"id": c.id, "owner": c.owner, "version": c.version,
+                               "status": c.status, "conflicts": c.conflicts, "error": c.error})
+                    })
+                    .collect();
+                json!({"total": s.total, "synced": s.synced, "conflicts": s.conflicts,
+                       "contexts": contexts})
+            }),
+        ),
     }
 }
 
@@ -528,6 +558,8 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         }),
         "context_ids" => Action::Probe(Probe::ContextIds),
         "wait_for" => Action::Probe(Probe::WaitFor(text(arg)?)),
+        "context_prefetch" => Action::Probe(Probe::ContextPrefetch(texts(arg)?)),
+        "context_sync_all" => Action::Probe(Probe::ContextSyncAll),
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })

@@ -36,6 +36,7 @@ mod access;
 mod agents;
 mod api;
 mod audit;
+pub mod cache;
 mod config;
 mod documents;
 pub mod engine;
