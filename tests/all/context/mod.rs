@@ -120,6 +120,10 @@ async fn conflicts(id: &str, kind: ConflictType) -> Vec<Conflict> {
         .collect()
 }
 
+pub(crate) mod cache;
+
+pub(crate) mod quotas;
+
 pub(crate) mod racer;
 
 pub(crate) mod subscriber;
