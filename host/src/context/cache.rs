@@ -379,19 +379,23 @@ impl ContextCache {
 
     /// Takes in every event announced since the last call (see the module docs).
     async fn catch_up(&self, st: &mut State, svc: &ContextService) {
+        let Some(sub) = st.events.as_ref() else {
+            return;
+        };
+        let behind =
+            |sub: &Subscription| svc.bus().metrics().last_seq.saturating_sub(sub.last_seq());
+        if behind(sub) > self.config.max_lag_events {
+            st.clear();
+            return;
+        }
         loop {
             let Some(sub) = st.events.as_mut() else {
                 return;
             };
-            let behind = svc.bus().metrics().last_seq.saturating_sub(sub.last_seq());
-            if behind > self.config.max_lag_events {
-                st.clear();
-                return;
-            }
             let next = match poll_once(sub.next()) {
                 Some(next) => next,
                 // Announced but not yet delivered (read from the store): wait for it.
-                None if behind > 0 => sub.next().await,
+                None if behind(sub) > 0 => sub.next().await,
                 None => return,
             };
             match next {

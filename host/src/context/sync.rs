@@ -151,16 +151,14 @@ impl ContextService {
         let contexts: Vec<SharedContextSync> = shared
             .into_iter()
             .map(|info| {
-                let (version, status, conflicts, error) = match results.remove(&info.context_id)
-                {
+                let (version, status, conflicts, error) = match results.remove(&info.context_id) {
                     Some(r) if r.success => {
-                        let status = if r.conflicts.is_empty()
-                            && r.status != ContextStatus::Conflict
-                        {
-                            "synced"
-                        } else {
-                            "conflict"
-                        };
+                        let status =
+                            if r.conflicts.is_empty() && r.status != ContextStatus::Conflict {
+                                "synced"
+                            } else {
+                                "conflict"
+                            };
                         (r.version, status, r.conflicts, None)
                     }
                     Some(r) => (0, "error", Vec::new(), r.error),

@@ -38,7 +38,9 @@ pub(super) async fn read(
     let counters = &shared.counters;
     if shared.grants.monitored {
         let view = svc.get(me, id).await.map_err(|e| decided(shared, e))?;
-        counters.context_cache_misses.fetch_add(1, Ordering::Relaxed);
+        counters
+            .context_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         return Ok(document(CachedDocument::from(view)));
     }
     let (doc, served) = shared

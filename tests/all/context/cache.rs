@@ -81,7 +81,10 @@ async fn a_write_by_another_agent_is_seen_by_the_next_read() {
     let report = run.await.unwrap();
     let p = probes(&report);
     assert_eq!(p[0]["value"], 1);
-    assert_eq!(p[1]["value"], 2, "the cached version 1 was not served: {p:?}");
+    assert_eq!(
+        p[1]["value"], 2,
+        "the cached version 1 was not served: {p:?}"
+    );
     assert_eq!(report.usage.context_cache_hits, 1);
     assert_eq!(report.usage.context_cache_misses, 2);
 }
@@ -144,7 +147,10 @@ async fn prefetched_contexts_are_read_from_the_cache() {
         "{results:?}"
     );
     assert!(
-        results[3]["error"].as_str().unwrap().starts_with("not-found"),
+        results[3]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not-found"),
         "{results:?}"
     );
     assert_eq!(report.usage.context_cache_prefetched, 2);
@@ -213,9 +219,7 @@ async fn sync_all_shared_reports_every_shared_context_and_its_status() {
             .count()
     };
     let before = violations().await;
-    let report = agent
-        .run(steps(json!([{"context_sync_all": null}])))
-        .await;
+    let report = agent.run(steps(json!([{"context_sync_all": null}]))).await;
     let summary = &probes(&report)[0]["value"];
     assert_eq!(summary["total"], 2, "{summary}");
     assert_eq!(summary["synced"], 1);
@@ -237,7 +241,11 @@ async fn sync_all_shared_reports_every_shared_context_and_its_status() {
     let w = by_id(&write_only);
     assert_eq!(w["status"], "error");
     assert!(w["error"].as_str().unwrap().contains("read"), "{w}");
-    assert_eq!(violations().await, before, "no read of the write-only context");
+    assert_eq!(
+        violations().await,
+        before,
+        "no read of the write-only context"
+    );
     // The service API agrees.
     let api = svc.sync_all_shared_contexts(&agent_id).await;
     assert_eq!((api.total_contexts, api.synced_contexts), (2, 1));
@@ -281,7 +289,13 @@ impl Bench {
             .await
             .unwrap();
         self.svc
-            .share(OPERATOR, id, &["agent-a".into()], &[Permission::Read], expires_at)
+            .share(
+                OPERATOR,
+                id,
+                &["agent-a".into()],
+                &[Permission::Read],
+                expires_at,
+            )
             .await
             .unwrap();
     }

@@ -53,13 +53,19 @@ async fn context_writes_at_the_quota_pass_and_one_past_is_refused_naming_the_fie
     let (a, b) = (unique("quota-w-a"), unique("quota-w-b"));
     let past = run(with_writes(2), three_writes(&a, &b)).await;
     let p = probes(&past);
-    assert_eq!((p[0]["ok"].clone(), p[1]["ok"].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        (p[0]["ok"].clone(), p[1]["ok"].clone()),
+        (json!(true), json!(true))
+    );
     let e = p[2]["error"].as_str().unwrap();
     assert!(
         e.starts_with("refused") && e.contains("resourceLimits.maxContextWrites"),
         "{e}"
     );
-    assert_eq!(past.usage.context_writes, 2, "the refused write is not counted");
+    assert_eq!(
+        past.usage.context_writes, 2,
+        "the refused write is not counted"
+    );
     // Nothing was deleted.
     let svc = &context_host().await.svc;
     assert!(svc.get(OPERATOR, &a).await.is_ok());
@@ -98,13 +104,18 @@ async fn context_bytes_at_the_quota_pass_and_one_byte_past_ends_the_agent_with_t
     give_up.as_array_mut().unwrap()[2] = json!({"fail": "gave up"});
     let past = run(s, give_up).await;
     match &past.failure {
-        Some(f @ AgentFailure::LimitExceeded {
-            limit: LimitKind::ContextBytes,
-            limit_value,
-            detail,
-        }) => {
+        Some(
+            f @ AgentFailure::LimitExceeded {
+                limit: LimitKind::ContextBytes,
+                limit_value,
+                detail,
+            },
+        ) => {
             assert_eq!(*limit_value, total - 1);
-            assert!(detail.contains("resourceLimits.maxContextBytes"), "{detail}");
+            assert!(
+                detail.contains("resourceLimits.maxContextBytes"),
+                "{detail}"
+            );
             assert!(
                 detail.contains(&format!("a write of {} bytes", cost(200))),
                 "{detail}"
@@ -116,7 +127,16 @@ async fn context_bytes_at_the_quota_pass_and_one_byte_past_ends_the_agent_with_t
     assert_eq!(past.usage.context_bytes, cost(100));
     let svc = &context_host().await.svc;
     assert!(svc.get(OPERATOR, &a).await.is_ok());
-    assert!(svc.get(OPERATOR, &b).await.is_err(), "the refused create made nothing");
-    assert_eq!(LimitKind::ContextBytes.field(), "resourceLimits.maxContextBytes");
-    assert_eq!(LimitKind::ContextWrites.field(), "resourceLimits.maxContextWrites");
+    assert!(
+        svc.get(OPERATOR, &b).await.is_err(),
+        "the refused create made nothing"
+    );
+    assert_eq!(
+        LimitKind::ContextBytes.field(),
+        "resourceLimits.maxContextBytes"
+    );
+    assert_eq!(
+        LimitKind::ContextWrites.field(),
+        "resourceLimits.maxContextWrites"
+    );
 }
