@@ -90,6 +90,27 @@ async fn a_write_by_another_agent_is_seen_by_the_next_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_own_write_is_seen_by_its_next_read() {
+    let id = create("own-write", SyncStrategy::Strong, json!({"n": 1})).await;
+    let agent = worker(worker_spec()).await;
+    share(&id, &[&agent], &[Permission::Read, Permission::Delete]).await;
+    let report = agent
+        .run(steps(json!([
+            {"context_get": {"id": id, "times": 2}},
+            {"context_delete": id},
+            {"context_get": {"id": id}},
+        ])))
+        .await;
+    let p = probes(&report);
+    assert_eq!(p[0]["value"], 1);
+    assert_eq!(p[1]["ok"], true, "{p:?}");
+    // The cached version 1 is not served after the agent's own delete (version 2, shares
+    // gone): the read goes to the store.
+    assert_ne!(p[2]["value"], 1, "{p:?}");
+    assert_eq!(report.usage.context_cache_hits, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_share_makes_the_next_cached_read_fail() {
     let id = create("revoked", SyncStrategy::Strong, json!({"secret": 1})).await;
     let agent = worker(worker_spec()).await;
