@@ -44,7 +44,9 @@ use std::str::FromStr;
 
 pub use crate::ContextError;
 use crate::wit::qi::agent::context as raw;
-pub use crate::wit::qi::agent::context::{Permission, SyncStrategy, WriteResult};
+pub use crate::wit::qi::agent::context::{
+    Permission, SharedSync, SyncStrategy, SyncSummary, WriteResult,
+};
 
 /// Most read-modify-write attempts [`update`] makes before it gives up with the last
 /// [`ContextError::Stale`].
@@ -478,6 +480,31 @@ pub fn pending(id: &str) -> Result<Option<serde_json::Value>, ContextError> {
             })
         })
         .transpose()
+}
+
+/// Reads contexts into the agent's local cache on the host, so that later [`get`]s of them are
+/// answered from it: until one changes (any agent's write drops it), is no longer readable by
+/// the agent (access is checked on every read, cached or not), or 30 s pass. One result per
+/// id, in order: the version cached, or why it could not be read. At most 256 ids.
+///
+/// # Errors
+///
+/// Per id, as [`get_raw`]; every id gets [`ContextError::Invalid`] when the list is too long.
+pub fn prefetch(ids: &[&str]) -> Vec<Result<u64, ContextError>> {
+    let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+    raw::prefetch(&ids)
+}
+
+/// Synchronizes every context shared with the agent and reports each one's status (`synced`,
+/// `conflict` or `error`) with the totals; cached copies older than the authoritative version
+/// are dropped.
+///
+/// # Errors
+///
+/// [`ContextError::AccessDenied`] when the host's policies refuse listing contexts,
+/// [`ContextError::Failed`] when the host has no context store.
+pub fn sync_all_shared() -> Result<SyncSummary, ContextError> {
+    raw::sync_all_shared()
 }
 
 #[cfg(test)]

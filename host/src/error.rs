@@ -210,6 +210,10 @@ pub enum LimitKind {
     /// Bytes one agent may write to the shared context store and event bus in total (see
     /// `crate::interfaces::limits::MAX_STORED_BYTES_PER_AGENT`).
     StoredBytes,
+    /// `resourceLimits.maxContextBytes`: bytes the agent may write to the context store.
+    ContextBytes,
+    /// `resourceLimits.maxContextWrites`: context writes (create, put, patch, delete).
+    ContextWrites,
 }
 
 impl LimitKind {
@@ -231,6 +235,8 @@ impl LimitKind {
             LimitKind::LogBytes => "configurationOverrides.maxLogBytes",
             LimitKind::ArgumentSize => "host-call argument size",
             LimitKind::StoredBytes => "host stored bytes per agent",
+            LimitKind::ContextBytes => "resourceLimits.maxContextBytes",
+            LimitKind::ContextWrites => "resourceLimits.maxContextWrites",
         }
     }
 }
@@ -253,6 +259,8 @@ impl fmt::Display for LimitKind {
             LimitKind::ArgumentSize => "argument size",
             LimitKind::NetworkOperations => "network operations",
             LimitKind::StoredBytes => "stored bytes",
+            LimitKind::ContextBytes => "context bytes",
+            LimitKind::ContextWrites => "context writes",
         })
     }
 }

@@ -56,6 +56,20 @@ pub struct UsageReceipt {
     /// event data, sync payloads and shared agent ids, plus an overhead per stored row (at most
     /// `MAX_STORED_BYTES_PER_AGENT`, `crate::interfaces::limits`).
     pub stored_bytes: u64,
+    /// Context writes the agent attempted: creates, puts, patches, deletes (at most
+    /// `resourceLimits.maxContextWrites`).
+    pub context_writes: u64,
+    /// Bytes of the context writes the agent attempted: the JSON text of documents (and the
+    /// type of a create) and merge patches (at most `resourceLimits.maxContextBytes`).
+    pub context_bytes: u64,
+    /// `context.get` calls answered from the agent's context cache (see
+    /// `crate::context::cache`).
+    pub context_cache_hits: u64,
+    /// `context.get` calls that read the context store: not cached, expired, invalidated by a
+    /// change, or (at `monitored`, where every read is recorded) always.
+    pub context_cache_misses: u64,
+    /// Contexts `context.prefetch` read into the agent's cache.
+    pub context_cache_prefetched: u64,
 }
 
 /// The kinds of resource the access gate decides on (see [`ResourceName`]).

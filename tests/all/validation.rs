@@ -239,6 +239,8 @@ fn set_budget(s: &mut SubAgentSpecification, field: &str, v: u64) {
         "resourceLimits.maxDiskBytes" => l.max_disk_bytes = v,
         "resourceLimits.maxFilesCreated" => l.max_files_created = small(),
         "resourceLimits.maxNetworkOperations" => l.max_network_operations = small(),
+        "resourceLimits.maxContextBytes" => l.max_context_bytes = v,
+        "resourceLimits.maxContextWrites" => l.max_context_writes = small(),
         other => panic!("no setter for {other}"),
     }
 }
@@ -257,7 +259,7 @@ fn every_budget_at_its_isolation_ceiling_passes_and_one_more_is_refused() {
         IsolationLevel::Monitored,
     ] {
         let c = IsolationCeilings::of(level);
-        let table: [(&str, u64); 10] = [
+        let table: [(&str, u64); 12] = [
             ("fuel", c.fuel),
             (
                 "configurationOverrides.fuelYieldInterval",
@@ -279,6 +281,11 @@ fn every_budget_at_its_isolation_ceiling_passes_and_one_more_is_refused() {
             (
                 "resourceLimits.maxNetworkOperations",
                 c.max_network_operations.into(),
+            ),
+            ("resourceLimits.maxContextBytes", c.max_context_bytes),
+            (
+                "resourceLimits.maxContextWrites",
+                c.max_context_writes.into(),
             ),
         ];
         for (field, ceiling) in table {

@@ -50,7 +50,10 @@
 //! "new_version", "conflicts"}`), `{"context_history": {"id", "limit"}}` (value: `[{"version",
 //! "agent", "op", "doc"}]`), `{"context_rollback": {"id", "version"}}`, `{"context_resolve":
 //! {"id", "agent" | "fields" | "document"}}`, `{"context_pending": id}` (value: the pending
-//! conflict or null).
+//! conflict or null);
+//! `{"context_prefetch": [ids]}` (value: per id `{"ok", "version" | "error"}`)
+//! and `{"context_sync_all": null}` (value: `{"total", "synced", "conflicts", "contexts":
+//! [{"id", "owner", "version", "status", "conflicts", "error"}]}`).
 
 mod context_more;
 
@@ -171,6 +174,8 @@ enum Probe {
     /// `context_pointer_patch`, `context_history`, `context_rollback`, `context_resolve`,
     /// `context_pending`, `context_patch_at`: the call's name and its argument.
     ContextMore(String, Value),
+    ContextPrefetch(Vec<String>),
+    ContextSyncAll,
 }
 
 /// One step of the script.
@@ -386,6 +391,32 @@ fn run_probe(probe: Probe) -> Value {
                 std::io::Read::read_to_end(&mut s, &mut bytes).map(|n| json!(n))
             }),
         ),
+        Probe::ContextPrefetch(ids) => {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let results: Vec<Value> = context::prefetch(&ids)
+                .into_iter()
+                .map(|r| match r {
+                    Ok(version) => json!({"ok": true, "version": version}),
+                    Err(e) => json!({"ok": false, "error": e.to_string()}),
+                })
+                .collect();
+            done::<String>("context_prefetch", Ok(json!(results)))
+        }
+        Probe::ContextSyncAll => done(
+            "context_sync_all",
+            context::sync_all_shared().map(|s| {
+                let contexts: Vec<Value> = s
+                    .contexts
+                    .iter()
+                    .map(|c| {
+                        json!({"id": c.id, "owner": c.owner, "version": c.version,
+                               "status": c.status, "conflicts": c.conflicts, "error": c.error})
+                    })
+                    .collect();
+                json!({"total": s.total, "synced": s.synced, "conflicts": s.conflicts,
+                       "contexts": contexts})
+            }),
+        ),
     }
 }
 
@@ -547,6 +578,8 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         | "context_resolve"
         | "context_pending"
         | "context_patch_at" => Action::Probe(Probe::ContextMore(key.clone(), arg.clone())),
+        "context_prefetch" => Action::Probe(Probe::ContextPrefetch(texts(arg)?)),
+        "context_sync_all" => Action::Probe(Probe::ContextSyncAll),
         other => return Err(format!("unknown step `{other}`")),
     };
     Ok(Step { action, tolerate })

@@ -280,6 +280,7 @@ impl AgentHost {
             logs: Mutex::new(Vec::new()),
             tools: self.tools.clone(),
             context: self.context.clone(),
+            context_cache: Default::default(),
             sync,
             access: self.access.clone(),
             trust,

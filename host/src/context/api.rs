@@ -163,3 +163,43 @@ pub struct SyncResult {
     /// Why not, when it could not.
     pub error: Option<String>,
 }
+
+/// One context of a [`SyncSummary`]: a context shared with the agent and its sync status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedContextSync {
+    /// The context.
+    pub context_id: String,
+    /// Its owner.
+    pub owner_id: String,
+    /// Permissions the agent holds.
+    pub permissions: Vec<Permission>,
+    /// Authoritative version (0 when it could not be synchronized).
+    pub version: u64,
+    /// The seeds' `SyncStatus`: `synced` (the agent has the authoritative version and no
+    /// conflict is open), `conflict` (unresolved conflicts; see `conflicts`), or `error` (the
+    /// context could not be synchronized; see `error`).
+    pub sync_status: String,
+    /// Unresolved conflicts.
+    pub conflicts: Vec<Conflict>,
+    /// Why it could not be synchronized.
+    pub error: Option<String>,
+}
+
+/// The seeds' `SyncSummary`: what [`ContextService::sync_all_shared_contexts`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSummary {
+    /// The agent.
+    pub agent_id: String,
+    /// Contexts shared with it (live, unexpired grants).
+    pub total_contexts: usize,
+    /// Of those, synchronized (`synced` or `conflict`).
+    pub synced_contexts: usize,
+    /// Unresolved conflicts over all of them.
+    pub conflicts: usize,
+    /// Every shared context and its status, sorted by id.
+    pub contexts: Vec<SharedContextSync>,
+    /// Microseconds the whole synchronization took.
+    pub total_time_us: u64,
+}

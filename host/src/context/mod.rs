@@ -43,6 +43,7 @@ mod access;
 mod agents;
 mod api;
 mod audit;
+pub mod cache;
 mod config;
 mod conflicts;
 mod documents;

@@ -1,6 +1,7 @@
 //! Merging contexts and the seeds' synchronization calls.
 
 use super::*;
+use std::collections::HashMap;
 
 impl ContextService {
     /// Merges contexts into a new one owned by `agent`: objects key by key, later contexts in
@@ -122,5 +123,68 @@ impl ContextService {
             tracing::warn!(error = %e, "recording a sync event failed");
         }
         out
+    }
+}
+
+impl ContextService {
+    /// The seeds' `syncAllSharedContexts(agentId)`: synchronizes every context shared with
+    /// `agent` (its live, unexpired grants, see [`shared_contexts`](Self::shared_contexts))
+    /// through [`batch_sync`](Self::batch_sync) and reports each one's status. A grant without
+    /// `read` cannot be synchronized: it is reported as `error` without a read being attempted
+    /// (so no access violation is recorded for it). One `sync` event summarizes the batch.
+    pub async fn sync_all_shared_contexts(&self, agent: &str) -> SyncSummary {
+        let started = std::time::Instant::now();
+        let shared = self.shared_contexts(agent);
+        let readable: Vec<String> = shared
+            .iter()
+            .filter(|s| s.permissions.contains(&Permission::Read))
+            .map(|s| s.context_id.clone())
+            .collect();
+        let mut results: HashMap<String, SyncResult> = self
+            .batch_sync(agent, &readable)
+            .await
+            .into_iter()
+            .map(|r| (r.context_id.clone(), r))
+            .collect();
+        let contexts: Vec<SharedContextSync> = shared
+            .into_iter()
+            .map(|info| {
+                let (version, status, conflicts, error) = match results.remove(&info.context_id) {
+                    Some(r) if r.success => {
+                        let status =
+                            if r.conflicts.is_empty() && r.status != ContextStatus::Conflict {
+                                "synced"
+                            } else {
+                                "conflict"
+                            };
+                        (r.version, status, r.conflicts, None)
+                    }
+                    Some(r) => (0, "error", Vec::new(), r.error),
+                    None => (
+                        0,
+                        "error",
+                        Vec::new(),
+                        Some("the share does not grant `read`".to_string()),
+                    ),
+                };
+                SharedContextSync {
+                    context_id: info.context_id,
+                    owner_id: info.owner_id,
+                    permissions: info.permissions,
+                    version,
+                    sync_status: status.to_string(),
+                    conflicts,
+                    error,
+                }
+            })
+            .collect();
+        SyncSummary {
+            agent_id: agent.to_string(),
+            total_contexts: contexts.len(),
+            synced_contexts: contexts.iter().filter(|c| c.error.is_none()).count(),
+            conflicts: contexts.iter().map(|c| c.conflicts.len()).sum(),
+            contexts,
+            total_time_us: started.elapsed().as_micros() as u64,
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::context::{
 use crate::sandbox::AgentShared;
 use qi::agent::context::{
     ContextError as WitContextError, Document, PointerOp as WitPointerOp,
-    ResolveChoice as WitResolveChoice, VersionInfo, WriteResult as WitWriteResult,
+    ResolveChoice as WitResolveChoice, SyncSummary, VersionInfo, WriteResult as WitWriteResult,
 };
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -164,6 +164,9 @@ impl qi::agent::context::Host for AgentState {
             limits::stored(&shared, call, "doc", doc.len() + context_type.len(), 1)
                 .map_err(refused)?;
             shared
+                .take_context_write(call, doc.len() + context_type.len())
+                .map_err(WitContextError::Refused)?;
+            shared
                 .gate("context", id.as_deref().unwrap_or("*"), "create")
                 .map_err(WitContextError::AccessDenied)?;
             let doc = parse_json("doc", &doc)?;
@@ -210,25 +213,7 @@ impl qi::agent::context::Host for AgentState {
             shared
                 .gate("context", &id, "get")
                 .map_err(WitContextError::AccessDenied)?;
-            // Every read is an event at `monitored`; otherwise reads are coalesced.
-            let recording = if shared.grants.monitored {
-                crate::events::ReadRecording::Every
-            } else {
-                crate::events::ReadRecording::Coalesced
-            };
-            let v = svc
-                .get_with(&me, &id, recording)
-                .await
-                .map_err(|e| decided(&shared, e))?;
-            Ok(Document {
-                id: v.id,
-                owner: v.owner,
-                context_type: v.context_type,
-                version: v.version,
-                revision: v.revision,
-                status: v.status.as_str().to_string(),
-                doc: v.doc.to_string(),
-            })
+            super::context_cache::read(&shared, &svc, &me, &id).await
         }
         .await;
         self.finish_context("context.get", &id, id.len(), start, &r);
@@ -251,9 +236,13 @@ impl qi::agent::context::Host for AgentState {
                 .and_then(|()| limits::stored(&shared, "context.put", "doc", doc.len(), 1))
                 .map_err(refused)?;
             shared
+                .take_context_write("context.put", doc.len())
+                .map_err(WitContextError::Refused)?;
+            shared
                 .gate("context", &id, "put")
                 .map_err(WitContextError::AccessDenied)?;
             let doc = parse_json("doc", &doc)?;
+            shared.context_cache.invalidate(&id).await;
             svc.write(&me, &id, Change::Put(doc), base_version)
                 .await
                 .map(write_result)
@@ -287,9 +276,13 @@ impl qi::agent::context::Host for AgentState {
             .and_then(|()| limits::stored(&shared, call, "merge-patch", merge_patch.len(), 1))
             .map_err(refused)?;
             shared
+                .take_context_write(call, merge_patch.len())
+                .map_err(WitContextError::Refused)?;
+            shared
                 .gate("context", &id, "patch")
                 .map_err(WitContextError::AccessDenied)?;
             let patch = parse_json("merge-patch", &merge_patch)?;
+            shared.context_cache.invalidate(&id).await;
             svc.write(&me, &id, Change::Merge(patch), base_version)
                 .await
                 .map(write_result)
@@ -309,8 +302,12 @@ impl qi::agent::context::Host for AgentState {
                 .and_then(|()| limits::stored(&shared, "context.delete", "id", 0, 1))
                 .map_err(refused)?;
             shared
+                .take_context_write("context.delete", 0)
+                .map_err(WitContextError::Refused)?;
+            shared
                 .gate("context", &id, "delete")
                 .map_err(WitContextError::AccessDenied)?;
+            shared.context_cache.invalidate(&id).await;
             svc.delete(&me, &id)
                 .await
                 .map(|_| ())
@@ -453,5 +450,34 @@ impl qi::agent::context::Host for AgentState {
 
     async fn pending(&mut self, id: String) -> Result<Option<String>, WitContextError> {
         self.context_pending(id).await
+    }
+
+    async fn prefetch(&mut self, ids: Vec<String>) -> Vec<Result<u64, WitContextError>> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.prefetch").await?;
+            super::context_cache::prefetch(&shared, &svc, &me, &ids).await
+        }
+        .await;
+        let arg_bytes = ids.iter().map(String::len).sum();
+        self.finish_context("context.prefetch", "", arg_bytes, start, &r);
+        // A refusal of the whole call (no store, too many ids) answers every id.
+        r.unwrap_or_else(|e| ids.iter().map(|_| Err(e.clone())).collect())
+    }
+
+    async fn sync_all_shared(&mut self) -> Result<SyncSummary, WitContextError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let r = async {
+            let (svc, me) = context_call(&shared, "context.sync-all-shared").await?;
+            shared
+                .gate("context", "*", "ids")
+                .map_err(WitContextError::AccessDenied)?;
+            Ok(super::context_cache::sync_all_shared(&shared, &svc, &me).await)
+        }
+        .await;
+        self.finish_context("context.sync-all-shared", "", 0, start, &r);
+        r
     }
 }

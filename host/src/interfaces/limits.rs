@@ -50,6 +50,9 @@ pub const MAX_SHARE_AGENTS: usize = 256;
 pub const MAX_SHARE_PERMISSIONS: usize = 8;
 /// Context ids in one `events.subscribe`. Each is checked by the access gate on every delivery.
 pub const MAX_SUBSCRIBE_CONTEXTS: usize = 256;
+/// Context ids in one `context.prefetch`. Each is read (and may be recorded as an `accessed`
+/// event) and held in the agent's cache.
+pub const MAX_PREFETCH_CONTEXTS: usize = 256;
 /// Event types in one `events.subscribe` (there are about a dozen).
 pub const MAX_SUBSCRIBE_TYPES: usize = 32;
 /// Bytes of a custom event's data (`events.publish`), as JSON text. Every subscriber receives a

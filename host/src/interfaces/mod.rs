@@ -12,6 +12,7 @@ use wasmtime::component::Linker;
 
 pub mod budget;
 pub mod context;
+pub mod context_cache;
 pub mod events;
 pub mod limits;
 pub mod log;

@@ -52,6 +52,16 @@ pub struct Counters {
     /// Bytes written to the context store and event bus (see
     /// [`MAX_STORED_BYTES_PER_AGENT`](crate::interfaces::limits::MAX_STORED_BYTES_PER_AGENT)).
     pub stored_bytes: AtomicU64,
+    /// Context writes attempted (see `resourceLimits.maxContextWrites`).
+    pub context_writes: AtomicU64,
+    /// Bytes of context writes attempted (see `resourceLimits.maxContextBytes`).
+    pub context_bytes: AtomicU64,
+    /// `context.get` calls answered from the agent's context cache.
+    pub context_cache_hits: AtomicU64,
+    /// `context.get` calls that read the context store (cache miss, stale or bypassed).
+    pub context_cache_misses: AtomicU64,
+    /// Contexts `context.prefetch` read into the agent's cache.
+    pub context_cache_prefetched: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -102,6 +112,11 @@ impl UsageReceipt {
                 .load(Ordering::Relaxed)
                 .saturating_sub(super::state::MAX_AUDIT_ENTRIES_PER_AGENT),
             stored_bytes: c.stored_bytes.load(Ordering::Relaxed),
+            context_writes: c.context_writes.load(Ordering::Relaxed),
+            context_bytes: c.context_bytes.load(Ordering::Relaxed),
+            context_cache_hits: c.context_cache_hits.load(Ordering::Relaxed),
+            context_cache_misses: c.context_cache_misses.load(Ordering::Relaxed),
+            context_cache_prefetched: c.context_cache_prefetched.load(Ordering::Relaxed),
             ..Default::default()
         }
     }

@@ -1,6 +1,6 @@
 //! Per-agent sandbox state: what an agent may do ([`grants`]), the memory limiter
 //! ([`limiter`]), its live counters and measured receipt ([`counters`]), the process-wide
-//! descriptor budget ([`descriptors`]), what outlives a borrow of its Store ([`state`]: the
+//! descriptor budget ([`descriptors`]), the spec's context quotas ([`quotas`]), what outlives a borrow of its Store ([`state`]: the
 //! agent's identity, spec, grants, counters and access gate) and the bounded stdout/stderr
 //! capture ([`stdio`]). The Store data that holds all of it is `crate::interfaces::AgentState`.
 
@@ -8,6 +8,7 @@ pub mod counters;
 pub mod descriptors;
 pub mod grants;
 pub mod limiter;
+pub mod quotas;
 pub mod state;
 pub mod stdio;
 

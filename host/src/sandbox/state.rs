@@ -52,6 +52,9 @@ pub struct AgentShared {
     pub lookups: LazySemaphore,
     /// The context store, when the host has one; the agent acts in it as `id`.
     pub context: Option<crate::context::ContextService>,
+    /// The agent's cache of the contexts it reads (default bounds, see
+    /// [`crate::context::cache`]).
+    pub context_cache: crate::context::cache::ContextCache,
     /// The run's synchronization points and this agent's subtask, inside a coordinated run.
     pub sync: Option<crate::coord::sync::SyncHandle>,
     /// The host's access gate and audit log.

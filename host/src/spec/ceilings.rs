@@ -19,6 +19,8 @@
 //! | `resourceLimits.maxDiskBytes` | 64 MiB | 64 MiB | 4 GiB | 64 GiB |
 //! | `resourceLimits.maxFilesCreated` | 1,000 | 1,000 | 100,000 | 1,000,000 |
 //! | `resourceLimits.maxNetworkOperations` | 10,000 | 10,000 | 1,000,000 | 10,000,000 |
+//! | `resourceLimits.maxContextBytes` | 64 MiB | 64 MiB | 1 GiB | 16 GiB |
+//! | `resourceLimits.maxContextWrites` | 10,000 | 100,000 | 1,000,000 | 10,000,000 |
 //!
 //! `fuelYieldInterval` is the number of fuel units between the points where a running agent
 //! hands control back to the host, which is when its deadline and `terminate` are noticed; its
@@ -51,6 +53,10 @@ pub struct IsolationCeilings {
     pub max_files_created: u32,
     /// Largest `resourceLimits.maxNetworkOperations`.
     pub max_network_operations: u32,
+    /// Largest `resourceLimits.maxContextBytes`.
+    pub max_context_bytes: u64,
+    /// Largest `resourceLimits.maxContextWrites`.
+    pub max_context_writes: u32,
 }
 
 /// Ceiling of `fuelYieldInterval` at every level.
@@ -71,6 +77,8 @@ impl IsolationCeilings {
                 max_disk_bytes: 64 << 20,
                 max_files_created: 1_000,
                 max_network_operations: 10_000,
+                max_context_bytes: 64 << 20,
+                max_context_writes: 100_000,
             },
             IsolationLevel::Restricted => IsolationCeilings {
                 fuel: 200_000_000_000,
@@ -83,6 +91,8 @@ impl IsolationCeilings {
                 max_disk_bytes: 4 << 30,
                 max_files_created: 100_000,
                 max_network_operations: 1_000_000,
+                max_context_bytes: 1 << 30,
+                max_context_writes: 1_000_000,
             },
             IsolationLevel::Monitored => IsolationCeilings {
                 fuel: 1_000_000_000_000,
@@ -95,6 +105,8 @@ impl IsolationCeilings {
                 max_disk_bytes: 64 << 30,
                 max_files_created: 1_000_000,
                 max_network_operations: 10_000_000,
+                max_context_bytes: 16 << 30,
+                max_context_writes: 10_000_000,
             },
         }
     }
@@ -105,7 +117,7 @@ impl IsolationCeilings {
         &self,
         spec: &super::SubAgentSpecification,
         overrides: &super::ResolvedOverrides,
-    ) -> [(&'static str, u64, u64); 10] {
+    ) -> [(&'static str, u64, u64); 12] {
         let l = &spec.resource_limits;
         [
             ("fuel", spec.fuel, self.fuel),
@@ -154,6 +166,16 @@ impl IsolationCeilings {
                 l.max_network_operations.into(),
                 self.max_network_operations.into(),
             ),
+            (
+                "resourceLimits.maxContextBytes",
+                l.max_context_bytes,
+                self.max_context_bytes,
+            ),
+            (
+                "resourceLimits.maxContextWrites",
+                l.max_context_writes.into(),
+                self.max_context_writes.into(),
+            ),
         ]
     }
 }
@@ -181,6 +203,8 @@ mod tests {
             assert!(limits.max_disk_bytes <= c.max_disk_bytes);
             assert!(limits.max_files_created <= c.max_files_created);
             assert!(limits.max_network_operations <= c.max_network_operations);
+            assert!(limits.max_context_bytes <= c.max_context_bytes);
+            assert!(limits.max_context_writes <= c.max_context_writes);
             assert!(crate::spec::DEFAULT_MAX_LOG_BYTES <= c.max_log_bytes);
             assert!(crate::spec::DEFAULT_FUEL_YIELD_INTERVAL <= c.fuel_yield_interval);
         }

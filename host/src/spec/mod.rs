@@ -137,7 +137,23 @@ pub struct ResourceLimits {
     /// budget each is refused (`access-denied`) without an audit entry, so neither the agent
     /// nor whoever sends it datagrams can grow the audit log without bound.
     pub max_network_operations: u32,
+    /// Bytes the agent may write to the context store over its life: the JSON text of every
+    /// document it creates or puts (plus the context type of a create) and of every merge
+    /// patch. Counted when the write is attempted (a write refused by the sharing rules costs
+    /// its bytes too, so a guest cannot probe for free); past it the write is refused with
+    /// `refused` naming this field, and the agent ends with a `limit-exceeded` of it. Reported
+    /// as the receipt's `context_bytes`.
+    pub max_context_bytes: u64,
+    /// Context writes the agent may make over its life: each create, put, patch and delete is
+    /// one. Counted and refused like `maxContextBytes`; reported as the receipt's
+    /// `context_writes`.
+    pub max_context_writes: u32,
 }
+
+/// Default `resourceLimits.maxContextBytes`: 64 MiB.
+pub const DEFAULT_MAX_CONTEXT_BYTES: u64 = 64 << 20;
+/// Default `resourceLimits.maxContextWrites`: 10,000.
+pub const DEFAULT_MAX_CONTEXT_WRITES: u32 = 10_000;
 
 impl Default for ResourceLimits {
     fn default() -> Self {
@@ -152,6 +168,8 @@ impl Default for ResourceLimits {
             max_disk_bytes: 64 << 20,
             max_files_created: 1_000,
             max_network_operations: 10_000,
+            max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
+            max_context_writes: DEFAULT_MAX_CONTEXT_WRITES,
         }
     }
 }

@@ -120,8 +120,10 @@ async fn conflicts(id: &str, kind: ConflictType) -> Vec<Conflict> {
         .collect()
 }
 
+pub(crate) mod cache;
 pub(crate) mod conflicts;
 pub(crate) mod passive;
+pub(crate) mod quotas;
 
 pub(crate) mod racer;
 

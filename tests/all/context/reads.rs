@@ -74,16 +74,18 @@ async fn read_loop(
     assert_eq!(out["reads"], READS, "{out}");
     assert_eq!(out["errors"], json!([]), "{out}");
 
-    // Every read is either recorded or coalesced by the time the agent has its answer.
+    // Every read is recorded, coalesced, or answered by the agent's cache (which a read that
+    // filled it was recorded for) by the time the agent has its answer.
     let m = svc.bus().metrics();
     let recorded = match isolation {
         qi_host::IsolationLevel::Monitored => READS + 1,
         _ => 1,
     };
+    let hits = report.usage.context_cache_hits;
     assert_eq!(
-        (m.reads_recorded, m.reads_coalesced),
+        (m.reads_recorded, m.reads_coalesced + hits),
         (recorded, READS + 1 - recorded),
-        "{m:?}"
+        "{m:?}, {hits} cache hits"
     );
     // The recorded ones are written in the background: wait for each.
     for _ in 0..recorded {

@@ -47,6 +47,9 @@ impl AgentState {
             }
             limits::stored(&shared, call, "ops", bytes, 1).map_err(refused)?;
             shared
+                .take_context_write(call, bytes)
+                .map_err(WitContextError::Refused)?;
+            shared
                 .gate("context", &id, "patch")
                 .map_err(WitContextError::AccessDenied)?;
             let mut parsed = Vec::with_capacity(ops.len());
@@ -59,6 +62,7 @@ impl AgentState {
                     WitPointerOp::Remove(path) => PointerOp::Remove { path },
                 });
             }
+            shared.context_cache.invalidate(&id).await;
             svc.write(&me, &id, Change::Pointer(parsed), base_version)
                 .await
                 .map(write_result)
@@ -130,8 +134,12 @@ impl AgentState {
                 .and_then(|()| limits::stored(&shared, call, "id", 0, 1))
                 .map_err(refused)?;
             shared
+                .take_context_write(call, 0)
+                .map_err(WitContextError::Refused)?;
+            shared
                 .gate("context", &id, "rollback")
                 .map_err(WitContextError::AccessDenied)?;
+            shared.context_cache.invalidate(&id).await;
             svc.rollback(&me, &id, version)
                 .await
                 .map(write_result)
@@ -180,8 +188,12 @@ impl AgentState {
             };
             limits::stored(&shared, call, "choice", bytes, 1).map_err(refused)?;
             shared
+                .take_context_write(call, bytes)
+                .map_err(WitContextError::Refused)?;
+            shared
                 .gate("context", &id, "resolve")
                 .map_err(WitContextError::AccessDenied)?;
+            shared.context_cache.invalidate(&id).await;
             svc.resolve(&me, &id, choice)
                 .await
                 .map(write_result)
