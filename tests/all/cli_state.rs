@@ -24,7 +24,7 @@ fn json_of(o: &Output) -> Value {
 }
 
 /// A data directory with a manual context in conflict between two agents.
-async fn seeded() -> tempfile::TempDir {
+pub(crate) async fn seeded() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let svc = crate::common::context_service(StoreConfig::at(dir.path()))
         .await

@@ -32,7 +32,16 @@ pub(crate) fn data_dir(given: Option<&std::path::Path>) -> Result<std::path::Pat
     }
 }
 
-async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
+/// How a CLI command opens a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads only: works beside a host that owns the directory (no lock, no writer).
+    Read,
+    /// Writes: takes the directory's lock, so it fails while a host owns the directory.
+    Write,
+}
+
+async fn open(data: &DataArgs, access: Access) -> Result<(Store, EventBus), Error> {
     let dir = data_dir(data.data_dir.as_deref())?;
     if !dir.join("qi.db").exists() {
         return Err(Error::field(
@@ -43,10 +52,14 @@ async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
             ),
         ));
     }
-    let store = Store::open(StoreConfig {
+    let config = StoreConfig {
         master_key: master_key(data.key_file.as_deref())?,
         ..StoreConfig::at(&dir)
-    })
+    };
+    let store = match access {
+        Access::Read => Store::open_read_only(config),
+        Access::Write => Store::open(config),
+    }
     .map_err(store_err)?;
     let bus = EventBus::new(store.clone(), EventBusConfig::default())
         .await
@@ -136,7 +149,16 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Error> {
 
 /// `qi-host context …`.
 pub async fn context(args: ContextArgs) -> Result<i32, Error> {
-    let (store, bus) = open(&args.data).await?;
+    let access = match args.command {
+        ContextCommand::Label { .. }
+        | ContextCommand::Rollback { .. }
+        | ContextCommand::Resolve { .. } => Access::Write,
+        ContextCommand::List { .. }
+        | ContextCommand::Get { .. }
+        | ContextCommand::History { .. }
+        | ContextCommand::Conflicts { .. } => Access::Read,
+    };
+    let (store, bus) = open(&args.data, access).await?;
     let audit = crate::audit::AuditLog::open(store.clone())
         .await
         .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
@@ -319,7 +341,7 @@ fn print_event(e: &Event, json: bool) {
 
 /// `qi-host events …`.
 pub async fn events(args: EventsArgs) -> Result<i32, Error> {
-    let (_store, bus) = open(&args.data).await?;
+    let (_store, bus) = open(&args.data, Access::Read).await?;
     let EventsCommand::Tail {
         filter,
         after,
@@ -377,7 +399,13 @@ fn store_err(e: crate::store::StoreError) -> Error {
 pub async fn audit(args: crate::cli::AuditArgs) -> Result<i32, Error> {
     use crate::audit::{AuditError, AuditLog, AuditOptions, AuditQuery, BrokenEntry};
     use crate::cli::AuditCommand;
-    let (store, _bus) = open(&args.data).await?;
+    let access = match args.command {
+        AuditCommand::AcceptHead => Access::Write,
+        AuditCommand::Head | AuditCommand::Verify { .. } | AuditCommand::Query { .. } => {
+            Access::Read
+        }
+    };
+    let (store, _bus) = open(&args.data, access).await?;
     let audit_err = |e: AuditError| match e {
         AuditError::Store(e) => store_err(e),
         other => Error::System(anyhow::anyhow!(other.to_string())),

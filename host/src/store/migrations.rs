@@ -14,7 +14,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     MIGRATION_3,
     MIGRATION_4,
     MIGRATION_5,
+    MIGRATION_6,
 ];
+
+/// Indexes on the columns that name blobs (`store::gc::BLOB_COLUMNS`), so the collector can
+/// ask whether a blob is still named without a scan. Partial: most documents are inline.
+const MIGRATION_6: &str = "
+CREATE INDEX versions_by_blob ON versions(doc_blob) WHERE doc_blob IS NOT NULL;
+CREATE INDEX contexts_by_blob ON contexts(doc_blob) WHERE doc_blob IS NOT NULL;
+";
 
 /// Host-kept labels of a context (what access policies see as `resource.labels`), set by its
 /// creator or the operator, never read from the document: `labels` is a JSON list of strings.

@@ -78,7 +78,9 @@ pub mod crypto;
 #[cfg(test)]
 mod crypto_tests;
 mod error;
+mod gc;
 mod keyring;
+pub mod lock;
 mod migrations;
 mod value;
 mod writer;
@@ -87,10 +89,13 @@ mod writer;
 mod tests;
 #[cfg(test)]
 mod tests_data;
+#[cfg(test)]
+mod tests_owner;
 
 pub use blobs::BlobStore;
 pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreConfig};
 pub use error::StoreError;
+pub use lock::{LOCK_FILE, LockHolder};
 pub use value::{StoredDoc, decode_value, encode_value};
 pub use writer::WriteCtx;
 
@@ -138,6 +143,10 @@ struct StoreInner {
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     read_permits: Arc<tokio::sync::Semaphore>,
+    /// The data directory's lock, held for the store's life (`None` in memory and read-only).
+    _lock: Option<lock::DirLock>,
+    /// Opened by [`Store::open_read_only`]: no writer, no lock.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -194,9 +203,10 @@ fn open_keyring(
     }
 }
 
-/// The host id kept in `<data_dir>/host-id` ([`HOST_ID_FILE`]), created on first open; a
-/// fresh one for an in-memory store.
-fn load_host_id(data_dir: Option<&Path>) -> Result<String, StoreError> {
+/// The host id kept in `<data_dir>/host-id` ([`HOST_ID_FILE`]), created on first open (when
+/// `create`; a read-only open of a directory without one gets a fresh id); a fresh one for an
+/// in-memory store.
+fn load_host_id(data_dir: Option<&Path>, create: bool) -> Result<String, StoreError> {
     let fresh = hex::encode(crypto::random::<16>());
     let Some(dir) = data_dir else {
         return Ok(fresh);
@@ -234,6 +244,9 @@ fn load_host_id(data_dir: Option<&Path>) -> Result<String, StoreError> {
     };
     if let Some(id) = read(&path)? {
         return Ok(id);
+    }
+    if !create {
+        return Ok(fresh);
     }
     // Written aside and linked into place, so that two processes opening the same new
     // directory agree on one id (the second link fails and reads the first).
@@ -300,9 +313,13 @@ impl Store {
                 message: "must be at least 1".into(),
             });
         }
+        let mut dir_lock = None;
         let (db_path, blobs) = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+                // Before anything reads or migrates: one owner per data directory.
+                dir_lock = Some(lock::acquire(dir)?);
+                tracing::info!(dir = %dir.display(), pid = std::process::id(), "took the lock of the data directory");
                 let blobs = BlobStore::open_dir(
                     dir.join(BLOB_DIR),
                     config.blob_threshold,
@@ -335,18 +352,14 @@ impl Store {
         if let Some(keys) = blobs.keys() {
             seal_plaintext_events(&mut conn, keys)?;
         }
-        let host_id = load_host_id(config.data_dir.as_deref())?;
+        let host_id = load_host_id(config.data_dir.as_deref(), true)?;
+        // Blobs a crash or a rolled-back write left behind; later ones go after each commit.
+        gc::sweep_all(&conn, &blobs)?;
+        gc::install(&conn).map_err(open_err)?;
         let control: ControlFlag = Arc::new(AtomicBool::new(false));
         install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
 
-        let mut readers = Vec::with_capacity(READ_CONNECTIONS);
-        for _ in 0..READ_CONNECTIONS {
-            let mut reader =
-                Connection::open_with_flags(&db_path, OpenFlags::default()).map_err(open_err)?;
-            configure_reader(&reader).map_err(open_err)?;
-            install_authorizer(&mut reader, None).map_err(open_err)?;
-            readers.push(reader);
-        }
+        let readers = open_readers(&db_path)?;
 
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         let writer = Writer {
@@ -370,8 +383,70 @@ impl Store {
                 writer: Some(writer),
                 readers: Mutex::new(readers),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
+                _lock: dir_lock,
+                read_only: false,
             }),
         })
+    }
+
+    /// Opens the existing data directory of `config` for reading only, beside the host that
+    /// may own it: no lock is taken, nothing is migrated, sealed or created, and there is no
+    /// writer: [`write`](Self::write) fails with [`StoreError::ReadOnly`] naming the owner.
+    /// Reads see what the owner has committed, as of each read. Fails with
+    /// [`StoreError::InvalidConfig`] (`data_dir`) for an in-memory configuration or a
+    /// directory without a `qi.db`, [`StoreError::SchemaTooOld`] for a database this build
+    /// would have to migrate first (open it once with [`open`](Self::open)), and
+    /// [`StoreError::SchemaTooNew`] for one written by a newer qi-host.
+    #[tracing::instrument(name = "qi.store.open_read_only", skip_all, fields(data_dir = ?config.data_dir), err(level = "debug"))]
+    pub fn open_read_only(config: StoreConfig) -> Result<Store, StoreError> {
+        let Some(dir) = config.data_dir.clone() else {
+            return Err(StoreError::InvalidConfig {
+                field: "data_dir",
+                message: "a read-only store needs a data directory".into(),
+            });
+        };
+        let db = dir.join(DB_FILE);
+        if !db.is_file() {
+            return Err(StoreError::InvalidConfig {
+                field: "data_dir",
+                message: format!(
+                    "`{}` holds no qi-host data (no {DB_FILE}); pass the right --data-dir",
+                    dir.display()
+                ),
+            });
+        }
+        let db_path = db.to_string_lossy().into_owned();
+        let readers = open_readers(&db_path)?;
+        let found: u32 = readers[0].pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let supported = migrations::latest_version();
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        if found < supported {
+            return Err(StoreError::SchemaTooOld { found, supported });
+        }
+        let blobs = BlobStore::read_only_dir(dir.join(BLOB_DIR), config.blob_threshold);
+        let blobs = open_keyring(&readers[0], &config, blobs)?;
+        let host_id = load_host_id(Some(&dir), false)?;
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                config,
+                host_id,
+                db_path,
+                blobs,
+                jobs: None,
+                writer: None,
+                readers: Mutex::new(readers),
+                read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
+                _lock: None,
+                read_only: true,
+            }),
+        })
+    }
+
+    /// Whether this store was opened with [`open_read_only`](Self::open_read_only).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 
     /// This host's id: 32 random hex characters created with the data directory and kept in
@@ -426,6 +501,10 @@ impl Store {
         let job: Box<dyn Job> = Box::new(PendingWrite { op, reply });
         let sent = match &self.inner.jobs {
             Some(jobs) => jobs.send(job).is_ok(),
+            None if self.is_read_only() => {
+                let holder = self.data_dir().and_then(lock::read_holder);
+                return Err(E::from(StoreError::ReadOnly { holder }));
+            }
             None => false,
         };
         if !sent {
@@ -517,6 +596,23 @@ fn configure_writer(conn: &Connection, config: &StoreConfig) -> Result<(), Store
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
+}
+
+/// The read pool: [`READ_CONNECTIONS`] connections refusing writes.
+fn open_readers(db_path: &str) -> Result<Vec<Connection>, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: db_path.to_string(),
+        source,
+    };
+    let mut readers = Vec::with_capacity(READ_CONNECTIONS);
+    for _ in 0..READ_CONNECTIONS {
+        let mut reader =
+            Connection::open_with_flags(db_path, OpenFlags::default()).map_err(open_err)?;
+        configure_reader(&reader).map_err(open_err)?;
+        install_authorizer(&mut reader, None).map_err(open_err)?;
+        readers.push(reader);
+    }
+    Ok(readers)
 }
 
 fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
