@@ -159,17 +159,27 @@ pub async fn context(args: ContextArgs) -> Result<i32, Error> {
         | ContextCommand::Conflicts { .. } => Access::Read,
     };
     let (store, bus) = open(&args.data, access).await?;
-    let audit = crate::audit::AuditLog::open(store.clone())
-        .await
-        .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
+    // Only writing commands are audited; reads beside a live host leave its log alone.
+    let audit = match access {
+        Access::Write => Some(
+            crate::audit::AuditLog::open(store.clone())
+                .await
+                .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?,
+        ),
+        Access::Read => None,
+    };
     let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
         .await
         .map_err(ctx_err)?;
-    svc.set_audit(audit.clone());
+    if let Some(audit) = &audit {
+        svc.set_audit(audit.clone());
+    }
     let json = args.data.json;
     let r = context_command(&svc, args.command, json).await;
     // Label changes (and refusals) are audited: written before the process exits.
-    audit.flush().await;
+    if let Some(audit) = &audit {
+        audit.flush().await;
+    }
     r
 }
 

@@ -123,6 +123,11 @@ fn a_second_host_on_an_owned_directory_fails_naming_the_owner() {
 #[tokio::test]
 async fn read_only_commands_work_beside_the_owner() {
     let data = crate::cli_state::seeded().await;
+    // An audited change first, so the audit head file exists before the owner appends to the
+    // log (the owner writes its head file just after each commit: a log without any head file
+    // yet would read as one whose head file was deleted).
+    let label = on(data.path(), &["context", "label", "plan", "team"]);
+    assert!(label.status.success(), "{}", stderr(&label));
     let holder = Holder::sleeper(data.path());
     let list = on(data.path(), &["context", "list", "--json"]);
     assert!(list.status.success(), "{}", stderr(&list));
@@ -175,6 +180,10 @@ async fn writing_commands_beside_the_owner_fail_naming_it() {
     assert!(resolve.status.success(), "{}", stderr(&resolve));
 }
 
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// A run killed with `kill -9` leaves its lock behind in the file, but not in the kernel: a
 /// resume takes the directory over, and a second resume of the same run beside it is refused.
 #[test]
@@ -218,7 +227,6 @@ timeLimitMs = 600000
         }
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
-    let as_strs = |v: &Vec<String>| v.iter().map(String::as_str).collect::<Vec<&str>>();
     let first = Holder::start(&as_strs(&run(false)));
     let dead = first.pid();
     first.kill9();
