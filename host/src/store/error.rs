@@ -131,8 +131,7 @@ pub enum StoreError {
         /// SQLite's report, one problem per line.
         report: String,
     },
-    /// Another store (another process, or another open in this one) owns the data directory
-    /// (see [`lock`](super::lock)).
+    /// Another process owns the data directory (see [`lock`](super::lock)).
     #[error(
         "{} owns the data directory `{}`; wait for it to finish or stop it (`kill PID`), or pass \
          another --data-dir; read-only commands (context list/get/history/conflicts, events \

@@ -2,9 +2,9 @@
 //!
 //! [`Store::open`](super::Store::open) takes an advisory `flock` on the lock file for the
 //! store's whole life and writes its [`LockHolder`] (pid, command line, since when) into it. A
-//! second writer on the same directory (another `qi-host run`, `run-agent`, a writing CLI
-//! command, or a second [`Store::open`](super::Store::open) in the same process) fails at once
-//! with [`StoreError::Locked`](super::StoreError::Locked), which names the holder. The kernel
+//! second writer on the same directory (another `qi-host run`, `run-agent`, or a writing CLI
+//! command) fails at once with [`StoreError::Locked`](super::StoreError::Locked), which names
+//! the holder. The stores of one process share its lock: the owner is a process. The kernel
 //! releases a `flock` when its process dies, however it dies, so a lock left by a killed host
 //! is taken over by the next open without any clean-up. Read-only opens
 //! ([`Store::open_read_only`](super::Store::open_read_only)) never take the lock.
@@ -13,8 +13,7 @@ use super::StoreError;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
 
 /// The lock file inside a data directory.
 pub const LOCK_FILE: &str = "lock";
@@ -62,38 +61,42 @@ impl std::fmt::Display for LockHolder {
     }
 }
 
-/// How long [`acquire`] waits for a store of this same process that still holds the
-/// directory to close (a restart in one process while a background task drops its last
-/// handle); another process's lock is never waited for.
-const SAME_PROCESS_WAIT: Duration = Duration::from_secs(5);
+/// Data directories (canonical paths) locked by this process, with the one open lock file
+/// each: the stores of one process share it (the process is the owner).
+static HELD: Mutex<Vec<(PathBuf, Weak<File>)>> = Mutex::new(Vec::new());
 
-/// Data directories (canonical paths) locked by stores of this process, and a signal when
-/// one is released.
-static LOCKED_HERE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-static RELEASED: Condvar = Condvar::new();
-
-/// The held lock; released when dropped (or when the process dies).
+/// The held lock; released when the last store of this process holding it is dropped (or
+/// when the process dies).
 #[derive(Debug)]
 pub(crate) struct DirLock {
-    file: Option<File>,
-    key: PathBuf,
+    file: Option<Arc<File>>,
 }
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        // Closing the file releases the flock; only then may a waiter retry.
+        // Closed under the registry's mutex, so an open racing with this drop either shares
+        // the file or finds it closed (and the flock released), never half-released.
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
         drop(self.file.take());
-        let mut here = LOCKED_HERE.lock().unwrap_or_else(|p| p.into_inner());
-        here.retain(|k| *k != self.key);
-        RELEASED.notify_all();
+        held.retain(|(_, file)| file.strong_count() > 0);
     }
 }
 
 /// Takes the exclusive lock of `dir` without waiting, and records this process as its holder.
-/// Fails with [`StoreError::Locked`] naming the current holder when another open file
-/// description (another process, or another store in this one) holds it.
+/// Fails with [`StoreError::Locked`] naming the current holder when another process holds it.
+/// Stores of this same process share the lock (a restart in one process may open the new
+/// store while a background task still drops the old one).
 pub(crate) fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
     let path = dir.join(LOCK_FILE);
+    let key = std::fs::canonicalize(dir).map_err(|e| StoreError::io(dir, e))?;
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(file) = held
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, f)| f.upgrade())
+    {
+        return Ok(DirLock { file: Some(file) });
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -101,46 +104,29 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| StoreError::io(&path, e))?;
-    let key = std::fs::canonicalize(dir).map_err(|e| StoreError::io(dir, e))?;
-    let deadline = Instant::now() + SAME_PROCESS_WAIT;
-    let mut here = LOCKED_HERE.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let now = Instant::now();
-                if here.contains(&key) && now < deadline {
-                    here = RELEASED
-                        .wait_timeout(here, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                    continue;
-                }
-                return Err(StoreError::Locked {
-                    dir: dir.to_path_buf(),
-                    holder: read_holder(dir),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+                holder: read_holder(dir),
+            });
         }
+        Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
     }
-    here.push(key.clone());
-    drop(here);
     let record = serde_json::to_string(&LockHolder::current())
         .map_err(|e| StoreError::Encode(e.to_string()))?;
-    let write = |file: &mut &File| -> std::io::Result<()> {
+    let write = |mut file: &File| -> std::io::Result<()> {
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         file.write_all(record.as_bytes())?;
         file.write_all(b"\n")
     };
-    let lock = DirLock {
-        file: Some(file),
-        key,
-    };
-    let file = lock.file.as_ref().expect("just set");
-    write(&mut &*file).map_err(|e| StoreError::io(&path, e))?;
-    Ok(lock)
+    write(&file).map_err(|e| StoreError::io(&path, e))?;
+    let file = Arc::new(file);
+    held.retain(|(_, f)| f.strong_count() > 0);
+    held.push((key, Arc::downgrade(&file)));
+    Ok(DirLock { file: Some(file) })
 }
 
 /// What the lock file of `dir` says about its holder, without taking the lock: `None` when
@@ -201,21 +187,22 @@ mod tests {
     }
 
     #[test]
-    fn a_second_lock_in_the_same_process_waits_then_names_this_process() {
+    fn stores_of_one_process_share_the_lock_until_the_last_drops_it() {
         let dir = tempfile::tempdir().unwrap();
-        let held = acquire(dir.path()).unwrap();
-        let Err(StoreError::Locked { holder, .. }) = acquire(dir.path()) else {
-            panic!("a second lock of a held directory must fail");
-        };
-        let holder = holder.expect("the holder recorded itself");
+        let first = acquire(dir.path()).unwrap();
+        let second = acquire(dir.path()).expect("the same process shares its lock");
+        let holder = read_holder(dir.path()).expect("the holder recorded itself");
         assert_eq!(holder.pid, std::process::id());
         assert!(holder.since_ms > 0);
-        // A lock released while another open waits is taken by that open.
-        let waiter = {
-            let dir = dir.path().to_path_buf();
-            std::thread::spawn(move || acquire(&dir).map(drop))
+        // Another open file description (what another process has) is refused while either
+        // store holds it.
+        let probe = || {
+            let f = File::open(dir.path().join(LOCK_FILE)).unwrap();
+            matches!(f.try_lock(), Ok(()))
         };
-        drop(held);
-        waiter.join().unwrap().expect("a released lock is free");
+        drop(first);
+        assert!(!probe(), "still held by the second store");
+        drop(second);
+        assert!(probe(), "released with the last store");
     }
 }

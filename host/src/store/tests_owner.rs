@@ -191,17 +191,37 @@ async fn a_read_only_open_refuses_a_database_it_would_have_to_migrate() {
 }
 
 #[test]
-fn a_second_store_on_an_owned_directory_fails_naming_the_owner() {
+fn a_store_on_a_directory_another_process_owns_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let owner = Store::open(StoreConfig::at(dir.path())).unwrap();
+    // What another process holds: its own open file description of the lock file, locked,
+    // with its record written.
+    let other = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.path().join(LOCK_FILE))
+        .unwrap();
+    other.lock().unwrap();
+    std::fs::write(
+        dir.path().join(LOCK_FILE),
+        r#"{"pid":4242,"command":"qi-host run task.toml","sinceMs":1796047087000}"#,
+    )
+    .unwrap();
     let e = Store::open(StoreConfig::at(dir.path())).unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, StoreError::Locked { .. }), "{text}");
     assert!(
-        text.contains(&format!("a host (pid {}, `", std::process::id())),
+        text.starts_with(
+            "a host (pid 4242, `qi-host run task.toml`, since 2026-11-30 13:58:07 UTC) owns the data directory"
+        ),
         "{text}"
     );
     assert!(text.contains("wait for it to finish or stop it"), "{text}");
-    drop(owner);
-    Store::open(StoreConfig::at(dir.path())).expect("free once the owner is gone");
+    assert!(!dir.path().join(DB_FILE).exists(), "refused before touching the database");
+    // Its process gone (the kernel drops its flock), the directory is taken over.
+    drop(other);
+    let store = Store::open(StoreConfig::at(dir.path())).expect("free once the owner is gone");
+    let holder = lock::read_holder(dir.path()).unwrap();
+    assert_eq!(holder.pid, std::process::id(), "the record names the new owner");
+    drop(store);
 }
