@@ -166,7 +166,11 @@ async fn check(dir: &Path, acked: &Acked, round: usize) {
     }
     for (seq, tag) in &acked.events {
         let e = &events[*seq as usize - 1];
-        assert_eq!(e.event_type, EventType::Custom, "round {round}: event {seq}");
+        assert_eq!(
+            e.event_type,
+            EventType::Custom,
+            "round {round}: event {seq}"
+        );
         assert_eq!(e.data["tag"], *tag, "round {round}: event {seq}");
     }
     let registered: BTreeSet<String> = events
@@ -194,13 +198,27 @@ async fn check(dir: &Path, acked: &Acked, round: usize) {
         let mut versions: Vec<u64> = history.iter().map(|v| v.version).collect();
         versions.sort();
         let dense: Vec<u64> = (1..=c.version).collect();
-        assert_eq!(versions, dense, "round {round}: {} versions are dense", c.id);
+        assert_eq!(
+            versions, dense,
+            "round {round}: {} versions are dense",
+            c.id
+        );
         for v in &history {
             let n = v.doc["n"].as_u64().expect("a step");
-            assert_eq!(v.doc, document(&c.id, n), "round {round}: {} v{}", c.id, v.version);
+            assert_eq!(
+                v.doc,
+                document(&c.id, n),
+                "round {round}: {} v{}",
+                c.id,
+                v.version
+            );
         }
         let newest = history.iter().find(|v| v.version == c.version).unwrap();
-        assert_eq!(c.doc, newest.doc, "round {round}: {} state = newest version", c.id);
+        assert_eq!(
+            c.doc, newest.doc,
+            "round {round}: {} state = newest version",
+            c.id
+        );
         let with_events: BTreeSet<u64> = (2..=c.version).collect();
         assert_eq!(
             updated.remove(&c.id).unwrap_or_default(),
@@ -209,7 +227,10 @@ async fn check(dir: &Path, acked: &Acked, round: usize) {
             c.id
         );
     }
-    assert!(updated.is_empty(), "round {round}: events of missing contexts: {updated:?}");
+    assert!(
+        updated.is_empty(),
+        "round {round}: events of missing contexts: {updated:?}"
+    );
     // Every acknowledged write is there (a later, unacknowledged one may be too).
     for (ctx, (version, n)) in &acked.versions {
         let history = svc.history(OPERATOR, ctx, 100_000).await.unwrap();
@@ -292,14 +313,24 @@ fn context_crash_child() {
                         version = r.version;
                         ack(format!("ack write {id} {version} {n}"));
                     }
-                    svc.share(&me, &id, std::slice::from_ref(&peer), &[Permission::Read], None)
-                        .await
-                        .unwrap();
+                    svc.share(
+                        &me,
+                        &id,
+                        std::slice::from_ref(&peer),
+                        &[Permission::Read],
+                        None,
+                    )
+                    .await
+                    .unwrap();
                     ack(format!("ack share {id} {peer}"));
                     let tag = format!("{id}-done");
                     let e = svc
                         .bus()
-                        .publish(NewEvent::new(EventType::Custom).agent(&me).data(json!({"tag": tag})))
+                        .publish(
+                            NewEvent::new(EventType::Custom)
+                                .agent(&me)
+                                .data(json!({"tag": tag})),
+                        )
                         .await
                         .unwrap();
                     ack(format!("ack event {} {tag}", e.seq));

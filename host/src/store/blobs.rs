@@ -252,9 +252,7 @@ impl BlobStore {
         validate_hash(hash)?;
         match &self.inner.backend {
             Backend::Memory(map) => {
-                map.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(hash);
+                map.lock().unwrap_or_else(|p| p.into_inner()).remove(hash);
                 Ok(())
             }
             Backend::Dir(dir) => remove_file(&dir.join(hash)),

@@ -25,7 +25,8 @@ use std::collections::HashSet;
 
 /// Every `(table, column)` that can hold a blob's hash. A new column naming blobs must be
 /// added here (and get a partial index on it, as in migration 6), or its blobs are collected.
-pub(crate) const BLOB_COLUMNS: &[(&str, &str)] = &[("contexts", "doc_blob"), ("versions", "doc_blob")];
+pub(crate) const BLOB_COLUMNS: &[(&str, &str)] =
+    &[("contexts", "doc_blob"), ("versions", "doc_blob")];
 
 /// Creates the candidate table and its triggers on the write connection (temporary: they
 /// belong to this connection only and vanish with it).
@@ -114,7 +115,10 @@ pub(crate) fn sweep_all(conn: &Connection, blobs: &BlobStore) -> Result<u64, Sto
         removed += 1;
     }
     if removed > 0 {
-        tracing::info!(removed, "blobs no row names (left by a crash or a rolled-back write) removed");
+        tracing::info!(
+            removed,
+            "blobs no row names (left by a crash or a rolled-back write) removed"
+        );
     }
     Ok(removed)
 }

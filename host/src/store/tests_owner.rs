@@ -52,7 +52,11 @@ async fn a_blob_is_removed_with_its_last_reference_and_kept_while_one_remains() 
     let dir = tempfile::tempdir().unwrap();
     let store = blobby(dir.path());
     let shared = put_version(&store, 1, big("a")).await;
-    assert_eq!(put_version(&store, 2, big("a")).await, shared, "same bytes, same blob");
+    assert_eq!(
+        put_version(&store, 2, big("a")).await,
+        shared,
+        "same bytes, same blob"
+    );
     let other = put_version(&store, 3, big("b")).await;
     let blobs = store.blobs().clone();
 
@@ -71,7 +75,10 @@ async fn a_blob_is_removed_with_its_last_reference_and_kept_while_one_remains() 
     assert!(blobs.contains(&other).unwrap(), "the delete rolled back");
     // The last reference goes: the blob goes with the commit that dropped it.
     delete_version(&store, 2).await;
-    assert!(!blobs.contains(&shared).unwrap(), "no row names it any more");
+    assert!(
+        !blobs.contains(&shared).unwrap(),
+        "no row names it any more"
+    );
     assert!(blobs.contains(&other).unwrap(), "version 3 still names it");
     assert_eq!(
         store.blobs().get(&other).map(|b| !b.is_empty()).unwrap(),
@@ -124,7 +131,10 @@ async fn blobs_a_crash_left_behind_are_removed_at_open() {
             .await;
         assert!(failed.is_err());
         let orphan = orphan.lock().unwrap().clone();
-        assert!(store.blobs().contains(&orphan).unwrap(), "the blob is on disk");
+        assert!(
+            store.blobs().contains(&orphan).unwrap(),
+            "the blob is on disk"
+        );
         (kept, orphan)
     };
     // And a temporary file of a blob write killed before its rename.
@@ -147,9 +157,11 @@ async fn a_read_only_open_reads_beside_the_owner_and_refuses_writes() {
     let count = |s: &Store| {
         let s = s.clone();
         async move {
-            s.read(|c| Ok(c.query_row("SELECT count(*) FROM versions", [], |r| r.get::<_, i64>(0))?))
-                .await
-                .unwrap()
+            s.read(
+                |c| Ok(c.query_row("SELECT count(*) FROM versions", [], |r| r.get::<_, i64>(0))?),
+            )
+            .await
+            .unwrap()
         }
     };
     assert_eq!(count(&reader).await, 1);
@@ -181,7 +193,11 @@ async fn a_read_only_open_refuses_a_database_it_would_have_to_migrate() {
     drop(conn);
     let e = Store::open_read_only(StoreConfig::at(dir.path())).unwrap_err();
     assert!(matches!(e, StoreError::SchemaTooOld { .. }), "{e}");
-    assert!(e.to_string().contains("run a host on the data directory once"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("run a host on the data directory once"),
+        "{e}"
+    );
     // The latest version exactly is read.
     let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
     conn.pragma_update(None, "user_version", migrations::latest_version())
@@ -217,11 +233,18 @@ fn a_store_on_a_directory_another_process_owns_fails_naming_it() {
         "{text}"
     );
     assert!(text.contains("wait for it to finish or stop it"), "{text}");
-    assert!(!dir.path().join(DB_FILE).exists(), "refused before touching the database");
+    assert!(
+        !dir.path().join(DB_FILE).exists(),
+        "refused before touching the database"
+    );
     // Its process gone (the kernel drops its flock), the directory is taken over.
     drop(other);
     let store = Store::open(StoreConfig::at(dir.path())).expect("free once the owner is gone");
     let holder = lock::read_holder(dir.path()).unwrap();
-    assert_eq!(holder.pid, std::process::id(), "the record names the new owner");
+    assert_eq!(
+        holder.pid,
+        std::process::id(),
+        "the record names the new owner"
+    );
     drop(store);
 }

@@ -142,8 +142,16 @@ async fn read_only_commands_work_beside_the_owner() {
     assert!(conflicts.status.success(), "{}", stderr(&conflicts));
     let events = on(data.path(), &["events", "tail", "--json"]);
     assert!(events.status.success(), "{}", stderr(&events));
-    assert!(stdout(&events).contains("\"created\""), "{}", stdout(&events));
-    for audit in [&["audit", "head"][..], &["audit", "verify"], &["audit", "query"]] {
+    assert!(
+        stdout(&events).contains("\"created\""),
+        "{}",
+        stdout(&events)
+    );
+    for audit in [
+        &["audit", "head"][..],
+        &["audit", "verify"],
+        &["audit", "query"],
+    ] {
         let o = on(data.path(), audit);
         assert!(o.status.success(), "{audit:?}: {}", stderr(&o));
     }
