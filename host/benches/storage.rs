@@ -331,6 +331,10 @@ async fn rss(dir: &Path) {
             let mut at = vec![0u64; mine.len()];
             let share = versions / WRITERS + u64::from(writer < versions % WRITERS);
             for n in 0..share {
+                // A long run outlives the heartbeat window: the agent keeps itself connected.
+                if n % 1000 == 999 {
+                    svc.heartbeat(&agent).await.unwrap();
+                }
                 let slot = (n % mine.len() as u64) as usize;
                 let id = format!("ctx-{}", mine[slot]);
                 let doc = document(writer as usize, n);

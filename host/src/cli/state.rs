@@ -1,5 +1,11 @@
 //! `qi-host context …`, `qi-host events …` and `qi-host audit …`: the durable state of a data
 //! directory, as the operator sees it.
+//!
+//! Reading commands (`context list|get|history|conflicts`, `events tail`, `audit
+//! head|verify|query`) open the directory read-only ([`Store::open_read_only`]): no lock, so they
+//! work beside a host that owns it. Writing ones (`context label|rollback|resolve`, `audit
+//! accept-head`) open it as its owner ([`Store::open`]) and so fail at once, naming the host,
+//! while one runs.
 
 use crate::cli::{ContextArgs, ContextCommand, DataArgs, EventsArgs, EventsCommand};
 use crate::context::{

@@ -80,10 +80,7 @@ async fn a_blob_is_removed_with_its_last_reference_and_kept_while_one_remains() 
         "no row names it any more"
     );
     assert!(blobs.contains(&other).unwrap(), "version 3 still names it");
-    assert_eq!(
-        store.blobs().get(&other).map(|b| !b.is_empty()).unwrap(),
-        true
-    );
+    assert!(!store.blobs().get(&other).unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -144,7 +141,7 @@ async fn blobs_a_crash_left_behind_are_removed_at_open() {
     assert!(!store.blobs().contains(&orphan).unwrap(), "no row names it");
     assert!(!temp.exists(), "temporary files are removed");
     assert!(store.blobs().contains(&kept).unwrap(), "version 1 names it");
-    assert_eq!(store.blobs().get(&kept).is_ok(), true);
+    assert!(store.blobs().get(&kept).is_ok());
 }
 
 #[tokio::test]
