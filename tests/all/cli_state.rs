@@ -23,8 +23,16 @@ fn json_of(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).expect("JSON output")
 }
 
-/// A data directory with a manual context in conflict between two agents.
-async fn seeded() -> tempfile::TempDir {
+/// A data directory with a manual context in conflict between two agents. Seeded on a runtime
+/// of its own that is gone when this returns: no task of it still holds the store (and so the
+/// data directory's lock) when a command runs on the directory.
+pub(crate) async fn seeded() -> tempfile::TempDir {
+    std::thread::spawn(|| tokio::runtime::Runtime::new().unwrap().block_on(seed()))
+        .join()
+        .unwrap()
+}
+
+async fn seed() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let svc = crate::common::context_service(StoreConfig::at(dir.path()))
         .await

@@ -1,5 +1,11 @@
 //! `qi-host context …`, `qi-host events …` and `qi-host audit …`: the durable state of a data
 //! directory, as the operator sees it.
+//!
+//! Reading commands (`context list|get|history|conflicts`, `events tail`, `audit
+//! head|verify|query`) open the directory read-only ([`Store::open_read_only`]): no lock, so they
+//! work beside a host that owns it. Writing ones (`context label|rollback|resolve`, `audit
+//! accept-head`) open it as its owner ([`Store::open`]) and so fail at once, naming the host,
+//! while one runs.
 
 use crate::cli::{ContextArgs, ContextCommand, DataArgs, EventsArgs, EventsCommand};
 use crate::context::{
@@ -32,7 +38,16 @@ pub(crate) fn data_dir(given: Option<&std::path::Path>) -> Result<std::path::Pat
     }
 }
 
-async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
+/// How a CLI command opens a data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reads only: works beside a host that owns the directory (no lock, no writer).
+    Read,
+    /// Writes: takes the directory's lock, so it fails while a host owns the directory.
+    Write,
+}
+
+async fn open(data: &DataArgs, access: Access) -> Result<(Store, EventBus), Error> {
     let dir = data_dir(data.data_dir.as_deref())?;
     if !dir.join("qi.db").exists() {
         return Err(Error::field(
@@ -43,10 +58,14 @@ async fn open(data: &DataArgs) -> Result<(Store, EventBus), Error> {
             ),
         ));
     }
-    let store = Store::open(StoreConfig {
+    let config = StoreConfig {
         master_key: master_key(data.key_file.as_deref())?,
         ..StoreConfig::at(&dir)
-    })
+    };
+    let store = match access {
+        Access::Read => Store::open_read_only(config),
+        Access::Write => Store::open(config),
+    }
     .map_err(store_err)?;
     let bus = EventBus::new(store.clone(), EventBusConfig::default())
         .await
@@ -136,18 +155,37 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), Error> {
 
 /// `qi-host context …`.
 pub async fn context(args: ContextArgs) -> Result<i32, Error> {
-    let (store, bus) = open(&args.data).await?;
-    let audit = crate::audit::AuditLog::open(store.clone())
-        .await
-        .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?;
+    let access = match args.command {
+        ContextCommand::Label { .. }
+        | ContextCommand::Rollback { .. }
+        | ContextCommand::Resolve { .. } => Access::Write,
+        ContextCommand::List { .. }
+        | ContextCommand::Get { .. }
+        | ContextCommand::History { .. }
+        | ContextCommand::Conflicts { .. } => Access::Read,
+    };
+    let (store, bus) = open(&args.data, access).await?;
+    // Only writing commands are audited; reads beside a live host leave its log alone.
+    let audit = match access {
+        Access::Write => Some(
+            crate::audit::AuditLog::open(store.clone())
+                .await
+                .map_err(|e| Error::System(anyhow::anyhow!("opening the audit log: {e}")))?,
+        ),
+        Access::Read => None,
+    };
     let svc = ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
         .await
         .map_err(ctx_err)?;
-    svc.set_audit(audit.clone());
+    if let Some(audit) = &audit {
+        svc.set_audit(audit.clone());
+    }
     let json = args.data.json;
     let r = context_command(&svc, args.command, json).await;
     // Label changes (and refusals) are audited: written before the process exits.
-    audit.flush().await;
+    if let Some(audit) = &audit {
+        audit.flush().await;
+    }
     r
 }
 
@@ -322,7 +360,7 @@ fn print_event(e: &Event, json: bool) {
 
 /// `qi-host events …`.
 pub async fn events(args: EventsArgs) -> Result<i32, Error> {
-    let (_store, bus) = open(&args.data).await?;
+    let (_store, bus) = open(&args.data, Access::Read).await?;
     let EventsCommand::Tail {
         filter,
         after,
@@ -380,7 +418,13 @@ fn store_err(e: crate::store::StoreError) -> Error {
 pub async fn audit(args: crate::cli::AuditArgs) -> Result<i32, Error> {
     use crate::audit::{AuditError, AuditLog, AuditOptions, AuditQuery, BrokenEntry};
     use crate::cli::AuditCommand;
-    let (store, _bus) = open(&args.data).await?;
+    let access = match args.command {
+        AuditCommand::AcceptHead => Access::Write,
+        AuditCommand::Head | AuditCommand::Verify { .. } | AuditCommand::Query { .. } => {
+            Access::Read
+        }
+    };
+    let (store, _bus) = open(&args.data, access).await?;
     let audit_err = |e: AuditError| match e {
         AuditError::Store(e) => store_err(e),
         other => Error::System(anyhow::anyhow!(other.to_string())),

@@ -69,6 +69,18 @@ impl BlobStore {
         })
     }
 
+    /// Blobs under `dir` for reading only (nothing is created).
+    pub(crate) fn read_only_dir(dir: PathBuf, threshold: usize) -> Self {
+        BlobStore {
+            inner: Arc::new(BlobInner {
+                threshold,
+                sync_dir: false,
+                backend: Backend::Dir(dir),
+            }),
+            keys: None,
+        }
+    }
+
     /// Blobs kept in memory.
     pub(crate) fn in_memory(threshold: usize) -> Self {
         BlobStore {
@@ -195,6 +207,65 @@ impl BlobStore {
                 .contains_key(hash),
             Backend::Dir(dir) => dir.join(hash).exists(),
         })
+    }
+}
+
+impl BlobStore {
+    /// Every stored blob's hash, and the paths of temporary files a killed writer left in the
+    /// blob directory (in memory: none).
+    pub(crate) fn list(&self) -> Result<(Vec<String>, Vec<PathBuf>), StoreError> {
+        match &self.inner.backend {
+            Backend::Memory(map) => Ok((
+                map.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect(),
+                Vec::new(),
+            )),
+            Backend::Dir(dir) => {
+                let (mut hashes, mut temps) = (Vec::new(), Vec::new());
+                let entries = match fs::read_dir(dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok((hashes, temps));
+                    }
+                    Err(e) => return Err(StoreError::io(dir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if validate_hash(&name).is_ok() {
+                        hashes.push(name);
+                    } else if name.starts_with(".tmp-") {
+                        temps.push(entry.path());
+                    }
+                }
+                Ok((hashes, temps))
+            }
+        }
+    }
+
+    /// Removes the blob `hash` (nothing if it is absent). Only the store's collector calls
+    /// this, on the writer thread between transactions, after checking that no row names it.
+    pub(crate) fn remove(&self, hash: &str) -> Result<(), StoreError> {
+        validate_hash(hash)?;
+        match &self.inner.backend {
+            Backend::Memory(map) => {
+                map.lock().unwrap_or_else(|p| p.into_inner()).remove(hash);
+                Ok(())
+            }
+            Backend::Dir(dir) => remove_file(&dir.join(hash)),
+        }
+    }
+}
+
+/// Removes `path`; a file already gone is fine.
+pub(crate) fn remove_file(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(path, e)),
     }
 }
 

@@ -131,6 +131,45 @@ pub enum StoreError {
         /// SQLite's report, one problem per line.
         report: String,
     },
+    /// Another process owns the data directory (see [`lock`](super::lock)).
+    #[error(
+        "{} owns the data directory `{}`; wait for it to finish or stop it (`kill PID`), or pass \
+         another --data-dir; read-only commands (context list/get/history/conflicts, events \
+         tail, audit head/verify/query) work beside it",
+        super::lock::describe(holder),
+        dir.display()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the lock file says about its holder (`None` while it is still writing it).
+        holder: Option<super::lock::LockHolder>,
+    },
+    /// A write on a store opened with [`Store::open_read_only`](super::Store::open_read_only).
+    #[error(
+        "this data directory was opened read-only ({}); a writing command needs the directory \
+         to itself: wait for its owner to finish or stop it, then retry",
+        match holder {
+            Some(h) => format!("a host ({h}) owns it"),
+            None => "no host recorded in its lock file".to_string(),
+        }
+    )]
+    ReadOnly {
+        /// What the lock file said about its holder when the write was refused.
+        holder: Option<super::lock::LockHolder>,
+    },
+    /// A read-only open found a database this build would have to migrate first.
+    #[error(
+        "the database is at schema version {found}, older than this qi-host's {supported}; \
+         run a host on the data directory once (e.g. `qi-host run-agent … --data-dir DIR`) to \
+         upgrade it, then retry"
+    )]
+    SchemaTooOld {
+        /// `PRAGMA user_version` found in the file.
+        found: u32,
+        /// The schema version this build reads.
+        supported: u32,
+    },
     /// The store's writer thread has stopped (the store is shutting down or it crashed).
     #[error("the store is closed (its writer thread has stopped); open the store again")]
     Closed,

@@ -15,7 +15,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     MIGRATION_4,
     MIGRATION_5,
     MIGRATION_6,
+    MIGRATION_7,
 ];
+
+/// Indexes on the columns that name blobs (`store::gc::BLOB_COLUMNS`), so the collector can
+/// ask whether a blob is still named without a scan. Partial: most documents are inline.
+const MIGRATION_7: &str = "
+CREATE INDEX versions_by_blob ON versions(doc_blob) WHERE doc_blob IS NOT NULL;
+CREATE INDEX contexts_by_blob ON contexts(doc_blob) WHERE doc_blob IS NOT NULL;
+";
 
 /// Subscriptions are held in memory by the host that serves them and live as long as their
 /// agent (whose id is never reused); a subscriber resumes from the seq it holds. The table

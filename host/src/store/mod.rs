@@ -44,6 +44,20 @@
 //! `PRAGMA user_version`, one transaction each. An authorizer refuses `ATTACH` and `DETACH` on
 //! every connection, so no statement can reach another database file.
 //!
+//! # One owner per data directory
+//!
+//! [`Store::open`] locks `<data_dir>/lock` ([`LOCK_FILE`], an advisory `flock`) for the store's
+//! life and records its [`LockHolder`] there; another process opening the directory fails at
+//! once with [`StoreError::Locked`] naming that holder (see [`lock`]). The stores of one
+//! process share the lock. [`Store::open_read_only`] takes no lock and has no writer: it reads
+//! what the owner has committed, beside it.
+//!
+//! # Blobs no row names
+//!
+//! A blob whose last reference a write dropped (a version removed by retention, a document
+//! replaced) is removed right after that write's batch commits; blobs left by a crash or a
+//! rolled-back write are removed at the next open (see `gc.rs`).
+//!
 //! # Writes: group commit
 //!
 //! One dedicated thread owns the only write connection. [`Store::write`] queues a closure and
@@ -78,8 +92,11 @@ pub mod crypto;
 #[cfg(test)]
 mod crypto_tests;
 mod error;
+mod gc;
 mod keyring;
+pub mod lock;
 mod migrations;
+mod setup;
 mod value;
 mod writer;
 
@@ -87,15 +104,22 @@ mod writer;
 mod tests;
 #[cfg(test)]
 mod tests_data;
+#[cfg(test)]
+mod tests_owner;
 
 pub use blobs::BlobStore;
 pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreConfig};
 pub use error::StoreError;
+pub use lock::{LOCK_FILE, LockHolder};
 pub use value::{StoredDoc, decode_value, encode_value};
 pub use writer::WriteCtx;
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use setup::{
+    configure_writer, install_authorizer, load_host_id, open_keyring, open_readers,
+    seal_plaintext_events,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -138,6 +162,10 @@ struct StoreInner {
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     read_permits: Arc<tokio::sync::Semaphore>,
+    /// The data directory's lock, held for the store's life (`None` in memory and read-only).
+    _lock: Option<lock::DirLock>,
+    /// Opened by [`Store::open_read_only`]: no writer, no lock.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -162,133 +190,6 @@ impl Drop for StoreInner {
     }
 }
 
-/// Loads the data keys when the configuration has a master key; refuses an encrypted data
-/// directory opened without one.
-fn open_keyring(
-    conn: &Connection,
-    config: &StoreConfig,
-    blobs: BlobStore,
-) -> Result<BlobStore, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT context_id, key_version, holder, wrapped FROM context_keys")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(crypto::WrappedKey {
-                context_id: r.get(0)?,
-                key_version: r.get::<_, i64>(1)? as u32,
-                holder: r.get(2)?,
-                wrapped: r.get(3)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    match &config.master_key {
-        Some(master) => Ok(blobs.with_keys(Arc::new(crypto::Keyring::load(
-            master.clone(),
-            &rows,
-        )?))),
-        None if !rows.is_empty() || has_sealed_events(conn)? => Err(StoreError::InvalidConfig {
-            field: "master_key",
-            message: "this data directory is encrypted: give its master key (--key-file FILE or QI_HOST_MASTER_KEY)".into(),
-        }),
-        None => Ok(blobs),
-    }
-}
-
-/// The host id kept in `<data_dir>/host-id` ([`HOST_ID_FILE`]), created on first open; a
-/// fresh one for an in-memory store.
-fn load_host_id(data_dir: Option<&Path>) -> Result<String, StoreError> {
-    let fresh = hex::encode(crypto::random::<16>());
-    let Some(dir) = data_dir else {
-        return Ok(fresh);
-    };
-    let path = dir.join(HOST_ID_FILE);
-    let read = |path: &Path| -> Result<Option<String>, StoreError> {
-        // 32 hex characters: a huge file is refused unread.
-        match crate::bounded_read::read_at_most(path, 1024) {
-            Ok(bytes) => {
-                let id = String::from_utf8_lossy(&bytes).trim().to_string();
-                if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    Ok(Some(id))
-                } else {
-                    Err(StoreError::InvalidConfig {
-                        field: "data_dir",
-                        message: format!(
-                            "{} does not hold a host id (32 hex characters); remove it to make a new one",
-                            path.display()
-                        ),
-                    })
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                Err(StoreError::InvalidConfig {
-                    field: "data_dir",
-                    message: format!(
-                        "{} does not hold a host id (32 hex characters; it is {e}); remove it to make a new one",
-                        path.display()
-                    ),
-                })
-            }
-            Err(e) => Err(StoreError::io(path, e)),
-        }
-    };
-    if let Some(id) = read(&path)? {
-        return Ok(id);
-    }
-    // Written aside and linked into place, so that two processes opening the same new
-    // directory agree on one id (the second link fails and reads the first).
-    let temp = dir.join(format!(".{HOST_ID_FILE}-{}", std::process::id()));
-    std::fs::write(&temp, format!("{fresh}\n")).map_err(|e| StoreError::io(&temp, e))?;
-    let linked = std::fs::hard_link(&temp, &path);
-    let _ = std::fs::remove_file(&temp);
-    match linked {
-        Ok(()) => Ok(fresh),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            read(&path)?.ok_or_else(|| StoreError::io(&path, e))
-        }
-        Err(e) => Err(StoreError::io(&path, e)),
-    }
-}
-
-/// Whether some event's data is sealed (the directory was used with a master key even if no
-/// context has a key yet).
-fn has_sealed_events(conn: &Connection) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM events WHERE substr(data, 1, 3) = X'514532' LIMIT 1",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
-}
-
-/// Events stored before encryption was enabled are sealed when the data directory is first
-/// opened with a master key (one transaction), so that every event row is sealed from then on.
-fn seal_plaintext_events(conn: &mut Connection, keys: &crypto::Keyring) -> Result<(), StoreError> {
-    const PLAIN: &str = "SELECT 1 FROM events WHERE substr(data, 1, 3) <> X'514532' LIMIT 1";
-    // Usually none: check before taking the write lock.
-    if conn.query_row(PLAIN, [], |_| Ok(())).optional()?.is_none() {
-        return Ok(());
-    }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let rows: Vec<(i64, Vec<u8>)> = tx
-        .prepare("SELECT seq, data FROM events WHERE substr(data, 1, 3) <> X'514532'")?
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let plain = rows
-        .into_iter()
-        .filter(|(_, data)| crypto::sealed_version(data).is_none());
-    for (seq, data) in plain {
-        tx.execute(
-            "UPDATE events SET data = ?2 WHERE seq = ?1",
-            rusqlite::params![seq, keys.seal_event(seq as u64, &data)],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
 impl Store {
     /// Opens (creating if needed) the store described by `config`: the data directory, its
     /// `qi.db` in WAL mode with the schema migrated to the newest version, and `blobs/`.
@@ -300,9 +201,13 @@ impl Store {
                 message: "must be at least 1".into(),
             });
         }
+        let mut dir_lock = None;
         let (db_path, blobs) = match &config.data_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+                // Before anything reads or migrates: one owner per data directory.
+                dir_lock = Some(lock::acquire(dir)?);
+                tracing::info!(dir = %dir.display(), pid = std::process::id(), "took the lock of the data directory");
                 let blobs = BlobStore::open_dir(
                     dir.join(BLOB_DIR),
                     config.blob_threshold,
@@ -335,18 +240,14 @@ impl Store {
         if let Some(keys) = blobs.keys() {
             seal_plaintext_events(&mut conn, keys)?;
         }
-        let host_id = load_host_id(config.data_dir.as_deref())?;
+        let host_id = load_host_id(config.data_dir.as_deref(), true)?;
+        // Blobs a crash or a rolled-back write left behind; later ones go after each commit.
+        gc::sweep_all(&conn, &blobs)?;
+        gc::install(&conn).map_err(open_err)?;
         let control: ControlFlag = Arc::new(AtomicBool::new(false));
         install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
 
-        let mut readers = Vec::with_capacity(READ_CONNECTIONS);
-        for _ in 0..READ_CONNECTIONS {
-            let mut reader =
-                Connection::open_with_flags(&db_path, OpenFlags::default()).map_err(open_err)?;
-            configure_reader(&reader).map_err(open_err)?;
-            install_authorizer(&mut reader, None).map_err(open_err)?;
-            readers.push(reader);
-        }
+        let readers = open_readers(&db_path)?;
 
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         let writer = Writer {
@@ -370,8 +271,70 @@ impl Store {
                 writer: Some(writer),
                 readers: Mutex::new(readers),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
+                _lock: dir_lock,
+                read_only: false,
             }),
         })
+    }
+
+    /// Opens the existing data directory of `config` for reading only, beside the host that
+    /// may own it: no lock is taken, nothing is migrated, sealed or created, and there is no
+    /// writer: [`write`](Self::write) fails with [`StoreError::ReadOnly`] naming the owner.
+    /// Reads see what the owner has committed, as of each read. Fails with
+    /// [`StoreError::InvalidConfig`] (`data_dir`) for an in-memory configuration or a
+    /// directory without a `qi.db`, [`StoreError::SchemaTooOld`] for a database this build
+    /// would have to migrate first (open it once with [`open`](Self::open)), and
+    /// [`StoreError::SchemaTooNew`] for one written by a newer qi-host.
+    #[tracing::instrument(name = "qi.store.open_read_only", skip_all, fields(data_dir = ?config.data_dir), err(level = "debug"))]
+    pub fn open_read_only(config: StoreConfig) -> Result<Store, StoreError> {
+        let Some(dir) = config.data_dir.clone() else {
+            return Err(StoreError::InvalidConfig {
+                field: "data_dir",
+                message: "a read-only store needs a data directory".into(),
+            });
+        };
+        let db = dir.join(DB_FILE);
+        if !db.is_file() {
+            return Err(StoreError::InvalidConfig {
+                field: "data_dir",
+                message: format!(
+                    "`{}` holds no qi-host data (no {DB_FILE}); pass the right --data-dir",
+                    dir.display()
+                ),
+            });
+        }
+        let db_path = db.to_string_lossy().into_owned();
+        let readers = open_readers(&db_path)?;
+        let found: u32 = readers[0].pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let supported = migrations::latest_version();
+        if found > supported {
+            return Err(StoreError::SchemaTooNew { found, supported });
+        }
+        if found < supported {
+            return Err(StoreError::SchemaTooOld { found, supported });
+        }
+        let blobs = BlobStore::read_only_dir(dir.join(BLOB_DIR), config.blob_threshold);
+        let blobs = open_keyring(&readers[0], &config, blobs)?;
+        let host_id = load_host_id(Some(&dir), false)?;
+        Ok(Store {
+            inner: Arc::new(StoreInner {
+                config,
+                host_id,
+                db_path,
+                blobs,
+                jobs: None,
+                writer: None,
+                readers: Mutex::new(readers),
+                read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
+                _lock: None,
+                read_only: true,
+            }),
+        })
+    }
+
+    /// Whether this store was opened with [`open_read_only`](Self::open_read_only).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 
     /// This host's id: 32 random hex characters created with the data directory and kept in
@@ -426,6 +389,10 @@ impl Store {
         let job: Box<dyn Job> = Box::new(PendingWrite { op, reply });
         let sent = match &self.inner.jobs {
             Some(jobs) => jobs.send(job).is_ok(),
+            None if self.is_read_only() => {
+                let holder = self.data_dir().and_then(lock::read_holder);
+                return Err(E::from(StoreError::ReadOnly { holder }));
+            }
             None => false,
         };
         if !sent {
@@ -496,54 +463,4 @@ impl Store {
             })
         }
     }
-}
-
-fn configure_writer(conn: &Connection, config: &StoreConfig) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    if config.data_dir.is_some() {
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::WalUnavailable { mode });
-        }
-    }
-    conn.pragma_update(None, "synchronous", config.durability.synchronous())?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        config.durability.wal_autocheckpoint(),
-    )?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(())
-}
-
-fn configure_reader(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "query_only", true)?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(())
-}
-
-/// Refuses `ATTACH`/`DETACH` everywhere. On the write connection (`control` is `Some`) also
-/// refuses transaction control and the writer's savepoint name unless the writer itself is
-/// issuing them, so a write closure cannot commit or end the batch it is part of.
-fn install_authorizer(conn: &mut Connection, control: Option<ControlFlag>) -> rusqlite::Result<()> {
-    conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Authorization::Deny,
-        AuthAction::Transaction { .. } => match &control {
-            Some(flag) if !flag.load(Ordering::Relaxed) => Authorization::Deny,
-            _ => Authorization::Allow,
-        },
-        AuthAction::Savepoint { savepoint_name, .. }
-            if savepoint_name.eq_ignore_ascii_case(writer::SAVEPOINT) =>
-        {
-            match &control {
-                Some(flag) if !flag.load(Ordering::Relaxed) => Authorization::Deny,
-                _ => Authorization::Allow,
-            }
-        }
-        _ => Authorization::Allow,
-    }))
 }

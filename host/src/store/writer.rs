@@ -311,6 +311,12 @@ impl<'c> Session<'c> {
         self.keys_batch_ended(committed.is_ok());
         match committed {
             Ok(()) => {
+                // Before anyone learns of the commit (so a caller that dropped a blob's last
+                // reference finds it gone) and before the next batch (so no write can be about
+                // to name a candidate).
+                if let Err(e) = super::gc::sweep_candidates(self.conn, self.blobs) {
+                    tracing::warn!(error = %e, "collecting unreferenced blobs failed; the next open collects them");
+                }
                 for Done { answer, hooks } in done {
                     for hook in hooks {
                         if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {

@@ -2,6 +2,7 @@
 //! command: [`run_agent`], [`inspect`], [`run`] (with `plan`).
 
 mod inspect;
+mod owner;
 mod run;
 mod run_agent;
 
