@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod access;
+mod cold;
 mod hot_tier;
 mod lifecycle;
 mod visibility;
