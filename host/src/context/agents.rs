@@ -97,7 +97,10 @@ impl ContextService {
                         ctx,
                         vec![NewEvent::new(EventType::AgentUnregistered).agent(&id)],
                     )?;
-                    Ok(inner.subscriptions.remove(&id).unwrap_or_default())
+                    Ok(inner
+                        .subscriptions
+                        .remove(&id)
+                        .map_or_else(Vec::new, |s| s.to_vec()))
                 }),
             )
             .await?;
@@ -189,7 +192,13 @@ impl ContextService {
                                 .agent(&id)
                                 .data(json!({"lastHeartbeat": reg.last_heartbeat})),
                         );
-                        subs.extend(inner.subscriptions.remove(&id).unwrap_or_default());
+                        subs.extend(
+                            inner
+                                .subscriptions
+                                .remove(&id)
+                                .iter()
+                                .flat_map(|s| s.iter()),
+                        );
                         inner.agents.insert(id.clone(), reg);
                         gone.push(id);
                     }

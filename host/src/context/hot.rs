@@ -89,6 +89,12 @@ impl<V> Overlay<V> {
         self.undo_keys.clear();
     }
 
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.undo.clear();
+        self.undo_keys.clear();
+    }
+
     fn undo_op(&mut self) {
         for (key, old) in self.undo.drain(..).rev() {
             match old {
@@ -244,6 +250,8 @@ pub(super) struct Committed {
     pub(super) schemas: Map<Arc<jsonschema::Validator>>,
     /// Host-kept labels by context (see [`labels`](super::labels)).
     pub(super) labels: Map<Vec<String>>,
+    /// Live subscriptions by agent (ended when the agent is unregistered or swept).
+    subscriptions: Map<Vec<SubscriptionId>>,
     /// The last committed revision.
     pub(super) revision: u64,
     lru: Mutex<Lru>,
@@ -315,6 +323,7 @@ impl Committed {
         publish(&mut self.agents, staged.agents);
         publish(&mut self.schemas, staged.schemas);
         publish(&mut self.labels, staged.labels);
+        publish(&mut self.subscriptions, staged.subscriptions);
         self.revision = self.revision.max(staged.revision);
         self.evict(bound);
     }
@@ -396,8 +405,7 @@ pub(super) struct Working {
     agents: Overlay<AgentRegistration>,
     schemas: Overlay<Arc<jsonschema::Validator>>,
     labels: Overlay<Vec<String>>,
-    /// Live subscriptions by agent (the writer cleans them up).
-    subscriptions: HashMap<String, Vec<SubscriptionId>>,
+    subscriptions: Overlay<Vec<SubscriptionId>>,
     /// The next generated context number.
     pub(super) next_id: u64,
     /// The last revision the current batch staged.
@@ -415,6 +423,17 @@ impl Working {
         }
     }
 
+    /// Drops what the current batch staged, once it is published (so that the writer holds
+    /// no document past the hot tier's bound between batches).
+    pub(super) fn published(&mut self) {
+        self.contexts.clear();
+        self.shares.clear();
+        self.agents.clear();
+        self.schemas.clear();
+        self.labels.clear();
+        self.subscriptions.clear();
+    }
+
     /// Starts an operation of store batch `batch` over `committed`. A new batch drops the
     /// previous batch's overlay: published if it committed, void if it did not.
     pub(super) fn begin<'a>(&'a mut self, batch: u64, committed: &'a Committed) -> Inner<'a> {
@@ -424,6 +443,7 @@ impl Working {
             self.agents.entries.clear();
             self.schemas.entries.clear();
             self.labels.entries.clear();
+            self.subscriptions.entries.clear();
             self.staged_revision = None;
             self.batch = batch;
         }
@@ -432,6 +452,7 @@ impl Working {
         self.agents.begin_op();
         self.schemas.begin_op();
         self.labels.begin_op();
+        self.subscriptions.begin_op();
         let revision = self
             .staged_revision
             .unwrap_or(committed.revision)
@@ -457,7 +478,10 @@ impl Working {
                 base: &committed.labels,
                 overlay: &mut self.labels,
             },
-            subscriptions: &mut self.subscriptions,
+            subscriptions: Staging {
+                base: &committed.subscriptions,
+                overlay: &mut self.subscriptions,
+            },
             revision,
             next_id: self.next_id,
             staged_revision: &mut self.staged_revision,
@@ -475,7 +499,8 @@ pub(super) struct Inner<'a> {
     pub(super) schemas: Staging<'a, Arc<jsonschema::Validator>>,
     /// Host-kept labels by context.
     pub(super) labels: Staging<'a, Vec<String>>,
-    pub(super) subscriptions: &'a mut HashMap<String, Vec<SubscriptionId>>,
+    /// Live subscriptions by agent.
+    pub(super) subscriptions: Staging<'a, Vec<SubscriptionId>>,
     /// The last revision (committed or staged by this batch); a change takes the next one.
     pub(super) revision: u64,
     pub(super) next_id: u64,
@@ -490,6 +515,7 @@ pub(super) struct Staged {
     agents: Changes<AgentRegistration>,
     schemas: Changes<Arc<jsonschema::Validator>>,
     labels: Changes<Vec<String>>,
+    subscriptions: Changes<Vec<SubscriptionId>>,
     revision: u64,
 }
 
@@ -500,11 +526,31 @@ impl Staged {
             && self.agents.is_empty()
             && self.schemas.is_empty()
             && self.labels.is_empty()
+            && self.subscriptions.is_empty()
     }
 
     /// Whether it changes labels (readers that cache them need to know).
     pub(super) fn changes_labels(&self) -> bool {
         !self.labels.is_empty()
+    }
+}
+
+#[cfg(test)]
+impl Working {
+    /// Bytes of documents the writer holds for its batch (staged or in an undo log).
+    pub(super) fn held_document_bytes(&self) -> usize {
+        let staged = self.contexts.entries.values().flatten();
+        let logged = self
+            .contexts
+            .undo
+            .iter()
+            .filter_map(|(_, v)| v.clone().flatten());
+        staged
+            .cloned()
+            .chain(logged)
+            .filter(|s| s.resident)
+            .map(|s| resident_bytes(&s))
+            .sum()
     }
 }
 
@@ -531,6 +577,7 @@ impl Inner<'_> {
         self.agents.overlay.undo_op();
         self.schemas.overlay.undo_op();
         self.labels.overlay.undo_op();
+        self.subscriptions.overlay.undo_op();
         *self.next_id_slot = (*self.next_id_slot).max(self.next_id);
     }
 
@@ -544,6 +591,7 @@ impl Inner<'_> {
             agents: self.agents.overlay.changes(),
             schemas: self.schemas.overlay.changes(),
             labels: self.labels.overlay.changes(),
+            subscriptions: self.subscriptions.overlay.changes(),
             revision: self.revision,
         }
     }

@@ -2,8 +2,9 @@
 //! and writer-only state in a batch that fails to commit.
 
 use super::hot_tier::bounded;
-use super::visibility::queue;
+use super::visibility::{Gate, failed_commit, poison, poison_tables, queue};
 use super::*;
+use crate::events::EventError;
 use crate::store::{READ_CONNECTIONS, StoreError};
 
 /// Every read connection of a store, held until [`Reads::open`].
@@ -105,4 +106,74 @@ async fn a_cold_list_does_not_return_what_was_written_after_its_reader_was_revok
     for view in listed {
         assert_eq!(view.doc, json!({"x": 1}), "b listed past its revoke");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_keeps_no_document_past_the_bound_once_its_batch_is_published() {
+    // A bound of 0: no document stays in memory once its change is published, however many
+    // a batch touched (a batch holds up to 1,024 writes of up to 16 MiB each).
+    let f = bounded(StoreConfig::in_memory(), 0).await;
+    agents(&f.svc, &["a"]).await;
+    let gate = Gate::hold(f.svc.store()).await;
+    let creates: Vec<_> = (0..4)
+        .map(|i| {
+            queue(f.svc.create(
+                "a",
+                NewContext {
+                    id: Some(format!("c{i}")),
+                    context_type: "notes".into(),
+                    doc: json!({"text": "x".repeat(100_000)}),
+                    ..Default::default()
+                },
+            ))
+        })
+        .collect();
+    gate.open().await.unwrap();
+    for c in creates {
+        c.await.unwrap();
+    }
+    assert_eq!(f.svc.shared.committed().resident(), (0, 0));
+    let held = f.svc.shared.working.lock().unwrap().held_document_bytes();
+    assert_eq!(held, 0, "bytes of documents the writer still holds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unregistration_that_fails_to_commit_forgets_none_of_the_agents_subscriptions() {
+    let f = fixture().await;
+    let store = f.svc.store().clone();
+    agents(&f.svc, &["owner", "a"]).await;
+    ctx(
+        &f.svc,
+        "owner",
+        "c",
+        SyncStrategy::Eventual,
+        json!({"x": 1}),
+    )
+    .await;
+    f.svc
+        .share("owner", "c", &["a".into()], &[Permission::Read], None)
+        .await
+        .unwrap();
+    let mut sub = f.svc.subscribe("a", "c", SubscribeFrom::Now).await.unwrap();
+    poison_tables(&store).await;
+
+    let gate = Gate::hold(&store).await;
+    let unregister = queue(f.svc.unregister_agent("a"));
+    let poisoned = poison(&store);
+    gate.open().await.unwrap();
+    failed_commit(unregister.await);
+    assert!(matches!(poisoned.await, Err(StoreError::Commit { .. })));
+
+    // `a` is still registered; unregistering it now ends its subscription.
+    assert!(f.svc.registered_agents().iter().any(|r| r.agent_id == "a"));
+    f.svc.unregister_agent("a").await.unwrap();
+    f.svc
+        .write("owner", "c", Change::Merge(json!({"x": 2})), Some(1))
+        .await
+        .unwrap();
+    let next = sub.next().await;
+    assert!(
+        matches!(next, Err(EventError::Unsubscribed)),
+        "the unregistered agent's subscription still delivers: {next:?}"
+    );
 }
