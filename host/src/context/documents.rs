@@ -259,7 +259,7 @@ impl ContextService {
 
     /// Returns once every batch committed so far has been published (an empty write queues
     /// behind them: a batch's after-commit hooks run before the next batch starts).
-    async fn published(&self) -> Result<(), ContextError> {
+    pub(super) async fn published(&self) -> Result<(), ContextError> {
         self.shared.store.write(|_| Ok(())).await?;
         Ok(())
     }

@@ -177,3 +177,50 @@ async fn an_unregistration_that_fails_to_commit_forgets_none_of_the_agents_subsc
         "the unregistered agent's subscription still delivers: {next:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_does_not_return_what_was_written_after_its_reader_was_revoked() {
+    let f = shared_evicted_context().await;
+    let got = revoked_while_loading(&f, f.svc.history("b", "c", 10)).await;
+    match got {
+        Err(ContextError::AccessDenied { .. }) => {}
+        Ok(versions) => assert_eq!(versions.len(), 1, "b read history past its revoke"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_are_not_returned_to_a_reader_revoked_while_they_load() {
+    let f = bounded(StoreConfig::in_memory(), 0).await;
+    agents(&f.svc, &["owner", "b"]).await;
+    ctx(&f.svc, "owner", "c", SyncStrategy::Strong, json!({"x": 1})).await;
+    f.svc
+        .share("owner", "c", &["b".into()], &[Permission::Read], None)
+        .await
+        .unwrap();
+    let reads = Reads::hold(f.svc.store()).await;
+    let read = queue(f.svc.conflicts("b", "c"));
+    f.svc.revoke("owner", "c", &["b".into()]).await.unwrap();
+    // A stale write under `strong` records a conflict holding the value it brought.
+    f.svc
+        .write("owner", "c", Change::Merge(json!({"x": 2})), Some(1))
+        .await
+        .unwrap();
+    let stale = f
+        .svc
+        .write("owner", "c", Change::Merge(json!({"secret": 1})), Some(1))
+        .await;
+    assert!(
+        matches!(stale, Err(ContextError::Refused { .. })),
+        "{stale:?}"
+    );
+    reads.open().await;
+    match read.await {
+        Err(ContextError::AccessDenied { .. }) => {}
+        Ok(conflicts) => assert!(
+            conflicts.is_empty(),
+            "b read conflicts past its revoke: {conflicts:?}"
+        ),
+        Err(e) => panic!("{e}"),
+    }
+}
