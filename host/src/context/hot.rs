@@ -15,7 +15,8 @@
 //! least-recently-used contexts up to [`ContextConfig::hot_tier_bytes`]; beyond it, a
 //! context keeps only its metadata (owner, type, status, version: what access checks and
 //! lists need) and its document, field stamps and pending conflict are loaded from SQLite
-//! when next needed. A document's size is its JSON-encoded length plus its field stamps.
+//! when next needed. A document's size is its JSON-encoded length plus its field stamps and
+//! the competing values of its pending conflict.
 //! Values sit behind [`Arc`], so publishing, logging and undoing copy pointers, not
 //! documents.
 //!
@@ -279,8 +280,8 @@ impl Lru {
     }
 }
 
-/// The size a context counts for in the hot tier: its JSON-encoded document plus its field
-/// stamps.
+/// The size a context counts for in the hot tier: its JSON-encoded document, its field
+/// stamps and the competing values of its pending conflict.
 fn resident_bytes(state: &ContextState) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
@@ -294,6 +295,9 @@ fn resident_bytes(state: &ContextState) -> usize {
     }
     let mut count = Count(0);
     let _ = serde_json::to_writer(&mut count, &state.doc);
+    if let Some(pending) = &state.pending {
+        let _ = serde_json::to_writer(&mut count, pending);
+    }
     let stamps: usize = state.field_stamps.keys().map(|k| k.len() + 48).sum();
     count.0 + stamps
 }

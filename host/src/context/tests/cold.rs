@@ -224,3 +224,27 @@ async fn conflicts_are_not_returned_to_a_reader_revoked_while_they_load() {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn competing_values_of_a_pending_conflict_count_toward_the_hot_tier_bound() {
+    let f = bounded(StoreConfig::in_memory(), usize::MAX).await;
+    let ws = super::writers_on_shared_context(&f, 2, SyncStrategy::Manual, json!({"x": 0})).await;
+    for (w, v) in ws.iter().zip([1, 2]) {
+        f.svc
+            .write(w, "c", Change::Merge(json!({"x": v})), Some(1))
+            .await
+            .unwrap();
+    }
+    // `c` waits for a resolution; a competing value for `x` joins it without a new version.
+    let big = "x".repeat(1 << 20);
+    f.svc
+        .write(&ws[1], "c", Change::Merge(json!({"x": big})), Some(2))
+        .await
+        .unwrap();
+    let (bytes, count) = f.svc.shared.committed().resident();
+    assert_eq!(count, 1);
+    assert!(
+        bytes > big.len(),
+        "{bytes} bytes counted for a 1 MiB competing value"
+    );
+}
