@@ -248,3 +248,61 @@ async fn competing_values_of_a_pending_conflict_count_toward_the_hot_tier_bound(
         "{bytes} bytes counted for a 1 MiB competing value"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revokes_deletes_sweeps_and_unregistrations_of_a_failed_batch_leave_no_trace() {
+    // Nothing kept hot: the operations load the evicted document inside the failed batch.
+    let f = bounded(StoreConfig::in_memory(), 0).await;
+    let store = f.svc.store().clone();
+    agents(&f.svc, &["owner", "a", "b"]).await;
+    for id in ["c", "d"] {
+        ctx(&f.svc, "owner", id, SyncStrategy::Eventual, json!({"x": 1})).await;
+        f.svc
+            .share(
+                "owner",
+                id,
+                &["a".into(), "b".into()],
+                &[Permission::Read],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    poison_tables(&store).await;
+    // `a` and `b` go quiet past the timeout; `owner` stays connected.
+    f.clock.advance(31_000);
+    f.svc.heartbeat("owner").await.unwrap();
+
+    let a = ["a".to_string()];
+    let gate = Gate::hold(&store).await;
+    let revoke = queue(f.svc.revoke("owner", "c", &a));
+    let delete = queue(f.svc.delete("owner", "d"));
+    let sweep = queue(f.svc.sweep_disconnected());
+    let unregister = queue(f.svc.unregister_agent("b"));
+    let poisoned = poison(&store);
+    gate.open().await.unwrap();
+    failed_commit(revoke.await);
+    failed_commit(delete.await);
+    failed_commit(sweep.await);
+    failed_commit(unregister.await);
+    assert!(matches!(poisoned.await, Err(StoreError::Commit { .. })));
+
+    for id in ["c", "d"] {
+        let holders: Vec<String> = f.svc.grants(id).into_iter().map(|s| s.agent_id).collect();
+        assert_eq!(holders, ["a", "b"], "grants of {id}");
+    }
+    let regs = f.svc.registered_agents();
+    let status = |id: &str| regs.iter().find(|r| r.agent_id == id).map(|r| r.status);
+    assert_eq!(status("a"), Some(AgentConnection::Active));
+    assert_eq!(status("b"), Some(AgentConnection::Active));
+    assert_eq!(f.svc.ids("owner", None, None), ["c", "d"]);
+    // Every change can be made again, on the state as committed.
+    f.svc.heartbeat("a").await.unwrap();
+    f.svc.heartbeat("b").await.unwrap();
+    assert_eq!(f.svc.get("a", "c").await.unwrap().doc, json!({"x": 1}));
+    assert_eq!(f.svc.get("b", "d").await.unwrap().doc, json!({"x": 1}));
+    f.svc.revoke("owner", "c", &["a".into()]).await.unwrap();
+    assert_eq!(f.svc.delete("owner", "d").await.unwrap().version, 2);
+    f.svc.unregister_agent("b").await.unwrap();
+    assert!(f.svc.get("a", "c").await.is_err());
+}
