@@ -306,3 +306,62 @@ async fn revokes_deletes_sweeps_and_unregistrations_of_a_failed_batch_leave_no_t
     f.svc.unregister_agent("b").await.unwrap();
     assert!(f.svc.get("a", "c").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_loading_evicted_documents_while_writers_change_them_never_go_back() {
+    // Room for one document (about 58 bytes with its field stamp): the two contexts keep
+    // evicting each other.
+    let f = bounded(StoreConfig::in_memory(), 100).await;
+    agents(&f.svc, &["w", "r0", "r1", "r2"]).await;
+    for id in ["c0", "c1"] {
+        ctx(&f.svc, "w", id, SyncStrategy::Strong, json!({"n": 0})).await;
+        let readers = ["r0".to_string(), "r1".into(), "r2".into()];
+        f.svc
+            .share("w", id, &readers, &[Permission::Read], None)
+            .await
+            .unwrap();
+    }
+    const WRITES: u64 = 60;
+    let writer = tokio::spawn({
+        let svc = f.svc.clone();
+        async move {
+            for i in 0..WRITES {
+                let id = if i % 2 == 0 { "c0" } else { "c1" };
+                let cur = svc.get("w", id).await.unwrap();
+                let n = cur.doc["n"].as_u64().unwrap();
+                svc.write("w", id, Change::Put(json!({"n": n + 1})), Some(cur.version))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let mut readers = Vec::new();
+    for r in ["r0", "r1", "r2"] {
+        let svc = f.svc.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen = [0u64; 2];
+            let mut reads = 0;
+            while seen.iter().sum::<u64>() < WRITES + 2 {
+                for (k, id) in ["c0", "c1"].iter().enumerate() {
+                    let v = svc.get(r, id).await.unwrap();
+                    assert!(
+                        v.version >= seen[k],
+                        "{r} read {id} v{} after v{}",
+                        v.version,
+                        seen[k]
+                    );
+                    assert_eq!(v.doc["n"].as_u64(), Some(v.version - 1), "{r}: {v:?}");
+                    seen[k] = v.version;
+                    reads += 1;
+                }
+            }
+            reads
+        }));
+    }
+    writer.await.unwrap();
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    let (bytes, _) = f.svc.shared.committed().resident();
+    assert!(bytes <= 100, "{bytes} bytes held for a 100-byte bound");
+}
