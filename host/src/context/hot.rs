@@ -12,7 +12,8 @@
 //!   by then it was either published (the batch committed) or must vanish (it did not).
 //!
 //! Contexts are bounded in bytes: the committed tier keeps the documents of the
-//! least-recently-used contexts up to [`ContextConfig::hot_tier_bytes`]; beyond it, a
+//! least-recently-used contexts up to [`ContextConfig::hot_tier_bytes`] (a document larger
+//! than the whole bound is not kept, rather than evicting every other one); beyond it, a
 //! context keeps only its metadata (owner, type, status, version: what access checks and
 //! lists need) and its document, field stamps and pending conflict are loaded from SQLite
 //! when next needed. A document's size is its JSON-encoded length plus its field stamps and
@@ -312,17 +313,30 @@ impl Committed {
     }
 
     /// Applies an operation's committed changes, then evicts documents beyond `bound` bytes.
+    /// A document larger than the whole bound is not kept (and evicts nothing).
     pub(super) fn publish(&mut self, staged: Staged, bound: usize) {
+        let mut oversized = Vec::new();
         {
             let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
             for (id, state) in &staged.contexts {
                 match state {
-                    Some(s) if s.resident => lru.put(id, resident_bytes(s)),
+                    Some(s) if s.resident => match resident_bytes(s) {
+                        size if size <= bound => lru.put(id, size),
+                        _ => {
+                            lru.forget(id);
+                            oversized.push(id.clone());
+                        }
+                    },
                     _ => lru.forget(id),
                 }
             }
         }
         publish(&mut self.contexts, staged.contexts);
+        for id in oversized {
+            if let Some(state) = self.contexts.map.get_mut(&id) {
+                *state = Arc::new(state.without_document());
+            }
+        }
         publish(&mut self.shares, staged.shares);
         publish(&mut self.agents, staged.agents);
         publish(&mut self.schemas, staged.schemas);
@@ -351,9 +365,14 @@ impl Committed {
     ) -> Result<Arc<ContextState>, Arc<ContextState>> {
         match self.contexts.map.get(&loaded.id) {
             Some(now) if Arc::ptr_eq(now, seen) && loaded.revision >= now.revision => {
+                let size = resident_bytes(&loaded);
+                if size > bound {
+                    // Too large to keep: answered, and nothing is evicted for it.
+                    return Ok(Arc::new(loaded));
+                }
                 let loaded = Arc::new(loaded);
                 let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
-                lru.put(&loaded.id, resident_bytes(&loaded));
+                lru.put(&loaded.id, size);
                 self.contexts.map.insert(loaded.id.clone(), loaded.clone());
                 self.evict(bound);
                 Ok(loaded)

@@ -365,3 +365,52 @@ async fn readers_loading_evicted_documents_while_writers_change_them_never_go_ba
     let (bytes, _) = f.svc.shared.committed().resident();
     assert!(bytes <= 100, "{bytes} bytes held for a 100-byte bound");
 }
+
+fn is_hot(f: &Fixture, id: &str) -> bool {
+    let committed = f.svc.shared.committed();
+    committed
+        .context_arc(id)
+        .expect("the context exists")
+        .resident
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_larger_than_the_whole_bound_evicts_nothing() {
+    let small = |i: usize| json!({"n": i, "text": "x".repeat(1000)});
+    let f = bounded(StoreConfig::in_memory(), usize::MAX).await;
+    agents(&f.svc, &["a"]).await;
+    ctx(&f.svc, "a", "c0", SyncStrategy::Eventual, small(0)).await;
+    let size = f.svc.shared.committed().resident().0;
+
+    let f = bounded(StoreConfig::in_memory(), 3 * size).await;
+    agents(&f.svc, &["a"]).await;
+    for i in 0..3 {
+        ctx(
+            &f.svc,
+            "a",
+            &format!("c{i}"),
+            SyncStrategy::Eventual,
+            small(i),
+        )
+        .await;
+    }
+    // Created, written and read: too large to keep, it pushes out none of the others.
+    let big = json!({"text": "y".repeat(4 * size)});
+    ctx(&f.svc, "a", "big", SyncStrategy::Eventual, big.clone()).await;
+    f.svc
+        .write("a", "big", Change::Merge(json!({"more": 1})), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.svc.get("a", "big").await.unwrap().doc["text"],
+        big["text"]
+    );
+    assert!(!is_hot(&f, "big"));
+    for id in ["c0", "c1", "c2"] {
+        assert!(
+            is_hot(&f, id),
+            "{id} was evicted for a document that cannot stay"
+        );
+    }
+    assert_eq!(f.svc.shared.committed().resident(), (3 * size, 3));
+}
