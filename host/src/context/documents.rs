@@ -107,7 +107,7 @@ impl ContextService {
             if !new_labels.is_empty() {
                 let reason = format!("labels at create: [{}]", new_labels.join(", "));
                 let entry = audit::entry(&agent, &id, "label", Record, reason);
-                audit::record(sh, None, entry.details(json!({"before": [], "after": new_labels})))?;
+                audit::record_on_commit(sh, ctx, None, entry.details(json!({"before": [], "after": new_labels})))?;
                 labels::save(ctx.tx(), &id, &new_labels, &agent, now)?;
             }
             persist::upsert_context(ctx.tx(), ctx.blobs(), &state)?;

@@ -414,3 +414,55 @@ async fn a_document_larger_than_the_whole_bound_evicts_nothing() {
     }
     assert_eq!(f.svc.shared.committed().resident(), (3 * size, 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_no_grant_revoke_or_label_whose_commit_failed() {
+    let f = fixture().await;
+    let store = f.svc.store().clone();
+    let log = crate::audit::AuditLog::open(Store::open(StoreConfig::in_memory()).unwrap())
+        .await
+        .unwrap();
+    f.svc.set_audit(log.clone());
+    agents(&f.svc, &["owner", "a", "b"]).await;
+    ctx(
+        &f.svc,
+        "owner",
+        "c",
+        SyncStrategy::Eventual,
+        json!({"x": 1}),
+    )
+    .await;
+    f.svc
+        .share("owner", "c", &["a".into()], &[Permission::Read], None)
+        .await
+        .unwrap();
+    poison_tables(&store).await;
+    log.flush().await;
+    let before = log
+        .query(&crate::audit::AuditQuery::default())
+        .await
+        .unwrap();
+
+    let (a, b, red) = (["a".to_string()], ["b".to_string()], ["red".to_string()]);
+    let gate = Gate::hold(&store).await;
+    let revoke = queue(f.svc.revoke("owner", "c", &a));
+    let share = queue(f.svc.share("owner", "c", &b, &[Permission::Read], None));
+    let relabel = queue(f.svc.set_labels(OPERATOR, "c", &red));
+    let poisoned = poison(&store);
+    gate.open().await.unwrap();
+    failed_commit(revoke.await);
+    failed_commit(share.await);
+    failed_commit(relabel.await);
+    assert!(matches!(poisoned.await, Err(StoreError::Commit { .. })));
+
+    log.flush().await;
+    let after = log
+        .query(&crate::audit::AuditQuery::default())
+        .await
+        .unwrap();
+    let new: Vec<String> = after[before.len()..]
+        .iter()
+        .map(|e| format!("{} {}: {}", e.operation, e.resource, e.reason))
+        .collect();
+    assert!(new.is_empty(), "audited though never committed: {new:?}");
+}
