@@ -192,7 +192,7 @@ async fn check(dir: &Path, acked: &Acked, round: usize) {
                 .insert(e.data["version"].as_u64().unwrap());
         }
     }
-    let contexts = svc.list(OPERATOR, Some("crash"), None);
+    let contexts = svc.list(OPERATOR, Some("crash"), None).await.unwrap();
     for c in &contexts {
         let history = svc.history(OPERATOR, &c.id, 100_000).await.unwrap();
         let mut versions: Vec<u64> = history.iter().map(|v| v.version).collect();

@@ -348,6 +348,24 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
+/// A place in an audit log's queue ([`AuditLog::reserve`]).
+pub struct AuditPermit {
+    permit: mpsc::OwnedPermit<Queued>,
+    log: AuditLog,
+}
+
+impl AuditPermit {
+    /// Records `entry` in the place taken (this cannot fail for lack of room).
+    pub fn record(self, entry: NewAuditEntry) {
+        let queued = Queued::Entry {
+            time_ms: unix_ms(),
+            entry,
+        };
+        self.permit.send(queued);
+        self.log.inner.recorded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The outcome of [`AuditLog::verify`].
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -446,6 +464,28 @@ impl AuditLog {
                 self.inner.recorded.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(AuditUnavailable::QueueFull {
+                capacity: self.inner.capacity,
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditUnavailable::Stopped),
+        }
+    }
+
+    /// Takes a place in the queue for an entry to [`record`](AuditPermit::record) later (once
+    /// the change it describes has committed, say), failing as [`record`](Self::record) would
+    /// now. Dropping the permit gives the place back.
+    pub fn reserve(&self) -> Result<AuditPermit, AuditUnavailable> {
+        let health = &self.inner.health;
+        if health.failed.load(Ordering::Acquire) {
+            return Err(AuditUnavailable::Failed {
+                reason: health.failure().unwrap_or_else(|| Arc::from("unknown")),
+            });
+        }
+        match self.inner.queue.clone().try_reserve_owned() {
+            Ok(permit) => Ok(AuditPermit {
+                permit,
+                log: self.clone(),
+            }),
             Err(mpsc::error::TrySendError::Full(_)) => Err(AuditUnavailable::QueueFull {
                 capacity: self.inner.capacity,
             }),

@@ -241,6 +241,24 @@ impl ContextService {
         }
     }
 
+    /// [`allowed`](Self::allowed) again, after reading from the store what it allowed: a
+    /// revoke that committed while the read waited for a connection refuses the answer.
+    /// `newest`: the highest revision the read returned; the decision waits until the hot
+    /// tier has published it (a change the store holds but readers do not see yet may follow
+    /// a revoke they do not see yet either).
+    pub(super) async fn still_allowed(
+        &self,
+        agent: &str,
+        id: &str,
+        permission: Permission,
+        newest: Option<u64>,
+    ) -> Result<(), ContextError> {
+        if newest.is_some_and(|r| r > self.shared.committed().revision) {
+            self.published().await?;
+        }
+        self.allowed(agent, id, permission)
+    }
+
     /// [`allowed`](Self::allowed) for `operation`, outside an operation; a refusal is
     /// recorded like every other (access-violation conflict and event) and returned.
     pub async fn authorize(

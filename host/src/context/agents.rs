@@ -83,7 +83,7 @@ impl ContextService {
                         let reason = format!("grant of `{id}` removed: the agent was unregistered");
                         let entry = audit::entry(OPERATOR, cid, "unregister", Record, reason);
                         let details = json!({"target": id, "grantedBy": gone.granted_by});
-                        audit::record(sh, None, entry.details(details))?;
+                        audit::record_on_commit(sh, ctx, None, entry.details(details))?;
                     }
                 }
                 sh.bus.stage(

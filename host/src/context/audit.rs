@@ -1,9 +1,10 @@
 //! The context store's audit trail: every grant change (share, revoke, an expiry capped at the
 //! sharer's own, grants removed with an agent, labels set) and every refused share, revoke or
-//! label change is appended to the host's audit log, through [`record`] alone.
+//! label change is appended to the host's audit log, through [`record`] (or [`record_on_commit`] inside an operation) alone.
 
 use super::{ContextError, ContextService, Shared};
 use crate::audit::{AuditDecision, AuditLog, NewAuditEntry};
+use crate::store::WriteCtx;
 use std::sync::Arc;
 
 /// Asked before each entry an agent's own call adds to the audit log: true when it may be
@@ -55,6 +56,26 @@ pub(super) fn record(
         && budget.is_none_or(|may| may())
     {
         a.record(entry)?;
+    }
+    Ok(())
+}
+
+/// [`record`] for a change made by an operation: the place in the audit queue is taken now
+/// (a log that cannot take the entry refuses the operation), and the entry is recorded once
+/// the operation's transaction has committed, so that the log names no change that never
+/// happened.
+pub(super) fn record_on_commit(
+    sh: &Shared,
+    ctx: &mut WriteCtx<'_>,
+    budget: Option<&AuditBudget>,
+    entry: NewAuditEntry,
+) -> Result<(), ContextError> {
+    let audit = sh.audit.read().unwrap_or_else(|p| p.into_inner());
+    if let Some(a) = audit.as_ref()
+        && budget.is_none_or(|may| may())
+    {
+        let permit = a.reserve()?;
+        ctx.after_commit(move || permit.record(entry));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ pub struct ContextConfig {
     /// competing values count with the document. Default 16 MiB.
     pub max_document_bytes: usize,
     /// Bytes of documents the hot tier keeps in memory (a document counts its JSON-encoded
-    /// length plus its field stamps). Beyond it, the least recently used contexts keep only
+    /// length plus its field stamps and the competing values of its pending conflict). Beyond it, the least recently used contexts keep only
     /// their metadata and their documents are read back from the store when next needed.
     /// Default 256 MiB.
     pub hot_tier_bytes: usize,

@@ -107,7 +107,7 @@ impl ContextService {
             if !new_labels.is_empty() {
                 let reason = format!("labels at create: [{}]", new_labels.join(", "));
                 let entry = audit::entry(&agent, &id, "label", Record, reason);
-                audit::record(sh, None, entry.details(json!({"before": [], "after": new_labels})))?;
+                audit::record_on_commit(sh, ctx, None, entry.details(json!({"before": [], "after": new_labels})))?;
                 labels::save(ctx.tx(), &id, &new_labels, &agent, now)?;
             }
             persist::upsert_context(ctx.tx(), ctx.blobs(), &state)?;
@@ -160,20 +160,8 @@ impl ContextService {
         id: &str,
         recording: ReadRecording,
     ) -> Result<ContextView, ContextError> {
-        let checked = {
-            let committed = self.shared.committed();
-            let state = committed
-                .context_arc(id)
-                .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-            let checked = Self::check(&self.shared, &*committed, agent, &state, Permission::Read);
-            if checked.is_ok() && state.resident {
-                committed.touch(id);
-            }
-            checked.map(|()| state)
-        };
-        match checked {
+        match self.readable_state(agent, id).await? {
             Ok(state) => {
-                let state = self.resident(state).await?;
                 let view = ContextView::from(&*state);
                 let event = NewEvent::new(EventType::Accessed)
                     .context(id)
@@ -196,38 +184,86 @@ impl ContextService {
         }
     }
 
-    /// `state` with its document: as is if the hot tier holds it, else read from the store
-    /// and put back into the hot tier (unless the context changed meanwhile).
-    async fn resident(
+    /// Context `id` with its document if `agent` may read it (`Err`: why not): as is if the
+    /// hot tier holds it, else read from the store and put back into the hot tier (unless the
+    /// context changed meanwhile). A document read from the store is answered only if the
+    /// agent may still read the context once it is loaded, and only once the hot tier has
+    /// published it: a change the store holds but readers do not see yet may follow a revoke
+    /// they do not see yet either.
+    async fn readable_state(
         &self,
-        mut state: Arc<ContextState>,
-    ) -> Result<Arc<ContextState>, ContextError> {
+        agent: &str,
+        id: &str,
+    ) -> Result<Result<Arc<ContextState>, String>, ContextError> {
+        let mut state = {
+            let committed = self.shared.committed();
+            let state = committed
+                .context_arc(id)
+                .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+            if let Err(reason) =
+                Self::check(&self.shared, &*committed, agent, &state, Permission::Read)
+            {
+                return Ok(Err(reason));
+            }
+            if state.resident {
+                committed.touch(id);
+            }
+            state
+        };
         // A context that keeps changing while it is loaded is loaded again, a few times at
         // most; then the version read (committed, if not the newest) is the answer.
         for attempt in 0.. {
             if state.resident {
-                return Ok(state);
+                return Ok(Ok(state));
             }
             let blobs = self.shared.store.blobs().clone();
-            let id = state.id.clone();
+            let id2 = id.to_string();
             let loaded = self
                 .shared
                 .store
-                .read(move |conn| persist::load_context(conn, &blobs, &id))
+                .read(move |conn| persist::load_context(conn, &blobs, &id2))
                 .await?
-                .ok_or_else(|| ContextError::NotFound(state.id.clone()))?;
+                .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+            if self.unpublished(&loaded) {
+                self.published().await?;
+            }
             let bound = self.shared.config.hot_tier_bytes;
-            match self
-                .shared
-                .committed_mut()
-                .put_back(&state, loaded.clone(), bound)
+            let mut committed = self.shared.committed_mut();
+            let now = committed
+                .context_arc(id)
+                .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+            if let Err(reason) =
+                Self::check(&self.shared, &*committed, agent, &now, Permission::Read)
             {
-                Ok(hot) => return Ok(hot),
-                Err(_) if attempt >= 3 => return Ok(Arc::new(loaded)),
+                return Ok(Err(reason));
+            }
+            match committed.put_back(&state, loaded.clone(), bound) {
+                Ok(hot) => return Ok(Ok(hot)),
+                Err(_) if attempt >= 3 => return Ok(Ok(Arc::new(loaded))),
                 Err(newer) => state = newer,
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// Whether `loaded`, read from the store, is newer than what the hot tier has published.
+    fn unpublished(&self, loaded: &ContextState) -> bool {
+        self.shared
+            .committed()
+            .context_arc(&loaded.id)
+            .is_none_or(|c| loaded.revision > c.revision)
+    }
+
+    /// Returns once every batch committed so far has been published (an empty write queues
+    /// behind them: a batch's after-commit hooks run before the next batch starts).
+    /// On a read-only store (a CLI beside a live host) there is no writer here to wait for:
+    /// the store is ahead of this process's hot tier by another process's writes.
+    pub(super) async fn published(&self) -> Result<(), ContextError> {
+        if self.shared.store.is_read_only() {
+            return Ok(());
+        }
+        self.shared.store.write(|_| Ok(())).await?;
+        Ok(())
     }
 
     /// Contexts `agent` can read, optionally filtered by type and owner, sorted by id, with
@@ -260,8 +296,20 @@ impl ContextService {
                 .await?;
             loaded.extend(rows.into_iter().map(|s| (s.id.clone(), s)));
         }
+        if loaded.values().any(|l| self.unpublished(l)) {
+            self.published().await?;
+        }
+        // Decided again now that the documents are loaded (a revoke may have come meanwhile).
+        let committed = self.shared.committed();
         Ok(states
             .iter()
+            .filter(|s| {
+                committed.context_arc(&s.id).is_some_and(|now| {
+                    now.status != ContextStatus::Deleted
+                        && Self::check(&self.shared, &*committed, agent, &now, Permission::Read)
+                            .is_ok()
+                })
+            })
             .map(|s| match loaded.get(&s.id) {
                 // Loaded after the list was taken: the metadata of the list wins if newer.
                 Some(l) if !s.resident && l.revision >= s.revision => ContextView::from(l),

@@ -13,25 +13,27 @@ impl ContextService {
     ) -> Result<Vec<ContextVersion>, ContextError> {
         self.authorize(agent, id, Permission::Read, "read the history of")
             .await?;
-        let (blobs, id) = (self.shared.store.blobs().clone(), id.to_string());
-        Ok(self
-            .shared
-            .store
-            .read(move |conn| persist::load_versions(conn, &blobs, &id, limit))
-            .await?)
+        let (blobs, id2) = (self.shared.store.blobs().clone(), id.to_string());
+        let versions = (self.shared.store)
+            .read(move |conn| persist::load_versions(conn, &blobs, &id2, limit))
+            .await?;
+        let newest = versions.iter().map(|v| v.revision).max();
+        self.still_allowed(agent, id, Permission::Read, newest)
+            .await?;
+        Ok(versions)
     }
 
     /// Conflicts recorded for a context, oldest first. Needs `read`; a refusal is recorded.
     pub async fn conflicts(&self, agent: &str, id: &str) -> Result<Vec<Conflict>, ContextError> {
         self.authorize(agent, id, Permission::Read, "read the conflicts of")
             .await?;
-        let id = id.to_string();
-        let blobs = self.shared.store.blobs().clone();
-        Ok(self
-            .shared
-            .store
-            .read(move |conn| persist::load_conflicts(conn, &blobs, &id))
-            .await?)
+        let (blobs, id2) = (self.shared.store.blobs().clone(), id.to_string());
+        let conflicts = (self.shared.store)
+            .read(move |conn| persist::load_conflicts(conn, &blobs, &id2))
+            .await?;
+        self.still_allowed(agent, id, Permission::Read, None)
+            .await?;
+        Ok(conflicts)
     }
 
     /// Commits a new version whose content equals `version` (history is never rewritten).

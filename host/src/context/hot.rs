@@ -12,10 +12,12 @@
 //!   by then it was either published (the batch committed) or must vanish (it did not).
 //!
 //! Contexts are bounded in bytes: the committed tier keeps the documents of the
-//! least-recently-used contexts up to [`ContextConfig::hot_tier_bytes`]; beyond it, a
+//! least-recently-used contexts up to [`ContextConfig::hot_tier_bytes`] (a document larger
+//! than the whole bound is not kept, rather than evicting every other one); beyond it, a
 //! context keeps only its metadata (owner, type, status, version: what access checks and
 //! lists need) and its document, field stamps and pending conflict are loaded from SQLite
-//! when next needed. A document's size is its JSON-encoded length plus its field stamps.
+//! when next needed. A document's size is its JSON-encoded length plus its field stamps and
+//! the competing values of its pending conflict.
 //! Values sit behind [`Arc`], so publishing, logging and undoing copy pointers, not
 //! documents.
 //!
@@ -85,6 +87,12 @@ impl<V> Default for Overlay<V> {
 
 impl<V> Overlay<V> {
     fn begin_op(&mut self) {
+        self.undo.clear();
+        self.undo_keys.clear();
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
         self.undo.clear();
         self.undo_keys.clear();
     }
@@ -271,8 +279,8 @@ impl Lru {
     }
 }
 
-/// The size a context counts for in the hot tier: its JSON-encoded document plus its field
-/// stamps.
+/// The size a context counts for in the hot tier: its JSON-encoded document, its field
+/// stamps and the competing values of its pending conflict.
 fn resident_bytes(state: &ContextState) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
@@ -286,6 +294,9 @@ fn resident_bytes(state: &ContextState) -> usize {
     }
     let mut count = Count(0);
     let _ = serde_json::to_writer(&mut count, &state.doc);
+    if let Some(pending) = &state.pending {
+        let _ = serde_json::to_writer(&mut count, pending);
+    }
     let stamps: usize = state.field_stamps.keys().map(|k| k.len() + 48).sum();
     count.0 + stamps
 }
@@ -300,17 +311,30 @@ impl Committed {
     }
 
     /// Applies an operation's committed changes, then evicts documents beyond `bound` bytes.
+    /// A document larger than the whole bound is not kept (and evicts nothing).
     pub(super) fn publish(&mut self, staged: Staged, bound: usize) {
+        let mut oversized = Vec::new();
         {
             let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
             for (id, state) in &staged.contexts {
                 match state {
-                    Some(s) if s.resident => lru.put(id, resident_bytes(s)),
+                    Some(s) if s.resident => match resident_bytes(s) {
+                        size if size <= bound => lru.put(id, size),
+                        _ => {
+                            lru.forget(id);
+                            oversized.push(id.clone());
+                        }
+                    },
                     _ => lru.forget(id),
                 }
             }
         }
         publish(&mut self.contexts, staged.contexts);
+        for id in oversized {
+            if let Some(state) = self.contexts.map.get_mut(&id) {
+                *state = Arc::new(state.without_document());
+            }
+        }
         publish(&mut self.shares, staged.shares);
         publish(&mut self.agents, staged.agents);
         publish(&mut self.schemas, staged.schemas);
@@ -338,9 +362,14 @@ impl Committed {
     ) -> Result<Arc<ContextState>, Arc<ContextState>> {
         match self.contexts.map.get(&loaded.id) {
             Some(now) if Arc::ptr_eq(now, seen) && loaded.revision >= now.revision => {
+                let size = resident_bytes(&loaded);
+                if size > bound {
+                    // Too large to keep: answered, and nothing is evicted for it.
+                    return Ok(Arc::new(loaded));
+                }
                 let loaded = Arc::new(loaded);
                 let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
-                lru.put(&loaded.id, resident_bytes(&loaded));
+                lru.put(&loaded.id, size);
                 self.contexts.map.insert(loaded.id.clone(), loaded.clone());
                 self.evict(bound);
                 Ok(loaded)
@@ -411,6 +440,16 @@ impl Working {
             next_id,
             ..Working::default()
         }
+    }
+
+    /// Drops what the current batch staged, once it is published (so that the writer holds
+    /// no document past the hot tier's bound between batches).
+    pub(super) fn published(&mut self) {
+        self.contexts.clear();
+        self.shares.clear();
+        self.agents.clear();
+        self.schemas.clear();
+        self.labels.clear();
     }
 
     /// Starts an operation of store batch `batch` over `committed`. A new batch drops the
@@ -501,6 +540,25 @@ impl Staged {
     /// Whether it changes labels (readers that cache them need to know).
     pub(super) fn changes_labels(&self) -> bool {
         !self.labels.is_empty()
+    }
+}
+
+#[cfg(test)]
+impl Working {
+    /// Bytes of documents the writer holds for its batch (staged or in an undo log).
+    pub(super) fn held_document_bytes(&self) -> usize {
+        let staged = self.contexts.entries.values().flatten();
+        let logged = self
+            .contexts
+            .undo
+            .iter()
+            .filter_map(|(_, v)| v.clone().flatten());
+        staged
+            .cloned()
+            .chain(logged)
+            .filter(|s| s.resident)
+            .map(|s| resident_bytes(&s))
+            .sum()
     }
 }
 

@@ -155,8 +155,9 @@ impl ContextService {
                     return Err(OpError::Committed(ContextError::NotFound(id)));
                 }
                 let before = inner.labels.get(&id).cloned().unwrap_or_default();
-                audit::record(
+                audit::record_on_commit(
                     sh,
+                    ctx,
                     None,
                     audit::entry(
                         &by,

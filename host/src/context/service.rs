@@ -86,8 +86,15 @@ impl Shared {
         }
     }
 
-    /// Applies an operation's changes to the committed hot tier (an after-commit hook).
-    fn publish(&self, staged: Staged) {
+    /// Applies an operation's changes to the committed hot tier (an after-commit hook), and
+    /// drops the batch's overlay: every operation of the batch has run, and each publishes
+    /// its own changes.
+    fn publish(&self, staged: Option<Staged>) {
+        self.working
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .published();
+        let Some(staged) = staged else { return };
         let labels = staged.changes_labels();
         self.committed_mut()
             .publish(staged, self.config.hot_tier_bytes);
@@ -332,9 +339,7 @@ impl ContextService {
                     let (shared, staged) = (shared.clone(), staged.clone());
                     move || {
                         let staged = staged.lock().unwrap_or_else(|p| p.into_inner()).take();
-                        if let Some(staged) = staged {
-                            shared.publish(staged);
-                        }
+                        shared.publish(staged);
                     }
                 });
                 if let Some(id) = &about {

@@ -175,7 +175,7 @@ impl ContextService {
                 return Err(OpError::Committed(ContextError::UnknownAgent(unknown.clone())));
             }
             let shares: Vec<Share> = targets.iter().map(|t| Share { context_id: id.clone(), agent_id: t.clone(), permissions: permissions.clone(), granted_by: by.clone(), granted_at: now, expires_at: expires, min_trust: trust }).collect();
-            // Audited first, then stored, then applied in memory: a refusal to record changes
+            // Audited first (a place taken; recorded on commit), then stored, then applied in memory: a refusal to record changes
             // nothing, and a failed write leaves memory as the disk is.
             for t in &targets {
                 let reason = if capped {
@@ -184,7 +184,7 @@ impl ContextService {
                     format!("granted to `{t}`")
                 };
                 let details = json!({"target": t, "permissions": permissions, "expiresAt": expires, "requestedExpiresAt": expires_at, "expiryCapped": capped, "minTrust": trust.map(TrustLevel::as_str)});
-                audit::record(sh, budget.as_ref(), audit::entry(&by, &id, "share", AuditDecision::Record, reason).details(details))?;
+                audit::record_on_commit(sh, ctx, budget.as_ref(), audit::entry(&by, &id, "share", AuditDecision::Record, reason).details(details))?;
             }
             let mut events = Vec::new();
             for share in &shares {
@@ -269,7 +269,7 @@ impl ContextService {
                     let details = json!({"target": t, "held": held.is_some(),
                                          "grantedBy": held.map(|s| &s.granted_by)});
                     let entry = audit::entry(&by, &id, "revoke", AuditDecision::Record, reason);
-                    audit::record(sh, budget.as_ref(), entry.details(details))?;
+                    audit::record_on_commit(sh, ctx, budget.as_ref(), entry.details(details))?;
                 }
                 let mut events = Vec::new();
                 for t in &targets {

@@ -128,7 +128,7 @@ use writer::{ControlFlag, Job, PendingWrite, Writer};
 
 /// Read connections per store: enough for concurrent catch-ups and queries on a small
 /// machine; more would only add memory (each has its own page cache).
-const READ_CONNECTIONS: usize = 4;
+pub(crate) const READ_CONNECTIONS: usize = 4;
 
 /// How long a connection waits for a lock held by another connection or process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

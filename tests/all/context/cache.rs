@@ -240,6 +240,14 @@ async fn sync_all_shared_reports_every_shared_context_and_its_status() {
             .count()
     };
     let before = violations().await;
+    // The service API agrees (asked while the agent lives: its shares end with it).
+    let api = svc.sync_all_shared_contexts(&agent_id).await;
+    assert_eq!((api.total_contexts, api.synced_contexts), (2, 1));
+    assert_eq!(
+        violations().await,
+        before,
+        "the service read no write-only context"
+    );
     let report = agent.run(steps(json!([{"context_sync_all": null}]))).await;
     let summary = &probes(&report)[0]["value"];
     assert_eq!(summary["total"], 2, "{summary}");
@@ -267,9 +275,6 @@ async fn sync_all_shared_reports_every_shared_context_and_its_status() {
         before,
         "no read of the write-only context"
     );
-    // The service API agrees.
-    let api = svc.sync_all_shared_contexts(&agent_id).await;
-    assert_eq!((api.total_contexts, api.synced_contexts), (2, 1));
 }
 
 // ---- The bounds, on a ContextCache over a real service and a manual clock.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod access;
 mod bounds;
+mod cold;
 mod conflicts;
 mod hot_tier;
 mod lifecycle;

@@ -9,14 +9,14 @@ use std::pin::Pin;
 
 /// Holds the store's writer inside a write until [`Gate::open`]: what is queued meanwhile
 /// forms one batch.
-struct Gate {
+pub(super) struct Gate {
     release: std::sync::mpsc::Sender<()>,
     held: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
 impl Gate {
     /// Queues a write that blocks the writer; returns once the writer is inside it.
-    async fn hold(store: &Store) -> Gate {
+    pub(super) async fn hold(store: &Store) -> Gate {
         let (entered, inside) = std::sync::mpsc::channel::<()>();
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let held = tokio::spawn({
@@ -37,16 +37,16 @@ impl Gate {
         Gate { release, held }
     }
 
-    async fn open(self) -> Result<(), StoreError> {
+    pub(super) async fn open(self) -> Result<(), StoreError> {
         self.release.send(()).unwrap();
         self.held.await.unwrap()
     }
 }
 
-type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(super) type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Polls `future` once, which queues its write (writes queued this way keep their order).
-fn queue<'a, T>(future: impl Future<Output = T> + Send + 'a) -> Pending<'a, T> {
+pub(super) fn queue<'a, T>(future: impl Future<Output = T> + Send + 'a) -> Pending<'a, T> {
     let mut future: Pending<'a, T> = Box::pin(future);
     let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(future.as_mut().poll(&mut noop).is_pending());
@@ -55,7 +55,7 @@ fn queue<'a, T>(future: impl Future<Output = T> + Send + 'a) -> Pending<'a, T> {
 
 /// A write that makes its batch's `COMMIT` fail (a deferred foreign key is checked only
 /// then) while the write itself succeeds.
-async fn poison_tables(store: &Store) {
+pub(super) async fn poison_tables(store: &Store) {
     store
         .write(|ctx| {
             ctx.tx().execute_batch(
@@ -69,7 +69,7 @@ async fn poison_tables(store: &Store) {
         .unwrap();
 }
 
-fn poison(store: &Store) -> Pending<'static, Result<(), StoreError>> {
+pub(super) fn poison(store: &Store) -> Pending<'static, Result<(), StoreError>> {
     let store = store.clone();
     queue(async move {
         store
@@ -82,7 +82,7 @@ fn poison(store: &Store) -> Pending<'static, Result<(), StoreError>> {
     })
 }
 
-fn failed_commit<T: std::fmt::Debug>(r: Result<T, ContextError>) {
+pub(super) fn failed_commit<T: std::fmt::Debug>(r: Result<T, ContextError>) {
     assert!(
         matches!(r, Err(ContextError::Store(StoreError::Commit { .. }))),
         "{r:?}"
