@@ -101,14 +101,21 @@ fn main() {
 }
 
 async fn service(dir: &Path) -> ContextService {
+    service_with(dir, ContextConfig::default()).await
+}
+
+async fn service_with(dir: &Path, config: ContextConfig) -> ContextService {
     let store = Store::open(StoreConfig::at(dir)).unwrap();
     let bus = EventBus::new(store.clone(), EventBusConfig::default())
         .await
         .unwrap();
-    ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
+    ContextService::open(store, bus, Arc::new(SystemClock), config)
         .await
         .unwrap()
 }
+
+/// The hot tier's bound in the RSS case (the issue's figure).
+const RSS_HOT_TIER_BYTES: usize = 64 << 20;
 
 fn commit(runtime: &tokio::runtime::Runtime, root: &Path, writer_counts: &[usize]) {
     let durability = Durability::Process;
@@ -312,11 +319,15 @@ async fn rss(dir: &Path) {
     let contexts = env_count("QI_BENCH_CONTEXTS", 10_000).max(WRITERS);
     println!(
         "\n== rss: {versions} versions over {contexts} contexts through ContextService::write, \
-         {WRITERS} writers (hot tier: every context's current document; this build has no \
-         byte bound on it) =="
+         {WRITERS} writers (ContextConfig::hot_tier_bytes = {} MiB) ==",
+        RSS_HOT_TIER_BYTES >> 20
     );
     let before = rss_kib();
-    let svc = service(dir).await;
+    let config = ContextConfig {
+        hot_tier_bytes: RSS_HOT_TIER_BYTES,
+        ..ContextConfig::default()
+    };
+    let svc = service_with(dir, config).await;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for writer in 0..WRITERS {

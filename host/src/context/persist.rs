@@ -84,7 +84,8 @@ pub fn upsert_context(
         .as_ref()
         .map(|p| enc(p).and_then(|b| seal(blobs, &s.id, column::PENDING_CONFLICT, b)))
         .transpose()?;
-    exec(conn, 
+    exec(
+        conn,
         "INSERT OR REPLACE INTO contexts (id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
@@ -129,7 +130,8 @@ pub fn insert_version(
             encode_value(&v.doc),
         )?,
     )?;
-    exec(conn, 
+    exec(
+        conn,
         "INSERT INTO versions (context_id, version, revision, agent_id, hlc, op, doc, doc_blob, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -145,7 +147,8 @@ pub fn insert_version(
         ],
     )?;
     if let Some(limit) = history_limit {
-        exec(conn, 
+        exec(
+            conn,
             "DELETE FROM versions WHERE context_id = ?1 AND version <= ?2",
             params![v.context_id, v.version as i64 - limit as i64],
         )?;
@@ -159,7 +162,8 @@ pub fn insert_conflict(
     blobs: &BlobStore,
     c: &Conflict,
 ) -> Result<u64, StoreError> {
-    exec(conn, 
+    exec(
+        conn,
         "INSERT INTO conflicts (context_id, field, conflict_type, severity, agent_values, detected_at, resolved_at, resolution)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -182,7 +186,8 @@ pub fn insert_conflict(
 /// Conflict retention: keeps the newest `keep` conflict records of a context, and every
 /// unresolved `critical` one (what a context in `conflict` state waits on).
 pub fn prune_conflicts(conn: &Connection, context_id: &str, keep: u64) -> Result<(), StoreError> {
-    exec(conn, 
+    exec(
+        conn,
         "DELETE FROM conflicts WHERE context_id = ?1
            AND NOT (severity = ?3 AND resolved_at IS NULL)
            AND id <= (SELECT id FROM conflicts WHERE context_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
@@ -201,7 +206,8 @@ pub fn update_conflict(
     blobs: &BlobStore,
     c: &Conflict,
 ) -> Result<(), StoreError> {
-    exec(conn, 
+    exec(
+        conn,
         "UPDATE conflicts SET agent_values = ?2, resolved_at = ?3, resolution = ?4 WHERE id = ?1",
         params![
             c.id as i64,
@@ -234,7 +240,8 @@ pub fn upsert_share(conn: &Connection, blobs: &BlobStore, s: &Share) -> Result<(
     {
         insert_keys(conn, &[row], now_ms())?;
     }
-    exec(conn, 
+    exec(
+        conn,
         "INSERT OR REPLACE INTO shares (context_id, agent_id, permissions, granted_by, granted_at, expires_at, min_trust) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             s.context_id,
@@ -256,7 +263,8 @@ pub fn delete_share(
     context_id: &str,
     agent_id: &str,
 ) -> Result<(), StoreError> {
-    exec(conn, 
+    exec(
+        conn,
         "DELETE FROM shares WHERE context_id = ?1 AND agent_id = ?2",
         params![context_id, agent_id],
     )?;
@@ -285,7 +293,8 @@ pub fn delete_share(
 
 /// Writes an agent registration.
 pub fn upsert_agent(conn: &Connection, a: &AgentRegistration) -> Result<(), StoreError> {
-    exec(conn, 
+    exec(
+        conn,
         "INSERT OR REPLACE INTO agents (id, capabilities, registered_at, last_heartbeat, status) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             a.agent_id,
