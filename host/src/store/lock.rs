@@ -12,6 +12,7 @@
 use super::StoreError;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -70,6 +71,17 @@ static HELD: Mutex<Vec<(PathBuf, Weak<File>)>> = Mutex::new(Vec::new());
 #[derive(Debug)]
 pub(crate) struct DirLock {
     file: Option<Arc<File>>,
+    /// This open took the lock; `false` when another store of this process already held it
+    /// (and may be writing: its blobs can be on disk before their rows commit).
+    taken: bool,
+}
+
+impl DirLock {
+    /// Whether this open took the lock, rather than sharing one another store of this process
+    /// holds: only then is no write of the directory in flight.
+    pub(crate) fn taken(&self) -> bool {
+        self.taken
+    }
 }
 
 impl Drop for DirLock {
@@ -95,15 +107,29 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
         .find(|(k, _)| *k == key)
         .and_then(|(_, f)| f.upgrade())
     {
-        return Ok(DirLock { file: Some(file) });
+        return Ok(DirLock {
+            file: Some(file),
+            taken: false,
+        });
     }
+    // Never through a symbolic link: a link planted as the lock file would make the host
+    // truncate and overwrite (or create) whatever file it names.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| StoreError::io(&path, e))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => StoreError::io(
+                &path,
+                std::io::Error::other(
+                    "the lock file is a symbolic link; remove it (the host makes its own)",
+                ),
+            ),
+            _ => StoreError::io(&path, e),
+        })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -126,7 +152,10 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
     let file = Arc::new(file);
     held.retain(|(_, f)| f.strong_count() > 0);
     held.push((key, Arc::downgrade(&file)));
-    Ok(DirLock { file: Some(file) })
+    Ok(DirLock {
+        file: Some(file),
+        taken: true,
+    })
 }
 
 /// What the lock file of `dir` says about its holder, without taking the lock: `None` when
