@@ -251,7 +251,7 @@ impl Store {
         let control: ControlFlag = Arc::new(AtomicBool::new(false));
         install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
 
-        let readers = open_readers(&db_path)?;
+        let readers = open_readers(&db_path, true)?;
 
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         let writer = Writer {
@@ -308,7 +308,7 @@ impl Store {
             });
         }
         let db_path = db.to_string_lossy().into_owned();
-        let readers = open_readers(&db_path)?;
+        let readers = open_readers(&db_path, false)?;
         let found: u32 = readers[0].pragma_query_value(None, "user_version", |row| row.get(0))?;
         let supported = migrations::latest_version();
         if found > supported {

@@ -309,3 +309,28 @@ async fn a_second_store_of_the_process_removes_no_blob_a_pending_write_has_store
         .get(&hash)
         .expect("the committed version's blob is still there");
 }
+
+#[tokio::test]
+async fn a_read_only_open_leaves_the_database_files_as_it_found_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = blobby(dir.path());
+    put_version(&owner, 1, big("one")).await;
+    let reader = Store::open_read_only(StoreConfig::at(dir.path())).unwrap();
+    let count = reader
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM versions", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+    // The owner goes (as a killed host would leave it: the WAL still holds its commits).
+    drop(owner);
+    let db = dir.path().join(DB_FILE);
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    let before = (std::fs::read(&db).unwrap(), std::fs::read(&wal).ok());
+    assert!(before.1.as_ref().is_some_and(|w| !w.is_empty()), "WAL kept");
+    drop(reader);
+    let after = (std::fs::read(&db).unwrap(), std::fs::read(&wal).ok());
+    assert!(
+        before == after,
+        "a read-only open neither checkpoints into {DB_FILE} nor removes its WAL"
+    );
+}
