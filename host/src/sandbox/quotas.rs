@@ -66,16 +66,16 @@ impl AgentShared {
         Ok(())
     }
 
-    /// Counts against `maxContextBytes` what a write stored beyond the `taken` bytes it took
-    /// before it ([`take_context_write`](Self::take_context_write)): a small patch, a rollback
-    /// or a resolution makes a version holding the whole document. Never refuses (the write is
-    /// done): the agent's next write finds the quota spent.
+    /// Counts against `maxContextBytes` and the stored-bytes bound what a write stored beyond
+    /// the `taken` bytes it took before it ([`take_context_write`](Self::take_context_write)):
+    /// a small patch, a rollback or a resolution makes a version holding the whole document.
+    /// Never refuses (the write is done): the agent's next write finds the budget spent.
     pub fn charge_context_stored(&self, taken: usize, result: &crate::context::WriteResult) {
         let extra = result.doc_bytes.saturating_sub(taken as u64);
         if extra > 0 {
-            self.counters
-                .context_bytes
-                .fetch_add(extra, Ordering::Relaxed);
+            for counter in [&self.counters.context_bytes, &self.counters.stored_bytes] {
+                counter.fetch_add(extra, Ordering::Relaxed);
+            }
         }
     }
 

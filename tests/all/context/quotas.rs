@@ -172,6 +172,10 @@ async fn a_small_patch_counts_the_whole_document_it_stores_against_context_bytes
         "the receipt counts what was stored: {}",
         report.usage.context_bytes
     );
+    assert!(
+        report.usage.stored_bytes >= 3 * 9_000,
+        "and so does the store's bound"
+    );
     let svc = &context_host().await.svc;
     assert_eq!(svc.get(OPERATOR, &a).await.unwrap().version, 3);
 }
