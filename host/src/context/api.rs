@@ -62,6 +62,9 @@ pub struct WriteResult {
     pub new_version: bool,
     /// Conflicts detected by this write.
     pub conflicts: Vec<Conflict>,
+    /// Bytes of the document (its JSON text) the new version stores; 0 when the write made
+    /// none. A small patch, a rollback or a resolution stores a whole document.
+    pub doc_bytes: u64,
 }
 
 /// A context as a reader sees it.

@@ -424,5 +424,23 @@ pub(super) fn result_of(
         status: s.status,
         new_version,
         conflicts,
+        doc_bytes: if new_version { json_len(&s.doc) } else { 0 },
     }
+}
+
+/// The length of `doc`'s compact JSON text, counted without building it.
+fn json_len(doc: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, doc);
+    count.0
 }

@@ -123,6 +123,19 @@ pub enum Refusal {
         /// [`MAX_VERSIONS_BEHIND`].
         max: u64,
     },
+    /// The versions between the base and the current one hold more than a write may read
+    /// ([`OBSERVED_DOCUMENTS`] documents' worth of bytes).
+    #[error(
+        "the versions since `baseVersion` {base} hold more than {max_bytes} bytes, more than a write may read to find concurrent changes: re-read the context and base the change on its current version {current}"
+    )]
+    ChangesTooLarge {
+        /// Claimed base.
+        base: u64,
+        /// Current version.
+        current: u64,
+        /// [`OBSERVED_DOCUMENTS`] × `max_document_bytes`.
+        max_bytes: usize,
+    },
     /// Causal strategy: the writer did not observe its own earlier write.
     #[error(
         "not causal: based on version {base}, but this agent's own write made version {own}; base the change on version {own} or later"
@@ -153,6 +166,11 @@ pub enum Refusal {
 /// Most versions a write's base may be behind the current one (the versions in between are
 /// read to find concurrent changes, on the store's writer, so the work of one write is bounded).
 pub const MAX_VERSIONS_BEHIND: u64 = 1_000;
+
+/// Most bytes of stored documents the versions a write is behind may hold, in units of
+/// `max_document_bytes`: a thousand versions of a large document would otherwise be read into
+/// memory on the writer for one write (a guest makes them with tiny patches).
+pub const OBSERVED_DOCUMENTS: usize = 4;
 
 /// What a write did.
 #[derive(Debug, Clone)]

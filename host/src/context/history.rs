@@ -45,6 +45,10 @@ impl ContextService {
         id: &str,
         version: u64,
     ) -> Result<WriteResult, ContextError> {
+        // Before the version is read: an agent without `write` learns nothing about the
+        // context's versions (nor makes the host read one). Checked again when it commits.
+        self.authorize(agent, id, Permission::Write, "roll back")
+            .await?;
         let (blobs, id2) = (self.shared.store.blobs().clone(), id.to_string());
         let old = self
             .shared

@@ -482,12 +482,36 @@ pub fn load_versions(
     context_id: &str,
     limit: usize,
 ) -> Result<Vec<ContextVersion>, StoreError> {
+    Ok(load_versions_within(conn, blobs, context_id, limit, usize::MAX)?.unwrap_or_default())
+}
+
+/// [`load_versions`], reading at most `max_bytes` of stored documents (plus the one that
+/// crosses it): `None` when the versions hold more.
+pub fn load_versions_within(
+    conn: &Connection,
+    blobs: &BlobStore,
+    context_id: &str,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<ContextVersion>>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT version, revision, agent_id, hlc, op, doc, doc_blob FROM versions WHERE context_id = ?1 ORDER BY version DESC LIMIT ?2",
     )?;
     let mut rows = stmt.query(params![context_id, limit as i64])?;
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     while let Some(r) = rows.next()? {
+        let (doc, size) = load_doc_sized(
+            r.get::<_, Option<Vec<u8>>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            blobs,
+            context_id,
+            column::VERSION_DOC,
+        )?;
+        bytes = bytes.saturating_add(size);
+        if bytes > max_bytes {
+            return Ok(None);
+        }
         out.push(ContextVersion {
             context_id: context_id.to_string(),
             version: r.get::<_, i64>(0)? as u64,
@@ -498,16 +522,10 @@ pub fn load_versions(
                 .parse()
                 .map_err(StoreError::CorruptRow)?,
             op: r.get(4)?,
-            doc: load_doc(
-                r.get::<_, Option<Vec<u8>>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                blobs,
-                context_id,
-                column::VERSION_DOC,
-            )?,
+            doc,
         });
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// One version of a context.
@@ -574,10 +592,26 @@ fn load_doc(
     context_id: &str,
     column: &str,
 ) -> Result<Value, StoreError> {
+    load_doc_sized(doc, blob, blobs, context_id, column).map(|(doc, _)| doc)
+}
+
+/// [`load_doc`] and the bytes it was stored in.
+fn load_doc_sized(
+    doc: Option<Vec<u8>>,
+    blob: Option<String>,
+    blobs: &BlobStore,
+    context_id: &str,
+    column: &str,
+) -> Result<(Value, usize), StoreError> {
     match StoredDoc::from_columns(doc, blob)? {
         Some(d) => {
-            crate::store::decode_value(&unseal(blobs, context_id, column, d.load_bytes(blobs)?)?)
+            let bytes = d.load_bytes(blobs)?;
+            let size = bytes.len();
+            Ok((
+                crate::store::decode_value(&unseal(blobs, context_id, column, bytes)?)?,
+                size,
+            ))
         }
-        None => Ok(Value::Null),
+        None => Ok((Value::Null, 0)),
     }
 }

@@ -48,7 +48,7 @@ impl ContextService {
                 if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
                     return Err(Self::deny(sh, ctx, &agent, "write", &id, reason));
                 }
-                let observed = Self::observed(ctx, state, base_version)?;
+                let observed = Self::observed(sh, ctx, state, base_version)?;
                 let changes = match (changes, change) {
                     (Some(c), _) => c,
                     (None, Change::Put(doc)) => {
@@ -86,8 +86,10 @@ impl ContextService {
 
     /// The retained versions from `base` to the current one, oldest first, when a write based
     /// on `base` needs them to find concurrent changes (a base older than the current version,
-    /// on a context that is not strong); refused when retention dropped the base.
+    /// on a context that is not strong); refused when retention dropped the base or when they hold
+    /// more bytes than [`engine::OBSERVED_DOCUMENTS`] documents.
     fn observed(
+        sh: &Shared,
         ctx: &mut WriteCtx<'_>,
         state: &ContextState,
         base: Option<u64>,
@@ -112,7 +114,20 @@ impl ContextService {
             }));
         }
         let span = (state.version - base + 1) as usize;
-        let mut versions = persist::load_versions(ctx.tx(), ctx.blobs(), &state.id, span)?;
+        let max_bytes = engine::OBSERVED_DOCUMENTS.saturating_mul(sh.config.max_document_bytes);
+        let Some(mut versions) =
+            persist::load_versions_within(ctx.tx(), ctx.blobs(), &state.id, span, max_bytes)?
+        else {
+            return Err(OpError::Committed(ContextError::Refused {
+                context: state.id.clone(),
+                refusal: Refusal::ChangesTooLarge {
+                    base,
+                    current: state.version,
+                    max_bytes,
+                },
+                conflict: None,
+            }));
+        };
         versions.reverse();
         if let Err(refusal) = engine::check_observed(state, base, &versions) {
             return Err(OpError::Committed(ContextError::Refused {

@@ -245,7 +245,10 @@ impl qi::agent::context::Host for AgentState {
             shared.context_cache.invalidate(&id).await;
             svc.write(&me, &id, Change::Put(doc), base_version)
                 .await
-                .map(write_result)
+                .map(|r| {
+                    shared.charge_context_stored(bytes, &r);
+                    write_result(r)
+                })
                 .map_err(|e| decided(&shared, e))
         }
         .await;
@@ -285,7 +288,10 @@ impl qi::agent::context::Host for AgentState {
             shared.context_cache.invalidate(&id).await;
             svc.write(&me, &id, Change::Merge(patch), base_version)
                 .await
-                .map(write_result)
+                .map(|r| {
+                    shared.charge_context_stored(bytes, &r);
+                    write_result(r)
+                })
                 .map_err(|e| decided(&shared, e))
         }
         .await;

@@ -3,7 +3,8 @@
 //!
 //! Every context write an agent makes through `qi:agent/context` (create, put, patch, delete)
 //! takes one write and the bytes of the JSON text it sends from these budgets before the
-//! context store sees it. Both are taken or neither is: a write refused by either quota costs
+//! context store sees it; a write that stored a larger document than it sent (a patch, a
+//! rollback, a resolution: each version holds the whole document) is then charged the rest. Both are taken or neither is: a write refused by either quota costs
 //! nothing. A write that the store then refuses (access denied, stale) has still been counted,
 //! as tool calls are: a guest cannot probe the store for free.
 
@@ -63,6 +64,19 @@ impl AgentShared {
             ));
         }
         Ok(())
+    }
+
+    /// Counts against `maxContextBytes` and the stored-bytes bound what a write stored beyond
+    /// the `taken` bytes it took before it ([`take_context_write`](Self::take_context_write)):
+    /// a small patch, a rollback or a resolution makes a version holding the whole document.
+    /// Never refuses (the write is done): the agent's next write finds the budget spent.
+    pub fn charge_context_stored(&self, taken: usize, result: &crate::context::WriteResult) {
+        let extra = result.doc_bytes.saturating_sub(taken as u64);
+        if extra > 0 {
+            for counter in [&self.counters.context_bytes, &self.counters.stored_bytes] {
+                counter.fetch_add(extra, Ordering::Relaxed);
+            }
+        }
     }
 
     fn context_quota_refused(&self, limit: LimitKind, max: u64, detail: String) -> String {

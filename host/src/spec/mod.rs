@@ -140,7 +140,8 @@ pub struct ResourceLimits {
     /// Bytes the agent may write to the context store over its life: the JSON text of every
     /// document it creates or puts (plus the context type of a create) and of every merge
     /// patch. Counted when the write is attempted (a write refused by the sharing rules costs
-    /// its bytes too, so a guest cannot probe for free); past it the write is refused with
+    /// its bytes too, so a guest cannot probe for free); a write that then stored a larger
+    /// document (a patch, a rollback, a resolution) is charged the rest. Past it the write is refused with
     /// `refused` naming this field, and the agent ends with a `limit-exceeded` of it. Reported
     /// as the receipt's `context_bytes`.
     pub max_context_bytes: u64,

@@ -13,7 +13,9 @@
 //!   write is running meanwhile, so no row can be about to name a candidate.
 //! * **At open.** [`sweep_all`] removes every blob no row names and every temporary file in
 //!   the blob directory: what a crash between a blob's write and its row's commit (or a write
-//!   that rolled back) left behind. The directory's lock guarantees no other process writes.
+//!   that rolled back) left behind. The directory's lock guarantees no other process writes;
+//!   a store opened while another store of this process holds the lock (and may have a write
+//!   in flight, its blob stored and its row not yet committed) sweeps nothing.
 //!
 //! A read that loaded a version row just before retention dropped it and reads its blob after
 //! the collection fails with `BlobMissing`: reads of versions at the edge of retention can

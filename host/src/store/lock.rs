@@ -1,6 +1,7 @@
 //! One owner per data directory: the exclusive lock `<data_dir>/lock` ([`LOCK_FILE`]).
 //!
-//! [`Store::open`](super::Store::open) takes an advisory `flock` on the lock file for the
+//! [`Store::open`](super::Store::open) takes an advisory `flock` on the lock file, and one on
+//! the directory itself (so that removing the lock file lets no second host in), for the
 //! store's whole life and writes its [`LockHolder`] (pid, command line, since when) into it. A
 //! second writer on the same directory (another `qi-host run`, `run-agent`, or a writing CLI
 //! command) fails at once with [`StoreError::Locked`](super::StoreError::Locked), which names
@@ -12,6 +13,7 @@
 use super::StoreError;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -63,13 +65,34 @@ impl std::fmt::Display for LockHolder {
 
 /// Data directories (canonical paths) locked by this process, with the one open lock file
 /// each: the stores of one process share it (the process is the owner).
-static HELD: Mutex<Vec<(PathBuf, Weak<File>)>> = Mutex::new(Vec::new());
+static HELD: Mutex<Vec<(PathBuf, Weak<Held>)>> = Mutex::new(Vec::new());
+
+/// What a process holds while it owns a directory: the locked lock file and the locked
+/// directory itself. The directory's lock still keeps a second host out when the lock file is
+/// removed (taken for a stale pid file) while the owner runs: a new lock file would be a new,
+/// unlocked inode.
+#[derive(Debug)]
+struct Held {
+    _file: File,
+    _dir: File,
+}
 
 /// The held lock; released when the last store of this process holding it is dropped (or
 /// when the process dies).
 #[derive(Debug)]
 pub(crate) struct DirLock {
-    file: Option<Arc<File>>,
+    file: Option<Arc<Held>>,
+    /// This open took the lock; `false` when another store of this process already held it
+    /// (and may be writing: its blobs can be on disk before their rows commit).
+    taken: bool,
+}
+
+impl DirLock {
+    /// Whether this open took the lock, rather than sharing one another store of this process
+    /// holds: only then is no write of the directory in flight.
+    pub(crate) fn taken(&self) -> bool {
+        self.taken
+    }
 }
 
 impl Drop for DirLock {
@@ -95,24 +118,41 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
         .find(|(k, _)| *k == key)
         .and_then(|(_, f)| f.upgrade())
     {
-        return Ok(DirLock { file: Some(file) });
+        return Ok(DirLock {
+            file: Some(file),
+            taken: false,
+        });
     }
+    // Never through a symbolic link: a link planted as the lock file would make the host
+    // truncate and overwrite (or create) whatever file it names.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| StoreError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-                holder: read_holder(dir),
-            });
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => StoreError::io(
+                &path,
+                std::io::Error::other(
+                    "the lock file is a symbolic link; remove it (the host makes its own)",
+                ),
+            ),
+            _ => StoreError::io(&path, e),
+        })?;
+    let dir_file = File::open(dir).map_err(|e| StoreError::io(dir, e))?;
+    for (locked, at) in [(&dir_file, dir), (&file, path.as_path())] {
+        match locked.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: read_holder(dir),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(at, e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
     }
     let record = serde_json::to_string(&LockHolder::current())
         .map_err(|e| StoreError::Encode(e.to_string()))?;
@@ -123,10 +163,16 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
         file.write_all(b"\n")
     };
     write(&file).map_err(|e| StoreError::io(&path, e))?;
-    let file = Arc::new(file);
+    let file = Arc::new(Held {
+        _file: file,
+        _dir: dir_file,
+    });
     held.retain(|(_, f)| f.strong_count() > 0);
     held.push((key, Arc::downgrade(&file)));
-    Ok(DirLock { file: Some(file) })
+    Ok(DirLock {
+        file: Some(file),
+        taken: true,
+    })
 }
 
 /// What the lock file of `dir` says about its holder, without taking the lock: `None` when

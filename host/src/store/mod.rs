@@ -242,12 +242,16 @@ impl Store {
         }
         let host_id = load_host_id(config.data_dir.as_deref(), true)?;
         // Blobs a crash or a rolled-back write left behind; later ones go after each commit.
-        gc::sweep_all(&conn, &blobs)?;
+        // Not when another store of this process holds the lock: its writes in flight have
+        // their blobs on disk before their rows commit.
+        if dir_lock.as_ref().is_none_or(lock::DirLock::taken) {
+            gc::sweep_all(&conn, &blobs)?;
+        }
         gc::install(&conn).map_err(open_err)?;
         let control: ControlFlag = Arc::new(AtomicBool::new(false));
         install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
 
-        let readers = open_readers(&db_path)?;
+        let readers = open_readers(&db_path, true)?;
 
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         let writer = Writer {
@@ -304,7 +308,7 @@ impl Store {
             });
         }
         let db_path = db.to_string_lossy().into_owned();
-        let readers = open_readers(&db_path)?;
+        let readers = open_readers(&db_path, false)?;
         let found: u32 = readers[0].pragma_query_value(None, "user_version", |row| row.get(0))?;
         let supported = migrations::latest_version();
         if found > supported {

@@ -158,16 +158,33 @@ pub(super) fn configure_writer(conn: &Connection, config: &StoreConfig) -> Resul
     Ok(())
 }
 
-/// The read pool: [`READ_CONNECTIONS`] connections refusing writes.
-pub(super) fn open_readers(db_path: &str) -> Result<Vec<Connection>, StoreError> {
+/// The read pool: [`READ_CONNECTIONS`] connections refusing writes. Those of a read-only
+/// store (`owned` false) are opened read-only and never checkpoint on close: the last
+/// connection to close would otherwise copy the WAL into the database and remove it, a
+/// write to a directory the command does not own.
+pub(super) fn open_readers(db_path: &str, owned: bool) -> Result<Vec<Connection>, StoreError> {
     let open_err = |source| StoreError::Open {
         path: db_path.to_string(),
         source,
     };
+    let flags = if owned {
+        OpenFlags::default()
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
     let mut readers = Vec::with_capacity(READ_CONNECTIONS);
     for _ in 0..READ_CONNECTIONS {
-        let mut reader =
-            Connection::open_with_flags(db_path, OpenFlags::default()).map_err(open_err)?;
+        let mut reader = Connection::open_with_flags(db_path, flags).map_err(open_err)?;
+        if !owned {
+            reader
+                .set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    true,
+                )
+                .map_err(open_err)?;
+        }
         configure_reader(&reader).map_err(open_err)?;
         install_authorizer(&mut reader, None).map_err(open_err)?;
         readers.push(reader);

@@ -245,3 +245,92 @@ fn a_store_on_a_directory_another_process_owns_fails_naming_it() {
     );
     drop(store);
 }
+
+#[test]
+fn a_lock_file_that_is_a_symlink_is_refused_and_nothing_is_written_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Whoever can write into the data directory plants `lock` pointing at another file.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(&victim, data.join(LOCK_FILE)).unwrap();
+    let e = Store::open(StoreConfig::at(&data)).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the link's target is neither truncated nor overwritten"
+    );
+    assert!(!data.join(DB_FILE).exists(), "refused before the database");
+    // A dangling link creates nothing at its target either.
+    let elsewhere = dir.path().join("created-elsewhere");
+    let data = dir.path().join("data2");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, data.join(LOCK_FILE)).unwrap();
+    Store::open(StoreConfig::at(&data)).unwrap_err();
+    assert!(!elsewhere.exists(), "no file created through the link");
+}
+
+#[tokio::test]
+async fn a_second_store_of_the_process_removes_no_blob_a_pending_write_has_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = blobby(dir.path());
+    let (stored_tx, mut stored_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let writing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .write(move |ctx| {
+                    let stored = ctx.store_doc(&big("pending"))?;
+                    let hash = stored.blob_column().unwrap().to_string();
+                    // The blob is on disk, its row not yet committed.
+                    stored_tx.send(hash.clone()).unwrap();
+                    go_rx.recv().unwrap();
+                    ctx.tx().execute(
+                        "INSERT INTO versions(context_id, version, revision, agent_id, hlc, op, doc, doc_blob, created_at) \
+                         VALUES ('ctx-1', 1, 1, 'a', '0', 'put', ?1, ?2, 0)",
+                        rusqlite::params![stored.doc_column(), stored.blob_column()],
+                    )?;
+                    Ok(hash)
+                })
+                .await
+                .unwrap()
+        }
+    });
+    let hash = stored_rx.recv().await.unwrap();
+    // Another store of this process on the same directory (it shares the lock) opens now.
+    drop(blobby(dir.path()));
+    go_tx.send(()).unwrap();
+    assert_eq!(writing.await.unwrap(), hash);
+    store
+        .blobs()
+        .get(&hash)
+        .expect("the committed version's blob is still there");
+}
+
+#[tokio::test]
+async fn a_read_only_open_leaves_the_database_files_as_it_found_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = blobby(dir.path());
+    put_version(&owner, 1, big("one")).await;
+    let reader = Store::open_read_only(StoreConfig::at(dir.path())).unwrap();
+    let count = reader
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM versions", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+    // The owner goes (as a killed host would leave it: the WAL still holds its commits).
+    drop(owner);
+    let db = dir.path().join(DB_FILE);
+    let wal = dir.path().join(format!("{DB_FILE}-wal"));
+    let before = (std::fs::read(&db).unwrap(), std::fs::read(&wal).ok());
+    assert!(before.1.as_ref().is_some_and(|w| !w.is_empty()), "WAL kept");
+    drop(reader);
+    let after = (std::fs::read(&db).unwrap(), std::fs::read(&wal).ok());
+    assert!(
+        before == after,
+        "a read-only open neither checkpoints into {DB_FILE} nor removes its WAL"
+    );
+}

@@ -120,6 +120,29 @@ fn a_second_host_on_an_owned_directory_fails_naming_the_owner() {
     assert!(again.status.success(), "{}", stderr(&again));
 }
 
+#[test]
+fn a_lock_file_removed_beside_the_owner_lets_no_second_host_in() {
+    // An operator takes `lock` for a stale pid file and removes it while the host runs.
+    let data = tempfile::tempdir().unwrap();
+    let holder = Holder::sleeper(data.path());
+    std::fs::remove_file(data.path().join(qi_host::store::LOCK_FILE)).unwrap();
+    let second = on(
+        data.path(),
+        &["run-agent", HELLO_COMPONENT, "--task", "greet"],
+    );
+    assert!(
+        !second.status.success(),
+        "a second writer ran beside the owner: {}",
+        stderr(&second)
+    );
+    assert!(
+        stderr(&second).contains("owns the data directory"),
+        "{}",
+        stderr(&second)
+    );
+    drop(holder);
+}
+
 #[tokio::test]
 async fn read_only_commands_work_beside_the_owner() {
     let data = crate::cli_state::seeded().await;

@@ -140,3 +140,42 @@ async fn context_bytes_at_the_quota_pass_and_one_byte_past_ends_the_agent_with_t
         "resourceLimits.maxContextWrites"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_patch_counts_the_whole_document_it_stores_against_context_bytes() {
+    // Each patch makes a version holding the whole document: tiny patches on a large
+    // document would otherwise store far more than maxContextBytes.
+    let cost = |n: usize| (doc_of(n).to_string().len() + "notes".len()) as u64;
+    let a = unique("quota-amplify");
+    let mut steps = vec![json!({"context_create": {"id": a, "doc": doc_of(9_000)}})];
+    for n in 1..=5 {
+        steps.push(json!({"context_patch_at": {"id": a, "doc": {"n": n}, "base": n}}));
+    }
+    let mut s = spec();
+    s.resource_limits.max_context_bytes = 3 * cost(9_000);
+    let report = run(s, Value::Array(steps)).await;
+    let p = probes(&report);
+    let passed = p.iter().filter(|p| p["ok"] == true).count();
+    assert_eq!(
+        passed, 3,
+        "the create and two patches: three documents; {p:?}"
+    );
+    for refused in &p[3..] {
+        let e = refused["error"].as_str().unwrap();
+        assert!(
+            e.starts_with("refused") && e.contains("resourceLimits.maxContextBytes"),
+            "{e}"
+        );
+    }
+    assert!(
+        report.usage.context_bytes >= 3 * 9_000,
+        "the receipt counts what was stored: {}",
+        report.usage.context_bytes
+    );
+    assert!(
+        report.usage.stored_bytes >= 3 * 9_000,
+        "and so does the store's bound"
+    );
+    let svc = &context_host().await.svc;
+    assert_eq!(svc.get(OPERATOR, &a).await.unwrap().version, 3);
+}

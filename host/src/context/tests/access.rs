@@ -230,3 +230,34 @@ async fn disconnected_agents_lose_access_and_subscriptions() {
     f.svc.heartbeat("r").await.unwrap();
     assert!(f.svc.get("r", "c").await.is_ok());
 }
+
+#[tokio::test]
+async fn a_rollback_without_write_is_refused_before_any_version_is_read() {
+    let f = fixture().await;
+    agents(&f.svc, &["owner", "reader"]).await;
+    ctx(
+        &f.svc,
+        "owner",
+        "c",
+        SyncStrategy::Eventual,
+        json!({"a": 1}),
+    )
+    .await;
+    f.svc
+        .share("owner", "c", &["reader".into()], &[Permission::Read], None)
+        .await
+        .unwrap();
+    // Whether a version exists or not, an agent without `write` learns only that it may not
+    // roll back (the version was read, and its absence reported, before the check).
+    for version in [1, 99] {
+        let e = f.svc.rollback("reader", "c", version).await.unwrap_err();
+        assert!(
+            matches!(e, ContextError::AccessDenied { .. }),
+            "{version}: {e}"
+        );
+    }
+    // The owner rolls back to version 1 and is told about a missing one.
+    f.svc.rollback("owner", "c", 1).await.unwrap();
+    let e = f.svc.rollback("owner", "c", 99).await.unwrap_err();
+    assert!(matches!(e, ContextError::Invalid { .. }), "{e}");
+}

@@ -380,3 +380,57 @@ async fn conflicts_are_retained_up_to_the_configured_count_except_pending_ones()
     assert_eq!(kept.len(), 4, "three newest and the pending one: {kept:?}");
     assert_eq!(kept[0].id, pending[0], "{kept:?}");
 }
+
+#[tokio::test]
+async fn a_write_far_behind_large_documents_is_refused_before_the_writer_reads_them_all() {
+    // The versions between a write's base and the current one are read on the store's
+    // writer: at most `OBSERVED_DOCUMENTS` documents' worth of bytes, whatever their count.
+    const LIMIT: usize = 1_000;
+    let f = fixture_with(small_limit(LIMIT)).await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(
+        &f.svc,
+        "a",
+        "x",
+        SyncStrategy::Eventual,
+        doc_of(LIMIT - 100),
+    )
+    .await;
+    share_all(&f.svc, "x", "a", &["b"]).await;
+    // Tiny patches, each a new version holding the whole (large) document.
+    let patches = 16;
+    // Far more versions than the bound.
+    const { assert!(engine::OBSERVED_DOCUMENTS < 8) };
+    for v in 1..=patches {
+        f.svc
+            .write("a", "x", merge(json!({ "n": v })), Some(v))
+            .await
+            .unwrap();
+    }
+    let current = patches + 1;
+    let e = f
+        .svc
+        .write("b", "x", merge(json!({"m": 1})), Some(1))
+        .await
+        .unwrap_err();
+    match e {
+        ContextError::Refused {
+            refusal:
+                Refusal::ChangesTooLarge {
+                    base: 1,
+                    current: c,
+                    ..
+                },
+            ..
+        } => assert_eq!(c, current),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.svc.get("a", "x").await.unwrap().version, current);
+    // A base whose versions since fit is merged as before.
+    let r = f
+        .svc
+        .write("b", "x", merge(json!({"m": 2})), Some(current - 2))
+        .await
+        .unwrap();
+    assert_eq!(r.version, current + 1);
+}

@@ -65,7 +65,10 @@ impl AgentState {
             shared.context_cache.invalidate(&id).await;
             svc.write(&me, &id, Change::Pointer(parsed), base_version)
                 .await
-                .map(write_result)
+                .map(|r| {
+                    shared.charge_context_stored(bytes, &r);
+                    write_result(r)
+                })
                 .map_err(|e| decided(&shared, e))
         }
         .await;
@@ -142,7 +145,10 @@ impl AgentState {
             shared.context_cache.invalidate(&id).await;
             svc.rollback(&me, &id, version)
                 .await
-                .map(write_result)
+                .map(|r| {
+                    shared.charge_context_stored(0, &r);
+                    write_result(r)
+                })
                 .map_err(|e| decided(&shared, e))
         }
         .await;
@@ -196,7 +202,10 @@ impl AgentState {
             shared.context_cache.invalidate(&id).await;
             svc.resolve(&me, &id, choice)
                 .await
-                .map(write_result)
+                .map(|r| {
+                    shared.charge_context_stored(bytes, &r);
+                    write_result(r)
+                })
                 .map_err(|e| decided(&shared, e))
         }
         .await;
