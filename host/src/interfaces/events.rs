@@ -232,7 +232,14 @@ impl qi::agent::events::Host for AgentState {
             })),
             Ok(None) => Ok(None),
             Err(e) => {
+                // The subscription is over (unsubscribed, compacted past it): the service
+                // forgets it too, as for a refused delivery.
                 self.subscriptions.remove(&subscription);
+                if let Some(svc) = &self.shared.context {
+                    let _ = svc
+                        .unsubscribe(&self.shared.id, crate::events::SubscriptionId(subscription))
+                        .await;
+                }
                 Err(event_error(e))
             }
         };
