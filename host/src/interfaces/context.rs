@@ -84,6 +84,42 @@ fn write_result(r: crate::context::WriteResult) -> WitWriteResult {
 }
 
 /// The agent's per-agent audit bound, for the entries the context store adds for its calls.
+/// Admits a write of `bytes` by the agent to context `id`: the per-agent quotas
+/// (`maxContextWrites`, `maxContextBytes`), then the access gate for `action`; then drops the
+/// agent's cached copy of the context, which the write makes stale.
+pub(super) async fn admit_write(
+    shared: &AgentShared,
+    call: &str,
+    id: &str,
+    action: &str,
+    bytes: usize,
+) -> Result<(), WitContextError> {
+    shared
+        .take_context_write(call, bytes)
+        .map_err(WitContextError::Refused)?;
+    shared
+        .gate("context", id, action)
+        .map_err(WitContextError::AccessDenied)?;
+    shared.context_cache.invalidate(id).await;
+    Ok(())
+}
+
+/// The guest's answer to a write that sent `sent` bytes; a document stored beyond them (a
+/// small patch of a large document) is charged to the quotas.
+pub(super) fn written(
+    shared: &AgentShared,
+    sent: usize,
+    r: Result<crate::context::WriteResult, ContextError>,
+) -> Result<WitWriteResult, WitContextError> {
+    match r {
+        Ok(r) => {
+            shared.charge_context_stored(sent, &r);
+            Ok(write_result(r))
+        }
+        Err(e) => Err(decided(shared, e)),
+    }
+}
+
 fn audit_budget(shared: &Arc<AgentShared>) -> crate::context::AuditBudget {
     let shared = shared.clone();
     Arc::new(move || shared.take_audit_entry())
@@ -235,21 +271,10 @@ impl qi::agent::context::Host for AgentState {
             limits::bytes(&shared, "context.put", "doc", &doc, MAX_DOCUMENT_BYTES)
                 .and_then(|()| limits::stored(&shared, "context.put", "doc", doc.len(), 1))
                 .map_err(refused)?;
-            shared
-                .take_context_write("context.put", doc.len())
-                .map_err(WitContextError::Refused)?;
-            shared
-                .gate("context", &id, "put")
-                .map_err(WitContextError::AccessDenied)?;
+            admit_write(&shared, "context.put", &id, "put", bytes).await?;
             let doc = parse_json("doc", &doc)?;
-            shared.context_cache.invalidate(&id).await;
-            svc.write(&me, &id, Change::Put(doc), base_version)
-                .await
-                .map(|r| {
-                    shared.charge_context_stored(bytes, &r);
-                    write_result(r)
-                })
-                .map_err(|e| decided(&shared, e))
+            let r = svc.write(&me, &id, Change::Put(doc), base_version).await;
+            written(&shared, bytes, r)
         }
         .await;
         self.finish_context("context.put", &id, bytes, start, &r);
@@ -278,21 +303,12 @@ impl qi::agent::context::Host for AgentState {
             )
             .and_then(|()| limits::stored(&shared, call, "merge-patch", merge_patch.len(), 1))
             .map_err(refused)?;
-            shared
-                .take_context_write(call, merge_patch.len())
-                .map_err(WitContextError::Refused)?;
-            shared
-                .gate("context", &id, "patch")
-                .map_err(WitContextError::AccessDenied)?;
+            admit_write(&shared, call, &id, "patch", bytes).await?;
             let patch = parse_json("merge-patch", &merge_patch)?;
-            shared.context_cache.invalidate(&id).await;
-            svc.write(&me, &id, Change::Merge(patch), base_version)
-                .await
-                .map(|r| {
-                    shared.charge_context_stored(bytes, &r);
-                    write_result(r)
-                })
-                .map_err(|e| decided(&shared, e))
+            let r = svc
+                .write(&me, &id, Change::Merge(patch), base_version)
+                .await;
+            written(&shared, bytes, r)
         }
         .await;
         self.finish_context("context.patch", &id, bytes, start, &r);
@@ -307,13 +323,7 @@ impl qi::agent::context::Host for AgentState {
             limits::ids(&shared, "context.delete", "id", [&id])
                 .and_then(|()| limits::stored(&shared, "context.delete", "id", 0, 1))
                 .map_err(refused)?;
-            shared
-                .take_context_write("context.delete", 0)
-                .map_err(WitContextError::Refused)?;
-            shared
-                .gate("context", &id, "delete")
-                .map_err(WitContextError::AccessDenied)?;
-            shared.context_cache.invalidate(&id).await;
+            admit_write(&shared, "context.delete", &id, "delete", 0).await?;
             svc.delete(&me, &id)
                 .await
                 .map(|_| ())

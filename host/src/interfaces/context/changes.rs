@@ -4,7 +4,7 @@
 use super::super::AgentState;
 use super::super::limits::{self, MAX_DOCUMENT_BYTES};
 use super::super::qi;
-use super::{context_call, decided, parse_json, refused, write_result};
+use super::{admit_write, context_call, decided, parse_json, refused, written};
 use crate::context::{Change, PointerOp, ResolveChoice};
 use qi::agent::context::{
     ContextError as WitContextError, PointerOp as WitPointerOp, ResolveChoice as WitResolveChoice,
@@ -46,12 +46,7 @@ impl AgentState {
                 )));
             }
             limits::stored(&shared, call, "ops", bytes, 1).map_err(refused)?;
-            shared
-                .take_context_write(call, bytes)
-                .map_err(WitContextError::Refused)?;
-            shared
-                .gate("context", &id, "patch")
-                .map_err(WitContextError::AccessDenied)?;
+            admit_write(&shared, call, &id, "patch", bytes).await?;
             let mut parsed = Vec::with_capacity(ops.len());
             for (i, op) in ops.into_iter().enumerate() {
                 parsed.push(match op {
@@ -62,14 +57,10 @@ impl AgentState {
                     WitPointerOp::Remove(path) => PointerOp::Remove { path },
                 });
             }
-            shared.context_cache.invalidate(&id).await;
-            svc.write(&me, &id, Change::Pointer(parsed), base_version)
-                .await
-                .map(|r| {
-                    shared.charge_context_stored(bytes, &r);
-                    write_result(r)
-                })
-                .map_err(|e| decided(&shared, e))
+            let r = svc
+                .write(&me, &id, Change::Pointer(parsed), base_version)
+                .await;
+            written(&shared, bytes, r)
         }
         .await;
         self.finish_context("context.pointer-patch", &id, bytes, start, &r);
@@ -136,20 +127,9 @@ impl AgentState {
             limits::ids(&shared, call, "id", [&id])
                 .and_then(|()| limits::stored(&shared, call, "id", 0, 1))
                 .map_err(refused)?;
-            shared
-                .take_context_write(call, 0)
-                .map_err(WitContextError::Refused)?;
-            shared
-                .gate("context", &id, "rollback")
-                .map_err(WitContextError::AccessDenied)?;
-            shared.context_cache.invalidate(&id).await;
-            svc.rollback(&me, &id, version)
-                .await
-                .map(|r| {
-                    shared.charge_context_stored(0, &r);
-                    write_result(r)
-                })
-                .map_err(|e| decided(&shared, e))
+            admit_write(&shared, call, &id, "rollback", 0).await?;
+            let r = svc.rollback(&me, &id, version).await;
+            written(&shared, 0, r)
         }
         .await;
         self.finish_context("context.rollback", &id, id.len(), start, &r);
@@ -193,20 +173,9 @@ impl AgentState {
                 }
             };
             limits::stored(&shared, call, "choice", bytes, 1).map_err(refused)?;
-            shared
-                .take_context_write(call, bytes)
-                .map_err(WitContextError::Refused)?;
-            shared
-                .gate("context", &id, "resolve")
-                .map_err(WitContextError::AccessDenied)?;
-            shared.context_cache.invalidate(&id).await;
-            svc.resolve(&me, &id, choice)
-                .await
-                .map(|r| {
-                    shared.charge_context_stored(bytes, &r);
-                    write_result(r)
-                })
-                .map_err(|e| decided(&shared, e))
+            admit_write(&shared, call, &id, "resolve", bytes).await?;
+            let r = svc.resolve(&me, &id, choice).await;
+            written(&shared, bytes, r)
         }
         .await;
         self.finish_context("context.resolve", &id, bytes, start, &r);
