@@ -264,6 +264,7 @@ impl AgentHost {
             agents: self.agents.clone(),
             context: self.context.clone(),
         };
+        let gate_memo = crate::sandbox::gate::GateMemo::new(&id);
         let shared = Arc::new(AgentShared {
             id,
             stdio: Default::default(),
@@ -285,6 +286,7 @@ impl AgentHost {
             access: self.access.clone(),
             trust,
             name: std::sync::OnceLock::new(),
+            gate_memo,
         });
         // Set before the first await: from here on, a trust change or terminate is audited.
         let _ = entry.shared.set(shared.clone());

@@ -112,10 +112,18 @@ pub(crate) fn entry_hash(
         None => {
             let mut hasher = Sha256::new();
             feed(prev_hash, content, |b| hasher.update(b));
-            hex::encode(hasher.finalize())
+            lower_hex(&hasher.finalize().into())
         }
-        Some(key) => hex::encode(hmac(key, |update| feed(prev_hash, content, update))),
+        Some(key) => lower_hex(&hmac(key, |update| feed(prev_hash, content, update))),
     }
+}
+
+/// `digest` as 64 lowercase hex characters (`hex`'s table encoder, not its per-char iterator:
+/// every audit entry is hashed once).
+fn lower_hex(digest: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(digest, &mut out).expect("64 bytes hold 32 bytes in hex");
+    String::from_utf8(out.to_vec()).expect("hex is ASCII")
 }
 
 /// HMAC-SHA-256 under `key` of what `input` feeds.

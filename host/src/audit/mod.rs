@@ -151,7 +151,7 @@ pub use chain::{
     MAX_REASON_BYTES,
 };
 pub use head::{AuditHead, HEAD_FILE};
-pub use open::{AuditError, AuditOptions};
+pub use open::{AUDIT_BATCH_WINDOW, AuditError, AuditOptions};
 
 use crate::store::{Store, StoreError};
 use chain::ChainKeys;
@@ -201,6 +201,9 @@ pub struct AuditStatus {
     pub recorded: u64,
     /// Entries committed by this log's writer.
     pub written: u64,
+    /// Store writes (transactions) those entries took: a batch takes what was queued when
+    /// the writer ran, after its batch window.
+    pub batches: u64,
     /// Entries accepted but never written (queued when a write failed).
     pub lost: u64,
     /// Why the log stopped accepting entries, if it did.
@@ -270,6 +273,22 @@ pub struct NewAuditEntry {
     pub reason: String,
     /// Anything else, as JSON. Capped at [`MAX_DETAILS_BYTES`] of compact JSON.
     pub details: serde_json::Value,
+}
+
+/// An access decision for [`AuditLog::record_decision`]: the fields of a [`NewAuditEntry`]
+/// with `null` details, as shared strings (each capped as `NewAuditEntry`'s are when written).
+#[derive(Debug, Clone)]
+pub struct SharedDecision {
+    /// Who: the agent id.
+    pub agent: Arc<str>,
+    /// On what, e.g. `context/plan`.
+    pub resource: Arc<str>,
+    /// Doing what, e.g. `get`.
+    pub operation: Arc<str>,
+    /// Allowed or denied.
+    pub decision: AuditDecision,
+    /// Why (which rule decided).
+    pub reason: Arc<str>,
 }
 
 impl NewAuditEntry {
@@ -424,6 +443,8 @@ struct LogInner {
     recorded: AtomicU64,
     health: Arc<Health>,
     keys: Option<Arc<ChainKeys>>,
+    /// Ends the writer's batch window (a flush is waiting).
+    flush_now: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -449,16 +470,29 @@ impl AuditLog {
     /// log has failed (see [`AuditUnavailable`]): the caller must then refuse the action the
     /// entry records.
     pub fn record(&self, entry: NewAuditEntry) -> Result<(), AuditUnavailable> {
+        self.enqueue(Queued::Entry {
+            time_ms: unix_ms(),
+            entry,
+        })
+    }
+
+    /// [`record`](Self::record) for an access decision whose strings the caller keeps
+    /// shared (the access gate's memo): queuing it copies no string; the writer does, off the
+    /// caller's thread. The entry has `null` details; it fails as `record` does.
+    pub fn record_decision(&self, entry: SharedDecision) -> Result<(), AuditUnavailable> {
+        self.enqueue(Queued::Decision {
+            time_ms: unix_ms(),
+            entry,
+        })
+    }
+
+    fn enqueue(&self, queued: Queued) -> Result<(), AuditUnavailable> {
         let health = &self.inner.health;
         if health.failed.load(Ordering::Acquire) {
             return Err(AuditUnavailable::Failed {
                 reason: health.failure().unwrap_or_else(|| Arc::from("unknown")),
             });
         }
-        let queued = Queued::Entry {
-            time_ms: unix_ms(),
-            entry,
-        };
         match self.inner.queue.try_send(queued) {
             Ok(()) => {
                 self.inner.recorded.fetch_add(1, Ordering::Relaxed);
@@ -497,6 +531,9 @@ impl AuditLog {
     /// been written and committed, or has failed to be (see [`status`](AuditLog::status)).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
+        // Ends the writer's batch window (also when the queue is full and the marker must
+        // wait for room); a permit left unused only shortens the next window.
+        self.inner.flush_now.notify_one();
         if self.inner.queue.send(Queued::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
@@ -569,6 +606,7 @@ impl AuditLog {
         AuditStatus {
             recorded: self.recorded(),
             written: h.written.load(Ordering::Relaxed),
+            batches: h.batches.load(Ordering::Relaxed),
             lost: h.lost.load(Ordering::Relaxed),
             failure: h.failure().map(|r| r.to_string()),
             head: h.head.lock().unwrap_or_else(|p| p.into_inner()).clone(),

@@ -4,7 +4,7 @@
 
 use super::chain::{self, ChainKeys, Content};
 use super::head::{self, AuditHead};
-use super::{AuditDecision, NewAuditEntry, read};
+use super::{AuditDecision, NewAuditEntry, SharedDecision, read};
 use crate::store::{Store, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ const WRITE_ATTEMPTS: u32 = 3;
 
 pub(crate) enum Queued {
     Entry { time_ms: u64, entry: NewAuditEntry },
+    Decision { time_ms: u64, entry: SharedDecision },
     Flush(oneshot::Sender<()>),
 }
 
@@ -28,6 +29,7 @@ pub(crate) struct Health {
     pub failed: AtomicBool,
     pub failure: Mutex<Option<Arc<str>>>,
     pub written: AtomicU64,
+    pub batches: AtomicU64,
     pub lost: AtomicU64,
     pub head: Mutex<Option<AuditHead>>,
 }
@@ -74,17 +76,50 @@ impl Prepared {
             details: chain::details_text(&e.details),
         }
     }
+
+    /// A shared-string decision: its strings are copied here, on the writer's side.
+    fn shared(time_ms: u64, e: SharedDecision) -> Prepared {
+        use chain::{MAX_NAME_BYTES, MAX_REASON_BYTES};
+        Prepared {
+            time_ms: time_ms.min(i64::MAX as u64),
+            agent: chain::cap_text(e.agent.to_string(), MAX_NAME_BYTES),
+            resource: chain::cap_text(e.resource.to_string(), MAX_NAME_BYTES),
+            operation: chain::cap_text(e.operation.to_string(), MAX_NAME_BYTES),
+            decision: e.decision,
+            reason: chain::cap_text(e.reason.to_string(), MAX_REASON_BYTES),
+            details: chain::details_text(&serde_json::Value::Null),
+        }
+    }
 }
 
-/// Takes whatever is queued (up to [`MAX_BATCH`] entries), appends it in one store write,
+/// What the background writer works with.
+pub(crate) struct Writer {
+    pub store: Store,
+    pub keys: Option<Arc<ChainKeys>>,
+    pub health: Arc<Health>,
+    /// [`AuditOptions::batch_window`](super::AuditOptions::batch_window).
+    pub window: Duration,
+    /// Notified by a flush: the window ends at once.
+    pub flush_now: Arc<tokio::sync::Notify>,
+}
+
+/// Waits for an entry; then, unless the last batch was full (a backlog) or a flush is
+/// waiting, lets the batch window pass so that entries queued meanwhile join the batch;
+/// takes whatever is queued (up to [`MAX_BATCH`] entries), appends it in one store write,
 /// then answers the flushes that were queued with it.
 pub(crate) async fn write_loop(
-    store: Store,
-    keys: Option<Arc<ChainKeys>>,
-    health: Arc<Health>,
+    writer: Writer,
     opened_at: AuditHead,
     mut pending: mpsc::Receiver<Queued>,
 ) {
+    let Writer {
+        store,
+        keys,
+        health,
+        window,
+        flush_now,
+    } = writer;
+    let mut backlog = false;
     // The newest entry this log knows to be genuine: the head checked at open, then each
     // batch's. Every batch first checks it is still there, so a tail deleted or rewritten
     // while the host runs is not silently extended (and blessed by a new head file).
@@ -92,16 +127,26 @@ pub(crate) async fn write_loop(
     let mut batch: Vec<Prepared> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = pending.recv().await {
+        if !backlog && !window.is_zero() && !matches!(first, Queued::Flush(_)) {
+            tokio::select! {
+                () = tokio::time::sleep(window) => {}
+                () = flush_now.notified() => {}
+            }
+        }
         let mut next = Some(first);
         while let Some(queued) = next.take() {
             match queued {
                 Queued::Entry { time_ms, entry } => batch.push(Prepared::new(time_ms, entry)),
+                Queued::Decision { time_ms, entry } => {
+                    batch.push(Prepared::shared(time_ms, entry));
+                }
                 Queued::Flush(done) => flushes.push(done),
             }
             if batch.len() < MAX_BATCH {
                 next = pending.try_recv().ok();
             }
         }
+        backlog = batch.len() >= MAX_BATCH;
         if !batch.is_empty() {
             let rows = std::mem::take(&mut batch);
             if health.failed.load(Ordering::Acquire) {
@@ -143,6 +188,7 @@ async fn persist(
                 health
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                health.batches.fetch_add(1, Ordering::Relaxed);
                 match write_head(store, keys, head.clone()).await {
                     Ok(()) => {
                         *health.head.lock().unwrap_or_else(|p| p.into_inner()) = Some(head.clone());

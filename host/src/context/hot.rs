@@ -312,7 +312,19 @@ impl Committed {
 
     /// Applies an operation's committed changes, then evicts documents beyond `bound` bytes.
     /// A document larger than the whole bound is not kept (and evicts nothing).
-    pub(super) fn publish(&mut self, staged: Staged, bound: usize) {
+    /// Applies `staged` and returns whether it changed what an access decision reads of a
+    /// context (its existence, type, owner or labels: see
+    /// [`attributes_generation`](super::ContextService::attributes_generation)).
+    pub(super) fn publish(&mut self, staged: Staged, bound: usize) -> bool {
+        let attributes = !staged.labels.is_empty()
+            || staged.contexts.iter().any(|(id, new)| {
+                let old = self.contexts.map.get(id);
+                match (old, new) {
+                    (Some(o), Some(n)) => o.context_type != n.context_type || o.owner != n.owner,
+                    (None, None) => false,
+                    _ => true,
+                }
+            });
         let mut oversized = Vec::new();
         {
             let lru = self.lru.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -341,6 +353,7 @@ impl Committed {
         publish(&mut self.labels, staged.labels);
         self.revision = self.revision.max(staged.revision);
         self.evict(bound);
+        attributes
     }
 
     /// Marks context `id` as just used (its document is evicted last).
@@ -535,11 +548,6 @@ impl Staged {
             && self.agents.is_empty()
             && self.schemas.is_empty()
             && self.labels.is_empty()
-    }
-
-    /// Whether it changes labels (readers that cache them need to know).
-    pub(super) fn changes_labels(&self) -> bool {
-        !self.labels.is_empty()
     }
 }
 

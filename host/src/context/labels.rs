@@ -105,10 +105,12 @@ impl ContextService {
         Some(inner.labels.get(id).cloned().unwrap_or_default())
     }
 
-    /// Counts label changes since the service opened: a caller that cached a decision made on
-    /// a context's labels decides again when this moved.
-    pub fn labels_generation(&self) -> u64 {
-        self.shared.labels_generation.load(Ordering::Acquire)
+    /// Counts committed changes to what [`attributes`](Self::attributes) returns for any
+    /// context (a context created or deleted, its type or owner changed, its labels set)
+    /// since the service opened: a caller that cached an access decision made on a context's
+    /// attributes decides again when this moved.
+    pub fn attributes_generation(&self) -> u64 {
+        self.shared.attributes_generation.load(Ordering::Acquire)
     }
 
     /// Replaces the labels of context `id` with `labels` (validated by [`validate`]; an empty

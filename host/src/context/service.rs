@@ -25,7 +25,7 @@ pub(super) struct Shared {
     pub(super) committed: RwLock<Committed>,
     pub(super) trust: std::sync::RwLock<Option<TrustSource>>,
     pub(super) audit: std::sync::RwLock<Option<crate::audit::AuditLog>>,
-    pub(super) labels_generation: std::sync::atomic::AtomicU64,
+    pub(super) attributes_generation: std::sync::atomic::AtomicU64,
     /// What is known of live agents in memory only (see [`Runtime`]).
     pub(super) runtime: Mutex<Runtime>,
 }
@@ -95,11 +95,11 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .published();
         let Some(staged) = staged else { return };
-        let labels = staged.changes_labels();
-        self.committed_mut()
+        let attributes = self
+            .committed_mut()
             .publish(staged, self.config.hot_tier_bytes);
-        if labels {
-            self.labels_generation.fetch_add(1, Ordering::AcqRel);
+        if attributes {
+            self.attributes_generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -220,7 +220,7 @@ impl ContextService {
                 working: Mutex::new(working),
                 trust: std::sync::RwLock::new(None),
                 audit: std::sync::RwLock::new(None),
-                labels_generation: std::sync::atomic::AtomicU64::new(0),
+                attributes_generation: std::sync::atomic::AtomicU64::new(0),
                 runtime: Mutex::new(Runtime::default()),
             }),
         })

@@ -5,14 +5,13 @@ use super::context::{context_call, decided};
 use super::limits::{self, MAX_EVENT_DATA_BYTES, MAX_SUBSCRIBE_CONTEXTS, MAX_SUBSCRIBE_TYPES};
 use super::qi;
 use crate::audit::AuditDecision;
-use crate::context::{ContextError, ContextService, Permission};
+use crate::context::{ContextError, Permission};
 use crate::events::{EventError, EventType, NewEvent, SubscribeFrom, Subscription};
 use crate::sandbox::AgentShared;
+use crate::sandbox::gate::GateStamp;
 use qi::agent::context::ContextError as WitContextError;
 use qi::agent::events::{Event as WitEvent, EventError as WitEventError, Subscribed};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -20,39 +19,6 @@ use wasmtime::component::{HasSelf, Linker};
 pub const MAX_SUBSCRIPTIONS_PER_AGENT: usize = 16;
 /// Longest a single `events.next` waits, in milliseconds.
 pub const MAX_NEXT_TIMEOUT_MS: u32 = 60_000;
-
-/// What one gate decision on a subscription's context was made with: the policy set in force
-/// (held, so its address cannot be reused by a later one), the agent's trust level and the
-/// store's label generation. While all three are the same, the decision stands.
-#[derive(Clone)]
-pub(crate) struct GateStamp {
-    policies: Arc<crate::security::PolicySet>,
-    trust: u8,
-    labels: u64,
-}
-
-impl PartialEq for GateStamp {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.policies, &other.policies)
-            && self.trust == other.trust
-            && self.labels == other.labels
-    }
-}
-
-impl GateStamp {
-    /// The stamp a gate decision made now would carry; `None` when no policies are loaded
-    /// (the gate is open, nothing to re-check).
-    fn now(shared: &AgentShared) -> Option<GateStamp> {
-        Some(GateStamp {
-            policies: shared.access.as_ref()?.current()?,
-            trust: shared.trust.load(Ordering::Relaxed),
-            labels: shared
-                .context
-                .as_ref()
-                .map_or(0, ContextService::labels_generation),
-        })
-    }
-}
 
 /// A subscription of the agent and, per context, the gate decision that last allowed it.
 pub(crate) struct Watched {

@@ -2,10 +2,11 @@
 //! ([`limiter`]), its live counters and measured receipt ([`counters`]), the process-wide
 //! descriptor budget ([`descriptors`]), the spec's context quotas ([`quotas`]), what outlives a borrow of its Store ([`state`]: the
 //! agent's identity, spec, grants, counters and access gate) and the bounded stdout/stderr
-//! capture ([`stdio`]). The Store data that holds all of it is `crate::interfaces::AgentState`.
+//! capture ([`stdio`]), and the memo of access-gate decisions ([`gate`]). The Store data that holds all of it is `crate::interfaces::AgentState`.
 
 pub mod counters;
 pub mod descriptors;
+pub mod gate;
 pub mod grants;
 pub mod limiter;
 pub mod quotas;

@@ -64,6 +64,8 @@ pub struct AgentShared {
     /// The component's declared name, once `describe` answered. For reports only: access
     /// decisions use `spec.name`, which the host assigned.
     pub name: std::sync::OnceLock<String>,
+    /// The agent's recent gate decisions (see [`super::gate`]).
+    pub(crate) gate_memo: super::gate::GateMemo,
 }
 
 impl AgentShared {
@@ -89,6 +91,44 @@ impl AgentShared {
             }
             return Ok(());
         };
+        let stamp = super::gate::GateStamp::with(self, policies);
+        let remembered = match self.gate_memo.get(kind, id, action, &stamp) {
+            Some(remembered) => remembered,
+            None => {
+                let d = self.decide(stamp.policies(), kind, id, action);
+                self.gate_memo
+                    .put(kind, id, action, stamp, d.allowed, &d.reason)
+            }
+        };
+        if remembered.allowed {
+            self.record_shared_decision(remembered.entry)
+        } else {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            Err(self.refuse(kind, id, action, &remembered.entry.reason))
+        }
+    }
+
+    /// [`record_decision`](Self::record_decision) for a decision the gate's memo holds.
+    fn record_shared_decision(&self, entry: crate::audit::SharedDecision) -> Result<(), String> {
+        let Some(log) = self.access.as_ref().and_then(|a| a.audit()) else {
+            return Ok(());
+        };
+        if !self.take_audit_entry() {
+            return Ok(());
+        }
+        log.record_decision(entry)
+            .map_err(|e| format!("the audit log cannot record this call: {e}"))
+    }
+
+    /// The policies' decision on `action` of `kind`/`id` by this agent, with the context's
+    /// attributes when the policies read them (not audited: [`gate`](Self::gate) records it).
+    fn decide(
+        &self,
+        policies: &crate::security::PolicySet,
+        kind: &str,
+        id: &str,
+        action: &str,
+    ) -> crate::security::Decision {
         let attrs = match kind {
             "context" | "events" if policies.needs_resource_attrs() => {
                 self.context.as_ref().and_then(|c| c.attributes(id))
@@ -96,38 +136,25 @@ impl AgentShared {
             _ => None,
         };
         let no_labels = Vec::new();
-        // Decided here without the gate's own audit entry: this function records it, so
-        // that a failed record refuses the call.
-        let d = access.enforce_with_audit(
-            &policies,
-            &crate::security::Request {
-                agent_id: &self.id,
-                // The host-assigned name, never the one `describe()` declared.
-                agent_name: self.spec.name.as_deref(),
-                trust: crate::security::TrustLevel::from_u8(self.trust.load(Ordering::Relaxed)),
-                capabilities: &self.spec.capabilities,
-                isolation: self.spec.isolation_level,
-                kind,
-                id,
-                resource_type: attrs.as_ref().map(|a| a.0.as_str()),
-                owner: attrs.as_ref().map(|a| a.1.as_str()),
-                labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
-                action,
-            },
-            false,
-        );
-        if d.allowed {
-            self.record_decision(
-                kind,
-                id,
-                action,
-                crate::audit::AuditDecision::Allow,
-                &d.reason,
-            )
-        } else {
-            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            Err(self.refuse(kind, id, action, &d.reason))
+        let req = crate::security::Request {
+            agent_id: &self.id,
+            // The host-assigned name, never the one `describe()` declared.
+            agent_name: self.spec.name.as_deref(),
+            trust: crate::security::TrustLevel::from_u8(self.trust.load(Ordering::Relaxed)),
+            capabilities: &self.spec.capabilities,
+            isolation: self.spec.isolation_level,
+            kind,
+            id,
+            resource_type: attrs.as_ref().map(|a| a.0.as_str()),
+            owner: attrs.as_ref().map(|a| a.1.as_str()),
+            labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
+            action,
+        };
+        let d = policies.decide(&req);
+        if !d.allowed {
+            tracing::info!(agent = req.agent_id, resource = %req.resource(), action, reason = %d.reason, "access denied by policy");
         }
+        d
     }
 
     /// The one audited refusal: records a `deny` entry for `kind/id` and `action` with

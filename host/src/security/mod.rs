@@ -214,25 +214,11 @@ impl AccessControl {
 
     /// [`enforce`](Self::enforce) with the policies already in hand.
     pub fn enforce_with(&self, policies: &PolicySet, req: &Request<'_>) -> Decision {
-        self.enforce_with_audit(policies, req, true)
-    }
-
-    /// [`enforce_with`](Self::enforce_with), writing the decision to the audit log only when
-    /// `audit` is true (a caller that bounds how many entries one agent may add passes false
-    /// past that bound). The decision is the same either way.
-    pub fn enforce_with_audit(
-        &self,
-        policies: &PolicySet,
-        req: &Request<'_>,
-        audit: bool,
-    ) -> Decision {
         let d = policies.decide(req);
         if !d.allowed {
             tracing::info!(agent = req.agent_id, resource = %req.resource(), action = req.action, reason = %d.reason, "access denied by policy");
         }
-        // The resource name is built only for an entry that is recorded: an allowed call
-        // whose caller records its own entry (the agents' gate) pays for no string here.
-        if !audit || self.audit.is_none() {
+        if self.audit.is_none() {
             return d;
         }
         self.record(NewAuditEntry::new(

@@ -62,3 +62,54 @@ async fn a_failed_write_refuses_every_later_record() {
     // The written part of the log is intact and matches its head file.
     assert!(log.verify().await.unwrap().is_intact());
 }
+
+/// Entry 1 reaches an idle writer; 2 and 3 are recorded while the writer waits. With a batch
+/// window the three share one store write; with none, entry 1 is written alone.
+async fn batches_for(window: std::time::Duration) -> AuditStatus {
+    let options = AuditOptions {
+        batch_window: window,
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
+        .await
+        .unwrap();
+    log.record(entry(1)).unwrap();
+    // current-thread: the writer takes entry 1 now, and waits out its window (or writes).
+    tokio::task::yield_now().await;
+    log.record(entry(2)).unwrap();
+    log.record(entry(3)).unwrap();
+    tokio::time::sleep(window + std::time::Duration::from_millis(1)).await;
+    log.flush().await;
+    assert_eq!(ns(&all(&log).await), vec![1, 2, 3]);
+    log.status()
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_queued_within_the_batch_window_share_one_store_write() {
+    let s = batches_for(AUDIT_BATCH_WINDOW).await;
+    assert_eq!((s.written, s.batches), (3, 1));
+    let s = batches_for(std::time::Duration::ZERO).await;
+    assert_eq!(
+        (s.written, s.batches),
+        (3, 2),
+        "with no window, the entry that woke the writer is written alone"
+    );
+}
+
+#[tokio::test]
+async fn a_flush_ends_the_batch_window_at_once() {
+    let options = AuditOptions {
+        batch_window: std::time::Duration::from_secs(3600),
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
+        .await
+        .unwrap();
+    log.record(entry(1)).unwrap();
+    tokio::task::yield_now().await;
+    // A guard against a hang only: without the flush's signal this waits an hour.
+    tokio::time::timeout(std::time::Duration::from_secs(120), log.flush())
+        .await
+        .expect("the flush ended the hour-long window");
+    assert_eq!(log.status().written, 1);
+}

@@ -242,3 +242,37 @@ async fn state_survives_reopen() {
     assert!(r.revision > v.revision);
     assert!(r.hlc > v.hlc);
 }
+
+/// The generation the agents' gate memo is stamped with moves with every committed change an
+/// access decision reads (a new context, labels), and not with a document write.
+#[tokio::test]
+async fn the_attributes_generation_moves_with_what_access_decisions_read() {
+    let f = fixture().await;
+    agents(&f.svc, &["a"]).await;
+    let new = |t: &str| NewContext {
+        id: Some("g".into()),
+        context_type: t.into(),
+        doc: json!({"v": 1}),
+        ..Default::default()
+    };
+    let g0 = f.svc.attributes_generation();
+    f.svc.create("a", new("notes")).await.unwrap();
+    let g1 = f.svc.attributes_generation();
+    assert!(g1 > g0, "a create moves it");
+    f.svc
+        .write("a", "g", Change::Put(json!({"v": 2})), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(f.svc.attributes_generation(), g1, "a write does not");
+    f.svc
+        .set_labels(OPERATOR, "g", &["secret".to_string()])
+        .await
+        .unwrap();
+    let g2 = f.svc.attributes_generation();
+    assert!(g2 > g1, "a label change moves it");
+    // An id is never reused, so a context's type and owner never change after its create.
+    f.svc.delete("a", "g").await.unwrap();
+    let e = f.svc.create("a", new("secrets")).await.unwrap_err();
+    assert!(matches!(e, ContextError::AlreadyExists(_)), "{e:?}");
+    assert_eq!(f.svc.attributes("g").unwrap().0, "notes");
+}

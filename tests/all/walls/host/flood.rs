@@ -237,11 +237,21 @@ async fn empty_events_cost_a_row_each_so_one_agent_cannot_flush_the_bus() {
     let created = ("probe".len() + "{}".len()) as u64 + row;
     let event = 2 + row;
     let fit = (MAX_STORED_BYTES_PER_AGENT - created) / event;
-    let r = attack_on(
-        &host,
-        json!({"mode": "host.publish-many", "bytes": 2, "count": fit + 1}),
-    )
-    .await;
+    // About 260,000 durable publishes: under a loaded debug build that takes longer than the
+    // default 30 s, and the bound under test is the stored bytes, not the time.
+    let mut spec = hostile_spec();
+    spec.resource_limits.max_execution_time_ms = 600_000;
+    let r = host
+        .run(
+            &host.load(HOSTILE_COMPONENT).expect("hostile loads"),
+            spec,
+            TaskRequest::new(
+                "attack",
+                json!({"mode": "host.publish-many", "bytes": 2, "count": fit + 1}),
+            ),
+        )
+        .await
+        .expect("hostile spawns");
     match &r.failure {
         Some(AgentFailure::LimitExceeded {
             limit: LimitKind::StoredBytes,
