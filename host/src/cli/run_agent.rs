@@ -111,9 +111,13 @@ pub(super) async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
     if let Some(w) = watcher {
         w.abort();
     }
+    if let Some(a) = &audit {
+        // Also when the spawn failed: its entries (`spawn-failed`, limit violations) may be
+        // waiting in the writer's batch window, and the process ends with this error.
+        a.flush().await;
+    }
     let mut report = report?;
     if let Some(a) = &audit {
-        a.flush().await;
         report.audit_head = Some(a.head().await.map_err(|e| Error::System(e.into()))?);
         let status = a.status();
         if let Some(failure) = &status.failure {

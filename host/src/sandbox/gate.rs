@@ -52,6 +52,11 @@ impl GateStamp {
         }
     }
 
+    /// The trust level (a `TrustLevel` as `u8`) the decision is made at.
+    pub(crate) fn trust(&self) -> u8 {
+        self.trust
+    }
+
     /// The policy set the decision is made by.
     pub(crate) fn policies(&self) -> &crate::security::PolicySet {
         &self.policies

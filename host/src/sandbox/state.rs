@@ -95,7 +95,7 @@ impl AgentShared {
         let remembered = match self.gate_memo.get(kind, id, action, &stamp) {
             Some(remembered) => remembered,
             None => {
-                let d = self.decide(stamp.policies(), kind, id, action);
+                let d = self.decide(&stamp, kind, id, action);
                 self.gate_memo
                     .put(kind, id, action, stamp, d.allowed, &d.reason)
             }
@@ -120,17 +120,19 @@ impl AgentShared {
             .map_err(|e| format!("the audit log cannot record this call: {e}"))
     }
 
-    /// The policies' decision on `action` of `kind`/`id` by this agent, with the context's
-    /// attributes when the policies read them (not audited: [`gate`](Self::gate) records it).
+    /// The decision of `stamp`'s policies on `action` of `kind`/`id` by this agent at
+    /// `stamp`'s trust level, with the context's attributes when the policies read them (not
+    /// audited: [`gate`](Self::gate) records it). The trust level is the stamp's, not read
+    /// again: a level changed in between would otherwise be remembered under the old one.
     fn decide(
         &self,
-        policies: &crate::security::PolicySet,
+        stamp: &super::gate::GateStamp,
         kind: &str,
         id: &str,
         action: &str,
     ) -> crate::security::Decision {
         let attrs = match kind {
-            "context" | "events" if policies.needs_resource_attrs() => {
+            "context" | "events" if stamp.policies().needs_resource_attrs() => {
                 self.context.as_ref().and_then(|c| c.attributes(id))
             }
             _ => None,
@@ -140,7 +142,7 @@ impl AgentShared {
             agent_id: &self.id,
             // The host-assigned name, never the one `describe()` declared.
             agent_name: self.spec.name.as_deref(),
-            trust: crate::security::TrustLevel::from_u8(self.trust.load(Ordering::Relaxed)),
+            trust: crate::security::TrustLevel::from_u8(stamp.trust()),
             capabilities: &self.spec.capabilities,
             isolation: self.spec.isolation_level,
             kind,
@@ -150,7 +152,7 @@ impl AgentShared {
             labels: attrs.as_ref().map(|a| &a.2).unwrap_or(&no_labels),
             action,
         };
-        let d = policies.decide(&req);
+        let d = stamp.policies().decide(&req);
         if !d.allowed {
             tracing::info!(agent = req.agent_id, resource = %req.resource(), action, reason = %d.reason, "access denied by policy");
         }

@@ -412,3 +412,29 @@ fn memory_timeout_and_file_operation_flags_set_their_limits() {
         needed - 1,
     );
 }
+
+/// An agent that cannot be spawned (out of fuel while instantiated) makes `run-agent` fail;
+/// the audit entries of that spawn are in the data directory's log all the same (the log is
+/// flushed before the error is returned, not only after a report).
+#[test]
+fn a_failed_spawn_is_in_the_audit_log_when_run_agent_fails() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let o = qi_host(&[
+        "run-agent",
+        HELLO_COMPONENT,
+        "--task",
+        "greet",
+        "--fuel",
+        "1",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!o.status.success(), "a spawn with 1 unit of fuel fails");
+    let q = qi_host(&["audit", "query", "--data-dir", d, "--json"]);
+    assert!(q.status.success(), "{}", stderr(&q));
+    let text = stdout(&q);
+    assert!(text.contains("spawn-failed"), "{text}");
+    let verify = qi_host(&["audit", "verify", "--data-dir", d]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+}

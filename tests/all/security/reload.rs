@@ -31,7 +31,7 @@ fn policy_set(text: &str) -> PolicySet {
 /// reads `doc` again; returns whether each read was allowed and the reasons audited for them.
 async fn read_across_a_reload(before: &str, after: &str) -> ((bool, bool), Vec<String>) {
     let after = policy_set(after);
-    read_across_a_change(Some(before), (TrustLevel::Low, None), move |s, _| {
+    read_across_a_change(Some(before), (TrustLevel::Low, None), async move |s, _| {
         s.access.set_policies(Some(after))
     })
     .await
@@ -44,7 +44,7 @@ async fn read_across_a_reload(before: &str, after: &str) -> ((bool, bool), Vec<S
 async fn read_across_a_change(
     policies: Option<&str>,
     (trust, min_trust): (TrustLevel, Option<TrustLevel>),
-    change: impl FnOnce(&Secured, &str),
+    change: impl AsyncFnOnce(&Secured, &str),
 ) -> ((bool, bool), Vec<String>) {
     let gate = Gate::default();
     let mut tools = ToolRegistry::with_builtins();
@@ -84,7 +84,7 @@ async fn read_across_a_change(
     let reload = async {
         // The agent is inside its tool call: its first read is decided, its second is not.
         gate.entered.notified().await;
-        change(&s, &id);
+        change(&s, &id).await;
         gate.release.notify_one();
     };
     let (report, ()) = tokio::time::timeout(Duration::from_secs(60), async {
@@ -151,13 +151,16 @@ async fn a_policy_change_applies_to_agents_spawned_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trust_change_during_a_run_decides_the_running_agents_next_call() {
     // A share that requires high trust; the agent starts at the default (low).
-    let (reads, _) =
-        read_across_a_change(None, (TrustLevel::Low, Some(TrustLevel::High)), |s, id| {
+    let (reads, _) = read_across_a_change(
+        None,
+        (TrustLevel::Low, Some(TrustLevel::High)),
+        async |s, id| {
             s.host
                 .update_agent_trust_level(id, TrustLevel::High, "reviewed")
                 .unwrap()
-        })
-        .await;
+        },
+    )
+    .await;
     assert_eq!(
         reads,
         (false, true),
@@ -173,7 +176,7 @@ resources = ["tool/*", "context/*"]
 condition = 'principal.trust >= 2'
 "#;
     let (reads, reasons) =
-        read_across_a_change(Some(policy), (TrustLevel::Medium, None), |s, id| {
+        read_across_a_change(Some(policy), (TrustLevel::Medium, None), async |s, id| {
             s.host
                 .update_agent_trust_level(id, TrustLevel::Low, "demoted")
                 .unwrap()
@@ -186,4 +189,157 @@ condition = 'principal.trust >= 2'
     );
     assert!(reasons[0].contains("policy `trusted`"), "{reasons:?}");
     assert!(reasons[1].contains("default deny"), "{reasons:?}");
+}
+
+/// Labels set on `doc` while the agent runs (the gate remembers its decisions per agent, so
+/// the relabel must reach the decision it remembered): narrowed, the next read is refused;
+/// widened, it is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relabel_during_a_run_decides_the_running_agents_next_call() {
+    let relabel = |labels: &'static [&'static str]| {
+        async move |s: &Secured, _: &str| {
+            let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+            s.svc.set_labels(OPERATOR, "doc", &labels).await.unwrap();
+        }
+    };
+    let unless_secret = r#"
+[[policies]]
+id = "unless-secret"
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/*", "context/*"]
+condition = '!resource.labels.contains("secret")'
+"#;
+    let (reads, reasons) = read_across_a_change(
+        Some(unless_secret),
+        (TrustLevel::Low, None),
+        relabel(&["secret"]),
+    )
+    .await;
+    assert_eq!(
+        reads,
+        (true, false),
+        "labelled secret while it ran: refused"
+    );
+    assert!(reasons[0].contains("policy `unless-secret`"), "{reasons:?}");
+    assert!(reasons[1].contains("default deny"), "{reasons:?}");
+    let if_public = r#"
+[[policies]]
+id = "if-public"
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/*"]
+[[policies.rules]]
+effect = "allow"
+resources = ["context/*"]
+condition = 'resource.labels.contains("public")'
+"#;
+    let (reads, reasons) = read_across_a_change(
+        Some(if_public),
+        (TrustLevel::Low, None),
+        relabel(&["public"]),
+    )
+    .await;
+    assert_eq!(
+        reads,
+        (false, true),
+        "labelled public while it ran: allowed"
+    );
+    assert!(reasons[1].contains("policy `if-public`"), "{reasons:?}");
+}
+
+/// A trust level changed and changed back while the agent runs: each read is decided at the
+/// level in force when it is made, never by a decision remembered under another level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_round_trip_during_a_run_is_decided_at_each_level() {
+    let policy = r#"
+[[policies]]
+id = "trusted"
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/*", "context/*"]
+condition = 'principal.trust >= 2'
+"#;
+    // Lowered and raised again: the second read, at medium again, is allowed.
+    let (reads, _) = read_across_a_change(
+        Some(policy),
+        (TrustLevel::Medium, None),
+        async |s: &Secured, id: &str| {
+            s.host
+                .update_agent_trust_level(id, TrustLevel::Low, "demoted")
+                .unwrap();
+            s.host
+                .update_agent_trust_level(id, TrustLevel::Medium, "restored")
+                .unwrap();
+        },
+    )
+    .await;
+    assert_eq!(reads, (true, true));
+}
+
+/// One `worker` reads `x` (not there yet), creates it (so it owns it) and reads it again, under
+/// `policy`; returns the decisions audited for the two reads.
+async fn read_create_read(policy: &str) -> Vec<AuditDecision> {
+    let s = secured(Some(policy)).await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let agent = s
+        .host
+        .spawn(&component, SubAgentSpecification::default())
+        .await
+        .unwrap();
+    let id = agent.id().to_string();
+    let read = json!({"context_get": {"id": "x"}});
+    let steps = json!([read, {"context_create": {"id": "x", "doc": {"a": 1}}}, read]);
+    let report = agent.run(TaskRequest::new("p", steps_input(steps))).await;
+    let out = report
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{report:?}"));
+    assert_eq!(out["probes"][1]["ok"], true, "the create: {out}");
+    s.audit.flush().await;
+    s.audit
+        .query(&AuditQuery {
+            agent: Some(id),
+            resource: Some("context/x".into()),
+            operation: Some("get".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.decision)
+        .collect()
+}
+
+/// A context coming into existence changes what policies see of it (its type and owner): a
+/// read decided before the guest created it is not the answer after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_created_during_a_run_is_decided_with_its_new_owner() {
+    let policy = |condition: &str| {
+        format!(
+            r#"
+[[policies]]
+id = "owners"
+[[policies.rules]]
+effect = "allow"
+resources = ["context/*"]
+actions = ["create"]
+[[policies.rules]]
+effect = "allow"
+resources = ["context/*"]
+actions = ["get"]
+condition = '{condition}'
+"#
+        )
+    };
+    // Denied while it had no owner, allowed once the agent owns it.
+    assert_eq!(
+        read_create_read(&policy("resource.owner == principal.id")).await,
+        [AuditDecision::Deny, AuditDecision::Allow]
+    );
+    // Allowed while it had no owner (the store then found nothing), refused once it has one.
+    assert_eq!(
+        read_create_read(&policy(r#"resource.owner == """#)).await,
+        [AuditDecision::Allow, AuditDecision::Deny]
+    );
 }

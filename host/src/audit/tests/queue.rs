@@ -113,3 +113,151 @@ async fn a_flush_ends_the_batch_window_at_once() {
         .expect("the flush ended the hour-long window");
     assert_eq!(log.status().written, 1);
 }
+
+/// A decision recorded with shared strings is stored as the same decision recorded as a
+/// [`NewAuditEntry`] is: agent, resource, operation, decision, reason, `null` details, and
+/// the same caps on strings past their bounds (multi-byte characters at the cut included).
+#[tokio::test]
+async fn a_shared_decision_is_stored_as_the_same_new_entry_would_be() {
+    let long_name = "é".repeat(super::chain::MAX_NAME_BYTES);
+    let long_reason = format!("x{}", "ü".repeat(super::chain::MAX_REASON_BYTES));
+    let cases = [
+        (
+            "agent-1",
+            "context/plan",
+            "get",
+            AuditDecision::Allow,
+            "policy `p`",
+        ),
+        (
+            &*long_name,
+            &*long_name,
+            &*long_name,
+            AuditDecision::Deny,
+            &*long_reason,
+        ),
+    ];
+    let log = memory_log().await;
+    for (agent, resource, operation, decision, reason) in cases {
+        log.record(NewAuditEntry::new(
+            agent, resource, operation, decision, reason,
+        ))
+        .unwrap();
+        log.record_decision(SharedDecision {
+            agent: Arc::from(agent),
+            resource: Arc::from(resource),
+            operation: Arc::from(operation),
+            decision,
+            reason: Arc::from(reason),
+        })
+        .unwrap();
+    }
+    log.flush().await;
+    let stored = all(&log).await;
+    assert_eq!(stored.len(), 4);
+    let fields = |e: &AuditEntry| {
+        (
+            e.agent.clone(),
+            e.resource.clone(),
+            e.operation.clone(),
+            e.decision,
+            e.reason.clone(),
+            e.details.clone(),
+        )
+    };
+    for pair in stored.chunks(2) {
+        assert_eq!(fields(&pair[0]), fields(&pair[1]));
+        assert_eq!(pair[1].details, serde_json::Value::Null);
+    }
+    assert!(stored[3].agent.len() <= super::chain::MAX_NAME_BYTES);
+    assert!(stored[3].reason.len() <= super::chain::MAX_REASON_BYTES + 64);
+    assert!(stored[3].reason.len() < long_reason.len(), "capped");
+    assert!(log.verify().await.unwrap().is_intact());
+}
+
+fn decision(n: u64) -> SharedDecision {
+    SharedDecision {
+        agent: Arc::from("agent-1"),
+        resource: Arc::from(format!("context/plan-{n}")),
+        operation: Arc::from("get"),
+        decision: AuditDecision::Allow,
+        reason: Arc::from(format!("reason {n}")),
+    }
+}
+
+/// `record_decision` takes the queue's capacity as `record` does and refuses one more; a
+/// failed log refuses it too.
+#[tokio::test] // current-thread: the writer runs only when this test awaits
+async fn record_decision_is_refused_when_the_queue_is_full_or_the_log_failed() {
+    let options = AuditOptions {
+        queue_capacity: 2,
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
+        .await
+        .unwrap();
+    log.record_decision(decision(1)).unwrap();
+    log.record(entry(2)).unwrap();
+    assert!(matches!(
+        log.record_decision(decision(3)),
+        Err(AuditUnavailable::QueueFull { capacity: 2 })
+    ));
+    assert_eq!(log.recorded(), 2);
+    log.flush().await;
+    assert_eq!(log.status().written, 2);
+
+    let (dir, log) = disk_log(1).await;
+    tamper(
+        &dir,
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+         BEGIN SELECT RAISE(ABORT, 'audit disabled by test'); END;",
+    );
+    log.record_decision(decision(2)).unwrap();
+    log.flush().await;
+    assert_eq!((log.status().written, log.status().lost), (1, 1));
+    assert!(matches!(
+        log.record_decision(decision(3)),
+        Err(AuditUnavailable::Failed { .. })
+    ));
+}
+
+/// A flush through any handle waits for every entry queued before it through any handle,
+/// shared decisions and entries alike, and they keep the order they were recorded in; a
+/// flush in a later window ends that window too.
+#[tokio::test]
+async fn a_flush_waits_for_every_entry_queued_before_it_in_order() {
+    let options = AuditOptions {
+        // No test waits this long: each window here is ended by a flush.
+        batch_window: std::time::Duration::from_secs(3600),
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
+        .await
+        .unwrap();
+    let other = log.clone();
+    log.record(entry(1)).unwrap();
+    // current-thread: the writer takes entry 1 and starts waiting out its window.
+    tokio::task::yield_now().await;
+    log.record_decision(decision(2)).unwrap();
+    other.record(entry(3)).unwrap();
+    other.record_decision(decision(4)).unwrap();
+    other.flush().await;
+    assert_eq!(log.status().written, 4, "the flush waited for all four");
+    log.record(entry(5)).unwrap();
+    tokio::task::yield_now().await;
+    other.record_decision(decision(6)).unwrap();
+    log.flush().await;
+    let resources: Vec<String> = all(&log).await.into_iter().map(|e| e.resource).collect();
+    assert_eq!(
+        resources,
+        [
+            "context/plan-1",
+            "context/plan-2",
+            "context/plan-3",
+            "context/plan-4",
+            "context/plan-1",
+            "context/plan-6",
+        ]
+    );
+    assert!(log.verify().await.unwrap().is_intact());
+}
