@@ -81,11 +81,18 @@ pub(crate) struct Remembered {
 /// The memo's decisions by resource id, and how many it holds in all.
 type ById = (HashMap<Box<str>, Vec<Memo>>, usize);
 
+/// What the memo holds: its decisions, and the policy set they were all made under.
+#[derive(Default)]
+struct Held {
+    by_id: ById,
+    policies: Option<Arc<crate::security::PolicySet>>,
+}
+
 /// An agent's recent gate decisions, by resource id, at most [`MAX_GATE_MEMO_ENTRIES`].
 pub(crate) struct GateMemo {
     /// The agent's id, shared by every entry.
     agent: Arc<str>,
-    by_id: Mutex<ById>,
+    held: Mutex<Held>,
 }
 
 impl std::fmt::Debug for GateMemo {
@@ -99,7 +106,7 @@ impl GateMemo {
     pub(crate) fn new(agent: &str) -> Self {
         GateMemo {
             agent: Arc::from(agent),
-            by_id: Mutex::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -111,8 +118,9 @@ impl GateMemo {
         action: &str,
         stamp: &GateStamp,
     ) -> Option<Remembered> {
-        let memo = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
-        memo.0
+        let memo = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        memo.by_id
+            .0
             .get(id)?
             .iter()
             .find(|m| {
@@ -146,8 +154,20 @@ impl GateMemo {
                 reason: Arc::from(reason),
             },
         };
-        let mut memo = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, count) = &mut *memo;
+        let mut memo = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let Held { by_id, policies } = &mut *memo;
+        let (map, count) = by_id;
+        // A policy set is never current again once replaced, so decisions made under another
+        // one can never answer again; dropped now, they do not keep every replaced set (and
+        // its decision cache) alive until the bound is reached.
+        if !policies
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, &stamp.policies))
+        {
+            map.clear();
+            *count = 0;
+            *policies = Some(stamp.policies.clone());
+        }
         if let Some(list) = map.get_mut(id)
             && let Some(m) = list
                 .iter_mut()
@@ -172,7 +192,7 @@ impl GateMemo {
     /// Decisions remembered now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.by_id.lock().unwrap_or_else(|p| p.into_inner()).1
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).by_id.1
     }
 }
 
@@ -233,6 +253,28 @@ mod tests {
             Some((false, "no rule".to_string()))
         );
         assert_eq!(memo.len(), 1);
+    }
+
+    #[test]
+    fn a_decision_under_a_new_policy_set_drops_those_made_under_the_old_one() {
+        let p = Arc::new(PolicySet::new(Vec::new()).unwrap());
+        let memo = GateMemo::new("agent-1");
+        memo.put("context", "a", "get", stamp(&p, 1, 0), true, "r");
+        memo.put("context", "b", "get", stamp(&p, 1, 0), true, "r");
+        assert_eq!(
+            Arc::strong_count(&p),
+            4,
+            "each decision holds the set, and the memo too"
+        );
+        let q = Arc::new(PolicySet::new(Vec::new()).unwrap());
+        memo.put("context", "c", "get", stamp(&q, 1, 0), true, "r");
+        assert_eq!(memo.len(), 1);
+        assert_eq!(
+            Arc::strong_count(&p),
+            1,
+            "the replaced set is no longer kept alive by the memo"
+        );
+        assert!(memo.get("context", "c", "get", &stamp(&q, 1, 0)).is_some());
     }
 
     #[test]
