@@ -343,3 +343,89 @@ condition = '{condition}'
         [AuditDecision::Allow, AuditDecision::Deny]
     );
 }
+
+/// A decision the gate remembers answers for its own request only: reading `doc` twice (the
+/// second read answered from the memo) allows neither a subscription to `doc` (another kind,
+/// same id), nor a write to it (another action), nor a read of `doc2` (another id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_decision_answers_for_no_other_kind_action_or_id() {
+    let s = secured(Some(
+        r#"
+[[policies]]
+id = "reads"
+[[policies.rules]]
+effect = "allow"
+resources = ["context/doc"]
+actions = ["get"]
+"#,
+    ))
+    .await;
+    context(&s.svc, "doc").await;
+    context(&s.svc, "doc2").await;
+    let component = s.host.load(WORKER_COMPONENT).unwrap();
+    let agent = s
+        .host
+        .spawn(&component, SubAgentSpecification::default())
+        .await
+        .unwrap();
+    let agent_id = agent.id().to_string();
+    for id in ["doc", "doc2"] {
+        s.svc
+            .share(
+                OPERATOR,
+                id,
+                std::slice::from_ref(&agent_id),
+                &[Permission::Read, Permission::Write],
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let read = json!({"context_get": {"id": "doc"}});
+    let steps = json!([
+        read,
+        read,
+        {"subscribe": "doc"},
+        {"context_put": {"id": "doc", "doc": {"n": 2}}},
+        {"context_get": {"id": "doc2"}},
+        read,
+    ]);
+    let report = agent.run(TaskRequest::new("p", steps_input(steps))).await;
+    let out = report
+        .output
+        .clone()
+        .unwrap_or_else(|| panic!("{report:?}"));
+    let ok: Vec<bool> = out["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ok"] == true)
+        .collect();
+    assert_eq!(ok, [true, true, false, false, false, true], "{out}");
+    for refused in &out["probes"].as_array().unwrap()[2..5] {
+        assert!(
+            refused.to_string().contains("default deny"),
+            "refused by the policies: {refused}"
+        );
+    }
+    // The three reads, two of them answered from the memo, are audited alike.
+    s.audit.flush().await;
+    let reads = s
+        .audit
+        .query(&AuditQuery {
+            agent: Some(agent_id),
+            resource: Some("context/doc".into()),
+            operation: Some("get".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reads.len(), 3, "{reads:?}");
+    for e in &reads {
+        assert_eq!(
+            (e.decision, e.reason.as_str(), &e.details),
+            (AuditDecision::Allow, reads[0].reason.as_str(), &Value::Null)
+        );
+    }
+    assert!(reads[0].reason.contains("policy `reads`"), "{reads:?}");
+}
