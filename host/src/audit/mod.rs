@@ -535,6 +535,10 @@ impl AuditLog {
         // wait for room); a permit left unused only shortens the next window.
         self.inner.flush_now.notify_one();
         if self.inner.queue.send(Queued::Flush(done)).await.is_ok() {
+            // Again once the marker is queued: the first signal may have ended a window that
+            // closed before the marker arrived, and an entry recorded by another thread in
+            // between may have opened the window the marker now waits in.
+            self.inner.flush_now.notify_one();
             let _ = wait.await;
         }
     }

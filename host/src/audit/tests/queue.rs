@@ -261,3 +261,42 @@ async fn a_flush_waits_for_every_entry_queued_before_it_in_order() {
     );
     assert!(log.verify().await.unwrap().is_intact());
 }
+
+/// A flush that must wait for room for its marker (the queue full, a place reserved for an
+/// entry recorded meanwhile) ends the batch window, waits for every entry queued before its
+/// marker, and never waits a window out. Time is paused, so a window waited out shows as an
+/// hour gone by.
+#[tokio::test(start_paused = true)] // current-thread: tasks run only when this test awaits
+async fn a_flush_behind_a_full_queue_ends_the_window_and_waits_for_what_preceded_it() {
+    let window = std::time::Duration::from_secs(3600);
+    let options = AuditOptions {
+        queue_capacity: 2,
+        batch_window: window,
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
+        .await
+        .unwrap();
+    log.record(entry(1)).unwrap();
+    // The writer takes entry 1 and waits in its window.
+    tokio::task::yield_now().await;
+    let late = log.reserve().unwrap();
+    log.record(entry(2)).unwrap();
+    let start = tokio::time::Instant::now();
+    let flush = tokio::spawn({
+        let log = log.clone();
+        async move { log.flush().await }
+    });
+    tokio::task::yield_now().await;
+    late.record(entry(3));
+    flush.await.unwrap();
+    let written = ns(&all(&log).await);
+    assert_eq!(written[..2], [1, 2], "{written:?}");
+    assert!(
+        start.elapsed() < window,
+        "the flush waited out a window: {:?}",
+        start.elapsed()
+    );
+    log.flush().await;
+    assert_eq!(ns(&all(&log).await), vec![1, 2, 3]);
+}
