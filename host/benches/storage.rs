@@ -10,7 +10,9 @@
 //!    current-state row (`INSERT OR REPLACE`) and the event row. Also the same bare work batched
 //!    1,024 writes per transaction (the floor any per-commit overhead is measured from).
 //! 2. `fanout`: time from calling `EventBus::publish` (a durable commit) until 1,000 host-side
-//!    subscribers have received the event, p50/p99 over 200 publishes.
+//!    subscribers have received the event (`Subscription::next_shared`), p50/p99 over 200
+//!    publishes, against a floor measured in the same run: the same `Arc`'d event sent on a bare
+//!    tokio broadcast channel from a plain thread to 1,000 tasks.
 //! 3. `rss`: the process's resident memory (`VmRSS`) after writing 1,000,000 versions over
 //!    10,000 contexts through `ContextService::write` (64 writers; `QI_BENCH_VERSIONS` and
 //!    `QI_BENCH_CONTEXTS` shrink it for a quick run).
@@ -23,7 +25,9 @@
 use qi_host::context::{
     AgentCapabilities, Change, ContextConfig, ContextService, NewContext, SyncStrategy, SystemClock,
 };
-use qi_host::events::{EventBus, EventBusConfig, EventFilter, EventType, NewEvent, SubscribeFrom};
+use qi_host::events::{
+    Event, EventBus, EventBusConfig, EventFilter, EventType, NewEvent, SubscribeFrom,
+};
 use qi_host::store::{Durability, Store, StoreConfig, encode_value};
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -392,54 +396,95 @@ async fn rss(dir: &Path) {
     );
 }
 
+/// Subscribers in the fan-out case.
+const FANOUT_SUBSCRIBERS: usize = 1000;
+/// Publishes before the measured ones (not counted).
+const FANOUT_WARMUP: usize = 20;
+/// Measured publishes.
+const FANOUT_PUBLISHES: usize = 200;
+
+/// Counts receipts of each seq; the subscriber completing one reports when (as every fan-out
+/// case does, so their figures compare).
+struct Receipts {
+    counts: Vec<AtomicUsize>,
+    all_in: tokio::sync::mpsc::UnboundedSender<(u64, Instant)>,
+}
+
+impl Receipts {
+    fn new(
+        events: usize,
+    ) -> (
+        Arc<Receipts>,
+        tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>,
+    ) {
+        let (all_in, rx) = tokio::sync::mpsc::unbounded_channel();
+        let counts = (0..=events).map(|_| AtomicUsize::new(0)).collect();
+        (Arc::new(Receipts { counts, all_in }), rx)
+    }
+
+    fn received(&self, seq: u64) {
+        if self.counts[seq as usize].fetch_add(1, Ordering::AcqRel) + 1 == FANOUT_SUBSCRIBERS {
+            let _ = self.all_in.send((seq, Instant::now()));
+        }
+    }
+}
+
+/// The fan-out payload: what `fanout` publishes for publish number `i`.
+fn fanout_event(i: usize) -> NewEvent {
+    NewEvent::new(EventType::Updated)
+        .context("ctx-1")
+        .data(json!({"i": i}))
+}
+
 async fn fanout(dir: &Path) {
-    const SUBSCRIBERS: usize = 1000;
-    const WARMUP: usize = 20;
-    const PUBLISHES: usize = 200;
+    let total = FANOUT_WARMUP + FANOUT_PUBLISHES;
     println!(
-        "\n== fanout: publish -> {SUBSCRIBERS} subscribers received it, {PUBLISHES} publishes =="
+        "\n== fanout: publish -> {FANOUT_SUBSCRIBERS} subscribers received it, {FANOUT_PUBLISHES} publishes =="
     );
+    println!(
+        "measured path: EventBus::publish (a durable commit) -> every Subscription::next_shared \
+         (filter: all) returned it | floor: a bare tokio broadcast of the same Arc'd event, sent \
+         from a plain thread (as the store's writer thread announces), to as many tasks"
+    );
+    let mut floor = fanout_floor(total, false).await;
+    let mut floor_task = fanout_floor(total, true).await;
     let store = Store::open(StoreConfig::at(dir)).unwrap();
     let bus = EventBus::new(store, EventBusConfig::default())
         .await
         .unwrap();
-    let total = WARMUP + PUBLISHES;
-    let received: Arc<Vec<AtomicUsize>> =
-        Arc::new((0..=total).map(|_| AtomicUsize::new(0)).collect());
-    let (all_in, mut all_in_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    // The commit alone: the same publishes with nobody subscribed.
+    let mut alone = Vec::with_capacity(FANOUT_PUBLISHES);
+    for i in 0..total {
+        let started = Instant::now();
+        bus.publish(fanout_event(i)).await.unwrap();
+        if i >= FANOUT_WARMUP {
+            alone.push(started.elapsed());
+        }
+    }
+    let first = bus.metrics().last_seq as usize;
+    let (receipts, mut all_in_rx) = Receipts::new(first + total);
     let mut subscribers = Vec::new();
-    for _ in 0..SUBSCRIBERS {
+    for _ in 0..FANOUT_SUBSCRIBERS {
         let mut sub = bus
             .subscribe(EventFilter::all(), SubscribeFrom::Now)
             .unwrap();
-        let received = received.clone();
-        let all_in = all_in.clone();
+        let receipts = receipts.clone();
         subscribers.push(tokio::spawn(async move {
             for _ in 0..total {
-                let event = sub.next().await.unwrap();
-                let seq = event.seq as usize;
-                if received[seq].fetch_add(1, Ordering::AcqRel) + 1 == SUBSCRIBERS {
-                    let _ = all_in.send((event.seq, Instant::now()));
-                }
+                let event = sub.next_shared().await.unwrap();
+                receipts.received(event.seq);
             }
         }));
     }
-    let mut fanout = Vec::with_capacity(PUBLISHES);
-    let mut commit = Vec::with_capacity(PUBLISHES);
+    let mut fanout = Vec::with_capacity(FANOUT_PUBLISHES);
+    let mut commit = Vec::with_capacity(FANOUT_PUBLISHES);
     for i in 0..total {
         let started = Instant::now();
-        let event = bus
-            .publish(
-                NewEvent::new(EventType::Updated)
-                    .context("ctx-1")
-                    .data(json!({"i": i})),
-            )
-            .await
-            .unwrap();
+        let event = bus.publish(fanout_event(i)).await.unwrap();
         let acked = started.elapsed();
         let (seq, at) = all_in_rx.recv().await.unwrap();
         assert_eq!(seq, event.seq);
-        if i >= WARMUP {
+        if i >= FANOUT_WARMUP {
             commit.push(acked);
             fanout.push(at.saturating_duration_since(started));
         }
@@ -448,10 +493,10 @@ async fn fanout(dir: &Path) {
         subscriber.await.unwrap();
     }
     let metrics = bus.metrics();
+    let (p50, p99) = (percentile(&mut fanout, 0.50), percentile(&mut fanout, 0.99));
+    let (floor50, floor99) = (percentile(&mut floor, 0.50), percentile(&mut floor, 0.99));
     println!(
-        "publish -> all {SUBSCRIBERS} received: p50 {:>8.1?}  p99 {:>8.1?}  max {:>8.1?}",
-        percentile(&mut fanout, 0.50),
-        percentile(&mut fanout, 0.99),
+        "publish -> all {FANOUT_SUBSCRIBERS} received: p50 {p50:>8.1?}  p99 {p99:>8.1?}  max {:>8.1?}",
         percentile(&mut fanout, 1.0)
     );
     println!(
@@ -460,9 +505,82 @@ async fn fanout(dir: &Path) {
         percentile(&mut commit, 0.99)
     );
     println!(
+        "publish, no subscribers (commit):  p50 {:>8.1?}  p99 {:>8.1?}",
+        percentile(&mut alone, 0.50),
+        percentile(&mut alone, 0.99)
+    );
+    println!(
+        "floor from a runtime task -> all:  p50 {:>8.1?}  p99 {:>8.1?}",
+        percentile(&mut floor_task, 0.50),
+        percentile(&mut floor_task, 0.99)
+    );
+    println!(
+        "floor, bare broadcast -> all:      p50 {floor50:>8.1?}  p99 {floor99:>8.1?}  max {:>8.1?}  \
+         (publish path / floor: p50 {:.2}x, p99 {:.2}x)",
+        percentile(&mut floor, 1.0),
+        p50.as_secs_f64() / floor50.as_secs_f64(),
+        p99.as_secs_f64() / floor99.as_secs_f64()
+    );
+    println!(
         "delivered {} events, {} store catch-ups (0 = all on the live path)",
         metrics.delivered, metrics.catch_ups
     );
+}
+
+/// The floor of `fanout`: `total` events, each an `Arc<Event>` like the bus's live slot, sent on
+/// a bare tokio broadcast channel from a plain thread to [`FANOUT_SUBSCRIBERS`] tasks that count
+/// receipts as `fanout`'s do. Returns send -> all received for the measured ones.
+async fn fanout_floor(total: usize, from_task: bool) -> Vec<Duration> {
+    let (tx, _) = tokio::sync::broadcast::channel::<Arc<Event>>(4096);
+    let (receipts, all_in_rx) = Receipts::new(total);
+    let mut subscribers = Vec::new();
+    for _ in 0..FANOUT_SUBSCRIBERS {
+        let mut rx = tx.subscribe();
+        let receipts = receipts.clone();
+        subscribers.push(tokio::spawn(async move {
+            for _ in 0..total {
+                let event = rx.recv().await.unwrap();
+                receipts.received(event.seq);
+            }
+        }));
+    }
+    let send_all =
+        move |tx: tokio::sync::broadcast::Sender<Arc<Event>>,
+              mut all_in_rx: tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>| async move {
+            let mut times = Vec::with_capacity(FANOUT_PUBLISHES);
+            for i in 0..total {
+                let new = fanout_event(i);
+                let event = Arc::new(Event {
+                    seq: i as u64 + 1,
+                    event_type: new.event_type,
+                    context_id: new.context_id,
+                    agent_id: new.agent_id,
+                    timestamp_ms: 1_700_000_000_000,
+                    priority: new.priority,
+                    data: new.data,
+                });
+                let started = Instant::now();
+                tx.send(event).unwrap();
+                let (seq, at) = all_in_rx.recv().await.unwrap();
+                assert_eq!(seq, i as u64 + 1);
+                if i >= FANOUT_WARMUP {
+                    times.push(at.saturating_duration_since(started));
+                }
+            }
+            times
+        };
+    let times = if from_task {
+        tokio::spawn(send_all(tx, all_in_rx)).await.unwrap()
+    } else {
+        let handle = tokio::runtime::Handle::current();
+        std::thread::spawn(move || handle.block_on(send_all(tx, all_in_rx)))
+            .join()
+            .unwrap()
+    };
+    for subscriber in subscribers {
+        subscriber.await.unwrap();
+    }
+    times
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {

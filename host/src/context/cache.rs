@@ -382,8 +382,7 @@ impl ContextCache {
         let Some(sub) = st.events.as_ref() else {
             return;
         };
-        let behind =
-            |sub: &Subscription| svc.bus().metrics().last_seq.saturating_sub(sub.last_seq());
+        let behind = |sub: &Subscription| svc.bus().last_seq().saturating_sub(sub.last_seq());
         if behind(sub) > self.config.max_lag_events {
             st.clear();
             return;

@@ -69,6 +69,7 @@
 
 mod error;
 mod filter;
+mod rows;
 mod subscription;
 mod types;
 
@@ -76,14 +77,17 @@ mod types;
 mod tests;
 #[cfg(test)]
 mod tests_bounds;
+#[cfg(test)]
+mod tests_live;
 
 pub use error::EventError;
 pub use filter::EventFilter;
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionId};
 pub use types::{EVENT_OVERHEAD_BYTES, Event, EventType, NewEvent, UnknownEventType};
 
-use crate::store::{BlobStore, Store, StoreError, WriteCtx, decode_value, encode_value};
-use rusqlite::Connection;
+pub(crate) use rows::{query_events, seq_bounds};
+
+use crate::store::{Store, StoreError, WriteCtx, encode_value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,7 +207,8 @@ pub(crate) struct BusInner {
     /// The oldest seq still stored, as of the last commit.
     pub(crate) oldest_seq: AtomicU64,
     published: AtomicU64,
-    pub(crate) delivered: AtomicU64,
+    /// Deliveries of subscriptions that have ended (live ones count in their [`SubShared`]).
+    delivered: AtomicU64,
     pub(crate) catch_ups: AtomicU64,
     pub(crate) subscribers: Mutex<HashMap<SubscriptionId, Arc<SubShared>>>,
     next_subscription: AtomicU64,
@@ -217,7 +222,7 @@ impl std::fmt::Debug for EventBus {
     }
 }
 
-/// Columns read for an [`Event`], in [`event_from_row`] order.
+/// Columns read for an [`Event`], in the order `rows` reads them.
 pub(crate) const EVENT_COLUMNS: &str = "seq, event_type, context_id, agent_id, ts, priority, data";
 
 impl EventBus {
@@ -450,6 +455,7 @@ impl EventBus {
         match shared {
             Some(shared) => {
                 shared.cancel();
+                self.inner.retire(&shared);
                 true
             }
             None => false,
@@ -504,18 +510,32 @@ impl EventBus {
             .await?
     }
 
+    /// The newest seq announced to live subscribers (the newest stored one when the bus was
+    /// created; 0 for an empty log): the same as
+    /// [`EventBusMetrics::last_seq`] without gathering every other counter, whose delivery
+    /// count sums over all subscriptions.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.last_seq.load(Ordering::Acquire)
+    }
+
     /// Counters since this bus was created.
     pub fn metrics(&self) -> EventBusMetrics {
         let inner = &self.inner;
+        let (subscribers, delivered) = {
+            let subscribers = inner.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+            let live = subscribers.values().fold(0u64, |sum, s| {
+                sum.wrapping_add(s.delivered.load(Ordering::Relaxed))
+            });
+            (subscribers.len(), live)
+        };
         EventBusMetrics {
             published: inner.published.load(Ordering::Relaxed),
-            delivered: inner.delivered.load(Ordering::Relaxed),
+            delivered: inner
+                .delivered
+                .load(Ordering::Relaxed)
+                .wrapping_add(delivered),
             catch_ups: inner.catch_ups.load(Ordering::Relaxed),
-            subscribers: inner
-                .subscribers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len(),
+            subscribers,
             last_seq: inner.last_seq.load(Ordering::Acquire),
             oldest_seq: inner.oldest_seq.load(Ordering::Acquire),
             announced_by_seq: inner.announced_by_seq.load(Ordering::Relaxed),
@@ -537,58 +557,13 @@ impl BusInner {
     pub(crate) fn new_subscription_id(&self) -> SubscriptionId {
         SubscriptionId(self.next_subscription.fetch_add(1, Ordering::Relaxed))
     }
-}
 
-/// `(oldest stored seq, newest stored seq)`; `(last + 1, last)` when the table is empty.
-pub(crate) fn seq_bounds(conn: &Connection) -> Result<(u64, u64), StoreError> {
-    let (min, max): (Option<i64>, Option<i64>) = conn
-        .prepare_cached("SELECT min(seq), max(seq) FROM events")?
-        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    let last = max.unwrap_or(0) as u64;
-    Ok((min.map_or(last + 1, |m| m as u64), last))
-}
-
-/// Runs a query selecting [`EVENT_COLUMNS`].
-pub(crate) fn query_events(
-    conn: &Connection,
-    blobs: &BlobStore,
-    sql: &str,
-    params: Vec<rusqlite::types::Value>,
-) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-    let mut events = Vec::new();
-    while let Some(row) = rows.next()? {
-        events.push(event_from_row(row, blobs)?);
+    /// Moves the deliveries `shared` counted into the bus's own count (once it has ended;
+    /// a second call, or one after a later `put_back`, moves only what is left).
+    pub(crate) fn retire(&self, shared: &SubShared) {
+        let delivered = shared.delivered.swap(0, Ordering::AcqRel);
+        self.delivered.fetch_add(delivered, Ordering::Relaxed);
     }
-    Ok(events)
-}
-
-fn event_from_row(row: &rusqlite::Row<'_>, blobs: &BlobStore) -> Result<Event, StoreError> {
-    let event_type: String = row.get(1)?;
-    let seq = row.get::<_, i64>(0)? as u64;
-    let data: Vec<u8> = row.get(6)?;
-    // With a master key every event's data is sealed, bound to its seq.
-    let data = match blobs.keys() {
-        Some(keys) => keys.open_event(seq, &data)?,
-        None if crate::store::crypto::sealed_version(&data).is_some() => {
-            return Err(StoreError::Decode(format!(
-                "event {seq} is encrypted; this data directory needs its master key (--key-file FILE or QI_HOST_MASTER_KEY)"
-            )));
-        }
-        None => data,
-    };
-    Ok(Event {
-        seq,
-        event_type: event_type
-            .parse()
-            .map_err(|e: UnknownEventType| StoreError::CorruptRow(e.to_string()))?,
-        context_id: row.get(2)?,
-        agent_id: row.get(3)?,
-        timestamp_ms: row.get::<_, i64>(4)?.max(0) as u64,
-        priority: row.get(5)?,
-        data: decode_value(&data)?,
-    })
 }
 
 fn unix_ms() -> u64 {

@@ -4,10 +4,12 @@ use super::{
     BusInner, EVENT_COLUMNS, Event, EventError, EventFilter, Live, filter, query_events, seq_bounds,
 };
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 
 /// Events read from the store per catch-up page: bounds a lagging subscriber's memory.
 const CATCH_UP_PAGE: usize = 256;
@@ -36,17 +38,38 @@ impl std::fmt::Display for SubscriptionId {
     }
 }
 
-/// State shared between a subscription and its bus (for `unsubscribe`).
+/// State shared between a subscription and its bus (for `unsubscribe` and the metrics).
 pub(crate) struct SubShared {
     cancelled: AtomicBool,
-    wake: Notify,
+    /// The task of a pending [`Subscription::next`], woken by [`cancel`](Self::cancel).
+    /// Registered again only when the task changes, so a delivery costs one uncontended lock,
+    /// not a waiter-list insertion and removal.
+    waiter: Mutex<Option<Waker>>,
+    /// Events this subscription delivered (wrapping; folded into the bus's count when it
+    /// ends). Per subscription, so a thousand deliveries of one event do not all bounce one
+    /// cache line between cores.
+    pub(crate) delivered: AtomicU64,
 }
 
 impl SubShared {
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
-        // Stores a permit if nobody waits, so the next `next()` sees it.
-        self.wake.notify_one();
+        let waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Makes `waker` the one [`cancel`](Self::cancel) wakes.
+    fn register(&self, waker: &Waker) {
+        let mut waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner());
+        if !waiter.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *waiter = Some(waker.clone());
+        }
     }
 }
 
@@ -61,8 +84,8 @@ pub struct Subscription {
     /// Every event with a seq up to here has been delivered, skipped as not matching, or
     /// queued in `pending`.
     cursor: u64,
-    /// Matching events read from the store, not yet delivered.
-    pending: VecDeque<Event>,
+    /// Matching events read from the store (or given back), not yet delivered.
+    pending: VecDeque<Arc<Event>>,
     /// The next events must come from the store (resume, lag or gap).
     catching_up: bool,
 }
@@ -85,6 +108,7 @@ impl Drop for Subscription {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
+        self.bus.retire(&self.shared);
     }
 }
 
@@ -114,7 +138,8 @@ impl Subscription {
         let id = bus.new_subscription_id();
         let shared = Arc::new(SubShared {
             cancelled: AtomicBool::new(false),
-            wake: Notify::new(),
+            waiter: Mutex::new(None),
+            delivered: AtomicU64::new(0),
         });
         bus.subscribers
             .lock()
@@ -154,25 +179,47 @@ impl Subscription {
     /// The next matching event. Fails with [`EventError::Unsubscribed`] once unsubscribed and
     /// with [`EventError::HistoryCompacted`] if the subscription fell so far behind that
     /// retention dropped events it had not seen (it then stays failed). Cancel-safe: dropping
-    /// the future loses no event.
+    /// the future loses no event. An event from the live path is cloned out of the copy all
+    /// subscribers share; [`next_shared`](Self::next_shared) hands out that copy instead.
     pub async fn next(&mut self) -> Result<Event, EventError> {
+        self.next_shared().await.map(Arc::unwrap_or_clone)
+    }
+
+    /// [`next`](Self::next), returning the event as the `Arc` every subscriber that receives
+    /// it on the live path shares: no per-subscriber copy of its ids and data. Same errors,
+    /// same cancel safety.
+    pub async fn next_shared(&mut self) -> Result<Arc<Event>, EventError> {
         loop {
-            if self.shared.cancelled.load(Ordering::Acquire) {
+            if self.shared.is_cancelled() {
                 return Err(EventError::Unsubscribed);
             }
             if let Some(event) = self.pending.pop_front() {
-                self.bus.delivered.fetch_add(1, Ordering::Relaxed);
+                self.shared.delivered.fetch_add(1, Ordering::Relaxed);
                 return Ok(event);
             }
             if self.catching_up {
                 self.catch_up().await?;
                 continue;
             }
-            let received = tokio::select! {
-                biased;
-                _ = self.shared.wake.notified() => continue,
-                received = self.live.recv() => received,
+            // Waits for the live path or for `unsubscribe`, whichever comes first.
+            let received = {
+                let shared = &self.shared;
+                let recv = self.live.recv();
+                tokio::pin!(recv);
+                std::future::poll_fn(|cx| {
+                    if shared.is_cancelled() {
+                        return Poll::Ready(None);
+                    }
+                    shared.register(cx.waker());
+                    // Seen after registering: a cancel either finds the waker or is seen here.
+                    if shared.is_cancelled() {
+                        return Poll::Ready(None);
+                    }
+                    recv.as_mut().poll(cx).map(Some)
+                })
+                .await
             };
+            let Some(received) = received else { continue };
             match received {
                 Ok(live) if live.seq <= self.cursor => {}
                 Ok(live) if live.seq != self.cursor + 1 => self.fall_back(),
@@ -183,8 +230,8 @@ impl Subscription {
                 }) => {
                     self.cursor = event.seq;
                     if self.filter.matches(&event) {
-                        self.bus.delivered.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Event::clone(&event));
+                        self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+                        return Ok(event);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => self.fall_back(),
@@ -196,9 +243,11 @@ impl Subscription {
     /// Gives back `event`, the last one [`next`](Self::next) returned, undelivered: the next
     /// call returns it again and [`last_seq`](Self::last_seq) stands before it. For a
     /// receiver that refuses a delivery (say, an access check failed) without losing it.
-    pub fn put_back(&mut self, event: Event) {
+    /// Takes an [`Event`] or the `Arc` [`next_shared`](Self::next_shared) returned.
+    pub fn put_back(&mut self, event: impl Into<Arc<Event>>) {
+        let event = event.into();
         debug_assert!(self.pending.front().is_none_or(|e| e.seq > event.seq));
-        self.bus.delivered.fetch_sub(1, Ordering::Relaxed);
+        self.shared.delivered.fetch_sub(1, Ordering::Relaxed);
         self.pending.push_front(event);
     }
 
@@ -254,7 +303,7 @@ impl Subscription {
             self.cursor = last.max(cursor);
             self.catching_up = false;
         }
-        self.pending.extend(events);
+        self.pending.extend(events.into_iter().map(Arc::new));
         Ok(())
     }
 }

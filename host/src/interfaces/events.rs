@@ -160,7 +160,11 @@ impl qi::agent::events::Host for AgentState {
         // sweep leaves a present agent alone), and a heartbeat again before the delivery is
         // checked, so a passive subscriber is never found disconnected.
         let presence = svc.as_ref().map(|svc| svc.present(me));
-        let received = watched.sub.next_timeout(wait).await;
+        // The shared copy: converting it to the WIT record copies only what the guest gets.
+        let received = match tokio::time::timeout(wait, watched.sub.next_shared()).await {
+            Ok(result) => result.map(Some),
+            Err(_) => Ok(None),
+        };
         drop(presence);
         if let (Some(svc), Ok(Some(_))) = (&svc, &received)
             && let Err(e) = svc.touch(me).await
@@ -190,8 +194,8 @@ impl qi::agent::events::Host for AgentState {
             Ok(Some(e)) => Ok(Some(WitEvent {
                 seq: e.seq,
                 event_type: e.event_type.as_str().to_string(),
-                context_id: e.context_id,
-                agent_id: e.agent_id,
+                context_id: e.context_id.clone(),
+                agent_id: e.agent_id.clone(),
                 timestamp_ms: e.timestamp_ms,
                 priority: e.priority,
                 data: e.data.to_string(),
