@@ -211,19 +211,34 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         .policies
         .clone()
         .map(|p| watch_policies(p, access.clone()));
-    let host = Arc::new(
-        AgentHost::new(host_config())?
-            .with_context(context)
-            .with_access(access),
-    );
-    let prepared = coord::prepare_parsed(
-        &host,
-        manifest,
-        &text,
-        &args.manifest,
-        args.guest_dir.as_deref(),
-    )
-    .await?;
+    let setup = async {
+        let host = Arc::new(
+            AgentHost::new(host_config())?
+                .with_context(context)
+                .with_access(access),
+        );
+        let prepared = coord::prepare_parsed(
+            &host,
+            manifest,
+            &text,
+            &args.manifest,
+            args.guest_dir.as_deref(),
+        )
+        .await?;
+        Ok::<_, Error>((host, prepared))
+    };
+    // What opening the data directory recorded is written before an early error returns
+    // (the audit writer's batch window would otherwise hold it when the process exits).
+    let (host, prepared) = match setup.await {
+        Ok(ready) => ready,
+        Err(e) => {
+            if let Some(w) = &watcher {
+                w.abort();
+            }
+            audit.flush().await;
+            return Err(e);
+        }
+    };
     let total = prepared.manifest.subtasks.len();
     let (tx, rx) = watch::channel(ExecutionStatus {
         coordination_id: String::new(),

@@ -63,16 +63,21 @@ async fn a_failed_write_refuses_every_later_record() {
     assert!(log.verify().await.unwrap().is_intact());
 }
 
-/// Entry 1 reaches an idle writer; 2 and 3 are recorded while the writer waits. With a batch
-/// window the three share one store write; with none, entry 1 is written alone.
-async fn batches_for(window: std::time::Duration) -> AuditStatus {
+/// A log on a fresh in-memory store whose writer gathers entries for `window`.
+async fn log_with_window(window: std::time::Duration) -> AuditLog {
     let options = AuditOptions {
         batch_window: window,
         ..AuditOptions::default()
     };
-    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
+    AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Entry 1 reaches an idle writer; 2 and 3 are recorded while the writer waits. With a batch
+/// window the three share one store write; with none, entry 1 is written alone.
+async fn batches_for(window: std::time::Duration) -> AuditStatus {
+    let log = log_with_window(window).await;
     log.record(entry(1)).unwrap();
     // current-thread: the writer takes entry 1 now, and waits out its window (or writes).
     tokio::task::yield_now().await;
@@ -98,13 +103,7 @@ async fn entries_queued_within_the_batch_window_share_one_store_write() {
 
 #[tokio::test]
 async fn a_flush_ends_the_batch_window_at_once() {
-    let options = AuditOptions {
-        batch_window: std::time::Duration::from_secs(3600),
-        ..AuditOptions::default()
-    };
-    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
-        .await
-        .unwrap();
+    let log = log_with_window(std::time::Duration::from_secs(3600)).await;
     log.record(entry(1)).unwrap();
     tokio::task::yield_now().await;
     // A guard against a hang only: without the flush's signal this waits an hour.
@@ -226,14 +225,8 @@ async fn record_decision_is_refused_when_the_queue_is_full_or_the_log_failed() {
 /// flush in a later window ends that window too.
 #[tokio::test]
 async fn a_flush_waits_for_every_entry_queued_before_it_in_order() {
-    let options = AuditOptions {
-        // No test waits this long: each window here is ended by a flush.
-        batch_window: std::time::Duration::from_secs(3600),
-        ..AuditOptions::default()
-    };
-    let log = AuditLog::open_with(Store::open(StoreConfig::in_memory()).unwrap(), options)
-        .await
-        .unwrap();
+    // No test waits this long: each window here is ended by a flush.
+    let log = log_with_window(std::time::Duration::from_secs(3600)).await;
     let other = log.clone();
     log.record(entry(1)).unwrap();
     // current-thread: the writer takes entry 1 and starts waiting out its window.
