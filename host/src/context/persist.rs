@@ -182,10 +182,10 @@ pub fn insert_version_encoded(
     now_ms: u64,
 ) -> Result<(), StoreError> {
     // A context written before encryption was enabled gets its key on its first new version.
-    ensure_key(conn, blobs, &v.context_id, None)?;
+    ensure_key(conn, blobs, v.context_id, None)?;
     let doc = StoredDoc::put_bytes(
         blobs,
-        seal(blobs, &v.context_id, column::VERSION_DOC, encoded_doc)?,
+        seal(blobs, v.context_id, column::VERSION_DOC, encoded_doc)?,
     )?;
     exec(
         conn,
