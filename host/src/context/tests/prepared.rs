@@ -234,3 +234,177 @@ async fn a_prepared_write_is_checked_for_access_when_it_is_stored() {
     );
     assert_eq!(f.svc.get("a", "c").await.unwrap().doc, json!({"x": 1}));
 }
+
+#[tokio::test]
+async fn a_prepared_write_is_not_stored_over_a_deleted_context() {
+    let f = fixture().await;
+    agents(&f.svc, &["a"]).await;
+    ctx(&f.svc, "a", "c", SyncStrategy::Eventual, json!({"x": 1})).await;
+    let doc = json!({"x": 2});
+    let prepared = f
+        .svc
+        .prepare("c", Some(1), Some(&doc), None, write("a", 1))
+        .expect("based on the current version, with the document in memory");
+    f.svc.delete("a", "c").await.unwrap();
+    let used = f
+        .svc
+        .run(
+            Some("c".into()),
+            Box::new(move |sh, inner, ctx| {
+                Ok(ContextService::commit_prepared(sh, inner, ctx, "c", prepared).is_some())
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !used,
+        "the deleted state is another state than the one prepared against"
+    );
+    let refused = f.svc.write("a", "c", Change::Put(doc), Some(2)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let status = rows(&f.svc, "status, version", "contexts", "id").await;
+    assert_eq!(
+        status,
+        vec![vec![Sql::Text("deleted".into()), Sql::Integer(2)]]
+    );
+}
+
+/// The state each context of `ids` has in memory, documents loaded.
+async fn states(f: &Fixture, ids: &[&str]) -> Vec<ContextState> {
+    let mut out = Vec::new();
+    for id in ids {
+        f.svc.get("a", id).await.unwrap();
+        let state = f.svc.shared.committed().context_arc(id).unwrap();
+        assert!(state.resident);
+        out.push((*state).clone());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_writes_read_back_the_same_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["s", "e", "c", "m"];
+    let before = {
+        let f = bounded(StoreConfig::at(dir.path()), usize::MAX).await;
+        script(&f).await;
+        // The last write of each context is worked out by its caller.
+        for id in ids {
+            let base = f.svc.get("a", id).await.unwrap().version;
+            let doc = json!({"n": 7, "title": "v", "big": "y".repeat(8 * 1024)});
+            assert!(
+                f.svc
+                    .prepare(id, Some(base), Some(&doc), None, write("a", base))
+                    .is_some()
+            );
+            f.svc
+                .write("a", id, Change::Put(doc), Some(base))
+                .await
+                .unwrap();
+        }
+        let before = states(&f, &ids).await;
+        assert_eq!(before, states(&f, &ids).await);
+        (before, stored(&f.svc).await)
+    };
+    let f = bounded(StoreConfig::at(dir.path()), usize::MAX).await;
+    f.svc.heartbeat("a").await.unwrap();
+    assert_eq!(states(&f, &ids).await, before.0);
+    let after = stored(&f.svc).await;
+    assert_eq!(after[0], before.1[0], "the contexts rows");
+    assert_eq!(after[1], before.1[1], "the versions rows");
+    // The schema (set at create, not by the upsert) still holds after the reopen.
+    for id in ids {
+        let base = f.svc.get("a", id).await.unwrap().version;
+        let refused = f
+            .svc
+            .write("a", id, Change::Merge(json!({"n": "text"})), Some(base))
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(ContextError::Refused {
+                    refusal: Refusal::Schema(_),
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+}
+
+/// The blobs stored, and the blobs some row names, sorted.
+async fn blobs(svc: &ContextService) -> (Vec<String>, Vec<String>) {
+    let mut stored = svc.store().blobs().list().unwrap().0;
+    stored.sort();
+    let named = rows(
+        svc,
+        "doc_blob",
+        "(SELECT doc_blob FROM contexts UNION SELECT doc_blob FROM versions)",
+        "doc_blob",
+    )
+    .await
+    .into_iter()
+    .filter_map(|r| match &r[0] {
+        Sql::Text(h) => Some(h.clone()),
+        _ => None,
+    })
+    .collect();
+    (stored, named)
+}
+
+/// Replaces a stored (blob) document of a context keeping one version: each write trims the
+/// version that names the blob the context row names too, so the old blob is a candidate of
+/// the collection twice in one write. Held documents (`hot`): the writes are prepared.
+async fn replace_stored_documents(hot: bool) {
+    let store = StoreConfig {
+        blob_threshold: 1024,
+        ..StoreConfig::in_memory()
+    };
+    let f = bounded(store, if hot { usize::MAX } else { 0 }).await;
+    agents(&f.svc, &["a"]).await;
+    f.svc
+        .create(
+            "a",
+            NewContext {
+                id: Some("c".into()),
+                context_type: "notes".into(),
+                doc: json!({"text": "a".repeat(4096)}),
+                history_limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let docs = [
+        json!({"text": "b".repeat(4096)}),
+        json!({"text": "b".repeat(4096), "n": 1}),
+        json!({"text": "small"}),
+        json!({"text": "c".repeat(4096)}),
+    ];
+    for (i, doc) in docs.into_iter().enumerate() {
+        let base = i as u64 + 1;
+        let prepared = f
+            .svc
+            .prepare("c", Some(base), Some(&doc), None, write("a", base));
+        assert_eq!(prepared.is_some(), hot);
+        f.svc
+            .write("a", "c", Change::Put(doc.clone()), Some(base))
+            .await
+            .unwrap();
+        // The next write runs after the collection of the one before.
+        f.svc.heartbeat("a").await.unwrap();
+        let (stored, named) = blobs(&f.svc).await;
+        assert_eq!(stored, named, "after version {}", base + 1);
+        assert_eq!(f.svc.get("a", "c").await.unwrap().doc, doc);
+    }
+}
+
+#[tokio::test]
+async fn a_prepared_write_replacing_a_stored_document_leaves_no_blob_behind() {
+    replace_stored_documents(true).await;
+}
+
+#[tokio::test]
+async fn a_write_replacing_a_stored_document_leaves_no_blob_behind() {
+    replace_stored_documents(false).await;
+}
