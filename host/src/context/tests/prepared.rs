@@ -408,3 +408,53 @@ async fn a_prepared_write_replacing_a_stored_document_leaves_no_blob_behind() {
 async fn a_write_replacing_a_stored_document_leaves_no_blob_behind() {
     replace_stored_documents(false).await;
 }
+
+#[tokio::test]
+async fn of_two_writes_prepared_on_one_strong_version_only_the_first_is_stored() {
+    let f = fixture().await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(&f.svc, "a", "c", SyncStrategy::Strong, json!({"x": 1})).await;
+    share_all(&f.svc, "c", "a", &["b"]).await;
+    let (first, second) = (json!({"x": 2}), json!({"x": 3}));
+    let prepared = [
+        f.svc
+            .prepare("c", Some(1), Some(&first), None, write("a", 1))
+            .expect("based on the current version"),
+        f.svc
+            .prepare("c", Some(1), Some(&second), None, write("b", 1))
+            .expect("based on the current version"),
+    ];
+    let mut used = Vec::new();
+    for p in prepared {
+        let outcome = f
+            .svc
+            .run(
+                Some("c".into()),
+                Box::new(move |sh, inner, ctx| {
+                    Ok(ContextService::commit_prepared(sh, inner, ctx, "c", p)
+                        .map(|r| r.map(|w| w.version).is_ok()))
+                }),
+            )
+            .await
+            .unwrap();
+        used.push(outcome);
+    }
+    assert_eq!(
+        used,
+        vec![Some(true), None],
+        "the second is the writer's to decide"
+    );
+    let stale = f.svc.write("b", "c", Change::Put(second), Some(1)).await;
+    assert!(
+        matches!(
+            stale,
+            Err(ContextError::Refused {
+                refusal: Refusal::Stale { current: 2, .. },
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let view = f.svc.get("a", "c").await.unwrap();
+    assert_eq!((view.doc, view.version), (first, 2));
+}
