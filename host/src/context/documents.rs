@@ -130,7 +130,7 @@ impl ContextService {
     }
 
     pub(super) fn check_size(&self, doc: &Value) -> Result<(), ContextError> {
-        let len = serde_json::to_vec(doc).map(|v| v.len()).unwrap_or(0);
+        let len = json_len(doc) as usize;
         if len > self.shared.config.max_document_bytes {
             return Err(ContextError::invalid(
                 "doc",
@@ -416,6 +416,17 @@ pub(super) fn result_of(
     new_version: bool,
     conflicts: Vec<Conflict>,
 ) -> WriteResult {
+    let len = if new_version { json_len(&s.doc) } else { 0 };
+    result_with_len(s, new_version, conflicts, len)
+}
+
+/// [`result_of`] for a document of `doc_json` bytes of JSON ([`json_len`]).
+pub(super) fn result_with_len(
+    s: &ContextState,
+    new_version: bool,
+    conflicts: Vec<Conflict>,
+    doc_json: u64,
+) -> WriteResult {
     WriteResult {
         context_id: s.id.clone(),
         version: s.version,
@@ -424,12 +435,12 @@ pub(super) fn result_of(
         status: s.status,
         new_version,
         conflicts,
-        doc_bytes: if new_version { json_len(&s.doc) } else { 0 },
+        doc_bytes: if new_version { doc_json } else { 0 },
     }
 }
 
 /// The length of `doc`'s compact JSON text, counted without building it.
-fn json_len(doc: &Value) -> u64 {
+pub(super) fn json_len(doc: &impl serde::Serialize) -> u64 {
     struct Count(u64);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -177,8 +177,10 @@ pub const OBSERVED_DOCUMENTS: usize = 4;
 pub struct Applied {
     /// The context after the write.
     pub state: ContextState,
-    /// The new version, when the document or status changed.
-    pub version: Option<ContextVersion>,
+    /// The number of the new version, when the document or status changed. The version is
+    /// `state` as it is now: its document, revision and HLC, made by the writing agent with
+    /// the write's `op` (not copied here, so a write holds one copy of the document).
+    pub version: Option<u64>,
     /// Conflicts detected (and, where the strategy says so, resolved).
     pub conflicts: Vec<Conflict>,
 }
@@ -292,12 +294,12 @@ pub fn apply_write(
         ));
     }
 
-    let mut next = state.clone();
     let mut conflicts = Vec::new();
 
     // A context waiting for manual resolution only accepts further competing values for the
     // fields already in conflict; every one is kept.
     if state.status == ContextStatus::Conflict {
+        let mut next = state.clone();
         let pending = state.pending.clone().unwrap_or_default();
         if w.changes
             .iter()
@@ -340,6 +342,8 @@ pub fn apply_write(
     };
 
     let mut doc = state.doc.clone();
+    // The rest of the state; the document is `doc` until the end.
+    let mut next = state.with_doc(Value::Null);
     let mut applied: Vec<&FieldChange> = Vec::new();
     let mut pending = PendingConflict::default();
     for c in &w.changes {
@@ -460,6 +464,7 @@ pub fn apply_write(
     let to_conflict = !pending.fields.is_empty();
     if applied.is_empty() && !to_conflict {
         // Every change lost: nothing new to record but the conflicts.
+        next.doc = doc;
         return Ok(Applied {
             state: next,
             version: None,
@@ -489,15 +494,7 @@ pub fn apply_write(
     next.hlc = at.hlc;
     next.updated_at = at.now_ms;
     Ok(Applied {
-        version: Some(ContextVersion {
-            context_id: state.id.clone(),
-            version,
-            revision: at.revision,
-            agent_id: w.agent.clone(),
-            hlc: at.hlc,
-            op: w.op.to_string(),
-            doc: next.doc.clone(),
-        }),
+        version: Some(version),
         state: next,
         conflicts,
     })

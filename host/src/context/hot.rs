@@ -146,6 +146,11 @@ impl<V: Clone> Staging<'_, V> {
         self.current(key.as_ref()).map(|v| &**v)
     }
 
+    /// The value of `key`, shared (a pointer copy, not a copy of the value).
+    pub(super) fn get_arc(&self, key: &str) -> Option<Arc<V>> {
+        self.current(key).cloned()
+    }
+
     pub(super) fn contains_key<Q>(&self, key: &Q) -> bool
     where
         String: Borrow<Q>,

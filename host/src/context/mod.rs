@@ -56,13 +56,14 @@ pub mod labels;
 pub mod model;
 pub mod patch;
 mod persist;
+mod prepared;
 mod service;
 mod sharing;
 mod subscriptions;
 mod sync;
 mod writes;
 
-use documents::{empty_like, result_of};
+use documents::{empty_like, json_len, result_of, result_with_len};
 use hot::Inner;
 use service::{OpError, Shared, compile_schema, schema_check};
 
@@ -79,7 +80,7 @@ pub use service::{ContextService, TrustSource};
 
 // What `history`, `writes`, `sync` and `subscriptions` still take with `use super::*`.
 use crate::events::{EventFilter, EventType, NewEvent, SubscribeFrom, Subscription};
-use crate::store::WriteCtx;
+use crate::store::{WriteCtx, encode_value};
 use engine::{Stamp, Write};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

@@ -67,18 +67,34 @@ fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
         .map_err(|e| StoreError::CorruptRow(format!("`{s}`: {e}")))
 }
 
-/// Writes the current state of a context (insert or replace).
+/// Writes the current state of a context: inserts its row, or updates the columns a change
+/// can alter (an `ON CONFLICT … DO UPDATE`, not `INSERT OR REPLACE`, which deletes and
+/// reinserts the row and every index entry of it). Owner, type, schema, strategy, resolution,
+/// history limit and creation time are set when the row is inserted and never change.
 pub fn upsert_context(
     conn: &Connection,
     blobs: &BlobStore,
     s: &ContextState,
 ) -> Result<(), StoreError> {
+    upsert_context_encoded(conn, blobs, s, encode_value(&s.doc), None)
+}
+
+/// [`upsert_context`] with the document already encoded ([`encode_value`] of `s.doc`, not
+/// sealed) and, when known, the field stamps encoded the same way ([`encode_stamps`]).
+pub fn upsert_context_encoded(
+    conn: &Connection,
+    blobs: &BlobStore,
+    s: &ContextState,
+    encoded_doc: Vec<u8>,
+    encoded_stamps: Option<Vec<u8>>,
+) -> Result<(), StoreError> {
     ensure_key(conn, blobs, &s.id, Some(&s.owner))?;
-    let doc = StoredDoc::put_bytes(
-        blobs,
-        seal(blobs, &s.id, column::CONTEXT_DOC, encode_value(&s.doc))?,
-    )?;
-    let stamps = seal(blobs, &s.id, column::FIELD_STAMPS, enc(&s.field_stamps)?)?;
+    let doc = StoredDoc::put_bytes(blobs, seal(blobs, &s.id, column::CONTEXT_DOC, encoded_doc)?)?;
+    let stamps = match encoded_stamps {
+        Some(b) => b,
+        None => encode_stamps(&s.field_stamps)?,
+    };
+    let stamps = seal(blobs, &s.id, column::FIELD_STAMPS, stamps)?;
     let pending = s
         .pending
         .as_ref()
@@ -86,8 +102,12 @@ pub fn upsert_context(
         .transpose()?;
     exec(
         conn,
-        "INSERT OR REPLACE INTO contexts (id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        "INSERT INTO contexts (id, owner, context_type, schema, strategy, resolution, status, version, revision, hlc, doc, doc_blob, field_stamps, conflict, history_limit, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+         ON CONFLICT(id) DO UPDATE SET status = excluded.status, version = excluded.version,
+           revision = excluded.revision, hlc = excluded.hlc, doc = excluded.doc,
+           doc_blob = excluded.doc_blob, field_stamps = excluded.field_stamps,
+           conflict = excluded.conflict, updated_at = excluded.updated_at",
         params![
             s.id,
             s.owner,
@@ -111,6 +131,11 @@ pub fn upsert_context(
     Ok(())
 }
 
+/// The field stamps of a context as stored (MessagePack, not sealed).
+pub fn encode_stamps(stamps: &BTreeMap<String, StampedField>) -> Result<Vec<u8>, StoreError> {
+    enc(stamps)
+}
+
 /// Appends a version and trims history beyond the context's limit.
 pub fn insert_version(
     conn: &Connection,
@@ -119,16 +144,48 @@ pub fn insert_version(
     history_limit: Option<u64>,
     now_ms: u64,
 ) -> Result<(), StoreError> {
+    let row = VersionRow {
+        context_id: &v.context_id,
+        version: v.version,
+        revision: v.revision,
+        agent_id: &v.agent_id,
+        hlc: v.hlc,
+        op: &v.op,
+    };
+    insert_version_encoded(
+        conn,
+        blobs,
+        &row,
+        encode_value(&v.doc),
+        history_limit,
+        now_ms,
+    )
+}
+
+/// A version row without its document (see [`ContextVersion`] for the fields).
+pub struct VersionRow<'a> {
+    pub context_id: &'a str,
+    pub version: u64,
+    pub revision: u64,
+    pub agent_id: &'a str,
+    pub hlc: Hlc,
+    pub op: &'a str,
+}
+
+/// [`insert_version`] with the document already encoded ([`encode_value`], not sealed).
+pub fn insert_version_encoded(
+    conn: &Connection,
+    blobs: &BlobStore,
+    v: &VersionRow<'_>,
+    encoded_doc: Vec<u8>,
+    history_limit: Option<u64>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     // A context written before encryption was enabled gets its key on its first new version.
-    ensure_key(conn, blobs, &v.context_id, None)?;
+    ensure_key(conn, blobs, v.context_id, None)?;
     let doc = StoredDoc::put_bytes(
         blobs,
-        seal(
-            blobs,
-            &v.context_id,
-            column::VERSION_DOC,
-            encode_value(&v.doc),
-        )?,
+        seal(blobs, v.context_id, column::VERSION_DOC, encoded_doc)?,
     )?;
     exec(
         conn,

@@ -39,9 +39,31 @@ impl ContextService {
         // Stamped when the host accepts the call: last-writer-wins compares these.
         let hlc = self.shared.clock.tick();
         let (agent, id) = (agent.to_string(), id.to_string());
+        let put = match &change {
+            Change::Put(doc) => Some(doc),
+            _ => None,
+        };
+        let prepared = self.prepare(
+            &id,
+            base_version,
+            put,
+            changes.as_deref(),
+            Write {
+                agent: agent.clone(),
+                base_version,
+                changes: Vec::new(),
+                op,
+                hlc,
+            },
+        );
         self.run(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
+                if let Some(p) = prepared
+                    && let Some(outcome) = Self::commit_prepared(sh, inner, ctx, &id, p)
+                {
+                    return outcome;
+                }
                 let Some(state) = inner.contexts.get(&id) else {
                     return Err(OpError::Committed(ContextError::NotFound(id)));
                 };
@@ -146,12 +168,17 @@ impl ContextService {
         op: &str,
         state: &ContextState,
     ) -> Result<(), ContextError> {
-        let doc = serde_json::to_vec(&state.doc).map_or(0, |v| v.len());
-        let pending = state
-            .pending
-            .as_ref()
-            .and_then(|p| serde_json::to_vec(p).ok())
-            .map_or(0, |v| v.len());
+        Self::check_result_size_of(sh, op, state, json_len(&state.doc) as usize)
+    }
+
+    /// [`check_result_size`](Self::check_result_size) for a document of `doc` bytes of JSON.
+    pub(super) fn check_result_size_of(
+        sh: &Shared,
+        op: &str,
+        state: &ContextState,
+        doc: usize,
+    ) -> Result<(), ContextError> {
+        let pending = state.pending.as_ref().map_or(0, |p| json_len(p) as usize);
         let limit = sh.config.max_document_bytes;
         if doc + pending > limit {
             return Err(ContextError::invalid(
@@ -174,7 +201,7 @@ impl ContextService {
         w: Write,
         observed: &[ContextVersion],
     ) -> Result<WriteResult, OpError> {
-        let state = inner.contexts.get(id).expect("caller checked").clone();
+        let state = inner.contexts.get_arc(id).expect("caller checked");
         let at = sh.stamp(inner);
         let now = at.now_ms;
         let validator = inner.schemas.get(id).cloned();
@@ -204,7 +231,8 @@ impl ContextService {
                 }))
             }
             Ok(mut applied) => {
-                Self::check_result_size(sh, w.op, &applied.state)?;
+                let doc_json = json_len(&applied.state.doc);
+                Self::check_result_size_of(sh, w.op, &applied.state, doc_json as usize)?;
                 Self::record_conflicts(sh, ctx, &w.agent, &mut applied.conflicts)?;
                 let mut events = Vec::new();
                 if let Some(p) = &mut applied.state.pending {
@@ -215,30 +243,45 @@ impl ContextService {
                     }
                 }
                 let new_version = applied.version.is_some();
-                if let Some(v) = &applied.version {
-                    persist::insert_version(
+                let s = &applied.state;
+                if let Some(version) = applied.version {
+                    // Encoded once, for the version row and the current-state row.
+                    let encoded = encode_value(&s.doc);
+                    let row = persist::VersionRow {
+                        context_id: id,
+                        version,
+                        revision: s.revision,
+                        agent_id: &w.agent,
+                        hlc: s.hlc,
+                        op: w.op,
+                    };
+                    persist::insert_version_encoded(
                         ctx.tx(),
                         ctx.blobs(),
-                        v,
-                        applied.state.history_limit,
+                        &row,
+                        encoded.clone(),
+                        s.history_limit,
                         now,
                     )?;
+                    persist::upsert_context_encoded(ctx.tx(), ctx.blobs(), s, encoded, None)?;
                     let event = if w.op == "rollback" {
                         EventType::RolledBack
                     } else {
                         EventType::Updated
                     };
                     events.push(NewEvent::new(event).context(id).agent(&w.agent).data(json!({
-                        "version": v.version, "revision": v.revision, "hlc": v.hlc.to_string(), "op": w.op,
+                        "version": version, "revision": s.revision, "hlc": s.hlc.to_string(), "op": w.op,
                         "fields": w.changes.iter().map(|c| c.path.clone()).collect::<Vec<_>>(),
                     })));
                     inner.revision = at.revision;
+                } else {
+                    persist::upsert_context(ctx.tx(), ctx.blobs(), s)?;
                 }
-                persist::upsert_context(ctx.tx(), ctx.blobs(), &applied.state)?;
                 if !events.is_empty() {
                     sh.bus.stage(ctx, events)?;
                 }
-                let result = result_of(&applied.state, new_version, applied.conflicts);
+                let result =
+                    result_with_len(&applied.state, new_version, applied.conflicts, doc_json);
                 inner.contexts.insert(id.to_string(), applied.state);
                 Ok(result)
             }

@@ -39,14 +39,21 @@ pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
     let mut sql =
         String::from("CREATE TEMP TABLE IF NOT EXISTS qi_blob_candidates(hash TEXT PRIMARY KEY);");
     for (table, column) in BLOB_COLUMNS {
+        // Not `INSERT OR IGNORE`: the statement that fires a trigger imposes its own conflict
+        // policy on the trigger's statements, and an upsert (`ON CONFLICT … DO UPDATE`) of a
+        // row whose blob is already a candidate (its version was just trimmed, or another row
+        // holding the same document changed in this batch) would abort on the duplicate.
+        let note = format!(
+            "INSERT INTO qi_blob_candidates(hash) SELECT OLD.{column} \
+             WHERE NOT EXISTS (SELECT 1 FROM qi_blob_candidates WHERE hash = OLD.{column});"
+        );
         sql.push_str(&format!(
             "CREATE TEMP TRIGGER IF NOT EXISTS qi_blob_del_{table}_{column} \
-             AFTER DELETE ON main.{table} WHEN OLD.{column} IS NOT NULL BEGIN \
-             INSERT OR IGNORE INTO qi_blob_candidates(hash) VALUES (OLD.{column}); END;\
+             AFTER DELETE ON main.{table} WHEN OLD.{column} IS NOT NULL BEGIN {note} END;\
              CREATE TEMP TRIGGER IF NOT EXISTS qi_blob_upd_{table}_{column} \
              AFTER UPDATE OF {column} ON main.{table} \
              WHEN OLD.{column} IS NOT NULL AND OLD.{column} IS NOT NEW.{column} BEGIN \
-             INSERT OR IGNORE INTO qi_blob_candidates(hash) VALUES (OLD.{column}); END;"
+             {note} END;"
         ));
     }
     conn.execute_batch(&sql)

@@ -16,6 +16,7 @@ mod conflicts;
 mod hot_tier;
 mod lifecycle;
 mod matrix;
+mod prepared;
 mod visibility;
 
 struct Fixture {

@@ -1,0 +1,460 @@
+//! Writes worked out on the caller's thread (`prepared`): they store exactly what the writer
+//! would, and the writer works a write out again when the context changed in between.
+
+use super::hot_tier::bounded;
+use super::*;
+use crate::context::engine::Write;
+use rusqlite::types::Value as Sql;
+
+/// Every row of `table` (columns in `columns`), in `order`.
+async fn rows(svc: &ContextService, columns: &str, table: &str, order: &str) -> Vec<Vec<Sql>> {
+    let sql = format!("SELECT {columns} FROM {table} ORDER BY {order}");
+    svc.store()
+        .read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| (0..n).map(|i| r.get::<_, Sql>(i)).collect())?
+                .collect::<Result<Vec<Vec<Sql>>, _>>()?;
+            Ok(rows)
+        })
+        .await
+        .unwrap()
+}
+
+/// What the store holds after `script`: contexts, versions, conflicts and events (but their
+/// wall-clock `ts`).
+async fn stored(svc: &ContextService) -> Vec<Vec<Vec<Sql>>> {
+    vec![
+        rows(svc, "*", "contexts", "id").await,
+        rows(svc, "*", "versions", "revision").await,
+        rows(svc, "*", "conflicts", "id").await,
+        rows(
+            svc,
+            "seq, event_type, context_id, agent_id, priority, data",
+            "events",
+            "seq",
+        )
+        .await,
+    ]
+}
+
+fn write(agent: &str, base: u64) -> Write {
+    Write {
+        agent: agent.into(),
+        base_version: Some(base),
+        changes: Vec::new(),
+        op: "put",
+        hlc: Hlc::default(),
+    }
+}
+
+/// Puts, merge patches and pointer patches under every strategy, each based on the current
+/// version, by the owner and by an agent the context is shared with; a put that removes a key
+/// and adds one, a put that changes nothing, and a write the schema refuses.
+async fn script(f: &Fixture) {
+    agents(&f.svc, &["a", "b"]).await;
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+    for (id, strategy) in [
+        ("s", SyncStrategy::Strong),
+        ("e", SyncStrategy::Eventual),
+        ("c", SyncStrategy::Causal),
+        ("m", SyncStrategy::Manual),
+    ] {
+        f.svc
+            .create(
+                "a",
+                NewContext {
+                    id: Some(id.into()),
+                    context_type: "notes".into(),
+                    doc: json!({"n": 0, "title": "t", "tags": ["x"], "nested": {"k": 1}}),
+                    strategy,
+                    schema: Some(schema.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        share_all(&f.svc, id, "a", &["b"]).await;
+        let changes = [
+            (
+                "a",
+                Change::Put(json!({"n": 1, "title": "t", "tags": ["x", "y"], "nested": {"k": 2}})),
+            ),
+            (
+                "b",
+                Change::Merge(json!({"title": "u", "added": {"z": true}})),
+            ),
+            (
+                "a",
+                Change::Pointer(vec![PointerOp::Set {
+                    path: "/nested/k".into(),
+                    value: json!(3),
+                }]),
+            ),
+            // Removes `tags` and `added`, adds `later`: key order as the writer makes it.
+            (
+                "b",
+                Change::Put(json!({"later": 1, "n": 2, "title": "u", "nested": {"k": 3}})),
+            ),
+            (
+                "a",
+                Change::Put(json!({"later": 1, "n": 2, "title": "u", "nested": {"k": 3}})),
+            ),
+            ("a", Change::Merge(json!({"n": "not an integer"}))),
+            ("b", Change::Merge(json!({"n": 3}))),
+        ];
+        // Versions from the answers, not reads: a read's `accessed` event is stored on its
+        // own schedule, so the events would not line up.
+        let mut version = 1;
+        for (agent, change) in changes {
+            if let Ok(r) = f.svc.write(agent, id, change, Some(version)).await {
+                version = r.version;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_write_worked_out_by_the_caller_stores_exactly_what_the_writer_would() {
+    // Documents held: writes are worked out by their callers.
+    let hot = bounded(StoreConfig::in_memory(), usize::MAX).await;
+    script(&hot).await;
+    // Nothing held: every write is worked out by the writer thread.
+    let cold = bounded(StoreConfig::in_memory(), 0).await;
+    script(&cold).await;
+
+    let (hot_rows, cold_rows) = (stored(&hot.svc).await, stored(&cold.svc).await);
+    assert_eq!(
+        hot_rows[1].len(),
+        4 * 6,
+        "a create and 5 new versions per context"
+    );
+    assert!(!hot_rows[2].is_empty(), "the schema refusals are recorded");
+    assert_eq!(hot_rows, cold_rows);
+    for id in ["s", "e", "c", "m"] {
+        assert_eq!(
+            hot.svc.get("a", id).await.unwrap().doc,
+            cold.svc.get("a", id).await.unwrap().doc
+        );
+    }
+
+    // The script's writes take the caller's path on `hot` and not on `cold`.
+    let doc = json!({"n": 9, "later": 1, "title": "u", "nested": {"k": 3}});
+    let base = hot.svc.get("a", "e").await.unwrap().version;
+    assert!(
+        hot.svc
+            .prepare("e", Some(base), Some(&doc), None, write("a", base))
+            .is_some()
+    );
+    let base = cold.svc.get("a", "e").await.unwrap().version;
+    assert!(
+        cold.svc
+            .prepare("e", Some(base), Some(&doc), None, write("a", base))
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_prepared_write_is_worked_out_again_when_the_context_changed_first() {
+    let f = fixture().await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(
+        &f.svc,
+        "a",
+        "c",
+        SyncStrategy::Eventual,
+        json!({"x": 1, "y": 1}),
+    )
+    .await;
+    share_all(&f.svc, "c", "a", &["b"]).await;
+    let doc = json!({"x": 2, "y": 1});
+    let prepared = f
+        .svc
+        .prepare("c", Some(1), Some(&doc), None, write("a", 1))
+        .expect("based on the current version, with the document in memory");
+    // `b` changes `y` first: the prepared document still holds the old `y`.
+    f.svc
+        .write("b", "c", Change::Merge(json!({"y": 5})), Some(1))
+        .await
+        .unwrap();
+    let used = f
+        .svc
+        .run(
+            Some("c".into()),
+            Box::new(move |sh, inner, ctx| {
+                Ok(ContextService::commit_prepared(sh, inner, ctx, "c", prepared).is_some())
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !used,
+        "a write prepared against version 1 is not stored over version 2"
+    );
+    // Through the service, the same write is merged with `b`'s change.
+    f.svc
+        .write("a", "c", Change::Put(doc), Some(1))
+        .await
+        .unwrap();
+    let view = f.svc.get("a", "c").await.unwrap();
+    assert_eq!(view.doc, json!({"x": 2, "y": 5}));
+    assert_eq!(view.version, 3);
+}
+
+#[tokio::test]
+async fn a_prepared_write_is_checked_for_access_when_it_is_stored() {
+    let f = fixture().await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(&f.svc, "a", "c", SyncStrategy::Strong, json!({"x": 1})).await;
+    share_all(&f.svc, "c", "a", &["b"]).await;
+    let doc = json!({"x": 2});
+    let prepared = f
+        .svc
+        .prepare("c", Some(1), Some(&doc), None, write("b", 1))
+        .expect("prepared while `b` may write");
+    f.svc.revoke("a", "c", &["b".to_string()]).await.unwrap();
+    let outcome = f
+        .svc
+        .run(
+            Some("c".into()),
+            Box::new(move |sh, inner, ctx| {
+                match ContextService::commit_prepared(sh, inner, ctx, "c", prepared) {
+                    Some(Err(OpError::Committed(e))) => Ok(Some(e)),
+                    Some(_) => Ok(None),
+                    None => panic!("the context did not change: the prepared write applies"),
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Some(ContextError::AccessDenied { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(f.svc.get("a", "c").await.unwrap().doc, json!({"x": 1}));
+}
+
+#[tokio::test]
+async fn a_prepared_write_is_not_stored_over_a_deleted_context() {
+    let f = fixture().await;
+    agents(&f.svc, &["a"]).await;
+    ctx(&f.svc, "a", "c", SyncStrategy::Eventual, json!({"x": 1})).await;
+    let doc = json!({"x": 2});
+    let prepared = f
+        .svc
+        .prepare("c", Some(1), Some(&doc), None, write("a", 1))
+        .expect("based on the current version, with the document in memory");
+    f.svc.delete("a", "c").await.unwrap();
+    let used = f
+        .svc
+        .run(
+            Some("c".into()),
+            Box::new(move |sh, inner, ctx| {
+                Ok(ContextService::commit_prepared(sh, inner, ctx, "c", prepared).is_some())
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !used,
+        "the deleted state is another state than the one prepared against"
+    );
+    let refused = f.svc.write("a", "c", Change::Put(doc), Some(2)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let status = rows(&f.svc, "status, version", "contexts", "id").await;
+    assert_eq!(
+        status,
+        vec![vec![Sql::Text("deleted".into()), Sql::Integer(2)]]
+    );
+}
+
+/// The state each context of `ids` has in memory, documents loaded.
+async fn states(f: &Fixture, ids: &[&str]) -> Vec<ContextState> {
+    let mut out = Vec::new();
+    for id in ids {
+        f.svc.get("a", id).await.unwrap();
+        let state = f.svc.shared.committed().context_arc(id).unwrap();
+        assert!(state.resident);
+        out.push((*state).clone());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_writes_read_back_the_same_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["s", "e", "c", "m"];
+    let before = {
+        let f = bounded(StoreConfig::at(dir.path()), usize::MAX).await;
+        script(&f).await;
+        // The last write of each context is worked out by its caller.
+        for id in ids {
+            let base = f.svc.get("a", id).await.unwrap().version;
+            let doc = json!({"n": 7, "title": "v", "big": "y".repeat(8 * 1024)});
+            assert!(
+                f.svc
+                    .prepare(id, Some(base), Some(&doc), None, write("a", base))
+                    .is_some()
+            );
+            f.svc
+                .write("a", id, Change::Put(doc), Some(base))
+                .await
+                .unwrap();
+        }
+        let before = states(&f, &ids).await;
+        assert_eq!(before, states(&f, &ids).await);
+        (before, stored(&f.svc).await)
+    };
+    let f = bounded(StoreConfig::at(dir.path()), usize::MAX).await;
+    f.svc.heartbeat("a").await.unwrap();
+    assert_eq!(states(&f, &ids).await, before.0);
+    let after = stored(&f.svc).await;
+    assert_eq!(after[0], before.1[0], "the contexts rows");
+    assert_eq!(after[1], before.1[1], "the versions rows");
+    // The schema (set at create, not by the upsert) still holds after the reopen.
+    for id in ids {
+        let base = f.svc.get("a", id).await.unwrap().version;
+        let refused = f
+            .svc
+            .write("a", id, Change::Merge(json!({"n": "text"})), Some(base))
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(ContextError::Refused {
+                    refusal: Refusal::Schema(_),
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+}
+
+/// The blobs stored, and the blobs some row names, sorted.
+async fn blobs(svc: &ContextService) -> (Vec<String>, Vec<String>) {
+    let mut stored = svc.store().blobs().list().unwrap().0;
+    stored.sort();
+    let named = rows(
+        svc,
+        "doc_blob",
+        "(SELECT doc_blob FROM contexts UNION SELECT doc_blob FROM versions)",
+        "doc_blob",
+    )
+    .await
+    .into_iter()
+    .filter_map(|r| match &r[0] {
+        Sql::Text(h) => Some(h.clone()),
+        _ => None,
+    })
+    .collect();
+    (stored, named)
+}
+
+/// Replaces a stored (blob) document of a context keeping one version: each write trims the
+/// version that names the blob the context row names too, so the old blob is a candidate of
+/// the collection twice in one write. Held documents (`hot`): the writes are prepared.
+async fn replace_stored_documents(hot: bool) {
+    let store = StoreConfig {
+        blob_threshold: 1024,
+        ..StoreConfig::in_memory()
+    };
+    let f = bounded(store, if hot { usize::MAX } else { 0 }).await;
+    agents(&f.svc, &["a"]).await;
+    f.svc
+        .create(
+            "a",
+            NewContext {
+                id: Some("c".into()),
+                context_type: "notes".into(),
+                doc: json!({"text": "a".repeat(4096)}),
+                history_limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let docs = [
+        json!({"text": "b".repeat(4096)}),
+        json!({"text": "b".repeat(4096), "n": 1}),
+        json!({"text": "small"}),
+        json!({"text": "c".repeat(4096)}),
+    ];
+    for (i, doc) in docs.into_iter().enumerate() {
+        let base = i as u64 + 1;
+        let prepared = f
+            .svc
+            .prepare("c", Some(base), Some(&doc), None, write("a", base));
+        assert_eq!(prepared.is_some(), hot);
+        f.svc
+            .write("a", "c", Change::Put(doc.clone()), Some(base))
+            .await
+            .unwrap();
+        // The next write runs after the collection of the one before.
+        f.svc.heartbeat("a").await.unwrap();
+        let (stored, named) = blobs(&f.svc).await;
+        assert_eq!(stored, named, "after version {}", base + 1);
+        assert_eq!(f.svc.get("a", "c").await.unwrap().doc, doc);
+    }
+}
+
+#[tokio::test]
+async fn a_prepared_write_replacing_a_stored_document_leaves_no_blob_behind() {
+    replace_stored_documents(true).await;
+}
+
+#[tokio::test]
+async fn a_write_replacing_a_stored_document_leaves_no_blob_behind() {
+    replace_stored_documents(false).await;
+}
+
+#[tokio::test]
+async fn of_two_writes_prepared_on_one_strong_version_only_the_first_is_stored() {
+    let f = fixture().await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(&f.svc, "a", "c", SyncStrategy::Strong, json!({"x": 1})).await;
+    share_all(&f.svc, "c", "a", &["b"]).await;
+    let (first, second) = (json!({"x": 2}), json!({"x": 3}));
+    let prepared = [
+        f.svc
+            .prepare("c", Some(1), Some(&first), None, write("a", 1))
+            .expect("based on the current version"),
+        f.svc
+            .prepare("c", Some(1), Some(&second), None, write("b", 1))
+            .expect("based on the current version"),
+    ];
+    let mut used = Vec::new();
+    for p in prepared {
+        let outcome = f
+            .svc
+            .run(
+                Some("c".into()),
+                Box::new(move |sh, inner, ctx| {
+                    Ok(ContextService::commit_prepared(sh, inner, ctx, "c", p)
+                        .map(|r| r.map(|w| w.version).is_ok()))
+                }),
+            )
+            .await
+            .unwrap();
+        used.push(outcome);
+    }
+    assert_eq!(
+        used,
+        vec![Some(true), None],
+        "the second is the writer's to decide"
+    );
+    let stale = f.svc.write("b", "c", Change::Put(second), Some(1)).await;
+    assert!(
+        matches!(
+            stale,
+            Err(ContextError::Refused {
+                refusal: Refusal::Stale { current: 2, .. },
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    let view = f.svc.get("a", "c").await.unwrap();
+    assert_eq!((view.doc, view.version), (first, 2));
+}
