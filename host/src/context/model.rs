@@ -227,6 +227,27 @@ pub struct ContextState {
 impl ContextState {
     /// A copy of this state holding `doc` as its document (the current one is not copied).
     pub fn with_doc(&self, doc: Value) -> ContextState {
+        self.with_parts(
+            doc,
+            self.field_stamps.clone(),
+            self.pending.clone(),
+            self.resident,
+        )
+    }
+
+    /// This state with its document, field stamps and pending conflict dropped (kept on disk).
+    pub fn without_document(&self) -> ContextState {
+        self.with_parts(Value::Null, BTreeMap::new(), None, false)
+    }
+
+    /// This state's metadata with the given document parts.
+    fn with_parts(
+        &self,
+        doc: Value,
+        field_stamps: BTreeMap<String, StampedField>,
+        pending: Option<PendingConflict>,
+        resident: bool,
+    ) -> ContextState {
         ContextState {
             id: self.id.clone(),
             owner: self.owner.clone(),
@@ -239,35 +260,12 @@ impl ContextState {
             revision: self.revision,
             hlc: self.hlc,
             doc,
-            field_stamps: self.field_stamps.clone(),
-            pending: self.pending.clone(),
+            field_stamps,
+            pending,
             history_limit: self.history_limit,
             created_at: self.created_at,
             updated_at: self.updated_at,
-            resident: self.resident,
-        }
-    }
-
-    /// This state with its document, field stamps and pending conflict dropped (kept on disk).
-    pub fn without_document(&self) -> ContextState {
-        ContextState {
-            id: self.id.clone(),
-            owner: self.owner.clone(),
-            context_type: self.context_type.clone(),
-            schema: self.schema.clone(),
-            strategy: self.strategy,
-            resolution: self.resolution,
-            status: self.status,
-            version: self.version,
-            revision: self.revision,
-            hlc: self.hlc,
-            doc: Value::Null,
-            field_stamps: BTreeMap::new(),
-            pending: None,
-            history_limit: self.history_limit,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            resident: false,
+            resident,
         }
     }
 }
