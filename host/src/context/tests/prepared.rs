@@ -49,6 +49,30 @@ fn write(agent: &str, base: u64) -> Write {
     }
 }
 
+/// Hands `prepared` (a write to context `c`) to the writer: `None` when the writer no longer
+/// uses it (the context changed since), else the stored version or the refusal.
+async fn offer(
+    svc: &ContextService,
+    prepared: crate::context::prepared::Prepared,
+) -> Option<Result<u64, ContextError>> {
+    let outcome = svc
+        .run(
+            Some("c".into()),
+            Box::new(move |sh, inner, ctx| {
+                Ok(
+                    match ContextService::commit_prepared(sh, inner, ctx, "c", prepared) {
+                        None => None,
+                        Some(Ok(w)) => Some(Ok(w.version)),
+                        Some(Err(OpError::Committed(e))) => Some(Err(e)),
+                        Some(Err(rolled_back)) => return Err(rolled_back),
+                    },
+                )
+            }),
+        )
+        .await;
+    outcome.unwrap_or_else(|e| Some(Err(e)))
+}
+
 /// Puts, merge patches and pointer patches under every strategy, each based on the current
 /// version, by the owner and by an agent the context is shared with; a put that removes a key
 /// and adds one, a put that changes nothing, and a write the schema refuses.
@@ -178,16 +202,7 @@ async fn a_prepared_write_is_worked_out_again_when_the_context_changed_first() {
         .write("b", "c", Change::Merge(json!({"y": 5})), Some(1))
         .await
         .unwrap();
-    let used = f
-        .svc
-        .run(
-            Some("c".into()),
-            Box::new(move |sh, inner, ctx| {
-                Ok(ContextService::commit_prepared(sh, inner, ctx, "c", prepared).is_some())
-            }),
-        )
-        .await
-        .unwrap();
+    let used = offer(&f.svc, prepared).await.is_some();
     assert!(
         !used,
         "a write prepared against version 1 is not stored over version 2"
@@ -214,22 +229,10 @@ async fn a_prepared_write_is_checked_for_access_when_it_is_stored() {
         .prepare("c", Some(1), Some(&doc), None, write("b", 1))
         .expect("prepared while `b` may write");
     f.svc.revoke("a", "c", &["b".to_string()]).await.unwrap();
-    let outcome = f
-        .svc
-        .run(
-            Some("c".into()),
-            Box::new(move |sh, inner, ctx| {
-                match ContextService::commit_prepared(sh, inner, ctx, "c", prepared) {
-                    Some(Err(OpError::Committed(e))) => Ok(Some(e)),
-                    Some(_) => Ok(None),
-                    None => panic!("the context did not change: the prepared write applies"),
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    // The context did not change: the writer uses the prepared write, and refuses it.
+    let outcome = offer(&f.svc, prepared).await;
     assert!(
-        matches!(outcome, Some(ContextError::AccessDenied { .. })),
+        matches!(outcome, Some(Err(ContextError::AccessDenied { .. }))),
         "{outcome:?}"
     );
     assert_eq!(f.svc.get("a", "c").await.unwrap().doc, json!({"x": 1}));
@@ -246,16 +249,7 @@ async fn a_prepared_write_is_not_stored_over_a_deleted_context() {
         .prepare("c", Some(1), Some(&doc), None, write("a", 1))
         .expect("based on the current version, with the document in memory");
     f.svc.delete("a", "c").await.unwrap();
-    let used = f
-        .svc
-        .run(
-            Some("c".into()),
-            Box::new(move |sh, inner, ctx| {
-                Ok(ContextService::commit_prepared(sh, inner, ctx, "c", prepared).is_some())
-            }),
-        )
-        .await
-        .unwrap();
+    let used = offer(&f.svc, prepared).await.is_some();
     assert!(
         !used,
         "the deleted state is another state than the one prepared against"
@@ -426,18 +420,7 @@ async fn of_two_writes_prepared_on_one_strong_version_only_the_first_is_stored()
     ];
     let mut used = Vec::new();
     for p in prepared {
-        let outcome = f
-            .svc
-            .run(
-                Some("c".into()),
-                Box::new(move |sh, inner, ctx| {
-                    Ok(ContextService::commit_prepared(sh, inner, ctx, "c", p)
-                        .map(|r| r.map(|w| w.version).is_ok()))
-                }),
-            )
-            .await
-            .unwrap();
-        used.push(outcome);
+        used.push(offer(&f.svc, p).await.map(|r| r.is_ok()));
     }
     assert_eq!(
         used,
