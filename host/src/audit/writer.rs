@@ -79,16 +79,14 @@ impl Prepared {
 
     /// A shared-string decision: its strings are copied here, on the writer's side.
     fn shared(time_ms: u64, e: SharedDecision) -> Prepared {
-        use chain::{MAX_NAME_BYTES, MAX_REASON_BYTES};
-        Prepared {
-            time_ms: time_ms.min(i64::MAX as u64),
-            agent: chain::cap_text(e.agent.to_string(), MAX_NAME_BYTES),
-            resource: chain::cap_text(e.resource.to_string(), MAX_NAME_BYTES),
-            operation: chain::cap_text(e.operation.to_string(), MAX_NAME_BYTES),
-            decision: e.decision,
-            reason: chain::cap_text(e.reason.to_string(), MAX_REASON_BYTES),
-            details: chain::details_text(&serde_json::Value::Null),
-        }
+        let entry = NewAuditEntry::new(
+            e.agent.to_string(),
+            e.resource.to_string(),
+            e.operation.to_string(),
+            e.decision,
+            e.reason.to_string(),
+        );
+        Prepared::new(time_ms, entry)
     }
 }
 

@@ -110,14 +110,23 @@ impl AgentShared {
 
     /// [`record_decision`](Self::record_decision) for a decision the gate's memo holds.
     fn record_shared_decision(&self, entry: crate::audit::SharedDecision) -> Result<(), String> {
+        self.within_audit_budget(|log| log.record_decision(entry))
+    }
+
+    /// Runs `record` on the audit log, if there is one and this agent is within
+    /// [`MAX_AUDIT_ENTRIES_PER_AGENT`] (past it the entry is only counted); a log that refuses
+    /// the entry refuses the call.
+    fn within_audit_budget(
+        &self,
+        record: impl FnOnce(&crate::audit::AuditLog) -> Result<(), crate::audit::AuditUnavailable>,
+    ) -> Result<(), String> {
         let Some(log) = self.access.as_ref().and_then(|a| a.audit()) else {
             return Ok(());
         };
         if !self.take_audit_entry() {
             return Ok(());
         }
-        log.record_decision(entry)
-            .map_err(|e| format!("the audit log cannot record this call: {e}"))
+        record(log).map_err(|e| format!("the audit log cannot record this call: {e}"))
     }
 
     /// The decision of `stamp`'s policies on `action` of `kind`/`id` by this agent at
@@ -185,20 +194,15 @@ impl AgentShared {
         decision: crate::audit::AuditDecision,
         reason: &str,
     ) -> Result<(), String> {
-        let Some(log) = self.access.as_ref().and_then(|a| a.audit()) else {
-            return Ok(());
-        };
-        if !self.take_audit_entry() {
-            return Ok(());
-        }
-        log.record(crate::audit::NewAuditEntry::new(
-            self.id.clone(),
-            format!("{kind}/{id}"),
-            action,
-            decision,
-            reason,
-        ))
-        .map_err(|e| format!("the audit log cannot record this call: {e}"))
+        self.within_audit_budget(|log| {
+            log.record(crate::audit::NewAuditEntry::new(
+                self.id.clone(),
+                format!("{kind}/{id}"),
+                action,
+                decision,
+                reason,
+            ))
+        })
     }
 
     /// Appends a lifecycle fact about this agent to the audit log, if there is one. `entry`

@@ -216,7 +216,7 @@ resources = ["context/*"]
 condition = 'resource.labels.contains("public")'
 "#;
     // (policy, label set while it ran, the two reads, the reasons they name)
-    let cases: [(&str, &'static str, (bool, bool), [&str; 2]); 2] = [
+    let cases = [
         (
             unless_secret,
             "secret",
