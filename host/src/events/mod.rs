@@ -79,6 +79,8 @@ mod tests;
 mod tests_bounds;
 #[cfg(test)]
 mod tests_live;
+#[cfg(test)]
+mod tests_redteam;
 
 pub use error::EventError;
 pub use filter::EventFilter;
@@ -446,16 +448,22 @@ impl EventBus {
     /// Ends the subscription `id`: its pending and future [`Subscription::next`] calls fail
     /// with [`EventError::Unsubscribed`]. Returns whether it was live.
     pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
-        let shared = self
-            .inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        // Removed and retired under one lock, so `metrics` counts its deliveries exactly once.
+        let shared = {
+            let mut subscribers = self
+                .inner
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let shared = subscribers.remove(&id);
+            if let Some(shared) = &shared {
+                self.inner.retire(shared);
+            }
+            shared
+        };
         match shared {
             Some(shared) => {
                 shared.cancel();
-                self.inner.retire(&shared);
                 true
             }
             None => false,
@@ -526,14 +534,13 @@ impl EventBus {
             let live = subscribers.values().fold(0u64, |sum, s| {
                 sum.wrapping_add(s.delivered.load(Ordering::Relaxed))
             });
-            (subscribers.len(), live)
+            // Under the lock too: a subscription is either in the map or retired, never both.
+            let retired = inner.delivered.load(Ordering::Relaxed);
+            (subscribers.len(), retired.wrapping_add(live))
         };
         EventBusMetrics {
             published: inner.published.load(Ordering::Relaxed),
-            delivered: inner
-                .delivered
-                .load(Ordering::Relaxed)
-                .wrapping_add(delivered),
+            delivered,
             catch_ups: inner.catch_ups.load(Ordering::Relaxed),
             subscribers,
             last_seq: inner.last_seq.load(Ordering::Acquire),

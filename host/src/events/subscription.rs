@@ -103,11 +103,13 @@ impl std::fmt::Debug for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.bus
+        // Under the lock `metrics` reads with, so it never sees the count in neither place.
+        let mut subscribers = self
+            .bus
             .subscribers
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .unwrap_or_else(|p| p.into_inner());
+        subscribers.remove(&self.id);
         self.bus.retire(&self.shared);
     }
 }
