@@ -198,7 +198,9 @@ impl ContextService {
                 "version": version, "revision": at.revision, "hlc": at.hlc.to_string(), "op": w.op,
                 "fields": w.changes.iter().map(|c| c.path.clone()).collect::<Vec<_>>(),
             }));
-        sh.bus.stage(ctx, vec![event]).map_err(ContextError::from)?;
+        sh.bus
+            .stage_only(ctx, vec![event])
+            .map_err(ContextError::from)?;
         inner.revision = at.revision;
         let result = result_with_len(&state, true, Vec::new(), doc_json);
         inner.contexts.insert(id.to_string(), state);

@@ -322,58 +322,71 @@ impl ContextService {
         context: Option<String>,
         op: Op<T>,
     ) -> Result<T, ContextError> {
+        self.run_guarded(context, op, true).await
+    }
+
+    /// [`run`](Self::run) for an operation that opens its own savepoint
+    /// ([`WriteCtx::guard`]) before any change it may have to undo, or `guarded`: the
+    /// writer opens it first ([`Store::write_self_guarded`]).
+    pub(super) async fn run_guarded<T: Send + 'static>(
+        &self,
+        context: Option<String>,
+        op: Op<T>,
+        guarded: bool,
+    ) -> Result<T, ContextError> {
         let shared = self.shared.clone();
         let about = context.clone();
-        let result = self
-            .shared
-            .store
-            .write_with_error(move |ctx: &mut WriteCtx<'_>| {
-                let mut working = shared.working.lock().unwrap_or_else(|p| p.into_inner());
-                let committed = shared.committed();
-                let mut inner = working.begin(ctx.batch(), &committed);
-                // Registered first, so that what the operation changed is published before
-                // the hooks it registers (its events) run: whoever is told of a change can
-                // read it.
-                let staged: Arc<Mutex<Option<Staged>>> = Arc::default();
-                ctx.after_commit({
-                    let (shared, staged) = (shared.clone(), staged.clone());
-                    move || {
-                        let staged = staged.lock().unwrap_or_else(|p| p.into_inner()).take();
-                        shared.publish(staged);
-                    }
-                });
-                if let Some(id) = &about {
-                    let loaded = inner
-                        .ensure_resident(id, || persist::load_context(ctx.tx(), ctx.blobs(), id));
-                    if let Err(e) = loaded {
-                        inner.undo();
-                        return Err(e.into());
-                    }
+        let op = move |ctx: &mut WriteCtx<'_>| {
+            let mut working = shared.working.lock().unwrap_or_else(|p| p.into_inner());
+            let committed = shared.committed();
+            let mut inner = working.begin(ctx.batch(), &committed);
+            // Registered first, so that what the operation changed is published before
+            // the hooks it registers (its events) run: whoever is told of a change can
+            // read it.
+            let staged: Arc<Mutex<Option<Staged>>> = Arc::default();
+            ctx.after_commit({
+                let (shared, staged) = (shared.clone(), staged.clone());
+                move || {
+                    let staged = staged.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    shared.publish(staged);
                 }
-                let ran = catch_unwind(AssertUnwindSafe(|| op(&shared, &mut inner, ctx)));
-                let answer = match ran {
-                    Err(panic) => {
-                        inner.undo();
-                        drop(committed);
-                        drop(working);
-                        resume_unwind(panic);
-                    }
-                    Ok(Err(OpError::RolledBack(e))) => {
-                        inner.undo();
-                        return Err(e);
-                    }
-                    Ok(Ok(value)) => Ok(value),
-                    Ok(Err(OpError::Committed(e))) => Err(e),
-                };
-                let changes = inner.finish();
-                drop(committed);
-                drop(working);
-                if !changes.is_empty() {
-                    *staged.lock().unwrap_or_else(|p| p.into_inner()) = Some(changes);
+            });
+            if let Some(id) = &about {
+                let loaded =
+                    inner.ensure_resident(id, || persist::load_context(ctx.tx(), ctx.blobs(), id));
+                if let Err(e) = loaded {
+                    inner.undo();
+                    return Err(e.into());
                 }
-                Ok(answer)
-            })
-            .await;
+            }
+            let ran = catch_unwind(AssertUnwindSafe(|| op(&shared, &mut inner, ctx)));
+            let answer = match ran {
+                Err(panic) => {
+                    inner.undo();
+                    drop(committed);
+                    drop(working);
+                    resume_unwind(panic);
+                }
+                Ok(Err(OpError::RolledBack(e))) => {
+                    inner.undo();
+                    return Err(e);
+                }
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(OpError::Committed(e))) => Err(e),
+            };
+            let changes = inner.finish();
+            drop(committed);
+            drop(working);
+            if !changes.is_empty() {
+                *staged.lock().unwrap_or_else(|p| p.into_inner()) = Some(changes);
+            }
+            Ok(answer)
+        };
+        let result = if guarded {
+            self.shared.store.write_with_error(op).await
+        } else {
+            self.shared.store.write_self_guarded(op).await
+        };
         if let Err(e @ ContextError::Store(_)) = &result {
             tracing::debug!(context = ?context, error = %e, "a context operation did not commit");
         }

@@ -56,54 +56,69 @@ impl ContextService {
                 hlc,
             },
         );
-        self.run(
+        // A prepared write changes rows only when it stores what it already checked; anything
+        // else opens its savepoint first.
+        let guarded = prepared.is_none();
+        self.run_guarded(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
-                if let Some(p) = prepared
-                    && let Some(outcome) = Self::commit_prepared(sh, inner, ctx, &id, p)
-                {
-                    return outcome;
-                }
-                let Some(state) = inner.contexts.get(&id) else {
-                    return Err(OpError::Committed(ContextError::NotFound(id)));
-                };
-                if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
-                    return Err(Self::deny(sh, ctx, &agent, "write", &id, reason));
-                }
-                let observed = Self::observed(sh, ctx, state, base_version)?;
-                let changes = match (changes, change) {
-                    (Some(c), _) => c,
-                    (None, Change::Put(doc)) => {
-                        // A put is a diff against the version it was based on.
-                        let base = match base_version {
-                            Some(b) if b < state.version && !observed.is_empty() => {
-                                &observed[0].doc
-                            }
-                            _ => &state.doc,
-                        };
-                        let mut c = patch::diff(base, &doc)
-                            .map_err(|e| ContextError::invalid("doc", e.to_string()))?;
-                        if c.is_empty() && base_version.is_some_and(|b| b != state.version) {
-                            c.push(FieldChange {
-                                path: String::new(),
-                                value: Some(doc),
-                            });
-                        }
-                        c
+                // Held until the caller has its answer, so the state this write replaces is
+                // freed on the caller's thread, not on the store's writer thread.
+                let replaced = inner.contexts.get_arc(&id);
+                let apply = || {
+                    if let Some(p) = prepared
+                        && let Some(outcome) = Self::commit_prepared(sh, inner, ctx, &id, p)
+                    {
+                        return outcome;
                     }
-                    (None, _) => unreachable!("only put computes its changes here"),
+                    ctx.guard()?;
+                    let Some(state) = inner.contexts.get(&id) else {
+                        return Err(OpError::Committed(ContextError::NotFound(id)));
+                    };
+                    if let Err(reason) = Self::check(sh, inner, &agent, state, Permission::Write) {
+                        return Err(Self::deny(sh, ctx, &agent, "write", &id, reason));
+                    }
+                    let observed = Self::observed(sh, ctx, state, base_version)?;
+                    let changes = match (changes, change) {
+                        (Some(c), _) => c,
+                        (None, Change::Put(doc)) => {
+                            // A put is a diff against the version it was based on.
+                            let base = match base_version {
+                                Some(b) if b < state.version && !observed.is_empty() => {
+                                    &observed[0].doc
+                                }
+                                _ => &state.doc,
+                            };
+                            let mut c = patch::diff(base, &doc)
+                                .map_err(|e| ContextError::invalid("doc", e.to_string()))?;
+                            if c.is_empty() && base_version.is_some_and(|b| b != state.version) {
+                                c.push(FieldChange {
+                                    path: String::new(),
+                                    value: Some(doc),
+                                });
+                            }
+                            c
+                        }
+                        (None, _) => unreachable!("only put computes its changes here"),
+                    };
+                    let w = Write {
+                        agent: agent.clone(),
+                        base_version,
+                        changes,
+                        op,
+                        hlc,
+                    };
+                    Self::commit_write(sh, inner, ctx, &id, w, &observed)
                 };
-                let w = Write {
-                    agent: agent.clone(),
-                    base_version,
-                    changes,
-                    op,
-                    hlc,
-                };
-                Self::commit_write(sh, inner, ctx, &id, w, &observed)
+                apply().map(|result| (result, replaced))
             }),
+            guarded,
         )
         .await
+        .map(|(result, replaced)| {
+            drop(replaced);
+            result
+        })
     }
 
     /// The retained versions from `base` to the current one, oldest first, when a write based
@@ -278,7 +293,7 @@ impl ContextService {
                     persist::upsert_context(ctx.tx(), ctx.blobs(), s)?;
                 }
                 if !events.is_empty() {
-                    sh.bus.stage(ctx, events)?;
+                    sh.bus.stage_only(ctx, events)?;
                 }
                 let result =
                     result_with_len(&applied.state, new_version, applied.conflicts, doc_json);
@@ -309,7 +324,7 @@ impl ContextService {
             &conflicts[0].context_id,
             sh.config.max_conflicts_per_context,
         )?;
-        sh.bus.stage(ctx, events)?;
+        sh.bus.stage_only(ctx, events)?;
         Ok(())
     }
 }

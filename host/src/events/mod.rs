@@ -293,6 +293,25 @@ impl EventBus {
         ctx: &mut WriteCtx<'_>,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Event>, StoreError> {
+        self.stage_keeping(ctx, events, true)
+    }
+
+    /// [`stage`](Self::stage) for a caller that does not need the events back: they move to
+    /// the subscribers as they are, without a copy.
+    pub fn stage_only(
+        &self,
+        ctx: &mut WriteCtx<'_>,
+        events: Vec<NewEvent>,
+    ) -> Result<(), StoreError> {
+        self.stage_keeping(ctx, events, false).map(drop)
+    }
+
+    fn stage_keeping(
+        &self,
+        ctx: &mut WriteCtx<'_>,
+        events: Vec<NewEvent>,
+        keep: bool,
+    ) -> Result<Vec<Event>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -350,11 +369,24 @@ impl EventBus {
         }
 
         let inner = self.inner.clone();
+        let mut kept = Vec::with_capacity(if keep { staged.len() } else { 0 });
         let announce: Vec<Live> = staged
-            .iter()
-            .map(|(e, fits)| Live {
-                seq: e.seq,
-                event: fits.then(|| Arc::new(e.clone())),
+            .into_iter()
+            .map(|(e, fits)| {
+                let seq = e.seq;
+                let event = match (keep, fits) {
+                    (true, true) => {
+                        let shared = Arc::new(e.clone());
+                        kept.push(e);
+                        Some(shared)
+                    }
+                    (true, false) => {
+                        kept.push(e);
+                        None
+                    }
+                    (false, fits) => fits.then(|| Arc::new(e)),
+                };
+                Live { seq, event }
             })
             .collect();
         ctx.after_commit(move || {
@@ -372,7 +404,7 @@ impl EventBus {
                 inner.published.fetch_add(1, Ordering::Relaxed);
             }
         });
-        Ok(staged.into_iter().map(|(e, _)| e).collect())
+        Ok(kept)
     }
 
     /// Publishes one event in its own write; returns it once committed.

@@ -34,7 +34,8 @@ impl Durability {
         }
     }
 
-    /// The `PRAGMA wal_autocheckpoint` (in pages) this durability uses. `Process`: 10,000
+    /// The WAL size (in pages) past which this durability checkpoints (the default of
+    /// [`StoreConfig::checkpoint_pages`]; SQLite's `wal_autocheckpoint`). `Process`: 10,000
     /// pages (about 40 MiB of WAL between checkpoints). Concurrent writers touch scattered
     /// index pages, and a checkpoint writes each page once however often it changed, so rarer
     /// checkpoints cut the writer's I/O (measured: +35 % commits/s with 64 writers). `PowerLoss`:
@@ -68,6 +69,10 @@ pub struct StoreConfig {
     /// Encrypts context values and event data at rest under this master key (see
     /// [`crypto`](super::crypto)). Never stored. Default: none (plaintext).
     pub master_key: Option<super::crypto::MasterKey>,
+    /// WAL pages (4 KiB each) after which the checkpointer thread copies the WAL back into the
+    /// database (see `checkpoint.rs`); at least 1. Default `None`:
+    /// [`Durability::wal_autocheckpoint`] of [`durability`](Self::durability).
+    pub checkpoint_pages: Option<u32>,
 }
 
 impl Default for StoreConfig {
@@ -78,6 +83,7 @@ impl Default for StoreConfig {
             durability: Durability::default(),
             max_batch: DEFAULT_MAX_BATCH,
             master_key: None,
+            checkpoint_pages: None,
         }
     }
 }
@@ -89,6 +95,12 @@ impl StoreConfig {
             data_dir: None,
             ..StoreConfig::default()
         }
+    }
+
+    /// [`checkpoint_pages`](Self::checkpoint_pages), or the durability's default.
+    pub fn checkpoint_pages(&self) -> u32 {
+        self.checkpoint_pages
+            .unwrap_or_else(|| self.durability.wal_autocheckpoint())
     }
 
     /// A store in `data_dir` with every other field at its default.

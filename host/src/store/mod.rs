@@ -63,12 +63,21 @@
 //! One dedicated thread owns the only write connection. [`Store::write`] queues a closure and
 //! waits (asynchronously) for its answer; the thread drains up to
 //! [`max_batch`](StoreConfig::max_batch) queued writes into one `BEGIN IMMEDIATE … COMMIT`,
-//! each inside its own `SAVEPOINT`, so a failing write rolls back alone. A write's caller is
+//! each inside its own `SAVEPOINT`, so a failing write rolls back alone (a write worked out
+//! beforehand can skip the savepoint, [`Store::write_self_guarded`]). A write's caller is
 //! answered only after `COMMIT` returned, so an `Ok` is durable per [`Durability`]. If the
 //! `COMMIT` itself fails, every write of the batch gets an error. Because one thread commits
 //! everything, commit order is a total order, which the event bus uses for its sequence numbers.
 //! No lock is held across an await: callers talk to the thread through a channel and a
 //! oneshot reply.
+//!
+//! # Checkpoints
+//!
+//! Commits append to the WAL; copying it back into `qi.db` (a checkpoint, with its fsyncs)
+//! runs on a checkpointer thread with its own connection, not inside the writer's commits,
+//! once the WAL holds [`StoreConfig::checkpoint_pages`] pages. A commit that leaves more than
+//! [`CHECKPOINT_BACKSTOP`] times that checkpoints on the writer, so the WAL stays bounded
+//! under continuous writes. [`Store::checkpoints`] counts them (see `checkpoint.rs`).
 //!
 //! # Reads
 //!
@@ -87,6 +96,7 @@
 //! locks, so readers wait for the busy timeout instead of failing.)
 
 mod blobs;
+mod checkpoint;
 mod config;
 pub mod crypto;
 #[cfg(test)]
@@ -103,11 +113,16 @@ mod writer;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_checkpoint;
+#[cfg(test)]
 mod tests_data;
+#[cfg(test)]
+mod tests_guard;
 #[cfg(test)]
 mod tests_owner;
 
 pub use blobs::BlobStore;
+pub use checkpoint::{BACKSTOP as CHECKPOINT_BACKSTOP, CheckpointStats};
 pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreConfig};
 pub use error::StoreError;
 pub use lock::{LOCK_FILE, LockHolder};
@@ -160,6 +175,8 @@ struct StoreInner {
     blobs: BlobStore,
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Runs the WAL's checkpoints (`None` in memory and read-only).
+    checkpointer: Option<checkpoint::Checkpointer>,
     readers: Mutex<Vec<Connection>>,
     read_permits: Arc<tokio::sync::Semaphore>,
     /// The data directory's lock, held for the store's life (`None` in memory and read-only).
@@ -187,6 +204,8 @@ impl Drop for StoreInner {
                 let _ = writer.join();
             }
         }
+        // After the writer: its last commit may have asked for a checkpoint.
+        self.checkpointer.take();
     }
 }
 
@@ -199,6 +218,12 @@ impl Store {
             return Err(StoreError::InvalidConfig {
                 field: "max_batch",
                 message: "must be at least 1".into(),
+            });
+        }
+        if config.checkpoint_pages == Some(0) {
+            return Err(StoreError::InvalidConfig {
+                field: "checkpoint_pages",
+                message: "must be at least 1 page (or unset, for the durability's default)".into(),
             });
         }
         let mut dir_lock = None;
@@ -252,6 +277,14 @@ impl Store {
         install_authorizer(&mut conn, Some(control.clone())).map_err(open_err)?;
 
         let readers = open_readers(&db_path, true)?;
+        let checkpointer = match &config.data_dir {
+            Some(_) => Some(checkpoint::Checkpointer::start(
+                &db_path,
+                &mut conn,
+                config.checkpoint_pages(),
+            )?),
+            None => None,
+        };
 
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         let writer = Writer {
@@ -273,6 +306,7 @@ impl Store {
                 blobs,
                 jobs: Some(jobs),
                 writer: Some(writer),
+                checkpointer,
                 readers: Mutex::new(readers),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
                 _lock: dir_lock,
@@ -328,6 +362,7 @@ impl Store {
                 blobs,
                 jobs: None,
                 writer: None,
+                checkpointer: None,
                 readers: Mutex::new(readers),
                 read_permits: Arc::new(tokio::sync::Semaphore::new(READ_CONNECTIONS)),
                 _lock: None,
@@ -364,6 +399,12 @@ impl Store {
         &self.inner.blobs
     }
 
+    /// How many WAL checkpoints have run, and where (see `checkpoint.rs`); `None` for an
+    /// in-memory or read-only store, which never checkpoints. The receiver sees every update.
+    pub fn checkpoints(&self) -> Option<tokio::sync::watch::Receiver<CheckpointStats>> {
+        self.inner.checkpointer.as_ref().map(|c| c.stats())
+    }
+
     /// The schema version this build migrates databases to.
     pub fn schema_version() -> u32 {
         migrations::latest_version()
@@ -389,8 +430,33 @@ impl Store {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
+        self.queue(op, true).await
+    }
+
+    /// [`write_with_error`](Self::write_with_error) without a savepoint opened for `op`:
+    /// `op` calls [`WriteCtx::guard`] before the first change it may have to undo. Saves the
+    /// savepoint's statements and its copies of changed pages, for a write that can only fail
+    /// before it changes anything (checked and worked out beforehand). If `op` returns `Err`
+    /// after changing rows without a guard, its batch cannot be committed in part: it is
+    /// rolled back whole, and every other write of it fails with
+    /// [`StoreError::TransactionAborted`].
+    pub async fn write_self_guarded<T, E, F>(&self, op: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.queue(op, false).await
+    }
+
+    async fn queue<T, E, F>(&self, op: F, guarded: bool) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: Box<dyn Job> = Box::new(PendingWrite { op, reply });
+        let job: Box<dyn Job> = Box::new(PendingWrite { op, reply, guarded });
         let sent = match &self.inner.jobs {
             Some(jobs) => jobs.send(job).is_ok(),
             None if self.is_read_only() => {

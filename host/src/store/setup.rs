@@ -149,11 +149,7 @@ pub(super) fn configure_writer(conn: &Connection, config: &StoreConfig) -> Resul
     conn.pragma_update(None, "synchronous", config.durability.synchronous())?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        config.durability.wal_autocheckpoint(),
-    )?;
+    conn.pragma_update(None, "wal_autocheckpoint", config.checkpoint_pages())?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }

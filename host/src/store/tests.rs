@@ -70,11 +70,23 @@ async fn concurrent_writers_are_all_acknowledged_and_present() {
 }
 
 /// A write as [`Store::write`] takes it, boxed so a test can queue several.
-type Op<T> = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send>;
+pub(super) type Op<T> = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send>;
 
 /// Queues `ops` in order while the writer is busy, so they land in one batch, and returns
 /// each one's answer.
-async fn batch_of<T: Send + 'static>(store: &Store, ops: Vec<Op<T>>) -> Vec<Result<T, StoreError>> {
+pub(super) async fn batch_of<T: Send + 'static>(
+    store: &Store,
+    ops: Vec<Op<T>>,
+) -> Vec<Result<T, StoreError>> {
+    batch_with(store, ops.into_iter().map(|op| (op, true)).collect()).await
+}
+
+/// [`batch_of`] with each op's [`Job::guarded`]: `false` queues it with
+/// [`Store::write_self_guarded`].
+pub(super) async fn batch_with<T: Send + 'static>(
+    store: &Store,
+    ops: Vec<(Op<T>, bool)>,
+) -> Vec<Result<T, StoreError>> {
     // Hold the writer inside an op until every other op is queued behind it.
     let (entered, inside) = std::sync::mpsc::channel::<()>();
     let (release, gate) = std::sync::mpsc::channel::<()>();
@@ -96,7 +108,7 @@ async fn batch_of<T: Send + 'static>(store: &Store, ops: Vec<Op<T>>) -> Vec<Resu
     // Polling a write once queues it; doing so in order fixes the order within the batch.
     let mut writes: Vec<_> = ops
         .into_iter()
-        .map(|op| Box::pin(store.write(op)))
+        .map(|(op, guarded)| Box::pin(store.queue(op, guarded)))
         .collect();
     let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
     for write in &mut writes {

@@ -26,10 +26,15 @@ pub struct WriteCtx<'a> {
     blobs: &'a BlobStore,
     hooks: Vec<Hook>,
     batch: u64,
+    /// Whether this write runs inside its own savepoint (see [`guard`](WriteCtx::guard)).
+    guarded: bool,
+    control: &'a AtomicBool,
 }
 
 impl<'a> WriteCtx<'a> {
-    /// The write connection, inside the batch's transaction and this write's savepoint.
+    /// The write connection, inside the batch's transaction and (unless the write was queued
+    /// with [`Store::write_self_guarded`](super::Store::write_self_guarded) and has not called
+    /// [`guard`](Self::guard)) this write's savepoint.
     /// Use `prepare_cached` for statements you run often. `BEGIN`, `COMMIT` and `ROLLBACK`
     /// are refused (the writer owns the transaction); nested savepoints of your own are fine.
     pub fn tx(&self) -> &Connection {
@@ -53,6 +58,25 @@ impl<'a> WriteCtx<'a> {
         self.batch
     }
 
+    /// Opens this write's savepoint if it has none yet, so that a failure from here on rolls
+    /// back only this write's changes. A write queued with
+    /// [`Store::write_self_guarded`](super::Store::write_self_guarded) calls it before the
+    /// first change it may have to undo; for any other write it does nothing.
+    pub fn guard(&mut self) -> Result<(), StoreError> {
+        if self.guarded {
+            return Ok(());
+        }
+        self.control.store(true, Ordering::Relaxed);
+        let opened = self
+            .conn
+            .prepare_cached(Control::Savepoint.sql())
+            .and_then(|mut s| s.execute([]));
+        self.control.store(false, Ordering::Relaxed);
+        opened?;
+        self.guarded = true;
+        Ok(())
+    }
+
     /// Runs `hook` on the writer thread right after the transaction holding this write has
     /// committed and before this write's caller is answered. Hooks run in the order writes
     /// (and, within a write, registrations) happened. If this write rolls back, its hooks
@@ -73,6 +97,11 @@ pub(crate) struct Ran {
 
 /// One queued write.
 pub(crate) trait Job: Send {
+    /// Whether the writer opens the write's savepoint before running it (`false`: the write
+    /// opens it itself with [`WriteCtx::guard`] when it needs one).
+    fn guarded(&self) -> bool {
+        true
+    }
     /// Runs the write inside its savepoint.
     fn run(self: Box<Self>, ctx: &mut WriteCtx<'_>) -> Ran;
     /// Answers the caller with `error` without running the write.
@@ -103,7 +132,7 @@ struct Done {
 /// last commit usually queues its next write within microseconds; catching it without a
 /// sleep/wake round trip roughly halves the latency of a lone sequential writer. Polling
 /// yields the CPU between attempts, so on a busy machine it costs little.
-const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(300);
 
 /// The next queued write, or `None` once every sender is gone.
 fn next_job(jobs: &mpsc::Receiver<Box<dyn Job>>) -> Option<Box<dyn Job>> {
@@ -242,7 +271,8 @@ impl<'c> Session<'c> {
                 in_tx = true;
                 self.batches += 1;
             }
-            if let Err(e) = self.control(Control::Savepoint) {
+            let guarded = job.guarded();
+            if guarded && let Err(e) = self.control(Control::Savepoint) {
                 let cause = e.to_string();
                 job.fail(StoreError::Sqlite(e));
                 if self.conn.is_autocommit() {
@@ -252,14 +282,17 @@ impl<'c> Session<'c> {
                 }
                 continue;
             }
+            let changes_before = self.conn.total_changes();
             let mut ctx = WriteCtx {
                 conn: self.conn,
                 blobs: self.blobs,
                 hooks: Vec::new(),
                 batch: self.batches,
+                guarded,
+                control: self.flag,
             };
             let ran = job.run(&mut ctx);
-            let hooks = ctx.hooks;
+            let (hooks, guarded) = (ctx.hooks, ctx.guarded);
             if self.conn.is_autocommit() {
                 self.keys_batch_ended(false);
                 // SQLite rolled back the whole transaction (e.g. SQLITE_FULL or an I/O error
@@ -270,6 +303,29 @@ impl<'c> Session<'c> {
                     cause: cause.to_string(),
                 }));
                 in_tx = false;
+                continue;
+            }
+            if !guarded {
+                self.keys_write_ended(ran.succeeded);
+                if ran.succeeded {
+                    done.push(Done {
+                        answer: ran.answer,
+                        hooks,
+                    });
+                    continue;
+                }
+                drop(hooks);
+                (ran.answer)(None);
+                if self.conn.total_changes() != changes_before {
+                    // Changed rows with no savepoint to undo them alone: the batch ends.
+                    let cause = "a write in the same batch failed after changing rows it could not undo alone";
+                    self.keys_batch_ended(false);
+                    if !self.conn.is_autocommit() {
+                        let _ = self.control(Control::Rollback);
+                    }
+                    abort(&mut done, cause);
+                    in_tx = false;
+                }
                 continue;
             }
             let outcome = if ran.succeeded {
@@ -377,6 +433,8 @@ fn abort(done: &mut Vec<Done>, cause: &str) {
 pub(crate) struct PendingWrite<F, T, E> {
     pub op: F,
     pub reply: tokio::sync::oneshot::Sender<Result<T, E>>,
+    /// [`Job::guarded`].
+    pub guarded: bool,
 }
 
 impl<F, T, E> Job for PendingWrite<F, T, E>
@@ -385,8 +443,12 @@ where
     T: Send + 'static,
     E: From<StoreError> + Send + 'static,
 {
+    fn guarded(&self) -> bool {
+        self.guarded
+    }
+
     fn run(self: Box<Self>, ctx: &mut WriteCtx<'_>) -> Ran {
-        let PendingWrite { op, reply } = *self;
+        let PendingWrite { op, reply, .. } = *self;
         let result = catch_unwind(AssertUnwindSafe(|| op(ctx)))
             .unwrap_or_else(|payload| Err(E::from(StoreError::panicked(payload))));
         Ran {

@@ -1,0 +1,141 @@
+//! WAL checkpoints: on the checkpointer thread past the threshold, on the writer past the
+//! backstop, a WAL that stays bounded under continuous writes, and the configuration's bound.
+
+use super::tests::insert_meta;
+use super::*;
+
+fn at(dir: &Path, pages: u32) -> Store {
+    Store::open(StoreConfig {
+        checkpoint_pages: Some(pages),
+        ..StoreConfig::at(dir)
+    })
+    .expect("open store")
+}
+
+async fn put(store: &Store, key: String, value: String) {
+    store
+        .write(move |ctx| insert_meta(ctx, &key, &value))
+        .await
+        .expect("write");
+}
+
+fn stats(store: &Store) -> tokio::sync::watch::Receiver<CheckpointStats> {
+    store
+        .checkpoints()
+        .expect("a data directory's store checkpoints")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_threshold_the_checkpointer_thread_checkpoints_not_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = at(dir.path(), 8);
+    let mut seen = stats(&store);
+    let mut n = 0;
+    // Small rows: each commit adds a few pages, so the WAL passes 8 pages well before 16.
+    while seen.borrow().wal_pages < 8 {
+        assert!(
+            n < 200,
+            "the WAL never reached 8 pages: {:?}",
+            *seen.borrow()
+        );
+        put(&store, format!("k{n}"), "v".into()).await;
+        n += 1;
+    }
+    let reached = *seen.borrow();
+    assert!(reached.wal_pages < 8 * CHECKPOINT_BACKSTOP, "{reached:?}");
+    let done = *seen.wait_for(|s| s.background >= 1).await.unwrap();
+    assert_eq!(done.on_writer, 0, "{done:?}");
+    assert_eq!(done.failed, 0, "{done:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_backstop_the_writer_checkpoints_itself_before_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    // Threshold 1 page, backstop 2: a commit of several pages is past the backstop at once
+    // (and the checkpointer is only asked after a commit of exactly one page).
+    let store = at(dir.path(), 1);
+    let seen = stats(&store);
+    assert_eq!(seen.borrow().on_writer, 0);
+    put(&store, "big".into(), "x".repeat(20_000)).await;
+    let after = *seen.borrow();
+    assert!(after.wal_pages >= 2, "{after:?}");
+    assert_eq!(after.on_writer, 1, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_continuous_writes_the_wal_stays_bounded_and_every_write_survives() {
+    const THRESHOLD: u32 = 16;
+    const WRITERS: usize = 32;
+    const WRITES: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let store = at(dir.path(), THRESHOLD);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..WRITES {
+                put(&store, format!("w{w}-{n}"), "y".repeat(512)).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let done = *stats(&store).borrow();
+    assert!(done.background + done.on_writer >= 1, "{done:?}");
+    assert_eq!(done.failed, 0, "{done:?}");
+    // The WAL file keeps its largest size: frames of 4 KiB pages plus a 24-byte header each.
+    let wal = std::fs::metadata(dir.path().join(format!("{DB_FILE}-wal")))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let frames = wal.saturating_sub(32) / (4096 + 24);
+    // The backstop's bound plus what one batch of every writer can add past it.
+    let bound = u64::from(THRESHOLD * CHECKPOINT_BACKSTOP) + 64;
+    assert!(
+        frames <= bound,
+        "the WAL grew to {frames} frames (bound {bound}): {done:?}"
+    );
+    drop(store);
+    let store = at(dir.path(), THRESHOLD);
+    store.integrity_check().await.unwrap();
+    assert_eq!(
+        super::tests::count(&store, "SELECT count(*) FROM meta WHERE key LIKE 'w%'").await,
+        (WRITERS * WRITES) as i64
+    );
+}
+
+#[test]
+fn checkpoint_pages_must_be_at_least_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(StoreConfig {
+        checkpoint_pages: Some(0),
+        ..StoreConfig::at(dir.path())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::InvalidConfig {
+                field: "checkpoint_pages",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let store = at(dir.path(), 1);
+    assert!(store.checkpoints().is_some());
+}
+
+#[test]
+fn in_memory_and_read_only_stores_never_checkpoint() {
+    assert!(
+        Store::open(StoreConfig::in_memory())
+            .unwrap()
+            .checkpoints()
+            .is_none()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    drop(at(dir.path(), 8));
+    let reader = Store::open_read_only(StoreConfig::at(dir.path())).unwrap();
+    assert!(reader.checkpoints().is_none());
+}
