@@ -158,3 +158,58 @@ async fn guard_on_a_guarded_write_changes_nothing_and_the_op_still_cannot_open_t
         1
     );
 }
+
+/// Red team: a write that changes rows *before* calling [`WriteCtx::guard`] and then fails
+/// must not be committed in part. The savepoint opened late holds only what came after it, so
+/// rolling back to it alone would keep the earlier change of a write its caller was told
+/// failed; the writer has to end the batch instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_guarded_write_guarding_after_a_change_is_never_committed_in_part() {
+    let store = memory();
+    let late: Op<()> = Box::new(|ctx: &mut WriteCtx<'_>| {
+        insert_meta(ctx, "k1", "before the guard")?;
+        ctx.guard()?;
+        insert_meta(ctx, "k1b", "v")?;
+        insert_meta(ctx, "k1b", "again")
+    });
+    let panics: Op<()> = Box::new(|ctx: &mut WriteCtx<'_>| {
+        insert_meta(ctx, "k3", "before the guard")?;
+        ctx.guard()?;
+        panic!("op 3 panics after a late guard");
+    });
+    let results = batch_with(
+        &store,
+        vec![
+            (insert("k0"), true),
+            (late, false),
+            (insert("k2"), true),
+            (panics, false),
+            (insert("k4"), true),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(&results[1], Err(StoreError::Sqlite(_))),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[3], Err(StoreError::OpPanicked { .. })),
+        "{:?}",
+        results[3]
+    );
+    let stored = keys(&store).await;
+    for n in [0, 2] {
+        assert!(
+            matches!(&results[n], Err(StoreError::TransactionAborted { .. })),
+            "op {n} shared a transaction with a write that cannot be undone alone: {:?}",
+            results[n]
+        );
+    }
+    assert!(results[4].is_ok(), "{:?}", results[4]);
+    assert_eq!(
+        stored,
+        ["k4"],
+        "a failed write's change from before its guard was committed"
+    );
+}

@@ -29,6 +29,11 @@ pub struct WriteCtx<'a> {
     /// Whether this write runs inside its own savepoint (see [`guard`](WriteCtx::guard)).
     guarded: bool,
     control: &'a AtomicBool,
+    /// [`Connection::total_changes`] when the write started.
+    changes_before: u64,
+    /// The write changed rows before it opened its savepoint ([`guard`](WriteCtx::guard)
+    /// called late): the savepoint cannot undo them, so a failure ends the batch.
+    changed_unguarded: bool,
 }
 
 impl<'a> WriteCtx<'a> {
@@ -61,10 +66,16 @@ impl<'a> WriteCtx<'a> {
     /// Opens this write's savepoint if it has none yet, so that a failure from here on rolls
     /// back only this write's changes. A write queued with
     /// [`Store::write_self_guarded`](super::Store::write_self_guarded) calls it before the
-    /// first change it may have to undo; for any other write it does nothing.
+    /// first change it may have to undo; for any other write it does nothing. Called after
+    /// the write already changed rows, the savepoint cannot undo those: should the write
+    /// fail, its whole batch is rolled back as for a write that never guarded.
     pub fn guard(&mut self) -> Result<(), StoreError> {
         if self.guarded {
             return Ok(());
+        }
+        if self.conn.total_changes() != self.changes_before {
+            // Too late to undo those alone; a failure from here on ends the batch.
+            self.changed_unguarded = true;
         }
         self.control.store(true, Ordering::Relaxed);
         let opened = self
@@ -290,9 +301,12 @@ impl<'c> Session<'c> {
                 batch: self.batches,
                 guarded,
                 control: self.flag,
+                changes_before,
+                changed_unguarded: false,
             };
             let ran = job.run(&mut ctx);
-            let (hooks, guarded) = (ctx.hooks, ctx.guarded);
+            let (hooks, guarded, changed_unguarded) =
+                (ctx.hooks, ctx.guarded, ctx.changed_unguarded);
             if self.conn.is_autocommit() {
                 self.keys_batch_ended(false);
                 // SQLite rolled back the whole transaction (e.g. SQLITE_FULL or an I/O error
@@ -305,7 +319,9 @@ impl<'c> Session<'c> {
                 in_tx = false;
                 continue;
             }
-            if !guarded {
+            // A write that guarded only after changing rows has a savepoint that cannot undo
+            // all of it: if it failed, it is handled as an unguarded one.
+            if !guarded || (changed_unguarded && !ran.succeeded) {
                 self.keys_write_ended(ran.succeeded);
                 if ran.succeeded {
                     done.push(Done {
@@ -316,7 +332,7 @@ impl<'c> Session<'c> {
                 }
                 drop(hooks);
                 (ran.answer)(None);
-                if self.conn.total_changes() != changes_before {
+                if changed_unguarded || self.conn.total_changes() != changes_before {
                     // Changed rows with no savepoint to undo them alone: the batch ends.
                     let cause = "a write in the same batch failed after changing rows it could not undo alone";
                     self.keys_batch_ended(false);
