@@ -150,6 +150,19 @@ impl ContextService {
         id: &str,
         p: Prepared,
     ) -> Result<WriteResult, OpError> {
+        // The write runs without a savepoint (`Store::write_self_guarded`): whatever can fail
+        // after its first row would abort every other write of the batch, so it opens one
+        // first when such a step is ahead. Giving the context its first data key (a context
+        // written before encryption was enabled) reseals its earlier rows, reading their
+        // blobs; sealed, the document is stored twice as different bytes, so a document
+        // bound for the blob tier is a second blob file written after the version row.
+        if let Some(keys) = ctx.blobs().keys()
+            && (!keys.has_key(id)
+                || p.encoded_doc.len() + crate::store::crypto::SEALED_OVERHEAD
+                    > ctx.blobs().threshold())
+        {
+            ctx.guard()?;
+        }
         let at = sh.stamp(inner);
         let Prepared {
             write: w,

@@ -45,6 +45,8 @@ pub const MAGIC: &[u8; 3] = b"QE2";
 pub const LEGACY_MAGIC: &[u8; 3] = b"QE1";
 pub(crate) const NONCE: usize = 24;
 pub(crate) const HEADER: usize = 3 + 4 + NONCE;
+/// How many bytes sealing adds to a value: the header and the AEAD tag.
+pub(crate) const SEALED_OVERHEAD: usize = HEADER + 16;
 /// The holder name of the operator's wrapped copy.
 pub const OPERATOR_HOLDER: &str = "operator";
 

@@ -441,3 +441,196 @@ async fn of_two_writes_prepared_on_one_strong_version_only_the_first_is_stored()
     let view = f.svc.get("a", "c").await.unwrap();
     assert_eq!((view.doc, view.version), (first, 2));
 }
+
+/// Red team: a prepared write is queued without a savepoint (`write_self_guarded`), so a
+/// failure *after its first row* (here the `contexts` row refusing the update, standing for
+/// an I/O error, a full disk, a failed blob write or a corrupt row) cannot be undone alone:
+/// every other write of its batch, another agent's on another context, is aborted with it.
+/// This pins that blast radius and checks that the hot tier, the events and the rows stay
+/// consistent after such an abort: the aborted writes are not visible anywhere and can be
+/// retried at the same base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_write_failing_after_its_first_row_aborts_its_batch_and_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture_at(StoreConfig::at(dir.path())).await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(&f.svc, "a", "x", SyncStrategy::Strong, json!({"n": 0})).await;
+    ctx(&f.svc, "b", "y", SyncStrategy::Strong, json!({"n": 0})).await;
+    let before = stored(&f.svc).await;
+    let seq_before = f.svc.bus().last_seq();
+    // The fault: the update of y's row fails, after its version row went in.
+    let raw = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER red_team_fault BEFORE UPDATE ON contexts WHEN NEW.id = 'y' \
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    )
+    .unwrap();
+
+    // Hold the writer so that both writes land in one batch, a's first.
+    let (entered, inside) = std::sync::mpsc::channel::<()>();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let store = f.svc.store().clone();
+        async move {
+            store
+                .write(move |_| {
+                    entered.send(()).unwrap();
+                    gate.recv().ok();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    tokio::task::spawn_blocking(move || inside.recv().unwrap())
+        .await
+        .unwrap();
+    let mut a = Box::pin(f.svc.write("a", "x", Change::Put(json!({"n": 1})), Some(1)));
+    let mut b = Box::pin(f.svc.write("b", "y", Change::Put(json!({"n": 1})), Some(1)));
+    let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(a.as_mut().poll(&mut noop).is_pending());
+    assert!(b.as_mut().poll(&mut noop).is_pending());
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    let (a, b) = (a.await, b.await);
+    assert!(b.is_err(), "the faulty write: {b:?}");
+    // The blast radius of the savepoint-less prepared write: a's write, on another context
+    // by another agent, fails although nothing was wrong with it.
+    assert!(
+        matches!(
+            &a,
+            Err(ContextError::Store(
+                crate::store::StoreError::TransactionAborted { .. }
+            ))
+        ),
+        "the other agent's write in the same batch: {a:?}"
+    );
+    // Nothing of either write is stored, visible or announced.
+    assert_eq!(stored(&f.svc).await, before);
+    assert_eq!(f.svc.bus().last_seq(), seq_before);
+    for (agent, id) in [("a", "x"), ("b", "y")] {
+        let view = f.svc.get(agent, id).await.unwrap();
+        assert_eq!(
+            (view.version, view.doc.clone()),
+            (1, json!({"n": 0})),
+            "{id}"
+        );
+    }
+    // Both retry at the same base once the fault is gone.
+    raw.execute_batch("DROP TRIGGER red_team_fault").unwrap();
+    for (agent, id) in [("a", "x"), ("b", "y")] {
+        let w = f
+            .svc
+            .write(agent, id, Change::Put(json!({"n": 1})), Some(1))
+            .await
+            .unwrap();
+        assert_eq!(w.version, 2, "{id}");
+    }
+    drop(f);
+    let f = fixture_at(StoreConfig::at(dir.path())).await;
+    for (agent, id) in [("a", "x"), ("b", "y")] {
+        let view = f.svc.get(agent, id).await.unwrap();
+        assert_eq!(
+            (view.version, view.doc.clone()),
+            (2, json!({"n": 1})),
+            "{id}"
+        );
+    }
+}
+
+/// Red team: a context written before encryption was enabled gets its data key on its first
+/// write after a master key is configured, and that write reseals every earlier version
+/// (`ensure_key`), after the key rows are in. A prepared write runs without a savepoint, so
+/// an old version that cannot be resealed (here its blob file is gone; a corrupt row does the
+/// same) aborted the whole batch: every write of another agent batched with it failed, again
+/// at each retry, for as long as the context stayed broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_that_cannot_be_resealed_fails_alone_not_with_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || StoreConfig {
+        blob_threshold: 64,
+        ..StoreConfig::at(dir.path())
+    };
+    let f = fixture_at(config()).await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(
+        &f.svc,
+        "a",
+        "x",
+        SyncStrategy::Strong,
+        json!({"t": "a".repeat(200)}),
+    )
+    .await;
+    f.svc
+        .write(
+            "a",
+            "x",
+            Change::Put(json!({"t": "b".repeat(200)})),
+            Some(1),
+        )
+        .await
+        .unwrap();
+    ctx(&f.svc, "b", "y", SyncStrategy::Strong, json!({"n": 0})).await;
+    drop(f);
+    // The blob of x's first version goes missing.
+    let raw = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+    let hash: String = raw
+        .query_row(
+            "SELECT doc_blob FROM versions WHERE context_id = 'x' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(raw);
+    std::fs::remove_file(dir.path().join(crate::store::BLOB_DIR).join(hash)).unwrap();
+
+    let f = fixture_at(StoreConfig {
+        master_key: Some(crate::store::crypto::MasterKey::from_hex(&"42".repeat(32)).unwrap()),
+        ..config()
+    })
+    .await;
+    // Read back into memory, so the writes are prepared.
+    for (agent, id) in [("a", "x"), ("b", "y")] {
+        f.svc.get(agent, id).await.unwrap();
+    }
+    for round in 0..2 {
+        // Hold the writer so that both writes land in one batch, b's first.
+        let (entered, inside) = std::sync::mpsc::channel::<()>();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::spawn({
+            let store = f.svc.store().clone();
+            async move {
+                store
+                    .write(move |_| {
+                        entered.send(()).unwrap();
+                        gate.recv().ok();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || inside.recv().unwrap())
+            .await
+            .unwrap();
+        let base = round + 1;
+        let mut b = Box::pin(
+            f.svc
+                .write("b", "y", Change::Put(json!({"n": base})), Some(base)),
+        );
+        let mut a = Box::pin(
+            f.svc
+                .write("a", "x", Change::Put(json!({"t": "c"})), Some(2)),
+        );
+        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(b.as_mut().poll(&mut noop).is_pending());
+        assert!(a.as_mut().poll(&mut noop).is_pending());
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        let (b, a) = (b.await, a.await);
+        assert!(a.is_err(), "round {round}: x cannot be resealed: {a:?}");
+        assert_eq!(
+            b.map(|w| w.version).map_err(|e| e.to_string()),
+            Ok(base + 1),
+            "round {round}: b's write to y shared a batch with a's write to x"
+        );
+    }
+}
