@@ -139,3 +139,109 @@ fn in_memory_and_read_only_stores_never_checkpoint() {
     let reader = Store::open_read_only(StoreConfig::at(dir.path())).unwrap();
     assert!(reader.checkpoints().is_none());
 }
+
+/// Red team: the last handle of a store dropped by an after-commit hook, on the writer thread
+/// itself, right after a commit that checkpointed on the writer (the backstop): the
+/// checkpointer thread is stopped from there without a deadlock, and the commit survives.
+#[test]
+fn the_last_handle_dropped_on_the_writer_after_a_backstop_checkpoint_stops_cleanly() {
+    use std::future::Future as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = at(dir.path(), 1);
+    let seen = stats(&store);
+    let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+    // Hold the writer until the big write is queued behind it.
+    let (entered, inside) = std::sync::mpsc::channel::<()>();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let mut blocker = Box::pin(store.write(move |_| {
+        entered.send(()).unwrap();
+        gate.recv().ok();
+        Ok(())
+    }));
+    assert!(blocker.as_mut().poll(&mut noop).is_pending());
+    drop(blocker);
+    inside.recv().unwrap();
+    let last = store.clone();
+    let (dropped, on_drop) = std::sync::mpsc::channel::<std::thread::ThreadId>();
+    let mut big = Box::pin(store.write(move |ctx| {
+        insert_meta(ctx, "big", &"x".repeat(20_000))?;
+        ctx.after_commit(move || {
+            drop(last);
+            dropped.send(std::thread::current().id()).unwrap();
+        });
+        Ok(())
+    }));
+    assert!(big.as_mut().poll(&mut noop).is_pending());
+    drop(big);
+    drop(store);
+    release.send(()).unwrap();
+    // A deadlock would leave this waiting: fail instead of hanging the suite.
+    let on = on_drop
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the hook that dropped the last handle never returned");
+    assert_ne!(on, std::thread::current().id());
+    assert!(seen.borrow().on_writer >= 1, "{:?}", *seen.borrow());
+    // Taking the lock again needs the old store gone; its commit is there.
+    let store = at(dir.path(), 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        store.integrity_check().await.unwrap();
+        assert_eq!(
+            super::tests::count(&store, "SELECT count(*) FROM meta WHERE key = 'big'").await,
+            1
+        );
+    });
+}
+
+/// Red team: a reader holding a snapshot (a CLI beside the host, a long read) keeps the
+/// checkpoints from copying past it, so the WAL grows while it reads; writes go on (the
+/// backstop checkpoint is passive and never waits for readers), and once the reader is gone
+/// the WAL starts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_holding_a_snapshot_never_stalls_writes_and_the_wal_starts_over_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = at(dir.path(), 4);
+    put(&store, "first".into(), "v".into()).await;
+    let reader = rusqlite::Connection::open_with_flags(
+        dir.path().join(DB_FILE),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let n: i64 = reader
+        .query_row("SELECT count(*) FROM meta WHERE key = 'first'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+    let seen = stats(&store);
+    for n in 0..40 {
+        put(&store, format!("held{n}"), "z".repeat(6_000)).await;
+    }
+    let held = *seen.borrow();
+    assert!(held.wal_pages > 4 * CHECKPOINT_BACKSTOP, "{held:?}");
+    // The reader still sees its snapshot.
+    let n: i64 = reader
+        .query_row(
+            "SELECT count(*) FROM meta WHERE key LIKE 'held%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    // The next commits copy everything and the WAL starts over from its beginning.
+    for n in 0..4 {
+        put(&store, format!("after{n}"), "v".into()).await;
+    }
+    let after = *seen.borrow();
+    assert!(
+        after.wal_pages < held.wal_pages && after.wal_pages <= 4 * CHECKPOINT_BACKSTOP + 4,
+        "the WAL never started over: held {held:?}, after {after:?}"
+    );
+    assert_eq!(after.failed, 0, "{after:?}");
+}
