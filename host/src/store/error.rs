@@ -71,10 +71,12 @@ pub enum StoreError {
         #[source]
         source: Arc<rusqlite::Error>,
     },
-    /// SQLite rolled back the whole batch transaction (for example on a full disk or an I/O
-    /// error) while a later write of the same batch ran; this write was not saved, retry it.
+    /// The whole batch transaction was rolled back while a later write of the same batch ran:
+    /// by SQLite (for example on a full disk or an I/O error), or by the writer when a write
+    /// queued with [`Store::write_self_guarded`](super::Store::write_self_guarded) failed
+    /// after changing rows it could not undo alone. This write was not saved; retry it.
     #[error(
-        "the transaction holding this write was rolled back by SQLite ({cause}); it was not saved, retry it"
+        "the transaction holding this write was rolled back ({cause}); it was not saved, retry it"
     )]
     TransactionAborted {
         /// What the write that triggered the rollback reported.
