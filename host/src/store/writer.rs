@@ -143,7 +143,7 @@ struct Done {
 /// last commit usually queues its next write within microseconds; catching it without a
 /// sleep/wake round trip roughly halves the latency of a lone sequential writer. Polling
 /// yields the CPU between attempts, so on a busy machine it costs little.
-const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(300);
+const POLL_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// The next queued write, or `None` once every sender is gone.
 fn next_job(jobs: &mpsc::Receiver<Box<dyn Job>>) -> Option<Box<dyn Job>> {
