@@ -182,6 +182,11 @@ impl ContextService {
         context: &str,
         reason: String,
     ) -> OpError {
+        // Recording may first give a context from before encryption its data key (rows
+        // changed before the record): rolled back alone should it fail.
+        if let Err(e) = ctx.guard() {
+            return OpError::RolledBack(e.into());
+        }
         match Self::record_denial(sh, ctx, agent, operation, context, reason) {
             Ok(e) => OpError::Committed(e),
             Err(e) => OpError::RolledBack(e),

@@ -5,7 +5,11 @@
 //! `max_batch`) into one `BEGIN IMMEDIATE … COMMIT`. While it commits, new writes queue up and
 //! form the next batch, so the commit cost is shared by every writer that arrived meanwhile,
 //! without any timer. Each write runs inside its own `SAVEPOINT`: a write that fails (or
-//! panics) is rolled back alone and answered with its own error, the others commit. Callers
+//! panics) is rolled back alone and answered with its own error, the others commit. A
+//! self-guarded write opens its savepoint only when it asks ([`WriteCtx::guard`]); if it fails
+//! after changing rows outside one, the batch is rolled back whole and the other writes get
+//! [`StoreError::TransactionAborted`] (the price of skipping two statements and the copies of
+//! changed pages per write). WAL checkpoints run elsewhere (`checkpoint.rs`). Callers
 //! are answered only after `COMMIT` returns, so an acknowledged write is as durable as the
 //! configured [`Durability`](super::Durability).
 

@@ -261,3 +261,48 @@ async fn a_rollback_without_write_is_refused_before_any_version_is_read() {
     let e = f.svc.rollback("owner", "c", 99).await.unwrap_err();
     assert!(matches!(e, ContextError::Invalid { .. }), "{e}");
 }
+
+/// A context written before encryption was enabled has no data key until its first write
+/// under the master key. A refused access to it is still refused as `AccessDenied` and
+/// recorded (sealed, under the key the refusal's record gives it), on the writer's own path
+/// and on the prepared one (the document in memory), not failed as a store error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_on_a_context_from_before_encryption_is_access_denied_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture_at(StoreConfig::at(dir.path())).await;
+    agents(&f.svc, &["a", "b"]).await;
+    ctx(&f.svc, "a", "x", SyncStrategy::Strong, json!({"n": 0})).await;
+    ctx(&f.svc, "a", "y", SyncStrategy::Strong, json!({"n": 0})).await;
+    drop(f);
+    let f = fixture_at(StoreConfig {
+        master_key: Some(crate::store::crypto::MasterKey::from_hex(&"42".repeat(32)).unwrap()),
+        ..StoreConfig::at(dir.path())
+    })
+    .await;
+    // y read back into memory first, so its write is prepared; x's is worked out on the writer.
+    f.svc.get("a", "y").await.unwrap();
+    for id in ["x", "y"] {
+        let refused = f
+            .svc
+            .write("b", id, Change::Put(json!({"n": 1})), Some(1))
+            .await;
+        assert!(
+            matches!(refused, Err(ContextError::AccessDenied { .. })),
+            "{id}: {refused:?}"
+        );
+        let recorded = f.svc.conflicts("a", id).await.unwrap();
+        assert!(
+            recorded
+                .iter()
+                .any(|c| c.conflict_type == ConflictType::AccessViolation),
+            "{id}: {recorded:?}"
+        );
+        // The owner still writes, under the key the context now has.
+        let w = f
+            .svc
+            .write("a", id, Change::Put(json!({"n": 2})), Some(1))
+            .await
+            .unwrap();
+        assert_eq!(w.version, 2, "{id}");
+    }
+}

@@ -2,6 +2,7 @@
 //! would, and the writer works a write out again when the context changed in between.
 
 use super::hot_tier::bounded;
+use super::visibility::{Gate, queue};
 use super::*;
 use crate::context::engine::Write;
 use rusqlite::types::Value as Sql;
@@ -467,30 +468,10 @@ async fn a_prepared_write_failing_after_its_first_row_aborts_its_batch_and_leave
     .unwrap();
 
     // Hold the writer so that both writes land in one batch, a's first.
-    let (entered, inside) = std::sync::mpsc::channel::<()>();
-    let (release, gate) = std::sync::mpsc::channel::<()>();
-    let blocker = tokio::spawn({
-        let store = f.svc.store().clone();
-        async move {
-            store
-                .write(move |_| {
-                    entered.send(()).unwrap();
-                    gate.recv().ok();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    tokio::task::spawn_blocking(move || inside.recv().unwrap())
-        .await
-        .unwrap();
-    let mut a = Box::pin(f.svc.write("a", "x", Change::Put(json!({"n": 1})), Some(1)));
-    let mut b = Box::pin(f.svc.write("b", "y", Change::Put(json!({"n": 1})), Some(1)));
-    let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
-    assert!(a.as_mut().poll(&mut noop).is_pending());
-    assert!(b.as_mut().poll(&mut noop).is_pending());
-    release.send(()).unwrap();
-    blocker.await.unwrap().unwrap();
+    let gate = Gate::hold(f.svc.store()).await;
+    let a = queue(f.svc.write("a", "x", Change::Put(json!({"n": 1})), Some(1)));
+    let b = queue(f.svc.write("b", "y", Change::Put(json!({"n": 1})), Some(1)));
+    gate.open().await.unwrap();
     let (a, b) = (a.await, b.await);
     assert!(b.is_err(), "the faulty write: {b:?}");
     // The blast radius of the savepoint-less prepared write: a's write, on another context
@@ -594,37 +575,17 @@ async fn a_context_that_cannot_be_resealed_fails_alone_not_with_the_batch() {
     }
     for round in 0..2 {
         // Hold the writer so that both writes land in one batch, b's first.
-        let (entered, inside) = std::sync::mpsc::channel::<()>();
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let blocker = tokio::spawn({
-            let store = f.svc.store().clone();
-            async move {
-                store
-                    .write(move |_| {
-                        entered.send(()).unwrap();
-                        gate.recv().ok();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        tokio::task::spawn_blocking(move || inside.recv().unwrap())
-            .await
-            .unwrap();
+        let gate = Gate::hold(f.svc.store()).await;
         let base = round + 1;
-        let mut b = Box::pin(
+        let b = queue(
             f.svc
                 .write("b", "y", Change::Put(json!({"n": base})), Some(base)),
         );
-        let mut a = Box::pin(
+        let a = queue(
             f.svc
                 .write("a", "x", Change::Put(json!({"t": "c"})), Some(2)),
         );
-        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(b.as_mut().poll(&mut noop).is_pending());
-        assert!(a.as_mut().poll(&mut noop).is_pending());
-        release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
+        gate.open().await.unwrap();
         let (b, a) = (b.await, a.await);
         assert!(a.is_err(), "round {round}: x cannot be resealed: {a:?}");
         assert_eq!(
