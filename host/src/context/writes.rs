@@ -1,6 +1,7 @@
 //! Writing a change to a context through its strategy.
 
 use super::*;
+use std::sync::Arc;
 
 impl ContextService {
     /// Writes a change based on `base_version`, the version the writer observed (required for
@@ -9,6 +10,11 @@ impl ContextService {
     /// `max_document_bytes` (`Invalid` on `doc` otherwise). Refusals: `BaseRequired`,
     /// `Stale`, `FutureBase`, `BaseNotRetained`, `BaseTooOld` (more than
     /// [`engine::MAX_VERSIONS_BEHIND`] versions behind), `NotCausal`, `InConflict`, `Schema`.
+    ///
+    /// A write that failed only because its group commit was rolled back whole
+    /// ([`StoreError::TransactionAborted`](crate::store::StoreError::TransactionAborted):
+    /// another write of the batch failed after changing rows it could not undo alone, or
+    /// SQLite ended the transaction) kept nothing, and is tried once more in a later batch.
     pub async fn write(
         &self,
         agent: &str,
@@ -16,7 +22,27 @@ impl ContextService {
         change: Change,
         base_version: Option<u64>,
     ) -> Result<WriteResult, ContextError> {
-        let (changes, op) = match &change {
+        let change = Arc::new(change);
+        match self
+            .write_once(agent, id, change.clone(), base_version)
+            .await
+        {
+            Err(ContextError::Store(crate::store::StoreError::TransactionAborted { cause })) => {
+                tracing::debug!(context = id, %cause, "a write's batch was rolled back; trying it once more");
+                self.write_once(agent, id, change, base_version).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_once(
+        &self,
+        agent: &str,
+        id: &str,
+        change: Arc<Change>,
+        base_version: Option<u64>,
+    ) -> Result<WriteResult, ContextError> {
+        let (changes, op) = match &*change {
             Change::Put(doc) => {
                 self.check_size(doc)?;
                 (None, "put")
@@ -39,7 +65,7 @@ impl ContextService {
         // Stamped when the host accepts the call: last-writer-wins compares these.
         let hlc = self.shared.clock.tick();
         let (agent, id) = (agent.to_string(), id.to_string());
-        let put = match &change {
+        let put = match &*change {
             Change::Put(doc) => Some(doc),
             _ => None,
         };
@@ -79,7 +105,7 @@ impl ContextService {
                         return Err(Self::deny(sh, ctx, &agent, "write", &id, reason));
                     }
                     let observed = Self::observed(sh, ctx, state, base_version)?;
-                    let changes = match (changes, change) {
+                    let changes = match (changes, &*change) {
                         (Some(c), _) => c,
                         (None, Change::Put(doc)) => {
                             // A put is a diff against the version it was based on.
@@ -89,12 +115,12 @@ impl ContextService {
                                 }
                                 _ => &state.doc,
                             };
-                            let mut c = patch::diff(base, &doc)
+                            let mut c = patch::diff(base, doc)
                                 .map_err(|e| ContextError::invalid("doc", e.to_string()))?;
                             if c.is_empty() && base_version.is_some_and(|b| b != state.version) {
                                 c.push(FieldChange {
                                     path: String::new(),
-                                    value: Some(doc),
+                                    value: Some(doc.clone()),
                                 });
                             }
                             c
