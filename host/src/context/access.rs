@@ -182,14 +182,27 @@ impl ContextService {
         context: &str,
         reason: String,
     ) -> OpError {
-        // Recording may first give a context from before encryption its data key (rows
-        // changed before the record): rolled back alone should it fail.
+        let denied = || ContextError::AccessDenied {
+            agent: agent.to_string(),
+            operation: operation.to_string(),
+            context: context.to_string(),
+            reason: reason.clone(),
+        };
+        // A record that fails half-way is rolled back alone.
         if let Err(e) = ctx.guard() {
-            return OpError::RolledBack(e.into());
+            tracing::warn!(agent, operation, context, error = %e, "a context access denial could not be recorded");
+            return OpError::RolledBack(denied());
         }
-        match Self::record_denial(sh, ctx, agent, operation, context, reason) {
+        match Self::record_denial(sh, ctx, agent, operation, context, reason.clone()) {
             Ok(e) => OpError::Committed(e),
-            Err(e) => OpError::RolledBack(e),
+            // Still a refusal: the caller learns nothing of why the record failed (a context
+            // from before encryption has no data key to seal the record with until its
+            // owner's next write; a denial never gives it one, which would let a refused
+            // agent make the writer reseal a context's history).
+            Err(e) => {
+                tracing::warn!(agent, operation, context, error = %e, "a context access denial could not be recorded");
+                OpError::RolledBack(denied())
+            }
         }
     }
 

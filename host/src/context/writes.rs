@@ -23,13 +23,16 @@ impl ContextService {
         base_version: Option<u64>,
     ) -> Result<WriteResult, ContextError> {
         let change = Arc::new(change);
+        // Stamped when the host accepts the call (once, whatever the tries): last-writer-wins
+        // compares these.
+        let hlc = self.shared.clock.tick();
         match self
-            .write_once(agent, id, change.clone(), base_version)
+            .write_once(agent, id, change.clone(), base_version, hlc)
             .await
         {
             Err(ContextError::Store(crate::store::StoreError::TransactionAborted { cause })) => {
                 tracing::debug!(context = id, %cause, "a write's batch was rolled back; trying it once more");
-                self.write_once(agent, id, change, base_version).await
+                self.write_once(agent, id, change, base_version, hlc).await
             }
             other => other,
         }
@@ -41,6 +44,7 @@ impl ContextService {
         id: &str,
         change: Arc<Change>,
         base_version: Option<u64>,
+        hlc: super::hlc::Hlc,
     ) -> Result<WriteResult, ContextError> {
         let (changes, op) = match &*change {
             Change::Put(doc) => {
@@ -62,8 +66,6 @@ impl ContextService {
                 "patch",
             ),
         };
-        // Stamped when the host accepts the call: last-writer-wins compares these.
-        let hlc = self.shared.clock.tick();
         let (agent, id) = (agent.to_string(), id.to_string());
         let put = match &*change {
             Change::Put(doc) => Some(doc),

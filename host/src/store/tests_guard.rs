@@ -210,3 +210,49 @@ async fn a_self_guarded_write_guarding_after_a_change_is_never_committed_in_part
         "a failed write's change from before its guard was committed"
     );
 }
+
+/// A statement can end the batch's transaction (here a trigger's `RAISE(ROLLBACK)`, standing
+/// for the errors after which SQLite rolls back by itself). A write that ignores that error
+/// and then asks for its savepoint is refused, rather than opening a new transaction that
+/// would hide the rollback; the batch's earlier writes are answered as aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_is_refused_once_the_transaction_has_ended() {
+    let store = memory();
+    store
+        .write(|ctx| {
+            ctx.tx().execute_batch(
+                "CREATE TABLE doomed(x);
+                 CREATE TRIGGER doom BEFORE INSERT ON doomed
+                 BEGIN SELECT RAISE(ROLLBACK, 'ends the transaction'); END;",
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let swallows: Op<()> = Box::new(|ctx: &mut WriteCtx<'_>| {
+        let ended = ctx.tx().execute("INSERT INTO doomed VALUES (1)", []);
+        assert!(ended.is_err(), "the trigger did not fire");
+        ctx.guard()
+    });
+    let results = batch_with(
+        &store,
+        vec![
+            (insert("k0"), true),
+            (swallows, false),
+            (insert("k2"), true),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(&results[1], Err(StoreError::TransactionAborted { cause }) if cause.contains("already ended")),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[0], Err(StoreError::TransactionAborted { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    assert_eq!(keys(&store).await, ["k2"]);
+}

@@ -77,6 +77,13 @@ impl<'a> WriteCtx<'a> {
         if self.guarded {
             return Ok(());
         }
+        if self.conn.is_autocommit() {
+            // SQLite ended the batch's transaction (an error someone did not pass on): a
+            // savepoint now would open a new transaction and hide that.
+            return Err(StoreError::TransactionAborted {
+                cause: "the batch's transaction had already ended".into(),
+            });
+        }
         if self.conn.total_changes() != self.changes_before {
             // Too late to undo those alone; a failure from here on ends the batch.
             self.changed_unguarded = true;

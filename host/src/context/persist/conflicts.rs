@@ -13,8 +13,6 @@ pub fn insert_conflict(
     blobs: &BlobStore,
     c: &Conflict,
 ) -> Result<u64, StoreError> {
-    // A context written before encryption was enabled gets its key on its first record.
-    super::keys::ensure_key(conn, blobs, &c.context_id, None)?;
     exec(
         conn,
         "INSERT INTO conflicts (context_id, field, conflict_type, severity, agent_values, detected_at, resolved_at, resolution)

@@ -262,12 +262,13 @@ async fn a_rollback_without_write_is_refused_before_any_version_is_read() {
     assert!(matches!(e, ContextError::Invalid { .. }), "{e}");
 }
 
-/// A context written before encryption was enabled has no data key until its first write
-/// under the master key. A refused access to it is still refused as `AccessDenied` and
-/// recorded (sealed, under the key the refusal's record gives it), on the writer's own path
-/// and on the prepared one (the document in memory), not failed as a store error.
+/// A context written before encryption was enabled has no data key until its owner's next
+/// write under the master key. A refused access to it is still refused as `AccessDenied`
+/// (on the writer's own path and on the prepared one, the document in memory), not failed as a
+/// store error; a denial never gives the context its key (a refused agent must not make the
+/// writer reseal a history), so it is recorded once the context has one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_on_a_context_from_before_encryption_is_access_denied_and_recorded() {
+async fn a_refusal_on_a_context_from_before_encryption_is_access_denied() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture_at(StoreConfig::at(dir.path())).await;
     agents(&f.svc, &["a", "b"]).await;
@@ -281,6 +282,15 @@ async fn a_refusal_on_a_context_from_before_encryption_is_access_denied_and_reco
     .await;
     // y read back into memory first, so its write is prepared; x's is worked out on the writer.
     f.svc.get("a", "y").await.unwrap();
+    let violations = |id: &'static str| {
+        let svc = f.svc.clone();
+        async move {
+            let all = svc.conflicts("a", id).await.unwrap();
+            all.iter()
+                .filter(|c| c.conflict_type == ConflictType::AccessViolation)
+                .count()
+        }
+    };
     for id in ["x", "y"] {
         let refused = f
             .svc
@@ -290,19 +300,26 @@ async fn a_refusal_on_a_context_from_before_encryption_is_access_denied_and_reco
             matches!(refused, Err(ContextError::AccessDenied { .. })),
             "{id}: {refused:?}"
         );
-        let recorded = f.svc.conflicts("a", id).await.unwrap();
-        assert!(
-            recorded
-                .iter()
-                .any(|c| c.conflict_type == ConflictType::AccessViolation),
-            "{id}: {recorded:?}"
+        assert_eq!(
+            violations(id).await,
+            0,
+            "{id}: no key to seal the record with"
         );
-        // The owner still writes, under the key the context now has.
+        // The owner still writes, and that gives the context its key.
         let w = f
             .svc
             .write("a", id, Change::Put(json!({"n": 2})), Some(1))
             .await
             .unwrap();
         assert_eq!(w.version, 2, "{id}");
+        let refused = f
+            .svc
+            .write("b", id, Change::Put(json!({"n": 3})), Some(2))
+            .await;
+        assert!(
+            matches!(refused, Err(ContextError::AccessDenied { .. })),
+            "{id}: {refused:?}"
+        );
+        assert_eq!(violations(id).await, 1, "{id}: recorded once sealed");
     }
 }
