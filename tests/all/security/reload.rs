@@ -21,6 +21,16 @@ effect = "allow"
 resources = ["tool/*", "context/*"]
 "#;
 
+/// Tool calls and context reads allowed at medium trust or above.
+const TRUSTED: &str = r#"
+[[policies]]
+id = "trusted"
+[[policies.rules]]
+effect = "allow"
+resources = ["tool/*", "context/*"]
+condition = 'principal.trust >= 2'
+"#;
+
 fn policy_set(text: &str) -> PolicySet {
     let file: toml::Value = toml::from_str(text).expect("policy toml");
     PolicySet::new(file["policies"].clone().try_into().expect("policies parse"))
@@ -167,14 +177,7 @@ async fn a_trust_change_during_a_run_decides_the_running_agents_next_call() {
         "raised while it ran: its next read works"
     );
     // A policy condition on trust, and the level lowered while the agent runs.
-    let policy = r#"
-[[policies]]
-id = "trusted"
-[[policies.rules]]
-effect = "allow"
-resources = ["tool/*", "context/*"]
-condition = 'principal.trust >= 2'
-"#;
+    let policy = TRUSTED;
     let (reads, reasons) =
         read_across_a_change(Some(policy), (TrustLevel::Medium, None), async |s, id| {
             s.host
@@ -254,14 +257,7 @@ condition = 'resource.labels.contains("public")'
 /// level in force when it is made, never by a decision remembered under another level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trust_round_trip_during_a_run_is_decided_at_each_level() {
-    let policy = r#"
-[[policies]]
-id = "trusted"
-[[policies.rules]]
-effect = "allow"
-resources = ["tool/*", "context/*"]
-condition = 'principal.trust >= 2'
-"#;
+    let policy = TRUSTED;
     // Lowered and raised again: the second read, at medium again, is allowed.
     let (reads, _) = read_across_a_change(
         Some(policy),

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Makes every later insert into the audit table fail.
+const NO_AUDIT: &str = "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
+                        BEGIN SELECT RAISE(ABORT, 'audit disabled by test'); END;";
+
 #[tokio::test] // current-thread: the writer runs only when this test awaits
 async fn the_queue_takes_its_capacity_and_refuses_one_more() {
     let options = AuditOptions {
@@ -38,11 +42,7 @@ async fn the_queue_takes_its_capacity_and_refuses_one_more() {
 #[tokio::test]
 async fn a_failed_write_refuses_every_later_record() {
     let (dir, log) = disk_log(2).await;
-    tamper(
-        &dir,
-        "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
-         BEGIN SELECT RAISE(ABORT, 'audit disabled by test'); END;",
-    );
+    tamper(&dir, NO_AUDIT);
     // Accepted (queued), then lost when every attempt at writing it fails.
     log.record(entry(3)).unwrap();
     log.flush().await;
@@ -206,11 +206,7 @@ async fn record_decision_is_refused_when_the_queue_is_full_or_the_log_failed() {
     assert_eq!(log.status().written, 2);
 
     let (dir, log) = disk_log(1).await;
-    tamper(
-        &dir,
-        "CREATE TRIGGER no_audit BEFORE INSERT ON audit \
-         BEGIN SELECT RAISE(ABORT, 'audit disabled by test'); END;",
-    );
+    tamper(&dir, NO_AUDIT);
     log.record_decision(decision(2)).unwrap();
     log.flush().await;
     assert_eq!((log.status().written, log.status().lost), (1, 1));
