@@ -7,7 +7,7 @@ use super::{
     Share, Stamp, labels, persist,
 };
 use crate::events::EventBus;
-use crate::store::{Store, StoreError, WriteCtx};
+use crate::store::{Store, StoreError, WriteCtx, WriteMode};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -322,17 +322,18 @@ impl ContextService {
         context: Option<String>,
         op: Op<T>,
     ) -> Result<T, ContextError> {
-        self.run_guarded(context, op, true).await
+        self.run_with(context, op, WriteMode::default()).await
     }
 
-    /// [`run`](Self::run) for an operation that opens its own savepoint
-    /// ([`WriteCtx::guard`]) before any change it may have to undo, or `guarded`: the
-    /// writer opens it first ([`Store::write_self_guarded`]).
-    pub(super) async fn run_guarded<T: Send + 'static>(
+    /// [`run`](Self::run) as `mode` says: with `self_guarded`, for an operation that opens
+    /// its own savepoint ([`WriteCtx::guard`]) before any change it may have to undo
+    /// ([`Store::write_self_guarded`]); with `may_lead`, committed by the calling thread
+    /// when the writer is idle ([`Store::write_with`]).
+    pub(super) async fn run_with<T: Send + 'static>(
         &self,
         context: Option<String>,
         op: Op<T>,
-        guarded: bool,
+        mode: WriteMode,
     ) -> Result<T, ContextError> {
         let shared = self.shared.clone();
         let about = context.clone();
@@ -382,11 +383,7 @@ impl ContextService {
             }
             Ok(answer)
         };
-        let result = if guarded {
-            self.shared.store.write_with_error(op).await
-        } else {
-            self.shared.store.write_self_guarded(op).await
-        };
+        let result = self.shared.store.write_with(mode, op).await;
         if let Err(e @ ContextError::Store(_)) = &result {
             tracing::debug!(context = ?context, error = %e, "a context operation did not commit");
         }

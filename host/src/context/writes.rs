@@ -1,6 +1,7 @@
 //! Writing a change to a context through its strategy.
 
 use super::*;
+use crate::store::WriteMode;
 use std::sync::Arc;
 
 impl ContextService {
@@ -86,8 +87,13 @@ impl ContextService {
         );
         // A prepared write changes rows only when it stores what it already checked; anything
         // else opens its savepoint first.
-        let guarded = prepared.is_none();
-        self.run_guarded(
+        // Committed by the caller itself when the writer is idle: a lone writer's latency is
+        // mostly the hand-offs to the writer thread and back.
+        let mode = WriteMode {
+            self_guarded: prepared.is_some(),
+            may_lead: true,
+        };
+        self.run_with(
             Some(id.clone()),
             Box::new(move |sh, inner, ctx| {
                 // Held until the caller has its answer, so the state this write replaces is
@@ -140,7 +146,7 @@ impl ContextService {
                 };
                 apply().map(|result| (result, replaced))
             }),
-            guarded,
+            mode,
         )
         .await
         .map(|(result, replaced)| {

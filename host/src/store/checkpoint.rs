@@ -20,7 +20,10 @@
 //! bound. The backstop: a commit that leaves more than [`BACKSTOP`] × the threshold pages in
 //! the WAL checkpoints on the writer thread itself, as SQLite's own automatic checkpoint
 //! would. Usually only the frames committed since the checkpointer's last pass are left to
-//! copy. So the WAL stays under about `BACKSTOP` × threshold pages plus one batch.
+//! copy. A caller committing its own write (`Store::write_with`, leader-based) never runs
+//! that checkpoint: its commit only asks the checkpointer, and once the WAL is past the
+//! backstop no caller may lead, so the next commit is the writer thread's. So the WAL stays
+//! under about `BACKSTOP` × threshold pages plus one batch and one leader's write.
 
 use super::StoreError;
 use rusqlite::{Connection, OpenFlags};
@@ -104,6 +107,8 @@ impl Signal {
 /// The checkpointer thread of a store with a data directory; stops when dropped.
 pub(crate) struct Checkpointer {
     signal: Arc<Signal>,
+    /// Pages in the WAL at which checkpoints are requested.
+    threshold: u32,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -157,7 +162,7 @@ impl Checkpointer {
             }
             last = pages;
             hook_signal.stats.send_modify(|s| s.wal_pages = pages);
-            if pages >= backstop {
+            if pages >= backstop && !super::writer::leading() {
                 // The checkpointer may hold the checkpoint lock (`SQLITE_BUSY`): wait for its
                 // pass to end and copy the rest, so the WAL can start over.
                 let mut done = wal.checkpoint();
@@ -173,7 +178,7 @@ impl Checkpointer {
                         hook_signal.count(false, false);
                     }
                 }
-            } else if pages >= next {
+            } else if pages >= next || pages >= backstop {
                 hook_signal.request();
                 next = pages.saturating_add(step);
             }
@@ -187,8 +192,15 @@ impl Checkpointer {
             .map_err(|e| StoreError::io(std::path::PathBuf::from(db_path), e))?;
         Ok(Checkpointer {
             signal,
+            threshold,
             thread: Some(thread),
         })
+    }
+
+    /// Whether the WAL held at least [`BACKSTOP`] × the threshold's pages after the last
+    /// commit: the next commit is the writer thread's, and checkpoints on it.
+    pub fn past_backstop(&self) -> bool {
+        self.signal.stats.borrow().wal_pages >= self.threshold.saturating_mul(BACKSTOP)
     }
 
     /// The counts so far, updated as checkpoints complete.

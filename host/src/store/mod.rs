@@ -66,10 +66,20 @@
 //! each inside its own `SAVEPOINT`, so a failing write rolls back alone (a write worked out
 //! beforehand can skip the savepoint, [`Store::write_self_guarded`]). A write's caller is
 //! answered only after `COMMIT` returned, so an `Ok` is durable per [`Durability`]. If the
-//! `COMMIT` itself fails, every write of the batch gets an error. Because one thread commits
-//! everything, commit order is a total order, which the event bus uses for its sequence numbers.
-//! No lock is held across an await: callers talk to the thread through a channel and a
-//! oneshot reply.
+//! `COMMIT` itself fails, every write of the batch gets an error. Commits are serialized on
+//! the one connection, so commit order is a total order, which the event bus uses for its
+//! sequence numbers. No lock is held across an await: callers talk to the thread through a
+//! channel and a oneshot reply.
+//!
+//! # Leader commits
+//!
+//! A write queued with [`WriteMode::may_lead`] ([`Store::write_with`]; context writes use it)
+//! is committed by its caller, on the caller's thread, when the writer is idle: nothing is
+//! queued, nobody holds the connection, the durability is [`Durability::Process`] (no fsync
+//! per commit) and the WAL is under the checkpoint backstop. It runs as a batch of one, with
+//! the same savepoint, answer and after-commit rules. A lone writer so skips the two thread
+//! hand-offs (to the writer thread and back) that cost about as much as its commit; under
+//! load writes queue and share group commits as before.
 //!
 //! # Checkpoints
 //!
@@ -119,6 +129,8 @@ mod tests_data;
 #[cfg(test)]
 mod tests_guard;
 #[cfg(test)]
+mod tests_lead;
+#[cfg(test)]
 mod tests_owner;
 
 pub use blobs::BlobStore;
@@ -127,7 +139,7 @@ pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreCon
 pub use error::StoreError;
 pub use lock::{LOCK_FILE, LockHolder};
 pub use value::{StoredDoc, decode_value, encode_value};
-pub use writer::WriteCtx;
+pub use writer::{WriteCtx, WriteMode};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -139,7 +151,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
-use writer::{ControlFlag, Job, PendingWrite, Writer};
+use writer::{ControlFlag, Job, PendingWrite, Shared, Writer};
 
 /// Read connections per store: enough for concurrent catch-ups and queries on a small
 /// machine; more would only add memory (each has its own page cache).
@@ -174,6 +186,8 @@ struct StoreInner {
     db_path: String,
     blobs: BlobStore,
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    /// The write connection, shared by the writer thread and leading callers.
+    shared: Option<Arc<Shared>>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Runs the WAL's checkpoints (`None` in memory and read-only).
     checkpointer: Option<checkpoint::Checkpointer>,
@@ -287,10 +301,12 @@ impl Store {
         };
 
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
+        // A caller may commit its own write only where a commit does not wait for an fsync
+        // (it would hold the caller's thread, an async runtime's worker, for it).
+        let leading = config.durability == Durability::Process;
+        let shared = Arc::new(Shared::new(conn, control, blobs.clone(), leading));
         let writer = Writer {
-            conn,
-            control,
-            blobs: blobs.clone(),
+            shared: shared.clone(),
             max_batch: config.max_batch,
         };
         let writer = std::thread::Builder::new()
@@ -305,6 +321,7 @@ impl Store {
                 db_path,
                 blobs,
                 jobs: Some(jobs),
+                shared: Some(shared),
                 writer: Some(writer),
                 checkpointer,
                 readers: Mutex::new(readers),
@@ -361,6 +378,7 @@ impl Store {
                 db_path,
                 blobs,
                 jobs: None,
+                shared: None,
                 writer: None,
                 checkpointer: None,
                 readers: Mutex::new(readers),
@@ -449,28 +467,83 @@ impl Store {
         self.queue(op, false).await
     }
 
+    /// [`write_with_error`](Self::write_with_error), or with `mode.self_guarded`
+    /// [`write_self_guarded`](Self::write_self_guarded), and with `mode.may_lead` committed
+    /// by the calling thread itself when the writer is idle: no write is queued or being
+    /// committed, the store's [`Durability`] is `Process` (a commit waits for no fsync) and
+    /// the WAL is under the checkpoint backstop ([`CHECKPOINT_BACKSTOP`]; a leader's commit
+    /// never checkpoints itself, it leaves that to the writer thread). That saves the two thread hand-offs of a queued write (to the
+    /// writer thread and back), most of a lone writer's latency, at the price of running
+    /// `op`, the commit and the after-commit hooks on the caller's thread: an async
+    /// runtime's worker is held for one commit (`synchronous=NORMAL`, no fsync; blob files
+    /// written by `op` are still fsynced). Otherwise the write is queued as usual. Keep
+    /// `op` free of anything that waits on other tasks.
+    pub async fn write_with<T, E, F>(&self, mode: WriteMode, op: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let guarded = !mode.self_guarded;
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let job: Box<dyn Job> = Box::new(PendingWrite { op, reply, guarded });
+        if mode.may_lead
+            && let Some(shared) = &self.inner.shared
+            && self
+                .inner
+                .checkpointer
+                .as_ref()
+                .is_none_or(|c| !c.past_backstop())
+            && let Some(mut core) = shared.try_lead()
+        {
+            let answers = core.lead(job);
+            drop(core);
+            answers.send();
+            return answer
+                .try_recv()
+                .unwrap_or_else(|_| Err(E::from(StoreError::Closed)));
+        }
+        self.send(job).await?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
+    }
+
     async fn queue<T, E, F>(&self, op: F, guarded: bool) -> Result<T, E>
     where
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: Box<dyn Job> = Box::new(PendingWrite { op, reply, guarded });
-        let sent = match &self.inner.jobs {
-            Some(jobs) => jobs.send(job).is_ok(),
-            None if self.is_read_only() => {
+        let mode = WriteMode {
+            self_guarded: !guarded,
+            may_lead: false,
+        };
+        self.write_with(mode, op).await
+    }
+
+    /// Sends `job` to the writer thread.
+    async fn send<E: From<StoreError>>(&self, job: Box<dyn Job>) -> Result<(), E> {
+        let sent = match (&self.inner.jobs, &self.inner.shared) {
+            (Some(jobs), Some(shared)) => {
+                shared.queuing();
+                let sent = jobs.send(job).is_ok();
+                if !sent {
+                    shared.unqueued();
+                }
+                sent
+            }
+            _ if self.is_read_only() => {
                 let holder = self.data_dir().and_then(lock::read_holder);
                 return Err(E::from(StoreError::ReadOnly { holder }));
             }
-            None => false,
+            _ => false,
         };
-        if !sent {
-            return Err(E::from(StoreError::Closed));
+        if sent {
+            Ok(())
+        } else {
+            Err(E::from(StoreError::Closed))
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
     }
 
     /// Runs `f` on a read connection (tokio's blocking pool) and returns its result. Readers

@@ -1,5 +1,6 @@
-//! The group-commit writer: one thread owns the write connection and commits queued writes in
-//! batches.
+//! The group-commit writer: one thread commits queued writes in batches on the write
+//! connection, which a caller may also take to commit its own write while the thread is idle
+//! ([`Shared::try_lead`]).
 //!
 //! The thread blocks for the first queued write, then drains whatever else is queued (up to
 //! `max_batch`) into one `BEGIN IMMEDIATE … COMMIT`. While it commits, new writes queue up and
@@ -16,9 +17,25 @@
 use super::{BlobStore, StoreError, StoredDoc};
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How [`Store::write_with`](super::Store::write_with) runs a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteMode {
+    /// The write opens its own savepoint ([`WriteCtx::guard`]) before any change it may have
+    /// to undo, as with [`Store::write_self_guarded`](super::Store::write_self_guarded).
+    /// Default `false`: the writer opens it before running the write.
+    pub self_guarded: bool,
+    /// The calling thread may commit the write itself when the writer is idle (a
+    /// leader-based commit; see [`Store::write_with`](super::Store::write_with)). Default
+    /// `false`: the write always goes to the writer thread.
+    pub may_lead: bool,
+}
+
+/// Answers a write's caller: `None` once its batch committed, or the batch's error.
+type Answer = Box<dyn FnOnce(Option<StoreError>) + Send>;
 
 /// A callback registered with [`WriteCtx::after_commit`].
 type Hook = Box<dyn FnOnce() + Send>;
@@ -114,7 +131,7 @@ pub(crate) struct Ran {
     pub succeeded: bool,
     /// Answers the caller: `None` once the batch committed (or right away for a failed
     /// write, which carries its own error), `Some(error)` if the batch failed.
-    pub answer: Box<dyn FnOnce(Option<StoreError>) + Send>,
+    pub answer: Answer,
 }
 
 /// One queued write.
@@ -137,16 +154,101 @@ pub(crate) type ControlFlag = Arc<AtomicBool>;
 /// The savepoint each write runs in.
 pub(crate) const SAVEPOINT: &str = "qi_op";
 
+/// The write connection and what runs batches on it. Whoever holds it commits: the writer
+/// thread, or a caller leading its own write ([`Shared::try_lead`]).
+pub(crate) struct Core {
+    conn: Connection,
+    flag: ControlFlag,
+    blobs: BlobStore,
+    /// Transactions begun so far ([`WriteCtx::batch`]).
+    batches: u64,
+}
+
+/// What the writer thread and the store's handles share.
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    /// Writes sent to the writer thread that it has not taken yet.
+    queued: AtomicUsize,
+    /// Whether a caller may commit its own write ([`Shared::try_lead`]); set when a commit
+    /// does not wait for an fsync (see `Store::open`).
+    leading: bool,
+}
+
+impl Shared {
+    pub fn new(conn: Connection, flag: ControlFlag, blobs: BlobStore, leading: bool) -> Shared {
+        Shared {
+            core: Mutex::new(Core {
+                conn,
+                flag,
+                blobs,
+                batches: 0,
+            }),
+            queued: AtomicUsize::new(0),
+            leading,
+        }
+    }
+
+    /// Counts a write about to be sent to the writer thread.
+    pub fn queuing(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a write that was not sent after all ([`queuing`](Self::queuing)).
+    pub fn unqueued(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The write connection, for a caller to commit its own write on its own thread (a
+    /// leader-based commit: no hand-off to the writer thread and back), when leading is
+    /// allowed, nothing waits for the writer thread and nobody is committing. `None`
+    /// otherwise: the caller queues its write.
+    pub fn try_lead(&self) -> Option<MutexGuard<'_, Core>> {
+        if !self.leading || self.queued.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        match self.core.try_lock() {
+            Ok(core) => Some(core),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+thread_local! {
+    static LEADING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is committing its own write as a leader ([`Core::lead`]), not the
+/// writer thread: the WAL hook then leaves its backstop checkpoint to the writer thread.
+pub(crate) fn leading() -> bool {
+    LEADING.get()
+}
+
+/// The writer thread: takes queued writes and commits them in batches.
 pub(crate) struct Writer {
-    pub conn: Connection,
-    pub control: ControlFlag,
-    pub blobs: BlobStore,
+    pub shared: Arc<Shared>,
     pub max_batch: usize,
+}
+
+/// The answers of a batch's committed (or failed-at-commit) writes, in commit order.
+#[must_use = "the callers wait for these"]
+pub(crate) struct Answers(Vec<(Answer, Option<StoreError>)>);
+
+impl Answers {
+    pub fn send(self) {
+        for (answer, error) in self.0 {
+            answer(error);
+        }
+    }
 }
 
 /// A write that succeeded and waits for the batch to commit.
 struct Done {
-    answer: Box<dyn FnOnce(Option<StoreError>) + Send>,
+    answer: Answer,
     hooks: Vec<Hook>,
 }
 
@@ -183,15 +285,6 @@ enum Control {
 }
 
 impl Control {
-    const ALL: [Control; 6] = [
-        Control::Begin,
-        Control::Savepoint,
-        Control::Release,
-        Control::RollbackTo,
-        Control::Commit,
-        Control::Rollback,
-    ];
-
     fn sql(self) -> &'static str {
         match self {
             Control::Begin => "BEGIN IMMEDIATE",
@@ -207,71 +300,35 @@ impl Control {
 impl Writer {
     /// The writer thread's body: returns when every [`Store`](super::Store) handle is gone.
     pub fn run(self, jobs: mpsc::Receiver<Box<dyn Job>>) {
-        let session = Session::prepare(&self.conn, &self.control, &self.blobs);
-        let mut session = match session {
-            Ok(session) => session,
-            Err(e) => {
-                tracing::error!(error = %e, "the store writer cannot prepare its statements");
-                let cause = Arc::new(e);
-                while let Ok(job) = jobs.recv() {
-                    job.fail(StoreError::Commit {
-                        source: cause.clone(),
-                    });
-                }
-                return;
-            }
-        };
         let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(self.max_batch);
         while let Some(first) = next_job(&jobs) {
             batch.push(first);
+            // A leading caller may hold the connection: queued writes gather meanwhile.
+            let mut core = self.shared.lock();
             while batch.len() < self.max_batch {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
             }
-            session.run_batch(batch.drain(..));
+            self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+            let answers = core.run_batch(batch.drain(..));
+            drop(core);
+            answers.send();
         }
     }
 }
 
-/// The write connection with its control statements prepared once (they run twice per write,
-/// so looking them up in the statement cache each time would cost more than running them).
-struct Session<'c> {
-    conn: &'c Connection,
-    flag: &'c AtomicBool,
-    blobs: &'c BlobStore,
-    statements: Vec<rusqlite::Statement<'c>>,
-    /// Transactions begun so far ([`WriteCtx::batch`]).
-    batches: u64,
-}
-
-impl<'c> Session<'c> {
-    fn prepare(
-        conn: &'c Connection,
-        flag: &'c AtomicBool,
-        blobs: &'c BlobStore,
-    ) -> rusqlite::Result<Self> {
-        flag.store(true, Ordering::Relaxed);
-        let statements = Control::ALL
-            .iter()
-            .map(|c| conn.prepare(c.sql()))
-            .collect::<rusqlite::Result<Vec<_>>>();
-        flag.store(false, Ordering::Relaxed);
-        Ok(Session {
-            conn,
-            flag,
-            blobs,
-            statements: statements?,
-            batches: 0,
-        })
-    }
-
+impl Core {
     /// Runs one of the writer's own control statements (the authorizer lets them through
-    /// only while the flag is set; it is consulted again if SQLite re-prepares them).
+    /// only while the flag is set, when they are prepared and if SQLite re-prepares them).
     fn control(&mut self, control: Control) -> rusqlite::Result<()> {
         self.flag.store(true, Ordering::Relaxed);
-        let result = self.statements[control as usize].execute([]).map(drop);
+        let result = self
+            .conn
+            .prepare_cached(control.sql())
+            .and_then(|mut s| s.execute([]))
+            .map(drop);
         self.flag.store(false, Ordering::Relaxed);
         result
     }
@@ -281,7 +338,24 @@ impl<'c> Session<'c> {
         self.control(Control::Release)
     }
 
-    fn run_batch(&mut self, jobs: impl Iterator<Item = Box<dyn Job>>) {
+    /// Runs `job` alone in a transaction on the calling thread (a leading caller's own write;
+    /// see [`Shared::try_lead`]). While it runs, [`leading`] is true on this thread.
+    pub fn lead(&mut self, job: Box<dyn Job>) -> Answers {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                LEADING.set(false);
+            }
+        }
+        LEADING.set(true);
+        let _reset = Reset;
+        self.run_batch(std::iter::once(job))
+    }
+
+    /// Runs `jobs` in one transaction and answers each (see the module docs).
+    /// The answers of the writes that waited for the commit are returned, to be sent once
+    /// the connection is released (a caller woken by its answer may then lead at once).
+    pub fn run_batch(&mut self, jobs: impl Iterator<Item = Box<dyn Job>>) -> Answers {
         let mut done: Vec<Done> = Vec::new();
         let mut in_tx = false;
         for job in jobs {
@@ -306,12 +380,12 @@ impl<'c> Session<'c> {
             }
             let changes_before = self.conn.total_changes();
             let mut ctx = WriteCtx {
-                conn: self.conn,
-                blobs: self.blobs,
+                conn: &self.conn,
+                blobs: &self.blobs,
                 hooks: Vec::new(),
                 batch: self.batches,
                 guarded,
-                control: self.flag,
+                control: &self.flag,
                 changes_before,
                 changed_unguarded: false,
             };
@@ -386,7 +460,7 @@ impl<'c> Session<'c> {
             }
         }
         if !in_tx {
-            return;
+            return Answers(Vec::new());
         }
         let committed = self.control(Control::Commit);
         // Rotated keys become current before anyone learns the batch committed; a failed
@@ -397,9 +471,10 @@ impl<'c> Session<'c> {
                 // Before anyone learns of the commit (so a caller that dropped a blob's last
                 // reference finds it gone) and before the next batch (so no write can be about
                 // to name a candidate).
-                if let Err(e) = super::gc::sweep_candidates(self.conn, self.blobs) {
+                if let Err(e) = super::gc::sweep_candidates(&self.conn, &self.blobs) {
                     tracing::warn!(error = %e, "collecting unreferenced blobs failed; the next open collects them");
                 }
+                let mut answers = Vec::with_capacity(done.len());
                 for Done { answer, hooks } in done {
                     for hook in hooks {
                         if let Err(payload) = catch_unwind(AssertUnwindSafe(hook)) {
@@ -409,19 +484,25 @@ impl<'c> Session<'c> {
                             );
                         }
                     }
-                    answer(None);
+                    answers.push((answer, None));
                 }
+                Answers(answers)
             }
             Err(e) => {
                 if !self.conn.is_autocommit() {
                     let _ = self.control(Control::Rollback);
                 }
                 let source = Arc::new(e);
-                for Done { answer, .. } in done {
-                    answer(Some(StoreError::Commit {
-                        source: source.clone(),
-                    }));
-                }
+                Answers(
+                    done.into_iter()
+                        .map(|Done { answer, .. }| {
+                            let error = StoreError::Commit {
+                                source: source.clone(),
+                            };
+                            (answer, Some(error))
+                        })
+                        .collect(),
+                )
             }
         }
     }
