@@ -101,6 +101,7 @@ fn acknowledged_context_writes_survive_sigkill_at_several_points() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked = Acked::default();
     for (round, kill_after) in KILL_AFTER.into_iter().enumerate() {
+        wait_for_the_lock(dir.path());
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", CHILD_TEST, "--include-ignored", "--nocapture"])
             .args(["--test-threads=1"])
@@ -148,6 +149,22 @@ fn acknowledged_context_writes_survive_sigkill_at_several_points() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(check(dir.path(), &acked, round));
     }
+}
+
+/// Blocks until no store of this process holds the directory's lock. The last check's store
+/// closes when its last handle goes, and a write its reads queued (an `accessed` event) can
+/// hold one until the writer thread has run it, after the check returned.
+fn wait_for_the_lock(dir: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(qi_host::store::LOCK_FILE))
+        .unwrap();
+    // `flock` waits for the holder (another open file, even in this process) to let go.
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    // Closing the file releases it.
 }
 
 /// Reopens the directory and checks every acknowledged write, the atomicity of the rest and

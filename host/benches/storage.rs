@@ -4,14 +4,18 @@
 //!    agents use: access check, strategy, a version row, the context's current-state row and an
 //!    `updated` event, committed by the group-commit writer) with 1, 8 and 64 concurrent
 //!    writers, each writer putting a small document into its own context (strategy `strong`,
-//!    then `eventual`), against a bare rusqlite loop doing the same durable work per commit on
+//!    then `eventual`; a write finding the writer idle is committed by its caller, a leader
+//!    commit, and the counts of led and batched writes are printed), against a bare rusqlite
+//!    loop doing the same durable work per commit on
 //!    one connection with the store's pragmas (WAL, `synchronous=NORMAL`, the same
 //!    `wal_autocheckpoint`): one transaction per write holding the version row, the
 //!    current-state row (`INSERT OR REPLACE`) and the event row. Also the same bare work batched
 //!    as many writes per transaction as there are writers (a group commit holds at most one
 //!    write per writer, since each waits for its answer) and 1,024 writes per transaction (the
 //!    floor any per-commit overhead is measured from). The bare loop checkpoints inline, as
-//!    SQLite does by default; the store checkpoints on its own thread.
+//!    SQLite does by default; the store checkpoints on its own thread. So the one-write case
+//!    is also compared with a bare loop that never checkpoints (its WAL grows for the run):
+//!    the floor with no checkpoint cost anywhere.
 //! 2. `fanout`: time from calling `EventBus::publish` (a durable commit) until 1,000 host-side
 //!    subscribers have received the event (`Subscription::next_shared`), p50/p99 over 200
 //!    publishes, against a floor measured in the same run: the same `Arc`'d event sent on a bare
@@ -145,6 +149,13 @@ fn commit(runtime: &tokio::runtime::Runtime, root: &Path, writer_counts: &[usize
             1,
             writers,
         );
+        let per_write_floor = bare_with(
+            &root.join(format!("bare-nockpt-{writers}")),
+            durability,
+            1,
+            writers,
+            0,
+        );
         let batched = bare(
             &root.join(format!("bare-batch-{writers}")),
             durability,
@@ -171,10 +182,12 @@ fn commit(runtime: &tokio::runtime::Runtime, root: &Path, writer_counts: &[usize
         println!(
             "{writers:>2} writers: ContextService::write strong {strong:>7.0}/s ({:.2}x bare) \
              eventual {eventual:>7.0}/s ({:.2}x) | bare 1 write/tx {per_write:>7.0}/s | bare \
+             1 write/tx, no checkpoints {per_write_floor:>7.0}/s (strong {:.2}x) | bare \
              {writers} writes/tx {grouped:>7.0}/s (strong {:.2}x) | bare {BATCH} writes/tx \
              {batched:>7.0}/s (strong {:.2}x)",
             strong / per_write,
             eventual / per_write,
+            strong / per_write_floor,
             strong / grouped,
             strong / batched
         );
@@ -187,6 +200,24 @@ fn commit(runtime: &tokio::runtime::Runtime, root: &Path, writer_counts: &[usize
 /// concurrent writers produce them). Documents are MessagePack-encoded per write, as the
 /// service does.
 fn bare(dir: &Path, durability: Durability, batch: usize, contexts: usize) -> f64 {
+    bare_with(
+        dir,
+        durability,
+        batch,
+        contexts,
+        durability.wal_autocheckpoint(),
+    )
+}
+
+/// [`bare`] with `wal_autocheckpoint` set to `autocheckpoint` pages (0: never checkpoint, the
+/// WAL grows for the whole run; a floor with no checkpoint cost at all).
+fn bare_with(
+    dir: &Path,
+    durability: Durability,
+    batch: usize,
+    contexts: usize,
+    autocheckpoint: u32,
+) -> f64 {
     // The same schema the store uses.
     drop(Store::open(StoreConfig::at(dir)).unwrap());
     let conn = Connection::open(dir.join("qi.db")).unwrap();
@@ -196,7 +227,7 @@ fn bare(dir: &Path, durability: Durability, batch: usize, contexts: usize) -> f6
     assert_eq!(mode, "wal");
     conn.pragma_update(None, "synchronous", durability.synchronous())
         .unwrap();
-    conn.pragma_update(None, "wal_autocheckpoint", durability.wal_autocheckpoint())
+    conn.pragma_update(None, "wal_autocheckpoint", autocheckpoint)
         .unwrap();
     conn.pragma_update(None, "foreign_keys", true).unwrap();
     let contexts: Vec<(String, String)> = (0..contexts)
@@ -309,11 +340,13 @@ async fn service_rate(dir: &Path, strategy: SyncStrategy, writers: usize) -> f64
         total + writers as u64,
         "every acknowledged version (and each context's first) is stored"
     );
-    if let Some(stats) = svc.store().checkpoints() {
+    if let (Some(stats), Some(w)) = (svc.store().checkpoints(), svc.store().writer_stats()) {
         let s = *stats.borrow();
         eprintln!(
-            "  ({strategy:?}, {writers} writers: checkpoints {} on the checkpointer thread, {} on the writer, {} failed)",
-            s.background, s.on_writer, s.failed
+            "  ({strategy:?}, {writers} writers: {} writes led by their callers, {} batched by \
+             the writer thread in {} transactions; checkpoints {} on the checkpointer thread, \
+             {} on the writer, {} failed)",
+            w.led, w.batched, w.batches, s.background, s.on_writer, s.failed
         );
     }
     rate

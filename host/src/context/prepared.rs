@@ -45,6 +45,14 @@ pub(super) struct Prepared {
     encoded_stamps: Vec<u8>,
 }
 
+impl Prepared {
+    /// Whether the document stays inline in its rows (sealed, too) under the blob tier's
+    /// `threshold`: storing it then writes no blob file, so it needs no fsync.
+    pub(super) fn stays_inline(&self, threshold: usize) -> bool {
+        self.encoded_doc.len() + crate::store::crypto::SEALED_OVERHEAD <= threshold
+    }
+}
+
 impl ContextService {
     /// Works `changes` (a put's document is `doc`) out against the committed state of `id`,
     /// when `base` is its current version and its document is in memory; `None` when the

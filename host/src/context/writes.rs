@@ -87,11 +87,13 @@ impl ContextService {
         );
         // A prepared write changes rows only when it stores what it already checked; anything
         // else opens its savepoint first.
-        // Committed by the caller itself when the writer is idle: a lone writer's latency is
-        // mostly the hand-offs to the writer thread and back.
+        // Committed by the caller itself when the writer is idle (a lone writer's latency is
+        // mostly the hand-offs to the writer thread and back), if it was worked out here and
+        // writes no blob file (whose fsync would hold the caller's thread).
+        let threshold = self.shared.store.blobs().threshold();
         let mode = WriteMode {
             self_guarded: prepared.is_some(),
-            may_lead: true,
+            may_lead: prepared.as_ref().is_some_and(|p| p.stays_inline(threshold)),
         };
         self.run_with(
             Some(id.clone()),

@@ -8,6 +8,16 @@ pub const DEFAULT_BLOB_THRESHOLD: usize = 64 << 10;
 /// Most writes one group-commit transaction holds: 1,024.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 
+/// The largest [`StoreConfig::max_batch`]: 65,536 writes per transaction. The writer reserves
+/// room for a whole batch up front, and a transaction that large already holds the writer for
+/// a second or more; beyond it batching saves nothing measurable (see `benches/storage.rs`).
+pub const MAX_BATCH_CEILING: usize = 65_536;
+
+/// The largest [`StoreConfig::checkpoint_pages`]: 1,000,000 pages (about 4 GiB of WAL before
+/// a checkpoint, and up to twice that before the writer's backstop), far past any measured
+/// gain (SQLite's default is 1,000; `Durability::Process` uses 10,000).
+pub const CHECKPOINT_PAGES_CEILING: u32 = 1_000_000;
+
 /// What a successful [`Store::write`](super::Store::write) survives.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
@@ -64,13 +74,14 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// Most writes one group-commit transaction holds; at least 1. Larger batches amortize the
     /// commit over more writes, smaller ones bound how long one transaction keeps the writer.
-    /// Default [`DEFAULT_MAX_BATCH`] (1,024).
+    /// Default [`DEFAULT_MAX_BATCH`] (1,024); at most [`MAX_BATCH_CEILING`].
     pub max_batch: usize,
     /// Encrypts context values and event data at rest under this master key (see
     /// [`crypto`](super::crypto)). Never stored. Default: none (plaintext).
     pub master_key: Option<super::crypto::MasterKey>,
     /// WAL pages (4 KiB each) after which the checkpointer thread copies the WAL back into the
-    /// database (see `checkpoint.rs`); at least 1. Default `None`:
+    /// database (see `checkpoint.rs`); at least 1, at most [`CHECKPOINT_PAGES_CEILING`].
+    /// Default `None`:
     /// [`Durability::wal_autocheckpoint`] of [`durability`](Self::durability).
     pub checkpoint_pages: Option<u32>,
 }

@@ -116,6 +116,7 @@ mod gc;
 mod keyring;
 pub mod lock;
 mod migrations;
+mod queue;
 mod setup;
 mod value;
 mod writer;
@@ -135,11 +136,14 @@ mod tests_owner;
 
 pub use blobs::BlobStore;
 pub use checkpoint::{BACKSTOP as CHECKPOINT_BACKSTOP, CheckpointStats};
-pub use config::{DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability, StoreConfig};
+pub use config::{
+    CHECKPOINT_PAGES_CEILING, DEFAULT_BLOB_THRESHOLD, DEFAULT_MAX_BATCH, Durability,
+    MAX_BATCH_CEILING, StoreConfig,
+};
 pub use error::StoreError;
 pub use lock::{LOCK_FILE, LockHolder};
 pub use value::{StoredDoc, decode_value, encode_value};
-pub use writer::{WriteCtx, WriteMode};
+pub use writer::{WriteCtx, WriteMode, WriterStats};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -151,7 +155,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
-use writer::{ControlFlag, Job, PendingWrite, Shared, Writer};
+use writer::{ControlFlag, Job, Shared, Writer};
 
 /// Read connections per store: enough for concurrent catch-ups and queries on a small
 /// machine; more would only add memory (each has its own page cache).
@@ -228,16 +232,23 @@ impl Store {
     /// `qi.db` in WAL mode with the schema migrated to the newest version, and `blobs/`.
     #[tracing::instrument(name = "qi.store.open", skip_all, fields(data_dir = ?config.data_dir), err(level = "debug"))]
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
-        if config.max_batch == 0 {
+        if !(1..=MAX_BATCH_CEILING).contains(&config.max_batch) {
             return Err(StoreError::InvalidConfig {
                 field: "max_batch",
-                message: "must be at least 1".into(),
+                message: format!(
+                    "is {}; must be from 1 to {MAX_BATCH_CEILING} writes per transaction",
+                    config.max_batch
+                ),
             });
         }
-        if config.checkpoint_pages == Some(0) {
+        if let Some(pages) = config.checkpoint_pages
+            && !(1..=CHECKPOINT_PAGES_CEILING).contains(&pages)
+        {
             return Err(StoreError::InvalidConfig {
                 field: "checkpoint_pages",
-                message: "must be at least 1 page (or unset, for the durability's default)".into(),
+                message: format!(
+                    "is {pages}; must be from 1 to {CHECKPOINT_PAGES_CEILING} pages (or unset, for the durability's default)"
+                ),
             });
         }
         let mut dir_lock = None;
@@ -423,127 +434,31 @@ impl Store {
         self.inner.checkpointer.as_ref().map(|c| c.stats())
     }
 
+    /// How writes reached the database so far: led by their callers or batched by the writer
+    /// thread (see "Leader commits" above). `None` for a read-only store.
+    pub fn writer_stats(&self) -> Option<WriterStats> {
+        self.inner.shared.as_ref().map(|s| s.stats())
+    }
+
+    /// Returns once the writer thread sleeps waiting for work (after a batch it polls a
+    /// moment for a follow-up write, and a write issued meanwhile joins its next batch
+    /// instead of leading). Tests only; fails after 30 s rather than hang.
+    #[cfg(test)]
+    pub(crate) fn wait_writer_idle(&self) {
+        let shared = self.inner.shared.as_ref().expect("a writer");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !shared.writer_idle() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer thread never went idle"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// The schema version this build migrates databases to.
     pub fn schema_version() -> u32 {
         migrations::latest_version()
-    }
-
-    /// Runs `op` inside the next group-commit transaction and returns its result once that
-    /// transaction has committed (so an `Ok` is durable per [`Durability`]). An `Err` from `op`
-    /// (or a panic in it) rolls back only `op`'s own changes. `op` runs on the writer thread:
-    /// keep it to SQL and blob writes, and never block on other async work inside it.
-    pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.write_with_error(op).await
-    }
-
-    /// [`Store::write`] with the caller's own error type: `op` returning `Err` rolls back its
-    /// changes and the error comes back unchanged; store failures arrive as `E::from`.
-    pub async fn write_with_error<T, E, F>(&self, op: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        self.queue(op, true).await
-    }
-
-    /// [`write_with_error`](Self::write_with_error) without a savepoint opened for `op`:
-    /// `op` calls [`WriteCtx::guard`] before the first change it may have to undo. Saves the
-    /// savepoint's statements and its copies of changed pages, for a write that can only fail
-    /// before it changes anything (checked and worked out beforehand). If `op` returns `Err`
-    /// after changing rows without a guard, its batch cannot be committed in part: it is
-    /// rolled back whole, and every other write of it fails with
-    /// [`StoreError::TransactionAborted`].
-    pub async fn write_self_guarded<T, E, F>(&self, op: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        self.queue(op, false).await
-    }
-
-    /// [`write_with_error`](Self::write_with_error), or with `mode.self_guarded`
-    /// [`write_self_guarded`](Self::write_self_guarded), and with `mode.may_lead` committed
-    /// by the calling thread itself when the writer is idle: no write is queued or being
-    /// committed, the store's [`Durability`] is `Process` (a commit waits for no fsync) and
-    /// the WAL is under the checkpoint backstop ([`CHECKPOINT_BACKSTOP`]; a leader's commit
-    /// never checkpoints itself, it leaves that to the writer thread). That saves the two thread hand-offs of a queued write (to the
-    /// writer thread and back), most of a lone writer's latency, at the price of running
-    /// `op`, the commit and the after-commit hooks on the caller's thread: an async
-    /// runtime's worker is held for one commit (`synchronous=NORMAL`, no fsync; blob files
-    /// written by `op` are still fsynced). Otherwise the write is queued as usual. Keep
-    /// `op` free of anything that waits on other tasks.
-    pub async fn write_with<T, E, F>(&self, mode: WriteMode, op: F) -> Result<T, E>
-    where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        let guarded = !mode.self_guarded;
-        let (reply, mut answer) = tokio::sync::oneshot::channel();
-        let job: Box<dyn Job> = Box::new(PendingWrite { op, reply, guarded });
-        if mode.may_lead
-            && let Some(shared) = &self.inner.shared
-            && self
-                .inner
-                .checkpointer
-                .as_ref()
-                .is_none_or(|c| !c.past_backstop())
-            && let Some(mut core) = shared.try_lead()
-        {
-            let answers = core.lead(job);
-            drop(core);
-            answers.send();
-            return answer
-                .try_recv()
-                .unwrap_or_else(|_| Err(E::from(StoreError::Closed)));
-        }
-        self.send(job).await?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
-    }
-
-    async fn queue<T, E, F>(&self, op: F, guarded: bool) -> Result<T, E>
-    where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        let mode = WriteMode {
-            self_guarded: !guarded,
-            may_lead: false,
-        };
-        self.write_with(mode, op).await
-    }
-
-    /// Sends `job` to the writer thread.
-    async fn send<E: From<StoreError>>(&self, job: Box<dyn Job>) -> Result<(), E> {
-        let sent = match (&self.inner.jobs, &self.inner.shared) {
-            (Some(jobs), Some(shared)) => {
-                shared.queuing();
-                let sent = jobs.send(job).is_ok();
-                if !sent {
-                    shared.unqueued();
-                }
-                sent
-            }
-            _ if self.is_read_only() => {
-                let holder = self.data_dir().and_then(lock::read_holder);
-                return Err(E::from(StoreError::ReadOnly { holder }));
-            }
-            _ => false,
-        };
-        if sent {
-            Ok(())
-        } else {
-            Err(E::from(StoreError::Closed))
-        }
     }
 
     /// Runs `f` on a read connection (tokio's blocking pool) and returns its result. Readers

@@ -16,6 +16,24 @@ pub(super) async fn count(store: &Store, sql: &'static str) -> i64 {
         .unwrap()
 }
 
+/// Queues a write that holds the writer thread inside its batch and returns once the writer
+/// is inside it: writes queued from now on form the next batch. Send on the returned channel
+/// (or drop it) to let the writer go on. The held write's answer is not awaited.
+pub(super) fn hold_writer(store: &Store) -> std::sync::mpsc::Sender<()> {
+    let (entered, inside) = std::sync::mpsc::channel::<()>();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let mut held = Box::pin(store.write(move |_| {
+        entered.send(()).unwrap();
+        gate.recv().ok();
+        Ok(())
+    }));
+    let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(held.as_mut().poll(&mut noop).is_pending());
+    drop(held);
+    inside.recv().unwrap();
+    release
+}
+
 pub(super) fn insert_meta(
     ctx: &mut WriteCtx<'_>,
     key: &str,

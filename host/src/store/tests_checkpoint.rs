@@ -104,26 +104,42 @@ async fn under_continuous_writes_the_wal_stays_bounded_and_every_write_survives(
     );
 }
 
+/// `checkpoint_pages` from 1 to [`CHECKPOINT_PAGES_CEILING`]: each end opens, one past
+/// either end is refused naming the field.
 #[test]
-fn checkpoint_pages_must_be_at_least_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let err = Store::open(StoreConfig {
-        checkpoint_pages: Some(0),
-        ..StoreConfig::at(dir.path())
-    })
-    .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            StoreError::InvalidConfig {
-                field: "checkpoint_pages",
-                ..
+fn checkpoint_pages_is_bounded_on_both_sides() {
+    for (pages, ok) in [
+        (0, false),
+        (1, true),
+        (CHECKPOINT_PAGES_CEILING, true),
+        (CHECKPOINT_PAGES_CEILING + 1, false),
+        (u32::MAX, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = Store::open(StoreConfig {
+            checkpoint_pages: Some(pages),
+            ..StoreConfig::at(dir.path())
+        });
+        match opened {
+            Ok(store) => {
+                assert!(ok, "checkpoint_pages {pages} was accepted");
+                assert!(store.checkpoints().is_some());
             }
-        ),
-        "{err}"
-    );
-    let store = at(dir.path(), 1);
-    assert!(store.checkpoints().is_some());
+            Err(err) => {
+                assert!(!ok, "checkpoint_pages {pages}: {err}");
+                assert!(
+                    matches!(
+                        &err,
+                        StoreError::InvalidConfig {
+                            field: "checkpoint_pages",
+                            ..
+                        }
+                    ),
+                    "{err}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -151,16 +167,7 @@ fn the_last_handle_dropped_on_the_writer_after_a_backstop_checkpoint_stops_clean
     let seen = stats(&store);
     let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
     // Hold the writer until the big write is queued behind it.
-    let (entered, inside) = std::sync::mpsc::channel::<()>();
-    let (release, gate) = std::sync::mpsc::channel::<()>();
-    let mut blocker = Box::pin(store.write(move |_| {
-        entered.send(()).unwrap();
-        gate.recv().ok();
-        Ok(())
-    }));
-    assert!(blocker.as_mut().poll(&mut noop).is_pending());
-    drop(blocker);
-    inside.recv().unwrap();
+    let release = super::tests::hold_writer(&store);
     let last = store.clone();
     let (dropped, on_drop) = std::sync::mpsc::channel::<std::thread::ThreadId>();
     let mut big = Box::pin(store.write(move |ctx| {

@@ -275,20 +275,42 @@ async fn readers_see_committed_state_while_a_write_is_open() {
     }
 }
 
+/// `max_batch` from 1 to [`MAX_BATCH_CEILING`]: each end opens and writes, one past either
+/// end is refused naming the field (a huge value used to make the writer thread reserve room
+/// for that many writes and die, failing every later write).
 #[tokio::test]
-async fn max_batch_zero_is_refused() {
-    let err = Store::open(StoreConfig {
-        max_batch: 0,
-        ..StoreConfig::in_memory()
-    })
-    .unwrap_err();
-    assert!(matches!(
-        err,
-        StoreError::InvalidConfig {
-            field: "max_batch",
-            ..
+async fn max_batch_is_bounded_on_both_sides() {
+    for (max_batch, ok) in [
+        (0, false),
+        (1, true),
+        (MAX_BATCH_CEILING, true),
+        (MAX_BATCH_CEILING + 1, false),
+        (usize::MAX, false),
+    ] {
+        let opened = Store::open(StoreConfig {
+            max_batch,
+            ..StoreConfig::in_memory()
+        });
+        match opened {
+            Ok(store) => {
+                assert!(ok, "max_batch {max_batch} was accepted");
+                store.write(|ctx| insert_meta(ctx, "k", "v")).await.unwrap();
+            }
+            Err(err) => {
+                assert!(!ok, "max_batch {max_batch}: {err}");
+                assert!(
+                    matches!(
+                        &err,
+                        StoreError::InvalidConfig {
+                            field: "max_batch",
+                            message,
+                        } if message.contains(&MAX_BATCH_CEILING.to_string())
+                    ),
+                    "{err}"
+                );
+            }
         }
-    ));
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod bounds;
 mod cold;
 mod conflicts;
 mod hot_tier;
+mod leaders;
 mod lifecycle;
 mod matrix;
 mod prepared;
