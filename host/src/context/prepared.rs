@@ -47,7 +47,9 @@ pub(super) struct Prepared {
 
 impl Prepared {
     /// Whether the document stays inline in its rows (sealed, too) under the blob tier's
-    /// `threshold`: storing it then writes no blob file, so it needs no fsync.
+    /// `threshold`: storing it writes no blob file of its own. (A first write after encryption
+    /// was enabled reseals earlier versions, blobs included; a prepared write found stale when
+    /// it is stored is worked out again and may then store a larger document.)
     pub(super) fn stays_inline(&self, threshold: usize) -> bool {
         self.encoded_doc.len() + crate::store::crypto::SEALED_OVERHEAD <= threshold
     }

@@ -22,8 +22,9 @@
 //! would. Usually only the frames committed since the checkpointer's last pass are left to
 //! copy. A caller committing its own write (`Store::write_with`, leader-based) never runs
 //! that checkpoint: its commit only asks the checkpointer, and once the WAL is past the
-//! backstop no caller may lead, so the next commit is the writer thread's. So the WAL stays
-//! under about `BACKSTOP` × threshold pages plus one batch and one leader's write.
+//! backstop no caller that checks from then on may lead, so a later commit is the writer
+//! thread's. So the WAL stays under about `BACKSTOP` × threshold pages plus one batch and one
+//! write per caller that was leading right then.
 
 use super::StoreError;
 use rusqlite::{Connection, OpenFlags};

@@ -335,3 +335,44 @@ async fn under_many_concurrent_writers_hardly_any_write_leads() {
     }
     assert!(led * 20 <= 64 * 50, "{led} of {} writes led", 64 * 50);
 }
+
+/// A panic while someone held the connection inside a transaction (outside the parts that
+/// catch panics) poisons its lock; whoever takes it next rolls that transaction back, so
+/// leaders and the writer thread go on committing (they used to fail every later `BEGIN`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_holding_the_connection_in_a_transaction_is_rolled_back_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = at(StoreConfig::at(dir.path()));
+    let poison = |store: &Store| {
+        let shared = store.inner.shared.clone().expect("a writer");
+        let panicked = std::thread::spawn(move || shared.panic_inside_a_transaction()).join();
+        assert!(panicked.is_err());
+    };
+    poison(&store);
+    store.wait_writer_idle();
+    let ran = lead(&store, "led", "v".into()).await;
+    assert_eq!(ran, here(), "the leader took the poisoned connection");
+    poison(&store);
+    let ran = store
+        .write(|ctx| {
+            insert_meta(ctx, "queued", "v")?;
+            Ok(here())
+        })
+        .await
+        .unwrap();
+    assert!(on_writer(&ran), "{ran:?}");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM meta WHERE key IN ('led', 'queued')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM meta WHERE key = 'poisoned'").await,
+        0,
+        "the panicked transaction was rolled back"
+    );
+    store.integrity_check().await.unwrap();
+}

@@ -118,8 +118,9 @@ impl<'a> WriteCtx<'a> {
         Ok(())
     }
 
-    /// Runs `hook` on the writer thread right after the transaction holding this write has
-    /// committed and before this write's caller is answered. Hooks run in the order writes
+    /// Runs `hook` right after the transaction holding this write has committed and before
+    /// this write's caller is answered, on the thread that committed it: the writer thread,
+    /// or for a led write the caller's own ([`Store::write_with`](super::Store::write_with)). Hooks run in the order writes
     /// (and, within a write, registrations) happened. If this write rolls back, its hooks
     /// are discarded. Keep hooks short and non-blocking: they delay every later write.
     pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
@@ -254,11 +255,23 @@ impl Shared {
         }
         let core = match self.core.try_lock() {
             Ok(core) => core,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::Poisoned(p)) => self.recovered(p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
         self.led.fetch_add(1, Ordering::Relaxed);
         Some(core)
+    }
+
+    /// Takes the connection, begins a transaction, changes a row and panics: what a panic
+    /// outside the parts that catch them would leave behind. Tests only.
+    #[cfg(test)]
+    pub fn panic_inside_a_transaction(&self) {
+        let mut core = self.lock();
+        core.control(Control::Begin).unwrap();
+        core.conn
+            .execute("INSERT INTO meta(key, value) VALUES ('poisoned', 'v')", [])
+            .unwrap();
+        panic!("a panic while holding the connection");
     }
 
     /// Whether the writer thread sleeps waiting for work ([`Shared::idle`]).
@@ -268,7 +281,21 @@ impl Shared {
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(|p| self.recovered(p.into_inner()))
+    }
+
+    /// The connection after a panic while someone held it (outside the parts that catch
+    /// panics): a transaction it left open is rolled back, so the next batch can begin.
+    fn recovered<'a>(&self, mut core: MutexGuard<'a, Core>) -> MutexGuard<'a, Core> {
+        self.core.clear_poison();
+        if !core.conn.is_autocommit() {
+            tracing::error!("a write panicked inside its transaction; rolling the batch back");
+            core.keys_batch_ended(false);
+            let _ = core.control(Control::Rollback);
+        }
+        core
     }
 }
 
