@@ -167,9 +167,7 @@ impl ContextService {
         // blobs; sealed, the document is stored twice as different bytes, so a document
         // bound for the blob tier is a second blob file written after the version row.
         if let Some(keys) = ctx.blobs().keys()
-            && (!keys.has_key(id)
-                || p.encoded_doc.len() + crate::store::crypto::SEALED_OVERHEAD
-                    > ctx.blobs().threshold())
+            && (!keys.has_key(id) || !p.stays_inline(ctx.blobs().threshold()))
         {
             ctx.guard()?;
         }

@@ -85,11 +85,10 @@ impl ContextService {
                 hlc,
             },
         );
-        // A prepared write changes rows only when it stores what it already checked; anything
-        // else opens its savepoint first.
-        // Committed by the caller itself when the writer is idle (a lone writer's latency is
-        // mostly the hand-offs to the writer thread and back), if it was worked out here and
-        // writes no blob file (whose fsync would hold the caller's thread).
+        // A prepared write changes rows only when it stores what it already checked (anything
+        // else opens its savepoint first). It may be committed by the caller itself when the
+        // writer is idle (a lone writer's latency is mostly the hand-offs to the writer thread
+        // and back), unless it writes a blob file, whose fsync would hold the caller's thread.
         let threshold = self.shared.store.blobs().threshold();
         let mode = WriteMode {
             self_guarded: prepared.is_some(),

@@ -61,8 +61,8 @@
 //! # Writes: group commit
 //!
 //! One dedicated thread commits on the only write connection (which a caller may borrow for
-//! its own write while that thread is idle, see "Leader commits"). [`Store::write`] queues a closure and
-//! waits (asynchronously) for its answer; the thread drains up to
+//! its own write while that thread is idle, see "Leader commits"). [`Store::write`] queues a
+//! closure and waits (asynchronously) for its answer; the thread drains up to
 //! [`max_batch`](StoreConfig::max_batch) queued writes into one `BEGIN IMMEDIATE … COMMIT`,
 //! each inside its own `SAVEPOINT`, so a failing write rolls back alone (a write worked out
 //! beforehand can skip the savepoint, [`Store::write_self_guarded`]). A write's caller is
@@ -78,10 +78,10 @@
 //! is committed by its caller, on the caller's thread, when the writer is idle: nothing is
 //! queued, the writer thread sleeps waiting for work, nobody holds the connection, the
 //! durability is [`Durability::Process`] (no fsync per commit) and the WAL is under the
-//! checkpoint backstop. It runs as a batch of one, with
-//! the same savepoint, answer and after-commit rules. A lone writer so skips the two thread
-//! hand-offs (to the writer thread and back) that cost about as much as its commit; under
-//! load writes queue and share group commits as before.
+//! checkpoint backstop. It runs as a batch of one, with the same savepoint, answer and
+//! after-commit rules. A lone writer so skips the two thread hand-offs (to the writer thread
+//! and back) that cost about as much as its commit; under load writes queue and share group
+//! commits as before.
 //!
 //! # Checkpoints
 //!
@@ -89,8 +89,8 @@
 //! runs on a checkpointer thread with its own connection, not inside the writer's commits,
 //! once the WAL holds [`StoreConfig::checkpoint_pages`] pages. A commit that leaves more than
 //! [`CHECKPOINT_BACKSTOP`] times that checkpoints on the writer thread (a leader's commit
-//! leaves it to the writer thread's next one), so the WAL stays bounded
-//! under continuous writes. [`Store::checkpoints`] counts them (see `checkpoint.rs`).
+//! leaves it to the writer thread's next one), so the WAL stays bounded under continuous
+//! writes. [`Store::checkpoints`] counts them (see `checkpoint.rs`).
 //!
 //! # Reads
 //!

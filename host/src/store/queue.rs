@@ -7,9 +7,10 @@ use super::{Store, StoreError, WriteCtx, WriteMode, lock};
 
 impl Store {
     /// Runs `op` inside the next group-commit transaction and returns its result once that
-    /// transaction has committed (so an `Ok` is durable per [`Durability`](super::Durability)). An `Err` from `op`
-    /// (or a panic in it) rolls back only `op`'s own changes. `op` runs on the writer thread:
-    /// keep it to SQL and blob writes, and never block on other async work inside it.
+    /// transaction has committed (so an `Ok` is durable per
+    /// [`Durability`](super::Durability)). An `Err` from `op` (or a panic in it) rolls back
+    /// only `op`'s own changes. `op` runs on the writer thread: keep it to SQL and blob
+    /// writes, and never block on other async work inside it.
     pub async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -26,7 +27,7 @@ impl Store {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.queue(op, true).await
+        self.write_with(WriteMode::default(), op).await
     }
 
     /// [`write_with_error`](Self::write_with_error) without a savepoint opened for `op`:
@@ -42,20 +43,27 @@ impl Store {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        self.queue(op, false).await
+        let mode = WriteMode {
+            self_guarded: true,
+            may_lead: false,
+        };
+        self.write_with(mode, op).await
     }
 
     /// [`write_with_error`](Self::write_with_error), or with `mode.self_guarded`
     /// [`write_self_guarded`](Self::write_self_guarded), and with `mode.may_lead` committed
-    /// by the calling thread itself when the writer is idle: no write is queued or being
-    /// committed, the store's [`Durability`](super::Durability) is `Process` (a commit waits for no fsync) and
-    /// the WAL is under the checkpoint backstop ([`CHECKPOINT_BACKSTOP`](super::CHECKPOINT_BACKSTOP); a leader's commit
-    /// never checkpoints itself, it leaves that to the writer thread). That saves the two thread hand-offs of a queued write (to the
-    /// writer thread and back), most of a lone writer's latency, at the price of running
-    /// `op`, the commit and the after-commit hooks on the caller's thread: an async
-    /// runtime's worker is held for one commit (`synchronous=NORMAL`, no fsync; blob files
-    /// written by `op` are still fsynced). Otherwise the write is queued as usual. Keep
-    /// `op` free of anything that waits on other tasks.
+    /// by the calling thread itself when the writer is idle: its thread sleeps waiting for
+    /// work, no write is queued or being committed, the store's
+    /// [`Durability`](super::Durability) is `Process` (a commit waits for no fsync) and the
+    /// WAL is under the checkpoint backstop
+    /// ([`CHECKPOINT_BACKSTOP`](super::CHECKPOINT_BACKSTOP); a leader's commit never
+    /// checkpoints itself, it leaves that to the writer thread). That saves the two thread
+    /// hand-offs of a queued write (to the writer thread and back), most of a lone writer's
+    /// latency, at the price of running `op`, the commit and the after-commit hooks on the
+    /// caller's thread: an async runtime's worker is held for one commit
+    /// (`synchronous=NORMAL`, no fsync; blob files written by `op` are still fsynced).
+    /// Otherwise the write is queued as usual. Keep `op` free of anything that waits on other
+    /// tasks.
     pub async fn write_with<T, E, F>(&self, mode: WriteMode, op: F) -> Result<T, E>
     where
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
@@ -85,19 +93,6 @@ impl Store {
         answer
             .await
             .unwrap_or_else(|_| Err(E::from(StoreError::Closed)))
-    }
-
-    pub(super) async fn queue<T, E, F>(&self, op: F, guarded: bool) -> Result<T, E>
-    where
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
-        let mode = WriteMode {
-            self_guarded: !guarded,
-            may_lead: false,
-        };
-        self.write_with(mode, op).await
     }
 
     /// Sends `job` to the writer thread.

@@ -126,7 +126,13 @@ pub(super) async fn batch_with<T: Send + 'static>(
     // Polling a write once queues it; doing so in order fixes the order within the batch.
     let mut writes: Vec<_> = ops
         .into_iter()
-        .map(|(op, guarded)| Box::pin(store.queue(op, guarded)))
+        .map(|(op, guarded)| {
+            let mode = WriteMode {
+                self_guarded: !guarded,
+                may_lead: false,
+            };
+            Box::pin(store.write_with(mode, op))
+        })
         .collect();
     let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
     for write in &mut writes {

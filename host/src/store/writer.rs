@@ -107,22 +107,17 @@ impl<'a> WriteCtx<'a> {
             // Too late to undo those alone; a failure from here on ends the batch.
             self.changed_unguarded = true;
         }
-        self.control.store(true, Ordering::Relaxed);
-        let opened = self
-            .conn
-            .prepare_cached(self.savepoint_sql)
-            .and_then(|mut s| s.execute([]));
-        self.control.store(false, Ordering::Relaxed);
-        opened?;
+        run_control(self.conn, self.control, self.savepoint_sql)?;
         self.guarded = true;
         Ok(())
     }
 
     /// Runs `hook` right after the transaction holding this write has committed and before
     /// this write's caller is answered, on the thread that committed it: the writer thread,
-    /// or for a led write the caller's own ([`Store::write_with`](super::Store::write_with)). Hooks run in the order writes
-    /// (and, within a write, registrations) happened. If this write rolls back, its hooks
-    /// are discarded. Keep hooks short and non-blocking: they delay every later write.
+    /// or for a led write the caller's own ([`Store::write_with`](super::Store::write_with)).
+    /// Hooks run in the order writes (and, within a write, registrations) happened. If this
+    /// write rolls back, its hooks are discarded. Keep hooks short and non-blocking: they
+    /// delay every later write.
     pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
         self.hooks.push(Box::new(hook));
     }
@@ -292,8 +287,7 @@ impl Shared {
         self.core.clear_poison();
         if !core.conn.is_autocommit() {
             tracing::error!("a write panicked inside its transaction; rolling the batch back");
-            core.keys_batch_ended(false);
-            let _ = core.control(Control::Rollback);
+            core.roll_back_batch();
         }
         core
     }
@@ -358,6 +352,19 @@ fn next_job(jobs: &mpsc::Receiver<Box<dyn Job>>, idle: &AtomicBool) -> Option<Bo
     };
     idle.store(false, Ordering::Release);
     job
+}
+
+/// Runs one of the writer's transaction-control statements (`sql`, from
+/// [`Core::control_sql`]) with the authorizer's `flag` set, which lets them through only then:
+/// when they are prepared, and whenever SQLite re-prepares them.
+fn run_control(conn: &Connection, flag: &AtomicBool, sql: &str) -> rusqlite::Result<()> {
+    flag.store(true, Ordering::Relaxed);
+    let result = conn
+        .prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(drop);
+    flag.store(false, Ordering::Relaxed);
+    result
 }
 
 /// The writer's own transaction-control statements.
@@ -432,14 +439,16 @@ impl Core {
     /// Runs one of the writer's own control statements (the authorizer lets them through
     /// only while the flag is set, when they are prepared and if SQLite re-prepares them).
     fn control(&mut self, control: Control) -> rusqlite::Result<()> {
-        self.flag.store(true, Ordering::Relaxed);
-        let result = self
-            .conn
-            .prepare_cached(&self.control_sql[control as usize])
-            .and_then(|mut s| s.execute([]))
-            .map(drop);
-        self.flag.store(false, Ordering::Relaxed);
-        result
+        run_control(&self.conn, &self.flag, &self.control_sql[control as usize])
+    }
+
+    /// Ends the batch's transaction as failed: rotated keys are forgotten and, unless SQLite
+    /// already ended it, the transaction is rolled back.
+    fn roll_back_batch(&mut self) {
+        self.keys_batch_ended(false);
+        if !self.conn.is_autocommit() {
+            let _ = self.control(Control::Rollback);
+        }
     }
 
     fn rollback_savepoint(&mut self) -> rusqlite::Result<()> {
@@ -530,10 +539,7 @@ impl Core {
                 if changed_unguarded || self.conn.total_changes() != changes_before {
                     // Changed rows with no savepoint to undo them alone: the batch ends.
                     let cause = "a write in the same batch failed after changing rows it could not undo alone";
-                    self.keys_batch_ended(false);
-                    if !self.conn.is_autocommit() {
-                        let _ = self.control(Control::Rollback);
-                    }
+                    self.roll_back_batch();
                     abort(&mut done, cause);
                     in_tx = false;
                 }
@@ -631,10 +637,7 @@ impl Core {
 
     /// Ends a transaction that can no longer be trusted and fails every write waiting in it.
     fn abort_tx(&mut self, done: &mut Vec<Done>, error: &rusqlite::Error) {
-        self.keys_batch_ended(false);
-        if !self.conn.is_autocommit() {
-            let _ = self.control(Control::Rollback);
-        }
+        self.roll_back_batch();
         abort(done, &error.to_string());
     }
 }
