@@ -233,6 +233,14 @@ pub async fn in_memory_context() -> qi_host::context::ContextService {
 pub async fn context_service(
     config: qi_host::StoreConfig,
 ) -> Result<qi_host::context::ContextService, String> {
+    context_service_with(config, qi_host::context::ContextConfig::default()).await
+}
+
+/// [`context_service`] with the context store configured by `context`.
+pub async fn context_service_with(
+    config: qi_host::StoreConfig,
+    context: qi_host::context::ContextConfig,
+) -> Result<qi_host::context::ContextService, String> {
     let store = qi_host::Store::open(config).map_err(|e| e.to_string())?;
     let bus = qi_host::EventBus::new(store.clone(), qi_host::EventBusConfig::default())
         .await
@@ -241,7 +249,7 @@ pub async fn context_service(
         store,
         bus,
         Arc::new(qi_host::context::SystemClock),
-        qi_host::context::ContextConfig::default(),
+        context,
     )
     .await
     .map_err(|e| e.to_string())

@@ -18,6 +18,9 @@ pub mod plan;
 pub mod resources;
 pub mod sync;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use exec::{
     CoordinationMetrics, ExecutionStatus, RunOptions, RunReport, SubtaskResult, SubtaskState,
     execute,

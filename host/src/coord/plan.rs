@@ -452,7 +452,10 @@ pub fn plan(
             .max_by_key(|(t, _)| *t)
             .unwrap_or((0, Vec::new()));
         path_so_far.push(id.clone());
-        finish.insert(id.clone(), (start + s.estimated_duration_ms, path_so_far));
+        finish.insert(
+            id.clone(),
+            (start.saturating_add(s.estimated_duration_ms), path_so_far),
+        );
     }
     for p in &mut planned {
         p.level = level[&p.id];
@@ -466,7 +469,7 @@ pub fn plan(
         .subtasks
         .iter()
         .map(|s| s.estimated_duration_ms)
-        .sum();
+        .fold(0, u64::saturating_add);
     let (critical_ms, critical_path) = finish
         .values()
         .max_by_key(|(t, _)| *t)
@@ -516,9 +519,11 @@ pub fn plan(
                     .collect();
                 est.sort_unstable_by(|a, b| b.cmp(a));
                 // Waves of `conc`: each wave lasts as long as its longest subtask.
-                est.chunks(conc.max(1)).map(|c| c[0]).sum::<u64>()
+                est.chunks(conc.max(1))
+                    .map(|c| c[0])
+                    .fold(0, u64::saturating_add)
             })
-            .sum(),
+            .fold(0, u64::saturating_add),
         StrategyKind::Hybrid | StrategyKind::Adaptive => {
             critical_ms.max(total.div_ceil(conc.max(1) as u64))
         }

@@ -573,7 +573,11 @@ impl SyncEngine {
         let weak_engine: Weak<SyncEngine> = Arc::downgrade(self);
         let weak_point = Arc::downgrade(point);
         // From the arrival, not from whenever the timer task is first polled.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        let now = tokio::time::Instant::now();
+        // Bounded by the manifest check; a deadline past what `Instant` holds never fires.
+        let deadline = now
+            .checked_add(Duration::from_millis(ms))
+            .unwrap_or(now + Duration::from_secs(86_400 * 365 * 30));
         tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
             let (Some(engine), Some(point)) = (weak_engine.upgrade(), weak_point.upgrade()) else {

@@ -237,3 +237,75 @@ mod resources {
         h.prepare(&toml).await.expect("32 MiB fits a 32 MiB budget");
     }
 }
+
+mod output_commit {
+    use super::*;
+
+    /// A harness whose context store refuses documents over 4,096 bytes, and a run whose `t1`
+    /// emits a `big` string of `len` bytes that `t2` needs.
+    async fn run_with_output(len: usize) -> (Harness, RunReport, Vec<Value>) {
+        let svc = crate::common::context_service_with(
+            qi_host::StoreConfig::in_memory(),
+            qi_host::context::ContextConfig {
+                max_document_bytes: 4096,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("context store opens");
+        let h = Harness::with_context(svc);
+        let big = "x".repeat(len);
+        let toml = header("hybrid", "retry-cascade", "")
+            + &format!(
+                r#"
+[[subtasks]]
+id = "t1"
+inputs = [{{ name = "steps", value = [] }}, {{ name = "emit", value = {{ big = "{big}" }} }}]
+outputs = ["big"]
+"#
+            )
+            + &one("t2", None, "[]", r#"dependsOn = ["t1"]"#);
+        let (r, ev) = h.run(&toml).await;
+        (h, r, ev)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_output_the_store_refuses_fails_the_attempt_and_its_dependents_never_run() {
+        let (h, r, ev) = run_with_output(5000).await;
+        assert!(!r.success, "{r:#?}");
+        let t1 = result(&r, "t1");
+        assert_eq!(t1.state, SubtaskState::Failed, "{t1:#?}");
+        assert!(t1.output.is_none());
+        // Every attempt failed on the commit and went through the retry-cascade: two on the
+        // first agent, then reassigned, two on the second.
+        assert_eq!(t1.attempts.len(), 4, "{t1:#?}");
+        for a in &t1.attempts {
+            assert!(
+                a.outcome.contains("could not be committed to `run/")
+                    && a.outcome.contains("the limit is 4096"),
+                "{a:#?}"
+            );
+        }
+        let classes: Vec<&Value> = ev
+            .iter()
+            .filter(|e| e["kind"] == "attempt-failed")
+            .map(|e| &e["class"])
+            .collect();
+        assert_eq!(classes, vec!["host"; 4], "{ev:#?}");
+        assert_eq!(state(&r, "t2"), SubtaskState::Failed);
+        assert!(result(&r, "t2").attempts.is_empty(), "t2 never ran");
+        // Nothing of t1's output is in the store.
+        let id = format!("run/{}/output/t1", r.coordination_id);
+        assert!(h.svc.get(qi_host::context::OPERATOR, &id).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_output_within_the_store_limit_is_committed_and_read_by_dependents() {
+        let (h, r, _) = run_with_output(3000).await;
+        assert!(r.success, "{r:#?}");
+        assert_eq!(result(&r, "t1").attempts.len(), 1);
+        let id = format!("run/{}/output/t1", r.coordination_id);
+        let stored = h.svc.get(qi_host::context::OPERATOR, &id).await.unwrap();
+        assert_eq!(stored.doc["big"].as_str().map(str::len), Some(3000));
+    }
+}

@@ -1,0 +1,233 @@
+//! Scheduling: which pending subtask is ready, how many may compute at once under the
+//! strategy, and which agent an adaptive run chooses.
+
+use super::*;
+
+impl Run {
+    pub(super) fn computing(&self) -> u32 {
+        self.subs
+            .iter()
+            .filter(|s| s.state == SubtaskState::Running && !s.waiting.load(Ordering::Relaxed))
+            .count() as u32
+    }
+
+    pub(super) fn running(&self) -> usize {
+        self.subs
+            .iter()
+            .filter(|s| s.state == SubtaskState::Running)
+            .count()
+    }
+
+    /// Whether the unsettled subtasks form a chain (each pair ordered by dependency).
+    pub(super) fn remaining_is_chain(&self) -> bool {
+        let left: Vec<usize> = (0..self.subs.len())
+            .filter(|&i| !self.subs[i].state.settled())
+            .collect();
+        let anc = self.manifest.ancestors();
+        left.iter().enumerate().all(|(k, &a)| {
+            left[k + 1..].iter().all(|&b| {
+                let (ia, ib) = (&self.subs[a].id, &self.subs[b].id);
+                anc[ia].contains(ib) || anc[ib].contains(ia)
+            })
+        })
+    }
+
+    pub(super) fn limit(&self) -> u32 {
+        match self.strategy {
+            StrategyKind::Sequential => 1,
+            StrategyKind::Parallel | StrategyKind::Hybrid => {
+                self.manifest.strategy.max_concurrent_agents
+            }
+            StrategyKind::Adaptive => {
+                if self.remaining_is_chain() {
+                    1
+                } else {
+                    self.window.max(1)
+                }
+            }
+        }
+    }
+
+    /// `Ok(true)`: ready; `Ok(false)`: wait; `Err(reason)`: can never run.
+    pub(super) fn readiness(&self, i: usize) -> Result<bool, String> {
+        let def = &self.manifest.subtasks[i];
+        let mut ready = true;
+        // A prerequisite that did not complete blocks this subtask for good when this subtask
+        // needs it: named in `dependsOn`, or the source of a required input.
+        let required_of = |src: &str| -> bool {
+            def.depends_on.iter().any(|d| d == src)
+                || def.inputs.iter().any(|inp| {
+                    inp.required
+                        && inp.from.iter().flat_map(|f| f.refs()).any(|r| {
+                            matches!(Source::parse(r), Some(Source::Output { subtask, .. }) if subtask == src)
+                        })
+                })
+        };
+        for &p in &self.prereqs[i] {
+            let s = &self.subs[p];
+            if !s.state.settled() {
+                ready = false;
+                continue;
+            }
+            if s.state != SubtaskState::Completed && required_of(&s.id) {
+                return Err(format!("`{}` {}", s.id, state_word(s.state)));
+            }
+        }
+        for inp in &def.inputs {
+            for r in inp.from.iter().flat_map(|f| f.refs()) {
+                if let Some(Source::Sync(p)) = Source::parse(r) {
+                    match self.sync.outcome(&p) {
+                        None => ready = false,
+                        Some(Err(m)) if inp.required => {
+                            return Err(format!("sync point `{p}` failed: {m}"));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        if self.strategy == StrategyKind::Parallel {
+            let wave = self
+                .subs
+                .iter()
+                .filter(|s| !s.state.settled())
+                .map(|s| s.level)
+                .min()
+                .unwrap_or(0);
+            if self.subs[i].level > wave {
+                ready = false;
+            }
+        }
+        Ok(ready)
+    }
+
+    pub(super) async fn schedule(&mut self) {
+        if self.cancelled.is_some() {
+            return;
+        }
+        loop {
+            let mut changed = false;
+            // Settle what can never run.
+            for i in 0..self.subs.len() {
+                if self.subs[i].state != SubtaskState::Pending {
+                    continue;
+                }
+                if let Err(reason) = self.readiness(i) {
+                    let fail =
+                        self.manifest.strategy.failure_handling == FailureHandling::RetryCascade;
+                    self.settle(
+                        i,
+                        if fail {
+                            SubtaskState::Failed
+                        } else {
+                            SubtaskState::Skipped
+                        },
+                        Some(format!("dependency not met: {reason}")),
+                    )
+                    .await;
+                    changed = true;
+                }
+            }
+            let now = Instant::now();
+            let mut ready: Vec<usize> = (0..self.subs.len())
+                .filter(|&i| {
+                    let s = &self.subs[i];
+                    (s.state == SubtaskState::Pending
+                        || (s.state == SubtaskState::Backoff
+                            && s.backoff_until.is_some_and(|t| t <= now)))
+                        && self.readiness(i) == Ok(true)
+                })
+                .collect();
+            ready.sort_by_key(|&i| {
+                (
+                    std::cmp::Reverse(self.manifest.subtasks[i].priority),
+                    self.subs[i].topo,
+                )
+            });
+            let mut started_any = false;
+            for i in ready {
+                if self.computing() >= self.limit() {
+                    break;
+                }
+                if self.start(i).await {
+                    started_any = true;
+                    changed = true;
+                }
+                if self.strategy == StrategyKind::Sequential && started_any {
+                    break;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        self.peak_concurrency = self.peak_concurrency.max(u64::from(self.computing()));
+    }
+
+    /// Adaptive agent choice, for a subtask's first attempt and for each reassignment (then
+    /// among the capable agents not tried yet); retries and deadline extensions stay on their
+    /// agent. See the module docs for the rules.
+    pub(super) fn choose_agent(&mut self, i: usize) {
+        let s = &self.subs[i];
+        let fresh = s.attempts.is_empty();
+        let reassigned =
+            s.attempts_on_agent == 0 && s.reassignments > 0 && !s.tried.contains(&s.agent_idx);
+        if self.strategy != StrategyKind::Adaptive || !(fresh || reassigned) {
+            return;
+        }
+        let allowed: Vec<usize> = (0..s.candidates.len())
+            .filter(|k| !s.tried.contains(k))
+            .collect();
+        if self.remaining_is_chain()
+            && let Some(prev) = &self.last_chain_agent
+            && let Some(&k) = allowed.iter().find(|&&k| &s.candidates[k] == prev)
+        {
+            self.subs[i].agent_idx = k;
+            return;
+        }
+        let est = self.manifest.subtasks[i].estimated_duration_ms.max(1) as f64;
+        let short_on_time = self
+            .deadline
+            .is_some_and(|d| d.saturating_duration_since(Instant::now()).as_millis() as f64 <= est);
+        let score = |name: &String| -> (u64, u64) {
+            let (ok, failed, ratio_sum) =
+                self.agent_stats.get(name).copied().unwrap_or((0, 0, 0.0));
+            let mean_ratio = if ok == 0 { 1.0 } else { ratio_sum / ok as f64 };
+            if short_on_time {
+                ((mean_ratio * 1000.0) as u64, failed)
+            } else {
+                (failed, (mean_ratio * 1000.0) as u64)
+            }
+        };
+        if let Some(&k) = allowed
+            .iter()
+            .min_by_key(|&&k| (score(&s.candidates[k]), k))
+        {
+            self.subs[i].agent_idx = k;
+        }
+    }
+
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        let backoff = self.subs.iter().filter_map(|s| {
+            (s.state == SubtaskState::Backoff)
+                .then_some(s.backoff_until)
+                .flatten()
+        });
+        backoff
+            .chain(self.deadline.filter(|_| self.cancelled.is_none()))
+            .min()
+    }
+
+    pub(super) async fn on_timer(&mut self) {
+        if let Some(d) = self.deadline
+            && Instant::now() >= d
+            && self.cancelled.is_none()
+        {
+            let ms = self.manifest.task.time_limit_ms.unwrap_or(0);
+            self.cancel(format!(
+                "the task's time limit of {ms} ms passed (task.timeLimitMs)"
+            ))
+            .await;
+        }
+    }
+}
