@@ -13,9 +13,11 @@
 //! ```
 
 pub mod exec;
+pub mod graph;
 pub mod manifest;
 pub mod plan;
 pub mod resources;
+pub mod strategy;
 pub mod sync;
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! subtasks to capable agents, analyse the dependency graph, and lay out the synchronization
 //! and fallback plans. `qi-host plan <manifest>` prints what this returns.
 
+use super::graph::TaskGraph;
 use super::manifest::{
     FailureHandling, Manifest, OutputDef, SecurityLevel, Source, StrategyKind, manifest_error,
     version_at_least,
@@ -433,37 +434,28 @@ pub fn plan(
     }
 
     // Levels and the critical path (graph checked acyclic by the manifest).
-    let ancestors = manifest.ancestors();
-    let order = topo_order(manifest);
-    let mut level: BTreeMap<String, usize> = BTreeMap::new();
-    let mut finish: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
-    for id in &order {
-        let s = manifest.subtask(id).expect("known subtask");
-        let direct = direct_prereqs(manifest, id);
-        let l = direct
+    let graph = TaskGraph::new(manifest);
+    let mut finish: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); graph.len()];
+    for &i in graph.order() {
+        let (start, mut path_so_far) = graph
+            .prereqs(i)
             .iter()
-            .map(|d| level.get(d).copied().unwrap_or(0) + 1)
-            .max()
-            .unwrap_or(0);
-        level.insert(id.clone(), l);
-        let (start, mut path_so_far) = direct
-            .iter()
-            .filter_map(|d| finish.get(d).cloned())
+            .map(|&d| finish[d].clone())
             .max_by_key(|(t, _)| *t)
             .unwrap_or((0, Vec::new()));
-        path_so_far.push(id.clone());
-        finish.insert(
-            id.clone(),
-            (start.saturating_add(s.estimated_duration_ms), path_so_far),
+        path_so_far.push(i);
+        finish[i] = (
+            start.saturating_add(manifest.subtasks[i].estimated_duration_ms),
+            path_so_far,
         );
     }
     for p in &mut planned {
-        p.level = level[&p.id];
+        p.level = graph.index(&p.id).map_or(0, |i| graph.level(i));
     }
-    let depth = level.values().copied().max().unwrap_or(0) + 1;
+    let depth = (0..graph.len()).map(|i| graph.level(i)).max().unwrap_or(0) + 1;
     let mut levels = vec![Vec::new(); depth];
-    for id in &order {
-        levels[level[id]].push(id.clone());
+    for &i in graph.order() {
+        levels[graph.level(i)].push(graph.id(i).to_string());
     }
     let total: u64 = manifest
         .subtasks
@@ -471,16 +463,16 @@ pub fn plan(
         .map(|s| s.estimated_duration_ms)
         .fold(0, u64::saturating_add);
     let (critical_ms, critical_path) = finish
-        .values()
+        .iter()
         .max_by_key(|(t, _)| *t)
-        .cloned()
+        .map(|(t, path)| (*t, path.iter().map(|&i| graph.id(i).to_string()).collect()))
         .unwrap_or_default();
     let widest = levels.iter().map(Vec::len).max().unwrap_or(1);
     let conc = manifest.strategy.max_concurrent_agents as usize;
     let independent = manifest
         .subtasks
         .iter()
-        .filter(|s| ancestors.get(&s.id).is_none_or(BTreeSet::is_empty))
+        .filter(|s| graph.index(&s.id).is_none_or(|i| graph.is_root(i)))
         .count();
 
     let (suitable, reason, strategy) = if !manifest.task.decomposable {
@@ -572,8 +564,9 @@ pub fn plan(
         .collect();
     for p in &planned {
         let me = primary[p.id.as_str()];
-        for d in direct_prereqs(manifest, &p.id) {
-            let other = primary[d.as_str()];
+        let prereqs = graph.index(&p.id).map_or(&[][..], |i| graph.prereqs(i));
+        for &d in prereqs {
+            let other = primary[graph.id(d)];
             let a = allocations.get_mut(me).expect("allocated");
             if other != me && !a.dependencies.iter().any(|x| x == other) {
                 a.dependencies.push(other.to_string());
@@ -704,62 +697,6 @@ pub fn plan(
             recovery_strategy: manifest.strategy.failure_handling.as_str().into(),
         },
     })
-}
-
-/// Direct prerequisites: explicit, through outputs, and the participants of sync points whose
-/// result it takes.
-pub(crate) fn direct_prereqs(manifest: &Manifest, id: &str) -> Vec<String> {
-    let deps = manifest.dependencies();
-    let Some((subs, points)) = deps.get(id) else {
-        return Vec::new();
-    };
-    let mut v: BTreeSet<String> = subs.clone();
-    for p in points {
-        if let Some(def) = manifest.point(p) {
-            v.extend(def.participants.iter().cloned());
-        }
-    }
-    v.into_iter().collect()
-}
-
-/// Subtasks in a topological order: ready ones by priority (higher first), then manifest order.
-pub(crate) fn topo_order(manifest: &Manifest) -> Vec<String> {
-    let mut remaining: Vec<(usize, &str)> = manifest
-        .subtasks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i, s.id.as_str()))
-        .collect();
-    let prereqs: BTreeMap<&str, Vec<String>> = manifest
-        .subtasks
-        .iter()
-        .map(|s| (s.id.as_str(), direct_prereqs(manifest, &s.id)))
-        .collect();
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    let mut out = Vec::new();
-    while !remaining.is_empty() {
-        let mut ready: Vec<(usize, &str)> = remaining
-            .iter()
-            .copied()
-            .filter(|(_, id)| prereqs[id].iter().all(|d| done.contains(d)))
-            .collect();
-        if ready.is_empty() {
-            // Unreachable for a checked manifest; keep the rest in manifest order.
-            out.extend(remaining.iter().map(|(_, id)| id.to_string()));
-            break;
-        }
-        ready.sort_by_key(|(i, id)| {
-            (
-                std::cmp::Reverse(manifest.subtask(id).map(|s| s.priority).unwrap_or(0)),
-                *i,
-            )
-        });
-        let (_, next) = ready[0];
-        done.insert(next.to_string());
-        out.push(next.to_string());
-        remaining.retain(|(_, id)| *id != next);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -323,15 +323,12 @@ impl Run {
                 match self.commit_doc(&id, "subtask-output", output.clone()).await {
                     Ok(()) => {
                         let ratio = duration_ms as f64 / def.estimated_duration_ms.max(1) as f64;
-                        let e = self.agent_stats.entry(agent.clone()).or_default();
-                        e.0 += 1;
-                        e.2 += ratio;
+                        self.strategy.attempt_ended(
+                            &agent,
+                            Some(ratio),
+                            self.manifest.strategy.max_concurrent_agents,
+                        );
                         self.busy_completed += elapsed;
-                        self.window = self
-                            .window
-                            .saturating_add(1)
-                            .min(self.manifest.strategy.max_concurrent_agents);
-                        self.last_chain_agent = Some(agent.clone());
                         self.subs[i].attempts[attempt as usize - 1].outcome = "completed".into();
                         self.subs[i].output = Some(output);
                         self.settle(i, SubtaskState::Completed, None).await;
@@ -372,8 +369,8 @@ impl Run {
             }
         };
         let (class, message) = failed;
-        self.agent_stats.entry(agent.clone()).or_default().1 += 1;
-        self.window = (self.window / 2).max(1);
+        self.strategy
+            .attempt_ended(&agent, None, self.manifest.strategy.max_concurrent_agents);
         self.subs[i].attempts[attempt as usize - 1].outcome = message.clone();
         self.event(
             "attempt-failed",

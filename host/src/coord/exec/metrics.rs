@@ -73,7 +73,7 @@ impl Run {
             (busy_ms / (wall_ms * metrics.peak_concurrency as f64)).min(1.0)
         };
         let sinks: Vec<usize> = (0..self.subs.len())
-            .filter(|&i| !self.prereqs.iter().any(|p| p.contains(&i)))
+            .filter(|&i| !(0..self.subs.len()).any(|d| self.graph.prereqs(d).contains(&i)))
             .collect();
         let aggregated: Map<String, Value> = sinks
             .iter()
@@ -151,7 +151,7 @@ impl Run {
             aggregated_result: Value::Object(aggregated),
             synchronization: self.sync_results.clone(),
             metrics,
-            strategy: self.strategy,
+            strategy: self.kind,
             failure_handling: self.manifest.strategy.failure_handling,
             execution_time: wall.as_millis() as u64,
         }

@@ -7,23 +7,11 @@
 //!
 //! # Strategies
 //!
-//! - **sequential**: one subtask computing at a time, in topological order (higher `priority`
-//!   first among ready subtasks, then manifest order).
-//! - **parallel**: dependency levels in waves. A wave is every subtask whose longest chain of
-//!   prerequisites has the same length; the next wave starts only when the whole current wave
-//!   has settled. Within a wave, up to `maxConcurrentAgents` run at once.
-//! - **hybrid**: DAG scheduling. A subtask starts the moment its inputs exist (its
-//!   prerequisites completed, the sync points it reads resolved), up to `maxConcurrentAgents`.
-//! - **adaptive**: hybrid scheduling that adapts:
-//!   - *concurrency* is a window that starts at `maxConcurrentAgents`, halves (minimum 1) on
-//!     every failed attempt and grows by one on every completed attempt;
-//!   - *agent choice*: among a subtask's capable agents (preferred first), the one with the
-//!     fewest failures in this run, then the lowest observed mean duration relative to its
-//!     estimates; agents not yet seen count as their estimate;
-//!   - *budget*: when the task has a time limit and less time is left than the ready
-//!     subtask's estimate, the agent with the lowest observed mean duration is chosen;
-//!   - *chains*: when what is left forms a chain (no two unsettled subtasks independent),
-//!     the window drops to 1 and each link runs on the agent kind that ran the previous one.
+//! `sequential`, `parallel` (waves by dependency level), `hybrid` (DAG) and `adaptive` (a
+//! window and agent choice that follow what the run observes) decide how many subtasks
+//! compute at once, which ready subtask may start and which agent runs it: see
+//! [`crate::coord::strategy`], one file per strategy. The task graph (prerequisites, order,
+//! levels, ancestors) is built once per run ([`crate::coord::graph`]).
 //!
 //! An agent waiting at a synchronization point does not count against the concurrency limit,
 //! so sync points cannot deadlock a sequential run.
@@ -36,7 +24,7 @@
 //!   listed in `inputs.missing`. Independent branches finish; the result is partial and says
 //!   what is missing.
 //! - **retry-cascade**: retry on the same agent with exponential backoff up to
-//!   `retry.maxAttempts`; then reassign to the next capable agent kind, up to
+//!   `retry.maxAttempts`; then reassign to a capable agent kind not tried yet, up to
 //!   `retry.maxReassignments`; then, if the attempt timed out, run once more with the time
 //!   limit multiplied by `retry.deadlineExtensionFactor` (up to `retry.maxExtensions`); then
 //!   fail the subtask and its dependents. A limit violation (fuel, memory, …) is never retried
@@ -50,11 +38,13 @@
 //! interval) and when a host call completes. Waiting in a sync call is not a stall. The whole
 //! run is cancelled when `task.timeLimitMs` passes.
 
+use super::graph::TaskGraph;
 use super::manifest::{
     FailureHandling, Manifest, RetryPolicy, Source, StrategyKind, SuccessCriterion,
 };
-use super::plan::{Plan, PreparedAgent, topo_order};
+use super::plan::{Plan, PreparedAgent};
 use super::resources::{ResourceAllocation, ResourceManager, ResourceRequest, ResourceStats};
+use super::strategy::{self, Strategy};
 use super::sync::{SyncEngine, SyncHandle, SyncNotice, SyncOutcome};
 use crate::agents::{AgentHost, AgentReport, TaskRequest};
 use crate::context::{ContextService, OPERATOR};
@@ -62,7 +52,7 @@ use crate::error::{AgentFailure, Error};
 use crate::events::{EventType, NewEvent};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -111,19 +101,11 @@ struct SubRun {
     output: Option<Value>,
     error: Option<String>,
     resumed: bool,
-    level: usize,
-    topo: usize,
 }
 
 impl SubRun {
     /// A pending subtask that has not run.
-    fn new(
-        id: String,
-        candidates: Vec<String>,
-        time_limit_ms: Option<u64>,
-        level: usize,
-        topo: usize,
-    ) -> SubRun {
+    fn new(id: String, candidates: Vec<String>, time_limit_ms: Option<u64>) -> SubRun {
         SubRun {
             id,
             state: SubtaskState::Pending,
@@ -142,8 +124,6 @@ impl SubRun {
             output: None,
             error: None,
             resumed: false,
-            level,
-            topo,
         }
     }
 }
@@ -153,7 +133,11 @@ struct Run {
     ctx: ContextService,
     manifest: Arc<Manifest>,
     agents: Arc<BTreeMap<String, PreparedAgent>>,
-    strategy: StrategyKind,
+    /// The strategy the plan chose.
+    kind: StrategyKind,
+    /// Its decisions (limit, admission, agent choice).
+    strategy: Box<dyn Strategy>,
+    graph: Arc<TaskGraph>,
     run_id: String,
     started: Instant,
     deadline: Option<Instant>,
@@ -162,9 +146,6 @@ struct Run {
     resources: ResourceManager,
     tx: mpsc::UnboundedSender<Msg>,
     cancelled: Option<String>,
-    window: u32,
-    last_chain_agent: Option<String>,
-    agent_stats: BTreeMap<String, (u64, u64, f64)>,
     comm_time: Duration,
     /// Summed wall time of completed attempts, unrounded (attempt records keep whole ms, which
     /// round a fast attempt to zero).
@@ -176,7 +157,6 @@ struct Run {
     resolved_at: BTreeMap<String, Instant>,
     released_at: BTreeMap<String, Instant>,
     status: Option<watch::Sender<ExecutionStatus>>,
-    prereqs: Vec<Vec<usize>>,
     recorder: mpsc::UnboundedSender<NewEvent>,
 }
 
@@ -228,39 +208,18 @@ pub async fn execute(
         Some(sync_tx),
     );
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let order = topo_order(&manifest);
-    let index: BTreeMap<&str, usize> = manifest
-        .subtasks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
-        .collect();
+    let graph = Arc::new(TaskGraph::new(&manifest));
+    let planned: HashMap<&str, &super::plan::PlannedSubtask> =
+        plan.subtasks.iter().map(|p| (p.id.as_str(), p)).collect();
     let subs: Vec<SubRun> = manifest
         .subtasks
         .iter()
         .map(|s| {
-            let p = plan
-                .subtasks
-                .iter()
-                .find(|p| p.id == s.id)
-                .expect("plan covers every subtask");
             SubRun::new(
                 s.id.clone(),
-                p.candidates.clone(),
+                planned[s.id.as_str()].candidates.clone(),
                 s.time_limit_ms.or(s.constraints.max_duration_ms),
-                p.level,
-                order.iter().position(|x| x == &s.id).unwrap_or(0),
             )
-        })
-        .collect();
-    let prereqs = manifest
-        .subtasks
-        .iter()
-        .map(|s| {
-            super::plan::direct_prereqs(&manifest, &s.id)
-                .iter()
-                .filter_map(|d| index.get(d.as_str()).copied())
-                .collect()
         })
         .collect();
     let started = Instant::now();
@@ -269,13 +228,14 @@ pub async fn execute(
         recorder,
         host,
         ctx,
-        strategy: plan.strategy,
+        kind: plan.strategy,
+        strategy: strategy::for_kind(plan.strategy, manifest.strategy.max_concurrent_agents),
+        graph,
         deadline: manifest
             .task
             .time_limit_ms
             .and_then(|ms| started.checked_add(Duration::from_millis(ms))),
         resources: ResourceManager::new(manifest.resources.clone()),
-        window: manifest.strategy.max_concurrent_agents,
         manifest,
         agents,
         run_id,
@@ -284,8 +244,6 @@ pub async fn execute(
         sync,
         tx,
         cancelled: None,
-        last_chain_agent: None,
-        agent_stats: BTreeMap::new(),
         comm_time: Duration::ZERO,
         busy_completed: Duration::ZERO,
         comm_events: 0,
@@ -295,7 +253,6 @@ pub async fn execute(
         resolved_at: BTreeMap::new(),
         released_at: BTreeMap::new(),
         status: options.status,
-        prereqs,
     };
     if options.resume {
         run.load_previous().await;
@@ -303,14 +260,14 @@ pub async fn execute(
         run.write_doc(
             &run_doc,
             "run",
-            json!({"task": run.manifest.task.id, "status": "running", "strategy": run.strategy.as_str()}),
+            json!({"task": run.manifest.task.id, "status": "running", "strategy": run.kind.as_str()}),
         )
         .await;
     }
     run.event(
         "run-started",
         None,
-        json!({"strategy": run.strategy.as_str(), "failureHandling": run.manifest.strategy.failure_handling.as_str(), "subtasks": run.subs.len(), "resumed": options.resume}),
+        json!({"strategy": run.kind.as_str(), "failureHandling": run.manifest.strategy.failure_handling.as_str(), "subtasks": run.subs.len(), "resumed": options.resume}),
     )
     .await;
 

@@ -30,7 +30,7 @@ impl Run {
         self.write_doc(
             &run_doc,
             "run",
-            json!({"task": task, "status": "running", "resumed": true, "strategy": self.strategy.as_str()}),
+            json!({"task": task, "status": "running", "resumed": true, "strategy": self.kind.as_str()}),
         )
         .await;
     }

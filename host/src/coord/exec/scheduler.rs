@@ -18,34 +18,20 @@ impl Run {
             .count()
     }
 
-    /// Whether the unsettled subtasks form a chain (each pair ordered by dependency).
-    pub(super) fn remaining_is_chain(&self) -> bool {
-        let left: Vec<usize> = (0..self.subs.len())
+    /// The subtasks not yet over.
+    pub(super) fn unsettled(&self) -> Vec<usize> {
+        (0..self.subs.len())
             .filter(|&i| !self.subs[i].state.settled())
-            .collect();
-        let anc = self.manifest.ancestors();
-        left.iter().enumerate().all(|(k, &a)| {
-            left[k + 1..].iter().all(|&b| {
-                let (ia, ib) = (&self.subs[a].id, &self.subs[b].id);
-                anc[ia].contains(ib) || anc[ib].contains(ia)
-            })
-        })
+            .collect()
     }
 
-    pub(super) fn limit(&self) -> u32 {
-        match self.strategy {
-            StrategyKind::Sequential => 1,
-            StrategyKind::Parallel | StrategyKind::Hybrid => {
-                self.manifest.strategy.max_concurrent_agents
-            }
-            StrategyKind::Adaptive => {
-                if self.remaining_is_chain() {
-                    1
-                } else {
-                    self.window.max(1)
-                }
-            }
-        }
+    /// Most subtasks computing at once now, as the strategy says.
+    pub(super) fn limit(&self, unsettled: &[usize]) -> u32 {
+        self.strategy.limit(
+            self.manifest.strategy.max_concurrent_agents,
+            &self.graph,
+            unsettled,
+        )
     }
 
     /// `Ok(true)`: ready; `Ok(false)`: wait; `Err(reason)`: can never run.
@@ -63,7 +49,7 @@ impl Run {
                         })
                 })
         };
-        for &p in &self.prereqs[i] {
+        for &p in self.graph.prereqs(i) {
             let s = &self.subs[p];
             if !s.state.settled() {
                 ready = false;
@@ -84,18 +70,6 @@ impl Run {
                         Some(_) => {}
                     }
                 }
-            }
-        }
-        if self.strategy == StrategyKind::Parallel {
-            let wave = self
-                .subs
-                .iter()
-                .filter(|s| !s.state.settled())
-                .map(|s| s.level)
-                .min()
-                .unwrap_or(0);
-            if self.subs[i].level > wave {
-                ready = false;
             }
         }
         Ok(ready)
@@ -138,23 +112,24 @@ impl Run {
                         && self.readiness(i) == Ok(true)
                 })
                 .collect();
+            let unsettled = self.unsettled();
+            ready.retain(|&i| self.strategy.admits(&self.graph, &unsettled, i));
             ready.sort_by_key(|&i| {
                 (
                     std::cmp::Reverse(self.manifest.subtasks[i].priority),
-                    self.subs[i].topo,
+                    self.graph.position(i),
                 )
             });
-            let mut started_any = false;
+            let mut started = 0;
             for i in ready {
-                if self.computing() >= self.limit() {
+                if started >= self.strategy.starts_per_pass()
+                    || self.computing() >= self.limit(&unsettled)
+                {
                     break;
                 }
                 if self.start(i).await {
-                    started_any = true;
+                    started += 1;
                     changed = true;
-                }
-                if self.strategy == StrategyKind::Sequential && started_any {
-                    break;
                 }
             }
             if !changed {
@@ -164,44 +139,32 @@ impl Run {
         self.peak_concurrency = self.peak_concurrency.max(u64::from(self.computing()));
     }
 
-    /// Adaptive agent choice, for a subtask's first attempt and for each reassignment (then
-    /// among the capable agents not tried yet); retries and deadline extensions stay on their
-    /// agent. See the module docs for the rules.
+    /// The strategy's agent choice, for a subtask's first attempt and for each reassignment
+    /// (then among the capable agents not tried yet); retries and deadline extensions stay on
+    /// their agent.
     pub(super) fn choose_agent(&mut self, i: usize) {
         let s = &self.subs[i];
         let fresh = s.attempts.is_empty();
         let reassigned =
             s.attempts_on_agent == 0 && s.reassignments > 0 && !s.tried.contains(&s.agent_idx);
-        if self.strategy != StrategyKind::Adaptive || !(fresh || reassigned) {
+        if !(fresh || reassigned) {
             return;
         }
         let allowed: Vec<usize> = (0..s.candidates.len())
             .filter(|k| !s.tried.contains(k))
             .collect();
-        if self.remaining_is_chain()
-            && let Some(prev) = &self.last_chain_agent
-            && let Some(&k) = allowed.iter().find(|&&k| &s.candidates[k] == prev)
-        {
-            self.subs[i].agent_idx = k;
-            return;
-        }
-        let est = self.manifest.subtasks[i].estimated_duration_ms.max(1) as f64;
-        let short_on_time = self
-            .deadline
-            .is_some_and(|d| d.saturating_duration_since(Instant::now()).as_millis() as f64 <= est);
-        let score = |name: &String| -> (u64, u64) {
-            let (ok, failed, ratio_sum) =
-                self.agent_stats.get(name).copied().unwrap_or((0, 0, 0.0));
-            let mean_ratio = if ok == 0 { 1.0 } else { ratio_sum / ok as f64 };
-            if short_on_time {
-                ((mean_ratio * 1000.0) as u64, failed)
-            } else {
-                (failed, (mean_ratio * 1000.0) as u64)
-            }
+        let unsettled = self.unsettled();
+        let choice = crate::coord::strategy::Choice {
+            candidates: &s.candidates,
+            allowed: &allowed,
+            estimate_ms: self.manifest.subtasks[i].estimated_duration_ms,
+            time_left: self
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now())),
+            chain: self.graph.is_chain(&unsettled),
         };
-        if let Some(&k) = allowed
-            .iter()
-            .min_by_key(|&&k| (score(&s.candidates[k]), k))
+        if let Some(k) = self.strategy.choose(&choice)
+            && allowed.contains(&k)
         {
             self.subs[i].agent_idx = k;
         }

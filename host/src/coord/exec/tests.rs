@@ -72,8 +72,6 @@ mod retry_cascade {
             "s".into(),
             candidates.iter().map(|c| c.to_string()).collect(),
             None,
-            0,
-            0,
         )
     }
 
