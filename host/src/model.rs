@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Measured usage of one agent, never estimated.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct UsageReceipt {
     /// Fuel units consumed (instantiation, `describe` and `run`).
     pub fuel_consumed: u64,

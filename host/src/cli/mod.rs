@@ -5,6 +5,7 @@ mod policy;
 pub(crate) mod run;
 mod run_agent;
 mod run_report;
+mod schema;
 pub(crate) mod state;
 
 use crate::error::Error;
@@ -41,6 +42,20 @@ pub enum Command {
     Audit(AuditArgs),
     /// Work with access-policy files.
     Policy(PolicyArgs),
+    /// Print the JSON Schema of what a command prints with `--json`, with every field's
+    /// meaning and every metric's formula.
+    Schema {
+        /// Which output.
+        #[arg(value_enum)]
+        kind: SchemaKind,
+    },
+}
+
+/// Outputs `qi-host schema` describes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SchemaKind {
+    /// The report of `qi-host run --json`.
+    RunReport,
 }
 
 /// Arguments of `qi-host policy`.
@@ -332,5 +347,9 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Events(args) => crate::cli::state::events(args).await,
         Command::Audit(args) => crate::cli::state::audit(args).await,
         Command::Policy(args) => Ok(policy::policy(args)),
+        Command::Schema { kind } => {
+            println!("{}", schema::schema_text(kind));
+            Ok(0)
+        }
     }
 }

@@ -45,7 +45,7 @@ struct Held {
 }
 
 /// Usage figures.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceStats {
     /// Allocations granted.

@@ -871,11 +871,73 @@ pub struct SyncHandle {
     pub participant: String,
     /// Set while the agent is inside a sync call (waiting is not a stall).
     pub waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// Microseconds this attempt has spent inside sync calls so far.
+    pub waited_us: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SyncHandle {
+    /// Marks the agent as waiting until the guard is dropped (the call returned, or the agent
+    /// was terminated inside it), then adds the time to [`waited_us`](Self::waited_us).
+    pub fn enter_wait(&self) -> WaitGuard<'_> {
+        self.waiting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        WaitGuard {
+            handle: self,
+            since: tokio::time::Instant::now(),
+        }
+    }
+}
+
+/// See [`SyncHandle::enter_wait`].
+pub struct WaitGuard<'a> {
+    handle: &'a SyncHandle,
+    since: tokio::time::Instant,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.handle.waiting.store(false, Ordering::Relaxed);
+        let us = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.handle.waited_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_wait_counts_until_its_call_returns_or_is_dropped() {
+        use std::sync::atomic::Ordering;
+        let handle = Arc::new(SyncHandle {
+            engine: SyncEngine::new(&[], None, None),
+            participant: "a".into(),
+            waiting: Default::default(),
+            waited_us: Default::default(),
+        });
+        {
+            let _w = handle.enter_wait();
+            assert!(handle.waiting.load(Ordering::Relaxed));
+            tokio::time::advance(Duration::from_secs(5)).await;
+        }
+        assert!(!handle.waiting.load(Ordering::Relaxed));
+        assert_eq!(handle.waited_us.load(Ordering::Relaxed), 5_000_000);
+        // A call dropped inside its wait (the agent terminated) stops counting too.
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let h = handle.clone();
+        let task = tokio::spawn(async move {
+            let _w = h.enter_wait();
+            let _ = entered_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        entered.await.unwrap();
+        tokio::time::advance(Duration::from_millis(250)).await;
+        task.abort();
+        let _ = task.await;
+        assert!(!handle.waiting.load(Ordering::Relaxed));
+        assert_eq!(handle.waited_us.load(Ordering::Relaxed), 5_250_000);
+    }
 
     fn def(kind: SyncPointType, cond: SyncCondition, on_timeout: OnTimeout) -> SyncPointDef {
         SyncPointDef {

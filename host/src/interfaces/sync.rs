@@ -7,7 +7,6 @@ use crate::coord::sync::{SyncFailure, SyncPointType};
 use crate::sandbox::AgentShared;
 use qi::agent::sync::{SyncError as WitSyncError, SyncOutcome as WitSyncOutcome};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -72,12 +71,12 @@ impl AgentState {
             shared
                 .gate("sync", &point, action)
                 .map_err(WitSyncError::AccessDenied)?;
-            handle.waiting.store(true, Ordering::Relaxed);
+            let waiting = handle.enter_wait();
             let r = handle
                 .engine
                 .arrive(&point, &handle.participant, call, payload)
                 .await;
-            handle.waiting.store(false, Ordering::Relaxed);
+            drop(waiting);
             r.map(sync_outcome).map_err(sync_error)
         }
         .await;

@@ -105,6 +105,13 @@ inputs = [{ name = "steps", value = [{ fail = "on purpose" }] }]
             .unwrap()
             .contains("on purpose")
     );
+    // The report matches the schema `qi-host schema run-report` prints.
+    let schema = qi_host(&["schema", "run-report"]);
+    assert!(schema.status.success(), "{}", stderr(&schema));
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 #[test]

@@ -56,6 +56,15 @@ async fn barrier_all_complete_releases_everyone_together() {
     for id in ["p1", "p2", "p3"] {
         assert!(first(&ev, "subtask-completed", id) > resolved, "{ev:#?}");
     }
+    // p1 and p3 waited at the point until p2 arrived: their attempts record that wait, part of
+    // their wall time, which coordination efficiency does not count as work.
+    for id in ["p1", "p3"] {
+        let a = &result(&r, id).attempts[0];
+        assert!(
+            a.sync_wait_us > 0 && a.sync_wait_us <= (a.duration_ms + 1) * 1000,
+            "{a:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

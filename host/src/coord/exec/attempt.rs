@@ -145,10 +145,13 @@ impl Run {
         s.attempts_on_agent += 1;
         s.tried.insert(s.agent_idx);
         s.waiting.store(false, Ordering::Relaxed);
+        // Each attempt counts its own sync waits.
+        s.sync_waited_us = Arc::new(AtomicU64::new(0));
         let handle = SyncHandle {
             engine: self.sync.clone(),
             participant: def.id.clone(),
             waiting: s.waiting.clone(),
+            waited_us: s.sync_waited_us.clone(),
         };
         let time_limit = s.time_limit_ms.map(|ms| {
             let f = self
@@ -166,6 +169,7 @@ impl Run {
             agent_id: None,
             started_ms,
             duration_ms: 0,
+            sync_wait_us: 0,
             outcome: "running".into(),
             usage: None,
             then: None,
@@ -310,8 +314,10 @@ impl Run {
             })),
         });
         {
+            let waited = self.subs[i].sync_waited_us.load(Ordering::Relaxed);
             let rec = &mut self.subs[i].attempts[attempt as usize - 1];
             rec.duration_ms = duration_ms;
+            rec.sync_wait_us = waited;
             rec.started_ms = started_ms;
             rec.usage = usage;
         }
@@ -328,7 +334,10 @@ impl Run {
                             Some(ratio),
                             self.manifest.strategy.max_concurrent_agents,
                         );
-                        self.busy_completed += elapsed;
+                        // Computing time only: waits at sync points are not work.
+                        let waited = self.subs[i].attempts[attempt as usize - 1].sync_wait_us;
+                        self.busy_completed +=
+                            elapsed.saturating_sub(Duration::from_micros(waited));
                         self.subs[i].attempts[attempt as usize - 1].outcome = "completed".into();
                         self.subs[i].output = Some(output);
                         self.settle(i, SubtaskState::Completed, None).await;

@@ -70,7 +70,7 @@ impl Run {
             0.0
         } else {
             let busy_ms = self.busy_completed.as_secs_f64() * 1000.0;
-            (busy_ms / (wall_ms * metrics.peak_concurrency as f64)).min(1.0)
+            busy_ms / (wall_ms * metrics.peak_concurrency as f64)
         };
         let sinks: Vec<usize> = (0..self.subs.len())
             .filter(|&i| !(0..self.subs.len()).any(|d| self.graph.prereqs(d).contains(&i)))

@@ -97,6 +97,8 @@ struct SubRun {
     agent_id: Option<String>,
     allocation: Option<ResourceAllocation>,
     waiting: Arc<AtomicBool>,
+    /// Microseconds the current attempt spent in sync calls.
+    sync_waited_us: Arc<AtomicU64>,
     backoff_until: Option<Instant>,
     output: Option<Value>,
     error: Option<String>,
@@ -120,6 +122,7 @@ impl SubRun {
             agent_id: None,
             allocation: None,
             waiting: Arc::new(AtomicBool::new(false)),
+            sync_waited_us: Arc::new(AtomicU64::new(0)),
             backoff_until: None,
             output: None,
             error: None,
@@ -147,8 +150,8 @@ struct Run {
     tx: mpsc::UnboundedSender<Msg>,
     cancelled: Option<String>,
     comm_time: Duration,
-    /// Summed wall time of completed attempts, unrounded (attempt records keep whole ms, which
-    /// round a fast attempt to zero).
+    /// Summed computing time of completed attempts (wall time minus time in sync calls),
+    /// unrounded (attempt records keep whole ms, which round a fast attempt to zero).
     busy_completed: Duration,
     comm_events: u64,
     peak_concurrency: u64,
@@ -296,9 +299,11 @@ pub async fn execute(
     while let Ok(n) = sync_rx.try_recv() {
         run.on_sync(n).await;
     }
-    let report = run.finish().await;
-    // Every event is durable before the report is returned.
-    let _ = recorder_task.await;
+    let mut report = run.finish().await;
+    // Every event is durable before the report is returned; their commits count as
+    // communication.
+    let committing = recorder_task.await.unwrap_or_default();
+    report.metrics.communication_overhead += committing.as_secs_f64() * 1000.0;
     Ok(report)
 }
 

@@ -3,13 +3,18 @@
 use super::*;
 
 /// Publishes a run's events in order, batching whatever queued up while a commit was in
-/// flight; ends when the run drops its sender, after the last event is durable.
+/// flight; ends when the run drops its sender, after the last event is durable, returning the
+/// time its commits took.
 pub(super) fn spawn_recorder(
     ctx: &ContextService,
-) -> (mpsc::UnboundedSender<NewEvent>, tokio::task::JoinHandle<()>) {
+) -> (
+    mpsc::UnboundedSender<NewEvent>,
+    tokio::task::JoinHandle<Duration>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<NewEvent>();
     let bus = ctx.bus().clone();
     let handle = tokio::spawn(async move {
+        let mut committing = Duration::ZERO;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < 256 {
@@ -18,10 +23,13 @@ pub(super) fn spawn_recorder(
                     Err(_) => break,
                 }
             }
+            let t = Instant::now();
             if let Err(e) = bus.publish_batch(batch).await {
                 tracing::warn!(error = %e, "recording run events");
             }
+            committing += t.elapsed();
         }
+        committing
     });
     (tx, handle)
 }

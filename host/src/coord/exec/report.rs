@@ -3,7 +3,7 @@
 use super::*;
 
 /// Where a subtask is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SubtaskState {
     /// Waiting for prerequisites or a slot.
@@ -36,7 +36,7 @@ impl SubtaskState {
 }
 
 /// One attempt of a subtask.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRecord {
     /// 1-based over the whole subtask.
@@ -49,6 +49,8 @@ pub struct AttemptRecord {
     pub started_ms: u64,
     /// Wall time.
     pub duration_ms: u64,
+    /// Microseconds of that wall time spent inside sync calls (waiting at points).
+    pub sync_wait_us: u64,
     /// `completed`, or why it failed.
     pub outcome: String,
     /// Measured usage, when it ran.
@@ -59,7 +61,7 @@ pub struct AttemptRecord {
 }
 
 /// A subtask's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubtaskResult {
     /// Id.
@@ -79,7 +81,7 @@ pub struct SubtaskResult {
 }
 
 /// Summed usage of every attempt.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TotalUsage {
     /// Fuel.
@@ -100,7 +102,7 @@ pub struct TotalUsage {
 }
 
 /// The seeds' `CoordinationMetrics`, all measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CoordinationMetrics {
     /// Agent instances spawned (one per attempt that got that far).
@@ -113,13 +115,17 @@ pub struct CoordinationMetrics {
     pub average_execution_time: f64,
     /// Summed usage.
     pub total_resource_usage: TotalUsage,
-    /// Time the coordinator's scheduling path spent moving results through the shared context
-    /// (output writes, input reads) and queueing events, ms. Events are committed in order by a
-    /// background recorder, off that path.
+    /// Communication time, ms: what the coordinator's scheduling path spent moving results
+    /// through the shared context (output writes, input reads) and queueing events, plus the
+    /// time the run's event recorder spent committing those events (in order, in batches, off
+    /// the scheduling path, so the two may overlap with agents' work).
     pub communication_overhead: f64,
     /// Messages: context reads/writes, events, sync arrivals.
     pub communication_events: u64,
-    /// Completed attempts' wall time / (run wall time × peak agents computing at once).
+    /// Σ over completed attempts of (wall time − time in sync calls) / (run wall time × peak
+    /// agents computing at once). Not clamped: failed attempts and sync waits lower it; a
+    /// value above 1 would mean the peak was sampled low (it is sampled after each scheduling
+    /// pass).
     pub coordination_efficiency: f64,
     /// Most agents computing at once.
     pub peak_concurrency: u64,
@@ -166,7 +172,7 @@ pub struct SubtaskStatus {
 }
 
 /// The seeds' `CoordinationResult`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
     /// Run id (also the context prefix `run/<id>`).

@@ -136,7 +136,7 @@ fn default_stall_window() -> u64 {
 }
 
 /// Scheduling strategy (see the `exec` module for exactly what each does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
     /// Topological order, one subtask at a time.
@@ -162,7 +162,9 @@ impl StrategyKind {
 }
 
 /// Failure handling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureHandling {
     /// Cancel everything at the first failure.
