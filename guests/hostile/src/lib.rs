@@ -21,8 +21,17 @@ pub struct Hostile;
 impl Agent for Hostile {
     /// With a directory mounted at `/describe` holding a file `bytes` (a number N), the
     /// description is N bytes long: the host's bound on `describe()` is tested that way (the
-    /// task input is not known yet when `describe` runs).
+    /// task input is not known yet when `describe` runs). With a file `spin` there, it never
+    /// returns.
     fn describe() -> AgentInfo {
+        // A file `/describe/spin`: `describe()` computes for ever (the host's limits on an
+        // agent that never finishes starting are tested that way).
+        if std::fs::metadata("/describe/spin").is_ok() {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
         let description = match std::fs::read_to_string("/describe/bytes") {
             Ok(n) => "d".repeat(n.trim().parse().unwrap_or(0)),
             Err(_) => "Attacks one sandbox wall per mode (fs.*, net.*, host.*).".into(),

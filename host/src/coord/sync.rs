@@ -873,9 +873,39 @@ pub struct SyncHandle {
     pub waiting: Arc<std::sync::atomic::AtomicBool>,
     /// Microseconds this attempt has spent inside sync calls so far.
     pub waited_us: Arc<std::sync::atomic::AtomicU64>,
+    /// The latest due time of a clock the agent subscribed to (`wasi:clocks` sleeps): until
+    /// then it may be blocked on that timer, which is waiting, not a stall.
+    pub timer_due: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl SyncHandle {
+    /// Records that the agent subscribed to a clock due in `after`.
+    pub fn note_timer(&self, after: Duration) {
+        let now = tokio::time::Instant::now();
+        let due = now.checked_add(after).unwrap_or(now);
+        let mut slot = self.timer_due.lock().expect("timer lock poisoned");
+        *slot = Some(slot.map_or(due, |d| d.max(due)));
+    }
+
+    /// Whether the agent is waiting now: inside a sync call or another call with its own
+    /// timeout (`events.next`), or before a clock it subscribed to is due.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .timer_due
+                .lock()
+                .expect("timer lock poisoned")
+                .is_some_and(|d| d > tokio::time::Instant::now())
+    }
+
+    /// Marks the agent as waiting, without counting the time as a sync wait, until the guard
+    /// is dropped: for host calls that wait with their own timeout (`events.next`).
+    pub fn enter_idle(&self) -> IdleGuard<'_> {
+        self.waiting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        IdleGuard(self)
+    }
+
     /// Marks the agent as waiting until the guard is dropped (the call returned, or the agent
     /// was terminated inside it), then adds the time to [`waited_us`](Self::waited_us).
     pub fn enter_wait(&self) -> WaitGuard<'_> {
@@ -885,6 +915,17 @@ impl SyncHandle {
             handle: self,
             since: tokio::time::Instant::now(),
         }
+    }
+}
+
+/// See [`SyncHandle::enter_idle`].
+pub struct IdleGuard<'a>(&'a SyncHandle);
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -915,6 +956,7 @@ mod tests {
             participant: "a".into(),
             waiting: Default::default(),
             waited_us: Default::default(),
+            timer_due: Default::default(),
         });
         {
             let _w = handle.enter_wait();

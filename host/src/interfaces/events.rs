@@ -161,10 +161,13 @@ impl qi::agent::events::Host for AgentState {
         // checked, so a passive subscriber is never found disconnected.
         let presence = svc.as_ref().map(|svc| svc.present(me));
         // The shared copy: converting it to the WIT record copies only what the guest gets.
+        // Waiting with its own timeout: not a stall of a coordinated agent.
+        let idle = self.shared.sync.as_ref().map(|h| h.enter_idle());
         let received = match tokio::time::timeout(wait, watched.sub.next_shared()).await {
             Ok(result) => result.map(Some),
             Err(_) => Ok(None),
         };
+        drop(idle);
         drop(presence);
         if let (Some(svc), Ok(Some(_))) = (&svc, &received)
             && let Err(e) = svc.touch(me).await

@@ -10,6 +10,7 @@
 use super::AgentWasiView;
 use crate::sandbox::AgentShared;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::clocks::WasiClocksCtxView;
 use wasmtime_wasi::p2::DynPollable;
@@ -104,6 +105,10 @@ impl monotonic_clock::Host for CountingClocks<'_> {
         when: monotonic_clock::Instant,
     ) -> wasmtime::Result<Resource<DynPollable>> {
         count(self.shared);
+        if let Some(sync) = &self.shared.sync {
+            let now = monotonic_clock::Host::now(&mut self.inner)?;
+            sync.note_timer(Duration::from_nanos(when.saturating_sub(now)));
+        }
         monotonic_clock::Host::subscribe_instant(&mut self.inner, when)
     }
 
@@ -112,6 +117,10 @@ impl monotonic_clock::Host for CountingClocks<'_> {
         duration: monotonic_clock::Duration,
     ) -> wasmtime::Result<Resource<DynPollable>> {
         count(self.shared);
+        // A coordinated agent blocked on this timer is waiting, not stalled.
+        if let Some(sync) = &self.shared.sync {
+            sync.note_timer(Duration::from_nanos(duration));
+        }
         monotonic_clock::Host::subscribe_duration(&mut self.inner, duration)
     }
 }

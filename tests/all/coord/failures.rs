@@ -150,15 +150,18 @@ mod timeouts {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_that_stops_making_progress_is_terminated() {
         let h = harness().await;
-        // `busy` only computes, for far longer than the stall window (200 M rounds are about
-        // 0.4 s here, 5.6 G fuel), without a host call.
+        // `stuck` blocks in a tool call that never returns (a gate nobody opens): no fuel, no
+        // wake-up, no wait with a timeout of its own. `busy` only computes, for far longer
+        // than the stall window (200 M rounds are about 0.4 s here, 5.6 G fuel), without a
+        // host call. `sleepy` sleeps twice the stall window: a wait with its own timeout.
         let toml = header("hybrid", "graceful-degradation", "stallWindowMs = 300")
             + r#"
 [agents.cruncher]
 component = "guest:worker"
 spec = { fuel = 10_000_000_000, resourceLimits = { maxMemoryMB = 32, maxExecutionTimeMs = 60000 } }
-"# + &one("stuck", None, r#"[{ hang = true }]"#, "")
-            + &one("busy", Some("cruncher"), r#"[{ work = 200_000_000 }]"#, "");
+"# + &one("stuck", None, &format!("[{}]", gate("never")), "")
+            + &one("busy", Some("cruncher"), r#"[{ work = 200_000_000 }]"#, "")
+            + &one("sleepy", None, r#"[{ sleep_ms = 600 }]"#, "");
         let (r, _) = h.run(&toml).await;
         let stuck = result(&r, "stuck");
         assert_eq!(stuck.state, SubtaskState::Failed);
@@ -172,6 +175,64 @@ spec = { fuel = 10_000_000_000, resourceLimits = { maxMemoryMB = 32, maxExecutio
         );
         // Computing (fuel moving) is progress.
         assert_eq!(state(&r, "busy"), SubtaskState::Completed);
+        // Sleeping on a clock is waiting, not a stall.
+        assert_eq!(state(&r, "sleepy"), SubtaskState::Completed, "{r:#?}");
+    }
+
+    /// A `hostile` agent kind whose `describe()` never returns once `spin` exists in `dir`
+    /// (written after planning, which describes every agent), with the agent's own time limit
+    /// at 60 s: only the subtask's limits or the run can stop it sooner.
+    fn spinning_describe(dir: &Path) -> String {
+        format!(
+            r#"
+[agents.spinner]
+component = "guest:hostile"
+spec = {{ isolationLevel = "restricted", fuel = 200_000_000_000, resourceLimits = {{ maxMemoryMB = 32, maxExecutionTimeMs = 60000 }}, securityConstraints = {{ fileSystemAccess = "restricted" }}, directories = [{{ hostPath = "{}", guestPath = "/describe", writable = false }}] }}
+"#,
+            dir.display()
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_that_never_finishes_starting_is_stopped_at_the_subtask_time_limit() {
+        let h = harness().await;
+        let dir = tempfile::tempdir().unwrap();
+        let toml = header("hybrid", "graceful-degradation", "")
+            + &spinning_describe(dir.path())
+            + &one("slow-start", Some("spinner"), "[]", "timeLimitMs = 300");
+        let prepared = h.prepare(&toml).await.expect("valid");
+        std::fs::write(dir.path().join("spin"), "").unwrap();
+        let (r, _) = h.run_prepared(&prepared, RunOptions::default()).await;
+        let t = result(&r, "slow-start");
+        assert_eq!(t.state, SubtaskState::Failed, "{t:#?}");
+        let e = t.error.as_deref().unwrap();
+        assert!(
+            e.contains("timed out after") && e.contains("while the agent was starting"),
+            "{e}"
+        );
+        assert!(t.attempts[0].agent_id.is_none(), "it never started: {t:#?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_run_stops_an_agent_still_starting() {
+        let h = harness().await;
+        let dir = tempfile::tempdir().unwrap();
+        let toml = header("hybrid", "graceful-degradation", "")
+            .replace("id = \"t\"", "id = \"t\"\ntimeLimitMs = 300")
+            + &spinning_describe(dir.path())
+            + &one("slow-start", Some("spinner"), "[]", "");
+        let prepared = h.prepare(&toml).await.expect("valid");
+        std::fs::write(dir.path().join("spin"), "").unwrap();
+        let (r, _) = h.run_prepared(&prepared, RunOptions::default()).await;
+        assert!(
+            r.error.as_deref().unwrap().contains("timeLimitMs"),
+            "{r:#?}"
+        );
+        let t = result(&r, "slow-start");
+        assert_eq!(t.state, SubtaskState::Cancelled, "{t:#?}");
+        // Stopped by the cancellation, not by the agent's own 60 s limit.
+        let outcome = &t.attempts[0].outcome;
+        assert!(outcome.contains("Cancelled"), "{outcome}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,6 +158,15 @@ impl Harness {
 
     pub async fn run_with(&self, toml: &str, options: RunOptions) -> (RunReport, Vec<Value>) {
         let prepared = self.prepare(toml).await.expect("manifest is valid");
+        self.run_prepared(&prepared, options).await
+    }
+
+    /// Runs a prepared task; returns the report and the run's recorded events.
+    pub async fn run_prepared(
+        &self,
+        prepared: &coord::Prepared,
+        options: RunOptions,
+    ) -> (RunReport, Vec<Value>) {
         let report = tokio::time::timeout(HANG_GUARD, prepared.run(self.host.clone(), options))
             .await
             .unwrap_or_else(|_| panic!("hang guard: the run did not end within {HANG_GUARD:?}"))

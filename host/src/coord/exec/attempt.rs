@@ -45,10 +45,34 @@ impl<F: Future> Future for Counted<F> {
     }
 }
 
+/// What an attempt was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Instantiating the component and running `describe()`.
+    Starting,
+    /// Running its task.
+    Running,
+}
+
+impl Phase {
+    /// For messages: "while …".
+    pub(super) fn doing(self) -> &'static str {
+        match self {
+            Phase::Starting => "while the agent was starting (instantiation and describe())",
+            Phase::Running => "while the agent ran its task",
+        }
+    }
+}
+
+/// Why the watchdog stopped an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum StopReason {
-    TimedOut,
-    Stalled,
+    /// The subtask's time limit passed.
+    TimedOut(Phase),
+    /// No progress for the stall window.
+    Stalled(Phase),
+    /// The run was cancelled before the agent started.
+    Cancelled,
 }
 
 pub(super) enum Msg {
@@ -152,6 +176,7 @@ impl Run {
             participant: def.id.clone(),
             waiting: s.waiting.clone(),
             waited_us: s.sync_waited_us.clone(),
+            timer_due: Default::default(),
         };
         let time_limit = s.time_limit_ms.map(|ms| {
             let f = self
@@ -191,6 +216,7 @@ impl Run {
             task,
             time_limit,
             stall,
+            cancel: self.cancel_tx.subscribe(),
             tx,
             idx: i,
             attempt,
@@ -354,8 +380,8 @@ impl Run {
                     message: "no result".into(),
                 });
                 let class = match (stop, &failure) {
-                    (Some(StopReason::TimedOut), _) => Class::TimedOut,
-                    (Some(StopReason::Stalled), _) => Class::Stalled,
+                    (Some(StopReason::TimedOut(_)), _) => Class::TimedOut,
+                    (Some(StopReason::Stalled(_)), _) => Class::Stalled,
                     (_, AgentFailure::LimitExceeded { .. }) => Class::Limit,
                     (_, AgentFailure::AgentError { error_kind, .. })
                         if error_kind == "invalid-input" =>
@@ -365,14 +391,17 @@ impl Run {
                     _ => Class::Retryable,
                 };
                 let message = match stop {
-                    Some(StopReason::TimedOut) => format!(
-                        "attempt timed out after {duration_ms} ms (timeLimitMs) and was terminated"
+                    Some(StopReason::TimedOut(phase)) => format!(
+                        "attempt timed out after {duration_ms} ms (timeLimitMs) {} and was \
+                         terminated",
+                        phase.doing()
                     ),
-                    Some(StopReason::Stalled) => format!(
-                        "no progress for {} ms (stallWindowMs); the agent was terminated",
-                        self.manifest.strategy.stall_window_ms
+                    Some(StopReason::Stalled(phase)) => format!(
+                        "no progress for {} ms (stallWindowMs) {}; the agent was terminated",
+                        self.manifest.strategy.stall_window_ms,
+                        phase.doing()
                     ),
-                    None => failure.to_string(),
+                    Some(StopReason::Cancelled) | None => failure.to_string(),
                 };
                 (class, message)
             }
@@ -404,6 +433,8 @@ pub(super) struct AttemptArgs {
     task: TaskRequest,
     time_limit: Option<Duration>,
     stall: Duration,
+    /// Turns true when the run is cancelled.
+    cancel: watch::Receiver<bool>,
     tx: mpsc::UnboundedSender<Msg>,
     idx: usize,
     attempt: u32,
@@ -477,53 +508,137 @@ impl Drop for DoneGuard {
     }
 }
 
+/// What the watchdog saw when it stopped an attempt.
+enum Seen {
+    TimedOut,
+    Stalled,
+    Cancelled,
+}
+
+/// The time limit and stall window of one attempt, over both its phases.
+struct Watchdog {
+    polls: Arc<AtomicU64>,
+    deadline: Option<Instant>,
+    stall: Duration,
+    tick: Duration,
+    last: u64,
+    last_change: Instant,
+    handle: SyncHandle,
+}
+
+impl Watchdog {
+    /// Polls `fut` until it ends (`Ok`) or a limit passes or the run is cancelled (`Err`,
+    /// `fut` left to the caller). Progress is a wake-up of the agent's own task or a wait
+    /// with its own timeout ([`SyncHandle::is_waiting`]).
+    async fn watch<F: Future + Unpin>(
+        &mut self,
+        fut: &mut F,
+        cancel: Option<&mut watch::Receiver<bool>>,
+    ) -> Result<F::Output, Seen> {
+        let mut cancel = cancel;
+        loop {
+            let cancelled = async {
+                match cancel.as_deref_mut() {
+                    Some(rx) => {
+                        let _ = rx.wait_for(|c| *c).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                r = &mut *fut => return Ok(r),
+                _ = cancelled => return Err(Seen::Cancelled),
+                _ = sleep_until_opt(self.deadline) => return Err(Seen::TimedOut),
+                _ = tokio::time::sleep(self.tick) => {
+                    let p = self.polls.load(Ordering::Relaxed);
+                    if p != self.last || self.handle.is_waiting() {
+                        self.last = p;
+                        self.last_change = Instant::now();
+                    } else if self.last_change.elapsed() >= self.stall {
+                        return Err(Seen::Stalled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// No further stops: the attempt is already being stopped.
+    fn disarm(&mut self) {
+        self.deadline = None;
+        self.stall = Duration::MAX;
+    }
+}
+
 pub(super) async fn attempt_task(a: AttemptArgs) {
     let done = DoneGuard::new(a.tx.clone(), a.idx, a.attempt, a.started_ms);
     let started = Instant::now();
-    let mut stop = None;
-    let report = match a
-        .host
-        .spawn_with(&a.agent.component, a.spec, Some(a.handle.clone()))
-        .await
-    {
-        Err(e) => Err(e),
-        Ok(agent) => {
-            let id = agent.id().to_string();
-            let _ = a.tx.send(Msg::Spawned {
-                idx: a.idx,
-                attempt: a.attempt,
-                agent_id: id.clone(),
-            });
-            let polls = Arc::new(AtomicU64::new(0));
-            let mut run = Counted {
-                inner: Box::pin(agent.run(a.task)),
-                wakes: polls.clone(),
-                waker: None,
+    let polls = Arc::new(AtomicU64::new(0));
+    let mut watchdog = Watchdog {
+        polls: polls.clone(),
+        // A limit too far to represent is no limit (the agent's own time limit still holds).
+        deadline: a.time_limit.and_then(|l| started.checked_add(l)),
+        stall: a.stall,
+        tick: (a.stall / 4).clamp(Duration::from_millis(5), Duration::from_millis(500)),
+        last: 0,
+        last_change: Instant::now(),
+        handle: a.handle.clone(),
+    };
+    let mut cancel = a.cancel.clone();
+    // Instantiation and `describe()` run under the same limits as the task, and stop when the
+    // run is cancelled: dropping the spawn drops the instance.
+    let mut spawn = Counted {
+        inner: Box::pin(
+            a.host
+                .spawn_with(&a.agent.component, a.spec, Some(a.handle.clone())),
+        ),
+        wakes: polls.clone(),
+        waker: None,
+    };
+    let agent = match watchdog.watch(&mut spawn, Some(&mut cancel)).await {
+        Ok(Ok(agent)) => agent,
+        Ok(Err(e)) => return done.send(Err(e), None),
+        Err(seen) => {
+            let stop = match seen {
+                Seen::TimedOut => StopReason::TimedOut(Phase::Starting),
+                Seen::Stalled => StopReason::Stalled(Phase::Starting),
+                Seen::Cancelled => StopReason::Cancelled,
             };
-            let tick = (a.stall / 4).clamp(Duration::from_millis(5), Duration::from_millis(500));
-            // A limit too far to represent is no limit (the agent's own time limit still holds).
-            let deadline = a.time_limit.and_then(|l| started.checked_add(l));
-            let mut last = 0;
-            let mut last_change = Instant::now();
-            loop {
-                tokio::select! {
-                    biased;
-                    r = &mut run => break Ok(r),
-                    _ = sleep_until_opt(deadline.filter(|_| stop.is_none())) => {
-                        stop = Some(StopReason::TimedOut);
-                        let _ = a.host.terminate(&id, "the subtask's time limit passed");
-                    }
-                    _ = tokio::time::sleep(tick) => {
-                        let p = polls.load(Ordering::Relaxed);
-                        if p != last || a.handle.waiting.load(Ordering::Relaxed) {
-                            last = p;
-                            last_change = Instant::now();
-                        } else if stop.is_none() && last_change.elapsed() >= a.stall {
-                            stop = Some(StopReason::Stalled);
-                            let _ = a.host.terminate(&id, &format!("no progress for {} ms", a.stall.as_millis()));
-                        }
-                    }
-                }
+            let message = format!("stopped {} ({stop:?})", Phase::Starting.doing());
+            return done.send(Err(Error::System(anyhow::anyhow!(message))), Some(stop));
+        }
+    };
+    drop(spawn);
+    let id = agent.id().to_string();
+    let _ = a.tx.send(Msg::Spawned {
+        idx: a.idx,
+        attempt: a.attempt,
+        agent_id: id.clone(),
+    });
+    let mut run = Counted {
+        inner: Box::pin(agent.run(a.task)),
+        wakes: polls,
+        waker: None,
+    };
+    let mut stop = None;
+    // Cancellation of a running agent is the run's to do (it terminates every agent).
+    let report = loop {
+        match watchdog.watch(&mut run, None).await {
+            Ok(r) => break Ok(r),
+            Err(seen) => {
+                watchdog.disarm();
+                let (reason, why) = match seen {
+                    Seen::Stalled => (
+                        StopReason::Stalled(Phase::Running),
+                        format!("no progress for {} ms", a.stall.as_millis()),
+                    ),
+                    _ => (
+                        StopReason::TimedOut(Phase::Running),
+                        "the subtask's time limit passed".to_string(),
+                    ),
+                };
+                stop = Some(reason);
+                let _ = a.host.terminate(&id, &why);
             }
         }
     };

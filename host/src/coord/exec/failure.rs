@@ -154,6 +154,7 @@ impl Run {
             return;
         }
         self.cancelled = Some(reason.clone());
+        self.cancel_tx.send_replace(true);
         self.event("run-cancelled", None, json!({"reason": reason}))
             .await;
         for i in 0..self.subs.len() {

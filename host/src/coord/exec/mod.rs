@@ -149,6 +149,8 @@ struct Run {
     resources: ResourceManager,
     tx: mpsc::UnboundedSender<Msg>,
     cancelled: Option<String>,
+    /// Tells attempts still starting that the run was cancelled.
+    cancel_tx: watch::Sender<bool>,
     comm_time: Duration,
     /// Summed computing time of completed attempts (wall time minus time in sync calls),
     /// unrounded (attempt records keep whole ms, which round a fast attempt to zero).
@@ -247,6 +249,7 @@ pub async fn execute(
         sync,
         tx,
         cancelled: None,
+        cancel_tx: watch::channel(false).0,
         comm_time: Duration::ZERO,
         busy_completed: Duration::ZERO,
         comm_events: 0,
