@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod deadlock;
 pub mod exec;
 pub mod graph;
 pub mod manifest;
@@ -72,6 +73,14 @@ pub async fn prepare_parsed(
         .unwrap_or_else(default_guest_dir);
     let agents = plan::prepare_agents(host, &manifest, text, path, &dir).await?;
     let plan = plan::plan(&manifest, &agents, text, path)?;
+    deadlock::check_points_can_gather(
+        &manifest,
+        &plan,
+        &agents,
+        host.runtime().config().max_live_agents,
+        text,
+        path,
+    )?;
     Ok(Prepared {
         manifest: Arc::new(manifest),
         agents: Arc::new(agents),

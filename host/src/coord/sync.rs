@@ -300,6 +300,20 @@ struct PointState {
     timed_out: bool,
 }
 
+impl PointState {
+    /// Forgets `participant`'s arrival, if any.
+    fn remove_arrival(&mut self, participant: &str) {
+        if let Some(i) = self.index.remove(participant) {
+            self.arrivals.remove(i);
+            for k in self.index.values_mut() {
+                if *k > i {
+                    *k -= 1;
+                }
+            }
+        }
+    }
+}
+
 struct Point {
     def: SyncPointDef,
     state: Mutex<PointState>,
@@ -539,8 +553,10 @@ impl SyncEngine {
         })
     }
 
-    /// `participant` is over without arriving (failed, terminated, skipped, cancelled or done):
-    /// no point waits for it any more.
+    /// `participant` is over (failed, terminated, skipped, cancelled or done): no open point
+    /// waits for it any more. At a barrier it counts as absent even if it had arrived (it died
+    /// waiting, so it cannot go on with the others); at a decision, aggregation or checkpoint
+    /// what it gave before it ended still counts.
     pub fn mark_absent(&self, participant: &str) {
         for point in self.points.values() {
             if !point.def.participants.iter().any(|p| p == participant) {
@@ -548,8 +564,14 @@ impl SyncEngine {
             }
             let r = {
                 let mut st = point.state.lock().expect("sync point lock poisoned");
-                if point.resolved.borrow().is_some() || st.index.contains_key(participant) {
+                if point.resolved.borrow().is_some() {
                     continue;
+                }
+                if st.index.contains_key(participant) {
+                    if point.def.point_type != SyncPointType::Barrier {
+                        continue;
+                    }
+                    st.remove_arrival(participant);
                 }
                 st.absent.insert(participant.to_string());
                 evaluate(&point.def, &st, false)
@@ -557,6 +579,57 @@ impl SyncEngine {
             if let Some(r) = r {
                 self.resolve(point, r);
             }
+        }
+    }
+
+    /// `participant`'s attempt ended while it may have waited at a barrier that is still open:
+    /// its arrival no longer stands (a retry arrives again). It is not absent: it may run
+    /// again.
+    pub fn withdraw(&self, participant: &str) {
+        for point in self.points.values() {
+            if point.def.point_type != SyncPointType::Barrier || point.resolved.borrow().is_some() {
+                continue;
+            }
+            let mut st = point.state.lock().expect("sync point lock poisoned");
+            st.remove_arrival(participant);
+        }
+    }
+
+    /// Participant → the open point it waits at, for every arrival at a point not resolved.
+    pub fn waiting_at(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for point in self.points.values() {
+            if point.resolved.borrow().is_some() {
+                continue;
+            }
+            let st = point.state.lock().expect("sync point lock poisoned");
+            for (p, _) in &st.arrivals {
+                out.insert(p.clone(), point.def.id.clone());
+            }
+        }
+        out
+    }
+
+    /// Ends every open point someone waits at, because nothing can ever bring the rest
+    /// (`reason`): as its `onTimeout` says, at once: `proceed` releases the arrivals with
+    /// `complete = false`; `fail` and `wait` (which would wait for ever) fail the point.
+    pub fn break_deadlock(&self, reason: &str) {
+        for point in self.points.values() {
+            let r = {
+                let st = point.state.lock().expect("sync point lock poisoned");
+                if point.resolved.borrow().is_some() || st.arrivals.is_empty() {
+                    continue;
+                }
+                match point.def.on_timeout {
+                    OnTimeout::Proceed => {
+                        Resolution::Done(Arc::new(outcome(&point.def, &st, false)))
+                    }
+                    OnTimeout::Wait | OnTimeout::Fail => {
+                        Resolution::Failed(format!("point `{}`: {reason}", point.def.id))
+                    }
+                }
+            };
+            self.resolve(point, r);
         }
     }
 

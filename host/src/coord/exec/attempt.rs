@@ -139,6 +139,7 @@ impl Run {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(subtask = %def.id, error = %e, "waiting for resources");
+                self.subs[i].blocked = Some(e.to_string());
                 return false;
             }
         };
@@ -171,6 +172,8 @@ impl Run {
         s.waiting.store(false, Ordering::Relaxed);
         // Each attempt counts its own sync waits.
         s.sync_waited_us = Arc::new(AtomicU64::new(0));
+        s.stopping = Arc::new(AtomicBool::new(false));
+        s.blocked = None;
         let handle = SyncHandle {
             engine: self.sync.clone(),
             participant: def.id.clone(),
@@ -217,6 +220,7 @@ impl Run {
             time_limit,
             stall,
             cancel: self.cancel_tx.subscribe(),
+            stopping: self.subs[i].stopping.clone(),
             tx,
             idx: i,
             attempt,
@@ -407,6 +411,8 @@ impl Run {
             }
         };
         let (class, message) = failed;
+        // It no longer waits at any barrier: its arrival there does not stand.
+        self.sync.withdraw(&def.id);
         self.strategy
             .attempt_ended(&agent, None, self.manifest.strategy.max_concurrent_agents);
         self.subs[i].attempts[attempt as usize - 1].outcome = message.clone();
@@ -435,6 +441,8 @@ pub(super) struct AttemptArgs {
     stall: Duration,
     /// Turns true when the run is cancelled.
     cancel: watch::Receiver<bool>,
+    /// Set once the watchdog stops the agent.
+    stopping: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<Msg>,
     idx: usize,
     attempt: u32,
@@ -626,6 +634,7 @@ pub(super) async fn attempt_task(a: AttemptArgs) {
         match watchdog.watch(&mut run, None).await {
             Ok(r) => break Ok(r),
             Err(seen) => {
+                a.stopping.store(true, Ordering::Relaxed);
                 watchdog.disarm();
                 let (reason, why) = match seen {
                     Seen::Stalled => (

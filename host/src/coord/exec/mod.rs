@@ -99,6 +99,10 @@ struct SubRun {
     waiting: Arc<AtomicBool>,
     /// Microseconds the current attempt spent in sync calls.
     sync_waited_us: Arc<AtomicU64>,
+    /// Set by the current attempt's watchdog once it is stopping the agent.
+    stopping: Arc<AtomicBool>,
+    /// Why the last try to start it found no resources.
+    blocked: Option<String>,
     backoff_until: Option<Instant>,
     output: Option<Value>,
     error: Option<String>,
@@ -123,6 +127,8 @@ impl SubRun {
             allocation: None,
             waiting: Arc::new(AtomicBool::new(false)),
             sync_waited_us: Arc::new(AtomicU64::new(0)),
+            stopping: Arc::new(AtomicBool::new(false)),
+            blocked: None,
             backoff_until: None,
             output: None,
             error: None,
@@ -287,6 +293,11 @@ pub async fn execute(
         run.publish_status();
         if run.subs.iter().all(|s| s.state.settled()) {
             break;
+        }
+        // Nothing in flight and still stuck: every running agent waits at a point that only
+        // subtasks unable to start could complete.
+        if rx.is_empty() && sync_rx.is_empty() && run.break_deadlock().await {
+            continue;
         }
         let wake = run.next_wake();
         // Sync notices first: a participant's completion is queued only after the notice of

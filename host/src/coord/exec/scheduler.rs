@@ -193,4 +193,64 @@ impl Run {
             .await;
         }
     }
+
+    /// When every running agent waits at an open sync point, nothing waits to retry and no
+    /// pending subtask could start, nothing can ever change: the open points end at once as
+    /// their `onTimeout` says (see [`SyncEngine::break_deadlock`]) instead of when the agents'
+    /// time limits kill them. Returns whether it did.
+    pub(super) async fn break_deadlock(&mut self) -> bool {
+        if self.cancelled.is_some() || self.subs.iter().any(|s| s.state == SubtaskState::Backoff) {
+            return false;
+        }
+        let waiting = self.sync.waiting_at();
+        let mut running = 0;
+        for s in &self.subs {
+            if s.state != SubtaskState::Running {
+                continue;
+            }
+            running += 1;
+            if !waiting.contains_key(&s.id) || s.stopping.load(Ordering::Relaxed) {
+                return false;
+            }
+        }
+        let pending: Vec<usize> = (0..self.subs.len())
+            .filter(|&i| self.subs[i].state == SubtaskState::Pending)
+            .collect();
+        if running == 0 || pending.is_empty() {
+            return false;
+        }
+        let mut points: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (p, point) in &waiting {
+            points.entry(point).or_default().push(p);
+        }
+        let unsettled = self.unsettled();
+        let blocked: Vec<String> = pending
+            .iter()
+            .map(|&i| {
+                let s = &self.subs[i];
+                let why = if let Some(b) = &s.blocked {
+                    format!("no resources: {b}")
+                } else if !self.strategy.admits(&self.graph, &unsettled, i) {
+                    "its wave has not started".to_string()
+                } else {
+                    "its inputs are not ready".to_string()
+                };
+                format!("`{}`: {why}", s.id)
+            })
+            .collect();
+        let reason = format!(
+            "deadlock: every running agent waits at a synchronization point ({}) and no other \
+             subtask can start ({})",
+            points
+                .iter()
+                .map(|(p, who)| format!("`{p}`: {}", who.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            blocked.join("; ")
+        );
+        self.event("deadlock", None, json!({"reason": reason}))
+            .await;
+        self.sync.break_deadlock(&reason);
+        true
+    }
 }

@@ -1,0 +1,102 @@
+//! Deadlocks outside the concurrency slots, found before a run starts.
+//!
+//! An agent waiting at a synchronization point holds no concurrency slot, but it stays alive:
+//! it holds its memory in the run's resource budget, one of the budget's allocations and one of
+//! the host's live agents, and under `parallel` its wave cannot end while it waits. A point
+//! whose participants cannot all be alive at once therefore waits for ever (until time limits
+//! kill its agents). [`check_points_can_gather`] refuses such a manifest at `plan` and `run`,
+//! naming the point and the reason; what only the run can know (several points holding the
+//! budget at once, retries) is caught while it runs (`coord::exec`, which fails the open points
+//! at once).
+
+use super::manifest::{Manifest, StrategyKind, manifest_error};
+use super::plan::{Plan, PreparedAgent};
+use crate::error::Error;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Checks that every sync point's participants can all be alive at once under `plan`'s
+/// strategy, the run's resource budget and the host's limit of `live_agents` agents.
+/// Memory counts each participant's cheapest capable agent (its `maxMemoryMB`, lowered by the
+/// subtask's `constraints.maxMemoryMB`).
+pub fn check_points_can_gather(
+    manifest: &Manifest,
+    plan: &Plan,
+    agents: &BTreeMap<String, PreparedAgent>,
+    live_agents: u32,
+    text: &str,
+    path: &Path,
+) -> Result<(), Error> {
+    let planned: BTreeMap<&str, _> = plan.subtasks.iter().map(|p| (p.id.as_str(), p)).collect();
+    for (i, point) in manifest.strategy.synchronization_points.iter().enumerate() {
+        let key = format!("strategy.synchronizationPoints[{i}].participants");
+        let refuse = |why: String| {
+            manifest_error(
+                text,
+                path,
+                key.clone(),
+                Some(&point.id),
+                format!("point `{}` can never gather: {why}", point.id),
+            )
+        };
+        let members: Vec<_> = point
+            .participants
+            .iter()
+            .filter_map(|p| planned.get(p.as_str()).copied())
+            .collect();
+        if plan.strategy == StrategyKind::Parallel
+            && let (Some(low), Some(high)) = (
+                members.iter().min_by_key(|p| p.level),
+                members.iter().max_by_key(|p| p.level),
+            )
+            && low.level != high.level
+        {
+            return Err(refuse(format!(
+                "under `parallel`, `{}` (wave {}) would wait there for `{}` (wave {}), whose \
+                 wave starts only once `{}` has finished; use `hybrid`, or take part only \
+                 subtasks of one wave",
+                low.id, low.level, high.id, high.level, low.id
+            )));
+        }
+        let n = members.len() as u64;
+        let budget = &manifest.resources;
+        if n > u64::from(budget.max_concurrent_allocations) {
+            return Err(refuse(format!(
+                "its {n} participants must be alive at once, but \
+                 resources.maxConcurrentAllocations is {}",
+                budget.max_concurrent_allocations
+            )));
+        }
+        if n > u64::from(live_agents) {
+            return Err(refuse(format!(
+                "its {n} participants must be alive at once, but the host runs at most \
+                 {live_agents} agents (max_live_agents)"
+            )));
+        }
+        let memory: u64 = members
+            .iter()
+            .map(|p| {
+                let cap = manifest
+                    .subtask(&p.id)
+                    .and_then(|s| s.constraints.max_memory_mb);
+                p.candidates
+                    .iter()
+                    .filter_map(|c| agents.get(c))
+                    .map(|a| {
+                        let m = a.spec.resource_limits.max_memory_mb;
+                        u64::from(cap.map_or(m, |c| m.min(c)))
+                    })
+                    .min()
+                    .unwrap_or(0)
+            })
+            .fold(0, u64::saturating_add);
+        if memory > budget.max_total_memory_mb {
+            return Err(refuse(format!(
+                "its {n} participants must be alive at once and need at least {memory} MiB \
+                 together, but resources.maxTotalMemoryMB is {}",
+                budget.max_total_memory_mb
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Deadlocks outside the concurrency slots: refused at planning when a point's participants
+//! can never all be alive at once, and broken at once when a run gets stuck anyway.
+
+use super::*;
+
+/// Two participants of `pt` (32 MiB agents), with `extra` strategy keys and a `[resources]`
+/// section.
+fn pair(strategy: &str, extra: &str, resources: &str, p2_deps: &str) -> String {
+    header(
+        strategy,
+        "graceful-degradation",
+        &format!(
+            "{}\n{extra}",
+            point("barrier", "\"all-complete\"", "", "fail", "").replace(
+                "participants = [\"p1\", \"p2\", \"p3\"]",
+                "participants = [\"p1\", \"p2\"]"
+            )
+        ),
+    ) + &format!("\n[resources]\n{resources}\n")
+        + &one("p0", None, "[]", "")
+        + &one("p1", None, r#"[{ barrier = "pt" }]"#, "")
+        + &one("p2", None, r#"[{ barrier = "pt" }]"#, p2_deps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_across_parallel_waves_is_refused_at_planning() {
+    let h = harness().await;
+    // p2 after p0: wave 1, p1 in wave 0.
+    let e = h
+        .prepare(&pair("parallel", "", "", r#"dependsOn = ["p0"]"#))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("strategy.synchronizationPoints[0].participants")
+            && e.contains("point `pt` can never gather")
+            && e.contains("`p1` (wave 0) would wait there for `p2` (wave 1)"),
+        "{e}"
+    );
+    // The same waves under hybrid, and one wave under parallel, are fine.
+    h.prepare(&pair("hybrid", "", "", r#"dependsOn = ["p0"]"#))
+        .await
+        .expect("hybrid starts p2 as soon as p0 is done");
+    h.prepare(&pair("parallel", "", "", ""))
+        .await
+        .expect("both in wave 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_whose_participants_cannot_be_alive_together_is_refused_at_planning() {
+    let h = harness().await;
+    // Two 32 MiB participants: 63 MiB cannot hold both, 64 MiB can.
+    let e = h
+        .prepare(&pair("hybrid", "", "maxTotalMemoryMB = 63", ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("need at least 64 MiB together") && e.contains("maxTotalMemoryMB is 63"),
+        "{e}"
+    );
+    h.prepare(&pair("hybrid", "", "maxTotalMemoryMB = 64", ""))
+        .await
+        .expect("64 MiB holds both");
+    let e = h
+        .prepare(&pair("hybrid", "", "maxConcurrentAllocations = 1", ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("its 2 participants must be alive at once")
+            && e.contains("maxConcurrentAllocations is 1"),
+        "{e}"
+    );
+    h.prepare(&pair("hybrid", "", "maxConcurrentAllocations = 2", ""))
+        .await
+        .expect("two allocations hold both");
+}
+
+/// Points `a` (a1, a2) and `b` (b1, b2), each fitting the 64 MiB budget alone. Priorities start
+/// a1 and b1 first: each waits at its point holding half the budget, and neither a2 nor b2 can
+/// ever get memory.
+fn crossed(on_timeout: &str) -> String {
+    let mut toml = header(
+        "hybrid",
+        "graceful-degradation",
+        &format!(
+            "[[strategy.synchronizationPoints]]\nid = \"a\"\ntype = \"barrier\"\nparticipants = [\"a1\", \"a2\"]\nonTimeout = \"{on_timeout}\"\n\
+         [[strategy.synchronizationPoints]]\nid = \"b\"\ntype = \"barrier\"\nparticipants = [\"b1\", \"b2\"]\nonTimeout = \"{on_timeout}\"\n"
+        ),
+    ) + "\n[resources]\nmaxTotalMemoryMB = 64\n";
+    for (id, point, priority) in [
+        ("a1", "a", 4),
+        ("b1", "b", 3),
+        ("a2", "a", 2),
+        ("b2", "b", 1),
+    ] {
+        toml += &one(
+            id,
+            None,
+            &format!(r#"[{{ barrier = "{point}", tolerate = true }}]"#),
+            &format!("priority = {priority}"),
+        );
+    }
+    toml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stuck_with_every_agent_waiting_breaks_the_points_at_once() {
+    let h = harness().await;
+    let (r, ev) = h.run(&crossed("proceed")).await;
+    // Found, not waited out: the event names both points and why the rest cannot start.
+    let found: Vec<&Value> = ev.iter().filter(|e| e["kind"] == "deadlock").collect();
+    assert_eq!(found.len(), 1, "{ev:#?}");
+    let reason = found[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("`a`: a1") && reason.contains("`b`: b1") && reason.contains("no resources"),
+        "{reason}"
+    );
+    // `proceed`: a1 and b1 go on with an incomplete barrier; a2 and b2 then start and see it.
+    assert!(r.success, "{r:#?}");
+    for id in ["a1", "b1", "a2", "b2"] {
+        assert_eq!(outcome(&r, id)["complete"], false, "{id}: {r:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_fail_and_wait_a_deadlocked_point_fails_naming_the_deadlock() {
+    for on_timeout in ["fail", "wait"] {
+        let h = harness().await;
+        let (r, ev) = h.run(&crossed(on_timeout)).await;
+        assert_eq!(
+            ev.iter().filter(|e| e["kind"] == "deadlock").count(),
+            1,
+            "{on_timeout}: {ev:#?}"
+        );
+        let doc = &r.synchronization["a"];
+        assert!(
+            doc["failed"]
+                .as_str()
+                .unwrap()
+                .contains("deadlock: every running agent waits"),
+            "{on_timeout}: {doc:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_waiting_for_a_participant_that_will_still_start_are_not_a_deadlock() {
+    let h = harness().await;
+    // p1 waits at `pt` while p2 is still to start (after p0): nothing is stuck.
+    let (r, ev) = h
+        .run(&pair("hybrid", "", "", r#"dependsOn = ["p0"]"#))
+        .await;
+    assert!(r.success, "{r:#?}");
+    assert!(ev.iter().all(|e| e["kind"] != "deadlock"), "{ev:#?}");
+    assert_eq!(outcome(&r, "p1")["complete"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_dies_waiting_at_a_barrier_is_absent_not_arrived() {
+    let h = harness().await;
+    // p1 arrives, then its time limit kills it while it waits; p2 arrives only after that.
+    let toml = header(
+        "hybrid",
+        "graceful-degradation",
+        &point("barrier", "\"all-complete\"", "", "proceed", "")
+            .replace("[\"p1\", \"p2\", \"p3\"]", "[\"p1\", \"p2\"]"),
+    ) + &one("p1", None, r#"[{ barrier = "pt" }]"#, "timeLimitMs = 200")
+        + &one(
+            "p2",
+            None,
+            &format!(
+                r#"[{}, {{ barrier = "pt" }}]"#,
+                after(r#"kind = "subtask-failed", subtask = "p1""#)
+            ),
+            "",
+        );
+    let (r, _) = h.run(&toml).await;
+    assert_eq!(state(&r, "p1"), SubtaskState::Failed, "{r:#?}");
+    let o = outcome(&r, "p2");
+    // Without p1 alive the barrier can no longer complete: it resolved under `proceed` as
+    // incomplete when p1 died, and p2 arriving later gets that outcome.
+    assert_eq!(o["complete"], false, "{o:#?}");
+    assert!(
+        o["absent"].as_array().unwrap().contains(&json!("p1")),
+        "{o:#?}"
+    );
+    assert!(
+        !o["arrived"].as_array().unwrap().contains(&json!("p1")),
+        "{o:#?}"
+    );
+}
