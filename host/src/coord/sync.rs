@@ -320,8 +320,11 @@ struct Point {
     resolved: watch::Sender<Option<Arc<Resolution>>>,
 }
 
-/// Durable checkpoint storage: context documents `run/<run>/checkpoint/<point>/<participant>`,
-/// written by the operator identity.
+/// Durable storage of what participants gave a point, as context documents written by the
+/// operator identity: checkpoints at `run/<run>/checkpoint/<point>/<participant>`, every other
+/// arrival (a barrier arrival, a vote, a contribution) at
+/// `run/<run>/arrival/<point>/<participant>`. Each is durable before it counts, so a resumed
+/// run counts what a participant that will not run again gave.
 #[derive(Clone)]
 struct Checkpoints {
     context: ContextService,
@@ -340,6 +343,43 @@ impl Checkpoints {
             .put_as_operator(&id, "checkpoint", doc)
             .await
             .map_err(|e| format!("storing checkpoint `{id}`: {e}"))
+    }
+
+    fn arrival_id(&self, point: &str, participant: &str) -> String {
+        format!("run/{}/arrival/{point}/{participant}", self.run_id)
+    }
+
+    async fn save_arrival(
+        &self,
+        point: &str,
+        participant: &str,
+        payload: &Value,
+    ) -> Result<(), String> {
+        let id = self.arrival_id(point, participant);
+        let doc = json!({"point": point, "participant": participant, "payload": payload});
+        self.context
+            .put_as_operator(&id, "sync-arrival", doc)
+            .await
+            .map(drop)
+            .map_err(|e| format!("storing the arrival `{id}`: {e}"))
+    }
+
+    /// What `participant` gave `point` before, if it is stored.
+    async fn load_arrival(
+        &self,
+        kind: SyncPointType,
+        point: &str,
+        participant: &str,
+    ) -> Option<Value> {
+        if kind == SyncPointType::Checkpoint {
+            return self.load(point, participant).await;
+        }
+        let view = self
+            .context
+            .get(OPERATOR, &self.arrival_id(point, participant))
+            .await
+            .ok()?;
+        view.doc.get("payload").cloned()
     }
 
     async fn load(&self, point: &str, participant: &str) -> Option<Value> {
@@ -432,6 +472,53 @@ impl SyncEngine {
         }
     }
 
+    /// Resuming a run: `point` has no outcome that stands, and the participants in `finished`
+    /// will not run again. What each of them gave before the crash counts as its arrival;
+    /// one that gave nothing is absent. The point may resolve at once.
+    pub async fn resume_point(&self, point_id: &str, finished: &BTreeSet<String>) {
+        let Some(point) = self.points.get(point_id) else {
+            return;
+        };
+        let mut given = Vec::new();
+        for p in point
+            .def
+            .participants
+            .iter()
+            .filter(|p| finished.contains(*p))
+        {
+            let stored = match &self.checkpoints {
+                Some(cp) => cp.load_arrival(point.def.point_type, point_id, p).await,
+                None => None,
+            };
+            given.push((p.clone(), stored));
+        }
+        let r = {
+            let mut st = point.state.lock().expect("sync point lock poisoned");
+            if point.resolved.borrow().is_some() {
+                return;
+            }
+            for (p, stored) in given {
+                match stored {
+                    Some(payload) => {
+                        st.absent.remove(&p);
+                        if !st.index.contains_key(&p) {
+                            let i = st.arrivals.len();
+                            st.arrivals.push((p.clone(), payload));
+                            st.index.insert(p, i);
+                        }
+                    }
+                    None => {
+                        st.absent.insert(p);
+                    }
+                }
+            }
+            evaluate(&point.def, &st, false)
+        };
+        if let Some(r) = r {
+            self.resolve(point, r);
+        }
+    }
+
     /// A participant arrives at `point` with `payload` and waits for the resolution (shared by
     /// every participant).
     pub async fn arrive(
@@ -460,13 +547,16 @@ impl SyncEngine {
                 point.def.participants.join(", ")
             )));
         }
-        if call == SyncPointType::Checkpoint
-            && point.resolved.borrow().is_none()
+        // Durable before it counts.
+        if point.resolved.borrow().is_none()
             && let Some(cp) = &self.checkpoints
         {
-            cp.save(point_id, participant, &payload)
-                .await
-                .map_err(SyncFailure::Failed)?;
+            if call == SyncPointType::Checkpoint {
+                cp.save(point_id, participant, &payload).await
+            } else {
+                cp.save_arrival(point_id, participant, &payload).await
+            }
+            .map_err(SyncFailure::Failed)?;
         }
         let mut rx = point.resolved.subscribe();
         let resolved_now = {

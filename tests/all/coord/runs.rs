@@ -61,6 +61,116 @@ mod resume {
             .unwrap_err();
         assert!(e.to_string().contains("no run `run-nope`"), "{e}");
     }
+
+    /// A point `pt` of `kind` for p1 and p2, where p2 (on `worker`) fails before arriving while the
+    /// worker is broken, and p1 waits there with `step`.
+    fn broken_point(kind: &str, step: &str, on_timeout: &str, condition: &str) -> (String, String) {
+        let base = header(
+            "hybrid",
+            "graceful-degradation",
+            &point(kind, condition, "", on_timeout, "")
+                .replace("[\"p1\", \"p2\", \"p3\"]", "[\"p1\", \"p2\"]"),
+        ) + &one("p1", Some("backup"), &format!("[{step}]"), "")
+            + &one(
+                "p2",
+                Some("worker"),
+                &format!(r#"[{{ fail_if_config = "broken" }}, {step}]"#),
+                "",
+            );
+        let broken = base.replace(
+            "[agents.worker]\ncomponent = \"guest:worker\"",
+            "[agents.worker]\ncomponent = \"guest:worker\"\nconfig = { broken = true }",
+        );
+        (base, broken)
+    }
+
+    async fn resume(h: &Harness, toml: &str, run: &str) -> (RunReport, Vec<Value>) {
+        h.run_with(
+            toml,
+            RunOptions {
+                run_id: Some(run.to_string()),
+                resume: true,
+                status: None,
+            },
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_point_that_failed_reopens_when_its_participants_run_again() {
+        let h = harness().await;
+        let (fixed, broken) = broken_point(
+            "barrier",
+            r#"{ barrier = "pt" }"#,
+            "fail",
+            "\"all-complete\"",
+        );
+        let (r1, _) = h.run(&broken).await;
+        assert!(r1.synchronization["pt"]["failed"].is_string(), "{r1:#?}");
+        assert_eq!(state(&r1, "p1"), SubtaskState::Failed);
+        // The broken agent fixed, the run resumes past the point instead of replaying its
+        // failure.
+        let (r2, _) = resume(&h, &fixed, &r1.coordination_id).await;
+        assert!(r2.success, "{r2:#?}");
+        assert_eq!(outcome(&r2, "p1")["complete"], true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vote_given_before_by_a_participant_that_finished_still_counts_on_resume() {
+        let h = harness().await;
+        // p1 votes and goes on even though the decision fails (p2 never votes).
+        let (fixed, broken) = broken_point(
+            "decision",
+            r#"{ vote = { point = "pt", choice = "ship" }, tolerate = true }"#,
+            "fail",
+            "\"all-complete\"",
+        );
+        let (r1, _) = h.run(&broken).await;
+        assert_eq!(state(&r1, "p1"), SubtaskState::Completed, "{r1:#?}");
+        assert_eq!(state(&r1, "p2"), SubtaskState::Failed);
+        let (r2, _) = resume(&h, &fixed, &r1.coordination_id).await;
+        assert!(r2.success, "{r2:#?}");
+        assert!(result(&r2, "p1").resumed, "p1 does not run again");
+        // The decision counted p1's stored vote with p2's new one.
+        let decided = &r2.synchronization["pt"];
+        assert_eq!(decided["complete"], true, "{decided:#?}");
+        assert_eq!(
+            decided["arrived"].as_array().unwrap().len(),
+            2,
+            "{decided:#?}"
+        );
+        assert_eq!(decided["result"]["decision"], "ship", "{decided:#?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_outcome_a_finished_participant_went_on_with_stands_on_resume() {
+        let h = harness().await;
+        // p2 fails before arriving; under `proceed` that releases p1, which finishes.
+        let (r1, _) = h
+            .run(
+                &broken_point(
+                    "barrier",
+                    r#"{ barrier = "pt" }"#,
+                    "proceed",
+                    "\"all-complete\"",
+                )
+                .1,
+            )
+            .await;
+        // Under `proceed`, p2's failure released p1 with an incomplete barrier.
+        assert_eq!(state(&r1, "p1"), SubtaskState::Completed, "{r1:#?}");
+        let fixed = broken_point(
+            "barrier",
+            r#"{ barrier = "pt" }"#,
+            "proceed",
+            "\"all-complete\"",
+        )
+        .0;
+        let (r2, _) = resume(&h, &fixed, &r1.coordination_id).await;
+        assert!(r2.success, "{r2:#?}");
+        // The outcome p1 went on with stands: it was stored before p1's output.
+        assert_eq!(r2.synchronization["pt"]["complete"], false, "{r2:#?}");
+    }
 }
 
 mod monitor {

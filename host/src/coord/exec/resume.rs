@@ -13,17 +13,41 @@ impl Run {
                 s.resumed = true;
             }
         }
+        // Points: an outcome that resolved stands; a failure stands only if every
+        // participant already finished (nobody will arrive again). Any other point reopens,
+        // counting what participants that will not run again gave before the crash.
+        let finished: BTreeSet<String> = self
+            .subs
+            .iter()
+            .filter(|s| s.state == SubtaskState::Completed)
+            .map(|s| s.id.clone())
+            .collect();
         for p in self.manifest.strategy.synchronization_points.clone() {
             let id = format!("run/{}/sync/{}", self.run_id, p.id);
-            if let Some(doc) = self.read_doc(&id).await {
-                let outcome = match doc.get("failed").and_then(Value::as_str) {
-                    Some(m) => Err(m.to_string()),
-                    None => serde_json::from_value::<SyncOutcome>(doc.clone())
-                        .map_err(|e| format!("stored outcome unreadable: {e}")),
-                };
-                self.sync.preload(&p.id, outcome);
-                self.sync_results.insert(p.id.clone(), doc);
+            let stored = self.read_doc(&id).await;
+            let everyone_done = p.participants.iter().all(|q| finished.contains(q));
+            match stored {
+                Some(doc) if doc.get("failed").is_none() => {
+                    match serde_json::from_value::<SyncOutcome>(doc.clone()) {
+                        Ok(o) => {
+                            self.sync.preload(&p.id, Ok(o));
+                            self.sync_results.insert(p.id.clone(), doc);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(point = %p.id, error = %e, "stored outcome unreadable; the point reopens")
+                        }
+                    }
+                }
+                Some(doc) if everyone_done => {
+                    let m = doc["failed"].as_str().unwrap_or("failed").to_string();
+                    self.sync.preload(&p.id, Err(m));
+                    self.sync_results.insert(p.id.clone(), doc);
+                    continue;
+                }
+                _ => {}
             }
+            self.sync.resume_point(&p.id, &finished).await;
         }
         let run_doc = format!("run/{}", self.run_id);
         let task = self.manifest.task.id.clone();
