@@ -206,6 +206,19 @@ pub struct SyncPointDef {
     /// Aggregation only: how contributions are combined.
     #[serde(default)]
     pub reducer: Option<Reducer>,
+    /// Most bytes of payloads (votes, contributions, checkpoint states, as JSON) the point
+    /// holds at once, which bounds its result; an arrival that would pass it is refused as an
+    /// invalid payload. Default [`DEFAULT_MAX_RESULT_BYTES`], at most
+    /// [`crate::coord::manifest::MAX_RESULT_BYTES`].
+    #[serde(default = "default_max_result_bytes")]
+    pub max_result_bytes: u64,
+}
+
+/// Default `maxResultBytes` of a point: 4 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 4 << 20;
+
+fn default_max_result_bytes() -> u64 {
+    DEFAULT_MAX_RESULT_BYTES
 }
 
 fn default_condition() -> SyncCondition {
@@ -230,6 +243,18 @@ pub struct SyncOutcome {
     pub result: Value,
     /// Milliseconds from the first arrival to resolution.
     pub waited_ms: u64,
+    /// `result` as JSON text, made once and shared by every participant it is handed to.
+    #[serde(skip)]
+    result_text: std::sync::OnceLock<Arc<str>>,
+}
+
+impl SyncOutcome {
+    /// [`result`](Self::result) as JSON text, serialized once.
+    pub fn result_text(&self) -> Arc<str> {
+        self.result_text
+            .get_or_init(|| Arc::from(self.result.to_string()))
+            .clone()
+    }
 }
 
 /// Why a sync call failed.
@@ -298,13 +323,56 @@ struct PointState {
     absent: BTreeSet<String>,
     first_arrival: Option<Instant>,
     timed_out: bool,
+    /// Bytes of JSON of the payloads in `arrivals`.
+    payload_bytes: u64,
+}
+
+/// Bytes of `v` as JSON.
+fn json_bytes(v: &Value) -> u64 {
+    serde_json::to_vec(v).map_or(0, |b| b.len() as u64)
 }
 
 impl PointState {
+    /// The payload bytes the point would hold with `participant`'s payload of `bytes`, or an
+    /// error if that passes `cap`.
+    fn room_for(
+        &self,
+        point: &str,
+        participant: &str,
+        bytes: u64,
+        cap: u64,
+    ) -> Result<(), SyncFailure> {
+        let replaced = self
+            .index
+            .get(participant)
+            .map_or(0, |&i| json_bytes(&self.arrivals[i].1));
+        let total = self
+            .payload_bytes
+            .saturating_sub(replaced)
+            .saturating_add(bytes);
+        if total > cap {
+            return Err(SyncFailure::InvalidPayload(format!(
+                "point `{point}` would hold {total} bytes of payloads with this one ({bytes} \
+                 bytes); its maxResultBytes is {cap}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records `participant`'s arrival with `payload` (replacing an earlier one).
+    fn put_arrival(&mut self, participant: &str, payload: Value) {
+        self.remove_arrival(participant);
+        self.payload_bytes = self.payload_bytes.saturating_add(json_bytes(&payload));
+        let i = self.arrivals.len();
+        self.arrivals.push((participant.to_string(), payload));
+        self.index.insert(participant.to_string(), i);
+    }
+
     /// Forgets `participant`'s arrival, if any.
     fn remove_arrival(&mut self, participant: &str) {
         if let Some(i) = self.index.remove(participant) {
-            self.arrivals.remove(i);
+            let (_, payload) = self.arrivals.remove(i);
+            self.payload_bytes = self.payload_bytes.saturating_sub(json_bytes(&payload));
             for k in self.index.values_mut() {
                 if *k > i {
                     *k -= 1;
@@ -452,6 +520,17 @@ impl SyncEngine {
         v
     }
 
+    /// Whether a point resolved (`Ok`) or failed (`Err` with why), without copying its
+    /// outcome; `None` while it is open.
+    pub fn status(&self, point: &str) -> Option<Result<(), String>> {
+        let p = self.points.get(point)?;
+        let r = p.resolved.borrow();
+        Some(match r.as_deref()? {
+            Resolution::Done(_) => Ok(()),
+            Resolution::Failed(m) => Err(m.clone()),
+        })
+    }
+
     /// The resolution of a point, if it resolved.
     pub fn outcome(&self, point: &str) -> Option<Result<SyncOutcome, String>> {
         let p = self.points.get(point)?;
@@ -499,13 +578,23 @@ impl SyncEngine {
             }
             for (p, stored) in given {
                 match stored {
-                    Some(payload) => {
+                    Some(payload)
+                        if st
+                            .room_for(
+                                point_id,
+                                &p,
+                                json_bytes(&payload),
+                                point.def.max_result_bytes,
+                            )
+                            .is_ok() =>
+                    {
                         st.absent.remove(&p);
                         if !st.index.contains_key(&p) {
-                            let i = st.arrivals.len();
-                            st.arrivals.push((p.clone(), payload));
-                            st.index.insert(p, i);
+                            st.put_arrival(&p, payload);
                         }
+                    }
+                    Some(_) => {
+                        st.absent.insert(p);
                     }
                     None => {
                         st.absent.insert(p);
@@ -547,6 +636,14 @@ impl SyncEngine {
                 point.def.participants.join(", ")
             )));
         }
+        // Within the point's bound before anything is stored (checked again as it counts,
+        // against arrivals made meanwhile).
+        let bytes = json_bytes(&payload);
+        point
+            .state
+            .lock()
+            .expect("sync point lock poisoned")
+            .room_for(point_id, participant, bytes, point.def.max_result_bytes)?;
         // Durable before it counts.
         if point.resolved.borrow().is_none()
             && let Some(cp) = &self.checkpoints
@@ -566,15 +663,9 @@ impl SyncEngine {
                 if first {
                     st.first_arrival = Some(Instant::now());
                 }
+                st.room_for(point_id, participant, bytes, point.def.max_result_bytes)?;
                 st.absent.remove(participant);
-                match st.index.get(participant).copied() {
-                    Some(i) => st.arrivals[i].1 = payload,
-                    None => {
-                        let i = st.arrivals.len();
-                        st.arrivals.push((participant.to_string(), payload));
-                        st.index.insert(participant.to_string(), i);
-                    }
-                }
+                st.put_arrival(participant, payload);
                 if first && let Some(ms) = point.def.timeout_ms {
                     self.start_timer(&point, ms);
                 }
@@ -897,6 +988,7 @@ fn outcome(def: &SyncPointDef, st: &PointState, complete: bool) -> SyncOutcome {
             .first_arrival
             .map(|t| t.elapsed().as_millis() as u64)
             .unwrap_or(0),
+        result_text: Default::default(),
     }
 }
 
@@ -1154,7 +1246,51 @@ mod tests {
             timeout_ms: Some(100),
             on_timeout,
             reducer: None,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
+    }
+
+    /// `a` and `b` contribute 10 bytes each to an aggregation bounded at 30 bytes, then `c`
+    /// contributes `last`.
+    async fn third_contribution(last: Value) -> Result<Arc<SyncOutcome>, SyncFailure> {
+        let mut d = def(
+            SyncPointType::Aggregation,
+            SyncCondition::AllComplete,
+            OnTimeout::Fail,
+        );
+        d.timeout_ms = None;
+        d.max_result_bytes = 30;
+        let e = SyncEngine::new(&[d], None, None);
+        // A 10-byte JSON string: eight characters and the quotes.
+        let value = json!("12345678");
+        assert_eq!(json_bytes(&value), 10);
+        for who in ["a", "b"] {
+            let (e, v) = (e.clone(), value.clone());
+            tokio::spawn(async move { e.arrive("p", who, SyncPointType::Aggregation, v).await });
+        }
+        while e.waiting_at().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let r = e.arrive("p", "c", SyncPointType::Aggregation, last).await;
+        e.cancel_all("test over");
+        r
+    }
+
+    #[tokio::test]
+    async fn a_point_holds_payloads_up_to_its_max_result_bytes() {
+        // Exactly 30 bytes: the point resolves.
+        let done = third_contribution(json!("12345678")).await.unwrap();
+        assert!(done.complete);
+        assert_eq!(
+            &*done.result_text(),
+            r#"{"a":"12345678","b":"12345678","c":"12345678"}"#
+        );
+        // One byte more is refused, naming the bound.
+        let refused = third_contribution(json!("123456789")).await.unwrap_err();
+        assert!(
+            matches!(&refused, SyncFailure::InvalidPayload(m) if m.contains("would hold 31 bytes") && m.contains("maxResultBytes is 30")),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]

@@ -22,7 +22,8 @@ fn sync_outcome(o: Arc<crate::coord::sync::SyncOutcome>) -> WitSyncOutcome {
         timed_out: o.timed_out,
         arrived: o.arrived.clone(),
         absent: o.absent.clone(),
-        result: o.result.to_string(),
+        // Serialized once per point, copied per participant.
+        result: o.result_text().to_string(),
     }
 }
 

@@ -427,6 +427,21 @@ inputs = [{ name = "total", from = "sync.pt" }]
         .position(|e| e["kind"] == "sync-resolved")
         .unwrap();
     assert!(first(&ev, "subtask-started", "agg") > resolved);
+    // The event summarizes the outcome and names its document; it does not copy the result.
+    let summary = &ev[resolved];
+    assert!(summary.get("result").is_none(), "{summary:#?}");
+    assert_eq!(summary["arrived"], 3, "{summary:#?}");
+    assert_eq!(
+        summary["resultBytes"].as_u64(),
+        Some(json!({"n": 6, "m": 15}).to_string().len() as u64)
+    );
+    let doc = h
+        .svc
+        .get(OPERATOR, summary["document"].as_str().unwrap())
+        .await
+        .unwrap()
+        .doc;
+    assert_eq!(doc["result"], json!({"n": 6, "m": 15}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

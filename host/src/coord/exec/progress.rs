@@ -56,12 +56,27 @@ impl Run {
             SyncNotice::Resolved { point, outcome, at } => {
                 self.sync_reached += 1;
                 self.resolved_at.insert(point.clone(), at);
-                let doc = match &outcome {
-                    Ok(o) => serde_json::to_value(&**o).unwrap_or(Value::Null),
-                    Err(m) => json!({"point": point, "failed": m}),
-                };
-                self.event("sync-resolved", None, doc.clone()).await;
                 let id = format!("run/{}/sync/{point}", self.run_id);
+                let (doc, summary) = match &outcome {
+                    Ok(o) => (
+                        serde_json::to_value(&**o).unwrap_or(Value::Null),
+                        // The event names the outcome's document instead of carrying it.
+                        json!({
+                            "point": point,
+                            "complete": o.complete,
+                            "timedOut": o.timed_out,
+                            "arrived": o.arrived.len(),
+                            "absent": o.absent.len(),
+                            "resultBytes": o.result_text().len(),
+                            "document": id,
+                        }),
+                    ),
+                    Err(m) => {
+                        let doc = json!({"point": point, "failed": m});
+                        (doc.clone(), doc)
+                    }
+                };
+                self.event("sync-resolved", None, summary).await;
                 self.write_doc(&id, "sync-outcome", doc.clone()).await;
                 self.sync_results.insert(point, doc);
             }

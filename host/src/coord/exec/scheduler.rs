@@ -62,7 +62,7 @@ impl Run {
         for inp in &def.inputs {
             for r in inp.from.iter().flat_map(|f| f.refs()) {
                 if let Some(Source::Sync(p)) = Source::parse(r) {
-                    match self.sync.outcome(&p) {
+                    match self.sync.status(&p) {
                         None => ready = false,
                         Some(Err(m)) if inp.required => {
                             return Err(format!("sync point `{p}` failed: {m}"));

@@ -42,6 +42,11 @@ pub const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
 pub const MAX_FACTOR: f64 = 100.0;
 /// Largest `resources.maxTotalMemoryMB`: 1 TiB.
 pub const MAX_TOTAL_MEMORY_MB: u64 = 1 << 20;
+/// Largest `maxResultBytes` of a sync point: 16 MiB, the context store's default document
+/// limit (the outcome is stored as one document).
+pub const MAX_RESULT_BYTES: u64 = 16 << 20;
+/// Smallest `maxResultBytes` of a sync point: 1 KiB.
+pub const MIN_RESULT_BYTES: u64 = 1024;
 /// Largest `resources.maxConcurrentAllocations`.
 pub const MAX_CONCURRENT_ALLOCATIONS: u64 = 65_536;
 
@@ -179,6 +184,25 @@ impl Manifest {
                 &p.id,
                 p.timeout_ms,
             )?;
+            number(
+                format!("strategy.synchronizationPoints[{i}].maxResultBytes"),
+                &p.id,
+                p.max_result_bytes,
+                MAX_RESULT_BYTES,
+            )?;
+            if p.max_result_bytes < MIN_RESULT_BYTES {
+                return Err(manifest_error(
+                    text,
+                    path,
+                    format!("strategy.synchronizationPoints[{i}].maxResultBytes"),
+                    Some(&p.id),
+                    format!(
+                        "is {}; it must be at least {MIN_RESULT_BYTES} (every arrival holds at \
+                         least `null`)",
+                        p.max_result_bytes
+                    ),
+                ));
+            }
         }
         for (i, t) in self.subtasks.iter().enumerate() {
             let key = |field: &str| format!("subtasks[{i}].{field}");

@@ -296,6 +296,16 @@ fn every_count_time_and_factor_a_manifest_sets_is_bounded_at_its_ceiling() {
             week.to_string(),
             (week + 1).to_string(),
         ),
+        scalar(
+            "strategy.synchronizationPoints[0].maxResultBytes",
+            |p, v| {
+                p.more = format!(
+                    "\n[[strategy.synchronizationPoints]]\nid = \"p\"\ntype = \"barrier\"\nparticipants = [\"c\", \"d\"]\nmaxResultBytes = {v}\n{CD}"
+                )
+            },
+            MAX_RESULT_BYTES.to_string(),
+            (MAX_RESULT_BYTES + 1).to_string(),
+        ),
         // Counts: the value is how many entries to generate.
         scalar(
             "subtasks",
@@ -394,6 +404,22 @@ fn a_manifest_past_its_byte_bound_is_refused_before_parsing() {
     std::fs::write(&path, format!("{past}{}", "#".repeat(1 << 20))).unwrap();
     let e = Manifest::load(&path).unwrap_err().to_string();
     assert!(e.contains("8388609 bytes or more"), "{e}");
+}
+
+#[test]
+fn a_point_holds_at_least_a_kibibyte_of_payloads() {
+    let point = |v: u64| Parts {
+        more: format!(
+            "\n[[strategy.synchronizationPoints]]\nid = \"p\"\ntype = \"barrier\"\nparticipants = [\"c\", \"d\"]\nmaxResultBytes = {v}\n{CD}"
+        ),
+        ..Parts::default()
+    };
+    check(&point(MIN_RESULT_BYTES).text()).expect("the minimum is accepted");
+    let e = check(&point(MIN_RESULT_BYTES - 1).text()).unwrap_err();
+    assert!(
+        e.contains("maxResultBytes") && e.contains("must be at least 1024"),
+        "{e}"
+    );
 }
 
 #[test]
