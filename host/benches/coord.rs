@@ -214,6 +214,7 @@ async fn barrier() {
             timeout_ms: None,
             on_timeout: qi_host::coord::sync::OnTimeout::Wait,
             reducer: None,
+            max_result_bytes: qi_host::coord::sync::DEFAULT_MAX_RESULT_BYTES,
         };
         let engine = qi_host::coord::sync::SyncEngine::new(&[def], None, None);
         let mut tasks = Vec::new();
