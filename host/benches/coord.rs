@@ -9,7 +9,15 @@
 //!    the resolution (the last arrival) until the last participant is released, and the run's
 //!    wall time; three rounds.
 //!
-//! `cargo bench -p qi-host --bench coord [-- overhead|barrier] [WORK]` (WORK: xorshift rounds
+//! 3. `plan`: a generated manifest of 1,000 subtasks (10 waves of 100, each subtask after two of
+//!    the previous wave, a barrier per wave) through what `qi-host plan` and `run` do before a
+//!    run starts (parse, check, load and describe the agents, plan, deadlock check; the seed's
+//!    target is under 1 s), median of three; the process's resident memory before and after
+//!    (what planning keeps); then one run of it (empty steps, 8 at once) with the growth of the
+//!    peak resident memory over the run (the seed's target for coordination memory is under
+//!    100 MB; agents' own linear memory is included, so this is an upper bound).
+//!
+//! `cargo bench -p qi-host --bench coord [-- overhead|barrier|plan] [WORK]` (WORK: xorshift rounds
 //! per subtask, default 4,000,000). Prints figures only; nothing here asserts on timing.
 
 #![allow(missing_docs)]
@@ -255,6 +263,102 @@ async fn barrier() {
     );
 }
 
+/// `VmRSS` and `VmHWM` of this process, in KiB.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn wide_manifest(waves: usize, width: usize) -> String {
+    let mut t = String::from(
+        "[task]\nid = \"wide\"\n[strategy]\ntype = \"hybrid\"\nmaxConcurrentAgents = 8\nfailureHandling = \"fail-fast\"\n[resources]\nmaxTotalMemoryMB = 1000000\nmaxConcurrentAllocations = 2000\n[agents.worker]\ncomponent = \"guest:worker\"\nspec = { fuel = 1_000_000_000, resourceLimits = { maxMemoryMB = 2, maxExecutionTimeMs = 600000 } }\n",
+    );
+    for w in 0..waves {
+        let names: Vec<String> = (0..width).map(|i| format!("\"s{w}_{i}\"")).collect();
+        let _ = write!(
+            t,
+            "\n[[strategy.synchronizationPoints]]\nid = \"wave{w}\"\ntype = \"barrier\"\nparticipants = [{}]\n",
+            names.join(", ")
+        );
+    }
+    for w in 0..waves {
+        for i in 0..width {
+            let deps = if w == 0 {
+                String::new()
+            } else {
+                format!(
+                    "dependsOn = [\"s{}_{i}\", \"s{}_{}\"]\n",
+                    w - 1,
+                    w - 1,
+                    (i + 1) % width
+                )
+            };
+            let _ = write!(
+                t,
+                "\n[[subtasks]]\nid = \"s{w}_{i}\"\n{deps}inputs = [{{ name = \"steps\", value = [{{ barrier = \"wave{w}\" }}] }}]\n"
+            );
+        }
+    }
+    t
+}
+
+async fn plan_section() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = host(dir.path(), 2000).await;
+    let toml = wide_manifest(10, 100);
+    let path = Path::new("wide.toml");
+    println!(
+        "plan: {} subtasks, {} sync points, manifest {} KiB; measured path: coord::prepare_parsed (parse, check, agents, plan, deadlock check)",
+        1000,
+        10,
+        toml.len() / 1024
+    );
+    // Warm the component cache and the engine first.
+    let manifest = coord::Manifest::parse(&toml, path).expect("parses");
+    let mut prepared = coord::prepare_parsed(&host, manifest, &toml, path, Some(guest_dir()))
+        .await
+        .expect("plans");
+    let mut times = Vec::new();
+    let (rss_before, _) = memory_kib();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let manifest = coord::Manifest::parse(&toml, path).expect("parses");
+        prepared = coord::prepare_parsed(&host, manifest, &toml, path, Some(guest_dir()))
+            .await
+            .expect("plans");
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (rss_after, hwm_before_run) = memory_kib();
+    println!(
+        "plan: median {:.1} ms to validate and plan (target < 1000 ms: {:.3}x of it); resident memory {} KiB before, {} KiB after",
+        median(times.clone()),
+        median(times) / 1000.0,
+        rss_before,
+        rss_after
+    );
+    let started = Instant::now();
+    let r = prepared
+        .run(host.clone(), RunOptions::default())
+        .await
+        .expect("runs");
+    let wall = started.elapsed();
+    assert!(r.success, "{:?}", r.error);
+    let (_, hwm_after_run) = memory_kib();
+    println!(
+        "plan: the run took {:.0} ms; peak resident memory grew {:.1} MiB over it (target < 100 MB of coordination memory: {:.3}x; includes the agents' own memory)",
+        wall.as_secs_f64() * 1000.0,
+        hwm_after_run.saturating_sub(hwm_before_run) as f64 / 1024.0,
+        hwm_after_run.saturating_sub(hwm_before_run) as f64 * 1024.0 / 100e6
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -282,6 +386,9 @@ fn main() {
         }
         if want("barrier") {
             barrier().await;
+        }
+        if want("plan") {
+            plan_section().await;
         }
     });
 }

@@ -18,6 +18,9 @@
 //! - `host.exit {code}`: calls `exit(code)` instead of returning.
 //! - `host.tool {tool, input}`: calls `tool` with `input` (any JSON value, sent as its text)
 //!   and answers the size of the output.
+//! - `host.timer-then-tool {timer_ms, tool, input}`: subscribes to a `wasi:clocks` timer due in
+//!   `timer_ms` and drops it without waiting, then calls `tool` like `host.tool` (a guest
+//!   trying to pass for a sleeper while it is stuck elsewhere).
 //! - `host.checkpoint {bytes, point}`: a `sync.checkpoint` with a state of exactly `bytes`
 //!   bytes at a point id of `point` bytes (default 1).
 //! - `host.clock {count}`: reads the wall clock `count` times (for the WASI call count).
@@ -134,6 +137,13 @@ pub fn run(attack: &str, input: &Value) -> Result<TaskOutput, AgentError> {
         "spoof-panic" => spoof_panic(input["then"].as_str().unwrap_or_default()),
         "checkpoint" => checkpoint(n("bytes", 2), n("point", 1))?,
         "tool" => tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?,
+        "timer-then-tool" => {
+            let timer = wasip2::clocks::monotonic_clock::subscribe_duration(
+                n("timer_ms", 0) as u64 * 1_000_000,
+            );
+            drop(timer);
+            tool(input["tool"].as_str().unwrap_or_default(), &input["input"])?
+        }
         _ => return Err(crate::unknown(&format!("host.{attack}"))),
     };
     Ok(TaskOutput {

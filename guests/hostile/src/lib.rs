@@ -47,6 +47,11 @@ impl Agent for Hostile {
 
     fn run(task: Task) -> Result<TaskOutput, AgentError> {
         let input: Value = task.input_json()?;
+        // In a coordinated run the attack comes in the subtask's inputs.
+        let input = match input.get("inputs") {
+            Some(inputs) if inputs.get("mode").is_some() => inputs.clone(),
+            _ => input,
+        };
         let mode = input["mode"].as_str().unwrap_or_default().to_string();
         match mode.split_once('.') {
             Some(("fs", attack)) => fs::run(attack, &input),

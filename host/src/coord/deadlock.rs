@@ -17,8 +17,10 @@ use std::path::Path;
 
 /// Checks that every sync point's participants can all be alive at once under `plan`'s
 /// strategy, the run's resource budget and the host's limit of `live_agents` agents.
-/// Memory counts each participant's cheapest capable agent (its `maxMemoryMB`, lowered by the
-/// subtask's `constraints.maxMemoryMB`).
+/// Memory counts the agent each participant's first attempt runs on (its first capable agent,
+/// the one the manifest prefers; `maxMemoryMB` lowered by the subtask's
+/// `constraints.maxMemoryMB`), as the run allocates it. (`adaptive` may choose another kind; a
+/// run that gets stuck that way is caught while it runs.)
 pub fn check_points_can_gather(
     manifest: &Manifest,
     plan: &Plan,
@@ -80,20 +82,20 @@ pub fn check_points_can_gather(
                     .subtask(&p.id)
                     .and_then(|s| s.constraints.max_memory_mb);
                 p.candidates
-                    .iter()
-                    .filter_map(|c| agents.get(c))
+                    .first()
+                    .and_then(|c| agents.get(c))
                     .map(|a| {
                         let m = a.spec.resource_limits.max_memory_mb;
                         u64::from(cap.map_or(m, |c| m.min(c)))
                     })
-                    .min()
                     .unwrap_or(0)
             })
             .fold(0, u64::saturating_add);
         if memory > budget.max_total_memory_mb {
             return Err(refuse(format!(
-                "its {n} participants must be alive at once and need at least {memory} MiB \
-                 together, but resources.maxTotalMemoryMB is {}",
+                "its {n} participants must be alive at once and need {memory} MiB together \
+                 (each on the agent its first attempt runs on), but resources.maxTotalMemoryMB \
+                 is {}",
                 budget.max_total_memory_mb
             )));
         }

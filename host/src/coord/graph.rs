@@ -8,9 +8,9 @@
 //! edges; ancestors are bit sets (n² bits: 12.5 MB at the 10,000-subtask bound,
 //! [`super::manifest::MAX_SUBTASKS`]).
 
+use super::dag::{self, Bits};
 use super::manifest::{FromRef, Manifest, Source};
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 /// The graph; subtasks are numbered in manifest order.
 #[derive(Debug, Clone)]
@@ -22,30 +22,6 @@ pub struct TaskGraph {
     position: Vec<usize>,
     level: Vec<usize>,
     ancestors: Vec<Bits>,
-}
-
-/// A fixed-size bit set.
-#[derive(Debug, Clone)]
-struct Bits(Vec<u64>);
-
-impl Bits {
-    fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
-    }
-    fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
-    }
-    fn get(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
-    }
-    fn union(&mut self, other: &Bits) {
-        for (a, b) in self.0.iter_mut().zip(&other.0) {
-            *a |= b;
-        }
-    }
-    fn is_empty(&self) -> bool {
-        self.0.iter().all(|w| *w == 0)
-    }
 }
 
 impl TaskGraph {
@@ -100,49 +76,27 @@ impl TaskGraph {
             })
             .collect();
 
-        // Kahn's algorithm, taking the ready subtask of highest priority, then first in the
-        // manifest.
-        let mut dependents = vec![Vec::new(); n];
-        let mut waiting: Vec<usize> = prereqs.iter().map(Vec::len).collect();
-        for (i, ps) in prereqs.iter().enumerate() {
-            for &p in ps {
-                dependents[p].push(i);
-            }
-        }
-        let key = |i: usize| (manifest.subtasks[i].priority, Reverse(i));
-        let mut ready: BinaryHeap<_> = (0..n).filter(|&i| waiting[i] == 0).map(key).collect();
-        let mut order = Vec::with_capacity(n);
+        // Among ready subtasks: highest priority, then first in the manifest.
+        let mut order = dag::topological(&prereqs, |i| manifest.subtasks[i].priority);
         let mut placed = vec![false; n];
-        while let Some((_, Reverse(i))) = ready.pop() {
-            order.push(i);
+        for &i in &order {
             placed[i] = true;
-            for &d in &dependents[i] {
-                waiting[d] -= 1;
-                if waiting[d] == 0 {
-                    ready.push(key(d));
-                }
-            }
         }
         order.extend((0..n).filter(|&i| !placed[i]));
         let mut position = vec![0; n];
         for (k, &i) in order.iter().enumerate() {
             position[i] = k;
         }
-
         let mut level = vec![0usize; n];
-        let mut ancestors: Vec<Bits> = (0..n).map(|_| Bits::new(n)).collect();
         for &i in &order {
-            if !placed[i] {
-                continue;
-            }
-            let mut mine = Bits::new(n);
             for &p in &prereqs[i] {
-                level[i] = level[i].max(level[p].saturating_add(1));
-                mine.set(p);
-                mine.union(&ancestors[p]);
+                if placed[i] {
+                    level[i] = level[i].max(level[p].saturating_add(1));
+                }
             }
-            ancestors[i] = mine;
         }
+        let placed_order: Vec<usize> = order.iter().copied().filter(|&i| placed[i]).collect();
+        let ancestors = dag::ancestors(&prereqs, &placed_order);
         TaskGraph {
             ids,
             index,

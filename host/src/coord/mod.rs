@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+mod dag;
 pub mod deadlock;
 pub mod exec;
 pub mod graph;

@@ -325,6 +325,42 @@ struct PointState {
     timed_out: bool,
     /// Bytes of JSON of the payloads in `arrivals`.
     payload_bytes: u64,
+    /// Participants inside an `arrive` call on this point now (a count per participant).
+    inside: HashMap<String, usize>,
+}
+
+/// A participant inside an `arrive` call, counted in [`PointState::inside`] until dropped.
+struct Inside {
+    point: Arc<Point>,
+    participant: String,
+}
+
+impl Inside {
+    fn enter(point: &Arc<Point>, participant: &str) -> Inside {
+        *point
+            .state
+            .lock()
+            .expect("sync point lock poisoned")
+            .inside
+            .entry(participant.to_string())
+            .or_default() += 1;
+        Inside {
+            point: point.clone(),
+            participant: participant.to_string(),
+        }
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        let mut st = self.point.state.lock().expect("sync point lock poisoned");
+        if let Some(n) = st.inside.get_mut(&self.participant) {
+            *n -= 1;
+            if *n == 0 {
+                st.inside.remove(&self.participant);
+            }
+        }
+    }
 }
 
 /// Bytes of `v` as JSON.
@@ -678,6 +714,8 @@ impl SyncEngine {
             self.resolve(&point, r);
         }
         let waiting = rx.borrow().is_none();
+        // Inside the call until it returns or is dropped (the agent terminated).
+        let _inside = Inside::enter(&point, participant);
         if waiting {
             self.notify(SyncNotice::Waiting {
                 participant: participant.to_string(),
@@ -776,7 +814,9 @@ impl SyncEngine {
         }
     }
 
-    /// Participant → the open point it waits at, for every arrival at a point not resolved.
+    /// Participant → the open point it waits at now: inside a sync call on a point not
+    /// resolved. (An arrival that still counts but whose call ended, e.g. a vote of an attempt
+    /// that failed, is not waiting.)
     pub fn waiting_at(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for point in self.points.values() {
@@ -784,7 +824,7 @@ impl SyncEngine {
                 continue;
             }
             let st = point.state.lock().expect("sync point lock poisoned");
-            for (p, _) in &st.arrivals {
+            for p in st.inside.keys() {
                 out.insert(p.clone(), point.def.id.clone());
             }
         }
@@ -1128,9 +1168,12 @@ pub struct SyncHandle {
     pub waiting: Arc<std::sync::atomic::AtomicBool>,
     /// Microseconds this attempt has spent inside sync calls so far.
     pub waited_us: Arc<std::sync::atomic::AtomicU64>,
-    /// The latest due time of a clock the agent subscribed to (`wasi:clocks` sleeps): until
-    /// then it may be blocked on that timer, which is waiting, not a stall.
+    /// The latest due time of a clock the agent subscribed to (`wasi:clocks` sleeps): while
+    /// it is blocked in `wasi:io/poll` before then, it waits on that timer, which is not a
+    /// stall.
     pub timer_due: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// Calls of `wasi:io/poll` (`poll`, `pollable.block`) the agent is blocked in now.
+    pub polling: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl SyncHandle {
@@ -1143,14 +1186,24 @@ impl SyncHandle {
     }
 
     /// Whether the agent is waiting now: inside a sync call or another call with its own
-    /// timeout (`events.next`), or before a clock it subscribed to is due.
+    /// timeout (`events.next`), or blocked in `wasi:io/poll` before a clock it subscribed to
+    /// is due (a subscription alone, or one dropped, is not waiting).
     pub fn is_waiting(&self) -> bool {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
-            || self
-                .timer_due
-                .lock()
-                .expect("timer lock poisoned")
-                .is_some_and(|d| d > tokio::time::Instant::now())
+        use std::sync::atomic::Ordering;
+        self.waiting.load(Ordering::Relaxed)
+            || (self.polling.load(Ordering::Relaxed) > 0
+                && self
+                    .timer_due
+                    .lock()
+                    .expect("timer lock poisoned")
+                    .is_some_and(|d| d > tokio::time::Instant::now()))
+    }
+
+    /// Counts the agent as blocked in `wasi:io/poll` until the guard is dropped.
+    pub fn enter_poll(&self) -> PollGuard<'_> {
+        self.polling
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PollGuard(self)
     }
 
     /// Marks the agent as waiting, without counting the time as a sync wait, until the guard
@@ -1170,6 +1223,17 @@ impl SyncHandle {
             handle: self,
             since: tokio::time::Instant::now(),
         }
+    }
+}
+
+/// See [`SyncHandle::enter_poll`].
+pub struct PollGuard<'a>(&'a SyncHandle);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .polling
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -1212,6 +1276,7 @@ mod tests {
             waiting: Default::default(),
             waited_us: Default::default(),
             timer_due: Default::default(),
+            polling: Default::default(),
         });
         {
             let _w = handle.enter_wait();

@@ -49,6 +49,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     crate::wasi::filesystem::shadow_filesystem(&mut linker)?;
     crate::wasi::sockets::shadow_sockets(&mut linker)?;
     crate::wasi::clocks::shadow_clocks_and_random(&mut linker)?;
+    crate::wasi::poll::shadow_poll(&mut linker)?;
     qi::agent::types::add_to_linker::<AgentState, wasmtime::component::HasSelf<AgentState>>(
         &mut linker,
         |s| s,

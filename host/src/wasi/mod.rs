@@ -9,6 +9,7 @@
 
 pub mod clocks;
 pub mod filesystem;
+pub mod poll;
 pub mod sockets;
 
 use crate::sandbox::AgentShared;

@@ -56,7 +56,7 @@ async fn a_point_whose_participants_cannot_be_alive_together_is_refused_at_plann
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("need at least 64 MiB together") && e.contains("maxTotalMemoryMB is 63"),
+        e.contains("need 64 MiB together") && e.contains("maxTotalMemoryMB is 63"),
         "{e}"
     );
     h.prepare(&pair("hybrid", "", "maxTotalMemoryMB = 64", ""))
@@ -190,4 +190,129 @@ async fn a_participant_that_dies_waiting_at_a_barrier_is_absent_not_arrived() {
         !o["arrived"].as_array().unwrap().contains(&json!("p1")),
         "{o:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_participants_each_waiting_at_the_point_the_other_has_not_reached_are_broken() {
+    let h = harness().await;
+    // Nothing is pending: p1 waits at `a` for p2, p2 waits at `b` for p1.
+    let points = "[[strategy.synchronizationPoints]]\nid = \"a\"\ntype = \"barrier\"\nparticipants = [\"p1\", \"p2\"]\nonTimeout = \"fail\"\n\
+                  [[strategy.synchronizationPoints]]\nid = \"b\"\ntype = \"barrier\"\nparticipants = [\"p1\", \"p2\"]\nonTimeout = \"fail\"\n";
+    let toml = header("hybrid", "graceful-degradation", points)
+        + &one(
+            "p1",
+            None,
+            r#"[{ barrier = "a", tolerate = true }, { barrier = "b", tolerate = true }]"#,
+            "",
+        )
+        + &one(
+            "p2",
+            None,
+            r#"[{ barrier = "b", tolerate = true }, { barrier = "a", tolerate = true }]"#,
+            "",
+        );
+    let (r, ev) = h.run(&toml).await;
+    let found: Vec<&Value> = ev.iter().filter(|e| e["kind"] == "deadlock").collect();
+    assert_eq!(found.len(), 1, "{ev:#?}");
+    assert!(
+        found[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no other subtask is left to start"),
+        "{found:#?}"
+    );
+    // Both points failed at once, and each agent went on (its steps tolerate the failure).
+    assert!(r.synchronization["a"]["failed"].is_string(), "{r:#?}");
+    assert!(r.synchronization["b"]["failed"].is_string(), "{r:#?}");
+    assert_eq!(state(&r, "p1"), SubtaskState::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_still_computing_is_not_taken_for_an_agent_waiting_where_its_first_attempt_died() {
+    let h = harness().await;
+    // p1's first attempt contributes to `ag` and dies there at its time limit; the
+    // contribution still counts. Its retry (on the other agent kind) computes before it
+    // contributes again. p2 waits at `b` for z, which needs p1. q computes (waits in a tool
+    // call) until p1's first attempt has failed, so the run is not stuck before that. Once p1's
+    // retry waits at `ag` again, the run is stuck for real, and only then.
+    let points = "[[strategy.synchronizationPoints]]\nid = \"ag\"\ntype = \"aggregation\"\nparticipants = [\"p1\", \"p2\"]\nonTimeout = \"fail\"\n\
+                  [[strategy.synchronizationPoints]]\nid = \"b\"\ntype = \"barrier\"\nparticipants = [\"p2\", \"z\"]\nonTimeout = \"fail\"\n";
+    let toml = header("hybrid", "retry-cascade", points)
+        + &one(
+            "p1",
+            None,
+            r#"[{ work = 2_000_000 }, { contribute = { point = "ag", value = 1 }, tolerate = true }]"#,
+            "timeLimitMs = 300",
+        )
+        + &one("p2", None, r#"[{ barrier = "b", tolerate = true }]"#, "")
+        + &one(
+            "q",
+            None,
+            &format!("[{}]", after(r#"kind = "attempt-failed", subtask = "p1""#)),
+            "",
+        )
+        + &one(
+            "z",
+            None,
+            r#"[{ barrier = "b", tolerate = true }]"#,
+            "dependsOn = [\"p1\"]",
+        );
+    let (r, ev) = h.run(&toml).await;
+    let deadlock = ev
+        .iter()
+        .position(|e| e["kind"] == "deadlock")
+        .unwrap_or_else(|| panic!("no deadlock found: {ev:#?}"));
+    let p1_arrivals: Vec<usize> = ev
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e["kind"] == "sync-arrived" && e["participant"] == "p1")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        p1_arrivals.len() == 2 && p1_arrivals[1] < deadlock,
+        "the deadlock (event {deadlock}) came before p1's retry arrived ({p1_arrivals:?}): {r:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planning_check_counts_the_agent_the_run_starts_participants_on() {
+    let h = harness().await;
+    // p1 and p2 name `fat` (48 MiB); `lean` (32 MiB) could run them too. 80 MiB holds two
+    // lean ones but not the two fat ones the run would start: refused at planning.
+    let toml = r#"
+[task]
+id = "t"
+[strategy]
+type = "hybrid"
+failureHandling = "graceful-degradation"
+[[strategy.synchronizationPoints]]
+id = "pt"
+type = "barrier"
+participants = ["p1", "p2"]
+[resources]
+maxTotalMemoryMB = {budget}
+[agents.fat]
+component = "guest:worker"
+spec = { resourceLimits = { maxMemoryMB = 48 } }
+[agents.lean]
+component = "guest:worker"
+spec = { resourceLimits = { maxMemoryMB = 32 } }
+[[subtasks]]
+id = "p1"
+agent = "fat"
+inputs = [{ name = "steps", value = [{ barrier = "pt" }] }]
+[[subtasks]]
+id = "p2"
+agent = "fat"
+inputs = [{ name = "steps", value = [{ barrier = "pt" }] }]
+"#;
+    let e = h
+        .prepare(&toml.replace("{budget}", "95"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("need 96 MiB together"), "{e}");
+    let (r, ev) = h.run(&toml.replace("{budget}", "96")).await;
+    assert!(r.success, "{r:#?}");
+    assert!(ev.iter().all(|e| e["kind"] != "deadlock"));
 }

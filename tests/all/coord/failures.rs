@@ -179,6 +179,39 @@ spec = { fuel = 10_000_000_000, resourceLimits = { maxMemoryMB = 32, maxExecutio
         assert_eq!(state(&r, "sleepy"), SubtaskState::Completed, "{r:#?}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timer_subscribed_and_dropped_does_not_pass_a_stuck_agent_for_a_sleeper() {
+        let h = harness().await;
+        // `faker` subscribes to a one-hour clock without waiting on it, then blocks in a tool
+        // call that never returns; `plain` only blocks. Both stall.
+        let toml = header("hybrid", "graceful-degradation", "stallWindowMs = 300")
+            + &format!(
+                r#"
+[agents.hostile]
+component = "guest:hostile"
+spec = {{ resourceLimits = {{ maxMemoryMB = 32, maxExecutionTimeMs = 20000 }}, {TEST_TOOLS} }}
+
+[[subtasks]]
+id = "faker"
+agent = "hostile"
+inputs = [{{ name = "mode", value = "host.timer-then-tool" }}, {{ name = "timer_ms", value = 3600000 }}, {{ name = "tool", value = "test.gate" }}, {{ name = "input", value = {{ name = "never" }} }}]
+"#
+            )
+            + &one("plain", Some("worker"), &format!("[{}]", gate("never")), "");
+        let (r, _) = h.run(&toml).await;
+        for id in ["faker", "plain"] {
+            let t = result(&r, id);
+            assert_eq!(t.state, SubtaskState::Failed, "{t:#?}");
+            assert!(
+                t.error
+                    .as_deref()
+                    .unwrap()
+                    .contains("no progress for 300 ms"),
+                "{t:#?}"
+            );
+        }
+    }
+
     /// A `hostile` agent kind whose `describe()` never returns once `spin` exists in `dir`
     /// (written after planning, which describes every agent), with the agent's own time limit
     /// at 60 s: only the subtask's limits or the run can stop it sooner.

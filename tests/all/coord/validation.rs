@@ -165,3 +165,31 @@ async fn the_bundled_examples_are_valid() {
             .unwrap_or_else(|e| panic!("{ex}: {e}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_at_the_subtask_bound_validates_and_plans() {
+    // 10,000 subtasks, each after the previous one, with a point near the end: the checks use
+    // bit sets and indexes, not a set of names per subtask.
+    let h = harness().await;
+    let n = qi_host::coord::manifest::MAX_SUBTASKS;
+    let mut toml = header(
+        "hybrid",
+        "graceful-degradation",
+        &format!(
+            "[[strategy.synchronizationPoints]]\nid = \"end\"\ntype = \"barrier\"\nparticipants = [\"s{}\", \"side\"]\n",
+            n - 2
+        ),
+    );
+    for i in 0..n - 1 {
+        let dep = if i == 0 {
+            String::new()
+        } else {
+            format!("dependsOn = [\"s{}\"]", i - 1)
+        };
+        toml += &format!("\n[[subtasks]]\nid = \"s{i}\"\n{dep}\n");
+    }
+    toml += "\n[[subtasks]]\nid = \"side\"\n";
+    let plan = h.prepare(&toml).await.expect("valid").plan;
+    assert_eq!(plan.subtasks.len(), n);
+    assert_eq!(plan.subtasks.iter().map(|p| p.level).max(), Some(n - 2));
+}

@@ -180,6 +180,7 @@ impl Run {
             waiting: s.waiting.clone(),
             waited_us: s.sync_waited_us.clone(),
             timer_due: Default::default(),
+            polling: Default::default(),
         };
         let time_limit = s.time_limit_ms.map(|ms| {
             let f = self

@@ -216,7 +216,7 @@ impl Run {
         let pending: Vec<usize> = (0..self.subs.len())
             .filter(|&i| self.subs[i].state == SubtaskState::Pending)
             .collect();
-        if running == 0 || pending.is_empty() {
+        if running == 0 {
             return false;
         }
         let mut points: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -238,15 +238,18 @@ impl Run {
                 format!("`{}`: {why}", s.id)
             })
             .collect();
+        let rest = if blocked.is_empty() {
+            "no other subtask is left to start".to_string()
+        } else {
+            format!("no other subtask can start ({})", blocked.join("; "))
+        };
         let reason = format!(
-            "deadlock: every running agent waits at a synchronization point ({}) and no other \
-             subtask can start ({})",
+            "deadlock: every running agent waits at a synchronization point ({}) and {rest}",
             points
                 .iter()
                 .map(|(p, who)| format!("`{p}`: {}", who.join(", ")))
                 .collect::<Vec<_>>()
                 .join("; "),
-            blocked.join("; ")
         );
         self.event("deadlock", None, json!({"reason": reason}))
             .await;

@@ -24,6 +24,8 @@ pub const MAX_SUBTASKS: usize = 10_000;
 pub const MAX_AGENTS: usize = 1_000;
 /// Most synchronization points in one manifest.
 pub const MAX_SYNC_POINTS: usize = 1_000;
+/// Most participant entries over all synchronization points together.
+pub const MAX_SYNC_PARTICIPANTS: usize = 100_000;
 /// Most inputs, outputs or `dependsOn` entries of one subtask.
 pub const MAX_SUBTASK_LINKS: usize = 1_000;
 /// Most success criteria of one subtask.
@@ -108,6 +110,15 @@ impl Manifest {
             "synchronizationPoints",
             s.synchronization_points.len(),
             MAX_SYNC_POINTS,
+        )?;
+        count(
+            "strategy.synchronizationPoints[*].participants".into(),
+            "participants",
+            s.synchronization_points
+                .iter()
+                .map(|p| p.participants.len())
+                .fold(0, usize::saturating_add),
+            MAX_SYNC_PARTICIPANTS,
         )?;
         ms(
             "task.timeLimitMs".into(),

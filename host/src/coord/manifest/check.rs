@@ -360,11 +360,63 @@ impl Manifest {
     /// Two participants of one point where one waits for the other's result would wait for
     /// each other forever.
     fn check_participants(&self, text: &str, path: &Path) -> Result<(), Error> {
-        let closure = self.ancestors();
+        if self.strategy.synchronization_points.is_empty() {
+            return Ok(());
+        }
+        // Transitive prerequisites as bit sets over subtask numbers (the graph is acyclic:
+        // `check_cycles` ran first).
+        let index: HashMap<&str, usize> = self
+            .subtasks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect();
+        let deps = self.dependencies();
+        let prereqs: Vec<Vec<usize>> = self
+            .subtasks
+            .iter()
+            .map(|s| {
+                let Some((subs, points)) = deps.get(&s.id) else {
+                    return Vec::new();
+                };
+                let mut v: BTreeSet<usize> = subs
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()).copied())
+                    .collect();
+                for p in points {
+                    if let Some(def) = self.point(p) {
+                        v.extend(
+                            def.participants
+                                .iter()
+                                .filter_map(|q| index.get(q.as_str())),
+                        );
+                    }
+                }
+                v.into_iter().collect()
+            })
+            .collect();
+        let order = crate::coord::dag::topological(&prereqs, std::cmp::Reverse);
+        let closure = crate::coord::dag::ancestors(&prereqs, &order);
+        let waits_for = |a: &str, b: &str| match (index.get(a), index.get(b)) {
+            (Some(&a), Some(&b)) => closure[a].get(b),
+            _ => false,
+        };
         for p in &self.strategy.synchronization_points {
+            // O(k · n/64): does any participant wait for another? Only then find which.
+            let mut members = crate::coord::dag::Bits::new(self.subtasks.len());
+            let mut before = crate::coord::dag::Bits::new(self.subtasks.len());
+            for q in &p.participants {
+                if let Some(&i) = index.get(q.as_str()) {
+                    members.set(i);
+                    before.union(&closure[i]);
+                }
+            }
+            if !before.intersects(&members) {
+                continue;
+            }
             for a in &p.participants {
                 for b in &p.participants {
-                    if a != b && closure.get(a).is_some_and(|anc| anc.contains(b)) {
+                    if a != b && waits_for(a, b) {
                         return Err(manifest_error(
                             text,
                             path,

@@ -38,6 +38,16 @@ pub struct Manifest {
     pub agents: BTreeMap<String, AgentDef>,
     /// The subtasks.
     pub subtasks: Vec<SubtaskDef>,
+    /// Subtask and point ids → their index, built on the first lookup.
+    #[serde(skip)]
+    index: std::sync::OnceLock<Index>,
+}
+
+/// See [`Manifest::subtask`].
+#[derive(Debug, Clone, Default)]
+struct Index {
+    subtasks: HashMap<String, usize>,
+    points: HashMap<String, usize>,
 }
 
 /// The seeds' `DistributedTask` (its subtasks are the manifest's `[[subtasks]]`).
@@ -606,15 +616,34 @@ impl Manifest {
 
     /// The subtask with `id`.
     pub fn subtask(&self, id: &str) -> Option<&SubtaskDef> {
-        self.subtasks.iter().find(|s| s.id == id)
+        // O(1) through the index; the fields are public, so a lookup the index gets wrong (the
+        // manifest changed after it was built) falls back to a scan.
+        match self.lookup().subtasks.get(id) {
+            Some(&i) if self.subtasks.get(i).is_some_and(|s| s.id == id) => Some(&self.subtasks[i]),
+            _ => self.subtasks.iter().find(|s| s.id == id),
+        }
     }
 
     /// The sync point with `id`.
     pub fn point(&self, id: &str) -> Option<&SyncPointDef> {
-        self.strategy
-            .synchronization_points
-            .iter()
-            .find(|p| p.id == id)
+        let points = &self.strategy.synchronization_points;
+        match self.lookup().points.get(id) {
+            Some(&i) if points.get(i).is_some_and(|p| p.id == id) => Some(&points[i]),
+            _ => points.iter().find(|p| p.id == id),
+        }
+    }
+
+    fn lookup(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index = Index::default();
+            for (i, s) in self.subtasks.iter().enumerate() {
+                index.subtasks.entry(s.id.clone()).or_insert(i);
+            }
+            for (i, p) in self.strategy.synchronization_points.iter().enumerate() {
+                index.points.entry(p.id.clone()).or_insert(i);
+            }
+            index
+        })
     }
 
     /// What each subtask waits for: subtasks (explicit and through inputs) and sync points.

@@ -340,6 +340,34 @@ fn every_count_time_and_factor_a_manifest_sets_is_bounded_at_its_ceiling() {
             (MAX_SYNC_POINTS + 1).to_string(),
         ),
         scalar(
+            "strategy.synchronizationPoints[*].participants",
+            |p, v| {
+                // 1,000 points over 101 extra subtasks: 999 of 100 participants, the last of
+                // the rest (100 at the bound, 101 past it).
+                let n: usize = v.parse().unwrap();
+                let names = |k: usize| {
+                    (0..k)
+                        .map(|i| format!("\"x{i}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let hundred = names(100);
+                let mut more: String = (0..999)
+                    .map(|i| format!("\n[[strategy.synchronizationPoints]]\nid = \"q{i}\"\ntype = \"barrier\"\nparticipants = [{hundred}]\n"))
+                    .collect();
+                more += &format!(
+                    "\n[[strategy.synchronizationPoints]]\nid = \"last\"\ntype = \"barrier\"\nparticipants = [{}]\n",
+                    names(n - 99_900)
+                );
+                more += &(0..101)
+                    .map(|i| format!("\n[[subtasks]]\nid = \"x{i}\"\n"))
+                    .collect::<String>();
+                p.more = more;
+            },
+            MAX_SYNC_PARTICIPANTS.to_string(),
+            (MAX_SYNC_PARTICIPANTS + 1).to_string(),
+        ),
+        scalar(
             "subtasks[0].dependsOn",
             |p, v| {
                 let n: usize = v.parse().unwrap();
