@@ -831,14 +831,33 @@ impl SyncEngine {
         out
     }
 
-    /// Ends every open point someone waits at, because nothing can ever bring the rest
-    /// (`reason`): as its `onTimeout` says, at once: `proceed` releases the arrivals with
-    /// `complete = false`; `fail` and `wait` (which would wait for ever) fail the point.
+    /// Whether an open point someone waits at has a timer still to fire that will end it (its
+    /// condition is `timeout`, or its `onTimeout` is `proceed` or `fail`): then a run whose
+    /// agents all wait is not stuck yet.
+    pub fn timer_pending(&self) -> bool {
+        self.points.values().any(|point| {
+            if point.resolved.borrow().is_some() {
+                return false;
+            }
+            let st = point.state.lock().expect("sync point lock poisoned");
+            !st.inside.is_empty()
+                && point.def.timeout_ms.is_some()
+                && st.first_arrival.is_some()
+                && !st.timed_out
+                && (point.def.condition == SyncCondition::Timeout
+                    || point.def.on_timeout != OnTimeout::Wait)
+        })
+    }
+
+    /// Ends every open point someone waits at (inside a sync call on it), because nothing can
+    /// ever bring the rest (`reason`): as its `onTimeout` says, at once: `proceed` releases the
+    /// arrivals with `complete = false`; `fail` and `wait` (which would wait for ever) fail the
+    /// point. A point nobody waits at is left alone.
     pub fn break_deadlock(&self, reason: &str) {
         for point in self.points.values() {
             let r = {
                 let st = point.state.lock().expect("sync point lock poisoned");
-                if point.resolved.borrow().is_some() || st.arrivals.is_empty() {
+                if point.resolved.borrow().is_some() || st.inside.is_empty() {
                     continue;
                 }
                 match point.def.on_timeout {

@@ -316,3 +316,205 @@ inputs = [{ name = "steps", value = [{ barrier = "pt" }] }]
     assert!(r.success, "{r:#?}");
     assert!(ev.iter().all(|e| e["kind"] != "deadlock"));
 }
+
+/// The `sync` entries of a subtask's output.
+fn syncs(r: &RunReport, id: &str) -> Vec<Value> {
+    result(r, id)
+        .output
+        .as_ref()
+        .unwrap_or_else(|| panic!("{id} has no output: {r:#?}"))["sync"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn deadlocks(ev: &[Value]) -> Vec<&Value> {
+    ev.iter().filter(|e| e["kind"] == "deadlock").collect()
+}
+
+/// `window`: a `timeout`-condition point (it resolves, complete, when its 300 ms window
+/// closes) with `on_timeout`; `q`: an all-complete barrier. p1 sits in the window, p2 sits
+/// at q. When the window closes, p1 goes on to q, q completes, p2 then sees the window's
+/// outcome. Nothing is stuck: a timer is still to fire.
+fn window_then_barrier(window_condition: &str, on_timeout: &str) -> String {
+    let points = format!(
+        "[[strategy.synchronizationPoints]]\nid = \"window\"\ntype = \"barrier\"\nparticipants = [\"p1\", \"p2\"]\ncondition = \"{window_condition}\"\ntimeoutMs = 300\nonTimeout = \"{on_timeout}\"\n\
+         [[strategy.synchronizationPoints]]\nid = \"q\"\ntype = \"barrier\"\nparticipants = [\"p1\", \"p2\"]\nonTimeout = \"fail\"\n"
+    );
+    header("hybrid", "graceful-degradation", &points)
+        + &one(
+            "p1",
+            None,
+            r#"[{ barrier = "window", tolerate = true }, { barrier = "q", tolerate = true }]"#,
+            "",
+        )
+        + &one(
+            "p2",
+            None,
+            r#"[{ barrier = "q", tolerate = true }, { barrier = "window", tolerate = true }]"#,
+            "",
+        )
+}
+
+/// A point whose condition is `timeout` is a window that resolves by
+/// itself, complete, when its timer fires. Every running agent is inside a sync call (p1 in the
+/// window, p2 at q), yet the run is not stuck: the window's timer is still to fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_window_still_open_is_not_a_deadlock() {
+    let h = harness().await;
+    let (r, ev) = h.run(&window_then_barrier("timeout", "fail")).await;
+    assert!(
+        deadlocks(&ev).is_empty(),
+        "a deadlock was declared while the window's timer was still to fire: {:#?}\n{:#?}",
+        deadlocks(&ev),
+        r.synchronization
+    );
+    let p1 = syncs(&r, "p1");
+    assert_eq!(
+        p1[0]["complete"], true,
+        "the window closing is its condition: {p1:#?}"
+    );
+    assert_eq!(
+        p1[1]["complete"], true,
+        "q completes once p1 is released: {p1:#?}"
+    );
+}
+
+/// An all-complete point with `timeoutMs` and `proceed`: its
+/// timer releases p1 (incomplete) after 300 ms, and then q completes normally. The deadlock
+/// breaker waits for that timer instead of ending q as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_timer_that_will_release_an_agent_is_not_a_deadlock() {
+    let h = harness().await;
+    let (r, ev) = h.run(&window_then_barrier("all-complete", "proceed")).await;
+    assert!(
+        deadlocks(&ev).is_empty(),
+        "a deadlock was declared while a point timer was still to fire: {:#?}\n{:#?}",
+        deadlocks(&ev),
+        r.synchronization
+    );
+    let p1 = syncs(&r, "p1");
+    assert_eq!(
+        p1[1]["complete"], true,
+        "q completes once the window's timer released p1: {p1:#?}"
+    );
+}
+
+/// `d` is an aggregation of x and y. x contributes and dies there at its
+/// time limit (graceful-degradation: for good); its contribution still counts and d stays
+/// open for y, which starts after p1. Nobody is inside d. Then p1 and p2 deadlock for real
+/// (crossed barriers a and b): the breaker ends a and b only; y then starts (after p1 went
+/// on) and completes d.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_leaves_alone_a_point_nobody_waits_at() {
+    let h = harness().await;
+    let points = "[[strategy.synchronizationPoints]]\nid = \"a\"\ntype = \"barrier\"\nparticipants = [\"p1\", \"p2\"]\nonTimeout = \"fail\"\n\
+                  [[strategy.synchronizationPoints]]\nid = \"b\"\ntype = \"barrier\"\nparticipants = [\"p1\", \"p2\"]\nonTimeout = \"fail\"\n\
+                  [[strategy.synchronizationPoints]]\nid = \"d\"\ntype = \"aggregation\"\nparticipants = [\"x\", \"y\"]\nonTimeout = \"fail\"\n";
+    let x_failed = after(r#"kind = "subtask-failed", subtask = "x""#);
+    let toml = header("hybrid", "graceful-degradation", points)
+        + &one(
+            "x",
+            None,
+            r#"[{ contribute = { point = "d", value = 1 } }]"#,
+            "timeLimitMs = 300",
+        )
+        + &one(
+            "p1",
+            None,
+            &format!(
+                r#"[{x_failed}, {{ barrier = "a", tolerate = true }}, {{ barrier = "b", tolerate = true }}]"#
+            ),
+            "",
+        )
+        + &one(
+            "p2",
+            None,
+            &format!(
+                r#"[{x_failed}, {{ barrier = "b", tolerate = true }}, {{ barrier = "a", tolerate = true }}]"#
+            ),
+            "",
+        )
+        + &one(
+            "y",
+            None,
+            r#"[{ contribute = { point = "d", value = 2 }, tolerate = true }]"#,
+            "dependsOn = [\"p1\"]",
+        );
+    let (r, ev) = h.run(&toml).await;
+    assert_eq!(state(&r, "x"), SubtaskState::Failed, "{r:#?}");
+    assert_eq!(deadlocks(&ev).len(), 1, "the a/b deadlock is real: {ev:#?}");
+    let y = syncs(&r, "y");
+    assert!(
+        y[0].get("error").is_none() && y[0]["complete"] == true,
+        "d was ended by a deadlock it had no part in (nobody waited there, y was still to \
+         start): y got {y:#?}; d = {:#?}",
+        r.synchronization.get("d")
+    );
+}
+
+/// The manifest's lookup index is built on the first lookup and kept by clones; changing the
+/// public fields afterwards (rename, reorder, add, remove) never makes a lookup wrong.
+#[test]
+fn manifest_lookups_stay_right_after_the_manifest_changes() {
+    let toml = header(
+        "hybrid",
+        "graceful-degradation",
+        "[[strategy.synchronizationPoints]]\nid = \"pt\"\ntype = \"barrier\"\nparticipants = [\"a\", \"b\"]\n",
+    ) + &one("a", None, "[]", "")
+        + &one("b", None, "[]", "")
+        + &one("c", None, "[]", "");
+    let mut m = coord::Manifest::parse(&toml, Path::new("t.toml")).unwrap();
+    assert_eq!(m.subtask("b").unwrap().id, "b");
+    assert!(m.point("pt").is_some());
+    let mut cloned = m.clone();
+    // Reorder, rename, remove and add after the index exists.
+    m.subtasks.swap(0, 2);
+    assert_eq!(m.subtask("a").unwrap().id, "a");
+    assert_eq!(m.subtask("c").unwrap().id, "c");
+    m.subtasks[1].id = "renamed".into();
+    assert!(m.subtask("b").is_none());
+    assert_eq!(m.subtask("renamed").unwrap().id, "renamed");
+    m.subtasks.remove(0);
+    assert!(m.subtask("c").is_none());
+    let mut extra = m.subtasks[0].clone();
+    extra.id = "new".into();
+    m.subtasks.push(extra);
+    assert_eq!(m.subtask("new").unwrap().id, "new");
+    m.strategy.synchronization_points[0].id = "moved".into();
+    assert!(m.point("pt").is_none());
+    assert!(m.point("moved").is_some());
+    // The clone carries the built index; mutating it is just as safe.
+    cloned.subtasks.reverse();
+    for id in ["a", "b", "c"] {
+        assert_eq!(cloned.subtask(id).unwrap().id, id);
+    }
+}
+
+/// A point that can never gather is still refused; a manifest whose participant names
+/// a subtask twice at one point, or names an unknown subtask, is refused without a panic in
+/// the bit-set closure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_participant_lists_are_refused_not_panicked_on() {
+    let h = harness().await;
+    for participants in [
+        r#"["a", "a"]"#,
+        r#"["a", "ghost"]"#,
+        r#"["a", "b", "a", "b"]"#,
+    ] {
+        let toml = header(
+            "hybrid",
+            "graceful-degradation",
+            &format!(
+                "[[strategy.synchronizationPoints]]\nid = \"pt\"\ntype = \"barrier\"\nparticipants = {participants}\n"
+            ),
+        ) + &one("a", None, r#"[{ barrier = "pt" }]"#, "")
+            + &one("b", None, r#"[{ barrier = "pt" }]"#, "dependsOn = [\"a\"]");
+        let r = h.prepare(&toml).await;
+        eprintln!(
+            "{participants}: {:?}",
+            r.as_ref().err().map(|e| e.to_string())
+        );
+        assert!(r.is_err(), "{participants}: accepted");
+    }
+}

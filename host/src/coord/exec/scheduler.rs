@@ -199,9 +199,15 @@ impl Run {
     /// their `onTimeout` says (see [`SyncEngine::break_deadlock`]) instead of when the agents'
     /// time limits kill them. Returns whether it did.
     pub(super) async fn break_deadlock(&mut self) -> bool {
-        if self.cancelled.is_some() || self.subs.iter().any(|s| s.state == SubtaskState::Backoff) {
+        if self.cancelled.is_some()
+            || self.subs.iter().any(|s| s.state == SubtaskState::Backoff)
+            || self.sync.timer_pending()
+        {
             return false;
         }
+        // Whatever could start now has (an agent may have begun waiting since the last pass,
+        // freeing a slot): a subtask started this way is running and not waiting.
+        self.schedule().await;
         let waiting = self.sync.waiting_at();
         let mut running = 0;
         for s in &self.subs {
