@@ -62,8 +62,8 @@ mod resume {
         assert!(e.to_string().contains("no run `run-nope`"), "{e}");
     }
 
-    /// A point `pt` of `kind` for p1 and p2, where p2 (on `worker`) fails before arriving while the
-    /// worker is broken, and p1 waits there with `step`.
+    /// A point `pt` of `kind` for p1 and p2: p1 waits there with `step`; p2 (on `worker`), once
+    /// p1 waits there, fails before arriving while the worker is broken.
     fn broken_point(kind: &str, step: &str, on_timeout: &str, condition: &str) -> (String, String) {
         let base = header(
             "hybrid",
@@ -74,7 +74,12 @@ mod resume {
             + &one(
                 "p2",
                 Some("worker"),
-                &format!(r#"[{{ fail_if_config = "broken" }}, {step}]"#),
+                // Only once p1 waits at the point (in the run resumed, that event is already
+                // in the run's history).
+                &format!(
+                    r#"[{}, {{ fail_if_config = "broken" }}, {step}]"#,
+                    after(r#"kind = "sync-arrived", participant = "p1""#)
+                ),
                 "",
             );
         let broken = base.replace(
