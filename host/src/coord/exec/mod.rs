@@ -71,6 +71,7 @@ mod resume;
 mod scheduler;
 #[cfg(test)]
 mod tests;
+mod watchdog;
 
 pub use report::{
     AttemptRecord, CoordinationMetrics, ExecutionStatus, RunOptions, RunReport, SubtaskResult,
@@ -81,6 +82,7 @@ use attempt::Msg;
 use criteria::check_output;
 use failure::Class;
 use progress::spawn_recorder;
+use watchdog::{AttemptArgs, attempt_task};
 
 struct SubRun {
     id: String,

@@ -170,7 +170,8 @@ mod retry_cascade {
 }
 
 mod done_guard {
-    use super::super::attempt::{DoneGuard, Msg};
+    use super::super::attempt::Msg;
+    use super::super::watchdog::DoneGuard;
     use tokio::sync::mpsc;
 
     fn failure(msg: Msg) -> String {
