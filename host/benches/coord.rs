@@ -15,7 +15,8 @@
 //!    target is under 1 s), median of three; the process's resident memory before and after
 //!    (what planning keeps); then one run of it (empty steps, 8 at once) with the growth of the
 //!    peak resident memory over the run (the seed's target for coordination memory is under
-//!    100 MB; agents' own linear memory is included, so this is an upper bound).
+//!    100 MB; agents' own linear memory is included, so this is an upper bound). It runs first,
+//!    since its memory figures are the whole process's.
 //!
 //! `cargo bench -p qi-host --bench coord [-- overhead|barrier|plan] [WORK]` (WORK: xorshift rounds
 //! per subtask, default 4,000,000). Prints figures only; nothing here asserts on timing.
@@ -381,14 +382,15 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
+        // First: its memory figures are the process's, so nothing may run before it.
+        if want("plan") {
+            plan_section().await;
+        }
         if want("overhead") {
             overhead(work).await;
         }
         if want("barrier") {
             barrier().await;
-        }
-        if want("plan") {
-            plan_section().await;
         }
     });
 }
