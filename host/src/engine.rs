@@ -72,6 +72,11 @@ pub struct HostConfig {
     /// `$XDG_CACHE_HOME/qi-host/components`, else `~/.cache/qi-host/components`; `None` keeps
     /// the cache in memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Longest an agent may take to start and answer `describe()` while a manifest is planned
+    /// (`qi-host plan` and `run` describe every agent kind first), in ms; its own
+    /// `maxExecutionTimeMs` still applies if shorter. Default 5,000: `describe()` returns
+    /// constants.
+    pub describe_limit_ms: u64,
 }
 
 impl Default for HostConfig {
@@ -84,6 +89,7 @@ impl Default for HostConfig {
             max_wasm_stack: 512 << 10,
             pooling: true,
             cache_dir: default_cache_dir(),
+            describe_limit_ms: 5_000,
         }
     }
 }

@@ -22,10 +22,15 @@ impl Agent for Hostile {
     /// With a directory mounted at `/describe` holding a file `bytes` (a number N), the
     /// description is N bytes long: the host's bound on `describe()` is tested that way (the
     /// task input is not known yet when `describe` runs). With a file `spin` there, it never
-    /// returns.
+    /// returns; with `sleep_ms` (a number), it sleeps that long first.
     fn describe() -> AgentInfo {
         // A file `/describe/spin`: `describe()` computes for ever (the host's limits on an
         // agent that never finishes starting are tested that way).
+        if let Ok(ms) = std::fs::read_to_string("/describe/sleep_ms") {
+            std::thread::sleep(std::time::Duration::from_millis(
+                ms.trim().parse().unwrap_or(0),
+            ));
+        }
         if std::fs::metadata("/describe/spin").is_ok() {
             let mut x = 0u64;
             loop {

@@ -305,7 +305,10 @@ async fn a_write_issued_while_the_writer_answers_its_batch_does_not_lead() {
 }
 
 /// Many concurrent writers share group commits as they did before leaders existed: hardly
-/// any write is committed as a batch of its own.
+/// any write is committed as a batch of its own. (When leaders could take over while the
+/// writer thread was about to take the queue, a third of these writes led. On an idle machine
+/// under 2 % lead; on a loaded one, where the writer thread sleeps more often, up to about 9 %
+/// was seen: the bound is a fifth.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn under_many_concurrent_writers_hardly_any_write_leads() {
     let dir = tempfile::tempdir().unwrap();
@@ -333,7 +336,7 @@ async fn under_many_concurrent_writers_hardly_any_write_leads() {
     for t in tasks {
         led += t.await.unwrap();
     }
-    assert!(led * 20 <= 64 * 50, "{led} of {} writes led", 64 * 50);
+    assert!(led * 5 <= 64 * 50, "{led} of {} writes led", 64 * 50);
 }
 
 /// A panic while someone held the connection inside a transaction (outside the parts that

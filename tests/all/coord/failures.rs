@@ -227,6 +227,47 @@ spec = {{ isolationLevel = "restricted", fuel = 200_000_000_000, resourceLimits 
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn planning_waits_for_describe_only_up_to_the_hosts_describe_limit() {
+        // An agent whose describe() sleeps first, on a host that allows 300 ms.
+        let host = AgentHost::new(HostConfig {
+            describe_limit_ms: 300,
+            cache_dir: Some(crate::common::cache_dir()),
+            ..HostConfig::default()
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let toml = header("hybrid", "graceful-degradation", "")
+            + &spinning_describe(dir.path())
+            + &one("s", Some("spinner"), "[]", "");
+        let path = Path::new("test.toml");
+        let prepare = |toml: String| {
+            let host = &host;
+            async move {
+                let manifest = coord::Manifest::parse(&toml, path).unwrap();
+                coord::prepare_parsed(host, manifest, &toml, path, Some(&guest_dir())).await
+            }
+        };
+        // Just inside: a describe() of 100 ms plans.
+        std::fs::write(dir.path().join("sleep_ms"), "100").unwrap();
+        prepare(toml.clone())
+            .await
+            .expect("describe answers within the limit");
+        // Past it: 1 s is refused at the limit, naming the agent.
+        std::fs::write(dir.path().join("sleep_ms"), "1000").unwrap();
+        let e = prepare(toml.clone()).await.unwrap_err().to_string();
+        assert!(
+            e.contains("agents.spinner")
+                && e.contains("did not start and answer describe() within 300 ms"),
+            "{e}"
+        );
+        // A describe() that never returns is refused the same way.
+        std::fs::remove_file(dir.path().join("sleep_ms")).unwrap();
+        std::fs::write(dir.path().join("spin"), "").unwrap();
+        let e = prepare(toml).await.unwrap_err().to_string();
+        assert!(e.contains("within 300 ms"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_that_never_finishes_starting_is_stopped_at_the_subtask_time_limit() {
         let h = harness().await;
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,9 @@
 use super::*;
 
 /// Loads, describes and validates every agent of the manifest (each is spawned once and
-/// dropped, so its spec is checked by the same code as at run time).
+/// dropped, so its spec is checked by the same code as at run time). Each must start and
+/// answer within the host's `describe_limit_ms` (`HostConfig`); one that takes longer is
+/// refused naming the agent, instead of holding `plan` and `run` for its whole time limit.
 pub async fn prepare_agents(
     host: &AgentHost,
     manifest: &Manifest,
@@ -55,9 +57,22 @@ pub async fn prepare_agents(
                 d.host_path = base.join(&d.host_path);
             }
         }
-        let agent = host
-            .spawn(&component, spec.clone())
+        let limit_ms = host.runtime().config().describe_limit_ms;
+        let limit = std::time::Duration::from_millis(limit_ms);
+        let agent = tokio::time::timeout(limit, host.spawn(&component, spec.clone()))
             .await
+            .map_err(|_| {
+                manifest_error(
+                    text,
+                    path,
+                    key.clone(),
+                    Some(name),
+                    format!(
+                        "the agent did not start and answer describe() within {limit_ms} ms \
+                         (the host's describe_limit_ms); describe() must return at once"
+                    ),
+                )
+            })?
             .map_err(|e| match &e {
                 Error::InvalidField { field, message }
                 | Error::Spawn(crate::error::AgentFailure::NotDeclared { field, message }, _)
