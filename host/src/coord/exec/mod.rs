@@ -220,6 +220,7 @@ pub async fn execute(
         Some((ctx.clone(), run_id.clone())),
         Some(sync_tx),
     );
+    sync.limit_total_bytes(manifest.strategy.max_sync_bytes);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let graph = Arc::new(TaskGraph::new(&manifest));
     let planned: HashMap<&str, &super::plan::PlannedSubtask> =

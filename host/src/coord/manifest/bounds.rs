@@ -47,7 +47,9 @@ pub const MAX_TOTAL_MEMORY_MB: u64 = 1 << 20;
 /// Largest `maxResultBytes` of a sync point: 16 MiB, the context store's default document
 /// limit (the outcome is stored as one document).
 pub const MAX_RESULT_BYTES: u64 = 16 << 20;
-/// Smallest `maxResultBytes` of a sync point: 1 KiB.
+/// Largest `strategy.maxSyncBytes` (all points of a run together): 1 GiB.
+pub const MAX_SYNC_BYTES: u64 = 1 << 30;
+/// Smallest `maxResultBytes` of a sync point, and of `strategy.maxSyncBytes`: 1 KiB.
 pub const MIN_RESULT_BYTES: u64 = 1024;
 /// Largest `resources.maxConcurrentAllocations`.
 pub const MAX_CONCURRENT_ALLOCATIONS: u64 = 65_536;
@@ -136,6 +138,24 @@ impl Manifest {
             "stallWindowMs",
             Some(s.stall_window_ms),
         )?;
+        number(
+            "strategy.maxSyncBytes".into(),
+            "maxSyncBytes",
+            s.max_sync_bytes,
+            MAX_SYNC_BYTES,
+        )?;
+        if s.max_sync_bytes < MIN_RESULT_BYTES {
+            return Err(manifest_error(
+                text,
+                path,
+                "strategy.maxSyncBytes",
+                Some("maxSyncBytes"),
+                format!(
+                    "is {}; it must be at least {MIN_RESULT_BYTES}",
+                    s.max_sync_bytes
+                ),
+            ));
+        }
         let r = &s.retry;
         number(
             "strategy.retry.maxAttempts".into(),

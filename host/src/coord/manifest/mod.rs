@@ -135,6 +135,15 @@ pub struct StrategyDef {
     /// as failed and terminated. Waiting at a sync point is not a stall.
     #[serde(default = "default_stall_window")]
     pub stall_window_ms: u64,
+    /// Most payload bytes (votes, contributions, checkpoint states, as JSON) all sync points
+    /// of the run hold together; an arrival past it is refused as an invalid payload. Default
+    /// 64 MiB, at most [`MAX_SYNC_BYTES`]. Each point also has its own `maxResultBytes`.
+    #[serde(default = "default_max_sync_bytes")]
+    pub max_sync_bytes: u64,
+}
+
+fn default_max_sync_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_concurrency() -> u32 {

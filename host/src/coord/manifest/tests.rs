@@ -340,6 +340,12 @@ fn every_count_time_and_factor_a_manifest_sets_is_bounded_at_its_ceiling() {
             (MAX_SYNC_POINTS + 1).to_string(),
         ),
         scalar(
+            "strategy.maxSyncBytes",
+            |p, v| p.strategy = format!("maxSyncBytes = {v}"),
+            MAX_SYNC_BYTES.to_string(),
+            (MAX_SYNC_BYTES + 1).to_string(),
+        ),
+        scalar(
             "strategy.synchronizationPoints[*].participants",
             |p, v| {
                 // 1,000 points over 101 extra subtasks: 999 of 100 participants, the last of
@@ -446,6 +452,20 @@ fn a_point_holds_at_least_a_kibibyte_of_payloads() {
     let e = check(&point(MIN_RESULT_BYTES - 1).text()).unwrap_err();
     assert!(
         e.contains("maxResultBytes") && e.contains("must be at least 1024"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_points_of_a_run_hold_at_least_a_kibibyte_together() {
+    let with = |v: u64| Parts {
+        strategy: format!("maxSyncBytes = {v}"),
+        ..Parts::default()
+    };
+    check(&with(MIN_RESULT_BYTES).text()).expect("the minimum is accepted");
+    let e = check(&with(MIN_RESULT_BYTES - 1).text()).unwrap_err();
+    assert!(
+        e.contains("strategy.maxSyncBytes") && e.contains("must be at least 1024"),
         "{e}"
     );
 }

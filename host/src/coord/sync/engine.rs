@@ -8,6 +8,8 @@ pub struct SyncEngine {
     points: HashMap<String, Arc<Point>>,
     checkpoints: Option<Checkpoints>,
     notices: Option<mpsc::UnboundedSender<SyncNotice>>,
+    /// Most payload bytes all points together hold (`strategy.maxSyncBytes`).
+    total_cap: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SyncEngine {
@@ -42,6 +44,7 @@ impl SyncEngine {
                 .collect(),
             checkpoints: context.map(|(context, run_id)| Checkpoints { context, run_id }),
             notices,
+            total_cap: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -182,11 +185,12 @@ impl SyncEngine {
         // Within the point's bound before anything is stored (checked again as it counts,
         // against arrivals made meanwhile).
         let bytes = json_bytes(&payload);
-        point
-            .state
-            .lock()
-            .expect("sync point lock poisoned")
-            .room_for(point_id, participant, bytes, point.def.max_result_bytes)?;
+        let replaced = {
+            let st = point.state.lock().expect("sync point lock poisoned");
+            st.room_for(point_id, participant, bytes, point.def.max_result_bytes)?;
+            st.payload_of(participant)
+        };
+        self.room_in_run(point_id, replaced, bytes)?;
         // Durable before it counts.
         if point.resolved.borrow().is_none()
             && let Some(cp) = &self.checkpoints
@@ -319,6 +323,44 @@ impl SyncEngine {
             let mut st = point.state.lock().expect("sync point lock poisoned");
             st.remove_arrival(participant);
         }
+    }
+
+    /// Sets the most payload bytes all points of the run hold together (default: no bound
+    /// beyond each point's own).
+    pub fn limit_total_bytes(&self, cap: u64) {
+        self.total_cap
+            .store(cap, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Payload bytes all points hold now.
+    pub fn held_bytes(&self) -> u64 {
+        self.points
+            .values()
+            .map(|p| {
+                p.state
+                    .lock()
+                    .expect("sync point lock poisoned")
+                    .payload_bytes
+            })
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Whether the run's points can hold `bytes` more in place of `replaced`. Checked before
+    /// an arrival is stored, one point lock at a time: arrivals racing at different points may
+    /// pass the bound by their own payloads (each at most `MAX_SYNC_PAYLOAD_BYTES`).
+    fn room_in_run(&self, point: &str, replaced: u64, bytes: u64) -> Result<(), SyncFailure> {
+        let cap = self.total_cap.load(std::sync::atomic::Ordering::Relaxed);
+        let total = self
+            .held_bytes()
+            .saturating_sub(replaced)
+            .saturating_add(bytes);
+        if total > cap {
+            return Err(SyncFailure::InvalidPayload(format!(
+                "the run's points would hold {total} bytes of payloads with this one at `{point}` \
+                 ({bytes} bytes); strategy.maxSyncBytes is {cap}"
+            )));
+        }
+        Ok(())
     }
 
     /// Participant → the open point it waits at now: inside a sync call on a point not

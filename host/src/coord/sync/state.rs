@@ -65,6 +65,13 @@ pub(super) fn json_bytes(v: &Value) -> u64 {
 impl PointState {
     /// The payload bytes the point would hold with `participant`'s payload of `bytes`, or an
     /// error if that passes `cap`.
+    /// Bytes of `participant`'s payload here, 0 if it has none.
+    pub(super) fn payload_of(&self, participant: &str) -> u64 {
+        self.index
+            .get(participant)
+            .map_or(0, |&i| json_bytes(&self.arrivals[i].1))
+    }
+
     pub(super) fn room_for(
         &self,
         point: &str,

@@ -74,6 +74,68 @@ async fn third_contribution(last: Value) -> Result<Arc<SyncOutcome>, SyncFailure
     r
 }
 
+/// Two aggregation points `p` and `q` (a, b, c each), the run bounded at 30 payload bytes:
+/// `a` gives 10 bytes at `p`, `b` 10 at `q`, then `c` gives `last` at `p`.
+async fn third_contribution_in_the_run(last: Value) -> Result<Arc<SyncOutcome>, SyncFailure> {
+    let point = |id: &str| {
+        let mut d = def(
+            SyncPointType::Aggregation,
+            SyncCondition::AllComplete,
+            OnTimeout::Fail,
+        );
+        d.id = id.into();
+        d.timeout_ms = None;
+        d
+    };
+    let e = SyncEngine::new(&[point("p"), point("q")], None, None);
+    e.limit_total_bytes(30);
+    let value = json!("12345678");
+    for (who, at) in [("a", "p"), ("b", "q")] {
+        let (e, v) = (e.clone(), value.clone());
+        tokio::spawn(async move { e.arrive(at, who, SyncPointType::Aggregation, v).await });
+    }
+    while e.waiting_at().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(e.held_bytes(), 20);
+    let c = {
+        let e = e.clone();
+        tokio::spawn(async move { e.arrive("p", "c", SyncPointType::Aggregation, last).await })
+    };
+    // `c` either is refused at once or waits at `p` (which still needs `b`).
+    let r = loop {
+        if c.is_finished() {
+            break c.await.unwrap();
+        }
+        if e.held_bytes() > 20 {
+            e.cancel_all("test over");
+            break c.await.unwrap();
+        }
+        tokio::task::yield_now().await;
+    };
+    e.cancel_all("test over");
+    r
+}
+
+#[tokio::test]
+async fn the_points_of_a_run_hold_payloads_up_to_max_sync_bytes_together() {
+    // Exactly 30 bytes over both points: `c`'s contribution counts (the point then fails only
+    // because the test ends it).
+    let held = third_contribution_in_the_run(json!("12345678")).await;
+    assert!(
+        matches!(&held, Err(SyncFailure::Failed(m)) if m == "test over"),
+        "{held:?}"
+    );
+    // One byte more is refused, naming the run's bound.
+    let refused = third_contribution_in_the_run(json!("123456789"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, SyncFailure::InvalidPayload(m) if m.contains("would hold 31 bytes") && m.contains("strategy.maxSyncBytes is 30")),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_point_holds_payloads_up_to_its_max_result_bytes() {
     // Exactly 30 bytes: the point resolves.
