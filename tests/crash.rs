@@ -10,12 +10,14 @@
 use qi_host::store::{Durability, Store, StoreConfig, StoredDoc};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
+
+#[path = "sigkill/mod.rs"]
+mod sigkill;
 
 const CHILD_ENV: &str = "QI_CRASH_CHILD";
 const CHILD_TEST: &str = "crash_child_writer";
@@ -44,32 +46,12 @@ fn config(dir: &Path) -> StoreConfig {
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            CHILD_TEST,
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-
-    // Read acknowledgements on a thread so the parent can stop at a chosen time.
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    // Acknowledgements are read on a thread so the parent can stop at a chosen time.
+    let sigkill::Child {
+        process: mut child,
+        lines,
+        reader,
+    } = sigkill::spawn_child(CHILD_TEST, &[(CHILD_ENV, dir.path().as_os_str())]);
 
     let mut acked: HashMap<String, u64> = HashMap::new();
     fn record(acked: &mut HashMap<String, u64>, line: String) {

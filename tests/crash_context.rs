@@ -11,19 +11,19 @@
 //! and starts the next round on the same directory.
 
 use qi_host::context::{
-    AgentCapabilities, Change, ContextConfig, ContextService, NewContext, OPERATOR, Permission,
-    SystemClock,
+    AgentCapabilities, Change, ContextService, NewContext, OPERATOR, Permission,
 };
 use qi_host::events::{EventFilter, EventType, NewEvent};
-use qi_host::store::{Durability, Store, StoreConfig};
-use qi_host::{EventBus, EventBusConfig};
+use qi_host::store::{Durability, StoreConfig};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
+
+#[path = "sigkill/mod.rs"]
+mod sigkill;
 
 const CHILD_ENV: &str = "QI_CRASH_CONTEXT_CHILD";
 const ROUND_ENV: &str = "QI_CRASH_CONTEXT_ROUND";
@@ -49,13 +49,7 @@ fn config(dir: &Path) -> StoreConfig {
 }
 
 async fn service(dir: &Path) -> ContextService {
-    let store = Store::open(config(dir)).unwrap();
-    let bus = EventBus::new(store.clone(), EventBusConfig::default())
-        .await
-        .unwrap();
-    ContextService::open(store, bus, Arc::new(SystemClock), ContextConfig::default())
-        .await
-        .unwrap()
+    sigkill::context_service(config(dir)).await
 }
 
 /// What the child acknowledged.
@@ -101,27 +95,19 @@ fn acknowledged_context_writes_survive_sigkill_at_several_points() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked = Acked::default();
     for (round, kill_after) in KILL_AFTER.into_iter().enumerate() {
-        wait_for_the_lock(dir.path());
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", CHILD_TEST, "--include-ignored", "--nocapture"])
-            .args(["--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .env(ROUND_ENV, round.to_string())
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines_tx, lines) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        sigkill::wait_for_the_lock(dir.path());
+        let round_env = round.to_string();
+        let sigkill::Child {
+            process: mut child,
+            lines,
+            reader,
+        } = sigkill::spawn_child(
+            CHILD_TEST,
+            &[
+                (CHILD_ENV, dir.path().as_os_str()),
+                (ROUND_ENV, round_env.as_ref()),
+            ],
+        );
         let target = acked.lines + kill_after;
         while acked.lines < target {
             match lines.recv_timeout(HANG_GUARD) {
@@ -149,22 +135,6 @@ fn acknowledged_context_writes_survive_sigkill_at_several_points() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(check(dir.path(), &acked, round));
     }
-}
-
-/// Blocks until no store of this process holds the directory's lock. The last check's store
-/// closes when its last handle goes, and a write its reads queued (an `accessed` event) can
-/// hold one until the writer thread has run it, after the check returned.
-fn wait_for_the_lock(dir: &Path) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(qi_host::store::LOCK_FILE))
-        .unwrap();
-    // `flock` waits for the holder (another open file, even in this process) to let go.
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    // Closing the file releases it.
 }
 
 /// Reopens the directory and checks every acknowledged write, the atomicity of the rest and

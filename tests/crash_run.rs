@@ -13,16 +13,17 @@
 //! the first resume too and resume again.
 
 use qi_guest_artifacts::WORKER_COMPONENT;
-use qi_host::context::ContextService;
 use qi_host::coord::{self, RunOptions, RunReport, SubtaskState};
 use qi_host::events::{EventFilter, SubscribeFrom};
 use qi_host::{AgentHost, HostConfig};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
+
+#[path = "sigkill/mod.rs"]
+mod sigkill;
 
 const CHILD_ENV: &str = "QI_CRASH_RUN_CHILD";
 const RESUME_ENV: &str = "QI_CRASH_RUN_RESUME";
@@ -103,25 +104,10 @@ fn guest_dir() -> PathBuf {
         .to_path_buf()
 }
 
-async fn service(dir: &Path) -> ContextService {
-    let store = qi_host::Store::open(qi_host::StoreConfig::at(dir)).unwrap();
-    let bus = qi_host::EventBus::new(store.clone(), qi_host::EventBusConfig::default())
-        .await
-        .unwrap();
-    ContextService::open(
-        store,
-        bus,
-        Arc::new(qi_host::context::SystemClock),
-        qi_host::context::ContextConfig::default(),
-    )
-    .await
-    .unwrap()
-}
-
 /// Runs (or resumes) the manifest on `dir`; `on_event` sees each run event's kind as it is
 /// committed.
 async fn run(dir: &Path, resume: bool, on_event: impl Fn(&str) + Send + 'static) -> RunReport {
-    let svc = service(dir).await;
+    let svc = sigkill::context_service(qi_host::StoreConfig::at(dir)).await;
     let host = Arc::new(
         AgentHost::new(HostConfig {
             cache_dir: Some(cache_dir()),
@@ -176,42 +162,18 @@ fn essence(r: &RunReport) -> Value {
     json!({"success": r.success, "states": format!("{states:?}"), "points": points, "received": received})
 }
 
-/// Waits until nobody holds the data directory's lock (the killed child's is released by the
-/// kernel as it dies).
-fn wait_for_the_lock(dir: &Path) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(qi_host::store::LOCK_FILE))
-        .unwrap();
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
-}
-
 /// Starts a child on `dir` and kills it with SIGKILL once it printed `kill_after` events;
 /// returns how many it printed (all of them, if it finished first).
 fn crash_child(dir: &Path, resume: bool, kill_after: usize) -> usize {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", CHILD_TEST, "--include-ignored", "--nocapture"])
-        .args(["--test-threads=1"])
-        .env(CHILD_ENV, dir)
-        .env(RESUME_ENV, if resume { "1" } else { "0" })
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let resume = if resume { "1" } else { "0" };
+    let sigkill::Child {
+        process: mut child,
+        lines,
+        reader,
+    } = sigkill::spawn_child(
+        CHILD_TEST,
+        &[(CHILD_ENV, dir.as_os_str()), (RESUME_ENV, resume.as_ref())],
+    );
     let mut seen = 0;
     while seen < kill_after {
         match lines.recv_timeout(HANG_GUARD) {
@@ -227,7 +189,8 @@ fn crash_child(dir: &Path, resume: bool, kill_after: usize) -> usize {
     // `Child::kill` sends SIGKILL: no destructor, flush or checkpoint runs.
     let _ = child.kill();
     let _ = child.wait();
-    wait_for_the_lock(dir);
+    reader.join().unwrap();
+    sigkill::wait_for_the_lock(dir);
     seen
 }
 
