@@ -1,7 +1,8 @@
 //! The error types that cross the WIT boundary: [`AgentError`] (what `run` returns),
 //! [`ToolError`] (why a host tool call did not succeed), [`ContextError`] (why a context store
-//! call did not succeed), [`EventError`] (why an event bus call did not succeed) and
-//! [`SyncError`] (why a synchronization point call did not succeed).
+//! call did not succeed), [`EventError`] (why an event bus call did not succeed),
+//! [`SyncError`] (why a synchronization point call did not succeed) and [`ChannelError`] (why
+//! a channel call did not succeed).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -325,6 +326,88 @@ impl From<SyncError> for AgentError {
     }
 }
 
+/// Why a channel call did not succeed (WIT `channels.channel-error`). A refusal by the host is
+/// always one of these values, never a trap.
+///
+/// `Display` prints the kind and the message, e.g. `full: channel `jobs` holds 1024 messages`
+/// or `closed: every producer of `jobs` is over`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The agent is not running inside a coordinated run (e.g. under `qi-host run-agent`).
+    NotCoordinated,
+    /// No channel with that id in the manifest.
+    UnknownChannel(String),
+    /// The call does not fit the channel: the caller is not one of its producers (send) or
+    /// consumers (receive, ack), `to` is missing on a `direct` channel or given on another,
+    /// `to` is not a consumer, the acked message is not one this consumer holds, or (from the
+    /// SDK) a body could not be serialized or parsed.
+    Invalid(String),
+    /// The body is longer than the channel's `maxMessageBytes`.
+    TooLarge(String),
+    /// The channel (for `direct`: the recipient's mailbox) holds `maxDepth` messages; send again
+    /// once consumers have taken some.
+    Full(String),
+    /// Every producer is over and nothing is left to receive: no more messages will come.
+    Closed(String),
+    /// The host's access policies refused the call; the message names the rule.
+    AccessDenied(String),
+    /// The host could not store or read the message; the message says why.
+    Failed(String),
+}
+
+impl ChannelError {
+    /// The WIT name of the case: `not-coordinated`, `unknown-channel`, `invalid`, `too-large`,
+    /// `full`, `closed`, `access-denied` or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChannelError::NotCoordinated => "not-coordinated",
+            ChannelError::UnknownChannel(_) => "unknown-channel",
+            ChannelError::Invalid(_) => "invalid",
+            ChannelError::TooLarge(_) => "too-large",
+            ChannelError::Full(_) => "full",
+            ChannelError::Closed(_) => "closed",
+            ChannelError::AccessDenied(_) => "access-denied",
+            ChannelError::Failed(_) => "failed",
+        }
+    }
+
+    /// The message, without the kind. [`ChannelError::NotCoordinated`] carries none, so it
+    /// gets a fixed one.
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            ChannelError::NotCoordinated => {
+                Cow::Borrowed("the agent is not running inside a coordinated run")
+            }
+            ChannelError::UnknownChannel(message)
+            | ChannelError::Invalid(message)
+            | ChannelError::TooLarge(message)
+            | ChannelError::Full(message)
+            | ChannelError::Closed(message)
+            | ChannelError::AccessDenied(message)
+            | ChannelError::Failed(message) => Cow::Borrowed(message),
+        }
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.message())
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+/// A channel call failing ends the agent's run as [`AgentError::Failed`], saying it was a
+/// channel call and carrying the error's text (kind and message), so `?` works on channel
+/// calls inside [`Agent::run`].
+///
+/// [`Agent::run`]: crate::Agent::run
+impl From<ChannelError> for AgentError {
+    fn from(error: ChannelError) -> Self {
+        AgentError::Failed(format!("channel call failed: {error}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +465,35 @@ mod tests {
         assert_eq!(
             AgentError::from(SyncError::Failed("absent: b".into())),
             AgentError::Failed("sync call failed: failed: absent: b".into())
+        );
+    }
+
+    #[test]
+    fn channel_errors_name_their_kind() {
+        assert_eq!(
+            ChannelError::NotCoordinated.to_string(),
+            "not-coordinated: the agent is not running inside a coordinated run"
+        );
+        let closed = ChannelError::Closed("every producer of `jobs` is over".into());
+        assert_eq!(closed.kind(), "closed");
+        assert_eq!(
+            closed.to_string(),
+            "closed: every producer of `jobs` is over"
+        );
+        for (error, kind) in [
+            (ChannelError::UnknownChannel("x".into()), "unknown-channel"),
+            (ChannelError::Invalid("x".into()), "invalid"),
+            (ChannelError::TooLarge("x".into()), "too-large"),
+            (ChannelError::Full("x".into()), "full"),
+            (ChannelError::AccessDenied("x".into()), "access-denied"),
+            (ChannelError::Failed("x".into()), "failed"),
+        ] {
+            assert_eq!(error.kind(), kind);
+            assert_eq!(error.to_string(), format!("{kind}: x"));
+        }
+        assert_eq!(
+            AgentError::from(ChannelError::Full("mailbox of `b` holds 4".into())),
+            AgentError::Failed("channel call failed: full: mailbox of `b` holds 4".into())
         );
     }
 }

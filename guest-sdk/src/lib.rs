@@ -8,15 +8,18 @@
 //! - the [`Agent`] trait and the [`export_agent!`] macro that turns an implementation into the
 //!   component's exports;
 //! - the types of the contract: [`AgentInfo`], [`AgentType`], [`Task`], [`TaskOutput`],
-//!   [`AgentError`], [`ToolError`], [`ContextError`], [`EventError`], [`SyncError`], with JSON
-//!   helpers ([`Task::input_json`], [`Task::input_value`], [`TaskOutput::json`]) and
-//!   [`SubtaskInput`], the input every subtask of a coordinated run receives;
+//!   [`AgentError`], [`ToolError`], [`ContextError`], [`EventError`], [`SyncError`],
+//!   [`ChannelError`], with JSON helpers ([`Task::input_json`], [`Task::input_value`],
+//!   [`TaskOutput::json`]) and [`SubtaskInput`], the input every subtask of a coordinated run
+//!   receives;
 //! - one module per host interface: [`log`], [`tools`], [`budget`], [`context`] (the shared,
 //!   versioned context store: typed `get`/`put`/`patch` with serde, `update(id, |doc| ...)`
 //!   retrying stale writes, `share`/`revoke`), [`events`] (gap-free, resumable
-//!   subscriptions with an iterator that ends on a timeout, and `publish`) and [`sync`] (the
+//!   subscriptions with an iterator that ends on a timeout, and `publish`), [`sync`] (the
 //!   synchronization points of a coordinated run: `barrier`, `checkpoint`/`restore`, `vote`,
-//!   `contribute`);
+//!   `contribute`, `outcome`) and [`channels`] (the channels a run's manifest declares:
+//!   `send`/`send_to` text or JSON, `receive` with a timeout, `ack`, and an iterator over a
+//!   channel's messages that ends when it is closed);
 //! - [`serde`] and [`serde_json`], re-exported.
 //!
 //! # Example
@@ -116,6 +119,7 @@ extern crate self as qi_guest_sdk;
 pub mod wit;
 
 pub mod budget;
+pub mod channels;
 pub mod context;
 mod error;
 pub mod events;
@@ -127,7 +131,7 @@ pub mod tools;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-pub use error::{AgentError, ContextError, EventError, SyncError, ToolError};
+pub use error::{AgentError, ChannelError, ContextError, EventError, SyncError, ToolError};
 pub use serde;
 pub use serde_json;
 pub use task::SubtaskInput;

@@ -13,6 +13,12 @@
 //! `on-timeout = "proceed"` the outcome has `complete: false`; with `fail` the call returns
 //! [`SyncError::Failed`] naming the absent participants.
 //!
+//! A barrier with more than 64 participants returns a *compact* outcome, so that waking every
+//! participant does not copy every participant list to each: [`SyncOutcome::arrived`] holds
+//! only the caller (if it arrived) and [`SyncOutcome::absent`] is empty, while
+//! [`SyncOutcome::arrived_count`] and [`SyncOutcome::absent_count`] are always the full counts.
+//! [`outcome`] fetches the full lists when a participant needs them.
+//!
 //! ```
 //! use qi_guest_sdk::serde_json::json;
 //! use qi_guest_sdk::{AgentError, sync};
@@ -26,8 +32,10 @@
 //!
 //! // Everyone waits for everyone (or for the ones still alive).
 //! let outcome = sync::barrier("analysis-done")?;
-//! if !outcome.absent.is_empty() {
-//!     qi_guest_sdk::log::warn!("proceeding without {:?}", outcome.absent);
+//! if outcome.absent_count > 0 {
+//!     // A compact outcome lists no one: ask for the full one.
+//!     let full = if outcome.is_compact() { sync::outcome("analysis-done")? } else { outcome };
+//!     qi_guest_sdk::log::warn!("proceeding without {:?}", full.absent);
 //! }
 //!
 //! // Agree on something; every voter receives the same decision.
@@ -62,10 +70,19 @@ pub struct SyncOutcome {
     pub complete: bool,
     /// `true` when the point's timeout elapsed before it resolved.
     pub timed_out: bool,
-    /// Participants (subtask ids) that arrived, in arrival order.
+    /// Participants (subtask ids) that arrived, in arrival order. In a compact outcome (a
+    /// barrier with more than 64 participants) only the caller itself, if it arrived: call
+    /// [`outcome`] for the full list.
     pub arrived: Vec<String>,
-    /// Participants that did not arrive (failed, terminated, finished, or late).
+    /// Participants that did not arrive (failed, terminated, finished, or late). Empty in a
+    /// compact outcome.
     pub absent: Vec<String>,
+    /// How many participants arrived: the length of the full `arrived` list, also in a compact
+    /// outcome.
+    pub arrived_count: u32,
+    /// How many participants did not arrive: the length of the full `absent` list, also in a
+    /// compact outcome.
+    pub absent_count: u32,
     /// The type-specific result (text that is not JSON is kept as a JSON string):
     /// - barrier: `null`;
     /// - checkpoint: `{"<participant>": <state>, ...}` of every arrived participant;
@@ -84,6 +101,13 @@ impl SyncOutcome {
             .get("decision")
             .and_then(serde_json::Value::as_str)
     }
+
+    /// `true` when the lists leave participants out (a compact outcome of a barrier with more
+    /// than 64 participants): [`outcome`] has them all.
+    pub fn is_compact(&self) -> bool {
+        self.arrived.len() != self.arrived_count as usize
+            || self.absent.len() != self.absent_count as usize
+    }
 }
 
 impl From<raw::SyncOutcome> for SyncOutcome {
@@ -94,6 +118,8 @@ impl From<raw::SyncOutcome> for SyncOutcome {
             timed_out: o.timed_out,
             arrived: o.arrived,
             absent: o.absent,
+            arrived_count: o.arrived_count,
+            absent_count: o.absent_count,
             result: parse_or_string(o.result),
         }
     }
@@ -165,6 +191,18 @@ pub fn contribute<T: Serialize + ?Sized>(point: &str, value: &T) -> Result<SyncO
     raw::contribute(point, &value).map(SyncOutcome::from)
 }
 
+/// The full outcome of the point `point`, which has resolved: every participant listed, even
+/// for a barrier whose [compact](SyncOutcome::is_compact) outcome left them out. Does not
+/// arrive at the point; any participant of the point may ask, once or many times.
+///
+/// # Errors
+///
+/// [`SyncError::NotCoordinated`], [`SyncError::UnknownPoint`], [`SyncError::Invalid`] (the
+/// point is still open, or the caller is not one of its participants).
+pub fn outcome(point: &str) -> Result<SyncOutcome, SyncError> {
+    raw::outcome(point).map(SyncOutcome::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +215,8 @@ mod tests {
             timed_out: false,
             arrived: vec!["a".into(), "b".into()],
             absent: vec!["c".into()],
+            arrived_count: 2,
+            absent_count: 1,
             result: result.into(),
         }
     }
@@ -213,8 +253,37 @@ mod tests {
                 "timed_out": false,
                 "arrived": ["a", "b"],
                 "absent": ["c"],
+                "arrived_count": 2,
+                "absent_count": 1,
                 "result": 3,
             })
         );
+    }
+
+    #[test]
+    fn compact_outcomes_are_recognized() {
+        let full = SyncOutcome::from(raw_outcome("null"));
+        assert!(!full.is_compact());
+
+        // 100 participants: the caller sees itself only, and the counts.
+        let compact = SyncOutcome::from(raw::SyncOutcome {
+            arrived: vec!["a".into()],
+            absent: Vec::new(),
+            arrived_count: 97,
+            absent_count: 3,
+            ..raw_outcome("null")
+        });
+        assert!(compact.is_compact());
+        assert_eq!(compact.arrived_count, 97);
+
+        // A caller that did not arrive (and so is not listed) with no one absent.
+        let empty = SyncOutcome::from(raw::SyncOutcome {
+            arrived: Vec::new(),
+            absent: Vec::new(),
+            arrived_count: 65,
+            absent_count: 0,
+            ..raw_outcome("null")
+        });
+        assert!(empty.is_compact());
     }
 }

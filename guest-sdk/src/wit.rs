@@ -19,6 +19,7 @@ wit_bindgen::generate!({
         "qi:agent/context@0.1.0/context-error": crate::ContextError,
         "qi:agent/events@0.1.0/event-error": crate::EventError,
         "qi:agent/sync@0.1.0/sync-error": crate::SyncError,
+        "qi:agent/channels@0.1.0/channel-error": crate::ChannelError,
     },
     generate_all,
     additional_derives: [PartialEq, Eq],

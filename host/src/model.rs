@@ -70,6 +70,10 @@ pub struct UsageReceipt {
     pub context_cache_misses: u64,
     /// Contexts `context.prefetch` read into the agent's cache.
     pub context_cache_prefetched: u64,
+    /// Messages the agent sent on the run's channels (stored; refused sends are not counted).
+    pub channel_messages_sent: u64,
+    /// Messages the agent received from the run's channels (redeliveries included).
+    pub channel_messages_received: u64,
 }
 
 /// The kinds of resource the access gate decides on (see [`ResourceName`]).
@@ -82,6 +86,8 @@ pub enum ResourceKind {
     Events,
     /// A synchronization point of a coordinated run, by point id.
     Sync,
+    /// A communication channel of a coordinated run, by channel id.
+    Channel,
     /// A host tool, by tool name.
     Tool,
     /// A file or directory, by its guest path.
@@ -98,6 +104,7 @@ impl ResourceKind {
             ResourceKind::Context => "context",
             ResourceKind::Events => "events",
             ResourceKind::Sync => "sync",
+            ResourceKind::Channel => "channel",
             ResourceKind::Tool => "tool",
             ResourceKind::File => "file",
             ResourceKind::Network => "network",
@@ -107,10 +114,11 @@ impl ResourceKind {
 
 impl ResourceKind {
     /// Every kind, in the order of the [`ResourceName`] table.
-    pub const ALL: [ResourceKind; 6] = [
+    pub const ALL: [ResourceKind; 7] = [
         ResourceKind::Context,
         ResourceKind::Events,
         ResourceKind::Sync,
+        ResourceKind::Channel,
         ResourceKind::Tool,
         ResourceKind::File,
         ResourceKind::Network,
@@ -125,7 +133,15 @@ impl ResourceKind {
                 "rollback", "resolve",
             ],
             ResourceKind::Events => &["subscribe", "publish"],
-            ResourceKind::Sync => &["barrier", "checkpoint", "restore", "vote", "contribute"],
+            ResourceKind::Sync => &[
+                "barrier",
+                "checkpoint",
+                "restore",
+                "vote",
+                "contribute",
+                "outcome",
+            ],
+            ResourceKind::Channel => &["send", "receive", "ack"],
             ResourceKind::Tool => &["call"],
             ResourceKind::File => &["read", "write", "create", "delete", "list", "stat", "link"],
             ResourceKind::Network => &["connect", "send", "receive", "bind", "listen", "resolve"],
@@ -147,7 +163,8 @@ impl std::fmt::Display for ResourceKind {
 /// |---|---|---|---|---|
 /// | `context` | the context id (`*` for `ids`, and for `create` without an id) | `context/plan` | `create`, `get`, `put`, `patch`, `delete`, `share`, `revoke`, `ids` | `qi:agent/context` |
 /// | `events` | the context whose events | `events/plan` | `subscribe`, `publish` | `qi:agent/events` |
-/// | `sync` | the synchronization point id | `sync/analysis-done` | `barrier`, `checkpoint`, `restore`, `vote`, `contribute` | `qi:agent/sync` |
+/// | `sync` | the synchronization point id | `sync/analysis-done` | `barrier`, `checkpoint`, `restore`, `vote`, `contribute`, `outcome` | `qi:agent/sync` |
+/// | `channel` | the channel id | `channel/jobs` | `send`, `receive`, `ack` | `qi:agent/channels` |
 /// | `tool` | the tool name | `tool/fs.read` | `call` | `qi:agent/tools` |
 /// | `file` | the absolute guest path, without its leading `/`, lexically normalised (no `.`, `..` or empty segments) and with every link resolved to the name its target has in the guest's view | `file/workspace/src/a.rs` | `read`, `write`, `create`, `delete`, `list`, `stat`, `link` | WASI filesystem, `fs.*` tools |
 /// | `network` | `<ip>:<port>` of a socket use (IPv6 in brackets, an IPv4-mapped IPv6 address as written by the guest); the host name of a lookup, as the agent passed it | `network/10.0.0.5:443`, `network/[::1]:8080`, `network/example.com` | `connect`, `send`, `receive`, `bind`, `listen`, `resolve` | WASI sockets |

@@ -179,6 +179,30 @@ pub async fn plan(args: PlanArgs) -> Result<i32, Error> {
             pt.participants.join(", ")
         );
     }
+    let declared: Vec<_> = p
+        .communication_channels
+        .iter()
+        .filter_map(|c| c.declared.as_ref().map(|d| (c, d)))
+        .collect();
+    if !declared.is_empty() {
+        println!("\nchannels (created by the run)");
+        for (c, d) in declared {
+            let queue = match (d.ack_timeout_ms, d.max_deliveries) {
+                (Some(ms), Some(n)) => format!("; ack within {ms} ms, at most {n} deliveries"),
+                _ => String::new(),
+            };
+            println!(
+                "  {:<16} {:<13} {} → {}; messages ≤ {} bytes, depth ≤ {}{queue}; kept as {}",
+                c.id.trim_start_matches("channel."),
+                c.channel_type,
+                d.producers.join(", "),
+                d.consumers.join(", "),
+                d.max_message_bytes,
+                d.max_depth,
+                d.stored_at
+            );
+        }
+    }
     println!("\nfallback plan ({})", p.fallback_plan.recovery_strategy);
     for act in &p.fallback_plan.actions {
         println!(

@@ -126,6 +126,22 @@ pub(super) fn print_run(r: &RunReport, dir: &std::path::Path) {
             );
         }
     }
+    if !r.channels.is_empty() {
+        println!("\nchannels");
+        for (id, c) in &r.channels {
+            println!(
+                "  {id:<16} {:<13} sent {}, delivered {} ({} again), acked {}, expired {}, dead-lettered {}, left {}",
+                c.kind.as_str(),
+                c.sent,
+                c.delivered,
+                c.redelivered,
+                c.acked,
+                c.expired,
+                c.dead_lettered.len(),
+                c.left
+            );
+        }
+    }
     println!("\nusage receipts (per agent instance)");
     println!(
         "  {:<22} {:<18} {:>14} {:>10} {:>9} {:>6} {:>6} {:>6}",

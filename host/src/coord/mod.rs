@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod channels;
 mod dag;
 pub mod deadlock;
 pub mod exec;

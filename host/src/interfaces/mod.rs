@@ -1,6 +1,6 @@
 //! The single `bindgen!` for the `qi:agent/agent` world and the host side of its imports, one
 //! module per WIT interface: [`log`], [`tools`], [`budget`], [`context`], [`events`],
-//! [`sync`]. Each host call starts with the agent's grants: deny by default, check, count,
+//! [`sync`], [`channels`]. Each host call starts with the agent's grants: deny by default, check, count,
 //! record (when monitored), then act. Every argument's size is checked against the one table
 //! in [`limits`] before it is parsed or copied further.
 //!
@@ -11,6 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 pub mod budget;
+pub mod channels;
 pub mod context;
 pub mod context_cache;
 pub mod events;
@@ -59,6 +60,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     context::add_to_linker(&mut linker)?;
     events::add_to_linker(&mut linker)?;
     sync::add_to_linker(&mut linker)?;
+    channels::add_to_linker(&mut linker)?;
     budget::add_to_linker(&mut linker)?;
     Ok(linker)
 }

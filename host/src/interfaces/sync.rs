@@ -15,13 +15,35 @@ pub fn add_to_linker(linker: &mut Linker<AgentState>) -> wasmtime::Result<()> {
     qi::agent::sync::add_to_linker::<AgentState, HasSelf<AgentState>>(linker, |s| s)
 }
 
-fn sync_outcome(o: Arc<crate::coord::sync::SyncOutcome>) -> WitSyncOutcome {
+/// A barrier with more participants than this hands each of them a compact outcome: the
+/// counts and the caller's own arrival, not the lists (which would copy the whole list into
+/// every participant: 1,000 participants × 1,000 names). `sync.outcome` gives the full one.
+pub const COMPACT_BARRIER_OVER: usize = 64;
+
+/// The outcome as the guest gets it: compact for a barrier of more than
+/// [`COMPACT_BARRIER_OVER`] participants unless `full`.
+fn sync_outcome(
+    o: Arc<crate::coord::sync::SyncOutcome>,
+    call: Option<SyncPointType>,
+    caller: &str,
+) -> WitSyncOutcome {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let compact = call == Some(SyncPointType::Barrier)
+        && o.arrived.len().saturating_add(o.absent.len()) > COMPACT_BARRIER_OVER;
+    let (arrived, absent) = if compact {
+        let me: Vec<String> = o.arrived.iter().filter(|a| *a == caller).cloned().collect();
+        (me, Vec::new())
+    } else {
+        (o.arrived.clone(), o.absent.clone())
+    };
     WitSyncOutcome {
         point: o.point.clone(),
         complete: o.complete,
         timed_out: o.timed_out,
-        arrived: o.arrived.clone(),
-        absent: o.absent.clone(),
+        arrived_count: count(o.arrived.len()),
+        absent_count: count(o.absent.len()),
+        arrived,
+        absent,
         // Serialized once per point, copied per participant.
         result: o.result_text().to_string(),
     }
@@ -78,7 +100,8 @@ impl AgentState {
                 .arrive(&point, &handle.participant, call, payload)
                 .await;
             drop(waiting);
-            r.map(sync_outcome).map_err(sync_error)
+            r.map(|o| sync_outcome(o, Some(call), &handle.participant))
+                .map_err(sync_error)
         }
         .await;
         let outcome = match &r {
@@ -158,6 +181,41 @@ impl qi::agent::sync::Host for AgentState {
         };
         self.sync_call(SyncPointType::Decision, point, payload, choice.len())
             .await
+    }
+
+    async fn outcome(&mut self, point: String) -> Result<WitSyncOutcome, WitSyncError> {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        shared.count_host_call();
+        let r = async {
+            limits::ids(&shared, "sync.outcome", "point", [&point])
+                .map_err(|r| WitSyncError::Invalid(r.into_message()))?;
+            let handle = shared.sync.clone().ok_or(WitSyncError::NotCoordinated)?;
+            match handle.engine.is_participant(&point, &handle.participant) {
+                None => return Err(WitSyncError::UnknownPoint(point.clone())),
+                Some(false) => {
+                    return Err(WitSyncError::Invalid(format!(
+                        "`{}` is not a participant of `{point}`",
+                        handle.participant
+                    )));
+                }
+                Some(true) => {}
+            }
+            shared
+                .gate("sync", &point, "outcome")
+                .map_err(WitSyncError::AccessDenied)?;
+            match handle.engine.outcome_shared(&point) {
+                None => Err(WitSyncError::Invalid(format!(
+                    "`{point}` has not resolved yet; call it after the point's own call returns"
+                ))),
+                Some(Err(m)) => Err(WitSyncError::Failed(m)),
+                Some(Ok(o)) => Ok(sync_outcome(o, None, &handle.participant)),
+            }
+        }
+        .await;
+        let outcome = if r.is_ok() { "ok" } else { "error" };
+        shared.record_call("sync.outcome", &point, 0, start, outcome);
+        r
     }
 
     async fn contribute(

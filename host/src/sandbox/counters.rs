@@ -62,6 +62,10 @@ pub struct Counters {
     pub context_cache_misses: AtomicU64,
     /// Contexts `context.prefetch` read into the agent's cache.
     pub context_cache_prefetched: AtomicU64,
+    /// Channel messages sent (and stored).
+    pub channel_sent: AtomicU64,
+    /// Channel messages received.
+    pub channel_received: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -117,6 +121,8 @@ impl UsageReceipt {
             context_cache_hits: c.context_cache_hits.load(Ordering::Relaxed),
             context_cache_misses: c.context_cache_misses.load(Ordering::Relaxed),
             context_cache_prefetched: c.context_cache_prefetched.load(Ordering::Relaxed),
+            channel_messages_sent: c.channel_sent.load(Ordering::Relaxed),
+            channel_messages_received: c.channel_received.load(Ordering::Relaxed),
             ..Default::default()
         }
     }

@@ -10,6 +10,7 @@
 //! timeout, and then nothing else races with them.
 
 mod adaptive;
+mod channels;
 mod deadlock;
 mod failures;
 mod fresh_instance;

@@ -508,6 +508,21 @@ mod reviewer {
     }
 }
 
+/// `messenger` needs a coordinated run: its runs are in `coord::channels`. Alone, every
+/// channel call is `not-coordinated` and the agent fails saying so.
+mod messenger {
+    use super::*;
+
+    #[tokio::test]
+    async fn alone_its_channel_calls_are_not_coordinated() {
+        let input = json!({"subtask": "p", "attempt": 1, "inputs": {"role": "producer", "channel": "jobs", "count": 1}});
+        let report = run(MESSENGER_COMPONENT, spec(), input).await;
+        let failure = report.failure.as_ref().expect("no run, no channel");
+        assert!(failure.to_string().contains("not-coordinated"), "{failure}");
+        assert_eq!(report.usage.channel_messages_sent, 0);
+    }
+}
+
 mod reporter {
     use super::*;
 

@@ -140,6 +140,8 @@ impl Run {
             waited_us: s.sync_waited_us.clone(),
             timer_due: Default::default(),
             polling: Default::default(),
+            channels: Some(self.channels.clone()),
+            attempt,
         };
         let time_limit = s
             .time_limit_ms
@@ -273,6 +275,8 @@ impl Run {
             self.resources.release(&a);
         }
         self.subs[i].agent_id = None;
+        // Whatever the outcome, what it received and did not ack goes back to its queues.
+        self.channels.attempt_ended(&self.subs[i].id, attempt);
         let agent = self.subs[i].attempts[attempt as usize - 1].agent.clone();
         let duration_ms = elapsed.as_millis() as u64;
         let (usage, result) = match report {

@@ -150,6 +150,7 @@ impl Run {
                 .collect(),
             aggregated_result: Value::Object(aggregated),
             synchronization: self.sync_results.clone(),
+            channels: self.channels.report(),
             metrics,
             strategy: self.kind,
             failure_handling: self.manifest.strategy.failure_handling,

@@ -38,6 +38,7 @@
 //! interval) and when a host call completes. Waiting in a sync call is not a stall. The whole
 //! run is cancelled when `task.timeLimitMs` passes.
 
+use super::channels::ChannelHub;
 use super::graph::TaskGraph;
 use super::manifest::{
     FailureHandling, Manifest, RetryPolicy, Source, StrategyKind, SuccessCriterion,
@@ -154,6 +155,7 @@ struct Run {
     deadline: Option<Instant>,
     subs: Vec<SubRun>,
     sync: Arc<SyncEngine>,
+    channels: Arc<ChannelHub>,
     resources: ResourceManager,
     tx: mpsc::UnboundedSender<Msg>,
     cancelled: Option<String>,
@@ -221,6 +223,12 @@ pub async fn execute(
         Some(sync_tx),
     );
     sync.limit_total_bytes(manifest.strategy.max_sync_bytes);
+    let channels = ChannelHub::new(
+        &manifest.strategy.channels,
+        manifest.strategy.communication_protocol,
+        manifest.strategy.max_channel_bytes,
+        Some((ctx.clone(), run_id.clone())),
+    );
     let (tx, mut rx) = mpsc::unbounded_channel();
     let graph = Arc::new(TaskGraph::new(&manifest));
     let planned: HashMap<&str, &super::plan::PlannedSubtask> =
@@ -256,6 +264,7 @@ pub async fn execute(
         started,
         subs,
         sync,
+        channels,
         tx,
         cancelled: None,
         cancel_tx: watch::channel(false).0,
@@ -270,7 +279,7 @@ pub async fn execute(
         status: options.status,
     };
     if options.resume {
-        run.load_previous().await;
+        run.load_previous().await?;
     } else {
         run.write_doc(
             &run_doc,
@@ -400,6 +409,7 @@ impl Run {
             self.resources.release(&a);
         }
         self.sync.mark_absent(&self.subs[i].id);
+        self.channels.participant_over(&self.subs[i].id);
         let kind = match state {
             SubtaskState::Completed => "subtask-completed",
             SubtaskState::Failed => "subtask-failed",

@@ -193,6 +193,8 @@ pub struct RunReport {
     pub aggregated_result: Value,
     /// How each sync point resolved.
     pub synchronization: BTreeMap<String, Value>,
+    /// What each channel (`[[strategy.channels]]`) carried, by id.
+    pub channels: BTreeMap<String, crate::coord::channels::ChannelReport>,
     /// Metrics.
     pub metrics: CoordinationMetrics,
     /// Strategy and failure handling used.

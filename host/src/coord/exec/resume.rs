@@ -3,7 +3,7 @@
 use super::*;
 
 impl Run {
-    pub(super) async fn load_previous(&mut self) {
+    pub(super) async fn load_previous(&mut self) -> Result<(), Error> {
         for i in 0..self.subs.len() {
             let id = format!("run/{}/output/{}", self.run_id, self.subs[i].id);
             if let Some(doc) = self.read_doc(&id).await {
@@ -49,6 +49,19 @@ impl Run {
             }
             self.sync.resume_point(&p.id, &finished).await;
         }
+        // Channels: what was still held comes back; finished producers send no more.
+        // A resume that cannot see them would lose messages: it does not start.
+        self.channels.load().await.map_err(|e| {
+            Error::System(anyhow::anyhow!(
+                "resuming run `{}`: loading its channel messages: {e}",
+                self.run_id
+            ))
+        })?;
+        for s in &self.subs {
+            if s.state == SubtaskState::Completed {
+                self.channels.participant_over(&s.id);
+            }
+        }
         let run_doc = format!("run/{}", self.run_id);
         let task = self.manifest.task.id.clone();
         self.write_doc(
@@ -57,5 +70,6 @@ impl Run {
             json!({"task": task, "status": "running", "resumed": true, "strategy": self.kind.as_str()}),
         )
         .await;
+        Ok(())
     }
 }

@@ -160,6 +160,7 @@ impl Manifest {
                 ));
             }
         }
+        self.check_channels(text, path)?;
         for (i, s) in self.subtasks.iter().enumerate() {
             let key = format!("subtasks[{i}]");
             if let Some(a) = &s.agent

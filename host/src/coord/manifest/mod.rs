@@ -9,6 +9,9 @@
 //! See `examples/README.md` for a commented manifest.
 
 mod bounds;
+#[cfg(test)]
+mod channel_tests;
+mod channels;
 mod check;
 #[cfg(test)]
 mod tests;
@@ -124,10 +127,18 @@ pub struct StrategyDef {
     /// Synchronization points.
     #[serde(default)]
     pub synchronization_points: Vec<SyncPointDef>,
-    /// How results travel. qi-host always moves outputs through the shared context and records
-    /// every step as an event; the protocol is reported in the plan.
+    /// The default type of the run's `channels`. Outputs always travel through the shared
+    /// context and every step is an event, whatever the protocol.
     #[serde(default)]
     pub communication_protocol: CommunicationProtocol,
+    /// The channels the run creates (see [`crate::coord::channels`]).
+    #[serde(default)]
+    pub channels: Vec<crate::coord::channels::ChannelDef>,
+    /// Most body bytes all channels of the run hold together (messages not yet received,
+    /// acked or, on topics, sent). Default 64 MiB, 1 KiB to 1 GiB; a send past it is refused
+    /// as `full`.
+    #[serde(default = "default_max_channel_bytes")]
+    pub max_channel_bytes: u64,
     /// Retry, reassignment and deadline extension (used by `retry-cascade`).
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -140,6 +151,10 @@ pub struct StrategyDef {
     /// 64 MiB, at most [`MAX_SYNC_BYTES`]. Each point also has its own `maxResultBytes`.
     #[serde(default = "default_max_sync_bytes")]
     pub max_sync_bytes: u64,
+}
+
+fn default_max_channel_bytes() -> u64 {
+    crate::coord::channels::DEFAULT_CHANNEL_BYTES
 }
 
 fn default_max_sync_bytes() -> u64 {
@@ -206,15 +221,17 @@ impl FailureHandling {
     }
 }
 
-/// Communication protocol (seed field; see [`StrategyDef::communication_protocol`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// A channel type (the seeds' `communicationProtocol`; see `wit/channels.wit`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommunicationProtocol {
-    /// Outputs handed straight to dependents.
+    /// A bounded mailbox per consumer; a producer sends to one consumer by name.
     Direct,
-    /// Through a queue.
+    /// A durable work queue shared by the consumers, with ack and redelivery.
     MessageQueue,
-    /// Through events.
+    /// A topic on the event bus: every consumer receives every message.
     #[default]
     EventDriven,
 }

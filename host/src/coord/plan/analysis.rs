@@ -276,6 +276,32 @@ pub fn plan(
             .into(),
             participants,
             protocol: protocol.clone(),
+            declared: None,
+        });
+    }
+    for c in &manifest.strategy.channels {
+        let kind = c.kind_or(manifest.strategy.communication_protocol);
+        let queue = kind == crate::coord::manifest::CommunicationProtocol::MessageQueue;
+        let mut participants = c.producers.clone();
+        participants.extend(c.consumers.iter().cloned());
+        channels.push(CommunicationChannel {
+            id: format!("channel.{}", c.id),
+            channel_type: kind.as_str().into(),
+            participants,
+            protocol: kind.as_str().into(),
+            declared: Some(super::DeclaredChannel {
+                producers: c.producers.clone(),
+                consumers: c.consumers.clone(),
+                max_message_bytes: c.max_message_bytes,
+                max_depth: c.max_depth,
+                ack_timeout_ms: queue.then(|| c.ack_timeout_ms()),
+                max_deliveries: queue.then(|| c.max_deliveries()),
+                stored_at: if kind == crate::coord::manifest::CommunicationProtocol::EventDriven {
+                    format!("events of context run/<run>/channel/{}", c.id)
+                } else {
+                    format!("contexts run/<run>/channel/{}/<message>", c.id)
+                },
+            }),
         });
     }
     for p in &manifest.strategy.synchronization_points {
@@ -284,6 +310,7 @@ pub fn plan(
             channel_type: p.point_type.as_str().into(),
             participants: p.participants.clone(),
             protocol: "host".into(),
+            declared: None,
         });
     }
 

@@ -132,8 +132,36 @@ pub struct CommunicationChannel {
     pub channel_type: String,
     /// Producer first, then consumers (or the point's participants).
     pub participants: Vec<String>,
-    /// The manifest's `communicationProtocol`.
+    /// The manifest's `communicationProtocol` (for a declared channel: its own type; for a
+    /// sync point: `host`).
     pub protocol: String,
+    /// A channel the run creates from `[[strategy.channels]]`: who sends, who receives, its
+    /// bounds and where its messages are kept. `None` for outputs and sync points.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared: Option<DeclaredChannel>,
+}
+
+/// A `[[strategy.channels]]` entry as the run creates it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredChannel {
+    /// Subtasks that may send.
+    pub producers: Vec<String>,
+    /// Subtasks that may receive.
+    pub consumers: Vec<String>,
+    /// Longest body, bytes.
+    pub max_message_bytes: u64,
+    /// Messages held at once (per mailbox on `direct`).
+    pub max_depth: u64,
+    /// `message-queue`: redelivery after this long unacked, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_timeout_ms: Option<u64>,
+    /// `message-queue`: deliveries before dead-lettering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_deliveries: Option<u32>,
+    /// Where the messages are kept: context ids `run/<run>/channel/<id>/<message>`, or the
+    /// events of context `run/<run>/channel/<id>` for a topic.
+    pub stored_at: String,
 }
 
 /// The seeds' `SynchronizationPlan`.

@@ -87,6 +87,22 @@ impl SyncEngine {
         })
     }
 
+    /// [`outcome`](Self::outcome) without copying it.
+    pub fn outcome_shared(&self, point: &str) -> Option<Result<Arc<SyncOutcome>, String>> {
+        let p = self.points.get(point)?;
+        let r = p.resolved.borrow().clone()?;
+        Some(match &*r {
+            Resolution::Done(o) => Ok(o.clone()),
+            Resolution::Failed(m) => Err(m.clone()),
+        })
+    }
+
+    /// Whether `participant` takes part in `point` (`None`: no such point).
+    pub fn is_participant(&self, point: &str, participant: &str) -> Option<bool> {
+        let p = self.points.get(point)?;
+        Some(p.def.participants.iter().any(|x| x == participant))
+    }
+
     /// Marks `point` resolved from an earlier run being resumed.
     pub fn preload(&self, point: &str, outcome: Result<SyncOutcome, String>) {
         if let Some(p) = self.points.get(point) {

@@ -20,6 +20,10 @@ pub struct SyncHandle {
     pub timer_due: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
     /// Calls of `wasi:io/poll` (`poll`, `pollable.block`) the agent is blocked in now.
     pub polling: Arc<std::sync::atomic::AtomicU32>,
+    /// The run's channels.
+    pub channels: Option<Arc<crate::coord::channels::ChannelHub>>,
+    /// The attempt this agent runs (from 1): channel leases and topic cursors are per attempt.
+    pub attempt: u32,
 }
 
 impl SyncHandle {

@@ -10,6 +10,8 @@ async fn a_sync_wait_counts_until_its_call_returns_or_is_dropped() {
         waited_us: Default::default(),
         timer_due: Default::default(),
         polling: Default::default(),
+        channels: None,
+        attempt: 1,
     });
     {
         let _w = handle.enter_wait();

@@ -30,6 +30,10 @@ pub const ACTIONS: &[(&str, &[&str])] = &[
         ResourceKind::Events.actions(),
     ),
     (ResourceKind::Sync.as_str(), ResourceKind::Sync.actions()),
+    (
+        ResourceKind::Channel.as_str(),
+        ResourceKind::Channel.actions(),
+    ),
     (ResourceKind::Tool.as_str(), ResourceKind::Tool.actions()),
     (ResourceKind::File.as_str(), ResourceKind::File.actions()),
     (
