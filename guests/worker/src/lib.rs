@@ -18,8 +18,8 @@
 //!   `failed: tool <name>: <error>` when it fails; tests use it to make a step wait for
 //!   something observable (an event of the run, a gate the test opens) instead of sleeping;
 //! - `{"barrier": "p"}`, `{"checkpoint": {"point": "p", "state": any}}`, `{"restore": "p"}`,
-//!   `{"vote": {"point": "p", "choice": "c"}}`, `{"contribute": {"point": "p", "value": any}}`:
-//!   the sync call; its outcome (for `restore`: `{"restored": state | null}`) is appended to the
+//!   `{"vote": {"point": "p", "choice": "c"}}`, `{"contribute": {"point": "p", "value": any}}`,
+//!   `{"outcome": "p"}` (the full outcome of a resolved point): the sync call; its outcome (for `restore`: `{"restored": state | null}`) is appended to the
 //!   output's `sync`. A sync error fails the agent with `failed: sync <point>: <error>`, or with
 //!   `tolerate` appends `{"point": p, "error": "<error>"}`;
 //! - `{"log": "msg"}`: logs `msg` at info.
@@ -102,6 +102,8 @@ enum Action {
     },
     Panic(String),
     Barrier(String),
+    /// `sync::outcome`: the full outcome of a resolved point.
+    Outcome(String),
     Checkpoint {
         point: String,
         state: Value,
@@ -257,6 +259,10 @@ impl Agent for Worker {
                 }
                 Action::Checkpoint { point, state } => {
                     let result = sync::checkpoint(&point, &state).map(outcome_value);
+                    record(&mut synced, &point, step.tolerate, result)?;
+                }
+                Action::Outcome(point) => {
+                    let result = sync::outcome(&point).map(outcome_value);
                     record(&mut synced, &point, step.tolerate, result)?;
                 }
                 Action::Restore(point) => {
@@ -500,6 +506,7 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         "panic" => Action::Panic(text(arg)?),
         "barrier" => Action::Barrier(text(arg)?),
         "restore" => Action::Restore(text(arg)?),
+        "outcome" => Action::Outcome(text(arg)?),
         "checkpoint" => Action::Checkpoint {
             point: field_text(arg, "point")?,
             state: field_value(arg, "state")?,

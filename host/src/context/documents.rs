@@ -12,6 +12,11 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// The prefix of the contexts a coordinated run writes as the operator
+/// (`run/<run>/output/...`, `.../sync/...`, `.../channel/...`): agents cannot create contexts
+/// there, so nothing an agent made can pass for the run's own records.
+pub const RUN_PREFIX: &str = "run/";
+
 impl ContextService {
     /// Creates a context owned by `agent`.
     pub async fn create(&self, agent: &str, new: NewContext) -> Result<WriteResult, ContextError> {
@@ -27,6 +32,16 @@ impl ContextService {
             return Err(ContextError::invalid(
                 "id",
                 "must be 1-200 printable characters",
+            ));
+        }
+        if agent != OPERATOR
+            && let Some(id) = &new.id
+            && id.starts_with(RUN_PREFIX)
+        {
+            return Err(ContextError::invalid(
+                "id",
+                "ids under `run/` are reserved for the host's coordinated runs (outputs, sync \
+                 points, channel messages); choose another prefix, e.g. `results/{run}`",
             ));
         }
         self.check_size(&new.doc)?;

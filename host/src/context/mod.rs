@@ -71,6 +71,7 @@ pub use agents::{HeartbeatSweeper, Presence};
 pub use api::*;
 pub use audit::AuditBudget;
 pub use config::ContextConfig;
+pub use documents::RUN_PREFIX;
 pub use engine::{Refusal, ResolveChoice};
 pub use error::ContextError;
 pub use hlc::{Hlc, HybridClock, ManualClock, PhysicalClock, SystemClock};

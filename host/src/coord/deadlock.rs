@@ -9,6 +9,8 @@
 //! budget at once, retries) is caught while it runs (`coord::exec`, which fails the open points
 //! at once).
 
+use super::dag::Bits;
+use super::graph::TaskGraph;
 use super::manifest::{Manifest, StrategyKind, manifest_error};
 use super::plan::{Plan, PreparedAgent};
 use crate::error::Error;
@@ -97,6 +99,77 @@ pub fn check_points_can_gather(
                  (each on the agent its first attempt runs on), but resources.maxTotalMemoryMB \
                  is {}",
                 budget.max_total_memory_mb
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every channel's consumers can receive while its producers send: a producer
+/// that depends (directly or not) on a consumer of its channel starts only once that consumer
+/// is over, and under `parallel` a consumer in an earlier wave than a producer holds its wave
+/// open while the producer's wave waits for it. Either way the consumer would wait in
+/// `receive` for messages that cannot come before it ends. Refused naming the channel, the
+/// two subtasks and what to change.
+pub fn check_channels_can_flow(
+    manifest: &Manifest,
+    plan: &Plan,
+    text: &str,
+    path: &Path,
+) -> Result<(), Error> {
+    if manifest.strategy.channels.is_empty() {
+        return Ok(());
+    }
+    let graph = TaskGraph::new(manifest);
+    for (i, c) in manifest.strategy.channels.iter().enumerate() {
+        let refuse = |why: String| {
+            manifest_error(
+                text,
+                path,
+                format!("strategy.channels[{i}]"),
+                Some(&c.id),
+                format!("channel `{}` cannot carry anything: {why}", c.id),
+            )
+        };
+        let index = |ids: &[String]| -> Vec<usize> {
+            ids.iter().filter_map(|id| graph.index(id)).collect()
+        };
+        let (producers, consumers) = (index(&c.producers), index(&c.consumers));
+        let mut consumer_set = Bits::new(graph.len());
+        for &k in &consumers {
+            consumer_set.set(k);
+        }
+        for &p in &producers {
+            if graph.has_ancestor_in(&consumer_set, p) {
+                let k = consumers
+                    .iter()
+                    .copied()
+                    .find(|&k| k != p && graph.is_ancestor(k, p))
+                    .unwrap_or(p);
+                return Err(refuse(format!(
+                    "producer `{}` depends on consumer `{}`, so it starts only once that \
+                     consumer is over; drop the dependency, or pass the data as an input",
+                    graph.id(p),
+                    graph.id(k)
+                )));
+            }
+        }
+        if plan.strategy == StrategyKind::Parallel
+            && let (Some(&k), Some(&p)) = (
+                consumers.iter().min_by_key(|&&k| graph.level(k)),
+                producers.iter().max_by_key(|&&p| graph.level(p)),
+            )
+            && graph.level(k) < graph.level(p)
+        {
+            return Err(refuse(format!(
+                "under `parallel`, consumer `{}` (wave {}) would wait for producer `{}` (wave \
+                 {}), whose wave starts only once `{}` has finished; use `hybrid`, or put \
+                 them in one wave",
+                graph.id(k),
+                graph.level(k),
+                graph.id(p),
+                graph.level(p),
+                graph.id(k)
             )));
         }
     }

@@ -154,6 +154,11 @@ impl TaskGraph {
         self.ancestors[b].get(a)
     }
 
+    /// Whether any member of `set` is a transitive prerequisite of `b`.
+    pub(crate) fn has_ancestor_in(&self, set: &super::dag::Bits, b: usize) -> bool {
+        self.ancestors[b].intersects(set)
+    }
+
     /// Whether `i` has no prerequisites at all.
     pub fn is_root(&self, i: usize) -> bool {
         self.ancestors[i].is_empty()

@@ -83,6 +83,7 @@ pub async fn prepare_parsed(
         text,
         path,
     )?;
+    deadlock::check_channels_can_flow(&manifest, &plan, text, path)?;
     Ok(Prepared {
         manifest: Arc::new(manifest),
         agents: Arc::new(agents),

@@ -11,6 +11,7 @@
 
 mod adaptive;
 mod channels;
+mod channels_redteam;
 mod deadlock;
 mod failures;
 mod fresh_instance;

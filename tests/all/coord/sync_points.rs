@@ -595,3 +595,62 @@ async fn a_sync_call_outside_a_coordinated_run_is_refused_as_not_coordinated() {
     }
     assert_eq!(out["sync"].as_array().unwrap().len(), 2);
 }
+
+/// A barrier of `n` participants, each arriving and then asking for the full outcome.
+fn wide_barrier(n: usize) -> String {
+    let ids: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let mut toml = header(
+        "hybrid",
+        "fail-fast",
+        &format!(
+            "[[strategy.synchronizationPoints]]\nid = \"wide\"\ntype = \"barrier\"\nparticipants = [{}]\n",
+            ids.iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    for id in &ids {
+        toml += &one(
+            id,
+            Some("backup"),
+            r#"[{ barrier = "wide" }, { outcome = "wide" }]"#,
+            "",
+        );
+    }
+    toml
+}
+
+/// 64 participants get the lists; 65 get the counts and their own arrival (each would
+/// otherwise copy every name), and `sync.outcome` still gives anyone the full lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_past_64_participants_hands_out_a_compact_outcome() {
+    let h = harness().await;
+    let (r, _) = h.run(&wide_barrier(64)).await;
+    assert!(r.success, "{r:#?}");
+    let o = outcome(&r, "w7");
+    assert_eq!(o["arrived"].as_array().unwrap().len(), 64, "{o}");
+    assert_eq!(o["arrived_count"], 64);
+
+    let (r, _) = h.run(&wide_barrier(65)).await;
+    assert!(r.success, "{r:#?}");
+    for id in ["w0", "w64"] {
+        let o = outcome(&r, id);
+        assert_eq!(o["arrived"], json!([id]), "{o}");
+        assert_eq!(o["absent"], json!([]), "{o}");
+        assert_eq!(
+            (o["arrived_count"].as_u64(), o["absent_count"].as_u64()),
+            (Some(65), Some(0))
+        );
+    }
+    // `sync.outcome` gives the full lists; the stored outcome keeps every name too.
+    let full = &result(&r, "w3").output.as_ref().unwrap()["sync"][1];
+    assert_eq!(full["arrived"].as_array().unwrap().len(), 65, "{full}");
+    assert_eq!(
+        r.synchronization["wide"]["arrived"]
+            .as_array()
+            .unwrap()
+            .len(),
+        65
+    );
+}

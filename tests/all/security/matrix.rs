@@ -8,12 +8,12 @@ use super::*;
 use qi_guest_artifacts::HOSTILE_COMPONENT;
 
 /// Allows everything: the baseline every case's deny rule is added to.
-const ALLOW_ALL: &str =
+pub(super) const ALLOW_ALL: &str =
     "[[policies]]\nid = \"all\"\n[[policies.rules]]\neffect = \"allow\"\nresources = [\"*\"]\n";
 
 /// `ALLOW_ALL` plus policy `deny` with one rule per `(resource, action)`, at the same
 /// priority (deny wins in the tier).
-fn denying(cases: &[(&str, &str)]) -> String {
+pub(super) fn denying(cases: &[(&str, &str)]) -> String {
     let mut t = format!("{ALLOW_ALL}[[policies]]\nid = \"deny\"\n");
     for (resource, action) in cases {
         t.push_str(&format!(
@@ -37,7 +37,12 @@ async fn denials(s: &Secured, agent: &str) -> Vec<qi_host::audit::AuditEntry> {
 }
 
 /// Asserts that the denials include `resource`/`action` decided by rule `n` of `deny`.
-fn denied_by(entries: &[qi_host::audit::AuditEntry], resource: &str, action: &str, n: usize) {
+pub(super) fn denied_by(
+    entries: &[qi_host::audit::AuditEntry],
+    resource: &str,
+    action: &str,
+    n: usize,
+) {
     let want = format!("policy `deny` rule {n} denies it");
     assert!(
         entries

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 mod audit_closed;
 mod audit_head;
 mod audit_trail;
+mod channels;
 mod files;
 mod matrix;
 mod policies;

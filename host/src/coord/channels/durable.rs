@@ -82,14 +82,21 @@ impl Durable {
                 event_types: vec![EventType::Custom],
                 ..EventFilter::default()
             };
+            // The newest `maxDepth` (a topic never holds more): reading "after 0" would be
+            // refused once retention dropped any event of any context.
             let limit = usize::try_from(max_depth).unwrap_or(usize::MAX);
             let events = self
                 .context
                 .bus()
-                .history(&filter, Some(0), limit)
+                .history(&filter, None, limit)
                 .await
                 .map_err(|e| format!("reading topic `{}`: {e}", self.topic(channel)))?;
             for e in events {
+                // Only what the hub published (no agent): an agent may publish about a
+                // context it owns, and must not pass for a producer.
+                if e.agent_id.is_some() {
+                    continue;
+                }
                 if let Some(m) = parse(&e.data, true) {
                     last = last.max(m.id);
                     held.push(m);
@@ -105,6 +112,12 @@ impl Durable {
             let Ok(view) = self.context.get(OPERATOR, &id).await else {
                 continue;
             };
+            // Only the run's own records (agents cannot create under `run/`; this holds for a
+            // store written before that rule, too).
+            if view.owner != OPERATOR || view.context_type != MESSAGE_TYPE {
+                tracing::warn!(context = %id, owner = %view.owner, "not a message the run stored; skipped");
+                continue;
+            }
             let Some(m) = parse(&view.doc, false) else {
                 tracing::warn!(context = %id, "a stored channel message is unreadable; skipped");
                 continue;

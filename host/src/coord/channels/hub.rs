@@ -5,7 +5,7 @@ use super::state::{ChanState, Msg, Persist, Take};
 use super::*;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// One channel: its definition, its state and the wake-up of its waiting receivers.
 struct Channel {
@@ -13,8 +13,6 @@ struct Channel {
     kind: CommunicationProtocol,
     state: Mutex<ChanState>,
     changed: Notify,
-    /// Topic sends publish one at a time, so a topic's order is its id order.
-    publishing: tokio::sync::Mutex<()>,
 }
 
 impl Channel {
@@ -23,12 +21,37 @@ impl Channel {
     }
 }
 
+/// A store write, done by the hub's writer task in the order the jobs were queued.
+enum Job {
+    /// Store a sent message (`held`, or a topic event), then add it to the channel (or, if the
+    /// store refused it, give back its reservation and bytes) and answer the sender.
+    Send {
+        ch: Arc<Channel>,
+        msg: Msg,
+        done: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Record a state change of a message (a delivery count, `delivered`, `acked`, `dead`).
+    Record {
+        ch: Arc<Channel>,
+        msg: Msg,
+        state: &'static str,
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
 /// The channels of one run (see the module docs).
+///
+/// Every store write goes through one writer task, in the order the channel's state changed,
+/// so the store never sees a message acked before it was stored, and a caller that is
+/// cancelled mid-call (its agent terminated) cannot leave a send half done: the writer stores
+/// and adds the message, or gives its reservation back, whether or not anyone still waits.
 pub struct ChannelHub {
     channels: BTreeMap<String, Arc<Channel>>,
+    /// Where a resumed run loads messages from (the writer has its own copy).
     durable: Option<Durable>,
-    held_bytes: AtomicU64,
+    held_bytes: Arc<AtomicU64>,
     max_bytes: u64,
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl std::fmt::Debug for ChannelHub {
@@ -40,17 +63,68 @@ impl std::fmt::Debug for ChannelHub {
     }
 }
 
+/// The writer task: runs the jobs one by one until the hub is dropped and the queue drained.
+async fn writer(
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    durable: Option<Durable>,
+    held_bytes: Arc<AtomicU64>,
+) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Send { ch, msg, done } => {
+                let stored = match &durable {
+                    None => Ok(()),
+                    Some(d) if ch.kind == CommunicationProtocol::EventDriven => {
+                        d.publish(&ch.def.id, &msg).await
+                    }
+                    Some(d) => d.store(&ch.def.id, &msg, "held").await,
+                };
+                let id = msg.id;
+                let to = msg.to.clone();
+                if stored.is_err() {
+                    held_bytes.fetch_sub(msg.body.len() as u64, Ordering::Relaxed);
+                }
+                ch.lock()
+                    .settle_send(ch.kind, to.as_deref(), stored.is_ok().then_some(msg));
+                ch.changed.notify_waiters();
+                let _ = done.send(stored.map(|()| id));
+            }
+            Job::Record {
+                ch,
+                msg,
+                state,
+                done,
+            } => {
+                if let Some(d) = &durable
+                    && let Err(e) = d.store(&ch.def.id, &msg, state).await
+                {
+                    // The message was already handed out or taken back; a resumed run may
+                    // deliver it once more (at least once).
+                    tracing::warn!(channel = %ch.def.id, id = msg.id, error = %e, "recording a channel message");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
 impl ChannelHub {
     /// The channels `defs` declares (validated by the manifest), of type `protocol` where a
     /// channel names none, holding at most `max_bytes` of bodies together. With a context
-    /// store every message is stored under the run `context.1`.
+    /// store every message is stored under the run `context.1`. Starts the hub's writer task:
+    /// call it inside a tokio runtime.
     pub fn new(
         defs: &[ChannelDef],
         protocol: CommunicationProtocol,
         max_bytes: u64,
         context: Option<(ContextService, String)>,
     ) -> Arc<ChannelHub> {
-        Arc::new(ChannelHub {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let held_bytes = Arc::new(AtomicU64::new(0));
+        let durable = context.map(|(context, run_id)| Durable { context, run_id });
+        let hub = Arc::new(ChannelHub {
             channels: defs
                 .iter()
                 .map(|d| {
@@ -62,15 +136,19 @@ impl ChannelHub {
                             kind,
                             state: Mutex::new(ChanState::new(d, kind)),
                             changed: Notify::new(),
-                            publishing: tokio::sync::Mutex::new(()),
                         }),
                     )
                 })
                 .collect(),
-            durable: context.map(|(context, run_id)| Durable { context, run_id }),
-            held_bytes: AtomicU64::new(0),
+            durable: durable.clone(),
+            held_bytes: held_bytes.clone(),
             max_bytes,
-        })
+            jobs,
+        });
+        if !hub.channels.is_empty() {
+            tokio::spawn(writer(rx, durable, held_bytes));
+        }
+        hub
     }
 
     /// Loads what a previous process of this run stored: held messages (with their delivery
@@ -160,12 +238,8 @@ impl ChannelHub {
                 ch.def.max_message_bytes
             )));
         }
-        // A topic keeps its order: one publish at a time.
-        let _order = match ch.kind {
-            CommunicationProtocol::EventDriven => Some(ch.publishing.lock().await),
-            _ => None,
-        };
-        let id = {
+        let (done, answer) = oneshot::channel();
+        {
             let mut st = ch.lock();
             let over = |c: &String| st.over_consumers.contains(c);
             match to {
@@ -199,32 +273,52 @@ impl ChannelHub {
                     self.max_bytes
                 )));
             }
-            st.reserve(to)
-        };
-        let msg = Msg {
-            id,
-            sender: caller.participant.clone(),
-            to: to.map(str::to_string),
-            body: body.into(),
-            deliveries: 0,
-        };
-        let stored = match &self.durable {
-            None => Ok(()),
-            Some(d) if ch.kind == CommunicationProtocol::EventDriven => {
-                d.publish(channel, &msg).await
-            }
-            Some(d) => d.store(channel, &msg, "held").await,
-        };
-        let ok = stored.is_ok();
-        if !ok {
-            self.held_bytes.fetch_sub(len, Ordering::Relaxed);
+            let msg = Msg {
+                id: st.reserve(to),
+                sender: caller.participant.clone(),
+                to: to.map(str::to_string),
+                body: body.into(),
+                deliveries: 0,
+            };
+            // Queued under the channel's lock: the writer stores in id order (a topic's order).
+            self.queue(Job::Send {
+                ch: ch.clone(),
+                msg,
+                done,
+            });
         }
-        ch.lock().settle_send(ch.kind, to, ok.then_some(msg));
-        ch.changed.notify_waiters();
-        stored.map(|()| id).map_err(ChannelFailure::Failed)
+        match answer.await {
+            Ok(r) => r.map_err(ChannelFailure::Failed),
+            Err(_) => Err(ChannelFailure::Failed(
+                "the run's channel writer stopped".into(),
+            )),
+        }
+    }
+
+    fn queue(&self, job: Job) {
+        // The writer lives as long as the hub (it ends when the hub's sender is dropped).
+        let _ = self.jobs.send(job);
+    }
+
+    /// Queues a record of `m`'s new state.
+    fn record(
+        &self,
+        ch: &Arc<Channel>,
+        m: Msg,
+        state: &'static str,
+        done: Option<oneshot::Sender<()>>,
+    ) {
+        self.queue(Job::Record {
+            ch: ch.clone(),
+            msg: m,
+            state,
+            done,
+        });
     }
 
     /// Waits up to `timeout` for the next message for `caller`; `None` when the time passed.
+    /// Nothing is awaited between taking a message and returning it, so a caller cancelled
+    /// while it waits loses nothing; the delivery is recorded by the writer.
     ///
     /// # Errors
     ///
@@ -242,7 +336,7 @@ impl ChannelHub {
             let changed = ch.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (take, dead) = {
+            let take = {
                 let mut st = ch.lock();
                 let take = st.take(
                     &ch.def,
@@ -251,31 +345,36 @@ impl ChannelHub {
                     caller.attempt,
                     Instant::now(),
                 );
-                (take, std::mem::take(&mut st.dead))
-            };
-            for m in dead {
-                self.held_bytes
-                    .fetch_sub(m.body.len() as u64, Ordering::Relaxed);
-                tracing::warn!(
-                    channel,
-                    id = m.id,
-                    deliveries = m.deliveries,
-                    "message dead-lettered after maxDeliveries"
-                );
-                self.record(ch, &m, "dead").await;
-            }
-            match take {
-                Take::Got(d, persist) => {
-                    match persist {
-                        Persist::Nothing => {}
-                        Persist::Delivered(m) => self.record(ch, &m, "held").await,
-                        Persist::Done(m, state) => {
-                            self.held_bytes
-                                .fetch_sub(m.body.len() as u64, Ordering::Relaxed);
-                            self.record(ch, &m, state).await;
-                            ch.changed.notify_waiters();
+                for m in std::mem::take(&mut st.dead) {
+                    self.held_bytes
+                        .fetch_sub(m.body.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(
+                        channel,
+                        id = m.id,
+                        deliveries = m.deliveries,
+                        "message dead-lettered after maxDeliveries"
+                    );
+                    self.record(ch, m, "dead", None);
+                }
+                match take {
+                    Take::Got(d, persist) => {
+                        match persist {
+                            Persist::Nothing => {}
+                            Persist::Delivered(m) => self.record(ch, m, "held", None),
+                            Persist::Done(m, state) => {
+                                self.held_bytes
+                                    .fetch_sub(m.body.len() as u64, Ordering::Relaxed);
+                                self.record(ch, m, state, None);
+                            }
                         }
+                        Take::Got(d, Persist::Nothing)
                     }
+                    other => other,
+                }
+            };
+            match take {
+                Take::Got(d, _) => {
+                    ch.changed.notify_waiters();
                     return Ok(Some(d));
                 }
                 Take::Closed(why) => return Err(ChannelFailure::Closed(why)),
@@ -302,17 +401,8 @@ impl ChannelHub {
         }
     }
 
-    /// Records a state change of `m`; a store failure is logged (the message was already
-    /// handed out or taken back; a resumed run may then deliver it once more).
-    async fn record(&self, ch: &Channel, m: &Msg, state: &str) {
-        if let Some(d) = &self.durable
-            && let Err(e) = d.store(&ch.def.id, m, state).await
-        {
-            tracing::warn!(channel = %ch.def.id, id = m.id, error = %e, "recording a channel message");
-        }
-    }
-
     /// Acks queue message `id`, which `caller` holds; on other channel types nothing to do.
+    /// Returns once the ack is recorded.
     ///
     /// # Errors
     ///
@@ -324,14 +414,18 @@ impl ChannelHub {
             // Done once received.
             return Ok(());
         }
-        let m = ch
-            .lock()
-            .ack(&ch.def, &caller.participant, caller.attempt, id)
-            .map_err(ChannelFailure::Invalid)?;
-        self.held_bytes
-            .fetch_sub(m.body.len() as u64, Ordering::Relaxed);
-        self.record(ch, &m, "acked").await;
+        let (done, recorded) = oneshot::channel();
+        {
+            let mut st = ch.lock();
+            let m = st
+                .ack(&ch.def, &caller.participant, caller.attempt, id)
+                .map_err(ChannelFailure::Invalid)?;
+            self.held_bytes
+                .fetch_sub(m.body.len() as u64, Ordering::Relaxed);
+            self.record(ch, m, "acked", Some(done));
+        }
         ch.changed.notify_waiters();
+        let _ = recorded.await;
         Ok(())
     }
 

@@ -35,6 +35,8 @@ use tokio::time::Instant;
 pub mod def;
 mod durable;
 mod hub;
+#[cfg(test)]
+mod redteam_tests;
 mod state;
 #[cfg(test)]
 mod tests;

@@ -45,6 +45,8 @@ impl Run {
                 )
                 .await;
             }
+            // Only a wake-up: the scheduler runs after every notice.
+            SyncNotice::Idle { .. } => {}
             SyncNotice::Released { point, at, .. } => {
                 let last = self.released_at.entry(point).or_insert(at);
                 *last = (*last).max(at);

@@ -54,6 +54,14 @@ impl SyncEngine {
         }
     }
 
+    /// Tells the executor that `participant` waits in a call with its own timeout
+    /// (`channels.receive`, `events.next`), so that it schedules again.
+    pub fn idle(&self, participant: &str) {
+        self.notify(SyncNotice::Idle {
+            participant: participant.to_string(),
+        });
+    }
+
     /// Ids of the points `participant` takes part in.
     pub fn points_of(&self, participant: &str) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -61,6 +61,9 @@ impl SyncHandle {
     pub fn enter_idle(&self) -> IdleGuard<'_> {
         self.waiting
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        // The scheduler looks again: the concurrency slot this agent held is free while it
+        // waits.
+        self.engine.idle(&self.participant);
         IdleGuard(self)
     }
 

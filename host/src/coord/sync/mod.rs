@@ -302,6 +302,12 @@ pub enum SyncNotice {
         /// The point.
         point: String,
     },
+    /// A participant waits in a call with its own timeout (`channels.receive`,
+    /// `events.next`): not at a point, but not computing either.
+    Idle {
+        /// The participant.
+        participant: String,
+    },
     /// A participant's call returned.
     Released {
         /// The participant.
