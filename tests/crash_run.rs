@@ -245,3 +245,147 @@ fn crash_run_child() {
         .await;
     });
 }
+
+// ---- the binary: `qi-host run` killed with SIGKILL ------------------------------------------
+
+/// The `qi-host` binary on `dir` with the tests' component cache.
+fn qi_host(dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qi-host"));
+    cmd.env("QI_HOST_CACHE_DIR", cache_dir())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--guest-dir")
+        .arg(guest_dir())
+        .args(["--run-id", RUN_ID])
+        .args(args);
+    cmd
+}
+
+/// What must not depend on crashes, from a `run --json` report: success, each subtask's
+/// state, each point's completeness and result, what `final` received, and the tally of the
+/// producer/consumer example.
+fn essence_json(r: &Value) -> Value {
+    let results = r["results"].as_array().cloned().unwrap_or_default();
+    let states: Vec<Value> = results
+        .iter()
+        .map(|s| json!([s["id"], s["state"]]))
+        .collect();
+    let points: serde_json::Map<String, Value> = r["synchronization"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(p, o)| (p, json!({"complete": o["complete"], "result": o["result"], "failed": o.get("failed")})))
+        .collect();
+    let output = |id: &str| {
+        results
+            .iter()
+            .find(|s| s["id"] == id)
+            .map(|s| s["output"].clone())
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "success": r["success"],
+        "states": states,
+        "points": points,
+        "received": output("final")["received"],
+        "tally": [output("tally")["processed"], output("tally")["missing"]],
+    })
+}
+
+/// Runs `manifest` with the binary to its end (`--json`); the parsed report.
+fn cli_run(dir: &Path, manifest: &Path, resume: bool) -> Value {
+    let mut args = vec!["--json"];
+    if resume {
+        args.push("--resume");
+    }
+    let out = qi_host(dir, &args).arg(manifest).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "qi-host run printed no report ({e}); exit {:?}; stderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Starts `qi-host run` on `dir` and kills it with SIGKILL once it printed `kill_after` lines
+/// on stderr (a progress line per subtask state change, a debug line per run event); how
+/// many it printed.
+fn crash_cli(dir: &Path, manifest: &Path, kill_after: usize) -> usize {
+    use std::io::BufRead;
+    let mut child = qi_host(dir, &[])
+        .arg(manifest)
+        // One line per run event as it is recorded, besides the progress lines.
+        .env("QI_LOG", "qi_host::coord::exec=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = 0;
+    while seen < kill_after {
+        match lines.recv_timeout(HANG_GUARD) {
+            Ok(line) if line.starts_with('[') || line.contains("run event") => seen += 1,
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("qi-host run printed nothing for {HANG_GUARD:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(lines);
+    reader.join().unwrap();
+    seen
+}
+
+/// The binary itself, killed with SIGKILL after each of its progress and run-event lines, on the manifest
+/// with every sync point type and on `examples/producer-consumer` (a queue with a consumer
+/// that crashes, and a topic): `qi-host run --resume` ends with the uninterrupted result.
+#[test]
+fn qi_host_run_killed_after_any_line_it_prints_resumes_to_the_same_result() {
+    let work = tempfile::tempdir().unwrap();
+    let points = work.path().join("crash.toml");
+    std::fs::write(&points, MANIFEST).unwrap();
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/producer-consumer/task.toml");
+    for manifest in [points, example] {
+        let base = tempfile::tempdir().unwrap();
+        let baseline = cli_run(base.path(), &manifest, false);
+        assert_eq!(baseline["success"], true, "{baseline:#}");
+        let expected = essence_json(&baseline);
+        // How many progress lines an uninterrupted run prints.
+        let total = crash_cli(tempfile::tempdir().unwrap().path(), &manifest, usize::MAX);
+        assert!(total >= 16, "{total} lines");
+        for kill_after in 1..total {
+            let dir = tempfile::tempdir().unwrap();
+            let seen = crash_cli(dir.path(), &manifest, kill_after);
+            assert_eq!(seen, kill_after, "the run ended before its kill point");
+            let resumed = cli_run(dir.path(), &manifest, true);
+            assert_eq!(
+                essence_json(&resumed),
+                expected,
+                "{}: killed after line {kill_after}: {resumed:#}",
+                manifest.display()
+            );
+        }
+        eprintln!(
+            "{}: killed after each of {} lines, each resumed to the uninterrupted result",
+            manifest.display(),
+            total - 1
+        );
+    }
+}

@@ -51,7 +51,14 @@ impl ContextService {
             None => None,
         };
         let agent = agent.to_string();
-        self.run(new.id.clone(), Box::new(move |sh, inner, ctx| {
+        // A create that writes no blob file may be committed by its caller when the writer is
+        // idle, as a write may (see `writes`): a lone creator skips the two thread hand-offs.
+        let mode = crate::store::WriteMode {
+            self_guarded: false,
+            may_lead: json_len(&new.doc) as usize + crate::store::crypto::SEALED_OVERHEAD
+                <= self.shared.store.blobs().threshold(),
+        };
+        self.run_with(new.id.clone(), Box::new(move |sh, inner, ctx| {
             let id = new.id.clone().unwrap_or_else(|| loop {
                 let id = format!("ctx-{}", inner.next_id);
                 inner.next_id += 1;
@@ -140,7 +147,7 @@ impl ContextService {
             }
             inner.contexts.insert(id, state);
             Ok(result)
-        }))
+        }), mode)
         .await
     }
 

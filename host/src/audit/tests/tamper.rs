@@ -385,10 +385,11 @@ async fn an_unkeyed_head_file_without_a_mac_does_not_cover_a_truncated_keyed_log
     std::fs::write(&path, serde_json::to_vec(&forged).unwrap()).unwrap();
     let (_, text) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
     assert!(text.contains("forged"), "{text}");
-    // Keyed from entry 4: a head naming the last unkeyed entry, 3.
+    // Keyed from entry 4: the head the unkeyed log had, naming entry 3 (the open with the key
+    // replaces it with an authenticated one before any keyed entry).
     let dir = written(3, None).await;
-    let log = reopen(&dir, Some(&key)).await.unwrap();
     let unkeyed = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+    let log = reopen(&dir, Some(&key)).await.unwrap();
     for i in 4..=10 {
         log.record(entry(i)).unwrap();
     }
@@ -398,8 +399,7 @@ async fn an_unkeyed_head_file_without_a_mac_does_not_cover_a_truncated_keyed_log
     std::fs::write(dir.path().join(HEAD_FILE), &unkeyed).unwrap();
     let (_, text) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
     assert!(text.contains("forged"), "{text}");
-    // A host stopped between its first keyed batch and that batch's head looks the same: the
-    // operator adopts the log once, explicitly.
+    // The operator adopts the log once, explicitly.
     let head = AuditLog::accept_head(Store::open(config(&dir, Some(&key))).unwrap())
         .await
         .unwrap();
@@ -428,4 +428,61 @@ async fn a_huge_head_file_is_refused_unread_and_stale_temporary_files_are_remove
     f.set_len(64 * 1024 + 1).unwrap();
     let (_, text) = mismatch(reopen(&dir, None).await.unwrap_err());
     assert!(text.contains("larger than 65536 bytes"), "{text}");
+}
+
+/// kill -9 between a batch's commit and its head write: the head written when the log was
+/// opened (the genesis for an empty log; for a log given a master key, the entry the chain
+/// will be keyed from, with its MAC) is only behind the log, which the next open verifies
+/// forward. Before, no head file over a log with entries (or an unkeyed head over a keyed
+/// log) made every later open refuse the data directory.
+#[tokio::test]
+async fn a_host_killed_before_its_first_head_write_reopens() {
+    let key = MasterKey::generate();
+    for key in [None, Some(&key)] {
+        // An empty log: the open anchors it at the genesis.
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(Store::open(config(&dir, key)).unwrap())
+            .await
+            .unwrap();
+        let anchor = std::fs::read(dir.path().join(HEAD_FILE)).expect("anchored at open");
+        // Killed before the first batch committed: reopens.
+        drop(log);
+        reopen(&dir, key).await.expect("nothing written yet");
+        let log = reopen(&dir, key).await.unwrap();
+        for i in 1..=4 {
+            log.record(entry(i)).unwrap();
+        }
+        log.flush().await;
+        drop(log);
+        // Killed after the batch committed, before its head was written.
+        std::fs::write(dir.path().join(HEAD_FILE), &anchor).unwrap();
+        let log = reopen(&dir, key)
+            .await
+            .expect("a head behind the log is verified forward");
+        assert_eq!(log.head().await.unwrap().seq, 4);
+    }
+    // A log given a master key for the first time: anchored, with its MAC, at the entry the
+    // chain will be keyed from.
+    let dir = written(3, None).await;
+    let log = reopen(&dir, Some(&key)).await.unwrap();
+    let anchor = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
+    drop(log);
+    reopen(&dir, Some(&key)).await.expect("no keyed entry yet");
+    let log = reopen(&dir, Some(&key)).await.unwrap();
+    for i in 4..=6 {
+        log.record(entry(i)).unwrap();
+    }
+    log.flush().await;
+    drop(log);
+    std::fs::write(dir.path().join(HEAD_FILE), &anchor).unwrap();
+    let log = reopen(&dir, Some(&key))
+        .await
+        .expect("verified forward from the anchor");
+    let head = log.head().await.unwrap();
+    assert_eq!((head.seq, head.keyed_from), (6, Some(4)));
+    // Deleting the head file is still caught.
+    drop(log);
+    std::fs::remove_file(dir.path().join(HEAD_FILE)).unwrap();
+    let (_, text) = mismatch(reopen(&dir, Some(&key)).await.unwrap_err());
+    assert!(text.contains("missing"), "{text}");
 }

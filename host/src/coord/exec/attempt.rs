@@ -33,6 +33,17 @@ pub(super) enum StopReason {
     Cancelled,
 }
 
+/// See [`Run::plan_attempt`].
+pub(super) struct AttemptPlan {
+    pub(super) agent_name: String,
+    pub(super) agent: PreparedAgent,
+    pub(super) spec: crate::spec::SubAgentSpecification,
+    /// The deadline extension factor applied (1 without extensions).
+    pub(super) factor: f64,
+    pub(super) lifetime: Duration,
+    pub(super) attempt: u32,
+}
+
 pub(super) enum Msg {
     Spawned {
         idx: usize,
@@ -50,8 +61,9 @@ pub(super) enum Msg {
 }
 
 impl Run {
-    /// Starts an attempt; `false` when the resource budget has no room now.
-    pub(super) async fn start(&mut self, i: usize) -> bool {
+    /// What the next attempt of subtask `i` runs: the agent kind chosen now, its spec (the
+    /// subtask's constraints and deadline extensions applied) and its allocation's lifetime.
+    pub(super) fn plan_attempt(&mut self, i: usize) -> AttemptPlan {
         self.choose_agent(i);
         let agent_name = self.subs[i].candidates[self.subs[i].agent_idx].clone();
         let agent = self.agents[&agent_name].clone();
@@ -86,6 +98,27 @@ impl Run {
                 .max(spec.resource_limits.max_execution_time_ms),
         );
         let attempt = self.subs[i].attempts.len() as u32 + 1;
+        AttemptPlan {
+            agent_name,
+            agent,
+            spec,
+            factor: f,
+            lifetime,
+            attempt,
+        }
+    }
+
+    /// Starts an attempt; `false` when the resource budget has no room now.
+    pub(super) async fn start(&mut self, i: usize) -> bool {
+        let AttemptPlan {
+            agent_name,
+            agent,
+            spec,
+            factor: f,
+            lifetime,
+            attempt,
+        } = self.plan_attempt(i);
+        let def = self.manifest.subtasks[i].clone();
         let holder = format!("{}#{attempt}", def.id);
         let allocation = match self.resources.allocate(
             &holder,
@@ -129,20 +162,19 @@ impl Run {
         s.attempts_on_agent += 1;
         s.tried.insert(s.agent_idx);
         s.waiting.store(false, Ordering::Relaxed);
-        // Each attempt counts its own sync waits.
-        s.sync_waited_us = Arc::new(AtomicU64::new(0));
         s.stopping = Arc::new(AtomicBool::new(false));
         s.blocked = None;
-        let handle = SyncHandle {
-            engine: self.sync.clone(),
-            participant: def.id.clone(),
-            waiting: s.waiting.clone(),
-            waited_us: s.sync_waited_us.clone(),
-            timer_due: Default::default(),
-            polling: Default::default(),
-            channels: Some(self.channels.clone()),
-            attempt,
+        // The agent started while the output before it committed, if it is the one chosen.
+        let prespawned = s.prespawn.take().filter(|p| {
+            p.agent == agent_name && p.attempt == attempt && p.extensions == s.extensions
+        });
+        let handle = match &prespawned {
+            Some(p) => p.handle.clone(),
+            None => self.new_handle(i, attempt),
         };
+        let s = &mut self.subs[i];
+        // Each attempt counts its own sync waits.
+        s.sync_waited_us = handle.waited_us.clone();
         let time_limit = s
             .time_limit_ms
             .map(|ms| Duration::from_millis((ms as f64 * f) as u64));
@@ -171,6 +203,7 @@ impl Run {
             host,
             agent,
             spec,
+            prespawned: prespawned.map(|p| p.into_task()),
             handle,
             task,
             time_limit,
@@ -226,6 +259,20 @@ impl Run {
             out.insert(inp.name.clone(), value);
         }
         (out, missing)
+    }
+
+    /// A fresh handle for attempt `attempt` of subtask `i` (its own sync-wait counter).
+    pub(super) fn new_handle(&self, i: usize, attempt: u32) -> SyncHandle {
+        SyncHandle {
+            engine: self.sync.clone(),
+            participant: self.subs[i].id.clone(),
+            waiting: self.subs[i].waiting.clone(),
+            waited_us: Arc::new(AtomicU64::new(0)),
+            timer_due: Default::default(),
+            polling: Default::default(),
+            channels: Some(self.channels.clone()),
+            attempt,
+        }
     }
 
     pub(super) async fn on_msg(&mut self, msg: Msg) {
@@ -314,7 +361,23 @@ impl Run {
         let failed = match result {
             Ok(output) => {
                 let id = format!("run/{}/output/{}", self.run_id, def.id);
-                match self.commit_doc(&id, "subtask-output", output.clone()).await {
+                // The commit runs in its own task, and the next subtask of a serial segment
+                // starts its agent meanwhile (spawned second, it stays on this worker; the
+                // commit is taken by the other).
+                let t = Instant::now();
+                let committing = tokio::spawn({
+                    let ctx = self.ctx.clone();
+                    let (id, doc) = (id.clone(), output.clone());
+                    async move { ctx.put_as_operator(&id, "subtask-output", doc).await }
+                });
+                self.prespawn_successor(i);
+                let committed = match committing.await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("the commit task ended: {e}")),
+                };
+                self.comm_time += t.elapsed();
+                self.comm_events += 1;
+                match committed {
                     Ok(()) => {
                         let ratio = duration_ms as f64 / def.estimated_duration_ms.max(1) as f64;
                         self.strategy.attempt_ended(
@@ -331,10 +394,13 @@ impl Run {
                         self.settle(i, SubtaskState::Completed, None).await;
                         return;
                     }
-                    Err(e) => (
-                        Class::Host,
-                        format!("the output could not be committed to `{id}`: {e}"),
-                    ),
+                    Err(e) => {
+                        self.drop_prespawns();
+                        (
+                            Class::Host,
+                            format!("the output could not be committed to `{id}`: {e}"),
+                        )
+                    }
                 }
             }
             Err(failure) => {

@@ -66,6 +66,7 @@ mod attempt;
 mod criteria;
 mod failure;
 mod metrics;
+mod prespawn;
 mod progress;
 mod report;
 mod resume;
@@ -110,6 +111,8 @@ struct SubRun {
     output: Option<Value>,
     error: Option<String>,
     resumed: bool,
+    /// Its next attempt's agent, started while the output before it commits.
+    prespawn: Option<prespawn::Prespawn>,
 }
 
 impl SubRun {
@@ -136,6 +139,7 @@ impl SubRun {
             output: None,
             error: None,
             resumed: false,
+            prespawn: None,
         }
     }
 }
@@ -369,20 +373,6 @@ impl Run {
         self.comm_events += 1;
     }
 
-    /// Commits a run document as the operator; the error says why the store refused it.
-    pub(super) async fn commit_doc(
-        &mut self,
-        id: &str,
-        kind: &str,
-        doc: Value,
-    ) -> Result<(), crate::context::ContextError> {
-        let t = Instant::now();
-        let r = self.ctx.put_as_operator(id, kind, doc).await.map(drop);
-        self.comm_time += t.elapsed();
-        self.comm_events += 1;
-        r
-    }
-
     pub(super) async fn write_doc(&mut self, id: &str, kind: &str, doc: Value) {
         let t = Instant::now();
         if let Err(e) = self.ctx.put_as_operator(id, kind, doc).await {
@@ -405,6 +395,7 @@ impl Run {
         s.state = state;
         s.error = error.clone();
         s.backoff_until = None;
+        s.prespawn = None;
         if let Some(a) = s.allocation.take() {
             self.resources.release(&a);
         }

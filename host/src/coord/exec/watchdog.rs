@@ -29,6 +29,17 @@ impl std::task::Wake for CountingWaker {
     }
 }
 
+impl<F> Counted<F> {
+    /// Counts the wake-ups of `inner` in `wakes`.
+    pub(super) fn new(inner: Pin<Box<F>>, wakes: Arc<AtomicU64>) -> Counted<F> {
+        Counted {
+            inner,
+            wakes,
+            waker: None,
+        }
+    }
+}
+
 impl<F: Future> Future for Counted<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
@@ -50,6 +61,8 @@ pub(super) struct AttemptArgs {
     pub(super) host: Arc<AgentHost>,
     pub(super) agent: PreparedAgent,
     pub(super) spec: crate::spec::SubAgentSpecification,
+    /// The agent, already being started (see `prespawn`), and the wake-ups of its start.
+    pub(super) prespawned: Option<(super::prespawn::Spawning, Arc<AtomicU64>)>,
     pub(super) handle: SyncHandle,
     pub(super) task: TaskRequest,
     pub(super) time_limit: Option<Duration>,
@@ -196,7 +209,10 @@ impl Watchdog {
 pub(super) async fn attempt_task(a: AttemptArgs) {
     let done = DoneGuard::new(a.tx.clone(), a.idx, a.attempt, a.started_ms);
     let started = Instant::now();
-    let polls = Arc::new(AtomicU64::new(0));
+    let (prespawned, polls) = match a.prespawned {
+        Some((spawning, polls)) => (Some(spawning), polls),
+        None => (None, Arc::new(AtomicU64::new(0))),
+    };
     let mut watchdog = Watchdog {
         polls: polls.clone(),
         // A limit too far to represent is no limit (the agent's own time limit still holds).
@@ -210,14 +226,17 @@ pub(super) async fn attempt_task(a: AttemptArgs) {
     let mut cancel = a.cancel.clone();
     // Instantiation and `describe()` run under the same limits as the task, and stop when the
     // run is cancelled: dropping the spawn drops the instance.
-    let mut spawn = Counted {
-        inner: Box::pin(
-            a.host
-                .spawn_with(&a.agent.component, a.spec, Some(a.handle.clone())),
-        ),
-        wakes: polls.clone(),
-        waker: None,
-    };
+    let start: Pin<Box<dyn Future<Output = Result<crate::agents::SubAgent, Error>> + Send>> =
+        match prespawned {
+            Some(spawning) => Box::pin(spawning),
+            None => {
+                let host = a.host.clone();
+                let component = a.agent.component.clone();
+                let handle = a.handle.clone();
+                Box::pin(async move { host.spawn_with(&component, a.spec, Some(handle)).await })
+            }
+        };
+    let mut spawn = Counted::new(Box::pin(start), polls.clone());
     let agent = match watchdog.watch(&mut spawn, Some(&mut cancel)).await {
         Ok(Ok(agent)) => agent,
         Ok(Err(e)) => return done.send(Err(e), None),
