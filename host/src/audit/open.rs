@@ -100,7 +100,7 @@ impl AuditError {
     }
 }
 
-fn keys_of(store: &Store) -> Option<Arc<ChainKeys>> {
+pub(super) fn keys_of(store: &Store) -> Option<Arc<ChainKeys>> {
     store
         .config()
         .master_key
@@ -150,7 +150,7 @@ pub(crate) async fn check_head(store: &Store, keys: Option<&ChainKeys>) -> Resul
         Err(problem) => return Err(mismatch(tail.seq, problem)),
     };
     // A head may name the entry the chain will be keyed from before that entry exists (see
-    // `anchor_before_writing`): the process stopped before its first keyed batch committed.
+    // `writer::anchor`): the process stopped before its first keyed batch committed.
     let not_yet_keyed = |k: u64| tail.keyed_from.is_none() && k > tail.seq;
     if let Some(k) = kept.keyed_from
         && tail.keyed_from != Some(k)
@@ -233,47 +233,6 @@ async fn walk_from(
         .await
 }
 
-/// Writes the head file before the first entry that needs it can commit, so that a process
-/// killed between a batch's commit and its head write (`kill -9`) leaves a head that is only
-/// behind the log, which the next open verifies forward, rather than a state the check must
-/// refuse: no head file over a log with entries (written here for an empty log, naming the
-/// genesis), or an unkeyed head over a keyed log (written here, with its MAC, naming the
-/// entry the chain will be keyed from, when a master key is given to a log not yet keyed).
-async fn anchor_before_writing(
-    store: &Store,
-    tail: &AuditHead,
-    keys: Option<Arc<ChainKeys>>,
-) -> Result<(), AuditError> {
-    let Some(dir) = store.data_dir() else {
-        return Ok(());
-    };
-    let kept = head::read(dir, keys.as_deref()).ok().flatten();
-    let keyed_from = match (&keys, tail.keyed_from) {
-        (Some(_), None) => Some(tail.seq + 1),
-        (_, k) => k,
-    };
-    let needed = match &kept {
-        None => true,
-        Some(h) => keys.is_some() && h.keyed_from.is_none() && tail.keyed_from.is_none(),
-    };
-    if !needed {
-        return Ok(());
-    }
-    let anchor = AuditHead {
-        seq: tail.seq,
-        hash: tail.hash.clone(),
-        scheme: AuditHead::scheme_of(tail.seq, keyed_from),
-        keyed_from,
-    };
-    let path = head::head_path(dir);
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || head::write_replacing(&dir, &anchor, keys.as_deref()))
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map_err(|source| AuditError::Store(StoreError::Io { path, source }))
-}
-
 impl AuditLog {
     /// [`AuditLog::open`] with `options`: the queue capacity, and whether the head check runs.
     pub async fn open_with(store: Store, options: AuditOptions) -> Result<AuditLog, AuditError> {
@@ -282,7 +241,6 @@ impl AuditLog {
             check_head(&store, keys.as_deref()).await?;
         }
         let head = store.read(read::current_head).await?;
-        anchor_before_writing(&store, &head, keys.clone()).await?;
         tracing::debug!(%head, "audit log opened");
         let capacity = options.queue_capacity.max(1);
         let (queue, pending) = mpsc::channel(capacity);

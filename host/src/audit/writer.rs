@@ -172,6 +172,16 @@ async fn persist(
     batch: Vec<Prepared>,
 ) -> Option<AuditHead> {
     let batch = Arc::new(batch);
+    if let Err(e) = anchor(store, keys.clone(), known).await {
+        let reason = format!(
+            "the audit head file could not be anchored before entry {}: {e}",
+            known.seq + 1
+        );
+        tracing::error!(%reason, "the audit log stops accepting entries");
+        health.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        health.fail(reason);
+        return None;
+    }
     let mut attempt = 0;
     let error = loop {
         attempt += 1;
@@ -228,6 +238,56 @@ async fn persist(
         batch.len()
     ));
     None
+}
+
+/// Before a batch commits, writes the head file that a crash right after the commit (before
+/// the batch's own head write) must find, so that the head is then only behind the log and the
+/// next open verifies forward from it, instead of refusing the data directory:
+/// - the genesis, when the log is empty and has no head file yet (no head file over a log with
+///   entries means it was deleted);
+/// - with a master key over a log not keyed yet, the current tail with its MAC, naming the
+///   entry keying starts at (an unkeyed head over a keyed log means it was forged).
+///
+/// Only over a head file that names `known` (or none, for an empty log): a missing, unreadable
+/// or different head is the open's to report, never replaced here. Nothing is written for a
+/// log that writes nothing, so opening a log with a key changes nothing until a keyed entry
+/// is about to be written.
+pub(super) async fn anchor(
+    store: &Store,
+    keys: Option<Arc<ChainKeys>>,
+    known: &AuditHead,
+) -> std::io::Result<()> {
+    let Some(dir) = store.data_dir().map(|d| d.to_path_buf()) else {
+        return Ok(());
+    };
+    let keying = keys.is_some() && known.keyed_from.is_none();
+    if known.seq > 0 && !keying {
+        return Ok(());
+    }
+    let known = known.clone();
+    tokio::task::spawn_blocking(move || {
+        let kept = head::read(&dir, keys.as_deref());
+        let consistent = match &kept {
+            Ok(None) => known.seq == 0,
+            Ok(Some(h)) => {
+                h.seq == known.seq && h.hash == known.hash && h.keyed_from.is_none() && keying
+            }
+            Err(_) => false,
+        };
+        if !consistent {
+            return Ok(());
+        }
+        let keyed_from = keying.then_some(known.seq + 1);
+        let anchor = AuditHead {
+            seq: known.seq,
+            hash: known.hash.clone(),
+            scheme: AuditHead::scheme_of(known.seq, keyed_from),
+            keyed_from,
+        };
+        head::write_replacing(&dir, &anchor, keys.as_deref())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Writes the head file of an on-disk store (a blocking fsync, off the runtime's threads).

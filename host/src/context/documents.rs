@@ -53,10 +53,19 @@ impl ContextService {
         let agent = agent.to_string();
         // A create that writes no blob file may be committed by its caller when the writer is
         // idle, as a write may (see `writes`): a lone creator skips the two thread hand-offs.
+        // The document's stored size is its encoded (MessagePack) size, which the JSON size
+        // can underestimate; encoding twice is checked only when the JSON size is near the
+        // threshold.
+        let threshold = self.shared.store.blobs().threshold();
+        let json = json_len(&new.doc) as usize;
+        let may_lead = json.saturating_mul(4) + crate::store::crypto::SEALED_OVERHEAD <= threshold
+            || (json + crate::store::crypto::SEALED_OVERHEAD <= threshold
+                && crate::store::encode_value(&new.doc).len()
+                    + crate::store::crypto::SEALED_OVERHEAD
+                    <= threshold);
         let mode = crate::store::WriteMode {
             self_guarded: false,
-            may_lead: json_len(&new.doc) as usize + crate::store::crypto::SEALED_OVERHEAD
-                <= self.shared.store.blobs().threshold(),
+            may_lead,
         };
         self.run_with(new.id.clone(), Box::new(move |sh, inner, ctx| {
             let id = new.id.clone().unwrap_or_else(|| loop {

@@ -10,13 +10,13 @@ component = "guest:messenger"
 spec = { capabilities = ["messaging"], fuel = 500_000_000, resourceLimits = { maxMemoryMB = 16, maxExecutionTimeMs = 20000 } }
 "#;
 
-fn task(strategy: &str, failure: &str, channels: &str, subtasks: &str) -> String {
+pub(super) fn task(strategy: &str, failure: &str, channels: &str, subtasks: &str) -> String {
     format!(
         "[task]\nid = \"msg\"\n\n[strategy]\ntype = \"{strategy}\"\nmaxConcurrentAgents = 4\nfailureHandling = \"{failure}\"\nretry = {{ maxAttempts = 2, backoffMs = 10, maxReassignments = 0 }}\n{channels}\n{MESSENGER}\n{subtasks}"
     )
 }
 
-fn sub(id: &str, inputs: &str, extra: &str) -> String {
+pub(super) fn sub(id: &str, inputs: &str, extra: &str) -> String {
     format!("\n[[subtasks]]\nid = \"{id}\"\nagent = \"messenger\"\ninputs = [{inputs}]\n{extra}\n")
 }
 

@@ -4,20 +4,14 @@
 
 use super::*;
 
-const MESSENGER: &str = r#"
-[agents.messenger]
-component = "guest:messenger"
-spec = { capabilities = ["messaging"], fuel = 500_000_000, resourceLimits = { maxMemoryMB = 16, maxExecutionTimeMs = 20000 } }
-"#;
+use super::channels::sub;
 
+/// The run of `channels` and `subtasks` under `strategy` at `concurrency`.
 fn task(strategy: &str, concurrency: u32, channels: &str, subtasks: &str) -> String {
-    format!(
-        "[task]\nid = \"rt\"\n\n[strategy]\ntype = \"{strategy}\"\nmaxConcurrentAgents = {concurrency}\nfailureHandling = \"graceful-degradation\"\n{channels}\n{MESSENGER}\n{subtasks}"
+    super::channels::task(strategy, "graceful-degradation", channels, subtasks).replace(
+        "maxConcurrentAgents = 4",
+        &format!("maxConcurrentAgents = {concurrency}"),
     )
-}
-
-fn sub(id: &str, inputs: &str, extra: &str) -> String {
-    format!("\n[[subtasks]]\nid = \"{id}\"\nagent = \"messenger\"\ninputs = [{inputs}]\n{extra}\n")
 }
 
 const QUEUE: &str = r#"

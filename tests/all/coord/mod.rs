@@ -15,6 +15,7 @@ mod channels_redteam;
 mod deadlock;
 mod failures;
 mod fresh_instance;
+mod prespawn_redteam;
 mod runs;
 mod strategies;
 mod sync_points;

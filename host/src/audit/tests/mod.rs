@@ -3,6 +3,7 @@
 //! chain: edit, delete, reorder, truncate, with and without a master key), `queue` (the
 //! bounded, fail-closed queue).
 
+mod anchor_redteam;
 mod basics;
 mod queue;
 mod tamper;

@@ -430,44 +430,62 @@ async fn a_huge_head_file_is_refused_unread_and_stale_temporary_files_are_remove
     assert!(text.contains("larger than 65536 bytes"), "{text}");
 }
 
-/// kill -9 between a batch's commit and its head write: the head written when the log was
-/// opened (the genesis for an empty log; for a log given a master key, the entry the chain
-/// will be keyed from, with its MAC) is only behind the log, which the next open verifies
-/// forward. Before, no head file over a log with entries (or an unkeyed head over a keyed
-/// log) made every later open refuse the data directory.
+/// kill -9 between a batch's commit and its head write: the head the writer anchored just
+/// before that batch (the genesis for an empty log; for a log given a master key, the entry
+/// the chain will be keyed from, with its MAC) is only behind the log, which the next open
+/// verifies forward. Before, no head file over a log with entries (or an unkeyed head over a
+/// keyed log) made every later open refuse the data directory. Opening a log with a key and
+/// writing nothing changes nothing.
 #[tokio::test]
 async fn a_host_killed_before_its_first_head_write_reopens() {
     let key = MasterKey::generate();
     for key in [None, Some(&key)] {
-        // An empty log: the open anchors it at the genesis.
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(Store::open(config(&dir, key)).unwrap())
-            .await
-            .unwrap();
-        let anchor = std::fs::read(dir.path().join(HEAD_FILE)).expect("anchored at open");
-        // Killed before the first batch committed: reopens.
-        drop(log);
-        reopen(&dir, key).await.expect("nothing written yet");
+        drop(reopen(&dir, key).await.unwrap());
+        assert!(
+            !dir.path().join(HEAD_FILE).exists(),
+            "nothing is written before an entry is"
+        );
         let log = reopen(&dir, key).await.unwrap();
         for i in 1..=4 {
             log.record(entry(i)).unwrap();
         }
         log.flush().await;
         drop(log);
-        // Killed after the batch committed, before its head was written.
-        std::fs::write(dir.path().join(HEAD_FILE), &anchor).unwrap();
+        // Killed after the first batch committed, before its head was written: the head is
+        // the genesis anchor.
+        let genesis = AuditHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_string(),
+            scheme: ChainScheme::Sha256,
+            keyed_from: key.map(|_| 1),
+        };
+        let store = Store::open(config(&dir, key)).unwrap();
+        head::write_replacing(dir.path(), &genesis, open::keys_of(&store).as_deref()).unwrap();
+        drop(store);
         let log = reopen(&dir, key)
             .await
             .expect("a head behind the log is verified forward");
         assert_eq!(log.head().await.unwrap().seq, 4);
     }
-    // A log given a master key for the first time: anchored, with its MAC, at the entry the
-    // chain will be keyed from.
+    // A log given a master key for the first time: opened with the key and left unwritten, it
+    // still opens without it; once a keyed batch is about to commit, the anchor names the entry
+    // keying starts at.
     let dir = written(3, None).await;
-    let log = reopen(&dir, Some(&key)).await.unwrap();
+    drop(reopen(&dir, Some(&key)).await.unwrap());
+    drop(
+        reopen(&dir, None)
+            .await
+            .expect("no keyed entry yet: still an unkeyed log"),
+    );
+    let store = Store::open(config(&dir, Some(&key))).unwrap();
+    let known = store.read(read::current_head).await.unwrap();
+    writer::anchor(&store, open::keys_of(&store), &known)
+        .await
+        .unwrap();
+    drop(store);
     let anchor = std::fs::read(dir.path().join(HEAD_FILE)).unwrap();
-    drop(log);
-    reopen(&dir, Some(&key)).await.expect("no keyed entry yet");
+    drop(reopen(&dir, Some(&key)).await.expect("no keyed entry yet"));
     let log = reopen(&dir, Some(&key)).await.unwrap();
     for i in 4..=6 {
         log.record(entry(i)).unwrap();

@@ -13,6 +13,7 @@ mod access;
 mod bounds;
 mod cold;
 mod conflicts;
+mod create_lead_redteam;
 mod hot_tier;
 mod leaders;
 mod lifecycle;

@@ -12,36 +12,7 @@ use crate::store::{Store, StoreConfig};
 use serde_json::json;
 use std::future::Future;
 
-fn def(
-    id: &str,
-    kind: CommunicationProtocol,
-    producers: &[&str],
-    consumers: &[&str],
-) -> ChannelDef {
-    ChannelDef {
-        id: id.into(),
-        kind: Some(kind),
-        producers: producers.iter().map(|s| s.to_string()).collect(),
-        consumers: consumers.iter().map(|s| s.to_string()).collect(),
-        max_message_bytes: 16,
-        max_depth: 3,
-        ack_timeout_ms: (kind == MessageQueue).then_some(1_000),
-        max_deliveries: (kind == MessageQueue).then_some(2),
-    }
-}
-
-fn hub(defs: Vec<ChannelDef>) -> Arc<ChannelHub> {
-    ChannelHub::new(&defs, EventDriven, 1 << 20, None)
-}
-
-fn who(p: &str, attempt: u32) -> Caller {
-    Caller {
-        participant: p.into(),
-        attempt,
-    }
-}
-
-const NOW: Duration = Duration::ZERO;
+use super::tests::{NOW, def, hub, who};
 
 async fn context_with(bus_config: EventBusConfig) -> ContextService {
     let store = Store::open(StoreConfig::in_memory()).unwrap();

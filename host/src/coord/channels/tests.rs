@@ -3,7 +3,7 @@
 use super::*;
 use crate::coord::manifest::CommunicationProtocol::{Direct, EventDriven, MessageQueue};
 
-fn def(
+pub(super) fn def(
     id: &str,
     kind: CommunicationProtocol,
     producers: &[&str],
@@ -21,18 +21,18 @@ fn def(
     }
 }
 
-fn hub(defs: Vec<ChannelDef>) -> Arc<ChannelHub> {
+pub(super) fn hub(defs: Vec<ChannelDef>) -> Arc<ChannelHub> {
     ChannelHub::new(&defs, EventDriven, 1 << 20, None)
 }
 
-fn who(p: &str, attempt: u32) -> Caller {
+pub(super) fn who(p: &str, attempt: u32) -> Caller {
     Caller {
         participant: p.into(),
         attempt,
     }
 }
 
-const NOW: Duration = Duration::ZERO;
+pub(super) const NOW: Duration = Duration::ZERO;
 
 #[tokio::test(start_paused = true)]
 async fn queue_redelivers_what_an_ended_attempt_held() {
