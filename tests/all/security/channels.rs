@@ -1,7 +1,7 @@
 //! Channel calls go through the access gate: each of `send`, `receive` and `ack` on
 //! `channel/<id>` is allowed by an allow rule and refused, and audited, by a deny rule.
 
-use super::matrix::{ALLOW_ALL, denied_by, denying};
+use super::matrix::{ALLOW_ALL, coordinated, denied_by, denying};
 use super::*;
 
 const TASK: &str = r#"
@@ -35,24 +35,7 @@ inputs = [{ name = "role", value = "tally" }, { name = "resultsChannel", value =
 "#;
 
 async fn run(policies: &str) -> (AuditLog, qi_host::coord::RunReport) {
-    let Secured { host, audit, .. } = secured(Some(policies)).await;
-    let path = std::path::Path::new("t.toml");
-    let host = Arc::new(host);
-    let manifest = qi_host::coord::Manifest::parse(TASK, path).unwrap();
-    let prepared = qi_host::coord::prepare_parsed(
-        &host,
-        manifest,
-        TASK,
-        path,
-        Some(&crate::coord::guest_dir()),
-    )
-    .await
-    .unwrap();
-    let r = prepared
-        .run(host, qi_host::coord::RunOptions::default())
-        .await
-        .unwrap();
-    (audit, r)
+    coordinated(TASK, policies).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

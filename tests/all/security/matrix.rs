@@ -219,16 +219,19 @@ const SYNC_CALLS: [(&str, &str); 5] = [
     ("sync/k", "contribute"),
 ];
 
-/// One coordinated run of [`SYNC_TASK`] under `policies`: the worker's `sync` outcomes.
-async fn run_sync(policies: &str) -> (AuditLog, Vec<Value>) {
+/// One coordinated run of manifest `task` on a host under `policies`: its audit log and report.
+pub(super) async fn coordinated(
+    task: &str,
+    policies: &str,
+) -> (AuditLog, qi_host::coord::RunReport) {
     let Secured { host, audit, .. } = secured(Some(policies)).await;
     let path = std::path::Path::new("t.toml");
     let host = Arc::new(host);
-    let manifest = qi_host::coord::Manifest::parse(SYNC_TASK, path).unwrap();
+    let manifest = qi_host::coord::Manifest::parse(task, path).unwrap();
     let prepared = qi_host::coord::prepare_parsed(
         &host,
         manifest,
-        SYNC_TASK,
+        task,
         path,
         Some(&crate::coord::guest_dir()),
     )
@@ -238,6 +241,12 @@ async fn run_sync(policies: &str) -> (AuditLog, Vec<Value>) {
         .run(host, qi_host::coord::RunOptions::default())
         .await
         .unwrap();
+    (audit, r)
+}
+
+/// One coordinated run of [`SYNC_TASK`] under `policies`: the worker's `sync` outcomes.
+async fn run_sync(policies: &str) -> (AuditLog, Vec<Value>) {
+    let (audit, r) = coordinated(SYNC_TASK, policies).await;
     let out = r.results[0]
         .output
         .clone()

@@ -5,28 +5,7 @@
 use super::*;
 use crate::store::crypto::MasterKey;
 
-fn config(dir: &tempfile::TempDir, key: Option<&MasterKey>) -> StoreConfig {
-    StoreConfig {
-        master_key: key.cloned(),
-        ..StoreConfig::at(dir.path())
-    }
-}
-
-async fn written(n: u64, key: Option<&MasterKey>) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(Store::open(config(&dir, key)).unwrap())
-        .await
-        .unwrap();
-    for i in 1..=n {
-        log.record(entry(i)).unwrap();
-    }
-    log.flush().await;
-    dir
-}
-
-async fn reopen(dir: &tempfile::TempDir, key: Option<&MasterKey>) -> Result<AuditLog, AuditError> {
-    AuditLog::open(Store::open(config(dir, key)).unwrap()).await
-}
+use super::tamper::{config, reopen, written};
 
 /// What `qi-host audit verify` / `qi-host audit head` do: open without the head check.
 async fn inspect(dir: &tempfile::TempDir, key: Option<&MasterKey>) -> Result<AuditLog, AuditError> {

@@ -5,7 +5,7 @@
 use super::*;
 use crate::store::crypto::MasterKey;
 
-fn config(dir: &tempfile::TempDir, key: Option<&MasterKey>) -> StoreConfig {
+pub(super) fn config(dir: &tempfile::TempDir, key: Option<&MasterKey>) -> StoreConfig {
     StoreConfig {
         master_key: key.cloned(),
         ..StoreConfig::at(dir.path())
@@ -14,7 +14,7 @@ fn config(dir: &tempfile::TempDir, key: Option<&MasterKey>) -> StoreConfig {
 
 /// A data directory whose log holds entries `1..=n`, written with `key` (if any); the log is
 /// flushed (its head file written) and dropped.
-async fn written(n: u64, key: Option<&MasterKey>) -> tempfile::TempDir {
+pub(super) async fn written(n: u64, key: Option<&MasterKey>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(Store::open(config(&dir, key)).unwrap())
         .await
@@ -27,7 +27,10 @@ async fn written(n: u64, key: Option<&MasterKey>) -> tempfile::TempDir {
     dir
 }
 
-async fn reopen(dir: &tempfile::TempDir, key: Option<&MasterKey>) -> Result<AuditLog, AuditError> {
+pub(super) async fn reopen(
+    dir: &tempfile::TempDir,
+    key: Option<&MasterKey>,
+) -> Result<AuditLog, AuditError> {
     AuditLog::open(Store::open(config(dir, key)).unwrap()).await
 }
 
