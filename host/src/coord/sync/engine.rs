@@ -427,6 +427,10 @@ impl SyncEngine {
     /// arrivals with `complete = false`; `fail` and `wait` (which would wait for ever) fail the
     /// point. A point nobody waits at is left alone.
     pub fn break_deadlock(&self, reason: &str) {
+        // Every point is resolved before any waiter is woken: a participant released from one
+        // point must find the next one already ended, not complete it (two participants each
+        // waiting at the point the other has not reached).
+        let mut ended = Vec::new();
         for point in self.points.values() {
             let r = {
                 let st = point.state.lock().expect("sync point lock poisoned");
@@ -442,7 +446,12 @@ impl SyncEngine {
                     }
                 }
             };
-            self.resolve(point, r);
+            if self.resolve_quietly(point, r) {
+                ended.push(point);
+            }
+        }
+        for point in ended {
+            point.resolved.send_modify(|_| {});
         }
     }
 
@@ -484,6 +493,29 @@ impl SyncEngine {
                 }),
             }
         });
+    }
+
+    /// [`resolve`](Self::resolve) without waking the point's waiters (an arrival sees the
+    /// resolution at once); `true` when it resolved it.
+    fn resolve_quietly(&self, point: &Point, r: Resolution) -> bool {
+        let at = Instant::now();
+        let mut resolved = false;
+        point.resolved.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(Arc::new(r.clone()));
+                self.notify(SyncNotice::Resolved {
+                    point: point.def.id.clone(),
+                    outcome: match r.clone() {
+                        Resolution::Done(o) => Ok(o),
+                        Resolution::Failed(m) => Err(m),
+                    },
+                    at,
+                });
+                resolved = true;
+            }
+            false
+        });
+        resolved
     }
 
     fn resolve(&self, point: &Point, r: Resolution) {
