@@ -1,11 +1,14 @@
 //! The error types that cross the WIT boundary: [`AgentError`] (what `run` returns),
 //! [`ToolError`] (why a host tool call did not succeed), [`ContextError`] (why a context store
 //! call did not succeed), [`EventError`] (why an event bus call did not succeed),
-//! [`SyncError`] (why a synchronization point call did not succeed) and [`ChannelError`] (why
-//! a channel call did not succeed).
+//! [`SyncError`] (why a synchronization point call did not succeed), [`ChannelError`] (why
+//! a channel call did not succeed) and [`LlmError`] (why a model call did not succeed).
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
+
+use crate::wit::qi::agent::llm::RateLimit;
 
 /// Why a `run` failed, as reported by the agent itself (WIT `types.agent-error`).
 ///
@@ -408,6 +411,93 @@ impl From<ChannelError> for AgentError {
     }
 }
 
+/// Why a model call did not succeed (WIT `llm.llm-error`). A refusal by the host is always one
+/// of these values, never a trap; messages never contain the provider's key.
+///
+/// `Display` prints the kind and the message, e.g. `limit-exceeded: maxLlmCalls (3) reached`
+/// or `rate-limited: 429 Too Many Requests (retry after 20000 ms)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LlmError {
+    /// The model is not in `allowedModels`, or the access policies refused `llm/<model>`.
+    AccessDenied(String),
+    /// A budget is spent (`maxLlmCalls`, `maxInputTokens`, `maxOutputTokens`, `maxCostUsd`);
+    /// the message names it. Further calls will be refused too.
+    LimitExceeded(String),
+    /// The request is malformed or too large (the message names the field), or names a model
+    /// the host does not know.
+    InvalidRequest(String),
+    /// The provider kept answering 429 and the wait it asked for does not fit the agent's time
+    /// left (the host already retried within it).
+    RateLimited(RateLimit),
+    /// The provider could not be reached, kept failing (5xx), timed out, or, under
+    /// `--llm-replay`, there is no recording of this request.
+    Unavailable(String),
+    /// The provider refused the request (4xx) or answered something the host could not use:
+    /// malformed, larger than allowed, or not following the requested schema. From the SDK:
+    /// an answer that is not the JSON the caller asked for ([`llm::chat_json`]).
+    ///
+    /// [`llm::chat_json`]: crate::llm::chat_json
+    ProviderError(String),
+}
+
+impl LlmError {
+    /// The WIT name of the case: `access-denied`, `limit-exceeded`, `invalid-request`,
+    /// `rate-limited`, `unavailable` or `provider-error`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LlmError::AccessDenied(_) => "access-denied",
+            LlmError::LimitExceeded(_) => "limit-exceeded",
+            LlmError::InvalidRequest(_) => "invalid-request",
+            LlmError::RateLimited(_) => "rate-limited",
+            LlmError::Unavailable(_) => "unavailable",
+            LlmError::ProviderError(_) => "provider-error",
+        }
+    }
+
+    /// The message, without the kind. For [`LlmError::RateLimited`] it names the wait the
+    /// provider asked for.
+    pub fn message(&self) -> Cow<'_, str> {
+        match self {
+            LlmError::RateLimited(limit) => Cow::Owned(format!(
+                "{} (retry after {} ms)",
+                limit.message, limit.retry_after_ms
+            )),
+            LlmError::AccessDenied(message)
+            | LlmError::LimitExceeded(message)
+            | LlmError::InvalidRequest(message)
+            | LlmError::Unavailable(message)
+            | LlmError::ProviderError(message) => Cow::Borrowed(message),
+        }
+    }
+
+    /// How long the provider asked to wait, for [`LlmError::RateLimited`]; `None` otherwise.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LlmError::RateLimited(limit) => Some(Duration::from_millis(limit.retry_after_ms)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LlmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.message())
+    }
+}
+
+impl std::error::Error for LlmError {}
+
+/// A model call failing ends the agent's run as [`AgentError::Failed`], saying it was a model
+/// call and carrying the error's text (kind and message), so `?` works on model calls inside
+/// [`Agent::run`]. (`tool-failed` is kept for calls of host tools.)
+///
+/// [`Agent::run`]: crate::Agent::run
+impl From<LlmError> for AgentError {
+    fn from(error: LlmError) -> Self {
+        AgentError::Failed(format!("llm call failed: {error}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +584,36 @@ mod tests {
         assert_eq!(
             AgentError::from(ChannelError::Full("mailbox of `b` holds 4".into())),
             AgentError::Failed("channel call failed: full: mailbox of `b` holds 4".into())
+        );
+    }
+
+    #[test]
+    fn llm_errors_name_their_kind() {
+        let spent = LlmError::LimitExceeded("maxLlmCalls (3) reached".into());
+        assert_eq!(spent.kind(), "limit-exceeded");
+        assert_eq!(spent.to_string(), "limit-exceeded: maxLlmCalls (3) reached");
+        assert_eq!(spent.retry_after(), None);
+        for (error, kind) in [
+            (LlmError::AccessDenied("x".into()), "access-denied"),
+            (LlmError::InvalidRequest("x".into()), "invalid-request"),
+            (LlmError::Unavailable("x".into()), "unavailable"),
+            (LlmError::ProviderError("x".into()), "provider-error"),
+        ] {
+            assert_eq!(error.kind(), kind);
+            assert_eq!(error.to_string(), format!("{kind}: x"));
+        }
+        let limited = LlmError::RateLimited(RateLimit {
+            retry_after_ms: 20_000,
+            message: "429 Too Many Requests".into(),
+        });
+        assert_eq!(
+            limited.to_string(),
+            "rate-limited: 429 Too Many Requests (retry after 20000 ms)"
+        );
+        assert_eq!(limited.retry_after(), Some(Duration::from_secs(20)));
+        assert_eq!(
+            AgentError::from(spent),
+            AgentError::Failed("llm call failed: limit-exceeded: maxLlmCalls (3) reached".into())
         );
     }
 }

@@ -9,17 +9,19 @@
 //!   component's exports;
 //! - the types of the contract: [`AgentInfo`], [`AgentType`], [`Task`], [`TaskOutput`],
 //!   [`AgentError`], [`ToolError`], [`ContextError`], [`EventError`], [`SyncError`],
-//!   [`ChannelError`], with JSON helpers ([`Task::input_json`], [`Task::input_value`],
-//!   [`TaskOutput::json`]) and [`SubtaskInput`], the input every subtask of a coordinated run
-//!   receives;
+//!   [`ChannelError`], [`LlmError`], with JSON helpers ([`Task::input_json`],
+//!   [`Task::input_value`], [`TaskOutput::json`]) and [`SubtaskInput`], the input every
+//!   subtask of a coordinated run receives;
 //! - one module per host interface: [`log`], [`tools`], [`budget`], [`context`] (the shared,
 //!   versioned context store: typed `get`/`put`/`patch` with serde, `update(id, |doc| ...)`
 //!   retrying stale writes, `share`/`revoke`), [`events`] (gap-free, resumable
 //!   subscriptions with an iterator that ends on a timeout, and `publish`), [`sync`] (the
 //!   synchronization points of a coordinated run: `barrier`, `checkpoint`/`restore`, `vote`,
-//!   `contribute`, `outcome`) and [`channels`] (the channels a run's manifest declares:
+//!   `contribute`, `outcome`), [`channels`] (the channels a run's manifest declares:
 //!   `send`/`send_to` text or JSON, `receive` with a timeout, `ack`, and an iterator over a
-//!   channel's messages that ends when it is closed);
+//!   channel's messages that ends when it is closed) and [`llm`] (model calls brokered by the
+//!   host: a `Request` builder, `chat`, typed JSON answers with `chat_json`, and `run_tools`, a
+//!   bounded loop that lets the model call host tools);
 //! - [`serde`] and [`serde_json`], re-exported.
 //!
 //! # Example
@@ -123,6 +125,7 @@ pub mod channels;
 pub mod context;
 mod error;
 pub mod events;
+pub mod llm;
 pub mod log;
 pub mod sync;
 mod task;
@@ -131,7 +134,9 @@ pub mod tools;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-pub use error::{AgentError, ChannelError, ContextError, EventError, SyncError, ToolError};
+pub use error::{
+    AgentError, ChannelError, ContextError, EventError, LlmError, SyncError, ToolError,
+};
 pub use serde;
 pub use serde_json;
 pub use task::SubtaskInput;

@@ -20,10 +20,15 @@ wit_bindgen::generate!({
         "qi:agent/events@0.1.0/event-error": crate::EventError,
         "qi:agent/sync@0.1.0/sync-error": crate::SyncError,
         "qi:agent/channels@0.1.0/channel-error": crate::ChannelError,
+        "qi:agent/llm@0.1.0/llm-error": crate::LlmError,
     },
     generate_all,
     additional_derives: [PartialEq, Eq],
+    // `llm.request` holds floats (`temperature`, `top-p`), which are not `Eq`: it gets
+    // `PartialEq` alone. (The names here are bare WIT type names; `request` is only in `llm`.)
+    additional_derives_ignore: ["request"],
     additional_type_attributes: {
         "qi:agent/budget@0.1.0/remaining": [#[derive(serde::Serialize, serde::Deserialize)]],
+        "qi:agent/llm@0.1.0/request": [#[derive(PartialEq)]],
     },
 });

@@ -214,6 +214,14 @@ pub enum LimitKind {
     ContextBytes,
     /// `resourceLimits.maxContextWrites`: context writes (create, put, patch, delete).
     ContextWrites,
+    /// `resourceLimits.maxLlmCalls`: model calls.
+    LlmCalls,
+    /// `resourceLimits.maxInputTokens`: input tokens of model calls.
+    InputTokens,
+    /// `resourceLimits.maxOutputTokens`: output tokens of model calls.
+    OutputTokens,
+    /// `resourceLimits.maxCostUsd`: what model calls cost.
+    LlmCost,
 }
 
 impl LimitKind {
@@ -237,6 +245,10 @@ impl LimitKind {
             LimitKind::StoredBytes => "host stored bytes per agent",
             LimitKind::ContextBytes => "resourceLimits.maxContextBytes",
             LimitKind::ContextWrites => "resourceLimits.maxContextWrites",
+            LimitKind::LlmCalls => "resourceLimits.maxLlmCalls",
+            LimitKind::InputTokens => "resourceLimits.maxInputTokens",
+            LimitKind::OutputTokens => "resourceLimits.maxOutputTokens",
+            LimitKind::LlmCost => "resourceLimits.maxCostUsd",
         }
     }
 }
@@ -261,6 +273,10 @@ impl fmt::Display for LimitKind {
             LimitKind::StoredBytes => "stored bytes",
             LimitKind::ContextBytes => "context bytes",
             LimitKind::ContextWrites => "context writes",
+            LimitKind::LlmCalls => "model calls",
+            LimitKind::InputTokens => "input tokens",
+            LimitKind::OutputTokens => "output tokens",
+            LimitKind::LlmCost => "model cost",
         })
     }
 }

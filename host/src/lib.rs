@@ -38,6 +38,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod interfaces;
+pub mod llm;
 pub mod model;
 pub mod sandbox;
 pub mod security;

@@ -74,6 +74,18 @@ pub struct UsageReceipt {
     pub channel_messages_sent: u64,
     /// Messages the agent received from the run's channels (redeliveries included).
     pub channel_messages_received: u64,
+    /// Model calls the agent made through `qi:agent/llm` that passed its grants and budgets
+    /// (at most `resourceLimits.maxLlmCalls`), replayed ones included.
+    pub llm_calls: u64,
+    /// Of `llm_calls`, those answered from a recording (nothing sent, nothing paid).
+    pub llm_replayed: u64,
+    /// Input (prompt) tokens of the agent's model calls, as the providers reported them.
+    pub input_tokens: u64,
+    /// Output tokens of the agent's model calls, as the providers reported them.
+    pub output_tokens: u64,
+    /// US dollars the agent's live model calls cost, from the configured prices
+    /// (`llm.prices`; 0 for a model without a price and for replayed answers).
+    pub cost: f64,
 }
 
 /// The kinds of resource the access gate decides on (see [`ResourceName`]).
@@ -90,6 +102,8 @@ pub enum ResourceKind {
     Channel,
     /// A host tool, by tool name.
     Tool,
+    /// A model, by the `<provider>/<model>` id its name resolves to.
+    Llm,
     /// A file or directory, by its guest path.
     File,
     /// A network address or host name.
@@ -106,6 +120,7 @@ impl ResourceKind {
             ResourceKind::Sync => "sync",
             ResourceKind::Channel => "channel",
             ResourceKind::Tool => "tool",
+            ResourceKind::Llm => "llm",
             ResourceKind::File => "file",
             ResourceKind::Network => "network",
         }
@@ -114,12 +129,13 @@ impl ResourceKind {
 
 impl ResourceKind {
     /// Every kind, in the order of the [`ResourceName`] table.
-    pub const ALL: [ResourceKind; 7] = [
+    pub const ALL: [ResourceKind; 8] = [
         ResourceKind::Context,
         ResourceKind::Events,
         ResourceKind::Sync,
         ResourceKind::Channel,
         ResourceKind::Tool,
+        ResourceKind::Llm,
         ResourceKind::File,
         ResourceKind::Network,
     ];
@@ -143,6 +159,7 @@ impl ResourceKind {
             ],
             ResourceKind::Channel => &["send", "receive", "ack"],
             ResourceKind::Tool => &["call"],
+            ResourceKind::Llm => &["chat"],
             ResourceKind::File => &["read", "write", "create", "delete", "list", "stat", "link"],
             ResourceKind::Network => &["connect", "send", "receive", "bind", "listen", "resolve"],
         }
@@ -166,6 +183,7 @@ impl std::fmt::Display for ResourceKind {
 /// | `sync` | the synchronization point id | `sync/analysis-done` | `barrier`, `checkpoint`, `restore`, `vote`, `contribute`, `outcome` | `qi:agent/sync` |
 /// | `channel` | the channel id | `channel/jobs` | `send`, `receive`, `ack` | `qi:agent/channels` |
 /// | `tool` | the tool name | `tool/fs.read` | `call` | `qi:agent/tools` |
+/// | `llm` | the `<provider>/<model>` id the model name resolves to | `llm/local/qwen2.5-7b` | `chat` | `qi:agent/llm` |
 /// | `file` | the absolute guest path, without its leading `/`, lexically normalised (no `.`, `..` or empty segments) and with every link resolved to the name its target has in the guest's view | `file/workspace/src/a.rs` | `read`, `write`, `create`, `delete`, `list`, `stat`, `link` | WASI filesystem, `fs.*` tools |
 /// | `network` | `<ip>:<port>` of a socket use (IPv6 in brackets, an IPv4-mapped IPv6 address as written by the guest); the host name of a lookup, as the agent passed it | `network/10.0.0.5:443`, `network/[::1]:8080`, `network/example.com` | `connect`, `send`, `receive`, `bind`, `listen`, `resolve` | WASI sockets |
 ///
@@ -252,4 +270,11 @@ pub(crate) fn random_hex(chars: usize) -> String {
     let mut s = hex::encode(bytes);
     s.truncate(chars);
     s
+}
+
+/// Milliseconds since the Unix epoch on the system clock (0 before it).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -16,6 +16,8 @@ mod guests;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod llm;
+mod llm_redteam;
 mod progress_tty;
 mod runtime_race;
 mod security;

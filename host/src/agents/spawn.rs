@@ -25,6 +25,7 @@ pub struct AgentHost {
     /// The heartbeat sweep of the context store, while this host lives.
     sweeper: Option<crate::context::HeartbeatSweeper>,
     access: Option<Arc<crate::security::AccessControl>>,
+    llm: Option<Arc<crate::llm::LlmBroker>>,
     runtime: Arc<Runtime>,
     tools: Arc<ToolRegistry>,
     agents: Registry,
@@ -46,6 +47,7 @@ impl AgentHost {
             context: None,
             sweeper: None,
             access: None,
+            llm: None,
             runtime: Arc::new(Runtime::new(config)?),
             tools: Arc::new(tools),
             agents: Arc::new(Mutex::new(HashMap::new())),
@@ -95,6 +97,18 @@ impl AgentHost {
         }
         self.access = Some(access);
         self
+    }
+
+    /// Gives agents `qi:agent/llm` through `broker` (without one every call fails with
+    /// `unavailable`: no models are configured).
+    pub fn with_llm(mut self, broker: Arc<crate::llm::LlmBroker>) -> Self {
+        self.llm = Some(broker);
+        self
+    }
+
+    /// The model broker, if attached.
+    pub fn llm(&self) -> Option<&Arc<crate::llm::LlmBroker>> {
+        self.llm.as_ref()
     }
 
     /// The access gate, if attached.
@@ -284,6 +298,8 @@ impl AgentHost {
             context_cache: Default::default(),
             sync,
             access: self.access.clone(),
+            llm: self.llm.clone(),
+            llm_seen: Mutex::new(HashMap::new()),
             trust,
             name: std::sync::OnceLock::new(),
             gate_memo,

@@ -27,6 +27,7 @@ pub(super) async fn inspect(args: InspectArgs) -> Result<i32, Error> {
             "agent": info,
             "imports": imports,
             "exports": exports,
+            "provides": crate::interfaces::PROVIDED,
             "runnable": true,
         });
         println!(
@@ -49,6 +50,10 @@ pub(super) async fn inspect(args: InspectArgs) -> Result<i32, Error> {
         println!("exports");
         for e in &exports {
             println!("  {e}");
+        }
+        println!("host provides (besides WASI 0.2)");
+        for p in crate::interfaces::PROVIDED {
+            println!("  {p}");
         }
         println!(
             "runnable  yes: targets qi:agent/agent@0.1.0 and imports only what qi-host provides"

@@ -1,6 +1,7 @@
 //! The `qi-host` command line: the clap definitions here, one file per subcommand group.
 
 mod inspect;
+pub(crate) mod llm;
 mod policy;
 pub(crate) mod run;
 mod run_agent;
@@ -312,6 +313,13 @@ pub struct RunAgentArgs {
     /// component declares in `describe()` is never used for access decisions.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Model names (globs) the agent may call through `qi:agent/llm` (the spec's
+    /// `securityConstraints.allowedModels`); repeat the flag for several.
+    #[arg(long = "allow-model", value_name = "PATTERN")]
+    pub allow_models: Vec<String>,
+    /// Model providers and record/replay.
+    #[command(flatten)]
+    pub llm: crate::cli::llm::LlmArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

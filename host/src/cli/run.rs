@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// when it changes during the run. Without it the gate is open.
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    /// Model providers and record/replay.
+    #[command(flatten)]
+    pub llm: crate::cli::llm::LlmArgs,
     /// Print the full report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -235,12 +238,19 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         .policies
         .clone()
         .map(|p| watch_policies(p, access.clone()));
+    let broker = args.llm.broker(
+        manifest.llm.as_ref(),
+        Some(context.store().clone()),
+        args.key_file.as_deref(),
+    );
     let setup = async {
-        let host = Arc::new(
-            AgentHost::new(host_config())?
-                .with_context(context)
-                .with_access(access),
-        );
+        let mut host = AgentHost::new(host_config())?
+            .with_context(context)
+            .with_access(access);
+        if let Some(broker) = broker? {
+            host = host.with_llm(broker);
+        }
+        let host = Arc::new(host);
         let prepared = coord::prepare_parsed(
             &host,
             manifest,

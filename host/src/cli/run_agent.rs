@@ -64,6 +64,9 @@ fn build_spec(args: &RunAgentArgs) -> Result<SubAgentSpecification, Error> {
     spec.security_constraints
         .allowed_tools
         .extend(args.allow_tools.iter().cloned());
+    spec.security_constraints
+        .allowed_models
+        .extend(args.allow_models.iter().cloned());
     match args.isolation {
         Some(level) => spec.isolation_level = level,
         None if args.spec.is_none() && (!args.dirs.is_empty() || !args.allow_hosts.is_empty()) => {
@@ -88,8 +91,10 @@ pub(super) async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
     let policies = crate::cli::state::load_policies(args.policies.as_deref())?;
     let mut audit = None;
     let mut access = None;
+    let mut store = None;
     if let Some(dir) = &args.data_dir {
         let s = crate::cli::state::open_secured(dir, args.key_file.as_deref(), policies).await?;
+        store = Some(s.context.store().clone());
         audit = Some(s.audit);
         access = Some(s.access.clone());
         host = host.with_context(s.context).with_access(s.access);
@@ -97,6 +102,9 @@ pub(super) async fn run_agent(args: RunAgentArgs) -> Result<i32, Error> {
         let a = std::sync::Arc::new(crate::security::AccessControl::new(policies, None));
         access = Some(a.clone());
         host = host.with_access(a);
+    }
+    if let Some(broker) = args.llm.broker(None, store, args.key_file.as_deref())? {
+        host = host.with_llm(broker);
     }
     // The file is re-read when it changes, as `run` does.
     let watcher = args
@@ -165,7 +173,7 @@ fn print_report(r: &AgentReport) {
     }
     let u = &r.usage;
     println!("usage");
-    let rows: [(&str, String); 17] = [
+    let rows: [(&str, String); 20] = [
         ("fuel consumed", u.fuel_consumed.to_string()),
         ("peak memory", format!("{} bytes", u.peak_memory_bytes)),
         (
@@ -189,6 +197,15 @@ fn print_report(r: &AgentReport) {
             "stdio dropped",
             format!("{} + {} bytes", u.stdout_dropped, u.stderr_dropped),
         ),
+        (
+            "model calls",
+            format!("{} ({} replayed)", u.llm_calls, u.llm_replayed),
+        ),
+        (
+            "model tokens",
+            format!("{} in, {} out", u.input_tokens, u.output_tokens),
+        ),
+        ("model cost", format!("${:.6}", u.cost)),
     ];
     for (k, v) in rows {
         println!("  {k:<16} {v}");

@@ -163,6 +163,36 @@ pub(super) fn print_run(r: &RunReport, dir: &std::path::Path) {
             );
         }
     }
+    let model_rows: Vec<_> = r
+        .results
+        .iter()
+        .flat_map(|s| s.attempts.iter().map(move |a| (s, a)))
+        .filter_map(|(s, a)| Some((s, a, a.usage.as_ref()?)))
+        .filter(|(_, _, u)| u.llm_calls > 0)
+        .collect();
+    if !model_rows.is_empty() {
+        println!("\nmodel calls (per agent instance)");
+        println!(
+            "  {:<18} {:>6} {:>9} {:>12} {:>12} {:>12}",
+            "subtask#attempt", "calls", "replayed", "input tok", "output tok", "cost USD"
+        );
+        for (s, a, u) in model_rows {
+            println!(
+                "  {:<18} {:>6} {:>9} {:>12} {:>12} {:>12.6}",
+                format!("{}#{}", s.id, a.attempt),
+                u.llm_calls,
+                u.llm_replayed,
+                u.input_tokens,
+                u.output_tokens,
+                u.cost
+            );
+        }
+        let t = &r.metrics.total_resource_usage;
+        println!(
+            "  {:<18} {:>6} {:>9} {:>12} {:>12} {:>12.6}",
+            "run total", t.llm_calls, t.llm_replayed, t.input_tokens, t.output_tokens, t.cost
+        );
+    }
     let m = &r.metrics;
     println!("\ncoordination metrics");
     println!(

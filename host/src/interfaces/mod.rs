@@ -1,6 +1,6 @@
 //! The single `bindgen!` for the `qi:agent/agent` world and the host side of its imports, one
 //! module per WIT interface: [`log`], [`tools`], [`budget`], [`context`], [`events`],
-//! [`sync`], [`channels`]. Each host call starts with the agent's grants: deny by default, check, count,
+//! [`sync`], [`channels`], [`llm`]. Each host call starts with the agent's grants: deny by default, check, count,
 //! record (when monitored), then act. Every argument's size is checked against the one table
 //! in [`limits`] before it is parsed or copied further.
 //!
@@ -16,11 +16,26 @@ pub mod context;
 pub mod context_cache;
 pub mod events;
 pub mod limits;
+pub mod llm;
 pub mod log;
 pub(crate) mod output;
 pub mod state;
 pub mod sync;
 pub mod tools;
+
+/// The `qi:agent` interfaces the host provides to every agent (besides WASI 0.2), as
+/// `qi-host inspect` lists them.
+pub const PROVIDED: &[&str] = &[
+    "qi:agent/types@0.1.0",
+    "qi:agent/log@0.1.0",
+    "qi:agent/tools@0.1.0",
+    "qi:agent/budget@0.1.0",
+    "qi:agent/context@0.1.0",
+    "qi:agent/events@0.1.0",
+    "qi:agent/sync@0.1.0",
+    "qi:agent/channels@0.1.0",
+    "qi:agent/llm@0.1.0",
+];
 
 /// Code generated from `wit/` by `wasmtime::component::bindgen!`.
 #[allow(missing_docs)]
@@ -61,6 +76,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<AgentState>> {
     events::add_to_linker(&mut linker)?;
     sync::add_to_linker(&mut linker)?;
     channels::add_to_linker(&mut linker)?;
+    llm::add_to_linker(&mut linker)?;
     budget::add_to_linker(&mut linker)?;
     Ok(linker)
 }

@@ -66,6 +66,17 @@ pub struct Counters {
     pub channel_sent: AtomicU64,
     /// Channel messages received.
     pub channel_received: AtomicU64,
+    /// Model calls answered or refused after the call budget was taken (see
+    /// `resourceLimits.maxLlmCalls`).
+    pub llm_calls: AtomicU64,
+    /// Of those, answers replayed from a recording.
+    pub llm_replayed: AtomicU64,
+    /// Input tokens the providers reported (replayed answers included).
+    pub input_tokens: AtomicU64,
+    /// Output tokens the providers reported (replayed answers included).
+    pub output_tokens: AtomicU64,
+    /// What live answers cost, in micro-dollars, from the configured prices.
+    pub cost_micro_usd: AtomicU64,
 }
 
 /// A host call recorded at `monitored` isolation.
@@ -123,6 +134,11 @@ impl UsageReceipt {
             context_cache_prefetched: c.context_cache_prefetched.load(Ordering::Relaxed),
             channel_messages_sent: c.channel_sent.load(Ordering::Relaxed),
             channel_messages_received: c.channel_received.load(Ordering::Relaxed),
+            llm_calls: c.llm_calls.load(Ordering::Relaxed),
+            llm_replayed: c.llm_replayed.load(Ordering::Relaxed),
+            input_tokens: c.input_tokens.load(Ordering::Relaxed),
+            output_tokens: c.output_tokens.load(Ordering::Relaxed),
+            cost: c.cost_micro_usd.load(Ordering::Relaxed) as f64 / 1_000_000.0,
             ..Default::default()
         }
     }

@@ -26,6 +26,8 @@ pub struct Grants {
     pub preopens: Vec<Preopen>,
     /// Record every host call.
     pub monitored: bool,
+    /// Model names and ids the agent may call (`securityConstraints.allowedModels`).
+    pub allowed_models: GlobSet,
 }
 
 /// A resolved `allowedNetworkHosts` entry.
@@ -81,6 +83,13 @@ impl Grants {
     /// Whether the agent may call tool `name`: allowed and not prohibited.
     pub fn tool_allowed(&self, name: &str) -> bool {
         self.allowed_tools.is_match(name) && !self.is_prohibited(name)
+    }
+
+    /// Whether the agent may call the model it named `name`, which resolves to `id`: a pattern
+    /// of `allowedModels` matches either, and `llm` is not prohibited.
+    pub fn model_allowed(&self, name: &str, id: &str) -> bool {
+        (self.allowed_models.is_match(name) || self.allowed_models.is_match(id))
+            && !self.is_prohibited("llm")
     }
 
     /// Whether the agent has any network at all: `networkAccessLevel: full`, or at least one
@@ -173,6 +182,7 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
         "securityConstraints.prohibitedOperations",
         &sec.prohibited_operations,
     )?;
+    let allowed_models = globset("securityConstraints.allowedModels", &sec.allowed_models)?;
     let mut network = Vec::new();
     for NetworkPattern { text, host, ports } in spec.network_patterns()? {
         let hosts = match host {
@@ -235,6 +245,7 @@ pub async fn resolve_grants(spec: &SubAgentSpecification) -> crate::Result<Grant
         network,
         preopens,
         monitored: spec.isolation_level == IsolationLevel::Monitored || sec.resource_monitoring,
+        allowed_models,
     })
 }
 

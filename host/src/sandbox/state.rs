@@ -59,6 +59,11 @@ pub struct AgentShared {
     pub sync: Option<crate::coord::sync::SyncHandle>,
     /// The host's access gate and audit log.
     pub access: Option<Arc<crate::security::AccessControl>>,
+    /// The host's model broker, if it has one (`qi:agent/llm`).
+    pub llm: Option<Arc<crate::llm::LlmBroker>>,
+    /// How many times this agent made each model request so far, by request hash (which
+    /// recording a repeated request is answered from).
+    pub llm_seen: Mutex<std::collections::HashMap<String, u32>>,
     /// Current trust level (a `TrustLevel` as `u8`), shared with the host's registry.
     pub trust: Arc<std::sync::atomic::AtomicU8>,
     /// The component's declared name, once `describe` answered. For reports only: access
@@ -302,6 +307,7 @@ impl AgentShared {
                 &self.counters.network_operations,
                 u64::from(l.max_network_operations),
             ),
+            LimitKind::LlmCalls => (&self.counters.llm_calls, u64::from(l.max_llm_calls)),
             _ => return None,
         })
     }

@@ -21,6 +21,10 @@
 //! | `resourceLimits.maxNetworkOperations` | 10,000 | 10,000 | 1,000,000 | 10,000,000 |
 //! | `resourceLimits.maxContextBytes` | 64 MiB | 64 MiB | 1 GiB | 16 GiB |
 //! | `resourceLimits.maxContextWrites` | 10,000 | 100,000 | 1,000,000 | 10,000,000 |
+//! | `resourceLimits.maxLlmCalls` | 100 | 1,000 | 10,000 | 100,000 |
+//! | `resourceLimits.maxInputTokens` | 10⁶ | 10⁷ | 10⁸ | 10⁹ |
+//! | `resourceLimits.maxOutputTokens` | 10⁵ | 10⁶ | 10⁷ | 10⁸ |
+//! | `resourceLimits.maxCostUsd` | the ceiling | 10 | 100 | 1,000 |
 //!
 //! `fuelYieldInterval` is the number of fuel units between the points where a running agent
 //! hands control back to the host, which is when its deadline and `terminate` are noticed; its
@@ -57,6 +61,15 @@ pub struct IsolationCeilings {
     pub max_context_bytes: u64,
     /// Largest `resourceLimits.maxContextWrites`.
     pub max_context_writes: u32,
+    /// Largest `resourceLimits.maxLlmCalls`.
+    pub max_llm_calls: u32,
+    /// Largest `resourceLimits.maxInputTokens`.
+    pub max_input_tokens: u64,
+    /// Largest `resourceLimits.maxOutputTokens`.
+    pub max_output_tokens: u64,
+    /// Largest `resourceLimits.maxCostUsd`, in micro-dollars; also the cost limit of a spec
+    /// that sets none.
+    pub max_cost_micro_usd: u64,
 }
 
 /// Ceiling of `fuelYieldInterval` at every level.
@@ -79,6 +92,10 @@ impl IsolationCeilings {
                 max_network_operations: 10_000,
                 max_context_bytes: 64 << 20,
                 max_context_writes: 100_000,
+                max_llm_calls: 1_000,
+                max_input_tokens: 10_000_000,
+                max_output_tokens: 1_000_000,
+                max_cost_micro_usd: 10_000_000,
             },
             IsolationLevel::Restricted => IsolationCeilings {
                 fuel: 200_000_000_000,
@@ -93,6 +110,10 @@ impl IsolationCeilings {
                 max_network_operations: 1_000_000,
                 max_context_bytes: 1 << 30,
                 max_context_writes: 1_000_000,
+                max_llm_calls: 10_000,
+                max_input_tokens: 100_000_000,
+                max_output_tokens: 10_000_000,
+                max_cost_micro_usd: 100_000_000,
             },
             IsolationLevel::Monitored => IsolationCeilings {
                 fuel: 1_000_000_000_000,
@@ -107,6 +128,10 @@ impl IsolationCeilings {
                 max_network_operations: 10_000_000,
                 max_context_bytes: 16 << 30,
                 max_context_writes: 10_000_000,
+                max_llm_calls: 100_000,
+                max_input_tokens: 1_000_000_000,
+                max_output_tokens: 100_000_000,
+                max_cost_micro_usd: 1_000_000_000,
             },
         }
     }
@@ -117,7 +142,7 @@ impl IsolationCeilings {
         &self,
         spec: &super::SubAgentSpecification,
         overrides: &super::ResolvedOverrides,
-    ) -> [(&'static str, u64, u64); 12] {
+    ) -> [(&'static str, u64, u64); 16] {
         let l = &spec.resource_limits;
         [
             ("fuel", spec.fuel, self.fuel),
@@ -176,6 +201,26 @@ impl IsolationCeilings {
                 l.max_context_writes.into(),
                 self.max_context_writes.into(),
             ),
+            (
+                "resourceLimits.maxLlmCalls",
+                l.max_llm_calls.into(),
+                self.max_llm_calls.into(),
+            ),
+            (
+                "resourceLimits.maxInputTokens",
+                l.max_input_tokens,
+                self.max_input_tokens,
+            ),
+            (
+                "resourceLimits.maxOutputTokens",
+                l.max_output_tokens,
+                self.max_output_tokens,
+            ),
+            (
+                "resourceLimits.maxCostUsd (in micro-dollars)",
+                l.max_cost_usd.map_or(0, super::usd_to_micro),
+                self.max_cost_micro_usd,
+            ),
         ]
     }
 }
@@ -205,6 +250,9 @@ mod tests {
             assert!(limits.max_network_operations <= c.max_network_operations);
             assert!(limits.max_context_bytes <= c.max_context_bytes);
             assert!(limits.max_context_writes <= c.max_context_writes);
+            assert!(limits.max_llm_calls <= c.max_llm_calls);
+            assert!(limits.max_input_tokens <= c.max_input_tokens);
+            assert!(limits.max_output_tokens <= c.max_output_tokens);
             assert!(crate::spec::DEFAULT_MAX_LOG_BYTES <= c.max_log_bytes);
             assert!(crate::spec::DEFAULT_FUEL_YIELD_INTERVAL <= c.fuel_yield_interval);
         }

@@ -104,7 +104,7 @@ pub enum NetworkAccessLevel {
 }
 
 /// The seeds' `ResourceLimits`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ResourceLimits {
     /// Cap on the agent's linear memory, all memories together, in MiB (1 MiB = 1,048,576 bytes).
@@ -149,6 +149,33 @@ pub struct ResourceLimits {
     /// one. Counted and refused like `maxContextBytes`; reported as the receipt's
     /// `context_writes`.
     pub max_context_writes: u32,
+    /// Model calls the agent may make through `qi:agent/llm` (answers replayed from a
+    /// recording count too). Past it a call is refused before it is sent (`limit-exceeded`).
+    pub max_llm_calls: u32,
+    /// Input (prompt) tokens the agent may spend, as the providers report them after each
+    /// call: once reached, the next call is refused before it is sent. The last call may pass
+    /// it (its prompt is only counted by the provider).
+    pub max_input_tokens: u64,
+    /// Output tokens the agent may spend: each call's `max-tokens` is clamped to what is left,
+    /// and a call with nothing left is refused before it is sent.
+    pub max_output_tokens: u64,
+    /// US dollars the agent may spend on model calls, from the configured prices
+    /// (`llm.prices`); `None`: the isolation level's ceiling. Output is clamped to what the
+    /// remaining money buys; once it is spent, the next call is refused before it is sent.
+    /// Replayed answers cost nothing.
+    pub max_cost_usd: Option<f64>,
+}
+
+/// Default `resourceLimits.maxLlmCalls`: 100.
+pub const DEFAULT_MAX_LLM_CALLS: u32 = 100;
+/// Default `resourceLimits.maxInputTokens`: 1,000,000.
+pub const DEFAULT_MAX_INPUT_TOKENS: u64 = 1_000_000;
+/// Default `resourceLimits.maxOutputTokens`: 100,000.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 100_000;
+
+/// `usd` in micro-dollars (rounded down; saturating).
+pub fn usd_to_micro(usd: f64) -> u64 {
+    (usd * 1_000_000.0).floor().clamp(0.0, u64::MAX as f64) as u64
 }
 
 /// Default `resourceLimits.maxContextBytes`: 64 MiB.
@@ -171,6 +198,10 @@ impl Default for ResourceLimits {
             max_network_operations: 10_000,
             max_context_bytes: DEFAULT_MAX_CONTEXT_BYTES,
             max_context_writes: DEFAULT_MAX_CONTEXT_WRITES,
+            max_llm_calls: DEFAULT_MAX_LLM_CALLS,
+            max_input_tokens: DEFAULT_MAX_INPUT_TOKENS,
+            max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+            max_cost_usd: None,
         }
     }
 }
@@ -192,6 +223,11 @@ pub struct SecurityConstraints {
     pub file_system_access: FileSystemAccess,
     /// Record every host call in the usage receipt (always on at `monitored`).
     pub resource_monitoring: bool,
+    /// Model name patterns (globs such as `local/*`) the agent may call through `qi:agent/llm`:
+    /// a call is allowed when a pattern matches the name it used (an alias) or the
+    /// `<provider>/<model>` id it resolves to. Empty (the default at every level): no models.
+    /// `llm` in `prohibitedOperations` refuses every model.
+    pub allowed_models: Vec<String>,
 }
 
 impl Default for SecurityConstraints {
@@ -203,6 +239,7 @@ impl Default for SecurityConstraints {
             network_access_level: NetworkAccessLevel::None,
             file_system_access: FileSystemAccess::ReadOnly,
             resource_monitoring: false,
+            allowed_models: Vec::new(),
         }
     }
 }

@@ -82,6 +82,31 @@ impl SubAgentSpecification {
                 Error::field(field, format!("`{pattern}` is not a valid glob: {e}"))
             })?;
         }
+        if sec.allowed_models.len() > MAX_MODEL_PATTERNS {
+            return Err(Error::field(
+                "securityConstraints.allowedModels",
+                format!(
+                    "{} patterns; at most {MAX_MODEL_PATTERNS}",
+                    sec.allowed_models.len()
+                ),
+            ));
+        }
+        for (i, pattern) in sec.allowed_models.iter().enumerate() {
+            globset::Glob::new(pattern).map_err(|e| {
+                Error::field(
+                    format!("securityConstraints.allowedModels[{i}]"),
+                    format!("`{pattern}` is not a valid glob: {e}"),
+                )
+            })?;
+        }
+        if let Some(usd) = limits.max_cost_usd
+            && !(usd.is_finite() && usd >= 0.0)
+        {
+            return Err(Error::field(
+                "resourceLimits.maxCostUsd",
+                format!("{usd} is not an amount; give US dollars, 0 or more"),
+            ));
+        }
         let mut patterns = Vec::new();
         for (i, text) in limits.allowed_network_hosts.iter().enumerate() {
             patterns.push(NetworkPattern::parse(
@@ -234,6 +259,9 @@ impl SubAgentSpecification {
             .collect()
     }
 }
+
+/// Most `securityConstraints.allowedModels` patterns.
+pub const MAX_MODEL_PATTERNS: usize = 256;
 
 /// Longest agent name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;

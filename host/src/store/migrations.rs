@@ -16,7 +16,26 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     MIGRATION_5,
     MIGRATION_6,
     MIGRATION_7,
+    MIGRATION_8,
 ];
+
+/// Recorded model calls (`crate::llm::recordings`): one row per answer, keyed by the request's
+/// hash, the caller's scope (`run/<run>/<subtask>` or `agent/<id>`) and which time in the
+/// attempt the caller made that request (from 1). `request` and `response` are JSON text, sealed
+/// when the data directory has a master key.
+const MIGRATION_8: &str = "
+CREATE TABLE llm_recordings(
+    hash TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    occurrence INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    request BLOB NOT NULL,
+    response BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY(hash, scope, occurrence)
+);
+CREATE INDEX llm_recordings_by_hash ON llm_recordings(hash, created_at);
+";
 
 /// Indexes on the columns that name blobs (`store::gc::BLOB_COLUMNS`), so the collector can
 /// ask whether a blob is still named without a scan. Partial: most documents are inline.

@@ -1,6 +1,7 @@
 //! The `qi-host` binary: output, JSON, and one-line errors for bad input. One file per
 //! command: [`run_agent`], [`inspect`], [`run`] (with `plan`).
 
+mod ai_review;
 mod inspect;
 mod owner;
 mod run;

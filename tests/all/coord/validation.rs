@@ -158,7 +158,12 @@ async fn an_unknown_participant_or_condition_is_refused() {
 async fn the_bundled_examples_are_valid() {
     let h = harness().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for ex in ["code-review", "failure-handling"] {
+    for ex in [
+        "code-review",
+        "failure-handling",
+        "producer-consumer",
+        "ai-review",
+    ] {
         let path = root.join("examples").join(ex).join("task.toml");
         coord::prepare(&h.host, &path, Some(&guest_dir()))
             .await

@@ -20,6 +20,7 @@ mod audit_head;
 mod audit_trail;
 mod channels;
 mod files;
+mod llm;
 mod matrix;
 mod policies;
 mod red_audit;

@@ -272,6 +272,7 @@ impl Run {
             polling: Default::default(),
             channels: Some(self.channels.clone()),
             attempt,
+            run_id: self.run_id.clone(),
         }
     }
 

@@ -57,6 +57,11 @@ impl Run {
                     t.network_requests += u.network_allowed + u.network_denied;
                     t.file_operations += u.file_operations;
                     t.host_calls += u.host_calls;
+                    t.llm_calls += u.llm_calls;
+                    t.llm_replayed += u.llm_replayed;
+                    t.input_tokens += u.input_tokens;
+                    t.output_tokens += u.output_tokens;
+                    t.cost += u.cost;
                 }
             }
         }

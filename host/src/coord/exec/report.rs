@@ -99,6 +99,16 @@ pub struct TotalUsage {
     pub file_operations: u64,
     /// Host calls.
     pub host_calls: u64,
+    /// Model calls (`qi:agent/llm`), replayed ones included.
+    pub llm_calls: u64,
+    /// Model calls answered from a recording.
+    pub llm_replayed: u64,
+    /// Input tokens of model calls.
+    pub input_tokens: u64,
+    /// Output tokens of model calls.
+    pub output_tokens: u64,
+    /// US dollars the live model calls cost, from the configured prices.
+    pub cost: f64,
 }
 
 /// The seeds' `CoordinationMetrics`, all measured.

@@ -52,6 +52,9 @@ impl Manifest {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(llm) = &self.llm {
+            self.check_llm(llm, text, path)?;
+        }
         if self.agents.is_empty() {
             return Err(err(
                 "agents".into(),
@@ -430,6 +433,35 @@ impl Manifest {
                         ));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[llm]` section: the configuration's own checks (aliases and prices may name the
+    /// operator's providers), and no keys (see [`Manifest::llm`]).
+    fn check_llm(&self, llm: &crate::llm::LlmConfig, text: &str, path: &Path) -> Result<(), Error> {
+        let located = |e: Error| match e {
+            Error::InvalidField { field, message } => {
+                let needle = field.rsplit('.').next().map(str::to_string);
+                manifest_error(text, path, field, needle.as_deref(), message)
+            }
+            other => other,
+        };
+        llm.check_shape("llm").map_err(located)?;
+        for (name, p) in &llm.providers {
+            if p.api_key_file.is_some() || p.api_key_env.is_some() {
+                let field = if p.api_key_file.is_some() {
+                    "apiKeyFile"
+                } else {
+                    "apiKeyEnv"
+                };
+                return Err(located(Error::field(
+                    format!("llm.providers.{name}.{field}"),
+                    "a manifest may not name a key: it chooses where requests go, so a key it \
+                     named could be sent anywhere; declare the provider with its key in the \
+                     operator's `--llm-config` file (the manifest may still name its models)",
+                )));
             }
         }
         Ok(())

@@ -41,6 +41,13 @@ pub struct Manifest {
     pub agents: BTreeMap<String, AgentDef>,
     /// The subtasks.
     pub subtasks: Vec<SubtaskDef>,
+    /// Model providers, aliases and prices for the run's agents (`qi:agent/llm`), in the shape
+    /// of `crate::llm::config`; the operator's `--llm-config` file is added on top (its names
+    /// win). A manifest never names a key (`apiKeyEnv`, `apiKeyFile`): it chooses where
+    /// requests go, so a key it named could be sent anywhere. Its providers are keyless (local
+    /// servers), and its aliases and prices may name the operator's providers.
+    #[serde(default)]
+    pub llm: Option<crate::llm::LlmConfig>,
     /// Subtask and point ids → their index, built on the first lookup.
     #[serde(skip)]
     index: std::sync::OnceLock<Index>,

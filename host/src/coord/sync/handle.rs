@@ -24,6 +24,8 @@ pub struct SyncHandle {
     pub channels: Option<Arc<crate::coord::channels::ChannelHub>>,
     /// The attempt this agent runs (from 1): channel leases and topic cursors are per attempt.
     pub attempt: u32,
+    /// The run's id (model-call recordings are scoped to `run/<run>/<subtask>`).
+    pub run_id: String,
 }
 
 impl SyncHandle {

@@ -12,6 +12,7 @@ async fn a_sync_wait_counts_until_its_call_returns_or_is_dropped() {
         polling: Default::default(),
         channels: None,
         attempt: 1,
+        run_id: String::new(),
     });
     {
         let _w = handle.enter_wait();

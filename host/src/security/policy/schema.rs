@@ -35,6 +35,7 @@ pub const ACTIONS: &[(&str, &[&str])] = &[
         ResourceKind::Channel.actions(),
     ),
     (ResourceKind::Tool.as_str(), ResourceKind::Tool.actions()),
+    (ResourceKind::Llm.as_str(), ResourceKind::Llm.actions()),
     (ResourceKind::File.as_str(), ResourceKind::File.actions()),
     (
         ResourceKind::Network.as_str(),
