@@ -157,6 +157,11 @@ fn to_wit(answer: Answer) -> wit::Response {
     }
 }
 
+/// Input tokens a provider may add to a request that offers tools or asks for a JSON answer
+/// (its own tool-use system prompt; Anthropic documents 313 to 346), counted when the input
+/// of a call is priced before it is sent.
+pub const TOOL_PROMPT_TOKENS: u64 = 1_024;
+
 /// A budget refusal: the violation is recorded (the first one ends a failing agent as
 /// `limit-exceeded`), the refusal audited, and the guest told which field.
 fn over_budget(shared: &AgentShared, limit: LimitKind, max: u64, detail: String) -> LlmFailure {
@@ -235,8 +240,14 @@ fn budget(
         // The input's tokens are known only once the provider counted them: priced at one
         // token per byte of the request (never fewer tokens than that with the tokenizers in
         // use), so that no call can take the spending past the limit.
-        let input_bound =
-            (request.size() as u64).saturating_add(16 * request.messages.len() as u64);
+        let tool_prompt = if request.tools.is_empty() && request.response_format.is_none() {
+            0
+        } else {
+            TOOL_PROMPT_TOKENS
+        };
+        let input_bound = (request.size() as u64)
+            .saturating_add(16 * request.messages.len() as u64)
+            .saturating_add(tool_prompt);
         let input_cost = price.micro_usd(input_bound, 0);
         let per_token = price.output_per_million;
         let affordable = if per_token > 0.0 {
@@ -370,7 +381,9 @@ async fn chat(
     let max_tokens = budget(shared, request, &resolved.id, per_call, price)?;
     // The request is recorded in the data directory with its answer: it counts against the
     // bytes the agent may store, like every other write it causes.
-    super::limits::stored(shared, "llm.chat", "request", request.size(), 1)
+    // As recorded: the request's JSON text (escapes and field names included).
+    let recorded = serde_json::to_vec(request).map_or(usize::MAX, |v| v.len());
+    super::limits::stored(shared, "llm.chat", "request", recorded, 1)
         .map_err(|r| LlmFailure::LimitExceeded(r.into_message()))?;
     let hash = request.hash(&resolved.id);
     let occurrence = {
@@ -409,13 +422,13 @@ async fn chat(
     };
     *cost = charge(shared, answer.response.usage, answer.replayed, price);
     if !answer.replayed {
-        let _ = super::limits::stored(
-            shared,
-            "llm.chat",
-            "answer",
-            answer.response.content.len(),
-            0,
-        );
+        // Already stored: charged in full, so that the next write (or call) is refused once
+        // the agent's bound is passed.
+        let recorded = serde_json::to_vec(&answer.response).map_or(0, |v| v.len() as u64);
+        shared
+            .counters
+            .stored_bytes
+            .fetch_add(recorded, Ordering::Relaxed);
     }
     check_format(request, &answer)?;
     Ok(answer)

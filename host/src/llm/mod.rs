@@ -21,6 +21,8 @@ pub mod request;
 pub mod schema;
 
 #[cfg(test)]
+mod redteam2_tests;
+#[cfg(test)]
 mod redteam_tests;
 
 pub use broker::{Answer, Call, LlmBroker, Mode, Resolved};
@@ -65,29 +67,67 @@ impl Secret {
 
     /// `text` with every occurrence of the key replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
-        if text.contains(self.0.as_str()) {
+        if self.0.len() >= LEAK_WINDOW && text.contains(self.0.as_str()) {
             text.replace(self.0.as_str(), "[redacted]")
         } else {
             text.to_string()
         }
     }
 
-    /// Whether `text` holds [`LEAK_WINDOW`] bytes in a row of the key, as written, with `%XX`
-    /// escapes decoded, or with JSON `\uXXXX` and `\x` escapes decoded.
+    /// Whether `text` holds [`LEAK_WINDOW`] bytes in a row of the key (or of its base64, or of
+    /// `Bearer <key>` in base64, or of the key reversed), in any letter case, as written or with
+    /// `%XX`, JSON `\\uXXXX` and HTML `&#N;` escapes decoded (up to three times over), and with
+    /// white space, zero-width and control characters between its characters dropped. A key
+    /// shorter than [`LEAK_WINDOW`] is taken for a local server's placeholder (`EMPTY`,
+    /// `ollama`): never searched for, never redacted.
     pub fn leaks(&self, text: &str) -> bool {
-        let key = self.0.as_bytes();
-        let w = LEAK_WINDOW.min(key.len());
-        let forms = [
-            text.to_string(),
-            percent_decoded(text),
-            json_unescaped(text),
-        ];
-        forms.iter().any(|form| {
-            key.windows(w).any(|part| {
-                // The key is visible ASCII (checked in `new`).
-                form.contains(std::str::from_utf8(part).unwrap_or_default())
-            })
+        let key = self.0.as_str();
+        if key.len() < LEAK_WINDOW {
+            return false;
+        }
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let reversed: String = key.chars().rev().collect();
+        let needles: Vec<String> = [
+            key.to_string(),
+            reversed,
+            b64.encode(key),
+            b64.encode(format!("Bearer {key}")),
+        ]
+        .iter()
+        .flat_map(|n| {
+            n.as_bytes()
+                .windows(LEAK_WINDOW)
+                .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase())
+                .collect::<Vec<_>>()
         })
+        .collect();
+        let mut forms = vec![text.to_string()];
+        for _ in 0..3 {
+            let last = forms.last().expect("one form at least");
+            let next = html_unescaped(&json_unescaped(&percent_decoded(last)));
+            if &next == last {
+                break;
+            }
+            forms.push(next);
+        }
+        let squeezed: Vec<String> = forms
+            .iter()
+            .map(|f| {
+                f.chars()
+                    .filter(|c| {
+                        !c.is_whitespace()
+                            && !c.is_control()
+                            && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{2060}' | '\u{feff}')
+                    })
+                    .collect()
+            })
+            .collect();
+        forms
+            .iter()
+            .chain(&squeezed)
+            .map(|f| f.to_ascii_lowercase())
+            .any(|form| needles.iter().any(|n| form.contains(n.as_str())))
     }
 
     /// What may be shown of `text` from a provider, at most `max` bytes: the key redacted;
@@ -113,30 +153,47 @@ impl Secret {
 }
 
 /// Bytes of the key in a row that count as a leak ([`Secret::leaks`]): long enough that the
-/// well-known starts of keys (`sk-proj-`, `sk-ant-api03-`, 8 to 13 bytes) never count.
+/// well-known starts of keys (`sk-proj-`, `sk-ant-api03-`, 8 to 13 bytes) never count. A key
+/// shorter than this is a placeholder (see there).
 pub const LEAK_WINDOW: usize = 16;
 
 /// What replaces a text that held part of a key.
 pub const WITHHELD: &str = "[withheld: it held part of the provider's key]";
 
 fn percent_decoded(text: &str) -> String {
-    let b = text.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// `text` with numeric HTML character references (`&#115;`, `&#x73;`) decoded.
+fn html_unescaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("&#") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let decoded = after.find(';').and_then(|end| {
+            let n = &after[..end];
+            let code = match n.strip_prefix(['x', 'X']) {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => n.parse().ok(),
+            }?;
+            char::from_u32(code).map(|c| (c, end + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &after[len..];
+            }
+            None => {
+                out.push_str("&#");
+                rest = after;
+            }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out.push_str(rest);
+    out
 }
 
 fn json_unescaped(text: &str) -> String {
@@ -241,10 +298,10 @@ mod tests {
 
     #[test]
     fn a_secret_is_never_printed_and_is_scrubbed_from_text() {
-        let s = Secret::new("sk-test-123").unwrap();
+        let s = Secret::new("sk-test-1234567890").unwrap();
         assert_eq!(format!("{s:?}"), "Secret([redacted])");
         assert_eq!(
-            s.redact("echo Bearer sk-test-123 and sk-test-123"),
+            s.redact("echo Bearer sk-test-1234567890 and sk-test-1234567890"),
             "echo Bearer [redacted] and [redacted]"
         );
         assert!(Secret::new("").is_none());
@@ -265,5 +322,21 @@ mod tests {
         // A cut inside the key leaves none of it.
         assert_eq!(s.guard("aaaa sk-0123", 7), "aaaa …");
         assert_eq!(s.guard("aaaa bbbb", 7), "aaaa bb…");
+        // Other forms.
+        assert!(s.leaks("SK-0123456789ABCDEF"), "upper case");
+        assert!(s.leaks("s k - 0 1 2 3 4 5 6 7 8 9 a b c d"), "spaced");
+        assert!(s.leaks("fedcba9876543210-ks"), "reversed");
+        assert!(s.leaks("&#115;&#107;&#45;0123456789abcdef"), "HTML");
+        assert!(s.leaks("%2573k-0123456789abcdef"), "percent-encoded twice");
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD.encode("Bearer sk-0123456789abcdefXYZ");
+        assert!(s.leaks(&b), "base64 of the header");
+        // A placeholder key is neither searched for nor redacted.
+        let p = Secret::new("ollama").unwrap();
+        assert!(!p.leaks("ollama"));
+        assert_eq!(
+            p.guard("{\"note\":\"ollama\"}", 100),
+            "{\"note\":\"ollama\"}"
+        );
     }
 }
