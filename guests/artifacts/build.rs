@@ -79,6 +79,12 @@ fn main() {
     }
     generated.push_str("    };\n}\n");
 
+    generated.push_str(&python_guests(
+        &guests_dir,
+        &artifact_dir,
+        &mut rerun_if_changed,
+    ));
+
     fs::write(out_dir.join("guests.rs"), generated).expect("write $OUT_DIR/guests.rs");
 
     // What reaches every guest without being a source file in its dep-info: the workspace
@@ -89,10 +95,122 @@ fn main() {
         workspace_root.join("Cargo.lock"),
         workspace_root.join("wit"),
         workspace_root.join("guest-sdk"),
+        workspace_root.join("guest-sdk-py"),
     ]);
     for path in rerun_if_changed {
         println!("cargo:rerun-if-changed={}", path.display());
     }
+}
+
+/// Builds the Python guests (`guests/<name>/app.py`, no `Cargo.toml`) with componentize-py into
+/// `guest_<name>.wasm` beside the Rust guests, so `guest:<name>` resolves for both. Returns the
+/// generated Rust: one `<NAME>_COMPONENT` per guest, `PYTHON_GUESTS`, `PYTHON_GUESTS_SKIPPED`
+/// and `foreach_python_guest!`.
+///
+/// Without componentize-py the guests are skipped with a warning that says how to install it
+/// (and `PYTHON_GUESTS_SKIPPED` holds the reason, for tests to print), except under `CI=true`,
+/// where a missing componentize-py fails the build: CI always builds and tests them. A guest
+/// whose inputs (WIT, SDK, its `.py` files, the tool's version) are unchanged is not rebuilt.
+fn python_guests(
+    guests_dir: &Path,
+    artifact_dir: &Path,
+    rerun_if_changed: &mut BTreeSet<PathBuf>,
+) -> String {
+    let mut names: Vec<String> = fs::read_dir(guests_dir)
+        .expect("list guests/")
+        .map(|entry| entry.expect("read guests/ entry").path())
+        .filter(|dir| dir.join("app.py").is_file() && !dir.join("Cargo.toml").exists())
+        .filter_map(|dir| dir.file_name()?.to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    println!("cargo:rerun-if-env-changed=QI_COMPONENTIZE_PY");
+    let tool = qi_build_py::find_componentize_py();
+    let skipped = match &tool {
+        Ok(_) => None,
+        Err(error) => {
+            if env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true: the Python guests must be built, but {error}");
+            }
+            // Installing it later (into PATH) must rerun this script.
+            println!("cargo:rerun-if-env-changed=PATH");
+            println!(
+                "cargo:warning=the Python guests ({}) are not built and their tests will be \
+                 skipped: {error}",
+                names.join(", ")
+            );
+            Some(error.to_string())
+        }
+    };
+    let mut generated = String::new();
+    let mut jobs = Vec::new();
+    for name in &names {
+        let guest = Guest {
+            name: name.clone(),
+            dir: guests_dir.join(name),
+        };
+        rerun_if_changed.insert(guest.dir.clone());
+        let wasm = artifact_dir.join(format!("guest_{}.wasm", guest.snake_name()));
+        writeln!(
+            generated,
+            "/// Path of the `{name}` Python guest component (`guests/{name}/app.py`), built \
+             with componentize-py; absent when [`PYTHON_GUESTS_SKIPPED`] is `Some`.\n\
+             pub const {konst}: &str = {path:?};",
+            konst = guest.const_name(),
+            path = wasm.to_str().expect("UTF-8 target directory path"),
+        )
+        .unwrap();
+        if let Ok(tool) = &tool {
+            jobs.push((guest.dir.join("app.py"), wasm, tool.clone()));
+        }
+    }
+    fs::create_dir_all(artifact_dir).expect("create the guest artifact directory");
+    let handles: Vec<_> = jobs
+        .into_iter()
+        .map(|(app, wasm, tool)| std::thread::spawn(move || build_python(&app, &wasm, &tool)))
+        .collect();
+    for handle in handles {
+        handle.join().expect("a Python guest build thread panicked");
+    }
+    writeln!(
+        generated,
+        "/// Why the Python guests were not built (componentize-py is missing), or `None` when \
+         they were.\npub const PYTHON_GUESTS_SKIPPED: Option<&str> = {skipped:?};"
+    )
+    .unwrap();
+    generated.push_str(
+        "/// Every bundled Python guest as `(name, component path)`, sorted by name.\n\
+         pub const PYTHON_GUESTS: &[(&str, &str)] = &[\n",
+    );
+    for name in &names {
+        let konst = format!("{}_COMPONENT", name.replace('-', "_").to_uppercase());
+        writeln!(generated, "    ({name:?}, {konst}),").unwrap();
+    }
+    generated.push_str(
+        "];\n/// Invokes `$mac!(name)` once per bundled Python guest (snake_case names).\n\
+         #[macro_export]\nmacro_rules! foreach_python_guest {\n    ($mac:ident) => {\n",
+    );
+    for name in &names {
+        writeln!(generated, "        $mac!({});", name.replace('-', "_")).unwrap();
+    }
+    generated.push_str("    };\n}\n");
+    generated
+}
+
+/// Builds one Python guest unless its digest file says its inputs are unchanged.
+fn build_python(app: &Path, wasm: &Path, tool: &Path) {
+    let version = qi_build_py::tool_version(tool).unwrap_or_else(|e| panic!("{e}"));
+    let digest = qi_build_py::input_digest(app, &version).unwrap_or_else(|e| panic!("{e}"));
+    let digest_file = wasm.with_extension("digest");
+    if wasm.is_file() && fs::read_to_string(&digest_file).is_ok_and(|d| d == digest) {
+        return;
+    }
+    qi_build_py::build(&qi_build_py::BuildOptions {
+        app: app.to_path_buf(),
+        output: wasm.to_path_buf(),
+        componentize_py: Some(tool.to_path_buf()),
+    })
+    .unwrap_or_else(|e| panic!("building the Python guest {}: {e}", app.display()));
+    fs::write(&digest_file, digest).expect("write the Python guest's digest");
 }
 
 /// One bundled guest crate: `guests/<name>`, package `guest-<name>`.

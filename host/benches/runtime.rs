@@ -7,15 +7,21 @@
 //! 3. `pool`: pooling against on-demand instance allocation with 1,000 and 10,000 agents alive
 //!    at once, each case in a child process of this binary.
 //! 4. `fuel`: fuel-metered against unmetered execution of the `compute` guest.
+//! 5. `python`: spawn-to-result of the Python `py-hello` against the Rust `hello`, and how many
+//!    Python agents can be alive at once (RSS per live agent), in a child process
+//!    ([`python`]).
 //!
-//! `cargo bench -p qi-host --bench runtime [-- spawn|fs|pool|fuel ...]` (default: all). Prints
-//! figures only; nothing here asserts on timing.
+//! `cargo bench -p qi-host --bench runtime [-- spawn|fs|pool|fuel|python ...]` (default: all).
+//! Prints figures only; nothing here asserts on timing.
 
 #![allow(missing_docs)]
 
 use qi_guest_artifacts::{
     COMPUTE_COMPONENT, FILE_STATS_COMPONENT, HELLO_COMPONENT, TOOL_USER_COMPONENT,
 };
+
+#[path = "runtime/python.rs"]
+mod python;
 use qi_host::{
     AgentHost, AllocatorKind, HostConfig, SubAgentSpecification, TaskRequest, Tool, ToolContext,
     ToolFuture, ToolRegistry,
@@ -250,12 +256,12 @@ fn main() -> anyhow::Result<()> {
         .collect();
     for s in &sections {
         anyhow::ensure!(
-            matches!(*s, "spawn" | "fs" | "pool" | "fuel"),
-            "unknown section `{s}`; expected spawn, fs, pool or fuel"
+            matches!(*s, "spawn" | "fs" | "pool" | "fuel" | "python"),
+            "unknown section `{s}`; expected spawn, fs, pool, fuel or python"
         );
     }
     if sections.is_empty() {
-        sections = vec!["spawn", "fs", "pool", "fuel"];
+        sections = vec!["spawn", "fs", "pool", "fuel", "python"];
     }
 
     let host = AgentHost::new(HostConfig {
@@ -284,12 +290,18 @@ fn main() -> anyhow::Result<()> {
     if sections.contains(&"fs") {
         rt.block_on(fs_section(&host))?;
     }
+    if sections.contains(&"python") {
+        rt.block_on(python::spawn_section(&host))?;
+    }
     drop(host);
     if sections.contains(&"pool") {
         rt.block_on(pool_section())?;
     }
     if sections.contains(&"fuel") {
         rt.block_on(fuel_section())?;
+    }
+    if sections.contains(&"python") {
+        rt.block_on(python::live_section())?;
     }
     Ok(())
 }
@@ -550,46 +562,11 @@ async fn pool_section() -> anyhow::Result<()> {
     );
     println!("  loadavg at start: {}", loadavg());
     println!("  (each case in its own child process; timeout {CHILD_TIMEOUT:?} per case)");
-    let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for case in POOL_CASES {
         let started = Instant::now();
-        let child = tokio::process::Command::new(&exe)
-            .args(["--case", case])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let outcome = tokio::time::timeout(CHILD_TIMEOUT, child.wait_with_output()).await;
+        let (result, notes) = run_case_child(case).await?;
         let took = started.elapsed();
-        let (result, notes) = match outcome {
-            Err(_) => (
-                None,
-                vec![format!("timed out after {CHILD_TIMEOUT:?}; killed")],
-            ),
-            Ok(Err(e)) => (None, vec![format!("could not wait for the child: {e}")]),
-            Ok(Ok(out)) => {
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                let result = stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix("RESULT "))
-                    .and_then(|l| serde_json::from_str::<Value>(l).ok());
-                let mut notes = Vec::new();
-                if !out.status.success() {
-                    notes.push(format!("child exited with {}", out.status));
-                }
-                let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-                for l in lines.iter().take(8) {
-                    notes.push(format!("stderr: {l}"));
-                }
-                if lines.len() > 8 {
-                    notes.push(format!("stderr: ... {} more lines", lines.len() - 8));
-                }
-                (result, notes)
-            }
-        };
         println!("  case {case} done in {:.1} s", took.as_secs_f64());
         rows.push((case, result, notes));
     }
@@ -670,6 +647,48 @@ async fn pool_section() -> anyhow::Result<()> {
             .unwrap_or_else(|_| "?".into())
     );
     Ok(())
+}
+
+/// Runs `--case <case>` in a child process of this binary: its `RESULT` JSON, and notes (exit
+/// status, the first lines of its stderr, a timeout).
+async fn run_case_child(case: &str) -> anyhow::Result<(Option<Value>, Vec<String>)> {
+    let exe = std::env::current_exe()?;
+    let child = tokio::process::Command::new(&exe)
+        .args(["--case", case])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let outcome = tokio::time::timeout(CHILD_TIMEOUT, child.wait_with_output()).await;
+    let (result, notes) = match outcome {
+        Err(_) => (
+            None,
+            vec![format!("timed out after {CHILD_TIMEOUT:?}; killed")],
+        ),
+        Ok(Err(e)) => (None, vec![format!("could not wait for the child: {e}")]),
+        Ok(Ok(out)) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let result = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("RESULT "))
+                .and_then(|l| serde_json::from_str::<Value>(l).ok());
+            let mut notes = Vec::new();
+            if !out.status.success() {
+                notes.push(format!("child exited with {}", out.status));
+            }
+            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            for l in lines.iter().take(8) {
+                notes.push(format!("stderr: {l}"));
+            }
+            if lines.len() > 8 {
+                notes.push(format!("stderr: ... {} more lines", lines.len() - 8));
+            }
+            (result, notes)
+        }
+    };
+    Ok((result, notes))
 }
 
 fn case_n(case: &str) -> u32 {
@@ -757,8 +776,13 @@ fn loadavg() -> String {
 
 /// One `--case <allocator>-<N>`: prints one `RESULT {json}` line.
 fn pool_child(case: &str) -> anyhow::Result<()> {
-    let pooling = case.starts_with("pooling-");
     let n = case_n(case);
+    let agents = if case.starts_with("python-") {
+        python::live_agents()
+    } else {
+        LiveAgents::rust()
+    };
+    let pooling = case.starts_with("pooling-") || case.starts_with("python-");
     anyhow::ensure!(
         n > 0 && (pooling || case.starts_with("on-demand-")),
         "bad case `{case}`"
@@ -766,7 +790,7 @@ fn pool_child(case: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(pool_case(pooling, n))?;
+    let result = rt.block_on(pool_case(pooling, n, agents))?;
     println!("RESULT {result}");
     // Dropping thousands of stores is part of what `ms_release_to_joined` measured already;
     // don't wait for the runtime's shutdown as well.
@@ -774,7 +798,25 @@ fn pool_child(case: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn pool_case(pooling: bool, n: u32) -> anyhow::Result<Value> {
+/// Which agents a pool case keeps alive: a component that calls `bench.wait` given `input`,
+/// and its memory cap.
+struct LiveAgents {
+    component: &'static str,
+    input: Value,
+    max_memory_mb: u32,
+}
+
+impl LiveAgents {
+    fn rust() -> LiveAgents {
+        LiveAgents {
+            component: TOOL_USER_COMPONENT,
+            input: json!({"calls": [{"tool": "bench.wait", "input": {}}]}),
+            max_memory_mb: 8,
+        }
+    }
+}
+
+async fn pool_case(pooling: bool, n: u32, agents: LiveAgents) -> anyhow::Result<Value> {
     let (release_tx, release_rx) = watch::channel(false);
     let arrived = Arc::new(AtomicU64::new(0));
     let mut tools = ToolRegistry::with_builtins();
@@ -792,12 +834,15 @@ async fn pool_case(pooling: bool, n: u32) -> anyhow::Result<Value> {
         tools,
     )?);
     let allocator = allocator_name(host.runtime().allocator());
-    let component = host.load(TOOL_USER_COMPONENT)?;
-    let mut spec = SubAgentSpecification::default();
+    let component = host.load(agents.component)?;
+    let mut spec = SubAgentSpecification {
+        fuel: 5_000_000_000,
+        ..SubAgentSpecification::default()
+    };
     spec.security_constraints.allowed_tools = vec!["bench.wait".into()];
-    spec.resource_limits.max_memory_mb = 8;
+    spec.resource_limits.max_memory_mb = agents.max_memory_mb;
     spec.resource_limits.max_execution_time_ms = 600_000;
-    let input = json!({"calls": [{"tool": "bench.wait", "input": {}}]});
+    let input = agents.input;
 
     let failed_early = Arc::new(AtomicU64::new(0));
     let rss_before = proc_status_kib("VmRSS").unwrap_or(0);
@@ -812,7 +857,11 @@ async fn pool_case(pooling: bool, n: u32) -> anyhow::Result<Value> {
                 Err(e) => Err(format!("spawn error: {e}")),
                 Ok(report) => match (&report.failure, &report.output) {
                     (Some(f), _) => Err(format!("agent failed: {f}")),
-                    (None, Some(out)) if out["results"][0].get("ok").is_some() => Ok(()),
+                    (None, Some(out))
+                        if out["results"][0].get("ok").is_some() || out.get("called").is_some() =>
+                    {
+                        Ok(())
+                    }
                     (None, out) => Err(format!("unexpected output: {out:?}")),
                 },
             };

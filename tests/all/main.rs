@@ -19,6 +19,7 @@ mod limits;
 mod llm;
 mod llm_redteam;
 mod progress_tty;
+mod python;
 mod runtime_race;
 mod security;
 mod validation;

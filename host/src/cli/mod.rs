@@ -1,5 +1,6 @@
 //! The `qi-host` command line: the clap definitions here, one file per subcommand group.
 
+mod build_py;
 mod inspect;
 pub(crate) mod llm;
 mod policy;
@@ -33,6 +34,9 @@ pub enum Command {
     Plan(crate::cli::run::PlanArgs),
     /// Run one agent component on one task and print its output and usage receipt.
     RunAgent(RunAgentArgs),
+    /// Build a Python agent (a module with one `qi_agent.Agent` subclass) into a component,
+    /// with componentize-py and the host's own WIT.
+    BuildPy(crate::cli::build_py::BuildPyArgs),
     /// Show what a component is: agent info, imports, exports, and whether the host can run it.
     Inspect(InspectArgs),
     /// Look at and repair shared contexts in a data directory (as the operator).
@@ -351,6 +355,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Plan(args) => crate::cli::run::plan(args).await,
         Command::RunAgent(args) => run_agent::run_agent(args).await,
         Command::Inspect(args) => inspect::inspect(args).await,
+        Command::BuildPy(args) => Ok(build_py::build_py(args)),
         Command::Context(args) => crate::cli::state::context(args).await,
         Command::Events(args) => crate::cli::state::events(args).await,
         Command::Audit(args) => crate::cli::state::audit(args).await,
