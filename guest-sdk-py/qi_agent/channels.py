@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional
 from componentize_py_types import Err
 from wit_world.imports import channels as _raw
 
+from . import _wire
 from .errors import ChannelError, from_wit
 
 __all__ = ["ChannelError", "Message", "send", "send_json", "receive", "ack", "messages"]
@@ -27,7 +28,7 @@ __all__ = ["ChannelError", "Message", "send", "send_json", "receive", "ack", "me
 
 def _call(fn: Any, *args: Any) -> Any:
     try:
-        return fn(*args)
+        return _wire.call(fn, args, lambda m: ChannelError("invalid", m))
     except Err as err:
         raise from_wit(ChannelError, err) from None
 

@@ -4,7 +4,7 @@ consistency strategy each.
 ::
 
     from qi_agent import context
-    made = context.create({"count": 0}, id="counter")
+    made = context.create({"count": 0}, id="counter", context_type="counter")
     context.update("counter", lambda doc: {**doc, "count": doc["count"] + 1})
 
 Every write names the version it was based on; when another agent wrote in between the host
@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Union
 from componentize_py_types import Err, Ok
 from wit_world.imports import context as _raw
 
+from . import _wire
 from .errors import ContextError, from_wit
 
 __all__ = [
@@ -80,9 +81,13 @@ def _parse(text: str) -> Any:
         return text
 
 
+def _invalid(message: str) -> ContextError:
+    return ContextError("invalid", message)
+
+
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
     try:
-        return fn(*args)
+        return _wire.call(fn, args, _invalid)
     except Err as err:
         raise from_wit(ContextError, err) from None
 
@@ -163,12 +168,13 @@ def _document(d: Any, parse: bool = True) -> Document:
 def create(
     doc: Any,
     *,
+    context_type: str,
     id: Optional[str] = None,
-    context_type: str = "",
     strategy: str = "strong",
 ) -> WriteResult:
     """Creates a context owned by this agent with ``doc`` as version 1; the host makes an id
-    when ``id`` is ``None`` (read it from the result). ``strategy`` is ``"strong"``,
+    when ``id`` is ``None`` (read it from the result). ``context_type`` (required, non-empty)
+    names what the document is, e.g. ``"review"``; a context policy may allow only some types. ``strategy`` is ``"strong"``,
     ``"eventual"``, ``"causal"`` or ``"manual"``.
 
     Raises:
@@ -295,7 +301,7 @@ def revoke(id: str, agents: Sequence[str]) -> None:
 
 def ids(context_type: Optional[str] = None) -> List[str]:
     """The ids of the contexts this agent may read, optionally of one type (never raises)."""
-    return list(_raw.ids(context_type))
+    return list(_wire.call(_raw.ids, (context_type,), _invalid))
 
 
 class PointerOp:
@@ -388,7 +394,7 @@ def pending(id: str) -> Optional[Any]:
 def prefetch(ids: Sequence[str]) -> List[Union[int, ContextError]]:
     """Loads contexts into this agent's local cache; per id its version or its error."""
     out: List[Union[int, ContextError]] = []
-    for result in _raw.prefetch(list(ids)):
+    for result in _wire.call(_raw.prefetch, (list(ids),), _invalid):
         out.append(result.value if isinstance(result, Ok) else from_wit(ContextError, result))
     return out
 

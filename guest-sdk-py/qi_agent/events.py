@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 from componentize_py_types import Err
 from wit_world.imports import events as _raw
 
+from . import _wire
 from .errors import EventError, from_wit
 
 __all__ = ["Event", "EventError", "Subscription", "subscribe", "publish"]
@@ -42,7 +43,7 @@ class Event:
 
 def _call(fn: Any, *args: Any) -> Any:
     try:
-        return fn(*args)
+        return _wire.call(fn, args, lambda m: EventError("invalid", m))
     except Err as err:
         raise from_wit(EventError, err) from None
 
@@ -92,10 +93,14 @@ class Subscription:
         return self.iter()
 
     def close(self) -> None:
-        """Ends the subscription (idempotent)."""
+        """Ends the subscription (idempotent).
+
+        Raises:
+            EventError: ``invalid`` when the subscription's id is not a u64 (one made by hand).
+        """
         if self._open:
             self._open = False
-            _raw.unsubscribe(self.id)
+            _call(_raw.unsubscribe, self.id)
 
     def __enter__(self) -> "Subscription":
         return self

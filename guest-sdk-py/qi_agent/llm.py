@@ -20,6 +20,7 @@ from componentize_py_types import Err
 from wit_world.imports import llm as _raw
 
 from . import tools as _tools
+from . import _wire
 from .errors import LlmError, ToolError, from_wit
 
 __all__ = [
@@ -225,7 +226,7 @@ def chat(request: Request) -> Response:
             (``retry_after_ms``), ``unavailable``, ``provider-error``.
     """
     try:
-        r = _raw.chat(request.to_wit())
+        r = _wire.call(_raw.chat, (request.to_wit(),), lambda m: LlmError("invalid-request", m))
     except Err as err:
         raise from_wit(LlmError, err) from None
     return Response(

@@ -16,6 +16,8 @@ from typing import Any
 
 from wit_world.imports import log as _raw
 
+from . import _wire
+
 __all__ = ["log", "trace", "debug", "info", "warn", "error"]
 
 _LEVELS = {
@@ -29,16 +31,17 @@ _LEVELS = {
 
 def _text(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return _wire.clean(value)
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(value)
+        return _wire.clean(json.dumps(value, ensure_ascii=False, default=str))
+    except BaseException:  # noqa: BLE001 - logging never fails a task
+        return _wire.clean(value)
 
 
 def log(level: str, message: str, **fields: Any) -> None:
     """Writes one record at ``level`` (``"trace"``, ``"debug"``, ``"info"``, ``"warn"`` or
-    ``"error"``).
+    ``"error"``). ``message`` and field values that are not text are converted with ``str()``
+    (``json.dumps`` for field values); lone surrogates become backslash escapes.
 
     Raises:
         ValueError: for an unknown level.
@@ -49,7 +52,11 @@ def log(level: str, message: str, **fields: Any) -> None:
         raise ValueError(
             f"unknown log level {level!r}; use one of {', '.join(_LEVELS)}"
         ) from None
-    _raw.log(wit_level, message, [_raw.Field(key, _text(v)) for key, v in fields.items()])
+    _raw.log(
+        wit_level,
+        _wire.clean(message),
+        [_raw.Field(_wire.clean(key), _text(v)) for key, v in fields.items()],
+    )
 
 
 def trace(message: str, **fields: Any) -> None:

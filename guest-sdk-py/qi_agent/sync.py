@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 from componentize_py_types import Err
 from wit_world.imports import sync as _raw
 
+from . import _wire
 from .errors import SyncError, from_wit
 
 __all__ = [
@@ -92,9 +93,13 @@ def _json(value: Any, what: str) -> str:
         raise SyncError("invalid-payload", f"could not serialize the {what} as JSON: {error}")
 
 
+def _invalid(message: str) -> SyncError:
+    return SyncError("invalid", message)
+
+
 def _outcome(fn: Any, *args: Any) -> SyncOutcome:
     try:
-        o = fn(*args)
+        o = _wire.call(fn, args, _invalid)
     except Err as err:
         raise from_wit(SyncError, err) from None
     return SyncOutcome(
@@ -135,7 +140,7 @@ def restore(point: str) -> Optional[Any]:
         SyncError: ``not-coordinated``, ``unknown-point``, ``invalid``.
     """
     try:
-        text = _raw.restore(point)
+        text = _wire.call(_raw.restore, (point,), _invalid)
     except Err as err:
         raise from_wit(SyncError, err) from None
     return None if text is None else _parse(text)

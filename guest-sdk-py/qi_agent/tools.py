@@ -17,9 +17,14 @@ from typing import Any, Iterable, List, Tuple, Union
 from componentize_py_types import Err, Ok
 from wit_world.imports import tools as _raw
 
+from . import _wire
 from .errors import ToolError, from_wit
 
 __all__ = ["call", "call_raw", "call_many", "available", "ToolError"]
+
+
+def _invalid(message: str) -> ToolError:
+    return ToolError("invalid-input", message)
 
 
 def call_raw(name: str, input_json: str) -> str:
@@ -30,7 +35,7 @@ def call_raw(name: str, input_json: str) -> str:
             ``not-found``, ``invalid-input``, ``failed``.
     """
     try:
-        return _raw.call(name, input_json)
+        return _wire.call(_raw.call, (name, input_json), _invalid)
     except Err as err:
         raise from_wit(ToolError, err) from None
 
@@ -55,13 +60,23 @@ def call(name: str, input: Any = None) -> Any:
 
 def call_many(requests: Iterable[Tuple[str, Any]]) -> List[Union[Any, ToolError]]:
     """Calls several tools at once (the host runs them concurrently); each ``(name, input)``
-    gets its parsed output or its :class:`ToolError`, in order. Never raises for one failed
-    call."""
-    raw = [
-        _raw.ToolRequest(name, json.dumps(value, ensure_ascii=False)) for name, value in requests
-    ]
+    gets its parsed output or its :class:`ToolError`, in order. One failed call never raises.
+
+    Raises:
+        ToolError: ``invalid-input`` when an input is not JSON-serializable or a name is not
+            text (nothing is called then).
+    """
+    raw = []
+    for name, value in requests:
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ToolError(
+                "invalid-input", f"could not serialize the input for `{name}`: {error}"
+            ) from None
+        raw.append(_raw.ToolRequest(name, text))
     results: List[Union[Any, ToolError]] = []
-    for result in _raw.call_many(raw):
+    for result in _wire.call(_raw.call_many, (raw,), _invalid):
         if isinstance(result, Ok):
             try:
                 results.append(json.loads(result.value))

@@ -205,9 +205,8 @@ fn build_python(app: &Path, wasm: &Path, tool: &Path) {
         return;
     }
     qi_build_py::build(&qi_build_py::BuildOptions {
-        app: app.to_path_buf(),
-        output: wasm.to_path_buf(),
         componentize_py: Some(tool.to_path_buf()),
+        ..qi_build_py::BuildOptions::new(app, wasm)
     })
     .unwrap_or_else(|e| panic!("building the Python guest {}: {e}", app.display()));
     fs::write(&digest_file, digest).expect("write the Python guest's digest");

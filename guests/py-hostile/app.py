@@ -18,7 +18,16 @@ Input ``{"mode": ..., ...}``:
 - ``raise``: raises ``ValueError`` from a nested call (the report carries the traceback);
 - ``recurse``: unbounded recursion (``RecursionError``, or the wasm stack);
 - ``exit``: calls ``sys.exit(3)``;
-- ``environ``: reports ``os.environ`` and ``sys.argv``.
+- ``environ``: reports ``os.environ`` and ``sys.argv``;
+- ``bad-args``: calls host interfaces with arguments the canonical ABI cannot carry (lone
+  surrogates, wrong types, out-of-range numbers) and reports, per call, the exception the SDK
+  raised (``{"class", "kind", "message"}``) or ``"no error"``; then logs a record whose message
+  and field hold lone surrogates;
+- ``bad-output``: returns an output string holding a lone surrogate (``"via": "task-output"``
+  returns ``TaskOutput`` with a non-string output instead);
+- ``bad-error``: raises an exception whose ``__str__`` raises (``"kind": "str"``), one whose
+  message holds a lone surrogate and is ``bytes`` long (``"kind": "huge"``), or a raw
+  ``Err(AgentError_InvalidInput)`` (``"kind": "raw"``).
 """
 
 import os
@@ -26,7 +35,11 @@ import socket
 import sys
 from typing import Any, Dict
 
-from qi_agent import Agent, InvalidInput, Task
+from componentize_py_types import Err
+from qi_agent import Agent, InvalidInput, Task, TaskOutput, channels, context, events, log
+from qi_agent import llm, sync, tools
+from qi_agent.errors import HostError
+from wit_world.imports import types as wit_types
 
 
 def _attempt(action) -> Dict[str, Any]:
@@ -64,6 +77,85 @@ def _inner_failure(depth: int) -> None:
     if depth == 0:
         raise ValueError("the hostile agent failed on purpose")
     _inner_failure(depth - 1)
+
+
+def _refusal(action) -> Any:
+    try:
+        action()
+    except HostError as error:
+        return {"class": type(error).__name__, "kind": error.kind, "message": error.message}
+    return "no error"
+
+
+def _bad_args() -> Dict[str, Any]:
+    lone = "\udc80"
+    report = {
+        "context.get(int)": _refusal(lambda: context.get(5)),
+        "context.get(surrogate)": _refusal(lambda: context.get("a" + lone)),
+        "context.put(doc surrogate)": _refusal(lambda: context.put("a", {"k": lone}, 1)),
+        "context.put(version str)": _refusal(lambda: context.put("a", {}, "1")),
+        "context.put(version 2**70)": _refusal(lambda: context.put("a", {}, 2**70)),
+        "context.share(agent int)": _refusal(lambda: context.share("a", ["b", 3], ["read"])),
+        "context.create(type surrogate)": _refusal(
+            lambda: context.create({}, context_type=lone)
+        ),
+        "context.pointer_patch(value surrogate)": _refusal(
+            lambda: context.pointer_patch("a", [context.PointerOp.set("/x", lone)], 1)
+        ),
+        "tools.call(name surrogate)": _refusal(lambda: tools.call(lone, {})),
+        "tools.call(input surrogate)": _refusal(lambda: tools.call("fs.stat", {"p": lone})),
+        "tools.call_many(nan)": _refusal(lambda: tools.call_many([("fs.stat", float("nan"))])),
+        "events.publish(surrogate)": _refusal(lambda: events.publish("a", {"x": lone})),
+        "events.subscribe(list of int)": _refusal(lambda: events.subscribe([1])),
+        "sync.vote(surrogate)": _refusal(lambda: sync.vote("p", lone)),
+        "channels.send(body surrogate)": _refusal(lambda: channels.send("c", lone)),
+        "llm.chat(content surrogate)": _refusal(
+            lambda: llm.Request("m").user(lone).send()
+        ),
+        "context.history(limit 2**32)": _refusal(lambda: context.history("a", 2**32)),
+        "context.history(limit -1)": _refusal(lambda: context.history("a", -1)),
+        "context.rollback(version -1)": _refusal(lambda: context.rollback("a", -1)),
+        "channels.ack(id -1)": _refusal(lambda: channels.ack("c", -1)),
+        "events.unsubscribe(id -1)": _refusal(lambda: events.Subscription(-1, 0).close()),
+        "llm.chat(max_tokens 2**32)": _refusal(
+            lambda: llm.Request("m").user("hi").max_tokens(2**32).send()
+        ),
+        "llm.chat(temperature 10**400)": _refusal(
+            lambda: llm.Request("m").user("hi").temperature(10**400).send()
+        ),
+        "context.get(lying str)": _refusal(lambda: context.get(_LyingStr("a" + lone))),
+        "context.put(lying int)": _refusal(lambda: context.put("a", {}, _LyingInt(2**70))),
+    }
+    log.info("surrogate " + lone, field=lone, other={"k": lone})
+    return report
+
+
+class _LyingStr(str):
+    """Claims to encode cleanly whatever it holds."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"ok"
+
+
+class _LyingInt(int):
+    """Claims to be in every range."""
+
+    def __lt__(self, other: Any) -> bool:
+        return False
+
+    def __ge__(self, other: Any) -> bool:
+        return True
+
+    def __le__(self, other: Any) -> bool:
+        return True
+
+    def __gt__(self, other: Any) -> bool:
+        return False
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ refuses")
 
 
 def _recurse(n: int) -> int:
@@ -111,4 +203,18 @@ class Hostile(Agent):
             sys.exit(3)
         if mode == "environ":
             return {"environ": dict(os.environ), "argv": list(sys.argv)}
+        if mode == "bad-args":
+            return _bad_args()
+        if mode == "bad-output":
+            if args.get("via") == "task-output":
+                return TaskOutput(12345)  # type: ignore[arg-type]
+            return TaskOutput('"\udc80"')
+        if mode == "bad-error":
+            kind = args.get("kind")
+            if kind == "str":
+                raise _Unprintable()
+            if kind == "huge":
+                raise ValueError("\udc80" + "y" * int(args.get("bytes", 1)))
+            if kind == "raw":
+                raise Err(wit_types.AgentError_InvalidInput("raw \udc80 error"))
         raise InvalidInput(f"unknown mode {mode!r}")

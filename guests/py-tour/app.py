@@ -111,7 +111,7 @@ def tour(task: Task, args: Dict[str, Any]) -> Dict[str, Any]:
         "channels": error_of(lambda: channels.send("nowhere", "x")),
         "llm": error_of(lambda: llm.Request("no-such-model").user("hi").send()),
         "subtask": error_of(lambda: SubtaskInput.from_task(task)),
-        "strategy": error_of(lambda: context.create({}, strategy="psychic")),
+        "strategy": error_of(lambda: context.create({}, context_type="tour", strategy="psychic")),
     }
     out["models"] = llm.models()
     context.delete(cid)

@@ -17,6 +17,11 @@ pub struct BuildPyArgs {
     /// on PATH.
     #[arg(long, value_name = "PATH")]
     pub componentize_py: Option<PathBuf>,
+    /// Stop componentize-py (and everything it started) after this many seconds; from 1 to
+    /// 86400. A build takes 10 to 30 s.
+    #[arg(long, value_name = "SECONDS", default_value_t = qi_build_py::DEFAULT_BUILD_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_secs: u64,
 }
 
 /// Builds the component; prints where it went, or the error (exit code 2).
@@ -25,9 +30,9 @@ pub fn build_py(args: BuildPyArgs) -> i32 {
         .output
         .unwrap_or_else(|| args.app.with_extension("wasm"));
     let options = qi_build_py::BuildOptions {
-        app: args.app,
-        output,
         componentize_py: args.componentize_py,
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+        ..qi_build_py::BuildOptions::new(args.app, output)
     };
     match qi_build_py::build(&options) {
         Ok(built) => {

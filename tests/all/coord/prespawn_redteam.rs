@@ -121,18 +121,6 @@ spec = {{ isolationLevel = "restricted", fuel = 200_000_000_000, resourceLimits 
     )
 }
 
-/// The agents alive `h` still lists once the run is over, given the runtime a moment (bounded)
-/// to drop aborted tasks: a check that nothing leaks, not an ordering.
-async fn settled_live(h: &Harness) -> Vec<(String, qi_host::AgentStatus)> {
-    for _ in 0..200 {
-        if live(h).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    live(h)
-}
-
 /// Holds if green. The prerequisite's output is over the store's limit: every commit fails
 /// (retry-cascade: 4 attempts), each while the dependent's agent is prespawned with a
 /// describe() that never returns. The dependent never starts, and no agent is left.
@@ -174,7 +162,7 @@ requirements = {{ capabilities = ["work"] }}
         left.is_empty(),
         "prespawned agents still alive when the run returned: {left:?}"
     );
-    assert!(settled_live(&h).await.is_empty());
+    assert!(live(&h).is_empty(), "{:?}", live(&h));
 }
 
 /// Holds if green. The dependent's prespawned agent never finishes describe(): its attempt
@@ -208,7 +196,7 @@ async fn a_prespawned_agent_that_never_starts_is_stopped_at_the_subtask_time_lim
             "{t:#?}"
         );
     }
-    assert!(settled_live(&h).await.is_empty(), "{:?}", live(&h));
+    assert!(live(&h).is_empty(), "{:?}", live(&h));
 }
 
 /// Holds if green. The run is cancelled (task time limit) while the dependent's prespawned

@@ -12,6 +12,29 @@ fn build(app: &std::path::Path, out: &std::path::Path) -> std::process::Output {
     ])
 }
 
+/// `qi-host run-agent <wasm> --task t --input <input>`, with `--json` when `json`.
+fn run_agent(wasm: &std::path::Path, input: &str, json: bool) -> std::process::Output {
+    let mut args = vec![
+        "run-agent",
+        wasm.to_str().unwrap(),
+        "--task",
+        "t",
+        "--input",
+        input,
+    ];
+    if json {
+        args.push("--json");
+    }
+    qi_host_output(&args)
+}
+
+/// The report of a successful `run-agent --json`.
+fn report_of(wasm: &std::path::Path, input: &str) -> serde_json::Value {
+    let o = run_agent(wasm, input, true);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -112,17 +135,7 @@ class Shouter(Agent):
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    let o = qi_host_output(&[
-        "run-agent",
-        out.to_str().unwrap(),
-        "--task",
-        "shout",
-        "--input",
-        r#""hello""#,
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = report_of(&out, r#""hello""#);
     assert_eq!(report["output"], json!({"shout": "HELLO!"}), "{report}");
 }
 
@@ -156,6 +169,34 @@ fn an_app_that_is_not_an_agent_fails_the_build_with_the_reason() {
     let o = build(&broken, &out);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("no_such_module_here"), "{}", text(&o));
+
+    // A module beside the app named like a standard library module would replace it for the
+    // SDK and CPython: refused at build time, naming it.
+    let shadow = tempfile::tempdir().unwrap();
+    let app = shadow.path().join("app.py");
+    std::fs::write(
+        &app,
+        "from qi_agent import Agent
+
+class A(Agent):
+    name = 'a'
+",
+    )
+    .unwrap();
+    std::fs::write(
+        shadow.path().join("json.py"),
+        "raise SystemExit('shadowed')
+",
+    )
+    .unwrap();
+    let o = build(&app, &out);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("shadow the Python standard library module of the same name: json;"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous build");
 }
 
 #[test]
@@ -183,4 +224,73 @@ fn bad_paths_and_a_missing_tool_are_one_line_errors() {
         text(&o)
     );
     assert!(!dir.path().join("app.wasm").exists());
+
+    // The output may not overwrite the app (nor any .py file); the app is untouched.
+    std::fs::write(&app, "KEEP = 1\n").unwrap();
+    let o = build(&app, &app);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("not a Python file"), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&app).unwrap(), "KEEP = 1\n");
+
+    // The timeout is bounded: 1 to 86400 s.
+    for (secs, ok) in [("0", false), ("86401", false)] {
+        let o = qi_host_output(&[
+            "build-py",
+            app.to_str().unwrap(),
+            "-o",
+            "x.wasm",
+            "--timeout-secs",
+            secs,
+        ]);
+        assert_eq!(o.status.success(), ok, "{}", text(&o));
+        assert!(text(&o).contains("--timeout-secs"), "{}", text(&o));
+    }
+}
+
+/// componentize-py runs in a process group of its own (so the timeout can kill all of it): a
+/// `qi-host build-py` that dies (Ctrl-C, SIGKILL) takes it along instead of leaving it running
+/// with nothing to stop it. The stand-in tool holds a FIFO open for writing; the test's read of
+/// it ends (EOF) only when the tool is gone.
+#[test]
+fn a_killed_build_py_takes_componentize_py_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.py");
+    std::fs::write(&app, "").unwrap();
+    let ready = dir.path().join("ready");
+    let held = dir.path().join("held");
+    for fifo in [&ready, &held] {
+        let made = std::process::Command::new("mkfifo")
+            .arg(fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    let tool = dir.path().join("tool.sh");
+    std::fs::write(
+        &tool,
+        format!(
+            "#!/bin/sh\necho up > {}\nexec sleep 100000 > {}\n",
+            ready.display(),
+            held.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut build = qi_host_command()
+        .args(["build-py", app.to_str().unwrap(), "-o"])
+        .arg(dir.path().join("agent.wasm"))
+        .env("QI_COMPONENTIZE_PY", &tool)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The tool is running once it has said so and opened `held` (both block until we open).
+    assert_eq!(std::fs::read_to_string(&ready).unwrap(), "up\n");
+    let mut held = std::fs::File::open(&held).unwrap();
+    build.kill().unwrap();
+    build.wait().unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut held, &mut rest).unwrap();
+    assert!(rest.is_empty());
 }

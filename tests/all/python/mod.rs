@@ -10,6 +10,7 @@ use crate::common::*;
 use qi_guest_artifacts::*;
 use serde_json::json;
 
+pub(crate) mod boundary;
 pub(crate) mod build_py;
 pub(crate) mod containment;
 pub(crate) mod mixed;

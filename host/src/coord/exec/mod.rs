@@ -177,6 +177,8 @@ struct Run {
     released_at: BTreeMap<String, Instant>,
     status: Option<watch::Sender<ExecutionStatus>>,
     recorder: mpsc::UnboundedSender<NewEvent>,
+    /// Prespawned agents dropped unused, awaited before the run returns.
+    dropped_prespawns: prespawn::Dropped,
 }
 
 /// Runs a planned task to the end. Errors are for a run that could not start (no context
@@ -281,6 +283,7 @@ pub async fn execute(
         resolved_at: BTreeMap::new(),
         released_at: BTreeMap::new(),
         status: options.status,
+        dropped_prespawns: Default::default(),
     };
     if options.resume {
         run.load_previous().await?;
@@ -329,6 +332,7 @@ pub async fn execute(
     while let Ok(n) = sync_rx.try_recv() {
         run.on_sync(n).await;
     }
+    run.reap_prespawns().await;
     let mut report = run.finish().await;
     // Every event is durable before the report is returned; their commits count as
     // communication.

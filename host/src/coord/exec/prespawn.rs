@@ -12,6 +12,7 @@
 use super::watchdog::Counted;
 use super::*;
 use crate::agents::SubAgent;
+use std::sync::Mutex;
 
 /// An agent being started for the next attempt of a subtask.
 pub(super) struct Prespawn {
@@ -26,12 +27,19 @@ pub(super) struct Prespawn {
     /// Wake-ups of its start, for the attempt's stall window.
     polls: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<Result<SubAgent, Error>>>,
+    /// Where its start goes once aborted, for the run to await before it returns.
+    dropped: Dropped,
 }
+
+/// Starts of prespawned agents dropped unused. Aborting a task only asks it to stop at its
+/// next yield: the run awaits these before it returns, so that no agent outlives it.
+pub(super) type Dropped = Arc<Mutex<Vec<tokio::task::JoinHandle<Result<SubAgent, Error>>>>>;
 
 impl Drop for Prespawn {
     fn drop(&mut self) {
-        if let Some(t) = &self.task {
+        if let Some(t) = self.task.take() {
             t.abort();
+            self.dropped.lock().expect("prespawn list poisoned").push(t);
         }
     }
 }
@@ -43,30 +51,50 @@ impl Prespawn {
             .task
             .take()
             .expect("a prespawn holds its task until taken");
-        (Spawning(task), self.polls.clone())
+        (
+            Spawning {
+                task: Some(task),
+                dropped: self.dropped.clone(),
+            },
+            self.polls.clone(),
+        )
     }
 }
 
-/// A prespawned agent's start as its attempt awaits it; aborted when dropped (the attempt was
-/// stopped before the agent was up).
-pub(super) struct Spawning(tokio::task::JoinHandle<Result<SubAgent, Error>>);
+/// A prespawned agent's start as its attempt awaits it; aborted when dropped before it ended
+/// (the attempt was stopped before the agent was up), and then awaited by the run like a
+/// dropped [`Prespawn`].
+pub(super) struct Spawning {
+    /// `None` once it ended.
+    task: Option<tokio::task::JoinHandle<Result<SubAgent, Error>>>,
+    dropped: Dropped,
+}
 
 impl Future for Spawning {
     type Output = Result<SubAgent, Error>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
-        match Pin::new(&mut self.0).poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(r)) => Poll::Ready(r),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::System(anyhow::anyhow!(
+        let task = self
+            .task
+            .as_mut()
+            .expect("a spawning agent is not polled after it ended");
+        let ready = match Pin::new(task).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(e)) => Err(Error::System(anyhow::anyhow!(
                 "the task starting the agent ended: {e}"
-            )))),
-        }
+            ))),
+        };
+        self.task = None;
+        Poll::Ready(ready)
     }
 }
 
 impl Drop for Spawning {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(t) = self.task.take() {
+            t.abort();
+            self.dropped.lock().expect("prespawn list poisoned").push(t);
+        }
     }
 }
 
@@ -115,6 +143,7 @@ impl Run {
             handle,
             polls,
             task: Some(tokio::spawn(start)),
+            dropped: self.dropped_prespawns.clone(),
         });
     }
 
@@ -122,6 +151,22 @@ impl Run {
     pub(super) fn drop_prespawns(&mut self) {
         for s in &mut self.subs {
             s.prespawn = None;
+        }
+    }
+
+    /// Waits until every prespawned agent dropped unused is gone (its start aborted, or its
+    /// agent, if it was up already, dropped).
+    pub(super) async fn reap_prespawns(&mut self) {
+        self.drop_prespawns();
+        loop {
+            let next = self
+                .dropped_prespawns
+                .lock()
+                .expect("prespawn list poisoned")
+                .pop();
+            let Some(t) = next else { break };
+            // An agent that was up already is dropped here; an aborted start ends cancelled.
+            let _ = t.await;
         }
     }
 }

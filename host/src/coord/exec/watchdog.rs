@@ -237,7 +237,11 @@ pub(super) async fn attempt_task(a: AttemptArgs) {
             }
         };
     let mut spawn = Counted::new(Box::pin(start), polls.clone());
-    let agent = match watchdog.watch(&mut spawn, Some(&mut cancel)).await {
+    let started = watchdog.watch(&mut spawn, Some(&mut cancel)).await;
+    // A start that was stopped is dropped (its agent with it, or, prespawned, handed to the
+    // run to await) before the run hears of it, so no agent outlives the run.
+    drop(spawn);
+    let agent = match started {
         Ok(Ok(agent)) => agent,
         Ok(Err(e)) => return done.send(Err(e), None),
         Err(seen) => {
@@ -250,7 +254,6 @@ pub(super) async fn attempt_task(a: AttemptArgs) {
             return done.send(Err(Error::System(anyhow::anyhow!(message))), Some(stop));
         }
     };
-    drop(spawn);
     let id = agent.id().to_string();
     let _ = a.tx.send(Msg::Spawned {
         idx: a.idx,
