@@ -12,6 +12,7 @@
 //! fails the build, not the first run.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -315,6 +316,19 @@ pub fn build(options: &BuildOptions) -> Result<Built, BuildError> {
     let app_dir = app.parent().expect("a file has a parent").to_path_buf();
     let app_files = collect_py(&app_dir)?;
     check_output(&options.output)?;
+    let app_modules = sources::top_level_modules(&app_dir, &app_files);
+    // The app's directory comes first on the module path: a module there named like the SDK
+    // or the entry module would replace it (and the checks it makes).
+    if let Some(taken) = app_modules
+        .iter()
+        .find(|m| RESERVED_MODULES.contains(&m.as_str()) && **m != module)
+    {
+        return Err(BuildError::App(format!(
+            "{}: `{taken}` beside the app is a module name qi-agent uses itself (it would \
+             replace the SDK or the generated entry); rename it",
+            app_dir.display()
+        )));
+    }
     let tool = match &options.componentize_py {
         Some(tool) => tool.clone(),
         None => find_componentize_py()?,
@@ -333,11 +347,7 @@ pub fn build(options: &BuildOptions) -> Result<Built, BuildError> {
         .prefix(".qi-build-py-")
         .tempdir()
         .map_err(io("creating a staging directory"))?;
-    let (wit, sdk, entry) = stage(
-        staging.path(),
-        &module,
-        &sources::top_level_modules(&app_dir, &app_files),
-    )?;
+    let (wit, sdk, entry) = stage(staging.path(), &module, &app_modules)?;
     let app_sources = staging.path().join("app");
     sources::copy_app_sources(&app_dir, &app_files, &app_sources)?;
     let partial = staging.path().join("component.wasm");
@@ -392,12 +402,15 @@ pub fn build(options: &BuildOptions) -> Result<Built, BuildError> {
         .map_err(io(format!("writing into {}", out_dir.display())))?;
     // The mode componentize-py gave its file (0644 under the usual umask), not the temporary
     // file's 0600: a component is read by whoever runs it.
+    // Permission bits only: never setuid, setgid or sticky.
     let mode = from
         .metadata()
         .map_err(io("reading the built component"))?
-        .permissions();
+        .permissions()
+        .mode()
+        & 0o777;
     next.as_file()
-        .set_permissions(mode)
+        .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io(format!("writing into {}", out_dir.display())))?;
     next.persist(&options.output).map_err(|e| BuildError::Io {
         what: format!("writing {}", options.output.display()),

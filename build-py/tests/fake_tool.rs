@@ -24,6 +24,22 @@ fn app_dir() -> (tempfile::TempDir, PathBuf) {
     (dir, app)
 }
 
+/// Builds `app` with `tool` (default timeout) into `<app dir>/agent.wasm`, expecting the tool
+/// to fail; its status and kept output.
+#[track_caller]
+fn tool_failure(app: &Path, tool: PathBuf) -> (String, String) {
+    let out = app.with_file_name("agent.wasm");
+    let error = build(&BuildOptions {
+        componentize_py: Some(tool),
+        ..BuildOptions::new(app, out)
+    })
+    .unwrap_err();
+    match error {
+        BuildError::Componentize { status, output, .. } => (status, output),
+        other => panic!("expected componentize-py's failure, got {other}"),
+    }
+}
+
 /// A build that hangs (and starts a child that would outlive it) is killed at the timeout
 /// with its whole process group; the output file is never written.
 #[test]
@@ -79,15 +95,7 @@ fn a_hanging_build_is_killed_with_its_children_at_the_timeout() {
 fn a_build_that_ends_in_time_is_judged_by_its_status() {
     let (dir, app) = app_dir();
     let tool = script(dir.path(), "fail.sh", "echo 'no luck' >&2\nexit 3");
-    let error = build(&BuildOptions {
-        componentize_py: Some(tool),
-        timeout: Duration::from_secs(600),
-        ..BuildOptions::new(&app, dir.path().join("agent.wasm"))
-    })
-    .unwrap_err();
-    let BuildError::Componentize { status, output, .. } = &error else {
-        panic!("expected componentize-py's failure, got {error}");
-    };
+    let (status, output) = tool_failure(&app, tool);
     assert!(status.contains('3'), "{status}");
     assert_eq!(output, "no luck");
 }
@@ -103,14 +111,7 @@ fn tool_output_keeps_only_its_end() {
         "loud.sh",
         "head -c 8388608 /dev/zero | tr '\\0' x >&2\necho 'the real error' >&2\nexit 1",
     );
-    let error = build(&BuildOptions {
-        componentize_py: Some(tool),
-        ..BuildOptions::new(&app, dir.path().join("agent.wasm"))
-    })
-    .unwrap_err();
-    let BuildError::Componentize { output, .. } = &error else {
-        panic!("{error}");
-    };
+    let (_, output) = tool_failure(&app, tool);
     assert!(output.ends_with("the real error"), "{}", &output[..80]);
     assert!(output.starts_with("[… "), "{}", &output[..80]);
     assert!(output.len() <= MAX_TOOL_OUTPUT + 64, "{}", output.len());
@@ -120,15 +121,8 @@ fn tool_output_keeps_only_its_end() {
         "exact.sh",
         &format!("head -c {MAX_TOOL_OUTPUT} /dev/zero | tr '\\0' y >&2\nexit 1"),
     );
-    let error = build(&BuildOptions {
-        componentize_py: Some(exact),
-        ..BuildOptions::new(&app, dir.path().join("agent.wasm"))
-    })
-    .unwrap_err();
-    let BuildError::Componentize { output, .. } = &error else {
-        panic!("{error}");
-    };
-    assert_eq!(output, &"y".repeat(MAX_TOOL_OUTPUT));
+    let (_, output) = tool_failure(&app, exact);
+    assert_eq!(output, "y".repeat(MAX_TOOL_OUTPUT));
 }
 
 /// The output may not be a Python file (every source of the app is one), however spelled;
@@ -213,30 +207,23 @@ fn a_process_escaping_the_group_does_not_hold_the_build() {
             pid_file.display()
         ),
     );
-    let error = build(&BuildOptions {
-        componentize_py: Some(tool),
-        ..BuildOptions::new(&app, dir.path().join("agent.wasm"))
-    })
-    .unwrap_err();
+    let (_, output) = tool_failure(&app, tool);
     let escaped = fs::read_to_string(&pid_file).unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-KILL", escaped.trim()])
         .status();
-    let BuildError::Componentize { output, .. } = &error else {
-        panic!("{error}");
-    };
     assert_eq!(output, "failed early");
 }
 
-/// A build that succeeds is renamed into place with the mode the tool gave its file (0644
-/// here), not a temporary file's 0600.
+/// A build that succeeds is renamed into place with the permission bits the tool gave its file
+/// (0644 here), not a temporary file's 0600, and never setuid or setgid (6644 here).
 #[test]
 fn a_built_component_keeps_the_tools_file_mode() {
     let (dir, app) = app_dir();
     let tool = script(
         dir.path(),
         "ok.sh",
-        "for last; do :; done\nprintf 'component' > \"$last\"\nchmod 644 \"$last\"",
+        "for last; do :; done\nprintf 'component' > \"$last\"\nchmod 6644 \"$last\"",
     );
     let out = dir.path().join("agent.wasm");
     let built = build(&BuildOptions {
@@ -250,6 +237,38 @@ fn a_built_component_keeps_the_tools_file_mode() {
         fs::metadata(&out).unwrap().permissions().mode() & 0o777,
         0o644
     );
+}
+
+/// A module or package beside the app named like the SDK or the entry module would replace
+/// it: refused before the tool runs.
+#[test]
+fn modules_named_like_the_sdk_are_refused() {
+    for (name, package) in [
+        ("_qi_agent_entry", false),
+        ("qi_agent", true),
+        ("wit_world", false),
+    ] {
+        let (dir, app) = app_dir();
+        if package {
+            fs::create_dir(dir.path().join(name)).unwrap();
+            fs::write(dir.path().join(name).join("__init__.py"), "").unwrap();
+        } else {
+            fs::write(dir.path().join(format!("{name}.py")), "").unwrap();
+        }
+        let ran = dir.path().join("ran");
+        let tool = script(dir.path(), "tool.sh", &format!("touch {}", ran.display()));
+        let error = build(&BuildOptions {
+            componentize_py: Some(tool),
+            ..BuildOptions::new(&app, dir.path().join("agent.wasm"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(&format!("`{name}` beside the app")),
+            "{error}"
+        );
+        assert!(!ran.exists());
+    }
 }
 
 /// The entry module is told the app directory's top-level modules and regular packages (which
@@ -271,14 +290,7 @@ fn only_modules_and_regular_packages_are_checked_for_shadowing() {
         "show.sh",
         "prev=\nfor a; do\n  if [ \"$a\" = _qi_agent_entry ]; then cat \"$prev/_qi_agent_entry.py\" >&2; fi\n  prev=$a\ndone\nexit 1",
     );
-    let error = build(&BuildOptions {
-        componentize_py: Some(tool),
-        ..BuildOptions::new(&app, dir.path().join("agent.wasm"))
-    })
-    .unwrap_err();
-    let BuildError::Componentize { output, .. } = &error else {
-        panic!("{error}");
-    };
+    let (_, output) = tool_failure(&app, tool);
     assert!(
         output.contains(r#"set(["app", "json", "pkg"])"#),
         "{output}"

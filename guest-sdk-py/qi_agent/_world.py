@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import traceback
 from typing import Any, Optional
 
@@ -160,8 +161,18 @@ def export(module_name: str) -> type:
 
     class WitWorld:
         def describe(self) -> wit.AgentInfo:
-            # No error result in WIT: a failure here traps, and the host reports the spawn
-            # as failed with the message componentize-py prints.
+            # No error result in WIT: a failure here traps, and the host reports the spawn as
+            # failed. What went wrong goes to stderr first (the host's capture keeps it).
+            try:
+                return self._describe()
+            except BaseException as error:  # noqa: BLE001 - said, then raised again
+                try:
+                    sys.stderr.write(f"describe() failed: {describe_exception(error)}\n")
+                except BaseException:  # noqa: BLE001
+                    pass
+                raise
+
+        def _describe(self) -> wit.AgentInfo:
             owner = agent_class.__name__
             info = agent().describe()
             name = _text_field(info.name, owner, "name")

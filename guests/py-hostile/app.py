@@ -27,7 +27,8 @@ Input ``{"mode": ..., ...}``:
   returns ``TaskOutput`` with a non-string output instead);
 - ``bad-error``: raises an exception whose ``__str__`` raises (``"kind": "str"``), one whose
   message holds a lone surrogate and is ``bytes`` long (``"kind": "huge"``), or a raw
-  ``Err(AgentError_InvalidInput)`` (``"kind": "raw"``).
+  ``Err(AgentError_InvalidInput)`` (``"kind": "raw"``), or an ``InvalidInput`` whose message is a
+  ``str`` subclass with a lying ``encode`` (``"kind": "lying"``).
 """
 
 import os
@@ -39,6 +40,7 @@ from componentize_py_types import Err
 from qi_agent import Agent, InvalidInput, Task, TaskOutput, channels, context, events, log
 from qi_agent import llm, sync, tools
 from qi_agent.errors import HostError
+from wit_world.imports import context as _context_wit
 from wit_world.imports import types as wit_types
 
 
@@ -125,16 +127,29 @@ def _bad_args() -> Dict[str, Any]:
         ),
         "context.get(lying str)": _refusal(lambda: context.get(_LyingStr("a" + lone))),
         "context.put(lying int)": _refusal(lambda: context.put("a", {}, _LyingInt(2**70))),
+        # Passed on as a plain PointerOp_Remove: the call reaches the host (and fails there).
+        "context.pointer_patch(case subclass)": _refusal(
+            lambda: context.pointer_patch("a", [context.PointerOp(_RemoveCase("/x"))], 1)
+        ),
     }
     log.info("surrogate " + lone, field=lone, other={"k": lone})
+    log.info(_LyingStr("lying message"), field=_LyingStr("lying field"))
     return report
 
 
 class _LyingStr(str):
     """Claims to encode cleanly whatever it holds."""
 
-    def encode(self, *args: Any, **kwargs: Any) -> bytes:
-        return b"ok"
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        class _Decodes:
+            def decode(self, *args: Any, **kwargs: Any) -> str:
+                return "\udc80"
+
+        return _Decodes()
+
+
+class _RemoveCase(_context_wit.PointerOp_Remove):
+    """A subclass of a variant case (componentize-py finds cases by their exact type)."""
 
 
 class _LyingInt(int):
@@ -215,6 +230,8 @@ class Hostile(Agent):
                 raise _Unprintable()
             if kind == "huge":
                 raise ValueError("\udc80" + "y" * int(args.get("bytes", 1)))
+            if kind == "lying":
+                raise InvalidInput(_LyingStr("lying error"))
             if kind == "raw":
                 raise Err(wit_types.AgentError_InvalidInput("raw \udc80 error"))
         raise InvalidInput(f"unknown mode {mode!r}")

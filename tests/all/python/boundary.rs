@@ -5,29 +5,12 @@
 //! error, and an agent's output or error that cannot cross becomes a `failed` report.
 
 use super::*;
-use qi_host::AgentFailure;
-
-async fn hostile(input: serde_json::Value) -> Option<qi_host::AgentReport> {
-    let component = python(PY_HOSTILE_COMPONENT)?;
-    Some(run(component, py_spec(), input).await)
-}
-
-#[track_caller]
-fn agent_error(report: &qi_host::AgentReport) -> (&str, &str) {
-    match &report.failure {
-        Some(AgentFailure::AgentError {
-            error_kind,
-            message,
-        }) => (error_kind.as_str(), message.as_str()),
-        other => panic!("expected the agent's own error, got {other:?}"),
-    }
-}
 
 /// Every bad argument is refused by the SDK with the interface's error naming the argument,
 /// and the agent goes on to finish; a log record with lone surrogates is escaped, not a trap.
 #[tokio::test]
 async fn arguments_the_abi_cannot_carry_are_the_interfaces_own_errors() {
-    let Some(report) = hostile(json!({"mode": "bad-args"})).await else {
+    let Some(report) = hostile(py_spec(), json!({"mode": "bad-args"})).await else {
         return;
     };
     let out = ok(&report);
@@ -167,6 +150,12 @@ async fn arguments_the_abi_cannot_carry_are_the_interfaces_own_errors() {
             "invalid",
             "(u64), got 1180591620717411303424",
         ),
+        (
+            "context.pointer_patch(case subclass)",
+            "ContextError",
+            "failed",
+            "no context store",
+        ),
     ];
     for (call, class, kind, says) in expect {
         let got = &out[call];
@@ -183,6 +172,14 @@ async fn arguments_the_abi_cannot_carry_are_the_interfaces_own_errors() {
         .unwrap_or_else(|| panic!("{:?}", report.logs));
     assert_eq!(record.message, "surrogate \\udc80");
     assert!(
+        report.logs.iter().any(|l| l.message == "lying message"
+            && l.fields
+                .iter()
+                .any(|(k, v)| k == "field" && v == "lying field")),
+        "{:?}",
+        report.logs
+    );
+    assert!(
         record
             .fields
             .iter()
@@ -196,7 +193,7 @@ async fn arguments_the_abi_cannot_carry_are_the_interfaces_own_errors() {
 /// the problem; a valid output of the same agent passes.
 #[tokio::test]
 async fn an_output_the_abi_cannot_carry_is_a_failure() {
-    let Some(report) = hostile(json!({"mode": "bad-output"})).await else {
+    let Some(report) = hostile(py_spec(), json!({"mode": "bad-output"})).await else {
         return;
     };
     let (kind, message) = agent_error(&report);
@@ -205,16 +202,21 @@ async fn an_output_the_abi_cannot_carry_is_a_failure() {
         message.starts_with("the task output holds a lone surrogate"),
         "{message}"
     );
-    let report = hostile(json!({"mode": "bad-output", "via": "task-output"}))
-        .await
-        .unwrap();
+    let report = hostile(
+        py_spec(),
+        json!({"mode": "bad-output", "via": "task-output"}),
+    )
+    .await
+    .unwrap();
     let (kind, message) = agent_error(&report);
     assert_eq!(kind, "failed");
     assert!(
         message.contains("TaskOutput.output must be a str, got int"),
         "{message}"
     );
-    let fine = hostile(json!({"mode": "huge", "bytes": 3})).await.unwrap();
+    let fine = hostile(py_spec(), json!({"mode": "huge", "bytes": 3}))
+        .await
+        .unwrap();
     assert_eq!(ok(&fine), &json!("xxx"));
 }
 
@@ -223,7 +225,7 @@ async fn an_output_the_abi_cannot_carry_is_a_failure() {
 /// (with the type) up to a bound and says how much went; a raw WIT error passes through.
 #[tokio::test]
 async fn errors_that_resist_description_still_reach_the_report() {
-    let Some(report) = hostile(json!({"mode": "bad-error", "kind": "str"})).await else {
+    let Some(report) = hostile(py_spec(), json!({"mode": "bad-error", "kind": "str"})).await else {
         return;
     };
     let (kind, message) = agent_error(&report);
@@ -231,9 +233,12 @@ async fn errors_that_resist_description_still_reach_the_report() {
     assert!(message.starts_with("_Unprintable: <"), "{message}");
     assert!(message.contains("in run"), "{message}");
 
-    let report = hostile(json!({"mode": "bad-error", "kind": "huge", "bytes": 1 << 20}))
-        .await
-        .unwrap();
+    let report = hostile(
+        py_spec(),
+        json!({"mode": "bad-error", "kind": "huge", "bytes": 1 << 20}),
+    )
+    .await
+    .unwrap();
     let (kind, message) = agent_error(&report);
     assert_eq!(kind, "failed");
     assert!(
@@ -250,15 +255,22 @@ async fn errors_that_resist_description_still_reach_the_report() {
     assert!(message.contains("Traceback (most recent call last)"));
 
     // Just inside the head's bound: the whole message, no marker.
-    let report = hostile(json!({"mode": "bad-error", "kind": "huge", "bytes": 4000}))
-        .await
-        .unwrap();
+    let report = hostile(
+        py_spec(),
+        json!({"mode": "bad-error", "kind": "huge", "bytes": 4000}),
+    )
+    .await
+    .unwrap();
     let (_, message) = agent_error(&report);
     assert!(message.contains(&"y".repeat(4000)), "{}", message.len());
     assert!(!message.contains("left out]"), "{message}");
 
-    let report = hostile(json!({"mode": "bad-error", "kind": "raw"}))
+    let report = hostile(py_spec(), json!({"mode": "bad-error", "kind": "raw"}))
         .await
         .unwrap();
     assert_eq!(agent_error(&report), ("invalid-input", "raw \\udc80 error"));
+    let report = hostile(py_spec(), json!({"mode": "bad-error", "kind": "lying"}))
+        .await
+        .unwrap();
+    assert_eq!(agent_error(&report), ("invalid-input", "lying error"));
 }

@@ -7,25 +7,6 @@ use qi_host::{AgentFailure, ErrorCategory, LimitKind};
 
 const CANARY: &str = "CANARY-py-71c3: outside the mount, never to be read";
 
-async fn hostile(
-    spec: qi_host::SubAgentSpecification,
-    input: serde_json::Value,
-) -> Option<qi_host::AgentReport> {
-    let component = python(PY_HOSTILE_COMPONENT)?;
-    Some(run(component, spec, input).await)
-}
-
-#[track_caller]
-fn agent_error(report: &qi_host::AgentReport) -> (&str, &str) {
-    match &report.failure {
-        Some(AgentFailure::AgentError {
-            error_kind,
-            message,
-        }) => (error_kind.as_str(), message.as_str()),
-        other => panic!("expected the agent's own error, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn an_infinite_loop_is_stopped_by_fuel() {
     let mut s = py_spec();

@@ -28,6 +28,28 @@ fn python(component: &'static str) -> Option<&'static str> {
     }
 }
 
+/// `py-hostile` run once with `input` under `spec`; `None` when the Python guests were not
+/// built.
+async fn hostile(
+    spec: qi_host::SubAgentSpecification,
+    input: serde_json::Value,
+) -> Option<qi_host::AgentReport> {
+    let component = python(PY_HOSTILE_COMPONENT)?;
+    Some(run(component, spec, input).await)
+}
+
+/// The agent's own error (kind, message); panics on any other outcome.
+#[track_caller]
+fn agent_error(report: &qi_host::AgentReport) -> (&str, &str) {
+    match &report.failure {
+        Some(qi_host::AgentFailure::AgentError {
+            error_kind,
+            message,
+        }) => (error_kind.as_str(), message.as_str()),
+        other => panic!("expected the agent's own error, got {other:?}"),
+    }
+}
+
 /// A spec roomy enough for CPython: its heap image is about 13 MiB.
 fn py_spec() -> qi_host::SubAgentSpecification {
     let mut s = spec();
