@@ -158,7 +158,7 @@ pub(crate) fn copy_app_sources(
 }
 
 /// A digest of everything a build of `app` depends on besides componentize-py itself: the
-/// WIT, the SDK, and the `.py` files under the app's directory (read in 64 KiB pieces). The
+/// WIT, the SDK, the generated entry module, and the `.py` files under the app's directory (read in 64 KiB pieces). The
 /// bundled-guest build skips a guest whose digest is unchanged.
 ///
 /// # Errors
@@ -174,8 +174,14 @@ pub fn input_digest(app: &Path, tool_version: &str) -> Result<String, BuildError
         hasher.update(text.as_bytes());
     }
     let dir = app.parent().unwrap_or(Path::new("."));
+    let files = collect_py(dir)?;
+    // The generated entry module (what the build adds around the app) counts too.
+    let module = crate::module_name(app)?;
+    let entry = crate::entry_module(&module, &top_level_modules(dir, &files));
+    hasher.update((entry.len() as u64).to_le_bytes());
+    hasher.update(entry.as_bytes());
     let mut buf = vec![0u8; 64 << 10];
-    for file in collect_py(dir)? {
+    for file in files {
         hasher.update(file.to_string_lossy().as_bytes());
         let mut f = fs::File::open(&file).map_err(io(format!("reading {}", file.display())))?;
         let mut len = 0u64;

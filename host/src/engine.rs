@@ -372,11 +372,13 @@ fn build_engine(config: &HostConfig) -> Result<(Engine, AllocatorKind)> {
         let n = config.max_live_agents;
         pool.total_component_instances(n)
             // A wasm32-wasip2 Rust component has a handful of core instances (the program,
-            // wit-component shims) and one or two memories and tables.
+            // wit-component shims) and one or two memories and tables; a componentize-py
+            // component has 14 core instances (CPython, its libc and shims), so the pool holds
+            // 16 per live agent (the runtime bench's `python` section holds 1,000 alive).
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
             .max_tables_per_component(8)
-            .total_core_instances(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(16))
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(4))
             .total_stacks(n)
