@@ -26,6 +26,7 @@
 //! (SQLite with group commit, blob tier), [`events`] (event bus), [`context`] (shared context),
 //! [`audit`] (tamper-evident audit log),
 //! [`coord`] (task manifests, distribution, coordinated execution, synchronization points),
+//! [`serve`] (`qi-host serve`: MCP and HTTP front for AI clients),
 //! [`error`].
 
 pub mod agents;
@@ -42,6 +43,7 @@ pub mod llm;
 pub mod model;
 pub mod sandbox;
 pub mod security;
+pub mod serve;
 pub mod spec;
 pub mod store;
 pub mod tools;

@@ -108,6 +108,13 @@ pub enum ResourceKind {
     File,
     /// A network address or host name.
     Network,
+    /// A registered agent of `qi-host serve`, by its registered name.
+    Agent,
+    /// A coordinated run started through `qi-host serve`, by registered manifest name (for
+    /// `start` and `plan`) or run id.
+    Run,
+    /// The audit log (`audit/log`).
+    Audit,
 }
 
 impl ResourceKind {
@@ -123,13 +130,16 @@ impl ResourceKind {
             ResourceKind::Llm => "llm",
             ResourceKind::File => "file",
             ResourceKind::Network => "network",
+            ResourceKind::Agent => "agent",
+            ResourceKind::Run => "run",
+            ResourceKind::Audit => "audit",
         }
     }
 }
 
 impl ResourceKind {
     /// Every kind, in the order of the [`ResourceName`] table.
-    pub const ALL: [ResourceKind; 8] = [
+    pub const ALL: [ResourceKind; 11] = [
         ResourceKind::Context,
         ResourceKind::Events,
         ResourceKind::Sync,
@@ -138,6 +148,9 @@ impl ResourceKind {
         ResourceKind::Llm,
         ResourceKind::File,
         ResourceKind::Network,
+        ResourceKind::Agent,
+        ResourceKind::Run,
+        ResourceKind::Audit,
     ];
 
     /// The actions the gate decides on resources of this kind (the [`ResourceName`] table);
@@ -162,6 +175,9 @@ impl ResourceKind {
             ResourceKind::Llm => &["chat"],
             ResourceKind::File => &["read", "write", "create", "delete", "list", "stat", "link"],
             ResourceKind::Network => &["connect", "send", "receive", "bind", "listen", "resolve"],
+            ResourceKind::Agent => &["list", "run", "terminate"],
+            ResourceKind::Run => &["start", "plan", "status", "terminate"],
+            ResourceKind::Audit => &["query"],
         }
     }
 }
@@ -186,6 +202,9 @@ impl std::fmt::Display for ResourceKind {
 /// | `llm` | the `<provider>/<model>` id the model name resolves to | `llm/local/qwen2.5-7b` | `chat` | `qi:agent/llm` |
 /// | `file` | the absolute guest path, without its leading `/`, lexically normalised (no `.`, `..` or empty segments) and with every link resolved to the name its target has in the guest's view | `file/workspace/src/a.rs` | `read`, `write`, `create`, `delete`, `list`, `stat`, `link` | WASI filesystem, `fs.*` tools |
 /// | `network` | `<ip>:<port>` of a socket use (IPv6 in brackets, an IPv4-mapped IPv6 address as written by the guest); the host name of a lookup, as the agent passed it | `network/10.0.0.5:443`, `network/[::1]:8080`, `network/example.com` | `connect`, `send`, `receive`, `bind`, `listen`, `resolve` | WASI sockets |
+/// | `agent` | the registered name in `qi-host serve`'s config | `agent/hello` | `list`, `run`, `terminate` | `qi-host serve` |
+/// | `run` | the registered manifest name (`start`, `plan`) or the run id | `run/code-review`, `run/serve-1a2b` | `start`, `plan`, `status`, `terminate` | `qi-host serve` |
+/// | `audit` | `log` | `audit/log` | `query` | `qi-host serve` |
 ///
 /// A file is named by where it lands, not by how the guest spelled it: `/workspace/./a`,
 /// `/workspace/sub/../a`, `/workspace//a`, `a` relative to an open `/workspace` and a link

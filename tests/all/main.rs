@@ -22,5 +22,6 @@ mod progress_tty;
 mod python;
 mod runtime_race;
 mod security;
+mod serve;
 mod validation;
 mod walls;

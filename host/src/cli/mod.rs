@@ -8,6 +8,7 @@ pub(crate) mod run;
 mod run_agent;
 mod run_report;
 mod schema;
+pub(crate) mod serve;
 pub(crate) mod state;
 
 use crate::error::Error;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Build a Python agent (a module with one `qi_agent.Agent` subclass) into a component,
     /// with componentize-py and the host's own WIT.
     BuildPy(crate::cli::build_py::BuildPyArgs),
+    /// Serve MCP (stdio and/or Streamable HTTP at /mcp) and a JSON API (/v1) to AI clients:
+    /// they run the agents and manifests the server config registers.
+    Serve(crate::cli::serve::ServeArgs),
     /// Show what a component is: agent info, imports, exports, and whether the host can run it.
     Inspect(InspectArgs),
     /// Look at and repair shared contexts in a data directory (as the operator).
@@ -355,6 +359,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::Plan(args) => crate::cli::run::plan(args).await,
         Command::RunAgent(args) => run_agent::run_agent(args).await,
         Command::Inspect(args) => inspect::inspect(args).await,
+        Command::Serve(args) => serve::serve(args).await,
         Command::BuildPy(args) => Ok(build_py::build_py(args)),
         Command::Context(args) => crate::cli::state::context(args).await,
         Command::Events(args) => crate::cli::state::events(args).await,

@@ -12,6 +12,9 @@
 //! | `tool` | the tool name (`fs.read`) | `call` |
 //! | `file` | the path as the file layer names it | `open`, `read`, `write`, `stat`, `mkdir`, `delete`, `link` |
 //! | `network` | `ip:port`, or the name looked up | `bind`, `connect`, `send`, `receive`, `listen`, `resolve` |
+//! | `agent` | a registered agent of `qi-host serve` | `list`, `run`, `terminate` |
+//! | `run` | a registered manifest (`start`, `plan`) or a run id | `start`, `plan`, `status`, `terminate` |
+//! | `audit` | `log` | `query` |
 //!
 //! # Policies
 //!

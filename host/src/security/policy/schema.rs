@@ -41,6 +41,9 @@ pub const ACTIONS: &[(&str, &[&str])] = &[
         ResourceKind::Network.as_str(),
         ResourceKind::Network.actions(),
     ),
+    (ResourceKind::Agent.as_str(), ResourceKind::Agent.actions()),
+    (ResourceKind::Run.as_str(), ResourceKind::Run.actions()),
+    (ResourceKind::Audit.as_str(), ResourceKind::Audit.actions()),
 ];
 
 /// Whether `kind` is a resource kind of [`ACTIONS`].
