@@ -30,7 +30,7 @@ pub struct Registered {
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: BTreeMap<String, Registered>,
-    live: Mutex<HashMap<String, String>>,
+    live: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Registry {
@@ -80,7 +80,7 @@ impl Registry {
         }
         Ok(Registry {
             agents,
-            live: Mutex::default(),
+            live: Arc::default(),
         })
     }
 
@@ -253,8 +253,12 @@ impl Server {
         let task = TaskRequest::new(args.task, args.input);
         // The agent runs in its own task, so that a client going away decides its fate
         // (on_disconnect) instead of the dropped request future.
+        // It leaves the list of live agents when it ends, whether or not anyone waits.
+        let live = self.agents.live.clone();
+        let id = agent_id.clone();
         let handle = tokio::spawn(async move {
             let report = agent.run(task).await;
+            live.lock().expect("registry lock poisoned").remove(&id);
             drop(slot);
             report
         });
@@ -265,11 +269,6 @@ impl Server {
         };
         let report = handle.await;
         guard.agent_id = None;
-        self.agents
-            .live
-            .lock()
-            .expect("registry lock poisoned")
-            .remove(&agent_id);
         let report =
             report.map_err(|e| OpError::failed(format!("the agent's task failed: {e}")))?;
         serde_json::to_value(&report).map_err(|e| OpError::failed(e.to_string()))

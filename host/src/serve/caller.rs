@@ -82,14 +82,18 @@ pub enum AuthError {
     /// The Ed25519 credential was refused.
     #[error("{0}")]
     Identity(#[from] IdentityError),
-    /// Too many live sessions.
-    #[error("too many live sessions ({0}); retry when one expires (limits.max_sessions)")]
-    TooManySessions(usize),
 }
 
 struct Session {
     caller: Caller,
     expires: Instant,
+}
+
+/// Live sessions by token digest, and each identity's, oldest first.
+#[derive(Default)]
+struct Sessions {
+    by_token: HashMap<[u8; 32], Session>,
+    by_caller: HashMap<String, std::collections::VecDeque<[u8; 32]>>,
 }
 
 /// Token clients, identities and live Ed25519 sessions.
@@ -98,7 +102,7 @@ pub struct Auth {
     tokens: HashMap<[u8; 32], Caller>,
     identities: IdentityRegistry,
     identity_callers: HashMap<String, Caller>,
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    sessions: Mutex<Sessions>,
     limits: ServeLimits,
 }
 
@@ -199,14 +203,10 @@ impl Auth {
         if let Some(c) = self.tokens.get(&d) {
             return Ok(c.clone());
         }
-        let mut sessions = self.sessions.lock().expect("session lock poisoned");
-        match sessions.get(&d) {
+        let sessions = self.sessions.lock().expect("session lock poisoned");
+        match sessions.by_token.get(&d) {
             Some(s) if s.expires > Instant::now() => Ok(s.caller.clone()),
-            Some(_) => {
-                sessions.remove(&d);
-                Err(AuthError::Invalid)
-            }
-            None => Err(AuthError::Invalid),
+            _ => Err(AuthError::Invalid),
         }
     }
 
@@ -225,16 +225,29 @@ impl Auth {
             .ok_or_else(|| IdentityError::UnknownAgent(agent.id.clone()))?;
         let ttl = Duration::from_millis(self.limits.session_ttl_ms);
         let now = Instant::now();
-        let mut sessions = self.sessions.lock().expect("session lock poisoned");
-        if sessions.len() >= self.limits.max_sessions {
-            sessions.retain(|_, s| s.expires > now);
-            if sessions.len() >= self.limits.max_sessions {
-                return Err(AuthError::TooManySessions(sessions.len()));
+        let mut guard = self.sessions.lock().expect("session lock poisoned");
+        let Sessions {
+            by_token,
+            by_caller,
+        } = &mut *guard;
+        // Tokens of expired sessions of any identity are dropped now and then.
+        if by_token.len() > 2 * self.limits.max_sessions * by_caller.len().max(1) {
+            by_token.retain(|_, s| s.expires > now);
+        }
+        // Each identity holds at most `max_sessions`: its oldest ends first, so no identity
+        // can take sessions from another. Expired ones of this identity go too.
+        let mine = by_caller.entry(caller.id.clone()).or_default();
+        mine.retain(|d| by_token.get(d).is_some_and(|s| s.expires > now));
+        while mine.len() >= self.limits.max_sessions {
+            if let Some(old) = mine.pop_front() {
+                by_token.remove(&old);
             }
         }
         let token = format!("qis_{}", crate::model::random_hex(64));
-        sessions.insert(
-            digest(&token),
+        let d = digest(&token);
+        mine.push_back(d);
+        by_token.insert(
+            d,
             Session {
                 caller,
                 expires: now + ttl,
@@ -331,6 +344,65 @@ impl Quotas {
         RunSlot {
             quotas: self.clone(),
             client: client.to_string(),
+        }
+    }
+}
+
+/// Session id → caller, and caller → its session ids, oldest first.
+type SessionOwners = (
+    HashMap<String, String>,
+    HashMap<String, std::collections::VecDeque<String>>,
+);
+
+/// Which caller opened each MCP session (Streamable HTTP): a session is used only by the
+/// caller that opened it, and one caller holds at most `max_per_caller` sessions (opening one
+/// more forgets its oldest, which is then refused like an unknown one).
+#[derive(Debug)]
+pub struct McpSessions {
+    max_per_caller: usize,
+    owners: Mutex<SessionOwners>,
+}
+
+impl McpSessions {
+    /// Sessions of at most `max_per_caller` per caller.
+    pub fn new(max_per_caller: usize) -> McpSessions {
+        McpSessions {
+            max_per_caller: max_per_caller.max(1),
+            owners: Mutex::default(),
+        }
+    }
+
+    /// Whether `caller` may use session `id` (it opened it, and it is not forgotten).
+    pub fn may_use(&self, caller: &str, id: &str) -> bool {
+        let owners = self.owners.lock().expect("session lock poisoned");
+        owners.0.get(id).is_some_and(|o| o == caller)
+    }
+
+    /// Records that `caller` opened session `id`.
+    pub fn opened(&self, caller: &str, id: &str) {
+        let mut guard = self.owners.lock().expect("session lock poisoned");
+        let (owners, by_caller) = &mut *guard;
+        let mine = by_caller.entry(caller.to_string()).or_default();
+        while mine.len() >= self.max_per_caller {
+            if let Some(old) = mine.pop_front() {
+                owners.remove(&old);
+            }
+        }
+        mine.push_back(id.to_string());
+        owners.insert(id.to_string(), caller.to_string());
+    }
+
+    /// Forgets session `id` (it was deleted).
+    pub fn closed(&self, id: &str) {
+        let mut guard = self.owners.lock().expect("session lock poisoned");
+        let (owners, by_caller) = &mut *guard;
+        if let Some(owner) = owners.remove(id)
+            && let Some(mine) = by_caller.get_mut(&owner)
+        {
+            mine.retain(|x| x != id);
+            if mine.is_empty() {
+                by_caller.remove(&owner);
+            }
         }
     }
 }

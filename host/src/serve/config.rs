@@ -31,8 +31,8 @@
 //! ```
 //!
 //! Paths are relative to the config file's directory. Every name is 1 to 64 bytes of ASCII
-//! letters, digits, `-`, `_` and `.`; a client or identity may not be named `operator`, and a
-//! name is used once across `clients` and `identities`.
+//! letters, digits, `-`, `_` and `.`; a client or identity may not be named `operator` or
+//! `anonymous`, and a name is used once across `clients` and `identities`.
 
 use crate::error::Error;
 use crate::security::TrustLevel;
@@ -98,8 +98,12 @@ pub struct ServeLimits {
     /// 1,000). The oldest finished ones are forgotten first; past it with every kept run
     /// still running, `run_task` is refused.
     pub max_tracked_runs: usize,
-    /// Ed25519 session tokens alive at once (1 to 100,000; default 10,000).
+    /// Ed25519 session tokens one identity holds at once (1 to 10,000; default 16): one more
+    /// ends its oldest.
     pub max_sessions: usize,
+    /// MCP sessions (Streamable HTTP) one client holds at once (1 to 10,000; default 64): one
+    /// more forgets its oldest, which is then refused.
+    pub max_mcp_sessions_per_client: usize,
     /// How long an Ed25519 session token lasts, ms (1,000 to 86,400,000; default 3,600,000).
     pub session_ttl_ms: u64,
 }
@@ -114,7 +118,8 @@ impl Default for ServeLimits {
             burst: 200,
             shutdown_grace_ms: 10_000,
             max_tracked_runs: 1_000,
-            max_sessions: 10_000,
+            max_sessions: 16,
+            max_mcp_sessions_per_client: 64,
             session_ttl_ms: 3_600_000,
         }
     }
@@ -305,7 +310,13 @@ impl ServerConfig {
         within("burst", l.burst.into(), 1, 1_000_000)?;
         within("shutdown_grace_ms", l.shutdown_grace_ms, 0, 600_000)?;
         within("max_tracked_runs", l.max_tracked_runs as u64, 16, 100_000)?;
-        within("max_sessions", l.max_sessions as u64, 1, 100_000)?;
+        within("max_sessions", l.max_sessions as u64, 1, 10_000)?;
+        within(
+            "max_mcp_sessions_per_client",
+            l.max_mcp_sessions_per_client as u64,
+            1,
+            10_000,
+        )?;
         within("session_ttl_ms", l.session_ttl_ms, 1_000, 86_400_000)?;
         for (table, len) in [
             ("agents", self.agents.len()),
@@ -333,10 +344,11 @@ impl ServerConfig {
             }
         }
         for name in self.clients.keys().chain(self.identities.keys()) {
-            if name == crate::context::OPERATOR {
+            if name == crate::context::OPERATOR || name == "anonymous" {
                 return Err(bad(
                     name,
-                    "`operator` is the stdio caller's name; choose another",
+                    "`operator` (the stdio caller) and `anonymous` (unauthenticated requests) \
+                     are reserved; choose another name",
                 ));
             }
         }

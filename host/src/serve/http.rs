@@ -74,9 +74,15 @@ async fn authenticate(State(server): State<Arc<Server>>, mut req: Request, next:
     let caller = match caller {
         Ok(c) => c,
         Err(e) => {
+            // Refusals share one bucket: a flood of bad tokens is slowed down (and its audit
+            // entries with it) without touching any client's rate or anyone's sign-in.
+            if let Err(wait) = anonymous_rate(&server, REFUSED) {
+                return error_response(&wait);
+            }
             let _ = server.record(
                 &Caller {
-                    id: "anonymous".into(),
+                    id: ANONYMOUS.into(),
+                    name: ANONYMOUS.into(),
                     ..Caller::operator()
                 },
                 "serve/auth",
@@ -90,11 +96,66 @@ async fn authenticate(State(server): State<Arc<Server>>, mut req: Request, next:
     if let Err(e) = server.rate(&caller) {
         return error_response(&e);
     }
+    // An MCP session is used only by the caller that opened it.
+    let mcp = req.uri().path().starts_with("/mcp");
+    let session = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if mcp
+        && let Some(id) = &session
+        && !server.mcp_sessions.may_use(&caller.id, id)
+    {
+        return error_response(&OpError::not_found(format!(
+            "no MCP session `{id}` of `{}`; initialize a new one",
+            caller.id
+        )));
+    }
+    let deleting = req.method() == axum::http::Method::DELETE;
+    let id = caller.id.clone();
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let response = next.run(req).await;
+    if mcp {
+        match (&session, response.headers().get(SESSION_HEADER)) {
+            (None, Some(opened)) => {
+                if let Ok(opened) = opened.to_str() {
+                    server.mcp_sessions.opened(&id, opened);
+                }
+            }
+            (Some(s), _) if deleting => server.mcp_sessions.closed(s),
+            _ => {}
+        }
+    }
+    response
 }
 
+/// The Streamable HTTP session header (MCP 2025-03-26 and later).
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The request rate of unauthenticated requests, in two buckets under the per-client limits:
+/// [`REFUSED`] (requests whose token was refused) and [`SIGN_IN`] (`/v1/info`,
+/// `/v1/auth/ed25519`).
+fn anonymous_rate(server: &Server, bucket: &str) -> Result<(), OpError> {
+    server.rate(&Caller {
+        id: bucket.into(),
+        name: ANONYMOUS.into(),
+        ..Caller::operator()
+    })
+}
+
+/// The rate bucket of requests whose token was refused.
+const REFUSED: &str = "anonymous:refused";
+/// The rate bucket of sign-in requests.
+const SIGN_IN: &str = "anonymous:sign-in";
+
+/// The caller id of unauthenticated requests (audit entries, the shared rate bucket).
+pub const ANONYMOUS: &str = "anonymous";
+
 async fn info(State(server): State<Arc<Server>>) -> Response {
+    if let Err(e) = anonymous_rate(&server, SIGN_IN) {
+        return error_response(&e);
+    }
     Json(serde_json::json!({
         "hostId": server.auth.host_id(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -123,6 +184,9 @@ async fn ed25519(
     State(server): State<Arc<Server>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(e) = anonymous_rate(&server, SIGN_IN) {
+        return error_response(&e);
+    }
     let value = match body_json(body) {
         Ok(v) => v,
         Err(e) => return error_response(&e),
@@ -145,7 +209,13 @@ async fn ed25519(
     }
 }
 
-async fn list_tools() -> Response {
+async fn list_tools(
+    State(server): State<Arc<Server>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Response {
+    if let Err(e) = server.admit(&caller, "tools/list", &serde_json::Value::Null) {
+        return error_response(&e);
+    }
     Json(serde_json::json!({"tools": super::tools::tools()})).into_response()
 }
 
@@ -170,6 +240,13 @@ async fn run_events(
     Path(run_id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
+    if let Err(e) = server.admit(
+        &caller,
+        "run_events",
+        &serde_json::json!({"run_id": run_id}),
+    ) {
+        return error_response(&e);
+    }
     let (mut status, mut outcome) = match server.run_watch(&caller, &run_id) {
         Ok(w) => w,
         Err(e) => return error_response(&e),

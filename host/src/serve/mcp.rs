@@ -132,8 +132,12 @@ impl ServerHandler for McpHandler {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        let caller = self.caller(&context)?;
+        self.server
+            .admit(&caller, "tools/list", &serde_json::Value::Null)
+            .map_err(|e| McpError::internal_error(e.message, None))?;
         let tools = super::tools::tools()
             .into_iter()
             .map(|t| {
@@ -246,6 +250,13 @@ impl ServerHandler for McpHandler {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let caller = self.caller(&context)?;
+        self.server
+            .admit(
+                &caller,
+                "resources/subscribe",
+                &serde_json::json!({"uri": request.uri}),
+            )
+            .map_err(|e| McpError::invalid_request(e.message, None))?;
         let id = context_id(&request.uri)?.to_string();
         let sub = self
             .server

@@ -53,6 +53,8 @@ pub struct Server {
     pub auth: caller::Auth,
     /// Request rates and runs in progress.
     pub quotas: Arc<caller::Quotas>,
+    /// Who opened which MCP session.
+    pub mcp_sessions: caller::McpSessions,
     stopping: AtomicBool,
 }
 
@@ -105,6 +107,7 @@ impl Server {
                 .map_err(|e| Error::System(anyhow::anyhow!("registering `{id}`: {e}")))?;
         }
         let quotas = Arc::new(caller::Quotas::new(config.limits));
+        let mcp_sessions = caller::McpSessions::new(config.limits.max_mcp_sessions_per_client);
         let runs = runs::Runs::new(config.limits.max_tracked_runs);
         Ok(Arc::new(Server {
             host,
@@ -117,6 +120,7 @@ impl Server {
             runs,
             auth,
             quotas,
+            mcp_sessions,
             stopping: AtomicBool::new(false),
         }))
     }

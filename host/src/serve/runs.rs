@@ -102,7 +102,9 @@ impl Runs {
         }
     }
 
-    fn insert(&self, id: &str, entry: Entry) -> Result<(), OpError> {
+    /// Tracks run `id`. `bounded`: refused past `max` runs when none of them has ended (a
+    /// resumed run is tracked whatever the bound: it was accepted before the restart).
+    fn insert(&self, id: &str, entry: Entry, bounded: bool) -> Result<(), OpError> {
         let mut guard = self.entries.lock().expect("runs lock poisoned");
         let (map, order) = &mut *guard;
         while map.len() >= self.max {
@@ -114,6 +116,7 @@ impl Runs {
                     let old = order.remove(i).expect("position is in range");
                     map.remove(&old);
                 }
+                None if !bounded => break,
                 None => {
                     return Err(OpError::limit(format!(
                         "{} runs are in progress on this server (limits.max_tracked_runs); \
@@ -126,6 +129,13 @@ impl Runs {
         map.insert(id.to_string(), entry);
         order.push_back(id.to_string());
         Ok(())
+    }
+
+    fn remove(&self, id: &str) {
+        let mut guard = self.entries.lock().expect("runs lock poisoned");
+        let (map, order) = &mut *guard;
+        map.remove(id);
+        order.retain(|x| x != id);
     }
 
     fn with<T>(&self, id: &str, f: impl FnOnce(&Entry) -> T) -> Option<T> {
@@ -177,6 +187,18 @@ impl Server {
         let prepared = with_inputs(prepared, &args.inputs)?;
         let slot = self.run_slot(caller)?;
         let run_id = format!("serve-{}", crate::model::random_hex(16));
+        let on_disconnect = args.on_disconnect.unwrap_or(OnDisconnect::Continue);
+        // Tracked first (refused past limits.max_tracked_runs), recorded next, run last: a run
+        // refused at either step leaves nothing behind and never starts.
+        let (started, go) = self.launch(
+            caller.id.clone(),
+            args.manifest.clone(),
+            prepared,
+            run_id.clone(),
+            false,
+            slot,
+            on_disconnect,
+        )?;
         let record = json!({
             "manifest": args.manifest,
             "inputs": args.inputs,
@@ -184,7 +206,8 @@ impl Server {
             "state": "running",
             "startedAtMs": crate::model::unix_ms(),
         });
-        self.context
+        let created = self
+            .context
             .create(
                 OPERATOR,
                 NewContext {
@@ -195,20 +218,18 @@ impl Server {
                     ..NewContext::default()
                 },
             )
-            .await?;
-        let on_disconnect = args.on_disconnect.unwrap_or(OnDisconnect::Continue);
-        self.launch(
-            caller.id.clone(),
-            args.manifest,
-            prepared,
-            run_id,
-            false,
-            slot,
-            on_disconnect,
-        )
+            .await;
+        if let Err(e) = created {
+            drop(go);
+            self.runs.remove(&run_id);
+            return Err(e.into());
+        }
+        let _ = go.send(());
+        Ok(started)
     }
 
-    /// Starts (or resumes) the run task and tracks it.
+    /// Tracks the run and makes its task, which starts (or resumes) the run once the returned
+    /// sender says so; dropping the sender instead ends the task without running anything.
     #[allow(clippy::too_many_arguments)]
     fn launch(
         self: &Arc<Self>,
@@ -219,8 +240,9 @@ impl Server {
         resume: bool,
         slot: super::caller::RunSlot,
         on_disconnect: OnDisconnect,
-    ) -> Result<Started, OpError> {
+    ) -> Result<(Started, tokio::sync::oneshot::Sender<()>), OpError> {
         let total = prepared.manifest.subtasks.len();
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
         let (status_tx, status) = watch::channel(ExecutionStatus {
             coordination_id: run_id.clone(),
             status: "starting".into(),
@@ -236,6 +258,10 @@ impl Server {
         let sender = outcome_tx.clone();
         let id = run_id.clone();
         let task = tokio::spawn(async move {
+            if go_rx.await.is_err() {
+                drop(slot);
+                return;
+            }
             let report = prepared
                 .run(
                     server.host.clone(),
@@ -276,7 +302,7 @@ impl Server {
                 }
             }
         };
-        self.runs.insert(
+        let tracked = self.runs.insert(
             &run_id,
             Entry {
                 owner,
@@ -285,15 +311,21 @@ impl Server {
                 outcome: outcome_tx,
                 abort: abort.clone(),
             },
-        )?;
+            !resume,
+        );
+        // Refused: dropping `go` ends the task before it runs anything.
+        tracked?;
         tokio::spawn(watcher);
-        Ok(Started {
-            run_id,
-            status,
-            outcome,
-            on_disconnect,
-            abort,
-        })
+        Ok((
+            Started {
+                run_id,
+                status,
+                outcome,
+                on_disconnect,
+                abort,
+            },
+            go,
+        ))
     }
 
     /// Marks the run's record finished.
@@ -313,16 +345,28 @@ impl Server {
         };
         let patch =
             json!({"state": state, "error": detail, "finishedAtMs": crate::model::unix_ms()});
-        if let Err(e) = self
-            .context
-            .write(
-                OPERATOR,
-                &format!("serve/run/{run_id}"),
-                Change::Merge(patch),
-                None,
-            )
-            .await
-        {
+        let id = format!("serve/run/{run_id}");
+        // Based on the version read, so that it is accepted whatever the record's strategy;
+        // tried again once if somebody wrote in between.
+        let mut last = None;
+        for _ in 0..2 {
+            let base = match self.context.get(OPERATOR, &id).await {
+                Ok(v) => v.version,
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            };
+            match self
+                .context
+                .write(OPERATOR, &id, Change::Merge(patch.clone()), Some(base))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
             tracing::warn!(run = run_id, error = %e, "could not record the end of a run");
         }
     }
@@ -473,39 +517,23 @@ impl Server {
             let Some(run_id) = r.id.strip_prefix("serve/run/").map(str::to_string) else {
                 continue;
             };
-            let manifest = r
-                .doc
-                .get("manifest")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let owner = r
-                .doc
-                .get("client")
-                .and_then(Value::as_str)
-                .unwrap_or(OPERATOR)
-                .to_string();
-            let inputs: BTreeMap<String, Value> = r
-                .doc
-                .get("inputs")
-                .cloned()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default();
-            let prepared = match self
-                .manifests
-                .get(&manifest)
-                .and_then(|p| with_inputs(p, &inputs))
-            {
-                Ok(p) => p,
+            let parsed = record_fields(&r.doc).and_then(|(manifest, owner, inputs)| {
+                let p = self.manifests.get(&manifest)?;
+                Ok((manifest, owner, with_inputs(p, &inputs)?))
+            });
+            let (manifest, owner, prepared) = match parsed {
+                Ok(x) => x,
                 Err(e) => {
                     tracing::error!(run = %run_id, error = %e, "cannot resume a recorded run");
+                    eprintln!("not resuming run `{run_id}`: {e}");
                     self.finish_record(&run_id, &Outcome::Error(format!("not resumed: {e}")))
                         .await;
                     continue;
                 }
             };
             let slot = self.quotas.unlimited_slot(&owner);
-            self.launch(
+            // Resumed runs are tracked whatever limits.max_tracked_runs says now.
+            let launched = self.launch(
                 owner,
                 manifest,
                 prepared,
@@ -513,10 +541,43 @@ impl Server {
                 true,
                 slot,
                 OnDisconnect::Continue,
-            )
-            .map_err(|e| Error::System(anyhow::anyhow!("resuming run `{run_id}`: {e}")))?;
-            resumed.push(run_id);
+            );
+            match launched {
+                Ok((_, go)) => {
+                    let _ = go.send(());
+                    resumed.push(run_id);
+                }
+                Err(e) => {
+                    eprintln!("not resuming run `{run_id}`: {e}");
+                    self.finish_record(&run_id, &Outcome::Error(format!("not resumed: {e}")))
+                        .await;
+                }
+            }
         }
         Ok(resumed)
     }
+}
+
+/// The manifest, client and inputs of a run record, each checked: a record someone changed by
+/// hand into another shape is not resumed (rather than resumed with inputs nobody gave).
+fn record_fields(doc: &Value) -> Result<(String, String, BTreeMap<String, Value>), OpError> {
+    let field = |name: &str| {
+        doc.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| OpError::invalid(format!("the record's `{name}` is not a string")))
+    };
+    let manifest = field("manifest")?;
+    let client = field("client")?;
+    if client != OPERATOR && !client.starts_with("client:") {
+        return Err(OpError::invalid(format!(
+            "the record's `client` `{client}` is not a caller id"
+        )));
+    }
+    let inputs = match doc.get("inputs") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| OpError::invalid(format!("the record's `inputs`: {e}")))?,
+    };
+    Ok((manifest, client, inputs))
 }

@@ -243,6 +243,8 @@ impl Server {
             until_ms: args.until_ms,
             limit: Some(limit("limit", args.limit, 100)?),
         };
+        // What was recorded before this query (its own request included) is written first.
+        self.audit.flush().await;
         let entries = self
             .audit
             .query(&q)

@@ -264,6 +264,7 @@ async fn an_ed25519_identity_gets_a_session_and_a_replayed_credential_is_refused
     assert_eq!(status, 401, "{body}");
     s.still_serves().await;
     // The session's requests are audited under the identity.
+    s.server.audit().flush().await;
     let audit = s
         .ok(
             ADMIN,

@@ -138,3 +138,29 @@ fn a_config_out_of_bounds_is_refused_naming_the_field() {
         .to_string();
     assert!(e.contains("config.clients.alice.token_file"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_share_one_bounded_rate_that_leaves_clients_alone() {
+    let f = Fixture::new("requests_per_second = 1\nburst = 3", "");
+    let s = f.serve().await;
+    // Just inside: three refusals are answered (and audited) as refusals.
+    for i in 0..3 {
+        let (status, body) = s
+            .call(&format!("wrong-{i}"), "list_agents", json!({}))
+            .await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // Just past: the fourth is slowed down, whatever token it tries.
+    let (status, body) = s.call("wrong-3", "list_agents", json!({})).await;
+    assert_eq!(status, 429, "{body}");
+    let r = s
+        .http
+        .get(format!("{}/v1/info", s.base))
+        .send()
+        .await
+        .unwrap();
+    // Sign-in has its own bucket, and clients with their tokens are not affected.
+    assert_eq!(r.status().as_u16(), 200);
+    s.ok(ALICE, "list_agents", json!({})).await;
+    s.ok(BOB, "list_agents", json!({})).await;
+}

@@ -15,6 +15,7 @@ mod api;
 mod bounds;
 mod lifecycle;
 mod python;
+mod redteam;
 mod state;
 
 /// The tokens of the fixture's clients (each 64 hex characters).
