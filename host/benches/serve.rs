@@ -211,7 +211,7 @@ impl Bench {
         let addr = listener.local_addr()?;
         let s = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
+            if let Err(e) = axum::serve(qi_host::serve::http::no_delay(listener), app)
                 .with_graceful_shutdown(async move { s.cancelled().await })
                 .await
             {

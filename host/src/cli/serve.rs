@@ -87,7 +87,7 @@ pub async fn serve(args: ServeArgs) -> Result<i32, Error> {
             crate::serve::http::router(server.clone(), shutdown.clone(), local.ip().is_loopback());
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let r = axum::serve(listener, app)
+            let r = axum::serve(crate::serve::http::no_delay(listener), app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
             if let Err(e) = r {

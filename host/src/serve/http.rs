@@ -344,3 +344,17 @@ pub fn router(server: Arc<Server>, shutdown: CancellationToken, loopback_only: b
         .layer(DefaultBodyLimit::max(limit))
         .with_state(server)
 }
+
+/// `listener` with `TCP_NODELAY` on every connection it accepts: an MCP answer is an SSE
+/// stream written in several pieces, and with Nagle's algorithm a piece waits for the
+/// client's delayed ACK (about 40 ms on Linux) before it is sent. Serve the [`router`] on it.
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on a connection");
+        }
+    })
+}

@@ -164,3 +164,13 @@ async fn refused_tokens_share_one_bounded_rate_that_leaves_clients_alone() {
     s.ok(ALICE, "list_agents", json!({})).await;
     s.ok(BOB, "list_agents", json!({})).await;
 }
+
+#[test]
+fn the_example_server_config_of_the_readme_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serve/server.toml");
+    let config = ServerConfig::load(&path).unwrap();
+    assert!(config.agents.contains_key("hello"));
+    assert!(config.agents.contains_key("file-stats"));
+    assert!(config.manifests.contains_key("code-review"));
+    assert_eq!(config.limits.max_sessions, 16);
+}

@@ -2,97 +2,14 @@
 //! during a run and a restart that resumes it. Synchronised on the run's own status (its
 //! subtask is `running`) and on the process's lines, never on time.
 
+use super::process::Process;
 use super::*;
-use std::io::BufRead as _;
-use std::process::{Child, Stdio};
 
-/// A `qi-host serve --listen 127.0.0.1:0` process.
-struct Process {
-    child: Child,
-    base: String,
-    /// What it printed before it listened.
-    early: Vec<String>,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Process {
-    /// Starts it on the fixture and returns once it listens.
-    fn start(f: &Fixture) -> Process {
-        let mut child = crate::common::qi_host_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(f.config_path())
-            .arg("--data-dir")
-            .arg(f.data_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qi-host serve starts");
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let base = loop {
-            match lines.recv() {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        break rest.split_whitespace().next().unwrap().to_string();
-                    }
-                    seen.push(line);
-                }
-                Err(_) => panic!("qi-host serve ended before listening:\n{}", seen.join("\n")),
-            }
-        };
-        Process {
-            child,
-            base,
-            early: seen,
-            lines,
-        }
-    }
-
-    fn served(&self) -> Client {
-        Client {
-            base: self.base.clone(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// SIGTERM, then its exit code and everything it printed.
-    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.child),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let status = self.child.wait().unwrap();
-        let mut lines = std::mem::take(&mut self.early);
-        lines.extend(self.lines.iter());
-        (status.code(), lines)
-    }
-
-    /// The first line it printed that contains `needle`.
-    fn line_with(&self, needle: &str) -> String {
-        if let Some(l) = self.early.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        loop {
-            let line = self.lines.recv().expect("the server prints on");
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A client of the process `p`.
+fn client(p: &Process) -> Client {
+    Client {
+        base: p.base.clone(),
+        http: reqwest::Client::new(),
     }
 }
 
@@ -164,7 +81,7 @@ impl Client {
 async fn sigterm_during_a_run_checkpoints_it_and_the_restarted_server_resumes_it() {
     let f = Fixture::new("shutdown_grace_ms = 0", "");
     let p = Process::start(&f);
-    let c = p.served();
+    let c = client(&p);
     let (status, started) = c
         .call(ALICE, "run_task", json!({"manifest": "slow", "inputs": {"nap.steps": [{"sleep_ms": 3000}]}, "wait": false}))
         .await;
@@ -182,7 +99,7 @@ async fn sigterm_during_a_run_checkpoints_it_and_the_restarted_server_resumes_it
     let p = Process::start(&f);
     let resumed = p.line_with("resumed");
     assert!(resumed.contains(&run_id), "{resumed}");
-    let c = p.served();
+    let c = client(&p);
     let end = c.end(ALICE, &run_id).await;
     assert_eq!(end["state"], "completed", "{end}");
     let subtasks = end["report"]["results"].as_array().unwrap();
@@ -208,7 +125,7 @@ async fn sigterm_during_a_run_checkpoints_it_and_the_restarted_server_resumes_it
 async fn sigterm_lets_a_running_run_finish_within_the_grace_period() {
     let f = Fixture::new("shutdown_grace_ms = 600000", "");
     let p = Process::start(&f);
-    let c = p.served();
+    let c = client(&p);
     let (_, started) = c
         .call(ALICE, "run_task", json!({"manifest": "slow", "inputs": {"nap.steps": [{"sleep_ms": 500}]}, "wait": false}))
         .await;
@@ -218,7 +135,7 @@ async fn sigterm_lets_a_running_run_finish_within_the_grace_period() {
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
     // It finished before the server exited: nothing to resume, and its record says so.
     let p = Process::start(&f);
-    let c = p.served();
+    let c = client(&p);
     let (status, record) = c
         .call(
             ADMIN,

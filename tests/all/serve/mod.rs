@@ -14,6 +14,7 @@ use std::sync::Arc;
 mod api;
 mod bounds;
 mod lifecycle;
+mod process;
 mod python;
 mod redteam;
 mod state;
@@ -150,7 +151,7 @@ trust = "medium"
         let addr = listener.local_addr().unwrap();
         let s = stop.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(qi_host::serve::http::no_delay(listener), app)
                 .with_graceful_shutdown(async move { s.cancelled().await })
                 .await
                 .unwrap();

@@ -2,9 +2,8 @@
 //! Each test states what correct code does; synchronised on the server's own answers and
 //! its process's lines, never on time.
 
+use super::process::Process;
 use super::*;
-use std::io::BufRead as _;
-use std::process::{Child, Stdio};
 
 /// A credential of identity `agent` (`client:<agent>`) signed with `secret`.
 fn credential_of(host_id: &str, agent: &str, secret: [u8; 32], nonce: &str) -> Value {
@@ -506,87 +505,6 @@ async fn careless_configs_are_refused_naming_the_field() {
 // ---------------------------------------------------------------------------------------
 // A crashing machine
 // ---------------------------------------------------------------------------------------
-
-/// A `qi-host serve --listen 127.0.0.1:0` process.
-struct Process {
-    child: Child,
-    base: String,
-    early: Vec<String>,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Process {
-    /// Starts it; `Err(what it printed)` when it ends before listening.
-    fn try_start(f: &Fixture) -> Result<Process, Vec<String>> {
-        let mut child = crate::common::qi_host_command()
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(f.config_path())
-            .arg("--data-dir")
-            .arg(f.data_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qi-host serve starts");
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let base = loop {
-            match lines.recv() {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        break rest.split_whitespace().next().unwrap().to_string();
-                    }
-                    seen.push(line);
-                }
-                Err(_) => {
-                    let _ = child.wait();
-                    return Err(seen);
-                }
-            }
-        };
-        Ok(Process {
-            child,
-            base,
-            early: seen,
-            lines,
-        })
-    }
-
-    async fn call(&self, token: &str, tool: &str, args: Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/v1/tools/{tool}", self.base))
-            .bearer_auth(token)
-            .body(args.to_string())
-            .send()
-            .await
-            .expect("the server answers");
-        let status = r.status().as_u16();
-        (status, json_of(r).await)
-    }
-
-    /// SIGTERM (or SIGKILL), then its exit code and everything it printed.
-    fn stop(mut self, signal: rustix::process::Signal) -> (Option<i32>, Vec<String>) {
-        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal)
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        let mut lines = std::mem::take(&mut self.early);
-        lines.extend(self.lines.iter());
-        (status.code(), lines)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A hostile client fills `max_tracked_runs` and asks for one more; the operator restarts
 /// the server (SIGTERM). The restarted server must start: a run it cannot resume is one
