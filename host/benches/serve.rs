@@ -16,11 +16,14 @@
 //! 2. `throughput`: 16 concurrent clients calling `run_agent(hello)` for a fixed time, by the
 //!    same four paths in turn (the HTTP clients each with their own connection, their own MCP
 //!    session and their own bearer token); prints calls/s, failures, latency under load, the
-//!    CPU this process and the whole machine used, and the MCP figure against the issue's
-//!    target of 2,000 calls/s.
+//!    CPU this process and the rest of the machine used (so the CPU per call of each path), and
+//!    the MCP figure against the issue's target of 2,000 calls/s. It also times
+//!    `qi_host::serve::tools::tools()` (built once per process; before that fix every MCP
+//!    `tools/call` rebuilt every schema, holding MCP to ~1,900 calls/s).
 //!
 //! The server is `qi_host::serve::Server` opened on a temporary config and data directory and
-//! served with `axum::serve` on `127.0.0.1:0`, as `qi-host serve --listen` does. Server and
+//! served with `axum::serve` on `127.0.0.1:0` through `http::no_delay` (`TCP_NODELAY`), as
+//! `qi-host serve --listen` does. Server and
 //! clients share one process and one multi-thread tokio runtime (a worker per core); on a
 //! 2-core machine the clients' own HTTP work competes with the server's for the same cores.
 //! The bench's `[limits]` raise the per-client request rate, burst and runs in progress so
@@ -780,7 +783,7 @@ async fn throughput_section(b: &Arc<Bench>, window: Duration) -> anyhow::Result<
     }
     println!();
     println!(
-        "  {:<42} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8} {:>10} {:>8}",
+        "  {:<42} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8} {:>11} {:>12} {:>8}",
         "path",
         "calls/s",
         "calls",
@@ -788,13 +791,14 @@ async fn throughput_section(b: &Arc<Bench>, window: Duration) -> anyhow::Result<
         "median µs",
         "p99 µs",
         "proc CPU",
-        "machine",
+        "others",
         "CPU µs/call",
+        "est. calls/s",
         "vs base"
     );
     for (p, r) in results.iter().enumerate() {
         println!(
-            "  {:<42} {:>9.0} {:>9} {:>9} {:>10.0} {:>9.0} {:>7.0}% {:>7.0}% {:>10.0} {:>8.2}",
+            "  {:<42} {:>9.0} {:>9} {:>9} {:>10.0} {:>9.0} {:>7.0}% {:>7.0}% {:>11.0} {:>12.0} {:>8.2}",
             PATHS[p],
             r.per_sec,
             r.calls,
@@ -802,17 +806,38 @@ async fn throughput_section(b: &Arc<Bench>, window: Duration) -> anyhow::Result<
             us(r.lat.median),
             us(r.lat.p99),
             r.cpu.process_pct,
-            r.cpu.machine_pct,
-            r.cpu.process_cpu_s * 1e6 / r.calls.max(1) as f64,
+            (r.cpu.machine_pct - r.cpu.process_pct).max(0.0),
+            cpu_per_call_us(r),
+            cores() as f64 * 1e6 / cpu_per_call_us(r),
             r.per_sec / results[0].per_sec,
         );
     }
     println!(
-        "  proc CPU: this process's CPU time over the window (100% = one core); machine: all \
-         processes (100% = one core; {} cores); vs base: calls/s over the in-process path's",
+        "  proc CPU: this process's CPU time over the window (100% = one core; server and clients \
+         alike); others: every other process on the machine over the same window (its busy time \
+         less this process's); CPU µs/call: proc CPU time / calls; est. calls/s: {} cores / CPU \
+         µs per call, what the path would reach with every core to itself if it stays CPU-bound \
+         (an estimate, not a measurement); vs base: calls/s over the in-process path's",
         cores()
     );
+    let tools = tools_cost();
+    println!(
+        "  qi_host::serve::tools::tools() (every tool's JSON Schema, built by schemars \
+         once per process, then a shared slice; list_tools and call_tool read it): {:.1} µs \
+         per call after the first, single task, in this run: {:.1}% of MCP's CPU per call",
+        us(tools),
+        us(tools) / cpu_per_call_us(&results[3]) * 100.0
+    );
     let mcp = &results[3];
+    println!(
+        "  CPU per call: MCP {:.0} µs more than the JSON API ({:.0} vs {:.0}); the JSON API {:.0} µs \
+         more than Server::call; Server::call {:.0} µs more than in-process",
+        cpu_per_call_us(mcp) - cpu_per_call_us(&results[2]),
+        cpu_per_call_us(mcp),
+        cpu_per_call_us(&results[2]),
+        cpu_per_call_us(&results[2]) - cpu_per_call_us(&results[1]),
+        cpu_per_call_us(&results[1]) - cpu_per_call_us(&results[0]),
+    );
     println!(
         "  MCP run_agent: {:.0} calls/s with {CLIENTS} clients, {} failures; target {TARGET_PER_SEC:.0} \
          calls/s: ratio {:.2} ({})",
@@ -843,6 +868,24 @@ async fn throughput_section(b: &Arc<Bench>, window: Duration) -> anyhow::Result<
     Ok(())
 }
 
+/// This process's CPU time per call counted in the window, µs.
+fn cpu_per_call_us(r: &Throughput) -> f64 {
+    r.cpu.process_cpu_s * 1e6 / r.calls.max(1) as f64
+}
+
+/// Mean time of one `qi_host::serve::tools::tools()` (after a warm-up).
+fn tools_cost() -> Duration {
+    const N: u32 = 2_000;
+    for _ in 0..100 {
+        std::hint::black_box(qi_host::serve::tools::tools());
+    }
+    let t = Instant::now();
+    for _ in 0..N {
+        std::hint::black_box(qi_host::serve::tools::tools());
+    }
+    t.elapsed() / N
+}
+
 // ---------------------------------------------------------------------------------------------
 // CPU accounting from /proc (Linux; USER_HZ is 100 ticks per second there)
 // ---------------------------------------------------------------------------------------------
@@ -853,6 +896,8 @@ struct CpuSnapshot {
     at: Instant,
     /// busy and total ticks of the whole machine (`/proc/stat`).
     machine: (u64, u64),
+    /// utime + stime ticks of this process (`/proc/self/stat`: threads that ended included).
+    process: u64,
     /// tid → (thread name, utime + stime ticks).
     threads: HashMap<String, (String, u64)>,
 }
@@ -881,6 +926,9 @@ impl CpuSnapshot {
                 Some((total - idle, total))
             })
             .unwrap_or((0, 0));
+        let process = std::fs::read_to_string("/proc/self/stat")
+            .map(|s| cpu_ticks(&s).1)
+            .unwrap_or(0);
         let mut threads = HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
             for e in dir.flatten() {
@@ -888,27 +936,13 @@ impl CpuSnapshot {
                 let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
                     continue;
                 };
-                // `pid (comm) state ...`: comm may hold spaces and parentheses.
-                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                    continue;
-                };
-                let name = stat[open + 1..close].to_string();
-                let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-                // After the comm: state is field 3, utime 14, stime 15.
-                let ticks = rest
-                    .get(11)
-                    .and_then(|x| x.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    + rest
-                        .get(12)
-                        .and_then(|x| x.parse::<u64>().ok())
-                        .unwrap_or(0);
-                threads.insert(tid, (name, ticks));
+                threads.insert(tid, cpu_ticks(&stat));
             }
         }
         CpuSnapshot {
             at: Instant::now(),
             machine,
+            process,
             threads,
         }
     }
@@ -916,14 +950,11 @@ impl CpuSnapshot {
     fn until(&self, after: &CpuSnapshot) -> CpuWindow {
         let secs = (after.at - self.at).as_secs_f64();
         let mut by_name: HashMap<&str, u64> = HashMap::new();
-        let mut total = 0;
         for (tid, (name, ticks)) in &after.threads {
             let before = self.threads.get(tid).map_or(0, |(_, t)| *t);
-            let d = ticks.saturating_sub(before);
-            total += d;
-            *by_name.entry(name.as_str()).or_default() += d;
+            *by_name.entry(name.as_str()).or_default() += ticks.saturating_sub(before);
         }
-        let process_cpu_s = total as f64 / TICKS_PER_SEC;
+        let process_cpu_s = after.process.saturating_sub(self.process) as f64 / TICKS_PER_SEC;
         let (busy, all) = (
             after.machine.0.saturating_sub(self.machine.0),
             after.machine.1.saturating_sub(self.machine.1),
@@ -948,6 +979,17 @@ impl CpuSnapshot {
             threads,
         }
     }
+}
+
+/// The name and utime + stime ticks in a `/proc/.../stat` line (`pid (comm) state ...`; comm
+/// may hold spaces and parentheses; after it, state is field 3, utime 14, stime 15).
+fn cpu_ticks(stat: &str) -> (String, u64) {
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return (String::new(), 0);
+    };
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let field = |i: usize| rest.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    (stat[open + 1..close].to_string(), field(11) + field(12))
 }
 
 fn cores() -> usize {

@@ -139,10 +139,10 @@ impl ServerHandler for McpHandler {
             .admit(&caller, "tools/list", &serde_json::Value::Null)
             .map_err(|e| McpError::internal_error(e.message, None))?;
         let tools = super::tools::tools()
-            .into_iter()
+            .iter()
             .map(|t| {
-                let schema = match t.input_schema {
-                    serde_json::Value::Object(o) => o,
+                let schema = match &t.input_schema {
+                    serde_json::Value::Object(o) => o.clone(),
                     _ => Default::default(),
                 };
                 Tool::new(t.name, t.description, Arc::new(schema))
@@ -158,7 +158,7 @@ impl ServerHandler for McpHandler {
     ) -> Result<CallToolResponse, McpError> {
         let caller = self.caller(&context)?;
         let name = request.name.to_string();
-        if !super::tools::tools().iter().any(|t| t.name == name) {
+        if !super::tools::is_tool(&name) {
             return Err(McpError::invalid_params(
                 format!("no tool `{name}`; see tools/list"),
                 None,

@@ -226,8 +226,19 @@ fn schema<T: JsonSchema>() -> Value {
     v
 }
 
-/// Every tool, in a stable order.
-pub fn tools() -> Vec<ToolDef> {
+/// Every tool, in a stable order. Built once: the schemas are generated on first use and
+/// shared after (a call checks its tool name against this list).
+pub fn tools() -> &'static [ToolDef] {
+    static TOOLS: std::sync::OnceLock<Vec<ToolDef>> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(build)
+}
+
+/// Whether `name` is one of the tools.
+pub fn is_tool(name: &str) -> bool {
+    tools().iter().any(|t| t.name == name)
+}
+
+fn build() -> Vec<ToolDef> {
     vec![
         ToolDef {
             name: "list_agents",
