@@ -26,13 +26,15 @@
 //! (SQLite with group commit, blob tier), [`events`] (event bus), [`context`] (shared context),
 //! [`audit`] (tamper-evident audit log),
 //! [`coord`] (task manifests, distribution, coordinated execution, synchronization points),
-//! [`serve`] (`qi-host serve`: MCP and HTTP front for AI clients),
+//! [`serve`] (`qi-host serve`: MCP and HTTP front for AI clients), [`cluster`] (several hosts
+//! through NATS JetStream),
 //! [`error`].
 
 pub mod agents;
 pub mod audit;
 mod bounded_read;
 pub mod cli;
+pub mod cluster;
 pub mod context;
 pub mod coord;
 pub mod engine;

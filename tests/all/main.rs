@@ -5,6 +5,7 @@
 
 mod cli;
 mod cli_state;
+mod cluster;
 mod common;
 mod context;
 mod coord;

@@ -186,6 +186,11 @@ impl AgentHost {
             .map(|e| *e.status.lock().expect("status lock poisoned"))
     }
 
+    /// How many agents are live (spawned and not yet ended).
+    pub fn live_count(&self) -> usize {
+        self.agents.lock().expect("registry poisoned").len()
+    }
+
     /// Live agents and their status, sorted by id.
     pub fn list(&self) -> Vec<(String, AgentStatus)> {
         let agents = self.agents.lock().expect("registry poisoned");

@@ -10,6 +10,7 @@ mod run_report;
 mod schema;
 pub(crate) mod serve;
 pub(crate) mod state;
+mod status;
 
 use crate::error::Error;
 use crate::spec::IsolationLevel;
@@ -41,6 +42,8 @@ pub enum Command {
     /// Serve MCP (stdio and/or Streamable HTTP at /mcp) and a JSON API (/v1) to AI clients:
     /// they run the agents and manifests the server config registers.
     Serve(crate::cli::serve::ServeArgs),
+    /// Show the hosts of a cluster (`qi-host serve --nats`) and their load.
+    Status(crate::cli::status::StatusArgs),
     /// Show what a component is: agent info, imports, exports, and whether the host can run it.
     Inspect(InspectArgs),
     /// Look at and repair shared contexts in a data directory (as the operator).
@@ -360,6 +363,7 @@ pub async fn run(cli: Cli) -> Result<i32, Error> {
         Command::RunAgent(args) => run_agent::run_agent(args).await,
         Command::Inspect(args) => inspect::inspect(args).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Status(args) => status::status(args).await,
         Command::BuildPy(args) => Ok(build_py::build_py(args)),
         Command::Context(args) => crate::cli::state::context(args).await,
         Command::Events(args) => crate::cli::state::events(args).await,

@@ -27,9 +27,18 @@ pub struct ServeArgs {
     /// ~/.local/share/qi-host). The server holds its lock while it runs.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Master key: encrypts context values at rest (as for `qi-host run`).
+    /// Master key: encrypts context values at rest (as for `qi-host run`), and everything
+    /// this host puts on NATS in cluster mode (every host of a cluster needs the same key).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// Join the cluster of hosts on this NATS server (with JetStream), e.g.
+    /// nats://127.0.0.1:4222: this host's events go to the cluster's stream and it is listed
+    /// by `qi-host status --nats`.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// This host's name in the cluster (default: the data directory's host id).
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    pub cluster_name: Option<String>,
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -71,6 +80,10 @@ pub async fn serve(args: ServeArgs) -> Result<i32, Error> {
         ..crate::HostConfig::default()
     };
     let server = Server::open(config, &dir, args.key_file.as_deref(), host_config).await?;
+    let node = match &args.nats {
+        Some(url) => Some(join_cluster(&server, url, args.cluster_name.as_deref()).await?),
+        None => None,
+    };
     let resumed = server.resume_runs().await?;
     if !resumed.is_empty() {
         eprintln!("resumed {} run(s): {}", resumed.len(), resumed.join(", "));
@@ -119,7 +132,50 @@ pub async fn serve(args: ServeArgs) -> Result<i32, Error> {
         _ = tasks.join_next(), if stdio_only => {}
     }
     stop(&server, &shutdown, grace, tasks).await;
+    if let Some(node) = node {
+        let left = node.leave(grace).await;
+        if left > 0 {
+            eprintln!(
+                "qi-host serve: {left} event(s) not yet on the cluster's stream; they are forwarded at the next start"
+            );
+        }
+    }
     Ok(0)
+}
+
+/// Connects to the cluster at `url` and joins it as `name` (default: the host id).
+async fn join_cluster(
+    server: &Arc<Server>,
+    url: &str,
+    name: Option<&str>,
+) -> Result<crate::cluster::Node, Error> {
+    let store = server.context().store();
+    let name = name.unwrap_or(store.host_id());
+    let config = crate::cluster::ClusterConfig::new(url, name);
+    let cluster = crate::cluster::Cluster::connect(config, store.config().master_key.as_ref())
+        .await
+        .map_err(|e| match e {
+            crate::cluster::ClusterError::InvalidConfig {
+                field: "host_name",
+                message,
+            } => Error::field("--cluster-name", message),
+            crate::cluster::ClusterError::InvalidConfig { message, .. } => {
+                Error::field("--nats", message)
+            }
+            other => Error::field("--nats", other.to_string()),
+        })?;
+    let load = {
+        let server = server.clone();
+        Arc::new(move || crate::cluster::HostLoad {
+            running_agents: server.host().live_count() as u64,
+            running_runs: server.quotas.runs_in_progress() as u64,
+        })
+    };
+    let node = crate::cluster::Node::join(cluster, server.context().bus().clone(), load)
+        .await
+        .map_err(|e| Error::field("--nats", e.to_string()))?;
+    eprintln!("qi-host serve: joined the cluster at {url} as `{name}`");
+    Ok(node)
 }
 
 /// Stops accepting, gives runs `grace` to finish, then ends sessions and connections.

@@ -333,6 +333,15 @@ impl Quotas {
         })
     }
 
+    /// Runs in progress, over every client.
+    pub fn runs_in_progress(&self) -> usize {
+        self.runs
+            .lock()
+            .expect("quota lock poisoned")
+            .values()
+            .sum()
+    }
+
     /// A slot that is not counted against any limit (a run resumed after a restart).
     pub fn unlimited_slot(self: &Arc<Self>, client: &str) -> RunSlot {
         *self

@@ -14,7 +14,7 @@ use std::sync::Arc;
 mod api;
 mod bounds;
 mod lifecycle;
-mod process;
+pub(crate) mod process;
 mod python;
 mod redteam;
 mod state;

@@ -16,11 +16,17 @@ pub struct Process {
 impl Process {
     /// Starts it; `Err(what it printed)` when it ends before listening.
     pub fn try_start(f: &Fixture) -> Result<Process, Vec<String>> {
+        Process::try_start_with(f, &[])
+    }
+
+    /// [`try_start`](Self::try_start) with more arguments.
+    pub fn try_start_with(f: &Fixture, extra: &[&str]) -> Result<Process, Vec<String>> {
         let mut child = crate::common::qi_host_command()
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(f.config_path())
             .arg("--data-dir")
             .arg(f.data_dir())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

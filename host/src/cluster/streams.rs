@@ -1,0 +1,50 @@
+//! The JetStream streams of a cluster (KV buckets are in [`kv`](super::kv)).
+//!
+//! | stream | subjects | retention |
+//! |---|---|---|
+//! | [`EVENTS_STREAM`] | `qi.events.>` | limits: [`ClusterConfig::events_max_bytes`](super::ClusterConfig::events_max_bytes), oldest dropped |
+
+use super::{Cluster, ClusterError};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+
+/// Every host's committed events ([`events`](super::events)).
+pub const EVENTS_STREAM: &str = "QI_EVENTS";
+
+/// The subjects of [`EVENTS_STREAM`].
+pub const EVENTS_SUBJECTS: &str = "qi.events.>";
+
+/// The largest message qi-host puts on a stream, in bytes: 1 MiB, NATS's default
+/// `max_payload` (an event whose payload is larger is forwarded without its data, marked
+/// `dataOmitted`).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The stream configuration of [`EVENTS_STREAM`].
+pub fn events_config(cluster: &Cluster) -> Config {
+    Config {
+        name: EVENTS_STREAM.into(),
+        description: Some("qi-host: every host's committed events".into()),
+        subjects: vec![EVENTS_SUBJECTS.into()],
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_bytes: cluster.config().events_max_bytes,
+        max_message_size: MAX_MESSAGE_BYTES as i32,
+        duplicate_window: cluster.config().duplicate_window,
+        storage: StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Creates the streams that are missing (an existing stream is left as it is).
+pub(super) async fn ensure(cluster: &Cluster) -> Result<(), ClusterError> {
+    let config = events_config(cluster);
+    cluster
+        .jetstream()
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| ClusterError::Stream {
+            stream: EVENTS_STREAM.into(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}

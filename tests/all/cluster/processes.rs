@@ -1,0 +1,137 @@
+//! Three `qi-host serve --nats` processes on one NATS server: they are listed by
+//! `qi-host status`, their context updates reach a cluster subscriber, and a host that stops
+//! leaves the list.
+
+use super::Nats;
+use crate::serve::process::Process;
+use crate::serve::{ALICE, Fixture};
+use qi_host::cluster::{Cluster, ClusterConfig, ClusterSubscription, HostEntry, StartAt};
+use serde_json::json;
+
+fn status(nats: &Nats) -> Vec<HostEntry> {
+    let out = crate::common::qi_host_output(&["status", "--nats", &nats.url(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_form_a_cluster_and_share_their_events() {
+    let Some(nats) = Nats::start() else { return };
+    let fixtures: Vec<Fixture> = (0..3).map(|_| Fixture::new("", "")).collect();
+    let names = ["host-a", "host-b", "host-c"];
+    let url = nats.url();
+    let hosts: Vec<Process> = fixtures
+        .iter()
+        .zip(names)
+        .map(|(f, name)| {
+            let p = Process::try_start_with(f, &["--nats", &url, "--cluster-name", name])
+                .unwrap_or_else(|seen| panic!("{name} did not start:\n{}", seen.join("\n")));
+            p.line_with(&format!("joined the cluster at {url} as `{name}`"));
+            p
+        })
+        .collect();
+    let listed = status(&nats);
+    assert_eq!(
+        listed.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
+        names,
+        "{listed:?}"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|h| h.pid > 0 && h.seen_ms >= h.started_ms)
+    );
+
+    // Writes on B and C (each host has its own data directory and its own `board`).
+    let watcher = Cluster::connect(ClusterConfig::new(&url, "watcher"), None)
+        .await
+        .unwrap();
+    let mut board = ClusterSubscription::open(&watcher, Some("board"), StartAt::All)
+        .await
+        .unwrap();
+    let mut written = Vec::new();
+    for (i, host) in [&hosts[1], &hosts[2]].into_iter().enumerate() {
+        let (status, body) = host
+            .call(
+                ALICE,
+                "context_put",
+                json!({"id": "board", "doc": {"n": 0}, "context_type": "notes"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        for n in 1..=5 {
+            let (status, body) = host
+                .call(
+                    ALICE,
+                    "context_patch",
+                    json!({"id": "board", "patch": {"n": n, "by": names[i + 1]}, "base_version": n}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            written.push((names[i + 1].to_string(), n));
+        }
+    }
+    // The watcher sees each host's creation and five updates, in each host's order.
+    let mut seen = Vec::new();
+    let mut last_stream = 0;
+    while seen.len() < written.len() {
+        let e = board.next().await.unwrap();
+        assert!(e.stream_seq > last_stream);
+        last_stream = e.stream_seq;
+        assert_eq!(e.event.context_id.as_deref(), Some("board"));
+        if e.event.event_type == qi_host::events::EventType::Updated
+            && e.event.data.get("version").and_then(|v| v.as_u64()) > Some(1)
+        {
+            seen.push((
+                e.host.clone(),
+                e.event.data["version"].as_u64().unwrap() - 1,
+            ));
+        }
+    }
+    let mut by_host = seen.clone();
+    by_host.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        by_host, written,
+        "every update of B and C, each host's in order"
+    );
+
+    // SIGTERM: B leaves the list at once.
+    let mut hosts = hosts;
+    let b = hosts.remove(1);
+    let (code, lines) = b.terminate();
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    let listed = status(&nats);
+    assert_eq!(
+        listed.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
+        ["host-a", "host-c"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_bad_cluster_name_and_an_unreachable_server_naming_the_flag() {
+    let Some(nats) = Nats::start() else { return };
+    let f = Fixture::new("", "");
+    let seen = Process::try_start_with(&f, &["--nats", &nats.url(), "--cluster-name", "a.b"])
+        .err()
+        .expect("a name with a dot is refused");
+    assert!(
+        seen.iter().any(|l| l.contains("--cluster-name")),
+        "{}",
+        seen.join("\n")
+    );
+    let port = nats.port;
+    drop(nats);
+    let seen = Process::try_start_with(&f, &["--nats", &format!("nats://127.0.0.1:{port}")])
+        .err()
+        .expect("no server: refused");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("--nats") && l.contains("cannot connect")),
+        "{}",
+        seen.join("\n")
+    );
+}
