@@ -1,6 +1,7 @@
 //! The `qi-host` command line: the clap definitions here, one file per subcommand group.
 
 mod build_py;
+mod cluster;
 mod inspect;
 pub(crate) mod llm;
 mod policy;

@@ -41,6 +41,14 @@ pub struct RunArgs {
     /// Print the full report as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Join the cluster of hosts on this NATS server for the run (as `qi-host serve
+    /// --nats`): the run's events go to the cluster's stream and the host is listed by
+    /// `qi-host status` while it runs. The subtasks still run on this host.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// This host's name in the cluster (default: the data directory's host id).
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    pub cluster_name: Option<String>,
 }
 
 /// Re-reads `path` every half second; a changed file replaces the policies (a broken one is
@@ -273,6 +281,30 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             return Err(e);
         }
     };
+    let node = match &args.nats {
+        Some(url) => {
+            let context = host.context().expect("the run's host has a context store");
+            let load = {
+                let host = host.clone();
+                Arc::new(move || crate::cluster::HostLoad {
+                    running_agents: host.live_count() as u64,
+                    running_runs: 1,
+                })
+            };
+            match crate::cli::cluster::join(context, url, args.cluster_name.as_deref(), load).await
+            {
+                Ok(node) => Some(node),
+                Err(e) => {
+                    if let Some(w) = &watcher {
+                        w.abort();
+                    }
+                    audit.flush().await;
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     let total = prepared.manifest.subtasks.len();
     let (tx, rx) = watch::channel(ExecutionStatus {
         coordination_id: String::new(),
@@ -299,6 +331,9 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         w.abort();
     }
     audit.flush().await;
+    if let Some(node) = node {
+        crate::cli::cluster::leave(node, std::time::Duration::from_secs(10), "run").await;
+    }
     let report = report?;
     if args.json {
         println!(

@@ -81,7 +81,22 @@ pub async fn serve(args: ServeArgs) -> Result<i32, Error> {
     };
     let server = Server::open(config, &dir, args.key_file.as_deref(), host_config).await?;
     let node = match &args.nats {
-        Some(url) => Some(join_cluster(&server, url, args.cluster_name.as_deref()).await?),
+        Some(url) => {
+            let load = {
+                let server = server.clone();
+                Arc::new(move || crate::cluster::HostLoad {
+                    running_agents: server.host().live_count() as u64,
+                    running_runs: server.quotas.runs_in_progress() as u64,
+                })
+            };
+            let name = args.cluster_name.as_deref();
+            let node = crate::cli::cluster::join(server.context(), url, name, load).await?;
+            eprintln!(
+                "qi-host serve: joined the cluster at {url} as `{}`",
+                node.cluster().host_name()
+            );
+            Some(node)
+        }
         None => None,
     };
     let resumed = server.resume_runs().await?;
@@ -133,49 +148,9 @@ pub async fn serve(args: ServeArgs) -> Result<i32, Error> {
     }
     stop(&server, &shutdown, grace, tasks).await;
     if let Some(node) = node {
-        let left = node.leave(grace).await;
-        if left > 0 {
-            eprintln!(
-                "qi-host serve: {left} event(s) not yet on the cluster's stream; they are forwarded at the next start"
-            );
-        }
+        crate::cli::cluster::leave(node, grace, "serve").await;
     }
     Ok(0)
-}
-
-/// Connects to the cluster at `url` and joins it as `name` (default: the host id).
-async fn join_cluster(
-    server: &Arc<Server>,
-    url: &str,
-    name: Option<&str>,
-) -> Result<crate::cluster::Node, Error> {
-    let store = server.context().store();
-    let name = name.unwrap_or(store.host_id());
-    let config = crate::cluster::ClusterConfig::new(url, name);
-    let cluster = crate::cluster::Cluster::connect(config, store.config().master_key.as_ref())
-        .await
-        .map_err(|e| match e {
-            crate::cluster::ClusterError::InvalidConfig {
-                field: "host_name",
-                message,
-            } => Error::field("--cluster-name", message),
-            crate::cluster::ClusterError::InvalidConfig { message, .. } => {
-                Error::field("--nats", message)
-            }
-            other => Error::field("--nats", other.to_string()),
-        })?;
-    let load = {
-        let server = server.clone();
-        Arc::new(move || crate::cluster::HostLoad {
-            running_agents: server.host().live_count() as u64,
-            running_runs: server.quotas.runs_in_progress() as u64,
-        })
-    };
-    let node = crate::cluster::Node::join(cluster, server.context().bus().clone(), load)
-        .await
-        .map_err(|e| Error::field("--nats", e.to_string()))?;
-    eprintln!("qi-host serve: joined the cluster at {url} as `{name}`");
-    Ok(node)
 }
 
 /// Stops accepting, gives runs `grace` to finish, then ends sessions and connections.

@@ -47,6 +47,18 @@ pub enum ClusterError {
         /// What the client said.
         message: String,
     },
+    /// Another live host already uses this name in the cluster.
+    #[error(
+        "a host named `{host}` is already in the cluster (pid {pid}, seen {seen_ms_ago} ms ago): give this one another --cluster-name, or stop that one"
+    )]
+    NameTaken {
+        /// The name.
+        host: String,
+        /// The other host's process id.
+        pid: u32,
+        /// How long ago it last refreshed its entry.
+        seen_ms_ago: u64,
+    },
     /// A subscription asked to resume after events the stream no longer holds.
     #[error(
         "the cluster's events stream no longer holds stream sequence {requested} (its oldest is {oldest}): resume from {oldest}, or raise events_max_bytes"

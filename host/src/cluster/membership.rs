@@ -27,8 +27,11 @@ pub struct HostLoad {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostEntry {
-    /// The host's name in the cluster.
+    /// The host's name in the cluster (its key in the bucket).
     pub host: String,
+    /// Its data-directory id (`Store::host_id`): tells a restarted host (same id) from
+    /// another host given the same name.
+    pub instance: String,
     /// Its operating-system process id.
     pub pid: u32,
     /// The qi-host version it runs.
@@ -57,17 +60,43 @@ impl Membership {
     /// every heartbeat in the background. `forwarded` is the event forwarder's progress
     /// ([`EventForwarder::status`](super::EventForwarder::status)), if one runs. A failed
     /// refresh (NATS down) is logged and tried again at the next heartbeat.
+    ///
+    /// A name is one host's: joining under the name of a live host with another `instance`
+    /// fails with [`ClusterError::NameTaken`] (the same instance, a restart, takes its entry
+    /// over).
     pub async fn join(
         cluster: &Cluster,
+        instance: &str,
         load: LoadSource,
         forwarded: Option<watch::Receiver<super::ForwarderStatus>>,
     ) -> Result<Membership, ClusterError> {
         let bucket = kv::open(cluster, kv::HOSTS_BUCKET).await?;
+        let name = cluster.host_name();
+        // The entry this host replaces, by revision: the first write is a compare-and-set,
+        // so of two hosts joining under one name at once, one gets NameTaken.
+        let current = bucket
+            .entry(name)
+            .await
+            .map_err(|e| ClusterError::nats("membership read", e))?
+            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put);
+        if let Some(current) = &current
+            && let Ok(other) = decode(cluster, name, &current.value)
+            && other.instance != instance
+            && live(cluster, &other, super::now_ms())
+        {
+            return Err(ClusterError::NameTaken {
+                host: name.to_string(),
+                pid: other.pid,
+                seen_ms_ago: super::now_ms().saturating_sub(other.seen_ms),
+            });
+        }
         let started_ms = super::now_ms();
         let entry = {
             let cluster = cluster.clone();
+            let instance = instance.to_string();
             move || HostEntry {
                 host: cluster.host_name().to_string(),
+                instance: instance.clone(),
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 started_ms,
@@ -76,7 +105,28 @@ impl Membership {
                 events_forwarded: forwarded.as_ref().map_or(0, |f| f.borrow().forwarded),
             }
         };
-        put(cluster, &bucket, &entry()).await?;
+        let first = seal_entry(cluster, &entry());
+        let claimed = match &current {
+            None => bucket
+                .create(name, first.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Some(c) => bucket
+                .update(name, first.into(), c.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = claimed {
+            // Someone wrote the entry since it was read: another host took the name.
+            tracing::debug!(error = %e, "membership claim lost");
+            return Err(ClusterError::NameTaken {
+                host: name.to_string(),
+                pid: 0,
+                seen_ms_ago: 0,
+            });
+        }
         let task = {
             let cluster = cluster.clone();
             tokio::spawn(async move {
@@ -87,6 +137,10 @@ impl Membership {
                     tick.tick().await;
                     if let Err(e) = put(&cluster, &bucket, &entry()).await {
                         tracing::warn!(error = %e, "cluster heartbeat failed; trying again at the next one");
+                        // The server may have lost the bucket (restarted without its storage).
+                        if let Err(e) = kv::ensure(&cluster).await {
+                            tracing::debug!(error = %e, "cannot recreate the membership bucket yet");
+                        }
                     }
                 }
             })
@@ -120,8 +174,7 @@ async fn put(
     entry: &HostEntry,
 ) -> Result<(), ClusterError> {
     let key = cluster.host_name();
-    let json = serde_json::to_vec(entry).expect("a host entry serializes");
-    let payload = cluster.seal(&entry_subject(key), json);
+    let payload = seal_entry(cluster, entry);
     bucket
         .put(key, payload.into())
         .await
@@ -129,12 +182,44 @@ async fn put(
     Ok(())
 }
 
+fn seal_entry(cluster: &Cluster, entry: &HostEntry) -> Vec<u8> {
+    let json = serde_json::to_vec(entry).expect("a host entry serializes");
+    cluster.seal(&entry_subject(&entry.host), json)
+}
+
 fn entry_subject(host: &str) -> String {
     format!("$KV.{}.{host}", kv::HOSTS_BUCKET)
 }
 
-/// The live hosts of the cluster (entries not yet expired), sorted by name. An entry that
-/// cannot be read (another master key, not written by qi-host) is skipped with a warning.
+/// Reads the entry stored under `key`.
+fn decode(cluster: &Cluster, key: &str, value: &[u8]) -> Result<HostEntry, ClusterError> {
+    let subject = entry_subject(key);
+    let json = cluster.open(&subject, value)?;
+    let entry: HostEntry = serde_json::from_slice(&json).map_err(|e| ClusterError::Decode {
+        subject: subject.clone(),
+        message: e.to_string(),
+    })?;
+    let printable = |s: &str| s.len() <= 64 && !s.chars().any(char::is_control);
+    if entry.host != key || !printable(&entry.version) || !printable(&entry.instance) {
+        return Err(ClusterError::Decode {
+            subject,
+            message: "the entry is not for its key, or has unprintable fields".into(),
+        });
+    }
+    Ok(entry)
+}
+
+/// Whether `entry` was refreshed within the host TTL (by the reader's clock).
+fn live(cluster: &Cluster, entry: &HostEntry, now_ms: u64) -> bool {
+    let ttl = cluster.config().host_ttl.as_millis() as u64;
+    entry.seen_ms.saturating_add(ttl) >= now_ms
+}
+
+/// The live hosts of the cluster, sorted by name: entries refreshed within
+/// [`ClusterConfig::host_ttl`](super::ClusterConfig::host_ttl) by this reader's clock (the
+/// bucket's own expiry removes them too, unless someone made the bucket without it). An entry
+/// that cannot be read (another master key, not written by qi-host, a key that is not a host
+/// name, a name that is not its key, unprintable fields) is skipped with a warning.
 pub async fn hosts(cluster: &Cluster) -> Result<Vec<HostEntry>, ClusterError> {
     let bucket = kv::open(cluster, kv::HOSTS_BUCKET).await?;
     let mut keys = bucket
@@ -143,30 +228,31 @@ pub async fn hosts(cluster: &Cluster) -> Result<Vec<HostEntry>, ClusterError> {
         .map_err(|e| ClusterError::nats("membership list", e))?;
     let mut names = Vec::new();
     while let Some(key) = keys.next().await {
-        names.push(key.map_err(|e| ClusterError::nats("membership list", e))?);
+        let key = key.map_err(|e| ClusterError::nats("membership list", e))?;
+        if super::subject::is_name(&key) {
+            names.push(key);
+        } else {
+            tracing::warn!(key, "skipping a membership key that is not a host name");
+        }
+        if names.len() > MAX_HOSTS {
+            break;
+        }
     }
+    let now = super::now_ms();
     let mut out = Vec::new();
-    for name in names {
-        let Some(value) = bucket
-            .get(&name)
-            .await
-            .map_err(|e| ClusterError::nats("membership read", e))?
-        else {
+    for name in names.into_iter().take(MAX_HOSTS) {
+        let Ok(Some(value)) = bucket.get(&name).await else {
             continue;
         };
-        let opened = cluster
-            .open(&entry_subject(&name), &value)
-            .and_then(|json| {
-                serde_json::from_slice::<HostEntry>(&json).map_err(|e| ClusterError::Decode {
-                    subject: entry_subject(&name),
-                    message: e.to_string(),
-                })
-            });
-        match opened {
-            Ok(entry) => out.push(entry),
+        match decode(cluster, &name, &value) {
+            Ok(entry) if live(cluster, &entry, now) => out.push(entry),
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "skipping a membership entry"),
         }
     }
     out.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(out)
 }
+
+/// The most entries [`hosts`] reads.
+pub const MAX_HOSTS: usize = 10_000;

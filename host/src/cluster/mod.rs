@@ -10,22 +10,26 @@
 //!   with its name, process and load, refreshed every [`ClusterConfig::heartbeat`]; an entry
 //!   not refreshed for [`ClusterConfig::host_ttl`] expires, so `qi-host status --nats URL`
 //!   lists the live hosts.
-//! - **Shared events** ([`events`]): every event a host commits to its own SQLite record is
-//!   forwarded to the `QI_EVENTS` stream, on `qi.events.ctx.<context>` (or
-//!   `qi.events.host.<host>` for events about no context), acknowledged by the server before
-//!   the host's forwarding cursor moves. A [`ClusterSubscription`] on any host reads that
-//!   stream gap-free and in order, and resumes after a stream sequence.
+//! - **Shared events** ([`events`], [`forward`], [`subscription`]): every event a host
+//!   commits to its own SQLite record is forwarded to the `QI_EVENTS` stream, on
+//!   `qi.events.ctx.<context>` (or `qi.events.host.<host>` for events about no context),
+//!   acknowledged by the server before the host's forwarding cursor moves. A
+//!   [`ClusterSubscription`] on any host reads that stream gap-free and in order, and resumes
+//!   after a stream sequence.
 //!
 //! SQLite stays each host's durable record: an event is committed locally first and then
 //! forwarded from there (an outbox), so losing NATS pauses forwarding and loses nothing; the
 //! host's cursor (`meta.cluster.events.forwarded`) says how far it got. Each message carries
-//! `Nats-Msg-Id: <host>:<seq>`, so a resend after a crash or a lost acknowledgement is
-//! dropped by the server's duplicate window ([`ClusterConfig::duplicate_window`]).
+//! `Nats-Msg-Id: <instance>:<seq>` (the instance is the data directory's random id), so a
+//! resend after a crash or a lost acknowledgement is dropped by the server's duplicate window
+//! ([`ClusterConfig::duplicate_window`]), and past it by subscribers.
 //!
 //! **Encryption.** When the data directory has a master key, every payload qi-host puts on
 //! NATS is sealed (XChaCha20-Poly1305) under a key derived from it (`qi-host cluster v1`),
-//! with the subject as associated data: NATS never sees plaintext, and a message moved to
-//! another subject fails to open. Hosts of one cluster therefore need the same master key.
+//! with the subject as associated data, and context ids in subjects are replaced by keyed
+//! hashes ([`Cluster::context_token`]): NATS sees neither values nor context ids (it does see
+//! host names, the data directories' random instance ids, sizes and timing). A message moved
+//! to another subject fails to open. Hosts of one cluster therefore need the same master key.
 //!
 //! Streams are created the way the NATS KV clients lay them out (`KV_<bucket>` with subjects
 //! `$KV.<bucket>.>`), directly, because `async-nats`' `create_key_value` fails on NATS
@@ -33,18 +37,22 @@
 
 pub mod error;
 pub mod events;
+pub mod forward;
 pub mod kv;
 pub mod membership;
 pub mod node;
 pub mod streams;
 pub mod subject;
+pub mod subscription;
 #[cfg(test)]
 mod tests;
 
 pub use error::ClusterError;
-pub use events::{ClusterEvent, ClusterSubscription, EventForwarder, ForwarderStatus, StartAt};
+pub use events::ClusterEvent;
+pub use forward::{EventForwarder, ForwarderStatus};
 pub use membership::{HostEntry, HostLoad, Membership};
 pub use node::Node;
+pub use subscription::{ClusterSubscription, StartAt};
 
 use async_nats::jetstream;
 use std::time::Duration;
@@ -247,6 +255,24 @@ impl Cluster {
             self.client.connection_state(),
             async_nats::connection::State::Connected
         )
+    }
+
+    /// The subject token of context `context`: with a master key, the first 32 hex digits of
+    /// `HMAC-SHA-256(cluster key, "context|" + id)`, so NATS never sees context ids (hosts
+    /// holding the key compute the same token, which is what per-context subscriptions
+    /// filter on); without one, [`subject::token`] (readable, one to one).
+    pub fn context_token(&self, context: &str) -> String {
+        match &self.seal {
+            Some(key) => {
+                use hmac::Mac;
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key[..])
+                    .expect("HMAC-SHA-256 takes a key of any length");
+                mac.update(b"context|");
+                mac.update(context.as_bytes());
+                hex::encode(&mac.finalize().into_bytes()[..16])
+            }
+            None => subject::token(context),
+        }
     }
 
     /// Seals `plaintext` for `subject` (unchanged without a master key).

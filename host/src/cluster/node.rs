@@ -22,7 +22,9 @@ impl Node {
         load: LoadSource,
     ) -> Result<Node, ClusterError> {
         let forwarder = EventForwarder::start(&cluster, &bus).await?;
-        let membership = Membership::join(&cluster, load, Some(forwarder.status())).await?;
+        let instance = bus.store().host_id().to_string();
+        let membership =
+            Membership::join(&cluster, &instance, load, Some(forwarder.status())).await?;
         Ok(Node {
             cluster,
             bus,

@@ -35,16 +35,65 @@ pub fn events_config(cluster: &Cluster) -> Config {
     }
 }
 
-/// Creates the streams that are missing (an existing stream is left as it is).
+/// Creates the streams that are missing. An existing stream is left as it is (another host
+/// or the operator made it); where its settings differ from qi-host's, each difference is
+/// logged as a warning (a smaller `max_msg_size` or `max_msgs` changes what is kept, a
+/// shorter duplicate window what a resend costs).
 pub(super) async fn ensure(cluster: &Cluster) -> Result<(), ClusterError> {
-    let config = events_config(cluster);
-    cluster
+    let wanted = events_config(cluster);
+    let stream = cluster
         .jetstream()
-        .get_or_create_stream(config)
+        .get_or_create_stream(wanted.clone())
         .await
         .map_err(|e| ClusterError::Stream {
             stream: EVENTS_STREAM.into(),
             message: e.to_string(),
         })?;
+    for difference in differences(&wanted, &stream.cached_info().config) {
+        tracing::warn!(stream = EVENTS_STREAM, "{difference}");
+    }
     Ok(())
+}
+
+/// How `found` differs from `wanted` in the settings qi-host relies on.
+pub fn differences(wanted: &Config, found: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, w: String, f: String| {
+        if w != f {
+            out.push(format!(
+                "the existing stream has {name} {f}, qi-host would make it {w}"
+            ));
+        }
+    };
+    check(
+        "subjects",
+        format!("{:?}", wanted.subjects),
+        format!("{:?}", found.subjects),
+    );
+    check(
+        "retention",
+        format!("{:?}", wanted.retention),
+        format!("{:?}", found.retention),
+    );
+    check(
+        "discard",
+        format!("{:?}", wanted.discard),
+        format!("{:?}", found.discard),
+    );
+    check(
+        "max_msg_size",
+        wanted.max_message_size.to_string(),
+        found.max_message_size.to_string(),
+    );
+    check(
+        "max_msgs",
+        wanted.max_messages.to_string(),
+        found.max_messages.to_string(),
+    );
+    check(
+        "duplicate_window",
+        format!("{:?}", wanted.duplicate_window),
+        format!("{:?}", found.duplicate_window),
+    );
+    out
 }

@@ -1,7 +1,7 @@
 //! The bounds of cluster settings and messages (the NATS-backed behaviour is tested in
 //! `tests/all/cluster`).
 
-use super::events::{ClusterEvent, FRAMING_BYTES, encode};
+use super::events::{ClusterEvent, FRAMING_BYTES, encode, message_limit};
 use super::streams::MAX_MESSAGE_BYTES;
 use super::{ClusterConfig, ClusterError};
 use crate::events::{Event, EventType};
@@ -71,6 +71,7 @@ fn wire(data_len: usize) -> ClusterEvent {
     ClusterEvent {
         stream_seq: 0,
         host: "h".into(),
+        instance: "i".into(),
         event: Event {
             seq: 1,
             event_type: EventType::Updated,
@@ -86,15 +87,31 @@ fn wire(data_len: usize) -> ClusterEvent {
 #[test]
 fn an_event_that_fits_keeps_its_data_and_one_byte_more_is_forwarded_without_it() {
     let limit = MAX_MESSAGE_BYTES - FRAMING_BYTES;
-    let overhead = encode(wire(0)).len();
-    let inside = encode(wire(limit - overhead));
+    let overhead = encode(wire(0), MAX_MESSAGE_BYTES).len();
+    let inside = encode(wire(limit - overhead), MAX_MESSAGE_BYTES);
     assert_eq!(inside.len(), limit);
     let back: ClusterEvent = serde_json::from_slice(&inside).unwrap();
     assert_eq!(back.event.data.as_str().unwrap().len(), limit - overhead);
-    let past = encode(wire(limit - overhead + 1));
+    let past = encode(wire(limit - overhead + 1), MAX_MESSAGE_BYTES);
     let back: ClusterEvent = serde_json::from_slice(&past).unwrap();
     assert_eq!(
         back.event.data,
         json!({"dataOmitted": true, "bytes": limit + 1})
     );
+}
+
+#[test]
+fn the_message_limit_is_the_smallest_of_ours_the_streams_and_the_servers() {
+    assert_eq!(message_limit(-1, 8 << 20), MAX_MESSAGE_BYTES);
+    assert_eq!(message_limit(0, 8 << 20), MAX_MESSAGE_BYTES);
+    assert_eq!(message_limit(1024, 8 << 20), 1024);
+    assert_eq!(message_limit(-1, 512 << 10), 512 << 10);
+    // A small event fits in a small stream's messages; at the framing, only the stub
+    // (no data) is sent.
+    let small = encode(wire(10), message_limit(1024, 8 << 20));
+    let back: ClusterEvent = serde_json::from_slice(&small).unwrap();
+    assert_eq!(back.event.data.as_str().map(str::len), Some(10));
+    let stub = encode(wire(10), message_limit(FRAMING_BYTES as i32, 8 << 20));
+    let back: ClusterEvent = serde_json::from_slice(&stub).unwrap();
+    assert_eq!(back.event.data["dataOmitted"], true);
 }

@@ -7,8 +7,13 @@
 //! installed it and a missing server fails them.
 
 mod events;
+mod hostile;
 mod processes;
 
+use qi_host::cluster::{Cluster, ClusterConfig, EventForwarder};
+use qi_host::events::{EventType, NewEvent};
+use qi_host::store::crypto::MasterKey;
+use qi_host::{EventBus, EventBusConfig, Store, StoreConfig};
 use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -126,5 +131,51 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A host of the tests, in this process: its store, bus, cluster connection and forwarder.
+pub struct TestHost {
+    pub bus: EventBus,
+    pub cluster: Cluster,
+    pub forwarder: EventForwarder,
+}
+
+impl TestHost {
+    pub async fn open(nats: &Nats, name: &str, config: StoreConfig) -> TestHost {
+        let key = config.master_key.clone();
+        let store = Store::open(config).unwrap();
+        TestHost::on(nats, name, store, key).await
+    }
+
+    pub async fn on(nats: &Nats, name: &str, store: Store, key: Option<MasterKey>) -> TestHost {
+        let bus = EventBus::new(store, EventBusConfig::default())
+            .await
+            .unwrap();
+        let cluster = Cluster::connect(ClusterConfig::new(nats.url(), name), key.as_ref())
+            .await
+            .unwrap();
+        let forwarder = EventForwarder::start(&cluster, &bus).await.unwrap();
+        TestHost {
+            bus,
+            cluster,
+            forwarder,
+        }
+    }
+
+    pub async fn update(&self, context: &str, data: serde_json::Value) -> u64 {
+        self.bus
+            .publish(
+                NewEvent::new(EventType::Updated)
+                    .context(context)
+                    .data(data),
+            )
+            .await
+            .unwrap()
+            .seq
+    }
+
+    pub async fn flushed(&self) {
+        self.forwarder.wait_forwarded(self.bus.last_seq()).await;
     }
 }

@@ -135,3 +135,65 @@ async fn serve_refuses_a_bad_cluster_name_and_an_unreachable_server_naming_the_f
         seen.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_nats_puts_every_event_of_the_run_on_the_stream_before_it_exits() {
+    let Some(nats) = Nats::start() else { return };
+    let data = tempfile::tempdir().unwrap();
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/code-review/task.toml"
+    );
+    let out = crate::common::qi_host_command()
+        .args(["run", manifest, "--json", "--guest-dir"])
+        .arg(crate::coord::guest_dir())
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--nats", &nats.url(), "--cluster-name", "runner"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["success"], true);
+    // Every event of the run's data directory, in its order, is on the stream.
+    let local = crate::common::qi_host_command()
+        .args([
+            "events",
+            "tail",
+            "--limit",
+            "100000",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let local: Vec<u64> = String::from_utf8_lossy(&local.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(local.len() > 10, "{local:?}");
+    let watcher = Cluster::connect(ClusterConfig::new(nats.url(), "watcher"), None)
+        .await
+        .unwrap();
+    let mut all = ClusterSubscription::open(&watcher, None, StartAt::All)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < local.len() {
+        let e = all.next().await.unwrap();
+        assert_eq!(e.host, "runner");
+        seen.push(e.event.seq);
+    }
+    assert_eq!(seen, local);
+    // The run is over: the host has left.
+    assert!(status(&nats).is_empty());
+}
