@@ -13,7 +13,7 @@
 //!
 //! **Identity.** `instance` is the host's data-directory id (`Store::host_id`, 128 random
 //! bits): two hosts given the same name, or one whose data directory was replaced, still
-//! never share message ids (`Nats-Msg-Id: <instance>:<seq>`), and a subscriber tells their
+//! never share message ids (`Nats-Msg-Id: <instance>:<seq>:<digest>`), and a subscriber tells their
 //! events apart.
 
 use super::streams::MAX_MESSAGE_BYTES;

@@ -4,17 +4,20 @@
 //! [`EventForwarder`] reads the host's events in seq order from where its cursor (`meta` key
 //! [`CURSOR_KEY`]) says it stopped, publishes each one to
 //! [`EVENTS_STREAM`](super::streams::EVENTS_STREAM) and waits for the server's
-//! acknowledgement before moving the cursor past it (the cursor is written after every
-//! acknowledgement).
+//! acknowledgement before moving the cursor past it (the cursor is written by a task of its
+//! own, coalescing: after every acknowledgement when forwarding is slow, once per batch when
+//! it is busy, and on [`EventForwarder::stop`]).
 //!
 //! - **NATS unreachable, its streams gone (a server restarted without its storage), a full
 //!   stream, any error reply**: the same event is retried (backoff 50 ms doubling to 2 s),
 //!   the streams are created again when the server says they are missing, and nothing is
 //!   skipped; only forwarding waits (and [`ForwarderStatus::last_error`] says why).
 //! - **A resend** (a host killed between an acknowledgement and the cursor's write) carries
-//!   the same `Nats-Msg-Id` (`<instance>:<seq>`, see [`events`](super::events)) and is dropped
-//!   by the server inside its duplicate window; past the window, subscribers drop it
-//!   ([`ClusterSubscription`](super::ClusterSubscription) keeps each instance's last seq).
+//!   the same `Nats-Msg-Id` ([`message_id`]: instance, seq and a digest of the event) and is
+//!   dropped by the server inside its duplicate window; past the window, subscribers drop it
+//!   ([`ClusterSubscription`](super::ClusterSubscription) remembers recent events). A data
+//!   directory restored from a backup commits new events under seqs it had forwarded before;
+//!   their digests differ, so they are stored and read like any other.
 //! - **A forged duplicate.** When the server calls a publish a duplicate, the forwarder reads
 //!   the stored message back; if it is not this event (another client published under this
 //!   message id first: ids are visible in headers, so a peer can guess the next ones), it is
@@ -59,6 +62,8 @@ pub struct ForwarderStatus {
 /// Forwards this host's committed events to the cluster until stopped or dropped.
 pub struct EventForwarder {
     task: tokio::task::JoinHandle<()>,
+    cursor_task: tokio::task::JoinHandle<()>,
+    store: Store,
     status: watch::Receiver<ForwarderStatus>,
 }
 
@@ -74,11 +79,16 @@ impl EventForwarder {
         let forwarder = Forwarder {
             cluster: cluster.clone(),
             instance: store.host_id().to_string(),
-            store,
             status: tx,
         };
         let task = tokio::spawn(forwarder.run(bus.clone(), cursor));
-        Ok(EventForwarder { task, status })
+        let cursor_task = tokio::spawn(keep_cursor(store.clone(), status.clone(), cursor));
+        Ok(EventForwarder {
+            task,
+            cursor_task,
+            store,
+            status,
+        })
     }
 
     /// A view of its progress; [`wait_forwarded`](Self::wait_forwarded) waits on it.
@@ -93,17 +103,41 @@ impl EventForwarder {
         let _ = status.wait_for(|s| s.forwarded >= seq).await;
     }
 
-    /// Stops forwarding and returns once the forwarder has let go of the store (what is not
-    /// forwarded yet is forwarded by the next start).
+    /// Stops forwarding, writes the cursor where forwarding got, and returns once the
+    /// forwarder has let go of the store (what is not forwarded yet is forwarded by the next
+    /// start).
     pub async fn stop(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
+        self.cursor_task.abort();
+        let _ = (&mut self.cursor_task).await;
+        let forwarded = self.status.borrow().forwarded;
+        if let Err(e) = write_cursor(&self.store, forwarded).await {
+            tracing::warn!(error = %e, "cannot record the cluster forwarding cursor");
+        }
     }
 }
 
 impl Drop for EventForwarder {
     fn drop(&mut self) {
         self.task.abort();
+        self.cursor_task.abort();
+    }
+}
+
+/// Writes the forwarder's progress to the cursor, coalescing: while one write is in flight,
+/// later progress waits and only the newest is written next (so a busy forwarder costs one
+/// store write per batch, not per event). A write that fails is logged; it only costs
+/// resends after a restart, which are deduplicated.
+async fn keep_cursor(store: Store, mut status: watch::Receiver<ForwarderStatus>, mut written: u64) {
+    while status.changed().await.is_ok() {
+        let forwarded = status.borrow_and_update().forwarded;
+        if forwarded > written {
+            match write_cursor(&store, forwarded).await {
+                Ok(()) => written = forwarded,
+                Err(e) => tracing::warn!(error = %e, "cannot record the cluster forwarding cursor"),
+            }
+        }
     }
 }
 
@@ -141,6 +175,16 @@ async fn write_cursor(store: &Store, seq: u64) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// `<instance>:<seq>:<digest>`: the digest (16 hex digits of the SHA-256 of the event's
+/// full JSON) makes the id differ for a different event under the same instance and seq (a
+/// data directory restored from a backup, or copied, commits new events under seqs it had
+/// already forwarded), and stay the same for a resend of the same event.
+pub fn message_id(instance: &str, seq: u64, full_json: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(full_json);
+    format!("{instance}:{seq}:{}", hex::encode(&digest[..8]))
+}
+
 /// How one publish ended.
 enum Sent {
     /// Stored (or already stored by this host): done.
@@ -155,7 +199,6 @@ enum Sent {
 struct Forwarder {
     cluster: Cluster,
     instance: String,
-    store: Store,
     status: watch::Sender<ForwarderStatus>,
 }
 
@@ -201,10 +244,6 @@ impl Forwarder {
                 };
                 self.forward_one(wire, &mut limit).await;
                 cursor = event.seq;
-                // A failed write only costs a resend after a restart (deduplicated).
-                if let Err(e) = write_cursor(&self.store, cursor).await {
-                    tracing::warn!(error = %e, "cannot record the cluster forwarding cursor");
-                }
                 self.status.send_modify(|s| {
                     s.forwarded = cursor;
                     s.last_error = None;
@@ -218,7 +257,7 @@ impl Forwarder {
     async fn forward_one(&self, wire: ClusterEvent, limit: &mut Option<usize>) {
         let seq = wire.event.seq;
         let subject = event_subject(&self.cluster, &wire.host, &wire.event);
-        let msg_id = format!("{}:{seq}", self.instance);
+        let msg_id = message_id(&self.instance, seq, &encode(wire.clone(), usize::MAX));
         let mut backoff = Duration::from_millis(50);
         let mut without_data = false;
         loop {
@@ -333,29 +372,21 @@ impl Forwarder {
         }
     }
 
-    /// Whether the message stored at `seq` is the event whose plaintext JSON is `json`.
+    /// Whether the message stored at `seq` is exactly this event (its plaintext JSON is
+    /// `json`). A message that cannot be read back counts as not this event: publishing again
+    /// under a new id may store it twice, which subscribers drop, where trusting the server
+    /// could lose it.
     async fn stored_is(&self, seq: u64, subject: &str, json: &[u8]) -> bool {
         let Ok(stream) = self.cluster.jetstream().get_stream(EVENTS_STREAM).await else {
-            return true; // cannot check: trust the server's dedupe
+            return false;
         };
         let Ok(stored) = stream.get_raw_message(seq).await else {
-            return true;
-        };
-        if stored.subject.as_str() != subject {
             return false;
-        }
-        match self.cluster.open(subject, &stored.payload) {
-            Ok(plain) => {
-                let mine: Option<ClusterEvent> = serde_json::from_slice(json).ok();
-                let theirs: Option<ClusterEvent> = serde_json::from_slice(&plain).ok();
-                match (mine, theirs) {
-                    (Some(a), Some(b)) => {
-                        a.instance == b.instance && a.event.seq == b.event.seq && a.host == b.host
-                    }
-                    _ => false,
-                }
-            }
-            Err(_) => false,
-        }
+        };
+        stored.subject.as_str() == subject
+            && self
+                .cluster
+                .open(subject, &stored.payload)
+                .is_ok_and(|plain| plain == json)
     }
 }

@@ -53,6 +53,7 @@ pub type LoadSource = Arc<dyn Fn() -> HostLoad + Send + Sync>;
 pub struct Membership {
     task: tokio::task::JoinHandle<()>,
     cluster: Cluster,
+    listed: watch::Receiver<bool>,
 }
 
 impl Membership {
@@ -110,23 +111,26 @@ impl Membership {
             None => bucket
                 .create(name, first.into())
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string()),
             Some(c) => bucket
                 .update(name, first.into(), c.revision)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string()),
         };
-        if let Err(e) = claimed {
-            // Someone wrote the entry since it was read: another host took the name.
-            tracing::debug!(error = %e, "membership claim lost");
-            return Err(ClusterError::NameTaken {
-                host: name.to_string(),
-                pid: 0,
-                seen_ms_ago: 0,
-            });
-        }
+        let mut revision = match claimed {
+            Ok(r) => r,
+            Err(e) => {
+                // Someone wrote the entry since it was read: another host took the name.
+                tracing::debug!(error = %e, "membership claim lost");
+                return Err(ClusterError::NameTaken {
+                    host: name.to_string(),
+                    pid: 0,
+                    seen_ms_ago: 0,
+                });
+            }
+        };
+        let mine = instance.to_string();
+        let (listed_tx, listed) = watch::channel(true);
         let task = {
             let cluster = cluster.clone();
             tokio::spawn(async move {
@@ -135,11 +139,24 @@ impl Membership {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    if let Err(e) = put(&cluster, &bucket, &entry()).await {
-                        tracing::warn!(error = %e, "cluster heartbeat failed; trying again at the next one");
-                        // The server may have lost the bucket (restarted without its storage).
-                        if let Err(e) = kv::ensure(&cluster).await {
-                            tracing::debug!(error = %e, "cannot recreate the membership bucket yet");
+                    match heartbeat(&cluster, &bucket, &entry(), revision, &mine).await {
+                        Beat::Written(r) => revision = r,
+                        Beat::Failed(e) => {
+                            tracing::warn!(error = %e, "cluster heartbeat failed; trying again at the next one");
+                            // The server may have lost the bucket (restarted without its
+                            // storage).
+                            if let Err(e) = kv::ensure(&cluster).await {
+                                tracing::debug!(error = %e, "cannot recreate the membership bucket yet");
+                            }
+                        }
+                        Beat::Lost(other) => {
+                            tracing::error!(
+                                host = cluster.host_name(),
+                                other_pid = other.pid,
+                                "another host took this host's cluster name while its entry had expired (a partition or a pause longer than the TTL); this host leaves the membership list"
+                            );
+                            listed_tx.send_replace(false);
+                            return;
                         }
                     }
                 }
@@ -148,7 +165,15 @@ impl Membership {
         Ok(Membership {
             task,
             cluster: cluster.clone(),
+            listed,
         })
+    }
+
+    /// `true` while this host holds its entry; `false` once another host (another instance)
+    /// took the name while this one's entry had expired, after which this host no longer
+    /// heartbeats.
+    pub fn listed(&self) -> watch::Receiver<bool> {
+        self.listed.clone()
     }
 
     /// Stops the heartbeats and deletes this host's entry, so it leaves the list at once.
@@ -168,18 +193,53 @@ impl Drop for Membership {
     }
 }
 
-async fn put(
+/// How one heartbeat ended.
+enum Beat {
+    /// Written; the entry's new revision.
+    Written(u64),
+    /// Not written (NATS unreachable, the bucket gone): try again at the next one.
+    Failed(String),
+    /// Another instance holds the name now.
+    Lost(HostEntry),
+}
+
+/// Rewrites this host's entry, by compare-and-set on `revision` (the entry's revision as this
+/// host last wrote it). When someone else wrote it since: if it is this instance (a second
+/// `join` of the same data directory), or the entry is gone (expired, or the bucket was made
+/// again), this host writes it again; if it is another instance, the name is lost.
+async fn heartbeat(
     cluster: &Cluster,
     bucket: &async_nats::jetstream::kv::Store,
     entry: &HostEntry,
-) -> Result<(), ClusterError> {
+    revision: u64,
+    instance: &str,
+) -> Beat {
     let key = cluster.host_name();
-    let payload = seal_entry(cluster, entry);
-    bucket
-        .put(key, payload.into())
-        .await
-        .map_err(|e| ClusterError::nats("membership heartbeat", e))?;
-    Ok(())
+    let payload = bytes::Bytes::from(seal_entry(cluster, entry));
+    match bucket.update(key, payload.clone(), revision).await {
+        Ok(r) => return Beat::Written(r),
+        Err(e) if e.kind() != async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+            return Beat::Failed(e.to_string());
+        }
+        Err(_) => {}
+    }
+    let current = match bucket.entry(key).await {
+        Ok(c) => c.filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put),
+        Err(e) => return Beat::Failed(e.to_string()),
+    };
+    match current {
+        None => match bucket.create(key, payload).await {
+            Ok(r) => Beat::Written(r),
+            Err(e) => Beat::Failed(e.to_string()),
+        },
+        Some(c) => match decode(cluster, key, &c.value) {
+            Ok(other) if other.instance != instance => Beat::Lost(other),
+            _ => match bucket.update(key, payload, c.revision).await {
+                Ok(r) => Beat::Written(r),
+                Err(e) => Beat::Failed(e.to_string()),
+            },
+        },
+    }
 }
 
 fn seal_entry(cluster: &Cluster, entry: &HostEntry) -> Vec<u8> {

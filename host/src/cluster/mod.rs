@@ -20,7 +20,7 @@
 //! SQLite stays each host's durable record: an event is committed locally first and then
 //! forwarded from there (an outbox), so losing NATS pauses forwarding and loses nothing; the
 //! host's cursor (`meta.cluster.events.forwarded`) says how far it got. Each message carries
-//! `Nats-Msg-Id: <instance>:<seq>` (the instance is the data directory's random id), so a
+//! `Nats-Msg-Id: <instance>:<seq>:<digest>` (see [`forward::message_id`]), so a
 //! resend after a crash or a lost acknowledgement is dropped by the server's duplicate window
 //! ([`ClusterConfig::duplicate_window`]), and past it by subscribers.
 //!

@@ -50,6 +50,8 @@ impl Node {
         let last = self.bus.last_seq();
         let _ = tokio::time::timeout(grace, self.forwarder.wait_forwarded(last)).await;
         let forwarded = self.forwarder.status().borrow().forwarded;
+        // Writes the cursor where forwarding got (the coalescing writer may be behind).
+        self.forwarder.stop().await;
         if let Err(e) = self.membership.leave().await {
             tracing::warn!(error = %e, "cannot delete this host's membership entry; it expires on its own");
         }

@@ -15,11 +15,12 @@
 //!   messages there. A message that does not decode (not qi-host's JSON, sealed under another
 //!   key, moved from another subject) is skipped and counted ([`skipped`]
 //!   (ClusterSubscription::skipped)), with a warning; with a master key, only hosts holding it
-//!   can write events a subscriber accepts. A replay of an earlier event (the same instance
-//!   and local seq, or an older one) is dropped and counted
-//!   ([`replays`](ClusterSubscription::replays)): each instance's events are in its own
-//!   order on the stream, so a subscriber remembers the last seq of up to
-//!   [`MAX_TRACKED_INSTANCES`] instances (least recently seen forgotten first).
+//!   can write events a subscriber accepts. A replay of an event this subscription has
+//!   returned (the same instance, local seq and content) is dropped and counted
+//!   ([`replays`](ClusterSubscription::replays)); it remembers the last
+//!   [`MAX_TRACKED_EVENTS`] events it returned (least recent forgotten first), so an older
+//!   replay, or one reaching a new subscription, is returned again. Events whose instance id
+//!   is longer than 64 characters or unprintable are skipped.
 
 use super::events::{ClusterEvent, filter_subject};
 use super::streams::EVENTS_STREAM;
@@ -27,8 +28,8 @@ use super::{Cluster, ClusterError};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use tokio_stream::StreamExt;
 
-/// How many instances' last seqs a subscription remembers to drop replays.
-pub const MAX_TRACKED_INSTANCES: usize = 4096;
+/// How many returned events a subscription remembers to drop replays (about 100 bytes each).
+pub const MAX_TRACKED_EVENTS: usize = 65_536;
 
 /// Where a [`ClusterSubscription`] starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +51,8 @@ pub struct ClusterSubscription {
     /// Whether `last` is a position the next message must follow without a hole in
     /// between (unless the hole is only other subjects').
     anchored: bool,
-    seen: hashlink::LruCache<String, u64>,
+    /// (instance, seq) → digest of the event's JSON, of the events returned.
+    seen: hashlink::LruCache<(String, u64), [u8; 8]>,
     skipped: u64,
     replays: u64,
 }
@@ -119,7 +121,7 @@ impl ClusterSubscription {
             messages,
             last,
             anchored,
-            seen: hashlink::LruCache::new(MAX_TRACKED_INSTANCES),
+            seen: hashlink::LruCache::new(MAX_TRACKED_EVENTS),
             skipped: 0,
             replays: 0,
         })
@@ -159,12 +161,31 @@ impl ClusterSubscription {
             self.anchored = true;
             let subject = msg.subject.to_string();
             let decoded = self.cluster.open(&subject, &msg.payload).and_then(|json| {
-                serde_json::from_slice::<ClusterEvent>(&json).map_err(|e| ClusterError::Decode {
-                    subject: subject.clone(),
-                    message: e.to_string(),
-                })
+                let event = serde_json::from_slice::<ClusterEvent>(&json).map_err(|e| {
+                    ClusterError::Decode {
+                        subject: subject.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
+                let instance = &event.instance;
+                if instance.is_empty()
+                    || instance.len() > 64
+                    || instance.chars().any(char::is_control)
+                {
+                    return Err(ClusterError::Decode {
+                        subject: subject.clone(),
+                        message:
+                            "its instance id is empty, longer than 64 characters or unprintable"
+                                .into(),
+                    });
+                }
+                use sha2::Digest;
+                let digest: [u8; 8] = sha2::Sha256::digest(&json)[..8]
+                    .try_into()
+                    .expect("8 bytes of a SHA-256");
+                Ok((event, digest))
             });
-            let mut event = match decoded {
+            let (mut event, digest) = match decoded {
                 Ok(e) => e,
                 Err(e) => {
                     self.skipped += 1;
@@ -172,9 +193,8 @@ impl ClusterSubscription {
                     continue;
                 }
             };
-            if let Some(&last) = self.seen.get(&event.instance)
-                && event.event.seq <= last
-            {
+            let key = (event.instance.clone(), event.event.seq);
+            if self.seen.get(&key) == Some(&digest) {
                 self.replays += 1;
                 tracing::warn!(
                     instance = event.instance,
@@ -184,7 +204,7 @@ impl ClusterSubscription {
                 );
                 continue;
             }
-            self.seen.insert(event.instance.clone(), event.event.seq);
+            self.seen.insert(key, digest);
             event.stream_seq = seq;
             return Ok(event);
         }

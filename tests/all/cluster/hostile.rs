@@ -3,8 +3,8 @@
 
 use super::{Nats, TestHost};
 use qi_host::cluster::{
-    Cluster, ClusterConfig, ClusterError, ClusterSubscription, HostLoad, Membership, StartAt,
-    membership,
+    Cluster, ClusterConfig, ClusterError, ClusterSubscription, EventForwarder, HostLoad,
+    Membership, StartAt, membership,
 };
 use qi_host::store::crypto::MasterKey;
 use qi_host::{Store, StoreConfig};
@@ -64,20 +64,43 @@ async fn garbage_and_replayed_sealed_messages_are_skipped_not_fatal_or_doubled()
 #[tokio::test]
 async fn message_ids_taken_by_a_forger_do_not_swallow_a_hosts_events() {
     let Some(nats) = Nats::start() else { return };
+    // Three events committed before the host joins; a forger that learned their message ids
+    // (instance, seq and digest) publishes under them first.
     let store = Store::open(StoreConfig::in_memory()).unwrap();
     let instance = store.host_id().to_string();
-    // The streams exist, and a forger publishes first under the ids the host will use.
-    drop(
-        Cluster::connect(ClusterConfig::new(nats.url(), "boot"), None)
-            .await
-            .unwrap(),
-    );
+    let bus = qi_host::EventBus::new(store, qi_host::EventBusConfig::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        bus.publish(
+            qi_host::events::NewEvent::new(qi_host::events::EventType::Updated)
+                .context("c")
+                .data(json!({"i": i})),
+        )
+        .await
+        .unwrap();
+    }
+    let cluster = Cluster::connect(ClusterConfig::new(nats.url(), "victim"), None)
+        .await
+        .unwrap();
     let js = raw_js(&nats).await;
-    for seq in 1..=3 {
+    let events = bus
+        .history(&qi_host::events::EventFilter::all(), None, 10)
+        .await
+        .unwrap();
+    for event in events {
+        let wire = qi_host::cluster::ClusterEvent {
+            stream_seq: 0,
+            host: "victim".into(),
+            instance: instance.clone(),
+            event,
+        };
+        let seq = wire.event.seq;
+        let json = qi_host::cluster::events::encode(wire, usize::MAX);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_MESSAGE_ID,
-            format!("{instance}:{seq}").as_str(),
+            qi_host::cluster::forward::message_id(&instance, seq, &json).as_str(),
         );
         js.publish_with_headers("qi.events.ctx.c", headers, "forged".into())
             .await
@@ -85,13 +108,10 @@ async fn message_ids_taken_by_a_forger_do_not_swallow_a_hosts_events() {
             .await
             .unwrap();
     }
-    let host = TestHost::on(&nats, "victim", store, None).await;
-    for i in 0..3 {
-        host.update("c", json!({"i": i})).await;
-    }
-    host.flushed().await;
-    assert_eq!(host.forwarder.status().borrow().forged, 3);
-    let mut sub = ClusterSubscription::open(&host.cluster, Some("c"), StartAt::All)
+    let forwarder = EventForwarder::start(&cluster, &bus).await.unwrap();
+    forwarder.wait_forwarded(3).await;
+    assert_eq!(forwarder.status().borrow().forged, 3);
+    let mut sub = ClusterSubscription::open(&cluster, Some("c"), StartAt::All)
         .await
         .unwrap();
     for i in 0..3 {
@@ -282,4 +302,90 @@ async fn a_full_stream_holds_forwarding_back_and_skips_nothing() {
     for i in 0..3 {
         assert_eq!(sub.next().await.unwrap().event.data, json!({"i": i}));
     }
+}
+
+/// Copies directory `from` into `to` (files and subdirectories).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_data_directory_restored_from_a_backup_forwards_its_new_events() {
+    let Some(nats) = Nats::start() else { return };
+    let live = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let session = |dir: std::path::PathBuf, label: &'static str| {
+        let nats = &nats;
+        async move {
+            let host = TestHost::open(nats, "h", StoreConfig::at(&dir)).await;
+            for i in 0..3 {
+                host.update("c", json!({label: i})).await;
+            }
+            host.flushed().await;
+            host.forwarder.stop().await;
+        }
+    };
+    session(live.path().to_path_buf(), "before").await;
+    copy_dir(live.path(), backup.path());
+    session(live.path().to_path_buf(), "lost-with-disk").await;
+    // The backup commits seqs 4..=6 again, with other events: same instance, same seqs.
+    session(backup.path().to_path_buf(), "after-restore").await;
+    let reader = Cluster::connect(ClusterConfig::new(nats.url(), "reader"), None)
+        .await
+        .unwrap();
+    let mut sub = ClusterSubscription::open(&reader, None, StartAt::All)
+        .await
+        .unwrap();
+    let mut labels = Vec::new();
+    for _ in 0..9 {
+        let e = sub.next().await.unwrap();
+        let (label, _) = e.event.data.as_object().unwrap().iter().next().unwrap();
+        labels.push(label.clone());
+    }
+    assert_eq!(
+        labels.iter().filter(|l| *l == "after-restore").count(),
+        3,
+        "{labels:?}"
+    );
+    assert_eq!(sub.replays(), 0);
+}
+
+#[tokio::test]
+async fn a_host_whose_name_was_taken_while_its_entry_expired_stops_heartbeating() {
+    let Some(nats) = Nats::start() else { return };
+    let mut config = ClusterConfig::new(nats.url(), "n");
+    config.heartbeat = std::time::Duration::from_millis(100);
+    config.host_ttl = std::time::Duration::from_millis(200);
+    let a = Cluster::connect(config.clone(), None).await.unwrap();
+    let load: membership::LoadSource = Arc::new(HostLoad::default);
+    let first = Membership::join(&a, "instance-a", load.clone(), None)
+        .await
+        .unwrap();
+    // Its entry disappears (as when it expires during a partition), and B claims the name.
+    a.jetstream()
+        .get_key_value("qi_hosts")
+        .await
+        .unwrap()
+        .purge("n")
+        .await
+        .unwrap();
+    let b = Cluster::connect(config, None).await.unwrap();
+    let _second = Membership::join(&b, "instance-b", load, None)
+        .await
+        .unwrap();
+    // A's next heartbeat finds B's entry: A leaves the list instead of fighting over it.
+    let mut listed = first.listed();
+    listed.wait_for(|l| !l).await.unwrap();
+    let hosts = membership::hosts(&b).await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].instance, "instance-b");
 }
