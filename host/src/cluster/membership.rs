@@ -177,8 +177,13 @@ impl Membership {
     }
 
     /// Stops the heartbeats and deletes this host's entry, so it leaves the list at once.
+    /// A host that lost its name ([`listed`](Self::listed) is `false`) deletes nothing: the
+    /// entry is the other host's.
     pub async fn leave(self) -> Result<(), ClusterError> {
         self.task.abort();
+        if !*self.listed.borrow() {
+            return Ok(());
+        }
         let bucket = kv::open(&self.cluster, kv::HOSTS_BUCKET).await?;
         bucket
             .purge(self.cluster.host_name())

@@ -388,4 +388,9 @@ async fn a_host_whose_name_was_taken_while_its_entry_expired_stops_heartbeating(
     let hosts = membership::hosts(&b).await.unwrap();
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].instance, "instance-b");
+    // A stopping cleanly leaves B's entry alone.
+    first.leave().await.unwrap();
+    let hosts = membership::hosts(&b).await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].instance, "instance-b");
 }
