@@ -16,6 +16,13 @@
 //! 3. `read`: a [`ClusterSubscription`] reading the N events back from the stream (decode,
 //!    replay check) against a bare ordered consumer reading the same messages.
 //!
+//! 4. `kv`: context writes through the `qi_contexts` bucket, the path every context change
+//!    of a cluster host takes ([`ContextService::write`] of a `strong` context, one writer,
+//!    each write based on the version the last returned: read of the entry it is based on,
+//!    compare-and-set, SQLite commit), against a bare `async-nats` KV loop in the same run
+//!    that does a compare-and-set `update` of a payload of the same size, one at a time, and
+//!    against the same writes on a host with no cluster (what replication costs). N/5 writes.
+//!
 //! `cargo bench -p qi-host --bench cluster [-- N]` (default N = 5,000). Prints figures only;
 //! nothing here asserts on timing. Say which `RUST_BACKTRACE` it ran with: the figures do not
 //! depend on it (no error paths are taken), but the machines set it to 1.
@@ -85,7 +92,83 @@ fn main() -> anyhow::Result<()> {
     println!("  ClusterSubscription: {sub:>9.0} events/s");
     println!("  bare ordered consumer: {bare:>9.0} events/s");
     println!("  ratio: {:.2}", sub / bare);
+    let writes = (n / 5).max(1);
+    let (through, bare, local) = {
+        let server = NatsServer::start(&binary)?;
+        rt.block_on(kv_writes(&server.url(), writes))?
+    };
+    println!("4. kv: {writes} context writes, one writer, each based on the last");
+    println!("  through the bucket (read, compare-and-set, commit): {through:>9.0} writes/s");
+    println!("  bare async-nats KV update (compare-and-set) loop:    {bare:>9.0} writes/s");
+    println!("  the same writes with no cluster:                     {local:>9.0} writes/s");
+    println!(
+        "  ratio bucket / bare: {:.2}; bucket / no cluster: {:.2}",
+        through / bare,
+        through / local
+    );
     Ok(())
+}
+
+/// Writes/s of `n` strong context writes through the bucket, of a bare KV update loop, and
+/// of the same writes on a host with no cluster.
+async fn kv_writes(url: &str, n: u64) -> anyhow::Result<(f64, f64, f64)> {
+    use qi_host::context::{Change, ContextService, NewContext, OPERATOR, SyncStrategy};
+    async fn service(dir: &std::path::Path) -> anyhow::Result<ContextService> {
+        let store = Store::open(StoreConfig::at(dir))?;
+        let bus = EventBus::new(store.clone(), EventBusConfig::default()).await?;
+        Ok(ContextService::open(
+            store,
+            bus,
+            std::sync::Arc::new(qi_host::context::SystemClock),
+            Default::default(),
+        )
+        .await?)
+    }
+    async fn run(ctx: &ContextService, n: u64) -> anyhow::Result<f64> {
+        ctx.create(
+            OPERATOR,
+            NewContext {
+                id: Some("bench".into()),
+                context_type: "bench".into(),
+                doc: serde_json::json!({"n": 0}),
+                strategy: SyncStrategy::Strong,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let t = Instant::now();
+        let mut version = 1;
+        for i in 0..n {
+            let r = ctx
+                .write(
+                    OPERATOR,
+                    "bench",
+                    Change::Put(serde_json::json!({"n": i + 1})),
+                    Some(version),
+                )
+                .await?;
+            version = r.version;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::connect(ClusterConfig::new(url, "bench"), None).await?;
+    let ctx = service(dir.path()).await?;
+    let _sync = qi_host::cluster::ContextSync::start(&cluster, &ctx).await?;
+    let through = run(&ctx, n).await?;
+    // The bare loop: an entry of the size the bucket holds for that context.
+    let kv = cluster.jetstream().get_key_value("qi_contexts").await?;
+    let key = qi_host::cluster::contexts::key(&cluster, "bench");
+    let payload = kv.get(key.clone()).await?.unwrap_or_default();
+    let mut revision = kv.create("bare", payload.clone()).await?;
+    let t = Instant::now();
+    for _ in 0..n {
+        revision = kv.update("bare", payload.clone(), revision).await?;
+    }
+    let bare = n as f64 / t.elapsed().as_secs_f64();
+    let local_dir = tempfile::tempdir()?;
+    let local = run(&service(local_dir.path()).await?, n).await?;
+    Ok((through, bare, local))
 }
 
 /// A host with `n` committed events whose forwarder has not started yet.

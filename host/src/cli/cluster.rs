@@ -19,9 +19,7 @@ pub async fn join(
     let cluster = Cluster::connect(config, store.config().master_key.as_ref())
         .await
         .map_err(flag_error)?;
-    Node::join(cluster, context.bus().clone(), load)
-        .await
-        .map_err(flag_error)
+    Node::join(cluster, context, load).await.map_err(flag_error)
 }
 
 /// Leaves the cluster, giving the host's events up to `grace` to reach the stream; says on

@@ -33,7 +33,7 @@
 use super::events::{ClusterEvent, encode, event_subject, message_limit};
 use super::streams::EVENTS_STREAM;
 use super::{Cluster, ClusterError};
-use crate::events::{EventBus, EventError, EventFilter, SubscribeFrom};
+use crate::events::{EventBus, EventError, EventFilter, EventType, SubscribeFrom};
 use crate::store::Store;
 use async_nats::jetstream::context::PublishErrorKind;
 use rusqlite::OptionalExtension;
@@ -236,6 +236,16 @@ impl Forwarder {
                         break;
                     }
                 };
+                // A context change installed from the cluster's bucket: the host that made
+                // it forwarded its own event.
+                let replicated =
+                    matches!(event.event_type, EventType::Created | EventType::Updated)
+                        && event.data.get("replicatedFrom").is_some();
+                if replicated {
+                    cursor = event.seq;
+                    self.status.send_modify(|s| s.forwarded = cursor);
+                    continue;
+                }
                 let wire = ClusterEvent {
                     stream_seq: 0,
                     host: self.cluster.host_name().to_string(),

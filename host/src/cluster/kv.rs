@@ -8,6 +8,7 @@
 //! | bucket | keys | history | entries live |
 //! |---|---|---|---|
 //! | [`HOSTS_BUCKET`] | host names | 1 | [`ClusterConfig::host_ttl`](super::ClusterConfig::host_ttl) without a refresh |
+//! | [`CONTEXTS_BUCKET`](super::contexts::CONTEXTS_BUCKET) | `c.<context token>` | 1 | until replaced |
 
 use super::{Cluster, ClusterError};
 use async_nats::jetstream::kv::Store;
@@ -63,6 +64,20 @@ pub(super) async fn ensure(cluster: &Cluster) -> Result<(), ClusterError> {
         .await
         .map_err(|e| ClusterError::Stream {
             stream: format!("KV_{HOSTS_BUCKET}"),
+            message: e.to_string(),
+        })?;
+    let max_value = cluster
+        .client()
+        .server_info()
+        .max_payload
+        .min(i32::MAX as usize) as i32;
+    let contexts = super::contexts::bucket_config(max_value);
+    cluster
+        .jetstream()
+        .get_or_create_stream(contexts)
+        .await
+        .map_err(|e| ClusterError::Stream {
+            stream: format!("KV_{}", super::contexts::CONTEXTS_BUCKET),
             message: e.to_string(),
         })?;
     Ok(())

@@ -17,6 +17,11 @@
 //!   [`ClusterSubscription`] on any host reads that stream gap-free and in order, and resumes
 //!   after a stream sequence.
 //!
+//! - **Shared contexts** ([`contexts`]): every context's state is an entry of the
+//!   `qi_contexts` KV bucket, changed by compare-and-set on its revision, so `strong` holds
+//!   across hosts; a watch keeps each host's hot tier coherent (see
+//!   [`crate::context::replica`]).
+//!
 //! SQLite stays each host's durable record: an event is committed locally first and then
 //! forwarded from there (an outbox), so losing NATS pauses forwarding and loses nothing; the
 //! host's cursor (`meta.cluster.events.forwarded`) says how far it got. Each message carries
@@ -35,6 +40,7 @@
 //! `$KV.<bucket>.>`), directly, because `async-nats`' `create_key_value` fails on NATS
 //! 2.9 (its account-info reply does not parse); `get_key_value` then opens them.
 
+pub mod contexts;
 pub mod error;
 pub mod events;
 pub mod forward;
@@ -47,6 +53,7 @@ pub mod subscription;
 #[cfg(test)]
 mod tests;
 
+pub use contexts::{ContextBucket, ContextSync};
 pub use error::ClusterError;
 pub use events::ClusterEvent;
 pub use forward::{EventForwarder, ForwarderStatus};

@@ -1,7 +1,10 @@
 //! A host's part in its cluster: its event forwarder and its membership, started and
 //! stopped together (what `qi-host serve --nats` runs).
 
-use super::{Cluster, ClusterError, EventForwarder, Membership, membership::LoadSource};
+use super::{
+    Cluster, ClusterError, ContextSync, EventForwarder, Membership, membership::LoadSource,
+};
+use crate::context::ContextService;
 use crate::events::EventBus;
 use std::time::Duration;
 
@@ -11,16 +14,20 @@ pub struct Node {
     bus: EventBus,
     forwarder: EventForwarder,
     membership: Membership,
+    contexts: ContextSync,
 }
 
 impl Node {
-    /// Starts forwarding `bus`'s events and joins the membership list (listed when this
-    /// returns).
+    /// Replicates `context`'s contexts through the cluster's bucket (installing what is
+    /// there first), starts forwarding its events and joins the membership list (listed
+    /// when this returns).
     pub async fn join(
         cluster: Cluster,
-        bus: EventBus,
+        context: &ContextService,
         load: LoadSource,
     ) -> Result<Node, ClusterError> {
+        let bus = context.bus().clone();
+        let contexts = ContextSync::start(&cluster, context).await?;
         let forwarder = EventForwarder::start(&cluster, &bus).await?;
         let instance = bus.store().host_id().to_string();
         let membership =
@@ -30,12 +37,18 @@ impl Node {
             bus,
             forwarder,
             membership,
+            contexts,
         })
     }
 
     /// The cluster connection.
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// The shared contexts (the watch's progress).
+    pub fn contexts(&self) -> &ContextSync {
+        &self.contexts
     }
 
     /// The forwarder (its progress).

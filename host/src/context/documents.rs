@@ -20,6 +20,23 @@ pub const RUN_PREFIX: &str = "run/";
 impl ContextService {
     /// Creates a context owned by `agent`.
     pub async fn create(&self, agent: &str, new: NewContext) -> Result<WriteResult, ContextError> {
+        let mut tries = 0;
+        loop {
+            match self.create_once(agent, new.clone()).await {
+                // Cluster mode: another host made or changed a context of this id first; its
+                // state is installed now, and the create is made again (an id given is then
+                // `AlreadyExists`; a generated one moves on).
+                Err(ContextError::ReplicaChanged { .. })
+                    if tries < super::replica::MAX_REPLICA_TRIES =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn create_once(&self, agent: &str, new: NewContext) -> Result<WriteResult, ContextError> {
         if new.context_type.trim().is_empty() {
             return Err(ContextError::invalid(
                 "contextType",
@@ -125,6 +142,7 @@ impl ContextService {
                 created_at: now,
                 updated_at: now,
                 resident: true,
+                kv_revision: 0,
             };
             let version = ContextVersion {
                 context_id: id.clone(),

@@ -45,6 +45,24 @@ pub enum ContextError {
         /// What is wrong and what is allowed.
         message: String,
     },
+    /// Cluster mode: another host changed the context first; its newer state is installed
+    /// and nothing of this operation was committed.
+    #[error(
+        "context `{context}` was changed on another host of the cluster while this operation ran; its newer state is now here and nothing of this operation was committed: make it again"
+    )]
+    ReplicaChanged {
+        /// The context.
+        context: String,
+    },
+    /// Cluster mode: the cluster's context bucket could not be asked, or refused the change;
+    /// nothing was committed.
+    #[error("context `{context}` cannot be changed in the cluster: {message}")]
+    Cluster {
+        /// The context.
+        context: String,
+        /// Why.
+        message: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -71,9 +89,12 @@ impl ContextError {
             ContextError::NotFound(_)
             | ContextError::Invalid { .. }
             | ContextError::UnknownAgent(_) => Validation,
-            ContextError::AlreadyExists(_) | ContextError::Refused { .. } => Business,
+            ContextError::AlreadyExists(_)
+            | ContextError::Refused { .. }
+            | ContextError::ReplicaChanged { .. } => Business,
             ContextError::AccessDenied { .. } => Security,
             ContextError::Store(_)
+            | ContextError::Cluster { .. }
             | ContextError::Events(_)
             | ContextError::AuditUnavailable(_) => System,
         }

@@ -177,6 +177,21 @@ impl<V: Clone> Staging<'_, V> {
             )
     }
 
+    /// The keys the running operation changed, each with its value before the operation.
+    pub(super) fn touched(&self) -> Vec<(String, Option<Arc<V>>)> {
+        self.overlay
+            .undo
+            .iter()
+            .map(|(k, before)| {
+                let before = match before {
+                    Some(staged) => staged.clone(),
+                    None => self.base.map.get(k).cloned(),
+                };
+                (k.clone(), before)
+            })
+            .collect()
+    }
+
     /// Sets `key` to `value`; returns the previous value.
     pub(super) fn insert(&mut self, key: String, value: V) -> Option<Arc<V>> {
         self.log(&key);
@@ -380,6 +395,11 @@ impl Committed {
     ) -> Result<Arc<ContextState>, Arc<ContextState>> {
         match self.contexts.map.get(&loaded.id) {
             Some(now) if Arc::ptr_eq(now, seen) && loaded.revision >= now.revision => {
+                // The replica revision is kept in memory only.
+                let loaded = ContextState {
+                    kv_revision: now.kv_revision,
+                    ..loaded
+                };
                 let size = resident_bytes(&loaded);
                 if size > bound {
                     // Too large to keep: answered, and nothing is evicted for it.
@@ -583,9 +603,18 @@ impl Inner<'_> {
         id: &str,
         load: impl FnOnce() -> Result<Option<ContextState>, crate::store::StoreError>,
     ) -> Result<(), crate::store::StoreError> {
-        if self.contexts.get(id).is_some_and(|c| !c.resident)
+        if let Some(kv_revision) = self
+            .contexts
+            .get(id)
+            .filter(|c| !c.resident)
+            .map(|c| c.kv_revision)
             && let Some(state) = load()?
         {
+            // The replica revision is kept in memory only.
+            let state = ContextState {
+                kv_revision,
+                ..state
+            };
             self.contexts.insert(id.to_string(), state);
         }
         Ok(())

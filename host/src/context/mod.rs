@@ -57,6 +57,7 @@ pub mod model;
 pub mod patch;
 mod persist;
 mod prepared;
+pub mod replica;
 mod service;
 mod sharing;
 mod subscriptions;
@@ -77,6 +78,7 @@ pub use error::ContextError;
 pub use hlc::{Hlc, HybridClock, ManualClock, PhysicalClock, SystemClock};
 pub use model::*;
 pub use patch::{FieldChange, PointerOp};
+pub use replica::{ContextReplica, Installed, ReplicatedContext, Replication, Stored};
 pub use service::{ContextService, TrustSource};
 
 // What `history`, `writes`, `sync` and `subscriptions` still take with `use super::*`.

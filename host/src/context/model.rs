@@ -222,6 +222,11 @@ pub struct ContextState {
     /// from the store); the other fields are always current.
     #[serde(skip)]
     pub resident: bool,
+    /// In cluster mode, the revision of the context's entry in the cluster's KV bucket that
+    /// this state is (0: unknown, e.g. before the host saw the bucket; see
+    /// [`replica`](super::replica)). Kept in memory only.
+    #[serde(skip)]
+    pub kv_revision: u64,
 }
 
 impl ContextState {
@@ -266,6 +271,7 @@ impl ContextState {
             created_at: self.created_at,
             updated_at: self.updated_at,
             resident,
+            kv_revision: self.kv_revision,
         }
     }
 }

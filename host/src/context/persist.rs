@@ -174,6 +174,17 @@ pub struct VersionRow<'a> {
 }
 
 /// [`insert_version`] with the document already encoded ([`encode_value`], not sealed).
+/// Deletes the versions of context `id` from `from` on (a cluster host replacing a copy that
+/// went its own way with the cluster's state; see `replica`).
+pub fn delete_versions_from(conn: &Connection, id: &str, from: u64) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "DELETE FROM versions WHERE context_id = ?1 AND version >= ?2",
+        params![id, from as i64],
+    )?;
+    Ok(())
+}
+
 pub fn insert_version_encoded(
     conn: &Connection,
     blobs: &BlobStore,
@@ -375,6 +386,7 @@ fn context_row(
         created_at: r.get::<_, i64>(15)? as u64,
         updated_at: r.get::<_, i64>(16)? as u64,
         resident: document,
+        kv_revision: 0,
     })
 }
 

@@ -28,6 +28,8 @@ pub(super) struct Shared {
     pub(super) attributes_generation: std::sync::atomic::AtomicU64,
     /// What is known of live agents in memory only (see [`Runtime`]).
     pub(super) runtime: Mutex<Runtime>,
+    /// Cluster mode: where contexts are replicated ([`replica`](super::replica)).
+    pub(super) replication: RwLock<Option<Arc<super::replica::Replication>>>,
 }
 
 /// What the service keeps about live agents in memory only: never staged, never stored,
@@ -222,6 +224,7 @@ impl ContextService {
                 audit: std::sync::RwLock::new(None),
                 attributes_generation: std::sync::atomic::AtomicU64::new(0),
                 runtime: Mutex::new(Runtime::default()),
+                replication: RwLock::new(None),
             }),
         })
     }
@@ -335,6 +338,45 @@ impl ContextService {
         op: Op<T>,
         mode: WriteMode,
     ) -> Result<T, ContextError> {
+        let replication = self.replication();
+        let result = self.run_inner(context, op, mode, replication.clone()).await;
+        if let (Err(ContextError::ReplicaChanged { context }), Some(r)) = (&result, &replication) {
+            self.catch_up(r, context).await?;
+        }
+        result
+    }
+
+    /// [`run`](Self::run) for an operation that must not be stored in the replica (an
+    /// entry being installed from it).
+    pub(super) async fn run_unreplicated<T: Send + 'static>(
+        &self,
+        context: Option<String>,
+        op: Op<T>,
+    ) -> Result<T, ContextError> {
+        self.run_inner(context, op, WriteMode::default(), None)
+            .await
+    }
+
+    async fn run_inner<T: Send + 'static>(
+        &self,
+        context: Option<String>,
+        op: Op<T>,
+        mut mode: WriteMode,
+        replication: Option<Arc<super::replica::Replication>>,
+    ) -> Result<T, ContextError> {
+        if let Some(r) = &replication {
+            // The writer thread waits for the replica (never a caller's thread, which may be
+            // the runtime's), inside a savepoint the store rolls back when it refuses.
+            mode = WriteMode::default();
+            if !r.replica.available() {
+                return Err(ContextError::Cluster {
+                    context: context.clone().unwrap_or_default(),
+                    message: "the cluster's NATS server cannot be reached now; nothing was \
+                              committed (cluster work resumes when it reconnects)"
+                        .into(),
+                });
+            }
+        }
         let shared = self.shared.clone();
         let about = context.clone();
         let op = move |ctx: &mut WriteCtx<'_>| {
@@ -375,6 +417,12 @@ impl ContextService {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(OpError::Committed(e))) => Err(e),
             };
+            if let Some(r) = &replication
+                && let Err(e) = super::replica::publish(r, &mut inner, ctx)
+            {
+                inner.undo();
+                return Err(e);
+            }
             let changes = inner.finish();
             drop(committed);
             drop(working);

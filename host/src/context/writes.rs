@@ -27,15 +27,25 @@ impl ContextService {
         // Stamped when the host accepts the call (once, whatever the tries): last-writer-wins
         // compares these.
         let hlc = self.shared.clock.tick();
-        match self
-            .write_once(agent, id, change.clone(), base_version, hlc)
-            .await
-        {
-            Err(ContextError::Store(crate::store::StoreError::TransactionAborted { cause })) => {
-                tracing::debug!(context = id, %cause, "a write's batch was rolled back; trying it once more");
-                self.write_once(agent, id, change, base_version, hlc).await
+        let mut tries = 0;
+        loop {
+            match self
+                .write_once(agent, id, change.clone(), base_version, hlc)
+                .await
+            {
+                Err(ContextError::Store(crate::store::StoreError::TransactionAborted {
+                    cause,
+                })) if tries == 0 => {
+                    tracing::debug!(context = id, %cause, "a write's batch was rolled back; trying it once more");
+                }
+                // Cluster mode: another host wrote first; its state is installed now, and
+                // the write is made again on it (a strong write based on the replaced version
+                // is then refused as stale).
+                Err(ContextError::ReplicaChanged { .. })
+                    if tries < super::replica::MAX_REPLICA_TRIES => {}
+                other => return other,
             }
-            other => other,
+            tries += 1;
         }
     }
 

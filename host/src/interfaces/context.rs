@@ -36,9 +36,12 @@ pub(super) fn context_error(e: ContextError) -> WitContextError {
         } => WitContextError::Stale(current),
         ContextError::Refused { .. }
         | ContextError::AlreadyExists(_)
+        | ContextError::ReplicaChanged { .. }
         | ContextError::AuditUnavailable(_) => WitContextError::Refused(e.to_string()),
         ContextError::Invalid { .. } => WitContextError::Invalid(e.to_string()),
-        ContextError::Store(_) | ContextError::Events(_) => WitContextError::Failed(e.to_string()),
+        ContextError::Store(_) | ContextError::Cluster { .. } | ContextError::Events(_) => {
+            WitContextError::Failed(e.to_string())
+        }
     }
 }
 

@@ -110,7 +110,10 @@ impl From<crate::context::ContextError> for OpError {
             C::Invalid { .. } | C::UnknownAgent(_) | C::AlreadyExists(_) | C::Refused { .. } => {
                 OpError::invalid(e.to_string())
             }
-            C::AuditUnavailable(_) => OpError::unavailable(e.to_string()),
+            // Another host changed it first (make the call again), or NATS is out of reach.
+            C::AuditUnavailable(_) | C::ReplicaChanged { .. } | C::Cluster { .. } => {
+                OpError::unavailable(e.to_string())
+            }
             C::Store(_) | C::Events(_) => OpError::failed(e.to_string()),
         }
     }

@@ -6,9 +6,11 @@
 //! Without one the tests skip with a message, except under `CI=true`, where `.ci/run` has
 //! installed it and a missing server fails them.
 
+mod contexts;
 mod events;
 mod hostile;
 mod processes;
+mod redteam_contexts;
 
 use qi_host::cluster::{Cluster, ClusterConfig, EventForwarder};
 use qi_host::events::{EventType, NewEvent};

@@ -230,6 +230,7 @@ fn state_with_holder(holder_hlc: Hlc) -> ContextState {
         created_at: 0,
         updated_at: 0,
         resident: true,
+        kv_revision: 0,
     }
 }
 
