@@ -53,6 +53,14 @@ impl Host {
         }
     }
 
+    /// Creates context `id` as the operator.
+    pub async fn create(&self, id: &str, strategy: SyncStrategy, doc: Value) {
+        self.ctx
+            .create(OPERATOR, new_context(id, strategy, doc))
+            .await
+            .unwrap();
+    }
+
     /// Waits until this host's watch has handled the bucket up to `revision`.
     pub async fn caught_up(&self, revision: u64) {
         let mut installed = self.sync.installed();
@@ -185,13 +193,7 @@ async fn strong_counters_incremented_from_three_hosts_end_at_the_exact_sum() {
 async fn a_strong_write_based_on_a_version_another_host_replaced_is_stale() {
     let Some(nats) = Nats::start() else { return };
     let [a, b, _c] = three(&nats).await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("s", SyncStrategy::Strong, json!({"v": 0})),
-        )
-        .await
-        .unwrap();
+    a.create("s", SyncStrategy::Strong, json!({"v": 0})).await;
     b.caught_up(a.ctx.kv_revision("s").unwrap()).await;
     a.ctx
         .write(OPERATOR, "s", Change::Put(json!({"v": "a"})), Some(1))
@@ -221,13 +223,8 @@ async fn a_strong_write_based_on_a_version_another_host_replaced_is_stale() {
 async fn a_create_of_one_id_on_two_hosts_makes_one_context() {
     let Some(nats) = Nats::start() else { return };
     let [a, b, _c] = three(&nats).await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("one", SyncStrategy::Strong, json!({"by": "a"})),
-        )
-        .await
-        .unwrap();
+    a.create("one", SyncStrategy::Strong, json!({"by": "a"}))
+        .await;
     let e = b
         .ctx
         .create(
@@ -239,28 +236,12 @@ async fn a_create_of_one_id_on_two_hosts_makes_one_context() {
     assert!(matches!(e, ContextError::AlreadyExists(_)), "{e}");
     assert_eq!(b.doc("one").await, (1, json!({"by": "a"})));
     // Generated ids do not collide: each host's second context gets an id no host used.
-    let x = a
-        .ctx
-        .create(
-            OPERATOR,
-            NewContext {
-                context_type: "t".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let y = b
-        .ctx
-        .create(
-            OPERATOR,
-            NewContext {
-                context_type: "t".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let generated = NewContext {
+        context_type: "t".into(),
+        ..Default::default()
+    };
+    let x = a.ctx.create(OPERATOR, generated.clone()).await.unwrap();
+    let y = b.ctx.create(OPERATOR, generated).await.unwrap();
     assert_ne!(x.context_id, y.context_id);
 }
 
@@ -332,13 +313,8 @@ async fn a_record_just_under_the_servers_max_payload_is_stored_and_one_just_over
     let Some(nats) = Nats::start() else { return };
     let a = Host::open(&nats, "a").await;
     let max = a.cluster.client().server_info().max_payload - HEADROOM;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("big", SyncStrategy::Strong, json!({"s": ""})),
-        )
-        .await
-        .unwrap();
+    a.create("big", SyncStrategy::Strong, json!({"s": ""}))
+        .await;
     // The record's size for a string of n bytes is the empty one's plus n.
     let kv = a.kv().await;
     let k = key(&a.cluster, "big");
@@ -389,13 +365,7 @@ async fn a_write_while_nats_is_down_fails_and_commits_nothing_then_works_after_i
         return;
     };
     let a = Host::open(&nats, "a").await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("d", SyncStrategy::Strong, json!({"n": 0})),
-        )
-        .await
-        .unwrap();
+    a.create("d", SyncStrategy::Strong, json!({"n": 0})).await;
     nats.kill();
     // The client notices the closed connection.
     while a.cluster.connected() {
@@ -429,13 +399,7 @@ async fn a_host_sees_the_other_hosts_changes_as_local_events_and_a_deleted_conte
             qi_host::events::SubscribeFrom::Now,
         )
         .unwrap();
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("w", SyncStrategy::Strong, json!({"n": 0})),
-        )
-        .await
-        .unwrap();
+    a.create("w", SyncStrategy::Strong, json!({"n": 0})).await;
     a.ctx
         .write(OPERATOR, "w", Change::Put(json!({"n": 1})), Some(1))
         .await

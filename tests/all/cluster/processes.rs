@@ -1,9 +1,9 @@
 //! Three `qi-host serve --nats` processes on one NATS server: they are listed by
-//! `qi-host status`, their context updates reach a cluster subscriber, and a host that stops
-//! leaves the list.
+//! `qi-host status`, their context updates reach a cluster subscriber, a host that stops
+//! leaves the list, and a strong counter incremented through all three ends at the exact sum.
 
 use super::Nats;
-use crate::serve::process::Process;
+use crate::serve::process::{Process, ToolClient};
 use crate::serve::{ALICE, Fixture};
 use qi_host::cluster::{Cluster, ClusterConfig, ClusterSubscription, HostEntry, StartAt};
 use serde_json::json;
@@ -24,16 +24,7 @@ async fn three_serve_processes_form_a_cluster_and_share_their_events() {
     let fixtures: Vec<Fixture> = (0..3).map(|_| Fixture::new("", "")).collect();
     let names = ["host-a", "host-b", "host-c"];
     let url = nats.url();
-    let hosts: Vec<Process> = fixtures
-        .iter()
-        .zip(names)
-        .map(|(f, name)| {
-            let p = Process::try_start_with(f, &["--nats", &url, "--cluster-name", name])
-                .unwrap_or_else(|seen| panic!("{name} did not start:\n{}", seen.join("\n")));
-            p.line_with(&format!("joined the cluster at {url} as `{name}`"));
-            p
-        })
-        .collect();
+    let hosts = three_hosts(&nats, &fixtures);
     let listed = status(&nats);
     assert_eq!(
         listed.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
@@ -212,4 +203,106 @@ async fn run_with_nats_puts_every_event_of_the_run_on_the_stream_before_it_exits
     assert_eq!(seen, local);
     // The run is over: the host has left.
     assert!(status(&nats).is_empty());
+}
+
+/// Starts three `serve --nats` processes named host-a, host-b, host-c on `nats`.
+fn three_hosts(nats: &Nats, fixtures: &[Fixture]) -> Vec<Process> {
+    let url = nats.url();
+    fixtures
+        .iter()
+        .zip(["host-a", "host-b", "host-c"])
+        .map(|(f, name)| {
+            let p = Process::try_start_with(f, &["--nats", &url, "--cluster-name", name])
+                .unwrap_or_else(|seen| panic!("{name} did not start:\n{}", seen.join("\n")));
+            p.line_with(&format!("joined the cluster at {url} as `{name}`"));
+            p
+        })
+        .collect()
+}
+
+/// One increment of `doc.n` of a `strong` context through a host's HTTP tools: read, put
+/// based on the version read, again when another writer got there first (a stale refusal,
+/// or the host's "changed on another host" after its own retries).
+async fn increment(host: &ToolClient, id: &str) -> u32 {
+    let mut stale = 0;
+    loop {
+        let (code, view) = host.call(ALICE, "context_get", json!({"id": id})).await;
+        assert_eq!(code, 200, "{view}");
+        let version = view["version"].as_u64().unwrap();
+        let n = view["doc"]["n"].as_u64().unwrap();
+        let (code, body) = host
+            .call(
+                ALICE,
+                "context_put",
+                json!({"id": id, "doc": {"n": n + 1}, "base_version": version}),
+            )
+            .await;
+        match code {
+            200 => return stale,
+            _ if body.to_string().contains("stale")
+                || body.to_string().contains("another host") =>
+            {
+                stale += 1
+            }
+            _ => panic!("increment failed: {code} {body}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strong_counters_incremented_through_three_serve_processes_end_at_the_exact_sum() {
+    let Some(nats) = Nats::start() else { return };
+    let fixtures: Vec<Fixture> = (0..3).map(|_| Fixture::new("", "")).collect();
+    let hosts = three_hosts(&nats, &fixtures);
+    let (code, body) = hosts[0]
+        .call(
+            ALICE,
+            "context_put",
+            json!({"id": "tally", "doc": {"n": 0}, "context_type": "counter"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    const CLIENTS: usize = 2;
+    const EACH: u64 = 10;
+    let mut tasks = Vec::new();
+    for host in &hosts {
+        for _ in 0..CLIENTS {
+            let client = host.client();
+            tasks.push(tokio::spawn(async move {
+                let mut stale = 0;
+                for _ in 0..EACH {
+                    stale += increment(&client, "tally").await;
+                }
+                stale
+            }));
+        }
+    }
+    let mut stale = 0;
+    for t in tasks {
+        stale += t.await.unwrap();
+    }
+    let total = 3 * CLIENTS as u64 * EACH;
+    // Every host comes to the exact sum (each reads its own copy, which its watch updates).
+    for (i, host) in hosts.iter().enumerate() {
+        let mut reads = 0;
+        loop {
+            let (code, view) = host
+                .call(ALICE, "context_get", json!({"id": "tally"}))
+                .await;
+            assert_eq!(code, 200, "{view}");
+            if view["doc"]["n"] == total {
+                assert_eq!(
+                    view["version"],
+                    1 + total,
+                    "host {i}: one version per increment"
+                );
+                break;
+            }
+            reads += 1;
+            assert!(
+                reads < 10_000 && view["doc"]["n"].as_u64() <= Some(total),
+                "host {i} holds {view} ({stale} stale tries in all)"
+            );
+        }
+    }
 }

@@ -31,13 +31,8 @@ async fn redteam_watch_survives_garbage_and_foreign_records() {
     let Some(nats) = Nats::start() else { return };
     let a = RHost::open(&nats, "a").await;
     let b = RHost::open(&nats, "b").await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("victim", SyncStrategy::Strong, json!({"ok": 1})),
-        )
-        .await
-        .unwrap();
+    a.create("victim", SyncStrategy::Strong, json!({"ok": 1}))
+        .await;
     let kv = a.kv().await;
     let (_, mut record) = {
         let e = kv.entry(key(&a.cluster, "victim")).await.unwrap().unwrap();
@@ -67,13 +62,8 @@ async fn redteam_watch_survives_garbage_and_foreign_records() {
     )
     .await
     .unwrap();
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("after", SyncStrategy::Strong, json!({"n": 1})),
-        )
-        .await
-        .unwrap();
+    a.create("after", SyncStrategy::Strong, json!({"n": 1}))
+        .await;
     b.caught_up(a.ctx.kv_revision("after").unwrap()).await;
     assert_eq!(b.doc("after").await, (1, json!({"n": 1})));
     assert_eq!(b.doc("victim").await, (1, json!({"ok": 1})));
@@ -89,13 +79,7 @@ async fn redteam_a_record_with_an_older_version_wedges_the_context_on_every_host
     let Some(nats) = Nats::start() else { return };
     let a = RHost::open(&nats, "a").await;
     let b = RHost::open(&nats, "b").await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("v", SyncStrategy::Eventual, json!({"n": 0})),
-        )
-        .await
-        .unwrap();
+    a.create("v", SyncStrategy::Eventual, json!({"n": 0})).await;
     for n in 1..=3 {
         a.ctx
             .write(OPERATOR, "v", Change::Merge(json!({"n": n})), Some(n))
@@ -152,13 +136,7 @@ async fn a_write_whose_answer_timed_out_may_land_and_then_carries_its_own_event(
         Some(Duration::from_millis(300)),
     )
     .await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("p", SyncStrategy::Strong, json!({"n": 0})),
-        )
-        .await
-        .unwrap();
+    a.create("p", SyncStrategy::Strong, json!({"n": 0})).await;
     let mut events = a
         .ctx
         .bus()
@@ -209,13 +187,7 @@ async fn redteam_nats_losing_its_storage_lets_an_old_revision_overwrite_a_new_co
     };
     let a = RHost::open(&nats, "a").await;
     let b = RHost::open(&nats, "b").await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("k", SyncStrategy::Strong, json!({"a": 1})),
-        )
-        .await
-        .unwrap();
+    a.create("k", SyncStrategy::Strong, json!({"a": 1})).await;
     assert_eq!(a.ctx.kv_revision("k"), Some(1));
     b.caught_up(1).await;
     nats.kill();
@@ -225,13 +197,7 @@ async fn redteam_nats_losing_its_storage_lets_an_old_revision_overwrite_a_new_co
     b.reconnected().await;
     // A host joining now makes the cluster's streams again and creates `k` afresh.
     let c = RHost::open(&nats, "c").await;
-    c.ctx
-        .create(
-            OPERATOR,
-            new_context("k", SyncStrategy::Strong, json!({"c": 1})),
-        )
-        .await
-        .unwrap();
+    c.create("k", SyncStrategy::Strong, json!({"c": 1})).await;
     assert_eq!(
         c.ctx.kv_revision("k"),
         Some(1),
@@ -268,13 +234,7 @@ async fn redteam_an_evicted_then_read_context_cannot_be_deleted() {
     let a = RHost::open_with(&nats, "a", config, None).await;
     let big = "x".repeat(150);
     for id in ["x", "y"] {
-        a.ctx
-            .create(
-                OPERATOR,
-                new_context(id, SyncStrategy::Strong, json!({"s": big})),
-            )
-            .await
-            .unwrap();
+        a.create(id, SyncStrategy::Strong, json!({"s": big})).await;
     }
     let before = a.ctx.kv_revision("x");
     a.ctx.get(OPERATOR, "x").await.unwrap();
@@ -366,13 +326,7 @@ async fn redteam_a_host_restarted_on_its_data_dir_resyncs_and_keeps_writing() {
     let Some(nats) = Nats::start() else { return };
     let a = RHost::open(&nats, "a").await;
     let b = RHost::open(&nats, "b").await;
-    a.ctx
-        .create(
-            OPERATOR,
-            new_context("r", SyncStrategy::Eventual, json!({"n": 0})),
-        )
-        .await
-        .unwrap();
+    a.create("r", SyncStrategy::Eventual, json!({"n": 0})).await;
     a.ctx
         .write(OPERATOR, "r", Change::Merge(json!({"n": 1})), Some(1))
         .await

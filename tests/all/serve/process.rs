@@ -63,15 +63,14 @@ impl Process {
     }
 
     pub async fn call(&self, token: &str, tool: &str, args: Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/v1/tools/{tool}", self.base))
-            .bearer_auth(token)
-            .body(args.to_string())
-            .send()
-            .await
-            .expect("the server answers");
-        let status = r.status().as_u16();
-        (status, json_of(r).await)
+        self.client().call(token, tool, args).await
+    }
+
+    /// A client of its HTTP tools that tasks can own.
+    pub fn client(&self) -> ToolClient {
+        ToolClient {
+            base: self.base.clone(),
+        }
     }
 
     /// SIGTERM (or SIGKILL), then its exit code and everything it printed.
@@ -116,5 +115,26 @@ impl Process {
                 return line;
             }
         }
+    }
+}
+
+/// Calls the HTTP tools of a server process (`POST /v1/tools/<tool>`).
+#[derive(Clone)]
+pub struct ToolClient {
+    base: String,
+}
+
+impl ToolClient {
+    /// The call's status and JSON answer.
+    pub async fn call(&self, token: &str, tool: &str, args: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/tools/{tool}", self.base))
+            .bearer_auth(token)
+            .body(args.to_string())
+            .send()
+            .await
+            .expect("the server answers");
+        let status = r.status().as_u16();
+        (status, json_of(r).await)
     }
 }
