@@ -295,7 +295,9 @@ async fn watch_bucket(
                     }
                     if now.is_some() && created.is_some() && now != created {
                         tracing::warn!("the cluster's context bucket was made again (the NATS server lost its storage); contexts are stored in it again as they change");
-                        service.forget_replica_revisions();
+                        if let Err(e) = service.forget_replica_revisions().await {
+                            tracing::warn!(error = %e, "cannot reset the contexts' bucket revisions");
+                        }
                         created = now;
                         from = 0;
                         break;

@@ -277,7 +277,30 @@ impl ContextService {
                 self.published().await?;
             }
             let bound = self.shared.config.hot_tier_bytes;
-            let mut committed = self.shared.committed_mut();
+            // In cluster mode the store's writer may hold the hot tier's read lock while it
+            // waits for NATS, whose I/O runs on this runtime: a runtime thread never waits for
+            // the write lock then (waiting, it would stall every reader behind it, and with
+            // them NATS). The document read is the answer, not put back.
+            let mut committed = if self.replication().is_some() {
+                match self.shared.committed.try_write() {
+                    Ok(c) => c,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        let committed = self.shared.committed();
+                        let now = committed
+                            .context_arc(id)
+                            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+                        if let Err(reason) =
+                            Self::check(&self.shared, &*committed, agent, &now, Permission::Read)
+                        {
+                            return Ok(Err(reason));
+                        }
+                        return Ok(Ok(Arc::new(loaded)));
+                    }
+                }
+            } else {
+                self.shared.committed_mut()
+            };
             let now = committed
                 .context_arc(id)
                 .ok_or_else(|| ContextError::NotFound(id.to_string()))?;

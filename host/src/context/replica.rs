@@ -452,7 +452,7 @@ impl ContextService {
                 message,
             })?;
         let Some((revision, record)) = fetched else {
-            return Ok(());
+            return self.forget_replica_revision(id).await;
         };
         if record.id != id {
             return Err(ContextError::Cluster {
@@ -494,20 +494,48 @@ impl ContextService {
     /// Forgets which entry revision each context's copy is (after the cluster's bucket was
     /// made again, whose revisions start over): the next change of each is stored as a new
     /// entry, or meets the entry another host stored first.
-    pub fn forget_replica_revisions(&self) {
-        let mut committed = self.shared.committed_mut();
-        let ids: Vec<String> = committed
-            .contexts
-            .iter()
-            .filter(|(_, s)| s.kv_revision != 0)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for id in ids {
-            if let Some(s) = committed.contexts.get(&id) {
-                let mut s = s.clone();
-                s.kv_revision = 0;
-                committed.contexts.load(id, s);
-            }
-        }
+    pub async fn forget_replica_revisions(&self) -> Result<(), ContextError> {
+        // Through the writer, like every change of the hot tier (a runtime thread never
+        // waits for the hot tier's write lock in cluster mode; see `documents`).
+        self.run_unreplicated(
+            None,
+            Box::new(|_, inner, _| {
+                let known: Vec<String> = inner
+                    .contexts
+                    .iter()
+                    .filter(|(_, s)| s.kv_revision != 0)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for id in known {
+                    if let Some(s) = inner.contexts.get(&id) {
+                        let mut s = s.clone();
+                        s.kv_revision = 0;
+                        inner.contexts.insert(id, s);
+                    }
+                }
+                Ok(())
+            }),
+        )
+        .await
+    }
+
+    /// Forgets the entry revision of context `id`'s copy (its entry is gone from the
+    /// bucket, e.g. deleted from outside): its next change is stored as a new entry.
+    async fn forget_replica_revision(&self, id: &str) -> Result<(), ContextError> {
+        let id = id.to_string();
+        self.run_unreplicated(
+            Some(id.clone()),
+            Box::new(move |_, inner, _| {
+                if let Some(s) = inner.contexts.get(&id)
+                    && s.kv_revision != 0
+                {
+                    let mut s = s.clone();
+                    s.kv_revision = 0;
+                    inner.contexts.insert(id, s);
+                }
+                Ok(())
+            }),
+        )
+        .await
     }
 }

@@ -392,3 +392,22 @@ async fn redteam_a_host_restarted_on_its_data_dir_resyncs_and_keeps_writing() {
     unique.dedup();
     assert_eq!(unique, history, "b's history after the restart");
 }
+
+/// A context's entry deleted from outside the cluster (`nats kv del`): the next write on a
+/// host that held it stores it as a new entry instead of failing until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_whose_entry_was_deleted_from_outside_is_stored_again_at_its_next_write() {
+    let Some(nats) = Nats::start() else { return };
+    let a = RHost::open(&nats, "a").await;
+    a.create("gone", SyncStrategy::Strong, json!({"n": 0}))
+        .await;
+    let kv = a.kv().await;
+    kv.delete(key(&a.cluster, "gone")).await.unwrap();
+    a.ctx
+        .write(OPERATOR, "gone", Change::Put(json!({"n": 1})), Some(1))
+        .await
+        .unwrap();
+    let entry = kv.entry(key(&a.cluster, "gone")).await.unwrap().unwrap();
+    let stored: ReplicatedContext = serde_json::from_slice(&entry.value).unwrap();
+    assert_eq!((stored.version, stored.doc), (2, json!({"n": 1})));
+}
