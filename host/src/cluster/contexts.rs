@@ -282,28 +282,9 @@ async fn watch_bucket(
             let entry = tokio::select! {
                 entry = watch.next() => entry,
                 _ = check.tick() => {
-                    // A server that lost its storage makes the bucket again, and its
-                    // revisions start over: the copies' revisions mean nothing there.
-                    let mut now = bucket_created(&bucket).await;
-                    if now.is_none() && bucket.cluster.connected() {
-                        // Gone (the server lost its storage): made again here.
-                        let max = bucket.cluster.client().server_info().max_payload.min(i32::MAX as usize) as i32;
-                        if let Err(e) = bucket.cluster.jetstream().get_or_create_stream(bucket_config(max)).await {
-                            tracing::warn!(error = %e, "cannot make the cluster's context bucket again");
-                        }
-                        now = bucket_created(&bucket).await;
-                    }
-                    if now.is_some() && created.is_some() && now != created {
-                        tracing::warn!("the cluster's context bucket was made again (the NATS server lost its storage); contexts are stored in it again as they change");
-                        if let Err(e) = service.forget_replica_revisions().await {
-                            tracing::warn!(error = %e, "cannot reset the contexts' bucket revisions");
-                        }
-                        created = now;
+                    if remade(&bucket, &service, &mut created).await {
                         from = 0;
                         break;
-                    }
-                    if created.is_none() {
-                        created = now;
                     }
                     continue;
                 }
@@ -348,6 +329,56 @@ async fn watch_bucket(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether the bucket was made again since `created` (a server that lost its storage makes
+/// it again, and its revisions start over: the copies' revisions mean nothing there), making
+/// it when it is gone; then the copies' revisions are forgotten and `created` moves on.
+async fn remade(
+    bucket: &ContextBucket,
+    service: &ContextService,
+    created: &mut Option<String>,
+) -> bool {
+    let mut now = bucket_created(bucket).await;
+    if now.is_none() && bucket.cluster.connected() {
+        if let Err(e) = ensure(&bucket.cluster).await {
+            tracing::warn!(error = %e, "cannot make the cluster's context bucket again");
+        }
+        now = bucket_created(bucket).await;
+    }
+    if created.is_none() {
+        *created = now;
+        return false;
+    }
+    if now.is_none() || now == *created {
+        return false;
+    }
+    tracing::warn!(
+        "the cluster's context bucket was made again (the NATS server lost its storage); contexts are stored in it again as they change"
+    );
+    if let Err(e) = service.forget_replica_revisions().await {
+        tracing::warn!(error = %e, "cannot reset the contexts' bucket revisions");
+    }
+    *created = now;
+    true
+}
+
+/// Creates the bucket when it is missing (its largest value: the server's `max_payload`).
+pub(super) async fn ensure(cluster: &Cluster) -> Result<(), ClusterError> {
+    let max_value = cluster
+        .client()
+        .server_info()
+        .max_payload
+        .min(i32::MAX as usize) as i32;
+    cluster
+        .jetstream()
+        .get_or_create_stream(bucket_config(max_value))
+        .await
+        .map_err(|e| ClusterError::Stream {
+            stream: format!("KV_{CONTEXTS_BUCKET}"),
+            message: e.to_string(),
+        })?;
+    Ok(())
 }
 
 /// When the bucket's stream was made (`None` when it cannot be read now).

@@ -66,20 +66,7 @@ pub(super) async fn ensure(cluster: &Cluster) -> Result<(), ClusterError> {
             stream: format!("KV_{HOSTS_BUCKET}"),
             message: e.to_string(),
         })?;
-    let max_value = cluster
-        .client()
-        .server_info()
-        .max_payload
-        .min(i32::MAX as usize) as i32;
-    let contexts = super::contexts::bucket_config(max_value);
-    cluster
-        .jetstream()
-        .get_or_create_stream(contexts)
-        .await
-        .map_err(|e| ClusterError::Stream {
-            stream: format!("KV_{}", super::contexts::CONTEXTS_BUCKET),
-            message: e.to_string(),
-        })?;
+    super::contexts::ensure(cluster).await?;
     Ok(())
 }
 

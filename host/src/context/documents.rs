@@ -246,14 +246,10 @@ impl ContextService {
     ) -> Result<Result<Arc<ContextState>, String>, ContextError> {
         let mut state = {
             let committed = self.shared.committed();
-            let state = committed
-                .context_arc(id)
-                .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-            if let Err(reason) =
-                Self::check(&self.shared, &*committed, agent, &state, Permission::Read)
-            {
-                return Ok(Err(reason));
-            }
+            let state = match self.readable_in(&committed, agent, id)? {
+                Ok(s) => s,
+                Err(reason) => return Ok(Err(reason)),
+            };
             if state.resident {
                 committed.touch(id);
             }
@@ -287,26 +283,15 @@ impl ContextService {
                     Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
                     Err(std::sync::TryLockError::WouldBlock) => {
                         let committed = self.shared.committed();
-                        let now = committed
-                            .context_arc(id)
-                            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-                        if let Err(reason) =
-                            Self::check(&self.shared, &*committed, agent, &now, Permission::Read)
-                        {
-                            return Ok(Err(reason));
-                        }
-                        return Ok(Ok(Arc::new(loaded)));
+                        return Ok(self
+                            .readable_in(&committed, agent, id)?
+                            .map(|_| Arc::new(loaded)));
                     }
                 }
             } else {
                 self.shared.committed_mut()
             };
-            let now = committed
-                .context_arc(id)
-                .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
-            if let Err(reason) =
-                Self::check(&self.shared, &*committed, agent, &now, Permission::Read)
-            {
+            if let Err(reason) = self.readable_in(&committed, agent, id)? {
                 return Ok(Err(reason));
             }
             match committed.put_back(&state, loaded.clone(), bound) {
@@ -316,6 +301,19 @@ impl ContextService {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// Context `id` as `committed` has it, if `agent` may read it (`Err(reason)` otherwise).
+    fn readable_in(
+        &self,
+        committed: &super::hot::Committed,
+        agent: &str,
+        id: &str,
+    ) -> Result<Result<Arc<ContextState>, String>, ContextError> {
+        let state = committed
+            .context_arc(id)
+            .ok_or_else(|| ContextError::NotFound(id.to_string()))?;
+        Ok(Self::check(&self.shared, committed, agent, &state, Permission::Read).map(|()| state))
     }
 
     /// Whether `loaded`, read from the store, is newer than what the hot tier has published.

@@ -48,6 +48,11 @@ use std::time::Duration;
 /// first, before the caller gets [`ContextError::ReplicaChanged`].
 pub const MAX_REPLICA_TRIES: u32 = 64;
 
+/// How far ahead of this host's clock an entry's HLC may be, in milliseconds (60 s): an
+/// entry further ahead is not installed (it would pin every host's clock, and with it
+/// last-writer-wins, to that time). Hosts of a cluster keep their clocks within this (NTP).
+pub const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
+
 /// A boxed future of a [`ContextReplica`] call.
 pub type ReplicaFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -339,6 +344,15 @@ impl ContextService {
                 let local = inner.contexts.get_arc(&id);
                 if local.as_ref().is_some_and(|l| l.kv_revision >= kv_revision) {
                     return Ok(Installed::Same);
+                }
+                let ahead = record.hlc.wall_ms.saturating_sub(sh.clock.now_ms());
+                if ahead > MAX_CLOCK_AHEAD_MS {
+                    return Err(OpError::RolledBack(ContextError::Cluster {
+                        context: id,
+                        message: format!(
+                            "the cluster's entry is stamped {ahead} ms ahead of this host's clock; at most {MAX_CLOCK_AHEAD_MS} ms (MAX_CLOCK_AHEAD_MS) is taken: check the hosts' clocks (NTP)"
+                        ),
+                    }));
                 }
                 sh.clock.observe(Some(record.hlc));
                 if let Some(l) = &local

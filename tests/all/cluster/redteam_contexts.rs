@@ -411,3 +411,39 @@ async fn a_context_whose_entry_was_deleted_from_outside_is_stored_again_at_its_n
     let stored: ReplicatedContext = serde_json::from_slice(&entry.value).unwrap();
     assert_eq!((stored.version, stored.doc), (2, json!({"n": 1})));
 }
+
+/// An entry stamped ahead of the host's clock: within `MAX_CLOCK_AHEAD_MS` it is installed;
+/// past it, it is refused (it would pin every host's HLC to that time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_stamped_just_within_the_clock_bound_is_installed_and_just_past_it_is_refused() {
+    use qi_host::context::replica::MAX_CLOCK_AHEAD_MS;
+    let Some(nats) = Nats::start() else { return };
+    let a = RHost::open(&nats, "a").await;
+    a.create("t", SyncStrategy::Strong, json!({"n": 0})).await;
+    let kv = a.kv().await;
+    let entry = kv.entry(key(&a.cluster, "t")).await.unwrap().unwrap();
+    let mut record: ReplicatedContext = serde_json::from_slice(&entry.value).unwrap();
+    record.version = 2;
+    record.doc = json!({"n": 1});
+    // A minute of slack for the test's own run: the bound is taken from the host's clock now.
+    let now = a.ctx.now_ms();
+    record.hlc.wall_ms = now + MAX_CLOCK_AHEAD_MS - 1_000;
+    a.ctx
+        .install_replicated(entry.revision + 1, record.clone())
+        .await
+        .unwrap();
+    assert_eq!(a.doc("t").await, (2, json!({"n": 1})));
+    record.version = 3;
+    record.doc = json!({"n": 2});
+    record.hlc.wall_ms = a.ctx.now_ms() + MAX_CLOCK_AHEAD_MS + 1_000;
+    let e = a
+        .ctx
+        .install_replicated(entry.revision + 2, record)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ContextError::Cluster { message, .. } if message.contains("MAX_CLOCK_AHEAD_MS")),
+        "{e}"
+    );
+    assert_eq!(a.doc("t").await, (2, json!({"n": 1})));
+}
